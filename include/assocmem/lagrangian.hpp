@@ -1,0 +1,164 @@
+// assocmem/lagrangian.hpp - Lagrangians of a neuron layer (paper eqs. 3, 6, 11, 17).
+//
+// A layer of neurons is defined by one scalar function of its currents, the Lagrangian L(x).
+// Its gradient is the layer's output (eq. 3: g = dL_v/dv, f = dL_h/dh), and the energy (eq. 2)
+// uses the Legendre-like term  sum_i x_i dL/dx_i - L.  The Hessian enters eq. (4): the energy
+// never increases where the Hessians of both Lagrangians are positive semi-definite (PSD).
+//
+// Each Lagrangian here is written once - value, gradient (the activation) and Hessian-vector
+// product - and the network, the energy, the effective models and the tests all use it.
+//
+// Additive Lagrangians (eq. 6) are L(x) = sum_i G(x_i); they also expose the scalar G, G', G''.
+// Non-additive ones couple the neurons of a layer (softmax, divisive normalisation, layer norm).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "assocmem/types.hpp"
+
+namespace assocmem {
+
+/// A Lagrangian L(x) of one neuron layer. Immutable and thread-safe once built.
+class Lagrangian {
+ public:
+  virtual ~Lagrangian() = default;
+
+  /// Short name with parameters, e.g. "log_cosh(beta=2)".
+  virtual std::string name() const = 0;
+
+  /// L(x).
+  virtual double value(const Vector& x) const = 0;
+
+  /// The activation dL/dx (eq. 3). `out` is resized to x.size().
+  virtual void gradient(const Vector& x, Vector& out) const = 0;
+
+  /// The Hessian-vector product (d^2 L / dx dx) u. `out` is resized to x.size().
+  virtual void hvp(const Vector& x, const Vector& u, Vector& out) const = 0;
+
+  /// Where the Hessian is positive semi-definite, in words (documentation of the claim that
+  /// `hessian_psd_at` tests).
+  virtual std::string psd_region() const = 0;
+
+  /// True where the Hessian at x is guaranteed positive semi-definite, so that eq. (4) gives
+  /// dE/dt <= 0.
+  virtual bool hessian_psd_at(const Vector& x) const = 0;
+
+  /// True for L(x) = sum_i G(x_i) (eq. 6).
+  virtual bool additive() const { return false; }
+
+  // Convenience forms returning by value.
+  Vector gradient(const Vector& x) const {
+    Vector g;
+    gradient(x, g);
+    return g;
+  }
+  Vector hvp(const Vector& x, const Vector& u) const {
+    Vector r;
+    hvp(x, u, r);
+    return r;
+  }
+};
+
+using LagrangianPtr = std::shared_ptr<const Lagrangian>;
+
+/// L(x) = sum_i G(x_i) (eq. 6). Subclasses give the scalar G and its first two derivatives.
+class AdditiveLagrangian : public Lagrangian {
+ public:
+  /// The scalar function G and its derivatives. G' is the activation of one neuron.
+  virtual double G(double x) const = 0;
+  virtual double dG(double x) const = 0;
+  virtual double d2G(double x) const = 0;
+  /// True where G''(x) >= 0 (eq. 10: the activation is non-decreasing at x).
+  virtual bool convex_at(double x) const = 0;
+
+  double value(const Vector& x) const final;
+  void gradient(const Vector& x, Vector& out) const final;
+  void hvp(const Vector& x, const Vector& u, Vector& out) const final;
+  bool hessian_psd_at(const Vector& x) const final;
+  bool additive() const final { return true; }
+  using Lagrangian::gradient;
+  using Lagrangian::hvp;
+};
+
+using AdditivePtr = std::shared_ptr<const AdditiveLagrangian>;
+
+class ExpLagrangian;
+
+/// Factories. Each validates its parameters and throws InvalidArgument naming the bad one.
+namespace lagrangians {
+
+/// G(x) = x^2/2, g(x) = x. Hessian = identity: PSD everywhere. (Model B's feature layer, eq. 11.)
+AdditivePtr identity();
+
+/// G(x) = |x|, g(x) = Sign(x) (eq. 7): binary neurons. g(0) is taken as 0. G'' = 0 away from 0
+/// (the Hessian-vector product returns 0 everywhere; at 0 the true Hessian is a delta). Convex.
+AdditivePtr abs();
+
+/// G(x) = log(cosh(beta x)) / beta, g(x) = tanh(beta x). PSD everywhere. beta > 0.
+/// A smooth stand-in for |x|: converges to it as beta -> infinity.
+AdditivePtr log_cosh(double beta);
+
+/// G(x) = log(1 + exp(beta x)) / beta, g(x) = sigmoid(beta x). PSD everywhere. beta > 0.
+AdditivePtr softplus(double beta);
+
+/// G(x) = x^n, g(x) = n x^(n-1). n an integer >= 1. PSD everywhere for even n or n = 1,
+/// only for x >= 0 when n >= 3 is odd. (Dense Associative Memory, F(x) = x^n, eq. 8.)
+AdditivePtr power(double n);
+
+/// G(x) = x^n for x >= 0, 0 below; g(x) = n x^(n-1) for x > 0. Real n >= 1. PSD everywhere.
+AdditivePtr rectified_power(double n);
+
+/// G(x) = exp(beta x) / beta, g(x) = exp(beta x). PSD everywhere. beta > 0.
+/// (F(x) = exp(x) of Demircigil et al. at beta = 1.)
+std::shared_ptr<const ExpLagrangian> exp(double beta);
+
+/// L(x) = log(sum_i exp(beta x_i)) / beta, g = softmax(beta x) (eqs. 11, 12).
+/// Hessian beta (diag(p) - p p^T): PSD everywhere, with the zero mode (1,...,1). Computed stably
+/// (no overflow at beta = 1e4). beta > 0.
+LagrangianPtr log_sum_exp(double beta);
+
+/// L(x) = sqrt(sum_i x_i^2), g = x / |x| (eqs. 17, 18). Hessian eq. (20): PSD everywhere
+/// except x = 0, where L is not differentiable (gradient and hvp throw there); zero mode x.
+LagrangianPtr spherical();
+
+/// Layer norm as in the Energy Transformer: L(x) = D gamma sqrt(var(x) + eps) + sum_i delta_i x_i,
+/// g = gamma (x - mean x) / sqrt(var(x) + eps) + delta. gamma > 0, eps > 0; delta (bias) has
+/// length D or is empty (zero). PSD everywhere (a convex function), zero mode (1,...,1).
+LagrangianPtr layer_norm(double gamma = 1.0, double eps = 1e-5, Vector delta = Vector());
+
+}  // namespace lagrangians
+
+/// G(x) = exp(beta x) / beta. Also exposes log G, so that sums of G can be compared stably.
+class ExpLagrangian final : public AdditiveLagrangian {
+ public:
+  explicit ExpLagrangian(double beta);
+  std::string name() const override;
+  std::string psd_region() const override { return "everywhere"; }
+  double G(double x) const override;
+  double dG(double x) const override;
+  double d2G(double x) const override;
+  bool convex_at(double) const override { return true; }
+  /// log G(x) = beta x - log beta, finite for every finite x.
+  double log_G(double x) const;
+  double beta() const { return beta_; }
+
+ private:
+  double beta_;
+};
+
+/// Numerically stable helpers, shared by the Lagrangians and the models.
+namespace numerics {
+/// log(sum_i exp(x_i)); -inf for an empty vector. Never overflows for finite x.
+double log_sum_exp(const Vector& x);
+/// softmax(x) into out, stable (subtracts the maximum).
+void softmax(const Vector& x, Vector& out);
+/// log(cosh(x)), stable for large |x|.
+double log_cosh(double x);
+/// log(1 + exp(x)), stable for large |x|.
+double softplus(double x);
+/// 1 / (1 + exp(-x)), stable.
+double sigmoid(double x);
+}  // namespace numerics
+
+}  // namespace assocmem

@@ -1,0 +1,14 @@
+// assocmem/types.hpp - the numeric types of the plain (reference) implementation.
+//
+// The reference code works in double precision with Eigen. Memories are stored row by row:
+// xi is N_h x N_f (row mu is memory mu), so one memory is contiguous.
+#pragma once
+
+#include <Eigen/Core>
+
+namespace assocmem {
+
+using Vector = Eigen::VectorXd;
+using Matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+}  // namespace assocmem

@@ -1,0 +1,250 @@
+// Effective models A, B, C (Section 3): plain reference implementations.
+#include "assocmem/models.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "assocmem/error.hpp"
+
+namespace assocmem {
+
+Interaction parse_interaction(const std::string& name) {
+  if (name == "power") return Interaction::Power;
+  if (name == "rectified" || name == "rectified_power") return Interaction::RectifiedPower;
+  if (name == "exp") return Interaction::Exp;
+  throw InvalidArgument("F must be one of power, rectified, exp; got '" + name + "'");
+}
+
+std::string to_string(Interaction kind) {
+  switch (kind) {
+    case Interaction::Power: return "power";
+    case Interaction::RectifiedPower: return "rectified";
+    case Interaction::Exp: return "exp";
+  }
+  return "?";
+}
+
+AdditivePtr make_interaction(const InteractionSpec& spec) {
+  switch (spec.kind) {
+    case Interaction::Power: return lagrangians::power(spec.n);
+    case Interaction::RectifiedPower: return lagrangians::rectified_power(spec.n);
+    case Interaction::Exp: return lagrangians::exp(spec.beta);
+  }
+  throw InvalidArgument("F: unknown interaction kind");
+}
+
+UpdateOrder parse_update_order(const std::string& name) {
+  if (name == "random") return UpdateOrder::RandomAsync;
+  if (name == "fixed") return UpdateOrder::FixedAsync;
+  if (name == "sync" || name == "synchronous") return UpdateOrder::Synchronous;
+  throw InvalidArgument("order must be one of random, fixed, sync; got '" + name + "'");
+}
+
+void ModelAOptions::validate() const {
+  ASSOCMEM_CHECK_ARG(max_sweeps > 0, "max_sweeps must be > 0, got ", max_sweeps);
+}
+void ModelBOptions::validate() const {
+  ASSOCMEM_CHECK_ARG(std::isfinite(step) && step > 0 && step <= 1, "step (dt/tau_f) must be in (0, 1], got ", step);
+  ASSOCMEM_CHECK_ARG(max_steps > 0, "max_steps must be > 0, got ", max_steps);
+  ASSOCMEM_CHECK_ARG(std::isfinite(tol) && tol >= 0, "tol must be finite and >= 0, got ", tol);
+}
+void ModelCOptions::validate() const {
+  ASSOCMEM_CHECK_ARG(std::isfinite(step) && step > 0, "step (dt/tau_f) must be finite and > 0, got ", step);
+  ASSOCMEM_CHECK_ARG(max_steps > 0, "max_steps must be > 0, got ", max_steps);
+  ASSOCMEM_CHECK_ARG(std::isfinite(tol) && tol >= 0, "tol must be finite and >= 0, got ", tol);
+}
+
+namespace {
+double max_abs_diff(const Vector& a, const Vector& b) { return (a - b).lpNorm<Eigen::Infinity>(); }
+void check_query(const Vector& v, Eigen::Index n, const char* what) {
+  ASSOCMEM_CHECK_ARG(v.size() == n, what, " has length ", v.size(), " but N_f = ", n);
+  check_finite(v, what);
+}
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+// Model A.
+
+ModelA::ModelA(Matrix patterns, InteractionSpec F, Vector current)
+    : net_(std::move(patterns), lagrangians::abs(), make_interaction(F), NetworkParams{1.0, 1.0, 1.0, std::move(current)}),
+      spec_(F),
+      F_(make_interaction(F)) {}
+
+void ModelA::check_binary(const Vector& sigma, const char* what) const {
+  check_query(sigma, n_features(), what);
+  for (Eigen::Index i = 0; i < sigma.size(); ++i)
+    ASSOCMEM_CHECK_ARG(sigma[i] == 1.0 || sigma[i] == -1.0, what, "[", i, "] = ", sigma[i],
+                       ": model A states must be +1 or -1");
+}
+
+double ModelA::energy(const Vector& sigma) const {
+  check_binary(sigma);
+  return net_.effective_energy(sigma);  // eq. (2) at h = xi sigma, i.e. eq. (8)
+}
+
+double ModelA::field(const Vector& sigma, Eigen::Index i) const {
+  ASSOCMEM_CHECK_ARG(i >= 0 && i < n_features(), "neuron index i = ", i, " is out of range [0, ", n_features(), ")");
+  const Matrix& xi = net_.xi();
+  const Vector overlaps = xi * sigma;                         // xi_mu . sigma
+  const Vector r = overlaps - xi.col(i) * sigma[i];           // sum_{j != i} xi_mu,j sigma_j
+  const double two_I = 2.0 * net_.current()[i];
+  if (spec_.kind != Interaction::Exp) {
+    double d = 0;
+    for (Eigen::Index mu = 0; mu < r.size(); ++mu) d += F_->G(r[mu] + xi(mu, i)) - F_->G(r[mu] - xi(mu, i));
+    return d + two_I;
+  }
+  // F = exp: the same difference, in the log domain so that it never overflows to inf - inf.
+  const auto& E = static_cast<const ExpLagrangian&>(*F_);
+  Vector lp(r.size()), lm(r.size());
+  for (Eigen::Index mu = 0; mu < r.size(); ++mu) {
+    lp[mu] = E.log_G(r[mu] + xi(mu, i));
+    lm[mu] = E.log_G(r[mu] - xi(mu, i));
+  }
+  const double a = numerics::log_sum_exp(lp), b = numerics::log_sum_exp(lm);
+  if (a == b) return two_I;
+  // sum G(a+) - sum G(a-) = s exp(logD), s = sign(a - b).
+  const double s = a > b ? 1.0 : -1.0;
+  const double logD = std::max(a, b) + std::log(-std::expm1(-std::fabs(a - b)));
+  if (two_I == 0.0 || (two_I > 0) == (s > 0)) {
+    const double logI = two_I == 0.0 ? -INFINITY : std::log(std::fabs(two_I));
+    const double hi = std::max(logD, logI), lo = std::min(logD, logI);
+    return s * std::exp(hi) * (1.0 + std::exp(lo - hi));
+  }
+  const double logI = std::log(std::fabs(two_I));
+  if (logD == logI) return 0.0;
+  const double sign = logD > logI ? s : -s;
+  const double hi = std::max(logD, logI), lo = std::min(logD, logI);
+  return sign * std::exp(hi) * -std::expm1(lo - hi);
+}
+
+Retrieval ModelA::retrieve(const Vector& sigma0, const ModelAOptions& options) const {
+  options.validate();
+  check_binary(sigma0, "sigma0");
+  const Eigen::Index N = n_features();
+  Vector sigma = sigma0;
+  std::vector<Eigen::Index> order(static_cast<size_t>(N));
+  std::iota(order.begin(), order.end(), Eigen::Index{0});
+  std::mt19937_64 rng(options.seed);
+  Retrieval out;
+  for (long sweep = 1; sweep <= options.max_sweeps; ++sweep) {
+    long flips = 0;
+    if (options.order == UpdateOrder::Synchronous) {
+      Vector next = sigma;
+      for (Eigen::Index i = 0; i < N; ++i) {
+        const double f = field(sigma, i);
+        if (f != 0.0) next[i] = f > 0 ? 1.0 : -1.0;
+        flips += next[i] != sigma[i];
+      }
+      sigma = next;
+    } else {
+      if (options.order == UpdateOrder::RandomAsync) std::shuffle(order.begin(), order.end(), rng);
+      for (Eigen::Index i : order) {
+        const double f = field(sigma, i);
+        const double s = f > 0 ? 1.0 : (f < 0 ? -1.0 : sigma[i]);
+        if (s != sigma[i]) {
+          sigma[i] = s;
+          ++flips;
+        }
+      }
+    }
+    out.steps = sweep;
+    out.final_delta = static_cast<double>(flips);
+    if (flips == 0) {
+      out.converged = true;
+      break;
+    }
+  }
+  out.energy = net_.effective_energy(sigma);
+  out.state = std::move(sigma);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Model B.
+
+ModelB::ModelB(Matrix patterns, double beta)
+    : net_(std::move(patterns), lagrangians::identity(), lagrangians::log_sum_exp(beta)), beta_(beta) {}
+
+double ModelB::energy(const Vector& v) const {
+  check_query(v, n_features(), "v");
+  return net_.effective_energy(v);  // eq. (13)
+}
+
+Vector ModelB::weights(const Vector& v) const {
+  check_query(v, n_features(), "v");
+  return net_.hidden_lagrangian().gradient(net_.hidden_steady_state(v));  // eq. (12)
+}
+
+Vector ModelB::update(const Vector& v, double step) const {
+  ASSOCMEM_CHECK_ARG(std::isfinite(step) && step > 0 && step <= 1, "step (dt/tau_f) must be in (0, 1], got ", step);
+  check_query(v, n_features(), "v");
+  Vector dv;
+  net_.effective_rhs(v, dv);  // eq. (14), tau_f = 1
+  return v + step * dv;       // eq. (15); step = 1 is eq. (16)
+}
+
+Retrieval ModelB::retrieve(const Vector& v0, const ModelBOptions& options) const {
+  options.validate();
+  check_query(v0, n_features(), "v0");
+  Retrieval out;
+  Vector v = v0;
+  for (long k = 1; k <= options.max_steps; ++k) {
+    Vector next = update(v, options.step);
+    out.final_delta = max_abs_diff(next, v);
+    v = std::move(next);
+    out.steps = k;
+    if (out.final_delta <= options.tol) {
+      out.converged = true;
+      break;
+    }
+  }
+  out.energy = net_.effective_energy(v);
+  out.state = std::move(v);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Model C.
+
+ModelC::ModelC(Matrix patterns, InteractionSpec F, double alpha)
+    : net_(std::move(patterns), lagrangians::spherical(), make_interaction(F), NetworkParams{1.0, 1.0, alpha, Vector()}) {}
+
+double ModelC::energy(const Vector& v) const {
+  check_query(v, n_features(), "v");
+  return net_.effective_energy(v);  // eq. (21)
+}
+
+Vector ModelC::velocity(const Vector& v) const {
+  check_query(v, n_features(), "v");
+  Vector dv;
+  net_.effective_rhs(v, dv);  // eq. (22), tau_f = 1
+  return dv;
+}
+
+Retrieval ModelC::retrieve(const Vector& v0, const ModelCOptions& options) const {
+  options.validate();
+  check_query(v0, n_features(), "v0");
+  ASSOCMEM_CHECK_ARG(v0.norm() > 0, "v0 must be non-zero: model C's output v/|v| is undefined at 0");
+  const bool track_direction = net_.params().alpha == 0.0;  // then |v| grows without bound
+  Retrieval out;
+  Vector v = v0;
+  for (long k = 1; k <= options.max_steps; ++k) {
+    Vector next = v + options.step * velocity(v);
+    ASSOCMEM_CHECK_ARG(next.norm() > 0, "model C: the state reached v = 0 at step ", k, "; reduce step");
+    out.final_delta = track_direction ? max_abs_diff(next / next.norm(), v / v.norm()) : max_abs_diff(next, v);
+    v = std::move(next);
+    out.steps = k;
+    if (out.final_delta <= options.tol) {
+      out.converged = true;
+      break;
+    }
+  }
+  out.energy = net_.effective_energy(v);
+  out.state = std::move(v);
+  return out;
+}
+
+}  // namespace assocmem
