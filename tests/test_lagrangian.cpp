@@ -20,6 +20,8 @@ struct Case {
   double scale;  // spread of the random probe points
 };
 
+void PrintTo(const Case& c, std::ostream* os) { *os << c.label; }
+
 std::vector<Case> all_cases() {
   namespace lg = lagrangians;
   Vector delta(6);
