@@ -30,6 +30,12 @@ class SolverError : public Error {
   using Error::Error;
 };
 
+/// A file that cannot be read or written, or that is not what it claims to be. Python: OSError.
+class IoError : public Error {
+ public:
+  using Error::Error;
+};
+
 namespace detail {
 template <class... Args>
 std::string concat(Args&&... args) {

@@ -1,0 +1,131 @@
+// assocmem/engine.hpp - the retrieval engine: fused, tiled, multi-threaded models B and C over a
+// MemoryStore.
+//
+// Model B (eq. 16, or eq. 15 with step < 1) for a batch of queries streams over the memories in
+// tiles and keeps, per query, an online softmax: the running maximum m of the scores
+// beta xi_mu.v, the sum of exp(beta xi_mu.v - m) and the weighted sum of the memories. The
+// batch x K score matrix is never materialised: extra memory is O(threads x batch x d).
+// The partial result is a public type (AttentionPartial) whose merge is exact, so memories split
+// across stores or machines give the same answer.
+//
+// Kernels are chosen once, at construction: AVX-512 BF16 (bfloat16 products with float32
+// accumulation; queries and softmax weights are rounded to bfloat16 inside the products), AVX-512
+// (float32), or portable code. Results agree with the plain ModelB / ModelC (tests).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "assocmem/models.hpp"
+#include "assocmem/store.hpp"
+
+namespace assocmem {
+
+enum class KernelChoice { Auto, Generic, Avx512, Avx512Bf16 };
+/// "auto", "generic", "avx512", "avx512_bf16"; throws InvalidArgument otherwise.
+KernelChoice parse_kernel(const std::string& name);
+
+struct EngineOptions {
+  int threads = 0;                          ///< worker threads; 0 = all hardware threads
+  KernelChoice kernel = KernelChoice::Auto; ///< Auto: the best this CPU runs (bf16 products only for
+                                            ///< bfloat16 stores). Asking for one the CPU lacks throws.
+  std::size_t tile = 256;                   ///< memories per tile, a multiple of 32 in [32, 65536]
+  void validate() const;
+};
+
+/// (beta * score, id) of one memory.
+struct ScoredId {
+  float score;
+  std::uint64_t id;
+};
+
+/// Online-softmax state of attention for a batch of queries over some of the memories.
+struct AttentionPartial {
+  std::size_t batch = 0, dim = 0, top_k = 0;
+  std::vector<float> max;              ///< [batch] running max of beta xi_mu.v; -inf before any memory
+  std::vector<double> sum;             ///< [batch] sum_mu exp(beta xi_mu.v - max)
+  std::vector<float> acc;              ///< [batch x dim] sum_mu exp(beta xi_mu.v - max) xi_mu
+  std::vector<std::vector<ScoredId>> top;  ///< [batch] the top_k best (beta * score, id), best first
+
+  AttentionPartial() = default;
+  AttentionPartial(std::size_t batch, std::size_t dim, std::size_t top_k);
+
+  /// Combines with the partial of other memories (same batch, dim, top_k): exact up to rounding.
+  void merge(const AttentionPartial& other);
+  /// log sum_mu exp(beta xi_mu.v) for query b (-inf when no memory was seen).
+  double log_sum_exp(std::size_t b) const;
+  /// The attention output sum_mu softmax(beta xi v)_mu xi_mu (eq. 16) for query b, into out[dim].
+  void state(std::size_t b, float* out) const;
+  /// The top_k memories of query b with their softmax weights, best first.
+  std::vector<std::pair<std::uint64_t, double>> top_weights(std::size_t b) const;
+};
+
+struct BatchOptions {
+  double step = 1.0;       ///< dt / tau_f (model B: (0, 1], eq. 15; model C: > 0, eq. 22)
+  long max_steps = 1;      ///< > 0
+  double tol = 0.0;        ///< a query stops when max_i |v_new - v| <= tol (>= 0)
+  std::size_t top_k = 0;   ///< memories to report per query (model B)
+  bool final_pass = true;  ///< score the returned states once more, so that energy and top-k
+                           ///< describe them; false: they describe the state of the last update's input
+  void validate(bool model_b) const;
+};
+
+/// Results for a batch (row-major states).
+struct BatchRetrieval {
+  std::size_t batch = 0, dim = 0;
+  std::vector<float> states;                  ///< [batch x dim]
+  std::vector<long> steps;                    ///< [batch] updates applied
+  std::vector<std::uint8_t> converged;        ///< [batch]
+  std::vector<double> final_delta;            ///< [batch] max |v_new - v| of the last update
+  std::vector<double> energy;                 ///< [batch] eq. (13) (model B) or eq. (21) (model C)
+  std::vector<std::vector<std::pair<std::uint64_t, double>>> top;  ///< [batch] (id, weight), model B
+};
+
+namespace detail {
+struct EngineCore;
+}
+
+/// Model B over a store. Keeps a reference: the store must outlive the engine. Thread-safe: many
+/// threads may call retrieve() on one engine (or on several engines over one store) at once.
+class ModelBEngine {
+ public:
+  ModelBEngine(const MemoryStore& store, double beta, EngineOptions options = {});
+  ~ModelBEngine();
+  ModelBEngine(ModelBEngine&&) noexcept;
+  ModelBEngine& operator=(ModelBEngine&&) noexcept;
+
+  /// The kernel table in use: "avx512_bf16", "avx512" or "generic".
+  std::string kernel() const;
+  double beta() const { return beta_; }
+
+  /// One pass over the memories for queries [batch x dim] (row-major): the mergeable partial.
+  AttentionPartial partial(const float* queries, std::size_t batch, std::size_t top_k = 0) const;
+  /// Iterates eq. (15)/(16) from the queries.
+  BatchRetrieval retrieve(const float* queries, std::size_t batch, const BatchOptions& options = {}) const;
+
+ private:
+  std::unique_ptr<detail::EngineCore> core_;
+  double beta_;
+};
+
+/// Model C over a store (eq. 22 by Euler steps, energy eq. 21), batched like model B.
+class ModelCEngine {
+ public:
+  ModelCEngine(const MemoryStore& store, InteractionSpec F, double alpha = 1.0, EngineOptions options = {});
+  ~ModelCEngine();
+  ModelCEngine(ModelCEngine&&) noexcept;
+  ModelCEngine& operator=(ModelCEngine&&) noexcept;
+  std::string kernel() const;
+  /// Iterates eq. (22) from the queries (each non-zero).
+  BatchRetrieval retrieve(const float* queries, std::size_t batch, const BatchOptions& options) const;
+
+ private:
+  std::unique_ptr<detail::EngineCore> core_;
+  AdditivePtr F_;
+  double alpha_;
+};
+
+}  // namespace assocmem

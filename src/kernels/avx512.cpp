@@ -1,0 +1,398 @@
+// AVX-512 kernels (F, BW, VL, DQ, FMA) and AVX-512 BF16 products (vdpbf16ps).
+//
+// This file is compiled with -mavx512* flags; it is entered only through the tables returned by
+// avx512_table() / avx512_bf16_table(), which dispatch.cpp hands out after checking the CPU.
+// Everything here has internal linkage and uses no inline library templates, so no AVX-512 code
+// can leak into the rest of the program through a shared (weak) symbol.
+#include <immintrin.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.hpp"
+
+namespace assocmem::kernels {
+namespace {
+
+constexpr std::size_t B = 32;  // = kBlock
+std::size_t up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }
+std::size_t lesser(std::size_t a, std::size_t b) { return a < b ? a : b; }
+__mmask16 tail_mask(std::size_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
+// exp(x) for float lanes: Cephes' range reduction and polynomial (|rel. error| < 2 ulp), scaled by
+// 2^n with vscalefps, which underflows to 0 cleanly. Inputs below -104 give 0, above 88.7 give inf.
+__m512 exp512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-104.0f), hi = _mm512_set1_ps(88.7f);
+  x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+__m512 load_bf16(const std::uint16_t* p, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+std::uint32_t load_pair(const std::uint16_t* p) {
+  std::uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// ---------------------------------------------------------------------------------------------
+// f32 products.
+
+void pack_xt(const float* rows, std::size_t nt, std::size_t d, float* xt) {
+  const std::size_t nblocks = up(nt, B) / B;
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    float* out = xt + b * d * B;
+    const std::size_t m = lesser(B, nt - b * B);
+    for (std::size_t j = 0; j < B; ++j) {
+      if (j < m) {
+        const float* src = rows + (b * B + j) * d;
+        for (std::size_t k = 0; k < d; ++k) out[k * B + j] = src[k];
+      } else {
+        for (std::size_t k = 0; k < d; ++k) out[k * B + j] = 0.0f;
+      }
+    }
+  }
+}
+
+template <int R>
+void mk1_f32(const float* q, std::size_t ldq, const float* xtb, std::size_t d, float* S, std::size_t ldS) {
+  __m512 c0[R], c1[R];
+  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+  for (std::size_t k = 0; k < d; ++k) {
+    const __m512 x0 = _mm512_loadu_ps(xtb + k * B), x1 = _mm512_loadu_ps(xtb + k * B + 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512 qb = _mm512_set1_ps(q[r * ldq + k]);
+      c0[r] = _mm512_fmadd_ps(qb, x0, c0[r]);
+      c1[r] = _mm512_fmadd_ps(qb, x1, c1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(S + r * ldS, c0[r]);
+    _mm512_storeu_ps(S + r * ldS + 16, c1[r]);
+  }
+}
+
+void gemm1_f32(const float* q, std::size_t nb, std::size_t ldq, const float* xt, std::size_t nt, std::size_t d,
+               float* S, std::size_t ldS) {
+  const std::size_t nblocks = up(nt, B) / B;
+  for (std::size_t r0 = 0; r0 < nb; r0 += 8) {
+    const std::size_t R = lesser(8, nb - r0);
+    for (std::size_t b = 0; b < nblocks; ++b) {
+      const float* qq = q + r0 * ldq;
+      const float* xb = xt + b * d * B;
+      float* s = S + r0 * ldS + b * B;
+      switch (R) {
+        case 8: mk1_f32<8>(qq, ldq, xb, d, s, ldS); break;
+        case 7: mk1_f32<7>(qq, ldq, xb, d, s, ldS); break;
+        case 6: mk1_f32<6>(qq, ldq, xb, d, s, ldS); break;
+        case 5: mk1_f32<5>(qq, ldq, xb, d, s, ldS); break;
+        case 4: mk1_f32<4>(qq, ldq, xb, d, s, ldS); break;
+        case 3: mk1_f32<3>(qq, ldq, xb, d, s, ldS); break;
+        case 2: mk1_f32<2>(qq, ldq, xb, d, s, ldS); break;
+        default: mk1_f32<1>(qq, ldq, xb, d, s, ldS); break;
+      }
+    }
+  }
+}
+
+template <int R>
+void mk2_f32(const float* P, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d, std::size_t j0,
+             float* acc, std::size_t dpad) {
+  const __mmask16 m0 = tail_mask(d - j0), m1 = d > j0 + 16 ? tail_mask(d - j0 - 16) : __mmask16(0);
+  __m512 c0[R], c1[R];
+  for (int r = 0; r < R; ++r) {
+    c0[r] = _mm512_loadu_ps(acc + r * dpad + j0);
+    c1[r] = _mm512_loadu_ps(acc + r * dpad + j0 + 16);
+  }
+  for (std::size_t t = 0; t < nt; ++t) {
+    const float* x = rows + t * d + j0;
+    const __m512 x0 = _mm512_maskz_loadu_ps(m0, x), x1 = _mm512_maskz_loadu_ps(m1, x + 16);
+    for (int r = 0; r < R; ++r) {
+      const __m512 pb = _mm512_set1_ps(P[r * ldP + t]);
+      c0[r] = _mm512_fmadd_ps(pb, x0, c0[r]);
+      c1[r] = _mm512_fmadd_ps(pb, x1, c1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(acc + r * dpad + j0, c0[r]);
+    _mm512_storeu_ps(acc + r * dpad + j0 + 16, c1[r]);
+  }
+}
+
+void gemm2_f32(const float* P, std::size_t nb, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d,
+               float* acc, std::size_t dpad) {
+  for (std::size_t r0 = 0; r0 < nb; r0 += 8) {
+    const std::size_t R = lesser(8, nb - r0);
+    for (std::size_t j0 = 0; j0 < d; j0 += B) {
+      const float* pp = P + r0 * ldP;
+      float* a = acc + r0 * dpad;
+      switch (R) {
+        case 8: mk2_f32<8>(pp, ldP, rows, nt, d, j0, a, dpad); break;
+        case 7: mk2_f32<7>(pp, ldP, rows, nt, d, j0, a, dpad); break;
+        case 6: mk2_f32<6>(pp, ldP, rows, nt, d, j0, a, dpad); break;
+        case 5: mk2_f32<5>(pp, ldP, rows, nt, d, j0, a, dpad); break;
+        case 4: mk2_f32<4>(pp, ldP, rows, nt, d, j0, a, dpad); break;
+        case 3: mk2_f32<3>(pp, ldP, rows, nt, d, j0, a, dpad); break;
+        case 2: mk2_f32<2>(pp, ldP, rows, nt, d, j0, a, dpad); break;
+        default: mk2_f32<1>(pp, ldP, rows, nt, d, j0, a, dpad); break;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 products with f32 accumulation (vdpbf16ps: lane j += a[2j] b[2j] + a[2j+1] b[2j+1]).
+
+void pack_xp1(const std::uint16_t* rows, std::size_t nt, std::size_t d, std::uint16_t* xp1) {
+  const std::size_t nblocks = up(nt, B) / B, dpairs = up(d, B) / 2;
+  for (std::size_t b = 0; b < nblocks; ++b)
+    for (std::size_t j = 0; j < B; ++j) {
+      const std::size_t t = b * B + j;
+      for (std::size_t kp = 0; kp < dpairs; ++kp)
+        for (std::size_t e = 0; e < 2; ++e) {
+          const std::size_t k = 2 * kp + e;
+          xp1[((b * dpairs + kp) * B + j) * 2 + e] = (t < nt && k < d) ? rows[t * d + k] : std::uint16_t(0);
+        }
+    }
+}
+
+void pack_xp2(const std::uint16_t* rows, std::size_t nt, std::size_t d, std::uint16_t* xp2) {
+  const std::size_t dblocks = up(d, B) / B, tpairs = up(nt, B) / 2;
+  for (std::size_t jb = 0; jb < dblocks; ++jb)
+    for (std::size_t tp = 0; tp < tpairs; ++tp)
+      for (std::size_t e = 0; e < 2; ++e) {
+        const std::size_t t = 2 * tp + e;
+        for (std::size_t j = 0; j < B; ++j) {
+          const std::size_t k = jb * B + j;
+          xp2[((jb * tpairs + tp) * B + j) * 2 + e] = (t < nt && k < d) ? rows[t * d + k] : std::uint16_t(0);
+        }
+      }
+}
+
+template <int R>
+void mk1_bf16(const std::uint16_t* q, std::size_t ldq, const std::uint16_t* xpb, std::size_t dpairs, float* S,
+              std::size_t ldS) {
+  __m512 c0[R], c1[R];
+  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
+  for (std::size_t kp = 0; kp < dpairs; ++kp) {
+    const __m512i x0 = _mm512_loadu_si512(xpb + kp * 2 * B), x1 = _mm512_loadu_si512(xpb + kp * 2 * B + B);
+    for (int r = 0; r < R; ++r) {
+      const __m512i qb = _mm512_set1_epi32(static_cast<int>(load_pair(q + r * ldq + 2 * kp)));
+      c0[r] = _mm512_dpbf16_ps(c0[r], (__m512bh)qb, (__m512bh)x0);
+      c1[r] = _mm512_dpbf16_ps(c1[r], (__m512bh)qb, (__m512bh)x1);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(S + r * ldS, c0[r]);
+    _mm512_storeu_ps(S + r * ldS + 16, c1[r]);
+  }
+}
+
+void gemm1_bf16(const std::uint16_t* q, std::size_t nb, std::size_t ldq, const std::uint16_t* xp1, std::size_t nt,
+                std::size_t d, float* S, std::size_t ldS) {
+  const std::size_t nblocks = up(nt, B) / B, dpairs = up(d, B) / 2;
+  for (std::size_t r0 = 0; r0 < nb; r0 += 8) {
+    const std::size_t R = lesser(8, nb - r0);
+    for (std::size_t b = 0; b < nblocks; ++b) {
+      const std::uint16_t* qq = q + r0 * ldq;
+      const std::uint16_t* xb = xp1 + b * dpairs * 2 * B;
+      float* s = S + r0 * ldS + b * B;
+      switch (R) {
+        case 8: mk1_bf16<8>(qq, ldq, xb, dpairs, s, ldS); break;
+        case 7: mk1_bf16<7>(qq, ldq, xb, dpairs, s, ldS); break;
+        case 6: mk1_bf16<6>(qq, ldq, xb, dpairs, s, ldS); break;
+        case 5: mk1_bf16<5>(qq, ldq, xb, dpairs, s, ldS); break;
+        case 4: mk1_bf16<4>(qq, ldq, xb, dpairs, s, ldS); break;
+        case 3: mk1_bf16<3>(qq, ldq, xb, dpairs, s, ldS); break;
+        case 2: mk1_bf16<2>(qq, ldq, xb, dpairs, s, ldS); break;
+        default: mk1_bf16<1>(qq, ldq, xb, dpairs, s, ldS); break;
+      }
+    }
+  }
+}
+
+template <int R>
+void mk2_bf16(const std::uint16_t* P, std::size_t ldP, const std::uint16_t* xpb, std::size_t tpairs, float* acc,
+              std::size_t dpad) {
+  __m512 c0[R], c1[R];
+  for (int r = 0; r < R; ++r) {
+    c0[r] = _mm512_loadu_ps(acc + r * dpad);
+    c1[r] = _mm512_loadu_ps(acc + r * dpad + 16);
+  }
+  for (std::size_t tp = 0; tp < tpairs; ++tp) {
+    const __m512i x0 = _mm512_loadu_si512(xpb + tp * 2 * B), x1 = _mm512_loadu_si512(xpb + tp * 2 * B + B);
+    for (int r = 0; r < R; ++r) {
+      const __m512i pb = _mm512_set1_epi32(static_cast<int>(load_pair(P + r * ldP + 2 * tp)));
+      c0[r] = _mm512_dpbf16_ps(c0[r], (__m512bh)pb, (__m512bh)x0);
+      c1[r] = _mm512_dpbf16_ps(c1[r], (__m512bh)pb, (__m512bh)x1);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_storeu_ps(acc + r * dpad, c0[r]);
+    _mm512_storeu_ps(acc + r * dpad + 16, c1[r]);
+  }
+}
+
+void gemm2_bf16(const std::uint16_t* P, std::size_t nb, std::size_t ldP, const std::uint16_t* xp2, std::size_t nt,
+                std::size_t d, float* acc, std::size_t dpad) {
+  const std::size_t dblocks = up(d, B) / B, tpairs = up(nt, B) / 2;
+  for (std::size_t r0 = 0; r0 < nb; r0 += 8) {
+    const std::size_t R = lesser(8, nb - r0);
+    for (std::size_t jb = 0; jb < dblocks; ++jb) {
+      const std::uint16_t* pp = P + r0 * ldP;
+      const std::uint16_t* xb = xp2 + jb * tpairs * 2 * B;
+      float* a = acc + r0 * dpad + jb * B;
+      switch (R) {
+        case 8: mk2_bf16<8>(pp, ldP, xb, tpairs, a, dpad); break;
+        case 7: mk2_bf16<7>(pp, ldP, xb, tpairs, a, dpad); break;
+        case 6: mk2_bf16<6>(pp, ldP, xb, tpairs, a, dpad); break;
+        case 5: mk2_bf16<5>(pp, ldP, xb, tpairs, a, dpad); break;
+        case 4: mk2_bf16<4>(pp, ldP, xb, tpairs, a, dpad); break;
+        case 3: mk2_bf16<3>(pp, ldP, xb, tpairs, a, dpad); break;
+        case 2: mk2_bf16<2>(pp, ldP, xb, tpairs, a, dpad); break;
+        default: mk2_bf16<1>(pp, ldP, xb, tpairs, a, dpad); break;
+      }
+    }
+  }
+}
+
+void to_bf16(const float* x, std::size_t n, std::uint16_t* out) {
+  std::size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+    _mm512_storeu_si512(out + i, (__m512i)v);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = tail_mask(n - i);
+    const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i));
+    _mm256_mask_storeu_epi16(out + i, m, (__m256i)v);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single query.
+
+template <class Load>
+void dots(const float* q, std::size_t nt, std::size_t d, float* out, Load load_row_chunk) {
+  std::size_t t = 0;
+  for (; t + 4 <= nt; t += 4) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (std::size_t k = 0; k < d; k += 16) {
+      const __mmask16 m = tail_mask(d - k);
+      const __m512 qv = _mm512_maskz_loadu_ps(m, q + k);
+      a0 = _mm512_fmadd_ps(qv, load_row_chunk(t, k, m), a0);
+      a1 = _mm512_fmadd_ps(qv, load_row_chunk(t + 1, k, m), a1);
+      a2 = _mm512_fmadd_ps(qv, load_row_chunk(t + 2, k, m), a2);
+      a3 = _mm512_fmadd_ps(qv, load_row_chunk(t + 3, k, m), a3);
+    }
+    out[t] = _mm512_reduce_add_ps(a0);
+    out[t + 1] = _mm512_reduce_add_ps(a1);
+    out[t + 2] = _mm512_reduce_add_ps(a2);
+    out[t + 3] = _mm512_reduce_add_ps(a3);
+  }
+  for (; t < nt; ++t) {
+    __m512 a = _mm512_setzero_ps();
+    for (std::size_t k = 0; k < d; k += 16) {
+      const __mmask16 m = tail_mask(d - k);
+      a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + k), load_row_chunk(t, k, m), a);
+    }
+    out[t] = _mm512_reduce_add_ps(a);
+  }
+}
+
+void dots_f32(const float* q, const float* rows, std::size_t nt, std::size_t d, float* out) {
+  dots(q, nt, d, out, [&](std::size_t t, std::size_t k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, rows + t * d + k); });
+}
+
+void dots_bf16(const float* q, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* out) {
+  dots(q, nt, d, out, [&](std::size_t t, std::size_t k, __mmask16 m) { return load_bf16(rows + t * d + k, m); });
+}
+
+template <class Load>
+void axpy(const float* p, std::size_t nt, std::size_t d, float* acc, Load load_row_chunk) {
+  for (std::size_t j0 = 0; j0 < d; j0 += 64) {
+    __mmask16 m[4];
+    __m512 a[4];
+    for (int c = 0; c < 4; ++c) {
+      const std::size_t j = j0 + 16 * static_cast<std::size_t>(c);
+      m[c] = j < d ? tail_mask(d - j) : __mmask16(0);
+      a[c] = _mm512_maskz_loadu_ps(m[c], acc + j);
+    }
+    for (std::size_t t = 0; t < nt; ++t) {
+      const __m512 pb = _mm512_set1_ps(p[t]);
+      for (int c = 0; c < 4; ++c)
+        if (m[c]) a[c] = _mm512_fmadd_ps(pb, load_row_chunk(t, j0 + 16 * static_cast<std::size_t>(c), m[c]), a[c]);
+    }
+    for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(acc + j0 + 16 * static_cast<std::size_t>(c), m[c], a[c]);
+  }
+}
+
+void axpy_f32(const float* p, const float* rows, std::size_t nt, std::size_t d, float* acc) {
+  axpy(p, nt, d, acc, [&](std::size_t t, std::size_t k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, rows + t * d + k); });
+}
+
+void axpy_bf16(const float* p, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* acc) {
+  axpy(p, nt, d, acc, [&](std::size_t t, std::size_t k, __mmask16 m) { return load_bf16(rows + t * d + k, m); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online-softmax epilogue.
+
+float scaled_max(const float* s, std::size_t n, float beta) {
+  __m512 m = _mm512_set1_ps(-__builtin_inff());
+  const __m512 b = _mm512_set1_ps(beta);
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    m = _mm512_mask_max_ps(m, k, m, _mm512_mul_ps(b, _mm512_maskz_loadu_ps(k, s + i)));
+  }
+  return _mm512_reduce_max_ps(m);
+}
+
+float exp_shift_sum(const float* s, std::size_t n, float beta, float mx, float* p) {
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 b = _mm512_set1_ps(beta), mv = _mm512_set1_ps(mx);
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m512 e = exp512(_mm512_fmsub_ps(b, _mm512_maskz_loadu_ps(k, s + i), mv));
+    _mm512_mask_storeu_ps(p + i, k, e);
+    sum = _mm512_mask_add_ps(sum, k, sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+void scale(float* x, std::size_t n, float a) {
+  const __m512 av = _mm512_set1_ps(a);
+  for (std::size_t i = 0; i < n; i += 16) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(av, _mm512_maskz_loadu_ps(k, x + i)));
+  }
+}
+
+constexpr Ops kAvx512{"avx512", false,      &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
+                      nullptr,  nullptr,    &to_bf16,   &dots_f32,  &dots_bf16,  &axpy_f32,     &axpy_bf16,
+                      &scaled_max, &exp_shift_sum, &scale};
+constexpr Ops kAvx512Bf16{"avx512_bf16", true,        &pack_xt,  &gemm1_f32, &gemm2_f32, &pack_xp1,
+                          &pack_xp2,     &gemm1_bf16, &gemm2_bf16, &to_bf16, &dots_f32,  &dots_bf16,
+                          &axpy_f32,     &axpy_bf16,  &scaled_max, &exp_shift_sum, &scale};
+
+}  // namespace
+
+const Ops* avx512_table() { return &kAvx512; }
+const Ops* avx512_bf16_table() { return &kAvx512Bf16; }
+
+}  // namespace assocmem::kernels

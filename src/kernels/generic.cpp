@@ -1,0 +1,118 @@
+// Portable kernels: plain loops that any x86-64 (or other) compiler vectorises as it can.
+#include <cmath>
+#include <cstring>
+
+#include "kernels.hpp"
+
+namespace assocmem::kernels {
+namespace {
+
+float bf16f(std::uint16_t b) {
+  const std::uint32_t u = static_cast<std::uint32_t>(b) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+std::uint16_t f2bf16(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if (std::isnan(x)) return static_cast<std::uint16_t>((u >> 16) | 0x40);
+  return static_cast<std::uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+void pack_xt(const float* rows, std::size_t nt, std::size_t d, float* xt) {
+  const std::size_t nblocks = (nt + kBlock - 1) / kBlock;
+  for (std::size_t b = 0; b < nblocks; ++b)
+    for (std::size_t k = 0; k < d; ++k)
+      for (std::size_t j = 0; j < kBlock; ++j) {
+        const std::size_t t = b * kBlock + j;
+        xt[(b * d + k) * kBlock + j] = t < nt ? rows[t * d + k] : 0.0f;
+      }
+}
+
+void gemm1_f32(const float* q, std::size_t nb, std::size_t ldq, const float* xt, std::size_t nt, std::size_t d,
+               float* S, std::size_t ldS) {
+  const std::size_t nblocks = (nt + kBlock - 1) / kBlock;
+  for (std::size_t r = 0; r < nb; ++r)
+    for (std::size_t b = 0; b < nblocks; ++b) {
+      float c[kBlock] = {};
+      for (std::size_t k = 0; k < d; ++k) {
+        const float qk = q[r * ldq + k];
+        const float* x = xt + (b * d + k) * kBlock;
+        for (std::size_t j = 0; j < kBlock; ++j) c[j] += qk * x[j];
+      }
+      std::memcpy(S + r * ldS + b * kBlock, c, sizeof c);
+    }
+}
+
+void gemm2_f32(const float* P, std::size_t nb, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d,
+               float* acc, std::size_t dpad) {
+  for (std::size_t r = 0; r < nb; ++r)
+    for (std::size_t t = 0; t < nt; ++t) {
+      const float p = P[r * ldP + t];
+      const float* x = rows + t * d;
+      float* a = acc + r * dpad;
+      for (std::size_t j = 0; j < d; ++j) a[j] += p * x[j];
+    }
+}
+
+void to_bf16(const float* x, std::size_t n, std::uint16_t* out) {
+  for (std::size_t i = 0; i < n; ++i) out[i] = f2bf16(x[i]);
+}
+
+void dots_f32(const float* q, const float* rows, std::size_t nt, std::size_t d, float* out) {
+  for (std::size_t t = 0; t < nt; ++t) {
+    float s = 0;
+    for (std::size_t k = 0; k < d; ++k) s += q[k] * rows[t * d + k];
+    out[t] = s;
+  }
+}
+
+void dots_bf16(const float* q, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* out) {
+  for (std::size_t t = 0; t < nt; ++t) {
+    float s = 0;
+    for (std::size_t k = 0; k < d; ++k) s += q[k] * bf16f(rows[t * d + k]);
+    out[t] = s;
+  }
+}
+
+void axpy_f32(const float* p, const float* rows, std::size_t nt, std::size_t d, float* acc) {
+  for (std::size_t t = 0; t < nt; ++t)
+    for (std::size_t k = 0; k < d; ++k) acc[k] += p[t] * rows[t * d + k];
+}
+
+void axpy_bf16(const float* p, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* acc) {
+  for (std::size_t t = 0; t < nt; ++t)
+    for (std::size_t k = 0; k < d; ++k) acc[k] += p[t] * bf16f(rows[t * d + k]);
+}
+
+float scaled_max(const float* s, std::size_t n, float beta) {
+  float m = -INFINITY;
+  for (std::size_t i = 0; i < n; ++i) m = std::fmax(m, beta * s[i]);
+  return m;
+}
+
+float exp_shift_sum(const float* s, std::size_t n, float beta, float m, float* p) {
+  float sum = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    p[i] = std::exp(beta * s[i] - m);
+    sum += p[i];
+  }
+  return sum;
+}
+
+void scale(float* x, std::size_t n, float a) {
+  for (std::size_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+}  // namespace
+
+const Ops& generic_ops() {
+  static const Ops ops{"generic", false,   &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
+                       nullptr,   nullptr, &to_bf16,   &dots_f32,  &dots_bf16,  &axpy_f32,     &axpy_bf16,
+                       &scaled_max, &exp_shift_sum, &scale};
+  return ops;
+}
+
+}  // namespace assocmem::kernels

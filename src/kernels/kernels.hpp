@@ -1,0 +1,61 @@
+// Internal: the hot loops of the retrieval engine, one table of functions per instruction set.
+//
+// Layouts (all buffers allocated and zero-padded by the caller; kBlock = 32):
+//   tile rows      nt memories, row-major, d floats (f32) or d uint16 (bf16) each, stride d
+//   xt   (f32)     gemm1 operand: [ceil(nt/32)][d][32] floats, memories beyond nt are zero
+//   xp1  (bf16)    gemm1 operand: [ceil(nt/32)][dpad/2][32][2] bf16 (pairs along d)
+//   xp2  (bf16)    gemm2 operand: [dpad/32][ntpad/2][32][2] bf16 (pairs along memories)
+//   S, P           nb x ldS scores / weights, ldS >= ntpad
+//   acc            nb x dpad accumulators
+// dpad = d rounded up to 32, ntpad = nt rounded up to 32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace assocmem::kernels {
+
+constexpr std::size_t kBlock = 32;
+inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }
+
+struct Ops {
+  const char* name;
+  bool bf16_products;  // gemm1/gemm2 take bf16 operands (queries and weights rounded to bf16)
+
+  // f32 products.
+  void (*pack_xt)(const float* rows, std::size_t nt, std::size_t d, float* xt);
+  void (*gemm1_f32)(const float* q, std::size_t nb, std::size_t ldq, const float* xt, std::size_t nt, std::size_t d,
+                    float* S, std::size_t ldS);
+  void (*gemm2_f32)(const float* P, std::size_t nb, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d,
+                    float* acc, std::size_t dpad);
+  // bf16 products (null where bf16_products is false).
+  void (*pack_xp1)(const std::uint16_t* rows, std::size_t nt, std::size_t d, std::uint16_t* xp1);
+  void (*pack_xp2)(const std::uint16_t* rows, std::size_t nt, std::size_t d, std::uint16_t* xp2);
+  void (*gemm1_bf16)(const std::uint16_t* q, std::size_t nb, std::size_t ldq, const std::uint16_t* xp1, std::size_t nt,
+                     std::size_t d, float* S, std::size_t ldS);
+  void (*gemm2_bf16)(const std::uint16_t* P, std::size_t nb, std::size_t ldP, const std::uint16_t* xp2, std::size_t nt,
+                     std::size_t d, float* acc, std::size_t dpad);
+  /// out[i] = bf16(x[i]) (round to nearest even), n elements.
+  void (*to_bf16)(const float* x, std::size_t n, std::uint16_t* out);
+
+  // Single-query (matrix-vector) kernels on row-major tiles: out[t] = q . row_t ; acc += sum_t p[t] row_t.
+  void (*dots_f32)(const float* q, const float* rows, std::size_t nt, std::size_t d, float* out);
+  void (*dots_bf16)(const float* q, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* out);
+  void (*axpy_f32)(const float* p, const float* rows, std::size_t nt, std::size_t d, float* acc);
+  void (*axpy_bf16)(const float* p, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* acc);
+
+  // Online-softmax epilogue pieces (eq. 12 evaluated tile by tile).
+  /// max_i beta * s[i]
+  float (*scaled_max)(const float* s, std::size_t n, float beta);
+  /// p[i] = exp(beta * s[i] - m); returns sum_i p[i]. Stable for beta * s[i] <= m.
+  float (*exp_shift_sum)(const float* s, std::size_t n, float beta, float m, float* p);
+  /// x[i] *= a
+  void (*scale)(float* x, std::size_t n, float a);
+};
+
+const Ops& generic_ops();
+/// Null when this build or this CPU has no AVX-512 (F, BW, VL, DQ) / AVX-512 BF16.
+const Ops* avx512_ops();
+const Ops* avx512_bf16_ops();
+
+}  // namespace assocmem::kernels

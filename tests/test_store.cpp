@@ -1,0 +1,281 @@
+// The memory store (round trips for every dtype, memory-mapped open, atomic save that survives a
+// kill, clear errors for every kind of broken file) and .npy input/output.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "assocmem/npy.hpp"
+#include "assocmem/store.hpp"
+#include "test_util.hpp"
+
+using namespace assocmem;
+using assocmem::testing::rand_pm1;
+using assocmem::testing::randn;
+namespace fs = std::filesystem;
+
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string t = (fs::temp_directory_path() / "assocmem_test_XXXXXX").string();
+    path_ = mkdtemp(t.data());
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
+
+ private:
+  std::string path_;
+};
+
+std::vector<char> read_all(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+void write_all(const std::string& p, const std::vector<char>& b) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(b.data(), static_cast<std::streamsize>(b.size()));
+}
+
+TEST(Bf16, RoundsToNearestEven) {
+  EXPECT_EQ(float_to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ(bf16_to_float(0x3F80), 1.0f);
+  // 1 + 2^-8 is exactly halfway between 1 and 1 + 2^-7: ties to even (1.0).
+  EXPECT_EQ(float_to_bf16(1.0f + 1.0f / 256), 0x3F80);
+  EXPECT_EQ(float_to_bf16(1.0f + 3.0f / 256), 0x3F82);  // halfway, rounds up to even
+  EXPECT_EQ(float_to_bf16(-2.5f), 0xC020);
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
+  EXPECT_TRUE(std::isinf(bf16_to_float(float_to_bf16(INFINITY))));
+  std::mt19937_64 rng(1);
+  for (int i = 0; i < 1000; ++i) {
+    const float x = static_cast<float>(randn(1, rng)[0]);
+    EXPECT_LE(std::fabs(bf16_to_float(float_to_bf16(x)) - x), std::fabs(x) / 256.0f);
+  }
+}
+
+TEST(Store, RoundTripEveryDtype) {
+  TempDir dir;
+  std::mt19937_64 rng(2);
+  for (DType t : {DType::Float32, DType::BFloat16, DType::Bits}) {
+    const std::size_t d = 77;  // not a multiple of 64 or 32
+    const Matrix X = t == DType::Bits ? rand_pm1(50, d, rng) : randn(50, d, rng);
+    MemoryStore s(d, t);
+    std::vector<std::uint64_t> ids(30);
+    for (std::size_t i = 0; i < 30; ++i) ids[i] = 1000 + 7 * i;
+    s.append(Matrix(X.topRows(30)), ids);
+    s.append(Matrix(X.bottomRows(20)));  // default ids continue from size()
+    ASSERT_EQ(s.size(), 50u);
+    EXPECT_EQ(s.ids()[30], 30u);
+    const std::string path = dir.file("s_" + to_string(t) + ".amem");
+    s.save(path);
+    const MemoryStore o = MemoryStore::open(path);
+    EXPECT_TRUE(o.mapped());
+    EXPECT_EQ(o.size(), 50u);
+    EXPECT_EQ(o.dim(), d);
+    EXPECT_EQ(o.dtype(), t);
+    EXPECT_EQ(o.ids()[3], 1021u);
+    EXPECT_EQ(o.ids()[49], 49u);
+    const Matrix back = o.to_matrix();
+    for (Eigen::Index i = 0; i < X.rows(); ++i)
+      for (Eigen::Index j = 0; j < X.cols(); ++j) {
+        const double expect = t == DType::BFloat16 ? bf16_to_float(float_to_bf16(static_cast<float>(X(i, j))))
+                                                   : static_cast<float>(X(i, j));
+        ASSERT_EQ(back(i, j), expect) << to_string(t) << " " << i << "," << j;
+      }
+    EXPECT_TRUE(back == s.to_matrix());
+  }
+}
+
+TEST(Store, AppendToAnOpenedStoreAndSaveOverIt) {
+  TempDir dir;
+  std::mt19937_64 rng(3);
+  MemoryStore s(8, DType::Float32);
+  s.append(randn(5, 8, rng));
+  const std::string path = dir.file("a.amem");
+  s.save(path);
+  MemoryStore o = MemoryStore::open(path);
+  const Matrix extra = randn(3, 8, rng);
+  o.append(extra);  // copies the mapping into memory first
+  EXPECT_FALSE(o.mapped());
+  o.save(path);     // replaces the file it was opened from
+  const MemoryStore again = MemoryStore::open(path);
+  EXPECT_EQ(again.size(), 8u);
+  EXPECT_NEAR((again.to_matrix().bottomRows(3) - extra).norm(), 0.0, 1e-6);
+  EXPECT_EQ(again.ids()[7], 7u);
+  // No temporary files are left behind.
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(path).parent_path())) files += e.is_regular_file();
+  EXPECT_EQ(files, 1);
+}
+
+TEST(Store, EmptyStoreRoundTrips) {
+  TempDir dir;
+  MemoryStore s(4, DType::BFloat16);
+  s.save(dir.file("e.amem"));
+  const MemoryStore o = MemoryStore::open(dir.file("e.amem"));
+  EXPECT_EQ(o.size(), 0u);
+  EXPECT_EQ(o.dim(), 4u);
+}
+
+TEST(Store, BadInputIsRejected) {
+  MemoryStore s(3, DType::Bits);
+  const float half[3] = {1.0f, 0.5f, -1.0f};
+  EXPECT_THROW_MSG(s.append(half, 1), InvalidArgument, "only +1 and -1");
+  MemoryStore f(3, DType::Float32);
+  const float nan[3] = {1.0f, std::nanf(""), 0.0f};
+  EXPECT_THROW_MSG(f.append(nan, 1), InvalidArgument, "NaN or Inf");
+  EXPECT_EQ(f.size(), 0u);  // nothing was appended
+  EXPECT_THROW_MSG(f.append(Matrix::Ones(2, 4)), InvalidArgument, "dim 3");
+  EXPECT_THROW_MSG(MemoryStore(0, DType::Float32), InvalidArgument, "dim");
+  EXPECT_THROW_MSG(parse_dtype("int4"), InvalidArgument, "dtype");
+  EXPECT_THROW_MSG(f.save("/nonexistent-dir/x.amem"), IoError, "/nonexistent-dir/x.amem");
+}
+
+TEST(Store, BrokenFilesGiveClearErrors) {
+  TempDir dir;
+  std::mt19937_64 rng(4);
+  MemoryStore s(16, DType::Float32);
+  s.append(randn(40, 16, rng));
+  const std::string good = dir.file("good.amem");
+  s.save(good);
+  const std::vector<char> bytes = read_all(good);
+  const std::string bad = dir.file("bad.amem");
+
+  EXPECT_THROW_MSG(MemoryStore::open(dir.file("missing.amem")), IoError, "missing.amem");
+
+  write_all(bad, {});
+  EXPECT_THROW_MSG(MemoryStore::open(bad), IoError, "truncated");
+  for (std::size_t cut : {std::size_t{30}, std::size_t{100}, std::size_t{4096}, bytes.size() - 1}) {
+    write_all(bad, std::vector<char>(bytes.begin(), bytes.begin() + static_cast<long>(cut)));
+    EXPECT_THROW_MSG(MemoryStore::open(bad), IoError, "bad.amem");
+  }
+  auto patched = bytes;
+  patched[0] = 'X';
+  write_all(bad, patched);
+  EXPECT_THROW_MSG(MemoryStore::open(bad), IoError, "magic");
+
+  patched = bytes;
+  patched[8] = 2;  // a future version (header checksum is checked after the version)
+  write_all(bad, patched);
+  EXPECT_THROW_MSG(MemoryStore::open(bad), IoError, "version 2");
+
+  patched = bytes;
+  patched[20] ^= 1;  // count
+  write_all(bad, patched);
+  EXPECT_THROW_MSG(MemoryStore::open(bad), IoError, "header checksum");
+
+  patched = bytes;
+  patched[4096 + 123] ^= 0x10;  // one bit of the payload
+  write_all(bad, patched);
+  EXPECT_THROW_MSG(MemoryStore::open(bad), IoError, "payload checksum");
+  OpenOptions fast;
+  fast.verify_checksum = false;
+  EXPECT_NO_THROW(MemoryStore::open(bad, fast));
+
+  patched = bytes;
+  patched.push_back(0);
+  write_all(bad, patched);
+  EXPECT_THROW_MSG(MemoryStore::open(bad), IoError, "trailing bytes");
+
+  EXPECT_THROW_MSG(MemoryStore::open(dir.file("")), IoError, "not a regular file");
+}
+
+// A process killed while saving leaves the previous file intact.
+TEST(Store, KillDuringSaveLeavesThePreviousFile) {
+  TempDir dir;
+  std::mt19937_64 rng(5);
+  const std::string path = dir.file("kill.amem");
+  MemoryStore small(64, DType::Float32);
+  small.append(randn(10, 64, rng));
+  small.save(path);
+  const std::vector<char> before = read_all(path);
+
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      MemoryStore big(1024, DType::Float32);
+      std::vector<float> rows(1024 * 1024, 0.25f);  // 4 MiB a call
+      for (int i = 0; i < 64; ++i) big.append(rows.data(), 1024);  // 256 MiB
+      for (;;) big.save(path);  // until killed
+    }
+    // Wait until a temporary file is being written, then kill the child mid-write.
+    bool writing = false;
+    for (int i = 0; i < 20000 && !writing; ++i) {
+      std::error_code ec;  // files come and go while the child works: never throw here
+      for (const auto& e : fs::directory_iterator(dir.file("."), ec)) {
+        std::error_code ec2;
+        if (e.path().filename().string().find(".tmp.") != std::string::npos && fs::file_size(e.path(), ec2) > 0 && !ec2)
+          writing = true;
+      }
+      if (!writing) std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_TRUE(writing);
+    // Either the old file or a complete new one, never a torn one.
+    const MemoryStore after = MemoryStore::open(path);
+    if (after.dim() == 64) EXPECT_EQ(read_all(path), before);
+    else EXPECT_EQ(after.size(), 64u * 1024u);
+  }
+}
+
+TEST(Npy, RoundTripAndTypes) {
+  TempDir dir;
+  const float f[6] = {1, 2, 3, 4, 5, 6.5f};
+  write_npy(dir.file("f.npy"), f, 2, 3);
+  NpyArray a = read_npy(dir.file("f.npy"));
+  EXPECT_EQ(a.type, NpyType::Float32);
+  EXPECT_EQ(a.rows, 2u);
+  EXPECT_EQ(a.cols, 3u);
+  EXPECT_EQ(a.to_float32()[5], 6.5f);
+  const double g[3] = {0.5, -1.25, 1e300};
+  write_npy(dir.file("g.npy"), g, 1, 3, /*as_1d=*/true);
+  a = read_npy(dir.file("g.npy"));
+  EXPECT_TRUE(a.was_1d);
+  EXPECT_EQ(a.to_matrix()(0, 2), 1e300);
+  const std::int8_t c[4] = {-1, 1, 1, -1};
+  write_npy(dir.file("c.npy"), c, 2, 2);
+  a = read_npy(dir.file("c.npy"));
+  EXPECT_EQ(a.type, NpyType::Int8);
+  EXPECT_EQ(a.to_float32()[0], -1.0f);
+  // The header is padded to a multiple of 64 bytes, as numpy writes it.
+  EXPECT_EQ((read_all(dir.file("c.npy")).size() - 4) % 64, 0u);
+}
+
+TEST(Npy, BadFilesGiveClearErrors) {
+  TempDir dir;
+  EXPECT_THROW_MSG(read_npy(dir.file("none.npy")), IoError, "none.npy");
+  write_all(dir.file("x.npy"), {'h', 'e', 'l', 'l', 'o', '!', '!', '!', '!', '!'});
+  EXPECT_THROW_MSG(read_npy(dir.file("x.npy")), IoError, "not a .npy");
+  auto header = [](const std::string& dict) {
+    std::string h = "\x93NUMPY\x01";
+    h.push_back('\0');
+    h.push_back(static_cast<char>(dict.size()));
+    h.push_back('\0');
+    h += dict;
+    return std::vector<char>(h.begin(), h.end());
+  };
+  write_all(dir.file("i4.npy"), header("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 2), }"));
+  EXPECT_THROW_MSG(read_npy(dir.file("i4.npy")), IoError, "unsupported dtype '<i4'");
+  write_all(dir.file("fo.npy"), header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }"));
+  EXPECT_THROW_MSG(read_npy(dir.file("fo.npy")), IoError, "Fortran");
+  write_all(dir.file("3d.npy"), header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 2), }"));
+  EXPECT_THROW_MSG(read_npy(dir.file("3d.npy")), IoError, "3 dimensions");
+  auto t = header("{'descr': '<f8', 'fortran_order': False, 'shape': (4, 4), }");
+  t.resize(t.size() + 20);
+  write_all(dir.file("tr.npy"), t);
+  EXPECT_THROW_MSG(read_npy(dir.file("tr.npy")), IoError, "truncated data");
+}
+
+}  // namespace
