@@ -114,11 +114,9 @@ template <int R>
 void mk2_f32(const float* P, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d, std::size_t j0,
              float* acc, std::size_t dpad) {
   const __mmask16 m0 = tail_mask(d - j0), m1 = d > j0 + 16 ? tail_mask(d - j0 - 16) : __mmask16(0);
+  // Accumulate from zero and add to acc at the end (keeps the accumulators in registers).
   __m512 c0[R], c1[R];
-  for (int r = 0; r < R; ++r) {
-    c0[r] = _mm512_loadu_ps(acc + r * dpad + j0);
-    c1[r] = _mm512_loadu_ps(acc + r * dpad + j0 + 16);
-  }
+  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
   for (std::size_t t = 0; t < nt; ++t) {
     const float* x = rows + t * d + j0;
     const __m512 x0 = _mm512_maskz_loadu_ps(m0, x), x1 = _mm512_maskz_loadu_ps(m1, x + 16);
@@ -129,10 +127,62 @@ void mk2_f32(const float* P, std::size_t ldP, const float* rows, std::size_t nt,
     }
   }
   for (int r = 0; r < R; ++r) {
-    _mm512_storeu_ps(acc + r * dpad + j0, c0[r]);
-    _mm512_storeu_ps(acc + r * dpad + j0 + 16, c1[r]);
+    float* a = acc + r * dpad + j0;
+    _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), c0[r]));
+    _mm512_storeu_ps(a + 16, _mm512_add_ps(_mm512_loadu_ps(a + 16), c1[r]));
   }
 }
+
+// R = 8 with the 16 accumulators as named variables: GCC 12 keeps an array of them in memory
+// (a store per iteration) in this loop, halving the throughput.
+#define ASSOCMEM_ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+void mk2_f32_8(const float* P, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d, std::size_t j0,
+               float* acc, std::size_t dpad) {
+  const __mmask16 m0 = tail_mask(d - j0), m1 = d > j0 + 16 ? tail_mask(d - j0 - 16) : __mmask16(0);
+#define DECL(r) __m512 a##r = _mm512_setzero_ps(), b##r = _mm512_setzero_ps();
+  ASSOCMEM_ROWS8(DECL)
+#undef DECL
+  for (std::size_t t = 0; t < nt; ++t) {
+    const float* x = rows + t * d + j0;
+    const __m512 x0 = _mm512_maskz_loadu_ps(m0, x), x1 = _mm512_maskz_loadu_ps(m1, x + 16);
+#define STEP(r)                                               \
+  {                                                           \
+    const __m512 pb = _mm512_set1_ps(P[r * ldP + t]);         \
+    a##r = _mm512_fmadd_ps(pb, x0, a##r);                     \
+    b##r = _mm512_fmadd_ps(pb, x1, b##r);                     \
+  }
+    ASSOCMEM_ROWS8(STEP)
+#undef STEP
+  }
+#define STORE(r)                                                                \
+  {                                                                             \
+    float* o = acc + r * dpad + j0;                                             \
+    _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), a##r));               \
+    _mm512_storeu_ps(o + 16, _mm512_add_ps(_mm512_loadu_ps(o + 16), b##r));     \
+  }
+  ASSOCMEM_ROWS8(STORE)
+}
+
+void mk2_bf16_8(const std::uint16_t* P, std::size_t ldP, const std::uint16_t* xpb, std::size_t tpairs, float* acc,
+                std::size_t dpad) {
+#define DECL(r) __m512 a##r = _mm512_setzero_ps(), b##r = _mm512_setzero_ps();
+  ASSOCMEM_ROWS8(DECL)
+#undef DECL
+  for (std::size_t tp = 0; tp < tpairs; ++tp) {
+    const __m512i x0 = _mm512_loadu_si512(xpb + tp * 2 * B), x1 = _mm512_loadu_si512(xpb + tp * 2 * B + B);
+#define STEP(r)                                                                         \
+  {                                                                                     \
+    const __m512i pb = _mm512_set1_epi32(static_cast<int>(load_pair(P + r * ldP + 2 * tp))); \
+    a##r = _mm512_dpbf16_ps(a##r, (__m512bh)pb, (__m512bh)x0);                          \
+    b##r = _mm512_dpbf16_ps(b##r, (__m512bh)pb, (__m512bh)x1);                          \
+  }
+    ASSOCMEM_ROWS8(STEP)
+#undef STEP
+  }
+  const std::size_t j0 = 0;
+  ASSOCMEM_ROWS8(STORE)
+}
+#undef STORE
 
 void gemm2_f32(const float* P, std::size_t nb, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d,
                float* acc, std::size_t dpad) {
@@ -142,7 +192,7 @@ void gemm2_f32(const float* P, std::size_t nb, std::size_t ldP, const float* row
       const float* pp = P + r0 * ldP;
       float* a = acc + r0 * dpad;
       switch (R) {
-        case 8: mk2_f32<8>(pp, ldP, rows, nt, d, j0, a, dpad); break;
+        case 8: mk2_f32_8(pp, ldP, rows, nt, d, j0, a, dpad); break;
         case 7: mk2_f32<7>(pp, ldP, rows, nt, d, j0, a, dpad); break;
         case 6: mk2_f32<6>(pp, ldP, rows, nt, d, j0, a, dpad); break;
         case 5: mk2_f32<5>(pp, ldP, rows, nt, d, j0, a, dpad); break;
@@ -230,10 +280,7 @@ template <int R>
 void mk2_bf16(const std::uint16_t* P, std::size_t ldP, const std::uint16_t* xpb, std::size_t tpairs, float* acc,
               std::size_t dpad) {
   __m512 c0[R], c1[R];
-  for (int r = 0; r < R; ++r) {
-    c0[r] = _mm512_loadu_ps(acc + r * dpad);
-    c1[r] = _mm512_loadu_ps(acc + r * dpad + 16);
-  }
+  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm512_setzero_ps();
   for (std::size_t tp = 0; tp < tpairs; ++tp) {
     const __m512i x0 = _mm512_loadu_si512(xpb + tp * 2 * B), x1 = _mm512_loadu_si512(xpb + tp * 2 * B + B);
     for (int r = 0; r < R; ++r) {
@@ -243,8 +290,9 @@ void mk2_bf16(const std::uint16_t* P, std::size_t ldP, const std::uint16_t* xpb,
     }
   }
   for (int r = 0; r < R; ++r) {
-    _mm512_storeu_ps(acc + r * dpad, c0[r]);
-    _mm512_storeu_ps(acc + r * dpad + 16, c1[r]);
+    float* a = acc + r * dpad;
+    _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), c0[r]));
+    _mm512_storeu_ps(a + 16, _mm512_add_ps(_mm512_loadu_ps(a + 16), c1[r]));
   }
 }
 
@@ -258,7 +306,7 @@ void gemm2_bf16(const std::uint16_t* P, std::size_t nb, std::size_t ldP, const s
       const std::uint16_t* xb = xp2 + jb * tpairs * 2 * B;
       float* a = acc + r0 * dpad + jb * B;
       switch (R) {
-        case 8: mk2_bf16<8>(pp, ldP, xb, tpairs, a, dpad); break;
+        case 8: mk2_bf16_8(pp, ldP, xb, tpairs, a, dpad); break;
         case 7: mk2_bf16<7>(pp, ldP, xb, tpairs, a, dpad); break;
         case 6: mk2_bf16<6>(pp, ldP, xb, tpairs, a, dpad); break;
         case 5: mk2_bf16<5>(pp, ldP, xb, tpairs, a, dpad); break;
