@@ -3,7 +3,8 @@
 // runs numpy (and PyTorch when installed) on the same shapes in the same run and prints ratios.
 //
 // usage: bench_compare CASE [--reps N] [--threads T]
-//   CASE: b_batch_f32 | b_batch_bf16 | b_single_f32 | b_single_bf16 | a_appendix_b | b_scaling
+//   CASE: b_batch_f32 | b_batch_bf16 | b_single_f32 | b_single_bf16 | bandwidth | b_scaling | b_threads
+//         | a_appendix_b [--starts S] [--n N]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <cmath>
 #include <vector>
 
+#include "assocmem/binary.hpp"
 #include "assocmem/engine.hpp"
 
 using namespace assocmem;
@@ -32,6 +34,25 @@ std::vector<float> unit_rows(std::size_t n, std::size_t d, std::uint64_t seed) {
     for (std::size_t j = 0; j < d; ++j) x[i * d + j] *= inv;
   }
   return x;
+}
+
+// Resident memory (KiB) now and its peak since the last reset_peak() (Linux /proc).
+long proc_status_kib(const char* key) {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long v = -1;
+  const std::size_t n = std::strlen(key);
+  while (std::fgets(line, sizeof line, f))
+    if (!std::strncmp(line, key, n)) v = std::atol(line + n + 1);
+  std::fclose(f);
+  return v;
+}
+void reset_peak() {
+  if (std::FILE* f = std::fopen("/proc/self/clear_refs", "w")) {
+    std::fputs("5", f);
+    std::fclose(f);
+  }
 }
 
 template <class F>
@@ -75,9 +96,12 @@ std::size_t g_tile = 256;
 
 void model_b(const char* name, DType dtype, std::size_t K, std::size_t d, std::size_t B, int reps, int threads) {
   MemoryStore store(d, dtype);
-  const auto X = unit_rows(K, d, 1);
-  store.append(X.data(), K);
-  std::vector<float> Q(X.begin(), X.begin() + static_cast<long>(B * d));
+  std::vector<float> Q;
+  {
+    const auto X = unit_rows(K, d, 1);
+    store.append(X.data(), K);
+    Q.assign(X.begin(), X.begin() + static_cast<long>(B * d));
+  }
   EngineOptions eo;
   eo.threads = threads;
   eo.tile = g_tile;
@@ -85,11 +109,52 @@ void model_b(const char* name, DType dtype, std::size_t K, std::size_t d, std::s
   BatchOptions bo;
   bo.max_steps = 1;
   bo.final_pass = false;  // one step of eq. (16), as numpy's X^T softmax(beta X v)
+  reset_peak();
+  const long rss_before = proc_status_kib("VmRSS:");
   const double s = median_seconds(reps, [&] { eng.retrieve(Q.data(), B, bo); });
+  const long extra_kib = proc_status_kib("VmHWM:") - rss_before;
   const double bytes = double(K) * store.row_bytes();
   std::printf("{\"case\": \"%s\", \"K\": %zu, \"d\": %zu, \"batch\": %zu, \"dtype\": \"%s\", \"kernel\": \"%s\", "
-              "\"threads\": %d, \"median_s\": %.6g, \"pattern_gb_per_s\": %.4g}\n",
-              name, K, d, B, to_string(dtype).c_str(), eng.kernel().c_str(), threads, s, bytes / s / 1e9);
+              "\"threads\": %d, \"median_s\": %.6g, \"pattern_gb_per_s\": %.4g, \"extra_memory_mb\": %.1f}\n",
+              name, K, d, B, to_string(dtype).c_str(), eng.kernel().c_str(), threads, s, bytes / s / 1e9,
+              extra_kib / 1024.0);
+}
+
+// Krotov-Hopfield 2016 Appendix B: N = 100, K = 2000 random memories, F = x^n, random starts run to
+// convergence (asynchronous, neurons in fixed order as in the numpy reference).
+void model_a(std::size_t starts, double n, int reps, int threads, UpdateOrder order, const char* name) {
+  const std::size_t N = 100, K = 2000;
+  std::mt19937_64 rng(7);
+  std::bernoulli_distribution coin(0.5);
+  std::vector<float> X(K * N);
+  for (auto& x : X) x = coin(rng) ? 1.0f : -1.0f;
+  MemoryStore store(N, DType::Bits);
+  store.append(X.data(), K);
+  std::vector<std::int8_t> cues(starts * N);
+  for (auto& c : cues) c = coin(rng) ? 1 : -1;
+  const ModelAEngine eng(store, {Interaction::Power, n});
+  BinaryOptions o;
+  o.order = order;
+  o.threads = threads;
+  o.max_sweeps = 100;
+  BinaryRetrieval r;
+  const double s = median_seconds(reps, [&] { r = eng.retrieve(cues.data(), starts, o); });
+  // How many starts ended on a stored memory (or its negative: |overlap| = N)?
+  std::size_t on_memory = 0;
+  for (std::size_t b = 0; b < starts; ++b) {
+    bool hit = false;
+    for (std::size_t mu = 0; mu < K && !hit; ++mu) {
+      long m = 0;
+      for (std::size_t i = 0; i < N; ++i) m += static_cast<long>(X[mu * N + i]) * r.states[b * N + i];
+      hit = static_cast<std::size_t>(std::labs(m)) == N;
+    }
+    on_memory += hit;
+  }
+  long max_sweeps = 0;
+  for (long sw : r.sweeps) max_sweeps = std::max(max_sweeps, sw);
+  std::printf("{\"case\": \"%s\", \"N\": %zu, \"K\": %zu, \"n\": %g, \"starts\": %zu, \"kernel\": \"%s\", "
+              "\"threads\": %d, \"median_s\": %.6g, \"fraction_on_memory\": %.4f, \"max_sweeps\": %ld}\n",
+              name, N, K, n, starts, eng.kernel().c_str(), threads, s, double(on_memory) / double(starts), max_sweeps);
 }
 
 }  // namespace
@@ -117,6 +182,14 @@ int main(int argc, char** argv) {
       const int t = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
       std::printf("{\"case\": \"bandwidth\", \"bytes\": %zu, \"threads\": %d, \"gb_per_s\": %.4g}\n", std::size_t{256} << 20,
                   t, read_bandwidth_gbs(std::size_t{256} << 20, t));
+    } else if (c == "a_appendix_b") {
+      std::size_t starts = 10000;
+      double n = 5;
+      for (int i = 2; i + 1 < argc; i += 2) {
+        if (!std::strcmp(argv[i], "--starts")) starts = static_cast<std::size_t>(std::atol(argv[i + 1]));
+        if (!std::strcmp(argv[i], "--n")) n = std::atof(argv[i + 1]);
+      }
+      model_a(starts, n, reps, threads, UpdateOrder::FixedAsync, "a_appendix_b");
     } else if (c == "b_scaling") {
       for (std::size_t K : {10000u, 30000u, 100000u, 300000u, 1000000u})
         model_b("b_scaling", DType::Float32, K, 64, 16, reps, threads);

@@ -20,7 +20,8 @@ KernelChoice parse_kernel(const std::string& name) {
   if (name == "generic") return KernelChoice::Generic;
   if (name == "avx512") return KernelChoice::Avx512;
   if (name == "avx512_bf16") return KernelChoice::Avx512Bf16;
-  throw InvalidArgument("kernel must be one of auto, generic, avx512, avx512_bf16; got '" + name + "'");
+  if (name == "amx_bf16") return KernelChoice::AmxBf16;
+  throw InvalidArgument("kernel must be one of auto, generic, avx512, avx512_bf16, amx_bf16; got '" + name + "'");
 }
 
 void EngineOptions::validate() const {
@@ -122,8 +123,13 @@ struct EngineCore {
         ops = kernels::avx512_bf16_ops();
         ASSOCMEM_CHECK_ARG(ops != nullptr, "kernel 'avx512_bf16' is not available on this CPU or build");
         break;
+      case KernelChoice::AmxBf16:
+        ops = kernels::amx_bf16_ops();
+        ASSOCMEM_CHECK_ARG(ops != nullptr, "kernel 'amx_bf16' is not available on this CPU, kernel or build");
+        break;
       case KernelChoice::Auto:
-        ops = s.dtype() == DType::BFloat16 ? kernels::avx512_bf16_ops() : nullptr;
+        ops = s.dtype() == DType::BFloat16 ? kernels::amx_bf16_ops() : nullptr;
+        if (!ops && s.dtype() == DType::BFloat16) ops = kernels::avx512_bf16_ops();
         if (!ops) ops = kernels::avx512_ops();
         if (!ops) ops = &kernels::generic_ops();
         break;
@@ -145,19 +151,20 @@ struct EngineCore {
   void pass(const float* Q, std::size_t nq, std::vector<Epi>& epi, std::vector<std::vector<float>>& acc) const {
     const std::size_t d = dim(), dp = dpad(), T = opt.tile, K = store->size();
     const bool matvec = nq < 4;
-    std::vector<float> Qp(nq * dp, 0.0f);
+    const std::size_t QB = ops->row_block;
+    const std::size_t nq_pad = round_up(nq, QB);
+    std::vector<float> Qp(nq_pad * dp, 0.0f);
     for (std::size_t b = 0; b < nq; ++b) std::memcpy(&Qp[b * dp], Q + b * d, d * sizeof(float));
     std::vector<std::uint16_t> Qbf;
     if (bf16_products && !matvec) {
-      Qbf.resize(nq * dp);
+      Qbf.resize(Qp.size());
       ops->to_bf16(Qp.data(), Qp.size(), Qbf.data());
     }
     const std::size_t nw = workers();
     acc.assign(nw, {});
-    const std::size_t QB = 8;
     parallel_chunks(ntiles(), static_cast<int>(nw), [&](std::size_t w, std::size_t tb, std::size_t te) {
       std::vector<float>& A = acc[w];
-      A.assign(nq * dp, 0.0f);
+      A.assign(nq_pad * dp, 0.0f);
       std::vector<float> tilef, xt, S(QB * T), P(QB * T);
       std::vector<std::uint16_t> xp1, xp2, Pbf;
       for (std::size_t ti = tb; ti < te; ++ti) {
@@ -194,7 +201,7 @@ struct EngineCore {
               else ops->dots_bf16(&Qp[(r0 + r) * dp], rowsb, nt, d, &S[r * T]);
             }
           } else if (bf16_products) {
-            ops->gemm1_bf16(&Qbf[r0 * dp], nb, dp, xp1.data(), nt, d, S.data(), T);
+            ops->gemm1_bf16(&Qbf[r0 * dp], ops->full_row_blocks ? QB : nb, dp, xp1.data(), nt, d, S.data(), T);
           } else {
             ops->gemm1_f32(&Qp[r0 * dp], nb, dp, xt.data(), nt, d, S.data(), T);
           }
@@ -203,14 +210,16 @@ struct EngineCore {
             epi[w].apply(r0 + r, &S[r * T], nt, Pr, &A[(r0 + r) * dp], dp, t0);
             std::fill(Pr + nt, Pr + round_up(nt, kBlock), 0.0f);
           }
+          if (nb < QB) std::fill(P.begin() + static_cast<long>(nb * T), P.end(), 0.0f);  // padding rows
           if (matvec) {
             for (std::size_t r = 0; r < nb; ++r) {
               if (rowsf) ops->axpy_f32(&P[r * T], rowsf, nt, d, &A[(r0 + r) * dp]);
               else ops->axpy_bf16(&P[r * T], rowsb, nt, d, &A[(r0 + r) * dp]);
             }
           } else if (bf16_products) {
-            ops->to_bf16(P.data(), nb * T, Pbf.data());
-            ops->gemm2_bf16(Pbf.data(), nb, T, xp2.data(), nt, d, &A[r0 * dp], dp);
+            const std::size_t rows = ops->full_row_blocks ? QB : nb;
+            ops->to_bf16(P.data(), rows * T, Pbf.data());
+            ops->gemm2_bf16(Pbf.data(), rows, T, xp2.data(), nt, d, &A[r0 * dp], dp);
           } else {
             ops->gemm2_f32(P.data(), nb, T, rowsf, nt, d, &A[r0 * dp], dp);
           }

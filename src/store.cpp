@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <limits>
 
 #include <xxhash.h>
@@ -79,6 +80,52 @@ float bf16_to_float(std::uint16_t b) {
 }
 
 // ------------------------------------------------------------------------------------------------
+namespace detail {
+
+RowBuffer::~RowBuffer() {
+  if (p_) munmap(p_, cap_);
+}
+RowBuffer::RowBuffer(RowBuffer&& o) noexcept : p_(o.p_), size_(o.size_), cap_(o.cap_) {
+  o.p_ = nullptr;
+  o.size_ = o.cap_ = 0;
+}
+RowBuffer& RowBuffer::operator=(RowBuffer&& o) noexcept {
+  if (this != &o) {
+    if (p_) munmap(p_, cap_);
+    p_ = o.p_;
+    size_ = o.size_;
+    cap_ = o.cap_;
+    o.p_ = nullptr;
+    o.size_ = o.cap_ = 0;
+  }
+  return *this;
+}
+void RowBuffer::resize(std::size_t n) {
+  if (n <= cap_) {
+    if (n > size_) std::memset(p_ + size_, 0, n - size_);
+    size_ = n;
+    return;
+  }
+  constexpr std::size_t kHuge = std::size_t{2} << 20;
+  std::size_t cap = std::max(n, 2 * cap_);
+  cap = (cap + kHuge - 1) / kHuge * kHuge;
+  void* q = mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (q == MAP_FAILED) throw Error(detail::concat("memory store: cannot allocate ", cap, " bytes: ", errno_text()));
+#ifdef MADV_HUGEPAGE
+  madvise(q, cap, MADV_HUGEPAGE);  // advisory; ignored where THP is off
+#endif
+  auto* nq = static_cast<std::uint8_t*>(q);  // anonymous memory starts zeroed
+  if (p_) {
+    std::memcpy(nq, p_, size_);
+    munmap(p_, cap_);
+  }
+  p_ = nq;
+  size_ = n;
+  cap_ = cap;
+}
+
+}  // namespace detail
+
 struct MemoryStore::Mapping {
   void* base = MAP_FAILED;
   std::size_t length = 0;
@@ -107,7 +154,10 @@ void MemoryStore::refresh_pointers() {
 
 void MemoryStore::materialize() {
   if (!mapping_) return;
-  owned_rows_.assign(rows_, rows_ + count_ * row_bytes_);
+  detail::RowBuffer rows;
+  rows.resize(count_ * row_bytes_);
+  if (count_) std::memcpy(rows.data(), rows_, count_ * row_bytes_);
+  owned_rows_ = std::move(rows);
   owned_ids_.assign(ids_, ids_ + count_);
   mapping_.reset();
   refresh_pointers();
@@ -125,7 +175,7 @@ void MemoryStore::append(const float* rows, std::size_t n, const std::uint64_t* 
   }
   materialize();
   const std::size_t old = count_;
-  owned_rows_.resize((old + n) * row_bytes_, 0);
+  owned_rows_.resize((old + n) * row_bytes_);
   owned_ids_.resize(old + n);
   for (std::size_t r = 0; r < n; ++r) {
     std::uint8_t* dst = owned_rows_.data() + (old + r) * row_bytes_;

@@ -19,7 +19,7 @@ std::vector<KernelChoice> available_kernels() {
   std::vector<KernelChoice> ks = {KernelChoice::Generic};
   MemoryStore probe(4, DType::BFloat16);
   probe.append(Matrix::Ones(1, 4));
-  for (KernelChoice k : {KernelChoice::Avx512, KernelChoice::Avx512Bf16}) {
+  for (KernelChoice k : {KernelChoice::Avx512, KernelChoice::Avx512Bf16, KernelChoice::AmxBf16}) {
     try {
       EngineOptions o;
       o.kernel = k;
@@ -58,7 +58,8 @@ Fixture make_store(DType t, std::size_t K, std::size_t d, std::mt19937_64& rng) 
 }
 
 // bf16 products round queries and weights to 8 significant bits: 2^-8 relative per product.
-double tolerance(const ModelBEngine& e) { return e.kernel() == "avx512_bf16" ? 2e-2 : 2e-5; }
+bool bf16_products(const ModelBEngine& e) { return e.kernel() == "avx512_bf16" || e.kernel() == "amx_bf16"; }
+double tolerance(const ModelBEngine& e) { return bf16_products(e) ? 2e-2 : 2e-5; }
 
 TEST(EngineB, OneStepMatchesThePlainModelForEveryKernelDtypeAndBatch) {
   std::mt19937_64 rng(1);
@@ -93,7 +94,7 @@ TEST(EngineB, OneStepMatchesThePlainModelForEveryKernelDtypeAndBatch) {
           ASSERT_EQ(r.top[b].size(), 5u);
           Eigen::Index best;
           w.maxCoeff(&best);
-          if (eng.kernel() != "avx512_bf16") {
+          if (!bf16_products(eng)) {
             EXPECT_EQ(r.top[b][0].first, static_cast<std::uint64_t>(best));
           }
           for (const auto& [id, weight] : r.top[b]) EXPECT_NEAR(weight, w[static_cast<Eigen::Index>(id)], 2 * tol + 1e-6);
@@ -126,7 +127,7 @@ TEST(EngineB, IteratesToThePlainFixedPoint) {
       EXPECT_TRUE(r.converged[b]) << eng.kernel();
       const auto p = plain.retrieve(Q.row(static_cast<Eigen::Index>(b)).transpose(), po);
       const Vector got = Eigen::Map<const Eigen::VectorXf>(&r.states[b * 24], 24).cast<double>();
-      EXPECT_LE((got - p.state).lpNorm<Eigen::Infinity>(), eng.kernel() == "avx512_bf16" ? 2e-2 : 1e-4) << eng.kernel();
+      EXPECT_LE((got - p.state).lpNorm<Eigen::Infinity>(), bf16_products(eng) ? 2e-2 : 1e-4) << eng.kernel();
     }
   }
 }

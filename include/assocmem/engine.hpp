@@ -8,9 +8,9 @@
 // The partial result is a public type (AttentionPartial) whose merge is exact, so memories split
 // across stores or machines give the same answer.
 //
-// Kernels are chosen once, at construction: AVX-512 BF16 (bfloat16 products with float32
-// accumulation; queries and softmax weights are rounded to bfloat16 inside the products), AVX-512
-// (float32), or portable code. Results agree with the plain ModelB / ModelC (tests).
+// Kernels are chosen once, at construction: for bfloat16 stores AMX-BF16 tiles or AVX-512 BF16
+// (bfloat16 products with float32 accumulation; queries and softmax weights are rounded to
+// bfloat16 inside the products), AVX-512 (float32), or portable code. Results agree with the plain ModelB / ModelC (tests).
 #pragma once
 
 #include <cstddef>
@@ -24,8 +24,8 @@
 
 namespace assocmem {
 
-enum class KernelChoice { Auto, Generic, Avx512, Avx512Bf16 };
-/// "auto", "generic", "avx512", "avx512_bf16"; throws InvalidArgument otherwise.
+enum class KernelChoice { Auto, Generic, Avx512, Avx512Bf16, AmxBf16 };
+/// "auto", "generic", "avx512", "avx512_bf16", "amx_bf16"; throws InvalidArgument otherwise.
 KernelChoice parse_kernel(const std::string& name);
 
 struct EngineOptions {
@@ -97,7 +97,7 @@ class ModelBEngine {
   ModelBEngine(ModelBEngine&&) noexcept;
   ModelBEngine& operator=(ModelBEngine&&) noexcept;
 
-  /// The kernel table in use: "avx512_bf16", "avx512" or "generic".
+  /// The kernel table in use: "amx_bf16", "avx512_bf16", "avx512" or "generic".
   std::string kernel() const;
   double beta() const { return beta_; }
 

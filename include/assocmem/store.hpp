@@ -34,6 +34,29 @@ namespace assocmem {
 
 enum class DType : std::uint32_t { Float32 = 1, BFloat16 = 2, Bits = 3 };
 
+namespace detail {
+/// A growable byte buffer in anonymous memory advised for transparent huge pages, so that streaming
+/// over millions of memories is not cut at every 4 KiB page by the hardware prefetcher.
+class RowBuffer {
+ public:
+  RowBuffer() = default;
+  ~RowBuffer();
+  RowBuffer(RowBuffer&& o) noexcept;
+  RowBuffer& operator=(RowBuffer&& o) noexcept;
+  RowBuffer(const RowBuffer&) = delete;
+  RowBuffer& operator=(const RowBuffer&) = delete;
+  /// Grows or shrinks to n bytes; new bytes are zero.
+  void resize(std::size_t n);
+  std::uint8_t* data() { return p_; }
+  const std::uint8_t* data() const { return p_; }
+  std::size_t size() const { return size_; }
+
+ private:
+  std::uint8_t* p_ = nullptr;
+  std::size_t size_ = 0, cap_ = 0;
+};
+}  // namespace detail
+
 /// "float32" / "f32", "bfloat16" / "bf16", "bits"; throws InvalidArgument otherwise.
 DType parse_dtype(const std::string& name);
 std::string to_string(DType t);
@@ -97,7 +120,7 @@ class MemoryStore {
   DType dtype_ = DType::Float32;
   std::size_t row_bytes_ = 0;
   std::size_t count_ = 0;
-  std::vector<std::uint8_t> owned_rows_;
+  detail::RowBuffer owned_rows_;
   std::vector<std::uint64_t> owned_ids_;
   std::unique_ptr<Mapping> mapping_;
   const std::uint8_t* rows_ = nullptr;

@@ -335,23 +335,21 @@ void to_bf16(const float* x, std::size_t n, std::uint16_t* out) {
 // ---------------------------------------------------------------------------------------------
 // Single query.
 
+// Memory-bound: 8 rows at a time with software prefetch of the rows 16 ahead.
 template <class Load>
-void dots(const float* q, std::size_t nt, std::size_t d, float* out, Load load_row_chunk) {
+void dots(const float* q, std::size_t nt, std::size_t d, float* out, std::size_t row_bytes, const char* base,
+          Load load_row_chunk) {
   std::size_t t = 0;
-  for (; t + 4 <= nt; t += 4) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; t + 8 <= nt; t += 8) {
+    for (std::size_t p = 0; p < 8 * row_bytes; p += 64) _mm_prefetch(base + (t + 16) * row_bytes + p, _MM_HINT_T0);
+    __m512 a[8];
+    for (int r = 0; r < 8; ++r) a[r] = _mm512_setzero_ps();
     for (std::size_t k = 0; k < d; k += 16) {
       const __mmask16 m = tail_mask(d - k);
       const __m512 qv = _mm512_maskz_loadu_ps(m, q + k);
-      a0 = _mm512_fmadd_ps(qv, load_row_chunk(t, k, m), a0);
-      a1 = _mm512_fmadd_ps(qv, load_row_chunk(t + 1, k, m), a1);
-      a2 = _mm512_fmadd_ps(qv, load_row_chunk(t + 2, k, m), a2);
-      a3 = _mm512_fmadd_ps(qv, load_row_chunk(t + 3, k, m), a3);
+      for (int r = 0; r < 8; ++r) a[r] = _mm512_fmadd_ps(qv, load_row_chunk(t + static_cast<std::size_t>(r), k, m), a[r]);
     }
-    out[t] = _mm512_reduce_add_ps(a0);
-    out[t + 1] = _mm512_reduce_add_ps(a1);
-    out[t + 2] = _mm512_reduce_add_ps(a2);
-    out[t + 3] = _mm512_reduce_add_ps(a3);
+    for (int r = 0; r < 8; ++r) out[t + static_cast<std::size_t>(r)] = _mm512_reduce_add_ps(a[r]);
   }
   for (; t < nt; ++t) {
     __m512 a = _mm512_setzero_ps();
@@ -364,11 +362,13 @@ void dots(const float* q, std::size_t nt, std::size_t d, float* out, Load load_r
 }
 
 void dots_f32(const float* q, const float* rows, std::size_t nt, std::size_t d, float* out) {
-  dots(q, nt, d, out, [&](std::size_t t, std::size_t k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, rows + t * d + k); });
+  dots(q, nt, d, out, d * 4, reinterpret_cast<const char*>(rows),
+       [&](std::size_t t, std::size_t k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, rows + t * d + k); });
 }
 
 void dots_bf16(const float* q, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* out) {
-  dots(q, nt, d, out, [&](std::size_t t, std::size_t k, __mmask16 m) { return load_bf16(rows + t * d + k, m); });
+  dots(q, nt, d, out, d * 2, reinterpret_cast<const char*>(rows),
+       [&](std::size_t t, std::size_t k, __mmask16 m) { return load_bf16(rows + t * d + k, m); });
 }
 
 template <class Load>
@@ -431,16 +431,198 @@ void scale(float* x, std::size_t n, float a) {
   }
 }
 
-constexpr Ops kAvx512{"avx512", false,      &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
+// ---------------------------------------------------------------------------------------------
+// Model A on packed +-1 columns: 8 memories per mask byte.
+
+void masked_sums(const double* a, const double* b, const std::uint8_t* bits, std::size_t n, bool invert, double* sa,
+                 double* sb) {
+  __m512d x0 = _mm512_setzero_pd(), x1 = x0, y0 = x0, y1 = x0;
+  const std::uint8_t flip = invert ? 0xFF : 0x00;
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __mmask8 m0 = static_cast<__mmask8>(bits[i / 8] ^ flip), m1 = static_cast<__mmask8>(bits[i / 8 + 1] ^ flip);
+    x0 = _mm512_mask_add_pd(x0, m0, x0, _mm512_loadu_pd(a + i));
+    y0 = _mm512_mask_add_pd(y0, static_cast<__mmask8>(~m0), y0, _mm512_loadu_pd(b + i));
+    x1 = _mm512_mask_add_pd(x1, m1, x1, _mm512_loadu_pd(a + i + 8));
+    y1 = _mm512_mask_add_pd(y1, static_cast<__mmask8>(~m1), y1, _mm512_loadu_pd(b + i + 8));
+  }
+  for (; i < n; i += 8) {
+    const std::size_t left = n - i;
+    const __mmask8 valid = left >= 8 ? __mmask8(0xFF) : static_cast<__mmask8>((1u << left) - 1u);
+    const __mmask8 m0 = static_cast<__mmask8>((bits[i / 8] ^ flip) & valid);
+    const __mmask8 n0 = static_cast<__mmask8>(~(bits[i / 8] ^ flip) & valid);
+    x0 = _mm512_mask_add_pd(x0, m0, x0, _mm512_maskz_loadu_pd(valid, a + i));
+    y0 = _mm512_mask_add_pd(y0, n0, y0, _mm512_maskz_loadu_pd(valid, b + i));
+  }
+  *sa = _mm512_reduce_add_pd(_mm512_add_pd(x0, x1));
+  *sb = _mm512_reduce_add_pd(_mm512_add_pd(y0, y1));
+}
+
+void add_signed(std::int32_t* m, const std::uint8_t* bits, std::size_t n, std::int32_t delta) {
+  const __m512i plus = _mm512_set1_epi32(delta), minus = _mm512_set1_epi32(-delta);
+  for (std::size_t i = 0; i < n; i += 16) {
+    const std::size_t left = n - i;
+    const __mmask16 valid = tail_mask(left);
+    std::uint16_t word = bits[i / 8];
+    if (left > 8) word = static_cast<std::uint16_t>(word | (bits[i / 8 + 1] << 8));
+    const __m512i step = _mm512_mask_blend_epi32(static_cast<__mmask16>(word), minus, plus);
+    const __m512i v = _mm512_maskz_loadu_epi32(valid, m + i);
+    _mm512_mask_storeu_epi32(m + i, valid, _mm512_add_epi32(v, step));
+  }
+}
+
+void lookup_pairs(const std::int32_t* m, std::size_t n, const double* table, std::int32_t offset, double* a, double* b) {
+  const __m256i off = _mm256_set1_epi32(offset), off2 = _mm256_set1_epi32(offset + 2);
+  std::size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + i));
+    _mm512_storeu_pd(a + i, _mm512_i32gather_pd(_mm256_add_epi32(idx, off), table, 8));
+    _mm512_storeu_pd(b + i, _mm512_i32gather_pd(_mm256_add_epi32(idx, off2), table, 8));
+  }
+  for (; i < n; ++i) {
+    a[i] = table[m[i] + offset];
+    b[i] = table[m[i] + offset + 2];
+  }
+}
+
+constexpr Ops kAvx512{"avx512", false, 8, false,      &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
                       nullptr,  nullptr,    &to_bf16,   &dots_f32,  &dots_bf16,  &axpy_f32,     &axpy_bf16,
-                      &scaled_max, &exp_shift_sum, &scale};
-constexpr Ops kAvx512Bf16{"avx512_bf16", true,        &pack_xt,  &gemm1_f32, &gemm2_f32, &pack_xp1,
+                      &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs};
+constexpr Ops kAvx512Bf16{"avx512_bf16", true, 8, false,        &pack_xt,  &gemm1_f32, &gemm2_f32, &pack_xp1,
                           &pack_xp2,     &gemm1_bf16, &gemm2_bf16, &to_bf16, &dots_f32,  &dots_bf16,
-                          &axpy_f32,     &axpy_bf16,  &scaled_max, &exp_shift_sum, &scale};
+                          &axpy_f32,     &axpy_bf16,  &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs};
+
+// ---------------------------------------------------------------------------------------------
+// AMX-BF16: 16 x 16 float32 tiles += (16 x 32 bf16) x (32 x 16 bf16, pairs along k). The xp1/xp2
+// layouts above are exactly AMX's "VNNI" B operand: 16 rows of pairs, 64 bytes per 16 columns,
+// row stride 128 bytes (32 columns). Tiles: 0-3 results, 4 the A operand, 5-7 B operands.
+struct alignas(64) TileConfig {
+  std::uint8_t palette_id;
+  std::uint8_t start_row;
+  std::uint8_t reserved[14];
+  std::uint16_t colsb[16];
+  std::uint8_t rows[16];
+};
+
+void configure_tiles() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof cfg);
+  cfg.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+void gemm1_amx(const std::uint16_t* q, std::size_t nb, std::size_t ldq, const std::uint16_t* xp1, std::size_t nt,
+               std::size_t d, float* S, std::size_t ldS) {
+  configure_tiles();
+  const std::size_t nblocks = up(nt, B) / B, dpairs = up(d, B) / 2, kcs = up(d, B) / B;
+  const std::size_t qs = ldq * 2, ss = ldS * 4;
+  for (std::size_t r0 = 0; r0 < nb; r0 += 16) {
+    const std::uint16_t* A = q + r0 * ldq;
+    float* Sr = S + r0 * ldS;
+    std::size_t b = 0;
+    for (; b + 1 < nblocks; b += 2) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (std::size_t kc = 0; kc < kcs; ++kc) {
+        const std::uint16_t* x0 = xp1 + (b * dpairs + kc * 16) * 2 * B;
+        const std::uint16_t* x1 = xp1 + ((b + 1) * dpairs + kc * 16) * 2 * B;
+        _tile_loadd(4, A + kc * B, qs);
+        _tile_loadd(5, x0, 4 * B);
+        _tile_loadd(6, x0 + B, 4 * B);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(7, x1, 4 * B);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_loadd(5, x1 + B, 4 * B);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+      _tile_stored(0, Sr + b * B, ss);
+      _tile_stored(1, Sr + b * B + 16, ss);
+      _tile_stored(2, Sr + (b + 1) * B, ss);
+      _tile_stored(3, Sr + (b + 1) * B + 16, ss);
+    }
+    if (b < nblocks) {
+      _tile_zero(0);
+      _tile_zero(1);
+      for (std::size_t kc = 0; kc < kcs; ++kc) {
+        const std::uint16_t* x0 = xp1 + (b * dpairs + kc * 16) * 2 * B;
+        _tile_loadd(4, A + kc * B, qs);
+        _tile_loadd(5, x0, 4 * B);
+        _tile_loadd(6, x0 + B, 4 * B);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_dpbf16ps(1, 4, 6);
+      }
+      _tile_stored(0, Sr + b * B, ss);
+      _tile_stored(1, Sr + b * B + 16, ss);
+    }
+  }
+  _tile_release();
+}
+
+void gemm2_amx(const std::uint16_t* P, std::size_t nb, std::size_t ldP, const std::uint16_t* xp2, std::size_t nt,
+               std::size_t d, float* acc, std::size_t dpad) {
+  configure_tiles();
+  const std::size_t dblocks = up(d, B) / B, tpairs = up(nt, B) / 2, tcs = up(nt, B) / B;
+  const std::size_t ps = ldP * 2, as = dpad * 4;
+  for (std::size_t r0 = 0; r0 < nb; r0 += 16) {
+    const std::uint16_t* A = P + r0 * ldP;
+    float* C = acc + r0 * dpad;
+    std::size_t jb = 0;
+    for (; jb + 1 < dblocks; jb += 2) {
+      _tile_loadd(0, C + jb * B, as);
+      _tile_loadd(1, C + jb * B + 16, as);
+      _tile_loadd(2, C + (jb + 1) * B, as);
+      _tile_loadd(3, C + (jb + 1) * B + 16, as);
+      for (std::size_t tc = 0; tc < tcs; ++tc) {
+        const std::uint16_t* x0 = xp2 + (jb * tpairs + tc * 16) * 2 * B;
+        const std::uint16_t* x1 = xp2 + ((jb + 1) * tpairs + tc * 16) * 2 * B;
+        _tile_loadd(4, A + tc * B, ps);
+        _tile_loadd(5, x0, 4 * B);
+        _tile_loadd(6, x0 + B, 4 * B);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(7, x1, 4 * B);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_loadd(5, x1 + B, 4 * B);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+      _tile_stored(0, C + jb * B, as);
+      _tile_stored(1, C + jb * B + 16, as);
+      _tile_stored(2, C + (jb + 1) * B, as);
+      _tile_stored(3, C + (jb + 1) * B + 16, as);
+    }
+    if (jb < dblocks) {
+      _tile_loadd(0, C + jb * B, as);
+      _tile_loadd(1, C + jb * B + 16, as);
+      for (std::size_t tc = 0; tc < tcs; ++tc) {
+        const std::uint16_t* x0 = xp2 + (jb * tpairs + tc * 16) * 2 * B;
+        _tile_loadd(4, A + tc * B, ps);
+        _tile_loadd(5, x0, 4 * B);
+        _tile_loadd(6, x0 + B, 4 * B);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_dpbf16ps(1, 4, 6);
+      }
+      _tile_stored(0, C + jb * B, as);
+      _tile_stored(1, C + jb * B + 16, as);
+    }
+  }
+  _tile_release();
+}
+
+constexpr Ops kAmxBf16{"amx_bf16", true, 16, true,        &pack_xt,  &gemm1_f32, &gemm2_f32, &pack_xp1,
+                       &pack_xp2,  &gemm1_amx, &gemm2_amx, &to_bf16, &dots_f32,  &dots_bf16, &axpy_f32,
+                       &axpy_bf16, &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs};
 
 }  // namespace
 
 const Ops* avx512_table() { return &kAvx512; }
 const Ops* avx512_bf16_table() { return &kAvx512Bf16; }
+const Ops* amx_bf16_table() { return &kAmxBf16; }
 
 }  // namespace assocmem::kernels

@@ -1,11 +1,17 @@
 // Runtime choice of the kernel table: checked once, here, in code compiled for any x86-64.
 #include "kernels.hpp"
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace assocmem::kernels {
 
 #if defined(ASSOCMEM_HAVE_AVX512)
 const Ops* avx512_table();
 const Ops* avx512_bf16_table();
+const Ops* amx_bf16_table();
 
 namespace {
 bool cpu_has_avx512() {
@@ -17,13 +23,30 @@ bool cpu_has_avx512_bf16() {
   __builtin_cpu_init();
   return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
 }
+// Linux keeps AMX tile data off until a process asks for it (arch_prctl ARCH_REQ_XCOMP_PERM).
+bool amx_permitted() {
+#if defined(__linux__)
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  static const bool ok = syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+  return ok;
+#else
+  return false;
+#endif
+}
+bool cpu_has_amx_bf16() {
+  __builtin_cpu_init();
+  return cpu_has_avx512_bf16() && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+         amx_permitted();
+}
 }  // namespace
 
 const Ops* avx512_ops() { return cpu_has_avx512() ? avx512_table() : nullptr; }
 const Ops* avx512_bf16_ops() { return cpu_has_avx512_bf16() ? avx512_bf16_table() : nullptr; }
+const Ops* amx_bf16_ops() { return cpu_has_amx_bf16() ? amx_bf16_table() : nullptr; }
 #else
 const Ops* avx512_ops() { return nullptr; }
 const Ops* avx512_bf16_ops() { return nullptr; }
+const Ops* amx_bf16_ops() { return nullptr; }
 #endif
 
 }  // namespace assocmem::kernels

@@ -106,12 +106,35 @@ void scale(float* x, std::size_t n, float a) {
   for (std::size_t i = 0; i < n; ++i) x[i] *= a;
 }
 
+void masked_sums(const double* a, const double* b, const std::uint8_t* bits, std::size_t n, bool invert, double* sa,
+                 double* sb) {
+  double x = 0, y = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const bool set = ((bits[i / 8] >> (i % 8)) & 1) != invert;
+    if (set) x += a[i];
+    else y += b[i];
+  }
+  *sa = x;
+  *sb = y;
+}
+
+void add_signed(std::int32_t* m, const std::uint8_t* bits, std::size_t n, std::int32_t delta) {
+  for (std::size_t i = 0; i < n; ++i) m[i] += ((bits[i / 8] >> (i % 8)) & 1) ? delta : -delta;
+}
+
+void lookup_pairs(const std::int32_t* m, std::size_t n, const double* table, std::int32_t offset, double* a, double* b) {
+  for (std::size_t i = 0; i < n; ++i) {
+    a[i] = table[m[i] + offset];
+    b[i] = table[m[i] + offset + 2];
+  }
+}
+
 }  // namespace
 
 const Ops& generic_ops() {
-  static const Ops ops{"generic", false,   &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
+  static const Ops ops{"generic", false, 8, false,   &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
                        nullptr,   nullptr, &to_bf16,   &dots_f32,  &dots_bf16,  &axpy_f32,     &axpy_bf16,
-                       &scaled_max, &exp_shift_sum, &scale};
+                       &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs};
   return ops;
 }
 

@@ -20,7 +20,10 @@ inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) /
 
 struct Ops {
   const char* name;
-  bool bf16_products;  // gemm1/gemm2 take bf16 operands (queries and weights rounded to bf16)
+  bool bf16_products;      // gemm1/gemm2 take bf16 operands (queries and weights rounded to bf16)
+  std::size_t row_block;   // queries per gemm call
+  bool full_row_blocks;    // the bf16 gemms always process row_block rows (AMX): the caller pads
+                           // queries, weights and accumulators with zero rows
 
   // f32 products.
   void (*pack_xt)(const float* rows, std::size_t nt, std::size_t d, float* xt);
@@ -51,11 +54,23 @@ struct Ops {
   float (*exp_shift_sum)(const float* s, std::size_t n, float beta, float m, float* p);
   /// x[i] *= a
   void (*scale)(float* x, std::size_t n, float a);
+
+  // Model A on +-1 patterns (bits: bit mu of a neuron's column is 1 where xi_mu,i = +1).
+  /// sa = sum of a[mu] where (bit mu) != invert, sb = sum of b[mu] where (bit mu) == invert.
+  void (*masked_sums)(const double* a, const double* b, const std::uint8_t* bits, std::size_t n, bool invert,
+                      double* sa, double* sb);
+  /// m[mu] += (bit mu) ? delta : -delta
+  void (*add_signed)(std::int32_t* m, const std::uint8_t* bits, std::size_t n, std::int32_t delta);
+  /// a[mu] = table[m[mu] + offset], b[mu] = table[m[mu] + offset + 2]
+  void (*lookup_pairs)(const std::int32_t* m, std::size_t n, const double* table, std::int32_t offset, double* a,
+                       double* b);
 };
 
 const Ops& generic_ops();
 /// Null when this build or this CPU has no AVX-512 (F, BW, VL, DQ) / AVX-512 BF16.
 const Ops* avx512_ops();
 const Ops* avx512_bf16_ops();
+/// AMX-BF16 tile products (also needs the kernel's permission for AMX state, asked for once).
+const Ops* amx_bf16_ops();
 
 }  // namespace assocmem::kernels

@@ -1,0 +1,72 @@
+// assocmem/binary.hpp - model A, fast: +-1 patterns packed in bits, many cues in parallel.
+//
+// Same rule as ModelA (Krotov-Hopfield 2016 asynchronous or synchronous updates, eq. 8), computed
+// differently. For each cue the K overlaps m_mu = xi_mu . sigma are kept up to date incrementally
+// (O(K) per flip, not O(K N)). With t_mu = xi_mu,i sigma_i, the field of neuron i is
+//   field_i = 2 I_i + sigma_i [ sum_{t_mu = +1} A_mu - sum_{t_mu = -1} B_mu ],
+//   A_mu = F(m_mu) - F(m_mu - 2),  B_mu = F(m_mu + 2) - F(m_mu),
+// so a neuron visit is two masked sums over K (bits of neuron i's column as masks) and a flip
+// refreshes A and B from a table of F on the integers [-N-2, N+2]. For F = exp the table is scaled
+// by exp(-beta S), S = max_mu m_mu + 2, which keeps every value finite (the sign is what matters).
+// Cue c of a batch uses the random order of seed + c, so ModelA::retrieve(cue, {order, max, seed + c})
+// follows the same trajectory.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "assocmem/engine.hpp"
+#include "assocmem/models.hpp"
+#include "assocmem/store.hpp"
+
+namespace assocmem {
+
+struct BinaryOptions {
+  UpdateOrder order = UpdateOrder::RandomAsync;
+  long max_sweeps = 1000;  ///< > 0
+  std::uint64_t seed = 0;  ///< cue c uses seed + c
+  int threads = 0;         ///< 0: all hardware threads
+  void validate() const;
+};
+
+struct BinaryRetrieval {
+  std::size_t batch = 0, dim = 0;
+  std::vector<std::int8_t> states;    ///< [batch x dim], +-1
+  std::vector<long> sweeps;           ///< [batch] sweeps run (the last one changed nothing if converged)
+  std::vector<std::uint8_t> converged;
+  std::vector<long> last_flips;       ///< [batch] flips in the last sweep
+  std::vector<double> energy;         ///< [batch] eq. (8) at the final state
+};
+
+class ModelAEngine {
+ public:
+  /// store: a Bits store (K memories of N neurons). current: I (length N) or empty. The store must
+  /// outlive the engine; the engine is immutable and thread-safe.
+  ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current = Vector(),
+               KernelChoice kernel = KernelChoice::Auto);
+  std::size_t n_features() const { return N_; }
+  std::size_t n_memories() const { return K_; }
+  std::string kernel() const;
+
+  /// Runs the update rule from each cue ([batch x N], entries +-1) to a fixed point or max_sweeps.
+  BinaryRetrieval retrieve(const std::int8_t* cues, std::size_t batch, const BinaryOptions& options = {}) const;
+  /// eq. (8) for one +-1 state of length N.
+  double energy(const std::int8_t* sigma) const;
+
+ private:
+  struct Cue;
+  void refresh(Cue& c) const;
+  double field(const Cue& c, std::size_t i) const;
+
+  const MemoryStore* store_;
+  std::size_t N_, K_, col_bytes_;
+  InteractionSpec spec_;
+  AdditivePtr F_;
+  std::vector<double> I_;
+  std::vector<std::uint8_t> cols_;  ///< N columns of ceil(K/8) bytes: bit mu = (xi_mu,i == +1)
+  std::vector<double> table_;       ///< F(m) - F(m - 2) for m in [-N-2, N+4] (power, rectified)
+  const void* ops_;
+};
+
+}  // namespace assocmem

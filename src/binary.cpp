@@ -1,0 +1,208 @@
+// Model A on packed bits: incremental overlaps, masked sums (see binary.hpp).
+#include "assocmem/binary.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+
+#include "kernels/kernels.hpp"
+#include "parallel.hpp"
+
+namespace assocmem {
+
+void BinaryOptions::validate() const {
+  ASSOCMEM_CHECK_ARG(max_sweeps > 0, "max_sweeps must be > 0, got ", max_sweeps);
+  ASSOCMEM_CHECK_ARG(threads >= 0, "threads must be >= 0 (0 = all hardware threads), got ", threads);
+}
+
+namespace {
+const kernels::Ops& ops_of(const void* p) { return *static_cast<const kernels::Ops*>(p); }
+
+const kernels::Ops* choose(KernelChoice k) {
+  const kernels::Ops* ops = nullptr;
+  switch (k) {
+    case KernelChoice::Generic: return &kernels::generic_ops();
+    case KernelChoice::Avx512:
+    case KernelChoice::Avx512Bf16:
+    case KernelChoice::AmxBf16:
+      ops = kernels::avx512_ops();
+      ASSOCMEM_CHECK_ARG(ops != nullptr, "kernel: AVX-512 is not available on this CPU or build");
+      return ops;
+    case KernelChoice::Auto:
+      ops = kernels::avx512_ops();
+      return ops ? ops : &kernels::generic_ops();
+  }
+  return &kernels::generic_ops();
+}
+}  // namespace
+
+// Per-cue working state.
+struct ModelAEngine::Cue {
+  std::vector<std::int8_t> sigma;
+  std::vector<std::int32_t> m;  // overlaps xi_mu . sigma
+  std::vector<double> A, B;     // F(m) - F(m-2), F(m+2) - F(m) (scaled for exp)
+  std::vector<double> table;    // exp only: the table scaled by exp(-beta S)
+  std::int32_t S = 0;           // exp only: the shift of `table` (0: not built yet)
+  bool has_table = false;
+  double current_scale = 1.0;   // exp(-beta S) for the current term (exp), else 1
+};
+
+ModelAEngine::ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current, KernelChoice kernel)
+    : store_(&store), N_(store.dim()), K_(store.size()), spec_(F), F_(make_interaction(F)), ops_(choose(kernel)) {
+  ASSOCMEM_CHECK_ARG(store.dtype() == DType::Bits, "model A engine: the store must hold bits (+-1 patterns), got ",
+                     to_string(store.dtype()));
+  ASSOCMEM_CHECK_ARG(K_ > 0, "store: the memory is empty (no patterns)");
+  ASSOCMEM_CHECK_ARG(N_ < (std::size_t{1} << 30), "model A engine: N = ", N_, " is too large");
+  if (current.size() == 0) {
+    I_.assign(N_, 0.0);
+  } else {
+    ASSOCMEM_CHECK_ARG(static_cast<std::size_t>(current.size()) == N_, "current I has length ", current.size(),
+                       " but N_f = ", N_);
+    check_finite(current, "current I");
+    I_.assign(current.data(), current.data() + current.size());
+  }
+  // Transpose the patterns into columns of bits.
+  col_bytes_ = (K_ + 7) / 8;
+  cols_.assign(N_ * col_bytes_, 0);
+  for (std::size_t mu = 0; mu < K_; ++mu) {
+    const std::uint8_t* row = store.row(mu);
+    for (std::size_t i = 0; i < N_; ++i)
+      if ((row[i / 8] >> (i % 8)) & 1) cols_[i * col_bytes_ + mu / 8] |= static_cast<std::uint8_t>(1u << (mu % 8));
+  }
+  if (spec_.kind != Interaction::Exp) {
+    // table_[m + N + 2] = F(m) - F(m - 2), m in [-N-2, N+4]: A = table(m), B = table(m + 2).
+    table_.resize(2 * N_ + 7);
+    for (std::size_t k = 0; k < table_.size(); ++k) {
+      const double m = static_cast<double>(k) - static_cast<double>(N_) - 2.0;
+      table_[k] = F_->G(m) - F_->G(m - 2.0);
+    }
+  }
+}
+
+std::string ModelAEngine::kernel() const { return ops_of(ops_).name; }
+
+double ModelAEngine::energy(const std::int8_t* sigma) const {
+  // eq. (8): E = -sum_i I_i sigma_i - sum_mu F(xi_mu . sigma)
+  double e = 0;
+  for (std::size_t i = 0; i < N_; ++i) e -= I_[i] * sigma[i];
+  for (std::size_t mu = 0; mu < K_; ++mu) {
+    const std::uint8_t* row = store_->row(mu);
+    long m = 0;
+    for (std::size_t i = 0; i < N_; ++i) m += (((row[i / 8] >> (i % 8)) & 1) ? 1 : -1) * sigma[i];
+    e -= F_->G(static_cast<double>(m));
+  }
+  return e;
+}
+
+void ModelAEngine::refresh(Cue& c) const {
+  const auto& ops = ops_of(ops_);
+  const std::int32_t offset = static_cast<std::int32_t>(N_) + 2;
+  if (spec_.kind != Interaction::Exp) {
+    ops.lookup_pairs(c.m.data(), K_, table_.data(), offset, c.A.data(), c.B.data());
+    return;
+  }
+  // Scale by exp(-beta S), S = max m + 2: every exponent beta (m - S) is <= 0.
+  const auto& E = static_cast<const ExpLagrangian&>(*F_);
+  const std::int32_t S = *std::max_element(c.m.begin(), c.m.end()) + 2;
+  if (!c.has_table || S != c.S) {
+    c.table.resize(2 * N_ + 7);
+    for (std::size_t k = 0; k < c.table.size(); ++k) {
+      const double m = static_cast<double>(k) - static_cast<double>(offset);
+      c.table[k] = E.G(m - S) - E.G(m - 2.0 - S);
+    }
+    c.current_scale = std::exp(-E.beta() * S);
+    c.S = S;
+    c.has_table = true;
+  }
+  ops.lookup_pairs(c.m.data(), K_, c.table.data(), offset, c.A.data(), c.B.data());
+}
+
+double ModelAEngine::field(const Cue& c, std::size_t i) const {
+  double sa = 0, sb = 0;
+  const bool minus = c.sigma[i] < 0;
+  ops_of(ops_).masked_sums(c.A.data(), c.B.data(), &cols_[i * col_bytes_], K_, minus, &sa, &sb);
+  const double s = minus ? -1.0 : 1.0;
+  return 2.0 * I_[i] * c.current_scale + s * (sa - sb);
+}
+
+BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, const BinaryOptions& o) const {
+  o.validate();
+  ASSOCMEM_CHECK_ARG(batch > 0, "cues: the batch is empty");
+  ASSOCMEM_CHECK_ARG(cues != nullptr, "cues is null");
+  for (std::size_t k = 0; k < batch * N_; ++k)
+    ASSOCMEM_CHECK_ARG(cues[k] == 1 || cues[k] == -1, "cues: row ", k / N_, " element ", k % N_, " = ",
+                       static_cast<int>(cues[k]), ": model A states must be +1 or -1");
+  BinaryRetrieval r;
+  r.batch = batch;
+  r.dim = N_;
+  r.states.assign(cues, cues + batch * N_);
+  r.sweeps.assign(batch, 0);
+  r.converged.assign(batch, 0);
+  r.last_flips.assign(batch, 0);
+  r.energy.assign(batch, 0.0);
+  const auto& ops = ops_of(ops_);
+
+  detail::parallel_chunks(batch, detail::resolve_threads(o.threads), [&](std::size_t, std::size_t b0, std::size_t b1) {
+    Cue c;
+    c.m.resize(K_);
+    c.A.resize(K_);
+    c.B.resize(K_);
+    std::vector<std::size_t> order(N_);
+    std::vector<std::int8_t> next;
+    for (std::size_t b = b0; b < b1; ++b) {
+      c.sigma.assign(&r.states[b * N_], &r.states[b * N_] + N_);
+      c.has_table = false;
+      // Overlaps from scratch: m_mu = sum_i xi_mu,i sigma_i.
+      std::fill(c.m.begin(), c.m.end(), 0);
+      for (std::size_t i = 0; i < N_; ++i) ops.add_signed(c.m.data(), &cols_[i * col_bytes_], K_, c.sigma[i]);
+      refresh(c);
+      std::iota(order.begin(), order.end(), std::size_t{0});
+      std::mt19937_64 rng(o.seed + b);
+      for (long sweep = 1; sweep <= o.max_sweeps; ++sweep) {
+        long flips = 0;
+        if (o.order == UpdateOrder::Synchronous) {
+          next = c.sigma;
+          for (std::size_t i = 0; i < N_; ++i) {
+            const double f = field(c, i);
+            if (f != 0.0) next[i] = f > 0 ? 1 : -1;
+          }
+          for (std::size_t i = 0; i < N_; ++i)
+            if (next[i] != c.sigma[i]) {
+              ops.add_signed(c.m.data(), &cols_[i * col_bytes_], K_, 2 * next[i]);
+              ++flips;
+            }
+          c.sigma.swap(next);
+          if (flips) refresh(c);
+        } else {
+          if (o.order == UpdateOrder::RandomAsync) std::shuffle(order.begin(), order.end(), rng);
+          for (std::size_t i : order) {
+            const double f = field(c, i);
+            const std::int8_t s = f > 0 ? 1 : (f < 0 ? -1 : c.sigma[i]);
+            if (s != c.sigma[i]) {
+              c.sigma[i] = s;
+              ops.add_signed(c.m.data(), &cols_[i * col_bytes_], K_, 2 * s);  // m_mu += 2 xi_mu,i s
+              refresh(c);
+              ++flips;
+            }
+          }
+        }
+        r.sweeps[b] = sweep;
+        r.last_flips[b] = flips;
+        if (flips == 0) {
+          r.converged[b] = 1;
+          break;
+        }
+      }
+      std::copy(c.sigma.begin(), c.sigma.end(), &r.states[b * N_]);
+      double e = 0;  // eq. (8) from the overlaps
+      for (std::size_t i = 0; i < N_; ++i) e -= I_[i] * c.sigma[i];
+      for (std::size_t mu = 0; mu < K_; ++mu) e -= F_->G(static_cast<double>(c.m[mu]));
+      r.energy[b] = e;
+    }
+  });
+  return r;
+}
+
+}  // namespace assocmem

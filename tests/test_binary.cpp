@@ -1,0 +1,113 @@
+// Model A on packed bits against the plain ModelA: the same trajectories (same fixed points, sweep
+// counts and energies) for every F, update order and kernel, with and without a current.
+#include <gtest/gtest.h>
+
+#include "assocmem/binary.hpp"
+#include "assocmem/models.hpp"
+#include "test_util.hpp"
+
+using namespace assocmem;
+using assocmem::testing::flip_bits;
+using assocmem::testing::rand_pm1;
+using assocmem::testing::randn;
+
+namespace {
+
+std::vector<KernelChoice> kernels_here() {
+  std::vector<KernelChoice> ks = {KernelChoice::Generic};
+  MemoryStore probe(8, DType::Bits);
+  probe.append(Matrix::Ones(1, 8));
+  try {
+    ModelAEngine e(probe, {Interaction::Power, 2}, Vector(), KernelChoice::Avx512);
+    ks.push_back(KernelChoice::Avx512);
+  } catch (const InvalidArgument&) {
+  }
+  return ks;
+}
+
+TEST(ModelAEngine, FollowsThePlainModelExactly) {
+  std::mt19937_64 rng(1);
+  const int N = 45, K = 150, B = 12;  // N and K not multiples of 8 or 64
+  const Matrix X = rand_pm1(K, N, rng);
+  MemoryStore store(N, DType::Bits);
+  store.append(X);
+  std::vector<std::int8_t> cues(B * N);
+  Matrix C(B, N);
+  for (int b = 0; b < B; ++b) {
+    const Vector cue = b < B / 2 ? flip_bits(X.row(b).transpose(), 12, rng) : Vector(rand_pm1(1, N, rng).row(0).transpose());
+    C.row(b) = cue.transpose();
+    for (int i = 0; i < N; ++i) cues[static_cast<std::size_t>(b * N + i)] = static_cast<std::int8_t>(cue[i]);
+  }
+  const Vector I = randn(N, rng, 3.0);
+  for (KernelChoice kc : kernels_here()) {
+    for (InteractionSpec F : {InteractionSpec{Interaction::Power, 2}, InteractionSpec{Interaction::Power, 3},
+                              InteractionSpec{Interaction::RectifiedPower, 4}, InteractionSpec{Interaction::Exp, 2, 0.4}}) {
+      for (bool with_current : {false, true}) {
+        const Vector cur = with_current ? I : Vector();
+        const ModelA plain(X, F, cur);
+        const ModelAEngine fast(store, F, cur, kc);
+        for (UpdateOrder order : {UpdateOrder::RandomAsync, UpdateOrder::FixedAsync, UpdateOrder::Synchronous}) {
+          BinaryOptions o;
+          o.order = order;
+          o.seed = 17;
+          o.max_sweeps = 50;
+          o.threads = 3;
+          const BinaryRetrieval r = fast.retrieve(cues.data(), B, o);
+          for (int b = 0; b < B; ++b) {
+            ModelAOptions po;
+            po.order = order;
+            po.seed = 17 + static_cast<std::uint64_t>(b);
+            po.max_sweeps = 50;
+            const Retrieval p = plain.retrieve(C.row(b).transpose(), po);
+            Vector got(N);
+            for (int i = 0; i < N; ++i) got[i] = r.states[static_cast<std::size_t>(b * N + i)];
+            ASSERT_TRUE(got == p.state) << fast.kernel() << " " << to_string(F.kind) << " order " << int(order)
+                                        << " current " << with_current << " cue " << b;
+            EXPECT_EQ(r.sweeps[static_cast<std::size_t>(b)], p.steps);
+            EXPECT_EQ(bool(r.converged[static_cast<std::size_t>(b)]), p.converged);
+            EXPECT_NEAR(r.energy[static_cast<std::size_t>(b)], p.energy, 1e-9 * (1 + std::fabs(p.energy)));
+          }
+        }
+      }
+    }
+  }
+}
+
+// F = exp far beyond double range (beta N = 2000): still exact decisions, finite fields.
+TEST(ModelAEngine, ExpBeyondOverflow) {
+  std::mt19937_64 rng(2);
+  const int N = 2000, K = 6;
+  const Matrix X = rand_pm1(K, N, rng);
+  MemoryStore store(N, DType::Bits);
+  store.append(X);
+  std::vector<std::int8_t> cue(N);
+  const Vector noisy = flip_bits(X.row(3).transpose(), 400, rng);
+  for (int i = 0; i < N; ++i) cue[static_cast<std::size_t>(i)] = static_cast<std::int8_t>(noisy[i]);
+  const ModelAEngine fast(store, {Interaction::Exp, 2, 1.0});
+  BinaryOptions o;
+  o.order = UpdateOrder::Synchronous;
+  const auto r = fast.retrieve(cue.data(), 1, o);
+  EXPECT_TRUE(r.converged[0]);
+  for (int i = 0; i < N; ++i) ASSERT_EQ(r.states[static_cast<std::size_t>(i)], X(3, i));
+}
+
+TEST(ModelAEngine, BadInput) {
+  std::mt19937_64 rng(3);
+  MemoryStore f32(8, DType::Float32);
+  f32.append(randn(2, 8, rng));
+  EXPECT_THROW_MSG(ModelAEngine(f32, {Interaction::Power, 3}), InvalidArgument, "bits");
+  MemoryStore bits(8, DType::Bits);
+  EXPECT_THROW_MSG(ModelAEngine(bits, {Interaction::Power, 3}), InvalidArgument, "empty");
+  bits.append(rand_pm1(4, 8, rng));
+  EXPECT_THROW_MSG(ModelAEngine(bits, {Interaction::Power, 3}, Vector::Ones(3)), InvalidArgument, "current I");
+  const ModelAEngine e(bits, {Interaction::Power, 3});
+  std::vector<std::int8_t> cue(8, 1);
+  cue[5] = 0;
+  EXPECT_THROW_MSG(e.retrieve(cue.data(), 1), InvalidArgument, "row 0 element 5");
+  cue[5] = 1;
+  BinaryOptions o;
+  o.max_sweeps = 0;
+  EXPECT_THROW_MSG(e.retrieve(cue.data(), 1, o), InvalidArgument, "max_sweeps");
+}
+
+}  // namespace
