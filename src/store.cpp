@@ -14,6 +14,8 @@
 
 #include <xxhash.h>
 
+#include "assocmem/npy.hpp"
+
 namespace assocmem {
 
 namespace {
@@ -213,6 +215,33 @@ void MemoryStore::append(const Matrix& rows, const std::vector<std::uint64_t>& i
     ASSOCMEM_CHECK_ARG(std::isfinite(rows.data()[i]), "append: pattern ", i / rows.cols(), " element ",
                        i % rows.cols(), " is NaN or Inf");
   append(f.data(), static_cast<std::size_t>(rows.rows()), ids.empty() ? nullptr : ids.data());
+}
+
+void MemoryStore::append_npy(const std::string& path) {
+  const NpyArray a = read_npy(path);
+  ASSOCMEM_CHECK_ARG(a.cols == dim_, "'", path, "': patterns have dimension ", a.cols, " but the store has dim ", dim_);
+  const std::vector<float> v = a.to_float32();
+  try {
+    append(v.data(), a.rows);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument("'" + path + "': " + e.what());
+  }
+}
+
+void MemoryStore::export_npy(const std::string& path) const {
+  if (dtype_ == DType::Bits) {
+    std::vector<std::int8_t> out(count_ * dim_);
+    std::vector<float> row(dim_);
+    for (std::size_t i = 0; i < count_; ++i) {
+      decode_row(i, row.data());
+      for (std::size_t j = 0; j < dim_; ++j) out[i * dim_ + j] = row[j] > 0 ? 1 : -1;
+    }
+    write_npy(path, out.data(), count_, dim_);
+    return;
+  }
+  std::vector<float> out(count_ * dim_);
+  for (std::size_t i = 0; i < count_; ++i) decode_row(i, &out[i * dim_]);
+  write_npy(path, out.data(), count_, dim_);
 }
 
 void MemoryStore::decode_row(std::size_t i, float* out) const {

@@ -253,6 +253,28 @@ TEST(Npy, RoundTripAndTypes) {
   EXPECT_EQ((read_all(dir.file("c.npy")).size() - 4) % 64, 0u);
 }
 
+TEST(Store, NpyImportAndExport) {
+  TempDir dir;
+  const double g[6] = {1, -1, 1, -1, -1, 1};
+  write_npy(dir.file("p.npy"), g, 2, 3);
+  for (DType t : {DType::Float32, DType::BFloat16, DType::Bits}) {
+    MemoryStore s(3, t);
+    s.append_npy(dir.file("p.npy"));
+    EXPECT_EQ(s.size(), 2u);
+    s.export_npy(dir.file("out.npy"));
+    const NpyArray a = read_npy(dir.file("out.npy"));
+    EXPECT_EQ(a.type, t == DType::Bits ? NpyType::Int8 : NpyType::Float32);
+    EXPECT_EQ(a.to_matrix(), Eigen::Map<const Matrix>(g, 2, 3));
+  }
+  MemoryStore wrong(4, DType::Float32);
+  EXPECT_THROW_MSG(wrong.append_npy(dir.file("p.npy")), InvalidArgument, "dimension 3");
+  const double h[2] = {0.5, std::nan("")};
+  write_npy(dir.file("nan.npy"), h, 1, 2);
+  MemoryStore s2(2, DType::Float32);
+  EXPECT_THROW_MSG(s2.append_npy(dir.file("nan.npy")), InvalidArgument, "nan.npy");
+  EXPECT_THROW_MSG(s2.append_npy(dir.file("missing.npy")), IoError, "missing.npy");
+}
+
 TEST(Npy, BadFilesGiveClearErrors) {
   TempDir dir;
   EXPECT_THROW_MSG(read_npy(dir.file("none.npy")), IoError, "none.npy");

@@ -91,6 +91,13 @@ class MemoryStore {
   /// Appends the rows of a double matrix (n x dim).
   void append(const Matrix& rows, const std::vector<std::uint64_t>& ids = {});
 
+  /// Appends the rows of a .npy file (float32, float64 or int8, C order; 2-D, or 1-D for one
+  /// pattern). Throws IoError for an unreadable file, InvalidArgument for a wrong shape or values.
+  void append_npy(const std::string& path);
+  /// Writes the memories as a .npy file (K x d): float32 for float32 and bfloat16 stores, int8 (+-1)
+  /// for bits. Atomic.
+  void export_npy(const std::string& path) const;
+
   /// Writes the store atomically to path. Throws IoError naming the file.
   void save(const std::string& path) const;
 

@@ -1,6 +1,10 @@
 // Runtime choice of the kernel table: checked once, here, in code compiled for any x86-64.
 #include "kernels.hpp"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -33,11 +37,14 @@ bool amx_permitted() {
   return false;
 #endif
 }
-bool cpu_has_amx_bf16() {
-  __builtin_cpu_init();
-  return cpu_has_avx512_bf16() && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
-         amx_permitted();
+// CPUID leaf 7: EDX bit 24 = AMX-TILE, bit 22 = AMX-BF16 (not every compiler's
+// __builtin_cpu_supports knows these names).
+bool cpuid_amx_bf16() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return ((d >> 24) & 1) && ((d >> 22) & 1);
 }
+bool cpu_has_amx_bf16() { return cpu_has_avx512_bf16() && cpuid_amx_bf16() && amx_permitted(); }
 }  // namespace
 
 const Ops* avx512_ops() { return cpu_has_avx512() ? avx512_table() : nullptr; }
