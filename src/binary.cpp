@@ -2,6 +2,7 @@
 #include "assocmem/binary.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -151,12 +152,25 @@ BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batc
     c.B.resize(K_);
     std::vector<std::size_t> order(N_);
     std::vector<std::int8_t> next;
+    const std::size_t words = (N_ + 63) / 64;  // padding bits are 0 in the store and in `packed`
+    std::vector<std::uint64_t> packed(words);
     for (std::size_t b = b0; b < b1; ++b) {
       c.sigma.assign(&r.states[b * N_], &r.states[b * N_] + N_);
       c.has_table = false;
-      // Overlaps from scratch: m_mu = sum_i xi_mu,i sigma_i.
-      std::fill(c.m.begin(), c.m.end(), 0);
-      for (std::size_t i = 0; i < N_; ++i) ops.add_signed(c.m.data(), &cols_[i * col_bytes_], K_, c.sigma[i]);
+      // Overlaps from scratch by popcount: m_mu = N - 2 popcount(xi_mu XOR sigma) on packed rows.
+      std::fill(packed.begin(), packed.end(), 0);
+      for (std::size_t i = 0; i < N_; ++i)
+        if (c.sigma[i] > 0) packed[i / 64] |= std::uint64_t{1} << (i % 64);
+      for (std::size_t mu = 0; mu < K_; ++mu) {
+        const std::uint8_t* row = store_->row(mu);
+        long differ = 0;
+        for (std::size_t w = 0; w < words; ++w) {
+          std::uint64_t x;
+          std::memcpy(&x, row + 8 * w, 8);
+          differ += std::popcount(x ^ packed[w]);
+        }
+        c.m[mu] = static_cast<std::int32_t>(static_cast<long>(N_) - 2 * differ);
+      }
       refresh(c);
       std::iota(order.begin(), order.end(), std::size_t{0});
       std::mt19937_64 rng(o.seed + b);

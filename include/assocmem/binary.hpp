@@ -1,8 +1,9 @@
 // assocmem/binary.hpp - model A, fast: +-1 patterns packed in bits, many cues in parallel.
 //
 // Same rule as ModelA (Krotov-Hopfield 2016 asynchronous or synchronous updates, eq. 8), computed
-// differently. For each cue the K overlaps m_mu = xi_mu . sigma are kept up to date incrementally
-// (O(K) per flip, not O(K N)). With t_mu = xi_mu,i sigma_i, the field of neuron i is
+// differently. For each cue the K overlaps m_mu = xi_mu . sigma start from popcounts of the packed
+// rows (N - 2 popcount(xi_mu XOR sigma)) and are then kept up to date incrementally (O(K) per flip,
+// not O(K N)). With t_mu = xi_mu,i sigma_i, the field of neuron i is
 //   field_i = 2 I_i + sigma_i [ sum_{t_mu = +1} A_mu - sum_{t_mu = -1} B_mu ],
 //   A_mu = F(m_mu) - F(m_mu - 2),  B_mu = F(m_mu + 2) - F(m_mu),
 // so a neuron visit is two masked sums over K (bits of neuron i's column as masks) and a flip
