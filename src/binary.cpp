@@ -107,7 +107,9 @@ void ModelAEngine::refresh(Cue& c) const {
   // Scale by exp(-beta S), S = max m + 2: every exponent beta (m - S) is <= 0.
   const auto& E = static_cast<const ExpLagrangian&>(*F_);
   const std::int32_t S = *std::max_element(c.m.begin(), c.m.end()) + 2;
-  if (!c.has_table || S != c.S) {
+  // Rebase only when exp(beta (S - S0)) leaves [e^-200, e^200]: A and B stay finite and non-zero for
+  // the leading memories, and the table is not rebuilt at every flip.
+  if (!c.has_table || std::fabs(E.beta() * (S - c.S)) > 200.0) {
     c.table.resize(2 * N_ + 7);
     for (std::size_t k = 0; k < c.table.size(); ++k) {
       const double m = static_cast<double>(k) - static_cast<double>(offset);
@@ -131,6 +133,8 @@ double ModelAEngine::field(const Cue& c, std::size_t i) const {
 BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, const BinaryOptions& o) const {
   o.validate();
   ASSOCMEM_CHECK_ARG(batch > 0, "cues: the batch is empty");
+  ASSOCMEM_CHECK_ARG(o.clamp.empty() || o.clamp.size() == N_, "clamp has length ", o.clamp.size(), " but N = ", N_);
+  auto clamped = [&](std::size_t i) { return !o.clamp.empty() && o.clamp[i]; };
   ASSOCMEM_CHECK_ARG(cues != nullptr, "cues is null");
   for (std::size_t k = 0; k < batch * N_; ++k)
     ASSOCMEM_CHECK_ARG(cues[k] == 1 || cues[k] == -1, "cues: row ", k / N_, " element ", k % N_, " = ",
@@ -179,6 +183,7 @@ BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batc
         if (o.order == UpdateOrder::Synchronous) {
           next = c.sigma;
           for (std::size_t i = 0; i < N_; ++i) {
+            if (clamped(i)) continue;
             const double f = field(c, i);
             if (f != 0.0) next[i] = f > 0 ? 1 : -1;
           }
@@ -192,6 +197,7 @@ BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batc
         } else {
           if (o.order == UpdateOrder::RandomAsync) std::shuffle(order.begin(), order.end(), rng);
           for (std::size_t i : order) {
+            if (clamped(i)) continue;
             const double f = field(c, i);
             const std::int8_t s = f > 0 ? 1 : (f < 0 ? -1 : c.sigma[i]);
             if (s != c.sigma[i]) {

@@ -124,6 +124,9 @@ Retrieval ModelA::retrieve(const Vector& sigma0, const ModelAOptions& options) c
   options.validate();
   check_binary(sigma0, "sigma0");
   const Eigen::Index N = n_features();
+  ASSOCMEM_CHECK_ARG(options.clamp.empty() || options.clamp.size() == static_cast<std::size_t>(N), "clamp has length ",
+                     options.clamp.size(), " but N_f = ", N);
+  auto clamped = [&](Eigen::Index i) { return !options.clamp.empty() && options.clamp[static_cast<std::size_t>(i)]; };
   Vector sigma = sigma0;
   std::vector<Eigen::Index> order(static_cast<size_t>(N));
   std::iota(order.begin(), order.end(), Eigen::Index{0});
@@ -134,6 +137,7 @@ Retrieval ModelA::retrieve(const Vector& sigma0, const ModelAOptions& options) c
     if (options.order == UpdateOrder::Synchronous) {
       Vector next = sigma;
       for (Eigen::Index i = 0; i < N; ++i) {
+        if (clamped(i)) continue;
         const double f = field(sigma, i);
         if (f != 0.0) next[i] = f > 0 ? 1.0 : -1.0;
         flips += next[i] != sigma[i];
@@ -142,6 +146,7 @@ Retrieval ModelA::retrieve(const Vector& sigma0, const ModelAOptions& options) c
     } else {
       if (options.order == UpdateOrder::RandomAsync) std::shuffle(order.begin(), order.end(), rng);
       for (Eigen::Index i : order) {
+        if (clamped(i)) continue;
         const double f = field(sigma, i);
         const double s = f > 0 ? 1.0 : (f < 0 ? -1.0 : sigma[i]);
         if (s != sigma[i]) {

@@ -73,6 +73,50 @@ TEST(ModelAEngine, FollowsThePlainModelExactly) {
   }
 }
 
+// Clamped neurons never change, in both implementations, and the trajectories still agree.
+TEST(ModelAEngine, ClampedNeuronsStayAndAgreeWithThePlainModel) {
+  std::mt19937_64 rng(4);
+  const int N = 64, K = 120, B = 6;
+  const Matrix X = rand_pm1(K, N, rng);
+  MemoryStore store(N, DType::Bits);
+  store.append(X);
+  std::vector<std::uint8_t> clamp(N, 0);
+  for (int i = 0; i < N / 2; ++i) clamp[static_cast<std::size_t>(i)] = 1;  // the first half is visible
+  std::vector<std::int8_t> cues(B * N);
+  for (int b = 0; b < B; ++b)
+    for (int i = 0; i < N; ++i) cues[static_cast<std::size_t>(b * N + i)] = i < N / 2 ? static_cast<std::int8_t>(X(b, i)) : -1;
+  for (InteractionSpec F : {InteractionSpec{Interaction::Power, 2}, InteractionSpec{Interaction::Exp, 2, 1.0}}) {
+    const ModelAEngine fast(store, F);
+    const ModelA plain(X, F);
+    BinaryOptions o;
+    o.clamp = clamp;
+    o.seed = 3;
+    const auto r = fast.retrieve(cues.data(), B, o);
+    for (int b = 0; b < B; ++b) {
+      ModelAOptions po;
+      po.clamp = clamp;
+      po.seed = 3 + static_cast<std::uint64_t>(b);
+      Vector cue(N);
+      for (int i = 0; i < N; ++i) cue[i] = cues[static_cast<std::size_t>(b * N + i)];
+      const auto p = plain.retrieve(cue, po);
+      for (int i = 0; i < N; ++i) {
+        const double got = r.states[static_cast<std::size_t>(b * N + i)];
+        ASSERT_EQ(got, p.state[i]);
+        if (i < N / 2) {
+          ASSERT_EQ(got, X(b, i));  // clamped
+        }
+      }
+    }
+    if (F.kind == Interaction::Exp) {  // exp recalls every pattern from its visible half here
+      for (int b = 0; b < B; ++b)
+        for (int i = 0; i < N; ++i) EXPECT_EQ(r.states[static_cast<std::size_t>(b * N + i)], X(b, i));
+    }
+  }
+  BinaryOptions bad;
+  bad.clamp.assign(3, 1);
+  EXPECT_THROW_MSG(ModelAEngine(store, {Interaction::Power, 2}).retrieve(cues.data(), 1, bad), InvalidArgument, "clamp");
+}
+
 // F = exp far beyond double range (beta N = 2000): still exact decisions, finite fields.
 TEST(ModelAEngine, ExpBeyondOverflow) {
   std::mt19937_64 rng(2);

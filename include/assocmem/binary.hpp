@@ -8,7 +8,8 @@
 //   A_mu = F(m_mu) - F(m_mu - 2),  B_mu = F(m_mu + 2) - F(m_mu),
 // so a neuron visit is two masked sums over K (bits of neuron i's column as masks) and a flip
 // refreshes A and B from a table of F on the integers [-N-2, N+2]. For F = exp the table is scaled
-// by exp(-beta S), S = max_mu m_mu + 2, which keeps every value finite (the sign is what matters).
+// by exp(-beta S0) for a shift S0 near max_mu m_mu + 2, rebased when the largest overlap moves by
+// more than 200 / beta, which keeps every value finite (the sign is what matters).
 // Cue c of a batch uses the random order of seed + c, so ModelA::retrieve(cue, {order, max, seed + c})
 // follows the same trajectory.
 #pragma once
@@ -28,6 +29,8 @@ struct BinaryOptions {
   long max_sweeps = 1000;  ///< > 0
   std::uint64_t seed = 0;  ///< cue c uses seed + c
   int threads = 0;         ///< 0: all hardware threads
+  /// Empty, or N flags shared by all cues: clamped neurons are never updated (ModelAOptions::clamp).
+  std::vector<std::uint8_t> clamp;
   void validate() const;
 };
 

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "assocmem/lagrangian.hpp"
 #include "assocmem/network.hpp"
@@ -61,6 +62,9 @@ struct ModelAOptions {
   UpdateOrder order = UpdateOrder::RandomAsync;
   long max_sweeps = 1000;  ///< > 0; a sweep visits every neuron once
   std::uint64_t seed = 0;  ///< for RandomAsync
+  /// Empty, or N_f flags: neurons with a non-zero flag are clamped (never updated), as with an input
+  /// current |I_i| -> infinity of the sign of the cue in eq. (8).
+  std::vector<std::uint8_t> clamp;
   void validate() const;
 };
 
