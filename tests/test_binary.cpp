@@ -76,7 +76,7 @@ TEST(ModelAEngine, FollowsThePlainModelExactly) {
 // Clamped neurons never change, in both implementations, and the trajectories still agree.
 TEST(ModelAEngine, ClampedNeuronsStayAndAgreeWithThePlainModel) {
   std::mt19937_64 rng(4);
-  const int N = 64, K = 120, B = 6;
+  const int N = 128, K = 100, B = 6;
   const Matrix X = rand_pm1(K, N, rng);
   MemoryStore store(N, DType::Bits);
   store.append(X);
