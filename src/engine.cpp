@@ -430,6 +430,14 @@ BatchRetrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, c
   return r;
 }
 
+std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch) const {
+  const std::size_t d = core_->dim();
+  const AttentionPartial part = partial(states, batch, 0);
+  std::vector<double> e(batch);
+  for (std::size_t b = 0; b < batch; ++b) e[b] = half_square(states + b * d, d) - part.log_sum_exp(b) / beta_;  // eq. (13)
+  return e;
+}
+
 // ------------------------------------------------------------------------------------------------
 ModelCEngine::ModelCEngine(const MemoryStore& store, InteractionSpec F, double alpha, EngineOptions options)
     : core_(std::make_unique<detail::EngineCore>(store, options)), F_(make_interaction(F)), alpha_(alpha) {
@@ -440,35 +448,43 @@ ModelCEngine::ModelCEngine(ModelCEngine&&) noexcept = default;
 ModelCEngine& ModelCEngine::operator=(ModelCEngine&&) noexcept = default;
 std::string ModelCEngine::kernel() const { return core_->ops->name; }
 
+namespace {
+// One pass of model C at the directions g = v/|v| (eq. 18): drive = xi^T F'(xi g) per row, and
+// energy = -sum_mu F(xi_mu . g) (eq. 21).
+void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, const float* v, std::size_t n,
+                  std::vector<float>& drive, std::vector<double>& energy) {
+  const std::size_t d = core.dim(), dp = core.dpad();
+  std::vector<float> g(n * d);
+  for (std::size_t i = 0; i < n; ++i) {
+    double norm = 0;
+    for (std::size_t j = 0; j < d; ++j) norm += double(v[i * d + j]) * v[i * d + j];
+    norm = std::sqrt(norm);
+    ASSOCMEM_CHECK_ARG(norm > 0, "queries: row ", i, " is zero; model C's output v/|v| is undefined at 0");
+    for (std::size_t j = 0; j < d; ++j) g[i * d + j] = static_cast<float>(v[i * d + j] / norm);
+  }
+  const std::size_t nw = core.workers();
+  std::vector<AdditiveEpilogue> epi(nw, AdditiveEpilogue{F, std::vector<double>(n, 0.0)});
+  std::vector<std::vector<float>> acc;
+  core.pass(g.data(), n, epi, acc);
+  drive.assign(n * d, 0.0f);
+  energy.assign(n, 0.0);
+  for (std::size_t w = 0; w < nw; ++w) {
+    if (epi[w].overflow) throw SolverError("model C: F'(xi.g) overflowed float32; lower beta or the pattern norms");
+    for (std::size_t i = 0; i < n; ++i) {
+      energy[i] -= epi[w].energy_sum[i];  // eq. (21)
+      for (std::size_t j = 0; j < d; ++j) drive[i * d + j] += acc[w][i * dp + j];
+    }
+  }
+}
+}  // namespace
+
 BatchRetrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const BatchOptions& o) const {
   o.validate(false);
-  const std::size_t d = core_->dim(), dp = core_->dpad();
+  const std::size_t d = core_->dim();
   check_queries(queries, batch, d);
   BatchRetrieval r = make_result(batch, d, queries);
-  // One pass at the directions g = v/|v| (eq. 18): xi^T F'(xi g) per row, and sum F(xi g).
   auto pass = [&](const float* v, std::size_t n, std::vector<float>& drive, std::vector<double>& energy) {
-    std::vector<float> g(n * d);
-    for (std::size_t i = 0; i < n; ++i) {
-      double norm = 0;
-      for (std::size_t j = 0; j < d; ++j) norm += double(v[i * d + j]) * v[i * d + j];
-      norm = std::sqrt(norm);
-      ASSOCMEM_CHECK_ARG(norm > 0, "queries: row ", i, " is zero; model C's output v/|v| is undefined at 0");
-      for (std::size_t j = 0; j < d; ++j) g[i * d + j] = static_cast<float>(v[i * d + j] / norm);
-    }
-    const std::size_t nw = core_->workers();
-    std::vector<AdditiveEpilogue> epi(nw, AdditiveEpilogue{F_.get(), std::vector<double>(n, 0.0)});
-    std::vector<std::vector<float>> acc;
-    core_->pass(g.data(), n, epi, acc);
-    drive.assign(n * d, 0.0f);
-    energy.assign(n, 0.0);
-    for (std::size_t w = 0; w < nw; ++w) {
-      if (epi[w].overflow)
-        throw SolverError("model C: F'(xi.g) overflowed float32; lower beta or the pattern norms");
-      for (std::size_t i = 0; i < n; ++i) {
-        energy[i] -= epi[w].energy_sum[i];  // eq. (21)
-        for (std::size_t j = 0; j < d; ++j) drive[i * d + j] += acc[w][i * dp + j];
-      }
-    }
+    model_c_pass(*core_, F_.get(), v, n, drive, energy);
   };
   iterate(r, o, [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
     const std::size_t n = rows.size();
@@ -489,6 +505,14 @@ BatchRetrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, c
     r.energy = energy;
   }
   return r;
+}
+
+std::vector<double> ModelCEngine::energy(const float* states, std::size_t batch) const {
+  check_queries(states, batch, core_->dim());
+  std::vector<float> drive;
+  std::vector<double> e;
+  model_c_pass(*core_, F_.get(), states, batch, drive, e);
+  return e;
 }
 
 }  // namespace assocmem

@@ -105,6 +105,8 @@ class ModelBEngine {
   AttentionPartial partial(const float* queries, std::size_t batch, std::size_t top_k = 0) const;
   /// Iterates eq. (15)/(16) from the queries.
   BatchRetrieval retrieve(const float* queries, std::size_t batch, const BatchOptions& options = {}) const;
+  /// eq. (13) for each of `batch` states.
+  std::vector<double> energy(const float* states, std::size_t batch) const;
 
  private:
   std::unique_ptr<detail::EngineCore> core_;
@@ -121,6 +123,8 @@ class ModelCEngine {
   std::string kernel() const;
   /// Iterates eq. (22) from the queries (each non-zero).
   BatchRetrieval retrieve(const float* queries, std::size_t batch, const BatchOptions& options) const;
+  /// eq. (21) for each of `batch` non-zero states.
+  std::vector<double> energy(const float* states, std::size_t batch) const;
 
  private:
   std::unique_ptr<detail::EngineCore> core_;

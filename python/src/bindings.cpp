@@ -1,0 +1,546 @@
+// Python bindings (pybind11): assocmem._core. The pure-Python package (python/assocmem) re-exports
+// these names, adds the aliases and the plots. Arrays come in without a copy when they are already
+// C-contiguous of the right dtype; results go out without a copy (the buffers move into numpy).
+// Long calls release the GIL. C++ errors become ValueError (InvalidArgument), OSError (IoError),
+// assocmem.SolverError (a RuntimeError) and RuntimeError (other assocmem::Error).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "assocmem/binary.hpp"
+#include "assocmem/dynamics.hpp"
+#include "assocmem/engine.hpp"
+#include "assocmem/glyphs.hpp"
+#include "assocmem/models.hpp"
+#include "assocmem/store.hpp"
+
+namespace py = pybind11;
+using namespace assocmem;
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+template <class T>
+py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+  auto* heap = new std::vector<T>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>(shape, heap->data(), owner);
+}
+
+py::array_t<double> vec_out(const Vector& v) {
+  return to_numpy(std::vector<double>(v.data(), v.data() + v.size()), {v.size()});
+}
+
+Vector vec_in(const F64& a, const char* name) {
+  if (a.ndim() != 1) throw InvalidArgument(std::string(name) + " must be 1-D, got " + std::to_string(a.ndim()) + " dimensions");
+  return Eigen::Map<const Vector>(a.data(), a.shape(0));
+}
+
+Matrix mat_in(const F64& a, const char* name) {
+  if (a.ndim() != 2) throw InvalidArgument(std::string(name) + " must be 2-D (rows x columns), got " + std::to_string(a.ndim()) + " dimensions");
+  return Eigen::Map<const Matrix>(a.data(), a.shape(0), a.shape(1));
+}
+
+// A batch of row vectors: (d,) -> 1 x d, (B, d) -> B x d. Remembers whether it was 1-D.
+struct Batch {
+  F32 arr;
+  std::size_t rows = 0, cols = 0;
+  bool one_d = false;
+};
+Batch batch_in(const F32& a, std::size_t dim, const char* name) {
+  Batch b{a, 0, 0, a.ndim() == 1};
+  if (a.ndim() == 1) {
+    b.rows = 1;
+    b.cols = static_cast<std::size_t>(a.shape(0));
+  } else if (a.ndim() == 2) {
+    b.rows = static_cast<std::size_t>(a.shape(0));
+    b.cols = static_cast<std::size_t>(a.shape(1));
+  } else {
+    throw InvalidArgument(std::string(name) + " must have shape (d,) or (batch, d), got " + std::to_string(a.ndim()) + " dimensions");
+  }
+  if (b.cols != dim)
+    throw InvalidArgument(std::string(name) + " have dimension " + std::to_string(b.cols) + " but the memories have " + std::to_string(dim));
+  if (b.rows == 0) throw InvalidArgument(std::string(name) + ": the batch is empty");
+  return b;
+}
+
+template <class T>
+py::array_t<T> batch_out(std::vector<T>&& v, const Batch& b) {
+  if (b.one_d) return to_numpy(std::move(v), {static_cast<py::ssize_t>(b.cols)});
+  return to_numpy(std::move(v), {static_cast<py::ssize_t>(b.rows), static_cast<py::ssize_t>(b.cols)});
+}
+
+InteractionSpec interaction(const std::string& F, double n, double beta) { return {parse_interaction(F), n, beta}; }
+
+EngineOptions engine_options(int threads, const std::string& kernel) {
+  EngineOptions o;
+  o.threads = threads;
+  o.kernel = parse_kernel(kernel);
+  return o;
+}
+
+// The details of a retrieval, as returned by retrieve_details().
+struct PyRetrieval {
+  py::object states;
+  py::array_t<long> steps;
+  py::array_t<bool> converged;
+  py::array_t<double> energy;
+  py::array_t<std::uint64_t> top_ids;
+  py::array_t<double> top_weights;
+};
+
+PyRetrieval details_out(BatchRetrieval&& r, const Batch& b, std::size_t top_k) {
+  PyRetrieval out;
+  const auto B = static_cast<py::ssize_t>(r.batch);
+  std::vector<bool> conv(r.converged.begin(), r.converged.end());
+  out.converged = py::array_t<bool>(B);
+  for (py::ssize_t i = 0; i < B; ++i) out.converged.mutable_at(i) = conv[static_cast<std::size_t>(i)];
+  out.steps = to_numpy(std::move(r.steps), {B});
+  out.energy = to_numpy(std::vector<double>(r.energy), {B});
+  std::vector<std::uint64_t> ids(r.batch * top_k, 0);
+  std::vector<double> w(r.batch * top_k, 0.0);
+  for (std::size_t i = 0; i < r.batch; ++i)
+    for (std::size_t k = 0; k < r.top[i].size() && k < top_k; ++k) {
+      ids[i * top_k + k] = r.top[i][k].first;
+      w[i * top_k + k] = r.top[i][k].second;
+    }
+  out.top_ids = to_numpy(std::move(ids), {B, static_cast<py::ssize_t>(top_k)});
+  out.top_weights = to_numpy(std::move(w), {B, static_cast<py::ssize_t>(top_k)});
+  out.states = batch_out(std::move(r.states), b);
+  return out;
+}
+
+// --------------------------------------------------------------------------------------------
+// Model B and C over an internal store.
+class PyModelB {
+ public:
+  PyModelB(const F32& patterns, double beta, const std::string& dtype, int threads, const std::string& kernel)
+      : store_(make_store(patterns, dtype)), eng_(store_, beta, engine_options(threads, kernel)) {}
+  py::object retrieve(const F32& q, long steps, double tol, double step, int top_k) const {
+    return details(q, steps, tol, step, top_k).states;
+  }
+  PyRetrieval details(const F32& q, long steps, double tol, double step, int top_k) const {
+    if (top_k < 0) throw InvalidArgument("top_k must be >= 0");
+    const Batch b = batch_in(q, store_.dim(), "queries");
+    BatchOptions o;
+    o.max_steps = steps;
+    o.tol = tol;
+    o.step = step;
+    o.top_k = static_cast<std::size_t>(top_k);
+    BatchRetrieval r;
+    {
+      py::gil_scoped_release nogil;
+      r = eng_.retrieve(b.arr.data(), b.rows, o);
+    }
+    return details_out(std::move(r), b, o.top_k);
+  }
+  py::object energy(const F32& s) const {
+    const Batch b = batch_in(s, store_.dim(), "states");
+    std::vector<double> e;
+    {
+      py::gil_scoped_release nogil;
+      e = eng_.energy(b.arr.data(), b.rows);
+    }
+    if (b.one_d) return py::float_(e[0]);
+    return to_numpy(std::move(e), {static_cast<py::ssize_t>(b.rows)});
+  }
+  std::size_t n_features() const { return store_.dim(); }
+  std::size_t n_memories() const { return store_.size(); }
+  std::string kernel() const { return eng_.kernel(); }
+  double beta() const { return eng_.beta(); }
+
+  static MemoryStore make_store(const F32& p, const std::string& dtype) {
+    if (p.ndim() != 2) throw InvalidArgument("patterns must be 2-D (K memories x d features)");
+    MemoryStore s(static_cast<std::size_t>(p.shape(1)), parse_dtype(dtype));
+    s.append(p.data(), static_cast<std::size_t>(p.shape(0)));
+    return s;
+  }
+
+ private:
+  MemoryStore store_;
+  ModelBEngine eng_;
+};
+
+class PyModelC {
+ public:
+  PyModelC(const F32& patterns, const std::string& F, double n, double beta, double alpha, int threads,
+           const std::string& kernel)
+      : store_(PyModelB::make_store(patterns, "float32")),
+        eng_(store_, interaction(F, n, beta), alpha, engine_options(threads, kernel)) {}
+  PyRetrieval details(const F32& q, long steps, double tol, double step) const {
+    const Batch b = batch_in(q, store_.dim(), "queries");
+    BatchOptions o;
+    o.max_steps = steps;
+    o.tol = tol;
+    o.step = step;
+    BatchRetrieval r;
+    {
+      py::gil_scoped_release nogil;
+      r = eng_.retrieve(b.arr.data(), b.rows, o);
+    }
+    return details_out(std::move(r), b, 0);
+  }
+  py::object energy(const F32& s) const {
+    const Batch b = batch_in(s, store_.dim(), "states");
+    std::vector<double> e;
+    {
+      py::gil_scoped_release nogil;
+      e = eng_.energy(b.arr.data(), b.rows);
+    }
+    if (b.one_d) return py::float_(e[0]);
+    return to_numpy(std::move(e), {static_cast<py::ssize_t>(b.rows)});
+  }
+  std::size_t n_features() const { return store_.dim(); }
+  std::size_t n_memories() const { return store_.size(); }
+
+ private:
+  MemoryStore store_;
+  ModelCEngine eng_;
+};
+
+// Model A over packed bits.
+class PyModelA {
+ public:
+  PyModelA(const F32& patterns, const std::string& F, double n, double beta, std::optional<F64> current, int threads)
+      : store_(make_bits(patterns)),
+        eng_(store_, interaction(F, n, beta), current ? vec_in(*current, "current") : Vector()),
+        threads_(threads) {}
+  py::object retrieve(const F32& cues, const std::string& order, long max_sweeps, std::uint64_t seed,
+                      std::optional<py::array_t<bool, py::array::c_style | py::array::forcecast>> clamp) const {
+    return details(cues, order, max_sweeps, seed, clamp).states;
+  }
+  PyRetrieval details(const F32& cues, const std::string& order, long max_sweeps, std::uint64_t seed,
+                      std::optional<py::array_t<bool, py::array::c_style | py::array::forcecast>> clamp) const {
+    const Batch b = batch_in(cues, store_.dim(), "cues");
+    std::vector<std::int8_t> s(b.rows * b.cols);
+    for (std::size_t k = 0; k < s.size(); ++k) {
+      const float x = b.arr.data()[k];
+      if (x != 1.0f && x != -1.0f)
+        throw InvalidArgument("cues: row " + std::to_string(k / b.cols) + " element " + std::to_string(k % b.cols) +
+                              " is " + std::to_string(x) + "; model A states must be +1 or -1");
+      s[k] = x > 0 ? 1 : -1;
+    }
+    BinaryOptions o;
+    o.order = parse_update_order(order);
+    o.max_sweeps = max_sweeps;
+    o.seed = seed;
+    o.threads = threads_;
+    if (clamp) {
+      if (clamp->ndim() != 1 || static_cast<std::size_t>(clamp->shape(0)) != store_.dim())
+        throw InvalidArgument("clamp must be a 1-D boolean array of length " + std::to_string(store_.dim()));
+      o.clamp.assign(clamp->data(), clamp->data() + clamp->shape(0));
+    }
+    BinaryRetrieval r;
+    {
+      py::gil_scoped_release nogil;
+      r = eng_.retrieve(s.data(), b.rows, o);
+    }
+    BatchRetrieval br;
+    br.batch = r.batch;
+    br.dim = r.dim;
+    br.states.assign(r.states.begin(), r.states.end());
+    br.steps = r.sweeps;
+    br.converged = r.converged;
+    br.energy = r.energy;
+    br.top.assign(r.batch, {});
+    return details_out(std::move(br), b, 0);
+  }
+  py::object energy(const F32& states) const {
+    const Batch b = batch_in(states, store_.dim(), "states");
+    std::vector<double> e(b.rows);
+    std::vector<std::int8_t> s(b.cols);
+    for (std::size_t r = 0; r < b.rows; ++r) {
+      for (std::size_t j = 0; j < b.cols; ++j) {
+        const float x = b.arr.data()[r * b.cols + j];
+        if (x != 1.0f && x != -1.0f) throw InvalidArgument("states must be +1 or -1");
+        s[j] = x > 0 ? 1 : -1;
+      }
+      e[r] = eng_.energy(s.data());
+    }
+    if (b.one_d) return py::float_(e[0]);
+    return to_numpy(std::move(e), {static_cast<py::ssize_t>(b.rows)});
+  }
+  std::size_t n_features() const { return store_.dim(); }
+  std::size_t n_memories() const { return store_.size(); }
+
+ private:
+  static MemoryStore make_bits(const F32& p) {
+    if (p.ndim() != 2) throw InvalidArgument("patterns must be 2-D (K memories x N neurons)");
+    MemoryStore s(static_cast<std::size_t>(p.shape(1)), DType::Bits);
+    try {
+      s.append(p.data(), static_cast<std::size_t>(p.shape(0)));
+    } catch (const InvalidArgument& e) {
+      throw InvalidArgument(std::string("ModelA patterns must be +1/-1: ") + e.what());
+    }
+    return s;
+  }
+  MemoryStore store_;
+  ModelAEngine eng_;
+  int threads_;
+};
+
+// --------------------------------------------------------------------------------------------
+struct PyTrajectory {
+  py::array_t<double> t, v, h, energy, energy_rate;
+  long steps;
+  std::string reason;
+};
+
+py::array_t<double> rows_out(const std::vector<Vector>& rows) {
+  const std::size_t n = rows.size(), d = n ? static_cast<std::size_t>(rows[0].size()) : 0;
+  std::vector<double> out(n * d);
+  for (std::size_t i = 0; i < n; ++i) std::copy(rows[i].data(), rows[i].data() + d, &out[i * d]);
+  return to_numpy(std::move(out), {static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(d)});
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "assocmem's compiled core; use the package `assocmem`, which re-exports these names.";
+
+  static py::exception<SolverError> solver_error(m, "SolverError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const IoError& e) {
+      PyErr_SetString(PyExc_OSError, e.what());
+    } catch (const SolverError& e) {
+      PyErr_SetString(solver_error.ptr(), e.what());
+    } catch (const Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+
+  // Lagrangians -------------------------------------------------------------------------------
+  py::module_ L = m.def_submodule("lagrangians", "Lagrangians of a neuron layer (eqs. 3, 6, 11, 17): value, "
+                                                 "activation (the gradient) and Hessian-vector product.");
+  py::class_<Lagrangian, std::shared_ptr<Lagrangian>>(L, "Lagrangian",
+                                                      "A Lagrangian L(x) of one layer; its gradient is the layer's "
+                                                      "activation (eq. 3).")
+      .def("value", [](const Lagrangian& l, const F64& x) { return l.value(vec_in(x, "x")); }, py::arg("x"),
+           "L(x) for a 1-D array x.")
+      .def("activation", [](const Lagrangian& l, const F64& x) { return vec_out(l.gradient(vec_in(x, "x"))); },
+           py::arg("x"), "The activation dL/dx (eq. 3).")
+      .def("hvp", [](const Lagrangian& l, const F64& x, const F64& u) { return vec_out(l.hvp(vec_in(x, "x"), vec_in(u, "u"))); },
+           py::arg("x"), py::arg("u"), "The Hessian-vector product (d^2 L / dx dx) u.")
+      .def("hessian_psd_at", [](const Lagrangian& l, const F64& x) { return l.hessian_psd_at(vec_in(x, "x")); },
+           py::arg("x"), "True where the Hessian at x is positive semi-definite (so eq. 4 gives dE/dt <= 0).")
+      .def_property_readonly("name", &Lagrangian::name, "Name with parameters, e.g. 'log_cosh(beta=2)'.")
+      .def_property_readonly("psd_region", &Lagrangian::psd_region, "Where the Hessian is PSD, in words.")
+      .def_property_readonly("additive", &Lagrangian::additive, "True for L = sum_i G(x_i) (eq. 6).")
+      .def("__repr__", [](const Lagrangian& l) { return "<assocmem.lagrangians." + l.name() + ">"; });
+  auto share = [](auto p) { return std::const_pointer_cast<Lagrangian>(std::static_pointer_cast<const Lagrangian>(p)); };
+  L.def("identity", [=] { return share(lagrangians::identity()); }, "G(x) = x^2/2; activation x (model B's features).");
+  L.def("abs", [=] { return share(lagrangians::abs()); }, "G(x) = |x|; activation Sign(x): binary neurons (eq. 7).");
+  L.def("log_cosh", [=](double beta) { return share(lagrangians::log_cosh(beta)); }, py::arg("beta") = 1.0,
+        "G(x) = log(cosh(beta x))/beta; activation tanh(beta x).");
+  L.def("softplus", [=](double beta) { return share(lagrangians::softplus(beta)); }, py::arg("beta") = 1.0,
+        "G(x) = log(1 + exp(beta x))/beta; activation sigmoid(beta x).");
+  L.def("power", [=](double n) { return share(lagrangians::power(n)); }, py::arg("n"),
+        "G(x) = x^n (integer n >= 1); PSD everywhere for even n, for x >= 0 for odd n >= 3.");
+  L.def("rectified_power", [=](double n) { return share(lagrangians::rectified_power(n)); }, py::arg("n"),
+        "G(x) = x^n for x >= 0, else 0 (real n >= 1).");
+  L.def("exp", [=](double beta) { return share(lagrangians::exp(beta)); }, py::arg("beta") = 1.0,
+        "G(x) = exp(beta x)/beta; activation exp(beta x).");
+  L.def("log_sum_exp", [=](double beta) { return share(lagrangians::log_sum_exp(beta)); }, py::arg("beta") = 1.0,
+        "L(x) = log(sum exp(beta x))/beta; activation softmax(beta x) (eqs. 11, 12). Stable at any beta.");
+  L.def("spherical", [=] { return share(lagrangians::spherical()); },
+        "L(x) = |x|; activation x/|x|, divisive normalisation (eqs. 17, 18, 20).");
+  L.def("layer_norm", [=](double gamma, double eps, std::optional<F64> delta) {
+          return share(lagrangians::layer_norm(gamma, eps, delta ? vec_in(*delta, "delta") : Vector()));
+        },
+        py::arg("gamma") = 1.0, py::arg("eps") = 1e-5, py::arg("delta") = py::none(),
+        "Layer norm as in the Energy Transformer: L = D gamma sqrt(var(x) + eps) + delta.x.");
+
+  // Network -----------------------------------------------------------------------------------
+  py::class_<PyTrajectory>(m, "Trajectory", "A recorded run of the general network: arrays t (T,), v (T, N_f), "
+                                            "h (T, N_h), energy (T,) from eq. (2), energy_rate (T,) from eq. (4).")
+      .def_readonly("t", &PyTrajectory::t)
+      .def_readonly("v", &PyTrajectory::v)
+      .def_readonly("h", &PyTrajectory::h)
+      .def_readonly("energy", &PyTrajectory::energy)
+      .def_readonly("energy_rate", &PyTrajectory::energy_rate)
+      .def_readonly("steps", &PyTrajectory::steps, "Accepted integration steps.")
+      .def_readonly("reason", &PyTrajectory::reason, "Why the run stopped: 'reached t_end' or 'fixed point'.")
+      .def("__repr__", [](const PyTrajectory& t) {
+        return "<Trajectory: " + std::to_string(t.t.size()) + " records, " + std::to_string(t.steps) + " steps, " + t.reason + ">";
+      });
+
+  py::class_<Network>(m, "Network",
+                      "The general two-layer network of eq. (1): N_f feature neurons v, N_h hidden neurons h, "
+                      "memories xi (N_h x N_f).")
+      .def(py::init([](const F64& xi, std::shared_ptr<Lagrangian> feature, std::shared_ptr<Lagrangian> hidden,
+                       double tau_f, double tau_h, std::optional<F64> current, double alpha) {
+             NetworkParams p;
+             p.tau_f = tau_f;
+             p.tau_h = tau_h;
+             p.alpha = alpha;
+             if (current) p.current = vec_in(*current, "current");
+             return Network(mat_in(xi, "xi"), feature, hidden, p);
+           }),
+           py::arg("xi"), py::arg("feature"), py::arg("hidden"), py::arg("tau_f") = 1.0, py::arg("tau_h") = 1.0,
+           py::arg("current") = py::none(), py::arg("alpha") = 1.0)
+      .def_property_readonly("n_features", &Network::n_features)
+      .def_property_readonly("n_hidden", &Network::n_hidden)
+      .def("energy", [](const Network& n, const F64& v, const F64& h) { return n.energy(vec_in(v, "v"), vec_in(h, "h")); },
+           py::arg("v"), py::arg("h"), "The energy, eq. (2).")
+      .def("energy_rate", [](const Network& n, const F64& v, const F64& h) { return n.energy_rate(vec_in(v, "v"), vec_in(h, "h")); },
+           py::arg("v"), py::arg("h"), "dE/dt from eq. (4) (<= 0 where the Hessians are PSD).")
+      .def("effective_energy", [](const Network& n, const F64& v) { return n.effective_energy(vec_in(v, "v")); },
+           py::arg("v"), "eq. (2) at the hidden steady state h = xi g(v): eqs. (8), (13), (21).")
+      .def("rhs",
+           [](const Network& n, const F64& v, const F64& h) {
+             Vector dv, dh;
+             n.rhs(vec_in(v, "v"), vec_in(h, "h"), dv, dh);
+             return py::make_tuple(vec_out(dv), vec_out(dh));
+           },
+           py::arg("v"), py::arg("h"), "(dv/dt, dh/dt) of eq. (1).")
+      .def("simulate",
+           [](const Network& n, const F64& v0, std::optional<F64> h0, double t_end, const std::string& method, double rtol,
+              double atol, double dt, long max_steps, double fixed_point_tol, long record_every) {
+             SimulateOptions o;
+             o.method = parse_method(method);
+             o.t_end = t_end;
+             o.rtol = rtol;
+             o.atol = atol;
+             o.dt = dt;
+             o.max_steps = max_steps;
+             o.fixed_point_tol = fixed_point_tol;
+             o.record_every = record_every;
+             const Vector v = vec_in(v0, "v0"), h = h0 ? vec_in(*h0, "h0") : Vector();
+             Trajectory tr;
+             {
+               py::gil_scoped_release nogil;
+               tr = simulate(n, v, h, o);
+             }
+             PyTrajectory out;
+             out.t = to_numpy(std::vector<double>(tr.t), {static_cast<py::ssize_t>(tr.t.size())});
+             out.energy = to_numpy(std::vector<double>(tr.energy), {static_cast<py::ssize_t>(tr.energy.size())});
+             out.energy_rate = to_numpy(std::vector<double>(tr.energy_rate), {static_cast<py::ssize_t>(tr.energy_rate.size())});
+             out.v = rows_out(tr.v);
+             out.h = rows_out(tr.h);
+             out.steps = tr.result.steps;
+             out.reason = to_string(tr.result.reason);
+             return out;
+           },
+           py::arg("v0"), py::arg("h0") = py::none(), py::arg("t_end") = 10.0, py::arg("method") = "rk45",
+           py::arg("rtol") = 1e-6, py::arg("atol") = 1e-9, py::arg("dt") = 0.0, py::arg("max_steps") = 100000,
+           py::arg("fixed_point_tol") = 0.0, py::arg("record_every") = 1,
+           "Integrates eq. (1) from (v0, h0) (h0=None: the steady state xi g(v0)). method: 'euler', 'rk4' "
+           "(both need dt), 'rk45' (Dormand-Prince), 'bdf' (CVODE, for tau_h << tau_f). Stops at t_end, or at a "
+           "fixed point when max |dy/dt| <= fixed_point_tol. Returns a Trajectory.");
+
+  // Models ------------------------------------------------------------------------------------
+  py::class_<PyRetrieval>(m, "Retrieval", "Details of a retrieval: states, steps, converged, energy, top_ids, top_weights.")
+      .def_readonly("states", &PyRetrieval::states)
+      .def_readonly("steps", &PyRetrieval::steps)
+      .def_readonly("converged", &PyRetrieval::converged)
+      .def_readonly("energy", &PyRetrieval::energy)
+      .def_readonly("top_ids", &PyRetrieval::top_ids)
+      .def_readonly("top_weights", &PyRetrieval::top_weights);
+
+  py::class_<PyModelA>(m, "ModelA")
+      .def(py::init<const F32&, const std::string&, double, double, std::optional<F64>, int>(), py::arg("patterns"),
+           py::arg("F") = "power", py::arg("n") = 3.0, py::arg("beta") = 1.0, py::arg("current") = py::none(),
+           py::arg("threads") = 0)
+      .def("retrieve", &PyModelA::retrieve, py::arg("cues"), py::arg("order") = "random", py::arg("max_sweeps") = 1000,
+           py::arg("seed") = 0, py::arg("clamp") = py::none())
+      .def("retrieve_details", &PyModelA::details, py::arg("cues"), py::arg("order") = "random",
+           py::arg("max_sweeps") = 1000, py::arg("seed") = 0, py::arg("clamp") = py::none())
+      .def("energy", &PyModelA::energy, py::arg("states"))
+      .def_property_readonly("n_features", &PyModelA::n_features)
+      .def_property_readonly("n_memories", &PyModelA::n_memories);
+
+  py::class_<PyModelB>(m, "ModelB")
+      .def(py::init<const F32&, double, const std::string&, int, const std::string&>(), py::arg("patterns"),
+           py::arg("beta") = 1.0, py::arg("dtype") = "float32", py::arg("threads") = 0, py::arg("kernel") = "auto")
+      .def("retrieve", &PyModelB::retrieve, py::arg("queries"), py::arg("steps") = 1, py::arg("tol") = 0.0,
+           py::arg("step") = 1.0, py::arg("top_k") = 0)
+      .def("retrieve_details", &PyModelB::details, py::arg("queries"), py::arg("steps") = 1, py::arg("tol") = 0.0,
+           py::arg("step") = 1.0, py::arg("top_k") = 0)
+      .def("energy", &PyModelB::energy, py::arg("states"))
+      .def_property_readonly("n_features", &PyModelB::n_features)
+      .def_property_readonly("n_memories", &PyModelB::n_memories)
+      .def_property_readonly("beta", &PyModelB::beta)
+      .def_property_readonly("kernel", &PyModelB::kernel);
+
+  py::class_<PyModelC>(m, "ModelC")
+      .def(py::init<const F32&, const std::string&, double, double, double, int, const std::string&>(),
+           py::arg("patterns"), py::arg("F") = "rectified", py::arg("n") = 3.0, py::arg("beta") = 1.0,
+           py::arg("alpha") = 1.0, py::arg("threads") = 0, py::arg("kernel") = "auto")
+      .def("retrieve_details", &PyModelC::details, py::arg("queries"), py::arg("steps") = 100, py::arg("tol") = 0.0,
+           py::arg("step") = 0.1)
+      .def("energy", &PyModelC::energy, py::arg("states"))
+      .def_property_readonly("n_features", &PyModelC::n_features)
+      .def_property_readonly("n_memories", &PyModelC::n_memories);
+
+  // Memory store ------------------------------------------------------------------------------
+  py::class_<MemoryStore>(m, "MemoryStore",
+                          "K memories of dimension d (float32, bfloat16 or packed bits) with ids; saved atomically "
+                          "in a checksummed file and opened by memory mapping.")
+      .def(py::init<std::size_t, DType>(), py::arg("dim"), py::arg("dtype"))
+      .def(py::init([](std::size_t dim, const std::string& dtype) { return MemoryStore(dim, parse_dtype(dtype)); }),
+           py::arg("dim"), py::arg("dtype") = "float32", "An empty store; dtype 'float32', 'bfloat16' or 'bits'.")
+      .def_static("open", [](const std::string& path, bool verify) {
+                    OpenOptions o;
+                    o.verify_checksum = verify;
+                    return MemoryStore::open(path, o);
+                  },
+                  py::arg("path"), py::arg("verify_checksum") = true,
+                  "Opens a saved store (memory-mapped). Raises OSError naming the file and the problem.")
+      .def("append",
+           [](MemoryStore& s, const F32& rows, std::optional<py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>> ids) {
+             const Batch b = batch_in(rows, s.dim(), "patterns");
+             if (ids && static_cast<std::size_t>(ids->size()) != b.rows)
+               throw InvalidArgument("ids has " + std::to_string(ids->size()) + " entries for " + std::to_string(b.rows) + " patterns");
+             s.append(b.arr.data(), b.rows, ids ? ids->data() : nullptr);
+           },
+           py::arg("patterns"), py::arg("ids") = py::none(), "Appends patterns ((d,) or (n, d)); ids default to size(), size()+1, ...")
+      .def("append_npy", &MemoryStore::append_npy, py::arg("path"))
+      .def("export_npy", &MemoryStore::export_npy, py::arg("path"))
+      .def("save", &MemoryStore::save, py::arg("path"), "Writes the store atomically (temp file, fsync, rename).")
+      .def("to_array",
+           [](const MemoryStore& s) {
+             std::vector<float> out(s.size() * s.dim());
+             for (std::size_t i = 0; i < s.size(); ++i) s.decode_row(i, &out[i * s.dim()]);
+             return to_numpy(std::move(out), {static_cast<py::ssize_t>(s.size()), static_cast<py::ssize_t>(s.dim())});
+           },
+           "The memories as a (K, d) float32 array (bits decode to +-1).")
+      .def_property_readonly("ids", [](const MemoryStore& s) {
+        return to_numpy(std::vector<std::uint64_t>(s.ids(), s.ids() + s.size()), {static_cast<py::ssize_t>(s.size())});
+      })
+      .def_property_readonly("dim", &MemoryStore::dim)
+      .def_property_readonly("dtype", [](const MemoryStore& s) { return to_string(s.dtype()); })
+      .def_property_readonly("mapped", &MemoryStore::mapped)
+      .def("__len__", &MemoryStore::size)
+      .def("__repr__", [](const MemoryStore& s) {
+        return "<MemoryStore: " + std::to_string(s.size()) + " x " + std::to_string(s.dim()) + " " + to_string(s.dtype()) +
+               (s.mapped() ? ", mapped" : "") + ">";
+      });
+  py::enum_<DType>(m, "DType").value("float32", DType::Float32).value("bfloat16", DType::BFloat16).value("bits", DType::Bits);
+
+  // Glyphs --------------------------------------------------------------------------------------
+  m.def("render_glyphs",
+        [](const std::string& font, std::size_t count, std::size_t size, std::uint32_t first) {
+          GlyphSet g;
+          {
+            py::gil_scoped_release nogil;
+            g = render_glyphs(font.empty() ? default_cjk_font() : font, count, size, first);
+          }
+          const auto n = static_cast<py::ssize_t>(g.count()), sz = static_cast<py::ssize_t>(size);
+          return py::make_tuple(to_numpy(std::move(g.codepoints), {n}), to_numpy(std::move(g.pixels), {n, sz, sz}));
+        },
+        py::arg("font") = "", py::arg("count") = 3000, py::arg("size") = 64, py::arg("first") = 0x4E00,
+        "Renders the first `count` characters from `first` (U+4E00: CJK ideographs) that the font has, as "
+        "(codepoints, images) with images of shape (count, size, size), +1 ink / -1 background. font='' uses "
+        "Debian's IPA Gothic (fonts-ipafont-gothic).");
+  m.def("default_cjk_font", &default_cjk_font, "Path of Debian's IPA Gothic font, or '' when it is not installed.");
+}
