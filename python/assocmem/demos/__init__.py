@@ -1,0 +1,1 @@
+"""Runnable examples of assocmem (also reachable as `assocmem demo NAME`)."""
