@@ -4,13 +4,22 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
-#include <regex>
 
 #include "assocmem/store.hpp"  // write_file_atomically
 
 namespace assocmem {
 
 namespace {
+
+// The value after 'key': in numpy's header dict, or npos. (A small parser: the header is a Python
+// dict literal with the three keys descr, fortran_order and shape.)
+std::size_t value_start(const std::string& h, const std::string& key) {
+  const std::size_t k = h.find("'" + key + "'");
+  if (k == std::string::npos) return std::string::npos;
+  const std::size_t colon = h.find(':', k);
+  if (colon == std::string::npos) return std::string::npos;
+  return h.find_first_not_of(" \t", colon + 1);
+}
 
 std::size_t elem_size(NpyType t) { return t == NpyType::Float64 ? 8 : (t == NpyType::Float32 ? 4 : 1); }
 
@@ -68,24 +77,40 @@ NpyArray read_npy(const std::string& path) {
   std::string header(header_len, '\0');
   if (!in.read(header.data(), static_cast<std::streamsize>(header_len))) throw bad("truncated header");
 
-  std::smatch m;
-  if (!std::regex_search(header, m, std::regex(R"('descr'\s*:\s*'([^']*)')"))) throw bad("header has no 'descr'");
-  const std::string d = m[1];
   NpyArray a;
+  std::size_t p = value_start(header, "descr");
+  if (p == std::string::npos || header[p] != '\'') throw bad("header has no 'descr'");
+  const std::size_t q = header.find('\'', p + 1);
+  if (q == std::string::npos) throw bad("header has no 'descr'");
+  const std::string d = header.substr(p + 1, q - p - 1);
   if (d == "<f4") a.type = NpyType::Float32;
   else if (d == "<f8") a.type = NpyType::Float64;
   else if (d == "|i1" || d == "<i1" || d == "i1") a.type = NpyType::Int8;
   else throw bad("unsupported dtype '" + d + "' (supported: float32 '<f4', float64 '<f8', int8 '|i1')");
-  if (!std::regex_search(header, m, std::regex(R"('fortran_order'\s*:\s*(True|False))"))) throw bad("header has no 'fortran_order'");
-  if (m[1] == "True") throw bad("Fortran-order arrays are not supported; save with numpy.ascontiguousarray");
-  if (!std::regex_search(header, m, std::regex(R"('shape'\s*:\s*\(([^)]*)\))"))) throw bad("header has no 'shape'");
+  p = value_start(header, "fortran_order");
+  if (p == std::string::npos) throw bad("header has no 'fortran_order'");
+  if (header.compare(p, 4, "True") == 0) throw bad("Fortran-order arrays are not supported; save with numpy.ascontiguousarray");
+  if (header.compare(p, 5, "False") != 0) throw bad("header has an invalid 'fortran_order'");
+  p = value_start(header, "shape");
+  if (p == std::string::npos || header[p] != '(') throw bad("header has no 'shape'");
+  const std::size_t close = header.find(')', p);
+  if (close == std::string::npos) throw bad("header has an invalid 'shape'");
   std::vector<std::size_t> shape;
-  const std::string dims = m[1];
-  std::regex num(R"(\d+)");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), num); it != std::sregex_iterator(); ++it) {
-    const std::string s = it->str();
-    if (s.size() > 15) throw bad("shape too large");
-    shape.push_back(std::stoull(s));
+  std::size_t digits = 0;
+  std::size_t value = 0;
+  for (std::size_t i = p + 1; i <= close; ++i) {
+    const char ch = header[i];
+    if (ch >= '0' && ch <= '9') {
+      if (++digits > 15) throw bad("shape too large");
+      value = value * 10 + static_cast<std::size_t>(ch - '0');
+    } else if (ch == ',' || ch == ')') {
+      if (digits) shape.push_back(value);
+      else if (ch == ',') throw bad("header has an invalid 'shape'");
+      digits = 0;
+      value = 0;
+    } else if (ch != ' ' && ch != 'L') {
+      throw bad("header has an invalid 'shape'");
+    }
   }
   if (shape.size() == 1) {
     a.rows = 1;

@@ -119,8 +119,12 @@ ModernHopfield = ModelB
 SphericalMemory = ModelC
 
 
+SolverError.__doc__ = ("A computation that could not finish as asked (an integrator reaching max_steps, a state "
+                       "that blew up); a RuntimeError.")
+
+
 def __getattr__(name):
     if name == "plot":  # matplotlib is imported only when plots are asked for
-        from . import plot
-        return plot
+        import importlib
+        return importlib.import_module(__name__ + ".plot")
     raise AttributeError(f"module 'assocmem' has no attribute {name!r}")

@@ -363,11 +363,11 @@ PYBIND11_MODULE(_core, m) {
   // Network -----------------------------------------------------------------------------------
   py::class_<PyTrajectory>(m, "Trajectory", "A recorded run of the general network: arrays t (T,), v (T, N_f), "
                                             "h (T, N_h), energy (T,) from eq. (2), energy_rate (T,) from eq. (4).")
-      .def_readonly("t", &PyTrajectory::t)
-      .def_readonly("v", &PyTrajectory::v)
-      .def_readonly("h", &PyTrajectory::h)
-      .def_readonly("energy", &PyTrajectory::energy)
-      .def_readonly("energy_rate", &PyTrajectory::energy_rate)
+      .def_readonly("t", &PyTrajectory::t, "Times of the records, shape (T,).")
+      .def_readonly("v", &PyTrajectory::v, "Feature currents, shape (T, N_f).")
+      .def_readonly("h", &PyTrajectory::h, "Hidden currents, shape (T, N_h).")
+      .def_readonly("energy", &PyTrajectory::energy, "Energy eq. (2) at each record, shape (T,).")
+      .def_readonly("energy_rate", &PyTrajectory::energy_rate, "dE/dt from eq. (4) at each record, shape (T,).")
       .def_readonly("steps", &PyTrajectory::steps, "Accepted integration steps.")
       .def_readonly("reason", &PyTrajectory::reason, "Why the run stopped: 'reached t_end' or 'fixed point'.")
       .def("__repr__", [](const PyTrajectory& t) {
@@ -388,8 +388,8 @@ PYBIND11_MODULE(_core, m) {
            }),
            py::arg("xi"), py::arg("feature"), py::arg("hidden"), py::arg("tau_f") = 1.0, py::arg("tau_h") = 1.0,
            py::arg("current") = py::none(), py::arg("alpha") = 1.0)
-      .def_property_readonly("n_features", &Network::n_features)
-      .def_property_readonly("n_hidden", &Network::n_hidden)
+      .def_property_readonly("n_features", &Network::n_features, "N_f, the number of feature neurons.")
+      .def_property_readonly("n_hidden", &Network::n_hidden, "N_h, the number of hidden (memory) neurons.")
       .def("energy", [](const Network& n, const F64& v, const F64& h) { return n.energy(vec_in(v, "v"), vec_in(h, "h")); },
            py::arg("v"), py::arg("h"), "The energy, eq. (2).")
       .def("energy_rate", [](const Network& n, const F64& v, const F64& h) { return n.energy_rate(vec_in(v, "v"), vec_in(h, "h")); },
@@ -440,12 +440,12 @@ PYBIND11_MODULE(_core, m) {
 
   // Models ------------------------------------------------------------------------------------
   py::class_<PyRetrieval>(m, "Retrieval", "Details of a retrieval: states, steps, converged, energy, top_ids, top_weights.")
-      .def_readonly("states", &PyRetrieval::states)
-      .def_readonly("steps", &PyRetrieval::steps)
-      .def_readonly("converged", &PyRetrieval::converged)
-      .def_readonly("energy", &PyRetrieval::energy)
-      .def_readonly("top_ids", &PyRetrieval::top_ids)
-      .def_readonly("top_weights", &PyRetrieval::top_weights);
+      .def_readonly("states", &PyRetrieval::states, "Final states, shaped like the queries.")
+      .def_readonly("steps", &PyRetrieval::steps, "Updates (B, C) or sweeps (A) per query.")
+      .def_readonly("converged", &PyRetrieval::converged, "Whether each query reached a fixed point within tolerance.")
+      .def_readonly("energy", &PyRetrieval::energy, "Energy of each final state (eq. 8, 13 or 21).")
+      .def_readonly("top_ids", &PyRetrieval::top_ids, "Ids of the top_k memories per query, best first (model B), shape (B, top_k).")
+      .def_readonly("top_weights", &PyRetrieval::top_weights, "Their softmax weights at the final state, shape (B, top_k).");
 
   py::class_<PyModelA>(m, "ModelA")
       .def(py::init<const F32&, const std::string&, double, double, std::optional<F64>, int>(), py::arg("patterns"),
@@ -456,8 +456,8 @@ PYBIND11_MODULE(_core, m) {
       .def("retrieve_details", &PyModelA::details, py::arg("cues"), py::arg("order") = "random",
            py::arg("max_sweeps") = 1000, py::arg("seed") = 0, py::arg("clamp") = py::none())
       .def("energy", &PyModelA::energy, py::arg("states"))
-      .def_property_readonly("n_features", &PyModelA::n_features)
-      .def_property_readonly("n_memories", &PyModelA::n_memories);
+      .def_property_readonly("n_features", &PyModelA::n_features, "N, the number of neurons.")
+      .def_property_readonly("n_memories", &PyModelA::n_memories, "K, the number of stored memories.");
 
   py::class_<PyModelB>(m, "ModelB")
       .def(py::init<const F32&, double, const std::string&, int, const std::string&>(), py::arg("patterns"),
@@ -467,10 +467,10 @@ PYBIND11_MODULE(_core, m) {
       .def("retrieve_details", &PyModelB::details, py::arg("queries"), py::arg("steps") = 1, py::arg("tol") = 0.0,
            py::arg("step") = 1.0, py::arg("top_k") = 0)
       .def("energy", &PyModelB::energy, py::arg("states"))
-      .def_property_readonly("n_features", &PyModelB::n_features)
-      .def_property_readonly("n_memories", &PyModelB::n_memories)
-      .def_property_readonly("beta", &PyModelB::beta)
-      .def_property_readonly("kernel", &PyModelB::kernel);
+      .def_property_readonly("n_features", &PyModelB::n_features, "d, the dimension of the memories.")
+      .def_property_readonly("n_memories", &PyModelB::n_memories, "K, the number of stored memories.")
+      .def_property_readonly("beta", &PyModelB::beta, "The inverse temperature.")
+      .def_property_readonly("kernel", &PyModelB::kernel, "The kernel in use: amx_bf16, avx512_bf16, avx512 or generic.");
 
   py::class_<PyModelC>(m, "ModelC")
       .def(py::init<const F32&, const std::string&, double, double, double, int, const std::string&>(),
@@ -479,8 +479,8 @@ PYBIND11_MODULE(_core, m) {
       .def("retrieve_details", &PyModelC::details, py::arg("queries"), py::arg("steps") = 100, py::arg("tol") = 0.0,
            py::arg("step") = 0.1)
       .def("energy", &PyModelC::energy, py::arg("states"))
-      .def_property_readonly("n_features", &PyModelC::n_features)
-      .def_property_readonly("n_memories", &PyModelC::n_memories);
+      .def_property_readonly("n_features", &PyModelC::n_features, "d, the dimension of the memories.")
+      .def_property_readonly("n_memories", &PyModelC::n_memories, "K, the number of stored memories.");
 
   // Memory store ------------------------------------------------------------------------------
   py::class_<MemoryStore>(m, "MemoryStore",
@@ -516,10 +516,11 @@ PYBIND11_MODULE(_core, m) {
            "The memories as a (K, d) float32 array (bits decode to +-1).")
       .def_property_readonly("ids", [](const MemoryStore& s) {
         return to_numpy(std::vector<std::uint64_t>(s.ids(), s.ids() + s.size()), {static_cast<py::ssize_t>(s.size())});
-      })
-      .def_property_readonly("dim", &MemoryStore::dim)
-      .def_property_readonly("dtype", [](const MemoryStore& s) { return to_string(s.dtype()); })
-      .def_property_readonly("mapped", &MemoryStore::mapped)
+      }, "The 64-bit id of each memory, shape (K,).")
+      .def_property_readonly("dim", &MemoryStore::dim, "d, the dimension of the memories.")
+      .def_property_readonly("dtype", [](const MemoryStore& s) { return to_string(s.dtype()); },
+                             "Element type: 'float32', 'bfloat16' or 'bits'.")
+      .def_property_readonly("mapped", &MemoryStore::mapped, "True when the memories are read from a mapped file.")
       .def("__len__", &MemoryStore::size)
       .def("__repr__", [](const MemoryStore& s) {
         return "<MemoryStore: " + std::to_string(s.size()) + " x " + std::to_string(s.dim()) + " " + to_string(s.dtype()) +

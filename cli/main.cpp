@@ -1,0 +1,476 @@
+// assocmem: the command-line tool. Subcommands store, recall, simulate, demo; `--help` at every level.
+// Exit codes: 0 success, 2 bad usage or input (a one-line message naming the problem), 1 a
+// computation that could not finish (e.g. a solver reaching max steps).
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "assocmem/binary.hpp"
+#include "assocmem/dynamics.hpp"
+#include "assocmem/engine.hpp"
+#include "assocmem/npy.hpp"
+#include "assocmem/store.hpp"
+
+using namespace assocmem;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// A progress bar on stderr, drawn only on a terminal and only once the work has run for a second.
+class Progress {
+ public:
+  explicit Progress(std::string what) : what_(std::move(what)), start_(std::chrono::steady_clock::now()) {}
+  ~Progress() {
+    if (drawn_) std::fprintf(stderr, "\r\033[K");
+  }
+  void update(double fraction) {
+    if (!isatty(STDERR_FILENO)) return;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    if (s < 1.0) return;
+    const int width = 30, done = static_cast<int>(fraction * width + 0.5);
+    std::fprintf(stderr, "\r%s [%s%s] %3.0f%% %.0fs", what_.c_str(), std::string(static_cast<std::size_t>(done), '#').c_str(),
+                 std::string(static_cast<std::size_t>(width - done), ' ').c_str(), 100 * fraction, s);
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+
+ private:
+  std::string what_;
+  std::chrono::steady_clock::time_point start_;
+  bool drawn_ = false;
+};
+
+struct BadInput : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+void emit(bool as_json, const json& j, const std::string& text) {
+  if (as_json) std::cout << j.dump(2) << "\n";
+  else std::cout << text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// store
+struct StoreArgs {
+  std::string input, output, dtype = "float32", normalize = "none";
+  bool append = false;
+};
+
+int cmd_store(const StoreArgs& a, bool as_json) {
+  const NpyArray arr = read_npy(a.input);
+  std::vector<float> rows = arr.to_float32();
+  if (a.normalize == "l2") {
+    for (std::size_t i = 0; i < arr.rows; ++i) {
+      double s = 0;
+      for (std::size_t j = 0; j < arr.cols; ++j) s += double(rows[i * arr.cols + j]) * rows[i * arr.cols + j];
+      if (s == 0) throw BadInput("--normalize l2: pattern " + std::to_string(i) + " of '" + a.input + "' is zero");
+      const float inv = static_cast<float>(1.0 / std::sqrt(s));
+      for (std::size_t j = 0; j < arr.cols; ++j) rows[i * arr.cols + j] *= inv;
+    }
+  } else if (a.normalize == "sign") {
+    for (auto& x : rows) x = x > 0 ? 1.0f : -1.0f;
+  }
+  const DType dtype = parse_dtype(a.dtype);
+  MemoryStore s = a.append && fs::exists(a.output) ? MemoryStore::open(a.output) : MemoryStore(arr.cols, dtype);
+  if (s.dim() != arr.cols) throw BadInput("'" + a.input + "' has dimension " + std::to_string(arr.cols) + " but '" + a.output + "' has " + std::to_string(s.dim()));
+  try {
+    s.append(rows.data(), arr.rows);
+  } catch (const InvalidArgument& e) {
+    throw BadInput("'" + a.input + "': " + e.what() + (dtype == DType::Bits ? " (use --normalize sign)" : ""));
+  }
+  s.save(a.output);
+  emit(as_json, {{"store", a.output}, {"count", s.size()}, {"dim", s.dim()}, {"dtype", to_string(s.dtype())}},
+       "wrote " + a.output + ": " + std::to_string(s.size()) + " memories of dimension " + std::to_string(s.dim()) + " (" +
+           to_string(s.dtype()) + ")\n");
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// recall
+struct RecallArgs {
+  std::string store, queries, output, details, model = "B", F = "exp", order = "sync", kernel = "auto";
+  double beta = 1.0, n = 3.0, alpha = 1.0, tol = 0.0, step = 1.0;
+  long steps = 1, max_sweeps = 1000;
+  std::size_t top_k = 5, chunk = 1024;
+  std::uint64_t seed = 0;
+  int threads = 0;
+};
+
+int cmd_recall(const RecallArgs& a, bool as_json) {
+  const MemoryStore store = MemoryStore::open(a.store);
+  const NpyArray q = read_npy(a.queries);
+  if (q.cols != store.dim())
+    throw BadInput("'" + a.queries + "' has queries of dimension " + std::to_string(q.cols) + " but '" + a.store +
+                   "' holds memories of dimension " + std::to_string(store.dim()));
+  const std::vector<float> Q = q.to_float32();
+  const std::size_t B = q.rows, d = q.cols;
+  if (B == 0) throw BadInput("'" + a.queries + "' holds no queries");
+  std::vector<float> states(B * d);
+  json per_query = json::array();
+  Progress bar("recall");
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string kernel;
+  if (a.model == "A") {
+    // Model A runs on packed bits: a float store of +-1 patterns is packed here.
+    MemoryStore bits(d, DType::Bits);
+    const MemoryStore* src = &store;
+    if (store.dtype() != DType::Bits) {
+      std::vector<float> row(d);
+      for (std::size_t i = 0; i < store.size(); ++i) {
+        store.decode_row(i, row.data());
+        try {
+          bits.append(row.data(), 1, store.ids() + i);
+        } catch (const InvalidArgument&) {
+          throw BadInput("model A needs +1/-1 memories; '" + a.store + "' memory " + std::to_string(i) + " is not (store it with --dtype bits)");
+        }
+      }
+      src = &bits;
+    }
+    const ModelAEngine eng(*src, {parse_interaction(a.F), a.n, a.beta});
+    kernel = eng.kernel();
+    BinaryOptions o;
+    o.order = parse_update_order(a.order);
+    o.max_sweeps = a.max_sweeps;
+    o.seed = a.seed;
+    o.threads = a.threads;
+    std::vector<std::int8_t> cues(B * d);
+    for (std::size_t k = 0; k < cues.size(); ++k) {
+      if (Q[k] != 1.0f && Q[k] != -1.0f)
+        throw BadInput("'" + a.queries + "': query " + std::to_string(k / d) + " element " + std::to_string(k % d) +
+                       " is " + std::to_string(Q[k]) + "; model A cues must be +1 or -1");
+      cues[k] = Q[k] > 0 ? 1 : -1;
+    }
+    for (std::size_t b0 = 0; b0 < B; b0 += a.chunk) {
+      const std::size_t nb = std::min(a.chunk, B - b0);
+      o.seed = a.seed + b0;
+      const BinaryRetrieval r = eng.retrieve(&cues[b0 * d], nb, o);
+      for (std::size_t k = 0; k < nb * d; ++k) states[b0 * d + k] = r.states[k];
+      for (std::size_t i = 0; i < nb; ++i)
+        per_query.push_back({{"steps", r.sweeps[i]}, {"converged", bool(r.converged[i])}, {"energy", r.energy[i]}});
+      bar.update(double(b0 + nb) / double(B));
+    }
+  } else if (a.model == "B" || a.model == "C") {
+    EngineOptions eo;
+    eo.threads = a.threads;
+    eo.kernel = parse_kernel(a.kernel);
+    BatchOptions o;
+    o.max_steps = a.steps;
+    o.tol = a.tol;
+    o.step = a.step;
+    o.top_k = a.model == "B" ? a.top_k : 0;
+    std::unique_ptr<ModelBEngine> eb;
+    std::unique_ptr<ModelCEngine> ec;
+    if (a.model == "B") eb = std::make_unique<ModelBEngine>(store, a.beta, eo);
+    else ec = std::make_unique<ModelCEngine>(store, InteractionSpec{parse_interaction(a.F), a.n, a.beta}, a.alpha, eo);
+    kernel = eb ? eb->kernel() : ec->kernel();
+    for (std::size_t b0 = 0; b0 < B; b0 += a.chunk) {
+      const std::size_t nb = std::min(a.chunk, B - b0);
+      const BatchRetrieval r = eb ? eb->retrieve(&Q[b0 * d], nb, o) : ec->retrieve(&Q[b0 * d], nb, o);
+      std::copy(r.states.begin(), r.states.end(), &states[b0 * d]);
+      for (std::size_t i = 0; i < nb; ++i) {
+        json j = {{"steps", r.steps[i]}, {"converged", bool(r.converged[i])}, {"energy", r.energy[i]}};
+        if (o.top_k) {
+          json ids = json::array(), w = json::array();
+          for (const auto& [id, weight] : r.top[i]) {
+            ids.push_back(id);
+            w.push_back(weight);
+          }
+          j["top_ids"] = ids;
+          j["top_weights"] = w;
+        }
+        per_query.push_back(j);
+      }
+      bar.update(double(b0 + nb) / double(B));
+    }
+  } else {
+    throw BadInput("--model must be A, B or C, got '" + a.model + "'");
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_npy(a.output, states.data(), B, d, q.was_1d);
+  json summary = {{"model", a.model}, {"queries", B}, {"dim", d}, {"memories", store.size()}, {"kernel", kernel},
+                  {"seconds", secs}, {"output", a.output}};
+  if (!a.details.empty()) {
+    json full = summary;
+    full["results"] = per_query;
+    const std::string text = full.dump(2) + "\n";
+    write_file_atomically(a.details, {{text.data(), text.size()}});
+    summary["details"] = a.details;
+  }
+  emit(as_json, summary,
+       "recalled " + std::to_string(B) + " queries with model " + a.model + " (" + kernel + ") in " +
+           std::to_string(secs).substr(0, 6) + " s; wrote " + a.output + (a.details.empty() ? "" : " and " + a.details) + "\n");
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// simulate
+LagrangianPtr lagrangian_from_json(const json& j, const char* which) {
+  if (!j.is_object() || !j.contains("name") || !j["name"].is_string())
+    throw BadInput(std::string("config: \"") + which + "\" must be an object with a \"name\"");
+  const std::string name = j["name"];
+  auto num = [&](const char* key, double dflt) { return j.contains(key) ? j[key].get<double>() : dflt; };
+  if (name == "identity") return lagrangians::identity();
+  if (name == "abs") return lagrangians::abs();
+  if (name == "log_cosh") return lagrangians::log_cosh(num("beta", 1.0));
+  if (name == "softplus") return lagrangians::softplus(num("beta", 1.0));
+  if (name == "power") return lagrangians::power(num("n", 2.0));
+  if (name == "rectified_power") return lagrangians::rectified_power(num("n", 2.0));
+  if (name == "exp") return lagrangians::exp(num("beta", 1.0));
+  if (name == "log_sum_exp") return lagrangians::log_sum_exp(num("beta", 1.0));
+  if (name == "spherical") return lagrangians::spherical();
+  if (name == "layer_norm") return lagrangians::layer_norm(num("gamma", 1.0), num("eps", 1e-5));
+  throw BadInput(std::string("config: \"") + which + "\": unknown Lagrangian '" + name +
+                 "' (identity, abs, log_cosh, softplus, power, rectified_power, exp, log_sum_exp, spherical, layer_norm)");
+}
+
+// A vector given inline ([...]) or as a .npy path relative to the config file.
+Vector vector_from_json(const json& j, const fs::path& base, const char* key) {
+  if (j.is_array()) {
+    Vector v(static_cast<Eigen::Index>(j.size()));
+    for (std::size_t i = 0; i < j.size(); ++i) v[static_cast<Eigen::Index>(i)] = j[i].get<double>();
+    return v;
+  }
+  if (j.is_string()) {
+    const NpyArray a = read_npy((base / j.get<std::string>()).string());
+    const Matrix m = a.to_matrix();
+    return Eigen::Map<const Vector>(m.data(), m.size());
+  }
+  throw BadInput(std::string("config: \"") + key + "\" must be a list of numbers or a .npy path");
+}
+
+struct SimulateArgs {
+  std::string config, output, plot;
+};
+
+int cmd_simulate(const SimulateArgs& a, bool as_json) {
+  std::ifstream in(a.config);
+  if (!in) throw IoError("cannot read config '" + a.config + "'");
+  json c;
+  try {
+    c = json::parse(in);
+  } catch (const json::exception& e) {
+    throw BadInput("config '" + a.config + "' is not valid JSON: " + std::string(e.what()));
+  }
+  const fs::path base = fs::path(a.config).parent_path();
+  try {
+    for (const char* k : {"xi", "feature", "hidden", "v0"})
+      if (!c.contains(k)) throw BadInput(std::string("config '") + a.config + "': missing \"" + k + "\"");
+    const NpyArray xa = read_npy((base / c["xi"].get<std::string>()).string());
+    NetworkParams p;
+    p.tau_f = c.value("tau_f", 1.0);
+    p.tau_h = c.value("tau_h", 1.0);
+    p.alpha = c.value("alpha", 1.0);
+    if (c.contains("current")) p.current = vector_from_json(c["current"], base, "current");
+    const Network net(xa.to_matrix(), lagrangian_from_json(c["feature"], "feature"), lagrangian_from_json(c["hidden"], "hidden"), p);
+    SimulateOptions o;
+    o.method = parse_method(c.value("method", std::string("rk45")));
+    o.t_end = c.value("t_end", 10.0);
+    o.dt = c.value("dt", 0.0);
+    o.rtol = c.value("rtol", 1e-6);
+    o.atol = c.value("atol", 1e-9);
+    o.max_steps = c.value("max_steps", 100000L);
+    o.fixed_point_tol = c.value("fixed_point_tol", 0.0);
+    o.record_every = c.value("record_every", 1L);
+    const Vector v0 = vector_from_json(c["v0"], base, "v0");
+    const Vector h0 = c.contains("h0") ? vector_from_json(c["h0"], base, "h0") : Vector();
+    Progress bar("simulate");
+    NetworkSystem sys(net);
+    const auto t0 = std::chrono::steady_clock::now();
+    const Trajectory tr = simulate(net, v0, h0, o);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    bar.update(1.0);
+    // Output: columns t, energy, energy_rate, v_0..v_{N_f-1}, h_0..h_{N_h-1}.
+    const std::size_t T = tr.t.size(), nf = static_cast<std::size_t>(net.n_features()),
+                      nh = static_cast<std::size_t>(net.n_hidden()), cols = 3 + nf + nh;
+    std::vector<double> table(T * cols);
+    for (std::size_t k = 0; k < T; ++k) {
+      double* row = &table[k * cols];
+      row[0] = tr.t[k];
+      row[1] = tr.energy[k];
+      row[2] = tr.energy_rate[k];
+      std::copy(tr.v[k].data(), tr.v[k].data() + nf, row + 3);
+      std::copy(tr.h[k].data(), tr.h[k].data() + nh, row + 3 + nf);
+    }
+    if (!a.output.empty()) {
+      if (fs::path(a.output).extension() == ".npy") {
+        write_npy(a.output, table.data(), T, cols);
+      } else {
+        std::string csv = "t,energy,energy_rate";
+        for (std::size_t i = 0; i < nf; ++i) csv += ",v" + std::to_string(i);
+        for (std::size_t i = 0; i < nh; ++i) csv += ",h" + std::to_string(i);
+        csv += "\n";
+        char buf[64];
+        for (std::size_t k = 0; k < T; ++k)
+          for (std::size_t j = 0; j < cols; ++j) {
+            std::snprintf(buf, sizeof buf, "%.17g%c", table[k * cols + j], j + 1 == cols ? '\n' : ',');
+            csv += buf;
+          }
+        write_file_atomically(a.output, {{csv.data(), csv.size()}});
+      }
+    }
+    if (!a.plot.empty()) {
+      // E(t) drawn by assocmem.plot (matplotlib) from a temporary CSV of (t, E).
+      const std::string tmp = a.plot + ".energy.csv";
+      std::string csv;
+      char buf[64];
+      for (std::size_t k = 0; k < T; ++k) {
+        std::snprintf(buf, sizeof buf, "%.17g,%.17g\n", tr.t[k], tr.energy[k]);
+        csv += buf;
+      }
+      write_file_atomically(tmp, {{csv.data(), csv.size()}});
+      const std::string cmd = std::string("PYTHONPATH=\"${PYTHONPATH}:") + ASSOCMEM_BUILD_PYTHON_DIR +
+                              "\" /usr/bin/python3 -c 'import sys, numpy as np, assocmem.plot as p; d = np.loadtxt(sys.argv[1], "
+                              "delimiter=\",\", ndmin=2); p.energy((d[:, 0], d[:, 1]), path=sys.argv[2])' '" + tmp + "' '" +
+                              a.plot + "'";
+      const int rc = std::system(cmd.c_str());
+      fs::remove(tmp);
+      if (rc != 0) throw IoError("could not draw '" + a.plot + "': the plot needs /usr/bin/python3 with matplotlib and assocmem");
+    }
+    json j = {{"records", T}, {"steps", tr.result.steps}, {"t", tr.result.t}, {"reason", to_string(tr.result.reason)},
+              {"energy_start", tr.energy.front()}, {"energy_end", tr.energy.back()}, {"seconds", secs}};
+    if (!a.output.empty()) j["output"] = a.output;
+    if (!a.plot.empty()) j["plot"] = a.plot;
+    emit(as_json, j,
+         "simulated " + std::to_string(tr.result.steps) + " steps (" + to_string(tr.result.reason) + ") to t = " +
+             std::to_string(tr.result.t) + "; E " + std::to_string(tr.energy.front()) + " -> " + std::to_string(tr.energy.back()) +
+             (a.output.empty() ? "" : "; wrote " + a.output) + (a.plot.empty() ? "" : ", " + a.plot) + "\n");
+    return 0;
+  } catch (const json::exception& e) {
+    throw BadInput("config '" + a.config + "': " + std::string(e.what()));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// demo: the runnable examples live in the Python package (assocmem.demos).
+int cmd_demo(const std::string& name, const std::vector<std::string>& rest, bool as_json) {
+  if (name != "kanji") throw BadInput("unknown demo '" + name + "' (available: kanji)");
+  std::string cmd = std::string("PYTHONPATH=\"${PYTHONPATH}:") + ASSOCMEM_BUILD_PYTHON_DIR + "\" /usr/bin/python3 -m assocmem.demos." + name;
+  for (const auto& r : rest) {
+    std::string q;
+    for (char ch : r) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+    cmd += " '" + q + "'";
+  }
+  if (as_json) cmd += " --json";
+  const int rc = std::system(cmd.c_str());
+  if (rc == -1) throw std::runtime_error("could not start /usr/bin/python3");
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"assocmem: large associative memories (Krotov & Hopfield 2021): build memory stores, recall with "
+               "models A, B and C, integrate the general two-layer network, run the demos."};
+  app.require_subcommand(1);
+  app.fallthrough();  // --json is accepted before or after the subcommand
+  bool as_json = false;
+  app.add_flag("--json", as_json, "Machine-readable JSON on stdout");
+  app.set_version_flag("--version", "assocmem 0.1.0");
+
+  StoreArgs sa;
+  auto* st = app.add_subcommand("store", "Build a memory store from a .npy file of patterns (K x d)");
+  st->add_option("input", sa.input, "Patterns (.npy: float32, float64 or int8, C order)")->required();
+  st->add_option("output", sa.output, "Store file to write (atomically)")->required();
+  st->add_option("--dtype", sa.dtype, "Element type: float32, bfloat16 or bits (+-1)")->capture_default_str()
+      ->check(CLI::IsMember({"float32", "bfloat16", "bits"}));
+  st->add_option("--normalize", sa.normalize, "none, l2 (unit rows) or sign (+-1)")->capture_default_str()
+      ->check(CLI::IsMember({"none", "l2", "sign"}));
+  st->add_flag("--append", sa.append, "Append to the store when it exists");
+
+  RecallArgs ra;
+  auto* rc = app.add_subcommand("recall", "Retrieve memories for a .npy of queries with model A, B or C");
+  rc->add_option("store", ra.store, "Memory store")->required();
+  rc->add_option("queries", ra.queries, "Queries (.npy, (B, d) or (d,))")->required();
+  rc->add_option("output", ra.output, "Retrieved states (.npy, float32, the queries' shape)")->required();
+  rc->add_option("--model", ra.model, "A (dense associative memory), B (modern Hopfield) or C (spherical)")
+      ->capture_default_str()->check(CLI::IsMember({"A", "B", "C"}));
+  rc->add_option("--beta", ra.beta, "Inverse temperature (B) or gain of F = exp (A, C)")->capture_default_str();
+  rc->add_option("--F", ra.F, "Interaction for A and C: power, rectified or exp")->capture_default_str()
+      ->check(CLI::IsMember({"power", "rectified", "exp"}));
+  rc->add_option("--n", ra.n, "Power n of F (A, C)")->capture_default_str();
+  rc->add_option("--alpha", ra.alpha, "Decay coefficient of model C (eq. 19)")->capture_default_str();
+  rc->add_option("--steps", ra.steps, "Update steps (B, C)")->capture_default_str();
+  rc->add_option("--tol", ra.tol, "Stop a query when max |v_new - v| <= tol (B, C)")->capture_default_str();
+  rc->add_option("--step", ra.step, "dt / tau_f of each update (B: (0, 1], C: > 0)")->capture_default_str();
+  rc->add_option("--order", ra.order, "Update order of model A: random, fixed or sync")->capture_default_str()
+      ->check(CLI::IsMember({"random", "fixed", "sync"}));
+  rc->add_option("--max-sweeps", ra.max_sweeps, "Sweeps of model A before giving up")->capture_default_str();
+  rc->add_option("--seed", ra.seed, "Seed of model A's random order")->capture_default_str();
+  rc->add_option("--top-k", ra.top_k, "Memories to report per query in --details (B)")->capture_default_str();
+  rc->add_option("--details", ra.details, "Write JSON with steps, convergence, energy and top-k ids and weights");
+  rc->add_option("--threads", ra.threads, "Worker threads (0: all)")->capture_default_str();
+  rc->add_option("--kernel", ra.kernel, "auto, generic, avx512, avx512_bf16 or amx_bf16 (B, C)")->capture_default_str();
+
+  SimulateArgs sm;
+  auto* sim = app.add_subcommand("simulate", "Integrate the general two-layer network (eq. 1) described in a JSON file");
+  sim->add_option("config", sm.config,
+                  "JSON: {\"xi\": \"xi.npy\", \"feature\": {\"name\": \"log_cosh\", \"beta\": 2}, \"hidden\": {\"name\": "
+                  "\"log_sum_exp\", \"beta\": 1}, \"v0\": [..] or \"v0.npy\", optional \"h0\", \"current\", \"tau_f\", "
+                  "\"tau_h\", \"alpha\", \"method\" (euler, rk4, rk45, bdf), \"t_end\", \"dt\", \"rtol\", \"atol\", "
+                  "\"max_steps\", \"fixed_point_tol\", \"record_every\"}; paths are relative to the config file")
+      ->required();
+  sim->add_option("-o,--output", sm.output, "Trajectory: .csv or .npy, columns t, energy, energy_rate, v..., h...");
+  sim->add_option("--plot", sm.plot, "PNG of E(t) (matplotlib)");
+
+  std::string demo_name;
+  std::vector<std::string> demo_rest;
+  auto* dm = app.add_subcommand("demo", "Run a demo: kanji (the paper's Section 4 example; --help lists its options)");
+  dm->add_option("name", demo_name, "Demo name: kanji")->required();
+  dm->prefix_command();  // everything after the name goes to the demo, including --options
+  dm->allow_extras();
+  dm->fallthrough(false);
+  dm->footer(
+      "Options after the name go to the demo. kanji: --count K (glyphs, default 3000), --out DIR (report folder,\n"
+      "default ./assocmem-kanji-report), --seed S, --no-report, --json. Example: assocmem demo kanji --count 500");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::string msg = e.what();
+    for (auto& ch : msg)
+      if (ch == '\n') ch = ' ';
+    std::fprintf(stderr, "assocmem: error: %s (see --help)\n", msg.c_str());
+    return 2;
+  }
+  try {
+    if (*st) return cmd_store(sa, as_json);
+    if (*rc) return cmd_recall(ra, as_json);
+    if (*sim) return cmd_simulate(sm, as_json);
+    if (*dm) {
+      std::vector<std::string> rest = demo_rest;
+      for (const auto& r : dm->remaining()) rest.push_back(r);
+      return cmd_demo(demo_name, rest, as_json);
+    }
+  } catch (const BadInput& e) {
+    std::fprintf(stderr, "assocmem: error: %s\n", e.what());
+    return 2;
+  } catch (const InvalidArgument& e) {
+    std::fprintf(stderr, "assocmem: error: %s\n", e.what());
+    return 2;
+  } catch (const IoError& e) {
+    std::fprintf(stderr, "assocmem: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "assocmem: failed: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,9 @@
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+def energy(curves: Any, labels: Optional[Sequence[str]] = ..., *, ax: Any = ..., path: Optional[str] = ...,
+           xlabel: str = ..., title: str = ...) -> Any: ...
+def mosaic(rows: Sequence[Any], row_labels: Optional[Sequence[str]] = ..., *, shape: Optional[Tuple[int, int]] = ...,
+           path: Optional[str] = ..., title: Optional[str] = ..., cmap: str = ...) -> Any: ...
+def capacity(x: Sequence[float], measured: Dict[str, Sequence[float]],
+             theory: Optional[Dict[str, Tuple[Sequence[float], Sequence[float]]]] = ..., *, ax: Any = ...,
+             path: Optional[str] = ..., xlabel: str = ..., ylabel: str = ..., title: str = ..., logx: bool = ...) -> Any: ...

@@ -1,0 +1,102 @@
+"""The assocmem command, run as a subprocess: success paths and every kind of bad input."""
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+
+def run(cli, *args, cwd=None):
+    return subprocess.run([cli, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture()
+def data(tmp_path):
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((400, 16)).astype(np.float32)
+    np.save(tmp_path / "pats.npy", X)
+    np.save(tmp_path / "q.npy", (X[:6] + 0.05 * rng.standard_normal((6, 16))).astype(np.float32))
+    P = np.sign(rng.standard_normal((30, 64))).astype(np.int8)
+    np.save(tmp_path / "pm.npy", P)
+    cue = P[:5].copy()
+    cue[:, :6] *= -1
+    np.save(tmp_path / "cue.npy", cue)
+    np.save(tmp_path / "xi.npy", rng.standard_normal((5, 4)))
+    return tmp_path
+
+
+def test_help_everywhere(cli):
+    for args in ([], ["store"], ["recall"], ["simulate"], ["demo"]):
+        r = run(cli, *args, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout
+
+
+def test_store_recall_details(cli, data):
+    r = run(cli, "store", data / "pats.npy", data / "m.amem", "--normalize", "l2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["count"] == 400
+    r = run(cli, "recall", data / "m.amem", data / "q.npy", data / "out.npy", "--model", "B", "--beta", "30",
+            "--steps", "10", "--tol", "1e-6", "--top-k", "3", "--details", data / "d.json")
+    assert r.returncode == 0, r.stderr
+    out = np.load(data / "out.npy")
+    X = np.load(data / "pats.npy")
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    assert out.shape == (6, 16)
+    np.testing.assert_allclose(out, X[:6], atol=1e-2)
+    d = json.loads((data / "d.json").read_text())
+    assert [q["top_ids"][0] for q in d["results"]] == list(range(6))
+    assert all(q["converged"] for q in d["results"])
+
+
+def test_model_a_from_a_bits_store(cli, data):
+    assert run(cli, "store", data / "pm.npy", data / "b.amem", "--dtype", "bits").returncode == 0
+    r = run(cli, "recall", data / "b.amem", data / "cue.npy", data / "oa.npy", "--model", "A", "--F", "power", "--n", "3")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(data / "oa.npy"), np.load(data / "pm.npy")[:5])
+
+
+def test_simulate_writes_trajectory_and_plot(cli, data):
+    cfg = {"xi": "xi.npy", "feature": {"name": "log_cosh", "beta": 2}, "hidden": {"name": "log_sum_exp", "beta": 1},
+           "v0": [0.1, -0.2, 0.3, 0.4], "tau_h": 0.01, "method": "bdf", "t_end": 5}
+    (data / "sim.json").write_text(json.dumps(cfg))
+    r = run(cli, "--json", "simulate", data / "sim.json", "-o", data / "t.npy", "--plot", data / "e.png")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    t = np.load(data / "t.npy")
+    assert t.shape == (info["records"], 3 + 4 + 5)
+    assert np.all(np.diff(t[:, 1]) <= 1e-7)  # energy never increases
+    assert (data / "e.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def one_line_error(r, needle):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("assocmem: error:"), r.stderr
+    assert needle in lines[0], lines[0]
+
+
+def test_bad_input_exits_2_with_one_line(cli, data):
+    assert run(cli, "store", data / "pats.npy", data / "m.amem").returncode == 0
+    one_line_error(run(cli, "recall", data / "m.amem", data / "missing.npy", data / "o.npy"), "missing.npy")
+    np.save(data / "wrong.npy", np.ones((3, 5), np.float32))
+    one_line_error(run(cli, "recall", data / "m.amem", data / "wrong.npy", data / "o.npy"), "dimension 5")
+    q = np.load(data / "q.npy")
+    q[2, 3] = np.nan
+    np.save(data / "nan.npy", q)
+    one_line_error(run(cli, "recall", data / "m.amem", data / "nan.npy", data / "o.npy"), "NaN")
+    raw = (data / "m.amem").read_bytes()
+    (data / "corrupt.amem").write_bytes(raw[:4200] + bytes([raw[4200] ^ 0xFF]) + raw[4201:])
+    one_line_error(run(cli, "recall", data / "corrupt.amem", data / "q.npy", data / "o.npy"), "checksum")
+    (data / "short.amem").write_bytes(raw[:100])
+    one_line_error(run(cli, "recall", data / "short.amem", data / "q.npy", data / "o.npy"), "truncated")
+    one_line_error(run(cli, "recall", data / "m.amem", data / "q.npy", data / "o.npy", "--beta", "-1"), "beta")
+    one_line_error(run(cli, "recall", data / "m.amem", data / "q.npy", data / "o.npy", "--model", "Z"), "--model")
+    one_line_error(run(cli, "recall", data / "m.amem", data / "q.npy", data / "o.npy", "--model", "A"), "+1/-1")
+    one_line_error(run(cli, "store", data / "pats.npy", data / "x.amem", "--dtype", "bits"), "--normalize sign")
+    one_line_error(run(cli, "frobnicate"), "error")
+    (data / "bad.json").write_text("{not json")
+    one_line_error(run(cli, "simulate", data / "bad.json"), "not valid JSON")
+    (data / "bad2.json").write_text(json.dumps({"xi": "xi.npy", "feature": {"name": "tanhh"}, "hidden": {"name": "exp"},
+                                                "v0": [0, 0, 0, 0]}))
+    one_line_error(run(cli, "simulate", data / "bad2.json"), "tanhh")
+    one_line_error(run(cli, "demo", "nope"), "unknown demo")
