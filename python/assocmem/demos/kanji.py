@@ -182,7 +182,10 @@ def _report(out, P, examples, classical, rows, result, B, A, half_b, half_a, vis
         lines.append(f"| {r['model']} | {r['K']} | {r['cue']} | {r['cues']} | {r['recalled_exactly']:.2%} | "
                      f"{r['seconds']:.2f} | {r['note']} |")
     lines += ["", "Cues: *half* hides the lower half (model B: hidden pixels 0; models A: hidden pixels random, the",
-              "visible half clamped); *noise* flips 20% of the pixels. Exactly = all 4096 pixels right.", ""]
+              "visible half clamped); *noise* flips 20% of the pixels. Exactly = all 4096 pixels right.", "",
+              f"Glyph images are strongly correlated (mean pixel {P.mean():+.2f}: mostly background), unlike the random",
+              "unbiased patterns behind the classical estimate 0.14 N; the classical network (n = 2) fails on them",
+              "almost at once, while models A (F = exp) and B separate thousands.", ""]
     for title, name in figs:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     lines += ["## Energy along recalls", "", "![energy](energy.png)", ""]
