@@ -286,7 +286,7 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
     const Vector v0 = vector_from_json(c["v0"], base, "v0");
     const Vector h0 = c.contains("h0") ? vector_from_json(c["h0"], base, "h0") : Vector();
     Progress bar("simulate");
-    NetworkSystem sys(net);
+    o.on_step = [&](double t) { bar.update((t - o.t0) / (o.t_end - o.t0)); };
     const auto t0 = std::chrono::steady_clock::now();
     const Trajectory tr = simulate(net, v0, h0, o);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -61,6 +61,7 @@ Trajectory simulate(const Network& net, const Vector& v0, const Vector& h0, cons
     last_y = y;
     last_t = t;
     ++seen;
+    if (options.on_step) options.on_step(t);
     return true;
   };
   tr.result = integrate(sys, sys.join(v0, h_start), options, observer);

@@ -39,6 +39,8 @@ class EffectiveSystem final : public OdeSystem {
 
 struct SimulateOptions : IntegrateOptions {
   long record_every = 1;  ///< record every k-th accepted step (the first and last are always kept)
+  /// Called with t after every accepted step (e.g. for a progress bar); may be empty.
+  std::function<void(double)> on_step;
 };
 
 /// What simulate() returns: the recorded steps and how the run ended.
