@@ -116,6 +116,19 @@ PyRetrieval details_out(BatchRetrieval&& r, const Batch& b, std::size_t top_k) {
   return out;
 }
 
+// Energies of a state (d,) -> float or a batch (B, d) -> array, from an engine's energy().
+template <class Engine>
+py::object engine_energy(const Engine& eng, const F32& s, std::size_t dim) {
+  const Batch b = batch_in(s, dim, "states");
+  std::vector<double> e;
+  {
+    py::gil_scoped_release nogil;
+    e = eng.energy(b.arr.data(), b.rows);
+  }
+  if (b.one_d) return py::float_(e[0]);
+  return to_numpy(std::move(e), {static_cast<py::ssize_t>(b.rows)});
+}
+
 // --------------------------------------------------------------------------------------------
 // Model B and C over an internal store.
 class PyModelB {
@@ -140,16 +153,7 @@ class PyModelB {
     }
     return details_out(std::move(r), b, o.top_k);
   }
-  py::object energy(const F32& s) const {
-    const Batch b = batch_in(s, store_.dim(), "states");
-    std::vector<double> e;
-    {
-      py::gil_scoped_release nogil;
-      e = eng_.energy(b.arr.data(), b.rows);
-    }
-    if (b.one_d) return py::float_(e[0]);
-    return to_numpy(std::move(e), {static_cast<py::ssize_t>(b.rows)});
-  }
+  py::object energy(const F32& s) const { return engine_energy(eng_, s, store_.dim()); }
   std::size_t n_features() const { return store_.dim(); }
   std::size_t n_memories() const { return store_.size(); }
   std::string kernel() const { return eng_.kernel(); }
@@ -186,16 +190,7 @@ class PyModelC {
     }
     return details_out(std::move(r), b, 0);
   }
-  py::object energy(const F32& s) const {
-    const Batch b = batch_in(s, store_.dim(), "states");
-    std::vector<double> e;
-    {
-      py::gil_scoped_release nogil;
-      e = eng_.energy(b.arr.data(), b.rows);
-    }
-    if (b.one_d) return py::float_(e[0]);
-    return to_numpy(std::move(e), {static_cast<py::ssize_t>(b.rows)});
-  }
+  py::object energy(const F32& s) const { return engine_energy(eng_, s, store_.dim()); }
   std::size_t n_features() const { return store_.dim(); }
   std::size_t n_memories() const { return store_.size(); }
 
