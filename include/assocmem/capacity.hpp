@@ -1,0 +1,71 @@
+// assocmem/capacity.hpp - capacity measurements: how many random memories a model stores and
+// recalls (Krotov & Hopfield 2021 eq. 9; Krotov & Hopfield 2016; Demircigil et al. 2017).
+//
+// Memories are random +-1 patterns of N neurons (seeded, fresh for every trial). Protocols:
+//   stability  start at each stored pattern (one_step: a single synchronous update, as in Krotov &
+//              Hopfield 2016's table; otherwise run to a fixed point); recalled = no wrong bit;
+//   basin      start from a stored pattern with round(rho N) bits flipped; recalled = no wrong bit;
+//   random     start from random states; "on a memory" = the fixed point is a stored pattern (or its
+//              negative, when count_negatives: with even n, -xi is an energy minimum too).
+// Models: A (F = power, rectified, exp, on packed bits), B (one or more steps of eq. 16, the sign of
+// the state is compared) and C (Euler steps of eq. 22, sign compared). hidden = N_h < K stores only
+// the first N_h patterns (one memory per hidden neuron, eq. 9's bound) while all K are probed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "assocmem/models.hpp"
+
+namespace assocmem {
+
+enum class Protocol { Stability, Basin, RandomStarts };
+Protocol parse_protocol(const std::string& name);  ///< "stability", "basin", "random"
+std::string to_string(Protocol p);
+
+struct CapacitySpec {
+  char model = 'A';                 ///< 'A', 'B' or 'C'
+  InteractionSpec F{Interaction::Power, 2.0, 1.0};  ///< models A and C
+  double beta = 1.0;                ///< model B's inverse temperature
+  std::size_t N = 100;              ///< neurons (pattern dimension), >= 2
+  std::size_t K = 10;               ///< memories per trial, >= 1
+  std::size_t hidden = 0;           ///< N_h; 0 = K (every memory has its hidden neuron)
+  Protocol protocol = Protocol::Stability;
+  double rho = 0.0;                 ///< basin: fraction of bits flipped in [0, 0.5]
+  bool one_step = false;            ///< one synchronous update instead of running to a fixed point
+  UpdateOrder order = UpdateOrder::RandomAsync;  ///< model A when not one_step
+  long max_steps = 100;             ///< sweeps (A) or updates (B, C)
+  double step = 1.0;                ///< dt/tau_f of models B and C
+  std::size_t trials = 10;          ///< independent draws of the memories
+  std::size_t cues = 0;             ///< cues per trial; 0: min(K, 1000) (random starts: 100)
+  bool count_negatives = true;      ///< random starts: ending on -xi counts as on a memory
+  std::uint64_t seed = 1;
+  int threads = 0;
+  void validate() const;
+};
+
+struct CapacityPoint {
+  CapacitySpec spec;
+  std::size_t cues = 0;          ///< cues probed in all trials
+  double recalled = 0.0;         ///< fraction recalled with no wrong bit (random: fraction ending on a memory)
+  double recalled_stderr = 0.0;  ///< binomial standard error of `recalled`
+  double bit_error = 0.0;        ///< fraction of wrong bits (stability, basin)
+  double seconds = 0.0;
+};
+
+/// Runs one measurement. `progress` (optional) is called with the fraction of trials done.
+CapacityPoint measure_capacity(const CapacitySpec& spec, const std::function<void(double)>& progress = {});
+
+/// The largest K in [K_lo, K_hi] whose recalled fraction is >= threshold, by bisection (recall is
+/// taken to fall with K). Returns it with every point measured on the way.
+struct Bisection {
+  std::size_t K = 0;
+  std::vector<CapacityPoint> points;
+};
+Bisection bisect_capacity(CapacitySpec spec, double threshold, std::size_t K_lo, std::size_t K_hi,
+                          const std::function<void(double)>& progress = {});
+
+}  // namespace assocmem

@@ -1,0 +1,187 @@
+// Capacity measurements over random +-1 memories (see capacity.hpp).
+#include "assocmem/capacity.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+
+#include "assocmem/binary.hpp"
+#include "assocmem/engine.hpp"
+#include "assocmem/error.hpp"
+
+namespace assocmem {
+
+Protocol parse_protocol(const std::string& name) {
+  if (name == "stability") return Protocol::Stability;
+  if (name == "basin") return Protocol::Basin;
+  if (name == "random") return Protocol::RandomStarts;
+  throw InvalidArgument("protocol must be one of stability, basin, random; got '" + name + "'");
+}
+
+std::string to_string(Protocol p) {
+  switch (p) {
+    case Protocol::Stability: return "stability";
+    case Protocol::Basin: return "basin";
+    case Protocol::RandomStarts: return "random";
+  }
+  return "?";
+}
+
+void CapacitySpec::validate() const {
+  ASSOCMEM_CHECK_ARG(model == 'A' || model == 'B' || model == 'C', "model must be A, B or C, got '", model, "'");
+  ASSOCMEM_CHECK_ARG(N >= 2, "N must be >= 2, got ", N);
+  ASSOCMEM_CHECK_ARG(K >= 1, "K must be >= 1, got ", K);
+  ASSOCMEM_CHECK_ARG(std::isfinite(rho) && rho >= 0 && rho <= 0.5, "rho must be in [0, 0.5], got ", rho);
+  ASSOCMEM_CHECK_ARG(trials >= 1, "trials must be >= 1, got ", trials);
+  ASSOCMEM_CHECK_ARG(max_steps >= 1, "max_steps must be >= 1, got ", max_steps);
+  ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta > 0, "beta must be finite and > 0, got ", beta);
+  ASSOCMEM_CHECK_ARG(threads >= 0, "threads must be >= 0, got ", threads);
+  make_interaction(F);  // validates n and beta of F
+}
+
+namespace {
+
+std::vector<float> random_pm1(std::size_t rows, std::size_t cols, std::mt19937_64& rng) {
+  std::vector<float> x(rows * cols);
+  for (std::size_t i = 0; i < x.size(); i += 64) {
+    std::uint64_t bits = rng();
+    for (std::size_t j = i; j < std::min(x.size(), i + 64); ++j, bits >>= 1) x[j] = (bits & 1) ? 1.0f : -1.0f;
+  }
+  return x;
+}
+
+// Runs one trial's cues through the model; returns the final states (cues x N, +-1).
+std::vector<float> run_model(const CapacitySpec& s, const std::vector<float>& stored, std::size_t n_stored,
+                             const std::vector<float>& cues, std::size_t n_cues) {
+  const std::size_t N = s.N;
+  std::vector<float> out(n_cues * N);
+  if (s.model == 'A') {
+    MemoryStore store(N, DType::Bits);
+    store.append(stored.data(), n_stored);
+    const ModelAEngine eng(store, s.F, Vector(), KernelChoice::Auto);
+    std::vector<std::int8_t> c(cues.size());
+    for (std::size_t k = 0; k < c.size(); ++k) c[k] = cues[k] > 0 ? 1 : -1;
+    BinaryOptions o;
+    o.order = s.one_step ? UpdateOrder::Synchronous : s.order;
+    o.max_sweeps = s.one_step ? 1 : s.max_steps;
+    o.seed = s.seed;
+    o.threads = s.threads;
+    const BinaryRetrieval r = eng.retrieve(c.data(), n_cues, o);
+    for (std::size_t k = 0; k < out.size(); ++k) out[k] = r.states[k];
+    return out;
+  }
+  MemoryStore store(N, DType::Float32);
+  store.append(stored.data(), n_stored);
+  EngineOptions eo;
+  eo.threads = s.threads;
+  BatchOptions o;
+  o.max_steps = s.one_step ? 1 : s.max_steps;
+  o.step = s.step;
+  o.tol = 1e-6;
+  o.final_pass = false;
+  BatchRetrieval r;
+  if (s.model == 'B') {
+    r = ModelBEngine(store, s.beta, eo).retrieve(cues.data(), n_cues, o);
+  } else {
+    r = ModelCEngine(store, s.F, 1.0, eo).retrieve(cues.data(), n_cues, o);
+  }
+  for (std::size_t k = 0; k < out.size(); ++k) out[k] = r.states[k] > 0 ? 1.0f : (r.states[k] < 0 ? -1.0f : 0.0f);
+  return out;
+}
+
+}  // namespace
+
+CapacityPoint measure_capacity(const CapacitySpec& spec, const std::function<void(double)>& progress) {
+  spec.validate();
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::size_t N = spec.N, K = spec.K;
+  const std::size_t n_stored = spec.hidden == 0 ? K : std::min(spec.hidden, K);
+  const std::size_t per_trial =
+      spec.cues != 0 ? spec.cues : (spec.protocol == Protocol::RandomStarts ? 100 : std::min<std::size_t>(K, 1000));
+  CapacityPoint p;
+  p.spec = spec;
+  std::size_t hits = 0, wrong_bits = 0, probed_bits = 0;
+  for (std::size_t trial = 0; trial < spec.trials; ++trial) {
+    std::mt19937_64 rng(spec.seed * 1000003ULL + trial);
+    const std::vector<float> X = random_pm1(K, N, rng);
+    std::vector<float> cues;
+    std::vector<std::size_t> target;  // index of the memory each cue came from
+    if (spec.protocol == Protocol::RandomStarts) {
+      cues = random_pm1(per_trial, N, rng);
+    } else {
+      const std::size_t flips = static_cast<std::size_t>(std::lround(spec.rho * static_cast<double>(N)));
+      std::vector<std::size_t> idx(N);
+      for (std::size_t c = 0; c < per_trial; ++c) {
+        const std::size_t mu = per_trial >= K ? c % K : static_cast<std::size_t>(rng() % K);
+        target.push_back(mu);
+        cues.insert(cues.end(), X.begin() + static_cast<long>(mu * N), X.begin() + static_cast<long>((mu + 1) * N));
+        if (flips) {
+          for (std::size_t i = 0; i < N; ++i) idx[i] = i;
+          for (std::size_t f = 0; f < flips; ++f) {  // partial Fisher-Yates: `flips` distinct neurons
+            std::swap(idx[f], idx[f + rng() % (N - f)]);
+            cues[c * N + idx[f]] *= -1.0f;
+          }
+        }
+      }
+    }
+    const std::vector<float> out = run_model(spec, X, n_stored, cues, per_trial);
+    for (std::size_t c = 0; c < per_trial; ++c) {
+      const float* s = &out[c * N];
+      if (spec.protocol == Protocol::RandomStarts) {
+        bool on = false;
+        for (std::size_t mu = 0; mu < n_stored && !on; ++mu) {
+          long m = 0;
+          for (std::size_t i = 0; i < N; ++i) m += static_cast<long>(s[i] * X[mu * N + i]);
+          on = static_cast<std::size_t>(m) == N || (spec.count_negatives && m == -static_cast<long>(N));
+        }
+        hits += on;
+      } else {
+        std::size_t wrong = 0;
+        for (std::size_t i = 0; i < N; ++i) wrong += s[i] != X[target[c] * N + i];
+        hits += wrong == 0;
+        wrong_bits += wrong;
+        probed_bits += N;
+      }
+    }
+    p.cues += per_trial;
+    if (progress) progress(double(trial + 1) / double(spec.trials));
+  }
+  p.recalled = double(hits) / double(p.cues);
+  p.recalled_stderr = std::sqrt(p.recalled * (1 - p.recalled) / double(p.cues));
+  p.bit_error = probed_bits ? double(wrong_bits) / double(probed_bits) : 0.0;
+  p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return p;
+}
+
+Bisection bisect_capacity(CapacitySpec spec, double threshold, std::size_t K_lo, std::size_t K_hi,
+                          const std::function<void(double)>& progress) {
+  ASSOCMEM_CHECK_ARG(K_lo >= 1 && K_lo <= K_hi, "need 1 <= K_lo <= K_hi, got ", K_lo, " and ", K_hi);
+  ASSOCMEM_CHECK_ARG(threshold > 0 && threshold <= 1, "threshold must be in (0, 1], got ", threshold);
+  Bisection b;
+  auto ok = [&](std::size_t K) {
+    spec.K = K;
+    b.points.push_back(measure_capacity(spec));
+    if (progress) progress(std::min(1.0, double(b.points.size()) / std::log2(double(K_hi - K_lo) + 2.0)));
+    return b.points.back().recalled >= threshold;
+  };
+  if (!ok(K_lo)) {
+    b.K = 0;  // even the smallest K fails
+    return b;
+  }
+  if (ok(K_hi)) {
+    b.K = K_hi;
+    return b;
+  }
+  std::size_t lo = K_lo, hi = K_hi;  // recall(lo) >= threshold > recall(hi)
+  while (hi - lo > 1) {
+    const std::size_t mid = lo + (hi - lo) / 2;
+    if (ok(mid)) lo = mid;
+    else hi = mid;
+  }
+  b.K = lo;
+  std::sort(b.points.begin(), b.points.end(), [](const CapacityPoint& x, const CapacityPoint& y) { return x.spec.K < y.spec.K; });
+  return b;
+}
+
+}  // namespace assocmem
