@@ -12,6 +12,7 @@
 #include <string>
 
 #include "assocmem/binary.hpp"
+#include "assocmem/capacity.hpp"
 #include "assocmem/dynamics.hpp"
 #include "assocmem/engine.hpp"
 #include "assocmem/glyphs.hpp"
@@ -522,6 +523,88 @@ PYBIND11_MODULE(_core, m) {
                (s.mapped() ? ", mapped" : "") + ">";
       });
   py::enum_<DType>(m, "DType").value("float32", DType::Float32).value("bfloat16", DType::BFloat16).value("bits", DType::Bits);
+
+  // Capacity ------------------------------------------------------------------------------------
+  auto make_spec = [](const std::string& model, const std::string& F, double n, double beta, std::size_t N,
+                      std::size_t K, std::size_t hidden, const std::string& protocol, double rho, bool one_step,
+                      const std::string& order, long max_steps, double step, std::size_t trials, std::size_t cues,
+                      bool count_negatives, std::uint64_t seed, int threads) {
+    if (model.size() != 1) throw InvalidArgument("model must be 'A', 'B' or 'C', got '" + model + "'");
+    CapacitySpec s;
+    s.model = model[0];
+    s.F = {parse_interaction(F), n, beta};
+    s.beta = beta;
+    s.N = N;
+    s.K = K;
+    s.hidden = hidden;
+    s.protocol = parse_protocol(protocol);
+    s.rho = rho;
+    s.one_step = one_step;
+    s.order = parse_update_order(order);
+    s.max_steps = max_steps;
+    s.step = step;
+    s.trials = trials;
+    s.cues = cues;
+    s.count_negatives = count_negatives;
+    s.seed = seed;
+    s.threads = threads;
+    s.validate();
+    return s;
+  };
+  auto point_dict = [](const CapacityPoint& p) {
+    py::dict d;
+    d["K"] = p.spec.K;
+    d["N"] = p.spec.N;
+    d["cues"] = p.cues;
+    d["recalled"] = p.recalled;
+    d["recalled_stderr"] = p.recalled_stderr;
+    d["bit_error"] = p.bit_error;
+    d["seconds"] = p.seconds;
+    return d;
+  };
+  m.def("measure_capacity",
+        [=](const std::string& model, const std::string& F, double n, double beta, std::size_t N, std::size_t K,
+            std::size_t hidden, const std::string& protocol, double rho, bool one_step, const std::string& order,
+            long max_steps, double step, std::size_t trials, std::size_t cues, bool count_negatives,
+            std::uint64_t seed, int threads) {
+          const CapacitySpec s = make_spec(model, F, n, beta, N, K, hidden, protocol, rho, one_step, order, max_steps,
+                                           step, trials, cues, count_negatives, seed, threads);
+          CapacityPoint p;
+          {
+            py::gil_scoped_release nogil;
+            p = measure_capacity(s);
+          }
+          return point_dict(p);
+        },
+        py::arg("model") = "A", py::arg("F") = "power", py::arg("n") = 2.0, py::arg("beta") = 1.0, py::arg("N") = 100,
+        py::arg("K") = 10, py::arg("hidden") = 0, py::arg("protocol") = "stability", py::arg("rho") = 0.0,
+        py::arg("one_step") = false, py::arg("order") = "random", py::arg("max_steps") = 100, py::arg("step") = 1.0,
+        py::arg("trials") = 10, py::arg("cues") = 0, py::arg("count_negatives") = true, py::arg("seed") = 1,
+        py::arg("threads") = 0,
+        "Measures recall over random +-1 memories (see assocmem.capacity). Returns a dict: K, N, cues, recalled "
+        "(fraction with no wrong bit, or ending on a memory for protocol='random'), recalled_stderr, bit_error, seconds.");
+  m.def("bisect_capacity",
+        [=](double threshold, std::size_t K_lo, std::size_t K_hi, const std::string& model, const std::string& F,
+            double n, double beta, std::size_t N, std::size_t hidden, const std::string& protocol, double rho,
+            bool one_step, const std::string& order, long max_steps, double step, std::size_t trials, std::size_t cues,
+            bool count_negatives, std::uint64_t seed, int threads) {
+          const CapacitySpec s = make_spec(model, F, n, beta, N, K_lo, hidden, protocol, rho, one_step, order,
+                                           max_steps, step, trials, cues, count_negatives, seed, threads);
+          Bisection b;
+          {
+            py::gil_scoped_release nogil;
+            b = bisect_capacity(s, threshold, K_lo, K_hi);
+          }
+          py::list pts;
+          for (const auto& p : b.points) pts.append(point_dict(p));
+          return py::make_tuple(b.K, pts);
+        },
+        py::arg("threshold"), py::arg("K_lo"), py::arg("K_hi"), py::arg("model") = "A", py::arg("F") = "power",
+        py::arg("n") = 2.0, py::arg("beta") = 1.0, py::arg("N") = 100, py::arg("hidden") = 0,
+        py::arg("protocol") = "stability", py::arg("rho") = 0.0, py::arg("one_step") = false, py::arg("order") = "random",
+        py::arg("max_steps") = 100, py::arg("step") = 1.0, py::arg("trials") = 10, py::arg("cues") = 0,
+        py::arg("count_negatives") = true, py::arg("seed") = 1, py::arg("threads") = 0,
+        "The largest K in [K_lo, K_hi] whose recalled fraction is >= threshold (bisection). Returns (K, points).");
 
   // Glyphs --------------------------------------------------------------------------------------
   m.def("render_glyphs",

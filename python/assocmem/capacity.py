@@ -1,0 +1,58 @@
+"""Capacity measurements over random +-1 memories, and sweeps over their parameters.
+
+Protocols (protocol=...): "stability" (start at each stored pattern; one_step=True is a single
+synchronous update as in Krotov & Hopfield 2016's table, else run to a fixed point), "basin" (start
+from a stored pattern with round(rho N) bits flipped) and "random" (random starts; the fraction that
+ends on a stored pattern, or on its negative when count_negatives: with even n, -xi is a minimum too).
+"Recalled" means no wrong bit. Models: "A" (F = power, rectified or exp), "B" (sign of the state after
+eq. 16 updates), "C" (sign after Euler steps of eq. 22). hidden = N_h < K stores only the first N_h
+patterns (one per hidden neuron, eq. 9's bound) and probes all K.
+
+    measure(model="A", F="power", n=3, N=100, K=300, one_step=True, trials=20) -> dict
+    bisect(0.5, 10, 5000, model="A", n=3, N=100) -> (K, points)
+    sweep("K", [100, 200, 400], model="A", n=3, N=100) -> list of dicts
+"""
+from __future__ import annotations
+
+from ._core import bisect_capacity as _bisect
+from ._core import measure_capacity as _measure
+
+__all__ = ["measure", "bisect", "sweep", "k_max_theory", "double_factorial"]
+
+
+def measure(**spec):
+    """One measurement; keyword arguments as in the module docstring (model, F, n, beta, N, K, hidden,
+    protocol, rho, one_step, order, max_steps, step, trials, cues, count_negatives, seed, threads).
+    Returns a dict: K, N, cues, recalled, recalled_stderr, bit_error, seconds."""
+    return _measure(**spec)
+
+
+def bisect(threshold, K_lo, K_hi, **spec):
+    """The largest K in [K_lo, K_hi] with recalled >= threshold, by bisection; returns (K, points)."""
+    return _bisect(threshold, K_lo, K_hi, **spec)
+
+
+def sweep(parameter, values, **spec):
+    """measure() for each value of one parameter (e.g. "K", "N", "n", "beta", "rho", "hidden");
+    returns the list of result dicts, each with the swept parameter's value added."""
+    out = []
+    for v in values:
+        r = measure(**{**spec, parameter: v})
+        r[parameter] = v
+        out.append(r)
+    return out
+
+
+def double_factorial(k):
+    """k!! for odd k >= -1 (with (-1)!! = 1)."""
+    r = 1
+    while k > 1:
+        r *= k
+        k -= 2
+    return r
+
+
+def k_max_theory(N, n):
+    """Krotov & Hopfield 2016, eq. 6: K_max ~ N^(n-1) / (2 (2n-3)!! ln N), all bits stable."""
+    import math
+    return N ** (n - 1) / (2 * double_factorial(2 * n - 3) * math.log(N))
