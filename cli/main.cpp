@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "assocmem/binary.hpp"
+#include "assocmem/capacity.hpp"
 #include "assocmem/dynamics.hpp"
 #include "assocmem/engine.hpp"
 #include "assocmem/npy.hpp"
@@ -353,6 +354,102 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// capacity
+struct CapacityArgs {
+  std::string model = "A", F = "power", protocol = "stability", order = "random", sweep = "K", output, plot;
+  double n = 2.0, beta = 1.0, rho = 0.0, step = 1.0, bisect = 0.0;
+  std::size_t N = 100, hidden = 0, trials = 10, cues = 0;
+  std::vector<double> values{5, 10, 15, 20};
+  std::vector<std::size_t> K_range;
+  long max_steps = 100;
+  bool one_step = false, no_negatives = false;
+  std::uint64_t seed = 1;
+  int threads = 0;
+};
+
+int cmd_capacity(const CapacityArgs& a, bool as_json) {
+  CapacitySpec s;
+  if (a.model.size() != 1) throw BadInput("--model must be A, B or C");
+  s.model = a.model[0];
+  s.F = {parse_interaction(a.F), a.n, a.beta};
+  s.beta = a.beta;
+  s.N = a.N;
+  s.hidden = a.hidden;
+  s.protocol = parse_protocol(a.protocol);
+  s.rho = a.rho;
+  s.one_step = a.one_step;
+  s.order = parse_update_order(a.order);
+  s.max_steps = a.max_steps;
+  s.step = a.step;
+  s.trials = a.trials;
+  s.cues = a.cues;
+  s.count_negatives = !a.no_negatives;
+  s.seed = a.seed;
+  s.threads = a.threads;
+  std::vector<CapacityPoint> points;
+  json out = {{"model", a.model}, {"protocol", a.protocol}, {"N", a.N}};
+  Progress bar("capacity");
+  if (a.bisect > 0) {
+    if (a.K_range.size() != 2) throw BadInput("--bisect needs --K-range LO HI");
+    const Bisection b = bisect_capacity(s, a.bisect, a.K_range[0], a.K_range[1], [&](double f) { bar.update(f); });
+    points = b.points;
+    out["bisect_threshold"] = a.bisect;
+    out["K"] = b.K;
+  } else {
+    for (std::size_t i = 0; i < a.values.size(); ++i) {
+      const double v = a.values[i];
+      CapacitySpec t = s;
+      if (a.sweep == "K") t.K = static_cast<std::size_t>(v);
+      else if (a.sweep == "N") t.N = static_cast<std::size_t>(v);
+      else if (a.sweep == "n") t.F.n = v;
+      else if (a.sweep == "beta") t.beta = t.F.beta = v;
+      else if (a.sweep == "rho") t.rho = v;
+      else if (a.sweep == "hidden") t.hidden = static_cast<std::size_t>(v);
+      else throw BadInput("--sweep must be one of K, N, n, beta, rho, hidden; got '" + a.sweep + "'");
+      if (a.sweep != "K") t.K = static_cast<std::size_t>(a.K_range.empty() ? 10 : a.K_range[0]);
+      points.push_back(measure_capacity(t, [&](double f) { bar.update((double(i) + f) / double(a.values.size())); }));
+    }
+    out["sweep"] = a.sweep;
+  }
+  json rows = json::array();
+  std::string csv = "K,N,n,beta,rho,hidden,cues,recalled,recalled_stderr,bit_error,seconds\n", text;
+  char buf[256];
+  for (const auto& p : points) {
+    rows.push_back({{"K", p.spec.K}, {"N", p.spec.N}, {"n", p.spec.F.n}, {"beta", p.spec.beta}, {"rho", p.spec.rho},
+                    {"hidden", p.spec.hidden}, {"cues", p.cues}, {"recalled", p.recalled},
+                    {"recalled_stderr", p.recalled_stderr}, {"bit_error", p.bit_error}, {"seconds", p.seconds}});
+    std::snprintf(buf, sizeof buf, "%zu,%zu,%g,%g,%g,%zu,%zu,%.6g,%.6g,%.6g,%.4g\n", p.spec.K, p.spec.N, p.spec.F.n,
+                  p.spec.beta, p.spec.rho, p.spec.hidden, p.cues, p.recalled, p.recalled_stderr, p.bit_error, p.seconds);
+    csv += buf;
+    std::snprintf(buf, sizeof buf, "K=%-8zu N=%-6zu n=%-4g recalled %.4f +- %.4f  bit error %.5f  (%zu cues, %.2f s)\n",
+                  p.spec.K, p.spec.N, p.spec.F.n, p.recalled, p.recalled_stderr, p.bit_error, p.cues, p.seconds);
+    text += buf;
+  }
+  out["points"] = rows;
+  if (a.bisect > 0) text += "largest K with recalled >= " + std::to_string(a.bisect) + ": " + std::to_string(out["K"].get<std::size_t>()) + "\n";
+  if (!a.output.empty()) {
+    const std::string body = fs::path(a.output).extension() == ".json" ? out.dump(2) + "\n" : csv;
+    write_file_atomically(a.output, {{body.data(), body.size()}});
+  }
+  if (!a.plot.empty()) {
+    const std::string tmp = a.plot + ".points.csv";
+    write_file_atomically(tmp, {{csv.data(), csv.size()}});
+    const std::string xcol = a.bisect > 0 ? "K" : a.sweep;
+    const std::string cmd =
+        std::string("PYTHONPATH=\"${PYTHONPATH}:") + ASSOCMEM_BUILD_PYTHON_DIR +
+        "\" /usr/bin/python3 -c 'import sys, numpy as np, assocmem.plot as p; d = np.genfromtxt(sys.argv[1], delimiter=\",\", "
+        "names=True); x = d[sys.argv[3]]; o = np.argsort(x); p.capacity(x[o], {sys.argv[4]: d[\"recalled\"][o]}, "
+        "xlabel=sys.argv[3], path=sys.argv[2])' '" + tmp + "' '" + a.plot + "' '" + (xcol == "hidden" ? "hidden" : xcol) +
+        "' 'model " + a.model + " (" + a.protocol + ")'";
+    const int rc = std::system(cmd.c_str());
+    fs::remove(tmp);
+    if (rc != 0) throw IoError("could not draw '" + a.plot + "': the plot needs /usr/bin/python3 with matplotlib and assocmem");
+  }
+  emit(as_json, out, text);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // demo: the runnable examples live in the Python package (assocmem.demos).
 int cmd_demo(const std::string& name, const std::vector<std::string>& rest, bool as_json) {
   if (name != "kanji") throw BadInput("unknown demo '" + name + "' (available: kanji)");
@@ -372,7 +469,7 @@ int cmd_demo(const std::string& name, const std::vector<std::string>& rest, bool
 
 int main(int argc, char** argv) {
   CLI::App app{"assocmem: large associative memories (Krotov & Hopfield 2021): build memory stores, recall with "
-               "models A, B and C, integrate the general two-layer network, run the demos."};
+               "models A, B and C, integrate the general two-layer network, measure capacity, run the demos."};
   app.require_subcommand(1);
   app.fallthrough();  // --json is accepted before or after the subcommand
   bool as_json = false;
@@ -424,6 +521,35 @@ int main(int argc, char** argv) {
   sim->add_option("-o,--output", sm.output, "Trajectory: .csv or .npy, columns t, energy, energy_rate, v..., h...");
   sim->add_option("--plot", sm.plot, "PNG of E(t) (matplotlib)");
 
+  CapacityArgs ca;
+  auto* cap = app.add_subcommand("capacity", "Measure recall over random +-1 memories: sweeps and bisection");
+  cap->add_option("--model", ca.model, "A, B or C")->capture_default_str()->check(CLI::IsMember({"A", "B", "C"}));
+  cap->add_option("--F", ca.F, "Interaction of A and C: power, rectified or exp")->capture_default_str()
+      ->check(CLI::IsMember({"power", "rectified", "exp"}));
+  cap->add_option("--n", ca.n, "Power n of F")->capture_default_str();
+  cap->add_option("--beta", ca.beta, "Inverse temperature (B) or gain of F = exp")->capture_default_str();
+  cap->add_option("--N", ca.N, "Neurons (pattern dimension)")->capture_default_str();
+  cap->add_option("--hidden", ca.hidden, "N_h: hidden neurons, one memory each (0: one per memory)")->capture_default_str();
+  cap->add_option("--protocol", ca.protocol, "stability, basin or random (starts)")->capture_default_str()
+      ->check(CLI::IsMember({"stability", "basin", "random"}));
+  cap->add_option("--rho", ca.rho, "basin: fraction of bits flipped in the cue")->capture_default_str();
+  cap->add_flag("--one-step", ca.one_step, "One synchronous update instead of running to a fixed point");
+  cap->add_option("--order", ca.order, "Update order of model A: random, fixed or sync")->capture_default_str()
+      ->check(CLI::IsMember({"random", "fixed", "sync"}));
+  cap->add_option("--max-steps", ca.max_steps, "Sweeps (A) or updates (B, C)")->capture_default_str();
+  cap->add_option("--step", ca.step, "dt/tau_f of models B and C")->capture_default_str();
+  cap->add_option("--trials", ca.trials, "Independent draws of the memories")->capture_default_str();
+  cap->add_option("--cues", ca.cues, "Cues per trial (0: min(K, 1000); random starts 100)")->capture_default_str();
+  cap->add_flag("--no-negatives", ca.no_negatives, "Random starts: do not count ending on -xi as a memory");
+  cap->add_option("--sweep", ca.sweep, "Parameter to sweep: K, N, n, beta, rho or hidden")->capture_default_str();
+  cap->add_option("--values", ca.values, "Values of the swept parameter")->delimiter(',')->capture_default_str();
+  cap->add_option("--K-range", ca.K_range, "Bisection range LO HI (or K for sweeps of other parameters)")->expected(1, 2);
+  cap->add_option("--bisect", ca.bisect, "Find the largest K with recalled >= this fraction (needs --K-range)");
+  cap->add_option("--seed", ca.seed, "Seed of the memories and cues")->capture_default_str();
+  cap->add_option("--threads", ca.threads, "Worker threads (0: all)")->capture_default_str();
+  cap->add_option("-o,--output", ca.output, "Results: .csv or .json");
+  cap->add_option("--plot", ca.plot, "PNG of recall against the swept parameter (matplotlib)");
+
   std::string demo_name;
   std::vector<std::string> demo_rest;
   auto* dm = app.add_subcommand("demo", "Run a demo: kanji (the paper's Section 4 example; --help lists its options)");
@@ -454,6 +580,7 @@ int main(int argc, char** argv) {
     if (*st) return cmd_store(sa, as_json);
     if (*rc) return cmd_recall(ra, as_json);
     if (*sim) return cmd_simulate(sm, as_json);
+    if (*cap) return cmd_capacity(ca, as_json);
     if (*dm) {
       std::vector<std::string> rest = demo_rest;
       for (const auto& r : dm->remaining()) rest.push_back(r);
