@@ -452,7 +452,8 @@ int cmd_capacity(const CapacityArgs& a, bool as_json) {
 // ---------------------------------------------------------------------------------------------
 // demo: the runnable examples live in the Python package (assocmem.demos).
 int cmd_demo(const std::string& name, const std::vector<std::string>& rest, bool as_json) {
-  if (name != "kanji") throw BadInput("unknown demo '" + name + "' (available: kanji)");
+  if (name != "kanji" && name != "immune" && name != "colour")
+    throw BadInput("unknown demo '" + name + "' (available: kanji, immune, colour)");
   std::string cmd = std::string("PYTHONPATH=\"${PYTHONPATH}:") + ASSOCMEM_BUILD_PYTHON_DIR + "\" /usr/bin/python3 -m assocmem.demos." + name;
   for (const auto& r : rest) {
     std::string q;
@@ -552,8 +553,8 @@ int main(int argc, char** argv) {
 
   std::string demo_name;
   std::vector<std::string> demo_rest;
-  auto* dm = app.add_subcommand("demo", "Run a demo: kanji (the paper's Section 4 example; --help lists its options)");
-  dm->add_option("name", demo_name, "Demo name: kanji")->required();
+  auto* dm = app.add_subcommand("demo", "Run a demo: kanji (the main job), immune, colour (the paper's Section 4 problems)");
+  dm->add_option("name", demo_name, "Demo name: kanji, immune or colour")->required();
   dm->prefix_command();  // everything after the name goes to the demo, including --options
   dm->allow_extras();
   dm->fallthrough(false);

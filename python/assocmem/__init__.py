@@ -82,10 +82,12 @@ class ModelB(_core.ModelB):
         query once max |v_new - v| <= tol. Returns the states, shaped like `queries`."""
         return super().retrieve(queries, steps, tol, step, top_k)
 
-    def retrieve_details(self, queries, steps=1, tol=0.0, step=1.0, top_k=0):
-        """Like retrieve(), but returns a Retrieval with steps, converged, energy (eq. 13 at the
-        returned states) and the top_k memories (top_ids, top_weights: softmax weights)."""
-        return super().retrieve_details(queries, steps, tol, step, top_k)
+    def retrieve_details(self, queries, steps=1, tol=0.0, step=1.0, top_k=0, final_pass=True):
+        """Like retrieve(), but returns a Retrieval with steps, converged, energy (eq. 13) and the top_k
+        memories (top_ids, top_weights: softmax weights). final_pass=True: energy and top-k describe the
+        returned states (one more scoring pass); False: the state the last update started from (with
+        steps=1, the queries themselves: the attention weights)."""
+        return super().retrieve_details(queries, steps, tol, step, top_k, final_pass)
 
     def energy(self, states):
         """eq. (13) for a state (d,) (a float) or a batch (B, d) (an array)."""

@@ -137,9 +137,9 @@ class PyModelB {
   PyModelB(const F32& patterns, double beta, const std::string& dtype, int threads, const std::string& kernel)
       : store_(make_store(patterns, dtype)), eng_(store_, beta, engine_options(threads, kernel)) {}
   py::object retrieve(const F32& q, long steps, double tol, double step, int top_k) const {
-    return details(q, steps, tol, step, top_k).states;
+    return details(q, steps, tol, step, top_k, true).states;
   }
-  PyRetrieval details(const F32& q, long steps, double tol, double step, int top_k) const {
+  PyRetrieval details(const F32& q, long steps, double tol, double step, int top_k, bool final_pass) const {
     if (top_k < 0) throw InvalidArgument("top_k must be >= 0");
     const Batch b = batch_in(q, store_.dim(), "queries");
     BatchOptions o;
@@ -147,6 +147,7 @@ class PyModelB {
     o.tol = tol;
     o.step = step;
     o.top_k = static_cast<std::size_t>(top_k);
+    o.final_pass = final_pass;
     BatchRetrieval r;
     {
       py::gil_scoped_release nogil;
@@ -461,7 +462,7 @@ PYBIND11_MODULE(_core, m) {
       .def("retrieve", &PyModelB::retrieve, py::arg("queries"), py::arg("steps") = 1, py::arg("tol") = 0.0,
            py::arg("step") = 1.0, py::arg("top_k") = 0)
       .def("retrieve_details", &PyModelB::details, py::arg("queries"), py::arg("steps") = 1, py::arg("tol") = 0.0,
-           py::arg("step") = 1.0, py::arg("top_k") = 0)
+           py::arg("step") = 1.0, py::arg("top_k") = 0, py::arg("final_pass") = true)
       .def("energy", &PyModelB::energy, py::arg("states"))
       .def_property_readonly("n_features", &PyModelB::n_features, "d, the dimension of the memories.")
       .def_property_readonly("n_memories", &PyModelB::n_memories, "K, the number of stored memories.")

@@ -21,9 +21,11 @@ std::size_t lesser(std::size_t a, std::size_t b) { return a < b ? a : b; }
 __mmask16 tail_mask(std::size_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
 
 // exp(x) for float lanes: Cephes' range reduction and polynomial (|rel. error| < 2 ulp), scaled by
-// 2^n with vscalefps, which underflows to 0 cleanly. Inputs below -104 give 0, above 88.7 give inf.
+// 2^n with vscalefps. Results that would be subnormal (x < -87.3) are flushed to 0: subnormal
+// weights would cost a micro-code assist in every later product. Inputs above 88.7 give inf.
 __m512 exp512(__m512 x) {
-  const __m512 lo = _mm512_set1_ps(-104.0f), hi = _mm512_set1_ps(88.7f);
+  const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.7f);
+  const __mmask16 tiny = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
   x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -36,7 +38,7 @@ __m512 exp512(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~tiny), _mm512_scalef_ps(p, n));
 }
 
 __m512 load_bf16(const std::uint16_t* p, __mmask16 m) {

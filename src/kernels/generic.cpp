@@ -96,7 +96,8 @@ float scaled_max(const float* s, std::size_t n, float beta) {
 float exp_shift_sum(const float* s, std::size_t n, float beta, float m, float* p) {
   float sum = 0;
   for (std::size_t i = 0; i < n; ++i) {
-    p[i] = std::exp(beta * s[i] - m);
+    const float x = beta * s[i] - m;
+    p[i] = x < -87.3f ? 0.0f : std::exp(x);  // no subnormal weights (as the AVX-512 kernel)
     sum += p[i];
   }
   return sum;
