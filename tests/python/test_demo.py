@@ -24,3 +24,27 @@ def test_kanji_demo_through_the_cli(cli, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["glyphs"] == 60 and len(res["rows"]) >= 4
+
+
+def test_immune_and_colour_demos_small():
+    from assocmem.demos import colour, immune
+    r = immune.run(count=5000, queries=200, betas=(1, 64))
+    assert r["rows"][0]["recalled"] < 0.5 <= r["rows"][1]["recalled"]  # beta decides
+    assert all(row["top1"] >= 0.99 for row in r["rows"])
+    c = colour.run(sizes=(10,), betas=(1e2, 1e5), queries=200)
+    grid = [row for row in c["rows"] if row["colours"].startswith("grid")]
+    assert grid[-1]["recalled"] >= 0.99 and grid[0]["recalled"] < grid[-1]["recalled"]
+
+
+def test_capacity_front(cli, tmp_path):
+    import assocmem.capacity as cap
+    p = cap.measure(model="A", n=2, N=100, K=20, one_step=True, trials=50)
+    assert abs(p["recalled"] - 0.41) < 0.05  # Krotov & Hopfield 2016's table
+    K, pts = cap.bisect(0.99, 1, 60, model="A", n=2, N=100, one_step=True, trials=20)
+    assert 3 <= K <= 12 and all(q["recalled"] >= 0.99 for q in pts if q["K"] <= K)
+    r = subprocess.run([cli, "--json", "capacity", "--n", "3", "--one-step", "--values", "150,700", "--trials", "3",
+                        "-o", str(tmp_path / "c.csv")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    pts = json.loads(r.stdout)["points"]
+    assert pts[0]["recalled"] > 0.95 > 0.5 > pts[1]["recalled"]
+    assert (tmp_path / "c.csv").read_text().startswith("K,N,n")
