@@ -435,12 +435,16 @@ int cmd_capacity(const CapacityArgs& a, bool as_json) {
     const std::string tmp = a.plot + ".points.csv";
     write_file_atomically(tmp, {{csv.data(), csv.size()}});
     const std::string xcol = a.bisect > 0 ? "K" : a.sweep;
+    // The theory curve where one exists: one-step stability of model A with F = x^n against K.
+    const bool with_theory = a.model == "A" && a.F == "power" && a.one_step && a.protocol == "stability" && xcol == "K";
     const std::string cmd =
         std::string("PYTHONPATH=\"${PYTHONPATH}:") + ASSOCMEM_BUILD_PYTHON_DIR +
         "\" /usr/bin/python3 -c 'import sys, numpy as np, assocmem.plot as p; d = np.genfromtxt(sys.argv[1], delimiter=\",\", "
-        "names=True); x = d[sys.argv[3]]; o = np.argsort(x); p.capacity(x[o], {sys.argv[4]: d[\"recalled\"][o]}, "
-        "xlabel=sys.argv[3], path=sys.argv[2])' '" + tmp + "' '" + a.plot + "' '" + (xcol == "hidden" ? "hidden" : xcol) +
-        "' 'model " + a.model + " (" + a.protocol + ")'";
+        "names=True); x = d[sys.argv[3]]; o = np.argsort(x); th = {}\n"
+        "if sys.argv[5] == \"1\":\n import assocmem.capacity as c; ks = np.unique(np.geomspace(max(1, x.min()), x.max(), 60).astype(int))\n"
+        " th = {\"Krotov-Hopfield 2016 (1 - P_err)^N\": (ks, [c.one_step_theory(int(d[\"N\"][0]), int(d[\"n\"][0]), k) for k in ks])}\n"
+        "p.capacity(x[o], {sys.argv[4]: d[\"recalled\"][o]}, th, xlabel=sys.argv[3], path=sys.argv[2])' '" + tmp + "' '" +
+        a.plot + "' '" + xcol + "' 'model " + a.model + " (" + a.protocol + ")' '" + (with_theory ? "1" : "0") + "'";
     const int rc = std::system(cmd.c_str());
     fs::remove(tmp);
     if (rc != 0) throw IoError("could not draw '" + a.plot + "': the plot needs /usr/bin/python3 with matplotlib and assocmem");

@@ -221,6 +221,30 @@ TEST(Reproduce, RamsauerRegimesOnClusteredPatterns) {
   EXPECT_LT(effective(2000.0), 1.1);  // a single pattern
 }
 
+// Models B and C: the number of patterns recalled from 10%-corrupted cues grows with N_f.
+TEST(Reproduce, ModelsBAndCCapacityGrowsWithNf) {
+  for (char model : {'B', 'C'}) {
+    std::vector<std::size_t> Ks;
+    for (std::size_t N : {12u, 16u, 20u}) {
+      CapacitySpec s;
+      s.model = model;
+      s.beta = 1.0;
+      s.F = {Interaction::Exp, 2, std::sqrt(double(N))};
+      s.N = N;
+      s.protocol = Protocol::Basin;
+      s.rho = 0.1;
+      s.max_steps = 10;
+      s.step = model == 'B' ? 1.0 : 0.5;
+      s.trials = 3;
+      s.cues = 200;
+      Ks.push_back(bisect_capacity(s, 0.9, 1, 5000).K);
+    }
+    EXPECT_GT(Ks[1], Ks[0]) << model;
+    EXPECT_GT(Ks[2], Ks[1]) << model;
+    EXPECT_GT(double(Ks[2]), 2.0 * double(Ks[0])) << model;  // faster than linear over this range
+  }
+}
+
 TEST(Capacity, BadSpecsThrow) {
   CapacitySpec s;
   s.model = 'D';

@@ -17,7 +17,7 @@ from __future__ import annotations
 from ._core import bisect_capacity as _bisect
 from ._core import measure_capacity as _measure
 
-__all__ = ["measure", "bisect", "sweep", "k_max_theory", "double_factorial"]
+__all__ = ["measure", "bisect", "sweep", "k_max_theory", "one_step_theory", "double_factorial"]
 
 
 def measure(**spec):
@@ -56,3 +56,13 @@ def k_max_theory(N, n):
     """Krotov & Hopfield 2016, eq. 6: K_max ~ N^(n-1) / (2 (2n-3)!! ln N), all bits stable."""
     import math
     return N ** (n - 1) / (2 * double_factorial(2 * n - 3) * math.log(N))
+
+
+def one_step_theory(N, n, K):
+    """Krotov & Hopfield 2016: the fraction of stored patterns with no wrong bit after one update,
+    (1 - P_err)^N with P_err ~ sqrt((2n-3)!! K / (2 pi N^(n-1))) exp(-N^(n-1) / (2 K (2n-3)!!))
+    (F = x^n, random patterns; a large-N approximation)."""
+    import math
+    d = double_factorial(2 * n - 3)
+    p = math.sqrt(d * K / (2 * math.pi * N ** (n - 1))) * math.exp(-N ** (n - 1) / (2 * K * d))
+    return (1 - min(p, 1.0)) ** N
