@@ -1,7 +1,11 @@
 // assocmem: the command-line tool. Subcommands store, recall, simulate, demo; `--help` at every level.
 // Exit codes: 0 success, 2 bad usage or input (a one-line message naming the problem), 1 a
 // computation that could not finish (e.g. a solver reaching max steps).
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <chrono>
 #include <cstdio>
@@ -56,6 +60,31 @@ class Progress {
 struct BadInput : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// Runs /usr/bin/python3 with `args` (no shell: paths are passed as they are), with the build tree's
+// package appended to PYTHONPATH for an uninstalled build. Returns its exit status.
+int run_python(const std::vector<std::string>& args) {
+  std::vector<std::string> owned = {"/usr/bin/python3"};
+  owned.insert(owned.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : owned) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const char* old = std::getenv("PYTHONPATH");
+  const std::string path = (old && *old ? std::string(old) + ":" : std::string()) + ASSOCMEM_BUILD_PYTHON_DIR;
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("could not start /usr/bin/python3: fork failed");
+  if (pid == 0) {
+    setenv("PYTHONPATH", path.c_str(), 1);
+    execv(argv[0], argv.data());
+    std::fprintf(stderr, "assocmem: error: cannot run /usr/bin/python3: %s\n", std::strerror(errno));
+    _exit(127);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
 
 void emit(bool as_json, const json& j, const std::string& text) {
   if (as_json) std::cout << j.dump(2) << "\n";
@@ -331,11 +360,7 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
         csv += buf;
       }
       write_file_atomically(tmp, {{csv.data(), csv.size()}});
-      const std::string cmd = std::string("PYTHONPATH=\"${PYTHONPATH}:") + ASSOCMEM_BUILD_PYTHON_DIR +
-                              "\" /usr/bin/python3 -c 'import sys, numpy as np, assocmem.plot as p; d = np.loadtxt(sys.argv[1], "
-                              "delimiter=\",\", ndmin=2); p.energy((d[:, 0], d[:, 1]), path=sys.argv[2])' '" + tmp + "' '" +
-                              a.plot + "'";
-      const int rc = std::system(cmd.c_str());
+      const int rc = run_python({"-m", "assocmem.plot", "energy", tmp, a.plot});
       fs::remove(tmp);
       if (rc != 0) throw IoError("could not draw '" + a.plot + "': the plot needs /usr/bin/python3 with matplotlib and assocmem");
     }
@@ -437,15 +462,8 @@ int cmd_capacity(const CapacityArgs& a, bool as_json) {
     const std::string xcol = a.bisect > 0 ? "K" : a.sweep;
     // The theory curve where one exists: one-step stability of model A with F = x^n against K.
     const bool with_theory = a.model == "A" && a.F == "power" && a.one_step && a.protocol == "stability" && xcol == "K";
-    const std::string cmd =
-        std::string("PYTHONPATH=\"${PYTHONPATH}:") + ASSOCMEM_BUILD_PYTHON_DIR +
-        "\" /usr/bin/python3 -c 'import sys, numpy as np, assocmem.plot as p; d = np.genfromtxt(sys.argv[1], delimiter=\",\", "
-        "names=True); x = d[sys.argv[3]]; o = np.argsort(x); th = {}\n"
-        "if sys.argv[5] == \"1\":\n import assocmem.capacity as c; ks = np.unique(np.geomspace(max(1, x.min()), x.max(), 60).astype(int))\n"
-        " th = {\"Krotov-Hopfield 2016 (1 - P_err)^N\": (ks, [c.one_step_theory(int(d[\"N\"][0]), int(d[\"n\"][0]), k) for k in ks])}\n"
-        "p.capacity(x[o], {sys.argv[4]: d[\"recalled\"][o]}, th, xlabel=sys.argv[3], path=sys.argv[2])' '" + tmp + "' '" +
-        a.plot + "' '" + xcol + "' 'model " + a.model + " (" + a.protocol + ")' '" + (with_theory ? "1" : "0") + "'";
-    const int rc = std::system(cmd.c_str());
+    const int rc = run_python({"-m", "assocmem.plot", "capacity", tmp, a.plot, xcol,
+                               "model " + a.model + " (" + a.protocol + ")", with_theory ? "theory" : "none"});
     fs::remove(tmp);
     if (rc != 0) throw IoError("could not draw '" + a.plot + "': the plot needs /usr/bin/python3 with matplotlib and assocmem");
   }
@@ -458,16 +476,10 @@ int cmd_capacity(const CapacityArgs& a, bool as_json) {
 int cmd_demo(const std::string& name, const std::vector<std::string>& rest, bool as_json) {
   if (name != "kanji" && name != "immune" && name != "colour")
     throw BadInput("unknown demo '" + name + "' (available: kanji, immune, colour)");
-  std::string cmd = std::string("PYTHONPATH=\"${PYTHONPATH}:") + ASSOCMEM_BUILD_PYTHON_DIR + "\" /usr/bin/python3 -m assocmem.demos." + name;
-  for (const auto& r : rest) {
-    std::string q;
-    for (char ch : r) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
-    cmd += " '" + q + "'";
-  }
-  if (as_json) cmd += " --json";
-  const int rc = std::system(cmd.c_str());
-  if (rc == -1) throw std::runtime_error("could not start /usr/bin/python3");
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : 1;
+  std::vector<std::string> args = {"-m", "assocmem.demos." + name};
+  args.insert(args.end(), rest.begin(), rest.end());
+  if (as_json) args.push_back("--json");
+  return run_python(args);
 }
 
 }  // namespace

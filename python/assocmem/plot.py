@@ -87,3 +87,34 @@ def capacity(x, measured, theory=None, *, ax=None, path=None, xlabel="K (stored 
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _finish(fig, path)
+
+
+def _main(argv=None):
+    """Command-line entry used by the `assocmem` tool (simulate --plot, capacity --plot):
+    python3 -m assocmem.plot energy TRAJECTORY.csv OUT.png        (columns t, energy)
+    python3 -m assocmem.plot capacity POINTS.csv OUT.png XCOLUMN LABEL [theory]"""
+    import sys
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) >= 3 and args[0] == "energy":
+        d = np.loadtxt(args[1], delimiter=",", ndmin=2)
+        energy((d[:, 0], d[:, 1]), path=args[2])
+        return 0
+    if len(args) >= 5 and args[0] == "capacity":
+        d = np.genfromtxt(args[1], delimiter=",", names=True)
+        x = np.atleast_1d(d[args[3]])
+        y = np.atleast_1d(d["recalled"])
+        o = np.argsort(x)
+        theory = {}
+        if len(args) > 5 and args[5] == "theory":  # model A, F = x^n, one-step stability against K
+            from .capacity import one_step_theory
+            ks = np.unique(np.geomspace(max(1, x.min()), x.max(), 60).astype(int))
+            N, n = int(np.atleast_1d(d["N"])[0]), int(np.atleast_1d(d["n"])[0])
+            theory = {"Krotov-Hopfield 2016 (1 - P_err)^N": (ks, [one_step_theory(N, n, k) for k in ks])}
+        capacity(x[o], {args[4]: y[o]}, theory, xlabel=args[3], path=args[2])
+        return 0
+    print(_main.__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
