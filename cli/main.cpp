@@ -570,13 +570,17 @@ int main(int argc, char** argv) {
   std::string demo_name;
   std::vector<std::string> demo_rest;
   auto* dm = app.add_subcommand("demo", "Run a demo: kanji (the main job), immune, colour (the paper's Section 4 problems)");
-  dm->add_option("name", demo_name, "Demo name: kanji, immune or colour")->required();
-  dm->prefix_command();  // everything after the name goes to the demo, including --options
+  dm->add_option("name", demo_name, "Demo name: kanji, immune or colour");
+  dm->prefix_command();  // everything after the name goes to the demo, including --options and --help
   dm->allow_extras();
   dm->fallthrough(false);
-  dm->footer(
-      "Options after the name go to the demo. kanji: --count K (glyphs, default 3000), --out DIR (report folder,\n"
-      "default ./assocmem-kanji-report), --seed S, --no-report, --json. Example: assocmem demo kanji --count 500");
+  dm->set_help_flag();   // `assocmem demo kanji --help` shows the demo's own options
+  const std::string demo_help =
+      "Usage: assocmem demo NAME [options of the demo]\n"
+      "  kanji   the main job: 3000 Kanji as 64x64 images, recalled from half-hidden and noisy cues\n"
+      "  immune  N_f = 32 with 100,000 memories, model B from noisy cues\n"
+      "  colour  N_f = 3: named colours and up to 10^6 colours\n"
+      "assocmem demo NAME --help lists the options of a demo.\n";
 
   try {
     app.parse(argc, argv);
@@ -601,6 +605,13 @@ int main(int argc, char** argv) {
     if (*dm) {
       std::vector<std::string> rest = demo_rest;
       for (const auto& r : dm->remaining()) rest.push_back(r);
+      const bool asks_help = demo_name == "--help" || demo_name == "-h" ||
+                             (demo_name.empty() && !rest.empty() && (rest[0] == "--help" || rest[0] == "-h"));
+      if (demo_name.empty() || asks_help) {
+        std::cout << demo_help;
+        if (!asks_help) std::fprintf(stderr, "assocmem: error: demo: a NAME is required (kanji, immune, colour)\n");
+        return asks_help ? 0 : 2;
+      }
       return cmd_demo(demo_name, rest, as_json);
     }
   } catch (const BadInput& e) {
