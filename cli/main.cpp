@@ -251,18 +251,11 @@ LagrangianPtr lagrangian_from_json(const json& j, const char* which) {
     throw BadInput(std::string("config: \"") + which + "\" must be an object with a \"name\"");
   const std::string name = j["name"];
   auto num = [&](const char* key, double dflt) { return j.contains(key) ? j[key].get<double>() : dflt; };
-  if (name == "identity") return lagrangians::identity();
-  if (name == "abs") return lagrangians::abs();
-  if (name == "log_cosh") return lagrangians::log_cosh(num("beta", 1.0));
-  if (name == "softplus") return lagrangians::softplus(num("beta", 1.0));
-  if (name == "power") return lagrangians::power(num("n", 2.0));
-  if (name == "rectified_power") return lagrangians::rectified_power(num("n", 2.0));
-  if (name == "exp") return lagrangians::exp(num("beta", 1.0));
-  if (name == "log_sum_exp") return lagrangians::log_sum_exp(num("beta", 1.0));
-  if (name == "spherical") return lagrangians::spherical();
-  if (name == "layer_norm") return lagrangians::layer_norm(num("gamma", 1.0), num("eps", 1e-5));
-  throw BadInput(std::string("config: \"") + which + "\": unknown Lagrangian '" + name +
-                 "' (identity, abs, log_cosh, softplus, power, rectified_power, exp, log_sum_exp, spherical, layer_norm)");
+  try {
+    return lagrangians::by_name(name, {num("beta", 1.0), num("n", 2.0), num("gamma", 1.0), num("eps", 1e-5)});
+  } catch (const InvalidArgument& e) {
+    throw BadInput(std::string("config: \"") + which + "\": " + e.what());
+  }
 }
 
 // A vector given inline ([...]) or as a .npy path relative to the config file.

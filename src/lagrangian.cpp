@@ -304,6 +304,21 @@ LagrangianPtr spherical() { return std::make_shared<Spherical>(); }
 LagrangianPtr layer_norm(double gamma, double eps, Vector delta) {
   return std::make_shared<LayerNorm>(gamma, eps, std::move(delta));
 }
+LagrangianPtr by_name(const std::string& name, const LagrangianParams& p) {
+  if (name == "identity") return identity();
+  if (name == "abs") return abs();
+  if (name == "log_cosh") return log_cosh(p.beta);
+  if (name == "softplus") return softplus(p.beta);
+  if (name == "power") return power(p.n);
+  if (name == "rectified_power") return rectified_power(p.n);
+  if (name == "exp") return exp(p.beta);
+  if (name == "log_sum_exp") return log_sum_exp(p.beta);
+  if (name == "spherical") return spherical();
+  if (name == "layer_norm") return layer_norm(p.gamma, p.eps);
+  throw InvalidArgument("unknown Lagrangian '" + name +
+                        "' (identity, abs, log_cosh, softplus, power, rectified_power, exp, log_sum_exp, spherical, "
+                        "layer_norm)");
+}
 }  // namespace lagrangians
 
 }  // namespace assocmem

@@ -186,3 +186,17 @@ TEST(Lagrangian, BadParametersThrowNamingTheParameter) {
 }
 
 }  // namespace
+
+namespace {
+TEST(Lagrangian, ByNameBuildsTheNamedLagrangian) {
+  lagrangians::LagrangianParams p;
+  p.beta = 2.5;
+  p.n = 3;
+  EXPECT_EQ(lagrangians::by_name("log_cosh", p)->name(), lagrangians::log_cosh(2.5)->name());
+  EXPECT_EQ(lagrangians::by_name("power", p)->name(), "power(n=3)");
+  EXPECT_EQ(lagrangians::by_name("spherical")->name(), "spherical");
+  EXPECT_THROW_MSG(lagrangians::by_name("tanh"), InvalidArgument, "unknown Lagrangian 'tanh'");
+  p.beta = -1;
+  EXPECT_THROW_MSG(lagrangians::by_name("exp", p), InvalidArgument, "beta");
+}
+}  // namespace

@@ -127,6 +127,14 @@ LagrangianPtr spherical();
 /// length D or is empty (zero). PSD everywhere (a convex function), zero mode (1,...,1).
 LagrangianPtr layer_norm(double gamma = 1.0, double eps = 1e-5, Vector delta = Vector());
 
+/// Parameters of by_name(); each Lagrangian reads the ones it has.
+struct LagrangianParams {
+  double beta = 1.0, n = 2.0, gamma = 1.0, eps = 1e-5;
+};
+/// The Lagrangian called `name` (identity, abs, log_cosh, softplus, power, rectified_power, exp,
+/// log_sum_exp, spherical, layer_norm); throws InvalidArgument listing the names otherwise.
+LagrangianPtr by_name(const std::string& name, const LagrangianParams& params = {});
+
 }  // namespace lagrangians
 
 /// G(x) = exp(beta x) / beta. Also exposes log G, so that sums of G can be compared stably.
