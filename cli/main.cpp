@@ -23,6 +23,7 @@
 #include "assocmem/capacity.hpp"
 #include "assocmem/dynamics.hpp"
 #include "assocmem/engine.hpp"
+#include "assocmem/io.hpp"
 #include "assocmem/npy.hpp"
 #include "assocmem/store.hpp"
 
@@ -91,6 +92,31 @@ void emit(bool as_json, const json& j, const std::string& text) {
   else std::cout << text;
 }
 
+// Draws a PNG with `python3 -m assocmem.plot KIND data.csv out.png ARGS...`: the CSV and the PNG live
+// in a private temporary folder (removed on exit and on SIGINT/SIGTERM), and the PNG is then written
+// to `output` under the output rules of assocmem/io.hpp (atomic, no special files).
+void draw_plot(const std::string& kind, const std::string& csv, const std::string& output,
+               const std::vector<std::string>& extra) {
+  const TempFolder folder;
+  const TempPath data(folder.path() + "/data.csv"), png(folder.path() + "/plot.png");
+  write_file_atomically(data.path(), {{csv.data(), csv.size()}});
+  std::vector<std::string> args = {"-m", "assocmem.plot", kind, data.path(), png.path()};
+  args.insert(args.end(), extra.begin(), extra.end());
+  if (run_python(args) != 0)
+    throw IoError("could not draw '" + output + "': the plot needs /usr/bin/python3 with matplotlib and assocmem");
+  const InputFile in(png.path(), "plot");
+  const std::string bytes = in.read_all(std::size_t{1} << 30);
+  write_file_atomically(output, {{bytes.data(), bytes.size()}});
+}
+
+// Every value finite (a NaN would pass silently through sign or l2 normalisation).
+void check_finite_rows(const std::vector<float>& rows, std::size_t cols, const std::string& file) {
+  for (std::size_t k = 0; k < rows.size(); ++k)
+    if (!std::isfinite(rows[k]))
+      throw BadInput("'" + file + "': pattern " + std::to_string(k / cols) + " element " + std::to_string(k % cols) +
+                     " is NaN or Inf");
+}
+
 // ---------------------------------------------------------------------------------------------
 // store
 struct StoreArgs {
@@ -98,9 +124,11 @@ struct StoreArgs {
   bool append = false;
 };
 
-int cmd_store(const StoreArgs& a, bool as_json) {
+int cmd_store(const StoreArgs& a, bool dtype_given, bool as_json) {
+  check_distinct({{"input", a.input}}, {{"store", a.output}});
   const NpyArray arr = read_npy(a.input);
   std::vector<float> rows = arr.to_float32();
+  check_finite_rows(rows, arr.cols, a.input);
   if (a.normalize == "l2") {
     for (std::size_t i = 0; i < arr.rows; ++i) {
       double s = 0;
@@ -113,17 +141,25 @@ int cmd_store(const StoreArgs& a, bool as_json) {
     for (auto& x : rows) x = x > 0 ? 1.0f : -1.0f;
   }
   const DType dtype = parse_dtype(a.dtype);
-  MemoryStore s = a.append && fs::exists(a.output) ? MemoryStore::open(a.output) : MemoryStore(arr.cols, dtype);
-  if (s.dim() != arr.cols) throw BadInput("'" + a.input + "' has dimension " + std::to_string(arr.cols) + " but '" + a.output + "' has " + std::to_string(s.dim()));
+  std::size_t count = 0;
+  DType written = dtype;
   try {
-    s.append(rows.data(), arr.rows);
+    if (a.append) {
+      // Under the folder lock from the read to the rename: concurrent appends are all kept.
+      count = MemoryStore::append_to_file(a.output, rows.data(), arr.rows, arr.cols, dtype, dtype_given);
+      written = MemoryStore::open(a.output, {false, Access::Map}).dtype();
+    } else {
+      MemoryStore s(arr.cols, dtype);
+      s.append(rows.data(), arr.rows);
+      s.save(a.output);
+      count = s.size();
+    }
   } catch (const InvalidArgument& e) {
     throw BadInput("'" + a.input + "': " + e.what() + (dtype == DType::Bits ? " (use --normalize sign)" : ""));
   }
-  s.save(a.output);
-  emit(as_json, {{"store", a.output}, {"count", s.size()}, {"dim", s.dim()}, {"dtype", to_string(s.dtype())}},
-       "wrote " + a.output + ": " + std::to_string(s.size()) + " memories of dimension " + std::to_string(s.dim()) + " (" +
-           to_string(s.dtype()) + ")\n");
+  emit(as_json, {{"store", a.output}, {"count", count}, {"dim", arr.cols}, {"dtype", to_string(written)}},
+       "wrote " + a.output + ": " + std::to_string(count) + " memories of dimension " + std::to_string(arr.cols) + " (" +
+           to_string(written) + ")\n");
   return 0;
 }
 
@@ -133,12 +169,15 @@ struct RecallArgs {
   std::string store, queries, output, details, model = "B", F = "exp", order = "sync", kernel = "auto";
   double beta = 1.0, n = 3.0, alpha = 1.0, tol = 0.0, step = 1.0;
   long steps = 1, max_sweeps = 1000;
-  std::size_t top_k = 5, chunk = 1024;
+  long long top_k = 5;
+  std::size_t chunk = 1024;
   std::uint64_t seed = 0;
   int threads = 0;
 };
 
 int cmd_recall(const RecallArgs& a, bool as_json) {
+  check_distinct({{"store", a.store}, {"queries", a.queries}}, {{"output", a.output}, {"details", a.details}});
+  if (a.top_k < 0) throw BadInput("--top-k must be >= 0, got " + std::to_string(a.top_k));
   const MemoryStore store = MemoryStore::open(a.store);
   const NpyArray q = read_npy(a.queries);
   if (q.cols != store.dim())
@@ -199,7 +238,7 @@ int cmd_recall(const RecallArgs& a, bool as_json) {
     o.max_steps = a.steps;
     o.tol = a.tol;
     o.step = a.step;
-    o.top_k = a.model == "B" ? a.top_k : 0;
+    o.top_k = a.model == "B" ? static_cast<std::size_t>(std::min<long long>(a.top_k, static_cast<long long>(store.size()))) : 0;
     std::unique_ptr<ModelBEngine> eb;
     std::unique_ptr<ModelCEngine> ec;
     if (a.model == "B") eb = std::make_unique<ModelBEngine>(store, a.beta, eo);
@@ -246,10 +285,24 @@ int cmd_recall(const RecallArgs& a, bool as_json) {
 
 // ---------------------------------------------------------------------------------------------
 // simulate
+// Refuses keys of a JSON object that are not in `known` (a typo must not be ignored silently).
+void check_keys(const json& j, std::initializer_list<const char*> known, const std::string& where) {
+  for (const auto& item : j.items()) {
+    bool ok = false;
+    for (const char* k : known) ok = ok || item.key() == k;
+    if (!ok) {
+      std::string list;
+      for (const char* k : known) list += std::string(list.empty() ? "" : ", ") + k;
+      throw BadInput(where + ": unknown key \"" + item.key() + "\" (known: " + list + ")");
+    }
+  }
+}
+
 LagrangianPtr lagrangian_from_json(const json& j, const char* which) {
   if (!j.is_object() || !j.contains("name") || !j["name"].is_string())
     throw BadInput(std::string("config: \"") + which + "\" must be an object with a \"name\"");
   const std::string name = j["name"];
+  check_keys(j, {"name", "beta", "n", "gamma", "eps"}, std::string("config: \"") + which + "\"");
   auto num = [&](const char* key, double dflt) { return j.contains(key) ? j[key].get<double>() : dflt; };
   try {
     return lagrangians::by_name(name, {num("beta", 1.0), num("n", 2.0), num("gamma", 1.0), num("eps", 1e-5)});
@@ -278,18 +331,24 @@ struct SimulateArgs {
 };
 
 int cmd_simulate(const SimulateArgs& a, bool as_json) {
-  std::ifstream in(a.config);
-  if (!in) throw IoError("cannot read config '" + a.config + "'");
+  const std::string text = InputFile(a.config, "config").read_all(std::size_t{64} << 20);
   json c;
   try {
-    c = json::parse(in);
+    c = json::parse(text);
   } catch (const json::exception& e) {
     throw BadInput("config '" + a.config + "' is not valid JSON: " + std::string(e.what()));
   }
+  if (!c.is_object()) throw BadInput("config '" + a.config + "' must be a JSON object");
   const fs::path base = fs::path(a.config).parent_path();
   try {
+    check_keys(c, {"xi", "feature", "hidden", "v0", "h0", "current", "tau_f", "tau_h", "alpha", "method", "t_end",
+                   "dt", "rtol", "atol", "max_steps", "fixed_point_tol", "record_every"},
+               "config '" + a.config + "'");
     for (const char* k : {"xi", "feature", "hidden", "v0"})
       if (!c.contains(k)) throw BadInput(std::string("config '") + a.config + "': missing \"" + k + "\"");
+    if (!c["xi"].is_string()) throw BadInput("config '" + a.config + "': \"xi\" must be a .npy path");
+    check_distinct({{"config", a.config}, {"xi", (base / c["xi"].get<std::string>()).string()}},
+                   {{"output", a.output}, {"plot", a.plot}});
     const NpyArray xa = read_npy((base / c["xi"].get<std::string>()).string());
     NetworkParams p;
     p.tau_f = c.value("tau_f", 1.0);
@@ -343,19 +402,14 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
         write_file_atomically(a.output, {{csv.data(), csv.size()}});
       }
     }
-    if (!a.plot.empty()) {
-      // E(t) drawn by assocmem.plot (matplotlib) from a temporary CSV of (t, E).
-      const std::string tmp = a.plot + ".energy.csv";
+    if (!a.plot.empty()) {  // E(t) drawn by assocmem.plot (matplotlib) from a CSV of (t, E)
       std::string csv;
       char buf[64];
       for (std::size_t k = 0; k < T; ++k) {
         std::snprintf(buf, sizeof buf, "%.17g,%.17g\n", tr.t[k], tr.energy[k]);
         csv += buf;
       }
-      write_file_atomically(tmp, {{csv.data(), csv.size()}});
-      const int rc = run_python({"-m", "assocmem.plot", "energy", tmp, a.plot});
-      fs::remove(tmp);
-      if (rc != 0) throw IoError("could not draw '" + a.plot + "': the plot needs /usr/bin/python3 with matplotlib and assocmem");
+      draw_plot("energy", csv, a.plot, {});
     }
     json j = {{"records", T}, {"steps", tr.result.steps}, {"t", tr.result.t}, {"reason", to_string(tr.result.reason)},
               {"energy_start", tr.energy.front()}, {"energy_end", tr.energy.back()}, {"seconds", secs}};
@@ -385,7 +439,19 @@ struct CapacityArgs {
   int threads = 0;
 };
 
-int cmd_capacity(const CapacityArgs& a, bool as_json) {
+// A value of an integer parameter given as a double (--values): finite, whole, in [lo, 2^40].
+std::size_t whole_value(double v, const std::string& name, double lo) {
+  if (!std::isfinite(v) || v != std::floor(v) || v < lo || v > 1099511627776.0)
+    throw BadInput("--values: " + name + " must be a whole number in [" + std::to_string(static_cast<long>(lo)) +
+                   ", 2^40], got " + detail::concat(v));
+  return static_cast<std::size_t>(v);
+}
+
+int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
+  check_distinct({}, {{"output", a.output}, {"plot", a.plot}});
+  if (bisect_given && !(std::isfinite(a.bisect) && a.bisect > 0 && a.bisect <= 1))
+    throw BadInput("--bisect must be a fraction in (0, 1], got " + detail::concat(a.bisect));
+  if (a.values.empty()) throw BadInput("--values: give at least one value");
   CapacitySpec s;
   if (a.model.size() != 1) throw BadInput("--model must be A, B or C");
   s.model = a.model[0];
@@ -407,8 +473,10 @@ int cmd_capacity(const CapacityArgs& a, bool as_json) {
   std::vector<CapacityPoint> points;
   json out = {{"model", a.model}, {"protocol", a.protocol}, {"N", a.N}};
   Progress bar("capacity");
-  if (a.bisect > 0) {
+  if (bisect_given) {
     if (a.K_range.size() != 2) throw BadInput("--bisect needs --K-range LO HI");
+    if (a.K_range[0] < 1 || a.K_range[0] > a.K_range[1])
+      throw BadInput("--K-range: need 1 <= LO <= HI, got " + std::to_string(a.K_range[0]) + " " + std::to_string(a.K_range[1]));
     const Bisection b = bisect_capacity(s, a.bisect, a.K_range[0], a.K_range[1], [&](double f) { bar.update(f); });
     points = b.points;
     out["bisect_threshold"] = a.bisect;
@@ -417,12 +485,12 @@ int cmd_capacity(const CapacityArgs& a, bool as_json) {
     for (std::size_t i = 0; i < a.values.size(); ++i) {
       const double v = a.values[i];
       CapacitySpec t = s;
-      if (a.sweep == "K") t.K = static_cast<std::size_t>(v);
-      else if (a.sweep == "N") t.N = static_cast<std::size_t>(v);
+      if (a.sweep == "K") t.K = whole_value(v, "K", 1);
+      else if (a.sweep == "N") t.N = whole_value(v, "N", 2);
       else if (a.sweep == "n") t.F.n = v;
       else if (a.sweep == "beta") t.beta = t.F.beta = v;
       else if (a.sweep == "rho") t.rho = v;
-      else if (a.sweep == "hidden") t.hidden = static_cast<std::size_t>(v);
+      else if (a.sweep == "hidden") t.hidden = whole_value(v, "hidden", 0);
       else throw BadInput("--sweep must be one of K, N, n, beta, rho, hidden; got '" + a.sweep + "'");
       if (a.sweep != "K") t.K = static_cast<std::size_t>(a.K_range.empty() ? 10 : a.K_range[0]);
       points.push_back(measure_capacity(t, [&](double f) { bar.update((double(i) + f) / double(a.values.size())); }));
@@ -444,21 +512,16 @@ int cmd_capacity(const CapacityArgs& a, bool as_json) {
     text += buf;
   }
   out["points"] = rows;
-  if (a.bisect > 0) text += "largest K with recalled >= " + std::to_string(a.bisect) + ": " + std::to_string(out["K"].get<std::size_t>()) + "\n";
+  if (bisect_given) text += "largest K with recalled >= " + std::to_string(a.bisect) + ": " + std::to_string(out["K"].get<std::size_t>()) + "\n";
   if (!a.output.empty()) {
     const std::string body = fs::path(a.output).extension() == ".json" ? out.dump(2) + "\n" : csv;
     write_file_atomically(a.output, {{body.data(), body.size()}});
   }
   if (!a.plot.empty()) {
-    const std::string tmp = a.plot + ".points.csv";
-    write_file_atomically(tmp, {{csv.data(), csv.size()}});
-    const std::string xcol = a.bisect > 0 ? "K" : a.sweep;
+    const std::string xcol = bisect_given ? "K" : a.sweep;
     // The theory curve where one exists: one-step stability of model A with F = x^n against K.
     const bool with_theory = a.model == "A" && a.F == "power" && a.one_step && a.protocol == "stability" && xcol == "K";
-    const int rc = run_python({"-m", "assocmem.plot", "capacity", tmp, a.plot, xcol,
-                               "model " + a.model + " (" + a.protocol + ")", with_theory ? "theory" : "none"});
-    fs::remove(tmp);
-    if (rc != 0) throw IoError("could not draw '" + a.plot + "': the plot needs /usr/bin/python3 with matplotlib and assocmem");
+    draw_plot("capacity", csv, a.plot, {xcol, "model " + a.model + " (" + a.protocol + ")", with_theory ? "theory" : "none"});
   }
   emit(as_json, out, text);
   return 0;
@@ -490,11 +553,12 @@ int main(int argc, char** argv) {
   auto* st = app.add_subcommand("store", "Build a memory store from a .npy file of patterns (K x d)");
   st->add_option("input", sa.input, "Patterns (.npy: float32, float64 or int8, C order)")->required();
   st->add_option("output", sa.output, "Store file to write (atomically)")->required();
-  st->add_option("--dtype", sa.dtype, "Element type: float32, bfloat16 or bits (+-1)")->capture_default_str()
+  auto* dtype_opt = st->add_option("--dtype", sa.dtype, "Element type: float32, bfloat16 or bits (+-1); with --append, "
+                                   "must match the existing store's")->capture_default_str()
       ->check(CLI::IsMember({"float32", "bfloat16", "bits"}));
   st->add_option("--normalize", sa.normalize, "none, l2 (unit rows) or sign (+-1)")->capture_default_str()
       ->check(CLI::IsMember({"none", "l2", "sign"}));
-  st->add_flag("--append", sa.append, "Append to the store when it exists");
+  st->add_flag("--append", sa.append, "Append to the store when it exists (concurrent appends are serialised by a lock)");
 
   RecallArgs ra;
   auto* rc = app.add_subcommand("recall", "Retrieve memories for a .npy of queries with model A, B or C");
@@ -514,8 +578,9 @@ int main(int argc, char** argv) {
   rc->add_option("--order", ra.order, "Update order of model A: random, fixed or sync")->capture_default_str()
       ->check(CLI::IsMember({"random", "fixed", "sync"}));
   rc->add_option("--max-sweeps", ra.max_sweeps, "Sweeps of model A before giving up")->capture_default_str();
-  rc->add_option("--seed", ra.seed, "Seed of model A's random order")->capture_default_str();
-  rc->add_option("--top-k", ra.top_k, "Memories to report per query in --details (B)")->capture_default_str();
+  rc->add_option("--seed", ra.seed, "Seed of model A's random order")->capture_default_str()->check(CLI::NonNegativeNumber);
+  rc->add_option("--top-k", ra.top_k, "Memories to report per query in --details (B; at most K are reported)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   rc->add_option("--details", ra.details, "Write JSON with steps, convergence, energy and top-k ids and weights");
   rc->add_option("--threads", ra.threads, "Worker threads (0: all)")->capture_default_str();
   rc->add_option("--kernel", ra.kernel, "auto, generic, avx512, avx512_bf16 or amx_bf16 (B, C)")->capture_default_str();
@@ -538,8 +603,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"power", "rectified", "exp"}));
   cap->add_option("--n", ca.n, "Power n of F")->capture_default_str();
   cap->add_option("--beta", ca.beta, "Inverse temperature (B) or gain of F = exp")->capture_default_str();
-  cap->add_option("--N", ca.N, "Neurons (pattern dimension)")->capture_default_str();
-  cap->add_option("--hidden", ca.hidden, "N_h: hidden neurons, one memory each (0: one per memory)")->capture_default_str();
+  cap->add_option("--N", ca.N, "Neurons (pattern dimension)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cap->add_option("--hidden", ca.hidden, "N_h: hidden neurons, one memory each (0: one per memory)")->capture_default_str()->check(CLI::NonNegativeNumber);
   cap->add_option("--protocol", ca.protocol, "stability, basin or random (starts)")->capture_default_str()
       ->check(CLI::IsMember({"stability", "basin", "random"}));
   cap->add_option("--rho", ca.rho, "basin: fraction of bits flipped in the cue")->capture_default_str();
@@ -548,14 +613,16 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"random", "fixed", "sync"}));
   cap->add_option("--max-steps", ca.max_steps, "Sweeps (A) or updates (B, C)")->capture_default_str();
   cap->add_option("--step", ca.step, "dt/tau_f of models B and C")->capture_default_str();
-  cap->add_option("--trials", ca.trials, "Independent draws of the memories")->capture_default_str();
-  cap->add_option("--cues", ca.cues, "Cues per trial (0: min(K, 1000); random starts 100)")->capture_default_str();
+  cap->add_option("--trials", ca.trials, "Independent draws of the memories")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cap->add_option("--cues", ca.cues, "Cues per trial (0: min(K, 1000)->check(CLI::NonNegativeNumber); random starts 100)")->capture_default_str();
   cap->add_flag("--no-negatives", ca.no_negatives, "Random starts: do not count ending on -xi as a memory");
   cap->add_option("--sweep", ca.sweep, "Parameter to sweep: K, N, n, beta, rho or hidden")->capture_default_str();
   cap->add_option("--values", ca.values, "Values of the swept parameter")->delimiter(',')->capture_default_str();
-  cap->add_option("--K-range", ca.K_range, "Bisection range LO HI (or K for sweeps of other parameters)")->expected(1, 2);
-  cap->add_option("--bisect", ca.bisect, "Find the largest K with recalled >= this fraction (needs --K-range)");
-  cap->add_option("--seed", ca.seed, "Seed of the memories and cues")->capture_default_str();
+  cap->add_option("--K-range", ca.K_range, "Bisection range LO HI (or K for sweeps of other parameters)")->expected(1, 2)
+      ->check(CLI::PositiveNumber);
+  auto* bisect_opt =
+      cap->add_option("--bisect", ca.bisect, "Find the largest K with recalled >= this fraction in (0, 1] (needs --K-range)");
+  cap->add_option("--seed", ca.seed, "Seed of the memories and cues")->capture_default_str()->check(CLI::NonNegativeNumber);
   cap->add_option("--threads", ca.threads, "Worker threads (0: all)")->capture_default_str();
   cap->add_option("-o,--output", ca.output, "Results: .csv or .json");
   cap->add_option("--plot", ca.plot, "PNG of recall against the swept parameter (matplotlib)");
@@ -575,6 +642,13 @@ int main(int argc, char** argv) {
       "  colour  N_f = 3: named colours and up to 10^6 colours\n"
       "assocmem demo NAME --help lists the options of a demo.\n";
 
+  install_signal_cleanup();  // SIGINT/SIGTERM/SIGHUP remove the temporaries in flight
+  // One line on stderr naming the problem; with --json also an error object on stdout.
+  auto fail = [&](int code, const std::string& msg) {
+    std::fprintf(stderr, "assocmem: %s: %s\n", code == 2 ? "error" : "failed", msg.c_str());
+    if (as_json) std::cout << json{{"error", msg}, {"exit_code", code}}.dump(2) << "\n";
+    return code;
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -587,14 +661,14 @@ int main(int argc, char** argv) {
     std::string msg = e.what();
     for (auto& ch : msg)
       if (ch == '\n') ch = ' ';
-    std::fprintf(stderr, "assocmem: error: %s (see --help)\n", msg.c_str());
-    return 2;
+    for (int i = 1; i < argc; ++i) as_json = as_json || std::strcmp(argv[i], "--json") == 0;
+    return fail(2, msg + " (see --help)");
   }
   try {
-    if (*st) return cmd_store(sa, as_json);
+    if (*st) return cmd_store(sa, dtype_opt->count() > 0, as_json);
     if (*rc) return cmd_recall(ra, as_json);
     if (*sim) return cmd_simulate(sm, as_json);
-    if (*cap) return cmd_capacity(ca, as_json);
+    if (*cap) return cmd_capacity(ca, bisect_opt->count() > 0, as_json);
     if (*dm) {
       std::vector<std::string> rest = demo_rest;
       for (const auto& r : dm->remaining()) rest.push_back(r);
@@ -608,17 +682,17 @@ int main(int argc, char** argv) {
       return cmd_demo(demo_name, rest, as_json);
     }
   } catch (const BadInput& e) {
-    std::fprintf(stderr, "assocmem: error: %s\n", e.what());
-    return 2;
+    return fail(2, e.what());
   } catch (const InvalidArgument& e) {
-    std::fprintf(stderr, "assocmem: error: %s\n", e.what());
-    return 2;
+    return fail(2, e.what());
   } catch (const IoError& e) {
-    std::fprintf(stderr, "assocmem: error: %s\n", e.what());
-    return 2;
+    return fail(2, e.what());
+  } catch (const fs::filesystem_error& e) {
+    return fail(2, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(1, "out of memory");
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "assocmem: failed: %s\n", e.what());
-    return 1;
+    return fail(1, e.what());
   }
   return 0;
 }

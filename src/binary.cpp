@@ -15,7 +15,8 @@ namespace assocmem {
 
 void BinaryOptions::validate() const {
   ASSOCMEM_CHECK_ARG(max_sweeps > 0, "max_sweeps must be > 0, got ", max_sweeps);
-  ASSOCMEM_CHECK_ARG(threads >= 0, "threads must be >= 0 (0 = all hardware threads), got ", threads);
+  ASSOCMEM_CHECK_ARG(threads >= 0 && threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads,
+                     "] (0 = all hardware threads), got ", threads);
 }
 
 namespace {

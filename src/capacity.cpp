@@ -1,6 +1,7 @@
 // Capacity measurements over random +-1 memories (see capacity.hpp).
 #include "assocmem/capacity.hpp"
 
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -9,6 +10,7 @@
 #include "assocmem/binary.hpp"
 #include "assocmem/engine.hpp"
 #include "assocmem/error.hpp"
+#include "assocmem/io.hpp"
 
 namespace assocmem {
 
@@ -36,8 +38,14 @@ void CapacitySpec::validate() const {
   ASSOCMEM_CHECK_ARG(trials >= 1, "trials must be >= 1, got ", trials);
   ASSOCMEM_CHECK_ARG(max_steps >= 1, "max_steps must be >= 1, got ", max_steps);
   ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta > 0, "beta must be finite and > 0, got ", beta);
-  ASSOCMEM_CHECK_ARG(threads >= 0, "threads must be >= 0, got ", threads);
+  ASSOCMEM_CHECK_ARG(threads >= 0 && threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads,
+                     "] (0 = all hardware threads), got ", threads);
   make_interaction(F);  // validates n and beta of F
+  // Sizes: the memories (K x N floats) and the cues of one trial must fit, with room for the engines.
+  const std::size_t per_trial = cues != 0 ? cues : (protocol == Protocol::RandomStarts ? 100 : std::min<std::size_t>(K, 1000));
+  const std::size_t cells = checked_add(checked_mul(K, N, "K x N"), checked_mul(per_trial, N, "cues x N"), "K x N + cues x N");
+  check_fits_in_memory(checked_mul(cells, 12, "memory for K x N"), "K x N");  // float32 + packed/engine copies
+  checked_mul(trials, per_trial, "trials x cues");
 }
 
 namespace {

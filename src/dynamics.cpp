@@ -1,6 +1,8 @@
 // The network (eq. 1) and its tau_h -> 0 limit (eqs. 14, 22) as ODE systems; simulate().
 #include "assocmem/dynamics.hpp"
 
+#include <cmath>
+
 #include "assocmem/error.hpp"
 
 namespace assocmem {
@@ -55,7 +57,24 @@ Trajectory simulate(const Network& net, const Vector& v0, const Vector& h0, cons
   Vector last_y;
   double last_t = 0;
   bool last_recorded = false;
+  // Blow-up detection. With convex Lagrangians and alpha = 1, eq. (4) says E never increases along
+  // the exact trajectory; an integration whose energy climbs clearly above E(t0) is unstable (an
+  // explicit step too large for the network), not a solution, so it stops with SolverError.
+  const bool descends = net.params().alpha == 1.0 && net.feature_lagrangian().psd_region().rfind("everywhere", 0) == 0 &&
+                        net.hidden_lagrangian().psd_region().rfind("everywhere", 0) == 0;
+  double e0 = 0;
   auto observer = [&](double t, const Vector& y) {
+    const Vector v = sys.v_of(y), h = sys.h_of(y);
+    const double e = net.energy(v, h), rate = net.energy_rate(v, h);
+    if (!std::isfinite(e) || !std::isfinite(rate))
+      throw SolverError(detail::concat("simulate (", to_string(options.method), "): the energy or its rate became ",
+                                       "NaN or Inf at t = ", t, " (E = ", e, ", dE/dt = ", rate,
+                                       "); the Lagrangians overflow at this state, or the step is too large"));
+    if (seen == 0) e0 = e;
+    if (descends && e > e0 + 1e-3 * (1.0 + std::fabs(e0)))
+      throw SolverError(detail::concat("simulate (", to_string(options.method), "): the energy rose from ", e0,
+                                       " to ", e, " at t = ", t, ", which eq. (4) forbids for these convex ",
+                                       "Lagrangians: the integration is unstable; reduce dt or use rk45 or bdf"));
     last_recorded = (seen % options.record_every == 0);
     if (last_recorded) record(t, y);
     last_y = y;

@@ -25,7 +25,8 @@ KernelChoice parse_kernel(const std::string& name) {
 }
 
 void EngineOptions::validate() const {
-  ASSOCMEM_CHECK_ARG(threads >= 0, "threads must be >= 0 (0 = all hardware threads), got ", threads);
+  ASSOCMEM_CHECK_ARG(threads >= 0 && threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads,
+                     "] (0 = all hardware threads), got ", threads);
   ASSOCMEM_CHECK_ARG(tile >= 32 && tile <= 65536 && tile % 32 == 0, "tile must be a multiple of 32 in [32, 65536], got ",
                      tile);
 }
@@ -135,6 +136,44 @@ struct EngineCore {
         break;
     }
     bf16_products = ops->bf16_products && s.dtype() == DType::BFloat16;
+    // The largest memory norm bounds every score |xi_mu . v| <= max_norm |v| (Cauchy-Schwarz), so
+    // queries whose scores could overflow float32 are refused up front, the same on every kernel.
+    std::vector<float> row(s.dim());
+    double m2 = 0;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+      s.decode_row(i, row.data());
+      double r2 = 0;
+      for (float x : row) r2 += double(x) * x;
+      m2 = std::max(m2, r2);
+    }
+    s.check_intact();
+    max_norm = std::sqrt(m2);
+    ASSOCMEM_CHECK_ARG(max_norm < kScoreLimit, "store: a memory has norm ", max_norm,
+                       ", beyond the float32 range of the scores");
+  }
+
+  // Scores beta * xi.v must stay below this (float32 max / 4: room for the rounding of the products,
+  // bfloat16 queries included).
+  static constexpr double kScoreLimit = 8.5e37;
+  double max_norm = 0;
+
+  // Refuses non-finite queries and queries whose scores could overflow: beta |v| max_norm.
+  void check_queries(const float* q, std::size_t batch, double beta) const {
+    const std::size_t d = dim();
+    ASSOCMEM_CHECK_ARG(batch > 0, "queries: the batch is empty");
+    ASSOCMEM_CHECK_ARG(q != nullptr, "queries is null");
+    checked_mul(batch, d, "queries: batch x dim");
+    for (std::size_t b = 0; b < batch; ++b) {
+      double n2 = 0;
+      for (std::size_t j = 0; j < d; ++j) {
+        const float x = q[b * d + j];
+        ASSOCMEM_CHECK_ARG(std::isfinite(x), "queries: row ", b, " element ", j, " is NaN or Inf");
+        n2 += double(x) * x;
+      }
+      const double bound = beta * std::sqrt(n2) * max_norm;
+      ASSOCMEM_CHECK_ARG(bound < kScoreLimit, "queries: row ", b, ": beta * |v| * max|xi| = ", bound,
+                         " exceeds the float32 range of the scores; lower beta or scale the queries down");
+    }
   }
 
   std::size_t dim() const { return store->dim(); }
@@ -226,19 +265,13 @@ struct EngineCore {
         }
       }
     });
+    store->check_intact();  // a mapped store whose file shrank during the pass: refuse the result
   }
 };
 
 }  // namespace detail
 
 namespace {
-
-void check_queries(const float* q, std::size_t batch, std::size_t dim) {
-  ASSOCMEM_CHECK_ARG(batch > 0, "queries: the batch is empty");
-  ASSOCMEM_CHECK_ARG(q != nullptr, "queries is null");
-  for (std::size_t i = 0; i < batch * dim; ++i)
-    ASSOCMEM_CHECK_ARG(std::isfinite(q[i]), "queries: row ", i / dim, " element ", i % dim, " is NaN or Inf");
-}
 
 // Online softmax (eq. 12 tile by tile): running max, rescaled sums, top-k.
 struct SoftmaxEpilogue {
@@ -310,7 +343,7 @@ std::string ModelBEngine::kernel() const { return core_->ops->name; }
 
 AttentionPartial ModelBEngine::partial(const float* queries, std::size_t batch, std::size_t top_k) const {
   const std::size_t d = core_->dim(), dp = core_->dpad();
-  check_queries(queries, batch, d);
+  core_->check_queries(queries, batch, beta_);
   const std::size_t nw = core_->workers();
   std::vector<SoftmaxEpilogue> epi;
   for (std::size_t w = 0; w < nw; ++w)
@@ -328,6 +361,9 @@ AttentionPartial ModelBEngine::partial(const float* queries, std::size_t batch, 
     for (std::size_t b = 0; b < batch; ++b) std::copy(&acc[w][b * dp], &acc[w][b * dp] + d, &p.acc[b * d]);
     out.merge(p);
   }
+  for (std::size_t b = 0; b < batch; ++b)
+    ASSOCMEM_CHECK_ARG(std::isfinite(out.max[b]) && std::isfinite(out.sum[b]) && out.sum[b] > 0, "queries: row ", b,
+                       ": the softmax over the scores is not finite (beta = ", beta_, ")");
   return out;
 }
 
@@ -388,6 +424,10 @@ void iterate(BatchRetrieval& r, const BatchOptions& o, Update&& update,
     std::vector<std::size_t> still;
     for (std::size_t i = 0; i < active.size(); ++i) {
       const std::size_t b = active[i];
+      for (std::size_t j = 0; j < d; ++j)
+        if (!std::isfinite(next[i * d + j]))
+          throw SolverError(detail::concat("query ", b, " diverged at update ", step,
+                                           " (the state left the float32 range); lower step or beta"));
       const double delta = change(&cur[i * d], &next[i * d], d);
       std::copy(&next[i * d], &next[i * d] + d, &r.states[b * d]);
       r.steps[b] = step;
@@ -403,7 +443,7 @@ void iterate(BatchRetrieval& r, const BatchOptions& o, Update&& update,
 BatchRetrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const BatchOptions& o) const {
   o.validate(true);
   const std::size_t d = core_->dim();
-  check_queries(queries, batch, d);
+  core_->check_queries(queries, batch, beta_);
   BatchRetrieval r = make_result(batch, d, queries);
   const std::size_t k_during = o.final_pass ? 0 : o.top_k;
   iterate(r, o, [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
@@ -459,7 +499,8 @@ void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, c
     double norm = 0;
     for (std::size_t j = 0; j < d; ++j) norm += double(v[i * d + j]) * v[i * d + j];
     norm = std::sqrt(norm);
-    ASSOCMEM_CHECK_ARG(norm > 0, "queries: row ", i, " is zero; model C's output v/|v| is undefined at 0");
+    ASSOCMEM_CHECK_ARG(norm > 0 && std::isfinite(norm), "queries: row ", i,
+                       norm > 0 ? " has an infinite norm" : " is zero; model C's output v/|v| is undefined at 0");
     for (std::size_t j = 0; j < d; ++j) g[i * d + j] = static_cast<float>(v[i * d + j] / norm);
   }
   const std::size_t nw = core.workers();
@@ -481,7 +522,7 @@ void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, c
 BatchRetrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const BatchOptions& o) const {
   o.validate(false);
   const std::size_t d = core_->dim();
-  check_queries(queries, batch, d);
+  core_->check_queries(queries, batch, 0.0);  // model C scores xi.(v/|v|): bounded by max_norm
   BatchRetrieval r = make_result(batch, d, queries);
   auto pass = [&](const float* v, std::size_t n, std::vector<float>& drive, std::vector<double>& energy) {
     model_c_pass(*core_, F_.get(), v, n, drive, energy);
@@ -508,7 +549,7 @@ BatchRetrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, c
 }
 
 std::vector<double> ModelCEngine::energy(const float* states, std::size_t batch) const {
-  check_queries(states, batch, core_->dim());
+  core_->check_queries(states, batch, 0.0);
   std::vector<float> drive;
   std::vector<double> e;
   model_c_pass(*core_, F_.get(), states, batch, drive, e);

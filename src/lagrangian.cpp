@@ -27,6 +27,24 @@ void softmax(const Vector& x, Vector& out) {
   out /= out.sum();
 }
 
+// log sum_i exp(beta x_i) / beta and softmax(beta x) with the shift taken before the scaling:
+// beta (x_i - max x) is <= 0 and exactly 0 at the maximum, so neither overflows however large
+// beta x is (beta = 1e308, x = 1e308). eq. (11), (12) with the inverse temperature.
+double log_sum_exp_scaled(double beta, const Vector& x) {
+  if (x.size() == 0) return -std::numeric_limits<double>::infinity();
+  const double m = x.maxCoeff();
+  if (!std::isfinite(m)) return m;
+  return m + std::log((beta * (x.array() - m)).exp().sum()) / beta;
+}
+
+void softmax_scaled(double beta, const Vector& x, Vector& out) {
+  out.resize(x.size());
+  if (x.size() == 0) return;
+  const double m = x.maxCoeff();
+  out = (beta * (x.array() - m)).exp().matrix();
+  out /= out.sum();
+}
+
 double log_cosh(double x) {
   const double a = std::fabs(x);
   return a + std::log1p(std::exp(-2.0 * a)) - std::log(2.0);
@@ -190,13 +208,13 @@ class LogSumExp final : public Lagrangian {
   std::string psd_region() const override { return "everywhere (zero mode along (1,...,1))"; }
   double value(const Vector& x) const override {
     ASSOCMEM_CHECK_ARG(x.size() > 0, "log_sum_exp: the layer is empty (no neurons)");
-    return numerics::log_sum_exp(beta_ * x) / beta_;
+    return numerics::log_sum_exp_scaled(beta_, x);
   }
-  void gradient(const Vector& x, Vector& out) const override { numerics::softmax(beta_ * x, out); }
+  void gradient(const Vector& x, Vector& out) const override { numerics::softmax_scaled(beta_, x, out); }
   void hvp(const Vector& x, const Vector& u, Vector& out) const override {
     check_same_size(x, u);
     Vector p;
-    numerics::softmax(beta_ * x, p);
+    numerics::softmax_scaled(beta_, x, p);
     out = beta_ * (p.cwiseProduct(u) - p * p.dot(u));
   }
   bool hessian_psd_at(const Vector&) const override { return true; }

@@ -1,25 +1,125 @@
 // numpy .npy reading and writing.
 #include "assocmem/npy.hpp"
 
-#include <cstring>
-#include <fstream>
-#include <limits>
+#include <unistd.h>
 
-#include "assocmem/store.hpp"  // write_file_atomically
+#include <cctype>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+
+#include "assocmem/io.hpp"
 
 namespace assocmem {
 
 namespace {
 
-// The value after 'key': in numpy's header dict, or npos. (A small parser: the header is a Python
-// dict literal with the three keys descr, fortran_order and shape.)
-std::size_t value_start(const std::string& h, const std::string& key) {
-  const std::size_t k = h.find("'" + key + "'");
-  if (k == std::string::npos) return std::string::npos;
-  const std::size_t colon = h.find(':', k);
-  if (colon == std::string::npos) return std::string::npos;
-  return h.find_first_not_of(" \t", colon + 1);
-}
+// numpy's header is a Python dict literal with exactly the keys descr, fortran_order and shape, e.g.
+// {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }. This parser accepts that grammar and
+// nothing looser (no "(1 0, 8)", no "Falsey").
+struct Header {
+  std::string descr;
+  bool fortran = false;
+  std::vector<std::size_t> shape;
+};
+
+class HeaderParser {
+ public:
+  explicit HeaderParser(const std::string& h) : h_(h) {}
+  // Returns an empty string on success, else what is wrong.
+  std::string parse(Header& out) {
+    bool have_descr = false, have_order = false, have_shape = false;
+    skip();
+    if (!eat('{')) return "the header is not a dict";
+    for (;;) {
+      skip();
+      if (eat('}')) break;
+      std::string key;
+      if (!string(key)) return "the header has an invalid key";
+      skip();
+      if (!eat(':')) return "the header has no ':' after '" + key + "'";
+      skip();
+      if (key == "descr") {
+        if (have_descr || !string(out.descr)) return "the header has an invalid 'descr'";
+        have_descr = true;
+      } else if (key == "fortran_order") {
+        if (have_order) return "the header repeats 'fortran_order'";
+        if (word("True")) out.fortran = true;
+        else if (word("False")) out.fortran = false;
+        else return "the header has an invalid 'fortran_order'";
+        have_order = true;
+      } else if (key == "shape") {
+        if (have_shape || !tuple(out.shape)) return "the header has an invalid 'shape'";
+        have_shape = true;
+      } else {
+        return "the header has an unknown key '" + key + "'";
+      }
+      skip();
+      if (eat(',')) continue;
+      skip();
+      if (eat('}')) break;
+      return "the header dict is malformed";
+    }
+    skip();
+    if (i_ != h_.size()) return "the header has text after the dict";
+    if (!have_descr) return "the header has no 'descr'";
+    if (!have_order) return "the header has no 'fortran_order'";
+    if (!have_shape) return "the header has no 'shape'";
+    return "";
+  }
+
+ private:
+  void skip() {
+    while (i_ < h_.size() && (h_[i_] == ' ' || h_[i_] == '\t' || h_[i_] == '\n' || h_[i_] == '\r')) ++i_;
+  }
+  bool eat(char c) {
+    if (i_ < h_.size() && h_[i_] == c) {
+      ++i_;
+      return true;
+    }
+    return false;
+  }
+  bool string(std::string& out) {
+    if (i_ >= h_.size() || (h_[i_] != '\'' && h_[i_] != '"')) return false;
+    const char q = h_[i_++];
+    const std::size_t end = h_.find(q, i_);
+    if (end == std::string::npos) return false;
+    out = h_.substr(i_, end - i_);
+    i_ = end + 1;
+    return true;
+  }
+  bool word(const char* w) {  // a bare word followed by a delimiter
+    const std::size_t n = std::strlen(w);
+    if (h_.compare(i_, n, w) != 0) return false;
+    const std::size_t j = i_ + n;
+    if (j < h_.size() && (std::isalnum(static_cast<unsigned char>(h_[j])) || h_[j] == '_')) return false;
+    i_ = j;
+    return true;
+  }
+  bool tuple(std::vector<std::size_t>& out) {
+    if (!eat('(')) return false;
+    for (;;) {
+      skip();
+      if (eat(')')) return true;
+      std::size_t digits = 0, value = 0;
+      while (i_ < h_.size() && h_[i_] >= '0' && h_[i_] <= '9') {
+        if (++digits > 18) return false;
+        value = value * 10 + static_cast<std::size_t>(h_[i_++] - '0');
+      }
+      if (digits == 0) return false;
+      if (i_ < h_.size() && h_[i_] == 'L') ++i_;  // Python 2 long
+      out.push_back(value);
+      skip();
+      if (eat(',')) continue;
+      skip();
+      if (eat(')')) return out.size() != 1;  // "(5)" is an int in Python; a 1-tuple is "(5,)"
+      return false;
+    }
+  }
+  const std::string& h_;
+  std::size_t i_ = 0;
+};
 
 std::size_t elem_size(NpyType t) { return t == NpyType::Float64 ? 8 : (t == NpyType::Float32 ? 4 : 1); }
 
@@ -48,91 +148,77 @@ void write_any(const std::string& path, const void* data, NpyType t, std::size_t
   head.push_back(static_cast<char>(hl & 0xFF));
   head.push_back(static_cast<char>(hl >> 8));
   head += dict;
-  write_file_atomically(path, {{head.data(), head.size()}, {data, rows * cols * elem_size(t)}});
+  const std::size_t n = checked_mul(checked_mul(rows, cols, "write_npy: shape"), elem_size(t), "write_npy: bytes");
+  write_file_atomically(path, {{head.data(), head.size()}, {data, n}});
 }
 
 }  // namespace
 
 NpyArray read_npy(const std::string& path) {
   auto bad = [&](const std::string& why) { return IoError("cannot read '" + path + "': " + why); };
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw bad(std::strerror(errno));
-  char magic[8];
-  if (!in.read(magic, 8)) throw bad("not a .npy file (too short)");
+  const InputFile in(path, ".npy file");  // regular files only; a FIFO does not block
+  if (in.size() < 10) throw bad("not a .npy file (too short)");
+  unsigned char magic[12];
+  in.read_at(0, magic, 8);
   if (std::memcmp(magic, "\x93NUMPY", 6) != 0) throw bad("not a .npy file (bad magic)");
-  const int major = static_cast<unsigned char>(magic[6]);
-  std::size_t header_len = 0;
+  const int major = magic[6];
+  std::size_t header_len = 0, pos = 0;
   if (major == 1) {
-    unsigned char b[2];
-    if (!in.read(reinterpret_cast<char*>(b), 2)) throw bad("truncated header");
-    header_len = b[0] | (std::size_t{b[1]} << 8);
+    in.read_at(8, magic + 8, 2);
+    header_len = magic[8] | (std::size_t{magic[9]} << 8);
+    pos = 10;
   } else if (major == 2 || major == 3) {
-    unsigned char b[4];
-    if (!in.read(reinterpret_cast<char*>(b), 4)) throw bad("truncated header");
-    header_len = b[0] | (std::size_t{b[1]} << 8) | (std::size_t{b[2]} << 16) | (std::size_t{b[3]} << 24);
+    if (in.size() < 12) throw bad("truncated header");
+    in.read_at(8, magic + 8, 4);
+    header_len = magic[8] | (std::size_t{magic[9]} << 8) | (std::size_t{magic[10]} << 16) | (std::size_t{magic[11]} << 24);
+    pos = 12;
   } else {
     throw bad(detail::concat("unsupported .npy format version ", major));
   }
   if (header_len > (1u << 20)) throw bad("header too long");
+  if (in.size() < pos + header_len) throw bad("truncated header");
   std::string header(header_len, '\0');
-  if (!in.read(header.data(), static_cast<std::streamsize>(header_len))) throw bad("truncated header");
+  in.read_at(pos, header.data(), header_len);
+  pos += header_len;
 
+  Header hd;
+  const std::string problem = HeaderParser(header).parse(hd);
+  if (!problem.empty()) throw bad(problem);
   NpyArray a;
-  std::size_t p = value_start(header, "descr");
-  if (p == std::string::npos || header[p] != '\'') throw bad("header has no 'descr'");
-  const std::size_t q = header.find('\'', p + 1);
-  if (q == std::string::npos) throw bad("header has no 'descr'");
-  const std::string d = header.substr(p + 1, q - p - 1);
+  a.path = path;
+  const std::string& d = hd.descr;
   if (d == "<f4") a.type = NpyType::Float32;
   else if (d == "<f8") a.type = NpyType::Float64;
   else if (d == "|i1" || d == "<i1" || d == "i1") a.type = NpyType::Int8;
   else throw bad("unsupported dtype '" + d + "' (supported: float32 '<f4', float64 '<f8', int8 '|i1')");
-  p = value_start(header, "fortran_order");
-  if (p == std::string::npos) throw bad("header has no 'fortran_order'");
-  if (header.compare(p, 4, "True") == 0) throw bad("Fortran-order arrays are not supported; save with numpy.ascontiguousarray");
-  if (header.compare(p, 5, "False") != 0) throw bad("header has an invalid 'fortran_order'");
-  p = value_start(header, "shape");
-  if (p == std::string::npos || header[p] != '(') throw bad("header has no 'shape'");
-  const std::size_t close = header.find(')', p);
-  if (close == std::string::npos) throw bad("header has an invalid 'shape'");
-  std::vector<std::size_t> shape;
-  std::size_t digits = 0;
-  std::size_t value = 0;
-  for (std::size_t i = p + 1; i <= close; ++i) {
-    const char ch = header[i];
-    if (ch >= '0' && ch <= '9') {
-      if (++digits > 15) throw bad("shape too large");
-      value = value * 10 + static_cast<std::size_t>(ch - '0');
-    } else if (ch == ',' || ch == ')') {
-      if (digits) shape.push_back(value);
-      else if (ch == ',') throw bad("header has an invalid 'shape'");
-      digits = 0;
-      value = 0;
-    } else if (ch != ' ' && ch != 'L') {
-      throw bad("header has an invalid 'shape'");
-    }
-  }
-  if (shape.size() == 1) {
+  if (hd.fortran) throw bad("Fortran-order arrays are not supported; save with numpy.ascontiguousarray");
+  if (hd.shape.size() == 1) {
     a.rows = 1;
-    a.cols = shape[0];
+    a.cols = hd.shape[0];
     a.was_1d = true;
-  } else if (shape.size() == 2) {
-    a.rows = shape[0];
-    a.cols = shape[1];
+  } else if (hd.shape.size() == 2) {
+    a.rows = hd.shape[0];
+    a.cols = hd.shape[1];
   } else {
-    throw bad(detail::concat("expected a 1-D or 2-D array, got ", shape.size(), " dimensions"));
+    throw bad(detail::concat("expected a 1-D or 2-D array, got ", hd.shape.size(), " dimensions"));
   }
   const std::size_t es = elem_size(a.type);
-  if (a.cols != 0 && a.rows > std::numeric_limits<std::size_t>::max() / a.cols / es) throw bad("shape too large");
-  const std::size_t n = a.rows * a.cols * es;
-  const auto data_start = in.tellg();
-  in.seekg(0, std::ios::end);
-  const auto end = in.tellg();
-  if (end - data_start < static_cast<std::streamoff>(n))
-    throw bad(detail::concat("truncated data: expected ", n, " bytes, file has ", end - data_start));
-  in.seekg(data_start);
-  a.bytes.resize(n);
-  if (n && !in.read(reinterpret_cast<char*>(a.bytes.data()), static_cast<std::streamsize>(n))) throw bad("read failed");
+  std::size_t n = 0;
+  if (__builtin_mul_overflow(a.rows, a.cols, &n) || __builtin_mul_overflow(n, es, &n))
+    throw bad(detail::concat("shape (", a.rows, ", ", a.cols, ") is too large"));
+  if (in.size() - pos < n)
+    throw bad(detail::concat("truncated data: expected ", n, " bytes, file has ", in.size() - pos));
+  try {
+    check_fits_in_memory(n, "the data");
+  } catch (const InvalidArgument& e) {
+    throw bad(e.what());
+  }
+  try {
+    a.bytes.resize(n);
+  } catch (const std::bad_alloc&) {
+    throw bad(detail::concat("out of memory reading ", n, " bytes of data"));
+  }
+  in.read_at(pos, a.bytes.data(), n);
   return a;
 }
 
@@ -146,6 +232,8 @@ std::vector<float> NpyArray::to_float32() const {
         double v;
         std::memcpy(&v, &bytes[8 * i], 8);
         out[i] = static_cast<float>(v);
+        ASSOCMEM_CHECK_ARG(!std::isfinite(v) || std::isfinite(out[i]), "'", path, "': row ", i / cols, " element ",
+                           i % cols, " = ", v, " does not fit in float32 (largest 3.4028e38)");
         break;
       }
       case NpyType::Int8: out[i] = static_cast<std::int8_t>(bytes[i]); break;

@@ -1,20 +1,26 @@
 // Internal: run fn(worker, begin, end) over [0, n) split into contiguous chunks, one per thread.
 // Exceptions from workers are captured and the first is re-thrown on the caller (hnswlib style).
+// A thread the system refuses to start (ulimit -u, address space) is not fatal: the threads already
+// started are joined and assocmem::Error is thrown.
 #pragma once
 
 #include <algorithm>
 #include <cstddef>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
+
+#include "assocmem/error.hpp"
+#include "assocmem/types.hpp"
 
 namespace assocmem::detail {
 
 inline int resolve_threads(int requested) {
-  if (requested > 0) return requested;
+  if (requested > 0) return std::min(requested, kMaxThreads);
   const unsigned hc = std::thread::hardware_concurrency();
-  return hc == 0 ? 1 : static_cast<int>(hc);
+  return hc == 0 ? 1 : static_cast<int>(std::min<unsigned>(hc, kMaxThreads));
 }
 
 template <class Fn>
@@ -37,9 +43,19 @@ void parallel_chunks(std::size_t n, int threads, Fn&& fn) {
       if (!error) error = std::current_exception();
     }
   };
-  for (std::size_t w = 1; w < workers; ++w) pool.emplace_back(run, w);
-  run(0);
+  std::string start_error;
+  for (std::size_t w = 1; w < workers; ++w) {
+    try {
+      pool.emplace_back(run, w);
+    } catch (const std::system_error& e) {
+      start_error = detail::concat("could not start worker thread ", w + 1, " of ", workers, ": ", e.what(),
+                                   "; ask for fewer threads");
+      break;
+    }
+  }
+  if (start_error.empty()) run(0);
   for (auto& t : pool) t.join();
+  if (!start_error.empty()) throw Error(start_error);
   if (error) std::rethrow_exception(error);
 }
 

@@ -14,6 +14,7 @@
 
 #include <xxhash.h>
 
+#include "assocmem/io.hpp"
 #include "assocmem/npy.hpp"
 
 namespace assocmem {
@@ -25,6 +26,14 @@ constexpr std::size_t kHeaderBytes = 72;
 constexpr std::size_t kPayloadOffset = 4096;
 
 std::size_t align8(std::size_t x) { return (x + 7) & ~std::size_t{7}; }
+
+// The limits of the file format, checked wherever a store gets its shape (constructor, append,
+// open), so that whatever can be written can be read back.
+void check_shape(std::uint64_t count, std::uint64_t dim, std::uint64_t row_bytes, const char* what) {
+  ASSOCMEM_CHECK_ARG(dim >= 1 && dim <= kMaxStoreDim, what, ": dim must be in [1, 2^40], got ", dim);
+  ASSOCMEM_CHECK_ARG(count <= kMaxStorePayload / (row_bytes + 8), what, ": ", count, " memories of dimension ", dim,
+                     " exceed the largest store (2^62 bytes)");
+}
 
 std::size_t row_bytes_for(std::size_t dim, DType t) {
   switch (t) {
@@ -49,6 +58,13 @@ T get(const std::uint8_t* p) {
 }
 
 }  // namespace
+
+Access parse_access(const std::string& name) {
+  if (name == "auto") return Access::Auto;
+  if (name == "copy") return Access::Copy;
+  if (name == "map") return Access::Map;
+  throw InvalidArgument("access must be one of auto, copy, map; got '" + name + "'");
+}
 
 DType parse_dtype(const std::string& name) {
   if (name == "float32" || name == "f32") return DType::Float32;
@@ -131,13 +147,15 @@ void RowBuffer::resize(std::size_t n) {
 struct MemoryStore::Mapping {
   void* base = MAP_FAILED;
   std::size_t length = 0;
+  int guard = -1;  // SIGBUS guard slot (assocmem/io.hpp)
   ~Mapping() {
+    detail::unguard_mapping(guard);
     if (base != MAP_FAILED) munmap(base, length);
   }
 };
 
 MemoryStore::MemoryStore(std::size_t dim, DType dtype) : dim_(dim), dtype_(dtype) {
-  ASSOCMEM_CHECK_ARG(dim >= 1, "dim must be >= 1, got ", dim);
+  ASSOCMEM_CHECK_ARG(dim >= 1 && dim <= kMaxStoreDim, "dim must be in [1, 2^40], got ", dim);
   ASSOCMEM_CHECK_ARG(dtype == DType::Float32 || dtype == DType::BFloat16 || dtype == DType::Bits,
                      "dtype: unknown value ", static_cast<std::uint32_t>(dtype));
   row_bytes_ = row_bytes_for(dim, dtype);
@@ -168,13 +186,19 @@ void MemoryStore::materialize() {
 void MemoryStore::append(const float* rows, std::size_t n, const std::uint64_t* ids) {
   if (n == 0) return;
   ASSOCMEM_CHECK_ARG(rows != nullptr, "append: rows is null");
-  for (std::size_t k = 0; k < n * dim_; ++k) {
+  check_shape(checked_add(count_, n, "append: memories"), dim_, row_bytes_, "append");
+  const std::size_t total = checked_mul(n, dim_, "append: rows x dim");
+  for (std::size_t k = 0; k < total; ++k) {
     ASSOCMEM_CHECK_ARG(std::isfinite(rows[k]), "append: pattern ", k / dim_, " element ", k % dim_,
                        " is NaN or Inf");
     if (dtype_ == DType::Bits)
       ASSOCMEM_CHECK_ARG(rows[k] == 1.0f || rows[k] == -1.0f, "append: pattern ", k / dim_, " element ", k % dim_,
                          " = ", rows[k], ": a bits store holds only +1 and -1");
+    if (dtype_ == DType::BFloat16)
+      ASSOCMEM_CHECK_ARG(std::isfinite(bf16_to_float(float_to_bf16(rows[k]))), "append: pattern ", k / dim_,
+                         " element ", k % dim_, " = ", rows[k], " overflows bfloat16 (largest finite 3.3895e38)");
   }
+  check_intact();
   materialize();
   const std::size_t old = count_;
   owned_rows_.resize((old + n) * row_bytes_);
@@ -236,11 +260,13 @@ void MemoryStore::export_npy(const std::string& path) const {
       decode_row(i, row.data());
       for (std::size_t j = 0; j < dim_; ++j) out[i * dim_ + j] = row[j] > 0 ? 1 : -1;
     }
+    check_intact();
     write_npy(path, out.data(), count_, dim_);
     return;
   }
   std::vector<float> out(count_ * dim_);
   for (std::size_t i = 0; i < count_; ++i) decode_row(i, &out[i * dim_]);
+  check_intact();
   write_npy(path, out.data(), count_, dim_);
 }
 
@@ -266,58 +292,19 @@ Matrix MemoryStore::to_matrix() const {
     decode_row(i, buf.data());
     for (std::size_t j = 0; j < dim_; ++j) m(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)) = buf[j];
   }
+  check_intact();
   return m;
 }
 
-// ------------------------------------------------------------------------------------------------
-void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts) {
-  const auto slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  std::string tmpl = path + ".tmp.XXXXXX";
-  std::vector<char> name(tmpl.begin(), tmpl.end());
-  name.push_back('\0');
-  const int fd = mkstemp(name.data());
-  if (fd < 0) throw IoError("cannot write '" + path + "': cannot create a temporary file in '" + dir + "': " + errno_text());
-  const std::string tmp(name.data());
-  auto fail = [&](const std::string& what) {
-    const std::string reason = errno_text();
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw IoError("cannot write '" + path + "': " + what + ": " + reason);
-  };
-  for (const auto& [ptr, len] : parts) {
-    const auto* p = static_cast<const char*>(ptr);
-    std::size_t left = len;
-    while (left > 0) {
-      const ssize_t w = ::write(fd, p, left);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        fail("write failed");
-      }
-      p += w;
-      left -= static_cast<std::size_t>(w);
-    }
-  }
-  if (::fchmod(fd, 0644) != 0) fail("fchmod failed");
-  if (::fsync(fd) != 0) fail("fsync failed");
-  if (::close(fd) != 0) {
-    const std::string reason = errno_text();
-    ::unlink(tmp.c_str());
-    throw IoError("cannot write '" + path + "': close failed: " + reason);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string reason = errno_text();
-    ::unlink(tmp.c_str());
-    throw IoError("cannot write '" + path + "': rename failed: " + reason);
-  }
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dfd >= 0) {  // make the rename durable; best effort
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+void MemoryStore::check_intact() const {
+  if (mapping_ && detail::mapping_faulted(mapping_->guard))
+    throw IoError("store '" + source_ +
+                  "' shrank while it was mapped (truncated or overwritten in place by another program); the data "
+                  "read from it is invalid. Open it again, or open with access=copy");
 }
 
 void MemoryStore::save(const std::string& path) const {
+  check_intact();
   const std::size_t rows_len = count_ * row_bytes_;
   const std::size_t pad = align8(rows_len) - rows_len;
   const std::size_t payload = align8(rows_len) + 8 * count_;
@@ -345,32 +332,22 @@ void MemoryStore::save(const std::string& path) const {
   write_file_atomically(path, {{header.data(), header.size()}, {rows_, rows_len}, {&zeros, pad}, {ids_, 8 * count_}});
 }
 
+namespace {
+std::size_t auto_copy_limit() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return std::size_t{1} << 30;
+  return static_cast<std::size_t>(pages) / 4 * static_cast<std::size_t>(page);
+}
+}  // namespace
+
 MemoryStore MemoryStore::open(const std::string& path, const OpenOptions& options) {
   auto bad = [&](const std::string& why) { return IoError("cannot open store '" + path + "': " + why); };
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) throw bad(errno_text());
-  struct stat sb {};
-  if (::fstat(fd, &sb) != 0) {
-    const std::string reason = errno_text();
-    ::close(fd);
-    throw bad(reason);
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    ::close(fd);
-    throw bad("not a regular file");
-  }
-  const auto file_size = static_cast<std::size_t>(sb.st_size);
-  if (file_size < kHeaderBytes) {
-    ::close(fd);
+  const InputFile file(path, "store");  // a regular file; FIFOs and devices are refused without blocking
+  const std::size_t file_size = file.size();
+  if (file_size < kHeaderBytes)
     throw bad(detail::concat("truncated: ", file_size, " bytes, shorter than the ", kHeaderBytes, "-byte header"));
-  }
-  auto mapping = std::make_unique<Mapping>();
-  mapping->base = ::mmap(nullptr, file_size, PROT_READ, MAP_SHARED, fd, 0);
-  const std::string map_err = errno_text();
-  ::close(fd);
-  if (mapping->base == MAP_FAILED) throw bad("mmap failed: " + map_err);
-  mapping->length = file_size;
-  const auto* h = static_cast<const std::uint8_t*>(mapping->base);
+  std::uint8_t h[kHeaderBytes];
+  file.read_at(0, h, kHeaderBytes);
 
   if (std::memcmp(h, kMagic, 8) != 0) throw bad("not an assocmem store (bad magic)");
   const auto version = get<std::uint32_t>(h + 8);
@@ -386,25 +363,94 @@ MemoryStore MemoryStore::open(const std::string& path, const OpenOptions& option
   const auto row_bytes = get<std::uint64_t>(h + 32);
   const auto offset = get<std::uint64_t>(h + 40);
   const auto payload = get<std::uint64_t>(h + 48);
-  if (dim == 0 || dim > (std::uint64_t{1} << 40)) throw bad(detail::concat("invalid dim ", dim));
+  if (dim == 0 || dim > kMaxStoreDim) throw bad(detail::concat("invalid dim ", dim));
   if (row_bytes != row_bytes_for(dim, dtype)) throw bad(detail::concat("row_bytes ", row_bytes, " does not match dim ", dim));
   if (offset != kPayloadOffset) throw bad(detail::concat("invalid payload offset ", offset));
-  const std::uint64_t max_count = (std::numeric_limits<std::uint64_t>::max() / 2) / (row_bytes + 8);
-  if (count > max_count) throw bad(detail::concat("invalid count ", count));
-  const std::uint64_t expected_payload = align8(count * row_bytes) + 8 * count;
+  if (count > kMaxStorePayload / (row_bytes + 8)) throw bad(detail::concat("invalid count ", count));
+  const std::uint64_t rows_len = count * row_bytes, rows_padded = align8(rows_len);
+  const std::uint64_t expected_payload = rows_padded + 8 * count;
   if (payload != expected_payload) throw bad(detail::concat("payload size ", payload, " does not match ", count, " rows"));
   if (file_size != offset + payload)
     throw bad(detail::concat(file_size < offset + payload ? "truncated" : "trailing bytes", ": file has ", file_size,
                              " bytes, the header says ", offset + payload));
-  if (options.verify_checksum && XXH64(h + offset, payload, 0) != get<std::uint64_t>(h + 56))
-    throw bad("payload checksum mismatch (the file is corrupted)");
 
   MemoryStore s(dim, dtype);
-  s.count_ = count;
-  s.rows_ = h + offset;
-  s.ids_ = reinterpret_cast<const std::uint64_t*>(h + offset + align8(count * row_bytes));
-  s.mapping_ = std::move(mapping);
+  s.source_ = path;
+  const bool map = options.access == Access::Map || (options.access == Access::Auto && payload > auto_copy_limit());
+  std::uint64_t hash = 0;
+  if (!map) {
+    // Read into private memory, hashing as we go: one pass over the file.
+    s.owned_rows_.resize(rows_len);
+    s.owned_ids_.resize(count);
+    XXH64_state_t* st = XXH64_createState();
+    if (!st) throw Error("open: out of memory");
+    XXH64_reset(st, 0);
+    constexpr std::size_t kChunk = std::size_t{32} << 20;
+    for (std::size_t done = 0; done < rows_len; done += kChunk) {
+      const std::size_t n = std::min(kChunk, rows_len - done);
+      try {
+        file.read_at(offset + done, s.owned_rows_.data() + done, n);
+      } catch (...) {
+        XXH64_freeState(st);
+        throw;
+      }
+      XXH64_update(st, s.owned_rows_.data() + done, n);
+    }
+    std::uint8_t pad[8] = {};
+    try {
+      file.read_at(offset + rows_len, pad, rows_padded - rows_len);
+      file.read_at(offset + rows_padded, s.owned_ids_.data(), 8 * count);
+    } catch (...) {
+      XXH64_freeState(st);
+      throw;
+    }
+    XXH64_update(st, pad, rows_padded - rows_len);
+    XXH64_update(st, s.owned_ids_.data(), 8 * count);
+    hash = XXH64_digest(st);
+    XXH64_freeState(st);
+    s.count_ = count;
+    s.refresh_pointers();
+  } else {
+    auto mapping = std::make_unique<Mapping>();
+    mapping->base = ::mmap(nullptr, file_size, PROT_READ, MAP_SHARED, file.fd(), 0);
+    if (mapping->base == MAP_FAILED) throw bad("mmap failed: " + errno_text());
+    mapping->length = file_size;
+    mapping->guard = detail::guard_mapping(mapping->base, file_size);
+    const auto* base = static_cast<const std::uint8_t*>(mapping->base);
+    if (options.verify_checksum) hash = XXH64(base + offset, payload, 0);
+    s.count_ = count;
+    s.rows_ = base + offset;
+    s.ids_ = reinterpret_cast<const std::uint64_t*>(base + offset + rows_padded);
+    s.mapping_ = std::move(mapping);
+    s.check_intact();
+  }
+  if (options.verify_checksum && hash != get<std::uint64_t>(h + 56))
+    throw bad("payload checksum mismatch (the file is corrupted)");
+  if (dtype == DType::Bits && dim % 64 != 0) {
+    // Bits past dim in each row's last word must be zero: the engine's popcounts would count them.
+    const std::uint64_t mask = ~std::uint64_t{0} << (dim % 64);
+    for (std::size_t i = 0; i < count; ++i)
+      if (get<std::uint64_t>(s.rows_ + i * row_bytes + row_bytes - 8) & mask)
+        throw bad(detail::concat("memory ", i, " has nonzero padding bits past dim ", dim, " (the file is corrupted)"));
+    s.check_intact();
+  }
   return s;
+}
+
+std::size_t MemoryStore::append_to_file(const std::string& path, const float* rows, std::size_t n, std::size_t dim,
+                                        DType dtype_if_new, bool require_dtype) {
+  const FolderLock lock(path);  // held from the read to the rename: concurrent appends serialise
+  struct stat sb {};
+  const std::string target = resolve_output(path);
+  const bool exists = ::stat(target.c_str(), &sb) == 0;
+  MemoryStore s = exists ? open(path, {true, Access::Copy}) : MemoryStore(dim, dtype_if_new);
+  ASSOCMEM_CHECK_ARG(s.dim() == dim, "append: the patterns have dimension ", dim, " but store '", path, "' has ",
+                     s.dim());
+  ASSOCMEM_CHECK_ARG(!require_dtype || s.dtype() == dtype_if_new, "append: dtype ", to_string(dtype_if_new),
+                     " was asked for but store '", path, "' holds ", to_string(s.dtype()));
+  s.append(rows, n);
+  s.save(path);
+  return s.size();
 }
 
 }  // namespace assocmem

@@ -4,8 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "assocmem/error.hpp"
 #include "assocmem/types.hpp"
@@ -43,6 +48,31 @@ inline Vector flip_bits(Vector s, int count, std::mt19937_64& rng) {
   std::shuffle(idx.begin(), idx.end(), rng);
   for (int k = 0; k < count; ++k) s[idx[static_cast<size_t>(k)]] *= -1.0;
   return s;
+}
+
+/// A fresh folder under the temporary directory, removed with its contents.
+class TempDir {
+ public:
+  TempDir() {
+    std::string t = (std::filesystem::temp_directory_path() / "assocmem_test_XXXXXX").string();
+    path_ = mkdtemp(t.data());
+  }
+  ~TempDir() { std::filesystem::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
+
+ private:
+  std::string path_;
+};
+
+inline std::vector<char> read_all(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+inline void write_all(const std::string& p, const std::vector<char>& b) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(b.data(), static_cast<std::streamsize>(b.size()));
 }
 
 }  // namespace assocmem::testing

@@ -161,6 +161,10 @@ namespace numerics {
 double log_sum_exp(const Vector& x);
 /// softmax(x) into out, stable (subtracts the maximum).
 void softmax(const Vector& x, Vector& out);
+/// log(sum_i exp(beta x_i)) / beta and softmax(beta x), shifted before scaling: no overflow for any
+/// finite beta and x (beta x beyond the double range included).
+double log_sum_exp_scaled(double beta, const Vector& x);
+void softmax_scaled(double beta, const Vector& x, Vector& out);
 /// log(cosh(x)), stable for large |x|.
 double log_cosh(double x);
 /// log(1 + exp(x)), stable for large |x|.

@@ -21,14 +21,17 @@ struct NpyArray {
   NpyType type = NpyType::Float32;
   std::size_t rows = 0, cols = 0;
   bool was_1d = false;
+  std::string path;                 ///< the file it was read from (for messages)
   std::vector<std::uint8_t> bytes;  ///< rows * cols elements, C order
 
-  /// The values converted to float32 / double (row-major).
+  /// The values converted to float32 / double (row-major). to_float32 throws InvalidArgument for a
+  /// finite float64 that overflows float32 (naming the file, row and element).
   std::vector<float> to_float32() const;
   Matrix to_matrix() const;
 };
 
-/// Throws IoError (unreadable file, not a .npy, unsupported dtype or order, truncated).
+/// Throws IoError (unreadable or special file, not a .npy, malformed header, unsupported dtype or
+/// order, truncated, larger than memory).
 NpyArray read_npy(const std::string& path);
 
 /// Writes a rows x cols C-order array atomically.

@@ -16,9 +16,15 @@
 //   64..71        uint64 XXH64 (seed 0) of bytes 0..63
 //   ...           zero up to the payload offset
 //   payload       K rows of row_bytes, zero padding to a multiple of 8 bytes, then K uint64 ids
-// Saving writes a temporary file in the same folder, fsyncs it and renames it over the target, so a
-// crash at any moment leaves either the old file or the new one. Opening maps the file read-only
-// (a store larger than RAM works); appending to an opened store first copies it into memory.
+// Saving goes through write_file_atomically (assocmem/io.hpp): a crash at any moment leaves either
+// the old file or the new one, concurrent writers serialise on the folder lock, and append_to_file
+// holds that lock from the read to the rename so that no append is lost.
+// Opening reads the file into memory (so a file changed or truncated afterwards cannot disturb the
+// reader) or, for stores larger than a quarter of the RAM or when asked, maps it read-only; a mapped
+// store whose file shrinks does not crash the process: check_intact() (called by the engines after
+// every pass) throws IoError. The padding bits of a bits store are verified zero on open.
+// Limits (checked when a store is made, appended to or opened, so that whatever is written can be
+// read back): 1 <= dim <= 2^40 and count * (row_bytes + 8) <= 2^62 bytes.
 #pragma once
 
 #include <cstddef>
@@ -28,6 +34,7 @@
 #include <vector>
 
 #include "assocmem/error.hpp"
+#include "assocmem/io.hpp"
 #include "assocmem/types.hpp"
 
 namespace assocmem {
@@ -65,9 +72,23 @@ std::string to_string(DType t);
 std::uint16_t float_to_bf16(float x);
 float bf16_to_float(std::uint16_t b);
 
+/// How an opened store holds its memories.
+enum class Access {
+  Auto,  ///< Copy when the payload is at most a quarter of the physical memory, Map otherwise
+  Copy,  ///< read into private memory: later changes to the file cannot affect this store
+  Map    ///< map read-only (stores larger than RAM); a shrinking file makes check_intact() throw
+};
+/// "auto", "copy", "map"; throws InvalidArgument otherwise.
+Access parse_access(const std::string& name);
+
 struct OpenOptions {
   bool verify_checksum = true;  ///< hash the whole payload on open (reads the file once)
+  Access access = Access::Auto;
 };
+
+/// The largest dimension and payload a store may have (see the file format above).
+inline constexpr std::uint64_t kMaxStoreDim = std::uint64_t{1} << 40;
+inline constexpr std::uint64_t kMaxStorePayload = std::uint64_t{1} << 62;
 
 class MemoryStore {
  public:
@@ -101,11 +122,24 @@ class MemoryStore {
   /// Writes the store atomically to path. Throws IoError naming the file.
   void save(const std::string& path) const;
 
+  /// Appends n rows (n x dim float32) to the store file at `path` under the folder lock, creating it
+  /// with `dtype_if_new` when it does not exist. `dtype` (optional, 0 = any) must match an existing
+  /// store's. Concurrent appenders serialise: every call that returns is in the file. Returns the
+  /// new number of memories.
+  static std::size_t append_to_file(const std::string& path, const float* rows, std::size_t n, std::size_t dim,
+                                    DType dtype_if_new, bool require_dtype = false);
+
+  /// Throws IoError when the file of a mapped store shrank while it was mapped (the data read since
+  /// is invalid). A no-op for stores in memory.
+  void check_intact() const;
+  /// The file this store was opened from ("" for a store built in memory).
+  const std::string& source() const { return source_; }
+
   std::size_t size() const { return count_; }
   std::size_t dim() const { return dim_; }
   DType dtype() const { return dtype_; }
   std::size_t row_bytes() const { return row_bytes_; }
-  /// True when the rows live in a read-only mapping of a file.
+  /// True when the rows live in a read-only mapping of a file (Access::Map).
   bool mapped() const { return mapping_ != nullptr; }
 
   /// Raw row-major storage: size() rows of row_bytes() bytes.
@@ -132,9 +166,7 @@ class MemoryStore {
   std::unique_ptr<Mapping> mapping_;
   const std::uint8_t* rows_ = nullptr;
   const std::uint64_t* ids_ = nullptr;
+  std::string source_;
 };
-
-/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename, fsync folder).
-void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts);
 
 }  // namespace assocmem

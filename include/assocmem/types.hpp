@@ -11,4 +11,9 @@ namespace assocmem {
 using Vector = Eigen::VectorXd;
 using Matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+/// The most worker threads any call accepts (threads = 0 means all hardware threads). Larger counts
+/// are refused with InvalidArgument; a thread the system cannot start raises assocmem::Error after
+/// the started ones are joined.
+inline constexpr int kMaxThreads = 1024;
+
 }  // namespace assocmem

@@ -418,7 +418,9 @@ float exp_shift_sum(const float* s, std::size_t n, float beta, float mx, float* 
   const __m512 b = _mm512_set1_ps(beta), mv = _mm512_set1_ps(mx);
   for (std::size_t i = 0; i < n; i += 16) {
     const __mmask16 k = tail_mask(n - i);
-    const __m512 e = exp512(_mm512_fmsub_ps(b, _mm512_maskz_loadu_ps(k, s + i), mv));
+    // beta*s rounded first, then the shift: the maximum gives exactly 0 (an FMA would keep the
+    // rounding error of beta*s, ~1e24 at beta*s = 1e31), as scaled_max and the generic kernel do.
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_mul_ps(b, _mm512_maskz_loadu_ps(k, s + i)), mv));
     _mm512_mask_storeu_ps(p + i, k, e);
     sum = _mm512_mask_add_ps(sum, k, sum, e);
   }
