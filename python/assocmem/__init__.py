@@ -28,12 +28,13 @@ from ._core import (  # noqa: F401  (re-exported)
     default_cjk_font,
     lagrangians,
     render_glyphs,
+    write_file,
 )
 
 __all__ = [
     "ModelA", "ModelB", "ModelC", "DenseAssociativeMemory", "ModernHopfield", "SphericalMemory",
     "Network", "Trajectory", "Retrieval", "MemoryStore", "lagrangians", "SolverError",
-    "render_glyphs", "default_cjk_font", "plot",
+    "render_glyphs", "default_cjk_font", "write_file", "plot",
 ]
 __version__ = "0.1.0"
 

@@ -14,12 +14,25 @@ if os.environ.get("MPLBACKEND") is None:
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["energy", "mosaic", "capacity"]
+__all__ = ["energy", "mosaic", "capacity", "save_figure"]
+
+
+def save_figure(fig, path, dpi=110, **kwargs):
+    """Saves a figure through assocmem.write_file (atomic, no devices or FIFOs, modes kept); the
+    format follows the extension (default png)."""
+    import io
+    import os
+
+    from . import _core
+    fmt = os.path.splitext(str(path))[1].lstrip(".").lower() or "png"
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi, **kwargs)
+    _core.write_file(str(path), buf.getvalue())
 
 
 def _finish(fig, path):
     if path is not None:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        save_figure(fig, path, bbox_inches="tight")
     return fig
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 import assocmem as am
 from assocmem import capacity as cap
+from assocmem import plot
 
 
 def _fmt(x, d=3):
@@ -36,7 +37,6 @@ def kh_table(lines, quick):
 
 
 def classical(lines, out, quick):
-    import assocmem.plot as plot
     N = 500
     loads = [0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.138, 0.16, 0.2]
     rec, err = [], []
@@ -66,7 +66,6 @@ def classical(lines, out, quick):
 
 
 def kmax_trend(lines, out, quick):
-    import assocmem.plot as plot
     import matplotlib.pyplot as plt
     sets = {2: [64, 128, 256, 512], 3: [32, 64, 128], 4: [20, 30, 45, 60]}
     if quick:
@@ -95,7 +94,7 @@ def kmax_trend(lines, out, quick):
     ax.set_ylabel("K")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    fig.savefig(os.path.join(out, "results", "kmax.png"), dpi=110, bbox_inches="tight")
+    plot.save_figure(fig, os.path.join(out, "results", "kmax.png"), bbox_inches="tight")
     plt.close(fig)
     agree = all(abs(a - b) <= 0.3 for _, a, b in slopes)
     lines += ["", "![K_max](results/kmax.png)", "", "Log-log slopes (measured vs eq. 6): " +
@@ -148,7 +147,7 @@ def demircigil(lines, out, quick):
     ax.set_ylabel("K recalled (90%)")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.savefig(os.path.join(out, "results", "demircigil.png"), dpi=110, bbox_inches="tight")
+    plot.save_figure(fig, os.path.join(out, "results", "demircigil.png"), bbox_inches="tight")
     plt.close(fig)
     trend = grows and fitted[0] > fitted[1] > 0
     lines += ["", "![Demircigil](results/demircigil.png)", "",
@@ -160,7 +159,6 @@ def demircigil(lines, out, quick):
 
 
 def hidden_bound(lines, out):
-    import assocmem.plot as plot
     import matplotlib.pyplot as plt
     K = 200
     hs = [25, 50, 100, 150, 200]
@@ -223,7 +221,7 @@ def ramsauer(lines, out):
     ax.set_ylabel("effective number of patterns 1/sum p^2")
     ax.set_title("Fixed points: global average -> metastable -> single")
     ax.grid(alpha=0.3)
-    fig.savefig(os.path.join(out, "results", "ramsauer_regimes.png"), dpi=110, bbox_inches="tight")
+    plot.save_figure(fig, os.path.join(out, "results", "ramsauer_regimes.png"), bbox_inches="tight")
     plt.close(fig)
     regimes = neff[0] > 0.9 * clusters * per and neff[-1] < 1.1 and any(0.7 * per <= x <= 1.3 * per for x in neff)
     lines += ["## Ramsauer et al. 2020", "",
@@ -268,7 +266,6 @@ def models_bc(lines, quick):
 
 def section4(lines, out, quick):
     from assocmem.demos import colour, immune, kanji
-    import assocmem.plot as plot
     import matplotlib.pyplot as plt
     r = immune.run(count=100_000 if not quick else 20000, queries=1000)
     lines += ["## Section 4: immune-repertoire scale", "",
@@ -346,9 +343,7 @@ def main(argv=None):
     lines += ["---", f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} in "
               f"{time.perf_counter() - t0:.0f} s{' (quick)' if a.quick else ''}.", ""]
     path = os.path.join(a.out, "results.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines))
-    os.replace(path + ".tmp", path)
+    am.write_file(path, "\n".join(lines).encode())
     print(f"wrote {path}")
     return 0
 

@@ -17,6 +17,7 @@
 #include "assocmem/engine.hpp"
 #include "assocmem/glyphs.hpp"
 #include "assocmem/models.hpp"
+#include "assocmem/io.hpp"
 #include "assocmem/store.hpp"
 
 namespace py = pybind11;
@@ -482,17 +483,34 @@ PYBIND11_MODULE(_core, m) {
   // Memory store ------------------------------------------------------------------------------
   py::class_<MemoryStore>(m, "MemoryStore",
                           "K memories of dimension d (float32, bfloat16 or packed bits) with ids; saved atomically "
-                          "in a checksummed file and opened by memory mapping.")
+                          "in a checksummed file; opened into memory or by memory mapping.")
       .def(py::init<std::size_t, DType>(), py::arg("dim"), py::arg("dtype"))
       .def(py::init([](std::size_t dim, const std::string& dtype) { return MemoryStore(dim, parse_dtype(dtype)); }),
            py::arg("dim"), py::arg("dtype") = "float32", "An empty store; dtype 'float32', 'bfloat16' or 'bits'.")
-      .def_static("open", [](const std::string& path, bool verify) {
+      .def_static("open", [](const std::string& path, bool verify, const std::string& access) {
                     OpenOptions o;
                     o.verify_checksum = verify;
+                    o.access = parse_access(access);
+                    py::gil_scoped_release release;
                     return MemoryStore::open(path, o);
                   },
-                  py::arg("path"), py::arg("verify_checksum") = true,
-                  "Opens a saved store (memory-mapped). Raises OSError naming the file and the problem.")
+                  py::arg("path"), py::arg("verify_checksum") = true, py::arg("access") = "auto",
+                  "Opens a saved store. access: 'copy' reads it into memory (later changes to the file cannot "
+                  "affect it), 'map' maps it read-only (stores larger than RAM; if the file shrinks meanwhile, "
+                  "reads raise OSError), 'auto' copies stores up to a quarter of the RAM. Raises OSError naming "
+                  "the file and the problem.")
+      .def_static("append_to_file",
+                  [](const std::string& path, const F32& rows, std::optional<std::string> dtype) {
+                    const auto last = rows.ndim() >= 1 ? static_cast<std::size_t>(rows.shape(rows.ndim() - 1)) : 0;
+                    const Batch b = batch_in(rows, last, "patterns");
+                    py::gil_scoped_release release;
+                    return MemoryStore::append_to_file(path, b.arr.data(), b.rows, b.cols,
+                                                       dtype ? parse_dtype(*dtype) : DType::Float32, dtype.has_value());
+                  },
+                  py::arg("path"), py::arg("patterns"), py::arg("dtype") = py::none(),
+                  "Appends patterns ((d,) or (n, d)) to the store file at path, creating it when absent (dtype "
+                  "default 'float32'; if given, it must match an existing store's). Holds the folder lock from "
+                  "the read to the rename, so concurrent appenders never lose an append. Returns the new count.")
       .def("append",
            [](MemoryStore& s, const F32& rows, std::optional<py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>> ids) {
              const Batch b = batch_in(rows, s.dim(), "patterns");
@@ -508,6 +526,7 @@ PYBIND11_MODULE(_core, m) {
            [](const MemoryStore& s) {
              std::vector<float> out(s.size() * s.dim());
              for (std::size_t i = 0; i < s.size(); ++i) s.decode_row(i, &out[i * s.dim()]);
+             s.check_intact();  // a mapped file that shrank meanwhile: OSError, not garbage
              return to_numpy(std::move(out), {static_cast<py::ssize_t>(s.size()), static_cast<py::ssize_t>(s.dim())});
            },
            "The memories as a (K, d) float32 array (bits decode to +-1).")
@@ -622,5 +641,15 @@ PYBIND11_MODULE(_core, m) {
         "Renders the first `count` characters from `first` (U+4E00: CJK ideographs) that the font has, as "
         "(codepoints, images) with images of shape (count, size, size), +1 ink / -1 background. font='' uses "
         "Debian's IPA Gothic (fonts-ipafont-gothic).");
+  m.def("write_file",
+        [](const std::string& path, const py::bytes& data) {
+          const std::string bytes = data;
+          py::gil_scoped_release release;
+          write_file_atomically(path, {{bytes.data(), bytes.size()}});
+        },
+        py::arg("path"), py::arg("data"),
+        "Writes bytes to path the way every assocmem output is written (docs/reliability.md): atomically "
+        "under the folder lock, through symbolic links, never over a device or FIFO, keeping the mode of a "
+        "replaced file. Raises OSError naming the path.");
   m.def("default_cjk_font", &default_cjk_font, "Path of Debian's IPA Gothic font, or '' when it is not installed.");
 }

@@ -168,8 +168,9 @@ def test_memory_store_round_trip_and_errors(tmp_path):
     s.append(X[:10], ids=np.arange(100, 110))
     s.append(X[10:])
     s.save(str(tmp_path / "m.amem"))
-    o = am.MemoryStore.open(str(tmp_path / "m.amem"))
+    o = am.MemoryStore.open(str(tmp_path / "m.amem"), access="map")
     assert len(o) == 20 and o.dim == 7 and o.dtype == "bfloat16" and o.mapped
+    assert not am.MemoryStore.open(str(tmp_path / "m.amem")).mapped  # small stores are read into memory
     np.testing.assert_array_equal(o.ids[:3], [100, 101, 102])
     np.testing.assert_allclose(o.to_array(), X, rtol=1 / 128)
     data = (tmp_path / "m.amem").read_bytes()

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 import assocmem as am
+from assocmem.demos import float_in, int_in, run_main
 
 RGB_TXT = "/usr/share/X11/rgb.txt"
 
@@ -82,9 +83,9 @@ def run(sigma=0.002, queries=1000, seed=0, sizes=(10, 20, 50, 100), betas=(1e2, 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="assocmem demo colour", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sigma", type=float, default=0.002, help="cue noise (RGB units in [0, 1])")
-    ap.add_argument("--queries", type=int, default=1000)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sigma", type=float_in(0.0, 10.0), default=0.002, help="cue noise (RGB units in [0, 1])")
+    ap.add_argument("--queries", type=int_in(1, 10**7), default=1000)
+    ap.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     res = run(sigma=a.sigma, queries=a.queries, seed=a.seed)
@@ -99,4 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 import assocmem as am
+from assocmem.demos import float_in, int_in, run_main
 
 
 def run(count=100_000, dim=32, queries=2000, noise=0.3, betas=(1, 4, 16, 32, 64, 128, 256), seed=0, dtype="float32"):
@@ -45,10 +46,10 @@ def run(count=100_000, dim=32, queries=2000, noise=0.3, betas=(1, 4, 16, 32, 64,
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="assocmem demo immune", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=2000)
-    ap.add_argument("--noise", type=float, default=0.3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--count", type=int_in(1, 10**8), default=100_000)
+    ap.add_argument("--queries", type=int_in(1, 10**7), default=2000)
+    ap.add_argument("--noise", type=float_in(0.0, 100.0), default=0.3)
+    ap.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     if a.count < 1 or a.queries < 1 or a.queries > a.count:
@@ -66,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

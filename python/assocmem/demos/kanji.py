@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 import assocmem as am
+from assocmem.demos import int_in, run_main
 
 SIZE = 64
 N = SIZE * SIZE
@@ -166,7 +167,7 @@ def _report(out, P, examples, classical, rows, result, B, A, half_b, half_a, vis
                 title="Model A, F = exp: -log(-E), E of eq. (8)")
     axes[1].set_ylabel("-log(-E)")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "energy.png"), dpi=110)
+    plot.save_figure(fig, os.path.join(out, "energy.png"))
     plt.close("all")
     if classical:
         plot.capacity([k for k, _ in classical], {"classical network (n = 2)": [r for _, r in classical]},
@@ -192,17 +193,16 @@ def _report(out, P, examples, classical, rows, result, B, A, half_b, half_a, vis
     if classical:
         lines += ["## The classical network against K", "", "![classical](classical.png)", ""]
     path = os.path.join(out, "index.md")
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    am.write_file(path, "\n".join(lines).encode())
     return os.path.abspath(path)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="assocmem demo kanji", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--count", type=int, default=3000, help="glyphs to store (default 3000)")
+    ap.add_argument("--count", type=int_in(1, 100_000), default=3000, help="glyphs to store (default 3000)")
     ap.add_argument("--out", default="assocmem-kanji-report", help="report folder (default ./assocmem-kanji-report)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random cues")
+    ap.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="seed of the random cues")
     ap.add_argument("--no-report", action="store_true", help="print the table only")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args(argv)
@@ -223,4 +223,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
