@@ -1,0 +1,382 @@
+"""Nothing lost, nothing crashes (issue 8, docs/reliability.md): the command and the module run as a
+careless or hostile user would run them. Crashes are observed as subprocesses (a negative return
+code is a signal)."""
+import json
+import os
+import random
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import assocmem as am
+
+
+def run(cli, *args, timeout=120, **kw):
+    return subprocess.run([cli, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def bad(r, *needles):
+    """Exit 2 with one line on stderr naming the problem."""
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("assocmem: error:"), r.stderr
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)
+
+
+@pytest.fixture()
+def d(tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((50, 8)).astype(np.float32)
+    np.save(tmp_path / "p.npy", X)
+    np.save(tmp_path / "q.npy", X[:3])
+    return tmp_path
+
+
+def make_store(cli, d, name="m.amem", *extra):
+    r = run(cli, "store", d / "p.npy", d / name, *extra)
+    assert r.returncode == 0, r.stderr
+    return d / name
+
+
+# ---- 1, 13, 14: numbers ----------------------------------------------------------------------------
+@pytest.mark.parametrize("args, needle", [
+    (["--N", "100", "--values", "nan"], "--values"),
+    (["--N", "100", "--values", "2.7"], "whole number"),
+    (["--N", "100", "--values", "-5"], "whole number"),
+    (["--N", "100", "--sweep", "beta", "--model", "B", "--values", "nan"], "beta"),
+    (["--bisect", "-1", "--K-range", "2", "10"], "--bisect"),
+    (["--bisect", "nan", "--K-range", "2", "10"], "--bisect"),
+    (["--bisect", "0.9", "--K-range", "10", "2"], "--K-range"),
+    (["--N", "-3"], "--N"),
+    (["--trials", "-1"], "--trials"),
+    (["--threads", "10000"], "threads"),
+    (["--N", "4", "--values", "4611686018427387904"], "whole number"),
+    (["--N", "1000000", "--values", "1000000"], "memory"),
+])
+def test_capacity_numbers_give_clear_errors(cli, args, needle):
+    bad(run(cli, "capacity", *args), needle)
+
+
+def test_recall_numbers_give_clear_errors(cli, d):
+    m = make_store(cli, d)
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--top-k", "-1"), "--top-k")
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--threads", "10000"), "threads")
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--beta", "1e38"), "beta")
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--beta", "nan"), "beta")
+    np.save(d / "huge.npy", np.full((4, 8), 3e38, np.float32))
+    for kernel in ("generic", "auto"):
+        bad(run(cli, "recall", m, d / "huge.npy", d / "o.npy", "--kernel", kernel), "queries: row 0")
+    # A top-k above K reports K memories, none padded.
+    r = run(cli, "recall", m, d / "q.npy", d / "o.npy", "--top-k", "1000", "--details", d / "det.json")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((d / "det.json").read_text())["results"][0]["top_ids"]) == 50
+
+
+def test_huge_beta_recalls_the_nearest_memory(cli, d):
+    m = make_store(cli, d)
+    r = run(cli, "recall", m, d / "q.npy", d / "o.npy", "--beta", "1e31")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(d / "o.npy"), np.load(d / "q.npy"), atol=1e-6)
+
+
+def test_store_values_that_do_not_fit(cli, d):
+    np.save(d / "big.npy", np.array([[3.4e38, 1.0]], np.float32))
+    bad(run(cli, "store", d / "big.npy", d / "b.amem", "--dtype", "bfloat16"), "overflows bfloat16")
+    assert not (d / "b.amem").exists()
+    np.save(d / "f64.npy", np.array([[1e300, 1.0]]))
+    bad(run(cli, "store", d / "f64.npy", d / "b.amem"), "does not fit in float32")
+    np.save(d / "nan.npy", np.array([[np.nan, 1.0]], np.float32))
+    bad(run(cli, "store", d / "nan.npy", d / "b.amem", "--normalize", "sign"), "NaN")
+    np.save(d / "wide.npy", np.zeros((0, 10**15), np.float32))
+    bad(run(cli, "store", d / "wide.npy", d / "b.amem"), "dim")
+
+
+def test_append_with_another_dtype_is_refused(cli, d):
+    m = make_store(cli, d)
+    before = m.read_bytes()
+    bad(run(cli, "store", d / "p.npy", m, "--append", "--dtype", "bits", "--normalize", "sign"), "float32")
+    assert m.read_bytes() == before
+    r = run(cli, "store", d / "p.npy", m, "--append", "--json")  # no --dtype: the store's own
+    assert r.returncode == 0 and json.loads(r.stdout)["count"] == 100
+
+
+def test_npy_header_is_parsed_strictly(cli, d):
+    good = (d / "p.npy").read_bytes()
+    hacked = good.replace(b"'shape': (50, 8)", b"'shape': (5 0, 8)")
+    assert hacked != good
+    (d / "h.npy").write_bytes(hacked)
+    bad(run(cli, "store", d / "h.npy", d / "x.amem"), "shape")
+    hacked = good.replace(b"'fortran_order': False", b"'fortran_order': Falsey")
+    (d / "h.npy").write_bytes(hacked)
+    bad(run(cli, "store", d / "h.npy", d / "x.amem"), "fortran_order")
+
+
+def test_simulate_refuses_unknown_keys_and_catches_blow_up(cli, d):
+    np.save(d / "xi.npy", np.random.default_rng(1).standard_normal((5, 4)))
+    cfg = {"xi": "xi.npy", "feature": {"name": "identity"}, "hidden": {"name": "log_sum_exp"}, "v0": [1, 0, 0, 0]}
+    (d / "c.json").write_text(json.dumps({**cfg, "t_edn": 5}))
+    bad(run(cli, "simulate", d / "c.json"), "t_edn")
+    (d / "c.json").write_text(json.dumps({**cfg, "feature": {"name": "identity", "bta": 2}}))
+    bad(run(cli, "simulate", d / "c.json"), "bta")
+    (d / "c.json").write_text(json.dumps({**cfg, "method": "euler", "dt": 10, "t_end": 1000}))
+    r = run(cli, "simulate", d / "c.json", "-o", d / "t.csv")
+    assert r.returncode == 1 and "energy" in r.stderr and not (d / "t.csv").exists(), r.stderr
+    (d / "c.json").write_text(json.dumps({**cfg, "hidden": {"name": "power", "n": 1e300}}))
+    r = run(cli, "simulate", d / "c.json")
+    assert r.returncode in (1, 2) and "assocmem:" in r.stderr, r.stderr
+
+
+def test_json_errors_are_json(cli, d):
+    r = run(cli, "--json", "recall", d / "missing.amem", d / "q.npy", d / "o.npy")
+    assert r.returncode == 2
+    assert "missing.amem" in json.loads(r.stdout)["error"]
+    r = run(cli, "capacity", "--json", "--values", "nan")
+    assert r.returncode == 2 and json.loads(r.stdout)["exit_code"] == 2
+
+
+def test_paths_errors_exit_2_naming_the_path(cli, d):
+    make_store(cli, d)
+    os.symlink(d / "loop2", d / "loop1")
+    os.symlink(d / "loop1", d / "loop2")
+    bad(run(cli, "recall", d / "loop1", d / "q.npy", d / "o.npy"), "loop1")
+    bad(run(cli, "recall", d / "m.amem", d / "q.npy", d / "loop1"), "loop1")
+    bad(run(cli, "store", d / "p.npy", d / "no-such-folder" / "x.amem"), "no-such-folder")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
+def test_permission_denied_exits_2(cli, d):
+    make_store(cli, d)
+    os.chmod(d / "m.amem", 0)
+    os.chmod(d, 0o777)
+    r = run(cli, "recall", d / "m.amem", d / "q.npy", d / "o.npy", preexec_fn=lambda: os.setuid(65534))
+    bad(r, "m.amem", "Permission denied")
+
+
+@pytest.mark.parametrize("demo, args", [("immune", ["--noise", "nan"]), ("immune", ["--queries", "-1"]),
+                                        ("colour", ["--sigma", "inf"]), ("kanji", ["--count", "0"])])
+def test_demos_refuse_bad_options_without_traceback(cli, demo, args):
+    r = run(cli, "demo", demo, *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "error" in r.stderr, r.stderr
+
+
+# ---- 5, 6, 7, 9: output paths -------------------------------------------------------------------------
+def test_an_output_that_is_an_input_is_refused(cli, d):
+    m = make_store(cli, d)
+    before = m.read_bytes()
+    bad(run(cli, "recall", m, d / "q.npy", m), "same file")
+    os.link(m, d / "hard.amem")
+    bad(run(cli, "recall", m, d / "q.npy", d / "hard.amem"), "same file")
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--details", d / "o.npy"), "same file")
+    bad(run(cli, "recall", m, d / "q.npy", d / "q.npy"), "same file")
+    p = (d / "p.npy").read_bytes()
+    bad(run(cli, "store", d / "p.npy", d / "p.npy"), "same file")
+    assert m.read_bytes() == before and (d / "p.npy").read_bytes() == p
+
+
+def test_special_files_are_refused_and_not_replaced(cli, d):
+    m = make_store(cli, d)
+    fifo = d / "fifo"
+    os.mkfifo(fifo)
+    t0 = time.time()
+    bad(run(cli, "recall", fifo, d / "q.npy", d / "o.npy", timeout=20), "FIFO")
+    bad(run(cli, "recall", m, fifo, d / "o.npy", timeout=20), "FIFO")
+    bad(run(cli, "recall", m, d / "q.npy", fifo, timeout=20), "FIFO")
+    bad(run(cli, "simulate", fifo, timeout=20), "FIFO")
+    assert time.time() - t0 < 20 and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    bad(run(cli, "recall", m, d / "q.npy", d), "directory")
+    if os.geteuid() == 0:  # as root a regular-file write would replace the device
+        for dev in ("/dev/null", "/dev/zero"):
+            bad(run(cli, "recall", m, d / "q.npy", dev), "character device")
+            assert stat.S_ISCHR(os.stat(dev).st_mode)
+
+
+def test_symlinks_are_written_through(cli, d):
+    m = make_store(cli, d)
+    (d / "real").mkdir()
+    shutil.move(m, d / "real" / "m.amem")
+    os.symlink("real/m.amem", d / "link.amem")
+    r = run(cli, "store", d / "p.npy", d / "link.amem", "--append")
+    assert r.returncode == 0, r.stderr
+    assert os.path.islink(d / "link.amem")
+    assert len(am.MemoryStore.open(str(d / "real" / "m.amem"))) == 100
+    os.symlink(d / "real" / "out.npy", d / "out-link.npy")
+    assert run(cli, "recall", d / "link.amem", d / "q.npy", d / "out-link.npy").returncode == 0
+    assert os.path.islink(d / "out-link.npy") and (d / "real" / "out.npy").is_file()
+
+
+def test_modes_follow_the_umask_and_are_kept(cli, d):
+    m = make_store(cli, d)
+    os.chmod(m, 0o600)
+    assert run(cli, "store", d / "p.npy", m, "--append").returncode == 0
+    assert stat.S_IMODE(os.stat(m).st_mode) == 0o600
+    r = run(cli, "recall", m, d / "q.npy", d / "o.npy", preexec_fn=lambda: os.umask(0o077))
+    assert r.returncode == 0 and stat.S_IMODE(os.stat(d / "o.npy").st_mode) == 0o600
+    r = run(cli, "store", d / "p.npy", d / "n.amem", preexec_fn=lambda: os.umask(0o022))
+    assert r.returncode == 0 and stat.S_IMODE(os.stat(d / "n.amem").st_mode) == 0o644
+
+
+def test_long_names_work(cli, d):
+    name = "s" * 248 + ".amem"  # 253 characters
+    assert run(cli, "store", d / "p.npy", d / name).returncode == 0
+    assert len(am.MemoryStore.open(str(d / name))) == 50
+
+
+# ---- 2: threads -----------------------------------------------------------------------------------
+def test_a_thread_that_cannot_start_is_an_error(cli, d):
+    rng = np.random.default_rng(0)
+    np.save(d / "many.npy", rng.standard_normal((200 * 256, 16)).astype(np.float32))
+    assert run(cli, "store", d / "many.npy", d / "many.amem").returncode == 0
+
+    def small_address_space():
+        resource.setrlimit(resource.RLIMIT_AS, (500 << 20, resource.RLIM_INFINITY))
+    np.save(d / "q16.npy", rng.standard_normal((2, 16)).astype(np.float32))
+    r = run(cli, "recall", d / "many.amem", d / "q16.npy", d / "o.npy", "--threads", "200",
+            preexec_fn=small_address_space)
+    assert r.returncode in (0, 1), (r.returncode, r.stderr)  # never SIGABRT (-6)
+    if r.returncode == 1:
+        assert "worker thread" in r.stderr or "memory" in r.stderr, r.stderr
+
+
+# ---- 4: concurrent appends --------------------------------------------------------------------------
+def test_concurrent_appends_are_all_kept(cli, d):
+    """4 writers x 20 appends of distinct rows: every row is in the store afterwards."""
+    writers, appends = 4, 20
+    for w in range(writers):
+        for i in range(appends):
+            np.save(d / f"r{w}_{i}.npy", np.array([[w, i, 1.0]], np.float32))
+
+    def writer(w, codes):
+        for i in range(appends):
+            codes.append(run(cli, "store", d / f"r{w}_{i}.npy", d / "s.amem", "--append").returncode)
+    codes = []
+    threads = [threading.Thread(target=writer, args=(w, codes)) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [0] * (writers * appends)
+    rows = am.MemoryStore.open(str(d / "s.amem")).to_array()
+    assert sorted(map(tuple, rows[:, :2].astype(int).tolist())) == [(w, i) for w in range(writers) for i in range(appends)]
+    assert not [f for f in os.listdir(d) if f.startswith(".assocmem-tmp.")]
+
+
+# ---- 3: a store overwritten under a reader ------------------------------------------------------------
+def test_recall_while_the_store_is_overwritten_in_place(cli, d):
+    rng = np.random.default_rng(1)
+    np.save(d / "a.npy", rng.standard_normal((200_000, 32)).astype(np.float32))
+    np.save(d / "b.npy", rng.standard_normal((1000, 32)).astype(np.float32))
+    np.save(d / "q32.npy", rng.standard_normal((8, 32)).astype(np.float32))
+    assert run(cli, "store", d / "a.npy", d / "big.amem").returncode == 0
+    assert run(cli, "store", d / "b.npy", d / "other.amem").returncode == 0
+    big = (d / "big.amem").read_bytes()
+    for _ in range(10):
+        (d / "big.amem").write_bytes(big)
+        p = subprocess.Popen([cli, "recall", d / "big.amem", d / "q32.npy", d / "o.npy"], stderr=subprocess.PIPE)
+        time.sleep(random.uniform(0.0, 0.05))
+        shutil.copyfile(d / "other.amem", d / "big.amem")  # in place: truncate, then write
+        _, err = p.communicate(timeout=60)
+        assert p.returncode in (0, 2), (p.returncode, err)
+
+
+def test_python_store_that_shrinks(tmp_path):
+    X = np.random.default_rng(0).standard_normal((20000, 16)).astype(np.float32)
+    s = am.MemoryStore(16)
+    s.append(X)
+    s.save(str(tmp_path / "s.amem"))
+    copy = am.MemoryStore.open(str(tmp_path / "s.amem"))
+    mapped = am.MemoryStore.open(str(tmp_path / "s.amem"), access="map")
+    os.truncate(tmp_path / "s.amem", 5000)
+    np.testing.assert_array_equal(copy.to_array(), X)
+    with pytest.raises(OSError, match="shrank"):
+        mapped.to_array()
+    with pytest.raises(OSError):
+        am.MemoryStore.open(str(tmp_path / "s.amem"))
+
+
+def test_python_never_loses_the_interpreter():
+    import assocmem.capacity
+    with pytest.raises(ValueError, match="K x N"):
+        assocmem.capacity.measure(N=4, K=2**62, trials=1)
+    with pytest.raises(ValueError, match="threads"):
+        am.ModelB(np.eye(4, dtype=np.float32), threads=10000)
+    with pytest.raises(ValueError, match="dim"):
+        am.MemoryStore(2**62).save("/nonexistent/x.amem")
+    g = am.lagrangians.log_sum_exp(1e308).activation(np.array([1.0, 2.0, -3.0]))
+    assert np.all(np.isfinite(g)) and abs(g.sum() - 1) < 1e-12
+
+
+# ---- 8: signals and kill -9 ---------------------------------------------------------------------------
+def wait_for_temporary(folder, proc, timeout=30):
+    """Waits until a writer's temporary exists in folder (the write is under way)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        if [f for f in os.listdir(folder) if f.startswith(".assocmem-tmp.")]:
+            return True
+        time.sleep(0.001)
+    return False
+
+
+def temporaries(folder):
+    return [f for f in os.listdir(folder) if f.startswith(".assocmem-tmp.")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_saves_leave_no_temporaries(cli, tmp_path, sig):
+    np.save(tmp_path / "x.npy", np.ones((400_000, 64), np.float32))  # a 100 MB store
+    rng = random.Random(int(sig))
+    interrupted = 0
+    for _ in range(4):
+        p = subprocess.Popen([cli, "store", tmp_path / "x.npy", tmp_path / "s.amem"], stderr=subprocess.PIPE)
+        if wait_for_temporary(tmp_path, p):
+            time.sleep(rng.uniform(0.0, 0.02))
+            p.send_signal(sig)
+        p.communicate(timeout=60)
+        assert p.returncode in (0, -sig), p.returncode
+        interrupted += p.returncode == -sig
+        assert temporaries(tmp_path) == []
+        if (tmp_path / "s.amem").exists():
+            assert len(am.MemoryStore.open(str(tmp_path / "s.amem"))) == 400_000
+    assert interrupted > 0
+
+
+def test_plot_temporaries_are_removed_on_interrupt(cli, tmp_path):
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    p = subprocess.Popen([cli, "capacity", "--values", "5,10", "--trials", "2", "--plot", tmp_path / "c.png"],
+                         stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp)})
+    t0 = time.time()
+    while not os.listdir(tmp) and p.poll() is None and time.time() - t0 < 30:
+        time.sleep(0.001)  # the plot's private folder exists: the plot is being drawn
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    assert p.returncode == -signal.SIGINT
+    time.sleep(0.5)  # the orphaned plotter finds its folder gone
+    assert os.listdir(tmp) == []                # the CSV, the PNG and their folder are gone
+    assert os.listdir(tmp_path) == ["tmpdir"]   # and no partial c.png
+
+
+def test_kill_nine_during_store_then_next_writer_cleans(cli, tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((400_000, 64), np.float32))
+    np.save(tmp_path / "small.npy", np.ones((3, 64), np.float32))
+    assert run(cli, "store", tmp_path / "small.npy", tmp_path / "s.amem").returncode == 0
+    left = 0
+    for _ in range(5):
+        p = subprocess.Popen([cli, "store", tmp_path / "x.npy", tmp_path / "s.amem"])
+        if wait_for_temporary(tmp_path, p):
+            time.sleep(random.uniform(0.0, 0.02))
+            p.kill()
+        p.wait()
+        left = max(left, len(temporaries(tmp_path)))
+        assert len(am.MemoryStore.open(str(tmp_path / "s.amem"))) in (3, 400_000)
+    assert left > 0  # kill -9 cannot clean up: the next writer must
+    assert run(cli, "store", tmp_path / "small.npy", tmp_path / "t.amem").returncode == 0
+    assert temporaries(tmp_path) == []
