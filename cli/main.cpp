@@ -81,9 +81,11 @@ int run_python(const std::vector<std::string>& args) {
     std::fprintf(stderr, "assocmem: error: cannot run /usr/bin/python3: %s\n", std::strerror(errno));
     _exit(127);
   }
+  detail::set_cleanup_child(pid);  // an interrupt stops the child before removing its files
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  detail::set_cleanup_child(0);
   return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 

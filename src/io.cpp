@@ -7,6 +7,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -86,7 +87,16 @@ void unregister_cleanup(int slot) {
   if (slot >= 0) g_cleanup[slot].state.store(0);
 }
 
-void cleanup_now() {  // async-signal-safe: unlink and rmdir only
+std::atomic<pid_t> g_child{0};
+
+void cleanup_now() {  // async-signal-safe: kill, waitpid, unlink and rmdir only
+  // A helper process (the plotter) first, so that it cannot write into what is being removed.
+  const pid_t child = g_child.exchange(0);
+  if (child > 0) {
+    ::kill(child, SIGKILL);
+    while (::waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
   for (auto& s : g_cleanup)
     if (s.state.load() == 2 && !s.folder) ::unlink(s.path);
   for (auto& s : g_cleanup)
@@ -474,6 +484,8 @@ void install_signal_cleanup() {
 
 // ------------------------------------------------------------------------------------------------
 namespace detail {
+
+void set_cleanup_child(pid_t pid) { g_child.store(pid); }
 
 int guard_mapping(const void* base, std::size_t length) {
   std::call_once(g_bus_once, [] {

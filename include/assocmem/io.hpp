@@ -129,6 +129,10 @@ class TempFolder {
 void install_signal_cleanup();
 
 namespace detail {
+/// A child process (e.g. the plotter the CLI runs) that the signal cleanup kills and reaps before it
+/// removes the temporaries, so that the child cannot write into them meanwhile; 0 clears it.
+void set_cleanup_child(pid_t pid);
+
 /// Read-only mappings of files guarded against SIGBUS: when the file shrinks under the mapping, the
 /// handler maps zero pages over the rest of it and marks it, so the process lives; the owner checks
 /// the mark (faulted) after reading and throws. Returns a slot id, or -1 when the registry is full.
