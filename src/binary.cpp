@@ -8,6 +8,7 @@
 #include <numeric>
 #include <random>
 
+#include "assocmem/io.hpp"
 #include "kernels/kernels.hpp"
 #include "parallel.hpp"
 
@@ -137,7 +138,8 @@ BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batc
   ASSOCMEM_CHECK_ARG(o.clamp.empty() || o.clamp.size() == N_, "clamp has length ", o.clamp.size(), " but N = ", N_);
   auto clamped = [&](std::size_t i) { return !o.clamp.empty() && o.clamp[i]; };
   ASSOCMEM_CHECK_ARG(cues != nullptr, "cues is null");
-  for (std::size_t k = 0; k < batch * N_; ++k)
+  const std::size_t cells = checked_mul(batch, N_, "cues: batch x N");
+  for (std::size_t k = 0; k < cells; ++k)
     ASSOCMEM_CHECK_ARG(cues[k] == 1 || cues[k] == -1, "cues: row ", k / N_, " element ", k % N_, " = ",
                        static_cast<int>(cues[k]), ": model A states must be +1 or -1");
   BinaryRetrieval r;

@@ -105,6 +105,7 @@ PyRetrieval details_out(BatchRetrieval&& r, const Batch& b, std::size_t top_k) {
   for (py::ssize_t i = 0; i < B; ++i) out.converged.mutable_at(i) = conv[static_cast<std::size_t>(i)];
   out.steps = to_numpy(std::move(r.steps), {B});
   out.energy = to_numpy(std::vector<double>(r.energy), {B});
+  checked_mul(r.batch, top_k, "top_k x batch");
   std::vector<std::uint64_t> ids(r.batch * top_k, 0);
   std::vector<double> w(r.batch * top_k, 0.0);
   for (std::size_t i = 0; i < r.batch; ++i)
