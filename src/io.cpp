@@ -470,16 +470,19 @@ TempFolder::~TempFolder() {
 }
 
 void install_signal_cleanup() {
-  for (int i = 0; i < 3; ++i) {
-    struct sigaction old {};
-    ::sigaction(kCleanupSignals[i], nullptr, &old);
-    if (old.sa_handler == SIG_IGN) continue;  // e.g. SIGHUP under nohup: leave it ignored
-    g_old_actions[i] = old;
-    struct sigaction sa {};
-    sa.sa_handler = on_cleanup_signal;
-    sigemptyset(&sa.sa_mask);
-    ::sigaction(kCleanupSignals[i], &sa, nullptr);
-  }
+  static std::once_flag once;  // installing twice would make the handler re-raise into itself
+  std::call_once(once, [] {
+    for (int i = 0; i < 3; ++i) {
+      struct sigaction old {};
+      ::sigaction(kCleanupSignals[i], nullptr, &old);
+      if (old.sa_handler == SIG_IGN) continue;  // e.g. SIGHUP under nohup: leave it ignored
+      g_old_actions[i] = old;
+      struct sigaction sa {};
+      sa.sa_handler = on_cleanup_signal;
+      sigemptyset(&sa.sa_mask);
+      ::sigaction(kCleanupSignals[i], &sa, nullptr);
+    }
+  });
 }
 
 // ------------------------------------------------------------------------------------------------
