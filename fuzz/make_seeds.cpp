@@ -1,5 +1,5 @@
-// Writes a seed corpus for fuzz_store: valid stores of each dtype and valid .npy files, each
-// prefixed with the mode byte that fuzz_store reads.
+// Writes a seed corpus for fuzz_inputs: valid stores of each dtype, valid .npy files, simulation
+// descriptions and CLI option lines, each prefixed with the mode byte that fuzz_inputs reads.
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -42,5 +42,23 @@ int main(int argc, char** argv) {
   const double g[2] = {1, 2};
   write_npy(tmp, g, 1, 2, true);
   add(dir, "npy_f64", tmp, 1);
+  auto text = [&](const std::string& name, unsigned char mode, const std::string& body) {
+    std::ofstream out(dir + "/" + name, std::ios::binary);
+    out.put(static_cast<char>(mode));
+    out << body;
+  };
+  // Simulations (mode 4): xi.npy is 3 x 4 in the fuzzer's folder.
+  text("sim_rk45", 4, R"({"xi": "xi.npy", "feature": {"name": "log_cosh", "beta": 2}, "hidden": {"name": "log_sum_exp"},
+                         "v0": [0.5, -0.2, 0.1, 0.3], "t_end": 2})");
+  text("sim_euler", 4, R"({"xi": "xi.npy", "feature": {"name": "identity"}, "hidden": {"name": "power", "n": 3},
+                          "v0": [1, 0, 0, 0], "method": "euler", "dt": 0.1, "t_end": 1, "alpha": 1, "tau_h": 0.1})");
+  text("sim_bdf", 4, R"({"xi": "xi.npy", "feature": {"name": "spherical"}, "hidden": {"name": "exp", "beta": 1},
+                        "v0": [1, 1, 0, 0], "h0": [0, 0, 0], "method": "bdf", "t_end": 3, "current": [0, 0, 0, 0.1]})");
+  // CLI options (mode 8: capacity --dry-run, mode 9: recall): lines of an option byte (an index into
+  // fuzz_inputs' option tables) and the value.
+  auto line = [](char option, const std::string& value) { return std::string(1, option) + value + "\n"; };
+  text("cli_capacity", 8, line(0, "100") + line(4, "5,10,15") + line(7, "3") + line(6, "0.9"));
+  text("cli_recall", 9, line(0, "8") + line(5, "3") + line(8, "B") + line(3, "1e-6"));
+  text("cli_recall_a", 9, line(8, "A") + line(9, "exp") + line(10, "sync") + line(0, "2"));
   return 0;
 }
