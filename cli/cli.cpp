@@ -93,8 +93,12 @@ int run_python(const std::vector<std::string>& args) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 
+// JSON text of j. File names and option values are arbitrary bytes on Linux: bytes that are not UTF-8
+// become U+FFFD instead of making dump() throw (found by fuzz_inputs).
+std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n"; }
+
 void emit(bool as_json, const json& j, const std::string& text) {
-  if (as_json) std::cout << j.dump(2) << "\n";
+  if (as_json) std::cout << dump(j);
   else std::cout << text;
 }
 
@@ -279,7 +283,7 @@ int cmd_recall(const RecallArgs& a, bool as_json) {
   if (!a.details.empty()) {
     json full = summary;
     full["results"] = per_query;
-    const std::string text = full.dump(2) + "\n";
+    const std::string text = dump(full);
     write_file_atomically(a.details, {{text.data(), text.size()}});
     summary["details"] = a.details;
   }
@@ -470,7 +474,7 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
   out["points"] = rows;
   if (bisect_given) text += "largest K with recalled >= " + std::to_string(a.bisect) + ": " + std::to_string(out["K"].get<std::size_t>()) + "\n";
   if (!a.output.empty()) {
-    const std::string body = fs::path(a.output).extension() == ".json" ? out.dump(2) + "\n" : csv;
+    const std::string body = fs::path(a.output).extension() == ".json" ? dump(out) : csv;
     write_file_atomically(a.output, {{body.data(), body.size()}});
   }
   if (!a.plot.empty()) {
@@ -603,7 +607,7 @@ int assocmem::cli::run(int argc, char** argv) {
   // One line on stderr naming the problem; with --json also an error object on stdout.
   auto fail = [&](int code, const std::string& msg) {
     std::fprintf(stderr, "assocmem: %s: %s\n", code == 2 ? "error" : "failed", msg.c_str());
-    if (as_json) std::cout << json{{"error", msg}, {"exit_code", code}}.dump(2) << "\n";
+    if (as_json) std::cout << dump(json{{"error", msg}, {"exit_code", code}});
     return code;
   };
   try {

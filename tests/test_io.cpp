@@ -126,6 +126,32 @@ TEST(Inputs, NpyHeaderParserIsStrict) {
                    IoError, "truncated");
 }
 
+TEST(Inputs, SparseNpyLargerThanMemoryIsRefused) {
+  // The header claims 10^10 x 8 float64 (640 GB) and the file really is that long, but sparse: the
+  // reader must refuse before allocating, not die in std::bad_alloc or the OOM killer.
+  TempDir dir;
+  const double one = 1.0;
+  write_npy(dir.file("s.npy"), &one, 1, 1);
+  std::vector<char> f = read_all(dir.file("s.npy"));
+  std::string text(f.begin(), f.end());
+  const std::string from = "'shape': (1, 1)", to = "'shape': (10000000000, 8)";
+  const std::size_t at = text.find(from);
+  ASSERT_NE(at, std::string::npos);
+  std::string header = text.substr(10, text.size() - 10 - 8);
+  header.replace(header.find(from), from.size(), to);
+  header = header.substr(0, header.find('}') + 1);
+  while ((10 + header.size() + 1) % 64) header.push_back(' ');
+  header.push_back('\n');
+  std::string out = text.substr(0, 8);
+  out.push_back(static_cast<char>(header.size() & 0xFF));
+  out.push_back(static_cast<char>(header.size() >> 8));
+  out += header;
+  write_all(dir.file("big.npy"), std::vector<char>(out.begin(), out.end()));
+  if (::truncate(dir.file("big.npy").c_str(), static_cast<off_t>(out.size() + 80000000000ull * 8)) != 0)
+    GTEST_SKIP() << "this file system cannot hold a sparse 640 GB file";
+  EXPECT_THROW_MSG(read_npy(dir.file("big.npy")), IoError, "more than this machine's memory");
+}
+
 TEST(Inputs, Float64ThatOverflowsFloat32IsNamed) {
   TempDir dir;
   const double g[3] = {0.5, 1e300, -1.0};
@@ -187,6 +213,39 @@ TEST(Outputs, NewFilesFollowTheUmaskAndReplacedFilesKeepTheirMode) {
   ASSERT_EQ(::chmod(dir.file("s.amem").c_str(), 0600), 0);
   MemoryStore::append_to_file(dir.file("s.amem"), row, 1, 4, DType::Float32);
   EXPECT_EQ(mode_of(dir.file("s.amem")), 0600u);
+}
+
+TEST(Outputs, AWriteErrorKeepsTheOldFile) {
+  // A file-size limit makes write() fail with EFBIG, as a full disk fails with ENOSPC: the save
+  // throws IoError naming the path, the old store is intact and no temporary is left.
+  TempDir dir;
+  const std::string path = dir.file("s.amem");
+  MemoryStore small(16, DType::Float32);
+  std::vector<float> rows(16 * 100000, 0.5f);
+  small.append(rows.data(), 10);
+  small.save(path);
+  const std::vector<char> before = read_all(path);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    const rlimit lim{1 << 20, 1 << 20};
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(3);
+    MemoryStore big(16, DType::Float32);
+    big.append(rows.data(), 100000);  // 6.4 MB
+    try {
+      big.save(path);
+      _exit(1);
+    } catch (const IoError& e) {
+      _exit(std::strstr(e.what(), "s.amem") ? 0 : 2);
+    }
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(read_all(path), before);
+  EXPECT_EQ(temporaries_in(dir.file(".")), 0);
 }
 
 TEST(Outputs, LongFileNamesWork) {

@@ -143,6 +143,16 @@ def test_json_errors_are_json(cli, d):
     assert r.returncode == 2 and json.loads(r.stdout)["exit_code"] == 2
 
 
+def test_json_output_survives_bytes_that_are_not_utf8(cli, d):
+    """File names and option values are arbitrary bytes (found by the fuzz target: dump() threw)."""
+    r = subprocess.run([cli, "--json", "capacity", "--values", b"\xff"], capture_output=True, timeout=60)
+    assert r.returncode == 2 and "error" in json.loads(r.stdout)
+    name = os.fsencode(str(d)) + b"/\xff.amem"
+    r = subprocess.run([cli, "--json", "store", os.fsencode(str(d / "p.npy")), name], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["count"] == 50 and os.path.exists(name)
+
+
 def test_paths_errors_exit_2_naming_the_path(cli, d):
     make_store(cli, d)
     os.symlink(d / "loop2", d / "loop1")
