@@ -102,7 +102,8 @@ class MemoryStore {
   MemoryStore(const MemoryStore&) = delete;
   MemoryStore& operator=(const MemoryStore&) = delete;
 
-  /// Opens a saved store by memory mapping. Throws IoError naming the file and the problem
+  /// Opens a saved store: reads it into memory or maps it (OpenOptions::access). Throws IoError naming
+  /// the file and the problem
   /// (missing, truncated, wrong magic or version, corrupted header or payload).
   static MemoryStore open(const std::string& path, const OpenOptions& options = {});
 
