@@ -308,8 +308,14 @@ bool same_file(const FileIdentity& a, const FileIdentity& b) {
 void check_distinct(const std::vector<std::pair<std::string, std::string>>& inputs,
                     const std::vector<std::pair<std::string, std::string>>& outputs) {
   std::vector<std::pair<const std::pair<std::string, std::string>*, FileIdentity>> ins, outs;
-  for (const auto& i : inputs)
-    if (!i.second.empty()) ins.emplace_back(&i, identify(i.second));
+  for (const auto& i : inputs) {
+    if (i.second.empty()) continue;
+    try {
+      ins.emplace_back(&i, identify(i.second));
+    } catch (const IoError&) {
+      // an input that cannot even be looked up cannot be an output either; opening it reports why
+    }
+  }
   for (const auto& o : outputs) {
     if (o.second.empty()) continue;
     FileIdentity id = identify(o.second);
@@ -387,16 +393,20 @@ void write_file_atomically(const std::string& path, const std::vector<std::pair<
     throw bad(std::string("it is a ") + file_type(sb.st_mode) + "; outputs must be regular files or new paths");
   const std::string dir = dirname_of(target);
   std::string tmp;
-  int fd = -1;
+  int fd = -1, slot = -1;
   for (int attempt = 0; fd < 0; ++attempt) {
     char name[64];
     std::snprintf(name, sizeof name, "%s%016llx", kTmpPrefix, static_cast<unsigned long long>(next_random()));
     tmp = dir + "/" + name;
+    slot = register_cleanup(tmp, false);  // before it exists: a signal right after the open removes it
     fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);  // the umask applies
-    if (fd < 0 && (errno != EEXIST || attempt > 100))
-      throw bad("cannot create a temporary file in '" + dir + "': " + errno_text(errno));
+    if (fd < 0) {
+      const int err = errno;
+      unregister_cleanup(slot);
+      if (err != EEXIST || attempt > 100)
+        throw bad("cannot create a temporary file in '" + dir + "': " + errno_text(err));
+    }
   }
-  const int slot = register_cleanup(tmp, false);
   auto fail = [&](const std::string& what) {
     const std::string reason = errno_text(errno);
     ::close(fd);
@@ -453,10 +463,18 @@ TempPath::~TempPath() {
 
 TempFolder::TempFolder() {
   const char* t = std::getenv("TMPDIR");
-  std::string tmpl = std::string(t && *t ? t : "/tmp") + "/assocmem.XXXXXX";
-  if (!::mkdtemp(tmpl.data())) throw IoError("cannot create a temporary folder in '" + tmpl + "': " + errno_text(errno));
-  path_ = tmpl;
-  slot_ = register_cleanup(path_, true);
+  const std::string base = std::string(t && *t ? t : "/tmp");
+  for (int attempt = 0;; ++attempt) {
+    char name[64];
+    std::snprintf(name, sizeof name, "/assocmem.%016llx", static_cast<unsigned long long>(next_random()));
+    path_ = base + name;
+    slot_ = register_cleanup(path_, true);  // before it exists: a signal right after mkdir removes it
+    if (::mkdir(path_.c_str(), 0700) == 0) return;
+    const int err = errno;
+    unregister_cleanup(slot_);
+    if (err != EEXIST || attempt > 100)
+      throw IoError("cannot create a temporary folder in '" + base + "': " + errno_text(err));
+  }
 }
 TempFolder::~TempFolder() {
   if (DIR* d = ::opendir(path_.c_str())) {

@@ -3,6 +3,7 @@ careless or hostile user would run them. Crashes are observed as subprocesses (a
 code is a signal)."""
 import json
 import os
+import pathlib
 import random
 import resource
 import shutil
@@ -162,13 +163,35 @@ def test_paths_errors_exit_2_naming_the_path(cli, d):
     bad(run(cli, "store", d / "p.npy", d / "no-such-folder" / "x.amem"), "no-such-folder")
 
 
+@pytest.fixture()
+def shared_dir():
+    """A folder under /tmp that an unprivileged user can reach (pytest's tmp_path is root's, 0700)."""
+    import tempfile
+    path = tempfile.mkdtemp()
+    os.chmod(path, 0o777)
+    yield pathlib.Path(path)
+    shutil.rmtree(path)
+
+
+def as_nobody():
+    os.setgid(65534)
+    os.setuid(65534)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
-def test_permission_denied_exits_2(cli, d):
-    make_store(cli, d)
-    os.chmod(d / "m.amem", 0)
-    os.chmod(d, 0o777)
-    r = run(cli, "recall", d / "m.amem", d / "q.npy", d / "o.npy", preexec_fn=lambda: os.setuid(65534))
+def test_permission_denied_exits_2(cli, d, shared_dir):
+    m = make_store(cli, d)
+    shutil.copy(m, shared_dir / "m.amem")
+    shutil.copy(d / "q.npy", shared_dir / "q.npy")
+    os.chmod(shared_dir / "q.npy", 0o644)
+    os.chmod(shared_dir / "m.amem", 0)
+    r = run(cli, "recall", shared_dir / "m.amem", shared_dir / "q.npy", shared_dir / "o.npy", preexec_fn=as_nobody)
     bad(r, "m.amem", "Permission denied")
+    os.chmod(shared_dir / "m.amem", 0o644)
+    os.mkdir(shared_dir / "ro", 0o555)
+    r = run(cli, "recall", shared_dir / "m.amem", shared_dir / "q.npy", shared_dir / "ro" / "o.npy",
+            preexec_fn=as_nobody)
+    bad(r, "o.npy", "Permission denied")
 
 
 @pytest.mark.parametrize("demo, args", [("immune", ["--noise", "nan"]), ("immune", ["--queries", "-1"]),
@@ -179,6 +202,13 @@ def test_demos_refuse_bad_options_without_traceback(cli, demo, args):
 
 
 # ---- 5, 6, 7, 9: output paths -------------------------------------------------------------------------
+def test_dash_and_dev_stdout(cli, d):
+    """`-` is an ordinary file name; /dev/stdout (a pipe or terminal here) is refused like any device."""
+    m = make_store(cli, d)
+    assert run(cli, "recall", m, d / "q.npy", "-", cwd=d).returncode == 0 and (d / "-").is_file()
+    bad(run(cli, "recall", m, d / "q.npy", "/dev/stdout"), "/dev/stdout")
+
+
 def test_an_output_that_is_an_input_is_refused(cli, d):
     m = make_store(cli, d)
     before = m.read_bytes()
@@ -241,7 +271,7 @@ def test_long_names_work(cli, d):
 
 
 # ---- 2: threads -----------------------------------------------------------------------------------
-def test_a_thread_that_cannot_start_is_an_error(cli, d):
+def test_a_thread_that_cannot_start_is_an_error(cli, d, shared_dir):
     rng = np.random.default_rng(0)
     np.save(d / "many.npy", rng.standard_normal((200 * 256, 16)).astype(np.float32))
     assert run(cli, "store", d / "many.npy", d / "many.amem").returncode == 0
@@ -254,6 +284,20 @@ def test_a_thread_that_cannot_start_is_an_error(cli, d):
     assert r.returncode in (0, 1), (r.returncode, r.stderr)  # never SIGABRT (-6)
     if r.returncode == 1:
         assert "worker thread" in r.stderr or "memory" in r.stderr, r.stderr
+    if os.geteuid() == 0:  # the issue's case: `ulimit -u 64` as an unprivileged user, --threads 200
+        shared = shared_dir
+        for f in ("many.amem", "q16.npy"):
+            shutil.copy(d / f, shared)
+            os.chmod(shared / f, 0o644)
+
+        def few_processes():
+            # 1: no thread at all (threads count as processes; with a higher limit, workers that
+            # finish before the next one starts keep the count below it and the test is luck)
+            resource.setrlimit(resource.RLIMIT_NPROC, (1, 1))
+            as_nobody()
+        r = run(cli, "recall", shared / "many.amem", shared / "q16.npy", shared / "o2.npy", "--threads", "200",
+                preexec_fn=few_processes)
+        assert r.returncode == 1 and "worker thread" in r.stderr, (r.returncode, r.stderr)
 
 
 # ---- 4: concurrent appends --------------------------------------------------------------------------
