@@ -50,6 +50,7 @@ struct ModelAEngine::Cue {
   std::int32_t S = 0;           // exp only: the shift of `table` (0: not built yet)
   bool has_table = false;
   double current_scale = 1.0;   // exp(-beta S) for the current term (exp), else 1
+  mutable std::vector<std::int64_t> hist;  // the exact fallback's c_r (grouped_binary_field)
 };
 
 ModelAEngine::ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current, KernelChoice kernel)
@@ -77,10 +78,17 @@ ModelAEngine::ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector c
   if (spec_.kind != Interaction::Exp) {
     // table_[m + N + 2] = F(m) - F(m - 2), m in [-N-2, N+4]: A = table(m), B = table(m + 2).
     table_.resize(2 * N_ + 7);
+    double maxabs = 0;
     for (std::size_t k = 0; k < table_.size(); ++k) {
       const double m = static_cast<double>(k) - static_cast<double>(N_) - 2.0;
       table_[k] = F_->G(m) - F_->G(m - 2.0);
+      maxabs = std::max(maxabs, std::fabs(table_[k]));
     }
+    // Integer entries whose sums over K memories stay below 2^53 are added exactly; otherwise the
+    // sums carry at most (K - 1) u sum |terms| <= K^2 u max|entry| of rounding each.
+    const bool integral = spec_.n == std::floor(spec_.n);
+    const double K = static_cast<double>(K_);
+    if (!(integral && K * maxabs < 9007199254740992.0)) power_error_ = 2.0 * K * K * maxabs * 0x1p-53;
   }
 }
 
@@ -129,7 +137,24 @@ double ModelAEngine::field(const Cue& c, std::size_t i) const {
   const bool minus = c.sigma[i] < 0;
   ops_of(ops_).masked_sums(c.A.data(), c.B.data(), &cols_[i * col_bytes_], K_, minus, &sa, &sb);
   const double s = minus ? -1.0 : 1.0;
-  return 2.0 * I_[i] * c.current_scale + s * (sa - sb);
+  const double f = 2.0 * I_[i] * c.current_scale + s * (sa - sb);
+  // The fast sums are certified: when rounding (or terms of the scaled exp table that underflowed)
+  // could have flipped the sign, the field is recomputed exactly, grouped by overlap (issue 9: with
+  // F = exp at large beta, leading memories that cancel hid the one that decides).
+  const double K = static_cast<double>(K_);
+  const double error = spec_.kind == Interaction::Exp
+                           ? 2.0 * K * 0x1p-53 * (sa + sb) + K * 1e-290 + 0x1p-52 * std::fabs(2.0 * I_[i] * c.current_scale)
+                           : power_error_ + (power_error_ > 0 ? 0x1p-52 * std::fabs(2.0 * I_[i]) : 0.0);
+  if (std::fabs(f) > error || (error == 0.0 && spec_.kind != Interaction::Exp)) return f;
+  // Exact: c_r = sum of xi_mu,i over memories with r_mu = m_mu - xi_mu,i sigma_i = r.
+  const long N = static_cast<long>(N_);
+  c.hist.assign(static_cast<std::size_t>(2 * N + 1), 0);
+  const std::uint8_t* col = &cols_[i * col_bytes_];
+  for (std::size_t mu = 0; mu < K_; ++mu) {
+    const int x = ((col[mu / 8] >> (mu % 8)) & 1) ? 1 : -1;
+    c.hist[static_cast<std::size_t>(c.m[mu] - x * c.sigma[i] + N)] += x;
+  }
+  return grouped_binary_field(spec_, c.hist, N, 2.0 * I_[i]);
 }
 
 BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, const BinaryOptions& o) const {

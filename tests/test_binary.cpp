@@ -135,6 +135,96 @@ TEST(ModelAEngine, ExpBeyondOverflow) {
   for (int i = 0; i < N; ++i) ASSERT_EQ(r.states[static_cast<std::size_t>(i)], X(3, i));
 }
 
+// Issue 9: with F = exp at large beta, two memories whose terms cancel exactly (same overlap,
+// opposite xi_mu,0) hid the third, which decides: the exact field of neuron 0 is +1.07e12 at beta = 10.
+TEST(ModelAEngine, CancellingMemoriesDoNotHideTheDecidingOne) {
+  Matrix X(3, 7);
+  X << 1, 1, 1, 1, 1, 1, 1,  //
+      -1, 1, 1, 1, 1, 1, 1,  //
+      1, 1, 1, 1, -1, -1, 1;
+  Vector s(7);
+  s << -1, 1, 1, 1, 1, 1, 1;
+  MemoryStore store(7, DType::Bits);
+  store.append(X);
+  const std::int8_t cue[7] = {-1, 1, 1, 1, 1, 1, 1};
+  for (double beta : {1.0, 10.0, 50.0, 200.0}) {
+    const ModelA plain(X, {Interaction::Exp, 2, beta});
+    EXPECT_GT(plain.field(s, 0), 0.0) << "beta " << beta;
+    if (beta == 10.0) {
+      EXPECT_NEAR(plain.field(s, 0) / 1.0686e12, 1.0, 1e-3);
+    }
+    const Retrieval p = plain.retrieve(s, {UpdateOrder::Synchronous, 1, 0, {}});
+    EXPECT_EQ(p.state[0], 1.0) << "beta " << beta;
+    for (KernelChoice k : kernels_here()) {
+      const ModelAEngine fast(store, {Interaction::Exp, 2, beta}, Vector(), k);
+      BinaryOptions o;
+      o.order = UpdateOrder::Synchronous;
+      o.max_sweeps = 1;
+      const auto r = fast.retrieve(cue, 1, o);
+      for (int i = 0; i < 7; ++i) EXPECT_EQ(r.states[static_cast<std::size_t>(i)], p.state[i]) << "beta " << beta;
+    }
+  }
+}
+
+// Memories in pairs that differ only at one neuron make exact ties in every field; at large beta
+// the engine's fast sums cancel to rounding noise and must fall back to the exact grouped field.
+TEST(ModelAEngine, TiesAtLargeBetaAgreeWithThePlainModel) {
+  std::mt19937_64 rng(9);
+  const int N = 40, pairs = 30;
+  for (double beta : {10.0, 50.0, 200.0}) {
+    Matrix X(2 * pairs + 3, N);
+    for (int p = 0; p < pairs; ++p) {
+      const Matrix row = rand_pm1(1, N, rng);
+      X.row(2 * p) = row;
+      X.row(2 * p + 1) = row;
+      X(2 * p + 1, static_cast<Eigen::Index>(rng() % N)) *= -1;
+    }
+    X.bottomRows(3) = rand_pm1(3, N, rng);
+    MemoryStore store(N, DType::Bits);
+    store.append(X);
+    const ModelA plain(X, {Interaction::Exp, 2, beta});
+    for (int trial = 0; trial < 5; ++trial) {
+      const Vector s0 = X.row(static_cast<Eigen::Index>(2 * (rng() % pairs))).transpose();
+      const Vector s = flip_bits(s0, 1 + static_cast<int>(rng() % 4), rng);
+      std::vector<std::int8_t> cue(N);
+      for (int i = 0; i < N; ++i) cue[static_cast<std::size_t>(i)] = static_cast<std::int8_t>(s[i]);
+      const Retrieval p = plain.retrieve(s, {UpdateOrder::Synchronous, 1, 0, {}});
+      for (KernelChoice k : kernels_here()) {
+        const ModelAEngine fast(store, {Interaction::Exp, 2, beta}, Vector(), k);
+        BinaryOptions o;
+        o.order = UpdateOrder::Synchronous;
+        o.max_sweeps = 1;
+        const auto r = fast.retrieve(cue.data(), 1, o);
+        for (int i = 0; i < N; ++i)
+          ASSERT_EQ(r.states[static_cast<std::size_t>(i)], p.state[i]) << "beta " << beta << " neuron " << i;
+      }
+    }
+  }
+}
+
+// Integer powers whose sums pass 2^53 (N^n K > 9e15): exact 128-bit sums in the plain model, and the
+// engine's certified double sums agree with them.
+TEST(ModelAEngine, LargeIntegerPowersAgreeWithTheExactSums) {
+  std::mt19937_64 rng(10);
+  const int N = 64, K = 200;
+  const Matrix X = rand_pm1(K, N, rng);
+  MemoryStore store(N, DType::Bits);
+  store.append(X);
+  const ModelA plain(X, {Interaction::Power, 11});
+  const ModelAEngine fast(store, {Interaction::Power, 11});
+  for (int trial = 0; trial < 5; ++trial) {
+    const Vector s = flip_bits(X.row(trial).transpose(), 20, rng);
+    std::vector<std::int8_t> cue(N);
+    for (int i = 0; i < N; ++i) cue[static_cast<std::size_t>(i)] = static_cast<std::int8_t>(s[i]);
+    const Retrieval p = plain.retrieve(s, {UpdateOrder::Synchronous, 1, 0, {}});
+    BinaryOptions o;
+    o.order = UpdateOrder::Synchronous;
+    o.max_sweeps = 1;
+    const auto r = fast.retrieve(cue.data(), 1, o);
+    for (int i = 0; i < N; ++i) ASSERT_EQ(r.states[static_cast<std::size_t>(i)], p.state[i]) << "neuron " << i;
+  }
+}
+
 TEST(ModelAEngine, BadInput) {
   std::mt19937_64 rng(3);
   MemoryStore f32(8, DType::Float32);

@@ -70,6 +70,7 @@ class ModelAEngine {
   std::vector<double> I_;
   std::vector<std::uint8_t> cols_;  ///< N columns of ceil(K/8) bytes: bit mu = (xi_mu,i == +1)
   std::vector<double> table_;       ///< F(m) - F(m - 2) for m in [-N-2, N+4] (power, rectified)
+  double power_error_ = 0;          ///< power, rectified: bound on the rounding of the SIMD sums (0: exact)
   const void* ops_;
 };
 

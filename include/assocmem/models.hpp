@@ -40,6 +40,16 @@ std::string to_string(Interaction kind);
 /// The Lagrangian G = F for a spec (validates n and beta).
 AdditivePtr make_interaction(const InteractionSpec& spec);
 
+/// The Krotov-Hopfield 2016 field of neuron i for +-1 memories, grouped by overlap:
+///   E(sigma_i = -1) - E(sigma_i = +1) = 2 I_i + sum_r c_r [F(r + 1) - F(r - 1)],
+///   c_r = sum of xi_mu,i over the memories whose r_mu = sum_{j != i} xi_mu,j sigma_j equals r,
+/// given as c[r + offset] (integers). Memories that cancel (same r, opposite xi_mu,i) cancel exactly
+/// in c_r, so the sign is exact for every beta: integer arithmetic for integer powers (while it fits
+/// in 128 bits, else double), and for F = exp the sum scaled by exp(-beta r_max), whose leading
+/// coefficient is an exact non-zero integer. The magnitude may overflow to +-inf (F = exp).
+/// Shared by ModelA::field and the fast engine's exact fallback (binary.cpp).
+double grouped_binary_field(const InteractionSpec& F, const std::vector<std::int64_t>& c, long offset, double two_I);
+
 /// Result of a retrieval by any model.
 struct Retrieval {
   Vector state;               ///< final state (sigma for A, v for B and C)
@@ -85,7 +95,9 @@ class ModelA {
   /// E(sigma with sigma_i = -1) - E(sigma with sigma_i = +1)
   ///   = 2 I_i + sum_mu [F(xi_mu,i + r_mu) - F(-xi_mu,i + r_mu)],  r_mu = sum_{j != i} xi_mu,j sigma_j,
   /// the Krotov-Hopfield 2016 update field. Its sign is the energy-lowering value of sigma_i.
-  /// With F = exp only the sign is exact at large arguments (computed in the log domain).
+  /// For +-1 patterns the sign is exact for every F and beta (grouped_binary_field); for real-valued
+  /// patterns F = exp is summed in the log domain (no overflow; terms below 2^-53 of the largest are
+  /// lost when the largest cancel).
   double field(const Vector& sigma, Eigen::Index i) const;
 
   /// Runs the update rule from sigma0 until a full sweep changes nothing, or max_sweeps.
@@ -99,6 +111,7 @@ class ModelA {
   Network net_;
   InteractionSpec spec_;
   AdditivePtr F_;
+  bool binary_ = false;  // every pattern entry is +1 or -1: fields are grouped by overlap (exact sign)
 };
 
 // ------------------------------------------------------------------------------------------------
