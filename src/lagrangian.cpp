@@ -114,6 +114,7 @@ class Identity final : public AdditiveLagrangian {
 class Abs final : public AdditiveLagrangian {
  public:
   std::string name() const override { return "abs"; }
+  bool radial_zero_mode() const override { return true; }  // G'' = 0: M x = 0
   std::string psd_region() const override {
     return "everywhere (convex; G'' = 0 away from 0, a delta at 0)";
   }
@@ -227,6 +228,7 @@ class LogSumExp final : public Lagrangian {
 class Spherical final : public Lagrangian {
  public:
   std::string name() const override { return "spherical"; }
+  bool radial_zero_mode() const override { return true; }  // eq. (20)
   std::string psd_region() const override {
     return "everywhere except x = 0 (zero mode along x, eq. 20)";
   }

@@ -27,6 +27,12 @@ Network::Network(Matrix xi, LagrangianPtr feature, LagrangianPtr hidden, Network
   check_positive(p_.tau_f, "tau_f");
   check_positive(p_.tau_h, "tau_h");
   ASSOCMEM_CHECK_ARG(std::isfinite(p_.alpha) && p_.alpha >= 0, "alpha must be finite and >= 0, got ", p_.alpha);
+  // eq. (23) with alpha != 1 gains -(alpha - 1) v'^T M_v v, which has no sign unless M_v v = 0
+  // (eq. 20): with identity features and alpha = 0.3 the energy rises (4.88 -> 9.27, issue 9).
+  ASSOCMEM_CHECK_ARG(p_.alpha == 1.0 || Lv_->radial_zero_mode(), "alpha = ", p_.alpha,
+                     " != 1 needs a feature Lagrangian whose Hessian has the zero mode M_v v = 0 (eq. 20: "
+                     "spherical or abs); with ",
+                     Lv_->name(), " the energy is not guaranteed to decrease (eq. 23)");
   if (p_.current.size() == 0) {
     I_ = Vector::Zero(xi_.cols());
   } else {

@@ -47,6 +47,11 @@ class Lagrangian {
   /// True for L(x) = sum_i G(x_i) (eq. 6).
   virtual bool additive() const { return false; }
 
+  /// True when the Hessian has the radial zero mode M(x) x = 0 for every x (L homogeneous of degree
+  /// 1: spherical, eq. 20, and abs). Only then may the feature decay coefficient alpha differ from 1
+  /// (eq. 19) without breaking the descent of eq. (23).
+  virtual bool radial_zero_mode() const { return false; }
+
   // Convenience forms returning by value.
   Vector gradient(const Vector& x) const {
     Vector g;

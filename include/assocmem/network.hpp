@@ -1,6 +1,6 @@
 // assocmem/network.hpp - the general two-layer network of Krotov & Hopfield 2021 (eqs. 1, 2, 4).
 //
-//   tau_f dv/dt = xi^T f - alpha v + I,   f = dL_h/dh     (eq. 1; alpha = 1 in eq. 1, eq. 19 allows any)
+//   tau_f dv/dt = xi^T f - alpha v + I,   f = dL_h/dh     (eq. 1; alpha = 1, or any alpha >= 0 when M_v v = 0 as eq. 19-20)
 //   tau_h dh/dt = xi g - h,               g = dL_v/dv
 //
 //   E = [ (v - I).g - L_v ] + [ h.f - L_h ] - f^T xi g                                          (eq. 2)
@@ -18,7 +18,8 @@ namespace assocmem {
 struct NetworkParams {
   double tau_f = 1.0;  ///< time constant of the feature neurons, > 0
   double tau_h = 1.0;  ///< time constant of the hidden neurons, > 0
-  double alpha = 1.0;  ///< coefficient of the feature decay term (eq. 19); 1 is eq. (1). >= 0
+  double alpha = 1.0;  ///< coefficient of the feature decay term (eq. 19); 1 is eq. (1). >= 0; != 1 only
+                       ///< with a feature Lagrangian whose Hessian has the zero mode M_v v = 0 (eq. 20)
   Vector current;      ///< input current I into the feature neurons (length N_f), or empty for 0
 };
 
