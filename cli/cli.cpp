@@ -431,6 +431,8 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
     points = b.points;
     out["bisect_threshold"] = a.bisect;
     out["K"] = b.K;
+    out["K_low"] = b.K_low;
+    out["K_high"] = b.K_high;
   } else {
     // Every point is built and validated before the first is measured: a bad value fails at once,
     // not after hours of the sweep.
@@ -467,12 +469,17 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
     std::snprintf(buf, sizeof buf, "%zu,%zu,%g,%g,%g,%zu,%zu,%.6g,%.6g,%.6g,%.4g\n", p.spec.K, p.spec.N, p.spec.F.n,
                   p.spec.beta, p.spec.rho, p.spec.hidden, p.cues, p.recalled, p.recalled_stderr, p.bit_error, p.seconds);
     csv += buf;
-    std::snprintf(buf, sizeof buf, "K=%-8zu N=%-6zu n=%-4g recalled %.4f +- %.4f  bit error %.5f  (%zu cues, %.2f s)\n",
-                  p.spec.K, p.spec.N, p.spec.F.n, p.recalled, p.recalled_stderr, p.bit_error, p.cues, p.seconds);
+    std::snprintf(buf, sizeof buf,
+                  "K=%-8zu N=%-6zu n=%-4g recalled %.4f +- %.4f (s.e. over %zu trials)  bit error %.5f  (%zu cues, %.2f s)\n",
+                  p.spec.K, p.spec.N, p.spec.F.n, p.recalled, p.recalled_stderr, p.spec.trials, p.bit_error, p.cues,
+                  p.seconds);
     text += buf;
   }
   out["points"] = rows;
-  if (bisect_given) text += "largest K with recalled >= " + std::to_string(a.bisect) + ": " + std::to_string(out["K"].get<std::size_t>()) + "\n";
+  if (bisect_given)
+    text += "largest K with recalled >= " + std::to_string(a.bisect) + ": " + std::to_string(out["K"].get<std::size_t>()) +
+            " (not separable from the threshold within 2 standard errors over trials: K in [" +
+            std::to_string(out["K_low"].get<std::size_t>()) + ", " + std::to_string(out["K_high"].get<std::size_t>()) + "])\n";
   if (!a.output.empty()) {
     const std::string body = fs::path(a.output).extension() == ".json" ? dump(out) : csv;
     write_file_atomically(a.output, {{body.data(), body.size()}});
@@ -573,7 +580,7 @@ int assocmem::cli::run(int argc, char** argv) {
       ->check(CLI::IsMember({"random", "fixed", "sync"}));
   cap->add_option("--max-steps", ca.max_steps, "Sweeps (A) or updates (B, C)")->capture_default_str();
   cap->add_option("--step", ca.step, "dt/tau_f of models B and C")->capture_default_str();
-  cap->add_option("--trials", ca.trials, "Independent draws of the memories")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cap->add_option("--trials", ca.trials, "Independent draws of the memories (the unit of the error bars: >= 2 for a standard error)")->capture_default_str()->check(CLI::NonNegativeNumber);
   cap->add_option("--cues", ca.cues, "Cues per trial (0: min(K, 1000)->check(CLI::NonNegativeNumber); random starts 100)")->capture_default_str();
   cap->add_flag("--no-negatives", ca.no_negatives, "Random starts: do not count ending on -xi as a memory");
   cap->add_option("--sweep", ca.sweep, "Parameter to sweep: K, N, n, beta, rho or hidden")->capture_default_str();

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
+#include <map>
 #include <random>
 
 #include "assocmem/binary.hpp"
@@ -134,6 +136,7 @@ CapacityPoint measure_capacity(const CapacitySpec& spec, const std::function<voi
       }
     }
     const std::vector<float> out = run_model(spec, X, n_stored, cues, per_trial);
+    const std::size_t hits_before = hits;
     for (std::size_t c = 0; c < per_trial; ++c) {
       const float* s = &out[c * N];
       if (spec.protocol == Protocol::RandomStarts) {
@@ -153,42 +156,71 @@ CapacityPoint measure_capacity(const CapacitySpec& spec, const std::function<voi
       }
     }
     p.cues += per_trial;
+    p.trial_recalled.push_back(double(hits - hits_before) / double(per_trial));
     if (progress) progress(double(trial + 1) / double(spec.trials));
   }
-  p.recalled = double(hits) / double(p.cues);
-  p.recalled_stderr = std::sqrt(p.recalled * (1 - p.recalled) / double(p.cues));
+  p.recalled = double(hits) / double(p.cues);  // = the mean of the trial fractions (equal cues per trial)
+  const double T = static_cast<double>(spec.trials);
+  double ss = 0;
+  for (double f : p.trial_recalled) ss += (f - p.recalled) * (f - p.recalled);
+  p.recalled_stderr = spec.trials > 1 ? std::sqrt(ss / (T - 1) / T) : std::numeric_limits<double>::quiet_NaN();
   p.bit_error = probed_bits ? double(wrong_bits) / double(probed_bits) : 0.0;
   p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return p;
 }
 
+namespace {
+// The largest K in [lo, hi] where pred holds, for a predicate that holds below some K and fails above
+// it; lo - 1 when it fails at lo.
+template <class Pred>
+std::size_t largest_true(std::size_t lo, std::size_t hi, Pred&& pred) {
+  if (!pred(lo)) return lo - 1;
+  if (pred(hi)) return hi;
+  while (hi - lo > 1) {  // pred(lo) && !pred(hi)
+    const std::size_t mid = lo + (hi - lo) / 2;
+    (pred(mid) ? lo : hi) = mid;
+  }
+  return lo;
+}
+}  // namespace
+
 Bisection bisect_capacity(CapacitySpec spec, double threshold, std::size_t K_lo, std::size_t K_hi,
-                          const std::function<void(double)>& progress) {
+                          const std::function<void(double)>& progress, bool with_interval) {
   ASSOCMEM_CHECK_ARG(K_lo >= 1 && K_lo <= K_hi, "need 1 <= K_lo <= K_hi, got ", K_lo, " and ", K_hi);
   ASSOCMEM_CHECK_ARG(threshold > 0 && threshold <= 1, "threshold must be in (0, 1], got ", threshold);
-  Bisection b;
-  auto ok = [&](std::size_t K) {
-    spec.K = K;
-    b.points.push_back(measure_capacity(spec));
-    if (progress) progress(std::min(1.0, double(b.points.size()) / std::log2(double(K_hi - K_lo) + 2.0)));
-    return b.points.back().recalled >= threshold;
+  std::map<std::size_t, CapacityPoint> seen;  // each K is measured once
+  const double expected = (with_interval ? 3.0 : 1.0) * std::log2(double(K_hi - K_lo) + 2.0);
+  auto point = [&](std::size_t K) -> const CapacityPoint& {
+    auto it = seen.find(K);
+    if (it == seen.end()) {
+      spec.K = K;
+      it = seen.emplace(K, measure_capacity(spec)).first;
+      if (progress) progress(std::min(1.0, double(seen.size()) / expected));
+    }
+    return it->second;
   };
-  if (!ok(K_lo)) {
-    b.K = 0;  // even the smallest K fails
+  auto se = [](const CapacityPoint& p) { return std::isfinite(p.recalled_stderr) ? p.recalled_stderr : 0.0; };
+  Bisection b;
+  // The estimate, then the ends of the range the trial-level errors cannot separate from the threshold.
+  const std::size_t K = largest_true(K_lo, K_hi, [&](std::size_t k) { return point(k).recalled >= threshold; });
+  b.K = K < K_lo ? 0 : K;
+  b.K_low = b.K_high = b.K;
+  if (!with_interval) {
+    for (auto& [k, p] : seen) b.points.push_back(p);
     return b;
   }
-  if (ok(K_hi)) {
-    b.K = K_hi;
-    return b;
-  }
-  std::size_t lo = K_lo, hi = K_hi;  // recall(lo) >= threshold > recall(hi)
-  while (hi - lo > 1) {
-    const std::size_t mid = lo + (hi - lo) / 2;
-    if (ok(mid)) lo = mid;
-    else hi = mid;
-  }
-  b.K = lo;
-  std::sort(b.points.begin(), b.points.end(), [](const CapacityPoint& x, const CapacityPoint& y) { return x.spec.K < y.spec.K; });
+  const std::size_t low = largest_true(K_lo, std::max(K, K_lo), [&](std::size_t k) {
+    const CapacityPoint& p = point(k);
+    return p.recalled - 2 * se(p) >= threshold;
+  });
+  b.K_low = low < K_lo ? 0 : low;
+  const std::size_t high = largest_true(std::max(K, K_lo), K_hi, [&](std::size_t k) {
+    const CapacityPoint& p = point(k);
+    return p.recalled + 2 * se(p) >= threshold;
+  });
+  b.K_high = std::max(high < K_lo ? 0 : high, b.K);
+  for (auto& [k, p] : seen) b.points.push_back(p);  // sorted by K
+  if (progress) progress(1.0);
   return b;
 }
 

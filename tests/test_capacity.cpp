@@ -116,7 +116,7 @@ TEST(Reproduce, KrotovHopfield2016KmaxTrend) {
       CapacitySpec s = power_spec(n, static_cast<std::size_t>(N), 1);
       s.one_step = true;
       s.trials = 6;
-      const Bisection b = bisect_capacity(s, 0.99, 1, static_cast<std::size_t>(4 * theory) + 20);
+      const Bisection b = bisect_capacity(s, 0.99, 1, static_cast<std::size_t>(4 * theory) + 20, {}, false);
       ASSERT_GT(b.K, 0u);
       lx.push_back(std::log(N));
       lk.push_back(std::log(double(b.K)));
@@ -142,7 +142,7 @@ TEST(Reproduce, DemircigilExponentialCapacity) {
       s.one_step = true;
       s.trials = 4;
       s.cues = 200;
-      const Bisection b = bisect_capacity(s, 0.9, 1, 20000);
+      const Bisection b = bisect_capacity(s, 0.9, 1, 20000, {}, false);
       ASSERT_GT(b.K, 0u) << "N=" << N << " rho=" << rho;
       Ns.push_back(double(N));
       lk.push_back(std::log(double(b.K)));
@@ -237,7 +237,7 @@ TEST(Reproduce, ModelsBAndCCapacityGrowsWithNf) {
       s.step = model == 'B' ? 1.0 : 0.5;
       s.trials = 3;
       s.cues = 200;
-      Ks.push_back(bisect_capacity(s, 0.9, 1, 5000).K);
+      Ks.push_back(bisect_capacity(s, 0.9, 1, 5000, {}, false).K);
     }
     EXPECT_GT(Ks[1], Ks[0]) << model;
     EXPECT_GT(Ks[2], Ks[1]) << model;
@@ -260,3 +260,59 @@ TEST(Capacity, BadSpecsThrow) {
 }
 
 }  // namespace
+
+// Issue 9: the error bar of `recalled` must describe how much it varies between repeated
+// measurements. Cues of one trial share its memories, so the binomial error over cues is far too
+// small at n = 3, K = 700 (trial-to-trial sd ~0.045); the trial-level standard error is right.
+TEST(Capacity, ErrorBarsMatchTheSpreadOfRepeatedMeasurements) {
+  CapacitySpec s;
+  s.F = {Interaction::Power, 3};
+  s.N = 100;
+  s.K = 700;
+  s.one_step = true;
+  s.trials = 4;
+  std::vector<double> means, reported;
+  double binomial = 0;
+  for (std::uint64_t seed = 1; seed <= 12; ++seed) {
+    s.seed = seed;
+    const CapacityPoint p = measure_capacity(s);
+    ASSERT_EQ(p.trial_recalled.size(), 4u);
+    means.push_back(p.recalled);
+    reported.push_back(p.recalled_stderr);
+    binomial += std::sqrt(p.recalled * (1 - p.recalled) / double(p.cues)) / 12;
+  }
+  double m = 0, ss = 0, se = 0;
+  for (double x : means) m += x / 12;
+  for (double x : means) ss += (x - m) * (x - m);
+  for (double x : reported) se += x / 12;
+  const double spread = std::sqrt(ss / 11);  // sd of 12 repeated measurements
+  EXPECT_GT(spread, 1.5 * binomial) << "the binomial error over cues understates the spread";
+  EXPECT_GT(se, 0.5 * spread) << "reported " << se << " vs observed " << spread;
+  EXPECT_LT(se, 2.0 * spread) << "reported " << se << " vs observed " << spread;
+  s.trials = 1;
+  EXPECT_TRUE(std::isnan(measure_capacity(s).recalled_stderr));  // no error from one trial
+}
+
+TEST(Capacity, BisectionReportsTheIntervalItCannotResolve) {
+  CapacitySpec s;
+  s.F = {Interaction::Power, 3};
+  s.N = 64;
+  s.one_step = true;
+  std::size_t width[2];
+  for (int pass = 0; pass < 2; ++pass) {
+    s.trials = pass == 0 ? 4 : 32;
+    const Bisection b = bisect_capacity(s, 0.99, 10, 400);
+    EXPECT_LE(b.K_low, b.K);
+    EXPECT_GE(b.K_high, b.K);
+    for (const CapacityPoint& p : b.points) {  // the ends are backed by measurements
+      if (p.spec.K == b.K_low) {
+        EXPECT_GE(p.recalled - 2 * p.recalled_stderr, 0.99);
+      }
+      if (p.spec.K == b.K_high + 1) {
+        EXPECT_LT(p.recalled + 2 * p.recalled_stderr, 0.99);
+      }
+    }
+    width[pass] = b.K_high - b.K_low;
+  }
+  EXPECT_LT(width[1], width[0]) << "more trials must narrow the interval";
+}

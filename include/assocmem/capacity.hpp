@@ -51,7 +51,11 @@ struct CapacityPoint {
   CapacitySpec spec;
   std::size_t cues = 0;          ///< cues probed in all trials
   double recalled = 0.0;         ///< fraction recalled with no wrong bit (random: fraction ending on a memory)
-  double recalled_stderr = 0.0;  ///< binomial standard error of `recalled`
+  /// Standard error of `recalled` over trials: sd(trial fractions) / sqrt(trials), NaN for one trial.
+  /// The trial is the unit of repetition: cues of one trial share its memories, so a binomial error
+  /// over cues would understate the spread (e.g. 0.006 instead of ~0.016 at n = 3, N = 100, K = 700).
+  double recalled_stderr = 0.0;
+  std::vector<double> trial_recalled;  ///< the recalled fraction of each trial (for bootstraps)
   double bit_error = 0.0;        ///< fraction of wrong bits (stability, basin)
   double seconds = 0.0;
 };
@@ -63,9 +67,15 @@ CapacityPoint measure_capacity(const CapacitySpec& spec, const std::function<voi
 /// taken to fall with K). Returns it with every point measured on the way.
 struct Bisection {
   std::size_t K = 0;
+  /// The range of K that the trial-level errors cannot separate from the threshold, found by two
+  /// more bisections: K_low is the largest K with recalled - 2 stderr >= threshold (confidently above;
+  /// 0 if none), K_high the largest with recalled + 2 stderr >= threshold (K_hi if all are). A wide
+  /// interval asks for more trials.
+  std::size_t K_low = 0, K_high = 0;
   std::vector<CapacityPoint> points;
 };
+/// with_interval = false skips the two bisections for K_low and K_high (then both equal K).
 Bisection bisect_capacity(CapacitySpec spec, double threshold, std::size_t K_lo, std::size_t K_hi,
-                          const std::function<void(double)>& progress = {});
+                          const std::function<void(double)>& progress = {}, bool with_interval = true);
 
 }  // namespace assocmem

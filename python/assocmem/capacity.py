@@ -10,6 +10,10 @@ patterns (one per hidden neuron, eq. 9's bound) and probes all K.
 
     measure(model="A", F="power", n=3, N=100, K=300, one_step=True, trials=20) -> dict
     bisect(0.5, 10, 5000, model="A", n=3, N=100) -> (K, points)
+    bisect_interval(0.5, 10, 5000, model="A", n=3, N=100) -> dict K, K_low, K_high, points
+
+recalled_stderr is the standard error over trials (the unit of repetition: the cues of one trial share
+its memories); trial_recalled lists each trial's fraction.
     sweep("K", [100, 200, 400], model="A", n=3, N=100) -> list of dicts
 """
 from __future__ import annotations
@@ -17,19 +21,28 @@ from __future__ import annotations
 from ._core import bisect_capacity as _bisect
 from ._core import measure_capacity as _measure
 
-__all__ = ["measure", "bisect", "sweep", "k_max_theory", "one_step_theory", "double_factorial"]
+__all__ = ["measure", "bisect", "bisect_interval", "sweep", "k_max_theory", "one_step_theory", "double_factorial"]
 
 
 def measure(**spec):
     """One measurement; keyword arguments as in the module docstring (model, F, n, beta, N, K, hidden,
     protocol, rho, one_step, order, max_steps, step, trials, cues, count_negatives, seed, threads).
-    Returns a dict: K, N, cues, recalled, recalled_stderr, bit_error, seconds."""
+    Returns a dict: K, N, cues, recalled, recalled_stderr (over trials), trial_recalled, bit_error, seconds."""
     return _measure(**spec)
 
 
 def bisect(threshold, K_lo, K_hi, **spec):
     """The largest K in [K_lo, K_hi] with recalled >= threshold, by bisection; returns (K, points)."""
-    return _bisect(threshold, K_lo, K_hi, **spec)
+    K, points, _ = _bisect(threshold, K_lo, K_hi, interval=False, **spec)
+    return K, points
+
+
+def bisect_interval(threshold, K_lo, K_hi, **spec):
+    """bisect() with the uncertainty of its answer: a dict with K, K_low, K_high and points. K_low is the
+    largest measured K confidently above the threshold (recalled - 2 stderr >= threshold), K_high the
+    smallest confidently below, minus 1; a wide interval asks for more trials."""
+    K, points, (lo, hi) = _bisect(threshold, K_lo, K_hi, interval=True, **spec)
+    return {"K": K, "K_low": lo, "K_high": hi, "points": points}
 
 
 def sweep(parameter, values, **spec):

@@ -28,7 +28,9 @@ def kh_table(lines, quick):
     lines += ["## Krotov & Hopfield 2016: one-step stability at N = 100", "",
               "Fraction of stored random patterns left exactly unchanged by one synchronous update (model A, F = x^n).",
               "Reference: the small re-run in REFERENCES.md (its own sampling error is a few hundredths).", "",
-              "| n | K | measured | std. error | reference | agrees (within 0.05) |", "|---:|---:|---:|---:|---:|---|"]
+              "The standard error is over trials (each trial draws its own memories; the cues of one trial share",
+              "them, so the trial is the unit of repetition).", "",
+              "| n | K | measured | std. error (trials) | reference | agrees (within 0.05) |", "|---:|---:|---:|---:|---:|---|"]
     for n, K, r in ref:
         p = cap.measure(model="A", n=n, N=100, K=K, one_step=True, trials=(100 if quick else 300) if K < 100 else 8)
         ok = abs(p["recalled"] - r) <= 0.05
@@ -72,23 +74,31 @@ def kmax_trend(lines, out, quick):
         sets = {2: [64, 128, 256], 3: [32, 64, 128], 4: [20, 30, 45]}
     lines += ["## Krotov & Hopfield 2016: K_max against N", "",
               "The largest K at which 99% of the memories are one-step stable (bisection), against eq. 6,",
-              "K_max ~ N^(n-1) / (2 (2n-3)!! ln N).", "",
-              "| n | N | measured K (99%) | eq. 6 | ratio |", "|---:|---:|---:|---:|---:|"]
+              "K_max ~ N^(n-1) / (2 (2n-3)!! ln N). The K range is what the trial-level errors cannot separate from",
+              f"the threshold (2 standard errors over {8 if quick else 16} trials per point): a single bisection with few",
+              "trials lands anywhere in it (seed luck), so read the range, not the digit.", "",
+              "| n | N | measured K (99%) | K range (2 s.e.) | eq. 6 | ratio |", "|---:|---:|---:|---:|---:|---:|"]
     fig = plt.figure(figsize=(5.5, 3.8))
     ax = fig.add_subplot(111)
     slopes = []
     for n, Ns in sets.items():
-        meas, theo = [], []
+        meas, theo, lo_hi = [], [], []
         for N in Ns:
             t = cap.k_max_theory(N, n)
-            K, _ = cap.bisect(0.99, 1, int(4 * t) + 20, model="A", n=n, N=N, one_step=True, trials=6)
+            b = cap.bisect_interval(0.99, 1, int(4 * t) + 20, model="A", n=n, N=N, one_step=True,
+                                    trials=8 if quick else 16)
+            K = b["K"]
             meas.append(K)
             theo.append(t)
-            lines.append(f"| {n} | {N} | {K} | {t:.1f} | {K / t:.2f} |")
+            lo_hi.append((b["K_low"], b["K_high"]))
+            lines.append(f"| {n} | {N} | {K} | {b['K_low']}-{b['K_high']} | {t:.1f} | {K / t:.2f} |")
         sm = np.polyfit(np.log(Ns), np.log(meas), 1)[0]
         st = np.polyfit(np.log(Ns), np.log(theo), 1)[0]
         slopes.append((n, sm, st))
-        ax.loglog(Ns, meas, "o-", label=f"n={n} measured")
+        err = np.array([[k - lo for k, (lo, _) in zip(meas, lo_hi)], [hi - k for k, (_, hi) in zip(meas, lo_hi)]])
+        ax.errorbar(Ns, meas, yerr=err, fmt="o-", capsize=3, label=f"n={n} measured (2 s.e. range)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.loglog(Ns, theo, "--", label=f"n={n} eq. 6")
     ax.set_xlabel("N")
     ax.set_ylabel("K")

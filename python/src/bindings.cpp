@@ -579,6 +579,7 @@ PYBIND11_MODULE(_core, m) {
     d["cues"] = p.cues;
     d["recalled"] = p.recalled;
     d["recalled_stderr"] = p.recalled_stderr;
+    d["trial_recalled"] = p.trial_recalled;
     d["bit_error"] = p.bit_error;
     d["seconds"] = p.seconds;
     return d;
@@ -603,29 +604,32 @@ PYBIND11_MODULE(_core, m) {
         py::arg("trials") = 10, py::arg("cues") = 0, py::arg("count_negatives") = true, py::arg("seed") = 1,
         py::arg("threads") = 0,
         "Measures recall over random +-1 memories (see assocmem.capacity). Returns a dict: K, N, cues, recalled "
-        "(fraction with no wrong bit, or ending on a memory for protocol='random'), recalled_stderr, bit_error, seconds.");
+        "(fraction with no wrong bit, or ending on a memory for protocol='random'), recalled_stderr (over trials; nan "
+        "for one trial), trial_recalled (each trial's fraction), bit_error, seconds.");
   m.def("bisect_capacity",
         [=](double threshold, std::size_t K_lo, std::size_t K_hi, const std::string& model, const std::string& F,
             double n, double beta, std::size_t N, std::size_t hidden, const std::string& protocol, double rho,
             bool one_step, const std::string& order, long max_steps, double step, std::size_t trials, std::size_t cues,
-            bool count_negatives, std::uint64_t seed, int threads) {
+            bool count_negatives, std::uint64_t seed, int threads, bool interval) {
           const CapacitySpec s = make_spec(model, F, n, beta, N, K_lo, hidden, protocol, rho, one_step, order,
                                            max_steps, step, trials, cues, count_negatives, seed, threads);
           Bisection b;
           {
             py::gil_scoped_release nogil;
-            b = bisect_capacity(s, threshold, K_lo, K_hi);
+            b = bisect_capacity(s, threshold, K_lo, K_hi, {}, interval);
           }
           py::list pts;
           for (const auto& p : b.points) pts.append(point_dict(p));
-          return py::make_tuple(b.K, pts);
+          return py::make_tuple(b.K, pts, py::make_tuple(b.K_low, b.K_high));
         },
         py::arg("threshold"), py::arg("K_lo"), py::arg("K_hi"), py::arg("model") = "A", py::arg("F") = "power",
         py::arg("n") = 2.0, py::arg("beta") = 1.0, py::arg("N") = 100, py::arg("hidden") = 0,
         py::arg("protocol") = "stability", py::arg("rho") = 0.0, py::arg("one_step") = false, py::arg("order") = "random",
         py::arg("max_steps") = 100, py::arg("step") = 1.0, py::arg("trials") = 10, py::arg("cues") = 0,
-        py::arg("count_negatives") = true, py::arg("seed") = 1, py::arg("threads") = 0,
-        "The largest K in [K_lo, K_hi] whose recalled fraction is >= threshold (bisection). Returns (K, points).");
+        py::arg("count_negatives") = true, py::arg("seed") = 1, py::arg("threads") = 0, py::arg("interval") = true,
+        "The largest K in [K_lo, K_hi] whose recalled fraction is >= threshold (bisection). Returns (K, points, "
+        "(K_low, K_high)): the measured K range that trial-level errors (2 standard errors) cannot separate from "
+        "the threshold.");
 
   // Glyphs --------------------------------------------------------------------------------------
   m.def("render_glyphs",
