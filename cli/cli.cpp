@@ -368,7 +368,8 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
 // ---------------------------------------------------------------------------------------------
 // capacity
 struct CapacityArgs {
-  std::string model = "A", F = "power", protocol = "stability", order = "random", sweep = "K", output, plot;
+  std::string model = "A", F = "power", protocol = "stability", order = "random", sweep = "K", criterion = "per-cue",
+              output, plot;
   double n = 2.0, beta = 1.0, rho = 0.0, step = 1.0, bisect = 0.0;
   std::size_t N = 100, hidden = 0, trials = 10, cues = 0;
   std::vector<double> values{5, 10, 15, 20};
@@ -408,6 +409,7 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
   s.trials = a.trials;
   s.cues = a.cues;
   s.count_negatives = !a.no_negatives;
+  s.criterion = parse_criterion(a.criterion);
   s.seed = a.seed;
   s.threads = a.threads;
   std::vector<CapacityPoint> points;
@@ -582,6 +584,8 @@ int assocmem::cli::run(int argc, char** argv) {
   cap->add_option("--step", ca.step, "dt/tau_f of models B and C")->capture_default_str();
   cap->add_option("--trials", ca.trials, "Independent draws of the memories (the unit of the error bars: >= 2 for a standard error)")->capture_default_str()->check(CLI::NonNegativeNumber);
   cap->add_option("--cues", ca.cues, "Cues per trial (0: min(K, 1000)->check(CLI::NonNegativeNumber); random starts 100)")->capture_default_str();
+  cap->add_option("--criterion", ca.criterion, "per-cue (fraction of cues recalled) or all (fraction of trials with every "
+                  "memory recalled, cued once)")->capture_default_str()->check(CLI::IsMember({"per-cue", "all"}));
   cap->add_flag("--no-negatives", ca.no_negatives, "Random starts: do not count ending on -xi as a memory");
   cap->add_option("--sweep", ca.sweep, "Parameter to sweep: K, N, n, beta, rho or hidden")->capture_default_str();
   cap->add_option("--values", ca.values, "Values of the swept parameter")->delimiter(',')->capture_default_str();

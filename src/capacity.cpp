@@ -32,6 +32,14 @@ std::string to_string(Protocol p) {
   return "?";
 }
 
+Criterion parse_criterion(const std::string& name) {
+  if (name == "per-cue" || name == "per_cue") return Criterion::PerCue;
+  if (name == "all") return Criterion::AllMemories;
+  throw InvalidArgument("criterion must be one of per-cue, all; got '" + name + "'");
+}
+
+std::string to_string(Criterion c) { return c == Criterion::PerCue ? "per-cue" : "all"; }
+
 void CapacitySpec::validate() const {
   ASSOCMEM_CHECK_ARG(model == 'A' || model == 'B' || model == 'C', "model must be A, B or C, got '", model, "'");
   ASSOCMEM_CHECK_ARG(N >= 2, "N must be >= 2, got ", N);
@@ -43,8 +51,17 @@ void CapacitySpec::validate() const {
   ASSOCMEM_CHECK_ARG(threads >= 0 && threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads,
                      "] (0 = all hardware threads), got ", threads);
   make_interaction(F);  // validates n and beta of F
+  if (criterion == Criterion::AllMemories) {
+    ASSOCMEM_CHECK_ARG(protocol != Protocol::RandomStarts, "criterion 'all' needs protocol stability or basin (a cue "
+                       "per stored memory), not random starts");
+    ASSOCMEM_CHECK_ARG(cues == 0 || cues == K, "criterion 'all' cues every memory once: cues must be 0 or K = ", K,
+                       ", got ", cues);
+    ASSOCMEM_CHECK_ARG(hidden == 0 || hidden >= K, "criterion 'all' needs every probed memory stored (hidden = 0)");
+  }
   // Sizes: the memories (K x N floats) and the cues of one trial must fit, with room for the engines.
-  const std::size_t per_trial = cues != 0 ? cues : (protocol == Protocol::RandomStarts ? 100 : std::min<std::size_t>(K, 1000));
+  const std::size_t per_trial = criterion == Criterion::AllMemories
+                                   ? K
+                                   : (cues != 0 ? cues : (protocol == Protocol::RandomStarts ? 100 : std::min<std::size_t>(K, 1000)));
   const std::size_t cells = checked_add(checked_mul(K, N, "K x N"), checked_mul(per_trial, N, "cues x N"), "K x N + cues x N");
   check_fits_in_memory(checked_mul(cells, 12, "memory for K x N"), "K x N");  // float32 + packed/engine copies
   checked_mul(trials, per_trial, "trials x cues");
@@ -108,7 +125,9 @@ CapacityPoint measure_capacity(const CapacitySpec& spec, const std::function<voi
   const std::size_t N = spec.N, K = spec.K;
   const std::size_t n_stored = spec.hidden == 0 ? K : std::min(spec.hidden, K);
   const std::size_t per_trial =
-      spec.cues != 0 ? spec.cues : (spec.protocol == Protocol::RandomStarts ? 100 : std::min<std::size_t>(K, 1000));
+      spec.criterion == Criterion::AllMemories
+          ? K  // every memory cued once (c % K below)
+          : (spec.cues != 0 ? spec.cues : (spec.protocol == Protocol::RandomStarts ? 100 : std::min<std::size_t>(K, 1000)));
   CapacityPoint p;
   p.spec = spec;
   std::size_t hits = 0, wrong_bits = 0, probed_bits = 0;
@@ -156,11 +175,14 @@ CapacityPoint measure_capacity(const CapacitySpec& spec, const std::function<voi
       }
     }
     p.cues += per_trial;
-    p.trial_recalled.push_back(double(hits - hits_before) / double(per_trial));
+    const std::size_t trial_hits = hits - hits_before;
+    p.trial_recalled.push_back(spec.criterion == Criterion::AllMemories ? (trial_hits == per_trial ? 1.0 : 0.0)
+                                                                        : double(trial_hits) / double(per_trial));
     if (progress) progress(double(trial + 1) / double(spec.trials));
   }
-  p.recalled = double(hits) / double(p.cues);  // = the mean of the trial fractions (equal cues per trial)
   const double T = static_cast<double>(spec.trials);
+  p.recalled = 0;  // the mean of the trial values (= hits / cues for PerCue: equal cues per trial)
+  for (double f : p.trial_recalled) p.recalled += f / T;
   double ss = 0;
   for (double f : p.trial_recalled) ss += (f - p.recalled) * (f - p.recalled);
   p.recalled_stderr = spec.trials > 1 ? std::sqrt(ss / (T - 1) / T) : std::numeric_limits<double>::quiet_NaN();

@@ -291,6 +291,34 @@ TEST(Reproduce, ModelsBAndCCapacityGrowsWithNf) {
   }
 }
 
+// criterion 'all' is the event "every memory of the trial recalled": with the same seeds and every
+// memory cued once, each trial's all-memories value is 1 exactly when its per-cue fraction is 1.
+TEST(Capacity, AllMemoriesCriterionIsTheIntersectionOfThePerCueEvents) {
+  CapacitySpec s;
+  s.model = 'A';
+  s.F = {Interaction::Exp, 2, 1.0};
+  s.N = 20;
+  s.K = 40;
+  s.protocol = Protocol::Basin;
+  s.rho = 0.1;
+  s.one_step = true;
+  s.trials = 30;
+  s.cues = 40;
+  const CapacityPoint per = measure_capacity(s);
+  s.criterion = Criterion::AllMemories;
+  const CapacityPoint all = measure_capacity(s);
+  ASSERT_EQ(all.trial_recalled.size(), per.trial_recalled.size());
+  int mixed = 0;
+  for (std::size_t t = 0; t < all.trial_recalled.size(); ++t) {
+    EXPECT_EQ(all.trial_recalled[t], per.trial_recalled[t] == 1.0 ? 1.0 : 0.0) << "trial " << t;
+    mixed += per.trial_recalled[t] > 0 && per.trial_recalled[t] < 1;
+  }
+  EXPECT_GT(mixed, 0);  // trials with some but not all memories recalled exist here
+  EXPECT_LT(all.recalled, per.recalled);
+  s.protocol = Protocol::RandomStarts;
+  EXPECT_THROW_MSG(measure_capacity(s), InvalidArgument, "criterion");
+}
+
 TEST(Capacity, BadSpecsThrow) {
   CapacitySpec s;
   s.model = 'D';

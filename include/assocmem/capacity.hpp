@@ -26,6 +26,14 @@ enum class Protocol { Stability, Basin, RandomStarts };
 Protocol parse_protocol(const std::string& name);  ///< "stability", "basin", "random"
 std::string to_string(Protocol p);
 
+/// What counts as recalled. PerCue: the fraction of cues recalled (each trial's fraction, averaged).
+/// AllMemories: the fraction of trials in which every stored memory, cued once, is recalled: the
+/// event of Demircigil et al.'s theorem (all e^{alpha N} memories at once), whose exponent alpha_max
+/// is half the per-cue one, I(1 - 2 rho) / 2 against I(1 - 2 rho).
+enum class Criterion { PerCue, AllMemories };
+Criterion parse_criterion(const std::string& name);  ///< "per-cue", "all"
+std::string to_string(Criterion c);
+
 struct CapacitySpec {
   char model = 'A';                 ///< 'A', 'B' or 'C'
   InteractionSpec F{Interaction::Power, 2.0, 1.0};  ///< models A and C
@@ -42,6 +50,7 @@ struct CapacitySpec {
   std::size_t trials = 10;          ///< independent draws of the memories
   std::size_t cues = 0;             ///< cues per trial; 0: min(K, 1000) (random starts: 100)
   bool count_negatives = true;      ///< random starts: ending on -xi counts as on a memory
+  Criterion criterion = Criterion::PerCue;  ///< AllMemories: cues = every stored memory once (not random)
   std::uint64_t seed = 1;
   int threads = 0;
   void validate() const;
@@ -50,12 +59,13 @@ struct CapacitySpec {
 struct CapacityPoint {
   CapacitySpec spec;
   std::size_t cues = 0;          ///< cues probed in all trials
-  double recalled = 0.0;         ///< fraction recalled with no wrong bit (random: fraction ending on a memory)
+  double recalled = 0.0;         ///< fraction recalled with no wrong bit (random: fraction ending on a memory);
+                                 ///< AllMemories: fraction of trials with every memory recalled
   /// Standard error of `recalled` over trials: sd(trial fractions) / sqrt(trials), NaN for one trial.
   /// The trial is the unit of repetition: cues of one trial share its memories, so a binomial error
   /// over cues would understate the spread (e.g. 0.006 instead of ~0.016 at n = 3, N = 100, K = 700).
   double recalled_stderr = 0.0;
-  std::vector<double> trial_recalled;  ///< the recalled fraction of each trial (for bootstraps)
+  std::vector<double> trial_recalled;  ///< each trial's fraction (AllMemories: 1 or 0), for bootstraps
   double bit_error = 0.0;        ///< fraction of wrong bits (stability, basin)
   double seconds = 0.0;
 };

@@ -4,7 +4,9 @@ Protocols (protocol=...): "stability" (start at each stored pattern; one_step=Tr
 synchronous update as in Krotov & Hopfield 2016's table, else run to a fixed point), "basin" (start
 from a stored pattern with round(rho N) bits flipped) and "random" (random starts; the fraction that
 ends on a stored pattern, or on its negative when count_negatives: with even n, -xi is a minimum too).
-"Recalled" means no wrong bit. Models: "A" (F = power, rectified or exp), "B" (sign of the state after
+"Recalled" means no wrong bit. criterion="per-cue" (default) reports the fraction of cues recalled;
+criterion="all" the fraction of trials in which every stored memory, cued once, is recalled (the event
+of Demircigil et al.'s theorem). Models: "A" (F = power, rectified or exp), "B" (sign of the state after
 eq. 16 updates), "C" (sign after Euler steps of eq. 22). hidden = N_h < K stores only the first N_h
 patterns (one per hidden neuron, eq. 9's bound) and probes all K.
 
@@ -26,7 +28,8 @@ __all__ = ["measure", "bisect", "bisect_interval", "sweep", "k_max_theory", "one
 
 def measure(**spec):
     """One measurement; keyword arguments as in the module docstring (model, F, n, beta, N, K, hidden,
-    protocol, rho, one_step, order, max_steps, step, trials, cues, count_negatives, seed, threads).
+    protocol, rho, one_step, order, max_steps, step, trials, cues, count_negatives, seed, threads,
+    criterion).
     Returns a dict: K, N, cues, recalled, recalled_stderr (over trials), trial_recalled, bit_error, seconds."""
     return _measure(**spec)
 

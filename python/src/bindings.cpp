@@ -549,7 +549,7 @@ PYBIND11_MODULE(_core, m) {
   auto make_spec = [](const std::string& model, const std::string& F, double n, double beta, std::size_t N,
                       std::size_t K, std::size_t hidden, const std::string& protocol, double rho, bool one_step,
                       const std::string& order, long max_steps, double step, std::size_t trials, std::size_t cues,
-                      bool count_negatives, std::uint64_t seed, int threads) {
+                      bool count_negatives, std::uint64_t seed, int threads, const std::string& criterion) {
     if (model.size() != 1) throw InvalidArgument("model must be 'A', 'B' or 'C', got '" + model + "'");
     CapacitySpec s;
     s.model = model[0];
@@ -569,6 +569,7 @@ PYBIND11_MODULE(_core, m) {
     s.count_negatives = count_negatives;
     s.seed = seed;
     s.threads = threads;
+    s.criterion = parse_criterion(criterion);
     s.validate();
     return s;
   };
@@ -588,9 +589,9 @@ PYBIND11_MODULE(_core, m) {
         [=](const std::string& model, const std::string& F, double n, double beta, std::size_t N, std::size_t K,
             std::size_t hidden, const std::string& protocol, double rho, bool one_step, const std::string& order,
             long max_steps, double step, std::size_t trials, std::size_t cues, bool count_negatives,
-            std::uint64_t seed, int threads) {
+            std::uint64_t seed, int threads, const std::string& criterion) {
           const CapacitySpec s = make_spec(model, F, n, beta, N, K, hidden, protocol, rho, one_step, order, max_steps,
-                                           step, trials, cues, count_negatives, seed, threads);
+                                           step, trials, cues, count_negatives, seed, threads, criterion);
           CapacityPoint p;
           {
             py::gil_scoped_release nogil;
@@ -602,7 +603,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("K") = 10, py::arg("hidden") = 0, py::arg("protocol") = "stability", py::arg("rho") = 0.0,
         py::arg("one_step") = false, py::arg("order") = "random", py::arg("max_steps") = 100, py::arg("step") = 1.0,
         py::arg("trials") = 10, py::arg("cues") = 0, py::arg("count_negatives") = true, py::arg("seed") = 1,
-        py::arg("threads") = 0,
+        py::arg("threads") = 0, py::arg("criterion") = "per-cue",
         "Measures recall over random +-1 memories (see assocmem.capacity). Returns a dict: K, N, cues, recalled "
         "(fraction with no wrong bit, or ending on a memory for protocol='random'), recalled_stderr (over trials; nan "
         "for one trial), trial_recalled (each trial's fraction), bit_error, seconds.");
@@ -610,9 +611,9 @@ PYBIND11_MODULE(_core, m) {
         [=](double threshold, std::size_t K_lo, std::size_t K_hi, const std::string& model, const std::string& F,
             double n, double beta, std::size_t N, std::size_t hidden, const std::string& protocol, double rho,
             bool one_step, const std::string& order, long max_steps, double step, std::size_t trials, std::size_t cues,
-            bool count_negatives, std::uint64_t seed, int threads, bool interval) {
+            bool count_negatives, std::uint64_t seed, int threads, bool interval, const std::string& criterion) {
           const CapacitySpec s = make_spec(model, F, n, beta, N, K_lo, hidden, protocol, rho, one_step, order,
-                                           max_steps, step, trials, cues, count_negatives, seed, threads);
+                                           max_steps, step, trials, cues, count_negatives, seed, threads, criterion);
           Bisection b;
           {
             py::gil_scoped_release nogil;
@@ -627,6 +628,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("protocol") = "stability", py::arg("rho") = 0.0, py::arg("one_step") = false, py::arg("order") = "random",
         py::arg("max_steps") = 100, py::arg("step") = 1.0, py::arg("trials") = 10, py::arg("cues") = 0,
         py::arg("count_negatives") = true, py::arg("seed") = 1, py::arg("threads") = 0, py::arg("interval") = true,
+        py::arg("criterion") = "per-cue",
         "The largest K in [K_lo, K_hi] whose recalled fraction is >= threshold (bisection). Returns (K, points, "
         "(K_low, K_high)): the measured K range that trial-level errors (2 standard errors) cannot separate from "
         "the threshold.");
