@@ -322,9 +322,11 @@ def section4(lines, out, quick):
     need = r["beta_needed_99"]
     w_at = next((row["median_weight"] for row in r["rows"] if row["beta"] == need), float("nan"))
     lines += ["", f"The beta needed for 99% of cues at cosine >= 0.99: {need}, where the median weight on the pattern is",
-              f"{w_at:.2f}: at that beta many states are still blends dominated by the pattern. As a single memory",
-              f"(weight >= 0.9) 99% of cues need beta = {r['beta_needed_99_single']}. The nearest memory carries the top",
-              f"weight for {top1:.1%} of the cues or more at every beta.", ""]
+              f"only {w_at:.2f}: there the states are blends of the pattern and its neighbours, which point close to it",
+              "because the neighbours surround it (with this many memories in 32 dimensions), so cosine >= 0.99 does",
+              f"not mean that the memory was retrieved. As a single memory (weight >= 0.9), 99% of cues need beta =",
+              f"{r['beta_needed_99_single']}. The stored pattern has the largest weight for at least {top1:.1%} of the",
+              "cues at every beta.", ""]
     c = colour.run(sizes=(10, 20, 50, 100) if not quick else (10, 50))
     lines += ["## Section 4: colour memory", "",
               f"N_f = 3 colour features (plus one constant bias feature for distance-based recall); memories: the",
