@@ -354,7 +354,8 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
       draw_plot("energy", csv, a.plot, {});
     }
     json j = {{"records", T}, {"steps", tr.result.steps}, {"t", tr.result.t}, {"reason", to_string(tr.result.reason)},
-              {"energy_start", tr.energy.front()}, {"energy_end", tr.energy.back()}, {"seconds", secs}};
+              {"energy_start", tr.energy.front()}, {"energy_end", tr.energy.back()}, {"seconds", secs},
+              {"non_psd_steps", tr.non_psd_steps}};
     if (!a.output.empty()) j["output"] = a.output;
     if (!a.plot.empty()) j["plot"] = a.plot;
     emit(as_json, j,

@@ -66,6 +66,9 @@ Trajectory simulate(const Network& net, const Vector& v0, const Vector& h0, cons
   auto observer = [&](double t, const Vector& y) {
     const Vector v = sys.v_of(y), h = sys.h_of(y);
     const double e = net.energy(v, h), rate = net.energy_rate(v, h);
+    if (!net.feature_lagrangian().hessian_psd_at(v) || !net.hidden_lagrangian().hessian_psd_at(h)) {
+      if (tr.non_psd_steps++ == 0) tr.first_non_psd_t = t;  // footnote 2: eq. (4) does not hold here
+    }
     if (!std::isfinite(e) || !std::isfinite(rate))
       throw SolverError(detail::concat("simulate (", to_string(options.method), "): the energy or its rate became ",
                                        "NaN or Inf at t = ", t, " (E = ", e, ", dE/dt = ", rate,

@@ -131,6 +131,29 @@ TEST(Network, SphericalFeaturesDescendForAnyAlpha) {
   }
 }
 
+// Footnote 2: eq. (4) needs PSD Hessians. An odd power F = x^3 is not convex for h < 0: the trajectory
+// reports the steps where that happens (and there the energy may rise); with an even power or where
+// h stays positive it reports none, and the energy never rises.
+TEST(Network, StepsWithoutPsdHessianAreReported) {
+  std::mt19937_64 rng(12);
+  const Matrix xi = randn(6, 5, rng);
+  SimulateOptions o;
+  o.method = Method::RK4;
+  o.dt = 1e-3;
+  o.t_end = 2.0;
+  const Vector v0 = randn(5, rng);
+  const Trajectory odd = simulate(Network(xi, lagrangians::log_cosh(1.0), lagrangians::power(3)), v0, Vector(), o);
+  EXPECT_GT(odd.non_psd_steps, 0) << "h = xi tanh(v) has negative entries";
+  EXPECT_TRUE(std::isfinite(odd.first_non_psd_t));
+  bool negative_h = false;
+  for (const Vector& h : odd.h) negative_h = negative_h || h.minCoeff() < 0;
+  EXPECT_TRUE(negative_h);
+  const Trajectory even = simulate(Network(xi, lagrangians::log_cosh(1.0), lagrangians::power(4)), v0, Vector(), o);
+  EXPECT_EQ(even.non_psd_steps, 0);
+  EXPECT_TRUE(std::isnan(even.first_non_psd_t));
+  for (std::size_t k = 1; k < even.energy.size(); ++k) EXPECT_LE(even.energy[k], even.energy[k - 1] + 1e-12);
+}
+
 // Without that zero mode, alpha != 1 breaks eq. (23): refused, naming alpha.
 TEST(Network, AlphaOtherThanOneNeedsTheZeroMode) {
   std::mt19937_64 rng(10);

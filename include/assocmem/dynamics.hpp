@@ -1,6 +1,7 @@
 // assocmem/dynamics.hpp - the network as an ODE system, and simulate() with a recorded trajectory.
 #pragma once
 
+#include <limits>
 #include <vector>
 
 #include "assocmem/integrate.hpp"
@@ -49,6 +50,13 @@ struct Trajectory {
   std::vector<Vector> v, h;
   std::vector<double> energy;       ///< eq. (2) at each recorded step
   std::vector<double> energy_rate;  ///< dE/dt from eq. (4) at each recorded step
+  /// Footnote 2 / eq. (4): the descent dE/dt <= 0 is guaranteed only where both Hessians are positive
+  /// semi-definite. The accepted steps at which one is not (Lagrangian::hessian_psd_at, e.g. an odd
+  /// power at negative h), and the first such time (NaN if none). When it is 0 the energy descended
+  /// by eq. (4) all along; otherwise it may rise or cycle there and simulate does not call a rise a
+  /// blow-up.
+  long non_psd_steps = 0;
+  double first_non_psd_t = std::numeric_limits<double>::quiet_NaN();
   IntegrateResult result;
 };
 

@@ -19,6 +19,8 @@ class Trajectory:
     energy: np.ndarray
     energy_rate: np.ndarray
     steps: int
+    non_psd_steps: int
+    first_non_psd_t: float
     reason: str
 
 class Retrieval:

@@ -287,7 +287,8 @@ class PyModelA {
 // --------------------------------------------------------------------------------------------
 struct PyTrajectory {
   py::array_t<double> t, v, h, energy, energy_rate;
-  long steps;
+  long steps, non_psd_steps;
+  double first_non_psd_t;
   std::string reason;
 };
 
@@ -368,6 +369,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("energy", &PyTrajectory::energy, "Energy eq. (2) at each record, shape (T,).")
       .def_readonly("energy_rate", &PyTrajectory::energy_rate, "dE/dt from eq. (4) at each record, shape (T,).")
       .def_readonly("steps", &PyTrajectory::steps, "Accepted integration steps.")
+      .def_readonly("non_psd_steps", &PyTrajectory::non_psd_steps,
+                    "Steps at which a Hessian was not PSD (footnote 2: there eq. 4 does not guarantee descent).")
+      .def_readonly("first_non_psd_t", &PyTrajectory::first_non_psd_t, "The first such time, nan if none.")
       .def_readonly("reason", &PyTrajectory::reason, "Why the run stopped: 'reached t_end' or 'fixed point'.")
       .def("__repr__", [](const PyTrajectory& t) {
         return "<Trajectory: " + std::to_string(t.t.size()) + " records, " + std::to_string(t.steps) + " steps, " + t.reason + ">";
@@ -427,6 +431,8 @@ PYBIND11_MODULE(_core, m) {
              out.v = rows_out(tr.v);
              out.h = rows_out(tr.h);
              out.steps = tr.result.steps;
+             out.non_psd_steps = tr.non_psd_steps;
+             out.first_non_psd_t = tr.first_non_psd_t;
              out.reason = to_string(tr.result.reason);
              return out;
            },
