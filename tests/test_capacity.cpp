@@ -315,6 +315,23 @@ TEST(Capacity, AllMemoriesCriterionIsTheIntersectionOfThePerCueEvents) {
   }
   EXPECT_GT(mixed, 0);  // trials with some but not all memories recalled exist here
   EXPECT_LT(all.recalled, per.recalled);
+  // The same identity for models B and C (the criterion is applied after any model).
+  for (char model : {'B', 'C'}) {
+    CapacitySpec t = s;
+    t.model = model;
+    t.protocol = Protocol::Basin;
+    t.F = {Interaction::Exp, 2, std::sqrt(20.0)};
+    t.max_steps = 10;
+    t.step = model == 'B' ? 1.0 : 0.5;
+    t.K = 200;
+    t.cues = 200;
+    t.criterion = Criterion::PerCue;
+    const CapacityPoint p = measure_capacity(t);
+    t.criterion = Criterion::AllMemories;
+    const CapacityPoint q = measure_capacity(t);
+    for (std::size_t k = 0; k < q.trial_recalled.size(); ++k)
+      EXPECT_EQ(q.trial_recalled[k], p.trial_recalled[k] == 1.0 ? 1.0 : 0.0) << model << " trial " << k;
+  }
   s.protocol = Protocol::RandomStarts;
   EXPECT_THROW_MSG(measure_capacity(s), InvalidArgument, "criterion");
 }
