@@ -76,6 +76,18 @@ ModelA::ModelA(Matrix patterns, InteractionSpec F, Vector current)
 
 __extension__ typedef __int128 i128;  // exact sums of integer powers (GCC and clang)
 
+namespace {
+// s exp(logD) + two_I without forming exp(logD) when it would overflow (model A's field with F = exp).
+double add_in_log_domain(double s, double logD, double two_I) {
+  if (two_I == 0.0) return s * std::exp(logD);
+  const double logI = std::log(std::fabs(two_I));
+  const double hi = std::max(logD, logI), lo = std::min(logD, logI);
+  if ((two_I > 0) == (s > 0)) return s * std::exp(hi) * (1.0 + std::exp(lo - hi));
+  if (logD == logI) return 0.0;
+  return (logD > logI ? s : -s) * std::exp(hi) * -std::expm1(lo - hi);
+}
+}  // namespace
+
 double grouped_binary_field(const InteractionSpec& F, const std::vector<std::int64_t>& c, long offset, double two_I) {
   // The highest overlap with a non-zero coefficient leads; below it everything is relative to it.
   long top = -1;
@@ -123,20 +135,10 @@ double grouped_binary_field(const InteractionSpec& F, const std::vector<std::int
   for (long k = top; k >= 0; --k)
     if (const std::int64_t ck = c[static_cast<std::size_t>(k)]) S += static_cast<double>(ck) * std::exp(beta * double(k - top));
   if (S == 0) return two_I;
-  const double s = S > 0 ? 1.0 : -1.0;
   // log |sum_r c_r D(r)| = log|S| + beta r_top + log(2 sinh(beta) / beta)
   const double log2sinh = beta + std::log(-std::expm1(-2.0 * beta));
-  const double logD = std::log(std::fabs(S)) + beta * double(top - offset) + log2sinh - std::log(beta);
-  if (two_I == 0.0) return s * std::exp(logD);
-  const double logI = std::log(std::fabs(two_I));
-  if ((two_I > 0) == (s > 0)) {
-    const double hi = std::max(logD, logI), lo = std::min(logD, logI);
-    return s * std::exp(hi) * (1.0 + std::exp(lo - hi));
-  }
-  if (logD == logI) return 0.0;
-  const double sign = logD > logI ? s : -s;
-  const double hi = std::max(logD, logI), lo = std::min(logD, logI);
-  return sign * std::exp(hi) * -std::expm1(lo - hi);
+  return add_in_log_domain(S > 0 ? 1.0 : -1.0,
+                           std::log(std::fabs(S)) + beta * double(top - offset) + log2sinh - std::log(beta), two_I);
 }
 
 void ModelA::check_binary(const Vector& sigma, const char* what) const {
@@ -179,18 +181,7 @@ double ModelA::field(const Vector& sigma, Eigen::Index i) const {
   const double a = numerics::log_sum_exp(lp), b = numerics::log_sum_exp(lm);
   if (a == b) return two_I;
   // sum G(a+) - sum G(a-) = s exp(logD), s = sign(a - b).
-  const double s = a > b ? 1.0 : -1.0;
-  const double logD = std::max(a, b) + std::log(-std::expm1(-std::fabs(a - b)));
-  if (two_I == 0.0 || (two_I > 0) == (s > 0)) {
-    const double logI = two_I == 0.0 ? -INFINITY : std::log(std::fabs(two_I));
-    const double hi = std::max(logD, logI), lo = std::min(logD, logI);
-    return s * std::exp(hi) * (1.0 + std::exp(lo - hi));
-  }
-  const double logI = std::log(std::fabs(two_I));
-  if (logD == logI) return 0.0;
-  const double sign = logD > logI ? s : -s;
-  const double hi = std::max(logD, logI), lo = std::min(logD, logI);
-  return sign * std::exp(hi) * -std::expm1(lo - hi);
+  return add_in_log_domain(a > b ? 1.0 : -1.0, std::max(a, b) + std::log(-std::expm1(-std::fabs(a - b))), two_I);
 }
 
 Retrieval ModelA::retrieve(const Vector& sigma0, const ModelAOptions& options) const {
