@@ -306,6 +306,9 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
   check_distinct({{"config", a.config}, {"xi", cfg.xi_path}}, {{"output", a.output}, {"plot", a.plot}});
   const Network& net = *cfg.network;
   SimulateOptions& o = cfg.options;
+  const Network::EnergyBound bound = net.energy_bound();  // Section 2's condition, flagged when violated
+  if (bound.verdict == Network::EnergyBound::Verdict::Unbounded)
+    std::fprintf(stderr, "assocmem: warning: the energy of this network is unbounded below (%s)\n", bound.why.c_str());
   const Vector& v0 = cfg.v0;
   const Vector& h0 = cfg.h0;
   {
@@ -355,7 +358,10 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
     }
     json j = {{"records", T}, {"steps", tr.result.steps}, {"t", tr.result.t}, {"reason", to_string(tr.result.reason)},
               {"energy_start", tr.energy.front()}, {"energy_end", tr.energy.back()}, {"seconds", secs},
-              {"non_psd_steps", tr.non_psd_steps}};
+              {"non_psd_steps", tr.non_psd_steps},
+              {"energy_bounded_below", bound.verdict == Network::EnergyBound::Verdict::Bounded     ? "yes"
+                                       : bound.verdict == Network::EnergyBound::Verdict::Unbounded ? "no"
+                                                                                                   : "unknown"}};
     if (!a.output.empty()) j["output"] = a.output;
     if (!a.plot.empty()) j["plot"] = a.plot;
     emit(as_json, j,

@@ -93,6 +93,10 @@ void AdditiveLagrangian::hvp(const Vector& x, const Vector& u, Vector& out) cons
   for (Eigen::Index i = 0; i < x.size(); ++i) out[i] = d2G(x[i]) * u[i];
 }
 
+double AdditiveLagrangian::sup_on_ball(double R, Eigen::Index n) const {
+  return double(n) * std::max({G(R), G(-R), G(0.0)});
+}
+
 bool AdditiveLagrangian::hessian_psd_at(const Vector& x) const {
   for (Eigen::Index i = 0; i < x.size(); ++i)
     if (!convex_at(x[i])) return false;
@@ -104,6 +108,8 @@ namespace {
 class Identity final : public AdditiveLagrangian {
  public:
   std::string name() const override { return "identity"; }
+  double activation_bound(Eigen::Index) const override { return INFINITY; }
+  double activation_growth() const override { return 1.0; }
   std::string psd_region() const override { return "everywhere"; }
   double G(double x) const override { return 0.5 * x * x; }
   double dG(double x) const override { return x; }
@@ -114,6 +120,8 @@ class Identity final : public AdditiveLagrangian {
 class Abs final : public AdditiveLagrangian {
  public:
   std::string name() const override { return "abs"; }
+  double activation_bound(Eigen::Index n) const override { return std::sqrt(double(n)); }  // |Sign| <= 1
+  double activation_growth() const override { return 0.0; }
   bool radial_zero_mode() const override { return true; }  // G'' = 0: M x = 0
   std::string psd_region() const override {
     return "everywhere (convex; G'' = 0 away from 0, a delta at 0)";
@@ -126,6 +134,9 @@ class Abs final : public AdditiveLagrangian {
 };
 
 class LogCosh final : public AdditiveLagrangian {
+  // tanh: |g| <= 1
+  double activation_bound(Eigen::Index n) const override { return std::sqrt(double(n)); }
+  double activation_growth() const override { return 0.0; }
  public:
   explicit LogCosh(double beta) : beta_(beta) { check_finite_beta(beta, "log_cosh"); }
   std::string name() const override { return detail::concat("log_cosh(beta=", beta_, ")"); }
@@ -143,6 +154,9 @@ class LogCosh final : public AdditiveLagrangian {
 };
 
 class Softplus final : public AdditiveLagrangian {
+  // the logistic sigmoid: 0 < g < 1
+  double activation_bound(Eigen::Index n) const override { return std::sqrt(double(n)); }
+  double activation_growth() const override { return 0.0; }
  public:
   explicit Softplus(double beta) : beta_(beta) { check_finite_beta(beta, "softplus"); }
   std::string name() const override { return detail::concat("softplus(beta=", beta_, ")"); }
@@ -163,6 +177,8 @@ class Softplus final : public AdditiveLagrangian {
 double powk(double x, double k) { return k == 0 ? 1.0 : std::pow(x, k); }
 
 class Power final : public AdditiveLagrangian {
+  double activation_bound(Eigen::Index n) const override { return n_ == 1 ? std::sqrt(double(n)) : INFINITY; }
+  double activation_growth() const override { return n_ - 1; }
  public:
   explicit Power(double n) : n_(n) {
     ASSOCMEM_CHECK_ARG(std::isfinite(n) && n >= 1 && n == std::floor(n),
@@ -184,6 +200,8 @@ class Power final : public AdditiveLagrangian {
 };
 
 class RectifiedPower final : public AdditiveLagrangian {
+  double activation_bound(Eigen::Index n) const override { return n_ == 1 ? std::sqrt(double(n)) : INFINITY; }
+  double activation_growth() const override { return n_ - 1; }
  public:
   explicit RectifiedPower(double n) : n_(n) {
     ASSOCMEM_CHECK_ARG(std::isfinite(n) && n >= 1, "rectified_power: n must be finite and >= 1, got ", n);
@@ -203,6 +221,9 @@ class RectifiedPower final : public AdditiveLagrangian {
 // eq. (11), (12): L = log(sum exp(beta x)) / beta, f = softmax(beta x),
 // Hessian beta (diag(p) - p p^T).
 class LogSumExp final : public Lagrangian {
+  double activation_bound(Eigen::Index) const override { return 1.0; }  // softmax: |p|_2 <= |p|_1 = 1
+  double activation_growth() const override { return 0.0; }
+  double sup_on_ball(double R, Eigen::Index n) const override { return R + std::log(double(n)) / beta_; }
  public:
   explicit LogSumExp(double beta) : beta_(beta) { check_finite_beta(beta, "log_sum_exp"); }
   std::string name() const override { return detail::concat("log_sum_exp(beta=", beta_, ")"); }
@@ -226,6 +247,9 @@ class LogSumExp final : public Lagrangian {
 
 // eq. (17), (18), (20): L = |x|, g = x/|x|, M = (I |x|^2 - x x^T) / |x|^3.
 class Spherical final : public Lagrangian {
+  double activation_bound(Eigen::Index) const override { return 1.0; }  // g = x/|x|
+  double activation_growth() const override { return 0.0; }
+  double sup_on_ball(double R, Eigen::Index) const override { return R; }
  public:
   std::string name() const override { return "spherical"; }
   bool radial_zero_mode() const override { return true; }  // eq. (20)
@@ -257,6 +281,12 @@ class Spherical final : public Lagrangian {
 // g = gamma (x - m)/s + delta, s = sqrt(var + eps);
 // H u = (gamma/s) [ (u - mean(u)) - (x - m) ((x - m).u) / (D s^2) ].
 class LayerNorm final : public Lagrangian {
+  // g = gamma (x - mean) / sqrt(var + eps) + delta: |g| <= gamma sqrt(n) + |delta|.
+  double activation_bound(Eigen::Index n) const override { return gamma_ * std::sqrt(double(n)) + delta_.norm(); }
+  double activation_growth() const override { return 0.0; }
+  double sup_on_ball(double R, Eigen::Index n) const override {  // var <= |x|^2 / n
+    return double(n) * gamma_ * std::sqrt(R * R / double(n) + eps_) + delta_.norm() * R;
+  }
  public:
   LayerNorm(double gamma, double eps, Vector delta) : gamma_(gamma), eps_(eps), delta_(std::move(delta)) {
     ASSOCMEM_CHECK_ARG(std::isfinite(gamma) && gamma > 0, "layer_norm: gamma must be finite and > 0, got ", gamma);

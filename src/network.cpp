@@ -105,4 +105,42 @@ Network Network::with_time_constants(double tau_f, double tau_h) const {
   return Network(xi_, Lv_, Lh_, p);
 }
 
+Network::EnergyBound Network::energy_bound() const {
+  EnergyBound b;
+  auto convex = [](const Lagrangian& L) { return L.psd_region().rfind("everywhere", 0) == 0; };
+  if (!convex(*Lv_) || !convex(*Lh_)) {
+    b.why = "a Lagrangian is not convex everywhere (" + Lv_->psd_region() + "; " + Lh_->psd_region() +
+            "): the Legendre form of eq. (2) gives no bound";
+    return b;
+  }
+  const Eigen::Index nf = n_features(), nh = n_hidden();
+  const double xi_norm = xi_.norm();  // Frobenius >= spectral norm
+  const double I_norm = I_.norm();
+  const double G = Lv_->activation_bound(nf);
+  if (std::isfinite(G)) {
+    const double sup = Lh_->sup_on_ball(xi_norm * G, nh);
+    b.verdict = EnergyBound::Verdict::Bounded;
+    b.lower = -Lv_->value(Vector::Zero(nf)) - I_norm * G - sup;
+    b.why = "the feature activation is bounded (|g| <= " + detail::concat(G) + ")";
+    return b;
+  }
+  if (Lv_->name() == "identity") {
+    const double F = Lh_->activation_bound(nh);
+    if (std::isfinite(F)) {
+      b.verdict = EnergyBound::Verdict::Bounded;
+      b.lower = -Lh_->value(Vector::Zero(nh)) - 0.5 * (xi_norm * F + I_norm) * (xi_norm * F + I_norm);
+      b.why = "identity features and a bounded hidden activation (|f| <= " + detail::concat(F) + ")";
+      return b;
+    }
+    if (Lh_->additive() && Lh_->activation_growth() > 1 && xi_norm > 0) {
+      b.verdict = EnergyBound::Verdict::Unbounded;
+      b.why = "identity features with a hidden activation growing like |h|^" + detail::concat(Lh_->activation_growth()) +
+              ": the conjugate of L_h grows slower than the quadratic |xi^T f|^2 / 2 it must hold";
+      return b;
+    }
+  }
+  b.why = "no bound is known for features " + Lv_->name() + " with hidden " + Lh_->name();
+  return b;
+}
+
 }  // namespace assocmem

@@ -154,6 +154,51 @@ TEST(Network, StepsWithoutPsdHessianAreReported) {
   for (std::size_t k = 1; k < even.energy.size(); ++k) EXPECT_LE(even.energy[k], even.energy[k - 1] + 1e-12);
 }
 
+// Section 2: the energy must be bounded below. Where Network::energy_bound says so, random states at
+// every scale stay above its bound (energy from eq. 2, bound derived separately); where it says
+// unbounded, the energy indeed runs to -inf along h = t e_0, v = xi^T f(h) + I.
+TEST(Network, EnergyBoundedBelowIsDecidedAndHolds) {
+  std::mt19937_64 rng(13);
+  const Matrix xi = randn(7, 5, rng);
+  NetworkParams p;
+  p.current = randn(5, rng, 0.5);
+  const std::vector<std::pair<LagrangianPtr, LagrangianPtr>> bounded = {
+      {lagrangians::log_cosh(2.0), lagrangians::exp(1.0)},      {lagrangians::spherical(), lagrangians::power(4)},
+      {lagrangians::identity(), lagrangians::log_sum_exp(1.0)}, {lagrangians::abs(), lagrangians::rectified_power(3)},
+      {lagrangians::softplus(1.0), lagrangians::log_sum_exp(4.0)}, {lagrangians::layer_norm(1.0), lagrangians::exp(0.5)}};
+  for (const auto& [Lv, Lh] : bounded) {
+    const Network net(xi, Lv, Lh, p);
+    const Network::EnergyBound b = net.energy_bound();
+    ASSERT_EQ(b.verdict, Network::EnergyBound::Verdict::Bounded) << Lv->name() << " + " << Lh->name() << ": " << b.why;
+    ASSERT_TRUE(std::isfinite(b.lower));
+    for (double scale : {0.1, 1.0, 10.0, 100.0})
+      for (int k = 0; k < 300; ++k) {
+        const double e = net.energy(randn(5, rng, scale), randn(7, rng, scale));
+        if (std::isfinite(e)) {
+          ASSERT_GE(e, b.lower) << Lv->name() << " + " << Lh->name() << " scale " << scale;
+        }
+      }
+  }
+  for (const LagrangianPtr& Lh : {LagrangianPtr(lagrangians::power(4)), LagrangianPtr(lagrangians::exp(1.0)),
+                                  LagrangianPtr(lagrangians::rectified_power(3))}) {
+    const Network net(xi, lagrangians::identity(), Lh, p);
+    const Network::EnergyBound b = net.energy_bound();
+    EXPECT_EQ(b.verdict, Network::EnergyBound::Verdict::Unbounded) << Lh->name() << ": " << b.why;
+    double last = INFINITY;
+    for (double t : {2.0, 4.0, 8.0, 16.0}) {  // a flagged pair really is unbounded
+      Vector h = Vector::Zero(7);
+      h[0] = t;
+      const Vector v = xi.transpose() * Lh->gradient(h) + p.current;
+      const double e = net.energy(v, h);
+      EXPECT_LT(e, last) << Lh->name() << " t " << t;
+      last = e;
+    }
+    EXPECT_LT(last, -1e3) << Lh->name();
+  }
+  EXPECT_EQ(Network(xi, lagrangians::log_cosh(1.0), lagrangians::power(3), p).energy_bound().verdict,
+            Network::EnergyBound::Verdict::Unknown);  // odd power: not convex, no claim
+}
+
 // Without that zero mode, alpha != 1 breaks eq. (23): refused, naming alpha.
 TEST(Network, AlphaOtherThanOneNeedsTheZeroMode) {
   std::mt19937_64 rng(10);

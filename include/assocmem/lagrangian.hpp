@@ -12,6 +12,7 @@
 // Non-additive ones couple the neurons of a layer (softmax, divisive normalisation, layer norm).
 #pragma once
 
+#include <cmath>
 #include <memory>
 #include <string>
 
@@ -52,6 +53,15 @@ class Lagrangian {
   /// (eq. 19) without breaking the descent of eq. (23).
   virtual bool radial_zero_mode() const { return false; }
 
+  /// sup over x of |g(x)|_2 for a layer of n neurons; +inf when the activation is unbounded.
+  /// (Section 2: a bounded feature activation keeps the energy bounded below.)
+  virtual double activation_bound(Eigen::Index n) const = 0;
+  /// How the activation grows at infinity: |g(x)| ~ |x|^p (0 bounded, 1 linear, +inf exponential).
+  virtual double activation_growth() const = 0;
+  /// An upper bound of L over the ball |x|_2 <= R of a layer of n neurons (used by
+  /// Network::energy_bound).
+  virtual double sup_on_ball(double R, Eigen::Index n) const = 0;
+
   // Convenience forms returning by value.
   Vector gradient(const Vector& x) const {
     Vector g;
@@ -82,6 +92,8 @@ class AdditiveLagrangian : public Lagrangian {
   void hvp(const Vector& x, const Vector& u, Vector& out) const final;
   bool hessian_psd_at(const Vector& x) const final;
   bool additive() const final { return true; }
+  /// n max(G(R), G(-R), G(0)): each coordinate lies in [-R, R] and a convex G peaks at an end.
+  double sup_on_ball(double R, Eigen::Index n) const override;
   using Lagrangian::gradient;
   using Lagrangian::hvp;
 };
@@ -152,6 +164,8 @@ class ExpLagrangian final : public AdditiveLagrangian {
   double dG(double x) const override;
   double d2G(double x) const override;
   bool convex_at(double) const override { return true; }
+  double activation_bound(Eigen::Index) const override { return INFINITY; }
+  double activation_growth() const override { return INFINITY; }
   /// log G(x) = beta x - log beta, finite for every finite x.
   double log_G(double x) const;
   double beta() const { return beta_; }

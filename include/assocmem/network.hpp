@@ -9,6 +9,9 @@
 // v: N_f feature currents, h: N_h hidden (memory) currents, xi: N_h x N_f, row mu = memory mu.
 #pragma once
 
+#include <cmath>
+#include <string>
+
 #include "assocmem/lagrangian.hpp"
 #include "assocmem/types.hpp"
 
@@ -66,6 +69,22 @@ class Network {
 
   /// Throws InvalidArgument unless v has length N_f and h has length N_h, both finite.
   void check_state(const Vector& v, const Vector& h) const;
+
+  /// Whether the energy (2) is bounded below over all (v, h) (Section 2: with descent, a bounded
+  /// energy makes the dynamics settle). From the Fenchel-Young inequality, with convex Lagrangians:
+  ///  - a bounded feature activation (|g| <= G): E >= -L_v(0) - |I| G - sup_{|c| <= |xi| G} L_h(c);
+  ///  - identity features (g = v) and a bounded hidden activation (|f| <= F):
+  ///    E >= -L_h(0) - (|xi| F + |I|)^2 / 2;
+  ///  - identity features and an additive hidden activation growing faster than linearly (power or
+  ///    rectified power n > 2, exp): unbounded (E -> -inf along h = t e_mu, v = xi^T f + I);
+  ///  - anything else, or a Lagrangian that is not convex everywhere: Unknown.
+  /// |xi| is bounded by the Frobenius norm, so `lower` is a valid, not a tight, bound.
+  struct EnergyBound {
+    enum class Verdict { Bounded, Unbounded, Unknown } verdict = Verdict::Unknown;
+    double lower = -INFINITY;  ///< a lower bound of E when Bounded
+    std::string why;
+  };
+  EnergyBound energy_bound() const;
 
  private:
   Matrix xi_;
