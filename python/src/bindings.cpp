@@ -397,6 +397,16 @@ PYBIND11_MODULE(_core, m) {
            py::arg("v"), py::arg("h"), "The energy, eq. (2).")
       .def("energy_rate", [](const Network& n, const F64& v, const F64& h) { return n.energy_rate(vec_in(v, "v"), vec_in(h, "h")); },
            py::arg("v"), py::arg("h"), "dE/dt from eq. (4) (<= 0 where the Hessians are PSD).")
+      .def("energy_bound",
+           [](const Network& n) {
+             const Network::EnergyBound b = n.energy_bound();
+             const char* v = b.verdict == Network::EnergyBound::Verdict::Bounded     ? "bounded"
+                             : b.verdict == Network::EnergyBound::Verdict::Unbounded ? "unbounded"
+                                                                                     : "unknown";
+             return py::make_tuple(v, b.lower, b.why);
+           },
+           "Whether eq. (2) is bounded below (Section 2): (verdict 'bounded' | 'unbounded' | 'unknown', a lower "
+           "bound when bounded, the reason).")
       .def("effective_energy", [](const Network& n, const F64& v) { return n.effective_energy(vec_in(v, "v")); },
            py::arg("v"), "eq. (2) at the hidden steady state h = xi g(v): eqs. (8), (13), (21).")
       .def("rhs",
