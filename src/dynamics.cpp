@@ -60,8 +60,7 @@ Trajectory simulate(const Network& net, const Vector& v0, const Vector& h0, cons
   // Blow-up detection. With convex Lagrangians (and alpha = 1, or M_v v = 0), eq. (4) says E never increases along
   // the exact trajectory; an integration whose energy climbs clearly above E(t0) is unstable (an
   // explicit step too large for the network), not a solution, so it stops with SolverError.
-  const bool descends = net.feature_lagrangian().psd_region().rfind("everywhere", 0) == 0 &&
-                        net.hidden_lagrangian().psd_region().rfind("everywhere", 0) == 0;
+  const bool descends = net.feature_lagrangian().convex_everywhere() && net.hidden_lagrangian().convex_everywhere();
   double e0 = 0;
   auto observer = [&](double t, const Vector& y) {
     const Vector v = sys.v_of(y), h = sys.h_of(y);

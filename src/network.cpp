@@ -107,8 +107,7 @@ Network Network::with_time_constants(double tau_f, double tau_h) const {
 
 Network::EnergyBound Network::energy_bound() const {
   EnergyBound b;
-  auto convex = [](const Lagrangian& L) { return L.psd_region().rfind("everywhere", 0) == 0; };
-  if (!convex(*Lv_) || !convex(*Lh_)) {
+  if (!Lv_->convex_everywhere() || !Lh_->convex_everywhere()) {
     b.why = "a Lagrangian is not convex everywhere (" + Lv_->psd_region() + "; " + Lh_->psd_region() +
             "): the Legendre form of eq. (2) gives no bound";
     return b;

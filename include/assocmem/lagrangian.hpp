@@ -45,6 +45,11 @@ class Lagrangian {
   /// dE/dt <= 0.
   virtual bool hessian_psd_at(const Vector& x) const = 0;
 
+  /// True when the Hessian is positive semi-definite everywhere (psd_region() begins with
+  /// "everywhere"; zero modes and an excluded x = 0 allowed): L is convex, eq. (4) gives descent and
+  /// the Fenchel-Young bounds of Network::energy_bound apply.
+  bool convex_everywhere() const { return psd_region().rfind("everywhere", 0) == 0; }
+
   /// True for L(x) = sum_i G(x_i) (eq. 6).
   virtual bool additive() const { return false; }
 
