@@ -106,9 +106,8 @@ void model_b(const char* name, DType dtype, std::size_t K, std::size_t d, std::s
   eo.threads = threads;
   eo.tile = g_tile;
   const ModelBEngine eng(store, 8.0, eo);
-  BatchOptions bo;
-  bo.max_steps = 1;
-  bo.final_pass = false;  // one step of eq. (16), as numpy's X^T softmax(beta X v)
+  RetrieveOptions bo;
+  bo.max_steps = 1;  // one step of eq. (16), as numpy's X^T softmax(beta X v); no energy, no top-k
   reset_peak();
   const long rss_before = proc_status_kib("VmRSS:");
   const double s = median_seconds(reps, [&] { eng.retrieve(Q.data(), B, bo); });
@@ -132,12 +131,13 @@ void model_a(std::size_t starts, double n, int reps, int threads, UpdateOrder or
   store.append(X.data(), K);
   std::vector<std::int8_t> cues(starts * N);
   for (auto& c : cues) c = coin(rng) ? 1 : -1;
-  const ModelAEngine eng(store, {Interaction::Power, n});
-  BinaryOptions o;
+  EngineOptions eo;
+  eo.threads = threads;
+  const ModelAEngine eng(store, {Interaction::Power, n}, Vector(), eo);
+  RetrieveOptions o;
   o.order = order;
-  o.threads = threads;
-  o.max_sweeps = 100;
-  BinaryRetrieval r;
+  o.max_steps = 100;
+  Retrieval r;
   const double s = median_seconds(reps, [&] { r = eng.retrieve(cues.data(), starts, o); });
   // How many starts ended on a stored memory (or its negative: |overlap| = N)?
   std::size_t on_memory = 0;
@@ -145,13 +145,13 @@ void model_a(std::size_t starts, double n, int reps, int threads, UpdateOrder or
     bool hit = false;
     for (std::size_t mu = 0; mu < K && !hit; ++mu) {
       long m = 0;
-      for (std::size_t i = 0; i < N; ++i) m += static_cast<long>(X[mu * N + i]) * r.states[b * N + i];
+      for (std::size_t i = 0; i < N; ++i) m += static_cast<long>(X[mu * N + i]) * static_cast<long>(r.states[b * N + i]);
       hit = static_cast<std::size_t>(std::labs(m)) == N;
     }
     on_memory += hit;
   }
   long max_sweeps = 0;
-  for (long sw : r.sweeps) max_sweeps = std::max(max_sweeps, sw);
+  for (long sw : r.steps) max_sweeps = std::max(max_sweeps, sw);
   std::printf("{\"case\": \"%s\", \"N\": %zu, \"K\": %zu, \"n\": %g, \"starts\": %zu, \"kernel\": \"%s\", "
               "\"threads\": %d, \"median_s\": %.6g, \"fraction_on_memory\": %.4f, \"max_sweeps\": %ld}\n",
               name, N, K, n, starts, eng.kernel().c_str(), threads, s, double(on_memory) / double(starts), max_sweeps);

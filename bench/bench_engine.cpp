@@ -37,8 +37,7 @@ void BM_ModelB(benchmark::State& state) {
   const ModelBEngine eng(st, 8.0, eo);
   std::vector<float> q(B * d);
   for (std::size_t i = 0; i < B; ++i) st.decode_row(i % K, &q[i * d]);
-  BatchOptions bo;
-  bo.final_pass = false;
+  RetrieveOptions bo;  // one step of eq. (16), no energy or top-k
   for (auto _ : state) benchmark::DoNotOptimize(eng.retrieve(q.data(), B, bo));
   state.SetLabel(eng.kernel());
   state.counters["memories/s"] = benchmark::Counter(double(K), benchmark::Counter::kIsIterationInvariantRate);
@@ -78,7 +77,7 @@ void BM_ModelA(benchmark::State& state) {
   std::vector<std::int8_t> cues(S * N);
   for (auto& c : cues) c = coin(rng) ? 1 : -1;
   const ModelAEngine eng(st, {Interaction::Power, double(state.range(1))});
-  BinaryOptions o;
+  RetrieveOptions o;
   o.order = UpdateOrder::FixedAsync;
   for (auto _ : state) benchmark::DoNotOptimize(eng.retrieve(cues.data(), S, o));
   state.SetLabel(eng.kernel());

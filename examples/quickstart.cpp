@@ -30,7 +30,7 @@ int main() {
     for (int t = 0; t < trials; ++t) {
       Vector cue = xi.row(t).transpose();
       for (int i = 0; i < N; i += 10) cue[i] = -cue[i];  // 10% of the bits flipped
-      exact += model.retrieve(cue).state == xi.row(t).transpose();
+      exact += model.retrieve(cue).state() == xi.row(t).transpose();
     }
     std::printf("  F = x^%d: %2d of %d cues recalled exactly%s\n", n, exact, trials,
                 n == 2 ? "  (the classical Hopfield network)" : "");
@@ -50,7 +50,7 @@ int main() {
     for (int i = 0; i < d; ++i) cue[i] += 0.05 * normal(rng);
     const auto r = hopfield.retrieve(cue);
     Eigen::Index best;
-    hopfield.weights(r.state).maxCoeff(&best);
+    hopfield.weights(r.state()).maxCoeff(&best);
     recalled += best == t;
   }
   std::printf("Model B: N_f = %d, K = %d unit patterns, beta = 50: %d of %d noisy cues recalled\n", d, M,

@@ -9,16 +9,11 @@
 #include <random>
 
 #include "assocmem/io.hpp"
+#include "fixed_point.hpp"
 #include "kernels/kernels.hpp"
 #include "parallel.hpp"
 
 namespace assocmem {
-
-void BinaryOptions::validate() const {
-  ASSOCMEM_CHECK_ARG(max_sweeps > 0, "max_sweeps must be > 0, got ", max_sweeps);
-  ASSOCMEM_CHECK_ARG(threads >= 0 && threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads,
-                     "] (0 = all hardware threads), got ", threads);
-}
 
 namespace {
 const kernels::Ops& ops_of(const void* p) { return *static_cast<const kernels::Ops*>(p); }
@@ -41,6 +36,32 @@ const kernels::Ops* choose(KernelChoice k) {
 }
 }  // namespace
 
+std::vector<std::int8_t> to_spins(const float* x, std::size_t rows, std::size_t cols, const std::string& what) {
+  const std::size_t n = checked_mul(rows, cols, (what + ": rows x cols").c_str());
+  std::vector<std::int8_t> s(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    ASSOCMEM_CHECK_ARG(x[k] == 1.0f || x[k] == -1.0f, what, ": row ", k / cols, " element ", k % cols, " is ", x[k],
+                       "; model A states must be +1 or -1");
+    s[k] = x[k] > 0 ? 1 : -1;
+  }
+  return s;
+}
+
+MemoryStore pack_bits(const MemoryStore& store) {
+  ASSOCMEM_CHECK_ARG(store.dtype() != DType::Bits, "pack_bits: the store already holds bits");
+  MemoryStore bits(store.dim(), DType::Bits);
+  std::vector<float> row(store.dim());
+  for (std::size_t i = 0; i < store.size(); ++i) {
+    store.decode_row(i, row.data());
+    for (std::size_t j = 0; j < row.size(); ++j)
+      ASSOCMEM_CHECK_ARG(row[j] == 1.0f || row[j] == -1.0f, "memory ", i, " element ", j, " is ", row[j],
+                         "; model A needs +1/-1 memories (store them with dtype bits)");
+    bits.append(row.data(), 1, store.ids() + i);
+  }
+  store.check_intact();
+  return bits;
+}
+
 // Per-cue working state.
 struct ModelAEngine::Cue {
   std::vector<std::int8_t> sigma;
@@ -53,8 +74,10 @@ struct ModelAEngine::Cue {
   mutable std::vector<std::int64_t> hist;  // the exact fallback's c_r (grouped_binary_field)
 };
 
-ModelAEngine::ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current, KernelChoice kernel)
-    : store_(&store), N_(store.dim()), K_(store.size()), spec_(F), F_(make_interaction(F)), ops_(choose(kernel)) {
+ModelAEngine::ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current, EngineOptions options)
+    : store_(&store), N_(store.dim()), K_(store.size()), spec_(F), F_(make_interaction(F)), ops_(choose(options.kernel)),
+      threads_(options.threads) {
+  options.validate();
   ASSOCMEM_CHECK_ARG(store.dtype() == DType::Bits, "model A engine: the store must hold bits (+-1 patterns), got ",
                      to_string(store.dtype()));
   ASSOCMEM_CHECK_ARG(K_ > 0, "store: the memory is empty (no patterns)");
@@ -157,27 +180,29 @@ double ModelAEngine::field(const Cue& c, std::size_t i) const {
   return grouped_binary_field(spec_, c.hist, N, 2.0 * I_[i]);
 }
 
-BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, const BinaryOptions& o) const {
-  o.validate();
+Retrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, const RetrieveOptions& options) const {
+  const ResolvedOptions o = resolve(options, ModelKind::A);
   ASSOCMEM_CHECK_ARG(batch > 0, "cues: the batch is empty");
-  ASSOCMEM_CHECK_ARG(o.clamp.empty() || o.clamp.size() == N_, "clamp has length ", o.clamp.size(), " but N = ", N_);
-  auto clamped = [&](std::size_t i) { return !o.clamp.empty() && o.clamp[i]; };
+  const std::vector<std::uint8_t>& clamp = options.clamp;
+  ASSOCMEM_CHECK_ARG(clamp.empty() || clamp.size() == N_, "clamp has length ", clamp.size(), " but N = ", N_);
+  auto clamped = [&](std::size_t i) { return !clamp.empty() && clamp[i]; };
   ASSOCMEM_CHECK_ARG(cues != nullptr, "cues is null");
   const std::size_t cells = checked_mul(batch, N_, "cues: batch x N");
   for (std::size_t k = 0; k < cells; ++k)
-    ASSOCMEM_CHECK_ARG(cues[k] == 1 || cues[k] == -1, "cues: row ", k / N_, " element ", k % N_, " = ",
-                       static_cast<int>(cues[k]), ": model A states must be +1 or -1");
-  BinaryRetrieval r;
+    ASSOCMEM_CHECK_ARG(cues[k] == 1 || cues[k] == -1, "cues: row ", k / N_, " element ", k % N_, " is ",
+                       static_cast<int>(cues[k]), "; model A states must be +1 or -1");
+  Retrieval r;
   r.batch = batch;
   r.dim = N_;
-  r.states.assign(cues, cues + batch * N_);
-  r.sweeps.assign(batch, 0);
-  r.converged.assign(batch, 0);
-  r.last_flips.assign(batch, 0);
-  r.energy.assign(batch, 0.0);
+  r.states.assign(cues, cues + cells);
+  r.steps.assign(batch, 0);
+  r.stop.assign(batch, StopReason::MaxSteps);
+  r.last_change.assign(batch, 0.0);
+  if (options.energy) r.energy.assign(batch, 0.0);
   const auto& ops = ops_of(ops_);
+  detail::Poller poller(options.monitor);
 
-  detail::parallel_chunks(batch, detail::resolve_threads(o.threads), [&](std::size_t, std::size_t b0, std::size_t b1) {
+  detail::parallel_chunks(batch, detail::resolve_threads(threads_), [&](std::size_t, std::size_t b0, std::size_t b1) {
     Cue c;
     c.m.resize(K_);
     c.A.resize(K_);
@@ -186,8 +211,14 @@ BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batc
     std::vector<std::int8_t> next;
     const std::size_t words = (N_ + 63) / 64;  // padding bits are 0 in the store and in `packed`
     std::vector<std::uint64_t> packed(words);
-    for (std::size_t b = b0; b < b1; ++b) {
-      c.sigma.assign(&r.states[b * N_], &r.states[b * N_] + N_);
+    // Between neuron visits: the calling thread polls the monitor; every worker stops once cancelled.
+    auto visit = [&](std::size_t k) {
+      if (k % 64 == 0) poller.poll(0.0);
+      return !poller.cancelled();
+    };
+    for (std::size_t b = b0; b < b1 && !poller.cancelled(); ++b) {
+      std::vector<std::int8_t> state(cues + b * N_, cues + (b + 1) * N_);
+      c.sigma = state;
       c.has_table = false;
       // Overlaps from scratch by popcount: m_mu = N - 2 popcount(xi_mu XOR sigma) on packed rows.
       std::fill(packed.begin(), packed.end(), 0);
@@ -205,51 +236,56 @@ BinaryRetrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batc
       }
       refresh(c);
       std::iota(order.begin(), order.end(), std::size_t{0});
-      std::mt19937_64 rng(o.seed + b);
-      for (long sweep = 1; sweep <= o.max_sweeps; ++sweep) {
-        long flips = 0;
-        if (o.order == UpdateOrder::Synchronous) {
-          next = c.sigma;
-          for (std::size_t i = 0; i < N_; ++i) {
-            if (clamped(i)) continue;
-            const double f = field(c, i);
-            if (f != 0.0) next[i] = f > 0 ? 1 : -1;
-          }
-          for (std::size_t i = 0; i < N_; ++i)
-            if (next[i] != c.sigma[i]) {
-              ops.add_signed(c.m.data(), &cols_[i * col_bytes_], K_, 2 * next[i]);
-              ++flips;
+      std::mt19937_64 rng(options.seed + b);
+      Retrieval one;  // this cue, through the shared driver (one sweep per update, change = flips)
+      detail::iterate_to_fixed_point(
+          state, 1, N_, o.max_steps, o.tol, poller, one,
+          [&](const std::vector<std::int8_t>&, const std::vector<std::size_t>&, std::vector<std::int8_t>& out) {
+            if (o.order == UpdateOrder::Synchronous) {
+              next = c.sigma;
+              for (std::size_t i = 0; i < N_ && visit(i); ++i) {
+                if (clamped(i)) continue;
+                const double f = field(c, i);
+                if (f != 0.0) next[i] = f > 0 ? 1 : -1;
+              }
+              bool flipped = false;
+              for (std::size_t i = 0; i < N_; ++i)
+                if (next[i] != c.sigma[i]) {
+                  ops.add_signed(c.m.data(), &cols_[i * col_bytes_], K_, 2 * next[i]);
+                  flipped = true;
+                }
+              c.sigma.swap(next);
+              if (flipped) refresh(c);
+            } else {
+              if (o.order == UpdateOrder::RandomAsync) std::shuffle(order.begin(), order.end(), rng);
+              for (std::size_t k = 0; k < N_ && visit(k); ++k) {
+                const std::size_t i = order[k];
+                if (clamped(i)) continue;
+                const double f = field(c, i);
+                const std::int8_t s = f > 0 ? 1 : (f < 0 ? -1 : c.sigma[i]);
+                if (s != c.sigma[i]) {
+                  c.sigma[i] = s;
+                  ops.add_signed(c.m.data(), &cols_[i * col_bytes_], K_, 2 * s);  // m_mu += 2 xi_mu,i s
+                  refresh(c);
+                }
+              }
             }
-          c.sigma.swap(next);
-          if (flips) refresh(c);
-        } else {
-          if (o.order == UpdateOrder::RandomAsync) std::shuffle(order.begin(), order.end(), rng);
-          for (std::size_t i : order) {
-            if (clamped(i)) continue;
-            const double f = field(c, i);
-            const std::int8_t s = f > 0 ? 1 : (f < 0 ? -1 : c.sigma[i]);
-            if (s != c.sigma[i]) {
-              c.sigma[i] = s;
-              ops.add_signed(c.m.data(), &cols_[i * col_bytes_], K_, 2 * s);  // m_mu += 2 xi_mu,i s
-              refresh(c);
-              ++flips;
-            }
-          }
-        }
-        r.sweeps[b] = sweep;
-        r.last_flips[b] = flips;
-        if (flips == 0) {
-          r.converged[b] = 1;
-          break;
-        }
+            out = c.sigma;
+          },
+          detail::flips<std::int8_t>);
+      std::copy(state.begin(), state.end(), &r.states[b * N_]);
+      r.steps[b] = one.steps[0];
+      r.stop[b] = one.stop[0];
+      r.last_change[b] = one.last_change[0];
+      if (options.energy) {
+        double e = 0;  // eq. (8) from the overlaps
+        for (std::size_t i = 0; i < N_; ++i) e -= I_[i] * c.sigma[i];
+        for (std::size_t mu = 0; mu < K_; ++mu) e -= F_->G(static_cast<double>(c.m[mu]));
+        r.energy[b] = e;
       }
-      std::copy(c.sigma.begin(), c.sigma.end(), &r.states[b * N_]);
-      double e = 0;  // eq. (8) from the overlaps
-      for (std::size_t i = 0; i < N_; ++i) e -= I_[i] * c.sigma[i];
-      for (std::size_t mu = 0; mu < K_; ++mu) e -= F_->G(static_cast<double>(c.m[mu]));
-      r.energy[b] = e;
     }
   });
+  poller.throw_if_cancelled();
   return r;
 }
 

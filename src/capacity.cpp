@@ -41,7 +41,6 @@ Criterion parse_criterion(const std::string& name) {
 std::string to_string(Criterion c) { return c == Criterion::PerCue ? "per-cue" : "all"; }
 
 void CapacitySpec::validate() const {
-  ASSOCMEM_CHECK_ARG(model == 'A' || model == 'B' || model == 'C', "model must be A, B or C, got '", model, "'");
   ASSOCMEM_CHECK_ARG(N >= 2, "N must be >= 2, got ", N);
   ASSOCMEM_CHECK_ARG(K >= 1, "K must be >= 1, got ", K);
   ASSOCMEM_CHECK_ARG(std::isfinite(rho) && rho >= 0 && rho <= 0.5, "rho must be in [0, 0.5], got ", rho);
@@ -83,36 +82,28 @@ std::vector<float> run_model(const CapacitySpec& s, const std::vector<float>& st
                              const std::vector<float>& cues, std::size_t n_cues) {
   const std::size_t N = s.N;
   std::vector<float> out(n_cues * N);
-  if (s.model == 'A') {
+  RetrieveOptions o;
+  o.max_steps = s.one_step ? 1 : s.max_steps;
+  o.seed = s.seed;
+  EngineOptions eo;
+  eo.threads = s.threads;
+  if (s.model == ModelKind::A) {
     MemoryStore store(N, DType::Bits);
     store.append(stored.data(), n_stored);
-    const ModelAEngine eng(store, s.F, Vector(), KernelChoice::Auto);
+    const ModelAEngine eng(store, s.F, Vector(), eo);
     std::vector<std::int8_t> c(cues.size());
     for (std::size_t k = 0; k < c.size(); ++k) c[k] = cues[k] > 0 ? 1 : -1;
-    BinaryOptions o;
     o.order = s.one_step ? UpdateOrder::Synchronous : s.order;
-    o.max_sweeps = s.one_step ? 1 : s.max_steps;
-    o.seed = s.seed;
-    o.threads = s.threads;
-    const BinaryRetrieval r = eng.retrieve(c.data(), n_cues, o);
-    for (std::size_t k = 0; k < out.size(); ++k) out[k] = r.states[k];
+    const Retrieval r = eng.retrieve(c.data(), n_cues, o);
+    for (std::size_t k = 0; k < out.size(); ++k) out[k] = static_cast<float>(r.states[k]);
     return out;
   }
   MemoryStore store(N, DType::Float32);
   store.append(stored.data(), n_stored);
-  EngineOptions eo;
-  eo.threads = s.threads;
-  BatchOptions o;
-  o.max_steps = s.one_step ? 1 : s.max_steps;
   o.step = s.step;
   o.tol = 1e-6;
-  o.final_pass = false;
-  BatchRetrieval r;
-  if (s.model == 'B') {
-    r = ModelBEngine(store, s.beta, eo).retrieve(cues.data(), n_cues, o);
-  } else {
-    r = ModelCEngine(store, s.F, 1.0, eo).retrieve(cues.data(), n_cues, o);
-  }
+  const Retrieval r = s.model == ModelKind::B ? ModelBEngine(store, s.beta, eo).retrieve(cues.data(), n_cues, o)
+                                              : ModelCEngine(store, s.F, 1.0, eo).retrieve(cues.data(), n_cues, o);
   for (std::size_t k = 0; k < out.size(); ++k) out[k] = r.states[k] > 0 ? 1.0f : (r.states[k] < 0 ? -1.0f : 0.0f);
   return out;
 }

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "fixed_point.hpp"
 #include "kernels/kernels.hpp"
 #include "parallel.hpp"
 
@@ -31,15 +32,6 @@ void EngineOptions::validate() const {
                      tile);
 }
 
-void BatchOptions::validate(bool model_b) const {
-  if (model_b)
-    ASSOCMEM_CHECK_ARG(std::isfinite(step) && step > 0 && step <= 1, "step (dt/tau_f) must be in (0, 1], got ", step);
-  else
-    ASSOCMEM_CHECK_ARG(std::isfinite(step) && step > 0, "step (dt/tau_f) must be finite and > 0, got ", step);
-  ASSOCMEM_CHECK_ARG(max_steps > 0, "max_steps must be > 0, got ", max_steps);
-  ASSOCMEM_CHECK_ARG(std::isfinite(tol) && tol >= 0, "tol must be finite and >= 0, got ", tol);
-}
-
 // ------------------------------------------------------------------------------------------------
 // AttentionPartial: the online softmax state and its exact merge.
 
@@ -60,6 +52,28 @@ void merge_top(std::vector<ScoredId>& into, const std::vector<ScoredId>& other, 
 }
 }  // namespace
 
+namespace {
+// exp(from - to): the factor that moves sums kept relative to the maximum `from` to the maximum `to`
+// (>= from); 0 from -inf (nothing accumulated yet). The online softmax's one rescaling formula.
+double rescale_factor(float from, float to) {
+  return from == -std::numeric_limits<float>::infinity() ? 0.0 : std::exp(double(from) - double(to));
+}
+void scale_plain(float* x, std::size_t n, float a) {
+  for (std::size_t i = 0; i < n; ++i) x[i] *= a;
+}
+}  // namespace
+
+void AttentionPartial::raise_max(std::size_t b, float new_max, float* acc_b, std::size_t n,
+                                 void (*scale)(float*, std::size_t, float)) {
+  if (!(new_max > max[b])) return;
+  const double a = rescale_factor(max[b], new_max);
+  if (max[b] != -std::numeric_limits<float>::infinity()) {
+    scale(acc_b, n, static_cast<float>(a));
+    sum[b] *= a;
+  }
+  max[b] = new_max;
+}
+
 void AttentionPartial::merge(const AttentionPartial& o) {
   ASSOCMEM_CHECK_ARG(o.batch == batch && o.dim == dim && o.top_k == top_k, "merge: partials differ in batch, dim or top_k (",
                      batch, ", ", dim, ", ", top_k, ") vs (", o.batch, ", ", o.dim, ", ", o.top_k, ")");
@@ -68,17 +82,10 @@ void AttentionPartial::merge(const AttentionPartial& o) {
     if (o.max[b] == -std::numeric_limits<float>::infinity()) continue;
     float* a = acc.data() + b * dim;
     const float* oa = o.acc.data() + b * dim;
-    if (max[b] == -std::numeric_limits<float>::infinity()) {
-      max[b] = o.max[b];
-      sum[b] = o.sum[b];
-      std::copy(oa, oa + dim, a);
-      continue;
-    }
-    const float m = std::max(max[b], o.max[b]);
-    const double s1 = std::exp(double(max[b]) - m), s2 = std::exp(double(o.max[b]) - m);
-    sum[b] = sum[b] * s1 + o.sum[b] * s2;
-    for (std::size_t j = 0; j < dim; ++j) a[j] = static_cast<float>(a[j] * s1 + oa[j] * s2);
-    max[b] = m;
+    raise_max(b, o.max[b], a, dim, scale_plain);
+    const double s2 = rescale_factor(o.max[b], max[b]);
+    sum[b] += o.sum[b] * s2;
+    for (std::size_t j = 0; j < dim; ++j) a[j] = static_cast<float>(a[j] + oa[j] * s2);
   }
 }
 
@@ -105,15 +112,25 @@ std::vector<std::pair<std::uint64_t, double>> AttentionPartial::top_weights(std:
 // ------------------------------------------------------------------------------------------------
 namespace detail {
 
+using assocmem::detail::Poller;
+
 struct EngineCore {
   const MemoryStore* store;
+  const MemoryStore* values;  // the store the associations accumulate: *store, or a value store
   const kernels::Ops* ops;
   EngineOptions opt;
   bool bf16_products;
 
-  EngineCore(const MemoryStore& s, EngineOptions o) : store(&s), opt(o) {
+  EngineCore(const MemoryStore& s, EngineOptions o, const MemoryStore* v = nullptr)
+      : store(&s), values(v ? v : &s), opt(o) {
     opt.validate();
     ASSOCMEM_CHECK_ARG(s.size() > 0, "store: the memory is empty (no patterns)");
+    if (v) {
+      ASSOCMEM_CHECK_ARG(v->size() == s.size(), "values: ", v->size(), " memories, but the keys have ", s.size());
+      ASSOCMEM_CHECK_ARG(v->dtype() == s.dtype(), "values: dtype ", to_string(v->dtype()), " differs from the keys' ",
+                         to_string(s.dtype()));
+      ASSOCMEM_CHECK_ARG(v->dim() > 0, "values: dimension 0");
+    }
     switch (opt.kernel) {
       case KernelChoice::Generic: ops = &kernels::generic_ops(); break;
       case KernelChoice::Avx512:
@@ -176,19 +193,52 @@ struct EngineCore {
     }
   }
 
+  // A mask has 0, 1 or `batch` rows, and leaves every query at least one memory.
+  void check_mask(const MemoryMask& m, std::size_t batch) const {
+    if (m.rows == 0) return;
+    ASSOCMEM_CHECK_ARG(m.data != nullptr, "mask: data is null");
+    ASSOCMEM_CHECK_ARG(m.rows == 1 || m.rows == batch, "mask: ", m.rows, " rows for ", batch,
+                       " queries (give 1 row shared by all, or one per query)");
+    const std::size_t K = store->size();
+    for (std::size_t r = 0; r < m.rows; ++r) {
+      const std::uint8_t* row = m.data + r * K;
+      ASSOCMEM_CHECK_ARG(std::find(row, row + K, std::uint8_t{0}) != row + K, "mask: row ", r,
+                         " leaves out every memory; a query needs at least one");
+    }
+  }
+
   std::size_t dim() const { return store->dim(); }
   std::size_t dpad() const { return round_up(dim(), kBlock); }
+  std::size_t vdim() const { return values->dim(); }
+  std::size_t vpad() const { return round_up(vdim(), kBlock); }
   std::size_t ntiles() const { return (store->size() + opt.tile - 1) / opt.tile; }
   std::size_t workers() const {
     return std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(resolve_threads(opt.threads)), ntiles()));
   }
 
+  // A tile of a store's rows as the kernels read them: f32 rows, bf16 rows, or decoded into `buf`.
+  struct TileRows {
+    const float* f = nullptr;
+    const std::uint16_t* b = nullptr;
+  };
+  TileRows tile_rows(const MemoryStore& s, std::size_t t0, std::size_t nt, bool raw_bf16, std::vector<float>& buf) const {
+    const std::uint8_t* raw = s.row(t0);
+    if (s.dtype() == DType::Float32) return {reinterpret_cast<const float*>(raw), nullptr};
+    if (s.dtype() == DType::BFloat16 && raw_bf16) return {nullptr, reinterpret_cast<const std::uint16_t*>(raw)};
+    buf.resize(nt * s.dim());  // bits, or bf16 on float32 kernels: decode the tile
+    for (std::size_t t = 0; t < nt; ++t) s.decode_row(t0 + t, &buf[t * s.dim()]);
+    return {buf.data(), nullptr};
+  }
+
   // One pass over all memories for queries Q (nq x d). For each worker w, epi[w] sees every score
-  // row (raw dot products) of its tiles and writes the weights P; acc[w] (nq x dpad) accumulates
-  // sum_t P[t] xi_t.
+  // row (raw dot products, writable: a mask may set entries to -inf) of its tiles and writes the
+  // weights P; acc[w] (nq x vpad) accumulates sum_t P[t] y_t over the value rows y (the keys
+  // themselves without a value store). The calling thread polls the poller between its tiles;
+  // every worker stops at its next tile once the call is cancelled.
   template <class Epi>
-  void pass(const float* Q, std::size_t nq, std::vector<Epi>& epi, std::vector<std::vector<float>>& acc) const {
-    const std::size_t d = dim(), dp = dpad(), T = opt.tile, K = store->size();
+  void pass(const float* Q, std::size_t nq, std::vector<Epi>& epi, std::vector<std::vector<float>>& acc,
+            Poller& poller) const {
+    const std::size_t d = dim(), dp = dpad(), dv = vdim(), dvp = vpad(), T = opt.tile, K = store->size();
     const bool matvec = nq < 4;
     const std::size_t QB = ops->row_block;
     const std::size_t nq_pad = round_up(nq, QB);
@@ -203,41 +253,34 @@ struct EngineCore {
     acc.assign(nw, {});
     parallel_chunks(ntiles(), static_cast<int>(nw), [&](std::size_t w, std::size_t tb, std::size_t te) {
       std::vector<float>& A = acc[w];
-      A.assign(nq_pad * dp, 0.0f);
-      std::vector<float> tilef, xt, S(QB * T), P(QB * T);
+      A.assign(nq_pad * dvp, 0.0f);
+      std::vector<float> keybuf, valbuf, xt, S(QB * T), P(QB * T);
       std::vector<std::uint16_t> xp1, xp2, Pbf;
       for (std::size_t ti = tb; ti < te; ++ti) {
+        if (w == 0) poller.poll(double(ti - tb) / double(te - tb));
+        if (poller.cancelled()) return;
         const std::size_t t0 = ti * T, nt = std::min(T, K - t0);
-        const std::uint8_t* raw = store->row(t0);
-        const float* rowsf = nullptr;
-        const std::uint16_t* rowsb = nullptr;
-        if (store->dtype() == DType::Float32) {
-          rowsf = reinterpret_cast<const float*>(raw);
-        } else if (store->dtype() == DType::BFloat16 && (bf16_products || matvec)) {
-          rowsb = reinterpret_cast<const std::uint16_t*>(raw);
-        } else {  // bits, or bf16 on float32 kernels: decode the tile
-          tilef.resize(nt * d);
-          for (std::size_t t = 0; t < nt; ++t) store->decode_row(t0 + t, &tilef[t * d]);
-          rowsf = tilef.data();
-        }
+        const bool raw_bf16 = bf16_products || matvec;
+        const TileRows keys = tile_rows(*store, t0, nt, raw_bf16, keybuf);
+        const TileRows vals = values == store ? keys : tile_rows(*values, t0, nt, raw_bf16, valbuf);
         if (!matvec) {
           if (bf16_products) {
             xp1.resize(round_up(nt, kBlock) * dp);
-            xp2.resize(round_up(nt, kBlock) * dp);
-            ops->pack_xp1(rowsb, nt, d, xp1.data());
-            ops->pack_xp2(rowsb, nt, d, xp2.data());
+            xp2.resize(round_up(nt, kBlock) * dvp);
+            ops->pack_xp1(keys.b, nt, d, xp1.data());
+            ops->pack_xp2(vals.b, nt, dv, xp2.data());
             Pbf.resize(QB * T);
           } else {
             xt.resize(round_up(nt, kBlock) * d);
-            ops->pack_xt(rowsf, nt, d, xt.data());
+            ops->pack_xt(keys.f, nt, d, xt.data());
           }
         }
         for (std::size_t r0 = 0; r0 < nq; r0 += QB) {
           const std::size_t nb = std::min(QB, nq - r0);
           if (matvec) {
             for (std::size_t r = 0; r < nb; ++r) {
-              if (rowsf) ops->dots_f32(&Qp[(r0 + r) * dp], rowsf, nt, d, &S[r * T]);
-              else ops->dots_bf16(&Qp[(r0 + r) * dp], rowsb, nt, d, &S[r * T]);
+              if (keys.f) ops->dots_f32(&Qp[(r0 + r) * dp], keys.f, nt, d, &S[r * T]);
+              else ops->dots_bf16(&Qp[(r0 + r) * dp], keys.b, nt, d, &S[r * T]);
             }
           } else if (bf16_products) {
             ops->gemm1_bf16(&Qbf[r0 * dp], ops->full_row_blocks ? QB : nb, dp, xp1.data(), nt, d, S.data(), T);
@@ -246,26 +289,28 @@ struct EngineCore {
           }
           for (std::size_t r = 0; r < nb; ++r) {
             float* Pr = &P[r * T];
-            epi[w].apply(r0 + r, &S[r * T], nt, Pr, &A[(r0 + r) * dp], dp, t0);
+            epi[w].apply(r0 + r, &S[r * T], nt, Pr, &A[(r0 + r) * dvp], dvp, t0);
             std::fill(Pr + nt, Pr + round_up(nt, kBlock), 0.0f);
           }
           if (nb < QB) std::fill(P.begin() + static_cast<long>(nb * T), P.end(), 0.0f);  // padding rows
           if (matvec) {
             for (std::size_t r = 0; r < nb; ++r) {
-              if (rowsf) ops->axpy_f32(&P[r * T], rowsf, nt, d, &A[(r0 + r) * dp]);
-              else ops->axpy_bf16(&P[r * T], rowsb, nt, d, &A[(r0 + r) * dp]);
+              if (vals.f) ops->axpy_f32(&P[r * T], vals.f, nt, dv, &A[(r0 + r) * dvp]);
+              else ops->axpy_bf16(&P[r * T], vals.b, nt, dv, &A[(r0 + r) * dvp]);
             }
           } else if (bf16_products) {
             const std::size_t rows = ops->full_row_blocks ? QB : nb;
             ops->to_bf16(P.data(), rows * T, Pbf.data());
-            ops->gemm2_bf16(Pbf.data(), rows, T, xp2.data(), nt, d, &A[r0 * dp], dp);
+            ops->gemm2_bf16(Pbf.data(), rows, T, xp2.data(), nt, dv, &A[r0 * dvp], dvp);
           } else {
-            ops->gemm2_f32(P.data(), nb, T, rowsf, nt, d, &A[r0 * dp], dp);
+            ops->gemm2_f32(P.data(), nb, T, vals.f, nt, dv, &A[r0 * dvp], dvp);
           }
         }
       }
     });
+    poller.throw_if_cancelled();
     store->check_intact();  // a mapped store whose file shrank during the pass: refuse the result
+    values->check_intact();
   }
 };
 
@@ -273,29 +318,47 @@ struct EngineCore {
 
 namespace {
 
+using detail::Poller;
+
+// The mask row of query b of a pass over `rows` (rows[b] is its index in the caller's batch).
+const std::uint8_t* mask_row(const MemoryMask& m, const std::vector<std::size_t>* rows, std::size_t b, std::size_t K) {
+  if (m.rows == 0) return nullptr;
+  if (m.rows == 1) return m.data;
+  return m.data + (rows ? (*rows)[b] : b) * K;
+}
+
+// Masked memories score -inf: weight exp(-inf) = 0, as if absent.
+void apply_mask(const std::uint8_t* mrow, float* s, std::size_t nt) {
+  if (!mrow) return;
+  for (std::size_t i = 0; i < nt; ++i)
+    if (mrow[i]) s[i] = -std::numeric_limits<float>::infinity();
+}
+
 // Online softmax (eq. 12 tile by tile): running max, rescaled sums, top-k.
 struct SoftmaxEpilogue {
   const kernels::Ops* ops;
   float beta;
   const std::uint64_t* ids;
+  MemoryMask mask;
+  const std::vector<std::size_t>* rows;
+  std::size_t K;
   AttentionPartial part;  // acc unused here (the pass accumulates into its own buffer)
 
-  void apply(std::size_t b, const float* s, std::size_t nt, float* p, float* acc, std::size_t dp, std::size_t t0) {
+  void apply(std::size_t b, float* s, std::size_t nt, float* p, float* acc, std::size_t dp, std::size_t t0) {
+    const std::uint8_t* mrow = mask_row(mask, rows, b, K);
+    if (mrow) apply_mask(mrow + t0, s, nt);
     const float m_tile = ops->scaled_max(s, nt, beta);
-    float& m = part.max[b];
-    if (m_tile > m) {
-      if (m != -std::numeric_limits<float>::infinity()) {
-        const float a = std::exp(m - m_tile);
-        ops->scale(acc, dp, a);
-        part.sum[b] *= a;
-      }
-      m = m_tile;
+    if (m_tile == -std::numeric_limits<float>::infinity()) {  // every memory of the tile masked
+      std::fill(p, p + nt, 0.0f);
+      return;
     }
-    part.sum[b] += ops->exp_shift_sum(s, nt, beta, m, p);
+    part.raise_max(b, m_tile, acc, dp, ops->scale);
+    part.sum[b] += ops->exp_shift_sum(s, nt, beta, part.max[b], p);
     if (part.top_k) {
       auto& heap = part.top[b];  // min-heap on score
       auto cmp = [](const ScoredId& x, const ScoredId& y) { return x.score > y.score; };
       for (std::size_t i = 0; i < nt; ++i) {
+        if (mrow && mrow[t0 + i]) continue;
         const float sc = beta * s[i];
         if (heap.size() < part.top_k) {
           heap.push_back({sc, ids[t0 + i]});
@@ -313,11 +376,19 @@ struct SoftmaxEpilogue {
 // Model C: f = F'(h) elementwise (eq. 18/22), and sum_mu F(h_mu) for the energy (eq. 21).
 struct AdditiveEpilogue {
   const AdditiveLagrangian* F;
+  MemoryMask mask;
+  const std::vector<std::size_t>* rows;
+  std::size_t K;
   std::vector<double> energy_sum;
   bool overflow = false;
-  void apply(std::size_t b, const float* s, std::size_t nt, float* p, float*, std::size_t, std::size_t) {
+  void apply(std::size_t b, float* s, std::size_t nt, float* p, float*, std::size_t, std::size_t t0) {
+    const std::uint8_t* mrow = mask_row(mask, rows, b, K);
     double e = 0;
     for (std::size_t i = 0; i < nt; ++i) {
+      if (mrow && mrow[t0 + i]) {
+        p[i] = 0.0f;
+        continue;
+      }
       const double h = s[i];
       const double f = F->dG(h);
       p[i] = static_cast<float>(f);
@@ -328,6 +399,51 @@ struct AdditiveEpilogue {
   }
 };
 
+// eq. (13): E = v.v/2 - (1/beta) log sum_mu exp(beta xi_mu . v), from the pass's log-sum-exp.
+double model_b_energy(const float* v, std::size_t d, double log_sum_exp, double beta) {
+  double s = 0;
+  for (std::size_t j = 0; j < d; ++j) s += double(v[j]) * v[j];
+  return 0.5 * s - log_sum_exp / beta;
+}
+
+// One model B pass for queries [n x dim]: the partial over the memories the mask leaves.
+AttentionPartial b_partial(const detail::EngineCore& core, const float* q, std::size_t n, std::size_t top_k,
+                           const MemoryMask& mask, const std::vector<std::size_t>* rows, double beta, Poller& poller) {
+  const std::size_t dv = core.vdim(), dvp = core.vpad();
+  const std::size_t nw = core.workers();
+  std::vector<SoftmaxEpilogue> epi;
+  for (std::size_t w = 0; w < nw; ++w)
+    epi.push_back({core.ops, static_cast<float>(beta), core.store->ids(), mask, rows, core.store->size(),
+                   AttentionPartial(n, 0, top_k)});
+  std::vector<std::vector<float>> acc;
+  core.pass(q, n, epi, acc, poller);
+  AttentionPartial out(n, dv, top_k);
+  for (std::size_t w = 0; w < nw; ++w) {
+    AttentionPartial p(n, dv, top_k);
+    p.max = std::move(epi[w].part.max);
+    p.sum = std::move(epi[w].part.sum);
+    p.top = std::move(epi[w].part.top);
+    for (auto& t : p.top)
+      std::sort(t.begin(), t.end(), [](const ScoredId& a, const ScoredId& b) { return a.score > b.score; });
+    for (std::size_t b = 0; b < n; ++b) std::copy(&acc[w][b * dvp], &acc[w][b * dvp] + dv, &p.acc[b * dv]);
+    out.merge(p);
+  }
+  for (std::size_t b = 0; b < n; ++b)
+    ASSOCMEM_CHECK_ARG(std::isfinite(out.max[b]) && std::isfinite(out.sum[b]) && out.sum[b] > 0, "queries: row ",
+                       rows ? (*rows)[b] : b, ": the softmax over the scores is not finite (beta = ", beta, ")");
+  return out;
+}
+
+void check_clamp(const std::vector<std::uint8_t>& clamp, std::size_t d) {
+  ASSOCMEM_CHECK_ARG(clamp.empty() || clamp.size() == d, "clamp has length ", clamp.size(), " but the dimension is ", d);
+}
+
+void fill_top(Retrieval& r, std::size_t b, const AttentionPartial& part, std::size_t i) {
+  if (r.top.empty()) r.top.assign(r.batch, {});
+  r.top[b].clear();
+  for (const auto& [id, w] : part.top_weights(i)) r.top[b].push_back({id, w});
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------
@@ -336,145 +452,103 @@ ModelBEngine::ModelBEngine(const MemoryStore& store, double beta, EngineOptions 
   ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta > 0, "beta must be finite and > 0, got ", beta);
   ASSOCMEM_CHECK_ARG(beta <= std::numeric_limits<float>::max(), "beta too large for float32 scores: ", beta);
 }
+ModelBEngine::ModelBEngine(const MemoryStore& keys, const MemoryStore& values, double beta, EngineOptions options)
+    : core_(std::make_unique<detail::EngineCore>(keys, options, &values)), beta_(beta) {
+  ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta > 0, "beta must be finite and > 0, got ", beta);
+  ASSOCMEM_CHECK_ARG(beta <= std::numeric_limits<float>::max(), "beta too large for float32 scores: ", beta);
+}
 ModelBEngine::~ModelBEngine() = default;
 ModelBEngine::ModelBEngine(ModelBEngine&&) noexcept = default;
 ModelBEngine& ModelBEngine::operator=(ModelBEngine&&) noexcept = default;
 std::string ModelBEngine::kernel() const { return core_->ops->name; }
+std::size_t ModelBEngine::dim() const { return core_->dim(); }
+std::size_t ModelBEngine::value_dim() const { return core_->vdim(); }
+std::size_t ModelBEngine::size() const { return core_->store->size(); }
 
-AttentionPartial ModelBEngine::partial(const float* queries, std::size_t batch, std::size_t top_k) const {
-  const std::size_t d = core_->dim(), dp = core_->dpad();
-  core_->check_queries(queries, batch, beta_);
-  const std::size_t nw = core_->workers();
-  std::vector<SoftmaxEpilogue> epi;
-  for (std::size_t w = 0; w < nw; ++w)
-    epi.push_back({core_->ops, static_cast<float>(beta_), core_->store->ids(), AttentionPartial(batch, 0, top_k)});
-  std::vector<std::vector<float>> acc;
-  core_->pass(queries, batch, epi, acc);
-  AttentionPartial out(batch, d, top_k);
-  for (std::size_t w = 0; w < nw; ++w) {
-    AttentionPartial p(batch, d, top_k);
-    p.max = std::move(epi[w].part.max);
-    p.sum = std::move(epi[w].part.sum);
-    p.top = std::move(epi[w].part.top);
-    for (auto& t : p.top)
-      std::sort(t.begin(), t.end(), [](const ScoredId& a, const ScoredId& b) { return a.score > b.score; });
-    for (std::size_t b = 0; b < batch; ++b) std::copy(&acc[w][b * dp], &acc[w][b * dp] + d, &p.acc[b * d]);
-    out.merge(p);
-  }
-  for (std::size_t b = 0; b < batch; ++b)
-    ASSOCMEM_CHECK_ARG(std::isfinite(out.max[b]) && std::isfinite(out.sum[b]) && out.sum[b] > 0, "queries: row ", b,
-                       ": the softmax over the scores is not finite (beta = ", beta_, ")");
-  return out;
+AttentionPartial ModelBEngine::partial(const float* queries, std::size_t batch, std::size_t top_k, MemoryMask mask,
+                                       double beta) const {
+  ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta >= 0, "beta must be finite and > 0 (0: the engine's), got ", beta);
+  const double b = beta > 0 ? beta : beta_;
+  core_->check_queries(queries, batch, b);
+  core_->check_mask(mask, batch);
+  Poller poller(Monitor{});
+  return b_partial(*core_, queries, batch, top_k, mask, nullptr, b, poller);
 }
 
-namespace {
-double half_square(const float* v, std::size_t d) {
-  double s = 0;
-  for (std::size_t j = 0; j < d; ++j) s += double(v[j]) * v[j];
-  return 0.5 * s;
-}
-
-BatchRetrieval make_result(std::size_t batch, std::size_t d, const float* queries) {
-  BatchRetrieval r;
+Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options) const {
+  const ResolvedOptions o = resolve(options, ModelKind::B);
+  const double beta = options.beta.value_or(beta_);
+  const std::size_t d = core_->dim(), dv = core_->vdim();
+  const bool hetero = core_->values != core_->store;
+  check_clamp(options.clamp, d);
+  ASSOCMEM_CHECK_ARG(!hetero || options.clamp.empty(), "clamp: with a value store the result is not in the query's "
+                                                       "space; clamping applies to auto-association only");
+  core_->check_queries(queries, batch, beta);
+  core_->check_mask(options.mask, batch);
+  Poller poller(options.monitor);
+  std::vector<float> states(queries, queries + batch * d);
+  Retrieval r;
   r.batch = batch;
-  r.dim = d;
-  r.states.assign(queries, queries + batch * d);
-  r.steps.assign(batch, 0);
-  r.converged.assign(batch, 0);
-  r.final_delta.assign(batch, 0.0);
-  r.energy.assign(batch, 0.0);
-  r.top.assign(batch, {});
-  return r;
-}
-
-double max_abs_change(const float* a, const float* b, std::size_t d) {
-  double delta = 0;
-  for (std::size_t j = 0; j < d; ++j) delta = std::max(delta, double(std::fabs(b[j] - a[j])));
-  return delta;
-}
-
-// Model C with alpha = 0: |v| grows without bound, so convergence is judged on v/|v|
-// (ModelC::retrieve's rule).
-double direction_change(const float* a, const float* b, std::size_t d) {
-  double na = 0, nb = 0;
-  for (std::size_t j = 0; j < d; ++j) {
-    na += double(a[j]) * a[j];
-    nb += double(b[j]) * b[j];
+  // Auto-association: max_steps updates. With values: max_steps - 1 updates on the keys, then the
+  // association with the values. The update runs on the keys alone: temporarily a keys-only core.
+  const long key_steps = hetero ? o.max_steps - 1 : o.max_steps;
+  {
+    detail::EngineCore keys_only = *core_;
+    keys_only.values = core_->store;
+    detail::iterate_to_fixed_point(
+        states, batch, d, key_steps, o.tol, poller, r,
+        [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
+          const std::size_t n = rows.size();
+          const AttentionPartial part = b_partial(keys_only, cur.data(), n, 0, options.mask, &rows, beta, poller);
+          std::vector<float> st(d);
+          for (std::size_t i = 0; i < n; ++i) {
+            part.state(i, st.data());
+            for (std::size_t j = 0; j < d; ++j)
+              next[i * d + j] = static_cast<float>(cur[i * d + j] + o.step * (st[j] - cur[i * d + j]));  // eq. (15)
+          }
+          detail::apply_clamp(options.clamp, queries, rows, d, next.data());
+        },
+        detail::max_abs_change<float>);
   }
-  na = std::sqrt(na);
-  nb = std::sqrt(nb);
-  double delta = 0;
-  for (std::size_t j = 0; j < d; ++j) delta = std::max(delta, std::fabs(b[j] / nb - a[j] / na));
-  return delta;
-}
-
-// Runs `update(active states, rows, next)` on the not-yet-converged rows until tol or max_steps.
-template <class Update>
-void iterate(BatchRetrieval& r, const BatchOptions& o, Update&& update,
-             double (*change)(const float*, const float*, std::size_t) = max_abs_change) {
-  const std::size_t d = r.dim;
-  std::vector<std::size_t> active(r.batch);
-  for (std::size_t b = 0; b < r.batch; ++b) active[b] = b;
-  std::vector<float> cur, next;
-  for (long step = 1; step <= o.max_steps && !active.empty(); ++step) {
-    cur.resize(active.size() * d);
-    for (std::size_t i = 0; i < active.size(); ++i)
-      std::copy(&r.states[active[i] * d], &r.states[active[i] * d] + d, &cur[i * d]);
-    update(cur, active, next);
-    std::vector<std::size_t> still;
-    for (std::size_t i = 0; i < active.size(); ++i) {
-      const std::size_t b = active[i];
-      for (std::size_t j = 0; j < d; ++j)
-        if (!std::isfinite(next[i * d + j]))
-          throw SolverError(detail::concat("query ", b, " diverged at update ", step,
-                                           " (the state left the float32 range); lower step or beta"));
-      const double delta = change(&cur[i * d], &next[i * d], d);
-      std::copy(&next[i * d], &next[i * d] + d, &r.states[b * d]);
-      r.steps[b] = step;
-      r.final_delta[b] = delta;
-      if (delta <= o.tol) r.converged[b] = 1;
-      else still.push_back(b);
+  std::vector<float> out = std::move(states);
+  if (hetero || options.energy || options.top_k) {
+    // One more pass: the association with the values (hetero), or the description of the final states.
+    const AttentionPartial part = b_partial(*core_, out.data(), batch, options.top_k, options.mask, nullptr, beta, poller);
+    if (options.energy) {
+      r.energy.resize(batch);
+      for (std::size_t b = 0; b < batch; ++b) r.energy[b] = model_b_energy(&out[b * d], d, part.log_sum_exp(b), beta);
     }
-    active = std::move(still);
-  }
-}
-}  // namespace
-
-BatchRetrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const BatchOptions& o) const {
-  o.validate(true);
-  const std::size_t d = core_->dim();
-  core_->check_queries(queries, batch, beta_);
-  BatchRetrieval r = make_result(batch, d, queries);
-  const std::size_t k_during = o.final_pass ? 0 : o.top_k;
-  iterate(r, o, [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
-    const std::size_t n = rows.size();
-    const AttentionPartial part = partial(cur.data(), n, k_during);
-    next.resize(n * d);
-    std::vector<float> st(d);
-    for (std::size_t i = 0; i < n; ++i) {
-      part.state(i, st.data());
-      for (std::size_t j = 0; j < d; ++j) next[i * d + j] = static_cast<float>(cur[i * d + j] + o.step * (st[j] - cur[i * d + j]));  // eq. (15)
-      if (!o.final_pass) {  // describe the input of this update
-        r.energy[rows[i]] = half_square(&cur[i * d], d) - part.log_sum_exp(i) / beta_;  // eq. (13)
-        r.top[rows[i]] = part.top_weights(i);
+    if (options.top_k)
+      for (std::size_t b = 0; b < batch; ++b) fill_top(r, b, part, b);
+    if (hetero) {
+      std::vector<float> y(batch * dv);
+      for (std::size_t b = 0; b < batch; ++b) {
+        part.state(b, &y[b * dv]);
+        for (std::size_t j = 0; j < dv; ++j)
+          if (!std::isfinite(y[b * dv + j]))
+            throw SolverError(detail::concat("query ", b, ": the association with the values left the float32 range"));
+        ++r.steps[b];
       }
-    }
-  });
-  if (o.final_pass) {
-    const AttentionPartial part = partial(r.states.data(), batch, o.top_k);
-    for (std::size_t b = 0; b < batch; ++b) {
-      r.energy[b] = half_square(&r.states[b * d], d) - part.log_sum_exp(b) / beta_;  // eq. (13)
-      r.top[b] = part.top_weights(b);
+      out = std::move(y);
     }
   }
+  r.dim = dv;
+  r.states.assign(out.begin(), out.end());
   return r;
 }
 
-std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch) const {
+std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch, MemoryMask mask, double beta) const {
+  ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta >= 0, "beta must be finite and > 0 (0: the engine's), got ", beta);
+  const double b = beta > 0 ? beta : beta_;
   const std::size_t d = core_->dim();
-  const AttentionPartial part = partial(states, batch, 0);
+  core_->check_queries(states, batch, b);
+  core_->check_mask(mask, batch);
+  detail::EngineCore keys_only = *core_;
+  keys_only.values = core_->store;
+  Poller poller(Monitor{});
+  const AttentionPartial part = b_partial(keys_only, states, batch, 0, mask, nullptr, b, poller);
   std::vector<double> e(batch);
-  for (std::size_t b = 0; b < batch; ++b) e[b] = half_square(states + b * d, d) - part.log_sum_exp(b) / beta_;  // eq. (13)
+  for (std::size_t i = 0; i < batch; ++i) e[i] = model_b_energy(states + i * d, d, part.log_sum_exp(i), b);
   return e;
 }
 
@@ -487,26 +561,26 @@ ModelCEngine::~ModelCEngine() = default;
 ModelCEngine::ModelCEngine(ModelCEngine&&) noexcept = default;
 ModelCEngine& ModelCEngine::operator=(ModelCEngine&&) noexcept = default;
 std::string ModelCEngine::kernel() const { return core_->ops->name; }
+std::size_t ModelCEngine::dim() const { return core_->dim(); }
+std::size_t ModelCEngine::size() const { return core_->store->size(); }
 
 namespace {
 // One pass of model C at the directions g = v/|v| (eq. 18): drive = xi^T F'(xi g) per row, and
 // energy = -sum_mu F(xi_mu . g) (eq. 21).
 void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, const float* v, std::size_t n,
+                  const MemoryMask& mask, const std::vector<std::size_t>* rows, Poller& poller,
                   std::vector<float>& drive, std::vector<double>& energy) {
   const std::size_t d = core.dim(), dp = core.dpad();
   std::vector<float> g(n * d);
   for (std::size_t i = 0; i < n; ++i) {
-    double norm = 0;
-    for (std::size_t j = 0; j < d; ++j) norm += double(v[i * d + j]) * v[i * d + j];
-    norm = std::sqrt(norm);
-    ASSOCMEM_CHECK_ARG(norm > 0 && std::isfinite(norm), "queries: row ", i,
+    const double norm = lagrangians::spherical_direction(v + i * d, d, &g[i * d]);  // eq. (17)
+    ASSOCMEM_CHECK_ARG(norm > 0 && std::isfinite(norm), "queries: row ", rows ? (*rows)[i] : i,
                        norm > 0 ? " has an infinite norm" : " is zero; model C's output v/|v| is undefined at 0");
-    for (std::size_t j = 0; j < d; ++j) g[i * d + j] = static_cast<float>(v[i * d + j] / norm);
   }
   const std::size_t nw = core.workers();
-  std::vector<AdditiveEpilogue> epi(nw, AdditiveEpilogue{F, std::vector<double>(n, 0.0)});
+  std::vector<AdditiveEpilogue> epi(nw, AdditiveEpilogue{F, mask, rows, core.store->size(), std::vector<double>(n, 0.0)});
   std::vector<std::vector<float>> acc;
-  core.pass(g.data(), n, epi, acc);
+  core.pass(g.data(), n, epi, acc, poller);
   drive.assign(n * d, 0.0f);
   energy.assign(n, 0.0);
   for (std::size_t w = 0; w < nw; ++w) {
@@ -519,40 +593,44 @@ void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, c
 }
 }  // namespace
 
-BatchRetrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const BatchOptions& o) const {
-  o.validate(false);
+Retrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options) const {
+  const ResolvedOptions o = resolve(options, ModelKind::C);
   const std::size_t d = core_->dim();
+  check_clamp(options.clamp, d);
   core_->check_queries(queries, batch, 0.0);  // model C scores xi.(v/|v|): bounded by max_norm
-  BatchRetrieval r = make_result(batch, d, queries);
-  auto pass = [&](const float* v, std::size_t n, std::vector<float>& drive, std::vector<double>& energy) {
-    model_c_pass(*core_, F_.get(), v, n, drive, energy);
-  };
-  iterate(r, o, [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
-    const std::size_t n = rows.size();
+  core_->check_mask(options.mask, batch);
+  Poller poller(options.monitor);
+  std::vector<float> states(queries, queries + batch * d);
+  Retrieval r;
+  r.batch = batch;
+  r.dim = d;
+  detail::iterate_to_fixed_point(
+      states, batch, d, o.max_steps, o.tol, poller, r,
+      [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
+        const std::size_t n = rows.size();
+        std::vector<float> drive;
+        std::vector<double> energy;
+        model_c_pass(*core_, F_.get(), cur.data(), n, options.mask, &rows, poller, drive, energy);
+        for (std::size_t i = 0; i < n * d; ++i)
+          next[i] = static_cast<float>(cur[i] + o.step * (drive[i] - alpha_ * cur[i]));  // eq. (22)
+        detail::apply_clamp(options.clamp, queries, rows, d, next.data());
+      },
+      alpha_ == 0.0 ? detail::direction_change<float> : detail::max_abs_change<float>);
+  if (options.energy) {
     std::vector<float> drive;
-    std::vector<double> energy;
-    pass(cur.data(), n, drive, energy);
-    next.resize(n * d);
-    for (std::size_t i = 0; i < n; ++i) {
-      for (std::size_t j = 0; j < d; ++j)
-        next[i * d + j] = static_cast<float>(cur[i * d + j] + o.step * (drive[i * d + j] - alpha_ * cur[i * d + j]));  // eq. (22)
-      if (!o.final_pass) r.energy[rows[i]] = energy[i];
-    }
-  }, alpha_ == 0.0 ? direction_change : max_abs_change);
-  if (o.final_pass) {
-    std::vector<float> drive;
-    std::vector<double> energy;
-    pass(r.states.data(), batch, drive, energy);
-    r.energy = energy;
+    model_c_pass(*core_, F_.get(), states.data(), batch, options.mask, nullptr, poller, drive, r.energy);
   }
+  r.states.assign(states.begin(), states.end());
   return r;
 }
 
-std::vector<double> ModelCEngine::energy(const float* states, std::size_t batch) const {
+std::vector<double> ModelCEngine::energy(const float* states, std::size_t batch, MemoryMask mask) const {
   core_->check_queries(states, batch, 0.0);
+  core_->check_mask(mask, batch);
+  Poller poller(Monitor{});
   std::vector<float> drive;
   std::vector<double> e;
-  model_c_pass(*core_, F_.get(), states, batch, drive, e);
+  model_c_pass(*core_, F_.get(), states, batch, mask, nullptr, poller, drive, e);
   return e;
 }
 

@@ -43,11 +43,11 @@ std::string to_string(Method m) {
   return "?";
 }
 
-std::string to_string(StopReason r) {
+std::string to_string(IntegrationStop r) {
   switch (r) {
-    case StopReason::ReachedEnd: return "reached t_end";
-    case StopReason::FixedPoint: return "fixed point";
-    case StopReason::ObserverStopped: return "stopped by observer";
+    case IntegrationStop::ReachedEnd: return "reached t_end";
+    case IntegrationStop::FixedPoint: return "fixed point";
+    case IntegrationStop::ObserverStopped: return "stopped by observer";
   }
   return "?";
 }
@@ -92,19 +92,19 @@ class Run {
       throw SolverError(detail::concat("integrate (", to_string(o_.method), "): the state became NaN or Inf at t = ",
                                        t, " after ", result.steps, " steps; reduce dt or the tolerances"));
     if (obs_ && !obs_(t, y)) {
-      result.reason = StopReason::ObserverStopped;
+      result.reason = IntegrationStop::ObserverStopped;
       return true;
     }
     if (o_.fixed_point_tol > 0) {
       Vector d;
       eval(t, y, d);
       if (d.lpNorm<Eigen::Infinity>() <= o_.fixed_point_tol) {
-        result.reason = StopReason::FixedPoint;
+        result.reason = IntegrationStop::FixedPoint;
         return true;
       }
     }
     if (t >= o_.t_end) {
-      result.reason = StopReason::ReachedEnd;
+      result.reason = IntegrationStop::ReachedEnd;
       return true;
     }
     if (result.steps >= o_.max_steps)

@@ -258,8 +258,8 @@ class Spherical final : public Lagrangian {
   }
   double value(const Vector& x) const override { return x.norm(); }
   void gradient(const Vector& x, Vector& out) const override {
-    const double r = checked_norm(x);
-    out = x / r;
+    out.resize(x.size());
+    check_norm(lagrangians::spherical_direction(x.data(), static_cast<std::size_t>(x.size()), out.data()));
   }
   void hvp(const Vector& x, const Vector& u, Vector& out) const override {
     check_same_size(x, u);
@@ -269,12 +269,12 @@ class Spherical final : public Lagrangian {
   bool hessian_psd_at(const Vector& x) const override { return x.norm() > 0; }
 
  private:
-  static double checked_norm(const Vector& x) {
-    const double r = x.norm();
+  static double check_norm(double r) {
     ASSOCMEM_CHECK_ARG(r > 0 && std::isfinite(r),
                        "spherical: the gradient x/|x| is undefined at x = 0 (state must be non-zero and finite)");
     return r;
   }
+  static double checked_norm(const Vector& x) { return check_norm(x.norm()); }
 };
 
 // Energy Transformer layer norm: L = D gamma sqrt(var + eps) + delta . x.

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "assocmem/error.hpp"
+#include "fixed_point.hpp"
 
 namespace assocmem {
 
@@ -27,6 +28,11 @@ std::string to_string(Interaction kind) {
   return "?";
 }
 
+InteractionSpec default_interaction(ModelKind model) {
+  ASSOCMEM_CHECK_ARG(model != ModelKind::B, "model B has no interaction function F");
+  return {model == ModelKind::A ? Interaction::Power : Interaction::RectifiedPower, 3.0, 1.0};
+}
+
 AdditivePtr make_interaction(const InteractionSpec& spec) {
   switch (spec.kind) {
     case Interaction::Power: return lagrangians::power(spec.n);
@@ -36,29 +42,7 @@ AdditivePtr make_interaction(const InteractionSpec& spec) {
   throw InvalidArgument("F: unknown interaction kind");
 }
 
-UpdateOrder parse_update_order(const std::string& name) {
-  if (name == "random") return UpdateOrder::RandomAsync;
-  if (name == "fixed") return UpdateOrder::FixedAsync;
-  if (name == "sync" || name == "synchronous") return UpdateOrder::Synchronous;
-  throw InvalidArgument("order must be one of random, fixed, sync; got '" + name + "'");
-}
-
-void ModelAOptions::validate() const {
-  ASSOCMEM_CHECK_ARG(max_sweeps > 0, "max_sweeps must be > 0, got ", max_sweeps);
-}
-void ModelBOptions::validate() const {
-  ASSOCMEM_CHECK_ARG(std::isfinite(step) && step > 0 && step <= 1, "step (dt/tau_f) must be in (0, 1], got ", step);
-  ASSOCMEM_CHECK_ARG(max_steps > 0, "max_steps must be > 0, got ", max_steps);
-  ASSOCMEM_CHECK_ARG(std::isfinite(tol) && tol >= 0, "tol must be finite and >= 0, got ", tol);
-}
-void ModelCOptions::validate() const {
-  ASSOCMEM_CHECK_ARG(std::isfinite(step) && step > 0, "step (dt/tau_f) must be finite and > 0, got ", step);
-  ASSOCMEM_CHECK_ARG(max_steps > 0, "max_steps must be > 0, got ", max_steps);
-  ASSOCMEM_CHECK_ARG(std::isfinite(tol) && tol >= 0, "tol must be finite and >= 0, got ", tol);
-}
-
 namespace {
-double max_abs_diff(const Vector& a, const Vector& b) { return (a - b).lpNorm<Eigen::Infinity>(); }
 void check_query(const Vector& v, Eigen::Index n, const char* what) {
   ASSOCMEM_CHECK_ARG(v.size() == n, what, " has length ", v.size(), " but N_f = ", n);
   check_finite(v, what);
@@ -184,50 +168,61 @@ double ModelA::field(const Vector& sigma, Eigen::Index i) const {
   return add_in_log_domain(a > b ? 1.0 : -1.0, std::max(a, b) + std::log(-std::expm1(-std::fabs(a - b))), two_I);
 }
 
-Retrieval ModelA::retrieve(const Vector& sigma0, const ModelAOptions& options) const {
-  options.validate();
+namespace {
+// A single query as a batch of one, run through the shared driver (fixed_point.hpp).
+template <class Update, class Change>
+Retrieval run_single(const Vector& v0, long max_steps, double tol, const Monitor& monitor, Update&& update,
+                     Change&& change) {
+  Retrieval out;
+  out.batch = 1;
+  out.dim = static_cast<std::size_t>(v0.size());
+  out.states.assign(v0.data(), v0.data() + v0.size());
+  detail::Poller poller(monitor);
+  detail::iterate_to_fixed_point(out.states, 1, out.dim, max_steps, tol, poller, out,
+                                 [&](const std::vector<double>& cur, const std::vector<std::size_t>&, std::vector<double>& next) {
+                                   const Vector v = Eigen::Map<const Vector>(cur.data(), static_cast<Eigen::Index>(cur.size()));
+                                   const Vector n = update(v);
+                                   std::copy(n.data(), n.data() + n.size(), next.begin());
+                                 },
+                                 change);
+  return out;
+}
+
+void check_clamp(const RetrieveOptions& o, Eigen::Index n) {
+  ASSOCMEM_CHECK_ARG(o.clamp.empty() || o.clamp.size() == static_cast<std::size_t>(n), "clamp has length ",
+                     o.clamp.size(), " but N_f = ", n);
+}
+}  // namespace
+
+Retrieval ModelA::retrieve(const Vector& sigma0, const RetrieveOptions& options) const {
+  const ResolvedOptions o = resolve(options, ModelKind::A);
   check_binary(sigma0, "sigma0");
   const Eigen::Index N = n_features();
-  ASSOCMEM_CHECK_ARG(options.clamp.empty() || options.clamp.size() == static_cast<std::size_t>(N), "clamp has length ",
-                     options.clamp.size(), " but N_f = ", N);
+  check_clamp(options, N);
   auto clamped = [&](Eigen::Index i) { return !options.clamp.empty() && options.clamp[static_cast<std::size_t>(i)]; };
-  Vector sigma = sigma0;
   std::vector<Eigen::Index> order(static_cast<size_t>(N));
   std::iota(order.begin(), order.end(), Eigen::Index{0});
   std::mt19937_64 rng(options.seed);
-  Retrieval out;
-  for (long sweep = 1; sweep <= options.max_sweeps; ++sweep) {
-    long flips = 0;
-    if (options.order == UpdateOrder::Synchronous) {
-      Vector next = sigma;
+  auto sweep = [&](const Vector& sigma) {  // one sweep; the driver counts the flips
+    Vector next = sigma;
+    if (o.order == UpdateOrder::Synchronous) {
       for (Eigen::Index i = 0; i < N; ++i) {
         if (clamped(i)) continue;
         const double f = field(sigma, i);
         if (f != 0.0) next[i] = f > 0 ? 1.0 : -1.0;
-        flips += next[i] != sigma[i];
       }
-      sigma = next;
     } else {
-      if (options.order == UpdateOrder::RandomAsync) std::shuffle(order.begin(), order.end(), rng);
+      if (o.order == UpdateOrder::RandomAsync) std::shuffle(order.begin(), order.end(), rng);
       for (Eigen::Index i : order) {
         if (clamped(i)) continue;
-        const double f = field(sigma, i);
-        const double s = f > 0 ? 1.0 : (f < 0 ? -1.0 : sigma[i]);
-        if (s != sigma[i]) {
-          sigma[i] = s;
-          ++flips;
-        }
+        const double f = field(next, i);
+        if (f != 0.0) next[i] = f > 0 ? 1.0 : -1.0;
       }
     }
-    out.steps = sweep;
-    out.final_delta = static_cast<double>(flips);
-    if (flips == 0) {
-      out.converged = true;
-      break;
-    }
-  }
-  out.energy = net_.effective_energy(sigma);
-  out.state = std::move(sigma);
+    return next;
+  };
+  Retrieval out = run_single(sigma0, o.max_steps, o.tol, options.monitor, sweep, detail::flips<double>);
+  if (options.energy) out.energy = {net_.effective_energy(out.state())};  // eq. (8)
   return out;
 }
 
@@ -255,23 +250,33 @@ Vector ModelB::update(const Vector& v, double step) const {
   return v + step * dv;       // eq. (15); step = 1 is eq. (16)
 }
 
-Retrieval ModelB::retrieve(const Vector& v0, const ModelBOptions& options) const {
-  options.validate();
+Retrieval ModelB::retrieve(const Vector& v0, const RetrieveOptions& options) const {
+  const ResolvedOptions o = resolve(options, ModelKind::B);
+  ASSOCMEM_CHECK_ARG(!options.beta, "beta: the reference ModelB has a fixed beta (", beta_,
+                     "); a per-call beta is a ModelBEngine option");
+  ASSOCMEM_CHECK_ARG(options.mask.rows == 0, "mask: the reference ModelB takes no mask; use ModelBEngine");
   check_query(v0, n_features(), "v0");
-  Retrieval out;
-  Vector v = v0;
-  for (long k = 1; k <= options.max_steps; ++k) {
-    Vector next = update(v, options.step);
-    out.final_delta = max_abs_diff(next, v);
-    v = std::move(next);
-    out.steps = k;
-    if (out.final_delta <= options.tol) {
-      out.converged = true;
-      break;
-    }
+  check_clamp(options, n_features());
+  Retrieval out = run_single(v0, o.max_steps, o.tol, options.monitor,
+                             [&](const Vector& v) {
+                               Vector next = update(v, o.step);
+                               for (std::size_t j = 0; j < options.clamp.size(); ++j)
+                                 if (options.clamp[j]) next[static_cast<Eigen::Index>(j)] = v0[static_cast<Eigen::Index>(j)];
+                               return next;
+                             },
+                             detail::max_abs_change<double>);
+  const Vector v = out.state();
+  if (options.energy) out.energy = {net_.effective_energy(v)};  // eq. (13)
+  if (options.top_k) {
+    const Vector w = weights(v);
+    std::vector<Eigen::Index> idx(static_cast<std::size_t>(w.size()));
+    std::iota(idx.begin(), idx.end(), Eigen::Index{0});
+    const std::size_t k = std::min<std::size_t>(options.top_k, idx.size());
+    std::partial_sort(idx.begin(), idx.begin() + static_cast<long>(k), idx.end(),
+                      [&](Eigen::Index a, Eigen::Index b) { return w[a] != w[b] ? w[a] > w[b] : a < b; });
+    out.top.assign(1, {});
+    for (std::size_t i = 0; i < k; ++i) out.top[0].push_back({static_cast<std::uint64_t>(idx[i]), w[idx[i]]});
   }
-  out.energy = net_.effective_energy(v);
-  out.state = std::move(v);
   return out;
 }
 
@@ -293,26 +298,24 @@ Vector ModelC::velocity(const Vector& v) const {
   return dv;
 }
 
-Retrieval ModelC::retrieve(const Vector& v0, const ModelCOptions& options) const {
-  options.validate();
+Retrieval ModelC::retrieve(const Vector& v0, const RetrieveOptions& options) const {
+  const ResolvedOptions o = resolve(options, ModelKind::C);
+  ASSOCMEM_CHECK_ARG(options.mask.rows == 0, "mask: the reference ModelC takes no mask; use ModelCEngine");
   check_query(v0, n_features(), "v0");
+  check_clamp(options, n_features());
   ASSOCMEM_CHECK_ARG(v0.norm() > 0, "v0 must be non-zero: model C's output v/|v| is undefined at 0");
   const bool track_direction = net_.params().alpha == 0.0;  // then |v| grows without bound
-  Retrieval out;
-  Vector v = v0;
-  for (long k = 1; k <= options.max_steps; ++k) {
-    Vector next = v + options.step * velocity(v);
-    ASSOCMEM_CHECK_ARG(next.norm() > 0, "model C: the state reached v = 0 at step ", k, "; reduce step");
-    out.final_delta = track_direction ? max_abs_diff(next / next.norm(), v / v.norm()) : max_abs_diff(next, v);
-    v = std::move(next);
-    out.steps = k;
-    if (out.final_delta <= options.tol) {
-      out.converged = true;
-      break;
-    }
-  }
-  out.energy = net_.effective_energy(v);
-  out.state = std::move(v);
+  Retrieval out = run_single(
+      v0, o.max_steps, o.tol, options.monitor,
+      [&](const Vector& v) {
+        Vector next = v + o.step * velocity(v);
+        for (std::size_t j = 0; j < options.clamp.size(); ++j)
+          if (options.clamp[j]) next[static_cast<Eigen::Index>(j)] = v0[static_cast<Eigen::Index>(j)];
+        ASSOCMEM_CHECK_ARG(next.norm() > 0, "model C: the state reached v = 0; reduce step");
+        return next;
+      },
+      track_direction ? detail::direction_change<double> : detail::max_abs_change<double>);
+  if (options.energy) out.energy = {net_.effective_energy(out.state())};  // eq. (21)
   return out;
 }
 

@@ -128,6 +128,8 @@ const char* descr(NpyType t) {
     case NpyType::Float32: return "<f4";
     case NpyType::Float64: return "<f8";
     case NpyType::Int8: return "|i1";
+    case NpyType::UInt8: return "|u1";
+    case NpyType::Bool: return "|b1";
   }
   return "?";
 }
@@ -190,7 +192,9 @@ NpyArray read_npy(const std::string& path) {
   if (d == "<f4") a.type = NpyType::Float32;
   else if (d == "<f8") a.type = NpyType::Float64;
   else if (d == "|i1" || d == "<i1" || d == "i1") a.type = NpyType::Int8;
-  else throw bad("unsupported dtype '" + d + "' (supported: float32 '<f4', float64 '<f8', int8 '|i1')");
+  else if (d == "|u1" || d == "<u1" || d == "u1") a.type = NpyType::UInt8;
+  else if (d == "|b1" || d == "b1") a.type = NpyType::Bool;
+  else throw bad("unsupported dtype '" + d + "' (supported: float32 '<f4', float64 '<f8', int8 '|i1', uint8 '|u1', bool '|b1')");
   if (hd.fortran) throw bad("Fortran-order arrays are not supported; save with numpy.ascontiguousarray");
   if (hd.shape.size() == 1) {
     a.rows = 1;
@@ -237,6 +241,8 @@ std::vector<float> NpyArray::to_float32() const {
         break;
       }
       case NpyType::Int8: out[i] = static_cast<std::int8_t>(bytes[i]); break;
+      case NpyType::UInt8:
+      case NpyType::Bool: out[i] = bytes[i]; break;
     }
   }
   return out;
@@ -255,6 +261,8 @@ Matrix NpyArray::to_matrix() const {
       }
       case NpyType::Float64: std::memcpy(&v, &bytes[8 * i], 8); break;
       case NpyType::Int8: v = static_cast<std::int8_t>(bytes[i]); break;
+      case NpyType::UInt8:
+      case NpyType::Bool: v = bytes[i]; break;
     }
     m.data()[i] = v;
   }

@@ -13,12 +13,27 @@ using assocmem::testing::randn;
 
 namespace {
 
+// One synchronous sweep.
+RetrieveOptions sync_once() {
+  RetrieveOptions o;
+  o.order = UpdateOrder::Synchronous;
+  o.max_steps = 1;
+  return o;
+}
+
+EngineOptions with_kernel(KernelChoice k, int threads = 0) {
+  EngineOptions e;
+  e.kernel = k;
+  e.threads = threads;
+  return e;
+}
+
 std::vector<KernelChoice> kernels_here() {
   std::vector<KernelChoice> ks = {KernelChoice::Generic};
   MemoryStore probe(8, DType::Bits);
   probe.append(Matrix::Ones(1, 8));
   try {
-    ModelAEngine e(probe, {Interaction::Power, 2}, Vector(), KernelChoice::Avx512);
+    ModelAEngine e(probe, {Interaction::Power, 2}, Vector(), with_kernel(KernelChoice::Avx512));
     ks.push_back(KernelChoice::Avx512);
   } catch (const InvalidArgument&) {
   }
@@ -45,27 +60,28 @@ TEST(ModelAEngine, FollowsThePlainModelExactly) {
       for (bool with_current : {false, true}) {
         const Vector cur = with_current ? I : Vector();
         const ModelA plain(X, F, cur);
-        const ModelAEngine fast(store, F, cur, kc);
+        const ModelAEngine fast(store, F, cur, with_kernel(kc, 3));
         for (UpdateOrder order : {UpdateOrder::RandomAsync, UpdateOrder::FixedAsync, UpdateOrder::Synchronous}) {
-          BinaryOptions o;
+          RetrieveOptions o;
           o.order = order;
           o.seed = 17;
-          o.max_sweeps = 50;
-          o.threads = 3;
-          const BinaryRetrieval r = fast.retrieve(cues.data(), B, o);
+          o.max_steps = 50;
+          o.energy = true;
+          const Retrieval r = fast.retrieve(cues.data(), B, o);
           for (int b = 0; b < B; ++b) {
-            ModelAOptions po;
+            RetrieveOptions po;
             po.order = order;
             po.seed = 17 + static_cast<std::uint64_t>(b);
-            po.max_sweeps = 50;
+            po.max_steps = 50;
+            po.energy = true;
             const Retrieval p = plain.retrieve(C.row(b).transpose(), po);
             Vector got(N);
             for (int i = 0; i < N; ++i) got[i] = r.states[static_cast<std::size_t>(b * N + i)];
-            ASSERT_TRUE(got == p.state) << fast.kernel() << " " << to_string(F.kind) << " order " << int(order)
+            ASSERT_TRUE(got == p.state()) << fast.kernel() << " " << to_string(F.kind) << " order " << int(order)
                                         << " current " << with_current << " cue " << b;
-            EXPECT_EQ(r.sweeps[static_cast<std::size_t>(b)], p.steps);
-            EXPECT_EQ(bool(r.converged[static_cast<std::size_t>(b)]), p.converged);
-            EXPECT_NEAR(r.energy[static_cast<std::size_t>(b)], p.energy, 1e-9 * (1 + std::fabs(p.energy)));
+            EXPECT_EQ(r.steps[static_cast<std::size_t>(b)], p.steps[0]);
+            EXPECT_EQ(r.stop[static_cast<std::size_t>(b)], p.stop[0]);
+            EXPECT_NEAR(r.energy[static_cast<std::size_t>(b)], p.energy[0], 1e-9 * (1 + std::fabs(p.energy[0])));
           }
         }
       }
@@ -88,12 +104,12 @@ TEST(ModelAEngine, ClampedNeuronsStayAndAgreeWithThePlainModel) {
   for (InteractionSpec F : {InteractionSpec{Interaction::Power, 2}, InteractionSpec{Interaction::Exp, 2, 1.0}}) {
     const ModelAEngine fast(store, F);
     const ModelA plain(X, F);
-    BinaryOptions o;
+    RetrieveOptions o;
     o.clamp = clamp;
     o.seed = 3;
     const auto r = fast.retrieve(cues.data(), B, o);
     for (int b = 0; b < B; ++b) {
-      ModelAOptions po;
+      RetrieveOptions po;
       po.clamp = clamp;
       po.seed = 3 + static_cast<std::uint64_t>(b);
       Vector cue(N);
@@ -101,7 +117,7 @@ TEST(ModelAEngine, ClampedNeuronsStayAndAgreeWithThePlainModel) {
       const auto p = plain.retrieve(cue, po);
       for (int i = 0; i < N; ++i) {
         const double got = r.states[static_cast<std::size_t>(b * N + i)];
-        ASSERT_EQ(got, p.state[i]);
+        ASSERT_EQ(got, p.state()[i]);
         if (i < N / 2) {
           ASSERT_EQ(got, X(b, i));  // clamped
         }
@@ -112,7 +128,7 @@ TEST(ModelAEngine, ClampedNeuronsStayAndAgreeWithThePlainModel) {
         for (int i = 0; i < N; ++i) EXPECT_EQ(r.states[static_cast<std::size_t>(b * N + i)], X(b, i));
     }
   }
-  BinaryOptions bad;
+  RetrieveOptions bad;
   bad.clamp.assign(3, 1);
   EXPECT_THROW_MSG(ModelAEngine(store, {Interaction::Power, 2}).retrieve(cues.data(), 1, bad), InvalidArgument, "clamp");
 }
@@ -128,10 +144,10 @@ TEST(ModelAEngine, ExpBeyondOverflow) {
   const Vector noisy = flip_bits(X.row(3).transpose(), 400, rng);
   for (int i = 0; i < N; ++i) cue[static_cast<std::size_t>(i)] = static_cast<std::int8_t>(noisy[i]);
   const ModelAEngine fast(store, {Interaction::Exp, 2, 1.0});
-  BinaryOptions o;
+  RetrieveOptions o;
   o.order = UpdateOrder::Synchronous;
   const auto r = fast.retrieve(cue.data(), 1, o);
-  EXPECT_TRUE(r.converged[0]);
+  EXPECT_TRUE(r.converged(0));
   for (int i = 0; i < N; ++i) ASSERT_EQ(r.states[static_cast<std::size_t>(i)], X(3, i));
 }
 
@@ -153,15 +169,15 @@ TEST(ModelAEngine, CancellingMemoriesDoNotHideTheDecidingOne) {
     if (beta == 10.0) {
       EXPECT_NEAR(plain.field(s, 0) / 1.0686e12, 1.0, 1e-3);
     }
-    const Retrieval p = plain.retrieve(s, {UpdateOrder::Synchronous, 1, 0, {}});
-    EXPECT_EQ(p.state[0], 1.0) << "beta " << beta;
+    const Retrieval p = plain.retrieve(s, sync_once());
+    EXPECT_EQ(p.state()[0], 1.0) << "beta " << beta;
     for (KernelChoice k : kernels_here()) {
-      const ModelAEngine fast(store, {Interaction::Exp, 2, beta}, Vector(), k);
-      BinaryOptions o;
+      const ModelAEngine fast(store, {Interaction::Exp, 2, beta}, Vector(), with_kernel(k));
+      RetrieveOptions o;
       o.order = UpdateOrder::Synchronous;
-      o.max_sweeps = 1;
+      o.max_steps = 1;
       const auto r = fast.retrieve(cue, 1, o);
-      for (int i = 0; i < 7; ++i) EXPECT_EQ(r.states[static_cast<std::size_t>(i)], p.state[i]) << "beta " << beta;
+      for (int i = 0; i < 7; ++i) EXPECT_EQ(r.states[static_cast<std::size_t>(i)], p.state()[i]) << "beta " << beta;
     }
   }
 }
@@ -188,15 +204,15 @@ TEST(ModelAEngine, TiesAtLargeBetaAgreeWithThePlainModel) {
       const Vector s = flip_bits(s0, 1 + static_cast<int>(rng() % 4), rng);
       std::vector<std::int8_t> cue(N);
       for (int i = 0; i < N; ++i) cue[static_cast<std::size_t>(i)] = static_cast<std::int8_t>(s[i]);
-      const Retrieval p = plain.retrieve(s, {UpdateOrder::Synchronous, 1, 0, {}});
+      const Retrieval p = plain.retrieve(s, sync_once());
       for (KernelChoice k : kernels_here()) {
-        const ModelAEngine fast(store, {Interaction::Exp, 2, beta}, Vector(), k);
-        BinaryOptions o;
+        const ModelAEngine fast(store, {Interaction::Exp, 2, beta}, Vector(), with_kernel(k));
+        RetrieveOptions o;
         o.order = UpdateOrder::Synchronous;
-        o.max_sweeps = 1;
+        o.max_steps = 1;
         const auto r = fast.retrieve(cue.data(), 1, o);
         for (int i = 0; i < N; ++i)
-          ASSERT_EQ(r.states[static_cast<std::size_t>(i)], p.state[i]) << "beta " << beta << " neuron " << i;
+          ASSERT_EQ(r.states[static_cast<std::size_t>(i)], p.state()[i]) << "beta " << beta << " neuron " << i;
       }
     }
   }
@@ -216,12 +232,12 @@ TEST(ModelAEngine, LargeIntegerPowersAgreeWithTheExactSums) {
     const Vector s = flip_bits(X.row(trial).transpose(), 20, rng);
     std::vector<std::int8_t> cue(N);
     for (int i = 0; i < N; ++i) cue[static_cast<std::size_t>(i)] = static_cast<std::int8_t>(s[i]);
-    const Retrieval p = plain.retrieve(s, {UpdateOrder::Synchronous, 1, 0, {}});
-    BinaryOptions o;
+    const Retrieval p = plain.retrieve(s, sync_once());
+    RetrieveOptions o;
     o.order = UpdateOrder::Synchronous;
-    o.max_sweeps = 1;
+    o.max_steps = 1;
     const auto r = fast.retrieve(cue.data(), 1, o);
-    for (int i = 0; i < N; ++i) ASSERT_EQ(r.states[static_cast<std::size_t>(i)], p.state[i]) << "neuron " << i;
+    for (int i = 0; i < N; ++i) ASSERT_EQ(r.states[static_cast<std::size_t>(i)], p.state()[i]) << "neuron " << i;
   }
 }
 
@@ -239,9 +255,9 @@ TEST(ModelAEngine, BadInput) {
   cue[5] = 0;
   EXPECT_THROW_MSG(e.retrieve(cue.data(), 1), InvalidArgument, "row 0 element 5");
   cue[5] = 1;
-  BinaryOptions o;
-  o.max_sweeps = 0;
-  EXPECT_THROW_MSG(e.retrieve(cue.data(), 1, o), InvalidArgument, "max_sweeps");
+  RetrieveOptions o;
+  o.max_steps = 0;
+  EXPECT_THROW_MSG(e.retrieve(cue.data(), 1, o), InvalidArgument, "max_steps");
 }
 
 }  // namespace

@@ -17,7 +17,7 @@ namespace {
 
 CapacitySpec power_spec(double n, std::size_t N, std::size_t K) {
   CapacitySpec s;
-  s.model = 'A';
+  s.model = ModelKind::A;
   s.F = {Interaction::Power, n, 1.0};
   s.N = N;
   s.K = K;
@@ -140,7 +140,7 @@ std::vector<double> basin_capacities(InteractionSpec F, double rho, const std::v
   for (double N : Ns) {
     EXPECT_EQ(rho * N, std::round(rho * N)) << "rho N must be whole";
     CapacitySpec s;
-    s.model = 'A';
+    s.model = ModelKind::A;
     s.F = F;
     s.N = static_cast<std::size_t>(N);
     s.protocol = Protocol::Basin;
@@ -249,11 +249,11 @@ TEST(Reproduce, RamsauerRegimesOnClusteredPatterns) {
   }
   auto effective = [&](double beta) {
     const ModelB B(X, beta);
-    ModelBOptions o;
+    RetrieveOptions o;
     o.max_steps = 2000;
     o.tol = 1e-12;
     const auto r = B.retrieve(X.row(0).transpose(), o);
-    const Vector p = B.weights(r.state);
+    const Vector p = B.weights(r.state());
     return 1.0 / p.squaredNorm();
   };
   EXPECT_GT(effective(0.01), 0.9 * clusters * per);  // global average
@@ -266,7 +266,7 @@ TEST(Reproduce, RamsauerRegimesOnClusteredPatterns) {
 // Models B and C: the number of patterns recalled from cues with 25% of the bits flipped grows
 // exponentially with N_f (as model A with F = exp).
 TEST(Reproduce, ModelsBAndCCapacityGrowsWithNf) {
-  for (char model : {'B', 'C'}) {
+  for (ModelKind model : {ModelKind::B, ModelKind::C}) {
     std::vector<std::size_t> Ks;
     for (std::size_t N : {16u, 24u, 32u, 40u}) {  // rho N = 4, 6, 8, 10: whole
       CapacitySpec s;
@@ -277,17 +277,17 @@ TEST(Reproduce, ModelsBAndCCapacityGrowsWithNf) {
       s.protocol = Protocol::Basin;
       s.rho = 0.25;
       s.max_steps = 10;
-      s.step = model == 'B' ? 1.0 : 0.5;
+      s.step = model == ModelKind::B ? 1.0 : 0.5;
       s.trials = 3;
       s.cues = 200;
       const Bisection b = bisect_capacity(s, 0.9, 1, 20000, {}, false);
-      EXPECT_LT(b.K, 20000u) << model << " N=" << N << ": the search cap was hit";
+      EXPECT_LT(b.K, 20000u) << to_string(model) << " N=" << N << ": the search cap was hit";
       Ks.push_back(std::max<std::size_t>(b.K, 1));
     }
     // The claim (docs/results.md): exponential growth, as model A with F = exp; the log-log slope grows
     // (a power law keeps it constant, see DemircigilExponentialCapacity's controls).
     const std::vector<double> Ns = {16, 24, 32, 40}, K(Ks.begin(), Ks.end());
-    EXPECT_GT(loglog_slope_ratio(Ns, K), 1.3) << model << ": " << Ks[0] << ", " << Ks[1] << ", " << Ks[2] << ", " << Ks[3];
+    EXPECT_GT(loglog_slope_ratio(Ns, K), 1.3) << to_string(model) << ": " << Ks[0] << ", " << Ks[1] << ", " << Ks[2] << ", " << Ks[3];
   }
 }
 
@@ -295,7 +295,7 @@ TEST(Reproduce, ModelsBAndCCapacityGrowsWithNf) {
 // memory cued once, each trial's all-memories value is 1 exactly when its per-cue fraction is 1.
 TEST(Capacity, AllMemoriesCriterionIsTheIntersectionOfThePerCueEvents) {
   CapacitySpec s;
-  s.model = 'A';
+  s.model = ModelKind::A;
   s.F = {Interaction::Exp, 2, 1.0};
   s.N = 20;
   s.K = 40;
@@ -316,13 +316,13 @@ TEST(Capacity, AllMemoriesCriterionIsTheIntersectionOfThePerCueEvents) {
   EXPECT_GT(mixed, 0);  // trials with some but not all memories recalled exist here
   EXPECT_LT(all.recalled, per.recalled);
   // The same identity for models B and C (the criterion is applied after any model).
-  for (char model : {'B', 'C'}) {
+  for (ModelKind model : {ModelKind::B, ModelKind::C}) {
     CapacitySpec t = s;
     t.model = model;
     t.protocol = Protocol::Basin;
     t.F = {Interaction::Exp, 2, std::sqrt(20.0)};
     t.max_steps = 10;
-    t.step = model == 'B' ? 1.0 : 0.5;
+    t.step = model == ModelKind::B ? 1.0 : 0.5;
     t.K = 200;
     t.cues = 200;
     t.criterion = Criterion::PerCue;
@@ -330,7 +330,7 @@ TEST(Capacity, AllMemoriesCriterionIsTheIntersectionOfThePerCueEvents) {
     t.criterion = Criterion::AllMemories;
     const CapacityPoint q = measure_capacity(t);
     for (std::size_t k = 0; k < q.trial_recalled.size(); ++k)
-      EXPECT_EQ(q.trial_recalled[k], p.trial_recalled[k] == 1.0 ? 1.0 : 0.0) << model << " trial " << k;
+      EXPECT_EQ(q.trial_recalled[k], p.trial_recalled[k] == 1.0 ? 1.0 : 0.0) << to_string(model) << " trial " << k;
   }
   s.protocol = Protocol::RandomStarts;
   EXPECT_THROW_MSG(measure_capacity(s), InvalidArgument, "criterion");
@@ -338,8 +338,7 @@ TEST(Capacity, AllMemoriesCriterionIsTheIntersectionOfThePerCueEvents) {
 
 TEST(Capacity, BadSpecsThrow) {
   CapacitySpec s;
-  s.model = 'D';
-  EXPECT_THROW_MSG(measure_capacity(s), InvalidArgument, "model");
+  EXPECT_THROW_MSG(parse_model("D"), InvalidArgument, "model");
   s = {};
   s.rho = 0.7;
   EXPECT_THROW_MSG(measure_capacity(s), InvalidArgument, "rho");

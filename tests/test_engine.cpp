@@ -76,14 +76,15 @@ TEST(EngineB, OneStepMatchesThePlainModelForEveryKernelDtypeAndBatch) {
       for (std::size_t batch : {1u, 3u, 13u}) {
         const Matrix Q = s.X.topRows(static_cast<Eigen::Index>(batch)) + randn(static_cast<Eigen::Index>(batch), static_cast<Eigen::Index>(d), rng, 0.1);
         const std::vector<float> q = to_f32(Q);
-        BatchOptions bo;
+        RetrieveOptions bo;
         bo.top_k = 5;
-        const BatchRetrieval r = eng.retrieve(q.data(), batch, bo);
+        bo.energy = true;
+        const Retrieval r = eng.retrieve(q.data(), batch, bo);
         const double tol = tolerance(eng);
         for (std::size_t b = 0; b < batch; ++b) {
           const Vector v0 = Eigen::Map<const Eigen::VectorXf>(&q[b * d], static_cast<Eigen::Index>(d)).cast<double>();
           const Vector expect = plain.update(v0);
-          const Vector got = Eigen::Map<const Eigen::VectorXf>(&r.states[b * d], static_cast<Eigen::Index>(d)).cast<double>();
+          const Vector got = r.state(b);
           const double scale = s.X.cwiseAbs().maxCoeff();
           ASSERT_LE((got - expect).lpNorm<Eigen::Infinity>(), tol * scale)
               << eng.kernel() << " " << to_string(t) << " batch " << batch << " query " << b;
@@ -95,9 +96,9 @@ TEST(EngineB, OneStepMatchesThePlainModelForEveryKernelDtypeAndBatch) {
           Eigen::Index best;
           w.maxCoeff(&best);
           if (!bf16_products(eng)) {
-            EXPECT_EQ(r.top[b][0].first, static_cast<std::uint64_t>(best));
+            EXPECT_EQ(r.top[b][0].id, static_cast<std::uint64_t>(best));
           }
-          for (const auto& [id, weight] : r.top[b]) EXPECT_NEAR(weight, w[static_cast<Eigen::Index>(id)], 2 * tol + 1e-6);
+          for (const TopMemory& t : r.top[b]) EXPECT_NEAR(t.weight, w[static_cast<Eigen::Index>(t.id)], 2 * tol + 1e-6);
         }
       }
     }
@@ -114,20 +115,20 @@ TEST(EngineB, IteratesToThePlainFixedPoint) {
     const ModelBEngine eng(s.store, 8.0, eo);
     const Matrix Q = s.X.topRows(6) + randn(6, 24, rng, 0.2);
     const auto q = to_f32(Q);
-    BatchOptions bo;
+    RetrieveOptions bo;
     bo.max_steps = 200;
     bo.tol = 1e-6;
     bo.step = 0.5;
     const auto r = eng.retrieve(q.data(), 6, bo);
-    ModelBOptions po;
+    RetrieveOptions po;
     po.max_steps = 400;
     po.tol = 1e-9;
     po.step = 0.5;
     for (std::size_t b = 0; b < 6; ++b) {
-      EXPECT_TRUE(r.converged[b]) << eng.kernel();
+      EXPECT_TRUE(r.converged(b)) << eng.kernel();
       const auto p = plain.retrieve(Q.row(static_cast<Eigen::Index>(b)).transpose(), po);
-      const Vector got = Eigen::Map<const Eigen::VectorXf>(&r.states[b * 24], 24).cast<double>();
-      EXPECT_LE((got - p.state).lpNorm<Eigen::Infinity>(), bf16_products(eng) ? 2e-2 : 1e-4) << eng.kernel();
+      const Vector got = r.state(b);
+      EXPECT_LE((got - p.state()).lpNorm<Eigen::Infinity>(), bf16_products(eng) ? 2e-2 : 1e-4) << eng.kernel();
     }
   }
 }
@@ -170,7 +171,9 @@ TEST(EngineB, StableAtBetaTenThousand) {
   Fixture s = make_store(DType::Float32, 500, 16, rng);
   const ModelBEngine eng(s.store, 1e4);
   const auto q = to_f32(s.X.topRows(4));
-  const auto r = eng.retrieve(q.data(), 4);
+  RetrieveOptions ro;
+  ro.energy = true;
+  const auto r = eng.retrieve(q.data(), 4, ro);
   for (std::size_t b = 0; b < 4; ++b) {
     EXPECT_TRUE(std::isfinite(r.energy[b]));
     for (std::size_t j = 0; j < 16; ++j) {
@@ -195,7 +198,7 @@ TEST(EngineB, ThreadCountDoesNotChangeTheAnswerAndCallsMayBeConcurrent) {
   const auto r1 = e1.retrieve(q.data(), 16);
   const auto r5 = e5.retrieve(q.data(), 16);
   for (std::size_t i = 0; i < r1.states.size(); ++i) EXPECT_NEAR(r1.states[i], r5.states[i], 1e-5);
-  std::vector<BatchRetrieval> results(8);
+  std::vector<Retrieval> results(8);
   std::vector<std::thread> pool;
   for (int t = 0; t < 8; ++t) pool.emplace_back([&, t] { results[static_cast<std::size_t>(t)] = e5.retrieve(q.data(), 16); });
   for (auto& t : pool) t.join();
@@ -204,7 +207,7 @@ TEST(EngineB, ThreadCountDoesNotChangeTheAnswerAndCallsMayBeConcurrent) {
   Fixture b = make_store(DType::BFloat16, 2000, 32, rng);
   const ModelBEngine eb(b.store, 5.0, many);
   const auto rb = eb.retrieve(q.data(), 16);
-  std::vector<BatchRetrieval> rs(4);
+  std::vector<Retrieval> rs(4);
   pool.clear();
   for (int t = 0; t < 4; ++t) pool.emplace_back([&, t] { rs[static_cast<std::size_t>(t)] = eb.retrieve(q.data(), 16); });
   for (auto& t : pool) t.join();
@@ -225,19 +228,20 @@ TEST(EngineC, MatchesThePlainModel) {
       const ModelCEngine eng(st, F, alpha, eo);
       const Matrix Q = X3.topRows(5) + randn(5, 20, rng, 0.3);
       const auto q = to_f32(Q);
-      BatchOptions bo;
+      RetrieveOptions bo;
       bo.step = 0.01;
       bo.max_steps = 30;
+      bo.energy = true;
       const auto r = eng.retrieve(q.data(), 5, bo);
-      ModelCOptions po;
+      RetrieveOptions po;
       po.step = 0.01;
       po.max_steps = 30;
       po.tol = 0;
       for (std::size_t b = 0; b < 5; ++b) {
         const Vector v0 = Eigen::Map<const Eigen::VectorXf>(&q[b * 20], 20).cast<double>();
         const auto p = plain.retrieve(v0, po);
-        const Vector got = Eigen::Map<const Eigen::VectorXf>(&r.states[b * 20], 20).cast<double>();
-        EXPECT_LE((got - p.state).lpNorm<Eigen::Infinity>(), 1e-4 * (1 + p.state.lpNorm<Eigen::Infinity>()))
+        const Vector got = r.state(b);
+        EXPECT_LE((got - p.state()).lpNorm<Eigen::Infinity>(), 1e-4 * (1 + p.state().lpNorm<Eigen::Infinity>()))
             << to_string(F.kind) << " alpha " << alpha;
         EXPECT_NEAR(r.energy[b], plain.energy(got), 1e-4 * (1 + std::fabs(r.energy[b])));
         EXPECT_EQ(r.steps[b], 30);
@@ -264,7 +268,7 @@ TEST(Engine, BadInputThrowsNamingTheParameter) {
   EXPECT_THROW_MSG(eng.retrieve(q.data(), 2), InvalidArgument, "row 1 element 1 is NaN");
   q[9] = 0.0f;
   EXPECT_THROW_MSG(eng.retrieve(q.data(), 0), InvalidArgument, "batch is empty");
-  BatchOptions bo;
+  RetrieveOptions bo;
   bo.step = 2.0;
   EXPECT_THROW_MSG(eng.retrieve(q.data(), 2, bo), InvalidArgument, "step");
   bo = {};

@@ -38,7 +38,7 @@ double global_error(Method m, double dt, double t_end = 2.0) {
   Vector y0(2);
   y0 << 1.0, 0.0;
   const auto r = integrate(Oscillator(), y0, o);
-  EXPECT_EQ(r.reason, StopReason::ReachedEnd);
+  EXPECT_EQ(r.reason, IntegrationStop::ReachedEnd);
   EXPECT_EQ(r.t, t_end);
   return (r.y - exact_oscillator(t_end)).norm();
 }
@@ -141,7 +141,7 @@ TEST(Integrate, StopsAtAFixedPoint) {
     o.rtol = 1e-10;  // the adaptive methods must resolve |y - 1| below fixed_point_tol
     o.atol = 1e-12;
     const auto r = integrate(sys, Vector::Zero(1), o);
-    EXPECT_EQ(r.reason, StopReason::FixedPoint) << to_string(m);
+    EXPECT_EQ(r.reason, IntegrationStop::FixedPoint) << to_string(m);
     EXPECT_NEAR(r.y[0], 1.0, 1e-7) << to_string(m);
     EXPECT_LT(r.t, 1e3) << to_string(m);
   }
@@ -159,7 +159,7 @@ TEST(Integrate, ObserverSeesEveryStepAndCanStop) {
     ++calls;
     return t < 0.45;
   });
-  EXPECT_EQ(r.reason, StopReason::ObserverStopped);
+  EXPECT_EQ(r.reason, IntegrationStop::ObserverStopped);
   EXPECT_EQ(calls, 6);  // t = 0, 0.1, ..., 0.5
   EXPECT_EQ(r.steps, 5);
 }

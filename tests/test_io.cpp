@@ -542,7 +542,7 @@ TEST(Numbers, HugeBetaRetrievesTheBestMemoryOnEveryKernel) {
         if (!eng) continue;
         ++engines;
         for (std::size_t batch : {1u, 4u}) {
-          const BatchRetrieval r = eng->retrieve(q.data(), batch);
+          const Retrieval r = eng->retrieve(q.data(), batch);
           for (std::size_t b = 0; b < batch; ++b) {
             s.decode_row(10 * b, row.data());  // the stored (possibly bfloat16) memory
             for (int j = 0; j < 32; ++j)

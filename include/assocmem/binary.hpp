@@ -10,51 +10,42 @@
 // refreshes A and B from a table of F on the integers [-N-2, N+2]. For F = exp the table is scaled
 // by exp(-beta S0) for a shift S0 near max_mu m_mu + 2, rebased when the largest overlap moves by
 // more than 200 / beta, which keeps every value finite (the sign is what matters).
-// Cue c of a batch uses the random order of seed + c, so ModelA::retrieve(cue, {order, max, seed + c})
-// follows the same trajectory.
+// Cue c of a batch uses the random order of seed + c, so ModelA::retrieve(cue, options with seed + c)
+// follows the same trajectory. Options and result: retrieve.hpp (threads: EngineOptions).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "assocmem/engine.hpp"
+#include "assocmem/retrieve.hpp"
 #include "assocmem/models.hpp"
 #include "assocmem/store.hpp"
 
 namespace assocmem {
 
-struct BinaryOptions {
-  UpdateOrder order = UpdateOrder::RandomAsync;
-  long max_sweeps = 1000;  ///< > 0
-  std::uint64_t seed = 0;  ///< cue c uses seed + c
-  int threads = 0;         ///< 0: all hardware threads
-  /// Empty, or N flags shared by all cues: clamped neurons are never updated (ModelAOptions::clamp).
-  std::vector<std::uint8_t> clamp;
-  void validate() const;
-};
+/// Model A's +-1 states from floats (rows x cols): InvalidArgument naming `what`, the row and the
+/// element of any value other than +1 or -1. Shared by the CLI and the Python bindings.
+std::vector<std::int8_t> to_spins(const float* x, std::size_t rows, std::size_t cols, const std::string& what);
 
-struct BinaryRetrieval {
-  std::size_t batch = 0, dim = 0;
-  std::vector<std::int8_t> states;    ///< [batch x dim], +-1
-  std::vector<long> sweeps;           ///< [batch] sweeps run (the last one changed nothing if converged)
-  std::vector<std::uint8_t> converged;
-  std::vector<long> last_flips;       ///< [batch] flips in the last sweep
-  std::vector<double> energy;         ///< [batch] eq. (8) at the final state
-};
+/// A bits store holding the +-1 memories of `store` (float32 or bfloat16) with the same ids; the
+/// model A engine runs on bits. InvalidArgument naming the first memory that is not +-1.
+MemoryStore pack_bits(const MemoryStore& store);
 
 class ModelAEngine {
  public:
   /// store: a Bits store (K memories of N neurons). current: I (length N) or empty. The store must
   /// outlive the engine; the engine is immutable and thread-safe.
-  ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current = Vector(),
-               KernelChoice kernel = KernelChoice::Auto);
+  /// options: threads and kernel (tile is not used).
+  ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current = Vector(), EngineOptions options = {});
   std::size_t n_features() const { return N_; }
   std::size_t n_memories() const { return K_; }
   std::string kernel() const;
 
-  /// Runs the update rule from each cue ([batch x N], entries +-1) to a fixed point or max_sweeps.
-  BinaryRetrieval retrieve(const std::int8_t* cues, std::size_t batch, const BinaryOptions& options = {}) const;
+  /// Runs the update rule from each cue ([batch x N], entries +-1) to a fixed point or max_steps sweeps.
+  Retrieval retrieve(const std::int8_t* cues, std::size_t batch, const RetrieveOptions& options = {}) const;
   /// eq. (8) for one +-1 state of length N.
   double energy(const std::int8_t* sigma) const;
 
@@ -72,6 +63,7 @@ class ModelAEngine {
   std::vector<double> table_;       ///< F(m) - F(m - 2) for m in [-N-2, N+4] (power, rectified)
   double power_error_ = 0;          ///< power, rectified: bound on the rounding of the SIMD sums (0: exact)
   const void* ops_;
+  int threads_;
 };
 
 }  // namespace assocmem

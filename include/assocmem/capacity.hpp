@@ -35,7 +35,7 @@ Criterion parse_criterion(const std::string& name);  ///< "per-cue", "all"
 std::string to_string(Criterion c);
 
 struct CapacitySpec {
-  char model = 'A';                 ///< 'A', 'B' or 'C'
+  ModelKind model = ModelKind::A;
   InteractionSpec F{Interaction::Power, 2.0, 1.0};  ///< models A and C
   double beta = 1.0;                ///< model B's inverse temperature
   std::size_t N = 100;              ///< neurons (pattern dimension), >= 2

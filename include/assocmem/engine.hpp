@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "assocmem/models.hpp"
+#include "assocmem/retrieve.hpp"
 #include "assocmem/store.hpp"
 
 namespace assocmem {
@@ -55,6 +56,10 @@ struct AttentionPartial {
 
   /// Combines with the partial of other memories (same batch, dim, top_k): exact up to rounding.
   void merge(const AttentionPartial& other);
+  /// The online-softmax rescaling, the one definition the kernels' epilogue and merge() share:
+  /// raises query b's reference maximum to new_max (if larger), multiplying its sum and its
+  /// accumulator acc_b[0, n) (acc's row b, or the kernels' own buffer) by exp(max - new_max).
+  void raise_max(std::size_t b, float new_max, float* acc_b, std::size_t n, void (*scale)(float*, std::size_t, float));
   /// log sum_mu exp(beta xi_mu.v) for query b (-inf when no memory was seen).
   double log_sum_exp(std::size_t b) const;
   /// The attention output sum_mu softmax(beta xi v)_mu xi_mu (eq. 16) for query b, into out[dim].
@@ -63,36 +68,23 @@ struct AttentionPartial {
   std::vector<std::pair<std::uint64_t, double>> top_weights(std::size_t b) const;
 };
 
-struct BatchOptions {
-  double step = 1.0;       ///< dt / tau_f (model B: (0, 1], eq. 15; model C: > 0, eq. 22)
-  long max_steps = 1;      ///< > 0
-  double tol = 0.0;        ///< a query stops when max_i |v_new - v| <= tol (>= 0)
-  std::size_t top_k = 0;   ///< memories to report per query (model B)
-  bool final_pass = true;  ///< score the returned states once more, so that energy and top-k
-                           ///< describe them; false: they describe the state of the last update's input
-  void validate(bool model_b) const;
-};
-
-/// Results for a batch (row-major states).
-struct BatchRetrieval {
-  std::size_t batch = 0, dim = 0;
-  std::vector<float> states;                  ///< [batch x dim]
-  std::vector<long> steps;                    ///< [batch] updates applied
-  std::vector<std::uint8_t> converged;        ///< [batch]
-  std::vector<double> final_delta;            ///< [batch] max |v_new - v| of the last update
-  std::vector<double> energy;                 ///< [batch] eq. (13) (model B) or eq. (21) (model C)
-  std::vector<std::vector<std::pair<std::uint64_t, double>>> top;  ///< [batch] (id, weight), model B
-};
-
 namespace detail {
 struct EngineCore;
 }
 
 /// Model B over a store. Keeps a reference: the store must outlive the engine. Thread-safe: many
 /// threads may call retrieve() on one engine (or on several engines over one store) at once.
+///
+/// With a separate value store (hetero-association, as attention's keys and values), the scores are
+/// beta xi_mu . v over the keys and an association returns sum_mu softmax_mu y_mu over the values:
+/// max_steps - 1 updates of eq. (15) iterate the query on the keys (as hopfield-layers does with
+/// update_steps_max), then one association with the values gives the result (dimension of the values).
+/// Energy and top-k then describe that last association.
 class ModelBEngine {
  public:
   ModelBEngine(const MemoryStore& store, double beta, EngineOptions options = {});
+  /// keys and values: the same number of memories (row mu of each belongs together) and dtype.
+  ModelBEngine(const MemoryStore& keys, const MemoryStore& values, double beta, EngineOptions options = {});
   ~ModelBEngine();
   ModelBEngine(ModelBEngine&&) noexcept;
   ModelBEngine& operator=(ModelBEngine&&) noexcept;
@@ -100,13 +92,18 @@ class ModelBEngine {
   /// The kernel table in use: "amx_bf16", "avx512_bf16", "avx512" or "generic".
   std::string kernel() const;
   double beta() const { return beta_; }
+  std::size_t dim() const;        ///< d, the dimension of queries and keys
+  std::size_t value_dim() const;  ///< the dimension of the results (d without a value store)
+  std::size_t size() const;       ///< K
 
-  /// One pass over the memories for queries [batch x dim] (row-major): the mergeable partial.
-  AttentionPartial partial(const float* queries, std::size_t batch, std::size_t top_k = 0) const;
-  /// Iterates eq. (15)/(16) from the queries.
-  BatchRetrieval retrieve(const float* queries, std::size_t batch, const BatchOptions& options = {}) const;
-  /// eq. (13) for each of `batch` states.
-  std::vector<double> energy(const float* states, std::size_t batch) const;
+  /// One pass over the memories for queries [batch x dim] (row-major): the mergeable partial of the
+  /// association (over the values, if any). beta: this call's inverse temperature (0: the engine's).
+  AttentionPartial partial(const float* queries, std::size_t batch, std::size_t top_k = 0, MemoryMask mask = {},
+                           double beta = 0.0) const;
+  /// Iterates eq. (15)/(16) from the queries [batch x dim]; results [batch x value_dim].
+  Retrieval retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options = {}) const;
+  /// eq. (13) for each of `batch` states (over the memories the mask leaves).
+  std::vector<double> energy(const float* states, std::size_t batch, MemoryMask mask = {}, double beta = 0.0) const;
 
  private:
   std::unique_ptr<detail::EngineCore> core_;
@@ -121,10 +118,12 @@ class ModelCEngine {
   ModelCEngine(ModelCEngine&&) noexcept;
   ModelCEngine& operator=(ModelCEngine&&) noexcept;
   std::string kernel() const;
+  std::size_t dim() const;
+  std::size_t size() const;
   /// Iterates eq. (22) from the queries (each non-zero).
-  BatchRetrieval retrieve(const float* queries, std::size_t batch, const BatchOptions& options) const;
-  /// eq. (21) for each of `batch` non-zero states.
-  std::vector<double> energy(const float* states, std::size_t batch) const;
+  Retrieval retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options = {}) const;
+  /// eq. (21) for each of `batch` non-zero states (over the memories the mask leaves).
+  std::vector<double> energy(const float* states, std::size_t batch, MemoryMask mask = {}) const;
 
  private:
   std::unique_ptr<detail::EngineCore> core_;

@@ -53,11 +53,11 @@ struct IntegrateOptions {
   void validate() const;
 };
 
-enum class StopReason { ReachedEnd, FixedPoint, ObserverStopped };
-std::string to_string(StopReason r);
+enum class IntegrationStop { ReachedEnd, FixedPoint, ObserverStopped };
+std::string to_string(IntegrationStop r);
 
 struct IntegrateResult {
-  StopReason reason = StopReason::ReachedEnd;
+  IntegrationStop reason = IntegrationStop::ReachedEnd;
   long steps = 0;           ///< accepted steps
   long rejected_steps = 0;  ///< error-test failures (adaptive methods)
   long rhs_evals = 0;       ///< right-hand-side evaluations

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -143,6 +144,18 @@ LagrangianPtr log_sum_exp(double beta);
 /// L(x) = sqrt(sum_i x_i^2), g = x / |x| (eqs. 17, 18). Hessian eq. (20): PSD everywhere
 /// except x = 0, where L is not differentiable (gradient and hvp throw there); zero mode x.
 LagrangianPtr spherical();
+
+/// g = x / |x| of n numbers (eq. 18), the one definition shared by spherical() and the model C
+/// engine. Returns |x| (accumulated in double); g is written only when |x| is > 0 and finite.
+template <class T>
+double spherical_direction(const T* x, std::size_t n, T* g) {
+  double r2 = 0;
+  for (std::size_t i = 0; i < n; ++i) r2 += double(x[i]) * double(x[i]);
+  const double r = std::sqrt(r2);
+  if (r > 0 && std::isfinite(r))
+    for (std::size_t i = 0; i < n; ++i) g[i] = static_cast<T>(double(x[i]) / r);
+  return r;
+}
 
 /// Layer norm as in the Energy Transformer: L(x) = D gamma sqrt(var(x) + eps) + sum_i delta_i x_i,
 /// g = gamma (x - mean x) / sqrt(var(x) + eps) + delta. gamma > 0, eps > 0; delta (bias) has

@@ -18,6 +18,7 @@
 
 #include "assocmem/lagrangian.hpp"
 #include "assocmem/network.hpp"
+#include "assocmem/retrieve.hpp"
 
 namespace assocmem {
 
@@ -34,6 +35,10 @@ struct InteractionSpec {
   double beta = 1.0;  ///< gain (Exp)
 };
 
+/// The default F of models A and C, the same in C++, the CLI and Python: A F(x) = x^3 (Krotov &
+/// Hopfield 2016's dense memory), C F(x) = x^3 for x >= 0 (rectified). Model B has no F.
+InteractionSpec default_interaction(ModelKind model);
+
 /// "power", "rectified" (or "rectified_power"), "exp"; throws InvalidArgument otherwise.
 Interaction parse_interaction(const std::string& name);
 std::string to_string(Interaction kind);
@@ -49,34 +54,6 @@ AdditivePtr make_interaction(const InteractionSpec& spec);
 /// coefficient is an exact non-zero integer. The magnitude may overflow to +-inf (F = exp).
 /// Shared by ModelA::field and the fast engine's exact fallback (binary.cpp).
 double grouped_binary_field(const InteractionSpec& F, const std::vector<std::int64_t>& c, long offset, double two_I);
-
-/// Result of a retrieval by any model.
-struct Retrieval {
-  Vector state;               ///< final state (sigma for A, v for B and C)
-  long steps = 0;             ///< sweeps (A) or update steps (B, C)
-  bool converged = false;     ///< reached a fixed point within tolerance
-  double final_delta = 0.0;   ///< max-norm of the last change (A: number of flips in the last sweep)
-  double energy = 0.0;        ///< effective energy at the final state
-};
-
-// ------------------------------------------------------------------------------------------------
-/// Update order of model A.
-enum class UpdateOrder {
-  RandomAsync,  ///< asynchronous, a fresh random permutation of the neurons every sweep (seeded)
-  FixedAsync,   ///< asynchronous, neurons 0, 1, ..., N_f - 1 every sweep
-  Synchronous   ///< all neurons at once from the previous state (may end in a 2-cycle)
-};
-UpdateOrder parse_update_order(const std::string& name);  ///< "random", "fixed", "sync"
-
-struct ModelAOptions {
-  UpdateOrder order = UpdateOrder::RandomAsync;
-  long max_sweeps = 1000;  ///< > 0; a sweep visits every neuron once
-  std::uint64_t seed = 0;  ///< for RandomAsync
-  /// Empty, or N_f flags: neurons with a non-zero flag are clamped (never updated), as with an input
-  /// current |I_i| -> infinity of the sign of the cue in eq. (8).
-  std::vector<std::uint8_t> clamp;
-  void validate() const;
-};
 
 /// Model A, the binary Dense Associative Memory (Section 3.1; Krotov & Hopfield 2016).
 class ModelA {
@@ -100,9 +77,10 @@ class ModelA {
   /// lost when the largest cancel).
   double field(const Vector& sigma, Eigen::Index i) const;
 
-  /// Runs the update rule from sigma0 until a full sweep changes nothing, or max_sweeps.
-  /// sigma_i <- Sign(field); a zero field keeps sigma_i.
-  Retrieval retrieve(const Vector& sigma0, const ModelAOptions& options = {}) const;
+  /// Runs the update rule from sigma0 until a full sweep changes nothing (tol flips), or max_steps
+  /// sweeps. sigma_i <- Sign(field); a zero field keeps sigma_i. Options: retrieve.hpp (no step,
+  /// beta, top_k or mask).
+  Retrieval retrieve(const Vector& sigma0, const RetrieveOptions& options = {}) const;
 
   /// Throws InvalidArgument unless sigma has length N_f and entries +-1.
   void check_binary(const Vector& sigma, const char* what = "sigma") const;
@@ -115,13 +93,6 @@ class ModelA {
 };
 
 // ------------------------------------------------------------------------------------------------
-struct ModelBOptions {
-  double step = 1.0;     ///< dt / tau_f in (0, 1]; 1 gives eq. (16)
-  long max_steps = 100;  ///< > 0
-  double tol = 1e-10;    ///< converged when max_i |v_new - v| <= tol; >= 0
-  void validate() const;
-};
-
 /// Model B, the modern Hopfield network (Section 3.2; Ramsauer et al. 2020).
 class ModelB {
  public:
@@ -139,8 +110,10 @@ class ModelB {
   Vector weights(const Vector& v) const;
   /// One update, eq. (15): v + step (xi^T softmax(beta xi v) - v); step = 1 is eq. (16).
   Vector update(const Vector& v, double step = 1.0) const;
-  /// Iterates eq. (15) to convergence or max_steps.
-  Retrieval retrieve(const Vector& v0, const ModelBOptions& options = {}) const;
+  /// Iterates eq. (15) to convergence or max_steps. Options: retrieve.hpp; top_k ranks memories by
+  /// their softmax weight at the final state. The engine (ModelBEngine) also takes masks, values
+  /// and a per-call beta; this reference implementation refuses them.
+  Retrieval retrieve(const Vector& v0, const RetrieveOptions& options = {}) const;
 
  private:
   Network net_;
@@ -148,14 +121,6 @@ class ModelB {
 };
 
 // ------------------------------------------------------------------------------------------------
-struct ModelCOptions {
-  double step = 0.1;      ///< dt / tau_f of the Euler step of eq. (22), > 0
-  long max_steps = 10000; ///< > 0
-  double tol = 1e-10;     ///< converged when the change of v (alpha > 0) or of v/|v| (alpha = 0)
-                          ///< is <= tol in max-norm; >= 0
-  void validate() const;
-};
-
 /// Model C, the spherical memory (Section 3.3).
 class ModelC {
  public:
@@ -170,8 +135,9 @@ class ModelC {
   double energy(const Vector& v) const;
   /// tau_f dv/dt of eq. (22): xi^T f(xi v/|v|) - alpha v.
   Vector velocity(const Vector& v) const;
-  /// Euler steps of eq. (22) to convergence or max_steps.
-  Retrieval retrieve(const Vector& v0, const ModelCOptions& options = {}) const;
+  /// Euler steps of eq. (22) to convergence or max_steps (the change is that of v/|v| when
+  /// alpha = 0, as |v| then grows without bound). Options: retrieve.hpp (no mask here).
+  Retrieval retrieve(const Vector& v0, const RetrieveOptions& options = {}) const;
 
  private:
   Network net_;

@@ -1,6 +1,6 @@
 // assocmem/npy.hpp - reading and writing numpy .npy files (format versions 1.0, 2.0, 3.0).
 //
-// Reads little-endian float32 ('<f4'), float64 ('<f8') and int8 ('|i1') arrays in C order with 1 or 2
+// Reads little-endian float32 ('<f4'), float64 ('<f8'), int8 ('|i1'), uint8 ('|u1') and bool ('|b1') arrays in C order with 1 or 2
 // dimensions; writes float32, float64 and int8 atomically. Errors name the file and the problem.
 #pragma once
 
@@ -14,7 +14,7 @@
 
 namespace assocmem {
 
-enum class NpyType { Float32, Float64, Int8 };
+enum class NpyType { Float32, Float64, Int8, UInt8, Bool };
 
 /// A 2-D array read from a .npy file (a 1-D file of shape (d,) reads as 1 x d, with `was_1d`).
 struct NpyArray {

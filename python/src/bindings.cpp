@@ -7,6 +7,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -72,11 +74,6 @@ Batch batch_in(const F32& a, std::size_t dim, const char* name) {
   return b;
 }
 
-template <class T>
-py::array_t<T> batch_out(std::vector<T>&& v, const Batch& b) {
-  if (b.one_d) return to_numpy(std::move(v), {static_cast<py::ssize_t>(b.cols)});
-  return to_numpy(std::move(v), {static_cast<py::ssize_t>(b.rows), static_cast<py::ssize_t>(b.cols)});
-}
 
 InteractionSpec interaction(const std::string& F, double n, double beta) { return {parse_interaction(F), n, beta}; }
 
@@ -87,201 +84,259 @@ EngineOptions engine_options(int threads, const std::string& kernel) {
   return o;
 }
 
-// The details of a retrieval, as returned by retrieve_details().
-struct PyRetrieval {
-  py::object states;
-  py::array_t<long> steps;
-  py::array_t<bool> converged;
-  py::array_t<double> energy;
-  py::array_t<std::uint64_t> top_ids;
-  py::array_t<double> top_weights;
+// --------------------------------------------------------------------------------------------
+// Retrieval from Python: the Python layer (assocmem/__init__.py) handles shapes (leading batch
+// dimensions, 1-D queries) and dtypes; these take 2-D float32 batches and return a dict of arrays.
+
+using U8 = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>;
+
+// Stores in use by a model (a model keeps a reference): MemoryStore.close() refuses them.
+std::map<const MemoryStore*, int>& store_users() {
+  static std::map<const MemoryStore*, int> users;
+  return users;
+}
+class StoreUse {
+ public:
+  explicit StoreUse(py::object store) : obj_(std::move(store)), ptr_(obj_.cast<const MemoryStore*>()) {
+    ASSOCMEM_CHECK_ARG(ptr_->size() > 0, "store: the memory is empty (no patterns)");
+    ++store_users()[ptr_];
+  }
+  ~StoreUse() {
+    if (--store_users()[ptr_] == 0) store_users().erase(ptr_);
+  }
+  StoreUse(const StoreUse&) = delete;
+  StoreUse& operator=(const StoreUse&) = delete;
+  const MemoryStore& get() const { return *ptr_; }
+  const py::object& object() const { return obj_; }
+
+ private:
+  py::object obj_;
+  const MemoryStore* ptr_;
 };
 
-PyRetrieval details_out(BatchRetrieval&& r, const Batch& b, std::size_t top_k) {
-  PyRetrieval out;
-  const auto B = static_cast<py::ssize_t>(r.batch);
-  std::vector<bool> conv(r.converged.begin(), r.converged.end());
-  out.converged = py::array_t<bool>(B);
-  for (py::ssize_t i = 0; i < B; ++i) out.converged.mutable_at(i) = conv[static_cast<std::size_t>(i)];
-  out.steps = to_numpy(std::move(r.steps), {B});
-  out.energy = to_numpy(std::vector<double>(r.energy), {B});
-  checked_mul(r.batch, top_k, "top_k x batch");
-  std::vector<std::uint64_t> ids(r.batch * top_k, 0);
-  std::vector<double> w(r.batch * top_k, 0.0);
-  for (std::size_t i = 0; i < r.batch; ++i)
-    for (std::size_t k = 0; k < r.top[i].size() && k < top_k; ++k) {
-      ids[i * top_k + k] = r.top[i][k].first;
-      w[i * top_k + k] = r.top[i][k].second;
+std::size_t batch_rows(const F32& q, std::size_t dim, const char* what) {
+  if (q.ndim() != 2) throw InvalidArgument(std::string(what) + " must be 2-D here");
+  if (static_cast<std::size_t>(q.shape(1)) != dim)
+    throw InvalidArgument(std::string(what) + " have dimension " + std::to_string(q.shape(1)) + " but the memories have " +
+                          std::to_string(dim));
+  if (q.shape(0) == 0) throw InvalidArgument(std::string(what) + ": the batch is empty");
+  return static_cast<std::size_t>(q.shape(0));
+}
+
+// Options of one call; None = the model's default (retrieve_defaults).
+RetrieveOptions options_in(std::optional<long> steps, std::optional<double> tol, std::optional<double> step,
+                           std::size_t top_k, bool energy, std::optional<double> beta, std::optional<U8> clamp) {
+  RetrieveOptions o;
+  o.max_steps = steps;
+  o.tol = tol;
+  o.step = step;
+  o.top_k = top_k;
+  o.energy = energy;
+  o.beta = beta;
+  if (clamp) {
+    if (clamp->ndim() != 1) throw InvalidArgument("clamp must be a 1-D boolean array");
+    o.clamp.assign(clamp->data(), clamp->data() + clamp->shape(0));
+  }
+  return o;
+}
+
+MemoryMask mask_in(const std::optional<U8>& mask, std::size_t batch, std::size_t K) {
+  if (!mask) return {};
+  if (mask->ndim() != 2 || static_cast<std::size_t>(mask->shape(1)) != K ||
+      (mask->shape(0) != 1 && static_cast<std::size_t>(mask->shape(0)) != batch))
+    throw InvalidArgument("mask must have shape (" + std::to_string(K) + ",) or (batch..., " + std::to_string(K) + ")");
+  return {mask->data(), static_cast<std::size_t>(mask->shape(0))};
+}
+
+// Runs f(monitor) without the GIL. The monitor, called on this thread between tiles, takes the GIL
+// to run Python's signal handlers (Ctrl-C: KeyboardInterrupt) and the progress callback; an
+// exception from either cancels the call within one tile and is raised here.
+template <class F>
+auto monitored(const py::object& progress, F&& f) {
+  std::optional<py::error_already_set> pending;
+  Monitor monitor = [&](const Progress& p) {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) {
+      pending.emplace();
+      return false;
     }
-  out.top_ids = to_numpy(std::move(ids), {B, static_cast<py::ssize_t>(top_k)});
-  out.top_weights = to_numpy(std::move(w), {B, static_cast<py::ssize_t>(top_k)});
-  out.states = batch_out(std::move(r.states), b);
+    if (!progress.is_none()) {
+      try {
+        progress(p.step, p.max_steps, p.fraction, p.active);
+      } catch (py::error_already_set& e) {
+        pending.emplace(std::move(e));
+        return false;
+      }
+    }
+    return true;
+  };
+  try {
+    py::gil_scoped_release nogil;
+    return f(monitor);
+  } catch (const Cancelled&) {
+    if (pending) throw std::move(*pending);
+    throw;
+  }
+}
+
+// A Retrieval as a dict of numpy arrays (moved, not copied): states (n, dim) float32, steps,
+// stop (uint8 codes: 0 converged, 1 max_steps, 2 blew_up), last_change, energy (or None),
+// top_ids (n, k) int64 padded with -1, top_weights (n, k) padded with 0, k = min(top_k, K).
+py::dict result_out(Retrieval&& r, std::size_t top_k, std::size_t K) {
+  const auto B = static_cast<py::ssize_t>(r.batch);
+  py::dict out;
+  std::vector<float> states(r.states.begin(), r.states.end());
+  out["states"] = to_numpy(std::move(states), {B, static_cast<py::ssize_t>(r.dim)});
+  out["steps"] = to_numpy(std::vector<std::int64_t>(r.steps.begin(), r.steps.end()), {B});
+  std::vector<std::uint8_t> stop(r.batch);
+  for (std::size_t i = 0; i < r.batch; ++i) stop[i] = static_cast<std::uint8_t>(r.stop[i]);
+  out["stop"] = to_numpy(std::move(stop), {B});
+  out["last_change"] = to_numpy(std::move(r.last_change), {B});
+  out["energy"] = r.energy.empty() ? py::object(py::none()) : py::object(to_numpy(std::move(r.energy), {B}));
+  if (top_k) {
+    const std::size_t k = std::min(top_k, K);
+    std::vector<std::int64_t> ids(checked_mul(r.batch, k, "batch x top_k"), -1);
+    std::vector<double> w(r.batch * k, 0.0);
+    for (std::size_t i = 0; i < r.batch; ++i)
+      for (std::size_t j = 0; j < r.top[i].size() && j < k; ++j) {
+        const std::uint64_t id = r.top[i][j].id;
+        if (id > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
+          throw InvalidArgument("top_ids: id " + std::to_string(id) + " does not fit int64 (ids >= 2^63 cannot be reported)");
+        ids[i * k + j] = static_cast<std::int64_t>(id);
+        w[i * k + j] = r.top[i][j].weight;
+      }
+    out["top_ids"] = to_numpy(std::move(ids), {B, static_cast<py::ssize_t>(k)});
+    out["top_weights"] = to_numpy(std::move(w), {B, static_cast<py::ssize_t>(k)});
+  } else {
+    out["top_ids"] = py::none();
+    out["top_weights"] = py::none();
+  }
   return out;
 }
 
-// Energies of a state (d,) -> float or a batch (B, d) -> array, from an engine's energy().
-template <class Engine>
-py::object engine_energy(const Engine& eng, const F32& s, std::size_t dim) {
-  const Batch b = batch_in(s, dim, "states");
-  std::vector<double> e;
-  {
-    py::gil_scoped_release nogil;
-    e = eng.energy(b.arr.data(), b.rows);
-  }
-  if (b.one_d) return py::float_(e[0]);
-  return to_numpy(std::move(e), {static_cast<py::ssize_t>(b.rows)});
-}
-
-// --------------------------------------------------------------------------------------------
-// Model B and C over an internal store.
 class PyModelB {
  public:
-  PyModelB(const F32& patterns, double beta, const std::string& dtype, int threads, const std::string& kernel)
-      : store_(make_store(patterns, dtype)), eng_(store_, beta, engine_options(threads, kernel)) {}
-  py::object retrieve(const F32& q, long steps, double tol, double step, int top_k) const {
-    return details(q, steps, tol, step, top_k, true).states;
+  PyModelB(py::object keys, std::optional<py::object> values, double beta, int threads, const std::string& kernel)
+      : keys_(std::move(keys)), values_(values ? std::make_unique<StoreUse>(std::move(*values)) : nullptr),
+        eng_(values_ ? ModelBEngine(keys_.get(), values_->get(), beta, engine_options(threads, kernel))
+                     : ModelBEngine(keys_.get(), beta, engine_options(threads, kernel))) {}
+  py::dict retrieve(const F32& q, std::optional<long> steps, std::optional<double> tol, std::optional<double> step,
+                    std::size_t top_k, bool energy, std::optional<double> beta, std::optional<U8> mask,
+                    std::optional<U8> clamp, const py::object& progress) const {
+    const std::size_t n = batch_rows(q, eng_.dim(), "queries");
+    RetrieveOptions o = options_in(steps, tol, step, top_k, energy, beta, clamp);
+    o.mask = mask_in(mask, n, eng_.size());
+    Retrieval r = monitored(progress, [&](Monitor& m) {
+      o.monitor = m;
+      return eng_.retrieve(q.data(), n, o);
+    });
+    return result_out(std::move(r), top_k, eng_.size());
   }
-  PyRetrieval details(const F32& q, long steps, double tol, double step, int top_k, bool final_pass) const {
-    if (top_k < 0) throw InvalidArgument("top_k must be >= 0");
-    const Batch b = batch_in(q, store_.dim(), "queries");
-    BatchOptions o;
-    o.max_steps = steps;
-    o.tol = tol;
-    o.step = step;
-    o.top_k = static_cast<std::size_t>(top_k);
-    o.final_pass = final_pass;
-    BatchRetrieval r;
+  py::tuple attention(const F32& q, std::size_t top_k, std::optional<double> beta, std::optional<U8> mask) const {
+    const std::size_t n = batch_rows(q, eng_.dim(), "queries");
+    AttentionPartial part;
     {
       py::gil_scoped_release nogil;
-      r = eng_.retrieve(b.arr.data(), b.rows, o);
+      part = eng_.partial(q.data(), n, top_k, mask_in(mask, n, eng_.size()), beta.value_or(0.0));
     }
-    return details_out(std::move(r), b, o.top_k);
+    Retrieval r;
+    r.batch = n;
+    r.top.resize(n);
+    for (std::size_t b = 0; b < n; ++b)
+      for (const auto& [id, w] : part.top_weights(b)) r.top[b].push_back({id, w});
+    r.steps.assign(n, 0);
+    r.stop.assign(n, StopReason::MaxSteps);
+    r.last_change.assign(n, 0.0);
+    py::dict d = result_out(std::move(r), top_k, eng_.size());
+    return py::make_tuple(d["top_ids"], d["top_weights"]);
   }
-  py::object energy(const F32& s) const { return engine_energy(eng_, s, store_.dim()); }
-  std::size_t n_features() const { return store_.dim(); }
-  std::size_t n_memories() const { return store_.size(); }
-  std::string kernel() const { return eng_.kernel(); }
-  double beta() const { return eng_.beta(); }
-
-  static MemoryStore make_store(const F32& p, const std::string& dtype) {
-    if (p.ndim() != 2) throw InvalidArgument("patterns must be 2-D (K memories x d features)");
-    MemoryStore s(static_cast<std::size_t>(p.shape(1)), parse_dtype(dtype));
-    s.append(p.data(), static_cast<std::size_t>(p.shape(0)));
-    return s;
+  py::array_t<double> energy(const F32& s, std::optional<double> beta, std::optional<U8> mask) const {
+    const std::size_t n = batch_rows(s, eng_.dim(), "states");
+    std::vector<double> e;
+    {
+      py::gil_scoped_release nogil;
+      e = eng_.energy(s.data(), n, mask_in(mask, n, eng_.size()), beta.value_or(0.0));
+    }
+    return to_numpy(std::move(e), {static_cast<py::ssize_t>(n)});
   }
+  const ModelBEngine& engine() const { return eng_; }
+  py::object keys() const { return keys_.object(); }
+  py::object values() const { return values_ ? values_->object() : py::none(); }
 
  private:
-  MemoryStore store_;
+  StoreUse keys_;
+  std::unique_ptr<StoreUse> values_;
   ModelBEngine eng_;
 };
 
 class PyModelC {
  public:
-  PyModelC(const F32& patterns, const std::string& F, double n, double beta, double alpha, int threads,
+  PyModelC(py::object store, const std::string& F, double n, double beta, double alpha, int threads,
            const std::string& kernel)
-      : store_(PyModelB::make_store(patterns, "float32")),
-        eng_(store_, interaction(F, n, beta), alpha, engine_options(threads, kernel)) {}
-  PyRetrieval details(const F32& q, long steps, double tol, double step) const {
-    const Batch b = batch_in(q, store_.dim(), "queries");
-    BatchOptions o;
-    o.max_steps = steps;
-    o.tol = tol;
-    o.step = step;
-    BatchRetrieval r;
+      : store_(std::move(store)), eng_(store_.get(), interaction(F, n, beta), alpha, engine_options(threads, kernel)) {}
+  py::dict retrieve(const F32& q, std::optional<long> steps, std::optional<double> tol, std::optional<double> step,
+                    bool energy, std::optional<U8> mask, std::optional<U8> clamp, const py::object& progress) const {
+    const std::size_t n = batch_rows(q, eng_.dim(), "queries");
+    RetrieveOptions o = options_in(steps, tol, step, 0, energy, std::nullopt, clamp);
+    o.mask = mask_in(mask, n, eng_.size());
+    Retrieval r = monitored(progress, [&](Monitor& m) {
+      o.monitor = m;
+      return eng_.retrieve(q.data(), n, o);
+    });
+    return result_out(std::move(r), 0, eng_.size());
+  }
+  py::array_t<double> energy(const F32& s, std::optional<U8> mask) const {
+    const std::size_t n = batch_rows(s, eng_.dim(), "states");
+    std::vector<double> e;
     {
       py::gil_scoped_release nogil;
-      r = eng_.retrieve(b.arr.data(), b.rows, o);
+      e = eng_.energy(s.data(), n, mask_in(mask, n, eng_.size()));
     }
-    return details_out(std::move(r), b, 0);
+    return to_numpy(std::move(e), {static_cast<py::ssize_t>(n)});
   }
-  py::object energy(const F32& s) const { return engine_energy(eng_, s, store_.dim()); }
-  std::size_t n_features() const { return store_.dim(); }
-  std::size_t n_memories() const { return store_.size(); }
+  const ModelCEngine& engine() const { return eng_; }
+  py::object store() const { return store_.object(); }
 
  private:
-  MemoryStore store_;
+  StoreUse store_;
   ModelCEngine eng_;
 };
 
-// Model A over packed bits.
+// Model A over packed bits (a float store of +-1 memories is packed once, library's pack_bits).
 class PyModelA {
  public:
-  PyModelA(const F32& patterns, const std::string& F, double n, double beta, std::optional<F64> current, int threads)
-      : store_(make_bits(patterns)),
-        eng_(store_, interaction(F, n, beta), current ? vec_in(*current, "current") : Vector()),
-        threads_(threads) {}
-  py::object retrieve(const F32& cues, const std::string& order, long max_sweeps, std::uint64_t seed,
-                      std::optional<py::array_t<bool, py::array::c_style | py::array::forcecast>> clamp) const {
-    return details(cues, order, max_sweeps, seed, clamp).states;
-  }
-  PyRetrieval details(const F32& cues, const std::string& order, long max_sweeps, std::uint64_t seed,
-                      std::optional<py::array_t<bool, py::array::c_style | py::array::forcecast>> clamp) const {
-    const Batch b = batch_in(cues, store_.dim(), "cues");
-    std::vector<std::int8_t> s(b.rows * b.cols);
-    for (std::size_t k = 0; k < s.size(); ++k) {
-      const float x = b.arr.data()[k];
-      if (x != 1.0f && x != -1.0f)
-        throw InvalidArgument("cues: row " + std::to_string(k / b.cols) + " element " + std::to_string(k % b.cols) +
-                              " is " + std::to_string(x) + "; model A states must be +1 or -1");
-      s[k] = x > 0 ? 1 : -1;
-    }
-    BinaryOptions o;
-    o.order = parse_update_order(order);
-    o.max_sweeps = max_sweeps;
+  PyModelA(py::object store, const std::string& F, double n, double beta, std::optional<F64> current, int threads)
+      : store_(std::move(store)),
+        packed_(store_.get().dtype() == DType::Bits ? nullptr : std::make_unique<MemoryStore>(pack_bits(store_.get()))),
+        eng_(packed_ ? *packed_ : store_.get(), interaction(F, n, beta), current ? vec_in(*current, "current") : Vector(),
+             engine_options(threads, "auto")) {}
+  py::dict retrieve(const F32& cues, std::optional<long> steps, std::optional<double> tol, std::optional<std::string> order,
+                    std::uint64_t seed, bool energy, std::optional<U8> clamp, const py::object& progress) const {
+    const std::size_t n = batch_rows(cues, eng_.n_features(), "cues");
+    const std::vector<std::int8_t> s = to_spins(cues.data(), n, eng_.n_features(), "cues");
+    RetrieveOptions o = options_in(steps, tol, std::nullopt, 0, energy, std::nullopt, clamp);
+    if (order) o.order = parse_update_order(*order);
     o.seed = seed;
-    o.threads = threads_;
-    if (clamp) {
-      if (clamp->ndim() != 1 || static_cast<std::size_t>(clamp->shape(0)) != store_.dim())
-        throw InvalidArgument("clamp must be a 1-D boolean array of length " + std::to_string(store_.dim()));
-      o.clamp.assign(clamp->data(), clamp->data() + clamp->shape(0));
-    }
-    BinaryRetrieval r;
-    {
-      py::gil_scoped_release nogil;
-      r = eng_.retrieve(s.data(), b.rows, o);
-    }
-    BatchRetrieval br;
-    br.batch = r.batch;
-    br.dim = r.dim;
-    br.states.assign(r.states.begin(), r.states.end());
-    br.steps = r.sweeps;
-    br.converged = r.converged;
-    br.energy = r.energy;
-    br.top.assign(r.batch, {});
-    return details_out(std::move(br), b, 0);
+    Retrieval r = monitored(progress, [&](Monitor& m) {
+      o.monitor = m;
+      return eng_.retrieve(s.data(), n, o);
+    });
+    return result_out(std::move(r), 0, eng_.n_memories());
   }
-  py::object energy(const F32& states) const {
-    const Batch b = batch_in(states, store_.dim(), "states");
-    std::vector<double> e(b.rows);
-    std::vector<std::int8_t> s(b.cols);
-    for (std::size_t r = 0; r < b.rows; ++r) {
-      for (std::size_t j = 0; j < b.cols; ++j) {
-        const float x = b.arr.data()[r * b.cols + j];
-        if (x != 1.0f && x != -1.0f) throw InvalidArgument("states must be +1 or -1");
-        s[j] = x > 0 ? 1 : -1;
-      }
-      e[r] = eng_.energy(s.data());
-    }
-    if (b.one_d) return py::float_(e[0]);
-    return to_numpy(std::move(e), {static_cast<py::ssize_t>(b.rows)});
+  py::array_t<double> energy(const F32& states) const {
+    const std::size_t n = batch_rows(states, eng_.n_features(), "states");
+    const std::vector<std::int8_t> s = to_spins(states.data(), n, eng_.n_features(), "states");
+    std::vector<double> e(n);
+    for (std::size_t r = 0; r < n; ++r) e[r] = eng_.energy(&s[r * eng_.n_features()]);
+    return to_numpy(std::move(e), {static_cast<py::ssize_t>(n)});
   }
-  std::size_t n_features() const { return store_.dim(); }
-  std::size_t n_memories() const { return store_.size(); }
+  const ModelAEngine& engine() const { return eng_; }
+  py::object store() const { return store_.object(); }
 
  private:
-  static MemoryStore make_bits(const F32& p) {
-    if (p.ndim() != 2) throw InvalidArgument("patterns must be 2-D (K memories x N neurons)");
-    MemoryStore s(static_cast<std::size_t>(p.shape(1)), DType::Bits);
-    try {
-      s.append(p.data(), static_cast<std::size_t>(p.shape(0)));
-    } catch (const InvalidArgument& e) {
-      throw InvalidArgument(std::string("ModelA patterns must be +1/-1: ") + e.what());
-    }
-    return s;
-  }
-  MemoryStore store_;
+  StoreUse store_;
+  std::unique_ptr<MemoryStore> packed_;
   ModelAEngine eng_;
-  int threads_;
 };
 
 // --------------------------------------------------------------------------------------------
@@ -314,6 +369,8 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_OSError, e.what());
     } catch (const SolverError& e) {
       PyErr_SetString(solver_error.ptr(), e.what());
+    } catch (const Cancelled& e) {
+      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
     } catch (const Error& e) {
       PyErr_SetString(PyExc_RuntimeError, e.what());
     }
@@ -453,49 +510,64 @@ PYBIND11_MODULE(_core, m) {
            "(both need dt), 'rk45' (Dormand-Prince), 'bdf' (CVODE, for tau_h << tau_f). Stops at t_end, or at a "
            "fixed point when max |dy/dt| <= fixed_point_tol. Returns a Trajectory.");
 
-  // Models ------------------------------------------------------------------------------------
-  py::class_<PyRetrieval>(m, "Retrieval", "Details of a retrieval: states, steps, converged, energy, top_ids, top_weights.")
-      .def_readonly("states", &PyRetrieval::states, "Final states, shaped like the queries.")
-      .def_readonly("steps", &PyRetrieval::steps, "Updates (B, C) or sweeps (A) per query.")
-      .def_readonly("converged", &PyRetrieval::converged, "Whether each query reached a fixed point within tolerance.")
-      .def_readonly("energy", &PyRetrieval::energy, "Energy of each final state (eq. 8, 13 or 21).")
-      .def_readonly("top_ids", &PyRetrieval::top_ids, "Ids of the top_k memories per query, best first (model B), shape (B, top_k).")
-      .def_readonly("top_weights", &PyRetrieval::top_weights, "Their softmax weights at the final state, shape (B, top_k).");
+  // Models: thin classes over the engines; the Python layer (assocmem/__init__.py) gives them
+  // their public signatures, shapes and dtypes. Defaults come from retrieve_defaults.
+  m.def("retrieve_defaults",
+        [](const std::string& model) {
+          const ModelKind k = parse_model(model);
+          const RetrieveDefaults d = retrieve_defaults(k);
+          py::dict out;
+          out["max_steps"] = d.max_steps;
+          out["tol"] = d.tol;
+          out["step"] = d.step;
+          if (k == ModelKind::A) out["order"] = to_string(d.order);
+          if (k != ModelKind::B) {
+            const InteractionSpec F = default_interaction(k);
+            out["F"] = to_string(F.kind);
+            out["n"] = F.n;
+          }
+          return out;
+        },
+        py::arg("model"), "The library's defaults for model 'A', 'B' or 'C' (the same table C++ and the CLI read).");
 
-  py::class_<PyModelA>(m, "ModelA")
-      .def(py::init<const F32&, const std::string&, double, double, std::optional<F64>, int>(), py::arg("patterns"),
-           py::arg("F") = "power", py::arg("n") = 3.0, py::arg("beta") = 1.0, py::arg("current") = py::none(),
-           py::arg("threads") = 0)
-      .def("retrieve", &PyModelA::retrieve, py::arg("cues"), py::arg("order") = "random", py::arg("max_sweeps") = 1000,
-           py::arg("seed") = 0, py::arg("clamp") = py::none())
-      .def("retrieve_details", &PyModelA::details, py::arg("cues"), py::arg("order") = "random",
-           py::arg("max_sweeps") = 1000, py::arg("seed") = 0, py::arg("clamp") = py::none())
+  const auto no_progress = py::none();
+  py::class_<PyModelA>(m, "_ModelA")
+      .def(py::init<py::object, const std::string&, double, double, std::optional<F64>, int>(), py::arg("store"),
+           py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("current"), py::arg("threads"))
+      .def("retrieve", &PyModelA::retrieve, py::arg("cues"), py::arg("steps"), py::arg("tol"), py::arg("order"),
+           py::arg("seed"), py::arg("energy"), py::arg("clamp"), py::arg("progress"))
       .def("energy", &PyModelA::energy, py::arg("states"))
-      .def_property_readonly("n_features", &PyModelA::n_features, "N, the number of neurons.")
-      .def_property_readonly("n_memories", &PyModelA::n_memories, "K, the number of stored memories.");
+      .def_property_readonly("n_features", [](const PyModelA& a) { return a.engine().n_features(); })
+      .def_property_readonly("n_memories", [](const PyModelA& a) { return a.engine().n_memories(); })
+      .def_property_readonly("kernel", [](const PyModelA& a) { return a.engine().kernel(); })
+      .def_property_readonly("store", &PyModelA::store);
 
-  py::class_<PyModelB>(m, "ModelB")
-      .def(py::init<const F32&, double, const std::string&, int, const std::string&>(), py::arg("patterns"),
-           py::arg("beta") = 1.0, py::arg("dtype") = "float32", py::arg("threads") = 0, py::arg("kernel") = "auto")
-      .def("retrieve", &PyModelB::retrieve, py::arg("queries"), py::arg("steps") = 1, py::arg("tol") = 0.0,
-           py::arg("step") = 1.0, py::arg("top_k") = 0)
-      .def("retrieve_details", &PyModelB::details, py::arg("queries"), py::arg("steps") = 1, py::arg("tol") = 0.0,
-           py::arg("step") = 1.0, py::arg("top_k") = 0, py::arg("final_pass") = true)
-      .def("energy", &PyModelB::energy, py::arg("states"))
-      .def_property_readonly("n_features", &PyModelB::n_features, "d, the dimension of the memories.")
-      .def_property_readonly("n_memories", &PyModelB::n_memories, "K, the number of stored memories.")
-      .def_property_readonly("beta", &PyModelB::beta, "The inverse temperature.")
-      .def_property_readonly("kernel", &PyModelB::kernel, "The kernel in use: amx_bf16, avx512_bf16, avx512 or generic.");
+  py::class_<PyModelB>(m, "_ModelB")
+      .def(py::init<py::object, std::optional<py::object>, double, int, const std::string&>(), py::arg("keys"),
+           py::arg("values"), py::arg("beta"), py::arg("threads"), py::arg("kernel"))
+      .def("retrieve", &PyModelB::retrieve, py::arg("queries"), py::arg("steps"), py::arg("tol"), py::arg("step"),
+           py::arg("top_k"), py::arg("energy"), py::arg("beta"), py::arg("mask"), py::arg("clamp"), py::arg("progress"))
+      .def("attention", &PyModelB::attention, py::arg("queries"), py::arg("top_k"), py::arg("beta"), py::arg("mask"))
+      .def("energy", &PyModelB::energy, py::arg("states"), py::arg("beta"), py::arg("mask"))
+      .def_property_readonly("n_features", [](const PyModelB& b) { return b.engine().dim(); })
+      .def_property_readonly("value_dim", [](const PyModelB& b) { return b.engine().value_dim(); })
+      .def_property_readonly("n_memories", [](const PyModelB& b) { return b.engine().size(); })
+      .def_property_readonly("beta", [](const PyModelB& b) { return b.engine().beta(); })
+      .def_property_readonly("kernel", [](const PyModelB& b) { return b.engine().kernel(); })
+      .def_property_readonly("store", &PyModelB::keys)
+      .def_property_readonly("values_store", &PyModelB::values);
 
-  py::class_<PyModelC>(m, "ModelC")
-      .def(py::init<const F32&, const std::string&, double, double, double, int, const std::string&>(),
-           py::arg("patterns"), py::arg("F") = "rectified", py::arg("n") = 3.0, py::arg("beta") = 1.0,
-           py::arg("alpha") = 1.0, py::arg("threads") = 0, py::arg("kernel") = "auto")
-      .def("retrieve_details", &PyModelC::details, py::arg("queries"), py::arg("steps") = 100, py::arg("tol") = 0.0,
-           py::arg("step") = 0.1)
-      .def("energy", &PyModelC::energy, py::arg("states"))
-      .def_property_readonly("n_features", &PyModelC::n_features, "d, the dimension of the memories.")
-      .def_property_readonly("n_memories", &PyModelC::n_memories, "K, the number of stored memories.");
+  py::class_<PyModelC>(m, "_ModelC")
+      .def(py::init<py::object, const std::string&, double, double, double, int, const std::string&>(), py::arg("store"),
+           py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("alpha"), py::arg("threads"), py::arg("kernel"))
+      .def("retrieve", &PyModelC::retrieve, py::arg("queries"), py::arg("steps"), py::arg("tol"), py::arg("step"),
+           py::arg("energy"), py::arg("mask"), py::arg("clamp"), py::arg("progress"))
+      .def("energy", &PyModelC::energy, py::arg("states"), py::arg("mask"))
+      .def_property_readonly("n_features", [](const PyModelC& c) { return c.engine().dim(); })
+      .def_property_readonly("n_memories", [](const PyModelC& c) { return c.engine().size(); })
+      .def_property_readonly("kernel", [](const PyModelC& c) { return c.engine().kernel(); })
+      .def_property_readonly("store", &PyModelC::store);
+  (void)no_progress;
 
   // Memory store ------------------------------------------------------------------------------
   py::class_<MemoryStore>(m, "MemoryStore",
@@ -554,6 +626,20 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("dtype", [](const MemoryStore& s) { return to_string(s.dtype()); },
                              "Element type: 'float32', 'bfloat16' or 'bits'.")
       .def_property_readonly("mapped", &MemoryStore::mapped, "True when the memories are read from a mapped file.")
+      .def("close",
+           [](MemoryStore& s) {
+             if (store_users().count(&s))
+               throw InvalidArgument("close: the store is in use by a model; delete the model first");
+             s = MemoryStore(s.dim(), s.dtype());
+           },
+           "Releases the memories (and the mapping of an opened file); the store is then empty. Refused "
+           "while a model uses the store.")
+      .def("__enter__", [](py::object self) { return self; })
+      .def("__exit__", [](MemoryStore& s, py::args) {
+             if (!store_users().count(&s)) s = MemoryStore(s.dim(), s.dtype());
+             return false;
+           },
+           "Leaving a `with` block closes the store, unless a model still uses it (it then lives on with the model).")
       .def("__len__", &MemoryStore::size)
       .def("__repr__", [](const MemoryStore& s) {
         return "<MemoryStore: " + std::to_string(s.size()) + " x " + std::to_string(s.dim()) + " " + to_string(s.dtype()) +
@@ -566,9 +652,8 @@ PYBIND11_MODULE(_core, m) {
                       std::size_t K, std::size_t hidden, const std::string& protocol, double rho, bool one_step,
                       const std::string& order, long max_steps, double step, std::size_t trials, std::size_t cues,
                       bool count_negatives, std::uint64_t seed, int threads, const std::string& criterion) {
-    if (model.size() != 1) throw InvalidArgument("model must be 'A', 'B' or 'C', got '" + model + "'");
     CapacitySpec s;
-    s.model = model[0];
+    s.model = parse_model(model);
     s.F = {parse_interaction(F), n, beta};
     s.beta = beta;
     s.N = N;

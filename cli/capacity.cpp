@@ -1,0 +1,186 @@
+// assocmem capacity: recall over random +-1 memories, sweeps and bisection.
+#include "common.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "assocmem/capacity.hpp"
+#include "assocmem/io.hpp"
+
+namespace assocmem::cli {
+namespace fs = std::filesystem;
+namespace {
+
+struct CapacityArgs {
+  std::string model = "A", F = "power", protocol = "stability", order = "random", sweep = "K", criterion = "per-cue",
+              output, plot;
+  double n = 2.0, beta = 1.0, rho = 0.0, step = 1.0, bisect = 0.0;
+  std::size_t N = 100, hidden = 0, trials = 10, cues = 0;
+  std::vector<double> values{5, 10, 15, 20};
+  std::vector<std::size_t> K_range;
+  long max_steps = 100;
+  bool one_step = false, no_negatives = false, dry_run = false;
+  std::uint64_t seed = 1;
+  int threads = 0;
+};
+
+// A value of an integer parameter given as a double (--values): finite, whole, in [lo, 2^40].
+std::size_t whole_value(double v, const std::string& name, double lo) {
+  if (!std::isfinite(v) || v != std::floor(v) || v < lo || v > 1099511627776.0)
+    throw BadInput("--values: " + name + " must be a whole number in [" + std::to_string(static_cast<long>(lo)) +
+                   ", 2^40], got " + detail::concat(v));
+  return static_cast<std::size_t>(v);
+}
+
+int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
+  check_distinct({}, {{"output", a.output}, {"plot", a.plot}});
+  if (bisect_given && !(std::isfinite(a.bisect) && a.bisect > 0 && a.bisect <= 1))
+    throw BadInput("--bisect must be a fraction in (0, 1], got " + detail::concat(a.bisect));
+  if (a.values.empty()) throw BadInput("--values: give at least one value");
+  CapacitySpec s;
+  s.model = parse_model(a.model);
+  s.F = {parse_interaction(a.F), a.n, a.beta};
+  s.beta = a.beta;
+  s.N = a.N;
+  s.hidden = a.hidden;
+  s.protocol = parse_protocol(a.protocol);
+  s.rho = a.rho;
+  s.one_step = a.one_step;
+  s.order = parse_update_order(a.order);
+  s.max_steps = a.max_steps;
+  s.step = a.step;
+  s.trials = a.trials;
+  s.cues = a.cues;
+  s.count_negatives = !a.no_negatives;
+  s.criterion = parse_criterion(a.criterion);
+  s.seed = a.seed;
+  s.threads = a.threads;
+  std::vector<CapacityPoint> points;
+  json out = {{"model", a.model}, {"protocol", a.protocol}, {"N", a.N}};
+  ProgressBar bar("capacity");
+  if (bisect_given) {
+    if (a.K_range.size() != 2) throw BadInput("--bisect needs --K-range LO HI");
+    if (a.K_range[0] < 1 || a.K_range[0] > a.K_range[1])
+      throw BadInput("--K-range: need 1 <= LO <= HI, got " + std::to_string(a.K_range[0]) + " " + std::to_string(a.K_range[1]));
+    for (std::size_t K : a.K_range) {  // both ends valid: every K in between is
+      CapacitySpec t = s;
+      t.K = K;
+      t.validate();
+    }
+    if (a.dry_run) {
+      emit(as_json, {{"dry_run", true}, {"bisect_threshold", a.bisect}, {"K_range", a.K_range}},
+           "valid: bisection over K in [" + std::to_string(a.K_range[0]) + ", " + std::to_string(a.K_range[1]) + "]\n");
+      return 0;
+    }
+    const Bisection b = bisect_capacity(s, a.bisect, a.K_range[0], a.K_range[1], [&](double f) { bar.update(f); });
+    points = b.points;
+    out["bisect_threshold"] = a.bisect;
+    out["K"] = b.K;
+    out["K_low"] = b.K_low;
+    out["K_high"] = b.K_high;
+  } else {
+    // Every point is built and validated before the first is measured: a bad value fails at once,
+    // not after hours of the sweep.
+    std::vector<CapacitySpec> plan;
+    for (const double v : a.values) {
+      CapacitySpec t = s;
+      if (a.sweep == "K") t.K = whole_value(v, "K", 1);
+      else if (a.sweep == "N") t.N = whole_value(v, "N", 2);
+      else if (a.sweep == "n") t.F.n = v;
+      else if (a.sweep == "beta") t.beta = t.F.beta = v;
+      else if (a.sweep == "rho") t.rho = v;
+      else if (a.sweep == "hidden") t.hidden = whole_value(v, "hidden", 0);
+      else throw BadInput("--sweep must be one of K, N, n, beta, rho, hidden; got '" + a.sweep + "'");
+      if (a.sweep != "K") t.K = static_cast<std::size_t>(a.K_range.empty() ? 10 : a.K_range[0]);
+      t.validate();
+      plan.push_back(t);
+    }
+    if (a.dry_run) {
+      emit(as_json, {{"dry_run", true}, {"sweep", a.sweep}, {"points", plan.size()}},
+           "valid: " + std::to_string(plan.size()) + " points of --sweep " + a.sweep + "\n");
+      return 0;
+    }
+    for (std::size_t i = 0; i < plan.size(); ++i)
+      points.push_back(measure_capacity(plan[i], [&](double f) { bar.update((double(i) + f) / double(plan.size())); }));
+    out["sweep"] = a.sweep;
+  }
+  json rows = json::array();
+  std::string csv = "K,N,n,beta,rho,hidden,cues,recalled,recalled_stderr,bit_error,seconds\n", text;
+  char buf[256];
+  for (const auto& p : points) {
+    rows.push_back({{"K", p.spec.K}, {"N", p.spec.N}, {"n", p.spec.F.n}, {"beta", p.spec.beta}, {"rho", p.spec.rho},
+                    {"hidden", p.spec.hidden}, {"cues", p.cues}, {"recalled", p.recalled},
+                    {"recalled_stderr", p.recalled_stderr}, {"bit_error", p.bit_error}, {"seconds", p.seconds}});
+    std::snprintf(buf, sizeof buf, "%zu,%zu,%g,%g,%g,%zu,%zu,%.6g,%.6g,%.6g,%.4g\n", p.spec.K, p.spec.N, p.spec.F.n,
+                  p.spec.beta, p.spec.rho, p.spec.hidden, p.cues, p.recalled, p.recalled_stderr, p.bit_error, p.seconds);
+    csv += buf;
+    std::snprintf(buf, sizeof buf,
+                  "K=%-8zu N=%-6zu n=%-4g recalled %.4f +- %.4f (s.e. over %zu trials)  bit error %.5f  (%zu cues, %.2f s)\n",
+                  p.spec.K, p.spec.N, p.spec.F.n, p.recalled, p.recalled_stderr, p.spec.trials, p.bit_error, p.cues,
+                  p.seconds);
+    text += buf;
+  }
+  out["points"] = rows;
+  if (bisect_given)
+    text += "largest K with recalled >= " + std::to_string(a.bisect) + ": " + std::to_string(out["K"].get<std::size_t>()) +
+            " (not separable from the threshold within 2 standard errors over trials: K in [" +
+            std::to_string(out["K_low"].get<std::size_t>()) + ", " + std::to_string(out["K_high"].get<std::size_t>()) + "])\n";
+  if (!a.output.empty()) {
+    const std::string body = fs::path(a.output).extension() == ".json" ? dump(out) : csv;
+    write_file_atomically(a.output, {{body.data(), body.size()}});
+  }
+  if (!a.plot.empty()) {
+    const std::string xcol = bisect_given ? "K" : a.sweep;
+    // The theory curve where one exists: one-step stability of model A with F = x^n against K.
+    const bool with_theory = a.model == "A" && a.F == "power" && a.one_step && a.protocol == "stability" && xcol == "K";
+    draw_plot("capacity", csv, a.plot, {xcol, "model " + a.model + " (" + a.protocol + ")", with_theory ? "theory" : "none"});
+  }
+  emit(as_json, out, text);
+  return 0;
+}
+
+}  // namespace
+
+Command add_capacity(CLI::App& app) {
+  auto a = std::make_shared<CapacityArgs>();
+  auto* cap = app.add_subcommand("capacity", "Measure recall over random +-1 memories: sweeps and bisection");
+  cap->add_option("--model", a->model, "A, B or C")->capture_default_str()->check(CLI::IsMember({"A", "B", "C"}));
+  cap->add_option("--F", a->F, "Interaction of A and C: power, rectified or exp")->capture_default_str()
+      ->check(CLI::IsMember({"power", "rectified", "exp"}));
+  cap->add_option("--n", a->n, "Power n of F")->capture_default_str();
+  cap->add_option("--beta", a->beta, "Inverse temperature (B) or gain of F = exp")->capture_default_str();
+  cap->add_option("--N", a->N, "Neurons (pattern dimension)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cap->add_option("--hidden", a->hidden, "N_h: hidden neurons, one memory each (0: one per memory)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cap->add_option("--protocol", a->protocol, "stability, basin or random (starts)")->capture_default_str()
+      ->check(CLI::IsMember({"stability", "basin", "random"}));
+  cap->add_option("--rho", a->rho, "basin: fraction of bits flipped in the cue")->capture_default_str();
+  cap->add_flag("--one-step", a->one_step, "One synchronous update instead of running to a fixed point");
+  cap->add_option("--order", a->order, "Update order of model A: random, fixed or sync")->capture_default_str()
+      ->check(CLI::IsMember({"random", "fixed", "sync"}));
+  cap->add_option("--max-steps", a->max_steps, "Sweeps (A) or updates (B, C)")->capture_default_str();
+  cap->add_option("--step", a->step, "dt/tau_f of models B and C")->capture_default_str();
+  cap->add_option("--trials", a->trials, "Independent draws of the memories (the unit of the error bars: >= 2 for a standard error)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cap->add_option("--cues", a->cues, "Cues per trial (0: min(K, 1000)->check(CLI::NonNegativeNumber); random starts 100)")->capture_default_str();
+  cap->add_option("--criterion", a->criterion, "per-cue (fraction of cues recalled) or all (fraction of trials with every "
+                  "memory recalled, cued once)")->capture_default_str()->check(CLI::IsMember({"per-cue", "all"}));
+  cap->add_flag("--no-negatives", a->no_negatives, "Random starts: do not count ending on -xi as a memory");
+  cap->add_option("--sweep", a->sweep, "Parameter to sweep: K, N, n, beta, rho or hidden")->capture_default_str();
+  cap->add_option("--values", a->values, "Values of the swept parameter")->delimiter(',')->capture_default_str();
+  cap->add_option("--K-range", a->K_range, "Bisection range LO HI (or K for sweeps of other parameters)")->expected(1, 2)
+      ->check(CLI::PositiveNumber);
+  auto* bisect_opt =
+      cap->add_option("--bisect", a->bisect, "Find the largest K with recalled >= this fraction in (0, 1] (needs --K-range)");
+  cap->add_option("--seed", a->seed, "Seed of the memories and cues")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cap->add_option("--threads", a->threads, "Worker threads (0: all)")->capture_default_str();
+  cap->add_option("-o,--output", a->output, "Results: .csv or .json");
+  cap->add_flag("--dry-run", a->dry_run, "Check every point of the sweep (or the bisection range) and stop before measuring");
+  cap->add_option("--plot", a->plot, "PNG of recall against the swept parameter (matplotlib)");
+
+  return {cap, [a, bisect_opt](bool as_json) { return cmd_capacity(*a, bisect_opt->count() > 0, as_json); }};
+}
+
+}  // namespace assocmem::cli

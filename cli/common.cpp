@@ -1,0 +1,98 @@
+// What every subcommand shares: errors, output, progress bar, Python for plots and demos.
+#include "common.hpp"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+
+#include "assocmem/io.hpp"
+
+namespace assocmem::cli {
+
+ProgressBar::ProgressBar(std::string what) : what_(std::move(what)), start_(std::chrono::steady_clock::now()) {}
+ProgressBar::~ProgressBar() {
+  if (drawn_) std::fprintf(stderr, "\r\033[K");
+}
+void ProgressBar::update(double fraction) {
+  if (!isatty(STDERR_FILENO)) return;
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  if (s < 1.0) return;
+  const int width = 30, done = static_cast<int>(fraction * width + 0.5);
+  std::fprintf(stderr, "\r%s [%s%s] %3.0f%% %.0fs", what_.c_str(), std::string(static_cast<std::size_t>(done), '#').c_str(),
+               std::string(static_cast<std::size_t>(width - done), ' ').c_str(), 100 * fraction, s);
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+namespace {
+// <exe dir>/../python when it holds the package (a build tree: build/cli/assocmem, build/python).
+std::string build_tree_package_dir() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return {};
+  const std::filesystem::path dir = exe.parent_path().parent_path() / "python";
+  return std::filesystem::exists(dir / "assocmem" / "__init__.py", ec) ? dir.string() : std::string();
+}
+}  // namespace
+
+int run_python(const std::vector<std::string>& args) {
+  const char* env = std::getenv("ASSOCMEM_PYTHON");
+  const std::string python = env && *env ? env : "/usr/bin/python3";
+  std::vector<std::string> owned = {python};
+  owned.insert(owned.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : owned) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const std::string package = build_tree_package_dir();
+  const char* old = std::getenv("PYTHONPATH");
+  const std::string path = package.empty() ? (old ? old : "") : package + (old && *old ? ":" + std::string(old) : "");
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("could not start " + python + ": fork failed");
+  if (pid == 0) {
+    if (!package.empty()) setenv("PYTHONPATH", path.c_str(), 1);
+    execv(argv[0], argv.data());
+    std::fprintf(stderr, "assocmem: error: cannot run %s: %s (set ASSOCMEM_PYTHON)\n", python.c_str(), std::strerror(errno));
+    _exit(127);
+  }
+  detail::set_cleanup_child(pid);  // an interrupt stops the child before removing its files
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  detail::set_cleanup_child(0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
+// JSON text of j. File names and option values are arbitrary bytes on Linux: bytes that are not UTF-8
+// become U+FFFD instead of making dump() throw (found by fuzz_inputs).
+std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n"; }
+
+void emit(bool as_json, const json& j, const std::string& text) {
+  if (as_json) std::cout << dump(j);
+  else std::cout << text;
+}
+
+// Draws a PNG with `python3 -m assocmem.plot KIND data.csv out.png ARGS...`: the CSV and the PNG live
+// in a private temporary folder (removed on exit and on SIGINT/SIGTERM), and the PNG is then written
+// to `output` under the output rules of assocmem/io.hpp (atomic, no special files).
+void draw_plot(const std::string& kind, const std::string& csv, const std::string& output,
+               const std::vector<std::string>& extra) {
+  const TempFolder folder;
+  const TempPath data(folder.path() + "/data.csv"), png(folder.path() + "/plot.png");
+  write_file_atomically(data.path(), {{csv.data(), csv.size()}});
+  std::vector<std::string> args = {"-m", "assocmem.plot", kind, data.path(), png.path()};
+  args.insert(args.end(), extra.begin(), extra.end());
+  if (run_python(args) != 0)
+    throw IoError("could not draw '" + output + "': the plot needs /usr/bin/python3 with matplotlib and assocmem");
+  const InputFile in(png.path(), "plot");
+  const std::string bytes = in.read_all(std::size_t{1} << 30);
+  write_file_atomically(output, {{bytes.data(), bytes.size()}});
+}
+
+}  // namespace assocmem::cli

@@ -1,0 +1,65 @@
+// Internal to the command: what every subcommand shares (errors, output, progress, plotting), and
+// the registration of each subcommand (one file each: store.cpp, recall.cpp, simulate.cpp,
+// capacity.cpp, demo.cpp; cli.cpp parses and dispatches).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+namespace assocmem::cli {
+
+using json = nlohmann::json;
+
+/// Bad usage or input: exit code 2 with the message.
+struct BadInput : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// A progress bar on stderr, drawn only on a terminal and only once the work has run for a second.
+class ProgressBar {
+ public:
+  explicit ProgressBar(std::string what);
+  ~ProgressBar();
+  ProgressBar(const ProgressBar&) = delete;
+  ProgressBar& operator=(const ProgressBar&) = delete;
+  void update(double fraction);
+
+ private:
+  std::string what_;
+  std::chrono::steady_clock::time_point start_;
+  bool drawn_ = false;
+};
+
+/// JSON text of j; bytes that are not UTF-8 become U+FFFD (file names are arbitrary bytes).
+std::string dump(const json& j);
+/// Writes j (with --json) or text to stdout.
+void emit(bool as_json, const json& j, const std::string& text);
+
+/// Runs `python3 args...` (ASSOCMEM_PYTHON, default /usr/bin/python3; no shell). When the command
+/// runs from a build tree, the package beside it (<exe dir>/../python) goes first on PYTHONPATH;
+/// an installed command finds the installed package. Returns the exit status.
+int run_python(const std::vector<std::string>& args);
+
+/// Draws a PNG with `python3 -m assocmem.plot KIND data.csv out.png EXTRA...`, written to output
+/// under the output rules of assocmem/io.hpp.
+void draw_plot(const std::string& kind, const std::string& csv, const std::string& output,
+               const std::vector<std::string>& extra);
+
+/// A subcommand: registered on the app, run when given. run(as_json) returns the exit code.
+struct Command {
+  CLI::App* app;
+  std::function<int(bool as_json)> run;
+};
+Command add_store(CLI::App& app);
+Command add_recall(CLI::App& app);
+Command add_simulate(CLI::App& app);
+Command add_capacity(CLI::App& app);
+Command add_demo(CLI::App& app);
+
+}  // namespace assocmem::cli

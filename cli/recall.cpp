@@ -1,0 +1,235 @@
+// assocmem recall: retrieve memories for a .npy of queries with model A, B or C. Options left unset
+// take the defaults of the library's one table (retrieve_defaults, default_interaction), so the
+// command, C++ and Python agree. Energy and top-k cost one more pass over the memories: they are
+// computed only when --details asks for them.
+#include "common.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "assocmem/binary.hpp"
+#include "assocmem/engine.hpp"
+#include "assocmem/io.hpp"
+#include "assocmem/npy.hpp"
+#include "assocmem/store.hpp"
+
+namespace assocmem::cli {
+namespace {
+
+struct RecallArgs {
+  std::string store, queries, output, details, values, mask, model = "B", kernel = "auto";
+  std::optional<std::string> F, order;
+  std::optional<double> n, tol, step;
+  std::optional<long> steps;
+  double beta = 1.0, alpha = 1.0;
+  long long top_k = 5;
+  std::size_t chunk = 1024;
+  std::uint64_t seed = 0;
+  int threads = 0;
+};
+
+// The retrieval options of the command line; unset ones stay unset (the model's defaults).
+RetrieveOptions retrieve_options(const RecallArgs& a) {
+  RetrieveOptions o;
+  o.max_steps = a.steps;
+  o.tol = a.tol;
+  o.step = a.step;
+  if (a.order) o.order = parse_update_order(*a.order);
+  o.seed = a.seed;
+  return o;
+}
+
+InteractionSpec interaction(const RecallArgs& a, ModelKind model) {
+  InteractionSpec F = default_interaction(model);
+  if (a.F) F.kind = parse_interaction(*a.F);
+  if (a.n) F.n = *a.n;
+  F.beta = a.beta;
+  return F;
+}
+
+// The per-query record of --details.
+json details_of(const Retrieval& r, std::size_t i) {
+  json j = {{"steps", r.steps[i]}, {"stop", to_string(r.stop[i])}, {"converged", r.converged(i)}};
+  if (!r.energy.empty()) j["energy"] = r.energy[i];
+  if (!r.top.empty()) {
+    json ids = json::array(), w = json::array();
+    for (const TopMemory& t : r.top[i]) {
+      ids.push_back(t.id);
+      w.push_back(t.weight);
+    }
+    j["top_ids"] = ids;
+    j["top_weights"] = w;
+  }
+  return j;
+}
+
+int cmd_recall(const RecallArgs& a, bool as_json) {
+  check_distinct({{"store", a.store}, {"queries", a.queries}, {"values", a.values}, {"mask", a.mask}},
+                 {{"output", a.output}, {"details", a.details}});
+  if (a.top_k < 0) throw BadInput("--top-k must be >= 0, got " + std::to_string(a.top_k));
+  const ModelKind model = parse_model(a.model);
+  const MemoryStore store = MemoryStore::open(a.store);
+  const NpyArray q = read_npy(a.queries);
+  if (q.cols != store.dim())
+    throw BadInput("'" + a.queries + "' has queries of dimension " + std::to_string(q.cols) + " but '" + a.store +
+                   "' holds memories of dimension " + std::to_string(store.dim()));
+  const std::vector<float> Q = q.to_float32();
+  const std::size_t B = q.rows, d = q.cols, K = store.size();
+  if (B == 0) throw BadInput("'" + a.queries + "' holds no queries");
+  if (!a.values.empty() && model != ModelKind::B) throw BadInput("--values: only model B associates keys with values");
+  std::optional<MemoryStore> values;
+  if (!a.values.empty()) values.emplace(MemoryStore::open(a.values));
+  // --mask: (K,) shared by all queries, or (B, K); non-zero leaves a memory out.
+  std::vector<std::uint8_t> mask;
+  std::size_t mask_rows = 0;
+  if (!a.mask.empty()) {
+    if (model == ModelKind::A) throw BadInput("--mask: model A takes no memory mask");
+    const NpyArray m = read_npy(a.mask);
+    if (m.cols != K || (m.rows != 1 && m.rows != B) || (m.rows == 1 && !m.was_1d && B != 1))
+      throw BadInput("--mask: '" + a.mask + "' has shape (" + std::to_string(m.rows) + ", " + std::to_string(m.cols) +
+                     "); expected (" + std::to_string(K) + ",) or (" + std::to_string(B) + ", " + std::to_string(K) + ")");
+    for (float x : m.to_float32()) mask.push_back(x != 0.0f);
+    mask_rows = m.rows;
+  }
+  const bool details = !a.details.empty();
+  RetrieveOptions o = retrieve_options(a);
+  o.energy = details;
+  if (model == ModelKind::B && details) o.top_k = static_cast<std::size_t>(a.top_k);
+  EngineOptions eo;
+  eo.threads = a.threads;
+  eo.kernel = parse_kernel(a.kernel);
+
+  std::optional<MemoryStore> bits;  // model A runs on packed bits: a float store of +-1 is packed here
+  std::unique_ptr<ModelAEngine> ea;
+  std::unique_ptr<ModelBEngine> eb;
+  std::unique_ptr<ModelCEngine> ec;
+  std::string kernel;
+  if (model == ModelKind::A) {
+    if (store.dtype() != DType::Bits) {
+      try {
+        bits.emplace(pack_bits(store));
+      } catch (const InvalidArgument& e) {
+        throw BadInput("'" + a.store + "': " + e.what());
+      }
+    }
+    ea = std::make_unique<ModelAEngine>(bits ? *bits : store, interaction(a, model), Vector(), eo);
+    kernel = ea->kernel();
+  } else if (model == ModelKind::B) {
+    eb = values ? std::make_unique<ModelBEngine>(store, *values, a.beta, eo) : std::make_unique<ModelBEngine>(store, a.beta, eo);
+    kernel = eb->kernel();
+  } else {
+    ec = std::make_unique<ModelCEngine>(store, interaction(a, model), a.alpha, eo);
+    kernel = ec->kernel();
+  }
+  const std::size_t dout = eb ? eb->value_dim() : d;
+  std::vector<float> states(B * dout);
+  json per_query = json::array();
+  ProgressBar bar("recall");
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::int8_t> cues;
+  if (ea) {
+    try {
+      cues = to_spins(Q.data(), B, d, "'" + a.queries + "'");
+    } catch (const InvalidArgument& e) {
+      throw BadInput(e.what());
+    }
+  }
+  for (std::size_t b0 = 0; b0 < B; b0 += a.chunk) {
+    const std::size_t nb = std::min(a.chunk, B - b0);
+    o.mask = {mask.empty() ? nullptr : mask.data() + (mask_rows == 1 ? 0 : b0 * K), mask_rows == 0 ? 0 : (mask_rows == 1 ? 1 : nb)};
+    o.monitor = [&](const Progress& p) {
+      bar.update((double(b0) + nb * (double(p.step - 1) + p.fraction) / double(p.max_steps)) / double(B));
+      return true;
+    };
+    Retrieval r;
+    if (ea) {
+      o.seed = a.seed + b0;  // cue b uses seed + b, as in one call
+      r = ea->retrieve(&cues[b0 * d], nb, o);
+    } else if (eb) {
+      r = eb->retrieve(&Q[b0 * d], nb, o);
+    } else {
+      r = ec->retrieve(&Q[b0 * d], nb, o);
+    }
+    std::transform(r.states.begin(), r.states.end(), &states[b0 * dout], [](double x) { return static_cast<float>(x); });
+    if (details)
+      for (std::size_t i = 0; i < nb; ++i) per_query.push_back(details_of(r, i));
+    bar.update(double(b0 + nb) / double(B));
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_npy(a.output, states.data(), B, dout, q.was_1d);
+  json summary = {{"model", a.model}, {"queries", B}, {"dim", d}, {"memories", K}, {"kernel", kernel},
+                  {"seconds", secs}, {"output", a.output}};
+  if (details) {
+    json full = summary;
+    full["results"] = per_query;
+    const std::string text = dump(full);
+    write_file_atomically(a.details, {{text.data(), text.size()}});
+    summary["details"] = a.details;
+  }
+  emit(as_json, summary,
+       "recalled " + std::to_string(B) + " queries with model " + a.model + " (" + kernel + ") in " +
+           std::to_string(secs).substr(0, 6) + " s; wrote " + a.output + (details ? " and " + a.details : "") + "\n");
+  return 0;
+}
+
+std::string short_number(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", x);
+  return buf;
+}
+
+// "(default: A 1000, B 1, C 100)" from the one table of defaults.
+template <class Get>
+std::string per_model_default(Get get) {
+  return "(default: A " + get(ModelKind::A) + ", B " + get(ModelKind::B) + ", C " + get(ModelKind::C) + ")";
+}
+
+}  // namespace
+
+Command add_recall(CLI::App& app) {
+  auto a = std::make_shared<RecallArgs>();
+  auto* rc = app.add_subcommand("recall", "Retrieve memories for a .npy of queries with model A, B or C");
+  rc->add_option("store", a->store, "Memory store (the keys, for model B with --values)")->required();
+  rc->add_option("queries", a->queries, "Queries (.npy, (B, d) or (d,))")->required();
+  rc->add_option("output", a->output, "Retrieved states (.npy, float32, the queries' shape; with --values the values' dimension)")
+      ->required();
+  rc->add_option("--model", a->model, "A (dense associative memory), B (modern Hopfield) or C (spherical)")
+      ->capture_default_str()->check(CLI::IsMember({"A", "B", "C"}));
+  rc->add_option("--beta", a->beta, "Inverse temperature (B) or gain of F = exp (A, C)")->capture_default_str();
+  const InteractionSpec Fa = default_interaction(ModelKind::A), Fc = default_interaction(ModelKind::C);
+  rc->add_option("--F", a->F, "Interaction of A and C: power, rectified or exp (default: A " + to_string(Fa.kind) + ", C " +
+                                  to_string(Fc.kind) + ")")
+      ->check(CLI::IsMember({"power", "rectified", "exp"}));
+  rc->add_option("--n", a->n, "Power n of F (A, C) (default " + short_number(Fa.n) + ")");
+  rc->add_option("--alpha", a->alpha, "Decay coefficient of model C (eq. 19)")->capture_default_str();
+  rc->add_option("--steps,--max-sweeps", a->steps, "Most updates: sweeps (A), steps of eq. 15 (B), Euler steps of eq. 22 (C) " +
+                                                       per_model_default([](ModelKind m) { return std::to_string(retrieve_defaults(m).max_steps); }));
+  rc->add_option("--tol", a->tol, "Stop a query when its change is <= tol (A: flips of a sweep; B, C: max |v_new - v|) " +
+                                      per_model_default([](ModelKind m) { return short_number(retrieve_defaults(m).tol); }));
+  rc->add_option("--step", a->step, "dt / tau_f of each update (B: (0, 1], C: > 0) (default: B " +
+                                        short_number(retrieve_defaults(ModelKind::B).step) + ", C " +
+                                        short_number(retrieve_defaults(ModelKind::C).step) + ")");
+  rc->add_option("--order", a->order, "Update order of model A: random, fixed or sync (default " +
+                                          to_string(retrieve_defaults(ModelKind::A).order) + ")")
+      ->check(CLI::IsMember({"random", "fixed", "sync"}));
+  rc->add_option("--seed", a->seed, "Seed of model A's random order (query b uses seed + b)")->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  rc->add_option("--values", a->values, "Model B: a store of values (same number of memories as the keys): the result "
+                                        "is the attention output over the values (hetero-association)");
+  rc->add_option("--mask", a->mask, "B, C: .npy of bool/int8/uint8, shape (K,) or (B, K); non-zero leaves that memory "
+                                    "out for that query, as if deleted");
+  rc->add_option("--top-k", a->top_k, "Memories to report per query in --details (B; at most K are reported)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  rc->add_option("--details", a->details, "Write JSON with steps, stop reason, energy and top-k ids and weights (one "
+                                          "more pass over the memories)");
+  rc->add_option("--threads", a->threads, "Worker threads (0: all)")->capture_default_str();
+  rc->add_option("--kernel", a->kernel, "auto, generic, avx512, avx512_bf16 or amx_bf16")->capture_default_str();
+  return {rc, [a](bool as_json) { return cmd_recall(*a, as_json); }};
+}
+
+}  // namespace assocmem::cli

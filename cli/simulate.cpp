@@ -1,0 +1,114 @@
+// assocmem simulate: integrate the general two-layer network (eq. 1) described in a JSON file.
+#include "common.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "assocmem/config.hpp"
+#include "assocmem/dynamics.hpp"
+#include "assocmem/io.hpp"
+#include "assocmem/npy.hpp"
+
+namespace assocmem::cli {
+namespace fs = std::filesystem;
+namespace {
+
+struct SimulateArgs {
+  std::string config, output, plot;
+};
+
+int cmd_simulate(const SimulateArgs& a, bool as_json) {
+  const std::string text = InputFile(a.config, "config").read_all(std::size_t{64} << 20);
+  const fs::path base = fs::path(a.config).parent_path();
+  SimulationConfig cfg = parse_simulation_config(text, base.string(), "config '" + a.config + "'");
+  check_distinct({{"config", a.config}, {"xi", cfg.xi_path}}, {{"output", a.output}, {"plot", a.plot}});
+  const Network& net = *cfg.network;
+  SimulateOptions& o = cfg.options;
+  const Network::EnergyBound bound = net.energy_bound();  // Section 2's condition, flagged when violated
+  if (bound.verdict == Network::EnergyBound::Verdict::Unbounded)
+    std::fprintf(stderr, "assocmem: warning: the energy of this network is unbounded below (%s)\n", bound.why.c_str());
+  const Vector& v0 = cfg.v0;
+  const Vector& h0 = cfg.h0;
+  {
+    ProgressBar bar("simulate");
+    o.on_step = [&](double t) { bar.update((t - o.t0) / (o.t_end - o.t0)); };
+    const auto t0 = std::chrono::steady_clock::now();
+    const Trajectory tr = simulate(net, v0, h0, o);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    bar.update(1.0);
+    // Output: columns t, energy, energy_rate, v_0..v_{N_f-1}, h_0..h_{N_h-1}.
+    const std::size_t T = tr.t.size(), nf = static_cast<std::size_t>(net.n_features()),
+                      nh = static_cast<std::size_t>(net.n_hidden()), cols = 3 + nf + nh;
+    std::vector<double> table(T * cols);
+    for (std::size_t k = 0; k < T; ++k) {
+      double* row = &table[k * cols];
+      row[0] = tr.t[k];
+      row[1] = tr.energy[k];
+      row[2] = tr.energy_rate[k];
+      std::copy(tr.v[k].data(), tr.v[k].data() + nf, row + 3);
+      std::copy(tr.h[k].data(), tr.h[k].data() + nh, row + 3 + nf);
+    }
+    if (!a.output.empty()) {
+      if (fs::path(a.output).extension() == ".npy") {
+        write_npy(a.output, table.data(), T, cols);
+      } else {
+        std::string csv = "t,energy,energy_rate";
+        for (std::size_t i = 0; i < nf; ++i) csv += ",v" + std::to_string(i);
+        for (std::size_t i = 0; i < nh; ++i) csv += ",h" + std::to_string(i);
+        csv += "\n";
+        char buf[64];
+        for (std::size_t k = 0; k < T; ++k)
+          for (std::size_t j = 0; j < cols; ++j) {
+            std::snprintf(buf, sizeof buf, "%.17g%c", table[k * cols + j], j + 1 == cols ? '\n' : ',');
+            csv += buf;
+          }
+        write_file_atomically(a.output, {{csv.data(), csv.size()}});
+      }
+    }
+    if (!a.plot.empty()) {  // E(t) drawn by assocmem.plot (matplotlib) from a CSV of (t, E)
+      std::string csv;
+      char buf[64];
+      for (std::size_t k = 0; k < T; ++k) {
+        std::snprintf(buf, sizeof buf, "%.17g,%.17g\n", tr.t[k], tr.energy[k]);
+        csv += buf;
+      }
+      draw_plot("energy", csv, a.plot, {});
+    }
+    json j = {{"records", T}, {"steps", tr.result.steps}, {"t", tr.result.t}, {"reason", to_string(tr.result.reason)},
+              {"energy_start", tr.energy.front()}, {"energy_end", tr.energy.back()}, {"seconds", secs},
+              {"non_psd_steps", tr.non_psd_steps},
+              {"energy_bounded_below", bound.verdict == Network::EnergyBound::Verdict::Bounded     ? "yes"
+                                       : bound.verdict == Network::EnergyBound::Verdict::Unbounded ? "no"
+                                                                                                   : "unknown"}};
+    if (!a.output.empty()) j["output"] = a.output;
+    if (!a.plot.empty()) j["plot"] = a.plot;
+    emit(as_json, j,
+         "simulated " + std::to_string(tr.result.steps) + " steps (" + to_string(tr.result.reason) + ") to t = " +
+             std::to_string(tr.result.t) + "; E " + std::to_string(tr.energy.front()) + " -> " + std::to_string(tr.energy.back()) +
+             (a.output.empty() ? "" : "; wrote " + a.output) + (a.plot.empty() ? "" : ", " + a.plot) + "\n");
+    return 0;
+  }
+}
+
+}  // namespace
+
+Command add_simulate(CLI::App& app) {
+  auto a = std::make_shared<SimulateArgs>();
+  auto* sim = app.add_subcommand("simulate", "Integrate the general two-layer network (eq. 1) described in a JSON file");
+  sim->add_option("config", a->config,
+                  "JSON: {\"xi\": \"xi.npy\", \"feature\": {\"name\": \"log_cosh\", \"beta\": 2}, \"hidden\": {\"name\": "
+                  "\"log_sum_exp\", \"beta\": 1}, \"v0\": [..] or \"v0.npy\", optional \"h0\", \"current\", \"tau_f\", "
+                  "\"tau_h\", \"alpha\", \"method\" (euler, rk4, rk45, bdf), \"t_end\", \"dt\", \"rtol\", \"atol\", "
+                  "\"max_steps\", \"fixed_point_tol\", \"record_every\"}; paths are relative to the config file")
+      ->required();
+  sim->add_option("-o,--output", a->output, "Trajectory: .csv or .npy, columns t, energy, energy_rate, v..., h...");
+  sim->add_option("--plot", a->plot, "PNG of E(t) (matplotlib)");
+
+  return {sim, [a](bool as_json) { return cmd_simulate(*a, as_json); }};
+}
+
+}  // namespace assocmem::cli

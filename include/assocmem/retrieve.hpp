@@ -1,0 +1,137 @@
+// assocmem/retrieve.hpp - one options type and one result type for every retrieval.
+//
+// Every retrieval - the plain reference models (ModelA/B/C::retrieve), the fused engines
+// (ModelBEngine, ModelCEngine) and the packed-bit engine (ModelAEngine) - takes RetrieveOptions and
+// returns a Retrieval. Options left unset take the model's default from one table
+// (retrieve_defaults), which the CLI and the Python bindings read too, so the three faces agree.
+//
+// A retrieval iterates a model's update to a fixed point (one driver, src/fixed_point.hpp):
+//   model A  one sweep of the Krotov-Hopfield 2016 rule (eq. 8), change = number of flips
+//   model B  eq. (15) (eq. 16 at step = 1), change = max_i |v_new - v|
+//   model C  an Euler step of eq. (22), change = max_i |v_new - v| (of v/|v| when alpha = 0)
+// and stops when the change is <= tol (StopReason::Converged), after max_steps updates
+// (MaxSteps), or when a state leaves the float range (BlewUp: that query keeps its last finite
+// state; the others go on).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "assocmem/error.hpp"
+#include "assocmem/types.hpp"
+
+namespace assocmem {
+
+/// The effective models of Section 3.
+enum class ModelKind { A, B, C };
+ModelKind parse_model(const std::string& name);  ///< "A", "B", "C" (or lower case)
+std::string to_string(ModelKind model);
+
+/// Update order of model A.
+enum class UpdateOrder {
+  RandomAsync,  ///< asynchronous, a fresh random permutation of the neurons every sweep (seeded)
+  FixedAsync,   ///< asynchronous, neurons 0, 1, ..., N_f - 1 every sweep
+  Synchronous   ///< all neurons at once from the previous state (may end in a 2-cycle)
+};
+UpdateOrder parse_update_order(const std::string& name);  ///< "random", "fixed", "sync"
+std::string to_string(UpdateOrder order);
+
+/// Why a query's iteration ended.
+enum class StopReason : std::uint8_t {
+  Converged,  ///< the last update changed the state by <= tol
+  MaxSteps,   ///< max_steps updates ran
+  BlewUp      ///< the update left the float range; the state is the last finite one
+};
+std::string to_string(StopReason reason);  ///< "converged", "max_steps", "blew_up"
+
+/// Memories to leave out, per query (engines only). Non-owning: the flags must outlive the call.
+/// data holds rows x K bytes (K = memories in the store, row-major); a non-zero byte marks memory mu
+/// as absent for that query, which then behaves exactly as if it had been deleted (as torch's
+/// key_padding_mask and hopfield-layers' stored_pattern_padding_mask: true = ignore).
+/// rows = 0: no mask; rows = 1: one mask shared by every query; rows = batch: one per query.
+struct MemoryMask {
+  const std::uint8_t* data = nullptr;
+  std::size_t rows = 0;
+};
+
+/// Where a long call stands; passed to RetrieveOptions::monitor.
+struct Progress {
+  long step = 0;           ///< the update being computed (1-based)
+  long max_steps = 0;
+  double fraction = 0.0;   ///< of this update's work done by the calling thread, in [0, 1]
+  std::size_t active = 0;  ///< queries still iterating
+};
+
+/// Called on the calling thread between steps and between tiles of a pass, at most every ~50 ms.
+/// Returning false cancels the call: it throws assocmem::Cancelled within one tile of work.
+using Monitor = std::function<bool(const Progress&)>;
+
+/// Thrown when a Monitor cancels a call. Python: the pending exception (KeyboardInterrupt after Ctrl-C).
+class Cancelled : public Error {
+ public:
+  using Error::Error;
+};
+
+/// Options of every retrieval. Unset optionals take the model's default (retrieve_defaults).
+/// Each model refuses, with InvalidArgument naming the option, what it cannot honour.
+struct RetrieveOptions {
+  std::optional<long> max_steps;     ///< > 0: updates (B, C) or sweeps (A)
+  std::optional<double> tol;         ///< >= 0: converged when the change is <= tol (A: flips, so 0)
+  std::optional<double> step;        ///< dt / tau_f: B in (0, 1] (1 = eq. 16), C > 0 (eq. 22). Not A.
+  std::optional<UpdateOrder> order;  ///< model A only
+  std::uint64_t seed = 0;            ///< model A's random order; cue b of a batch uses seed + b
+  /// Empty, or N_f flags shared by all queries: clamped features keep the cue's value (model A: as
+  /// with an input current |I_i| -> infinity, eq. 8; B and C: reset after every update).
+  std::vector<std::uint8_t> clamp;
+  std::size_t top_k = 0;       ///< report the top_k memories (id, softmax weight) of each final state (B)
+  bool energy = false;         ///< report the energy of each final state (eq. 8, 13, 21)
+  std::optional<double> beta;  ///< model B: this call's inverse temperature instead of the model's
+  MemoryMask mask;             ///< engines of B and C: memories to leave out
+  Monitor monitor;             ///< progress and cancellation (optional)
+};
+
+/// The defaults of one model, the single table every face reads.
+struct RetrieveDefaults {
+  long max_steps;
+  double tol;
+  double step;  ///< NaN for model A
+  UpdateOrder order;
+};
+RetrieveDefaults retrieve_defaults(ModelKind model);
+
+/// Options with every default filled in and checked for `model`; throws InvalidArgument naming the
+/// option that the model cannot take or whose value is out of range.
+struct ResolvedOptions {
+  long max_steps;
+  double tol;
+  double step;
+  UpdateOrder order;
+};
+ResolvedOptions resolve(const RetrieveOptions& options, ModelKind model);
+
+/// One of the memories reported with a final state.
+struct TopMemory {
+  std::uint64_t id;  ///< the store's id (the row index for models built from a matrix)
+  double weight;     ///< softmax weight at the final state (model B)
+};
+
+/// The result of every retrieval: a batch of final states (one row for a single query).
+struct Retrieval {
+  std::size_t batch = 0, dim = 0;
+  std::vector<double> states;         ///< [batch x dim], row-major (model A: +-1)
+  std::vector<long> steps;            ///< [batch] updates applied (A: sweeps)
+  std::vector<StopReason> stop;       ///< [batch]
+  std::vector<double> last_change;    ///< [batch] the last update's change (A: flips); NaN when undefined
+  std::vector<double> energy;         ///< [batch] when RetrieveOptions::energy, else empty
+  std::vector<std::vector<TopMemory>> top;  ///< [batch] when top_k > 0 (at most K each), else empty
+
+  /// State b as a vector.
+  Vector state(std::size_t b = 0) const;
+  bool converged(std::size_t b = 0) const { return stop.at(b) == StopReason::Converged; }
+};
+
+}  // namespace assocmem

@@ -1,0 +1,101 @@
+// The options and result types shared by every retrieval, and the one table of defaults.
+#include "assocmem/retrieve.hpp"
+
+#include <cmath>
+#include <limits>
+
+namespace assocmem {
+
+ModelKind parse_model(const std::string& name) {
+  if (name == "A" || name == "a") return ModelKind::A;
+  if (name == "B" || name == "b") return ModelKind::B;
+  if (name == "C" || name == "c") return ModelKind::C;
+  throw InvalidArgument("model must be one of A, B, C; got '" + name + "'");
+}
+
+std::string to_string(ModelKind model) {
+  switch (model) {
+    case ModelKind::A: return "A";
+    case ModelKind::B: return "B";
+    case ModelKind::C: return "C";
+  }
+  return "?";
+}
+
+UpdateOrder parse_update_order(const std::string& name) {
+  if (name == "random") return UpdateOrder::RandomAsync;
+  if (name == "fixed") return UpdateOrder::FixedAsync;
+  if (name == "sync" || name == "synchronous") return UpdateOrder::Synchronous;
+  throw InvalidArgument("order must be one of random, fixed, sync; got '" + name + "'");
+}
+
+std::string to_string(UpdateOrder order) {
+  switch (order) {
+    case UpdateOrder::RandomAsync: return "random";
+    case UpdateOrder::FixedAsync: return "fixed";
+    case UpdateOrder::Synchronous: return "sync";
+  }
+  return "?";
+}
+
+std::string to_string(StopReason reason) {
+  switch (reason) {
+    case StopReason::Converged: return "converged";
+    case StopReason::MaxSteps: return "max_steps";
+    case StopReason::BlewUp: return "blew_up";
+  }
+  return "?";
+}
+
+// The one table of defaults (C++, CLI and Python read it).
+//   A: asynchronous sweeps in a random order until a sweep flips nothing (Krotov & Hopfield 2016).
+//   B: one step of eq. (16), the attention update: it retrieves a memory in one step when the
+//      memories are well separated (Ramsauer et al. 2020); ask for more steps to iterate.
+//   C: Euler steps of eq. (22) with dt/tau_f = 0.1.
+RetrieveDefaults retrieve_defaults(ModelKind model) {
+  switch (model) {
+    case ModelKind::A: return {1000, 0.0, std::numeric_limits<double>::quiet_NaN(), UpdateOrder::RandomAsync};
+    case ModelKind::B: return {1, 0.0, 1.0, UpdateOrder::RandomAsync};
+    case ModelKind::C: return {100, 0.0, 0.1, UpdateOrder::RandomAsync};
+  }
+  throw InvalidArgument("unknown model");
+}
+
+ResolvedOptions resolve(const RetrieveOptions& o, ModelKind model) {
+  const RetrieveDefaults d = retrieve_defaults(model);
+  const std::string m = "model " + to_string(model);
+  ResolvedOptions r{o.max_steps.value_or(d.max_steps), o.tol.value_or(d.tol), o.step.value_or(d.step),
+                    o.order.value_or(d.order)};
+  ASSOCMEM_CHECK_ARG(r.max_steps > 0, "max_steps must be > 0, got ", r.max_steps);
+  ASSOCMEM_CHECK_ARG(std::isfinite(r.tol) && r.tol >= 0, "tol must be finite and >= 0, got ", r.tol);
+  ASSOCMEM_CHECK_ARG(o.mask.rows == 0 || o.mask.data != nullptr, "mask: rows = ", o.mask.rows, " but data is null");
+  if (model == ModelKind::A) {
+    ASSOCMEM_CHECK_ARG(!o.step, "step does not apply to model A (its updates are sweeps of sign flips)");
+    ASSOCMEM_CHECK_ARG(!o.beta, "beta: model A's inverse temperature belongs to F = exp and is set at construction");
+    ASSOCMEM_CHECK_ARG(o.top_k == 0, "top_k: model A has no softmax weights to rank memories by");
+    ASSOCMEM_CHECK_ARG(o.mask.rows == 0, "mask: model A takes no memory mask");
+    return r;
+  }
+  ASSOCMEM_CHECK_ARG(!o.order, "order applies to model A only (", m, " updates every feature at once)");
+  if (model == ModelKind::B) {
+    ASSOCMEM_CHECK_ARG(std::isfinite(r.step) && r.step > 0 && r.step <= 1, "step (dt/tau_f) must be in (0, 1], got ",
+                       r.step);
+    if (o.beta)
+      ASSOCMEM_CHECK_ARG(std::isfinite(*o.beta) && *o.beta > 0 && *o.beta <= std::numeric_limits<float>::max(),
+                         "beta must be finite, > 0 and within the float32 range, got ", *o.beta);
+  } else {
+    ASSOCMEM_CHECK_ARG(std::isfinite(r.step) && r.step > 0, "step (dt/tau_f) must be finite and > 0, got ", r.step);
+    ASSOCMEM_CHECK_ARG(!o.beta, "beta: model C's gain belongs to its F and is set at construction");
+    ASSOCMEM_CHECK_ARG(o.top_k == 0, "top_k: model C has no softmax weights to rank memories by");
+  }
+  return r;
+}
+
+Vector Retrieval::state(std::size_t b) const {
+  ASSOCMEM_CHECK_ARG(b < batch, "state index ", b, " out of range (batch ", batch, ")");
+  Vector v(static_cast<Eigen::Index>(dim));
+  for (std::size_t j = 0; j < dim; ++j) v[static_cast<Eigen::Index>(j)] = states[b * dim + j];
+  return v;
+}
+
+}  // namespace assocmem
