@@ -11,10 +11,14 @@ and Machine Learning" (ICLR 2021), and its three effective models:
     MemoryStore                                           persistent memories (float32, bfloat16, bits)
     plot                                                  matplotlib figures: energy, mosaics, capacity curves
 
-Arrays are numpy arrays; a single query has shape (d,), a batch (B, d), and results have the shape
-of the queries. Bad input raises ValueError (or OSError for files) with a message naming the problem.
+Arrays are numpy arrays; a single query has shape (d,), a batch (..., d) with any leading batch
+dimensions, and results have the shape of the queries (float64 for float64 queries, else float32).
+Bad input raises ValueError (or OSError for files, TypeError for wrong types) with a message naming
+the problem; Ctrl-C interrupts a long retrieval (KeyboardInterrupt) within a fraction of a second.
 """
 from __future__ import annotations
+
+import os as _os
 
 import numpy as _np
 
@@ -22,7 +26,6 @@ from . import _core
 from ._core import (  # noqa: F401  (re-exported)
     MemoryStore,
     Network,
-    Retrieval,
     SolverError,
     Trajectory,
     default_cjk_font,
@@ -39,83 +42,347 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-class ModelA(_core.ModelA):
+# ------------------------------------------------------------------------------------------------
+# Shapes and dtypes (one policy for every model):
+#   queries (d,) or (..., d): any leading batch dimensions; results keep them.
+#   A 1-D query gives 1-D details: states (d,), steps an int, energy a float, top_ids (k,).
+#   The engines compute in float32 (bfloat16 products for dtype="bfloat16"); results come back in
+#   float64 when the queries are float64, else float32. Other real dtypes are converted.
+
+_STOP = _np.array(["converged", "max_steps", "blew_up"])
+
+
+class Retrieval:
+    """The result of retrieve_details(): one entry per query, shaped by the queries' batch dimensions.
+
+    states       final states (..., d) (model B with values: (..., value_dim))
+    steps        updates applied (model A: sweeps)
+    stop         why each query stopped: 'converged', 'max_steps' or 'blew_up'
+    converged    stop == 'converged'
+    last_change  size of the last update (A: flips of the last sweep; B, C: max |v_new - v|)
+    energy       energy of the final state (eq. 8, 13, 21), None when energy=False
+    top_ids      store ids of the top_k memories (model B), best first, (..., k) with
+                 k = min(top_k, K); -1 pads queries whose mask leaves fewer than k; None if top_k=0
+    top_weights  their softmax weights at the final state (0 where padded)
+    """
+
+    _FIELDS = {
+        "states": "Final states (..., d); model B with values: (..., value_dim).",
+        "steps": "Updates applied per query (model A: sweeps).",
+        "stop": "Why each query stopped: 'converged', 'max_steps' or 'blew_up'.",
+        "converged": "stop == 'converged'.",
+        "last_change": "Size of the last update (A: flips of the last sweep; B, C: max |v_new - v|).",
+        "energy": "Energy of each final state (eq. 8, 13 or 21); None when energy=False.",
+        "top_ids": "Store ids of the top_k memories (model B), best first, (..., min(top_k, K)); -1 pads.",
+        "top_weights": "Softmax weights of top_ids at the final state (0 where padded).",
+    }
+    __slots__ = tuple("_" + k for k in _FIELDS)
+
+    def __init__(self, d, batch_shape, out_dtype):
+        def shaped(a, extra=()):
+            if a is None:
+                return None
+            a = a.reshape(batch_shape + extra)
+            return a[()] if a.ndim == 0 else a
+        self._states = d["states"].reshape(batch_shape + (d["states"].shape[1],)).astype(out_dtype, copy=False)
+        self._steps = shaped(d["steps"])
+        self._stop = shaped(_STOP[d["stop"]])
+        self._converged = shaped(d["stop"] == 0)
+        self._last_change = shaped(d["last_change"])
+        self._energy = shaped(d["energy"])
+        k = () if d["top_ids"] is None else (d["top_ids"].shape[1],)
+        self._top_ids = shaped(d["top_ids"], k)
+        self._top_weights = shaped(d["top_weights"], k)
+        if self._steps is not None and _np.ndim(self._steps) == 0:  # one query: plain Python scalars
+            self._steps, self._stop, self._converged = int(self._steps), str(self._stop), bool(self._converged)
+            self._last_change = float(self._last_change)
+            self._energy = None if self._energy is None else float(self._energy)
+
+    def __repr__(self):
+        shape = self.states.shape[:-1]
+        if shape == ():
+            return (f"Retrieval(state dim {self.states.shape[-1]}, steps={self.steps}, stop={self.stop!r}"
+                    + ("" if self.energy is None else f", energy={self.energy:.6g}") + ")")
+        stops = {s: int((self.stop == s).sum()) for s in _STOP if (self.stop == s).any()}
+        return (f"Retrieval({_np.prod(shape, dtype=int)} queries {shape}, dim {self.states.shape[-1]}, "
+                f"steps {int(_np.min(self.steps))}..{int(_np.max(self.steps))}, stop {stops}"
+                + ("" if self.energy is None else ", with energy")
+                + ("" if self.top_ids is None else f", top {self.top_ids.shape[-1]}") + ")")
+
+
+for _name, _doc in Retrieval._FIELDS.items():
+    setattr(Retrieval, _name, property(lambda self, _n="_" + _name: getattr(self, _n), doc=_doc))
+
+
+def _batch(queries, dim, what):
+    """(queries as a C-contiguous float32 (n, dim) array, batch shape, output dtype)."""
+    a = _np.asarray(queries)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be real numbers, got dtype {a.dtype}")
+    if a.ndim == 0:
+        raise ValueError(f"{what} must have shape (d,) or (..., d), got a scalar")
+    if a.shape[-1] != dim:
+        raise ValueError(f"{what} have dimension {a.shape[-1]} but the memories have {dim}")
+    if a.size == 0:
+        raise ValueError(f"{what}: the batch is empty")
+    out_dtype = _np.float64 if a.dtype == _np.float64 else _np.float32
+    q = _np.ascontiguousarray(a.reshape(-1, dim), dtype=_np.float32)
+    return q, a.shape[:-1], out_dtype
+
+
+def _mask(mask, batch_shape, K):
+    """A mask (K,) shared by all queries, or batch_shape + (K,): uint8 (1 or n, K); True = leave out."""
+    if mask is None:
+        return None
+    m = _np.asarray(mask)
+    if m.shape == (K,):
+        return _np.ascontiguousarray(m.reshape(1, K), dtype=_np.uint8)
+    if m.shape == tuple(batch_shape) + (K,):
+        return _np.ascontiguousarray(m.reshape(-1, K), dtype=_np.uint8)
+    raise ValueError(f"mask must have shape ({K},) or {tuple(batch_shape) + (K,)} (True leaves a memory out), "
+                     f"got {m.shape}")
+
+
+def _clamp(clamp, dim):
+    if clamp is None:
+        return None
+    c = _np.asarray(clamp)
+    if c.shape != (dim,):
+        raise ValueError(f"clamp must be a boolean array of shape ({dim},), got {c.shape}")
+    return _np.ascontiguousarray(c, dtype=_np.uint8)
+
+
+def _progress(progress):
+    if progress is None:
+        return None
+    if not callable(progress):
+        raise TypeError("progress must be callable as progress(step, max_steps, fraction, active)")
+    return progress
+
+
+def _store(patterns, dtype, what):
+    """A MemoryStore from an array (copied into a new store) or a MemoryStore (used as it is)."""
+    if isinstance(patterns, MemoryStore):
+        if dtype is not None and dtype != patterns.dtype:
+            raise ValueError(f"{what}: dtype={dtype!r} but the store holds {patterns.dtype}")
+        return patterns
+    if isinstance(patterns, (str, _os.PathLike)):
+        raise TypeError(f"{what}: a path; use from_store(path) to map a saved store")
+    a = _np.asarray(patterns)
+    if a.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (K memories x d features), got shape {a.shape}")
+    s = MemoryStore(a.shape[1], dtype or "float32")
+    s.append(_np.ascontiguousarray(a, dtype=_np.float32))
+    return s
+
+
+def _open(store, what):
+    """A MemoryStore from a path (mapped read-only, no copy) or a MemoryStore."""
+    if isinstance(store, MemoryStore):
+        return store
+    if isinstance(store, (str, _os.PathLike)):
+        return MemoryStore.open(_os.fspath(store), access="map")
+    raise TypeError(f"{what} must be a path or a MemoryStore, got {type(store).__name__}")
+
+
+_DEF = {m: _core.retrieve_defaults(m) for m in "ABC"}
+_ONE_DEFAULTS = ("Defaults (the library's one table, also used by C++ and the CLI): model A {A}; "
+                 "model B {B}; model C {C}.").format(**{m: ", ".join(f"{k}={v!r}" for k, v in d.items() if v == v)
+                                                         for m, d in _DEF.items()})
+
+
+class ModelA:
     """Model A, the binary Dense Associative Memory (Section 3.1; Krotov & Hopfield 2016).
 
     ModelA(patterns, F="power", n=3, beta=1.0, current=None, threads=0)
 
-    patterns: (K, N) array of +1/-1 memories. F: "power" (F(x) = x^n; n = 2 is the classical
+    patterns: (K, N) array of +1/-1 memories, or a MemoryStore of them (bits, or +-1 floats, packed
+    once); ModelA.from_store(path) opens a saved store. F: "power" (F(x) = x^n; n = 2 is the classical
     Hopfield network), "rectified" (x^n for x >= 0, else 0) or "exp" (exp(beta x)/beta). current: the
     input current I of eq. (8), length N. Energy E = -sum_i I_i s_i - sum_mu F(xi_mu . s).
     Runs on packed bits with incrementally updated overlaps, many cues in parallel.
     """
 
-    def retrieve(self, cues, order="random", max_sweeps=1000, seed=0, clamp=None):
-        """Runs the Krotov-Hopfield update rule from each cue (+1/-1, shape (N,) or (B, N)) to a fixed point.
+    def __init__(self, patterns, F=None, n=None, beta=1.0, current=None, threads=0):
+        d = _DEF["A"]
+        self._F, self._n, self._beta = F or d["F"], float(d["n"] if n is None else n), float(beta)
+        try:
+            store = _store(patterns, "bits" if not isinstance(patterns, MemoryStore) else None, "patterns")
+            self._m = _core._ModelA(store, self._F, self._n, self._beta, current, threads)
+        except ValueError as e:
+            if "+1" not in str(e):
+                raise
+            raise ValueError(f"ModelA patterns must be +1/-1: {e}") from None
 
-        order: "random" (a new random order each sweep; cue b uses seed + b), "fixed" or "sync".
-        clamp: optional boolean array of length N; clamped neurons keep their cue value (as with an
-        infinite input current). Returns the final states, shaped like `cues`.
-        """
-        return super().retrieve(cues, order, max_sweeps, seed, clamp)
+    @classmethod
+    def from_store(cls, store, F=None, n=None, beta=1.0, current=None, threads=0):
+        """A model over a saved store (a path, mapped without a copy, or a MemoryStore)."""
+        return cls(_open(store, "store"), F, n, beta, current, threads)
 
-    def retrieve_details(self, cues, order="random", max_sweeps=1000, seed=0, clamp=None):
-        """Like retrieve(), but returns a Retrieval: states, steps (sweeps), converged, energy."""
-        return super().retrieve_details(cues, order, max_sweeps, seed, clamp)
+    def retrieve(self, cues, steps=None, *, order=None, seed=0, tol=None, clamp=None, progress=None):
+        """Runs the Krotov-Hopfield update rule from each cue (+1/-1, shape (N,) or (..., N)) to a
+        fixed point (a sweep that flips at most tol neurons) or `steps` sweeps. order: "random" (a new
+        random order each sweep; cue b uses seed + b), "fixed" or "sync". clamp: boolean (N,); clamped
+        neurons keep their cue value (an infinite input current). progress(step, max_steps, fraction,
+        active) is called about every 50 ms; Ctrl-C stops the call within a fraction of a second.
+        Returns the final states, shaped like `cues`."""
+        return self.retrieve_details(cues, steps, order=order, seed=seed, tol=tol, clamp=clamp, energy=False,
+                                     progress=progress).states
+
+    def retrieve_details(self, cues, steps=None, *, order=None, seed=0, tol=None, clamp=None, energy=True,
+                         progress=None):
+        """Like retrieve(), but returns a Retrieval (states, steps = sweeps, stop, converged, energy)."""
+        q, shape, dt = _batch(cues, self.n_features, "cues")
+        r = self._m.retrieve(q, steps, tol, order, seed, energy, _clamp(clamp, self.n_features), _progress(progress))
+        return Retrieval(r, shape, dt)
 
     def energy(self, states):
-        """eq. (8) for a state (N,) (a float) or a batch (B, N) (an array)."""
-        return super().energy(states)
+        """eq. (8) for a state (N,) (a float) or states (..., N) (an array)."""
+        q, shape, _ = _batch(states, self.n_features, "states")
+        e = self._m.energy(q).reshape(shape)
+        return float(e) if e.ndim == 0 else e
+
+    n_features = property(lambda self: self._m.n_features, doc="N, the number of neurons.")
+    n_memories = property(lambda self: self._m.n_memories, doc="K, the number of stored memories.")
+    kernel = property(lambda self: self._m.kernel, doc="The kernel in use: avx512 or generic.")
+    store = property(lambda self: self._m.store, doc="The MemoryStore the memories come from.")
+
+    def __repr__(self):
+        F = f"x^{self._n:g}" if self._F == "power" else (f"max(x,0)^{self._n:g}" if self._F == "rectified"
+                                                         else f"exp({self._beta:g} x)/{self._beta:g}")
+        return f"<assocmem.ModelA: {self.n_memories} memories of {self.n_features} neurons, F = {F}, {self.kernel}>"
 
 
-class ModelB(_core.ModelB):
+class ModelB:
     """Model B, the modern Hopfield network (Section 3.2; Ramsauer et al. 2020).
 
-    ModelB(patterns, beta=1.0, dtype="float32", threads=0, kernel="auto")
+    ModelB(keys, beta=1.0, *, values=None, dtype="float32", threads=0, kernel="auto")
 
-    patterns: (K, d) memories. Energy eq. (13): E = v.v/2 - (1/beta) log sum_mu exp(beta xi_mu . v).
-    One update (eq. 16) is softmax attention: v <- xi^T softmax(beta xi v). dtype "bfloat16" stores the
-    memories in bfloat16 and uses bfloat16 products with float32 accumulation (AMX or AVX-512 BF16).
+    keys: (K, d) memories (an array, copied into a store of `dtype`, or a MemoryStore, used as it is;
+    ModelB.from_store(path) maps a saved store without a copy). Energy eq. (13):
+    E = v.v/2 - (1/beta) log sum_mu exp(beta xi_mu . v). One update (eq. 16) is softmax attention:
+    v <- xi^T softmax(beta xi v). values: (K, d_v) (or a store) to return softmax(beta xi v)^T values
+    instead (hetero-association, attention's keys and values). dtype "bfloat16" stores the memories in
+    bfloat16 and uses bfloat16 products with float32 accumulation (AMX or AVX-512 BF16).
     """
 
-    def retrieve(self, queries, steps=1, tol=0.0, step=1.0, top_k=0):
+    def __init__(self, keys, beta=1.0, *, values=None, dtype=None, threads=0, kernel="auto"):
+        k = _store(keys, dtype, "keys")
+        v = None if values is None else _store(values, dtype or k.dtype, "values")
+        self._m = _core._ModelB(k, v, float(beta), threads, kernel)
+
+    @classmethod
+    def from_store(cls, keys, beta=1.0, *, values=None, threads=0, kernel="auto"):
+        """A model over saved stores (paths, mapped read-only without a copy, or MemoryStores).
+        Results report the store's ids (top_ids)."""
+        return cls(_open(keys, "keys"), beta, values=None if values is None else _open(values, "values"),
+                   threads=threads, kernel=kernel)
+
+    def retrieve(self, queries, steps=None, tol=None, step=None, *, beta=None, mask=None, clamp=None, progress=None):
         """Iterates eq. (15) (step = dt/tau_f in (0, 1]; 1 is eq. 16) up to `steps` times, stopping a
-        query once max |v_new - v| <= tol. Returns the states, shaped like `queries`."""
-        return super().retrieve(queries, steps, tol, step, top_k)
+        query once max |v_new - v| <= tol. With values, steps - 1 updates on the keys and then the
+        association with the values. beta: this call's inverse temperature. mask: bool (K,) or
+        (..., K); True leaves a memory out for that query, exactly as if it were deleted. clamp: bool
+        (d,) features that keep the query's value. progress(step, max_steps, fraction, active) is called
+        about every 50 ms; Ctrl-C stops the call within a fraction of a second. Returns the states,
+        shaped like `queries` (one pass over the memories per step: no energy, no top-k)."""
+        return self.retrieve_details(queries, steps, tol, step, beta=beta, mask=mask, clamp=clamp, energy=False,
+                                     progress=progress).states
 
-    def retrieve_details(self, queries, steps=1, tol=0.0, step=1.0, top_k=0, final_pass=True):
-        """Like retrieve(), but returns a Retrieval with steps, converged, energy (eq. 13) and the top_k
-        memories (top_ids, top_weights: softmax weights). final_pass=True: energy and top-k describe the
-        returned states (one more scoring pass); False: the state the last update started from (with
-        steps=1, the queries themselves: the attention weights)."""
-        return super().retrieve_details(queries, steps, tol, step, top_k, final_pass)
+    def retrieve_details(self, queries, steps=None, tol=None, step=None, *, top_k=0, energy=True, beta=None,
+                         mask=None, clamp=None, progress=None):
+        """Like retrieve(), but returns a Retrieval with steps, stop, energy (eq. 13) and the top_k
+        memories (top_ids: store ids, top_weights: softmax weights) of the returned states. Energy and
+        top-k cost one more pass over the memories (none with values: they describe the last association)."""
+        q, shape, dt = _batch(queries, self.n_features, "queries")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
+        r = self._m.retrieve(q, steps, tol, step, top_k, energy, beta, _mask(mask, shape, self.n_memories),
+                             _clamp(clamp, self.n_features), _progress(progress))
+        return Retrieval(r, shape, dt)
 
-    def energy(self, states):
-        """eq. (13) for a state (d,) (a float) or a batch (B, d) (an array)."""
-        return super().energy(states)
+    def attention(self, queries, top_k=1, *, beta=None, mask=None):
+        """The top_k memories of softmax(beta xi v) at the queries themselves (one pass): (top_ids,
+        top_weights), each (..., min(top_k, K)); ids are store ids, -1 pads where a mask leaves fewer."""
+        q, shape, _ = _batch(queries, self.n_features, "queries")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        ids, w = self._m.attention(q, top_k, beta, _mask(mask, shape, self.n_memories))
+        return ids.reshape(shape + ids.shape[1:]), w.reshape(shape + w.shape[1:])
+
+    def energy(self, states, *, beta=None, mask=None):
+        """eq. (13) for a state (d,) (a float) or states (..., d) (an array)."""
+        q, shape, _ = _batch(states, self.n_features, "states")
+        e = self._m.energy(q, beta, _mask(mask, shape, self.n_memories)).reshape(shape)
+        return float(e) if e.ndim == 0 else e
+
+    n_features = property(lambda self: self._m.n_features, doc="d, the dimension of queries and keys.")
+    value_dim = property(lambda self: self._m.value_dim, doc="Dimension of the results (d without values).")
+    n_memories = property(lambda self: self._m.n_memories, doc="K, the number of stored memories.")
+    beta = property(lambda self: self._m.beta, doc="The inverse temperature.")
+    kernel = property(lambda self: self._m.kernel, doc="The kernel in use: amx_bf16, avx512_bf16, avx512 or generic.")
+    store = property(lambda self: self._m.store, doc="The MemoryStore of the keys.")
+    values_store = property(lambda self: self._m.values_store, doc="The MemoryStore of the values, or None.")
+
+    def __repr__(self):
+        v = "" if self.values_store is None else f", values of dim {self.value_dim}"
+        return (f"<assocmem.ModelB: {self.n_memories} memories of dim {self.n_features} ({self.store.dtype}{v}), "
+                f"beta={self.beta:g}, {self.kernel}>")
 
 
-class ModelC(_core.ModelC):
+class ModelC:
     """Model C, the spherical memory (Section 3.3).
 
     ModelC(patterns, F="rectified", n=3, beta=1.0, alpha=1.0, threads=0, kernel="auto")
 
-    Energy eq. (21): E = -sum_mu F(xi_mu . v/|v|); dynamics eq. (22):
-    tau_f dv/dt = xi^T f(xi v/|v|) - alpha v, integrated by Euler steps of dt/tau_f = step.
+    patterns: (K, d) array or MemoryStore (ModelC.from_store(path) maps a saved store). Energy eq. (21):
+    E = -sum_mu F(xi_mu . v/|v|); dynamics eq. (22): tau_f dv/dt = xi^T f(xi v/|v|) - alpha v,
+    integrated by Euler steps of dt/tau_f = step.
     """
 
-    def retrieve(self, queries, steps=100, tol=0.0, step=0.1):
-        """Euler steps of eq. (22) from each (non-zero) query; returns the states shaped like `queries`."""
-        return super().retrieve_details(queries, steps, tol, step).states
+    def __init__(self, patterns, F=None, n=None, beta=1.0, alpha=1.0, threads=0, kernel="auto"):
+        d = _DEF["C"]
+        self._F, self._n, self._beta, self._alpha = F or d["F"], float(d["n"] if n is None else n), float(beta), alpha
+        self._m = _core._ModelC(_store(patterns, None, "patterns"), self._F, self._n, self._beta, float(alpha),
+                                threads, kernel)
 
-    def retrieve_details(self, queries, steps=100, tol=0.0, step=0.1):
-        """Like retrieve(), but returns a Retrieval with steps, converged and energy (eq. 21)."""
-        return super().retrieve_details(queries, steps, tol, step)
+    @classmethod
+    def from_store(cls, store, F=None, n=None, beta=1.0, alpha=1.0, threads=0, kernel="auto"):
+        """A model over a saved store (a path, mapped without a copy, or a MemoryStore)."""
+        return cls(_open(store, "store"), F, n, beta, alpha, threads, kernel)
 
-    def energy(self, states):
-        """eq. (21) for a state (d,) (a float) or a batch (B, d) (an array)."""
-        return super().energy(states)
+    def retrieve(self, queries, steps=None, tol=None, step=None, *, mask=None, clamp=None, progress=None):
+        """Euler steps of eq. (22) from each (non-zero) query; mask, clamp and progress as in
+        ModelB.retrieve. Returns the states shaped like `queries`."""
+        return self.retrieve_details(queries, steps, tol, step, mask=mask, clamp=clamp, energy=False,
+                                     progress=progress).states
 
+    def retrieve_details(self, queries, steps=None, tol=None, step=None, *, energy=True, mask=None, clamp=None,
+                         progress=None):
+        """Like retrieve(), but returns a Retrieval with steps, stop and energy (eq. 21)."""
+        q, shape, dt = _batch(queries, self.n_features, "queries")
+        r = self._m.retrieve(q, steps, tol, step, energy, _mask(mask, shape, self.n_memories),
+                             _clamp(clamp, self.n_features), _progress(progress))
+        return Retrieval(r, shape, dt)
+
+    def energy(self, states, *, mask=None):
+        """eq. (21) for a state (d,) (a float) or states (..., d) (an array)."""
+        q, shape, _ = _batch(states, self.n_features, "states")
+        e = self._m.energy(q, _mask(mask, shape, self.n_memories)).reshape(shape)
+        return float(e) if e.ndim == 0 else e
+
+    n_features = property(lambda self: self._m.n_features, doc="d, the dimension of the memories.")
+    n_memories = property(lambda self: self._m.n_memories, doc="K, the number of stored memories.")
+    kernel = property(lambda self: self._m.kernel, doc="The kernel in use.")
+    store = property(lambda self: self._m.store, doc="The MemoryStore of the memories.")
+
+    def __repr__(self):
+        return (f"<assocmem.ModelC: {self.n_memories} memories of dim {self.n_features}, F={self._F} n={self._n:g}, "
+                f"alpha={self._alpha:g}, {self.kernel}>")
+
+
+for _cls in (ModelA, ModelB, ModelC):
+    _cls.retrieve.__doc__ += "\n\n" + _ONE_DEFAULTS
 
 DenseAssociativeMemory = ModelA
 ModernHopfield = ModelB

@@ -232,8 +232,7 @@ def ramsauer(lines, out):
     for beta in betas:
         B = am.ModelB(X, beta=float(beta))
         v = B.retrieve(X[0], steps=2000, tol=1e-7)
-        r = B.retrieve_details(v, steps=1, top_k=clusters * per, final_pass=False)
-        p = r.top_weights[0]
+        _, p = B.attention(v, clusters * per)  # softmax weights at the fixed point
         neff.append(1.0 / float((p ** 2).sum()))
     fig = plt.figure(figsize=(5.5, 3.8))
     ax = fig.add_subplot(111)

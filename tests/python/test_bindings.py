@@ -128,7 +128,7 @@ def test_model_a_power_two_is_the_classical_network():
     np.fill_diagonal(T, 0)
     s = np.sign(rng.standard_normal((5, 40))).astype(np.float32)
     A = am.ModelA(P, F="power", n=2)
-    one = A.retrieve(s, order="sync", max_sweeps=1)
+    one = A.retrieve(s, order="sync", steps=1)
     h = s @ T
     np.testing.assert_array_equal(one, np.where(h > 0, 1, np.where(h < 0, -1, s)))
     np.testing.assert_allclose(A.energy(s), -((s @ P.T) ** 2).sum(1))

@@ -40,7 +40,7 @@ def test_model_a_exp_follows_the_exact_field(beta):
         cases.append((X, s))
     for X, s in cases:
         model = am.ModelA(X, F="exp", beta=beta)
-        out = model.retrieve(s, order="sync", max_sweeps=1)
+        out = model.retrieve(s, order="sync", steps=1)
         for i in range(len(s)):
             expect = exact_field_sign(X.astype(int), s.astype(int), i, beta)
             assert out[i] == (expect if expect != 0 else s[i]), (beta, i)

@@ -56,12 +56,14 @@ def recall_rate(C, beta, sigma, queries, rng):
     idx = rng.choice(len(C), size=min(queries, len(C)), replace=False)
     cues = C[idx] + sigma * rng.standard_normal((len(idx), 3)).astype(np.float32)
     ones = np.ones((len(idx), 1), np.float32)
+    q = np.concatenate([cues, ones], 1)
     t = time.perf_counter()
-    r = m.retrieve_details(np.concatenate([cues, ones], 1), steps=1, top_k=1, final_pass=False)
+    states = m.retrieve(q, steps=1)
     secs = time.perf_counter() - t
+    strongest, _ = m.attention(q, 1)  # the cue's strongest weight
     # Which stored colour is the returned colour nearest to? (the same distance form, one more pass)
-    back = m.retrieve_details(np.concatenate([r.states[:, :3], ones], 1), steps=1, top_k=1, final_pass=False)
-    return float((back.top_ids[:, 0] == idx).mean()), float((r.top_ids[:, 0] == idx).mean()), secs
+    back, _ = m.attention(np.concatenate([states[:, :3], ones], 1), 1)
+    return float((back[:, 0] == idx).mean()), float((strongest[:, 0] == idx).mean()), secs
 
 
 def run(sigma=0.002, queries=1000, seed=0, sizes=(10, 20, 50, 100), betas=(1e2, 1e3, 1e4, 1e5, 1e6)):

@@ -158,7 +158,7 @@ def _report(out, P, examples, classical, rows, result, B, A, half_b, half_a, vis
         s = half_a[i].copy()
         e = [_neg_log_neg_energy(P, s, A_beta)]
         for _ in range(6):
-            s = A.retrieve(s, order="sync", max_sweeps=1, clamp=visible)
+            s = A.retrieve(s, order="sync", steps=1, clamp=visible)
             e.append(_neg_log_neg_energy(P, s, A_beta))
         curves_a.append((np.arange(len(e)), np.array(e)))
     labels = [f"glyph {i}" for i in range(5)]
