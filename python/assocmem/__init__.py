@@ -19,6 +19,7 @@ the problem; Ctrl-C interrupts a long retrieval (KeyboardInterrupt) within a fra
 from __future__ import annotations
 
 import os as _os
+import sys as _sys
 
 import numpy as _np
 
@@ -40,6 +41,9 @@ __all__ = [
     "render_glyphs", "default_cjk_font", "write_file", "plot",
 ]
 __version__ = "0.1.0"
+
+# `import assocmem.lagrangians` works: the compiled submodule under the package's name.
+_sys.modules[__name__ + ".lagrangians"] = lagrangians
 
 
 # ------------------------------------------------------------------------------------------------
