@@ -213,7 +213,7 @@ Retrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, con
     std::vector<std::uint64_t> packed(words);
     // Between neuron visits: the calling thread polls the monitor; every worker stops once cancelled.
     auto visit = [&](std::size_t k) {
-      if (k % 64 == 0) poller.poll(0.0);
+      if (k % 64 == 0) poller.poll(k, N_);
       return !poller.cancelled();
     };
     for (std::size_t b = b0; b < b1 && !poller.cancelled(); ++b) {

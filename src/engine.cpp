@@ -257,7 +257,7 @@ struct EngineCore {
       std::vector<float> keybuf, valbuf, xt, S(QB * T), P(QB * T);
       std::vector<std::uint16_t> xp1, xp2, Pbf;
       for (std::size_t ti = tb; ti < te; ++ti) {
-        if (w == 0) poller.poll(double(ti - tb) / double(te - tb));
+        if (w == 0) poller.poll(ti - tb, te - tb);
         if (poller.cancelled()) return;
         const std::size_t t0 = ti * T, nt = std::min(T, K - t0);
         const bool raw_bf16 = bf16_products || matvec;

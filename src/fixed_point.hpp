@@ -25,16 +25,16 @@ class Poller {
     progress_.max_steps = max_steps;
     progress_.active = active;
     progress_.fraction = 0.0;
-    poll(0.0);
+    poll(0, 0);
   }
-  /// Polls when called from the thread that made the Poller (others return at once). force: poll
-  /// even if the last poll was under 50 ms ago.
-  void poll(double fraction, bool force = false) {
+  /// Polls when called from the thread that made the Poller (others return at once), with `done` of
+  /// `total` units of this step's work finished. force: poll even if the last poll was under 50 ms ago.
+  void poll(std::size_t done, std::size_t total, bool force = false) {
     if (!monitor_ || cancelled() || std::this_thread::get_id() != owner_) return;
     const auto now = Clock::now();
     if (!force && now - last_ < std::chrono::milliseconds(50)) return;
     last_ = now;
-    progress_.fraction = fraction;
+    progress_.fraction = total ? double(done) / double(total) : 0.0;
     if (!(*monitor_)(progress_)) cancelled_.store(true, std::memory_order_relaxed);
   }
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
