@@ -1,6 +1,7 @@
 // assocmem capacity: recall over random +-1 memories, sweeps and bisection.
 #include "common.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -20,21 +21,13 @@ struct CapacityArgs {
               output, plot;
   double n = 2.0, beta = 1.0, rho = 0.0, step = 1.0, bisect = 0.0;
   std::size_t N = 100, hidden = 0, trials = 10, cues = 0;
-  std::vector<double> values{5, 10, 15, 20};
+  std::vector<std::string> values{"5", "10", "15", "20"};
   std::vector<std::size_t> K_range;
   long max_steps = 100;
   bool one_step = false, no_negatives = false, dry_run = false;
   std::uint64_t seed = 1;
   int threads = 0;
 };
-
-// A value of an integer parameter given as a double (--values): finite, whole, in [lo, 2^40].
-std::size_t whole_value(double v, const std::string& name, double lo) {
-  if (!std::isfinite(v) || v != std::floor(v) || v < lo || v > 1099511627776.0)
-    throw BadInput("--values: " + name + " must be a whole number in [" + std::to_string(static_cast<long>(lo)) +
-                   ", 2^40], got " + detail::concat(v));
-  return static_cast<std::size_t>(v);
-}
 
 int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
   check_distinct({}, {{"output", a.output}, {"plot", a.plot}});
@@ -86,16 +79,17 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
     // Every point is built and validated before the first is measured: a bad value fails at once,
     // not after hours of the sweep.
     std::vector<CapacitySpec> plan;
-    for (const double v : a.values) {
+    const std::vector<std::string> sweepable = {"K", "N", "n", "beta", "rho", "hidden"};
+    if (std::find(sweepable.begin(), sweepable.end(), a.sweep) == sweepable.end())
+      throw BadInput("--sweep must be one of K, N, n, beta, rho, hidden; got '" + a.sweep + "'");
+    for (const std::string& v : a.values) {
       CapacitySpec t = s;
-      if (a.sweep == "K") t.K = whole_value(v, "K", 1);
-      else if (a.sweep == "N") t.N = whole_value(v, "N", 2);
-      else if (a.sweep == "n") t.F.n = v;
-      else if (a.sweep == "beta") t.beta = t.F.beta = v;
-      else if (a.sweep == "rho") t.rho = v;
-      else if (a.sweep == "hidden") t.hidden = whole_value(v, "hidden", 0);
-      else throw BadInput("--sweep must be one of K, N, n, beta, rho, hidden; got '" + a.sweep + "'");
       if (a.sweep != "K") t.K = static_cast<std::size_t>(a.K_range.empty() ? 10 : a.K_range[0]);
+      try {
+        set_capacity_field(t, a.sweep, v);  // the library's names and parsing, as Python's
+      } catch (const InvalidArgument& e) {
+        throw BadInput(std::string("--values: ") + e.what());
+      }
       t.validate();
       plan.push_back(t);
     }

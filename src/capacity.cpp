@@ -68,6 +68,78 @@ void CapacitySpec::validate() const {
 
 namespace {
 
+double number(const std::string& name, const std::string& text) {
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  ASSOCMEM_CHECK_ARG(used == text.size() && used > 0, name, " must be a number, got '", text, "'");
+  return v;
+}
+
+// A count: a whole number in [lo, 2^40].
+std::size_t count(const std::string& name, const std::string& text, double lo = 0) {
+  const double v = number(name, text);
+  ASSOCMEM_CHECK_ARG(std::isfinite(v) && v == std::floor(v) && v >= lo && v <= 1099511627776.0, name,
+                     " must be a whole number in [", lo, ", 2^40], got ", text);
+  return static_cast<std::size_t>(v);
+}
+
+bool flag(const std::string& name, const std::string& text) {
+  if (text == "1" || text == "true" || text == "True") return true;
+  if (text == "0" || text == "false" || text == "False") return false;
+  throw InvalidArgument(name + " must be true or false, got '" + text + "'");
+}
+
+}  // namespace
+
+const std::vector<std::string>& capacity_fields() {
+  static const std::vector<std::string> names = {"model", "F", "n", "beta", "N", "K", "hidden", "protocol", "rho",
+                                                 "one_step", "order", "max_steps", "step", "trials", "cues",
+                                                 "count_negatives", "seed", "threads", "criterion"};
+  return names;
+}
+
+void set_capacity_field(CapacitySpec& s, const std::string& name, const std::string& v) {
+  if (name == "model") s.model = parse_model(v);
+  else if (name == "F") s.F.kind = parse_interaction(v);
+  else if (name == "n") s.F.n = number(name, v);
+  else if (name == "beta") s.beta = s.F.beta = number(name, v);
+  else if (name == "N") s.N = count(name, v, 2);
+  else if (name == "K") s.K = count(name, v, 1);
+  else if (name == "hidden") s.hidden = count(name, v);
+  else if (name == "protocol") s.protocol = parse_protocol(v);
+  else if (name == "rho") s.rho = number(name, v);
+  else if (name == "one_step") s.one_step = flag(name, v);
+  else if (name == "order") s.order = parse_update_order(v);
+  else if (name == "max_steps") s.max_steps = static_cast<long>(count(name, v, 1));
+  else if (name == "step") s.step = number(name, v);
+  else if (name == "trials") s.trials = count(name, v, 1);
+  else if (name == "cues") s.cues = count(name, v);
+  else if (name == "count_negatives") s.count_negatives = flag(name, v);
+  else if (name == "seed") {
+    std::size_t used = 0;
+    try {
+      s.seed = std::stoull(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    ASSOCMEM_CHECK_ARG(used == v.size() && used > 0 && v[0] != '-', "seed must be a whole number in [0, 2^64), got '", v, "'");
+  }
+  else if (name == "threads") s.threads = static_cast<int>(std::min<std::size_t>(count(name, v), std::size_t{1} << 30));
+  else if (name == "criterion") s.criterion = parse_criterion(v);
+  else {
+    std::string all;
+    for (const auto& f : capacity_fields()) all += (all.empty() ? "" : ", ") + f;
+    throw InvalidArgument("unknown capacity parameter '" + name + "' (one of " + all + ")");
+  }
+}
+
+namespace {
+
 std::vector<float> random_pm1(std::size_t rows, std::size_t cols, std::mt19937_64& rng) {
   std::vector<float> x(rows * cols);
   for (std::size_t i = 0; i < x.size(); i += 64) {

@@ -336,6 +336,45 @@ TEST(Capacity, AllMemoriesCriterionIsTheIntersectionOfThePerCueEvents) {
   EXPECT_THROW_MSG(measure_capacity(s), InvalidArgument, "criterion");
 }
 
+// The field names the command line and Python share: every name sets its field, bad text is refused
+// naming the field.
+TEST(Capacity, FieldsByName) {
+  CapacitySpec s;
+  const std::vector<std::pair<std::string, std::string>> set = {
+      {"model", "C"}, {"F", "exp"}, {"n", "4.5"}, {"beta", "2.5"}, {"N", "1e3"}, {"K", "70"}, {"hidden", "5"},
+      {"protocol", "basin"}, {"rho", "0.125"}, {"one_step", "true"}, {"order", "sync"}, {"max_steps", "7"},
+      {"step", "0.25"}, {"trials", "3"}, {"cues", "9"}, {"count_negatives", "False"},
+      {"seed", "18446744073709551615"}, {"threads", "2"}, {"criterion", "all"}};
+  ASSERT_EQ(set.size(), capacity_fields().size());
+  for (const auto& [k, v] : set) set_capacity_field(s, k, v);
+  EXPECT_EQ(s.model, ModelKind::C);
+  EXPECT_EQ(s.F.kind, Interaction::Exp);
+  EXPECT_EQ(s.F.n, 4.5);
+  EXPECT_EQ(s.beta, 2.5);
+  EXPECT_EQ(s.F.beta, 2.5);
+  EXPECT_EQ(s.N, 1000u);
+  EXPECT_EQ(s.K, 70u);
+  EXPECT_EQ(s.hidden, 5u);
+  EXPECT_EQ(s.protocol, Protocol::Basin);
+  EXPECT_EQ(s.rho, 0.125);
+  EXPECT_TRUE(s.one_step);
+  EXPECT_EQ(s.order, UpdateOrder::Synchronous);
+  EXPECT_EQ(s.max_steps, 7);
+  EXPECT_EQ(s.step, 0.25);
+  EXPECT_EQ(s.trials, 3u);
+  EXPECT_EQ(s.cues, 9u);
+  EXPECT_FALSE(s.count_negatives);
+  EXPECT_EQ(s.seed, 18446744073709551615ull);
+  EXPECT_EQ(s.threads, 2);
+  EXPECT_EQ(s.criterion, Criterion::AllMemories);
+  EXPECT_THROW_MSG(set_capacity_field(s, "K", "2.7"), InvalidArgument, "K must be a whole number");
+  EXPECT_THROW_MSG(set_capacity_field(s, "N", "1"), InvalidArgument, "N must be a whole number in [2");
+  EXPECT_THROW_MSG(set_capacity_field(s, "rho", "a lot"), InvalidArgument, "rho must be a number");
+  EXPECT_THROW_MSG(set_capacity_field(s, "one_step", "maybe"), InvalidArgument, "one_step must be true or false");
+  EXPECT_THROW_MSG(set_capacity_field(s, "seed", "-1"), InvalidArgument, "seed");
+  EXPECT_THROW_MSG(set_capacity_field(s, "gamma", "1"), InvalidArgument, "unknown capacity parameter 'gamma'");
+}
+
 TEST(Capacity, BadSpecsThrow) {
   CapacitySpec s;
   EXPECT_THROW_MSG(parse_model("D"), InvalidArgument, "model");

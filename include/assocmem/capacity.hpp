@@ -56,6 +56,15 @@ struct CapacitySpec {
   void validate() const;
 };
 
+/// Sets the field `name` of a spec from its text, the one place where the command line (`capacity
+/// --sweep NAME --values ...`) and Python (`assocmem.capacity.measure(NAME=...)`) name the fields:
+/// model, F, n, beta (model B's beta and the gain of F = exp), N, K, hidden, protocol, rho, one_step,
+/// order, max_steps, step, trials, cues, count_negatives, seed, threads, criterion. Counts must be
+/// whole numbers in [0, 2^40] (1e3 is 1000). InvalidArgument names the field and the value.
+void set_capacity_field(CapacitySpec& spec, const std::string& name, const std::string& value);
+/// The names set_capacity_field takes.
+const std::vector<std::string>& capacity_fields();
+
 struct CapacityPoint {
   CapacitySpec spec;
   std::size_t cues = 0;          ///< cues probed in all trials

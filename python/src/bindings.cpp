@@ -356,26 +356,10 @@ py::array_t<double> rows_out(const std::vector<Vector>& rows) {
 
 }  // namespace
 
-PYBIND11_MODULE(_core, m) {
-  m.doc() = "assocmem's compiled core; use the package `assocmem`, which re-exports these names.";
+namespace {
 
-  static py::exception<SolverError> solver_error(m, "SolverError", PyExc_RuntimeError);
-  py::register_exception_translator([](std::exception_ptr p) {
-    try {
-      if (p) std::rethrow_exception(p);
-    } catch (const InvalidArgument& e) {
-      PyErr_SetString(PyExc_ValueError, e.what());
-    } catch (const IoError& e) {
-      PyErr_SetString(PyExc_OSError, e.what());
-    } catch (const SolverError& e) {
-      PyErr_SetString(solver_error.ptr(), e.what());
-    } catch (const Cancelled& e) {
-      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
-    } catch (const Error& e) {
-      PyErr_SetString(PyExc_RuntimeError, e.what());
-    }
-  });
-
+// Lagrangians of a layer (eqs. 3, 6, 11, 17).
+void bind_lagrangians(py::module_& m) {
   // Lagrangians -------------------------------------------------------------------------------
   py::module_ L = m.def_submodule("lagrangians", "Lagrangians of a neuron layer (eqs. 3, 6, 11, 17): value, "
                                                  "activation (the gradient) and Hessian-vector product.");
@@ -416,7 +400,10 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("gamma") = 1.0, py::arg("eps") = 1e-5, py::arg("delta") = py::none(),
         "Layer norm as in the Energy Transformer: L = D gamma sqrt(var(x) + eps) + delta.x.");
+}
 
+// The general network (eq. 1) and its trajectories.
+void bind_network(py::module_& m) {
   // Network -----------------------------------------------------------------------------------
   py::class_<PyTrajectory>(m, "Trajectory", "A recorded run of the general network: arrays t (T,), v (T, N_f), "
                                             "h (T, N_h), energy (T,) from eq. (2), energy_rate (T,) from eq. (4).")
@@ -509,7 +496,10 @@ PYBIND11_MODULE(_core, m) {
            "Integrates eq. (1) from (v0, h0) (h0=None: the steady state xi g(v0)). method: 'euler', 'rk4' "
            "(both need dt), 'rk45' (Dormand-Prince), 'bdf' (CVODE, for tau_h << tau_f). Stops at t_end, or at a "
            "fixed point when max |dy/dt| <= fixed_point_tol. Returns a Trajectory.");
+}
 
+// Models A, B, C over the engines, and the table of defaults.
+void bind_models(py::module_& m) {
   // Models: thin classes over the engines; the Python layer (assocmem/__init__.py) gives them
   // their public signatures, shapes and dtypes. Defaults come from retrieve_defaults.
   m.def("retrieve_defaults",
@@ -530,7 +520,6 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("model"), "The library's defaults for model 'A', 'B' or 'C' (the same table C++ and the CLI read).");
 
-  const auto no_progress = py::none();
   py::class_<PyModelA>(m, "_ModelA")
       .def(py::init<py::object, const std::string&, double, double, std::optional<F64>, int>(), py::arg("store"),
            py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("current"), py::arg("threads"))
@@ -567,8 +556,10 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_memories", [](const PyModelC& c) { return c.engine().size(); })
       .def_property_readonly("kernel", [](const PyModelC& c) { return c.engine().kernel(); })
       .def_property_readonly("store", &PyModelC::store);
-  (void)no_progress;
+}
 
+// MemoryStore.
+void bind_store(py::module_& m) {
   // Memory store ------------------------------------------------------------------------------
   py::class_<MemoryStore>(m, "MemoryStore",
                           "K memories of dimension d (float32, bfloat16 or packed bits) with ids; saved atomically "
@@ -646,31 +637,21 @@ PYBIND11_MODULE(_core, m) {
                (s.mapped() ? ", mapped" : "") + ">";
       });
   py::enum_<DType>(m, "DType").value("float32", DType::Float32).value("bfloat16", DType::BFloat16).value("bits", DType::Bits);
+}
 
+// Capacity measurements.
+void bind_capacity(py::module_& m) {
   // Capacity ------------------------------------------------------------------------------------
-  auto make_spec = [](const std::string& model, const std::string& F, double n, double beta, std::size_t N,
-                      std::size_t K, std::size_t hidden, const std::string& protocol, double rho, bool one_step,
-                      const std::string& order, long max_steps, double step, std::size_t trials, std::size_t cues,
-                      bool count_negatives, std::uint64_t seed, int threads, const std::string& criterion) {
+  // Keyword arguments name CapacitySpec's fields (the library's set_capacity_field, which the command
+  // line uses too); fields not given keep the struct's defaults.
+  auto spec_from = [](const py::kwargs& kw) {
     CapacitySpec s;
-    s.model = parse_model(model);
-    s.F = {parse_interaction(F), n, beta};
-    s.beta = beta;
-    s.N = N;
-    s.K = K;
-    s.hidden = hidden;
-    s.protocol = parse_protocol(protocol);
-    s.rho = rho;
-    s.one_step = one_step;
-    s.order = parse_update_order(order);
-    s.max_steps = max_steps;
-    s.step = step;
-    s.trials = trials;
-    s.cues = cues;
-    s.count_negatives = count_negatives;
-    s.seed = seed;
-    s.threads = threads;
-    s.criterion = parse_criterion(criterion);
+    for (const auto& [key, value] : kw) {
+      const std::string name = py::str(key);
+      const std::string text = py::isinstance<py::bool_>(value) ? (value.cast<bool>() ? "true" : "false")
+                                                                 : std::string(py::str(value));
+      set_capacity_field(s, name, text);
+    }
     s.validate();
     return s;
   };
@@ -687,12 +668,8 @@ PYBIND11_MODULE(_core, m) {
     return d;
   };
   m.def("measure_capacity",
-        [=](const std::string& model, const std::string& F, double n, double beta, std::size_t N, std::size_t K,
-            std::size_t hidden, const std::string& protocol, double rho, bool one_step, const std::string& order,
-            long max_steps, double step, std::size_t trials, std::size_t cues, bool count_negatives,
-            std::uint64_t seed, int threads, const std::string& criterion) {
-          const CapacitySpec s = make_spec(model, F, n, beta, N, K, hidden, protocol, rho, one_step, order, max_steps,
-                                           step, trials, cues, count_negatives, seed, threads, criterion);
+        [=](const py::kwargs& kw) {
+          const CapacitySpec s = spec_from(kw);
           CapacityPoint p;
           {
             py::gil_scoped_release nogil;
@@ -700,21 +677,16 @@ PYBIND11_MODULE(_core, m) {
           }
           return point_dict(p);
         },
-        py::arg("model") = "A", py::arg("F") = "power", py::arg("n") = 2.0, py::arg("beta") = 1.0, py::arg("N") = 100,
-        py::arg("K") = 10, py::arg("hidden") = 0, py::arg("protocol") = "stability", py::arg("rho") = 0.0,
-        py::arg("one_step") = false, py::arg("order") = "random", py::arg("max_steps") = 100, py::arg("step") = 1.0,
-        py::arg("trials") = 10, py::arg("cues") = 0, py::arg("count_negatives") = true, py::arg("seed") = 1,
-        py::arg("threads") = 0, py::arg("criterion") = "per-cue",
-        "Measures recall over random +-1 memories (see assocmem.capacity). Returns a dict: K, N, cues, recalled "
-        "(fraction with no wrong bit, or ending on a memory for protocol='random'), recalled_stderr (over trials; nan "
-        "for one trial), trial_recalled (each trial's fraction), bit_error, seconds.");
+        "Measures recall over random +-1 memories (see assocmem.capacity). Keyword arguments: model, F, n, beta, "
+        "N, K, hidden, protocol, rho, one_step, order, max_steps, step, trials, cues, count_negatives, seed, "
+        "threads, criterion (defaults: assocmem::CapacitySpec). Returns a dict: K, N, cues, recalled (fraction "
+        "with no wrong bit, or ending on a memory for protocol='random'), recalled_stderr (over trials; nan for "
+        "one trial), trial_recalled (each trial's fraction), bit_error, seconds.");
   m.def("bisect_capacity",
-        [=](double threshold, std::size_t K_lo, std::size_t K_hi, const std::string& model, const std::string& F,
-            double n, double beta, std::size_t N, std::size_t hidden, const std::string& protocol, double rho,
-            bool one_step, const std::string& order, long max_steps, double step, std::size_t trials, std::size_t cues,
-            bool count_negatives, std::uint64_t seed, int threads, bool interval, const std::string& criterion) {
-          const CapacitySpec s = make_spec(model, F, n, beta, N, K_lo, hidden, protocol, rho, one_step, order,
-                                           max_steps, step, trials, cues, count_negatives, seed, threads, criterion);
+        [=](double threshold, std::size_t K_lo, std::size_t K_hi, bool interval, const py::kwargs& kw) {
+          CapacitySpec s = spec_from(kw);
+          s.K = K_lo;
+          s.validate();
           Bisection b;
           {
             py::gil_scoped_release nogil;
@@ -724,16 +696,14 @@ PYBIND11_MODULE(_core, m) {
           for (const auto& p : b.points) pts.append(point_dict(p));
           return py::make_tuple(b.K, pts, py::make_tuple(b.K_low, b.K_high));
         },
-        py::arg("threshold"), py::arg("K_lo"), py::arg("K_hi"), py::arg("model") = "A", py::arg("F") = "power",
-        py::arg("n") = 2.0, py::arg("beta") = 1.0, py::arg("N") = 100, py::arg("hidden") = 0,
-        py::arg("protocol") = "stability", py::arg("rho") = 0.0, py::arg("one_step") = false, py::arg("order") = "random",
-        py::arg("max_steps") = 100, py::arg("step") = 1.0, py::arg("trials") = 10, py::arg("cues") = 0,
-        py::arg("count_negatives") = true, py::arg("seed") = 1, py::arg("threads") = 0, py::arg("interval") = true,
-        py::arg("criterion") = "per-cue",
-        "The largest K in [K_lo, K_hi] whose recalled fraction is >= threshold (bisection). Returns (K, points, "
-        "(K_low, K_high)): the measured K range that trial-level errors (2 standard errors) cannot separate from "
-        "the threshold.");
+        py::arg("threshold"), py::arg("K_lo"), py::arg("K_hi"), py::arg("interval") = true,
+        "The largest K in [K_lo, K_hi] whose recalled fraction is >= threshold (bisection); keyword arguments "
+        "as measure_capacity. Returns (K, points, (K_low, K_high)): the measured K range that trial-level "
+        "errors (2 standard errors) cannot separate from the threshold.");
+}
 
+// Glyph images and file writing.
+void bind_glyphs(py::module_& m) {
   // Glyphs --------------------------------------------------------------------------------------
   m.def("render_glyphs",
         [](const std::string& font, std::size_t count, std::size_t size, std::uint32_t first) {
@@ -760,4 +730,34 @@ PYBIND11_MODULE(_core, m) {
         "under the folder lock, through symbolic links, never over a device or FIFO, keeping the mode of a "
         "replaced file. Raises OSError naming the path.");
   m.def("default_cjk_font", &default_cjk_font, "Path of Debian's IPA Gothic font, or '' when it is not installed.");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "assocmem's compiled core; use the package `assocmem`, which re-exports these names.";
+
+  static py::exception<SolverError> solver_error(m, "SolverError", PyExc_RuntimeError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const IoError& e) {
+      PyErr_SetString(PyExc_OSError, e.what());
+    } catch (const SolverError& e) {
+      PyErr_SetString(solver_error.ptr(), e.what());
+    } catch (const Cancelled& e) {
+      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
+    } catch (const Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+
+  bind_lagrangians(m);
+  bind_network(m);
+  bind_models(m);
+  bind_store(m);
+  bind_capacity(m);
+  bind_glyphs(m);
 }
