@@ -12,6 +12,8 @@
 using namespace assocmem;
 using assocmem::testing::rand_pm1;
 using assocmem::testing::randn;
+using assocmem::testing::to_f32;
+using assocmem::testing::unit_rows;
 
 namespace {
 
@@ -30,18 +32,6 @@ std::vector<KernelChoice> available_kernels() {
     }
   }
   return ks;
-}
-
-std::vector<float> to_f32(const Matrix& m) {
-  std::vector<float> out(static_cast<std::size_t>(m.size()));
-  for (Eigen::Index i = 0; i < m.rows(); ++i)
-    for (Eigen::Index j = 0; j < m.cols(); ++j) out[static_cast<std::size_t>(i * m.cols() + j)] = static_cast<float>(m(i, j));
-  return out;
-}
-
-Matrix unit_rows(Matrix m) {
-  m.rowwise().normalize();
-  return m;
 }
 
 struct Fixture {

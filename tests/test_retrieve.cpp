@@ -17,6 +17,8 @@
 using namespace assocmem;
 using assocmem::testing::rand_pm1;
 using assocmem::testing::randn;
+using assocmem::testing::to_f32;
+using assocmem::testing::unit_rows;
 
 namespace {
 
@@ -34,23 +36,11 @@ std::vector<KernelChoice> kernels_here() {
   return ks;
 }
 
-std::vector<float> to_f32(const Matrix& m) {
-  std::vector<float> out(static_cast<std::size_t>(m.size()));
-  for (Eigen::Index i = 0; i < m.rows(); ++i)
-    for (Eigen::Index j = 0; j < m.cols(); ++j) out[static_cast<std::size_t>(i * m.cols() + j)] = static_cast<float>(m(i, j));
-  return out;
-}
-
 // softmax(beta K v)^T V in double, written out here (not the library's code).
 Vector attention(const Matrix& K, const Matrix& V, const Vector& v, double beta) {
   const Vector s = beta * (K * v);
   const Vector w = (s.array() - s.maxCoeff()).exp().matrix();
   return V.transpose() * (w / w.sum());
-}
-
-Matrix unit_rows(Matrix m) {
-  m.rowwise().normalize();
-  return m;
 }
 
 TEST(Retrieve, OneTableOfDefaultsAndPerModelRefusals) {

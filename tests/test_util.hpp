@@ -32,6 +32,20 @@ inline Matrix randn(Eigen::Index rows, Eigen::Index cols, std::mt19937_64& rng, 
   return m;
 }
 
+/// A matrix as row-major float32 (the engines' queries).
+inline std::vector<float> to_f32(const Matrix& m) {
+  std::vector<float> out(static_cast<std::size_t>(m.size()));
+  for (Eigen::Index i = 0; i < m.rows(); ++i)
+    for (Eigen::Index j = 0; j < m.cols(); ++j) out[static_cast<std::size_t>(i * m.cols() + j)] = static_cast<float>(m(i, j));
+  return out;
+}
+
+/// The rows scaled to unit length.
+inline Matrix unit_rows(Matrix m) {
+  m.rowwise().normalize();
+  return m;
+}
+
 /// Random +-1 matrix (K x N).
 inline Matrix rand_pm1(Eigen::Index rows, Eigen::Index cols, std::mt19937_64& rng) {
   std::bernoulli_distribution b(0.5);
