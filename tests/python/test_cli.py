@@ -100,3 +100,27 @@ def test_bad_input_exits_2_with_one_line(cli, data):
                                                 "v0": [0, 0, 0, 0]}))
     one_line_error(run(cli, "simulate", data / "bad2.json"), "tanhh")
     one_line_error(run(cli, "demo", "nope"), "unknown demo")
+
+
+def test_the_command_finds_python_and_its_package_without_compiled_in_paths(cli, tmp_path):
+    """ASSOCMEM_PYTHON names the interpreter (default /usr/bin/python3); a command run from a build tree
+    puts the package beside it (<exe dir>/../python) first on PYTHONPATH, an installed one adds nothing."""
+    import os
+    import shutil
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho \"PYTHONPATH=$PYTHONPATH\"\necho \"ARGS=$*\"\n")
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["ASSOCMEM_PYTHON"] = str(fake)
+    r = subprocess.run([cli, "demo", "colour", "--queries", "5"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "ARGS=-m assocmem.demos.colour --queries 5" in r.stdout
+    exe = os.path.realpath(shutil.which(cli) or cli)
+    beside = os.path.join(os.path.dirname(os.path.dirname(exe)), "python")
+    if os.path.exists(os.path.join(beside, "assocmem", "__init__.py")):
+        assert f"PYTHONPATH={beside}" in r.stdout
+    else:
+        assert "PYTHONPATH=\n" in r.stdout + "\n"
+    env["ASSOCMEM_PYTHON"] = str(tmp_path / "no-such-python")
+    r = subprocess.run([cli, "demo", "colour"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode != 0 and "cannot run" in r.stderr and "ASSOCMEM_PYTHON" in r.stderr
