@@ -14,6 +14,7 @@
 
 #include "assocmem/error.hpp"
 #include "assocmem/io.hpp"
+#include "assocmem/version.hpp"
 #include "common.hpp"
 
 namespace assocmem::cli {
@@ -26,7 +27,7 @@ int run(int argc, char** argv) {
   app.fallthrough();  // --json is accepted before or after the subcommand
   bool as_json = false;
   app.add_flag("--json", as_json, "Machine-readable JSON on stdout");
-  app.set_version_flag("--version", "assocmem " ASSOCMEM_VERSION_STRING);
+  app.set_version_flag("--version", std::string("assocmem ") + version());
 
   const std::vector<Command> commands = {add_store(app), add_recall(app), add_simulate(app), add_capacity(app),
                                          add_demo(app)};

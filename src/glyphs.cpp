@@ -1,8 +1,10 @@
 // Character images rendered with FreeType (Section 4's 64 x 64 pattern-memorisation example).
 #include "assocmem/glyphs.hpp"
 
+#ifdef ASSOCMEM_HAVE_FREETYPE
 #include <ft2build.h>
 #include FT_FREETYPE_H
+#endif
 
 #include <cstring>
 #include <filesystem>
@@ -22,6 +24,11 @@ GlyphSet render_glyphs(const std::string& font_path, std::size_t count, std::siz
                        std::uint32_t last) {
   ASSOCMEM_CHECK_ARG(size >= 8 && size <= 1024, "size must be in [8, 1024], got ", size);
   ASSOCMEM_CHECK_ARG(first <= last, "first (", first, ") must be <= last (", last, ")");
+#ifndef ASSOCMEM_HAVE_FREETYPE
+  (void)font_path;
+  (void)count;
+  throw Error("render_glyphs: this assocmem was built without FreeType (ASSOCMEM_WITH_GLYPHS=OFF)");
+#else
   FT_Library lib = nullptr;
   if (FT_Init_FreeType(&lib)) throw Error("render_glyphs: FreeType failed to initialise");
   struct LibGuard { FT_Library l; ~LibGuard() { FT_Done_FreeType(l); } } lib_guard{lib};
@@ -58,6 +65,7 @@ GlyphSet render_glyphs(const std::string& font_path, std::size_t count, std::siz
     out.pixels.insert(out.pixels.end(), img.begin(), img.end());
   }
   return out;
+#endif
 }
 
 }  // namespace assocmem

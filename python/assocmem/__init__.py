@@ -40,7 +40,7 @@ __all__ = [
     "Network", "Trajectory", "Retrieval", "MemoryStore", "lagrangians", "SolverError",
     "render_glyphs", "default_cjk_font", "write_file", "plot",
 ]
-__version__ = "0.1.0"
+__version__ = _core.__version__  # the one version: project(VERSION) in CMakeLists.txt
 
 # `import assocmem.lagrangians` works: the compiled submodule under the package's name.
 _sys.modules[__name__ + ".lagrangians"] = lagrangians

@@ -21,6 +21,7 @@
 #include "assocmem/models.hpp"
 #include "assocmem/io.hpp"
 #include "assocmem/store.hpp"
+#include "assocmem/version.hpp"
 
 namespace py = pybind11;
 using namespace assocmem;
@@ -736,6 +737,7 @@ void bind_glyphs(py::module_& m) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "assocmem's compiled core; use the package `assocmem`, which re-exports these names.";
+  m.attr("__version__") = version();  // project(VERSION) of CMakeLists.txt, via assocmem/version.hpp
 
   static py::exception<SolverError> solver_error(m, "SolverError", PyExc_RuntimeError);
   py::register_exception_translator([](std::exception_ptr p) {
