@@ -39,3 +39,18 @@ def test_readme_recall_example_retrieves_and_beta_8_does_not(tmp_path):
     ids, w, stop = recall("8")   # too small for unit memories: the average of all of them
     assert np.median(w) < 10.0 / K
     assert (stop == "converged").all()  # a fixed point, but not a memory: why --details matters
+
+
+def test_readme_cpp_blocks_are_the_compiled_example_verbatim():
+    """Every ```cpp block of the README stands in examples/readme.cpp (compiled and run as the ctest
+    Examples.Readme), line for line up to indentation, so the README's C++ cannot rot."""
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    readme = open(os.path.join(root, "README.md")).read()
+    example = [line.strip() for line in open(os.path.join(root, "examples", "readme.cpp"))]
+    blocks = re.findall(r"```cpp\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        lines = [line.strip() for line in block.strip("\n").splitlines()]
+        starts = [i for i, line in enumerate(example) if line == lines[0]]
+        assert any(example[i:i + len(lines)] == lines for i in starts), f"not in examples/readme.cpp:\n{block}"
