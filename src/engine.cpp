@@ -209,8 +209,6 @@ struct EngineCore {
 
   std::size_t dim() const { return store->dim(); }
   std::size_t dpad() const { return round_up(dim(), kBlock); }
-  std::size_t vdim() const { return values->dim(); }
-  std::size_t vpad() const { return round_up(vdim(), kBlock); }
   std::size_t ntiles() const { return (store->size() + opt.tile - 1) / opt.tile; }
   std::size_t workers() const {
     return std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(resolve_threads(opt.threads)), ntiles()));
@@ -232,13 +230,14 @@ struct EngineCore {
 
   // One pass over all memories for queries Q (nq x d). For each worker w, epi[w] sees every score
   // row (raw dot products, writable: a mask may set entries to -inf) of its tiles and writes the
-  // weights P; acc[w] (nq x vpad) accumulates sum_t P[t] y_t over the value rows y (the keys
-  // themselves without a value store). The calling thread polls the poller between its tiles;
-  // every worker stops at its next tile once the call is cancelled.
+  // weights P; acc[w] (nq x round_up(rows.dim(), 32)) accumulates sum_t P[t] y_t over the rows y of
+  // `rows`: the keys themselves, or the value store. The calling thread polls the poller between its
+  // tiles; every worker stops at its next tile once the call is cancelled.
   template <class Epi>
   void pass(const float* Q, std::size_t nq, std::vector<Epi>& epi, std::vector<std::vector<float>>& acc,
-            Poller& poller) const {
-    const std::size_t d = dim(), dp = dpad(), dv = vdim(), dvp = vpad(), T = opt.tile, K = store->size();
+            Poller& poller, const MemoryStore& rows) const {
+    const std::size_t d = dim(), dp = dpad(), dv = rows.dim(), dvp = round_up(dv, kBlock), T = opt.tile,
+                      K = store->size();
     const bool matvec = nq < 4;
     const std::size_t QB = ops->row_block;
     const std::size_t nq_pad = round_up(nq, QB);
@@ -262,7 +261,7 @@ struct EngineCore {
         const std::size_t t0 = ti * T, nt = std::min(T, K - t0);
         const bool raw_bf16 = bf16_products || matvec;
         const TileRows keys = tile_rows(*store, t0, nt, raw_bf16, keybuf);
-        const TileRows vals = values == store ? keys : tile_rows(*values, t0, nt, raw_bf16, valbuf);
+        const TileRows vals = &rows == store ? keys : tile_rows(rows, t0, nt, raw_bf16, valbuf);
         if (!matvec) {
           if (bf16_products) {
             xp1.resize(round_up(nt, kBlock) * dp);
@@ -310,7 +309,7 @@ struct EngineCore {
     });
     poller.throw_if_cancelled();
     store->check_intact();  // a mapped store whose file shrank during the pass: refuse the result
-    values->check_intact();
+    rows.check_intact();
   }
 };
 
@@ -406,17 +405,19 @@ double model_b_energy(const float* v, std::size_t d, double log_sum_exp, double 
   return 0.5 * s - log_sum_exp / beta;
 }
 
-// One model B pass for queries [n x dim]: the partial over the memories the mask leaves.
-AttentionPartial b_partial(const detail::EngineCore& core, const float* q, std::size_t n, std::size_t top_k,
-                           const MemoryMask& mask, const std::vector<std::size_t>* rows, double beta, Poller& poller) {
-  const std::size_t dv = core.vdim(), dvp = core.vpad();
+// One model B pass for queries [n x dim]: the partial over the memories the mask leaves, accumulating
+// the rows of `acc_store` (the keys for an update of eq. 16, the values for the association).
+AttentionPartial b_partial(const detail::EngineCore& core, const MemoryStore& acc_store, const float* q, std::size_t n,
+                           std::size_t top_k, const MemoryMask& mask, const std::vector<std::size_t>* rows,
+                           double beta, Poller& poller) {
+  const std::size_t dv = acc_store.dim(), dvp = round_up(dv, kBlock);
   const std::size_t nw = core.workers();
   std::vector<SoftmaxEpilogue> epi;
   for (std::size_t w = 0; w < nw; ++w)
     epi.push_back({core.ops, static_cast<float>(beta), core.store->ids(), mask, rows, core.store->size(),
                    AttentionPartial(n, 0, top_k)});
   std::vector<std::vector<float>> acc;
-  core.pass(q, n, epi, acc, poller);
+  core.pass(q, n, epi, acc, poller, acc_store);
   AttentionPartial out(n, dv, top_k);
   for (std::size_t w = 0; w < nw; ++w) {
     AttentionPartial p(n, dv, top_k);
@@ -462,7 +463,7 @@ ModelBEngine::ModelBEngine(ModelBEngine&&) noexcept = default;
 ModelBEngine& ModelBEngine::operator=(ModelBEngine&&) noexcept = default;
 std::string ModelBEngine::kernel() const { return core_->ops->name; }
 std::size_t ModelBEngine::dim() const { return core_->dim(); }
-std::size_t ModelBEngine::value_dim() const { return core_->vdim(); }
+std::size_t ModelBEngine::value_dim() const { return core_->values->dim(); }
 std::size_t ModelBEngine::size() const { return core_->store->size(); }
 
 AttentionPartial ModelBEngine::partial(const float* queries, std::size_t batch, std::size_t top_k, MemoryMask mask,
@@ -472,13 +473,13 @@ AttentionPartial ModelBEngine::partial(const float* queries, std::size_t batch, 
   core_->check_queries(queries, batch, b);
   core_->check_mask(mask, batch);
   Poller poller(Monitor{});
-  return b_partial(*core_, queries, batch, top_k, mask, nullptr, b, poller);
+  return b_partial(*core_, *core_->values, queries, batch, top_k, mask, nullptr, b, poller);
 }
 
 Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options) const {
   const ResolvedOptions o = resolve(options, ModelKind::B);
   const double beta = options.beta.value_or(beta_);
-  const std::size_t d = core_->dim(), dv = core_->vdim();
+  const std::size_t d = core_->dim(), dv = core_->values->dim();
   const bool hetero = core_->values != core_->store;
   check_clamp(options.clamp, d);
   ASSOCMEM_CHECK_ARG(!hetero || options.clamp.empty(), "clamp: with a value store the result is not in the query's "
@@ -490,16 +491,14 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   Retrieval r;
   r.batch = batch;
   // Auto-association: max_steps updates. With values: max_steps - 1 updates on the keys, then the
-  // association with the values. The update runs on the keys alone: temporarily a keys-only core.
+  // association with the values.
   const long key_steps = hetero ? o.max_steps - 1 : o.max_steps;
   {
-    detail::EngineCore keys_only = *core_;
-    keys_only.values = core_->store;
     detail::iterate_to_fixed_point(
         states, batch, d, key_steps, o.tol, poller, r,
         [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
           const std::size_t n = rows.size();
-          const AttentionPartial part = b_partial(keys_only, cur.data(), n, 0, options.mask, &rows, beta, poller);
+          const AttentionPartial part = b_partial(*core_, *core_->store, cur.data(), n, 0, options.mask, &rows, beta, poller);
           std::vector<float> st(d);
           for (std::size_t i = 0; i < n; ++i) {
             part.state(i, st.data());
@@ -513,7 +512,8 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   std::vector<float> out = std::move(states);
   if (hetero || options.energy || options.top_k) {
     // One more pass: the association with the values (hetero), or the description of the final states.
-    const AttentionPartial part = b_partial(*core_, out.data(), batch, options.top_k, options.mask, nullptr, beta, poller);
+    const AttentionPartial part =
+        b_partial(*core_, *core_->values, out.data(), batch, options.top_k, options.mask, nullptr, beta, poller);
     if (options.energy) {
       r.energy.resize(batch);
       for (std::size_t b = 0; b < batch; ++b) r.energy[b] = model_b_energy(&out[b * d], d, part.log_sum_exp(b), beta);
@@ -543,10 +543,8 @@ std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch,
   const std::size_t d = core_->dim();
   core_->check_queries(states, batch, b);
   core_->check_mask(mask, batch);
-  detail::EngineCore keys_only = *core_;
-  keys_only.values = core_->store;
   Poller poller(Monitor{});
-  const AttentionPartial part = b_partial(keys_only, states, batch, 0, mask, nullptr, b, poller);
+  const AttentionPartial part = b_partial(*core_, *core_->store, states, batch, 0, mask, nullptr, b, poller);
   std::vector<double> e(batch);
   for (std::size_t i = 0; i < batch; ++i) e[i] = model_b_energy(states + i * d, d, part.log_sum_exp(i), b);
   return e;
@@ -580,7 +578,7 @@ void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, c
   const std::size_t nw = core.workers();
   std::vector<AdditiveEpilogue> epi(nw, AdditiveEpilogue{F, mask, rows, core.store->size(), std::vector<double>(n, 0.0)});
   std::vector<std::vector<float>> acc;
-  core.pass(g.data(), n, epi, acc, poller);
+  core.pass(g.data(), n, epi, acc, poller, *core.store);
   drive.assign(n * d, 0.0f);
   energy.assign(n, 0.0);
   for (std::size_t w = 0; w < nw; ++w) {
