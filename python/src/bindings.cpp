@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 
+#include "assocmem/attention.hpp"
 #include "assocmem/binary.hpp"
 #include "assocmem/capacity.hpp"
 #include "assocmem/dynamics.hpp"
@@ -358,6 +359,77 @@ py::array_t<double> rows_out(const std::vector<Vector>& rows) {
 }  // namespace
 
 namespace {
+
+// Differentiable attention (assocmem.torch): 2-D C-contiguous arrays of one dtype, no copies.
+template <class T>
+using CArr = py::array_t<T, py::array::c_style>;
+
+template <class T>
+AttentionArgs<T> attention_args(const CArr<T>& q, const CArr<T>& k, const CArr<T>& v, double beta,
+                                const std::optional<U8>& mask, int threads) {
+  if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2) throw InvalidArgument("attention: queries, keys and values must be 2-D");
+  if (k.shape(1) != q.shape(1))
+    throw InvalidArgument("attention: keys have dimension " + std::to_string(k.shape(1)) + " but queries " +
+                          std::to_string(q.shape(1)));
+  if (v.shape(0) != k.shape(0))
+    throw InvalidArgument("attention: " + std::to_string(v.shape(0)) + " values for " + std::to_string(k.shape(0)) + " keys");
+  AttentionArgs<T> a;
+  a.q = q.data();
+  a.n = static_cast<std::size_t>(q.shape(0));
+  a.d = static_cast<std::size_t>(q.shape(1));
+  a.k = k.data();
+  a.K = static_cast<std::size_t>(k.shape(0));
+  a.v = v.data();
+  a.dv = static_cast<std::size_t>(v.shape(1));
+  a.beta = beta;
+  a.mask = mask_in(mask, a.n, a.K);
+  a.threads = threads;
+  return a;
+}
+
+template <class T>
+void bind_attention_dtype(py::module_& m, const char* suffix) {
+  m.def((std::string("attention_forward_") + suffix).c_str(),
+        [](const CArr<T>& q, const CArr<T>& k, const CArr<T>& v, double beta, std::optional<U8> mask, int threads) {
+          const AttentionArgs<T> a = attention_args(q, k, v, beta, mask, threads);
+          std::vector<T> out(checked_mul(a.n, a.dv, "queries x value dim"));
+          std::vector<double> lse(a.n);
+          {
+            py::gil_scoped_release nogil;
+            attention_forward(a, out.data(), lse.data());
+          }
+          return py::make_tuple(to_numpy(std::move(out), {py::ssize_t(a.n), py::ssize_t(a.dv)}),
+                                to_numpy(std::move(lse), {py::ssize_t(a.n)}));
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("beta"), py::arg("mask"), py::arg("threads"),
+        "(softmax(beta q k^T) v, log-sum-exp per query), fused over tiles (assocmem/attention.hpp).");
+  m.def((std::string("attention_backward_") + suffix).c_str(),
+        [](const CArr<T>& q, const CArr<T>& k, const CArr<T>& v, double beta, std::optional<U8> mask, int threads,
+           const CArr<T>& out, const CArr<double>& lse, const CArr<T>& dout) {
+          const AttentionArgs<T> a = attention_args(q, k, v, beta, mask, threads);
+          if (out.ndim() != 2 || dout.ndim() != 2 || std::size_t(out.shape(0)) != a.n || std::size_t(out.shape(1)) != a.dv ||
+              std::size_t(dout.shape(0)) != a.n || std::size_t(dout.shape(1)) != a.dv || lse.ndim() != 1 ||
+              std::size_t(lse.shape(0)) != a.n)
+            throw InvalidArgument("attention_backward: out, lse and dout do not match the forward's shapes");
+          std::vector<T> dq(a.n * a.d), dk(a.K * a.d), dv(a.K * a.dv);
+          double dbeta = 0;
+          {
+            py::gil_scoped_release nogil;
+            attention_backward(a, out.data(), lse.data(), dout.data(), dq.data(), dk.data(), dv.data(), &dbeta);
+          }
+          return py::make_tuple(to_numpy(std::move(dq), {py::ssize_t(a.n), py::ssize_t(a.d)}),
+                                to_numpy(std::move(dk), {py::ssize_t(a.K), py::ssize_t(a.d)}),
+                                to_numpy(std::move(dv), {py::ssize_t(a.K), py::ssize_t(a.dv)}), dbeta);
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("beta"), py::arg("mask"), py::arg("threads"), py::arg("out"),
+        py::arg("lse"), py::arg("dout"),
+        "(dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores tile by tile from lse.");
+}
+
+void bind_attention(py::module_& m) {
+  bind_attention_dtype<float>(m, "f32");
+  bind_attention_dtype<double>(m, "f64");
+}
 
 // Lagrangians of a layer (eqs. 3, 6, 11, 17).
 void bind_lagrangians(py::module_& m) {
@@ -762,4 +834,5 @@ PYBIND11_MODULE(_core, m) {
   bind_store(m);
   bind_capacity(m);
   bind_glyphs(m);
+  bind_attention(m);
 }

@@ -1,0 +1,43 @@
+// assocmem/attention.hpp - differentiable softmax attention, fused: one step of eq. (16) with separate
+// keys and values, O = softmax(beta Q K^T) V, and its gradients, computed tile by tile over the
+// memories so that the n x K score matrix is never stored (extra memory O(threads x n x tile)).
+//
+// Forward: a pass for the row maxima m of beta Q K^T, then a pass for sum_mu exp(beta s_mu - m) and the
+// weighted values; the log-sum-exp is kept for the backward pass. Backward (FlashAttention's
+// recomputation): per tile, S = Q K^T, P = exp(beta S - lse), dP = dO V^T, dS = P o (dP - rowsum(dO o O)),
+// then dV = P^T dO, dK = beta dS^T Q, dQ = beta dS K and dbeta = sum(dS o S). Masked memories have
+// P = 0, exactly as if deleted. float and double (the double path serves gradient checks).
+// Used by assocmem.torch; the retrieval engines (engine.hpp) remain the fast path without gradients.
+#pragma once
+
+#include <cstddef>
+
+#include "assocmem/retrieve.hpp"
+
+namespace assocmem {
+
+template <class T>
+struct AttentionArgs {
+  const T* q = nullptr;  ///< n x d queries, row-major
+  std::size_t n = 0, d = 0;
+  const T* k = nullptr;  ///< K x d keys
+  std::size_t K = 0;
+  const T* v = nullptr;  ///< K x dv values (the keys themselves for auto-association)
+  std::size_t dv = 0;
+  double beta = 1.0;     ///< inverse temperature, finite and > 0
+  MemoryMask mask;       ///< rows 0, 1 or n of K flags; non-zero leaves the memory out
+  int threads = 0;       ///< 0: all hardware threads
+};
+
+/// out (n x dv) = softmax(beta q k^T) v; lse (n) = log sum_mu exp(beta q k_mu) over the memories left.
+/// InvalidArgument for bad shapes, non-finite inputs, beta, or a mask that leaves a query no memory.
+template <class T>
+void attention_forward(const AttentionArgs<T>& a, T* out, double* lse);
+
+/// Gradients of sum(dout o out) with respect to q (n x d), k (K x d), v (K x dv) and beta, from the
+/// forward's out and lse. dk and dv are written (not accumulated); with v == k the caller adds them.
+template <class T>
+void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
+                        double* dbeta);
+
+}  // namespace assocmem

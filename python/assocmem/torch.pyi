@@ -1,0 +1,12 @@
+# Type stubs for assocmem.torch (differentiable Hopfield retrieval on CPU tensors).
+from typing import Optional, Union
+
+import numpy.typing as npt
+import torch
+
+__all__ = ["hopfield_retrieve"]
+
+def hopfield_retrieve(queries: torch.Tensor, keys: torch.Tensor, values: Optional[torch.Tensor] = None, *,
+                      beta: Union[float, torch.Tensor] = 1.0,
+                      mask: Union[None, torch.Tensor, npt.ArrayLike] = None, steps: int = 1,
+                      threads: int = 0) -> torch.Tensor: ...

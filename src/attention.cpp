@@ -1,0 +1,182 @@
+// Differentiable softmax attention, fused over tiles of memories (attention.hpp): eq. (16) with keys
+// and values, and its gradients by recomputation from the saved log-sum-exp.
+#include "assocmem/attention.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "assocmem/io.hpp"
+#include "parallel.hpp"
+
+namespace assocmem {
+namespace {
+
+constexpr std::size_t kTile = 256;  // memories per tile: the extra memory is threads x n x kTile
+
+template <class T>
+using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using ConstMap = Eigen::Map<const Mat<T>>;
+template <class T>
+using MutMap = Eigen::Map<Mat<T>>;
+
+template <class T>
+void check_finite_array(const T* x, std::size_t count, const char* what) {
+  for (std::size_t i = 0; i < count; ++i)
+    ASSOCMEM_CHECK_ARG(std::isfinite(x[i]), what, " contains NaN or Inf (element ", i, ")");
+}
+
+template <class T>
+void check(const AttentionArgs<T>& a) {
+  ASSOCMEM_CHECK_ARG(a.q != nullptr && a.k != nullptr && a.v != nullptr, "attention: a null input");
+  ASSOCMEM_CHECK_ARG(a.n > 0 && a.d > 0 && a.K > 0 && a.dv > 0, "attention: empty input (queries ", a.n, ", dim ", a.d,
+                     ", memories ", a.K, ", value dim ", a.dv, ")");
+  ASSOCMEM_CHECK_ARG(std::isfinite(a.beta) && a.beta > 0, "beta must be finite and > 0, got ", a.beta);
+  ASSOCMEM_CHECK_ARG(a.threads >= 0 && a.threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads, "], got ",
+                     a.threads);
+  check_finite_array(a.q, checked_mul(a.n, a.d, "queries"), "queries");
+  check_finite_array(a.k, checked_mul(a.K, a.d, "keys"), "keys");
+  check_finite_array(a.v, checked_mul(a.K, a.dv, "values"), "values");
+  if (a.mask.rows == 0) return;
+  ASSOCMEM_CHECK_ARG(a.mask.data != nullptr, "mask: data is null");
+  ASSOCMEM_CHECK_ARG(a.mask.rows == 1 || a.mask.rows == a.n, "mask: ", a.mask.rows, " rows for ", a.n,
+                     " queries (give 1 row shared by all, or one per query)");
+  for (std::size_t r = 0; r < a.mask.rows; ++r) {
+    const std::uint8_t* row = a.mask.data + r * a.K;
+    ASSOCMEM_CHECK_ARG(std::find(row, row + a.K, std::uint8_t{0}) != row + a.K, "mask: row ", r,
+                       " leaves out every memory; a query needs at least one");
+  }
+}
+
+// Flags of query b's mask for memories [t0, t0 + nt), or null without a mask.
+template <class T>
+const std::uint8_t* mask_of(const AttentionArgs<T>& a, std::size_t b, std::size_t t0) {
+  if (a.mask.rows == 0) return nullptr;
+  return a.mask.data + (a.mask.rows == 1 ? 0 : b * a.K) + t0;
+}
+
+// Sets the weights of masked memories to 0: as if they were not there.
+template <class T>
+void zero_masked(const AttentionArgs<T>& a, std::size_t t0, Mat<T>& P) {
+  if (a.mask.rows == 0) return;
+  for (Eigen::Index b = 0; b < P.rows(); ++b) {
+    const std::uint8_t* m = mask_of(a, static_cast<std::size_t>(b), t0);
+    for (Eigen::Index i = 0; i < P.cols(); ++i)
+      if (m[i]) P(b, i) = T(0);
+  }
+}
+
+// Runs fn(worker, tile start, tile size, raw scores Q K_t^T) over every tile; one worker per chunk.
+template <class T, class Fn>
+void for_each_tile(const AttentionArgs<T>& a, std::size_t workers, Fn&& fn) {
+  const std::size_t tiles = (a.K + kTile - 1) / kTile;
+  const ConstMap<T> Q(a.q, static_cast<Eigen::Index>(a.n), static_cast<Eigen::Index>(a.d));
+  detail::parallel_chunks(tiles, static_cast<int>(workers), [&](std::size_t w, std::size_t tb, std::size_t te) {
+    Mat<T> S;
+    for (std::size_t t = tb; t < te; ++t) {
+      const std::size_t t0 = t * kTile, nt = std::min(kTile, a.K - t0);
+      const ConstMap<T> Kt(a.k + t0 * a.d, static_cast<Eigen::Index>(nt), static_cast<Eigen::Index>(a.d));
+      S.noalias() = Q * Kt.transpose();
+      fn(w, t0, nt, S);
+    }
+  });
+}
+
+template <class T>
+std::size_t worker_count(const AttentionArgs<T>& a) {
+  const std::size_t tiles = (a.K + kTile - 1) / kTile;
+  return std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(detail::resolve_threads(a.threads)), tiles));
+}
+
+}  // namespace
+
+template <class T>
+void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
+  check(a);
+  const std::size_t n = a.n, nw = worker_count(a);
+  const T beta = static_cast<T>(a.beta);
+  // Pass 1: m_b = max over the memories left of beta q_b . k_mu.
+  std::vector<std::vector<double>> mx(nw, std::vector<double>(n, -std::numeric_limits<double>::infinity()));
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+    for (std::size_t b = 0; b < n; ++b) {
+      const std::uint8_t* m = mask_of(a, b, t0);
+      for (std::size_t i = 0; i < nt; ++i)
+        if (!m || !m[i]) mx[w][b] = std::max(mx[w][b], double(beta * S(Eigen::Index(b), Eigen::Index(i))));
+    }
+  });
+  Eigen::Matrix<T, Eigen::Dynamic, 1> m(static_cast<Eigen::Index>(n));
+  for (std::size_t b = 0; b < n; ++b) {
+    double v = -std::numeric_limits<double>::infinity();
+    for (std::size_t w = 0; w < nw; ++w) v = std::max(v, mx[w][b]);
+    m[Eigen::Index(b)] = static_cast<T>(v);
+  }
+  // Pass 2: sum_mu exp(beta s_mu - m) and sum_mu exp(beta s_mu - m) v_mu (each term <= 1: no overflow).
+  std::vector<std::vector<double>> sum(nw, std::vector<double>(n, 0.0));
+  std::vector<Mat<T>> acc(nw, Mat<T>::Zero(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(a.dv)));
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+    Mat<T> P = ((beta * S).array().colwise() - m.array()).exp().matrix();
+    zero_masked(a, t0, P);
+    for (Eigen::Index b = 0; b < P.rows(); ++b) sum[w][std::size_t(b)] += double(P.row(b).sum());
+    const ConstMap<T> Vt(a.v + t0 * a.dv, static_cast<Eigen::Index>(nt), static_cast<Eigen::Index>(a.dv));
+    acc[w].noalias() += P * Vt;
+  });
+  MutMap<T> O(out, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(a.dv));
+  O.setZero();
+  for (std::size_t w = 0; w < nw; ++w) O += acc[w];
+  for (std::size_t b = 0; b < n; ++b) {
+    double s = 0;
+    for (std::size_t w = 0; w < nw; ++w) s += sum[w][b];
+    O.row(Eigen::Index(b)) /= static_cast<T>(s);
+    lse[b] = double(m[Eigen::Index(b)]) + std::log(s);
+  }
+}
+
+template <class T>
+void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
+                        double* dbeta) {
+  check(a);
+  const std::size_t n = a.n, nw = worker_count(a);
+  const T beta = static_cast<T>(a.beta);
+  const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d), DV = static_cast<Eigen::Index>(a.dv);
+  const ConstMap<T> Q(a.q, N, D), O(out, N, DV), dO(dout, N, DV);
+  check_finite_array(dout, n * a.dv, "the output's gradient");
+  Eigen::Matrix<T, Eigen::Dynamic, 1> L(N), Dlt(N);
+  for (Eigen::Index b = 0; b < N; ++b) {
+    L[b] = static_cast<T>(lse[b]);
+    Dlt[b] = dO.row(b).dot(O.row(b));  // rowsum(dO o O): the softmax Jacobian's diagonal correction
+  }
+  std::vector<Mat<T>> dQ(nw, Mat<T>::Zero(N, D));
+  std::vector<double> db(nw, 0.0);
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+    const auto NT = static_cast<Eigen::Index>(nt);
+    const ConstMap<T> Kt(a.k + t0 * a.d, NT, D), Vt(a.v + t0 * a.dv, NT, DV);
+    Mat<T> P = ((beta * S).array().colwise() - L.array()).exp().matrix();  // softmax weights, recomputed
+    zero_masked(a, t0, P);
+    const Mat<T> dP = dO * Vt.transpose();
+    const Mat<T> dS = (P.array() * (dP.array().colwise() - Dlt.array())).matrix();  // d loss / d(beta S)
+    MutMap<T>(dv + t0 * a.dv, NT, DV).noalias() = P.transpose() * dO;
+    MutMap<T>(dk + t0 * a.d, NT, D).noalias() = beta * (dS.transpose() * Q);
+    dQ[w].noalias() += beta * (dS * Kt);
+    db[w] += double((dS.array() * S.array()).sum());
+  });
+  MutMap<T> G(dq, N, D);
+  G.setZero();
+  double total = 0;
+  for (std::size_t w = 0; w < nw; ++w) {
+    G += dQ[w];
+    total += db[w];
+  }
+  *dbeta = total;
+}
+
+template void attention_forward<float>(const AttentionArgs<float>&, float*, double*);
+template void attention_forward<double>(const AttentionArgs<double>&, double*, double*);
+template void attention_backward<float>(const AttentionArgs<float>&, const float*, const double*, const float*, float*,
+                                        float*, float*, double*);
+template void attention_backward<double>(const AttentionArgs<double>&, const double*, const double*, const double*,
+                                         double*, double*, double*, double*);
+
+}  // namespace assocmem

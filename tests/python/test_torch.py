@@ -1,0 +1,160 @@
+"""assocmem.torch.hopfield_retrieve against PyTorch's own autograd of the same formula (softmax attention
+built from torch ops): forward and the gradients of queries, keys, values and beta, for values or not,
+masks, steps 1..5, large and small beta, batch dimensions; gradcheck in float64; bad input; and the
+memory claim (no queries x memories score matrix)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch  # python3-torch (scripts/setup)
+
+import assocmem.torch as at
+
+
+def reference(q, k, v, beta, mask, steps):
+    """softmax(beta q k^T) v with masked memories at -inf, steps - 1 updates on the keys first: torch ops."""
+    v = k if v is None else v
+    shape = q.shape[:-1]
+    q = q.reshape(-1, q.shape[-1])
+    m = None
+    if mask is not None:
+        m = torch.as_tensor(mask).reshape(-1, k.shape[0])
+
+    def step(x, vals):
+        s = beta * x @ k.T
+        if m is not None:
+            s = s.masked_fill(m, float("-inf"))
+        return torch.softmax(s, dim=-1) @ vals
+    for _ in range(steps - 1):
+        q = step(q, k)
+    out = step(q, v)
+    return out.reshape(*shape, out.shape[-1])
+
+
+def make(dtype, n=6, K=300, d=16, dv=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, d, generator=g, dtype=dtype)
+    k = torch.randn(K, d, generator=g, dtype=dtype) / d ** 0.5
+    v = torch.randn(K, dv, generator=g, dtype=dtype)
+    return q, k, v
+
+
+@pytest.mark.parametrize("beta", [0.1, 2.0, 40.0])
+@pytest.mark.parametrize("steps", [1, 2, 5])
+@pytest.mark.parametrize("with_values", [True, False])
+@pytest.mark.parametrize("mask_kind", [None, "shared", "per-query"])
+def test_forward_and_gradients_equal_torch_autograd(beta, steps, with_values, mask_kind):
+    q0, k0, v0 = make(torch.float32)
+    K = k0.shape[0]
+    mask = None
+    if mask_kind == "shared":
+        mask = torch.zeros(K, dtype=torch.bool)
+        mask[::3] = True
+    elif mask_kind == "per-query":
+        mask = torch.rand(q0.shape[0], K, generator=torch.Generator().manual_seed(1)) < 0.5
+    grads = []
+    for fn in (lambda q, k, v, b: at.hopfield_retrieve(q, k, v, beta=b, mask=mask, steps=steps),
+               lambda q, k, v, b: reference(q, k, v, b, mask, steps)):
+        q, k, v = (t.clone().requires_grad_(True) for t in (q0, k0, v0))
+        b = torch.tensor(beta, requires_grad=True)
+        out = fn(q, k, v if with_values else None, b)
+        w = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        (out * w).sum().backward()
+        grads.append((out.detach(), q.grad, k.grad, v.grad if with_values else None, b.grad))
+    ours, ref = grads
+    scale = lambda t: 1e-4 * (1 + t.abs().max().item())  # noqa: E731  float32 tolerances
+    for name, a, r in zip(("out", "dq", "dk", "dv", "dbeta"), ours, ref):
+        if r is None:
+            continue
+        assert torch.allclose(a, r, rtol=1e-4, atol=scale(r)), f"{name}: max diff {(a - r).abs().max().item():.3g}"
+
+
+def test_batch_dimensions_and_float64():
+    q, k, v = make(torch.float64, n=12)
+    qb = q.reshape(2, 3, 2, 16)
+    mask = torch.rand(2, 3, 2, k.shape[0], generator=torch.Generator().manual_seed(2)) < 0.3
+    out = at.hopfield_retrieve(qb, k, v, beta=3.0, mask=mask)
+    assert out.shape == (2, 3, 2, 5) and out.dtype == torch.float64
+    assert torch.allclose(out, reference(qb, k, v, 3.0, mask, 1), atol=1e-12)
+
+
+def test_gradcheck_in_float64():
+    q, k, v = make(torch.float64, n=3, K=23, d=4, dv=3)
+    mask = torch.zeros(3, 23, dtype=torch.bool)
+    mask[0, :5] = True
+    mask[2, 10:] = True
+    args = tuple(t.clone().requires_grad_(True) for t in (q, k, v)) + (torch.tensor(1.3, dtype=torch.float64,
+                                                                               requires_grad=True),)
+    for steps in (1, 3):
+        assert torch.autograd.gradcheck(
+            lambda q, k, v, b: at.hopfield_retrieve(q, k, v, beta=b, mask=mask, steps=steps), args)
+        assert torch.autograd.gradcheck(lambda q, k, b: at.hopfield_retrieve(q, k, beta=b, steps=steps),
+                                        (args[0], args[1], args[3]))
+
+
+def test_learns_a_memory_by_gradient_descent():
+    """Memory learning: stored patterns, trained by gradient descent through the retrieval on a
+    reconstruction loss, come to reconstruct their cues (the loss falls below 1% of its start)."""
+    g = torch.Generator().manual_seed(3)
+    targets = torch.randn(4, 8, generator=g)
+    keys = (0.1 * torch.randn(4, 8, generator=g)).requires_grad_(True)
+    opt = torch.optim.Adam([keys], lr=0.05)
+    losses = []
+    for _ in range(600):
+        opt.zero_grad()
+        loss = ((at.hopfield_retrieve(targets, keys, beta=4.0) - targets) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.01 * losses[0], (losses[0], losses[-1])
+
+
+def test_bad_input_is_a_clear_error():
+    q, k, v = make(torch.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        at.hopfield_retrieve(q.to(torch.int32), k)
+    with pytest.raises(TypeError, match="the queries are torch.float32"):
+        at.hopfield_retrieve(q, k.double())
+    with pytest.raises(ValueError, match="CPU tensors"):
+        at.hopfield_retrieve(q.to("meta"), k)
+    with pytest.raises(ValueError, match="share d"):
+        at.hopfield_retrieve(q[:, :3], k)
+    with pytest.raises(ValueError, match="values must be"):
+        at.hopfield_retrieve(q, k, v[:7])
+    with pytest.raises(ValueError, match="mask must have shape"):
+        at.hopfield_retrieve(q, k, mask=torch.zeros(5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="leaves out every memory"):
+        at.hopfield_retrieve(q, k, mask=torch.ones(k.shape[0], dtype=torch.bool))
+    with pytest.raises(ValueError, match="beta"):
+        at.hopfield_retrieve(q, k, beta=-1.0)
+    with pytest.raises(ValueError, match="steps"):
+        at.hopfield_retrieve(q, k, steps=0)
+    with pytest.raises(ValueError, match="NaN"):
+        at.hopfield_retrieve(q * float("nan"), k)
+
+
+def test_no_score_matrix_is_stored(tmp_path):
+    """Forward and backward at K = 200,000 memories and 256 queries: the (queries x memories) scores would
+    be 205 MB in float32 (torch's own autograd keeps two such matrices); the peak grows by less than the
+    gradients dK and dV (51 MB each) plus a margin."""
+    script = tmp_path / "mem.py"
+    script.write_text(textwrap.dedent("""
+        import resource, torch
+        import assocmem.torch as at
+        g = torch.Generator().manual_seed(0)
+        K, n, d = 200_000, 256, 64
+        k = (torch.randn(K, d, generator=g) / 8).requires_grad_(True)
+        q = torch.randn(n, d, generator=g).requires_grad_(True)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = at.hopfield_retrieve(q, k, beta=2.0)
+        out.sum().backward()
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(grew // 1024)
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    grew_mb = int(r.stdout.strip())
+    assert grew_mb < 150, f"peak memory grew by {grew_mb} MB"

@@ -1,0 +1,108 @@
+// Differentiable attention (attention.hpp): the forward equals the plain model B's update (values =
+// keys) and the engine with a value store; the backward equals central finite differences of the
+// forward (double), for queries, keys, values and beta, with a mask; masks equal deleting memories.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "assocmem/attention.hpp"
+#include "assocmem/engine.hpp"
+#include "assocmem/models.hpp"
+#include "test_util.hpp"
+
+using namespace assocmem;
+using assocmem::testing::randn;
+using assocmem::testing::to_f32;
+
+namespace {
+
+std::vector<double> flat(const Matrix& m) { return std::vector<double>(m.data(), m.data() + m.size()); }
+
+TEST(Attention, ForwardIsTheModelBUpdateAndTheEngine) {
+  std::mt19937_64 rng(1);
+  const Matrix X = randn(700, 12, rng, 0.3), V = randn(700, 5, rng), Q = randn(9, 12, rng);
+  const double beta = 3.0;
+  AttentionArgs<double> a;
+  const auto q = flat(Q), x = flat(X), v = flat(V);
+  a.q = q.data(), a.n = 9, a.d = 12, a.k = x.data(), a.K = 700, a.v = x.data(), a.dv = 12, a.beta = beta;
+  std::vector<double> out(9 * 12), lse(9);
+  attention_forward(a, out.data(), lse.data());
+  const ModelB plain(X, beta);
+  for (int b = 0; b < 9; ++b) {
+    const Vector u = plain.update(Q.row(b).transpose());
+    for (int j = 0; j < 12; ++j) EXPECT_NEAR(out[std::size_t(b * 12 + j)], u[j], 1e-12);
+    EXPECT_NEAR(0.5 * Q.row(b).squaredNorm() - lse[std::size_t(b)] / beta, plain.energy(Q.row(b).transpose()), 1e-10);
+  }
+  // With values, against the engine (float32).
+  MemoryStore keys(12, DType::Float32), values(5, DType::Float32);
+  keys.append(X);
+  values.append(V);
+  const auto qf = to_f32(Q), xf = to_f32(X), vf = to_f32(V);
+  AttentionArgs<float> af;
+  af.q = qf.data(), af.n = 9, af.d = 12, af.k = xf.data(), af.K = 700, af.v = vf.data(), af.dv = 5, af.beta = beta;
+  std::vector<float> of(9 * 5);
+  attention_forward(af, of.data(), lse.data());
+  const Retrieval r = ModelBEngine(keys, values, beta).retrieve(qf.data(), 9);
+  for (std::size_t i = 0; i < of.size(); ++i) EXPECT_NEAR(of[i], r.states[i], 1e-5);
+}
+
+TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
+  std::mt19937_64 rng(2);
+  const std::size_t n = 3, K = 530, d = 4, dv = 3;  // 530: three tiles, the last partial
+  auto q = flat(randn(n, d, rng)), k = flat(randn(K, d, rng, 0.5)), v = flat(randn(K, dv, rng));
+  const auto w = flat(randn(n, dv, rng));  // loss = sum(w o out)
+  std::vector<std::uint8_t> mask(n * K, 0);
+  for (std::size_t mu = 0; mu < K; mu += 3) mask[mu] = 1;  // query 0 without every third memory
+  for (std::size_t b = 0; b < n; ++b) mask[b * K + 5] = 1;  // memory 5 absent for every query
+  double beta = 1.7;
+  auto loss = [&]() {
+    AttentionArgs<double> a;
+    a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = v.data(), a.dv = dv, a.beta = beta;
+    a.mask = {mask.data(), n};
+    std::vector<double> out(n * dv), lse(n);
+    attention_forward(a, out.data(), lse.data());
+    double s = 0;
+    for (std::size_t i = 0; i < out.size(); ++i) s += w[i] * out[i];
+    return s;
+  };
+  AttentionArgs<double> a;
+  a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = v.data(), a.dv = dv, a.beta = beta, a.threads = 2;
+  a.mask = {mask.data(), n};
+  std::vector<double> out(n * dv), lse(n), dq(n * d), dk(K * d), dvv(K * dv);
+  double dbeta = 0;
+  attention_forward(a, out.data(), lse.data());
+  attention_backward(a, out.data(), lse.data(), w.data(), dq.data(), dk.data(), dvv.data(), &dbeta);
+  const double h = 1e-6;
+  auto central = [&](double& x) {
+    const double x0 = x;
+    x = x0 + h;
+    const double up = loss();
+    x = x0 - h;
+    const double down = loss();
+    x = x0;
+    return (up - down) / (2 * h);
+  };
+  for (std::size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(dq[i], central(q[i]), 1e-7) << "dq " << i;
+  for (std::size_t i : {0u, 1u, 7u, 100u, 2100u}) EXPECT_NEAR(dk[i], central(k[i]), 1e-7) << "dk " << i;
+  for (std::size_t i : {0u, 3u, 50u, 1589u}) EXPECT_NEAR(dvv[i], central(v[i]), 1e-7) << "dv " << i;
+  EXPECT_NEAR(dbeta, central(beta), 1e-7);
+  for (std::size_t j = 0; j < dv; ++j) EXPECT_EQ(dvv[5 * dv + j], 0.0);  // an absent memory gets no gradient
+  for (std::size_t j = 0; j < d; ++j) EXPECT_EQ(dk[5 * d + j], 0.0);
+}
+
+TEST(Attention, BadInputIsRefused) {
+  std::vector<double> q(4, 1.0), k(8, 0.5), out(4), lse(2);
+  AttentionArgs<double> a;
+  a.q = q.data(), a.n = 2, a.d = 2, a.k = k.data(), a.K = 4, a.v = k.data(), a.dv = 2, a.beta = 0.0;
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "beta");
+  a.beta = 1.0;
+  q[1] = std::nan("");
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "queries contains NaN");
+  q[1] = 1.0;
+  std::vector<std::uint8_t> all(4, 1);
+  a.mask = {all.data(), 1};
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "leaves out every memory");
+}
+
+}  // namespace
