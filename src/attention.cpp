@@ -172,6 +172,46 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   *dbeta = total;
 }
 
+template <class T>
+void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const double* dlse, T* dq, T* dk, double* dbeta) {
+  check(a);
+  const std::size_t n = a.n, nw = worker_count(a);
+  const T beta = static_cast<T>(a.beta);
+  const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d);
+  const ConstMap<T> Q(a.q, N, D);
+  Eigen::Matrix<T, Eigen::Dynamic, 1> L(N), G(N);
+  for (Eigen::Index b = 0; b < N; ++b) {
+    L[b] = static_cast<T>(lse[b]);
+    G[b] = static_cast<T>(dlse[b]);
+    ASSOCMEM_CHECK_ARG(std::isfinite(dlse[b]), "the log-sum-exp's gradient contains NaN or Inf (element ", b, ")");
+  }
+  const Mat<T> GQ = G.asDiagonal() * Q;  // dlse o q
+  std::vector<Mat<T>> dQ(nw, Mat<T>::Zero(N, D));
+  std::vector<double> db(nw, 0.0);
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+    const auto NT = static_cast<Eigen::Index>(nt);
+    const ConstMap<T> Kt(a.k + t0 * a.d, NT, D);
+    Mat<T> P = ((beta * S).array().colwise() - L.array()).exp().matrix();  // softmax weights, recomputed
+    zero_masked(a, t0, P);
+    MutMap<T>(dk + t0 * a.d, NT, D).noalias() = beta * (P.transpose() * GQ);
+    const Mat<T> GP = G.asDiagonal() * P;
+    dQ[w].noalias() += beta * (GP * Kt);
+    db[w] += double((GP.array() * S.array()).sum());
+  });
+  MutMap<T> out(dq, N, D);
+  out.setZero();
+  double total = 0;
+  for (std::size_t w = 0; w < nw; ++w) {
+    out += dQ[w];
+    total += db[w];
+  }
+  *dbeta = total;
+}
+
+template void log_sum_exp_backward<float>(const AttentionArgs<float>&, const double*, const double*, float*, float*,
+                                          double*);
+template void log_sum_exp_backward<double>(const AttentionArgs<double>&, const double*, const double*, double*,
+                                           double*, double*);
 template void attention_forward<float>(const AttentionArgs<float>&, float*, double*);
 template void attention_forward<double>(const AttentionArgs<double>&, double*, double*);
 template void attention_backward<float>(const AttentionArgs<float>&, const float*, const double*, const float*, float*,

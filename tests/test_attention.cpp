@@ -91,6 +91,46 @@ TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
   for (std::size_t j = 0; j < d; ++j) EXPECT_EQ(dk[5 * d + j], 0.0);
 }
 
+// The log-sum-exp's gradient (model B's energy, eq. 13) against central differences, with a mask.
+TEST(Attention, LogSumExpBackwardIsItsDerivative) {
+  std::mt19937_64 rng(3);
+  const std::size_t n = 2, K = 300, d = 3;
+  auto q = flat(randn(n, d, rng)), k = flat(randn(K, d, rng, 0.7));
+  const std::vector<double> g = {0.7, -1.3};  // loss = sum g o lse
+  std::vector<std::uint8_t> mask(K, 0);
+  mask[4] = mask[200] = 1;
+  double beta = 2.2;
+  auto args = [&]() {
+    AttentionArgs<double> a;
+    a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = k.data(), a.dv = d, a.beta = beta;
+    a.mask = {mask.data(), 1};
+    return a;
+  };
+  auto loss = [&]() {
+    std::vector<double> out(n * d), lse(n);
+    attention_forward(args(), out.data(), lse.data());
+    return g[0] * lse[0] + g[1] * lse[1];
+  };
+  std::vector<double> out(n * d), lse(n), dq(n * d), dk(K * d);
+  double dbeta = 0;
+  attention_forward(args(), out.data(), lse.data());
+  log_sum_exp_backward(args(), lse.data(), g.data(), dq.data(), dk.data(), &dbeta);
+  const double h = 1e-6;
+  auto central = [&](double& x) {
+    const double x0 = x;
+    x = x0 + h;
+    const double up = loss();
+    x = x0 - h;
+    const double down = loss();
+    x = x0;
+    return (up - down) / (2 * h);
+  };
+  for (std::size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(dq[i], central(q[i]), 1e-7) << "dq " << i;
+  for (std::size_t i : {0u, 5u, 299u, 600u, 899u}) EXPECT_NEAR(dk[i], central(k[i]), 1e-7) << "dk " << i;
+  for (std::size_t j = 0; j < d; ++j) EXPECT_EQ(dk[4 * d + j], 0.0);  // masked: no gradient
+  EXPECT_NEAR(dbeta, central(beta), 1e-7);
+}
+
 TEST(Attention, BadInputIsRefused) {
   std::vector<double> q(4, 1.0), k(8, 0.5), out(4), lse(2);
   AttentionArgs<double> a;

@@ -40,4 +40,11 @@ template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
                         double* dbeta);
 
+/// Gradients of sum_b dlse_b lse_b, lse_b = log sum_mu exp(beta q_b . k_mu) over the memories left,
+/// with respect to q (n x d), k (K x d) and beta: with P = exp(beta S - lse), dq = beta (dlse o P) K,
+/// dk = beta P^T (dlse o q), dbeta = sum_b dlse_b sum_mu P_b,mu s_b,mu. The energy of model B, eq. (13),
+/// is E = |q|^2 / 2 - lse / beta (assocmem.torch.hopfield_energy). a.v is not used.
+template <class T>
+void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const double* dlse, T* dq, T* dk, double* dbeta);
+
 }  // namespace assocmem

@@ -16,8 +16,13 @@ checks); contiguous CPU tensors are used without copies. mask: bool (K,) shared 
 (..., K) per query; True leaves a memory out, exactly as if deleted (torch's key_padding_mask and
 hopfield-layers' stored_pattern_padding_mask use the same sense).
 
+    energy = hopfield_energy(states, keys, beta=1.0, mask=None)
+
+is model B's energy, eq. (13): E = |v|^2 / 2 - (1/beta) log sum_mu exp(beta xi_mu . v), differentiable in
+the states, the memories and beta, with the log-sum-exp and its gradient fused the same way.
+
 Not here yet (issue 12): the Hopfield / HopfieldPooling / HopfieldLayer modules, bfloat16 storage,
-implicit differentiation at the fixed point, model C and the energies as functions.
+implicit differentiation at the fixed point, model C and its energy (eq. 21) as functions.
 """
 from __future__ import annotations
 
@@ -26,10 +31,11 @@ import torch as _torch
 
 from . import _core
 
-__all__ = ["hopfield_retrieve"]
+__all__ = ["hopfield_retrieve", "hopfield_energy"]
 
 _FORWARD = {_torch.float32: _core.attention_forward_f32, _torch.float64: _core.attention_forward_f64}
 _BACKWARD = {_torch.float32: _core.attention_backward_f32, _torch.float64: _core.attention_backward_f64}
+_LSE_BACKWARD = {_torch.float32: _core.log_sum_exp_backward_f32, _torch.float64: _core.log_sum_exp_backward_f64}
 
 
 def _np_view(t):
@@ -57,6 +63,26 @@ class _AttentionStep(_torch.autograd.Function):
                 _torch.tensor(dbeta, dtype=beta.dtype), None, None)
 
 
+class _LogSumExp(_torch.autograd.Function):
+    """log sum_mu exp(beta q . k_mu) per query (float64), for q (n, d), k (K, d); beta a 0-d tensor."""
+
+    @staticmethod
+    def forward(ctx, q, k, beta, mask, threads):
+        # The forward's log-sum-exp; its weighted values (here the keys) are not needed.
+        _, lse = _FORWARD[q.dtype](_np_view(q), _np_view(k), _np_view(k), float(beta), mask, threads)
+        lse = _torch.from_numpy(lse)
+        ctx.save_for_backward(q, k, beta, lse)
+        ctx.mask, ctx.threads = mask, threads
+        return lse
+
+    @staticmethod
+    def backward(ctx, dlse):
+        q, k, beta, lse = ctx.saved_tensors
+        dq, dk, dbeta = _LSE_BACKWARD[q.dtype](_np_view(q), _np_view(k), float(beta), ctx.mask, ctx.threads,
+                                               lse.numpy(), _np_view(dlse.to(_torch.float64)))
+        return _torch.from_numpy(dq), _torch.from_numpy(dk), _torch.tensor(dbeta, dtype=beta.dtype), None, None
+
+
 def _check(name, t, dtype=None):
     if not isinstance(t, _torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -68,11 +94,8 @@ def _check(name, t, dtype=None):
         raise TypeError(f"{name} is {t.dtype} but the queries are {dtype}")
 
 
-def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=1, threads=0):
-    """Model B's retrieval with keys and values, differentiable (see the module docstring).
-
-    queries (..., d), keys (K, d), values (K, dv) or None; returns (..., dv). beta: a positive float or a
-    0-d tensor (its gradient is computed when it requires grad). steps >= 1. threads: 0 = all."""
+def _prepare(queries, keys, values, beta, mask):
+    """Checked arguments: (batch shape, queries as (n, d), beta as a 0-d tensor, mask as uint8 (1|n, K))."""
     _check("queries", queries)
     dtype = queries.dtype
     _check("keys", keys, dtype)
@@ -83,8 +106,6 @@ def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=
                          f"{tuple(keys.shape)}")
     if values is not None and (values.dim() != 2 or values.shape[0] != keys.shape[0]):
         raise ValueError(f"values must be (K, dv) with K = {keys.shape[0]}, got {tuple(values.shape)}")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a whole number >= 1, got {steps}")
     batch_shape, K = queries.shape[:-1], keys.shape[0]
     m = None
     if mask is not None:
@@ -98,9 +119,27 @@ def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=
     b = beta if isinstance(beta, _torch.Tensor) else _torch.tensor(float(beta), dtype=dtype)
     if b.dim() != 0:
         raise ValueError(f"beta must be a scalar, got shape {tuple(b.shape)}")
-    b = b.to(dtype)
-    q = queries.reshape(-1, queries.shape[-1])
+    return batch_shape, queries.reshape(-1, queries.shape[-1]), b.to(dtype), m
+
+
+def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=1, threads=0):
+    """Model B's retrieval with keys and values, differentiable (see the module docstring).
+
+    queries (..., d), keys (K, d), values (K, dv) or None; returns (..., dv). beta: a positive float or a
+    0-d tensor (its gradient is computed when it requires grad). steps >= 1. threads: 0 = all."""
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps}")
+    batch_shape, q, b, m = _prepare(queries, keys, values, beta, mask)
     for _ in range(int(steps) - 1):
         q = _AttentionStep.apply(q, keys, keys, b, m, threads)  # eq. (16) on the keys
     out = _AttentionStep.apply(q, keys, keys if values is None else values, b, m, threads)
     return out.reshape(*batch_shape, out.shape[-1])
+
+
+def hopfield_energy(states, keys, *, beta=1.0, mask=None, threads=0):
+    """Model B's energy, eq. (13), of states (..., d) over the memories keys (K, d): returns (...),
+    E = |v|^2 / 2 - (1/beta) log sum_mu exp(beta xi_mu . v) (masked memories left out), differentiable in
+    the states, the keys and beta."""
+    batch_shape, v, b, m = _prepare(states, keys, None, beta, mask)
+    lse = _LogSumExp.apply(v, keys, b, m, threads).to(v.dtype)
+    return (0.5 * (v * v).sum(-1) - lse / b).reshape(batch_shape)

@@ -4,9 +4,11 @@ from typing import Optional, Union
 import numpy.typing as npt
 import torch
 
-__all__ = ["hopfield_retrieve"]
+__all__ = ["hopfield_retrieve", "hopfield_energy"]
 
 def hopfield_retrieve(queries: torch.Tensor, keys: torch.Tensor, values: Optional[torch.Tensor] = None, *,
                       beta: Union[float, torch.Tensor] = 1.0,
                       mask: Union[None, torch.Tensor, npt.ArrayLike] = None, steps: int = 1,
                       threads: int = 0) -> torch.Tensor: ...
+def hopfield_energy(states: torch.Tensor, keys: torch.Tensor, *, beta: Union[float, torch.Tensor] = 1.0,
+                    mask: Union[None, torch.Tensor, npt.ArrayLike] = None, threads: int = 0) -> torch.Tensor: ...

@@ -424,6 +424,23 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("beta"), py::arg("mask"), py::arg("threads"), py::arg("out"),
         py::arg("lse"), py::arg("dout"),
         "(dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores tile by tile from lse.");
+  m.def((std::string("log_sum_exp_backward_") + suffix).c_str(),
+        [](const CArr<T>& q, const CArr<T>& k, double beta, std::optional<U8> mask, int threads, const CArr<double>& lse,
+           const CArr<double>& dlse) {
+          const AttentionArgs<T> a = attention_args(q, k, k, beta, mask, threads);
+          if (lse.ndim() != 1 || dlse.ndim() != 1 || std::size_t(lse.shape(0)) != a.n || std::size_t(dlse.shape(0)) != a.n)
+            throw InvalidArgument("log_sum_exp_backward: lse and dlse must have one entry per query");
+          std::vector<T> dq(a.n * a.d), dk(a.K * a.d);
+          double dbeta = 0;
+          {
+            py::gil_scoped_release nogil;
+            log_sum_exp_backward(a, lse.data(), dlse.data(), dq.data(), dk.data(), &dbeta);
+          }
+          return py::make_tuple(to_numpy(std::move(dq), {py::ssize_t(a.n), py::ssize_t(a.d)}),
+                                to_numpy(std::move(dk), {py::ssize_t(a.K), py::ssize_t(a.d)}), dbeta);
+        },
+        py::arg("q"), py::arg("k"), py::arg("beta"), py::arg("mask"), py::arg("threads"), py::arg("lse"), py::arg("dlse"),
+        "(dq, dk, dbeta) of sum(dlse o lse), lse = log sum exp(beta q k^T) per query.");
 }
 
 void bind_attention(py::module_& m) {

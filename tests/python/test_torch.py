@@ -158,3 +158,45 @@ def test_no_score_matrix_is_stored(tmp_path):
     assert r.returncode == 0, r.stderr
     grew_mb = int(r.stdout.strip())
     assert grew_mb < 150, f"peak memory grew by {grew_mb} MB"
+
+
+def energy_reference(v, k, beta, mask):
+    s = beta * v @ k.T
+    if mask is not None:
+        s = s.masked_fill(torch.as_tensor(mask), float("-inf"))
+    return 0.5 * (v * v).sum(-1) - torch.logsumexp(s, dim=-1) / beta
+
+
+@pytest.mark.parametrize("beta", [0.2, 3.0, 60.0])
+@pytest.mark.parametrize("masked", [False, True])
+def test_energy_and_its_gradients_equal_torch_autograd(beta, masked):
+    q0, k0, _ = make(torch.float32)
+    mask = (torch.rand(q0.shape[0], k0.shape[0], generator=torch.Generator().manual_seed(4)) < 0.4) if masked else None
+    res = []
+    for fn in (lambda v, k, b: at.hopfield_energy(v, k, beta=b, mask=mask),
+               lambda v, k, b: energy_reference(v, k, b, mask)):
+        v, k = q0.clone().requires_grad_(True), k0.clone().requires_grad_(True)
+        b = torch.tensor(beta, requires_grad=True)
+        e = fn(v, k, b)
+        (e * torch.linspace(0.5, 2, e.numel())).sum().backward()
+        res.append((e.detach(), v.grad, k.grad, b.grad))
+    for name, a, r in zip(("E", "dv", "dk", "dbeta"), *res):
+        assert torch.allclose(a, r, rtol=1e-4, atol=1e-4 * (1 + r.abs().max().item())), \
+            f"{name}: max diff {(a - r).abs().max().item():.3g}"
+
+
+def test_the_update_is_gradient_descent_on_the_energy():
+    """Eq. (16) is v <- v - dE/dv (eq. 13): the retrieval equals the state minus the energy's gradient."""
+    q, k, _ = make(torch.float64, n=5)
+    v = q.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(at.hopfield_energy(v, k, beta=2.5).sum(), v)
+    assert torch.allclose(at.hopfield_retrieve(q, k, beta=2.5), q - grad, atol=1e-12)
+
+
+def test_energy_gradcheck_in_float64():
+    q, k, _ = make(torch.float64, n=3, K=19, d=4)
+    args = (q.clone().requires_grad_(True), k.clone().requires_grad_(True),
+            torch.tensor(0.8, dtype=torch.float64, requires_grad=True))
+    mask = torch.zeros(19, dtype=torch.bool)
+    mask[3] = True
+    assert torch.autograd.gradcheck(lambda v, k, b: at.hopfield_energy(v, k, beta=b, mask=mask), args)
