@@ -138,6 +138,8 @@ template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
                         double* dbeta) {
   check(a);
+  ASSOCMEM_CHECK_ARG(dv != dk || (a.v == a.k && a.dv == a.d), "attention_backward: dk and dv may share a buffer only "
+                     "when the values are the keys");
   const std::size_t n = a.n, nw = worker_count(a);
   const T beta = static_cast<T>(a.beta);
   const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d), DV = static_cast<Eigen::Index>(a.dv);
@@ -157,8 +159,10 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     zero_masked(a, t0, P);
     const Mat<T> dP = dO * Vt.transpose();
     const Mat<T> dS = (P.array() * (dP.array().colwise() - Dlt.array())).matrix();  // d loss / d(beta S)
-    MutMap<T>(dv + t0 * a.dv, NT, DV).noalias() = P.transpose() * dO;
-    MutMap<T>(dk + t0 * a.d, NT, D).noalias() = beta * (dS.transpose() * Q);
+    MutMap<T> dKt(dk + t0 * a.d, NT, D);
+    dKt.noalias() = beta * (dS.transpose() * Q);
+    if (dv == dk) dKt.noalias() += P.transpose() * dO;  // values = keys: one gradient, no second buffer
+    else MutMap<T>(dv + t0 * a.dv, NT, DV).noalias() = P.transpose() * dO;
     dQ[w].noalias() += beta * (dS * Kt);
     db[w] += double((dS.array() * S.array()).sum());
   });

@@ -131,6 +131,26 @@ TEST(Attention, LogSumExpBackwardIsItsDerivative) {
   EXPECT_NEAR(dbeta, central(beta), 1e-7);
 }
 
+// Values that are the keys: one buffer receives dk + dv, equal to the two written separately.
+TEST(Attention, SharedKeyValueGradientIsTheSum) {
+  std::mt19937_64 rng(4);
+  const std::size_t n = 5, K = 400, d = 6;
+  const auto q = flat(randn(n, d, rng)), k = flat(randn(K, d, rng, 0.5)), w = flat(randn(n, d, rng));
+  AttentionArgs<double> a;
+  a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = k.data(), a.dv = d, a.beta = 1.5;
+  std::vector<double> out(n * d), lse(n), dq(n * d), dk(K * d), dv(K * d), dq2(n * d), both(K * d);
+  double db = 0, db2 = 0;
+  attention_forward(a, out.data(), lse.data());
+  attention_backward(a, out.data(), lse.data(), w.data(), dq.data(), dk.data(), dv.data(), &db);
+  attention_backward(a, out.data(), lse.data(), w.data(), dq2.data(), both.data(), both.data(), &db2);
+  for (std::size_t i = 0; i < both.size(); ++i) ASSERT_NEAR(both[i], dk[i] + dv[i], 1e-12);
+  EXPECT_NEAR(db, db2, 1e-12);
+  std::vector<double> other(K * d);
+  a.v = other.data();  // different values may not share the keys' gradient buffer
+  EXPECT_THROW_MSG(attention_backward(a, out.data(), lse.data(), w.data(), dq.data(), both.data(), both.data(), &db),
+                   InvalidArgument, "share a buffer");
+}
+
 TEST(Attention, BadInputIsRefused) {
   std::vector<double> q(4, 1.0), k(8, 0.5), out(4), lse(2);
   AttentionArgs<double> a;

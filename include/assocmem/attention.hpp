@@ -35,7 +35,8 @@ template <class T>
 void attention_forward(const AttentionArgs<T>& a, T* out, double* lse);
 
 /// Gradients of sum(dout o out) with respect to q (n x d), k (K x d), v (K x dv) and beta, from the
-/// forward's out and lse. dk and dv are written (not accumulated); with v == k the caller adds them.
+/// forward's out and lse. dk and dv are written (not accumulated); when the values are the keys
+/// (a.v == a.k), dv may be the same buffer as dk, which then receives their sum.
 template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
                         double* dbeta);

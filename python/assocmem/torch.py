@@ -44,22 +44,25 @@ def _np_view(t):
 
 
 class _AttentionStep(_torch.autograd.Function):
-    """softmax(beta q k^T) v for q (n, d), k (K, d), v (K, dv); beta a 0-d tensor."""
+    """softmax(beta q k^T) v for q (n, d), k (K, d), v (K, dv) or None (v = k); beta a 0-d tensor."""
 
     @staticmethod
     def forward(ctx, q, k, v, beta, mask, threads):
-        out, lse = _FORWARD[q.dtype](_np_view(q), _np_view(k), _np_view(v), float(beta), mask, threads)
+        # v None: the values are the keys (one gradient buffer for both in the backward pass).
+        kn = _np_view(k)
+        out, lse = _FORWARD[q.dtype](_np_view(q), kn, kn if v is None else _np_view(v), float(beta), mask, threads)
         out, lse = _torch.from_numpy(out), _torch.from_numpy(lse)
-        ctx.save_for_backward(q, k, v, beta, out, lse)
-        ctx.mask, ctx.threads = mask, threads
+        ctx.save_for_backward(q, k, k if v is None else v, beta, out, lse)
+        ctx.mask, ctx.threads, ctx.auto = mask, threads, v is None
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, beta, out, lse = ctx.saved_tensors
-        dq, dk, dv, dbeta = _BACKWARD[q.dtype](_np_view(q), _np_view(k), _np_view(v), float(beta), ctx.mask,
-                                               ctx.threads, out.numpy(), lse.numpy(), _np_view(dout))
-        return (_torch.from_numpy(dq), _torch.from_numpy(dk), _torch.from_numpy(dv),
+        kn = _np_view(k)
+        dq, dk, dv, dbeta = _BACKWARD[q.dtype](_np_view(q), kn, kn if ctx.auto else _np_view(v), float(beta),
+                                               ctx.mask, ctx.threads, out.numpy(), lse.numpy(), _np_view(dout))
+        return (_torch.from_numpy(dq), _torch.from_numpy(dk), None if dv is None else _torch.from_numpy(dv),
                 _torch.tensor(dbeta, dtype=beta.dtype), None, None)
 
 
@@ -131,8 +134,8 @@ def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=
         raise ValueError(f"steps must be a whole number >= 1, got {steps}")
     batch_shape, q, b, m = _prepare(queries, keys, values, beta, mask)
     for _ in range(int(steps) - 1):
-        q = _AttentionStep.apply(q, keys, keys, b, m, threads)  # eq. (16) on the keys
-    out = _AttentionStep.apply(q, keys, keys if values is None else values, b, m, threads)
+        q = _AttentionStep.apply(q, keys, None, b, m, threads)  # eq. (16) on the keys
+    out = _AttentionStep.apply(q, keys, values, b, m, threads)
     return out.reshape(*batch_shape, out.shape[-1])
 
 

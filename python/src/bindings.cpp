@@ -411,19 +411,24 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
               std::size_t(dout.shape(0)) != a.n || std::size_t(dout.shape(1)) != a.dv || lse.ndim() != 1 ||
               std::size_t(lse.shape(0)) != a.n)
             throw InvalidArgument("attention_backward: out, lse and dout do not match the forward's shapes");
-          std::vector<T> dq(a.n * a.d), dk(a.K * a.d), dv(a.K * a.dv);
+          // Values that are the keys: one gradient buffer receives dk + dv (returned as dk; dv None).
+          const bool same = k.data() == v.data() && a.dv == a.d;
+          std::vector<T> dq(a.n * a.d), dk(a.K * a.d), dv(same ? 0 : a.K * a.dv);
           double dbeta = 0;
           {
             py::gil_scoped_release nogil;
-            attention_backward(a, out.data(), lse.data(), dout.data(), dq.data(), dk.data(), dv.data(), &dbeta);
+            attention_backward(a, out.data(), lse.data(), dout.data(), dq.data(), dk.data(), same ? dk.data() : dv.data(),
+                               &dbeta);
           }
+          py::object dv_out = same ? py::object(py::none())
+                                   : py::object(to_numpy(std::move(dv), {py::ssize_t(a.K), py::ssize_t(a.dv)}));
           return py::make_tuple(to_numpy(std::move(dq), {py::ssize_t(a.n), py::ssize_t(a.d)}),
-                                to_numpy(std::move(dk), {py::ssize_t(a.K), py::ssize_t(a.d)}),
-                                to_numpy(std::move(dv), {py::ssize_t(a.K), py::ssize_t(a.dv)}), dbeta);
+                                to_numpy(std::move(dk), {py::ssize_t(a.K), py::ssize_t(a.d)}), dv_out, dbeta);
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("beta"), py::arg("mask"), py::arg("threads"), py::arg("out"),
         py::arg("lse"), py::arg("dout"),
-        "(dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores tile by tile from lse.");
+        "(dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores tile by tile from lse; when v is k, dk holds "
+        "dk + dv and dv is None.");
   m.def((std::string("log_sum_exp_backward_") + suffix).c_str(),
         [](const CArr<T>& q, const CArr<T>& k, double beta, std::optional<U8> mask, int threads, const CArr<double>& lse,
            const CArr<double>& dlse) {
