@@ -91,6 +91,19 @@ std::size_t worker_count(const AttentionArgs<T>& a) {
   return std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(detail::resolve_threads(a.threads)), tiles));
 }
 
+// Sums the workers' query gradients into dq and their beta gradients into dbeta.
+template <class T>
+void reduce_workers(const std::vector<Mat<T>>& dQ, const std::vector<double>& db, T* dq, double* dbeta) {
+  MutMap<T> out(dq, dQ[0].rows(), dQ[0].cols());
+  out.setZero();
+  double total = 0;
+  for (std::size_t w = 0; w < dQ.size(); ++w) {
+    out += dQ[w];
+    total += db[w];
+  }
+  *dbeta = total;
+}
+
 }  // namespace
 
 template <class T>
@@ -166,14 +179,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     dQ[w].noalias() += beta * (dS * Kt);
     db[w] += double((dS.array() * S.array()).sum());
   });
-  MutMap<T> G(dq, N, D);
-  G.setZero();
-  double total = 0;
-  for (std::size_t w = 0; w < nw; ++w) {
-    G += dQ[w];
-    total += db[w];
-  }
-  *dbeta = total;
+  reduce_workers(dQ, db, dq, dbeta);
 }
 
 template <class T>
@@ -202,14 +208,7 @@ void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const do
     dQ[w].noalias() += beta * (GP * Kt);
     db[w] += double((GP.array() * S.array()).sum());
   });
-  MutMap<T> out(dq, N, D);
-  out.setZero();
-  double total = 0;
-  for (std::size_t w = 0; w < nw; ++w) {
-    out += dQ[w];
-    total += db[w];
-  }
-  *dbeta = total;
+  reduce_workers(dQ, db, dq, dbeta);
 }
 
 template void log_sum_exp_backward<float>(const AttentionArgs<float>&, const double*, const double*, float*, float*,

@@ -19,6 +19,18 @@ namespace {
 
 std::vector<double> flat(const Matrix& m) { return std::vector<double>(m.data(), m.data() + m.size()); }
 
+// Central difference of loss() in the variable x (changed and restored in place).
+template <class Loss>
+double central(Loss&& loss, double& x, double h = 1e-6) {
+  const double x0 = x;
+  x = x0 + h;
+  const double up = loss();
+  x = x0 - h;
+  const double down = loss();
+  x = x0;
+  return (up - down) / (2 * h);
+}
+
 TEST(Attention, ForwardIsTheModelBUpdateAndTheEngine) {
   std::mt19937_64 rng(1);
   const Matrix X = randn(700, 12, rng, 0.3), V = randn(700, 5, rng), Q = randn(9, 12, rng);
@@ -73,20 +85,10 @@ TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
   double dbeta = 0;
   attention_forward(a, out.data(), lse.data());
   attention_backward(a, out.data(), lse.data(), w.data(), dq.data(), dk.data(), dvv.data(), &dbeta);
-  const double h = 1e-6;
-  auto central = [&](double& x) {
-    const double x0 = x;
-    x = x0 + h;
-    const double up = loss();
-    x = x0 - h;
-    const double down = loss();
-    x = x0;
-    return (up - down) / (2 * h);
-  };
-  for (std::size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(dq[i], central(q[i]), 1e-7) << "dq " << i;
-  for (std::size_t i : {0u, 1u, 7u, 100u, 2100u}) EXPECT_NEAR(dk[i], central(k[i]), 1e-7) << "dk " << i;
-  for (std::size_t i : {0u, 3u, 50u, 1589u}) EXPECT_NEAR(dvv[i], central(v[i]), 1e-7) << "dv " << i;
-  EXPECT_NEAR(dbeta, central(beta), 1e-7);
+  for (std::size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(dq[i], central(loss, q[i]), 1e-7) << "dq " << i;
+  for (std::size_t i : {0u, 1u, 7u, 100u, 2100u}) EXPECT_NEAR(dk[i], central(loss, k[i]), 1e-7) << "dk " << i;
+  for (std::size_t i : {0u, 3u, 50u, 1589u}) EXPECT_NEAR(dvv[i], central(loss, v[i]), 1e-7) << "dv " << i;
+  EXPECT_NEAR(dbeta, central(loss, beta), 1e-7);
   for (std::size_t j = 0; j < dv; ++j) EXPECT_EQ(dvv[5 * dv + j], 0.0);  // an absent memory gets no gradient
   for (std::size_t j = 0; j < d; ++j) EXPECT_EQ(dk[5 * d + j], 0.0);
 }
@@ -115,20 +117,10 @@ TEST(Attention, LogSumExpBackwardIsItsDerivative) {
   double dbeta = 0;
   attention_forward(args(), out.data(), lse.data());
   log_sum_exp_backward(args(), lse.data(), g.data(), dq.data(), dk.data(), &dbeta);
-  const double h = 1e-6;
-  auto central = [&](double& x) {
-    const double x0 = x;
-    x = x0 + h;
-    const double up = loss();
-    x = x0 - h;
-    const double down = loss();
-    x = x0;
-    return (up - down) / (2 * h);
-  };
-  for (std::size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(dq[i], central(q[i]), 1e-7) << "dq " << i;
-  for (std::size_t i : {0u, 5u, 299u, 600u, 899u}) EXPECT_NEAR(dk[i], central(k[i]), 1e-7) << "dk " << i;
+  for (std::size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(dq[i], central(loss, q[i]), 1e-7) << "dq " << i;
+  for (std::size_t i : {0u, 5u, 299u, 600u, 899u}) EXPECT_NEAR(dk[i], central(loss, k[i]), 1e-7) << "dk " << i;
   for (std::size_t j = 0; j < d; ++j) EXPECT_EQ(dk[4 * d + j], 0.0);  // masked: no gradient
-  EXPECT_NEAR(dbeta, central(beta), 1e-7);
+  EXPECT_NEAR(dbeta, central(loss, beta), 1e-7);
 }
 
 // Values that are the keys: one buffer receives dk + dv, equal to the two written separately.
