@@ -6,7 +6,7 @@ is model B's retrieval (eq. 16) with attention's keys and values: steps - 1 upda
 keys, q <- softmax(beta q K^T) K, then out = softmax(beta q K^T) V (values=None: V = K), as
 hopfield-layers iterates its state pattern before the association with the values. Gradients flow to
 queries, keys, values and beta (a float, or a tensor that requires grad); for steps > 1 they are
-backpropagated through every step.
+backpropagated through every step, or (implicit=True) obtained from the adjoint of the fixed point.
 
 Forward and backward run in C++ (assocmem/attention.hpp) tile by tile over the memories, recomputing the
 scores in the backward pass from the saved log-sum-exp (the FlashAttention scheme), so the
@@ -22,7 +22,7 @@ is model B's energy, eq. (13): E = |v|^2 / 2 - (1/beta) log sum_mu exp(beta xi_m
 the states, the memories and beta, with the log-sum-exp and its gradient fused the same way.
 
 Not here yet (issue 12): the Hopfield / HopfieldPooling / HopfieldLayer modules, bfloat16 storage,
-implicit differentiation at the fixed point, model C and its energy (eq. 21) as functions.
+model C and its energy (eq. 21) as functions.
 """
 from __future__ import annotations
 
@@ -125,18 +125,63 @@ def _prepare(queries, keys, values, beta, mask):
     return batch_shape, queries.reshape(-1, queries.shape[-1]), b.to(dtype), m
 
 
-def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=1, threads=0):
+def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=1, implicit=False,
+                      fixed_point_tol=1e-6, threads=0):
     """Model B's retrieval with keys and values, differentiable (see the module docstring).
 
     queries (..., d), keys (K, d), values (K, dv) or None; returns (..., dv). beta: a positive float or a
-    0-d tensor (its gradient is computed when it requires grad). steps >= 1. threads: 0 = all."""
+    0-d tensor (its gradient is computed when it requires grad). steps >= 1. threads: 0 = all.
+
+    implicit=False backpropagates through every one of the steps - 1 updates (memory grows with steps).
+    implicit=True treats the iterated state as the fixed point v* = f(v*) of eq. (16) on the keys: the
+    updates run without a graph until max |v_new - v| <= fixed_point_tol (at most steps - 1 of them; a
+    RuntimeWarning if not reached), and the backward pass solves the adjoint equation
+    y = g + J^T y (J = df/dv at v*) by fixed-point iteration with the fused vector-Jacobian products, so
+    memory does not grow with steps. The gradient then reaches the keys, the values and beta, not the
+    queries: a fixed point does not depend on where the iteration started (implicit function theorem)."""
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a whole number >= 1, got {steps}")
     batch_shape, q, b, m = _prepare(queries, keys, values, beta, mask)
-    for _ in range(int(steps) - 1):
-        q = _AttentionStep.apply(q, keys, None, b, m, threads)  # eq. (16) on the keys
+    if not implicit:
+        for _ in range(int(steps) - 1):
+            q = _AttentionStep.apply(q, keys, None, b, m, threads)  # eq. (16) on the keys
+    elif steps > 1:
+        q = _implicit_fixed_point(q, keys, b, m, threads, int(steps) - 1, float(fixed_point_tol))
     out = _AttentionStep.apply(q, keys, values, b, m, threads)
     return out.reshape(*batch_shape, out.shape[-1])
+
+
+def _implicit_fixed_point(q, keys, b, m, threads, max_updates, tol):
+    """v* of eq. (16) on the keys, attached to the graph through one update whose incoming gradient g is
+    replaced by the solution y of y = g + J^T y (deep-equilibrium style)."""
+    import warnings
+    with _torch.no_grad():
+        z = q.detach()
+        for _ in range(max_updates):
+            z_new = _AttentionStep.apply(z, keys.detach(), None, b.detach(), m, threads)
+            change = (z_new - z).abs().max().item()
+            z = z_new
+            if change <= tol:
+                break
+        else:
+            warnings.warn(f"hopfield_retrieve(implicit=True): no fixed point within {max_updates} updates (last change "
+                          f"{change:.3g} > fixed_point_tol {tol:g}); the implicit gradient assumes one", RuntimeWarning)
+    z0 = z.detach().requires_grad_(True)
+    f0 = _AttentionStep.apply(z0, keys.detach(), None, b.detach(), m, threads)  # for J^T y products at v*
+    state = _AttentionStep.apply(z.detach(), keys, None, b, m, threads)     # = v*, with the graph to keys, beta
+    if state.requires_grad:
+        def adjoint(g):
+            y = g
+            for _ in range(1000):
+                y_new = g + _torch.autograd.grad(f0, z0, y, retain_graph=True)[0]
+                if (y_new - y).abs().max().item() <= 1e-12 + 1e-9 * y_new.abs().max().item():
+                    return y_new
+                y = y_new
+            warnings.warn("hopfield_retrieve(implicit=True): the adjoint iteration did not converge in 1000 steps",
+                          RuntimeWarning)
+            return y
+        state.register_hook(adjoint)
+    return state
 
 
 def hopfield_energy(states, keys, *, beta=1.0, mask=None, threads=0):

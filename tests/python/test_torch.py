@@ -200,3 +200,26 @@ def test_energy_gradcheck_in_float64():
     mask = torch.zeros(19, dtype=torch.bool)
     mask[3] = True
     assert torch.autograd.gradcheck(lambda v, k, b: at.hopfield_energy(v, k, beta=b, mask=mask), args)
+
+
+def test_implicit_gradients_equal_unrolled_ones_at_a_fixed_point():
+    """implicit=True (adjoint of the fixed point) gives the gradients of backpropagating through the
+    converged updates, for keys, values and beta; the queries get none (the fixed point does not depend
+    on the start)."""
+    g = torch.Generator().manual_seed(5)
+    k0 = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    v0 = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    q = (k0[:4] + 0.2 * torch.randn(4, 6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    res = []
+    for implicit in (False, True):
+        k, v = k0.clone().requires_grad_(True), v0.clone().requires_grad_(True)
+        b = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+        out = at.hopfield_retrieve(q, k, v, beta=b, steps=80, implicit=implicit, fixed_point_tol=1e-13)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)).sum().backward()
+        res.append((out.detach(), k.grad, v.grad, b.grad))
+    for name, a, r in zip(("out", "dk", "dv", "dbeta"), *res):
+        assert torch.allclose(a, r, atol=1e-9), f"{name}: {(a - r).abs().max().item():.3g}"
+    assert q.grad is not None and q.grad.abs().max() < 1e-8  # unrolled: the start barely matters
+    with pytest.warns(RuntimeWarning, match="no fixed point"):
+        at.hopfield_retrieve(q.detach(), k0.requires_grad_(True), v0, beta=0.5, steps=2, implicit=True,
+                             fixed_point_tol=1e-15)
