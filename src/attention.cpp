@@ -211,6 +211,75 @@ void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const do
   reduce_workers(dQ, db, dq, dbeta);
 }
 
+namespace {
+// x -> h(x) elementwise over a tile, with masked entries 0.
+template <class T, class H>
+Mat<T> elementwise(const AttentionArgs<T>& a, std::size_t t0, const Mat<T>& S, H&& h) {
+  Mat<T> out(S.rows(), S.cols());
+  for (Eigen::Index b = 0; b < S.rows(); ++b)
+    for (Eigen::Index i = 0; i < S.cols(); ++i) out(b, i) = static_cast<T>(h(double(S(b, i))));
+  zero_masked(a, t0, out);
+  return out;
+}
+}  // namespace
+
+template <class T>
+void spherical_forward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, T* drive, double* energy) {
+  check(a);
+  const std::size_t n = a.n, nw = worker_count(a);
+  const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d);
+  std::vector<Mat<T>> acc(nw, Mat<T>::Zero(N, D));
+  std::vector<std::vector<double>> e(nw, std::vector<double>(n, 0.0));
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+    const ConstMap<T> Kt(a.k + t0 * a.d, static_cast<Eigen::Index>(nt), D);
+    const Mat<T> A = elementwise(a, t0, S, [&](double x) { return F.dG(x); });  // f = F' (eq. 22)
+    const Mat<T> G = elementwise(a, t0, S, [&](double x) { return F.G(x); });
+    acc[w].noalias() += A * Kt;
+    for (Eigen::Index b = 0; b < N; ++b) e[w][std::size_t(b)] -= double(G.row(b).sum());  // eq. (21)
+  });
+  MutMap<T> out(drive, N, D);
+  out.setZero();
+  for (std::size_t w = 0; w < nw; ++w) out += acc[w];
+  for (std::size_t b = 0; b < n; ++b) {
+    energy[b] = 0;
+    for (std::size_t w = 0; w < nw; ++w) energy[b] += e[w][b];
+    ASSOCMEM_CHECK_ARG(std::isfinite(energy[b]), "model C: F overflowed at query ", b, "; lower beta or the norms");
+  }
+}
+
+template <class T>
+void spherical_backward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, const T* ddrive, const double* denergy,
+                        T* dg, T* dk) {
+  check(a);
+  const std::size_t n = a.n, nw = worker_count(a);
+  const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d);
+  const ConstMap<T> Gq(a.q, N, D);
+  Mat<T> dD = Mat<T>::Zero(N, D);
+  if (ddrive) dD = ConstMap<T>(ddrive, N, D);
+  Eigen::Matrix<T, Eigen::Dynamic, 1> dE = Eigen::Matrix<T, Eigen::Dynamic, 1>::Zero(N);
+  if (denergy)
+    for (Eigen::Index b = 0; b < N; ++b) dE[b] = static_cast<T>(denergy[b]);
+  std::vector<Mat<T>> dG(nw, Mat<T>::Zero(N, D));
+  std::vector<double> unused(nw, 0.0);
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+    const auto NT = static_cast<Eigen::Index>(nt);
+    const ConstMap<T> Kt(a.k + t0 * a.d, NT, D);
+    const Mat<T> A = elementwise(a, t0, S, [&](double x) { return F.dG(x); });
+    const Mat<T> A2 = elementwise(a, t0, S, [&](double x) { return F.d2G(x); });
+    const Mat<T> dS = (A2.array() * (dD * Kt.transpose()).array()).matrix() - dE.asDiagonal() * A;
+    MutMap<T>(dk + t0 * a.d, NT, D).noalias() = A.transpose() * dD + dS.transpose() * Gq;
+    dG[w].noalias() += dS * Kt;
+  });
+  double ignored = 0;
+  reduce_workers(dG, unused, dg, &ignored);
+}
+
+template void spherical_forward<float>(const AttentionArgs<float>&, const AdditiveLagrangian&, float*, double*);
+template void spherical_forward<double>(const AttentionArgs<double>&, const AdditiveLagrangian&, double*, double*);
+template void spherical_backward<float>(const AttentionArgs<float>&, const AdditiveLagrangian&, const float*,
+                                        const double*, float*, float*);
+template void spherical_backward<double>(const AttentionArgs<double>&, const AdditiveLagrangian&, const double*,
+                                         const double*, double*, double*);
 template void log_sum_exp_backward<float>(const AttentionArgs<float>&, const double*, const double*, float*, float*,
                                           double*);
 template void log_sum_exp_backward<double>(const AttentionArgs<double>&, const double*, const double*, double*,

@@ -143,6 +143,44 @@ TEST(Attention, SharedKeyValueGradientIsTheSum) {
                    InvalidArgument, "share a buffer");
 }
 
+// Model C's drive and energy (eqs. 22, 21) at unit directions, and their gradients, against central
+// differences, with a mask; the energy equals the plain ModelC's.
+TEST(Attention, SphericalBackwardIsItsDerivative) {
+  std::mt19937_64 rng(5);
+  const std::size_t n = 2, K = 290, d = 3;
+  Matrix G0 = randn(n, d, rng);
+  G0.rowwise().normalize();
+  auto g = flat(G0), k = flat(randn(K, d, rng));
+  const auto wd = flat(randn(n, d, rng));
+  const std::vector<double> we = {0.4, -0.9};
+  std::vector<std::uint8_t> mask(n * K, 0);
+  mask[7] = mask[K + 100] = 1;
+  const AdditivePtr F = make_interaction({Interaction::Exp, 2, 1.3});
+  auto args = [&]() {
+    AttentionArgs<double> a;
+    a.q = g.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = k.data(), a.dv = d, a.beta = 1.0;
+    a.mask = {mask.data(), n};
+    return a;
+  };
+  auto loss = [&]() {
+    std::vector<double> drive(n * d), e(n);
+    spherical_forward(args(), *F, drive.data(), e.data());
+    double s = we[0] * e[0] + we[1] * e[1];
+    for (std::size_t i = 0; i < drive.size(); ++i) s += wd[i] * drive[i];
+    return s;
+  };
+  std::vector<double> dg(n * d), dk(K * d);
+  spherical_backward(args(), *F, wd.data(), we.data(), dg.data(), dk.data());
+  for (std::size_t i = 0; i < g.size(); ++i) EXPECT_NEAR(dg[i], central(loss, g[i]), 1e-6 * (1 + std::fabs(dg[i]))) << i;
+  for (std::size_t i : {0u, 4u, 300u, 869u}) EXPECT_NEAR(dk[i], central(loss, k[i]), 1e-6 * (1 + std::fabs(dk[i]))) << i;
+  // Without a mask, the energy is the plain model's eq. (21).
+  mask.assign(n * K, 0);
+  std::vector<double> drive(n * d), e(n);
+  spherical_forward(args(), *F, drive.data(), e.data());
+  const ModelC plain(Eigen::Map<const Matrix>(k.data(), K, d), {Interaction::Exp, 2, 1.3});
+  for (std::size_t b = 0; b < n; ++b) EXPECT_NEAR(e[b], plain.energy(G0.row(Eigen::Index(b)).transpose()), 1e-9);
+}
+
 TEST(Attention, BadInputIsRefused) {
   std::vector<double> q(4, 1.0), k(8, 0.5), out(4), lse(2);
   AttentionArgs<double> a;

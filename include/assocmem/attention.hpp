@@ -12,6 +12,7 @@
 
 #include <cstddef>
 
+#include "assocmem/lagrangian.hpp"
 #include "assocmem/retrieve.hpp"
 
 namespace assocmem {
@@ -47,5 +48,18 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
 /// is E = |q|^2 / 2 - lse / beta (assocmem.torch.hopfield_energy). a.v is not used.
 template <class T>
 void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const double* dlse, T* dq, T* dk, double* dbeta);
+
+/// Model C at unit directions g (a.q: n x d rows g_b = v_b/|v_b|, eq. 18; the caller normalises), over
+/// the memories a.k with interaction F (a.v, a.dv and a.beta are not used): drive (n x d) =
+/// F'(g K^T) K, the xi^T f term of eq. (22), and energy (n) = -sum_mu F(g_b . k_mu), eq. (21).
+template <class T>
+void spherical_forward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, T* drive, double* energy);
+
+/// Gradients of sum(ddrive o drive) + sum(denergy o energy) with respect to g (n x d) and the memories
+/// (K x d); ddrive or denergy may be null (no such term). With S = g K^T, A = F'(S):
+/// dS = F''(S) o (ddrive K^T) - denergy o A, dg = dS K, dk = A^T ddrive + dS^T g.
+template <class T>
+void spherical_backward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, const T* ddrive, const double* denergy,
+                        T* dg, T* dk);
 
 }  // namespace assocmem

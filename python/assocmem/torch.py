@@ -21,8 +21,14 @@ hopfield-layers' stored_pattern_padding_mask use the same sense).
 is model B's energy, eq. (13): E = |v|^2 / 2 - (1/beta) log sum_mu exp(beta xi_mu . v), differentiable in
 the states, the memories and beta, with the log-sum-exp and its gradient fused the same way.
 
-Not here yet (issue 12): the Hopfield / HopfieldPooling / HopfieldLayer modules, bfloat16 storage,
-model C and its energy (eq. 21) as functions.
+    v = spherical_retrieve(queries, memories, F="rectified", n=3, steps=10, step=0.1, alpha=1.0)
+    energy = spherical_energy(states, memories, F="rectified", n=3)
+
+are model C: Euler steps of eq. (22), v <- v + step (xi^T f(xi v/|v|) - alpha v), and its energy, eq.
+(21), E = -sum_mu F(xi_mu . v/|v|), differentiable in the states and the memories; the sums over the
+memories (F'(S) K, F(S) and their gradients, with F'') are fused the same way.
+
+Not here yet (issue 12): the Hopfield / HopfieldPooling / HopfieldLayer modules, bfloat16 storage.
 """
 from __future__ import annotations
 
@@ -31,10 +37,12 @@ import torch as _torch
 
 from . import _core
 
-__all__ = ["hopfield_retrieve", "hopfield_energy"]
+__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy"]
 
 _FORWARD = {_torch.float32: _core.attention_forward_f32, _torch.float64: _core.attention_forward_f64}
 _BACKWARD = {_torch.float32: _core.attention_backward_f32, _torch.float64: _core.attention_backward_f64}
+_SPH_FORWARD = {_torch.float32: _core.spherical_forward_f32, _torch.float64: _core.spherical_forward_f64}
+_SPH_BACKWARD = {_torch.float32: _core.spherical_backward_f32, _torch.float64: _core.spherical_backward_f64}
 _LSE_BACKWARD = {_torch.float32: _core.log_sum_exp_backward_f32, _torch.float64: _core.log_sum_exp_backward_f64}
 
 
@@ -84,6 +92,24 @@ class _LogSumExp(_torch.autograd.Function):
         dq, dk, dbeta = _LSE_BACKWARD[q.dtype](_np_view(q), _np_view(k), float(beta), ctx.mask, ctx.threads,
                                                lse.numpy(), _np_view(dlse.to(_torch.float64)))
         return _torch.from_numpy(dq), _torch.from_numpy(dk), _torch.tensor(dbeta, dtype=beta.dtype), None, None
+
+
+class _Spherical(_torch.autograd.Function):
+    """(F'(g k^T) k, -sum F(g k^T)) for unit directions g (n, d) and memories k (K, d): eqs. (22), (21)."""
+
+    @staticmethod
+    def forward(ctx, g, k, F, n, fbeta, mask, threads):
+        drive, energy = _SPH_FORWARD[g.dtype](_np_view(g), _np_view(k), F, n, fbeta, mask, threads)
+        ctx.save_for_backward(g, k)
+        ctx.args = (F, n, fbeta, mask, threads)
+        return _torch.from_numpy(drive), _torch.from_numpy(energy)
+
+    @staticmethod
+    def backward(ctx, ddrive, denergy):
+        g, k = ctx.saved_tensors
+        dg, dk = _SPH_BACKWARD[g.dtype](_np_view(g), _np_view(k), *ctx.args, _np_view(ddrive),
+                                        _np_view(denergy.to(_torch.float64)))
+        return _torch.from_numpy(dg), _torch.from_numpy(dk), None, None, None, None, None
 
 
 def _check(name, t, dtype=None):
@@ -191,3 +217,44 @@ def hopfield_energy(states, keys, *, beta=1.0, mask=None, threads=0):
     batch_shape, v, b, m = _prepare(states, keys, None, beta, mask)
     lse = _LogSumExp.apply(v, keys, b, m, threads).to(v.dtype)
     return (0.5 * (v * v).sum(-1) - lse / b).reshape(batch_shape)
+
+
+_DEF_C = _core.retrieve_defaults("C")
+
+
+def _interaction(F, n):
+    return F or _DEF_C["F"], float(_DEF_C["n"] if n is None else n)
+
+
+def spherical_retrieve(queries, memories, *, F=None, n=None, beta=1.0, alpha=1.0, step=None, steps=None, mask=None,
+                       threads=0):
+    """Model C, differentiable: `steps` Euler steps of eq. (22) from queries (..., d) (non-zero) over
+    memories (K, d): v <- v + step (xi^T f(xi v/|v|) - alpha v), f = F' with F "power", "rectified" or
+    "exp" (power n, gain beta). Defaults as ModelC's (the library's table). Returns (..., d)."""
+    F, n = _interaction(F, n)
+    step = _DEF_C["step"] if step is None else float(step)
+    steps = _DEF_C["max_steps"] if steps is None else steps
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps}")
+    if not step > 0:
+        raise ValueError(f"step must be > 0, got {step}")
+    batch_shape, v, _, m = _prepare(queries, memories, None, 1.0, mask)
+    for _ in range(int(steps)):
+        norm = v.norm(dim=-1, keepdim=True)
+        if (norm == 0).any():
+            raise ValueError("spherical_retrieve: a state is zero; model C's output v/|v| is undefined at 0")
+        drive, _ = _Spherical.apply(v / norm, memories, F, n, float(beta), m, threads)  # eq. (18), (22)
+        v = v + step * (drive - alpha * v)
+    return v.reshape(*batch_shape, v.shape[-1])
+
+
+def spherical_energy(states, memories, *, F=None, n=None, beta=1.0, mask=None, threads=0):
+    """Model C's energy, eq. (21): E = -sum_mu F(xi_mu . v/|v|) for states (..., d), differentiable in the
+    states and the memories. Returns (...)."""
+    F, n = _interaction(F, n)
+    batch_shape, v, _, m = _prepare(states, memories, None, 1.0, mask)
+    norm = v.norm(dim=-1, keepdim=True)
+    if (norm == 0).any():
+        raise ValueError("spherical_energy: a state is zero; model C's energy is undefined at 0")
+    _, energy = _Spherical.apply(v / norm, memories, F, n, float(beta), m, threads)
+    return energy.to(v.dtype).reshape(batch_shape)

@@ -448,7 +448,49 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
         "(dq, dk, dbeta) of sum(dlse o lse), lse = log sum exp(beta q k^T) per query.");
 }
 
+template <class T>
+void bind_spherical_dtype(py::module_& m, const char* suffix) {
+  m.def((std::string("spherical_forward_") + suffix).c_str(),
+        [](const CArr<T>& g, const CArr<T>& k, const std::string& F, double n, double beta, std::optional<U8> mask,
+           int threads) {
+          AttentionArgs<T> a = attention_args(g, k, k, 1.0, mask, threads);
+          const AdditivePtr f = make_interaction(interaction(F, n, beta));
+          std::vector<T> drive(a.n * a.d);
+          std::vector<double> energy(a.n);
+          {
+            py::gil_scoped_release nogil;
+            spherical_forward(a, *f, drive.data(), energy.data());
+          }
+          return py::make_tuple(to_numpy(std::move(drive), {py::ssize_t(a.n), py::ssize_t(a.d)}),
+                                to_numpy(std::move(energy), {py::ssize_t(a.n)}));
+        },
+        py::arg("g"), py::arg("k"), py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("mask"), py::arg("threads"),
+        "Model C at unit directions g: (F'(g k^T) k, -sum F(g k^T)) (eqs. 22, 21), fused over tiles.");
+  m.def((std::string("spherical_backward_") + suffix).c_str(),
+        [](const CArr<T>& g, const CArr<T>& k, const std::string& F, double n, double beta, std::optional<U8> mask,
+           int threads, std::optional<CArr<T>> ddrive, std::optional<CArr<double>> denergy) {
+          AttentionArgs<T> a = attention_args(g, k, k, 1.0, mask, threads);
+          if (ddrive && (ddrive->ndim() != 2 || std::size_t(ddrive->shape(0)) != a.n || std::size_t(ddrive->shape(1)) != a.d))
+            throw InvalidArgument("spherical_backward: ddrive must have the shape of g");
+          if (denergy && (denergy->ndim() != 1 || std::size_t(denergy->shape(0)) != a.n))
+            throw InvalidArgument("spherical_backward: denergy must have one entry per query");
+          const AdditivePtr f = make_interaction(interaction(F, n, beta));
+          std::vector<T> dg(a.n * a.d), dk(a.K * a.d);
+          {
+            py::gil_scoped_release nogil;
+            spherical_backward(a, *f, ddrive ? ddrive->data() : nullptr, denergy ? denergy->data() : nullptr, dg.data(),
+                               dk.data());
+          }
+          return py::make_tuple(to_numpy(std::move(dg), {py::ssize_t(a.n), py::ssize_t(a.d)}),
+                                to_numpy(std::move(dk), {py::ssize_t(a.K), py::ssize_t(a.d)}));
+        },
+        py::arg("g"), py::arg("k"), py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("mask"), py::arg("threads"),
+        py::arg("ddrive"), py::arg("denergy"), "(dg, dk) of sum(ddrive o drive) + sum(denergy o energy).");
+}
+
 void bind_attention(py::module_& m) {
+  bind_spherical_dtype<float>(m, "f32");
+  bind_spherical_dtype<double>(m, "f64");
   bind_attention_dtype<float>(m, "f32");
   bind_attention_dtype<double>(m, "f64");
 }

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch  # python3-torch (scripts/setup)
 
+import assocmem as am
 import assocmem.torch as at
 
 
@@ -223,3 +225,79 @@ def test_implicit_gradients_equal_unrolled_ones_at_a_fixed_point():
     with pytest.warns(RuntimeWarning, match="no fixed point"):
         at.hopfield_retrieve(q.detach(), k0.requires_grad_(True), v0, beta=0.5, steps=2, implicit=True,
                              fixed_point_tol=1e-15)
+
+
+def interaction(F, n, beta):
+    """F and F' from torch ops (models A and C's interaction functions)."""
+    if F == "power":
+        return lambda x: x ** n
+    if F == "rectified":
+        return lambda x: torch.relu(x) ** n
+    return lambda x: torch.exp(beta * x) / beta
+
+
+def spherical_reference(v, X, F, n, beta, alpha, step, steps, mask):
+    """Euler steps of eq. (22) from torch ops; f = F' by torch's autograd of F (an independent derivative,
+    kept differentiable with create_graph). v must require grad."""
+    G = interaction(F, n, beta)
+    for _ in range(steps):
+        s = (v / v.norm(dim=-1, keepdim=True)) @ X.T
+        (f,) = torch.autograd.grad(G(s).sum(), s, create_graph=True)
+        if mask is not None:
+            f = f.masked_fill(torch.as_tensor(mask), 0.0)
+        v = v + step * (f @ X - alpha * v)
+    return v
+
+
+def spherical_energy_reference(v, X, F, n, beta, mask):
+    e = interaction(F, n, beta)((v / v.norm(dim=-1, keepdim=True)) @ X.T)
+    if mask is not None:
+        e = e.masked_fill(torch.as_tensor(mask), 0.0)
+    return -e.sum(-1)
+
+
+@pytest.mark.parametrize("F,n,beta", [("rectified", 3, 1.0), ("power", 2, 1.0), ("exp", 2, 1.5)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_model_c_functions_equal_torch_and_the_engine(F, n, beta, masked):
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(60, 8, generator=g, dtype=torch.float64)
+    v0 = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    mask = (torch.rand(5, 60, generator=g) < 0.3) if masked else None
+    # Energy (eq. 21) and its gradients against torch's autograd of the formula.
+    res = []
+    for fn in (lambda v, x: at.spherical_energy(v, x, F=F, n=n, beta=beta, mask=mask),
+               lambda v, x: spherical_energy_reference(v, x, F, n, beta, mask)):
+        v, x = v0.clone().requires_grad_(True), X.clone().requires_grad_(True)
+        e = fn(v, x)
+        (e * torch.linspace(1, 2, 5, dtype=torch.float64)).sum().backward()
+        res.append((e.detach(), v.grad, x.grad))
+    for name, a, r in zip(("E", "dv", "dX"), *res):
+        assert torch.allclose(a, r, rtol=1e-10, atol=1e-10), f"{name}: {(a - r).abs().max().item():.3g}"
+    # Euler steps of eq. (22) and their gradients (through the steps).
+    res = []
+    for fn in (lambda v, x: at.spherical_retrieve(v, x, F=F, n=n, beta=beta, alpha=0.5, step=0.02, steps=3, mask=mask),
+               lambda v, x: spherical_reference(v, x, F, n, beta, 0.5, 0.02, 3, mask)):
+        v, x = v0.clone().requires_grad_(True), X.clone().requires_grad_(True)
+        out = fn(v, x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)).sum().backward()
+        res.append((out.detach(), v.grad, x.grad))
+    for name, a, r in zip(("v", "dv", "dX"), *res):
+        assert torch.allclose(a, r, rtol=1e-9, atol=1e-9), f"{name}: {(a - r).abs().max().item():.3g}"
+    # The same numbers as the library's model C engine (float32, no gradients).
+    if not masked:
+        C = am.ModelC(X.numpy(), F=F, n=n, beta=beta, alpha=0.5)
+        np.testing.assert_allclose(at.spherical_energy(v0, X, F=F, n=n, beta=beta).numpy(), C.energy(v0.numpy()),
+                                   rtol=1e-5)
+        ours = at.spherical_retrieve(v0, X, F=F, n=n, beta=beta, alpha=0.5, step=0.02, steps=3).numpy()
+        np.testing.assert_allclose(ours, C.retrieve(v0.numpy(), steps=3, step=0.02), rtol=1e-4, atol=1e-4)
+
+
+def test_model_c_gradcheck_in_float64():
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(23, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+    v = torch.randn(3, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v, x: at.spherical_retrieve(v, x, F="exp", n=2, beta=1.2, steps=2,
+                                                                       step=0.05), (v, X))
+    assert torch.autograd.gradcheck(lambda v, x: at.spherical_energy(v, x, F="rectified", n=3), (v, X))
+    with pytest.raises(ValueError, match="zero"):
+        at.spherical_energy(torch.zeros(2, 4, dtype=torch.float64), X.detach())
