@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "assocmem/io.hpp"
+#include "assocmem/store.hpp"
 #include "parallel.hpp"
 
 namespace assocmem {
@@ -29,17 +30,41 @@ void check_finite_array(const T* x, std::size_t count, const char* what) {
     ASSOCMEM_CHECK_ARG(std::isfinite(x[i]), what, " contains NaN or Inf (element ", i, ")");
 }
 
+// Rows [t0, t0 + nt) of keys or values (cols wide) as T: a view of the caller's float memory, or the
+// bfloat16 rows widened into buf.
+template <class T>
+ConstMap<T> rows_of(const T* f, const std::uint16_t* b, std::size_t t0, std::size_t nt, std::size_t cols, Mat<T>& buf) {
+  const auto NT = static_cast<Eigen::Index>(nt), C = static_cast<Eigen::Index>(cols);
+  if (!b) return ConstMap<T>(f + t0 * cols, NT, C);
+  buf.resize(NT, C);
+  for (std::size_t i = 0; i < nt * cols; ++i) buf.data()[i] = static_cast<T>(bf16_to_float(b[t0 * cols + i]));
+  return ConstMap<T>(buf.data(), NT, C);
+}
+
+template <class T>
+void check_finite_bf16(const std::uint16_t* x, std::size_t count, const char* what) {
+  for (std::size_t i = 0; i < count; ++i)
+    ASSOCMEM_CHECK_ARG((x[i] & 0x7F80u) != 0x7F80u, what, " contains NaN or Inf (element ", i, ")");
+}
+
 template <class T>
 void check(const AttentionArgs<T>& a) {
-  ASSOCMEM_CHECK_ARG(a.q != nullptr && a.k != nullptr && a.v != nullptr, "attention: a null input");
+  const bool bf16 = a.k_bf16 != nullptr;
+  ASSOCMEM_CHECK_ARG(a.q != nullptr && (bf16 ? a.v_bf16 != nullptr && !a.k && !a.v : a.k != nullptr && a.v != nullptr),
+                     "attention: a null input (or float and bfloat16 memories mixed)");
   ASSOCMEM_CHECK_ARG(a.n > 0 && a.d > 0 && a.K > 0 && a.dv > 0, "attention: empty input (queries ", a.n, ", dim ", a.d,
                      ", memories ", a.K, ", value dim ", a.dv, ")");
   ASSOCMEM_CHECK_ARG(std::isfinite(a.beta) && a.beta > 0, "beta must be finite and > 0, got ", a.beta);
   ASSOCMEM_CHECK_ARG(a.threads >= 0 && a.threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads, "], got ",
                      a.threads);
   check_finite_array(a.q, checked_mul(a.n, a.d, "queries"), "queries");
-  check_finite_array(a.k, checked_mul(a.K, a.d, "keys"), "keys");
-  check_finite_array(a.v, checked_mul(a.K, a.dv, "values"), "values");
+  if (bf16) {
+    check_finite_bf16<T>(a.k_bf16, checked_mul(a.K, a.d, "keys"), "keys");
+    check_finite_bf16<T>(a.v_bf16, checked_mul(a.K, a.dv, "values"), "values");
+  } else {
+    check_finite_array(a.k, checked_mul(a.K, a.d, "keys"), "keys");
+    check_finite_array(a.v, checked_mul(a.K, a.dv, "values"), "values");
+  }
   if (a.mask.rows == 0) return;
   ASSOCMEM_CHECK_ARG(a.mask.data != nullptr, "mask: data is null");
   ASSOCMEM_CHECK_ARG(a.mask.rows == 1 || a.mask.rows == a.n, "mask: ", a.mask.rows, " rows for ", a.n,
@@ -69,18 +94,21 @@ void zero_masked(const AttentionArgs<T>& a, std::size_t t0, Mat<T>& P) {
   }
 }
 
-// Runs fn(worker, tile start, tile size, raw scores Q K_t^T) over every tile; one worker per chunk.
+// Runs fn(worker, tile start, tile size, raw scores Q K_t^T, K_t, V_t) over every tile (K_t, V_t: the
+// tile's keys and values as T); one worker per chunk.
 template <class T, class Fn>
 void for_each_tile(const AttentionArgs<T>& a, std::size_t workers, Fn&& fn) {
   const std::size_t tiles = (a.K + kTile - 1) / kTile;
   const ConstMap<T> Q(a.q, static_cast<Eigen::Index>(a.n), static_cast<Eigen::Index>(a.d));
   detail::parallel_chunks(tiles, static_cast<int>(workers), [&](std::size_t w, std::size_t tb, std::size_t te) {
-    Mat<T> S;
+    Mat<T> S, kbuf, vbuf;
     for (std::size_t t = tb; t < te; ++t) {
       const std::size_t t0 = t * kTile, nt = std::min(kTile, a.K - t0);
-      const ConstMap<T> Kt(a.k + t0 * a.d, static_cast<Eigen::Index>(nt), static_cast<Eigen::Index>(a.d));
+      const ConstMap<T> Kt = rows_of(a.k, a.k_bf16, t0, nt, a.d, kbuf);
+      const bool same = a.v_bf16 ? a.v_bf16 == a.k_bf16 && a.dv == a.d : a.v == a.k && a.dv == a.d;
+      const ConstMap<T> Vt = same ? Kt : rows_of(a.v, a.v_bf16, t0, nt, a.dv, vbuf);
       S.noalias() = Q * Kt.transpose();
-      fn(w, t0, nt, S);
+      fn(w, t0, nt, S, Kt, Vt);
     }
   });
 }
@@ -113,7 +141,8 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
   const T beta = static_cast<T>(a.beta);
   // Pass 1: m_b = max over the memories left of beta q_b . k_mu.
   std::vector<std::vector<double>> mx(nw, std::vector<double>(n, -std::numeric_limits<double>::infinity()));
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
+                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
     for (std::size_t b = 0; b < n; ++b) {
       const std::uint8_t* m = mask_of(a, b, t0);
       for (std::size_t i = 0; i < nt; ++i)
@@ -129,11 +158,11 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
   // Pass 2: sum_mu exp(beta s_mu - m) and sum_mu exp(beta s_mu - m) v_mu (each term <= 1: no overflow).
   std::vector<std::vector<double>> sum(nw, std::vector<double>(n, 0.0));
   std::vector<Mat<T>> acc(nw, Mat<T>::Zero(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(a.dv)));
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
+                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
     Mat<T> P = ((beta * S).array().colwise() - m.array()).exp().matrix();
     zero_masked(a, t0, P);
     for (Eigen::Index b = 0; b < P.rows(); ++b) sum[w][std::size_t(b)] += double(P.row(b).sum());
-    const ConstMap<T> Vt(a.v + t0 * a.dv, static_cast<Eigen::Index>(nt), static_cast<Eigen::Index>(a.dv));
     acc[w].noalias() += P * Vt;
   });
   MutMap<T> O(out, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(a.dv));
@@ -151,7 +180,7 @@ template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
                         double* dbeta) {
   check(a);
-  ASSOCMEM_CHECK_ARG(dv != dk || (a.v == a.k && a.dv == a.d), "attention_backward: dk and dv may share a buffer only "
+  ASSOCMEM_CHECK_ARG(dv != dk || (a.v == a.k && a.v_bf16 == a.k_bf16 && a.dv == a.d), "attention_backward: dk and dv may share a buffer only "
                      "when the values are the keys");
   const std::size_t n = a.n, nw = worker_count(a);
   const T beta = static_cast<T>(a.beta);
@@ -165,9 +194,9 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   }
   std::vector<Mat<T>> dQ(nw, Mat<T>::Zero(N, D));
   std::vector<double> db(nw, 0.0);
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
+                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
     const auto NT = static_cast<Eigen::Index>(nt);
-    const ConstMap<T> Kt(a.k + t0 * a.d, NT, D), Vt(a.v + t0 * a.dv, NT, DV);
     Mat<T> P = ((beta * S).array().colwise() - L.array()).exp().matrix();  // softmax weights, recomputed
     zero_masked(a, t0, P);
     const Mat<T> dP = dO * Vt.transpose();
@@ -198,9 +227,9 @@ void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const do
   const Mat<T> GQ = G.asDiagonal() * Q;  // dlse o q
   std::vector<Mat<T>> dQ(nw, Mat<T>::Zero(N, D));
   std::vector<double> db(nw, 0.0);
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
+                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
     const auto NT = static_cast<Eigen::Index>(nt);
-    const ConstMap<T> Kt(a.k + t0 * a.d, NT, D);
     Mat<T> P = ((beta * S).array().colwise() - L.array()).exp().matrix();  // softmax weights, recomputed
     zero_masked(a, t0, P);
     MutMap<T>(dk + t0 * a.d, NT, D).noalias() = beta * (P.transpose() * GQ);
@@ -230,8 +259,8 @@ void spherical_forward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, T
   const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d);
   std::vector<Mat<T>> acc(nw, Mat<T>::Zero(N, D));
   std::vector<std::vector<double>> e(nw, std::vector<double>(n, 0.0));
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
-    const ConstMap<T> Kt(a.k + t0 * a.d, static_cast<Eigen::Index>(nt), D);
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
+                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
     const Mat<T> A = elementwise(a, t0, S, [&](double x) { return F.dG(x); });  // f = F' (eq. 22)
     const Mat<T> G = elementwise(a, t0, S, [&](double x) { return F.G(x); });
     acc[w].noalias() += A * Kt;
@@ -261,9 +290,9 @@ void spherical_backward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, 
     for (Eigen::Index b = 0; b < N; ++b) dE[b] = static_cast<T>(denergy[b]);
   std::vector<Mat<T>> dG(nw, Mat<T>::Zero(N, D));
   std::vector<double> unused(nw, 0.0);
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S) {
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
+                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
     const auto NT = static_cast<Eigen::Index>(nt);
-    const ConstMap<T> Kt(a.k + t0 * a.d, NT, D);
     const Mat<T> A = elementwise(a, t0, S, [&](double x) { return F.dG(x); });
     const Mat<T> A2 = elementwise(a, t0, S, [&](double x) { return F.d2G(x); });
     const Mat<T> dS = (A2.array() * (dD * Kt.transpose()).array()).matrix() - dE.asDiagonal() * A;

@@ -9,6 +9,7 @@
 #include "assocmem/attention.hpp"
 #include "assocmem/engine.hpp"
 #include "assocmem/models.hpp"
+#include "assocmem/store.hpp"
 #include "test_util.hpp"
 
 using namespace assocmem;
@@ -179,6 +180,36 @@ TEST(Attention, SphericalBackwardIsItsDerivative) {
   spherical_forward(args(), *F, drive.data(), e.data());
   const ModelC plain(Eigen::Map<const Matrix>(k.data(), K, d), {Interaction::Exp, 2, 1.3});
   for (std::size_t b = 0; b < n; ++b) EXPECT_NEAR(e[b], plain.energy(G0.row(Eigen::Index(b)).transpose()), 1e-9);
+}
+
+// bfloat16 memories are widened tile by tile: the same numbers as float memories holding the rounded values.
+TEST(Attention, BFloat16MemoriesEqualTheirFloatValues) {
+  std::mt19937_64 rng(6);
+  const std::size_t n = 4, K = 600, d = 8, dv = 3;
+  const auto q = to_f32(randn(n, d, rng));
+  auto k = to_f32(randn(K, d, rng, 0.5)), v = to_f32(randn(K, dv, rng));
+  std::vector<std::uint16_t> kb(k.size()), vb(v.size());
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = bf16_to_float(kb[i] = float_to_bf16(k[i]));
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = bf16_to_float(vb[i] = float_to_bf16(v[i]));
+  AttentionArgs<float> f, b;
+  f.q = b.q = q.data(), f.n = b.n = n, f.d = b.d = d, f.K = b.K = K, f.dv = b.dv = dv, f.beta = b.beta = 2.0;
+  f.k = k.data(), f.v = v.data();
+  b.k_bf16 = kb.data(), b.v_bf16 = vb.data();
+  std::vector<float> of(n * dv), ob(n * dv), w(n * dv, 1.0f), dqf(n * d), dqb(n * d), dkf(K * d), dkb(K * d), dvf(K * dv),
+      dvb(K * dv);
+  std::vector<double> lf(n), lb(n);
+  double bf = 0, bb = 0;
+  attention_forward(f, of.data(), lf.data());
+  attention_forward(b, ob.data(), lb.data());
+  attention_backward(f, of.data(), lf.data(), w.data(), dqf.data(), dkf.data(), dvf.data(), &bf);
+  attention_backward(b, ob.data(), lb.data(), w.data(), dqb.data(), dkb.data(), dvb.data(), &bb);
+  EXPECT_EQ(of, ob);
+  EXPECT_EQ(dqf, dqb);
+  EXPECT_EQ(dkf, dkb);
+  EXPECT_EQ(dvf, dvb);
+  EXPECT_EQ(bf, bb);
+  kb[5] = 0x7FC0;  // a NaN among the bfloat16 keys
+  EXPECT_THROW_MSG(attention_forward(b, ob.data(), lb.data()), InvalidArgument, "keys contains NaN");
 }
 
 TEST(Attention, BadInputIsRefused) {

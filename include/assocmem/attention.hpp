@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "assocmem/lagrangian.hpp"
 #include "assocmem/retrieve.hpp"
@@ -25,6 +26,10 @@ struct AttentionArgs {
   std::size_t K = 0;
   const T* v = nullptr;  ///< K x dv values (the keys themselves for auto-association)
   std::size_t dv = 0;
+  /// bfloat16 storage instead (T = float): keys and values read as bfloat16 (uint16) and widened tile by
+  /// tile; k and v are then null (v_bf16 may equal k_bf16). Gradients are float.
+  const std::uint16_t* k_bf16 = nullptr;
+  const std::uint16_t* v_bf16 = nullptr;
   double beta = 1.0;     ///< inverse temperature, finite and > 0
   MemoryMask mask;       ///< rows 0, 1 or n of K flags; non-zero leaves the memory out
   int threads = 0;       ///< 0: all hardware threads

@@ -12,7 +12,8 @@ Forward and backward run in C++ (assocmem/attention.hpp) tile by tile over the m
 scores in the backward pass from the saved log-sum-exp (the FlashAttention scheme), so the
 (queries x memories) score matrix is never stored: the extra memory is O(queries x d + memories x d) for
 the gradients themselves, not O(queries x memories). float32 and float64 tensors (float64: gradient
-checks); contiguous CPU tensors are used without copies. mask: bool (K,) shared by all queries or
+checks), and bfloat16 memories (keys, values), widened to float32 tile by tile, computed in float32,
+their gradients returned in bfloat16; contiguous CPU tensors are used without copies. mask: bool (K,) shared by all queries or
 (..., K) per query; True leaves a memory out, exactly as if deleted (torch's key_padding_mask and
 hopfield-layers' stored_pattern_padding_mask use the same sense).
 
@@ -28,7 +29,7 @@ are model C: Euler steps of eq. (22), v <- v + step (xi^T f(xi v/|v|) - alpha v)
 (21), E = -sum_mu F(xi_mu . v/|v|), differentiable in the states and the memories; the sums over the
 memories (F'(S) K, F(S) and their gradients, with F'') are fused the same way.
 
-Not here yet (issue 12): the Hopfield / HopfieldPooling / HopfieldLayer modules, bfloat16 storage.
+Not here yet (issue 12): the Hopfield / HopfieldPooling / HopfieldLayer modules.
 """
 from __future__ import annotations
 
@@ -39,16 +40,23 @@ from . import _core
 
 __all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy"]
 
-_FORWARD = {_torch.float32: _core.attention_forward_f32, _torch.float64: _core.attention_forward_f64}
-_BACKWARD = {_torch.float32: _core.attention_backward_f32, _torch.float64: _core.attention_backward_f64}
-_SPH_FORWARD = {_torch.float32: _core.spherical_forward_f32, _torch.float64: _core.spherical_forward_f64}
-_SPH_BACKWARD = {_torch.float32: _core.spherical_backward_f32, _torch.float64: _core.spherical_backward_f64}
-_LSE_BACKWARD = {_torch.float32: _core.log_sum_exp_backward_f32, _torch.float64: _core.log_sum_exp_backward_f64}
+# Keyed by the memories' storage dtype; bfloat16 memories are widened tile by tile, computed in float32.
+_STORAGE = {_torch.float32: "f32", _torch.float64: "f64", _torch.bfloat16: "bf16"}
+_COMPUTE = {_torch.float32: _torch.float32, _torch.float64: _torch.float64, _torch.bfloat16: _torch.float32}
+_FORWARD = {t: getattr(_core, "attention_forward_" + s) for t, s in _STORAGE.items()}
+_BACKWARD = {t: getattr(_core, "attention_backward_" + s) for t, s in _STORAGE.items()}
+_LSE_BACKWARD = {t: getattr(_core, "log_sum_exp_backward_" + s) for t, s in _STORAGE.items()}
+_SPH_FORWARD = {t: getattr(_core, "spherical_forward_" + s) for t, s in _STORAGE.items()}
+_SPH_BACKWARD = {t: getattr(_core, "spherical_backward_" + s) for t, s in _STORAGE.items()}
 
 
 def _np_view(t):
-    """A numpy view of a CPU tensor's data (a copy only when the tensor is not contiguous)."""
-    return t.detach().contiguous().numpy()
+    """A numpy view of a CPU tensor's data (a copy only when the tensor is not contiguous); bfloat16 as
+    its raw uint16 bits."""
+    t = t.detach().contiguous()
+    if t.dtype == _torch.bfloat16:
+        return t.view(_torch.int16).numpy().view(_np.uint16)
+    return t.numpy()
 
 
 class _AttentionStep(_torch.autograd.Function):
@@ -58,7 +66,7 @@ class _AttentionStep(_torch.autograd.Function):
     def forward(ctx, q, k, v, beta, mask, threads):
         # v None: the values are the keys (one gradient buffer for both in the backward pass).
         kn = _np_view(k)
-        out, lse = _FORWARD[q.dtype](_np_view(q), kn, kn if v is None else _np_view(v), float(beta), mask, threads)
+        out, lse = _FORWARD[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), float(beta), mask, threads)
         out, lse = _torch.from_numpy(out), _torch.from_numpy(lse)
         ctx.save_for_backward(q, k, k if v is None else v, beta, out, lse)
         ctx.mask, ctx.threads, ctx.auto = mask, threads, v is None
@@ -68,10 +76,11 @@ class _AttentionStep(_torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, beta, out, lse = ctx.saved_tensors
         kn = _np_view(k)
-        dq, dk, dv, dbeta = _BACKWARD[q.dtype](_np_view(q), kn, kn if ctx.auto else _np_view(v), float(beta),
+        dq, dk, dv, dbeta = _BACKWARD[k.dtype](_np_view(q), kn, kn if ctx.auto else _np_view(v), float(beta),
                                                ctx.mask, ctx.threads, out.numpy(), lse.numpy(), _np_view(dout))
-        return (_torch.from_numpy(dq), _torch.from_numpy(dk), None if dv is None else _torch.from_numpy(dv),
-                _torch.tensor(dbeta, dtype=beta.dtype), None, None)
+        return (_torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype),
+                None if dv is None else _torch.from_numpy(dv).to(v.dtype), _torch.tensor(dbeta, dtype=beta.dtype),
+                None, None)
 
 
 class _LogSumExp(_torch.autograd.Function):
@@ -80,7 +89,7 @@ class _LogSumExp(_torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, beta, mask, threads):
         # The forward's log-sum-exp; its weighted values (here the keys) are not needed.
-        _, lse = _FORWARD[q.dtype](_np_view(q), _np_view(k), _np_view(k), float(beta), mask, threads)
+        _, lse = _FORWARD[k.dtype](_np_view(q), _np_view(k), _np_view(k), float(beta), mask, threads)
         lse = _torch.from_numpy(lse)
         ctx.save_for_backward(q, k, beta, lse)
         ctx.mask, ctx.threads = mask, threads
@@ -89,9 +98,9 @@ class _LogSumExp(_torch.autograd.Function):
     @staticmethod
     def backward(ctx, dlse):
         q, k, beta, lse = ctx.saved_tensors
-        dq, dk, dbeta = _LSE_BACKWARD[q.dtype](_np_view(q), _np_view(k), float(beta), ctx.mask, ctx.threads,
+        dq, dk, dbeta = _LSE_BACKWARD[k.dtype](_np_view(q), _np_view(k), float(beta), ctx.mask, ctx.threads,
                                                lse.numpy(), _np_view(dlse.to(_torch.float64)))
-        return _torch.from_numpy(dq), _torch.from_numpy(dk), _torch.tensor(dbeta, dtype=beta.dtype), None, None
+        return _torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype), _torch.tensor(dbeta, dtype=beta.dtype), None, None
 
 
 class _Spherical(_torch.autograd.Function):
@@ -99,7 +108,7 @@ class _Spherical(_torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, g, k, F, n, fbeta, mask, threads):
-        drive, energy = _SPH_FORWARD[g.dtype](_np_view(g), _np_view(k), F, n, fbeta, mask, threads)
+        drive, energy = _SPH_FORWARD[k.dtype](_np_view(g), _np_view(k), F, n, fbeta, mask, threads)
         ctx.save_for_backward(g, k)
         ctx.args = (F, n, fbeta, mask, threads)
         return _torch.from_numpy(drive), _torch.from_numpy(energy)
@@ -107,34 +116,36 @@ class _Spherical(_torch.autograd.Function):
     @staticmethod
     def backward(ctx, ddrive, denergy):
         g, k = ctx.saved_tensors
-        dg, dk = _SPH_BACKWARD[g.dtype](_np_view(g), _np_view(k), *ctx.args, _np_view(ddrive),
+        dg, dk = _SPH_BACKWARD[k.dtype](_np_view(g), _np_view(k), *ctx.args, _np_view(ddrive),
                                         _np_view(denergy.to(_torch.float64)))
-        return _torch.from_numpy(dg), _torch.from_numpy(dk), None, None, None, None, None
+        return _torch.from_numpy(dg), _torch.from_numpy(dk).to(k.dtype), None, None, None, None, None
 
 
-def _check(name, t, dtype=None):
+def _check(name, t, dtypes):
     if not isinstance(t, _torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
         raise ValueError(f"{name} is on {t.device}; assocmem.torch runs on CPU tensors (move it with .cpu())")
-    if t.dtype not in _FORWARD:
-        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} is {t.dtype} but the queries are {dtype}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} must be {' or '.join(str(d).replace('torch.', '') for d in dtypes)}, got {t.dtype}")
 
 
 def _prepare(queries, keys, values, beta, mask):
-    """Checked arguments: (batch shape, queries as (n, d), beta as a 0-d tensor, mask as uint8 (1|n, K))."""
-    _check("queries", queries)
-    dtype = queries.dtype
-    _check("keys", keys, dtype)
+    """Checked arguments: (batch shape, queries as (n, d) in the compute dtype, beta as a 0-d tensor, mask
+    as uint8 (1|n, K)). Memories (keys, values) are float32, float64 or bfloat16 (computed in float32);
+    queries have the compute dtype, or bfloat16 with float32/bfloat16 memories (widened)."""
+    _check("keys", keys, tuple(_STORAGE))
+    storage, compute = keys.dtype, _COMPUTE[keys.dtype]
     if values is not None:
-        _check("values", values, dtype)
+        _check("values", values, (storage,))
+    _check("queries", queries, (compute, _torch.bfloat16) if compute == _torch.float32 else (compute,))
     if queries.dim() < 1 or keys.dim() != 2 or queries.shape[-1] != keys.shape[1]:
         raise ValueError(f"queries (..., d) and keys (K, d) must share d: got {tuple(queries.shape)} and "
                          f"{tuple(keys.shape)}")
     if values is not None and (values.dim() != 2 or values.shape[0] != keys.shape[0]):
         raise ValueError(f"values must be (K, dv) with K = {keys.shape[0]}, got {tuple(values.shape)}")
+    dtype = compute
+    queries = queries.to(compute)  # differentiable: bfloat16 queries get their gradient back in bfloat16
     batch_shape, K = queries.shape[:-1], keys.shape[0]
     m = None
     if mask is not None:

@@ -10,6 +10,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <type_traits>
 #include <optional>
 #include <string>
 
@@ -364,8 +365,9 @@ namespace {
 template <class T>
 using CArr = py::array_t<T, py::array::c_style>;
 
-template <class T>
-AttentionArgs<T> attention_args(const CArr<T>& q, const CArr<T>& k, const CArr<T>& v, double beta,
+// S: the storage of keys and values: T itself, or std::uint16_t for bfloat16 (T = float).
+template <class T, class S>
+AttentionArgs<T> attention_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, double beta,
                                 const std::optional<U8>& mask, int threads) {
   if (q.ndim() != 2 || k.ndim() != 2 || v.ndim() != 2) throw InvalidArgument("attention: queries, keys and values must be 2-D");
   if (k.shape(1) != q.shape(1))
@@ -377,9 +379,14 @@ AttentionArgs<T> attention_args(const CArr<T>& q, const CArr<T>& k, const CArr<T
   a.q = q.data();
   a.n = static_cast<std::size_t>(q.shape(0));
   a.d = static_cast<std::size_t>(q.shape(1));
-  a.k = k.data();
+  if constexpr (std::is_same_v<S, std::uint16_t>) {
+    a.k_bf16 = k.data();
+    a.v_bf16 = v.data();
+  } else {
+    a.k = k.data();
+    a.v = v.data();
+  }
   a.K = static_cast<std::size_t>(k.shape(0));
-  a.v = v.data();
   a.dv = static_cast<std::size_t>(v.shape(1));
   a.beta = beta;
   a.mask = mask_in(mask, a.n, a.K);
@@ -387,11 +394,11 @@ AttentionArgs<T> attention_args(const CArr<T>& q, const CArr<T>& k, const CArr<T
   return a;
 }
 
-template <class T>
+template <class T, class S = T>
 void bind_attention_dtype(py::module_& m, const char* suffix) {
   m.def((std::string("attention_forward_") + suffix).c_str(),
-        [](const CArr<T>& q, const CArr<T>& k, const CArr<T>& v, double beta, std::optional<U8> mask, int threads) {
-          const AttentionArgs<T> a = attention_args(q, k, v, beta, mask, threads);
+        [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, double beta, std::optional<U8> mask, int threads) {
+          const AttentionArgs<T> a = attention_args<T, S>(q, k, v, beta, mask, threads);
           std::vector<T> out(checked_mul(a.n, a.dv, "queries x value dim"));
           std::vector<double> lse(a.n);
           {
@@ -404,15 +411,15 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("beta"), py::arg("mask"), py::arg("threads"),
         "(softmax(beta q k^T) v, log-sum-exp per query), fused over tiles (assocmem/attention.hpp).");
   m.def((std::string("attention_backward_") + suffix).c_str(),
-        [](const CArr<T>& q, const CArr<T>& k, const CArr<T>& v, double beta, std::optional<U8> mask, int threads,
+        [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, double beta, std::optional<U8> mask, int threads,
            const CArr<T>& out, const CArr<double>& lse, const CArr<T>& dout) {
-          const AttentionArgs<T> a = attention_args(q, k, v, beta, mask, threads);
+          const AttentionArgs<T> a = attention_args<T, S>(q, k, v, beta, mask, threads);
           if (out.ndim() != 2 || dout.ndim() != 2 || std::size_t(out.shape(0)) != a.n || std::size_t(out.shape(1)) != a.dv ||
               std::size_t(dout.shape(0)) != a.n || std::size_t(dout.shape(1)) != a.dv || lse.ndim() != 1 ||
               std::size_t(lse.shape(0)) != a.n)
             throw InvalidArgument("attention_backward: out, lse and dout do not match the forward's shapes");
           // Values that are the keys: one gradient buffer receives dk + dv (returned as dk; dv None).
-          const bool same = k.data() == v.data() && a.dv == a.d;
+          const bool same = static_cast<const void*>(k.data()) == static_cast<const void*>(v.data()) && a.dv == a.d;
           std::vector<T> dq(a.n * a.d), dk(a.K * a.d), dv(same ? 0 : a.K * a.dv);
           double dbeta = 0;
           {
@@ -430,9 +437,9 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
         "(dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores tile by tile from lse; when v is k, dk holds "
         "dk + dv and dv is None.");
   m.def((std::string("log_sum_exp_backward_") + suffix).c_str(),
-        [](const CArr<T>& q, const CArr<T>& k, double beta, std::optional<U8> mask, int threads, const CArr<double>& lse,
+        [](const CArr<T>& q, const CArr<S>& k, double beta, std::optional<U8> mask, int threads, const CArr<double>& lse,
            const CArr<double>& dlse) {
-          const AttentionArgs<T> a = attention_args(q, k, k, beta, mask, threads);
+          const AttentionArgs<T> a = attention_args<T, S>(q, k, k, beta, mask, threads);
           if (lse.ndim() != 1 || dlse.ndim() != 1 || std::size_t(lse.shape(0)) != a.n || std::size_t(dlse.shape(0)) != a.n)
             throw InvalidArgument("log_sum_exp_backward: lse and dlse must have one entry per query");
           std::vector<T> dq(a.n * a.d), dk(a.K * a.d);
@@ -448,12 +455,12 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
         "(dq, dk, dbeta) of sum(dlse o lse), lse = log sum exp(beta q k^T) per query.");
 }
 
-template <class T>
+template <class T, class S = T>
 void bind_spherical_dtype(py::module_& m, const char* suffix) {
   m.def((std::string("spherical_forward_") + suffix).c_str(),
-        [](const CArr<T>& g, const CArr<T>& k, const std::string& F, double n, double beta, std::optional<U8> mask,
+        [](const CArr<T>& g, const CArr<S>& k, const std::string& F, double n, double beta, std::optional<U8> mask,
            int threads) {
-          AttentionArgs<T> a = attention_args(g, k, k, 1.0, mask, threads);
+          AttentionArgs<T> a = attention_args<T, S>(g, k, k, 1.0, mask, threads);
           const AdditivePtr f = make_interaction(interaction(F, n, beta));
           std::vector<T> drive(a.n * a.d);
           std::vector<double> energy(a.n);
@@ -467,9 +474,9 @@ void bind_spherical_dtype(py::module_& m, const char* suffix) {
         py::arg("g"), py::arg("k"), py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("mask"), py::arg("threads"),
         "Model C at unit directions g: (F'(g k^T) k, -sum F(g k^T)) (eqs. 22, 21), fused over tiles.");
   m.def((std::string("spherical_backward_") + suffix).c_str(),
-        [](const CArr<T>& g, const CArr<T>& k, const std::string& F, double n, double beta, std::optional<U8> mask,
+        [](const CArr<T>& g, const CArr<S>& k, const std::string& F, double n, double beta, std::optional<U8> mask,
            int threads, std::optional<CArr<T>> ddrive, std::optional<CArr<double>> denergy) {
-          AttentionArgs<T> a = attention_args(g, k, k, 1.0, mask, threads);
+          AttentionArgs<T> a = attention_args<T, S>(g, k, k, 1.0, mask, threads);
           if (ddrive && (ddrive->ndim() != 2 || std::size_t(ddrive->shape(0)) != a.n || std::size_t(ddrive->shape(1)) != a.d))
             throw InvalidArgument("spherical_backward: ddrive must have the shape of g");
           if (denergy && (denergy->ndim() != 1 || std::size_t(denergy->shape(0)) != a.n))
@@ -491,6 +498,8 @@ void bind_spherical_dtype(py::module_& m, const char* suffix) {
 void bind_attention(py::module_& m) {
   bind_spherical_dtype<float>(m, "f32");
   bind_spherical_dtype<double>(m, "f64");
+  bind_spherical_dtype<float, std::uint16_t>(m, "bf16");
+  bind_attention_dtype<float, std::uint16_t>(m, "bf16");
   bind_attention_dtype<float>(m, "f32");
   bind_attention_dtype<double>(m, "f64");
 }

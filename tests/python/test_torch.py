@@ -115,10 +115,14 @@ def test_learns_a_memory_by_gradient_descent():
 
 def test_bad_input_is_a_clear_error():
     q, k, v = make(torch.float32)
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="queries must be float32 or bfloat16, got torch.int32"):
         at.hopfield_retrieve(q.to(torch.int32), k)
-    with pytest.raises(TypeError, match="the queries are torch.float32"):
+    with pytest.raises(TypeError, match="queries must be float64, got torch.float32"):
         at.hopfield_retrieve(q, k.double())
+    with pytest.raises(TypeError, match="keys must be float32 or float64 or bfloat16"):
+        at.hopfield_retrieve(q, k.half())
+    with pytest.raises(TypeError, match="values must be bfloat16"):
+        at.hopfield_retrieve(q, k.bfloat16(), v)
     with pytest.raises(ValueError, match="CPU tensors"):
         at.hopfield_retrieve(q.to("meta"), k)
     with pytest.raises(ValueError, match="share d"):
@@ -301,3 +305,30 @@ def test_model_c_gradcheck_in_float64():
     assert torch.autograd.gradcheck(lambda v, x: at.spherical_energy(v, x, F="rectified", n=3), (v, X))
     with pytest.raises(ValueError, match="zero"):
         at.spherical_energy(torch.zeros(2, 4, dtype=torch.float64), X.detach())
+
+
+def test_bfloat16_memories_equal_float32_on_the_rounded_values():
+    """bfloat16 keys and values (half the memory) give what float32 gives on the same rounded values;
+    their gradients come back in bfloat16, as autograd requires."""
+    q0, k0, v0 = make(torch.float32)
+    kb, vb = k0.bfloat16(), v0.bfloat16()
+    res = []
+    for kk, vv in ((kb, vb), (kb.float(), vb.float())):
+        q, k, v = q0.clone().requires_grad_(True), kk.clone().requires_grad_(True), vv.clone().requires_grad_(True)
+        out = at.hopfield_retrieve(q, k, v, beta=3.0, steps=2)
+        e = at.hopfield_energy(q, k, beta=3.0)
+        (out.sum() + e.sum()).backward()
+        res.append((out.detach(), e.detach(), q.grad, k.grad.float(), v.grad.float(), k.grad.dtype))
+    (ob, eb, dqb, dkb, dvb, tb), (of, ef, dqf, dkf, dvf, tf) = res
+    assert tb == torch.bfloat16 and tf == torch.float32
+    assert ob.dtype == torch.float32
+    for a, r in ((ob, of), (eb, ef), (dqb, dqf)):
+        assert torch.allclose(a, r, rtol=1e-5, atol=1e-5)
+    for a, r in ((dkb, dkf), (dvb, dvf)):  # rounded to bfloat16 on the way out: 2^-8 relative
+        assert torch.allclose(a, r, rtol=1e-2, atol=1e-2 * r.abs().max().item())
+    # Model C on bfloat16 memories.
+    x = k0.bfloat16().requires_grad_(True)
+    ec = at.spherical_energy(q0, x, F="exp", beta=2.0)
+    ec.sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    assert torch.allclose(ec, at.spherical_energy(q0, k0.bfloat16().float(), F="exp", beta=2.0), rtol=1e-5)
