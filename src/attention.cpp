@@ -94,6 +94,16 @@ void zero_masked(const AttentionArgs<T>& a, std::size_t t0, Mat<T>& P) {
   }
 }
 
+// exp(beta S - shift) row by row, masked memories 0: the softmax weights of a tile when shift is the
+// log-sum-exp (eq. 12), or their unnormalised form when it is the row maximum.
+template <class T>
+Mat<T> shifted_exp(const AttentionArgs<T>& a, std::size_t t0, const Mat<T>& S, T beta,
+                   const Eigen::Matrix<T, Eigen::Dynamic, 1>& shift) {
+  Mat<T> P = ((beta * S).array().colwise() - shift.array()).exp().matrix();
+  zero_masked(a, t0, P);
+  return P;
+}
+
 // Runs fn(worker, tile start, tile size, raw scores Q K_t^T, K_t, V_t) over every tile (K_t, V_t: the
 // tile's keys and values as T); one worker per chunk.
 template <class T, class Fn>
@@ -160,8 +170,7 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
   std::vector<Mat<T>> acc(nw, Mat<T>::Zero(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(a.dv)));
   for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
                            [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
-    Mat<T> P = ((beta * S).array().colwise() - m.array()).exp().matrix();
-    zero_masked(a, t0, P);
+    const Mat<T> P = shifted_exp(a, t0, S, beta, m);
     for (Eigen::Index b = 0; b < P.rows(); ++b) sum[w][std::size_t(b)] += double(P.row(b).sum());
     acc[w].noalias() += P * Vt;
   });
@@ -197,8 +206,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
                            [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
     const auto NT = static_cast<Eigen::Index>(nt);
-    Mat<T> P = ((beta * S).array().colwise() - L.array()).exp().matrix();  // softmax weights, recomputed
-    zero_masked(a, t0, P);
+    const Mat<T> P = shifted_exp(a, t0, S, beta, L);  // the softmax weights, recomputed from lse
     const Mat<T> dP = dO * Vt.transpose();
     const Mat<T> dS = (P.array() * (dP.array().colwise() - Dlt.array())).matrix();  // d loss / d(beta S)
     MutMap<T> dKt(dk + t0 * a.d, NT, D);
@@ -230,8 +238,7 @@ void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const do
   for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
                            [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
     const auto NT = static_cast<Eigen::Index>(nt);
-    Mat<T> P = ((beta * S).array().colwise() - L.array()).exp().matrix();  // softmax weights, recomputed
-    zero_masked(a, t0, P);
+    const Mat<T> P = shifted_exp(a, t0, S, beta, L);  // the softmax weights, recomputed from lse
     MutMap<T>(dk + t0 * a.d, NT, D).noalias() = beta * (P.transpose() * GQ);
     const Mat<T> GP = G.asDiagonal() * P;
     dQ[w].noalias() += beta * (GP * Kt);
