@@ -142,6 +142,24 @@ void reduce_workers(const std::vector<Mat<T>>& dQ, const std::vector<double>& db
   *dbeta = total;
 }
 
+// The frame both backward passes share: per tile, fn(worker, t0, nt, S, P, K_t, V_t, dQ_w, dbeta_w) with
+// the softmax weights P recomputed from the log-sum-exp L; the workers' query and beta gradients are
+// then summed into dq and dbeta.
+template <class T, class Fn>
+void backward_tiles(const AttentionArgs<T>& a, const Eigen::Matrix<T, Eigen::Dynamic, 1>& L, T* dq, double* dbeta,
+                    Fn&& fn) {
+  const std::size_t nw = worker_count(a);
+  const T beta = static_cast<T>(a.beta);
+  std::vector<Mat<T>> dQ(nw, Mat<T>::Zero(static_cast<Eigen::Index>(a.n), static_cast<Eigen::Index>(a.d)));
+  std::vector<double> db(nw, 0.0);
+  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const Mat<T>& S, const ConstMap<T>& Kt,
+                           const ConstMap<T>& Vt) {
+    const Mat<T> P = shifted_exp(a, t0, S, beta, L);  // the softmax weights, recomputed from lse
+    fn(t0, static_cast<Eigen::Index>(nt), S, P, Kt, Vt, dQ[w], db[w]);
+  });
+  reduce_workers(dQ, db, dq, dbeta);
+}
+
 }  // namespace
 
 template <class T>
@@ -191,7 +209,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   check(a);
   ASSOCMEM_CHECK_ARG(dv != dk || (a.v == a.k && a.v_bf16 == a.k_bf16 && a.dv == a.d), "attention_backward: dk and dv may share a buffer only "
                      "when the values are the keys");
-  const std::size_t n = a.n, nw = worker_count(a);
+  const std::size_t n = a.n;
   const T beta = static_cast<T>(a.beta);
   const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d), DV = static_cast<Eigen::Index>(a.dv);
   const ConstMap<T> Q(a.q, N, D), O(out, N, DV), dO(dout, N, DV);
@@ -201,28 +219,23 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     L[b] = static_cast<T>(lse[b]);
     Dlt[b] = dO.row(b).dot(O.row(b));  // rowsum(dO o O): the softmax Jacobian's diagonal correction
   }
-  std::vector<Mat<T>> dQ(nw, Mat<T>::Zero(N, D));
-  std::vector<double> db(nw, 0.0);
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
-                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
-    const auto NT = static_cast<Eigen::Index>(nt);
-    const Mat<T> P = shifted_exp(a, t0, S, beta, L);  // the softmax weights, recomputed from lse
+  backward_tiles(a, L, dq, dbeta, [&](std::size_t t0, Eigen::Index NT, const Mat<T>& S, const Mat<T>& P,
+                                      const ConstMap<T>& Kt, const ConstMap<T>& Vt, Mat<T>& dQw, double& dbw) {
     const Mat<T> dP = dO * Vt.transpose();
     const Mat<T> dS = (P.array() * (dP.array().colwise() - Dlt.array())).matrix();  // d loss / d(beta S)
     MutMap<T> dKt(dk + t0 * a.d, NT, D);
     dKt.noalias() = beta * (dS.transpose() * Q);
     if (dv == dk) dKt.noalias() += P.transpose() * dO;  // values = keys: one gradient, no second buffer
     else MutMap<T>(dv + t0 * a.dv, NT, DV).noalias() = P.transpose() * dO;
-    dQ[w].noalias() += beta * (dS * Kt);
-    db[w] += double((dS.array() * S.array()).sum());
+    dQw.noalias() += beta * (dS * Kt);
+    dbw += double((dS.array() * S.array()).sum());
   });
-  reduce_workers(dQ, db, dq, dbeta);
 }
 
 template <class T>
 void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const double* dlse, T* dq, T* dk, double* dbeta) {
   check(a);
-  const std::size_t n = a.n, nw = worker_count(a);
+  const std::size_t n = a.n;
   const T beta = static_cast<T>(a.beta);
   const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d);
   const ConstMap<T> Q(a.q, N, D);
@@ -233,18 +246,13 @@ void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const do
     ASSOCMEM_CHECK_ARG(std::isfinite(dlse[b]), "the log-sum-exp's gradient contains NaN or Inf (element ", b, ")");
   }
   const Mat<T> GQ = G.asDiagonal() * Q;  // dlse o q
-  std::vector<Mat<T>> dQ(nw, Mat<T>::Zero(N, D));
-  std::vector<double> db(nw, 0.0);
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
-                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
-    const auto NT = static_cast<Eigen::Index>(nt);
-    const Mat<T> P = shifted_exp(a, t0, S, beta, L);  // the softmax weights, recomputed from lse
+  backward_tiles(a, L, dq, dbeta, [&](std::size_t t0, Eigen::Index NT, const Mat<T>& S, const Mat<T>& P,
+                                      const ConstMap<T>& Kt, const ConstMap<T>&, Mat<T>& dQw, double& dbw) {
     MutMap<T>(dk + t0 * a.d, NT, D).noalias() = beta * (P.transpose() * GQ);
     const Mat<T> GP = G.asDiagonal() * P;
-    dQ[w].noalias() += beta * (GP * Kt);
-    db[w] += double((GP.array() * S.array()).sum());
+    dQw.noalias() += beta * (GP * Kt);
+    dbw += double((GP.array() * S.array()).sum());
   });
-  reduce_workers(dQ, db, dq, dbeta);
 }
 
 namespace {

@@ -7,6 +7,7 @@
 
 #include "assocmem/engine.hpp"
 #include "assocmem/models.hpp"
+#include "engine_kernels.hpp"
 #include "test_util.hpp"
 
 using namespace assocmem;
@@ -18,20 +19,8 @@ using assocmem::testing::unit_rows;
 namespace {
 
 std::vector<KernelChoice> available_kernels() {
-  std::vector<KernelChoice> ks = {KernelChoice::Generic};
-  MemoryStore probe(4, DType::BFloat16);
-  probe.append(Matrix::Ones(1, 4));
-  for (KernelChoice k : {KernelChoice::Avx512, KernelChoice::Avx512Bf16, KernelChoice::AmxBf16}) {
-    try {
-      EngineOptions o;
-      o.kernel = k;
-      ModelBEngine e(probe, 1.0, o);
-      ks.push_back(k);
-    } catch (const InvalidArgument&) {
-      // not on this CPU
-    }
-  }
-  return ks;
+  return assocmem::testing::available_kernels(DType::BFloat16,
+                                              {KernelChoice::Avx512, KernelChoice::Avx512Bf16, KernelChoice::AmxBf16});
 }
 
 struct Fixture {

@@ -12,6 +12,7 @@
 #include "assocmem/binary.hpp"
 #include "assocmem/engine.hpp"
 #include "assocmem/models.hpp"
+#include "engine_kernels.hpp"
 #include "test_util.hpp"
 
 using namespace assocmem;
@@ -23,17 +24,7 @@ using assocmem::testing::unit_rows;
 namespace {
 
 std::vector<KernelChoice> kernels_here() {
-  std::vector<KernelChoice> ks = {KernelChoice::Generic};
-  MemoryStore probe(4, DType::Float32);
-  probe.append(Matrix::Ones(1, 4));
-  try {
-    EngineOptions o;
-    o.kernel = KernelChoice::Avx512;
-    ModelBEngine e(probe, 1.0, o);
-    ks.push_back(KernelChoice::Avx512);
-  } catch (const InvalidArgument&) {
-  }
-  return ks;
+  return assocmem::testing::available_kernels(DType::Float32, {KernelChoice::Avx512});
 }
 
 // softmax(beta K v)^T V in double, written out here (not the library's code).
