@@ -29,7 +29,10 @@ are model C: Euler steps of eq. (22), v <- v + step (xi^T f(xi v/|v|) - alpha v)
 (21), E = -sum_mu F(xi_mu . v/|v|), differentiable in the states and the memories; the sums over the
 memories (F'(S) K, F(S) and their gradients, with F'') are fused the same way.
 
-Not here yet (issue 12): the Hopfield / HopfieldPooling / HopfieldLayer modules.
+    Hopfield, HopfieldPooling, HopfieldLayer
+
+are hopfield-layers' modules (same arguments, defaults, forward and state_dict names), their association
+computed by hopfield_retrieve; see assocmem._layers for what differs.
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ import torch as _torch
 
 from . import _core
 
-__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy"]
+__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "Hopfield",
+           "HopfieldPooling", "HopfieldLayer"]
 
 # Keyed by the memories' storage dtype; bfloat16 memories are widened tile by tile, computed in float32.
 _STORAGE = {_torch.float32: "f32", _torch.float64: "f64", _torch.bfloat16: "bf16"}
@@ -269,3 +273,6 @@ def spherical_energy(states, memories, *, F=None, n=None, beta=1.0, mask=None, t
         raise ValueError("spherical_energy: a state is zero; model C's energy is undefined at 0")
     _, energy = _Spherical.apply(v / norm, memories, F, n, float(beta), m, threads)
     return energy.to(v.dtype).reshape(batch_shape)
+
+
+from ._layers import Hopfield, HopfieldLayer, HopfieldPooling  # noqa: E402  (they use hopfield_retrieve)

@@ -1,0 +1,750 @@
+"""Hopfield layers with hopfield-layers' semantics (Ramsauer et al. 2020, github.com/ml-jku/hopfield-layers),
+their association computed by assocmem's fused kernels (assocmem.torch.hopfield_retrieve).
+
+    from hflayers import Hopfield, HopfieldPooling, HopfieldLayer          # before
+    from assocmem.torch import Hopfield, HopfieldPooling, HopfieldLayer    # after
+
+Same constructor arguments and defaults (layer norms of stored, state and projected patterns on), same
+forward signatures, same parameter names, shapes and initialisation, so hopfield-layers' state_dicts load
+unchanged. The association of each head is model B (eq. 16 of Krotov & Hopfield 2021, beta = scaling):
+update_steps_max updates of the state xi <- softmax(beta xi K^T) K in the Hopfield space, then
+softmax(beta xi K^T) V, forward and backward fused tile by tile, so the (queries x stored patterns)
+association matrix is never formed. What differs (docs/torch.md has the full table):
+
+- update_steps_eps compares successive states (||xi_new - xi||, max over the batch, per head) instead of
+  successive association matrices, which are never formed. update_steps_max=None iterates until that
+  test passes, at most 1000 updates (RuntimeWarning past that).
+- dropout > 0 is refused (dropout on the association matrix needs the matrix).
+- A float association_mask must hold only 0 and -inf (it is turned into a bool mask); other additive
+  masks are refused. A query left with no stored pattern raises ValueError (hopfield-layers returns NaN).
+- concat_bias_pattern creates bias_k / bias_v as hopfield-layers does, and, as there, they are not used.
+- A static pattern with num_heads > 1 is used by every head of its own batch element.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Tuple, Union
+
+import torch as _torch
+from torch import Tensor, nn
+
+__all__ = ["Hopfield", "HopfieldPooling", "HopfieldLayer"]
+
+_UNBOUNDED_STEPS = 1000  # update_steps_max=None: iterate to the eps test, at most this many updates
+
+
+class HopfieldCore(nn.Module):
+    """The association of Hopfield: projections W_q, W_k, W_v (in_proj_weight or q/k/v_proj_weight),
+    in_proj_bias, out_proj, optional Hopfield-space layer norm (p_norm_weight, p_norm_bias) and bias_k /
+    bias_v, with hopfield-layers' HopfieldCore names, shapes and initialisation."""
+
+    def __init__(self, embed_dim=None, num_heads=1, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
+                 kdim=None, vdim=None, head_dim=None, pattern_dim=None, out_dim=None, disable_out_projection=False,
+                 key_as_static=False, query_as_static=False, value_as_static=False, value_as_connected=False,
+                 normalize_pattern=False, normalize_pattern_affine=False, normalize_pattern_eps=1e-5):
+        super().__init__()
+        for name, flag in (("stored_pattern_as_static", key_as_static), ("state_pattern_as_static", query_as_static),
+                           ("pattern_projection_as_static", value_as_static)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"num_heads must be an int >= 1, got {num_heads!r}")
+        if dropout != 0.0:
+            raise ValueError(f"dropout must be 0.0, got {dropout}: dropout on the association matrix needs the matrix, "
+                             "which the fused kernels never form")
+        self.key_as_static, self.query_as_static, self.value_as_static = key_as_static, query_as_static, value_as_static
+        self.value_as_connected = value_as_connected
+        self.normalize_pattern, self.normalize_pattern_affine = normalize_pattern, normalize_pattern_affine
+        self.normalize_pattern_eps = normalize_pattern_eps
+        self.disable_out_projection = disable_out_projection
+        self.static_execution = all((key_as_static, query_as_static, value_as_static, not value_as_connected,
+                                     not normalize_pattern, not normalize_pattern_affine, disable_out_projection))
+        if self.static_execution:
+            embed_dim, kdim, vdim = None, None, None
+        if embed_dim is None and not self.static_execution:
+            raise ValueError("input_size is required unless every pattern is static and the output projection is "
+                             "disabled")
+        num_non_static = 3 - (key_as_static + query_as_static + value_as_static)
+        self.embed_dim = embed_dim
+        self.kdim = kdim if kdim is not None else embed_dim
+        self.vdim = vdim if vdim is not None else embed_dim
+        self._qkv_same_embed_dim = all((self.kdim == embed_dim, self.vdim == embed_dim, pattern_dim is None,
+                                        not value_as_connected))
+        if value_as_connected and self.kdim != self.vdim:
+            raise ValueError(f"pattern_projection_as_connected needs stored and projected patterns of one size, got "
+                             f"{self.kdim} and {self.vdim}")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.head_dim, self.pattern_dim = None, pattern_dim
+        self.virtual_hopfield_dim = self.virtual_pattern_dim = None
+        if not self.static_execution:
+            if head_dim is None:
+                if embed_dim % num_heads:
+                    raise ValueError(f"input_size {embed_dim} must be divisible by num_heads {num_heads} "
+                                     "(or give hidden_size)")
+                self.head_dim = embed_dim // num_heads
+            else:
+                if head_dim <= 0:
+                    raise ValueError(f"hidden_size must be > 0, got {head_dim}")
+                self.head_dim = head_dim
+            if self.pattern_dim is None:
+                self.pattern_dim = self.head_dim
+            self.virtual_hopfield_dim = num_heads * self.head_dim
+            self.virtual_pattern_dim = num_heads * self.pattern_dim
+        self.out_dim = embed_dim if out_dim is None else out_dim
+        if not disable_out_projection and not (self.out_dim and self.out_dim > 0):
+            raise ValueError(f"output_size must be > 0, got {self.out_dim}")
+        if normalize_pattern_affine and not normalize_pattern:
+            raise ValueError("normalize_hopfield_space_affine needs normalize_hopfield_space")
+
+        if normalize_pattern_affine:
+            self.p_norm_weight = nn.Parameter(_torch.empty(self.head_dim))
+            self.p_norm_bias = nn.Parameter(_torch.empty(self.head_dim))
+        else:
+            self.register_parameter("p_norm_weight", None)
+            self.register_parameter("p_norm_bias", None)
+        hop, pat = self.virtual_hopfield_dim, self.virtual_pattern_dim
+        if not self._qkv_same_embed_dim:
+            self.q_proj_weight = None if query_as_static else nn.Parameter(_torch.empty(hop, embed_dim))
+            self.k_proj_weight = None if key_as_static else nn.Parameter(_torch.empty(hop, self.kdim))
+            self.v_proj_weight = None if value_as_static else nn.Parameter(_torch.empty(
+                pat, hop if (value_as_connected and not key_as_static) else self.vdim))
+            self.register_parameter("in_proj_weight", None)
+        else:
+            self.register_parameter("in_proj_weight", None)
+            if num_non_static > 0:
+                rows = (not query_as_static) * hop + (not key_as_static) * hop + (not value_as_static) * pat
+                self.in_proj_weight = nn.Parameter(_torch.empty(rows, embed_dim))
+            for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                self.register_parameter(name, None)
+        if bias and num_non_static > 0:
+            self.in_proj_bias = nn.Parameter(_torch.empty((not query_as_static) * hop + (not key_as_static) * hop + pat))
+        else:
+            self.register_parameter("in_proj_bias", None)
+        self.out_proj = None if disable_out_projection else nn.Linear(pat if pat else self.vdim, self.out_dim, bias=bias)
+        self.bias_k = self.bias_v = None
+        if add_bias_kv:
+            if not key_as_static:
+                self.bias_k = nn.Parameter(_torch.empty(1, 1, hop))
+            if not value_as_static:
+                self.bias_v = nn.Parameter(_torch.empty(1, 1, hop))
+            if self.bias_k is None and self.bias_v is None:
+                raise ValueError("concat_bias_pattern needs a stored pattern or pattern projection that is not static")
+        self.add_zero_attn = add_zero_attn
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """hopfield-layers' initialisation: projections N(0, 0.02^2), biases 0, norms 1 and 0."""
+        if self.p_norm_weight is not None:
+            nn.init.ones_(self.p_norm_weight)
+            nn.init.zeros_(self.p_norm_bias)
+        for w in (self.in_proj_weight, self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+            if w is not None:
+                nn.init.normal_(w, mean=0.0, std=0.02)
+        if self.in_proj_bias is not None:
+            nn.init.constant_(self.in_proj_bias, 0.0)
+        if self.out_proj is not None:
+            nn.init.normal_(self.out_proj.weight, mean=0.0, std=0.02)
+            if self.out_proj.bias is not None:
+                nn.init.constant_(self.out_proj.bias, 0.0)
+        for b in (self.bias_k, self.bias_v):
+            if b is not None:
+                nn.init.normal_(b, mean=0.0, std=0.02)
+
+    # -- projections into the Hopfield space ---------------------------------------------------------------
+    def _project(self, query, key, value):
+        """(q, k, v) in the Hopfield space, batch first: q (N, L, H*hd), k (Nk, S, H*hd), v (Nk, S, H*pd);
+        a static pattern is used as is for every head."""
+        H = self.num_heads
+        hop = self.virtual_hopfield_dim
+        b = self.in_proj_bias
+        if self._qkv_same_embed_dim:
+            W, rows = self.in_proj_weight, []
+            start = 0
+            for static, size in ((self.query_as_static, hop), (self.key_as_static, hop),
+                                 (self.value_as_static, self.virtual_pattern_dim)):
+                rows.append(None if static else (start, start + size))
+                start += 0 if static else size
+
+            def lin(x, r):
+                return nn.functional.linear(x, W[r[0]:r[1]], None if b is None else b[r[0]:r[1]])
+            q = query.repeat(1, 1, H) if self.query_as_static else lin(query, rows[0])
+            k = key.repeat(1, 1, H) if self.key_as_static else lin(key, rows[1])
+            v = value.repeat(1, 1, H) if self.value_as_static else lin(value, rows[2])
+            return q, k, v
+        # Separate weights: hopfield-layers' bias layout is [q (if projected) | k (if projected) | v].
+        start = 0
+        if self.query_as_static:
+            q = query.repeat(1, 1, H)
+        else:
+            q = nn.functional.linear(query, self.q_proj_weight, None if b is None else b[:hop])
+            start = hop if b is not None else 0
+        v = value
+        if self.key_as_static:
+            k = key.repeat(1, 1, H)
+        else:
+            kb = None if b is None else b[start:start + hop]
+            k = nn.functional.linear(key, self.k_proj_weight, kb)
+            if self.value_as_connected:
+                v = nn.functional.linear(v, self.k_proj_weight, kb)
+            start += hop
+        if self.value_as_static:
+            if not (self.value_as_connected or self.key_as_static):
+                v = v.repeat(1, 1, H)
+        else:
+            v = nn.functional.linear(v, self.v_proj_weight, None if b is None else b[start:])
+        return q, k, v
+
+    def _heads(self, query, key, value):
+        """Projected, optionally normalised patterns split into heads: q (N, H, L, hd), k (Nk, H, S, hd),
+        v (Nk, H, S, pd), with the zero association appended when asked."""
+        q, k, v = self._project(query, key, value)
+        H = self.num_heads
+        q = q.reshape(q.shape[0], q.shape[1], H, -1).transpose(1, 2)
+        k = k.reshape(k.shape[0], k.shape[1], H, -1).transpose(1, 2)
+        v = v.reshape(v.shape[0], v.shape[1], H, -1).transpose(1, 2)
+        if self.normalize_pattern:
+            def norm(x):
+                return nn.functional.layer_norm(x, (x.shape[-1],), self.p_norm_weight, self.p_norm_bias,
+                                                self.normalize_pattern_eps)
+            q, k = norm(q), norm(k)
+        if self.add_zero_attn:
+            k = _torch.cat([k, k.new_zeros(k.shape[0], H, 1, k.shape[3])], dim=2)
+            v = _torch.cat([v, v.new_zeros(v.shape[0], H, 1, v.shape[3])], dim=2)
+        return q, k, v
+
+
+def _scaling_per_head(scaling, H):
+    if isinstance(scaling, Tensor):
+        if scaling.dim() != 1 or scaling.shape[0] != H:
+            raise ValueError(f"scaling as a tensor needs one entry per head ({H}), got shape {tuple(scaling.shape)}")
+        return [scaling[h] for h in range(H)]
+    if not isinstance(scaling, (int, float)) or not scaling > 0 or not math.isfinite(scaling):
+        raise ValueError(f"scaling must be a finite number > 0 or a tensor of one per head, got {scaling!r}")
+    return [float(scaling)] * H
+
+
+def _steps_per_head(update_steps_max, H):
+    if update_steps_max is None:
+        return [None] * H
+    if isinstance(update_steps_max, Tensor):
+        if update_steps_max.dim() != 1 or update_steps_max.shape[0] != H:
+            raise ValueError(f"update_steps_max as a tensor needs one entry per head ({H}), got shape "
+                             f"{tuple(update_steps_max.shape)}")
+        return [None if int(s) < 0 else int(s) for s in update_steps_max]
+    if isinstance(update_steps_max, bool) or not isinstance(update_steps_max, int):
+        raise TypeError(f"update_steps_max must be an int, a tensor of one per head or None, got "
+                        f"{type(update_steps_max).__name__}")
+    return [None if update_steps_max < 0 else update_steps_max] * H
+
+
+def _eps_per_head(update_steps_eps, H):
+    if isinstance(update_steps_eps, Tensor):
+        if update_steps_eps.dim() != 1 or update_steps_eps.shape[0] != H or (update_steps_eps <= 0).any():
+            raise ValueError(f"update_steps_eps as a tensor needs one positive entry per head ({H})")
+        return [float(e) for e in update_steps_eps]
+    if not update_steps_eps > 0:
+        raise ValueError(f"update_steps_eps must be > 0, got {update_steps_eps!r}")
+    return [float(update_steps_eps)] * H
+
+
+def _bool_mask(mask, name):
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype == _torch.bool:
+        return mask
+    if mask.dtype == _torch.uint8:
+        return mask != 0
+    if mask.is_floating_point():
+        blocked = _torch.isneginf(mask)
+        if not ((mask == 0) | blocked).all():
+            raise ValueError(f"{name}: an additive float mask is supported only with entries 0 and -inf (the fused "
+                             "kernels leave memories out, they add no scores)")
+        return blocked
+    raise TypeError(f"{name} must be bool, uint8 or float, got {mask.dtype}")
+
+
+class Hopfield(nn.Module):
+    """hopfield-layers' Hopfield module (same arguments, defaults, forward and state_dict), its association
+    fused (assocmem.torch.hopfield_retrieve). See the module docstring for what differs."""
+
+    def __init__(self, input_size: Optional[int] = None, hidden_size: Optional[int] = None,
+                 output_size: Optional[int] = None, pattern_size: Optional[int] = None, num_heads: int = 1,
+                 scaling: Optional[Union[float, Tensor]] = None,
+                 update_steps_max: Optional[Union[int, Tensor]] = 0, update_steps_eps: Union[float, Tensor] = 1e-4,
+                 normalize_stored_pattern: bool = True, normalize_stored_pattern_affine: bool = True,
+                 normalize_stored_pattern_eps: float = 1e-5, normalize_state_pattern: bool = True,
+                 normalize_state_pattern_affine: bool = True, normalize_state_pattern_eps: float = 1e-5,
+                 normalize_pattern_projection: bool = True, normalize_pattern_projection_affine: bool = True,
+                 normalize_pattern_projection_eps: float = 1e-5, normalize_hopfield_space: bool = False,
+                 normalize_hopfield_space_affine: bool = False, normalize_hopfield_space_eps: float = 1e-5,
+                 stored_pattern_as_static: bool = False, state_pattern_as_static: bool = False,
+                 pattern_projection_as_static: bool = False, pattern_projection_as_connected: bool = False,
+                 stored_pattern_size: Optional[int] = None, pattern_projection_size: Optional[int] = None,
+                 batch_first: bool = True, association_activation: Optional[str] = None, dropout: float = 0.0,
+                 input_bias: bool = True, concat_bias_pattern: bool = False, add_zero_association: bool = False,
+                 disable_out_projection: bool = False):
+        super().__init__()
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first must be a bool, got {type(batch_first).__name__}")
+        self.association_core = HopfieldCore(
+            embed_dim=input_size, num_heads=num_heads, dropout=dropout, bias=input_bias,
+            add_bias_kv=concat_bias_pattern, add_zero_attn=add_zero_association, kdim=stored_pattern_size,
+            vdim=pattern_projection_size, head_dim=hidden_size, pattern_dim=pattern_size, out_dim=output_size,
+            disable_out_projection=disable_out_projection, key_as_static=stored_pattern_as_static,
+            query_as_static=state_pattern_as_static, value_as_static=pattern_projection_as_static,
+            value_as_connected=pattern_projection_as_connected, normalize_pattern=normalize_hopfield_space,
+            normalize_pattern_affine=normalize_hopfield_space_affine,
+            normalize_pattern_eps=normalize_hopfield_space_eps)
+        self.association_activation = None
+        if association_activation is not None:
+            fn = getattr(_torch, association_activation, None) if isinstance(association_activation, str) else None
+            if fn is None:
+                raise ValueError(f"association_activation must name a torch function, got {association_activation!r}")
+            self.association_activation = fn
+
+        def norm(on, affine, eps, size, what):
+            if affine and not on:
+                raise ValueError(f"normalize_{what}_affine needs normalize_{what}")
+            if not on:
+                return None
+            if size is None:
+                raise ValueError(f"normalize_{what} needs the pattern's size (input_size or the {what} size)")
+            return nn.LayerNorm(size, elementwise_affine=affine, eps=eps)
+        self.norm_stored_pattern = norm(normalize_stored_pattern, normalize_stored_pattern_affine,
+                                        normalize_stored_pattern_eps,
+                                        input_size if stored_pattern_size is None else stored_pattern_size,
+                                        "stored_pattern")
+        self.norm_state_pattern = norm(normalize_state_pattern, normalize_state_pattern_affine,
+                                       normalize_state_pattern_eps, input_size, "state_pattern")
+        self.norm_pattern_projection = norm(normalize_pattern_projection, normalize_pattern_projection_affine,
+                                            normalize_pattern_projection_eps,
+                                            input_size if pattern_projection_size is None else pattern_projection_size,
+                                            "pattern_projection")
+        core = self.association_core
+        if scaling is None:
+            scaling = 1.0 if core.static_execution else 1.0 / math.sqrt(core.head_dim)
+        _scaling_per_head(scaling, num_heads)
+        _steps_per_head(update_steps_max, num_heads)
+        _eps_per_head(update_steps_eps, num_heads)
+        self.__scaling, self.__batch_first = scaling, batch_first
+        self.__update_steps_max, self.__update_steps_eps = update_steps_max, update_steps_eps
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in (self.association_core, self.norm_stored_pattern, self.norm_state_pattern,
+                       self.norm_pattern_projection):
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    # -- the association ---------------------------------------------------------------------------------
+    def _inputs(self, data, shared_memories=False):
+        """(stored, state, projection), batch first, layer-normed; with shared_memories the stored patterns and
+        projections have batch size 1 and serve every batch element."""
+        if isinstance(data, Tensor):
+            stored, state, proj = data, data, data
+        elif isinstance(data, tuple) and len(data) == 3:
+            stored, state, proj = data
+        else:
+            raise TypeError("input must be one tensor (stored pattern, state pattern and pattern projection at once) "
+                            "or a tuple (stored pattern, state pattern, pattern projection)")
+        for name, t in (("stored pattern", stored), ("state pattern", state), ("pattern projection", proj)):
+            if not isinstance(t, Tensor) or t.dim() != 3:
+                raise ValueError(f"the {name} must be a 3-d tensor "
+                                 f"({'(batch, length, size)' if self.batch_first else '(length, batch, size)'}), got "
+                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        if not self.batch_first:
+            stored, state, proj = (t.transpose(0, 1) for t in (stored, state, proj))
+        if stored.shape[:2] != proj.shape[:2]:
+            raise ValueError(f"stored pattern and pattern projection must have the same batch and length, got "
+                             f"{tuple(stored.shape)} and {tuple(proj.shape)}")
+        if not shared_memories and stored.shape[0] != state.shape[0]:
+            raise ValueError(f"stored and state patterns must have the same batch size, got {stored.shape[0]} and "
+                             f"{state.shape[0]}")
+
+        def apply(norm, x):
+            return x if norm is None else norm(x)
+        return (apply(self.norm_stored_pattern, stored), apply(self.norm_state_pattern, state),
+                apply(self.norm_pattern_projection, proj))
+
+    def _masks(self, N, H, L, S, stored_pattern_padding_mask, association_mask):
+        """A function (n, h) -> bool mask (S,) or (L, S), True = left out, or None."""
+        kpm = _bool_mask(stored_pattern_padding_mask, "stored_pattern_padding_mask")
+        am = _bool_mask(association_mask, "association_mask")
+        zero = self.association_core.add_zero_attn
+        if kpm is not None:
+            if tuple(kpm.shape) != (N, S):
+                raise ValueError(f"stored_pattern_padding_mask must have shape (batch, stored patterns) = ({N}, {S}), "
+                                 f"got {tuple(kpm.shape)}")
+            if zero:
+                kpm = nn.functional.pad(kpm, (0, 1))
+        if am is not None:
+            if am.dim() == 2 and tuple(am.shape) != (L, S):
+                raise ValueError(f"a 2-d association_mask must have shape (state patterns, stored patterns) = ({L}, "
+                                 f"{S}), got {tuple(am.shape)}")
+            if am.dim() == 3 and tuple(am.shape) != (N * H, L, S):
+                raise ValueError(f"a 3-d association_mask must have shape (batch * heads, state patterns, stored "
+                                 f"patterns) = ({N * H}, {L}, {S}), got {tuple(am.shape)}")
+            if am.dim() not in (2, 3):
+                raise ValueError(f"association_mask must be 2-d or 3-d, got {am.dim()}-d")
+            if zero:
+                am = nn.functional.pad(am, (0, 1))
+        if kpm is None and am is None:
+            return None
+
+        def mask(n, h):
+            m = None if am is None else (am if am.dim() == 2 else am[n * H + h])
+            if kpm is not None:
+                m = kpm[n] if m is None else m | kpm[n]
+            return m
+        return mask
+
+    def _states(self, q, k, mask, scaling, steps, eps):
+        """The iterated states of eq. (16) per head: a list over heads of (N, L, hd) tensors, updated in lockstep
+        over the batch until update_steps_max updates or a change <= update_steps_eps (max over the batch)."""
+        from .torch import hopfield_retrieve
+        N, H, L, _ = q.shape
+        shared = k.shape[0] == 1 and N > 1
+        out = []
+        for h in range(H):
+            state = q[:, h]
+            limit = _UNBOUNDED_STEPS if steps[h] is None else steps[h]
+            for it in range(limit):
+                new = self._attend(state, k[:, h], None, mask, h, scaling[h], shared, hopfield_retrieve)
+                change = (new - state).detach().flatten(1).norm(dim=1).max().item()
+                state = new
+                if change <= eps[h]:
+                    break
+            else:
+                if steps[h] is None and limit > 0:
+                    warnings.warn(f"Hopfield: head {h} did not converge within {limit} updates "
+                                  f"(update_steps_eps {eps[h]:g})", RuntimeWarning)
+            out.append(state)
+        return out
+
+    @staticmethod
+    def _attend(state, keys, values, mask, h, beta, shared, retrieve):
+        """softmax(beta state keys^T) values (values None: the keys) for every batch element: one fused call
+        for all queries when the memories are shared (keys of batch 1), else one per batch element."""
+        N = state.shape[0]
+        if shared:
+            m = None
+            if mask is not None:
+                m = _torch.stack([_expand_rows(mask(n, h), state.shape[1], keys.shape[1]) for n in range(N)])
+            return retrieve(state, keys[0], None if values is None else values[0], beta=beta, mask=m)
+        parts = []
+        for n in range(N):
+            m = None if mask is None else mask(n, h)
+            parts.append(retrieve(state[n], keys[n], None if values is None else values[n], beta=beta, mask=m))
+        return _torch.stack(parts)
+
+    def _associate(self, data, stored_pattern_padding_mask=None, association_mask=None, shared_memories=False,
+                   what="output"):
+        from .torch import hopfield_retrieve
+        stored, state, proj = self._inputs(data, shared_memories)
+        core = self.association_core
+        q, k, v = core._heads(state, stored, proj)
+        N, H, L, S = q.shape[0], q.shape[1], q.shape[2], stored.shape[1]
+        mask = self._masks(N, H, L, S, stored_pattern_padding_mask, association_mask)
+        scaling = _scaling_per_head(self.__scaling, H)
+        states = self._states(q, k, mask, scaling, _steps_per_head(self.__update_steps_max, H),
+                              _eps_per_head(self.__update_steps_eps, H))
+        shared = k.shape[0] == 1 and N > 1
+        if what == "association":
+            rows = []
+            for h in range(H):
+                s = scaling[h] * states[h] @ k[:, h].transpose(1, 2)
+                if mask is not None:
+                    s = s.masked_fill(_torch.stack([_expand_rows(mask(n, h), L, k.shape[2]) for n in range(N)]),
+                                      float("-inf"))
+                rows.append(_torch.softmax(s, dim=-1))
+            return _torch.stack(rows, dim=1)
+        if what == "projection":
+            return v.expand(N, *v.shape[1:]) if shared else v
+        heads = [self._attend(states[h], k[:, h], v[:, h], mask, h, scaling[h], shared, hopfield_retrieve)
+                 for h in range(H)]
+        out = _torch.cat(heads, dim=-1)  # (N, L, H * pd): the heads side by side, as hopfield-layers concatenates
+        if core.out_proj is not None:
+            out = core.out_proj(out)
+        return out
+
+    def forward(self, input: Union[Tensor, Tuple[Tensor, Tensor, Tensor]],
+                stored_pattern_padding_mask: Optional[Tensor] = None,
+                association_mask: Optional[Tensor] = None) -> Tensor:
+        return self._forward(input, stored_pattern_padding_mask, association_mask, False)
+
+    def _forward(self, input, stored_pattern_padding_mask, association_mask, shared_memories):
+        out = self._associate(input, stored_pattern_padding_mask, association_mask, shared_memories)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if self.association_activation is not None:
+            out = self.association_activation(out)
+        return out
+
+    def get_association_matrix(self, input, stored_pattern_padding_mask=None, association_mask=None) -> Tensor:
+        """The association (softmax) matrix (batch, heads, state patterns, stored patterns) at the final states;
+        formed explicitly, since it is what is asked for."""
+        with _torch.no_grad():
+            return self._associate(input, stored_pattern_padding_mask, association_mask, what="association")
+
+    def get_projected_pattern_matrix(self, input, stored_pattern_padding_mask=None, association_mask=None) -> Tensor:
+        """The projected patterns (batch, heads, stored patterns, pattern size)."""
+        with _torch.no_grad():
+            return self._associate(input, stored_pattern_padding_mask, association_mask, what="projection")
+
+    @property
+    def batch_first(self) -> bool:
+        return self.__batch_first
+
+    @property
+    def scaling(self):
+        return self.__scaling.clone() if isinstance(self.__scaling, Tensor) else self.__scaling
+
+    @property
+    def stored_pattern_dim(self):
+        return self.association_core.kdim
+
+    @property
+    def state_pattern_dim(self):
+        return self.association_core.embed_dim
+
+    @property
+    def pattern_projection_dim(self):
+        return self.association_core.vdim
+
+    @property
+    def input_size(self):
+        return self.state_pattern_dim
+
+    @property
+    def hidden_size(self):
+        return self.association_core.head_dim
+
+    @property
+    def output_size(self):
+        return self.association_core.out_dim
+
+    @property
+    def pattern_size(self):
+        return self.association_core.pattern_dim
+
+    @property
+    def update_steps_max(self):
+        s = self.__update_steps_max
+        return s.clone() if isinstance(s, Tensor) else s
+
+    @property
+    def update_steps_eps(self):
+        e = self.__update_steps_eps
+        return e.clone() if isinstance(e, Tensor) else e
+
+    @property
+    def stored_pattern_as_static(self) -> bool:
+        return self.association_core.key_as_static
+
+    @property
+    def state_pattern_as_static(self) -> bool:
+        return self.association_core.query_as_static
+
+    @property
+    def pattern_projection_as_static(self) -> bool:
+        return self.association_core.value_as_static
+
+    @property
+    def normalize_stored_pattern(self) -> bool:
+        return self.norm_stored_pattern is not None
+
+    @property
+    def normalize_stored_pattern_affine(self) -> bool:
+        return self.normalize_stored_pattern and self.norm_stored_pattern.elementwise_affine
+
+    @property
+    def normalize_state_pattern(self) -> bool:
+        return self.norm_state_pattern is not None
+
+    @property
+    def normalize_state_pattern_affine(self) -> bool:
+        return self.normalize_state_pattern and self.norm_state_pattern.elementwise_affine
+
+    @property
+    def normalize_pattern_projection(self) -> bool:
+        return self.norm_pattern_projection is not None
+
+    @property
+    def normalize_pattern_projection_affine(self) -> bool:
+        return self.normalize_pattern_projection and self.norm_pattern_projection.elementwise_affine
+
+    @property
+    def normalize_hopfield_space(self) -> bool:
+        return self.association_core.normalize_pattern
+
+    @property
+    def normalize_hopfield_space_affine(self) -> bool:
+        return self.association_core.normalize_pattern_affine
+
+
+def _expand_rows(m, L, S):
+    """A mask (S,) or (L, S) as (L, S)."""
+    return m.expand(L, S) if m.dim() == 1 else m
+
+
+_HOPFIELD_ARGS = ("hidden_size", "output_size", "pattern_size", "num_heads", "scaling", "update_steps_max",
+                  "update_steps_eps", "normalize_stored_pattern", "normalize_stored_pattern_affine",
+                  "normalize_state_pattern", "normalize_state_pattern_affine", "normalize_pattern_projection",
+                  "normalize_pattern_projection_affine", "normalize_hopfield_space", "normalize_hopfield_space_affine",
+                  "stored_pattern_as_static", "state_pattern_as_static", "pattern_projection_as_static",
+                  "pattern_projection_as_connected", "stored_pattern_size", "pattern_projection_size", "batch_first",
+                  "association_activation", "dropout", "input_bias", "concat_bias_pattern", "add_zero_association",
+                  "disable_out_projection")
+
+
+class _Wrapper(nn.Module):
+    """What HopfieldPooling and HopfieldLayer share: a Hopfield module (self.hopfield) and its properties."""
+
+    def _make_hopfield(self, input_size, kwargs):
+        self.hopfield = Hopfield(input_size=input_size, **{a: kwargs[a] for a in _HOPFIELD_ARGS})
+
+    def _batch(self, x):
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            raise ValueError(f"input must be a 3-d tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+        return x.shape[0 if self.batch_first else 1]
+
+    def _expand(self, w, batch):
+        return w.expand(batch, self.quantity, w.shape[2]) if self.batch_first else w.expand(self.quantity, batch,
+                                                                                            w.shape[2])
+
+    @property
+    def quantity(self) -> int:
+        return self._quantity
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in _FORWARDED:
+                return getattr(super().__getattr__("hopfield"), name)
+            raise
+
+
+_FORWARDED = {"batch_first", "scaling", "stored_pattern_dim", "state_pattern_dim", "pattern_projection_dim",
+              "input_size", "hidden_size", "output_size", "pattern_size", "update_steps_max", "update_steps_eps",
+              "stored_pattern_as_static", "state_pattern_as_static", "pattern_projection_as_static",
+              "normalize_stored_pattern", "normalize_stored_pattern_affine", "normalize_state_pattern",
+              "normalize_state_pattern_affine", "normalize_pattern_projection", "normalize_pattern_projection_affine"}
+
+
+class HopfieldPooling(_Wrapper):
+    """hopfield-layers' HopfieldPooling: a learned state pattern (pooling_weights, `quantity` of them) queries
+    the input as stored patterns; output (batch, quantity * size)."""
+
+    def __init__(self, input_size: int, hidden_size: Optional[int] = None, output_size: Optional[int] = None,
+                 pattern_size: Optional[int] = None, num_heads: int = 1, scaling: Optional[Union[float, Tensor]] = None,
+                 update_steps_max: Optional[Union[int, Tensor]] = 0, update_steps_eps: Union[float, Tensor] = 1e-4,
+                 normalize_stored_pattern: bool = True, normalize_stored_pattern_affine: bool = True,
+                 normalize_state_pattern: bool = True, normalize_state_pattern_affine: bool = True,
+                 normalize_pattern_projection: bool = True, normalize_pattern_projection_affine: bool = True,
+                 normalize_hopfield_space: bool = False, normalize_hopfield_space_affine: bool = False,
+                 stored_pattern_as_static: bool = False, state_pattern_as_static: bool = False,
+                 pattern_projection_as_static: bool = False, pattern_projection_as_connected: bool = False,
+                 stored_pattern_size: Optional[int] = None, pattern_projection_size: Optional[int] = None,
+                 batch_first: bool = True, association_activation: Optional[str] = None, dropout: float = 0.0,
+                 input_bias: bool = True, concat_bias_pattern: bool = False, add_zero_association: bool = False,
+                 disable_out_projection: bool = False, quantity: int = 1, trainable: bool = True):
+        super().__init__()
+        self._make_hopfield(input_size, locals())
+        self._quantity = quantity
+        size = self.hopfield.hidden_size if state_pattern_as_static else self.hopfield.input_size
+        self.pooling_weights = nn.Parameter(_torch.empty(
+            *((1, quantity) if batch_first else (quantity, 1)), input_size if size is None else size),
+            requires_grad=trainable)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.hopfield.reset_parameters()
+        nn.init.normal_(self.pooling_weights, mean=0.0, std=0.02)
+
+    def _prepare_input(self, input):
+        if isinstance(input, Tensor):
+            stored, proj = input, input
+        elif isinstance(input, tuple) and len(input) == 2:
+            stored, proj = input
+        else:
+            raise TypeError("input must be one tensor (stored pattern and pattern projection at once) or a tuple "
+                            "(stored pattern, pattern projection)")
+        return stored, self._expand(self.pooling_weights, self._batch(stored)), proj
+
+    def forward(self, input: Union[Tensor, Tuple[Tensor, Tensor]], stored_pattern_padding_mask: Optional[Tensor] = None,
+                association_mask: Optional[Tensor] = None) -> Tensor:
+        return self.hopfield(self._prepare_input(input), stored_pattern_padding_mask,
+                             association_mask).flatten(start_dim=1)
+
+    def get_association_matrix(self, input, stored_pattern_padding_mask=None, association_mask=None) -> Tensor:
+        return self.hopfield.get_association_matrix(self._prepare_input(input), stored_pattern_padding_mask,
+                                                    association_mask)
+
+    def get_projected_pattern_matrix(self, input, stored_pattern_padding_mask=None, association_mask=None) -> Tensor:
+        return self.hopfield.get_projected_pattern_matrix(self._prepare_input(input), stored_pattern_padding_mask,
+                                                          association_mask)
+
+
+class HopfieldLayer(_Wrapper):
+    """hopfield-layers' HopfieldLayer: learned stored patterns (lookup_weights, `quantity` of them; separate
+    target_weights as pattern projections with lookup_weights_as_separated) queried by the input. The stored
+    patterns are shared by the batch, so each head is one fused call over all queries."""
+
+    def __init__(self, input_size: int, hidden_size: Optional[int] = None, output_size: Optional[int] = None,
+                 pattern_size: Optional[int] = None, num_heads: int = 1, scaling: Optional[Union[float, Tensor]] = None,
+                 update_steps_max: Optional[Union[int, Tensor]] = 0, update_steps_eps: Union[float, Tensor] = 1e-4,
+                 lookup_weights_as_separated: bool = False, lookup_targets_as_trainable: bool = True,
+                 normalize_stored_pattern: bool = True, normalize_stored_pattern_affine: bool = True,
+                 normalize_state_pattern: bool = True, normalize_state_pattern_affine: bool = True,
+                 normalize_pattern_projection: bool = True, normalize_pattern_projection_affine: bool = True,
+                 normalize_hopfield_space: bool = False, normalize_hopfield_space_affine: bool = False,
+                 stored_pattern_as_static: bool = False, state_pattern_as_static: bool = False,
+                 pattern_projection_as_static: bool = False, pattern_projection_as_connected: bool = False,
+                 stored_pattern_size: Optional[int] = None, pattern_projection_size: Optional[int] = None,
+                 batch_first: bool = True, association_activation: Optional[str] = None, dropout: float = 0.0,
+                 input_bias: bool = True, concat_bias_pattern: bool = False, add_zero_association: bool = False,
+                 disable_out_projection: bool = False, quantity: int = 1, trainable: bool = True):
+        super().__init__()
+        self._make_hopfield(input_size, locals())
+        self._quantity = quantity
+        size = self.hopfield.hidden_size if stored_pattern_as_static else self.hopfield.stored_pattern_dim
+        shape = (1, quantity) if batch_first else (quantity, 1)
+        self.lookup_weights = nn.Parameter(_torch.empty(*shape, input_size if size is None else size),
+                                           requires_grad=trainable)
+        if lookup_weights_as_separated:
+            target = self.lookup_weights.shape[2] if pattern_projection_size is None else pattern_projection_size
+            self.target_weights = nn.Parameter(_torch.empty(*shape, target), requires_grad=lookup_targets_as_trainable)
+        else:
+            self.register_parameter("target_weights", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.hopfield.reset_parameters()
+        nn.init.normal_(self.lookup_weights, mean=0.0, std=0.02)
+        if self.target_weights is not None:
+            nn.init.normal_(self.target_weights, mean=0.0, std=0.02)
+
+    def _prepare_input(self, input, shared=True):
+        batch = self._batch(input)
+        stored = self.lookup_weights if shared else self._expand(self.lookup_weights, batch)
+        proj = stored if self.target_weights is None else (
+            self.target_weights if shared else self._expand(self.target_weights, batch))
+        return stored, input, proj
+
+    def forward(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
+                association_mask: Optional[Tensor] = None) -> Tensor:
+        # The lookup patterns are passed once (batch 1), not expanded: one fused call per head for the batch.
+        return self.hopfield._forward(self._prepare_input(input), stored_pattern_padding_mask, association_mask, True)
+
+    def get_association_matrix(self, input, stored_pattern_padding_mask=None, association_mask=None) -> Tensor:
+        return self.hopfield.get_association_matrix(self._prepare_input(input, shared=False),
+                                                    stored_pattern_padding_mask, association_mask)
+
+    def get_projected_pattern_matrix(self, input, stored_pattern_padding_mask=None, association_mask=None) -> Tensor:
+        return self.hopfield.get_projected_pattern_matrix(self._prepare_input(input, shared=False),
+                                                          stored_pattern_padding_mask, association_mask)
