@@ -9,7 +9,7 @@ forward signatures, same parameter names, shapes and initialisation, so hopfield
 unchanged. The association of each head is model B (eq. 16 of Krotov & Hopfield 2021, beta = scaling):
 update_steps_max updates of the state xi <- softmax(beta xi K^T) K in the Hopfield space, then
 softmax(beta xi K^T) V, forward and backward fused tile by tile, so the (queries x stored patterns)
-association matrix is never formed. What differs (docs/torch.md has the full table):
+association matrix is never formed. What differs (also in the README, "Porting from hopfield-layers"):
 
 - update_steps_eps compares successive states (||xi_new - xi||, max over the batch, per head) instead of
   successive association matrices, which are never formed. update_steps_max=None iterates until that
@@ -603,6 +603,9 @@ _HOPFIELD_ARGS = ("hidden_size", "output_size", "pattern_size", "num_heads", "sc
 class _Wrapper(nn.Module):
     """What HopfieldPooling and HopfieldLayer share: a Hopfield module (self.hopfield) and its properties."""
 
+    _quantity: int
+    hopfield: Hopfield
+
     def _make_hopfield(self, input_size, kwargs):
         self.hopfield = Hopfield(input_size=input_size, **{a: kwargs[a] for a in _HOPFIELD_ARGS})
 
@@ -620,20 +623,88 @@ class _Wrapper(nn.Module):
     def quantity(self) -> int:
         return self._quantity
 
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name in _FORWARDED:
-                return getattr(super().__getattr__("hopfield"), name)
-            raise
+    # The Hopfield module's read-only properties, as hopfield-layers' wrappers forward them.
+    @property
+    def batch_first(self) -> bool:
+        return self.hopfield.batch_first
+
+    @property
+    def scaling(self) -> Union[float, Tensor]:
+        return self.hopfield.scaling
+
+    @property
+    def stored_pattern_dim(self) -> Optional[int]:
+        return self.hopfield.stored_pattern_dim
+
+    @property
+    def state_pattern_dim(self) -> Optional[int]:
+        return self.hopfield.state_pattern_dim
+
+    @property
+    def pattern_projection_dim(self) -> Optional[int]:
+        return self.hopfield.pattern_projection_dim
+
+    @property
+    def input_size(self) -> Optional[int]:
+        return self.hopfield.input_size
+
+    @property
+    def hidden_size(self) -> Optional[int]:
+        return self.hopfield.hidden_size
+
+    @property
+    def output_size(self) -> Optional[int]:
+        return self.hopfield.output_size
+
+    @property
+    def pattern_size(self) -> Optional[int]:
+        return self.hopfield.pattern_size
+
+    @property
+    def update_steps_max(self) -> Optional[Union[int, Tensor]]:
+        return self.hopfield.update_steps_max
+
+    @property
+    def update_steps_eps(self) -> Union[float, Tensor]:
+        return self.hopfield.update_steps_eps
+
+    @property
+    def stored_pattern_as_static(self) -> bool:
+        return self.hopfield.stored_pattern_as_static
+
+    @property
+    def state_pattern_as_static(self) -> bool:
+        return self.hopfield.state_pattern_as_static
+
+    @property
+    def pattern_projection_as_static(self) -> bool:
+        return self.hopfield.pattern_projection_as_static
+
+    @property
+    def normalize_stored_pattern(self) -> bool:
+        return self.hopfield.normalize_stored_pattern
+
+    @property
+    def normalize_stored_pattern_affine(self) -> bool:
+        return self.hopfield.normalize_stored_pattern_affine
+
+    @property
+    def normalize_state_pattern(self) -> bool:
+        return self.hopfield.normalize_state_pattern
+
+    @property
+    def normalize_state_pattern_affine(self) -> bool:
+        return self.hopfield.normalize_state_pattern_affine
+
+    @property
+    def normalize_pattern_projection(self) -> bool:
+        return self.hopfield.normalize_pattern_projection
+
+    @property
+    def normalize_pattern_projection_affine(self) -> bool:
+        return self.hopfield.normalize_pattern_projection_affine
 
 
-_FORWARDED = {"batch_first", "scaling", "stored_pattern_dim", "state_pattern_dim", "pattern_projection_dim",
-              "input_size", "hidden_size", "output_size", "pattern_size", "update_steps_max", "update_steps_eps",
-              "stored_pattern_as_static", "state_pattern_as_static", "pattern_projection_as_static",
-              "normalize_stored_pattern", "normalize_stored_pattern_affine", "normalize_state_pattern",
-              "normalize_state_pattern_affine", "normalize_pattern_projection", "normalize_pattern_projection_affine"}
 
 
 class HopfieldPooling(_Wrapper):
