@@ -10,6 +10,8 @@
 
 #include "assocmem/io.hpp"
 #include "assocmem/store.hpp"
+#include "kernels/kernels.hpp"
+#include "online_softmax.hpp"
 #include "parallel.hpp"
 
 namespace assocmem {
@@ -160,46 +162,170 @@ void backward_tiles(const AttentionArgs<T>& a, const Eigen::Matrix<T, Eigen::Dyn
   reduce_workers(dQ, db, dq, dbeta);
 }
 
+
+// ---- the fused attention (eq. 16 with keys and values) on raw tiles ---------------------------------
+// The products of a tile, by element type. float: the retrieval engine's kernels, dispatched once
+// (kernels.hpp: AVX-512 register-blocked products and a vectorised exp where the CPU has them, portable
+// loops elsewhere); double (the gradient-check path): Eigen. Shapes: S (nb x ldS) = q (nb x d, stride
+// ldq) . rows^T for the nt rows (row-major, stride d) of a tile; acc (nb x ldacc) += P (nb x nt, stride
+// ldP) . rows (nt x d). ldS and ldacc are multiples of kernels::kBlock; the float kernels write whole
+// blocks of 32 columns (zeros past nt and d).
+template <class T>
+struct Products;
+
+template <>
+struct Products<float> {
+  const kernels::Ops* ops = kernels::avx512_ops() ? kernels::avx512_ops() : &kernels::generic_ops();
+  void pack(const float* rows, std::size_t nt, std::size_t d, std::vector<float>& buf) const {
+    buf.resize(kernels::round_up(nt, kernels::kBlock) * d);
+    ops->pack_xt(rows, nt, d, buf.data());
+  }
+  void scores(const float* q, std::size_t nb, std::size_t ldq, const std::vector<float>& packed, const float*,
+              std::size_t nt, std::size_t d, float* S, std::size_t ldS) const {
+    ops->gemm1_f32(q, nb, ldq, packed.data(), nt, d, S, ldS);
+  }
+  void accumulate(const float* P, std::size_t nb, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d,
+                  float* acc, std::size_t ldacc) const {
+    ops->gemm2_f32(P, nb, ldP, rows, nt, d, acc, ldacc);
+  }
+  float max(const float* s, std::size_t n, float beta) const { return ops->scaled_max(s, n, beta); }
+  /// p = exp(beta s - m) (0 below float's range); returns sum p.
+  float exp_shift(const float* s, std::size_t n, float beta, float m, float* p) const {
+    return ops->exp_shift_sum(s, n, beta, m, p);
+  }
+  void scale(float* x, std::size_t n, float a) const { ops->scale(x, n, a); }
+};
+
+template <>
+struct Products<double> {
+  using Strided = Eigen::Map<Mat<double>, 0, Eigen::OuterStride<>>;
+  using ConstStrided = Eigen::Map<const Mat<double>, 0, Eigen::OuterStride<>>;
+  static Eigen::Index I(std::size_t x) { return static_cast<Eigen::Index>(x); }
+  void pack(const double*, std::size_t, std::size_t, std::vector<double>&) const {}
+  void scores(const double* q, std::size_t nb, std::size_t ldq, const std::vector<double>&, const double* rows,
+              std::size_t nt, std::size_t d, double* S, std::size_t ldS) const {
+    Strided(S, I(nb), I(nt), Eigen::OuterStride<>(I(ldS))).noalias() =
+        ConstStrided(q, I(nb), I(d), Eigen::OuterStride<>(I(ldq))) * ConstMap<double>(rows, I(nt), I(d)).transpose();
+  }
+  void accumulate(const double* P, std::size_t nb, std::size_t ldP, const double* rows, std::size_t nt, std::size_t d,
+                  double* acc, std::size_t ldacc) const {
+    Strided(acc, I(nb), I(d), Eigen::OuterStride<>(I(ldacc))).noalias() +=
+        ConstStrided(P, I(nb), I(nt), Eigen::OuterStride<>(I(ldP))) * ConstMap<double>(rows, I(nt), I(d));
+  }
+  double max(const double* s, std::size_t n, double beta) const {
+    double m = -std::numeric_limits<double>::infinity();
+    for (std::size_t i = 0; i < n; ++i) m = std::fmax(m, beta * s[i]);
+    return m;
+  }
+  double exp_shift(const double* s, std::size_t n, double beta, double m, double* p) const {
+    double sum = 0;
+    for (std::size_t i = 0; i < n; ++i) sum += (p[i] = std::exp(beta * s[i] - m));
+    return sum;
+  }
+  void scale(double* x, std::size_t n, double a) const {
+    for (std::size_t i = 0; i < n; ++i) x[i] *= a;
+  }
+};
+
+// Rows [t0, t0 + nt) of keys or values (cols wide) as T: the caller's memory, or bfloat16 rows widened
+// into buf.
+template <class T>
+const T* tile_rows(const T* f, const std::uint16_t* b, std::size_t t0, std::size_t nt, std::size_t cols,
+                   std::vector<T>& buf) {
+  if (!b) return f + t0 * cols;
+  buf.resize(nt * cols);
+  for (std::size_t i = 0; i < nt * cols; ++i) buf[i] = static_cast<T>(bf16_to_float(b[t0 * cols + i]));
+  return buf.data();
+}
+
+// x (rows x cols, row-major) copied into rows x ld with zero padding: the kernels' operand layout.
+template <class T>
+std::vector<T> padded(const T* x, std::size_t rows, std::size_t cols, std::size_t ld) {
+  std::vector<T> out(rows * ld, T(0));
+  for (std::size_t r = 0; r < rows; ++r) std::copy(x + r * cols, x + (r + 1) * cols, out.begin() + static_cast<long>(r * ld));
+  return out;
+}
+
+// x (rows x cols) transposed: cols x rows.
+template <class T>
+std::vector<T> transposed(const T* x, std::size_t rows, std::size_t cols) {
+  std::vector<T> out(rows * cols);
+  for (std::size_t r = 0; r < rows; ++r)
+    for (std::size_t c = 0; c < cols; ++c) out[c * rows + r] = x[r * cols + c];
+  return out;
+}
+
+// Runs fn(worker, t0, nt, K_t, V_t) over the tiles of memories (K_t, V_t: the tile's keys and values as T,
+// row-major; the same pointer when the values are the keys), one worker per chunk of tiles.
+template <class T, class Fn>
+void for_each_raw_tile(const AttentionArgs<T>& a, std::size_t workers, Fn&& fn) {
+  const std::size_t tiles = (a.K + kTile - 1) / kTile;
+  const bool same = a.v_bf16 ? a.v_bf16 == a.k_bf16 && a.dv == a.d : a.v == a.k && a.dv == a.d;
+  detail::parallel_chunks(tiles, static_cast<int>(workers), [&](std::size_t w, std::size_t tb, std::size_t te) {
+    std::vector<T> kbuf, vbuf;
+    for (std::size_t t = tb; t < te; ++t) {
+      const std::size_t t0 = t * kTile, nt = std::min(kTile, a.K - t0);
+      const T* Kt = tile_rows(a.k, a.k_bf16, t0, nt, a.d, kbuf);
+      fn(w, t0, nt, Kt, same ? Kt : tile_rows(a.v, a.v_bf16, t0, nt, a.dv, vbuf));
+    }
+  });
+}
 }  // namespace
 
 template <class T>
 void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
   check(a);
-  const std::size_t n = a.n, nw = worker_count(a);
-  const T beta = static_cast<T>(a.beta);
-  // Pass 1: m_b = max over the memories left of beta q_b . k_mu.
-  std::vector<std::vector<double>> mx(nw, std::vector<double>(n, -std::numeric_limits<double>::infinity()));
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
-                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
+  const Products<T> pr;
+  const std::size_t n = a.n, d = a.d, dv = a.dv, nw = worker_count(a);
+  const std::size_t dp = kernels::round_up(d, kernels::kBlock), dvp = kernels::round_up(dv, kernels::kBlock);
+  const T beta = static_cast<T>(a.beta), inf = std::numeric_limits<T>::infinity();
+  const std::vector<T> Qp = padded(a.q, n, d, dp);
+  // One pass, online softmax (eq. 12 tile by tile): per worker and query the running maximum m of
+  // beta q . k_mu, sum_mu exp(beta q . k_mu - m) and sum_mu exp(beta q . k_mu - m) v_mu.
+  struct Partial {
+    std::vector<T> max, acc;
+    std::vector<double> sum;
+  };
+  std::vector<Partial> parts(nw);
+  for (auto& p : parts) p = {std::vector<T>(n, -inf), std::vector<T>(n * dvp, T(0)), std::vector<double>(n, 0.0)};
+  std::vector<std::vector<T>> S(nw, std::vector<T>(n * kTile)), W(nw, std::vector<T>(n * kTile)), packed(nw);
+  for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt) {
+    Partial& part = parts[w];
+    pr.pack(Kt, nt, d, packed[w]);
+    pr.scores(Qp.data(), n, dp, packed[w], Kt, nt, d, S[w].data(), kTile);
     for (std::size_t b = 0; b < n; ++b) {
-      const std::uint8_t* m = mask_of(a, b, t0);
-      for (std::size_t i = 0; i < nt; ++i)
-        if (!m || !m[i]) mx[w][b] = std::max(mx[w][b], double(beta * S(Eigen::Index(b), Eigen::Index(i))));
+      T* s = &S[w][b * kTile];
+      T* p = &W[w][b * kTile];
+      if (const std::uint8_t* m = mask_of(a, b, t0))
+        for (std::size_t i = 0; i < nt; ++i)
+          if (m[i]) s[i] = -inf;  // weight exp(-inf) = 0: as if absent
+      const T m_tile = pr.max(s, nt, beta);
+      if (m_tile == -inf) {
+        std::fill(p, p + nt, T(0));
+        continue;
+      }
+      if (m_tile > part.max[b]) {
+        const double f = detail::rescale_factor(double(part.max[b]), double(m_tile));
+        pr.scale(&part.acc[b * dvp], dvp, static_cast<T>(f));
+        part.sum[b] *= f;
+        part.max[b] = m_tile;
+      }
+      part.sum[b] += double(pr.exp_shift(s, nt, beta, part.max[b], p));
     }
+    pr.accumulate(W[w].data(), n, kTile, Vt, nt, dv, part.acc.data(), dvp);
   });
-  Eigen::Matrix<T, Eigen::Dynamic, 1> m(static_cast<Eigen::Index>(n));
-  for (std::size_t b = 0; b < n; ++b) {
-    double v = -std::numeric_limits<double>::infinity();
-    for (std::size_t w = 0; w < nw; ++w) v = std::max(v, mx[w][b]);
-    m[Eigen::Index(b)] = static_cast<T>(v);
-  }
-  // Pass 2: sum_mu exp(beta s_mu - m) and sum_mu exp(beta s_mu - m) v_mu (each term <= 1: no overflow).
-  std::vector<std::vector<double>> sum(nw, std::vector<double>(n, 0.0));
-  std::vector<Mat<T>> acc(nw, Mat<T>::Zero(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(a.dv)));
-  for_each_tile(a, nw, [&](std::size_t w, std::size_t t0, [[maybe_unused]] std::size_t nt, const Mat<T>& S,
-                           [[maybe_unused]] const ConstMap<T>& Kt, [[maybe_unused]] const ConstMap<T>& Vt) {
-    const Mat<T> P = shifted_exp(a, t0, S, beta, m);
-    for (Eigen::Index b = 0; b < P.rows(); ++b) sum[w][std::size_t(b)] += double(P.row(b).sum());
-    acc[w].noalias() += P * Vt;
-  });
-  MutMap<T> O(out, static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(a.dv));
-  O.setZero();
-  for (std::size_t w = 0; w < nw; ++w) O += acc[w];
-  for (std::size_t b = 0; b < n; ++b) {
-    double s = 0;
-    for (std::size_t w = 0; w < nw; ++w) s += sum[w][b];
-    O.row(Eigen::Index(b)) /= static_cast<T>(s);
-    lse[b] = double(m[Eigen::Index(b)]) + std::log(s);
+  for (std::size_t b = 0; b < n; ++b) {  // the workers' partials merged (the same rescaling)
+    T m = -inf;
+    for (const auto& p : parts) m = std::max(m, p.max[b]);
+    double total = 0;
+    std::vector<double> o(dv, 0.0);
+    for (const auto& p : parts) {
+      const double f = detail::rescale_factor(double(p.max[b]), double(m));
+      total += p.sum[b] * f;
+      for (std::size_t j = 0; j < dv; ++j) o[j] += double(p.acc[b * dvp + j]) * f;
+    }
+    for (std::size_t j = 0; j < dv; ++j) out[b * dv + j] = static_cast<T>(o[j] / total);
+    lse[b] = double(m) + std::log(total);
   }
 }
 
@@ -209,27 +335,76 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   check(a);
   ASSOCMEM_CHECK_ARG(dv != dk || (a.v == a.k && a.v_bf16 == a.k_bf16 && a.dv == a.d), "attention_backward: dk and dv may share a buffer only "
                      "when the values are the keys");
-  const std::size_t n = a.n;
+  const Products<T> pr;
+  const std::size_t n = a.n, d = a.d, dvd = a.dv, nw = worker_count(a);
+  const std::size_t dp = kernels::round_up(d, kernels::kBlock), dvp = kernels::round_up(dvd, kernels::kBlock);
   const T beta = static_cast<T>(a.beta);
-  const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d), DV = static_cast<Eigen::Index>(a.dv);
-  const ConstMap<T> Q(a.q, N, D), O(out, N, DV), dO(dout, N, DV);
-  check_finite_array(dout, n * a.dv, "the output's gradient");
-  Eigen::Matrix<T, Eigen::Dynamic, 1> L(N), Dlt(N);
-  for (Eigen::Index b = 0; b < N; ++b) {
+  check_finite_array(dout, n * dvd, "the output's gradient");
+  std::vector<T> L(n), Dlt(n);
+  for (std::size_t b = 0; b < n; ++b) {
     L[b] = static_cast<T>(lse[b]);
-    Dlt[b] = dO.row(b).dot(O.row(b));  // rowsum(dO o O): the softmax Jacobian's diagonal correction
+    double s = 0;
+    for (std::size_t j = 0; j < dvd; ++j) s += double(dout[b * dvd + j]) * double(out[b * dvd + j]);
+    Dlt[b] = static_cast<T>(s);  // rowsum(dO o O): the softmax Jacobian's diagonal correction
   }
-  backward_tiles(a, L, dq, dbeta, [&](std::size_t t0, Eigen::Index NT, const Mat<T>& S, const Mat<T>& P,
-                                      const ConstMap<T>& Kt, const ConstMap<T>& Vt, Mat<T>& dQw, double& dbw) {
-    const Mat<T> dP = dO * Vt.transpose();
-    const Mat<T> dS = (P.array() * (dP.array().colwise() - Dlt.array())).matrix();  // d loss / d(beta S)
-    MutMap<T> dKt(dk + t0 * a.d, NT, D);
-    dKt.noalias() = beta * (dS.transpose() * Q);
-    if (dv == dk) dKt.noalias() += P.transpose() * dO;  // values = keys: one gradient, no second buffer
-    else MutMap<T>(dv + t0 * a.dv, NT, DV).noalias() = P.transpose() * dO;
-    dQw.noalias() += beta * (dS * Kt);
-    dbw += double((dS.array() * S.array()).sum());
+  const std::vector<T> Qp = padded(a.q, n, d, dp), dOp = padded(dout, n, dvd, dvp);
+  const std::vector<T> QT = transposed(a.q, n, d), dOT = transposed(dout, n, dvd);  // d x n, dv x n
+  const bool shared = dv == dk;
+  std::vector<std::vector<T>> dQ(nw, std::vector<T>(n * dp, T(0)));
+  std::vector<double> db(nw, 0.0);
+  struct Buffers {
+    std::vector<T> S, P, G, packK, packV, dKT, dVT;
+  };
+  std::vector<Buffers> buf(nw);
+  for (auto& B : buf) B = {std::vector<T>(n * kTile), std::vector<T>(n * kTile), std::vector<T>(n * kTile), {}, {},
+                           std::vector<T>(d * kTile), std::vector<T>(dvd * kTile)};
+  for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt) {
+    Buffers& B = buf[w];
+    // Recomputed from the log-sum-exp L (FlashAttention): S = Q K_t^T, P = exp(beta S - L) (the softmax
+    // weights, eq. 12), dP = dO V_t^T, and dS = P o (dP - rowsum(dO o O)) = d loss / d(beta S).
+    pr.pack(Kt, nt, d, B.packK);
+    pr.scores(Qp.data(), n, dp, B.packK, Kt, nt, d, B.S.data(), kTile);
+    if (Vt != Kt) pr.pack(Vt, nt, dvd, B.packV);
+    pr.scores(dOp.data(), n, dvp, Vt != Kt ? B.packV : B.packK, Vt, nt, dvd, B.G.data(), kTile);
+    double dbw = 0;
+    for (std::size_t b = 0; b < n; ++b) {
+      const T* s = &B.S[b * kTile];
+      T* p = &B.P[b * kTile];
+      T* g = &B.G[b * kTile];
+      pr.exp_shift(s, nt, beta, L[b], p);
+      if (const std::uint8_t* m = mask_of(a, b, t0))
+        for (std::size_t i = 0; i < nt; ++i)
+          if (m[i]) p[i] = T(0);  // absent memories have weight 0
+      for (std::size_t i = 0; i < nt; ++i) {
+        g[i] = p[i] * (g[i] - Dlt[b]);
+        dbw += double(g[i]) * double(s[i]);  // d loss / d beta = sum dS o S
+      }
+      std::fill(p + nt, p + kTile, T(0));  // the products below read whole rows of the tile
+      std::fill(g + nt, g + kTile, T(0));
+    }
+    db[w] += dbw;
+    pr.accumulate(B.G.data(), n, kTile, Kt, nt, d, dQ[w].data(), dp);  // dQ += dS K_t (times beta below)
+    // dK_t^T = Q^T dS (d x tile) and dV_t^T = dO^T P (dv x tile): the tile's gradients, transposed once.
+    std::fill(B.dKT.begin(), B.dKT.end(), T(0));
+    std::fill(B.dVT.begin(), B.dVT.end(), T(0));
+    pr.accumulate(QT.data(), d, n, B.G.data(), n, kTile, B.dKT.data(), kTile);
+    pr.accumulate(dOT.data(), dvd, n, B.P.data(), n, kTile, B.dVT.data(), kTile);
+    for (std::size_t i = 0; i < nt; ++i) {
+      T* dki = dk + (t0 + i) * d;
+      for (std::size_t j = 0; j < d; ++j) dki[j] = beta * B.dKT[j * kTile + i];
+      T* dvi = shared ? dki : dv + (t0 + i) * dvd;  // values = keys: one gradient, no second buffer
+      for (std::size_t j = 0; j < dvd; ++j) dvi[j] = shared ? dvi[j] + B.dVT[j * kTile + i] : B.dVT[j * kTile + i];
+    }
   });
+  for (std::size_t b = 0; b < n; ++b)
+    for (std::size_t j = 0; j < d; ++j) {
+      double s = 0;
+      for (std::size_t w = 0; w < nw; ++w) s += double(dQ[w][b * dp + j]);
+      dq[b * d + j] = static_cast<T>(double(beta) * s);
+    }
+  double total = 0;
+  for (double x : db) total += x;
+  *dbeta = total;
 }
 
 template <class T>

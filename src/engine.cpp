@@ -9,6 +9,7 @@
 
 #include "fixed_point.hpp"
 #include "kernels/kernels.hpp"
+#include "online_softmax.hpp"
 #include "parallel.hpp"
 
 namespace assocmem {
@@ -53,11 +54,7 @@ void merge_top(std::vector<ScoredId>& into, const std::vector<ScoredId>& other, 
 }  // namespace
 
 namespace {
-// exp(from - to): the factor that moves sums kept relative to the maximum `from` to the maximum `to`
-// (>= from); 0 from -inf (nothing accumulated yet). The online softmax's one rescaling formula.
-double rescale_factor(float from, float to) {
-  return from == -std::numeric_limits<float>::infinity() ? 0.0 : std::exp(double(from) - double(to));
-}
+using detail::rescale_factor;
 void scale_plain(float* x, std::size_t n, float a) {
   for (std::size_t i = 0; i < n; ++i) x[i] *= a;
 }

@@ -40,6 +40,13 @@ py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape, heap->data(), owner);
 }
 
+// An uninitialised (rows x cols) array for a gradient that the library writes in full: the workers'
+// writes are its first touch (no zero-filling of, say, 256 MB under the GIL first).
+template <class T>
+py::array_t<T> gradient_array(std::size_t rows, std::size_t cols) {
+  return py::array_t<T>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+}
+
 py::array_t<double> vec_out(const Vector& v) {
   return to_numpy(std::vector<double>(v.data(), v.data() + v.size()), {v.size()});
 }
@@ -420,17 +427,15 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
             throw InvalidArgument("attention_backward: out, lse and dout do not match the forward's shapes");
           // Values that are the keys: one gradient buffer receives dk + dv (returned as dk; dv None).
           const bool same = static_cast<const void*>(k.data()) == static_cast<const void*>(v.data()) && a.dv == a.d;
-          std::vector<T> dq(a.n * a.d), dk(a.K * a.d), dv(same ? 0 : a.K * a.dv);
+          auto dq = gradient_array<T>(a.n, a.d), dk = gradient_array<T>(a.K, a.d);
+          py::array_t<T> dv = same ? dk : gradient_array<T>(a.K, a.dv);
+          T *dqp = dq.mutable_data(), *dkp = dk.mutable_data(), *dvp = dv.mutable_data();
           double dbeta = 0;
           {
             py::gil_scoped_release nogil;
-            attention_backward(a, out.data(), lse.data(), dout.data(), dq.data(), dk.data(), same ? dk.data() : dv.data(),
-                               &dbeta);
+            attention_backward(a, out.data(), lse.data(), dout.data(), dqp, dkp, dvp, &dbeta);
           }
-          py::object dv_out = same ? py::object(py::none())
-                                   : py::object(to_numpy(std::move(dv), {py::ssize_t(a.K), py::ssize_t(a.dv)}));
-          return py::make_tuple(to_numpy(std::move(dq), {py::ssize_t(a.n), py::ssize_t(a.d)}),
-                                to_numpy(std::move(dk), {py::ssize_t(a.K), py::ssize_t(a.d)}), dv_out, dbeta);
+          return py::make_tuple(dq, dk, same ? py::object(py::none()) : py::object(dv), dbeta);
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("beta"), py::arg("mask"), py::arg("threads"), py::arg("out"),
         py::arg("lse"), py::arg("dout"),
@@ -442,14 +447,14 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
           const AttentionArgs<T> a = attention_args<T, S>(q, k, k, beta, mask, threads);
           if (lse.ndim() != 1 || dlse.ndim() != 1 || std::size_t(lse.shape(0)) != a.n || std::size_t(dlse.shape(0)) != a.n)
             throw InvalidArgument("log_sum_exp_backward: lse and dlse must have one entry per query");
-          std::vector<T> dq(a.n * a.d), dk(a.K * a.d);
+          auto dq = gradient_array<T>(a.n, a.d), dk = gradient_array<T>(a.K, a.d);
+          T *dqp = dq.mutable_data(), *dkp = dk.mutable_data();
           double dbeta = 0;
           {
             py::gil_scoped_release nogil;
-            log_sum_exp_backward(a, lse.data(), dlse.data(), dq.data(), dk.data(), &dbeta);
+            log_sum_exp_backward(a, lse.data(), dlse.data(), dqp, dkp, &dbeta);
           }
-          return py::make_tuple(to_numpy(std::move(dq), {py::ssize_t(a.n), py::ssize_t(a.d)}),
-                                to_numpy(std::move(dk), {py::ssize_t(a.K), py::ssize_t(a.d)}), dbeta);
+          return py::make_tuple(dq, dk, dbeta);
         },
         py::arg("q"), py::arg("k"), py::arg("beta"), py::arg("mask"), py::arg("threads"), py::arg("lse"), py::arg("dlse"),
         "(dq, dk, dbeta) of sum(dlse o lse), lse = log sum exp(beta q k^T) per query.");
@@ -482,14 +487,13 @@ void bind_spherical_dtype(py::module_& m, const char* suffix) {
           if (denergy && (denergy->ndim() != 1 || std::size_t(denergy->shape(0)) != a.n))
             throw InvalidArgument("spherical_backward: denergy must have one entry per query");
           const AdditivePtr f = make_interaction(interaction(F, n, beta));
-          std::vector<T> dg(a.n * a.d), dk(a.K * a.d);
+          auto dg = gradient_array<T>(a.n, a.d), dk = gradient_array<T>(a.K, a.d);
+          T *dgp = dg.mutable_data(), *dkp = dk.mutable_data();
           {
             py::gil_scoped_release nogil;
-            spherical_backward(a, *f, ddrive ? ddrive->data() : nullptr, denergy ? denergy->data() : nullptr, dg.data(),
-                               dk.data());
+            spherical_backward(a, *f, ddrive ? ddrive->data() : nullptr, denergy ? denergy->data() : nullptr, dgp, dkp);
           }
-          return py::make_tuple(to_numpy(std::move(dg), {py::ssize_t(a.n), py::ssize_t(a.d)}),
-                                to_numpy(std::move(dk), {py::ssize_t(a.K), py::ssize_t(a.d)}));
+          return py::make_tuple(dg, dk);
         },
         py::arg("g"), py::arg("k"), py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("mask"), py::arg("threads"),
         py::arg("ddrive"), py::arg("denergy"), "(dg, dk) of sum(ddrive o drive) + sum(denergy o energy).");
