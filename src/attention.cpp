@@ -175,7 +175,9 @@ struct Products;
 
 template <>
 struct Products<float> {
-  const kernels::Ops* ops = kernels::avx512_ops() ? kernels::avx512_ops() : &kernels::generic_ops();
+  const kernels::Ops* ops;
+  explicit Products(const AttentionArgs<float>& a)
+      : ops(!a.portable_kernels && kernels::avx512_ops() ? kernels::avx512_ops() : &kernels::generic_ops()) {}
   void pack(const float* rows, std::size_t nt, std::size_t d, std::vector<float>& buf) const {
     buf.resize(kernels::round_up(nt, kernels::kBlock) * d);
     ops->pack_xt(rows, nt, d, buf.data());
@@ -200,6 +202,7 @@ template <>
 struct Products<double> {
   using Strided = Eigen::Map<Mat<double>, 0, Eigen::OuterStride<>>;
   using ConstStrided = Eigen::Map<const Mat<double>, 0, Eigen::OuterStride<>>;
+  explicit Products(const AttentionArgs<double>&) {}
   static Eigen::Index I(std::size_t x) { return static_cast<Eigen::Index>(x); }
   void pack(const double*, std::size_t, std::size_t, std::vector<double>&) const {}
   void scores(const double* q, std::size_t nb, std::size_t ldq, const std::vector<double>&, const double* rows,
@@ -275,7 +278,7 @@ void for_each_raw_tile(const AttentionArgs<T>& a, std::size_t workers, Fn&& fn) 
 template <class T>
 void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
   check(a);
-  const Products<T> pr;
+  const Products<T> pr(a);
   const std::size_t n = a.n, d = a.d, dv = a.dv, nw = worker_count(a);
   const std::size_t dp = kernels::round_up(d, kernels::kBlock), dvp = kernels::round_up(dv, kernels::kBlock);
   const T beta = static_cast<T>(a.beta), inf = std::numeric_limits<T>::infinity();
@@ -335,7 +338,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   check(a);
   ASSOCMEM_CHECK_ARG(dv != dk || (a.v == a.k && a.v_bf16 == a.k_bf16 && a.dv == a.d), "attention_backward: dk and dv may share a buffer only "
                      "when the values are the keys");
-  const Products<T> pr;
+  const Products<T> pr(a);
   const std::size_t n = a.n, d = a.d, dvd = a.dv, nw = worker_count(a);
   const std::size_t dp = kernels::round_up(d, kernels::kBlock), dvp = kernels::round_up(dvd, kernels::kBlock);
   const T beta = static_cast<T>(a.beta);

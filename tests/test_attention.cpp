@@ -94,6 +94,48 @@ TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
   for (std::size_t j = 0; j < d; ++j) EXPECT_EQ(dk[5 * d + j], 0.0);
 }
 
+// The float path (the engine's dispatched kernels) against the double path (Eigen) on awkward shapes:
+// four tiles with a partial last one, 37 queries (not a multiple of the kernels' 8 rows), d = 70 and
+// dv = 33 (not multiples of 32), per-query masks, three workers; separate values and values = keys; the
+// portable kernels and the best this CPU has.
+TEST(Attention, FloatKernelsEqualTheDoublePath) {
+  std::mt19937_64 rng(11);
+  const std::size_t n = 37, K = 1000, d = 70, dv = 33;
+  const Matrix Q = randn(n, d, rng), X = randn(K, d, rng, 0.15), V = randn(K, dv, rng), W = randn(n, d, rng);
+  std::vector<std::uint8_t> mask(n * K, 0);
+  for (std::size_t i = 0; i < mask.size(); i += 7) mask[i] = 1;
+  for (bool portable : {false, true})
+  for (bool auto_assoc : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "portable " << portable << ", values = keys " << auto_assoc);
+    const std::size_t e = auto_assoc ? d : dv;
+    const auto q = flat(Q), x = flat(X), v = auto_assoc ? x : flat(V), w = flat(W.leftCols(Eigen::Index(e)));
+    const auto qf = to_f32(Q), xf = to_f32(X), wf = to_f32(W.leftCols(Eigen::Index(e)));
+    const auto vf = auto_assoc ? xf : to_f32(V);
+    AttentionArgs<double> a;
+    a.q = q.data(), a.n = n, a.d = d, a.k = x.data(), a.K = K, a.v = auto_assoc ? x.data() : v.data(), a.dv = e;
+    a.beta = 2.5, a.threads = 3, a.mask = {mask.data(), n};
+    AttentionArgs<float> af;
+    af.q = qf.data(), af.n = n, af.d = d, af.k = xf.data(), af.K = K, af.v = auto_assoc ? xf.data() : vf.data();
+    af.dv = e, af.beta = 2.5, af.threads = 3, af.mask = {mask.data(), n}, af.portable_kernels = portable;
+    std::vector<double> out(n * e), lse(n), dq(n * d), dk(K * d), dvv(K * e), lsef(n);
+    std::vector<float> outf(n * e), dqf(n * d), dkf(K * d), dvf(K * e);
+    double db = 0, dbf = 0;
+    attention_forward(a, out.data(), lse.data());
+    attention_forward(af, outf.data(), lsef.data());
+    attention_backward(a, out.data(), lse.data(), w.data(), dq.data(), dk.data(), auto_assoc ? dk.data() : dvv.data(), &db);
+    attention_backward(af, outf.data(), lsef.data(), wf.data(), dqf.data(), dkf.data(),
+                       auto_assoc ? dkf.data() : dvf.data(), &dbf);
+    for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(outf[i], out[i], 2e-5) << "out " << i;
+    for (std::size_t b = 0; b < n; ++b) ASSERT_NEAR(lsef[b], lse[b], 1e-5 * std::abs(lse[b]) + 1e-5);
+    for (std::size_t i = 0; i < dq.size(); ++i) ASSERT_NEAR(dqf[i], dq[i], 5e-5) << "dq " << i;
+    for (std::size_t i = 0; i < dk.size(); ++i) ASSERT_NEAR(dkf[i], dk[i], 5e-5) << "dk " << i;
+    if (!auto_assoc) {
+      for (std::size_t i = 0; i < dvv.size(); ++i) ASSERT_NEAR(dvf[i], dvv[i], 5e-5) << "dv " << i;
+    }
+    EXPECT_NEAR(dbf, db, 1e-4 * std::abs(db) + 1e-4);
+  }
+}
+
 // The log-sum-exp's gradient (model B's energy, eq. 13) against central differences, with a mask.
 TEST(Attention, LogSumExpBackwardIsItsDerivative) {
   std::mt19937_64 rng(3);

@@ -2,12 +2,13 @@
 // keys and values, O = softmax(beta Q K^T) V, and its gradients, computed tile by tile over the
 // memories so that the n x K score matrix is never stored (extra memory O(threads x n x tile)).
 //
-// Forward: a pass for the row maxima m of beta Q K^T, then a pass for sum_mu exp(beta s_mu - m) and the
-// weighted values; the log-sum-exp is kept for the backward pass. Backward (FlashAttention's
-// recomputation): per tile, S = Q K^T, P = exp(beta S - lse), dP = dO V^T, dS = P o (dP - rowsum(dO o O)),
-// then dV = P^T dO, dK = beta dS^T Q, dQ = beta dS K and dbeta = sum(dS o S). Masked memories have
-// P = 0, exactly as if deleted. float and double (the double path serves gradient checks).
-// Used by assocmem.torch; the retrieval engines (engine.hpp) remain the fast path without gradients.
+// Forward: one pass with the online softmax (running maximum m, sum_mu exp(beta s_mu - m) and the
+// weighted values, rescaled when m grows); the log-sum-exp is kept for the backward pass. Backward
+// (FlashAttention's recomputation): per tile, S = Q K^T, P = exp(beta S - lse), dP = dO V^T,
+// dS = P o (dP - rowsum(dO o O)), then dV = P^T dO, dK = beta dS^T Q, dQ = beta dS K and
+// dbeta = sum(dS o S). Masked memories have P = 0, exactly as if deleted. float runs the products on the
+// retrieval engine's dispatched kernels (AVX-512 where present), double on Eigen (gradient checks); one
+// algorithm for both. Used by assocmem.torch.
 #pragma once
 
 #include <cstddef>
@@ -33,6 +34,9 @@ struct AttentionArgs {
   double beta = 1.0;     ///< inverse temperature, finite and > 0
   MemoryMask mask;       ///< rows 0, 1 or n of K flags; non-zero leaves the memory out
   int threads = 0;       ///< 0: all hardware threads
+  /// float: the portable kernels even where the CPU has AVX-512 (the choice is otherwise made once, at
+  /// the first call: AVX-512 where the CPU runs it); for tests and comparisons. double always uses Eigen.
+  bool portable_kernels = false;
 };
 
 /// out (n x dv) = softmax(beta q k^T) v; lse (n) = log sum_mu exp(beta q k_mu) over the memories left.
