@@ -9,10 +9,13 @@ memories and retrieves with a learned state pattern; a linear read-out of the po
 the bag. The association over 10,000 memories per bag is computed tile by tile, never as a matrix.
 
     /usr/bin/python3 examples/immune_repertoire.py                        # 10,000 instances per bag
-    /usr/bin/python3 examples/immune_repertoire.py --instances 1000 --bags 96 --epochs 15   # quick
+    /usr/bin/python3 examples/immune_repertoire.py --instances 1000 --motifs 30 --epochs 30   # quick
 
 Prints the held-out accuracy, the loss, and the time per epoch. tests/python/test_examples.py runs it at
-small size for two seeds.
+small size for two seeds. The default witness rate is 1% (100 motif copies among 10,000 instances), where
+this plain classifier learned the task for every seed tried; at a few copies in 10,000 (0.04%) it stayed
+at chance in most runs: DeepRC reaches such rates with a sequence CNN, an attention network and far more
+repertoires than a 2-core example trains on.
 """
 import argparse
 import json
@@ -48,7 +51,7 @@ class Classifier(torch.nn.Module):
         return self.out(self.pool(bags)).squeeze(-1)
 
 
-def run(instances=10_000, bags=192, motifs=4, noise=0.1, d=32, hidden=32, scaling=1.0, epochs=20, batch=8,
+def run(instances=10_000, bags=96, motifs=100, noise=0.1, d=32, hidden=32, scaling=1.0, epochs=20, batch=8,
         lr=0.01, seed=0, log=print):
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -79,8 +82,8 @@ def run(instances=10_000, bags=192, motifs=4, noise=0.1, d=32, hidden=32, scalin
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--instances", type=int, default=10_000, help="instances (memories) per bag [10000]")
-    p.add_argument("--bags", type=int, default=192, help="training bags, and as many held-out bags [192]")
-    p.add_argument("--motifs", type=int, default=4, help="motif copies in a positive bag [4]")
+    p.add_argument("--bags", type=int, default=96, help="training bags, and as many held-out bags [96]")
+    p.add_argument("--motifs", type=int, default=100, help="motif copies in a positive bag [100: a 1%% witness rate]")
     p.add_argument("--noise", type=float, default=0.1, help="noise added to each motif copy [0.1]")
     p.add_argument("--epochs", type=int, default=20, help="training epochs [20]")
     p.add_argument("--scaling", type=float, default=1.0, help="beta of the association [1.0]")
