@@ -1,4 +1,4 @@
-// assocmem: the command-line tool (run by main.cpp). Subcommands store, recall, simulate, capacity, demo
+// assocmem: the command-line tool (run by main.cpp). Subcommands store, shard, recall, simulate, capacity, demo
 // (one file each); `--help` at every level.
 // Exit codes: 0 success, 2 bad usage or input (a one-line message naming the problem), 1 a
 // computation that could not finish (e.g. a solver reaching max steps).
@@ -29,7 +29,7 @@ int run(int argc, char** argv) {
   app.add_flag("--json", as_json, "Machine-readable JSON on stdout");
   app.set_version_flag("--version", std::string("assocmem ") + version());
 
-  const std::vector<Command> commands = {add_store(app), add_recall(app), add_simulate(app), add_capacity(app),
+  const std::vector<Command> commands = {add_store(app), add_shard(app), add_recall(app), add_simulate(app), add_capacity(app),
                                          add_demo(app)};
 
   install_signal_cleanup();  // SIGINT/SIGTERM/SIGHUP remove the temporaries in flight

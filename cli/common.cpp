@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +13,7 @@
 #include <iostream>
 
 #include "assocmem/io.hpp"
+#include "assocmem/npy.hpp"
 
 namespace assocmem::cli {
 
@@ -93,6 +95,42 @@ void draw_plot(const std::string& kind, const std::string& csv, const std::strin
   const InputFile in(png.path(), "plot");
   const std::string bytes = in.read_all(std::size_t{1} << 30);
   write_file_atomically(output, {{bytes.data(), bytes.size()}});
+}
+
+Patterns read_patterns(const std::string& npy, const std::string& normalize) {
+  const NpyArray arr = read_npy(npy);
+  Patterns p{arr.to_float32(), arr.rows, arr.cols};
+  // Every value finite (a NaN would pass silently through sign or l2 normalisation).
+  for (std::size_t k = 0; k < p.rows.size(); ++k)
+    if (!std::isfinite(p.rows[k]))
+      throw BadInput("'" + npy + "': pattern " + std::to_string(k / p.cols) + " element " + std::to_string(k % p.cols) +
+                     " is NaN or Inf");
+  if (normalize == "l2") {
+    for (std::size_t i = 0; i < p.count; ++i) {
+      float* r = &p.rows[i * p.cols];
+      double s = 0;
+      for (std::size_t j = 0; j < p.cols; ++j) s += double(r[j]) * r[j];
+      if (s == 0) throw BadInput("--normalize l2: pattern " + std::to_string(i) + " of '" + npy + "' is zero");
+      const float inv = static_cast<float>(1.0 / std::sqrt(s));
+      for (std::size_t j = 0; j < p.cols; ++j) r[j] *= inv;
+    }
+  } else if (normalize == "sign") {
+    for (auto& x : p.rows) x = x > 0 ? 1.0f : -1.0f;
+  } else if (normalize != "none") {
+    throw BadInput("--normalize must be none, l2 or sign, got '" + normalize + "'");
+  }
+  return p;
+}
+
+MemoryStore store_from_npy(const std::string& npy, DType dtype, const std::string& normalize) {
+  const Patterns p = read_patterns(npy, normalize);
+  MemoryStore s(p.cols, dtype);
+  try {
+    s.append(p.rows.data(), p.count);
+  } catch (const InvalidArgument& e) {
+    throw BadInput("'" + npy + "': " + e.what() + (dtype == DType::Bits ? " (use --normalize sign)" : ""));
+  }
+  return s;
 }
 
 }  // namespace assocmem::cli

@@ -1,5 +1,5 @@
 // Internal to the command: what every subcommand shares (errors, output, progress, plotting), and
-// the registration of each subcommand (one file each: store.cpp, recall.cpp, simulate.cpp,
+// the registration of each subcommand (one file each: store.cpp, shard.cpp, recall.cpp, simulate.cpp,
 // capacity.cpp, demo.cpp; cli.cpp parses and dispatches).
 #pragma once
 
@@ -11,6 +11,8 @@
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+
+#include "assocmem/store.hpp"
 
 namespace assocmem::cli {
 
@@ -51,6 +53,16 @@ int run_python(const std::vector<std::string>& args);
 void draw_plot(const std::string& kind, const std::string& csv, const std::string& output,
                const std::vector<std::string>& extra);
 
+/// The patterns of a .npy file as float32 rows, checked finite and normalised: "none", "l2" (unit
+/// rows) or "sign" (+-1). BadInput names the file, pattern and element.
+struct Patterns {
+  std::vector<float> rows;
+  std::size_t count = 0, cols = 0;
+};
+Patterns read_patterns(const std::string& npy, const std::string& normalize);
+/// An in-memory store of those patterns (ids 0, 1, ...).
+MemoryStore store_from_npy(const std::string& npy, DType dtype, const std::string& normalize);
+
 /// A subcommand: registered on the app, run when given. run(as_json) returns the exit code.
 struct Command {
   CLI::App* app;
@@ -61,5 +73,6 @@ Command add_recall(CLI::App& app);
 Command add_simulate(CLI::App& app);
 Command add_capacity(CLI::App& app);
 Command add_demo(CLI::App& app);
+Command add_shard(CLI::App& app);
 
 }  // namespace assocmem::cli

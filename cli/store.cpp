@@ -15,14 +15,6 @@
 namespace assocmem::cli {
 namespace {
 
-// Every value finite (a NaN would pass silently through sign or l2 normalisation).
-void check_finite_rows(const std::vector<float>& rows, std::size_t cols, const std::string& file) {
-  for (std::size_t k = 0; k < rows.size(); ++k)
-    if (!std::isfinite(rows[k]))
-      throw BadInput("'" + file + "': pattern " + std::to_string(k / cols) + " element " + std::to_string(k % cols) +
-                     " is NaN or Inf");
-}
-
 struct StoreArgs {
   std::string input, output, dtype = "float32", normalize = "none";
   bool append = false;
@@ -30,39 +22,27 @@ struct StoreArgs {
 
 int cmd_store(const StoreArgs& a, bool dtype_given, bool as_json) {
   check_distinct({{"input", a.input}}, {{"store", a.output}});
-  const NpyArray arr = read_npy(a.input);
-  std::vector<float> rows = arr.to_float32();
-  check_finite_rows(rows, arr.cols, a.input);
-  if (a.normalize == "l2") {
-    for (std::size_t i = 0; i < arr.rows; ++i) {
-      double s = 0;
-      for (std::size_t j = 0; j < arr.cols; ++j) s += double(rows[i * arr.cols + j]) * rows[i * arr.cols + j];
-      if (s == 0) throw BadInput("--normalize l2: pattern " + std::to_string(i) + " of '" + a.input + "' is zero");
-      const float inv = static_cast<float>(1.0 / std::sqrt(s));
-      for (std::size_t j = 0; j < arr.cols; ++j) rows[i * arr.cols + j] *= inv;
-    }
-  } else if (a.normalize == "sign") {
-    for (auto& x : rows) x = x > 0 ? 1.0f : -1.0f;
-  }
   const DType dtype = parse_dtype(a.dtype);
-  std::size_t count = 0;
+  std::size_t count = 0, dim = 0;
   DType written = dtype;
-  try {
-    if (a.append) {
+  if (a.append) {
+    const Patterns p = read_patterns(a.input, a.normalize);
+    dim = p.cols;
+    try {
       // Under the folder lock from the read to the rename: concurrent appends are all kept.
-      count = MemoryStore::append_to_file(a.output, rows.data(), arr.rows, arr.cols, dtype, dtype_given);
+      count = MemoryStore::append_to_file(a.output, p.rows.data(), p.count, p.cols, dtype, dtype_given);
       written = MemoryStore::open(a.output, {false, Access::Map}).dtype();
-    } else {
-      MemoryStore s(arr.cols, dtype);
-      s.append(rows.data(), arr.rows);
-      s.save(a.output);
-      count = s.size();
+    } catch (const InvalidArgument& e) {
+      throw BadInput("'" + a.input + "': " + e.what() + (dtype == DType::Bits ? " (use --normalize sign)" : ""));
     }
-  } catch (const InvalidArgument& e) {
-    throw BadInput("'" + a.input + "': " + e.what() + (dtype == DType::Bits ? " (use --normalize sign)" : ""));
+  } else {
+    const MemoryStore s = store_from_npy(a.input, dtype, a.normalize);
+    s.save(a.output);
+    count = s.size();
+    dim = s.dim();
   }
-  emit(as_json, {{"store", a.output}, {"count", count}, {"dim", arr.cols}, {"dtype", to_string(written)}},
-       "wrote " + a.output + ": " + std::to_string(count) + " memories of dimension " + std::to_string(arr.cols) + " (" +
+  emit(as_json, {{"store", a.output}, {"count", count}, {"dim", dim}, {"dtype", to_string(written)}},
+       "wrote " + a.output + ": " + std::to_string(count) + " memories of dimension " + std::to_string(dim) + " (" +
            to_string(written) + ")\n");
   return 0;
 }

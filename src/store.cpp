@@ -303,7 +303,21 @@ void MemoryStore::check_intact() const {
                   "read from it is invalid. Open it again, or open with access=copy");
 }
 
-void MemoryStore::save(const std::string& path) const {
+MemoryStore MemoryStore::slice(std::size_t begin, std::size_t end) const {
+  ASSOCMEM_CHECK_ARG(begin <= end && end <= count_, "slice: [", begin, ", ", end, ") is not within the ", count_,
+                     " memories");
+  check_intact();
+  MemoryStore out(dim_, dtype_);
+  out.owned_rows_.resize((end - begin) * row_bytes_);
+  if (end > begin) std::memcpy(out.owned_rows_.data(), rows_ + begin * row_bytes_, (end - begin) * row_bytes_);
+  out.owned_ids_.assign(ids_ + begin, ids_ + end);
+  out.count_ = end - begin;
+  out.refresh_pointers();
+  check_intact();  // a mapped file that shrank during the copy: the copy is invalid
+  return out;
+}
+
+std::uint64_t MemoryStore::save(const std::string& path) const {
   check_intact();
   const std::size_t rows_len = count_ * row_bytes_;
   const std::size_t pad = align8(rows_len) - rows_len;
@@ -330,6 +344,7 @@ void MemoryStore::save(const std::string& path) const {
   put<std::uint64_t>(&header[56], payload_hash);
   put<std::uint64_t>(&header[64], XXH64(header.data(), 64, 0));
   write_file_atomically(path, {{header.data(), header.size()}, {rows_, rows_len}, {&zeros, pad}, {ids_, 8 * count_}});
+  return payload_hash;
 }
 
 namespace {
@@ -376,6 +391,7 @@ MemoryStore MemoryStore::open(const std::string& path, const OpenOptions& option
 
   MemoryStore s(dim, dtype);
   s.source_ = path;
+  s.file_checksum_ = get<std::uint64_t>(h + 56);
   const bool map = options.access == Access::Map || (options.access == Access::Auto && payload > auto_copy_limit());
   std::uint64_t hash = 0;
   if (!map) {

@@ -120,8 +120,16 @@ class MemoryStore {
   /// for bits. Atomic.
   void export_npy(const std::string& path) const;
 
-  /// Writes the store atomically to path. Throws IoError naming the file.
-  void save(const std::string& path) const;
+  /// Writes the store atomically to path. Throws IoError naming the file. Returns the XXH64 checksum
+  /// of the payload it wrote (the one in the file's header).
+  std::uint64_t save(const std::string& path) const;
+
+  /// A new in-memory store holding memories [begin, end) of this one, rows and ids copied byte for byte.
+  MemoryStore slice(std::size_t begin, std::size_t end) const;
+  /// The payload checksum recorded in the header of the file this store was opened from (verified
+  /// against the payload on open unless OpenOptions::verify_checksum was false); 0 for a store built
+  /// in memory.
+  std::uint64_t file_checksum() const { return file_checksum_; }
 
   /// Appends n rows (n x dim float32) to the store file at `path` under the folder lock, creating it
   /// with `dtype_if_new` when it does not exist. `dtype` (optional, 0 = any) must match an existing
@@ -168,6 +176,7 @@ class MemoryStore {
   const std::uint8_t* rows_ = nullptr;
   const std::uint64_t* ids_ = nullptr;
   std::string source_;
+  std::uint64_t file_checksum_ = 0;
 };
 
 }  // namespace assocmem
