@@ -432,6 +432,42 @@ AttentionPartial b_partial(const detail::EngineCore& core, const MemoryStore& ac
   return out;
 }
 
+// Runs fn. With a merger (the memories spread over participants), a failure here is agreed on
+// collectively: every participant throws, none is left waiting in the merger's next collective.
+template <class Fn>
+void collectively(const PassMerger* merger, Fn&& fn) {
+  if (!merger) return fn();
+  std::exception_ptr failure;
+  try {
+    fn();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  merger->agree(failure);
+}
+
+// b_partial over the engine's memories, merged over all participants' memories when there is a merger.
+AttentionPartial merged_b_partial(const detail::EngineCore& core, const MemoryStore& acc_store, const float* q,
+                                  std::size_t n, std::size_t top_k, const MemoryMask& mask,
+                                  const std::vector<std::size_t>* rows, double beta, Poller& poller) {
+  AttentionPartial part;
+  collectively(core.opt.merger, [&] { part = b_partial(core, acc_store, q, n, top_k, mask, rows, beta, poller); });
+  if (core.opt.merger) core.opt.merger->merge(part);
+  return part;
+}
+
+// The checks at the start of a retrieval, agreed on by every participant.
+template <class Fn>
+void check_collectively(const detail::EngineCore& core, const RetrieveOptions& options, Fn&& checks) {
+  collectively(core.opt.merger, [&] {
+    ASSOCMEM_CHECK_ARG(!core.opt.merger || !options.monitor, "monitor: a retrieval over memories spread over several "
+                       "participants cannot be cancelled by one of them; give no monitor");
+    ASSOCMEM_CHECK_ARG(!core.opt.merger || options.mask.rows == 0, "mask: not supported yet when the memories are "
+                       "spread over several participants");
+    checks();
+  });
+}
+
 void check_clamp(const std::vector<std::uint8_t>& clamp, std::size_t d) {
   ASSOCMEM_CHECK_ARG(clamp.empty() || clamp.size() == d, "clamp has length ", clamp.size(), " but the dimension is ", d);
 }
@@ -474,15 +510,18 @@ AttentionPartial ModelBEngine::partial(const float* queries, std::size_t batch, 
 }
 
 Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options) const {
-  const ResolvedOptions o = resolve(options, ModelKind::B);
+  ResolvedOptions o{};
   const double beta = options.beta.value_or(beta_);
   const std::size_t d = core_->dim(), dv = core_->values->dim();
   const bool hetero = core_->values != core_->store;
-  check_clamp(options.clamp, d);
-  ASSOCMEM_CHECK_ARG(!hetero || options.clamp.empty(), "clamp: with a value store the result is not in the query's "
-                                                       "space; clamping applies to auto-association only");
-  core_->check_queries(queries, batch, beta);
-  core_->check_mask(options.mask, batch);
+  check_collectively(*core_, options, [&] {
+    o = resolve(options, ModelKind::B);
+    check_clamp(options.clamp, d);
+    ASSOCMEM_CHECK_ARG(!hetero || options.clamp.empty(), "clamp: with a value store the result is not in the query's "
+                                                         "space; clamping applies to auto-association only");
+    core_->check_queries(queries, batch, beta);
+    core_->check_mask(options.mask, batch);
+  });
   Poller poller(options.monitor);
   std::vector<float> states(queries, queries + batch * d);
   Retrieval r;
@@ -495,7 +534,8 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
         states, batch, d, key_steps, o.tol, poller, r,
         [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
           const std::size_t n = rows.size();
-          const AttentionPartial part = b_partial(*core_, *core_->store, cur.data(), n, 0, options.mask, &rows, beta, poller);
+          const AttentionPartial part =
+              merged_b_partial(*core_, *core_->store, cur.data(), n, 0, options.mask, &rows, beta, poller);
           std::vector<float> st(d);
           for (std::size_t i = 0; i < n; ++i) {
             part.state(i, st.data());
@@ -510,7 +550,7 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   if (hetero || options.energy || options.top_k) {
     // One more pass: the association with the values (hetero), or the description of the final states.
     const AttentionPartial part =
-        b_partial(*core_, *core_->values, out.data(), batch, options.top_k, options.mask, nullptr, beta, poller);
+        merged_b_partial(*core_, *core_->values, out.data(), batch, options.top_k, options.mask, nullptr, beta, poller);
     if (options.energy) {
       r.energy.resize(batch);
       for (std::size_t b = 0; b < batch; ++b) r.energy[b] = model_b_energy(&out[b * d], d, part.log_sum_exp(b), beta);
@@ -538,10 +578,14 @@ std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch,
   ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta >= 0, "beta must be finite and > 0 (0: the engine's), got ", beta);
   const double b = beta > 0 ? beta : beta_;
   const std::size_t d = core_->dim();
-  core_->check_queries(states, batch, b);
-  core_->check_mask(mask, batch);
+  RetrieveOptions checked;
+  checked.mask = mask;
+  check_collectively(*core_, checked, [&] {
+    core_->check_queries(states, batch, b);
+    core_->check_mask(mask, batch);
+  });
   Poller poller(Monitor{});
-  const AttentionPartial part = b_partial(*core_, *core_->store, states, batch, 0, mask, nullptr, b, poller);
+  const AttentionPartial part = merged_b_partial(*core_, *core_->store, states, batch, 0, mask, nullptr, b, poller);
   std::vector<double> e(batch);
   for (std::size_t i = 0; i < batch; ++i) e[i] = model_b_energy(states + i * d, d, part.log_sum_exp(i), b);
   return e;
@@ -586,14 +630,25 @@ void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, c
     }
   }
 }
+
+// model_c_pass over the engine's memories, summed over all participants' memories with a merger.
+void merged_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, const float* v, std::size_t n,
+                   const MemoryMask& mask, const std::vector<std::size_t>* rows, Poller& poller,
+                   std::vector<float>& drive, std::vector<double>& energy) {
+  collectively(core.opt.merger, [&] { model_c_pass(core, F, v, n, mask, rows, poller, drive, energy); });
+  if (core.opt.merger) core.opt.merger->merge_sums(drive, energy);
+}
 }  // namespace
 
 Retrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options) const {
-  const ResolvedOptions o = resolve(options, ModelKind::C);
+  ResolvedOptions o{};
   const std::size_t d = core_->dim();
-  check_clamp(options.clamp, d);
-  core_->check_queries(queries, batch, 0.0);  // model C scores xi.(v/|v|): bounded by max_norm
-  core_->check_mask(options.mask, batch);
+  check_collectively(*core_, options, [&] {
+    o = resolve(options, ModelKind::C);
+    check_clamp(options.clamp, d);
+    core_->check_queries(queries, batch, 0.0);  // model C scores xi.(v/|v|): bounded by max_norm
+    core_->check_mask(options.mask, batch);
+  });
   Poller poller(options.monitor);
   std::vector<float> states(queries, queries + batch * d);
   Retrieval r;
@@ -605,7 +660,7 @@ Retrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const 
         const std::size_t n = rows.size();
         std::vector<float> drive;
         std::vector<double> energy;
-        model_c_pass(*core_, F_.get(), cur.data(), n, options.mask, &rows, poller, drive, energy);
+        merged_c_pass(*core_, F_.get(), cur.data(), n, options.mask, &rows, poller, drive, energy);
         for (std::size_t i = 0; i < n * d; ++i)
           next[i] = static_cast<float>(cur[i] + o.step * (drive[i] - alpha_ * cur[i]));  // eq. (22)
         detail::apply_clamp(options.clamp, queries, rows, d, next.data());
@@ -613,19 +668,23 @@ Retrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const 
       alpha_ == 0.0 ? detail::direction_change<float> : detail::max_abs_change<float>);
   if (options.energy) {
     std::vector<float> drive;
-    model_c_pass(*core_, F_.get(), states.data(), batch, options.mask, nullptr, poller, drive, r.energy);
+    merged_c_pass(*core_, F_.get(), states.data(), batch, options.mask, nullptr, poller, drive, r.energy);
   }
   r.states.assign(states.begin(), states.end());
   return r;
 }
 
 std::vector<double> ModelCEngine::energy(const float* states, std::size_t batch, MemoryMask mask) const {
-  core_->check_queries(states, batch, 0.0);
-  core_->check_mask(mask, batch);
+  RetrieveOptions checked;
+  checked.mask = mask;
+  check_collectively(*core_, checked, [&] {
+    core_->check_queries(states, batch, 0.0);
+    core_->check_mask(mask, batch);
+  });
   Poller poller(Monitor{});
   std::vector<float> drive;
   std::vector<double> e;
-  model_c_pass(*core_, F_.get(), states, batch, mask, nullptr, poller, drive, e);
+  merged_c_pass(*core_, F_.get(), states, batch, mask, nullptr, poller, drive, e);
   return e;
 }
 

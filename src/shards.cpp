@@ -239,4 +239,19 @@ MemoryStore open_shard(const ShardManifest& m, std::size_t i, const OpenOptions&
   return s;
 }
 
+MemoryStore open_shards(const ShardManifest& m, const std::vector<std::size_t>& which, const OpenOptions& options) {
+  ASSOCMEM_CHECK_ARG(!which.empty(), "open_shards: no shard asked for");
+  if (which.size() == 1) return open_shard(m, which[0], options);
+  MemoryStore all(m.dim, m.dtype);
+  std::vector<float> rows;
+  for (std::size_t i : which) {
+    const MemoryStore s = open_shard(m, i, {options.verify_checksum, Access::Map});
+    rows.resize(s.size() * s.dim());
+    for (std::size_t r = 0; r < s.size(); ++r) s.decode_row(r, &rows[r * s.dim()]);  // exact for every dtype
+    all.append(rows.data(), s.size(), s.ids());
+    s.check_intact();
+  }
+  return all;
+}
+
 }  // namespace assocmem

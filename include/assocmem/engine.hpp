@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,11 +30,33 @@ enum class KernelChoice { Auto, Generic, Avx512, Avx512Bf16, AmxBf16 };
 /// "auto", "generic", "avx512", "avx512_bf16", "amx_bf16"; throws InvalidArgument otherwise.
 KernelChoice parse_kernel(const std::string& name);
 
+struct AttentionPartial;
+
+/// Where an engine's memories are only part of the memories of a retrieval (distributed.hpp: the shards
+/// of a store on the ranks of an MPI job), the engine gives each exact pass over its own memories to a
+/// PassMerger, which replaces it by the pass over all of them. Every participant calls the same
+/// methods in the same order (they are collective); agree() comes first at every point where a
+/// participant may fail alone, so that no participant waits for one that gave up.
+class PassMerger {
+ public:
+  virtual ~PassMerger() = default;
+  /// Collective: `failure` is this participant's exception (null if none). Throws on every participant
+  /// when any failed (naming which and why); returns when none did.
+  virtual void agree(std::exception_ptr failure) const = 0;
+  /// Model B: the partial of this participant's memories becomes the partial of all (max, sum, acc, top).
+  virtual void merge(AttentionPartial& partial) const = 0;
+  /// Model C: sums over this participant's memories (drive n x d, energy n) become sums over all.
+  virtual void merge_sums(std::vector<float>& drive, std::vector<double>& energy) const = 0;
+};
+
 struct EngineOptions {
   int threads = 0;                          ///< worker threads; 0 = all hardware threads
   KernelChoice kernel = KernelChoice::Auto; ///< Auto: the best this CPU runs (bf16 products only for
                                             ///< bfloat16 stores). Asking for one the CPU lacks throws.
   std::size_t tile = 256;                   ///< memories per tile, a multiple of 32 in [32, 65536]
+  /// Null: the engine's store holds all the memories. Else every pass of retrieve() and energy() is
+  /// merged by it (a monitor is then refused: cancelling one participant alone would desert the others).
+  const PassMerger* merger = nullptr;
   void validate() const;
 };
 

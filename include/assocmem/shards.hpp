@@ -66,4 +66,9 @@ ShardManifest read_manifest(const std::string& path, ShardCheck check = ShardChe
 /// shard otherwise.
 MemoryStore open_shard(const ShardManifest& m, std::size_t i, const OpenOptions& options = {});
 
+/// Shards `which` (indices into m.shards, in that order) as one store: one shard is opened as it is
+/// (OpenOptions decide copy or map), several are read and concatenated (rows and ids exact, held in
+/// memory). Each is checked against the manifest as open_shard does.
+MemoryStore open_shards(const ShardManifest& m, const std::vector<std::size_t>& which, const OpenOptions& options = {});
+
 }  // namespace assocmem

@@ -1,0 +1,67 @@
+// assocmem/distributed.hpp - models B and C over a sharded store (shards.hpp) on the ranks of an MPI
+// job. Built when CMake finds MPI (ASSOCMEM_WITH_MPI; target assocmem_mpi); the library builds without.
+//
+// Each rank holds some shards and runs the ordinary engine over them; every pass of the retrieval is
+// merged across ranks exactly (engine.hpp's PassMerger): for model B the online-softmax partials
+// (max by MPI_MAX, then the sums and weighted rows rescaled to the common maximum by MPI_SUM, the
+// top-k lists gathered and merged with the engine's rule: score, then id); for model C the sums
+// F'(xi.g) xi and F(xi.g) by MPI_SUM. Every rank then holds the same states, so the iteration (steps,
+// tolerance, stop reasons) runs in lockstep and every rank returns the same Retrieval, equal to the
+// single-process one over the unsharded store up to the order of floating-point sums.
+//
+// Failures: wherever a rank can fail alone (opening or checking its shards, bad queries, a pass) the
+// ranks agree collectively first, and every rank throws the same exception naming the rank(s) and
+// shard(s); no rank is left waiting. A rank that dies (killed) ends the job through mpirun.
+// Not supported yet: model A, masks, value stores, monitors (cancelling one rank alone).
+#pragma once
+
+#include <mpi.h>
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "assocmem/engine.hpp"
+#include "assocmem/shards.hpp"
+
+namespace assocmem {
+
+/// The shards of a manifest over the ranks of comm: shard i belongs to rank i mod P (a rank with
+/// several holds them as one store, read into memory; with one, OpenOptions decide copy or map).
+/// More ranks than shards is refused. Collective; errors throw on every rank.
+class DistributedStore {
+ public:
+  DistributedStore(MPI_Comm comm, const std::string& manifest, const OpenOptions& options = {});
+  ~DistributedStore();
+  DistributedStore(const DistributedStore&) = delete;
+  DistributedStore& operator=(const DistributedStore&) = delete;
+
+  int rank() const { return rank_; }
+  int ranks() const { return ranks_; }
+  MPI_Comm comm() const { return comm_; }
+  const ShardManifest& manifest() const { return manifest_; }
+  const std::vector<std::size_t>& local_shards() const { return local_shards_; }
+  /// This rank's memories.
+  const MemoryStore& local() const { return *local_; }
+  /// Merges passes over comm (for EngineOptions::merger).
+  const PassMerger& merger() const { return *merger_; }
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0, ranks_ = 1;
+  ShardManifest manifest_;
+  std::vector<std::size_t> local_shards_;
+  std::unique_ptr<MemoryStore> local_;
+  std::unique_ptr<PassMerger> merger_;
+};
+
+/// Model B (eq. 15/16) over every shard; collective: every rank passes the same queries [batch x dim]
+/// and options and gets the same Retrieval. engine: threads, kernel, tile of each rank's engine.
+Retrieval distributed_retrieve_b(const DistributedStore& store, double beta, const float* queries, std::size_t batch,
+                                 const RetrieveOptions& options = {}, EngineOptions engine = {});
+/// Model C (eq. 22) over every shard, as distributed_retrieve_b.
+Retrieval distributed_retrieve_c(const DistributedStore& store, InteractionSpec F, double alpha, const float* queries,
+                                 std::size_t batch, const RetrieveOptions& options = {}, EngineOptions engine = {});
+
+}  // namespace assocmem

@@ -1,0 +1,183 @@
+// Models B and C over the ranks of an MPI job (distributed.hpp): the exact merge of every pass.
+#include "assocmem/distributed.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "online_softmax.hpp"
+
+namespace assocmem {
+namespace {
+
+std::string describe_rank(int rank, const std::vector<std::size_t>& shards) {
+  std::string s = "rank " + std::to_string(rank);
+  if (shards.empty()) return s;
+  s += shards.size() == 1 ? " (shard " : " (shards ";
+  for (std::size_t i = 0; i < shards.size(); ++i) s += (i ? ", " : "") + std::to_string(shards[i]);
+  return s + ")";
+}
+
+class MpiMerger final : public PassMerger {
+ public:
+  MpiMerger(MPI_Comm comm, int rank, int ranks) : comm_(comm), rank_(rank), ranks_(ranks), who_(describe_rank(rank, {})) {}
+  void set_shards(const std::vector<std::size_t>& shards) { who_ = describe_rank(rank_, shards); }
+
+  void agree(std::exception_ptr failure) const override {
+    // 0: fine; 1 InvalidArgument, 2 IoError, 3 SolverError, 4 anything else.
+    int code = 0;
+    std::string msg;
+    if (failure) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const InvalidArgument& e) {
+        code = 1, msg = e.what();
+      } catch (const IoError& e) {
+        code = 2, msg = e.what();
+      } catch (const SolverError& e) {
+        code = 3, msg = e.what();
+      } catch (const std::exception& e) {
+        code = 4, msg = e.what();
+      } catch (...) {
+        code = 4, msg = "unknown exception";
+      }
+    }
+    int worst = 0;
+    MPI_Allreduce(&code, &worst, 1, MPI_INT, MPI_MAX, comm_);
+    if (worst == 0) return;
+    // Every rank learns every failure: codes, then the messages.
+    std::vector<int> codes(static_cast<std::size_t>(ranks_));
+    MPI_Allgather(&code, 1, MPI_INT, codes.data(), 1, MPI_INT, comm_);
+    const std::string mine = code ? who_ + ": " + msg : std::string();
+    int len = static_cast<int>(mine.size());
+    std::vector<int> lens(codes.size()), displs(codes.size(), 0);
+    MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm_);
+    for (std::size_t r = 1; r < lens.size(); ++r) displs[r] = displs[r - 1] + lens[r - 1];
+    std::string all(static_cast<std::size_t>(displs.back() + lens.back()), '\0');
+    MPI_Allgatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm_);
+    std::string text;
+    int first = 0;
+    for (std::size_t r = 0; r < codes.size(); ++r) {
+      if (!codes[r]) continue;
+      if (text.empty()) first = codes[r];
+      text += (text.empty() ? "" : "; ") + all.substr(static_cast<std::size_t>(displs[r]), static_cast<std::size_t>(lens[r]));
+    }
+    switch (first) {  // the kind of the lowest failing rank's error
+      case 1: throw InvalidArgument(text);
+      case 2: throw IoError(text);
+      case 3: throw SolverError(text);
+      default: throw Error(text);
+    }
+  }
+
+  void merge(AttentionPartial& p) const override {
+    const std::size_t n = p.batch, dim = p.dim;
+    std::vector<float> top(n);
+    MPI_Allreduce(p.max.data(), top.data(), static_cast<int>(n), MPI_FLOAT, MPI_MAX, comm_);
+    // Sums and weighted rows moved to the common maximum (the online softmax's one rescaling), then summed.
+    std::vector<double> buf(n + n * dim);
+    for (std::size_t b = 0; b < n; ++b) {
+      const double f = detail::rescale_factor(double(p.max[b]), double(top[b]));
+      buf[b] = p.sum[b] * f;
+      for (std::size_t j = 0; j < dim; ++j) buf[n + b * dim + j] = double(p.acc[b * dim + j]) * f;
+    }
+    MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(buf.size()), MPI_DOUBLE, MPI_SUM, comm_);
+    p.max = top;
+    std::copy(buf.begin(), buf.begin() + static_cast<long>(n), p.sum.begin());
+    for (std::size_t i = 0; i < n * dim; ++i) p.acc[i] = static_cast<float>(buf[n + i]);
+    if (p.top_k == 0) return;
+    // Top-k: every rank's best k per query gathered, merged by score (then id), the engine's order.
+    const std::size_t k = p.top_k;
+    std::vector<float> sc(n * k, -std::numeric_limits<float>::infinity());
+    std::vector<std::uint64_t> id(n * k, 0);
+    for (std::size_t b = 0; b < n; ++b)
+      for (std::size_t i = 0; i < std::min(k, p.top[b].size()); ++i) sc[b * k + i] = p.top[b][i].score, id[b * k + i] = p.top[b][i].id;
+    std::vector<float> all_sc(sc.size() * static_cast<std::size_t>(ranks_));
+    std::vector<std::uint64_t> all_id(id.size() * static_cast<std::size_t>(ranks_));
+    MPI_Allgather(sc.data(), static_cast<int>(sc.size()), MPI_FLOAT, all_sc.data(), static_cast<int>(sc.size()), MPI_FLOAT, comm_);
+    MPI_Allgather(id.data(), static_cast<int>(id.size()), MPI_UINT64_T, all_id.data(), static_cast<int>(id.size()),
+                  MPI_UINT64_T, comm_);
+    for (std::size_t b = 0; b < n; ++b) {
+      std::vector<ScoredId> cand;
+      for (int r = 0; r < ranks_; ++r)
+        for (std::size_t i = 0; i < k; ++i) {
+          const std::size_t at = (static_cast<std::size_t>(r) * n + b) * k + i;
+          if (all_sc[at] != -std::numeric_limits<float>::infinity()) cand.push_back({all_sc[at], all_id[at]});
+        }
+      std::sort(cand.begin(), cand.end(), [](const ScoredId& x, const ScoredId& y) {
+        return x.score != y.score ? x.score > y.score : x.id < y.id;
+      });
+      if (cand.size() > k) cand.resize(k);
+      p.top[b] = std::move(cand);
+    }
+  }
+
+  void merge_sums(std::vector<float>& drive, std::vector<double>& energy) const override {
+    std::vector<double> buf(drive.begin(), drive.end());
+    buf.insert(buf.end(), energy.begin(), energy.end());
+    MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(buf.size()), MPI_DOUBLE, MPI_SUM, comm_);
+    for (std::size_t i = 0; i < drive.size(); ++i) drive[i] = static_cast<float>(buf[i]);
+    std::copy(buf.begin() + static_cast<long>(drive.size()), buf.end(), energy.begin());
+  }
+
+ private:
+  MPI_Comm comm_;
+  int rank_, ranks_;
+  std::string who_;
+};
+
+}  // namespace
+
+DistributedStore::DistributedStore(MPI_Comm comm, const std::string& manifest, const OpenOptions& options) : comm_(comm) {
+  MPI_Comm_rank(comm, &rank_);
+  MPI_Comm_size(comm, &ranks_);
+  auto merger = std::make_unique<MpiMerger>(comm, rank_, ranks_);
+  std::exception_ptr failure;
+  try {
+    manifest_ = read_manifest(manifest, ShardCheck::Headers);
+    const std::size_t S = manifest_.shards.size();
+    ASSOCMEM_CHECK_ARG(static_cast<std::size_t>(ranks_) <= S, "the job has ", ranks_, " ranks but '", manifest, "' ",
+                       S, S == 1 ? " shard" : " shards", "; run at most one rank per shard");
+    for (std::size_t i = static_cast<std::size_t>(rank_); i < S; i += static_cast<std::size_t>(ranks_))
+      local_shards_.push_back(i);
+    merger->set_shards(local_shards_);
+    local_ = std::make_unique<MemoryStore>(open_shards(manifest_, local_shards_, options));
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  merger->agree(failure);  // every rank throws if any failed, naming it
+  merger_ = std::move(merger);
+}
+
+DistributedStore::~DistributedStore() = default;
+
+Retrieval distributed_retrieve_b(const DistributedStore& store, double beta, const float* queries, std::size_t batch,
+                                 const RetrieveOptions& options, EngineOptions engine) {
+  engine.merger = &store.merger();
+  std::unique_ptr<ModelBEngine> e;
+  std::exception_ptr failure;
+  try {
+    e = std::make_unique<ModelBEngine>(store.local(), beta, engine);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  store.merger().agree(failure);
+  return e->retrieve(queries, batch, options);
+}
+
+Retrieval distributed_retrieve_c(const DistributedStore& store, InteractionSpec F, double alpha, const float* queries,
+                                 std::size_t batch, const RetrieveOptions& options, EngineOptions engine) {
+  engine.merger = &store.merger();
+  std::unique_ptr<ModelCEngine> e;
+  std::exception_ptr failure;
+  try {
+    e = std::make_unique<ModelCEngine>(store.local(), F, alpha, engine);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  store.merger().agree(failure);
+  return e->retrieve(queries, batch, options);
+}
+
+}  // namespace assocmem

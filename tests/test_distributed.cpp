@@ -1,0 +1,219 @@
+// Models B and C over the ranks of an MPI job (distributed.hpp), run by CTest under mpirun with 1, 2
+// and 4 ranks: every rank's result equals the single-process engine over the unsharded store (states
+// to 1e-6 relative, steps, stop reasons, energies, identical top-k ids), for float32 and bfloat16 and
+// for 4 and 7 shards; a corrupted shard, too many ranks and bad queries throw on every rank, naming the
+// rank and shard, and nothing hangs.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "assocmem/distributed.hpp"
+#include "assocmem/engine.hpp"
+#include "assocmem/shards.hpp"
+#include "engine_kernels.hpp"
+#include "test_util.hpp"
+
+using namespace assocmem;
+using assocmem::testing::randn;
+using assocmem::testing::read_all;
+using assocmem::testing::write_all;
+
+namespace {
+
+int rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int ranks() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+// A folder shared by every rank (made by rank 0), removed at the end.
+class SharedDir {
+ public:
+  SharedDir() {
+    std::string path;
+    if (rank() == 0) {
+      std::string t = (std::filesystem::temp_directory_path() / "assocmem_mpi_XXXXXX").string();
+      path = mkdtemp(t.data());
+    }
+    int len = static_cast<int>(path.size());
+    MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    path.resize(static_cast<std::size_t>(len));
+    MPI_Bcast(path.data(), len, MPI_CHAR, 0, MPI_COMM_WORLD);
+    path_ = path;
+  }
+  ~SharedDir() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (rank() == 0) std::filesystem::remove_all(path_);
+  }
+  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
+
+ private:
+  std::string path_;
+};
+
+// The same store on every rank (same seed); rank 0 writes its shards.
+MemoryStore make_store(DType t, std::size_t K, std::size_t d, unsigned seed) {
+  std::mt19937_64 rng(seed);
+  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
+  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  std::vector<std::uint64_t> ids(K);
+  for (std::size_t i = 0; i < K; ++i) ids[i] = 5000 + 3 * (K - i);
+  MemoryStore s(d, t);
+  s.append(X, ids);
+  return s;
+}
+
+std::string shard(const MemoryStore& s, const SharedDir& dir, const std::string& name, std::size_t parts) {
+  if (rank() == 0) write_shards(s, dir.file(name), parts);
+  MPI_Barrier(MPI_COMM_WORLD);
+  return dir.file(name + "/manifest.json");
+}
+
+std::vector<float> noisy_queries(const MemoryStore& s, std::size_t n, unsigned seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> noise(0.0f, 0.15f);
+  std::vector<float> q(n * s.dim());
+  for (std::size_t b = 0; b < n; ++b) {
+    s.decode_row((b * 37) % s.size(), &q[b * s.dim()]);
+    for (std::size_t j = 0; j < s.dim(); ++j) q[b * s.dim() + j] += noise(rng);
+  }
+  return q;
+}
+
+// tol: relative agreement of states, energies and weights (1e-6: float sums in another order).
+void expect_same(const Retrieval& dist, const Retrieval& one, double tol = 1e-6) {
+  ASSERT_EQ(dist.batch, one.batch);
+  ASSERT_EQ(dist.states.size(), one.states.size());
+  for (std::size_t i = 0; i < one.states.size(); ++i)
+    ASSERT_NEAR(dist.states[i], one.states[i], tol * std::max(1.0, std::abs(one.states[i]))) << "state " << i;
+  EXPECT_EQ(dist.steps, one.steps);
+  EXPECT_EQ(dist.stop, one.stop);
+  ASSERT_EQ(dist.energy.size(), one.energy.size());
+  for (std::size_t b = 0; b < one.energy.size(); ++b)
+    EXPECT_NEAR(dist.energy[b], one.energy[b], tol * std::max(1.0, std::abs(one.energy[b])));
+  ASSERT_EQ(dist.top.size(), one.top.size());
+  for (std::size_t b = 0; b < one.top.size(); ++b) {
+    ASSERT_EQ(dist.top[b].size(), one.top[b].size());
+    for (std::size_t i = 0; i < one.top[b].size(); ++i) {
+      EXPECT_EQ(dist.top[b][i].id, one.top[b][i].id) << "query " << b << " rank " << i;
+      EXPECT_NEAR(dist.top[b][i].weight, one.top[b][i].weight, tol);
+    }
+  }
+}
+
+// Float products on the AVX-512 kernels (float32 stores; bfloat16 stores read as float) agree to 1e-6.
+// The portable kernels sum each tile's weights in one float, and shards regroup the tiles: 5e-6, their
+// own float32 accumulation error. With bfloat16 products the engine rounds the softmax weights to
+// bfloat16 relative to each participant's own maximum (each worker thread's too): 1e-3.
+TEST(Distributed, ModelBEqualsTheSingleProcessEngine) {
+  SharedDir dir;
+  struct Case {
+    DType t;
+    KernelChoice kernel;
+    double tol;
+  };
+  std::vector<Case> cases = {{DType::Float32, KernelChoice::Auto, 1e-6}, {DType::BFloat16, KernelChoice::Generic, 5e-6},
+                             {DType::BFloat16, KernelChoice::Auto, 1e-3}};
+  for (KernelChoice k : assocmem::testing::available_kernels(DType::Float32, {KernelChoice::Avx512}))
+    if (k == KernelChoice::Avx512) cases.push_back({DType::BFloat16, k, 1e-6});
+  for (const Case& c : cases)
+    for (std::size_t parts : {4u, 7u}) {
+      const DType t = c.t;
+      SCOPED_TRACE(to_string(t) + " (kernel choice " + std::to_string(int(c.kernel)) + "), " +
+                   std::to_string(parts) + " shards, " + std::to_string(ranks()) + " ranks");
+      const MemoryStore whole = make_store(t, 3001, 24, 3);
+      const std::string man =
+          shard(whole, dir, "b-" + to_string(t) + std::to_string(int(c.kernel)) + std::to_string(parts), parts);
+      const DistributedStore ds(MPI_COMM_WORLD, man);
+      const std::vector<float> q = noisy_queries(whole, 9, 4);
+      RetrieveOptions o;
+      o.max_steps = 4;
+      o.tol = 1e-6;
+      o.top_k = 5;
+      o.energy = true;
+      EngineOptions eo;
+      eo.kernel = c.kernel;
+      const Retrieval dist = distributed_retrieve_b(ds, 12.0, q.data(), 9, o, eo);
+      const Retrieval one = ModelBEngine(whole, 12.0, eo).retrieve(q.data(), 9, o);
+      expect_same(dist, one, c.tol);
+    }
+}
+
+TEST(Distributed, ModelCEqualsTheSingleProcessEngine) {
+  SharedDir dir;
+  const MemoryStore whole = make_store(DType::Float32, 1500, 16, 5);
+  const std::string man = shard(whole, dir, "c", 4);
+  const DistributedStore ds(MPI_COMM_WORLD, man);
+  const std::vector<float> q = noisy_queries(whole, 6, 6);
+  RetrieveOptions o;
+  o.max_steps = 20;
+  o.energy = true;
+  const InteractionSpec F{Interaction::RectifiedPower, 3};
+  expect_same(distributed_retrieve_c(ds, F, 1.0, q.data(), 6, o), ModelCEngine(whole, F, 1.0).retrieve(q.data(), 6, o));
+}
+
+TEST(Distributed, FailuresThrowOnEveryRankNamingTheRankAndShard) {
+  SharedDir dir;
+  const MemoryStore whole = make_store(DType::Float32, 400, 8, 7);
+  const std::string man = shard(whole, dir, "f", 4);
+  // Bad queries: refused on every rank (no rank left waiting in a collective).
+  {
+    const DistributedStore ds(MPI_COMM_WORLD, man);
+    std::vector<float> q = noisy_queries(whole, 2, 8);
+    q[3] = std::nanf("");
+    EXPECT_THROW_MSG(distributed_retrieve_b(ds, 4.0, q.data(), 2), InvalidArgument, "rank 0");
+    RetrieveOptions o;
+    o.monitor = [](const Progress&) { return true; };
+    EXPECT_THROW_MSG(distributed_retrieve_b(ds, 4.0, q.data(), 1, o), InvalidArgument, "monitor");
+  }
+  // A corrupted shard: the rank that owns it fails to open it, and every rank says so.
+  const std::string victim = dir.file("f/shard-00002.amem");
+  std::vector<char> original;
+  if (rank() == 0) {
+    original = read_all(victim);
+    auto bad = original;
+    bad[4096 + 5] ^= 0x20;
+    write_all(victim, bad);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  const std::string owner = "rank " + std::to_string(2 % ranks()) + " (shard";
+  EXPECT_THROW_MSG(DistributedStore(MPI_COMM_WORLD, man), IoError, owner);
+  EXPECT_THROW_MSG(DistributedStore(MPI_COMM_WORLD, man), IoError, "payload checksum mismatch");
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank() == 0) write_all(victim, original);
+  MPI_Barrier(MPI_COMM_WORLD);
+  // More ranks than shards.
+  if (ranks() > 1) {
+    const std::string one = shard(whole, dir, "one", 1);
+    EXPECT_THROW_MSG(DistributedStore(MPI_COMM_WORLD, one), InvalidArgument, "at most one rank per shard");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  if (rank() != 0) {  // one report: rank 0's; every rank's failures still count in the exit code
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS();
+  if (failed && rank() != 0) std::fprintf(stderr, "test_distributed: rank %d had failures\n", rank());
+  int any = 0;
+  MPI_Allreduce(&failed, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return any;
+}
