@@ -34,11 +34,7 @@ int run(int argc, char** argv) {
 
   install_signal_cleanup();  // SIGINT/SIGTERM/SIGHUP remove the temporaries in flight
   // One line on stderr naming the problem; with --json also an error object on stdout.
-  auto fail = [&](int code, const std::string& msg) {
-    std::fprintf(stderr, "assocmem: %s: %s\n", code == 2 ? "error" : "failed", msg.c_str());
-    if (as_json) std::cout << dump(json{{"error", msg}, {"exit_code", code}});
-    return code;
-  };
+  auto fail = [&](int code, const std::string& msg) { return report_failure(code, msg, as_json); };
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -57,18 +53,10 @@ int run(int argc, char** argv) {
   try {
     for (const Command& c : commands)
       if (*c.app) return c.run(as_json);
-  } catch (const BadInput& e) {
-    return fail(2, e.what());
-  } catch (const InvalidArgument& e) {
-    return fail(2, e.what());
-  } catch (const IoError& e) {
-    return fail(2, e.what());
-  } catch (const fs::filesystem_error& e) {
-    return fail(2, e.what());
-  } catch (const std::bad_alloc&) {
-    return fail(1, "out of memory");
-  } catch (const std::exception& e) {
-    return fail(1, e.what());
+  } catch (...) {
+    std::string msg;
+    const int code = exit_code_of(std::current_exception(), msg);
+    return fail(code, msg);
   }
   return 0;
 }

@@ -11,7 +11,9 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <new>
 
+#include "assocmem/error.hpp"
 #include "assocmem/io.hpp"
 #include "assocmem/npy.hpp"
 
@@ -95,6 +97,39 @@ void draw_plot(const std::string& kind, const std::string& csv, const std::strin
   const InputFile in(png.path(), "plot");
   const std::string bytes = in.read_all(std::size_t{1} << 30);
   write_file_atomically(output, {{bytes.data(), bytes.size()}});
+}
+
+bool& quiet_errors() {
+  static bool quiet = false;
+  return quiet;
+}
+
+int exit_code_of(std::exception_ptr failure, std::string& message) {
+  try {
+    std::rethrow_exception(failure);
+  } catch (const BadInput& e) {
+    message = e.what();
+  } catch (const InvalidArgument& e) {
+    message = e.what();
+  } catch (const IoError& e) {
+    message = e.what();
+  } catch (const std::filesystem::filesystem_error& e) {
+    message = e.what();
+  } catch (const std::bad_alloc&) {
+    message = "out of memory";
+    return 1;
+  } catch (const std::exception& e) {
+    message = e.what();
+    return 1;
+  }
+  return 2;
+}
+
+int report_failure(int code, const std::string& message, bool as_json) {
+  if (quiet_errors()) return code;
+  std::fprintf(stderr, "assocmem: %s: %s\n", code == 2 ? "error" : "failed", message.c_str());
+  if (as_json) std::cout << dump(json{{"error", message}, {"exit_code", code}});
+  return code;
 }
 
 Patterns read_patterns(const std::string& npy, const std::string& normalize) {

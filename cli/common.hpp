@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <exception>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -37,6 +38,15 @@ class ProgressBar {
   std::chrono::steady_clock::time_point start_;
   bool drawn_ = false;
 };
+
+/// True on the ranks of an MPI job other than rank 0: they fail as rank 0 does and stay silent.
+bool& quiet_errors();
+/// The exit code of a failure (2 bad usage or input: BadInput, InvalidArgument, IoError, filesystem
+/// errors; 1 otherwise) and its message.
+int exit_code_of(std::exception_ptr failure, std::string& message);
+/// One line on stderr naming the problem; with --json also {"error", "exit_code"} on stdout. Silent
+/// when quiet_errors(). Returns code.
+int report_failure(int code, const std::string& message, bool as_json);
 
 /// JSON text of j; bytes that are not UTF-8 become U+FFFD (file names are arbitrary bytes).
 std::string dump(const json& j);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -16,10 +17,48 @@
 #include "assocmem/engine.hpp"
 #include "assocmem/io.hpp"
 #include "assocmem/npy.hpp"
+#include "assocmem/shards.hpp"
 #include "assocmem/store.hpp"
+#ifdef ASSOCMEM_WITH_MPI
+#include "assocmem/distributed.hpp"
+#endif
 
 namespace assocmem::cli {
 namespace {
+
+// A sharded store's manifest (JSON) rather than a store file.
+bool is_manifest(const std::string& path) {
+  const InputFile f(path, "store");
+  char c = 0;
+  for (std::size_t at = 0; at < std::min<std::size_t>(f.size(), 64); ++at) {
+    f.read_at(at, &c, 1);
+    if (c != ' ' && c != '\n' && c != '\t' && c != '\r') return c == '{';
+  }
+  return false;
+}
+
+// Started by mpirun (OpenMPI or a PMIx launcher): one rank of a job, not a process on its own.
+bool under_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK"); }
+
+#ifdef ASSOCMEM_WITH_MPI
+// MPI for the length of one command: initialised here (unless already), finalised on the way out.
+struct MpiSession {
+  bool owner = false;
+  MpiSession() {
+    int ready = 0;
+    MPI_Initialized(&ready);
+    if (!ready) {
+      MPI_Init(nullptr, nullptr);
+      owner = true;
+    }
+  }
+  ~MpiSession() {
+    if (owner) MPI_Finalize();
+  }
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+};
+#endif
 
 struct RecallArgs {
   std::string store, queries, output, details, values, mask, model = "B", kernel = "auto";
@@ -68,18 +107,62 @@ json details_of(const Retrieval& r, std::size_t i) {
   return j;
 }
 
-int cmd_recall(const RecallArgs& a, bool as_json) {
+int recall(const RecallArgs& a, bool as_json) {
   check_distinct({{"store", a.store}, {"queries", a.queries}, {"values", a.values}, {"mask", a.mask}},
                  {{"output", a.output}, {"details", a.details}});
   if (a.top_k < 0) throw BadInput("--top-k must be >= 0, got " + std::to_string(a.top_k));
   const ModelKind model = parse_model(a.model);
-  const MemoryStore store = MemoryStore::open(a.store);
+  EngineOptions eo;
+  eo.threads = a.threads;
+  eo.kernel = parse_kernel(a.kernel);
+  // The memories: a store file, or a sharded store's manifest. Under mpirun each rank holds its shards
+  // and every pass is merged across ranks (assocmem/distributed.hpp); rank 0 alone writes and reports.
+  // Run directly, the shards are read into one store.
+  const bool sharded = is_manifest(a.store);
+  const bool mpi = sharded && under_mpirun();
+  bool writer = true;
+  std::size_t K = 0;
+  std::unique_ptr<MemoryStore> own;
+#ifdef ASSOCMEM_WITH_MPI
+  std::unique_ptr<DistributedStore> dist;
+#endif
+  if (sharded) {
+    if (model == ModelKind::A) throw BadInput("a sharded store: model A is not supported on shards yet (use B or C)");
+    if (!a.values.empty() || !a.mask.empty()) throw BadInput("a sharded store: --values and --mask are not supported yet");
+  }
+  if (mpi) {
+#ifdef ASSOCMEM_WITH_MPI
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    writer = rank == 0;
+    dist = std::make_unique<DistributedStore>(MPI_COMM_WORLD, a.store);
+    eo.merger = &dist->merger();
+    K = dist->manifest().count;
+#else
+    throw BadInput("'" + a.store + "' is a sharded store and the command runs under mpirun, but this assocmem was built "
+                   "without MPI (install libopenmpi-dev and rebuild), or run it without mpirun in one process");
+#endif
+  } else if (sharded) {
+    const ShardManifest m = read_manifest(a.store);
+    std::vector<std::size_t> all(m.shards.size());
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+    own = std::make_unique<MemoryStore>(open_shards(m, all));
+    K = own->size();
+  } else {
+    own = std::make_unique<MemoryStore>(MemoryStore::open(a.store));
+    K = own->size();
+  }
+#ifdef ASSOCMEM_WITH_MPI
+  const MemoryStore& store = dist ? dist->local() : *own;
+#else
+  const MemoryStore& store = *own;
+#endif
   const NpyArray q = read_npy(a.queries);
   if (q.cols != store.dim())
     throw BadInput("'" + a.queries + "' has queries of dimension " + std::to_string(q.cols) + " but '" + a.store +
                    "' holds memories of dimension " + std::to_string(store.dim()));
   const std::vector<float> Q = q.to_float32();
-  const std::size_t B = q.rows, d = q.cols, K = store.size();
+  const std::size_t B = q.rows, d = q.cols;
   if (B == 0) throw BadInput("'" + a.queries + "' holds no queries");
   if (!a.values.empty() && model != ModelKind::B) throw BadInput("--values: only model B associates keys with values");
   std::optional<MemoryStore> values;
@@ -100,9 +183,6 @@ int cmd_recall(const RecallArgs& a, bool as_json) {
   RetrieveOptions o = retrieve_options(a);
   o.energy = details;
   if (model == ModelKind::B && details) o.top_k = static_cast<std::size_t>(a.top_k);
-  EngineOptions eo;
-  eo.threads = a.threads;
-  eo.kernel = parse_kernel(a.kernel);
 
   std::optional<MemoryStore> bits;  // model A runs on packed bits: a float store of +-1 is packed here
   std::unique_ptr<ModelAEngine> ea;
@@ -142,10 +222,11 @@ int cmd_recall(const RecallArgs& a, bool as_json) {
   for (std::size_t b0 = 0; b0 < B; b0 += a.chunk) {
     const std::size_t nb = std::min(a.chunk, B - b0);
     o.mask = {mask.empty() ? nullptr : mask.data() + (mask_rows == 1 ? 0 : b0 * K), mask_rows == 0 ? 0 : (mask_rows == 1 ? 1 : nb)};
-    o.monitor = [&](const Progress& p) {
-      bar.update((double(b0) + nb * (double(p.step - 1) + p.fraction) / double(p.max_steps)) / double(B));
-      return true;
-    };
+    if (!mpi)  // a monitor could cancel one rank alone: none under mpirun
+      o.monitor = [&](const Progress& p) {
+        bar.update((double(b0) + nb * (double(p.step - 1) + p.fraction) / double(p.max_steps)) / double(B));
+        return true;
+      };
     Retrieval r;
     if (ea) {
       o.seed = a.seed + b0;  // cue b uses seed + b, as in one call
@@ -161,9 +242,13 @@ int cmd_recall(const RecallArgs& a, bool as_json) {
     bar.update(double(b0 + nb) / double(B));
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!writer) return 0;  // under mpirun every rank holds the same result; rank 0 writes it
   write_npy(a.output, states.data(), B, dout, q.was_1d);
   json summary = {{"model", a.model}, {"queries", B}, {"dim", d}, {"memories", K}, {"kernel", kernel},
                   {"seconds", secs}, {"output", a.output}};
+#ifdef ASSOCMEM_WITH_MPI
+  if (dist) summary["ranks"] = dist->ranks();
+#endif
   if (details) {
     json full = summary;
     full["results"] = per_query;
@@ -175,6 +260,40 @@ int cmd_recall(const RecallArgs& a, bool as_json) {
        "recalled " + std::to_string(B) + " queries with model " + a.model + " (" + kernel + ") in " +
            std::to_string(secs).substr(0, 6) + " s; wrote " + a.output + (details ? " and " + a.details : "") + "\n");
   return 0;
+}
+
+// recall, and under mpirun over a sharded store, one rank of the job: every rank ends in one collective
+// agreement on the outcome, rank 0 reports a failure (naming the ranks and shards) before any rank exits,
+// and all exit with the same code; no rank is left waiting and no output is written unless all succeeded
+// (rank 0 writes it atomically, last).
+int cmd_recall(const RecallArgs& a, bool as_json) {
+#ifdef ASSOCMEM_WITH_MPI
+  if (under_mpirun() && is_manifest(a.store)) {
+    const MpiSession session;
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    std::exception_ptr failure;
+    int result = 0;
+    try {
+      result = recall(a, as_json);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    try {
+      agree_across_ranks(MPI_COMM_WORLD, failure, "rank " + std::to_string(rank));
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    if (!failure) return result;
+    std::string msg;
+    const int code = exit_code_of(failure, msg);
+    if (rank == 0) report_failure(code, msg, as_json);
+    quiet_errors() = true;  // reported once, by rank 0
+    MPI_Barrier(MPI_COMM_WORLD);  // no rank exits (and has mpirun end the job) before rank 0 has said why
+    return code;
+  }
+#endif
+  return recall(a, as_json);
 }
 
 std::string short_number(double x) {
@@ -194,7 +313,9 @@ std::string per_model_default(Get get) {
 Command add_recall(CLI::App& app) {
   auto a = std::make_shared<RecallArgs>();
   auto* rc = app.add_subcommand("recall", "Retrieve memories for a .npy of queries with model A, B or C");
-  rc->add_option("store", a->store, "Memory store (the keys, for model B with --values)")->required();
+  rc->add_option("store", a->store, "Memory store (the keys, for model B with --values), or a sharded store's "
+                                    "manifest.json (assocmem shard): B and C; under mpirun each rank holds its shards "
+                                    "and rank 0 writes the result")->required();
   rc->add_option("queries", a->queries, "Queries (.npy, (B, d) or (d,))")->required();
   rc->add_option("output", a->output, "Retrieved states (.npy, float32, the queries' shape; with --values the values' dimension)")
       ->required();

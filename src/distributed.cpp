@@ -24,52 +24,7 @@ class MpiMerger final : public PassMerger {
   MpiMerger(MPI_Comm comm, int rank, int ranks) : comm_(comm), rank_(rank), ranks_(ranks), who_(describe_rank(rank, {})) {}
   void set_shards(const std::vector<std::size_t>& shards) { who_ = describe_rank(rank_, shards); }
 
-  void agree(std::exception_ptr failure) const override {
-    // 0: fine; 1 InvalidArgument, 2 IoError, 3 SolverError, 4 anything else.
-    int code = 0;
-    std::string msg;
-    if (failure) {
-      try {
-        std::rethrow_exception(failure);
-      } catch (const InvalidArgument& e) {
-        code = 1, msg = e.what();
-      } catch (const IoError& e) {
-        code = 2, msg = e.what();
-      } catch (const SolverError& e) {
-        code = 3, msg = e.what();
-      } catch (const std::exception& e) {
-        code = 4, msg = e.what();
-      } catch (...) {
-        code = 4, msg = "unknown exception";
-      }
-    }
-    int worst = 0;
-    MPI_Allreduce(&code, &worst, 1, MPI_INT, MPI_MAX, comm_);
-    if (worst == 0) return;
-    // Every rank learns every failure: codes, then the messages.
-    std::vector<int> codes(static_cast<std::size_t>(ranks_));
-    MPI_Allgather(&code, 1, MPI_INT, codes.data(), 1, MPI_INT, comm_);
-    const std::string mine = code ? who_ + ": " + msg : std::string();
-    int len = static_cast<int>(mine.size());
-    std::vector<int> lens(codes.size()), displs(codes.size(), 0);
-    MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm_);
-    for (std::size_t r = 1; r < lens.size(); ++r) displs[r] = displs[r - 1] + lens[r - 1];
-    std::string all(static_cast<std::size_t>(displs.back() + lens.back()), '\0');
-    MPI_Allgatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm_);
-    std::string text;
-    int first = 0;
-    for (std::size_t r = 0; r < codes.size(); ++r) {
-      if (!codes[r]) continue;
-      if (text.empty()) first = codes[r];
-      text += (text.empty() ? "" : "; ") + all.substr(static_cast<std::size_t>(displs[r]), static_cast<std::size_t>(lens[r]));
-    }
-    switch (first) {  // the kind of the lowest failing rank's error
-      case 1: throw InvalidArgument(text);
-      case 2: throw IoError(text);
-      case 3: throw SolverError(text);
-      default: throw Error(text);
-    }
-  }
+  void agree(std::exception_ptr failure) const override { agree_across_ranks(comm_, failure, who_); }
 
   void merge(AttentionPartial& p) const override {
     const std::size_t n = p.batch, dim = p.dim;
@@ -128,6 +83,74 @@ class MpiMerger final : public PassMerger {
 };
 
 }  // namespace
+
+void agree_across_ranks(MPI_Comm comm, std::exception_ptr failure, const std::string& who) {
+  // 0: fine; 1 InvalidArgument, 2 IoError, 3 SolverError, 4 anything else.
+  int code = 0;
+  std::string msg;
+  if (failure) {
+    try {
+      std::rethrow_exception(failure);
+    } catch (const InvalidArgument& e) {
+      code = 1, msg = e.what();
+    } catch (const IoError& e) {
+      code = 2, msg = e.what();
+    } catch (const SolverError& e) {
+      code = 3, msg = e.what();
+    } catch (const std::exception& e) {
+      code = 4, msg = e.what();
+    } catch (...) {
+      code = 4, msg = "unknown exception";
+    }
+  }
+  int worst = 0;
+  MPI_Allreduce(&code, &worst, 1, MPI_INT, MPI_MAX, comm);
+  if (worst == 0) return;
+  int ranks = 1;
+  MPI_Comm_size(comm, &ranks);
+  // Every rank learns every failure: codes, then the messages.
+  std::vector<int> codes(static_cast<std::size_t>(ranks));
+  MPI_Allgather(&code, 1, MPI_INT, codes.data(), 1, MPI_INT, comm);
+  // "who \x1f message"; a message that already names its ranks (an agreed one) has no who.
+  const std::string mine = !code ? std::string() : (msg.rfind("rank", 0) == 0 || msg.rfind("every rank", 0) == 0 ? "" : who) + '\x1f' + msg;
+  int len = static_cast<int>(mine.size());
+  std::vector<int> lens(codes.size()), displs(codes.size(), 0);
+  MPI_Allgather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, comm);
+  for (std::size_t r = 1; r < lens.size(); ++r) displs[r] = displs[r - 1] + lens[r - 1];
+  std::string all(static_cast<std::size_t>(displs.back() + lens.back()), '\0');
+  MPI_Allgatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(), displs.data(), MPI_CHAR, comm);
+  // Identical messages grouped: "every rank: m", "rank 1 (shard 1), rank 3 (shard 3): m", or m as agreed.
+  std::vector<std::pair<std::string, std::vector<std::string>>> groups;  // message, whos
+  int first = 0;
+  std::size_t failing = 0;
+  for (std::size_t r = 0; r < codes.size(); ++r) {
+    if (!codes[r]) continue;
+    if (!first) first = codes[r];
+    ++failing;
+    const std::string m = all.substr(static_cast<std::size_t>(displs[r]), static_cast<std::size_t>(lens[r]));
+    const std::size_t sep = m.find('\x1f');
+    const std::string w = m.substr(0, sep), text = m.substr(sep + 1);
+    auto g = std::find_if(groups.begin(), groups.end(), [&](const auto& x) { return x.first == text; });
+    if (g == groups.end()) groups.push_back({text, {}}), g = groups.end() - 1;
+    if (!w.empty()) g->second.push_back(w);
+  }
+  std::string text;
+  for (const auto& [m, whos] : groups) {
+    std::string head;
+    if (whos.size() == codes.size() && whos.size() > 1) head = "every rank";
+    for (std::size_t i = 0; head.empty() && i < whos.size(); ++i) head += (i ? ", " : "") + whos[i];
+    if (whos.size() > 1 && head != "every rank") head.clear();
+    for (std::size_t i = 0; head.empty() && i < whos.size(); ++i) head += (i ? ", " : "") + whos[i];
+    text += (text.empty() ? "" : "; ") + (head.empty() ? m : head + ": " + m);
+  }
+  (void)failing;
+  switch (first) {  // the kind of the lowest failing rank's error
+    case 1: throw InvalidArgument(text);
+    case 2: throw IoError(text);
+    case 3: throw SolverError(text);
+    default: throw Error(text);
+  }
+}
 
 DistributedStore::DistributedStore(MPI_Comm comm, const std::string& manifest, const OpenOptions& options) : comm_(comm) {
   MPI_Comm_rank(comm, &rank_);

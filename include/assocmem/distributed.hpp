@@ -27,6 +27,12 @@
 
 namespace assocmem {
 
+/// Collective: `failure` is this rank's exception (null if none). Returns when no rank failed; else
+/// throws on every rank one exception naming each failing rank as `who` ("rank 2 (shard 5)") with its
+/// message (a message that already names its rank, an agreed one, is kept as it is; repeats once), of the
+/// kind of the lowest failing rank's (InvalidArgument, IoError, SolverError, else Error).
+void agree_across_ranks(MPI_Comm comm, std::exception_ptr failure, const std::string& who);
+
 /// The shards of a manifest over the ranks of comm: shard i belongs to rank i mod P (a rank with
 /// several holds them as one store, read into memory; with one, OpenOptions decide copy or map).
 /// More ranks than shards is refused. Collective; errors throw on every rank.

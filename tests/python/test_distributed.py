@@ -1,0 +1,117 @@
+"""assocmem recall over a sharded store under mpirun (OpenMPI from scripts/setup): with 1, 2 and 4 ranks
+the result equals the single-process command on the unsharded store (models B and C; top-k ids of
+--details identical); a corrupted shard, too many ranks and a rank killed mid-job end the job non-zero
+with the rank and shard named and no output file."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+MPIRUN = shutil.which("mpirun")
+pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not installed (scripts/setup installs openmpi-bin)")
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+
+
+def run(cli, *args, ranks=None, timeout=300):
+    cmd = [cli, *map(str, args)]
+    if ranks:
+        cmd = [MPIRUN, "-np", str(ranks), "--oversubscribe", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, cli):
+    d = tmp_path_factory.mktemp("dist")
+    rng = np.random.default_rng(11)
+    X = rng.standard_normal((6000, 32))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    np.save(d / "x.npy", X.astype(np.float32))
+    np.save(d / "q.npy", (X[:40] + 0.1 * rng.standard_normal((40, 32))).astype(np.float32))
+    assert run(cli, "store", d / "x.npy", d / "x.amem").returncode == 0
+    assert run(cli, "shard", d / "x.amem", d / "s", "--parts", 4).returncode == 0
+    return d
+
+
+def test_it_is_an_mpi_build(cli):
+    r = run(cli, "recall", "--help")
+    assert "under mpirun each rank holds its shards" in r.stdout
+
+
+@pytest.mark.parametrize("model,args", [("B", ["--beta", "16", "--steps", "3"]), ("C", ["--steps", "10"])])
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_ranks_equal_one_process(cli, sharded, model, args, ranks):
+    d = sharded
+    details = ["--details", d / f"one{model}.json"] if model == "B" else []
+    one = run(cli, "recall", d / "x.amem", d / "q.npy", d / f"one{model}.npy", "--model", model, *args, *details)
+    assert one.returncode == 0, one.stderr
+    out = d / f"mpi{model}{ranks}.npy"
+    det = ["--details", d / f"mpi{model}{ranks}.json"] if model == "B" else []
+    r = run(cli, "recall", d / "s" / "manifest.json", d / "q.npy", out, "--model", model, *args, *det, ranks=ranks)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("recalled") == 1  # rank 0 alone reports
+    a, b = np.load(d / f"one{model}.npy"), np.load(out)
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    if model == "B":
+        x, y = json.loads((d / f"one{model}.json").read_text()), json.loads((d / f"mpi{model}{ranks}.json").read_text())
+        assert y["ranks"] == ranks and y["memories"] == 6000
+        assert [q["top_ids"] for q in x["results"]] == [q["top_ids"] for q in y["results"]]
+    # Without mpirun the shards are read into one process.
+    direct = run(cli, "recall", d / "s" / "manifest.json", d / "q.npy", d / "direct.npy", "--model", model, *args)
+    assert direct.returncode == 0, direct.stderr
+    np.testing.assert_allclose(np.load(d / "direct.npy"), a, rtol=1e-6, atol=1e-6)
+
+
+def test_a_corrupted_shard_ends_the_job_naming_rank_and_shard(cli, sharded, tmp_path):
+    shutil.copytree(sharded / "s", tmp_path / "s")
+    f = tmp_path / "s" / "shard-00003.amem"
+    b = bytearray(f.read_bytes())
+    b[4096 + 11] ^= 1
+    f.write_bytes(bytes(b))
+    r = run(cli, "recall", tmp_path / "s" / "manifest.json", sharded / "q.npy", tmp_path / "o.npy", ranks=2)
+    assert r.returncode != 0
+    lines = [line for line in r.stderr.splitlines() if line.startswith("assocmem:")]
+    assert len(lines) == 1 and "rank 1 (shards 1, 3)" in lines[0] and "shard 3" in lines[0], r.stderr
+    assert "payload checksum mismatch" in lines[0]
+    assert not (tmp_path / "o.npy").exists()
+    too_many = run(cli, "recall", sharded / "s" / "manifest.json", sharded / "q.npy", tmp_path / "o.npy", ranks=5)
+    assert too_many.returncode != 0 and "every rank: the job has 5 ranks" in too_many.stderr
+    assert not (tmp_path / "o.npy").exists()
+    a = run(cli, "recall", sharded / "s" / "manifest.json", sharded / "q.npy", tmp_path / "o.npy", "--model", "A", ranks=2)
+    assert a.returncode != 0 and "model A is not supported on shards" in a.stderr
+
+
+def test_a_killed_rank_ends_the_job_and_leaves_no_output(cli, tmp_path):
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((100_000, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "q.npy", X[:1000])
+    assert run(cli, "shard", tmp_path / "x.npy", tmp_path / "s", "--parts", 2).returncode == 0
+    # Model C with tiny Euler steps: thousands of passes, far longer than the kill below.
+    job = subprocess.Popen([MPIRUN, "-np", "2", "--oversubscribe", cli, "recall", str(tmp_path / "s" / "manifest.json"),
+                            str(tmp_path / "q.npy"), str(tmp_path / "o.npy"), "--model", "C", "--steps", "100000",
+                            "--step", "1e-4", "--tol", "0"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        victim = None
+        for _ in range(200):  # wait until both ranks run
+            time.sleep(0.1)
+            kids = subprocess.run(["pgrep", "-P", str(job.pid), "-f", "recall"], capture_output=True, text=True).stdout.split()
+            if len(kids) == 2:
+                victim = int(kids[1])
+                break
+        assert victim, "the ranks did not start"
+        time.sleep(1.0)
+        os.kill(victim, signal.SIGKILL)
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0
+    assert "signal 9" in err or "killed" in err.lower(), err[-2000:]
+    assert not (tmp_path / "o.npy").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".assocmem-tmp")]
