@@ -169,7 +169,7 @@ Command add_capacity(CLI::App& app) {
   auto* bisect_opt =
       cap->add_option("--bisect", a->bisect, "Find the largest K with recalled >= this fraction in (0, 1] (needs --K-range)");
   cap->add_option("--seed", a->seed, "Seed of the memories and cues")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cap->add_option("--threads", a->threads, "Worker threads (0: all)")->capture_default_str();
+  cap->add_option("--threads", a->threads, "Worker threads (0: the CPUs this process may run on)")->capture_default_str();
   cap->add_option("-o,--output", a->output, "Results: .csv or .json");
   cap->add_flag("--dry-run", a->dry_run, "Check every point of the sweep (or the bisection range) and stop before measuring");
   cap->add_option("--plot", a->plot, "PNG of recall against the swept parameter (matplotlib)");

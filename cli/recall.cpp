@@ -348,7 +348,7 @@ Command add_recall(CLI::App& app) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   rc->add_option("--details", a->details, "Write JSON with steps, stop reason, energy and top-k ids and weights (one "
                                           "more pass over the memories)");
-  rc->add_option("--threads", a->threads, "Worker threads (0: all)")->capture_default_str();
+  rc->add_option("--threads", a->threads, "Worker threads (0: the CPUs this process may run on)")->capture_default_str();
   rc->add_option("--kernel", a->kernel, "auto, generic, avx512, avx512_bf16 or amx_bf16")->capture_default_str();
   return {rc, [a](bool as_json) { return cmd_recall(*a, as_json); }};
 }

@@ -48,7 +48,7 @@ void CapacitySpec::validate() const {
   ASSOCMEM_CHECK_ARG(max_steps >= 1, "max_steps must be >= 1, got ", max_steps);
   ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta > 0, "beta must be finite and > 0, got ", beta);
   ASSOCMEM_CHECK_ARG(threads >= 0 && threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads,
-                     "] (0 = all hardware threads), got ", threads);
+                     "] (0 = the CPUs this process may run on), got ", threads);
   make_interaction(F);  // validates n and beta of F
   if (criterion == Criterion::AllMemories) {
     ASSOCMEM_CHECK_ARG(protocol != Protocol::RandomStarts, "criterion 'all' needs protocol stability or basin (a cue "

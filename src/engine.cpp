@@ -28,7 +28,7 @@ KernelChoice parse_kernel(const std::string& name) {
 
 void EngineOptions::validate() const {
   ASSOCMEM_CHECK_ARG(threads >= 0 && threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads,
-                     "] (0 = all hardware threads), got ", threads);
+                     "] (0 = the CPUs this process may run on), got ", threads);
   ASSOCMEM_CHECK_ARG(tile >= 32 && tile <= 65536 && tile % 32 == 0, "tile must be a multiple of 32 in [32, 65536], got ",
                      tile);
 }

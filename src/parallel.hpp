@@ -4,6 +4,8 @@
 // started are joined and assocmem::Error is thrown.
 #pragma once
 
+#include <sched.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <exception>
@@ -17,8 +19,14 @@
 
 namespace assocmem::detail {
 
+/// Threads for `requested` (0: the CPUs this process may run on: its affinity mask, which taskset,
+/// cgroups and mpirun's binding of ranks to cores set; all hardware threads where it cannot be read).
 inline int resolve_threads(int requested) {
   if (requested > 0) return std::min(requested, kMaxThreads);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    return std::min(CPU_COUNT(&set), kMaxThreads);
   const unsigned hc = std::thread::hardware_concurrency();
   return hc == 0 ? 1 : static_cast<int>(std::min<unsigned>(hc, kMaxThreads));
 }

@@ -33,7 +33,7 @@ struct AttentionArgs {
   const std::uint16_t* v_bf16 = nullptr;
   double beta = 1.0;     ///< inverse temperature, finite and > 0
   MemoryMask mask;       ///< rows 0, 1 or n of K flags; non-zero leaves the memory out
-  int threads = 0;       ///< 0: all hardware threads
+  int threads = 0;       ///< 0: the CPUs this process may run on (affinity mask)
   /// float: the portable kernels even where the CPU has AVX-512 (the choice is otherwise made once, at
   /// the first call: AVX-512 where the CPU runs it); for tests and comparisons. double always uses Eigen.
   bool portable_kernels = false;

@@ -50,7 +50,7 @@ class PassMerger {
 };
 
 struct EngineOptions {
-  int threads = 0;                          ///< worker threads; 0 = all hardware threads
+  int threads = 0;                          ///< worker threads; 0 = the CPUs this process may run on (affinity)
   KernelChoice kernel = KernelChoice::Auto; ///< Auto: the best this CPU runs (bf16 products only for
                                             ///< bfloat16 stores). Asking for one the CPU lacks throws.
   std::size_t tile = 256;                   ///< memories per tile, a multiple of 32 in [32, 65536]

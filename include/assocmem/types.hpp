@@ -11,7 +11,7 @@ namespace assocmem {
 using Vector = Eigen::VectorXd;
 using Matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-/// The most worker threads any call accepts (threads = 0 means all hardware threads). Larger counts
+/// The most worker threads any call accepts (threads = 0 means the CPUs the process may run on). Larger counts
 /// are refused with InvalidArgument; a thread the system cannot start raises assocmem::Error after
 /// the started ones are joined.
 inline constexpr int kMaxThreads = 1024;
