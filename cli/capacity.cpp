@@ -11,6 +11,10 @@
 
 #include "assocmem/capacity.hpp"
 #include "assocmem/io.hpp"
+#include "ranks.hpp"
+#ifdef ASSOCMEM_WITH_MPI
+#include "assocmem/distributed.hpp"
+#endif
 
 namespace assocmem::cli {
 namespace fs = std::filesystem;
@@ -29,7 +33,9 @@ struct CapacityArgs {
   int threads = 0;
 };
 
-int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
+// writer: this process reports and writes (rank 0 of an MPI job, or the only process); scheduler: the
+// trials shared among the ranks, or null.
+int capacity(const CapacityArgs& a, bool bisect_given, bool as_json, bool writer, const TrialScheduler* scheduler) {
   check_distinct({}, {{"output", a.output}, {"plot", a.plot}});
   if (bisect_given && !(std::isfinite(a.bisect) && a.bisect > 0 && a.bisect <= 1))
     throw BadInput("--bisect must be a fraction in (0, 1], got " + detail::concat(a.bisect));
@@ -52,6 +58,7 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
   s.criterion = parse_criterion(a.criterion);
   s.seed = a.seed;
   s.threads = a.threads;
+  s.scheduler = scheduler;
   std::vector<CapacityPoint> points;
   json out = {{"model", a.model}, {"protocol", a.protocol}, {"N", a.N}};
   ProgressBar bar("capacity");
@@ -65,7 +72,8 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
       t.validate();
     }
     if (a.dry_run) {
-      emit(as_json, {{"dry_run", true}, {"bisect_threshold", a.bisect}, {"K_range", a.K_range}},
+      if (writer)
+        emit(as_json, {{"dry_run", true}, {"bisect_threshold", a.bisect}, {"K_range", a.K_range}},
            "valid: bisection over K in [" + std::to_string(a.K_range[0]) + ", " + std::to_string(a.K_range[1]) + "]\n");
       return 0;
     }
@@ -94,7 +102,8 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
       plan.push_back(t);
     }
     if (a.dry_run) {
-      emit(as_json, {{"dry_run", true}, {"sweep", a.sweep}, {"points", plan.size()}},
+      if (writer)
+        emit(as_json, {{"dry_run", true}, {"sweep", a.sweep}, {"points", plan.size()}},
            "valid: " + std::to_string(plan.size()) + " points of --sweep " + a.sweep + "\n");
       return 0;
     }
@@ -102,6 +111,7 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
       points.push_back(measure_capacity(plan[i], [&](double f) { bar.update((double(i) + f) / double(plan.size())); }));
     out["sweep"] = a.sweep;
   }
+  if (!writer) return 0;  // every rank holds the same points; rank 0 reports them
   json rows = json::array();
   std::string csv = "K,N,n,beta,rho,hidden,cues,recalled,recalled_stderr,bit_error,seconds\n", text;
   char buf[256];
@@ -135,6 +145,19 @@ int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
   }
   emit(as_json, out, text);
   return 0;
+}
+
+// Under mpirun the trials of every point are shared among the ranks (MpiTrialScheduler): the numbers of
+// one process with the same seeds; rank 0 reports.
+int cmd_capacity(const CapacityArgs& a, bool bisect_given, bool as_json) {
+#ifdef ASSOCMEM_WITH_MPI
+  if (under_mpirun())
+    return on_ranks(as_json, [&](int rank, int) {
+      const MpiTrialScheduler trials(MPI_COMM_WORLD);
+      return capacity(a, bisect_given, as_json, rank == 0, &trials);
+    });
+#endif
+  return capacity(a, bisect_given, as_json, true, nullptr);
 }
 
 }  // namespace

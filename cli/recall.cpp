@@ -3,6 +3,7 @@
 // command, C++ and Python agree. Energy and top-k cost one more pass over the memories: they are
 // computed only when --details asks for them.
 #include "common.hpp"
+#include "ranks.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -37,28 +38,6 @@ bool is_manifest(const std::string& path) {
   return false;
 }
 
-// Started by mpirun (OpenMPI or a PMIx launcher): one rank of a job, not a process on its own.
-bool under_mpirun() { return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMIX_RANK"); }
-
-#ifdef ASSOCMEM_WITH_MPI
-// MPI for the length of one command: initialised here (unless already), finalised on the way out.
-struct MpiSession {
-  bool owner = false;
-  MpiSession() {
-    int ready = 0;
-    MPI_Initialized(&ready);
-    if (!ready) {
-      MPI_Init(nullptr, nullptr);
-      owner = true;
-    }
-  }
-  ~MpiSession() {
-    if (owner) MPI_Finalize();
-  }
-  MpiSession(const MpiSession&) = delete;
-  MpiSession& operator=(const MpiSession&) = delete;
-};
-#endif
 
 struct RecallArgs {
   std::string store, queries, output, details, values, mask, model = "B", kernel = "auto";
@@ -262,37 +241,11 @@ int recall(const RecallArgs& a, bool as_json) {
   return 0;
 }
 
-// recall, and under mpirun over a sharded store, one rank of the job: every rank ends in one collective
-// agreement on the outcome, rank 0 reports a failure (naming the ranks and shards) before any rank exits,
-// and all exit with the same code; no rank is left waiting and no output is written unless all succeeded
-// (rank 0 writes it atomically, last).
+// recall; under mpirun over a sharded store, as one rank of the job (ranks.hpp: one agreement on the
+// outcome at the end, rank 0 reports and writes, no output unless every rank succeeded).
 int cmd_recall(const RecallArgs& a, bool as_json) {
-#ifdef ASSOCMEM_WITH_MPI
-  if (under_mpirun() && is_manifest(a.store)) {
-    const MpiSession session;
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    std::exception_ptr failure;
-    int result = 0;
-    try {
-      result = recall(a, as_json);
-    } catch (...) {
-      failure = std::current_exception();
-    }
-    try {
-      agree_across_ranks(MPI_COMM_WORLD, failure, "rank " + std::to_string(rank));
-    } catch (...) {
-      failure = std::current_exception();
-    }
-    if (!failure) return result;
-    std::string msg;
-    const int code = exit_code_of(failure, msg);
-    if (rank == 0) report_failure(code, msg, as_json);
-    quiet_errors() = true;  // reported once, by rank 0
-    MPI_Barrier(MPI_COMM_WORLD);  // no rank exits (and has mpirun end the job) before rank 0 has said why
-    return code;
-  }
-#endif
+  if (built_with_mpi() && under_mpirun() && is_manifest(a.store))
+    return on_ranks(as_json, [&](int, int) { return recall(a, as_json); });
   return recall(a, as_json);
 }
 

@@ -182,66 +182,87 @@ std::vector<float> run_model(const CapacitySpec& s, const std::vector<float>& st
 
 }  // namespace
 
-CapacityPoint measure_capacity(const CapacitySpec& spec, const std::function<void(double)>& progress) {
-  spec.validate();
-  const auto t0 = std::chrono::steady_clock::now();
+TrialOutcome run_capacity_trial(const CapacitySpec& spec, std::size_t trial) {
   const std::size_t N = spec.N, K = spec.K;
   const std::size_t n_stored = spec.hidden == 0 ? K : std::min(spec.hidden, K);
   const std::size_t per_trial =
       spec.criterion == Criterion::AllMemories
           ? K  // every memory cued once (c % K below)
           : (spec.cues != 0 ? spec.cues : (spec.protocol == Protocol::RandomStarts ? 100 : std::min<std::size_t>(K, 1000)));
+  ASSOCMEM_CHECK_ARG(trial < spec.trials, "trial ", trial, " out of range (", spec.trials, " trials)");
+  TrialOutcome t;
+  std::mt19937_64 rng(spec.seed * 1000003ULL + trial);
+  const std::vector<float> X = random_pm1(K, N, rng);
+  std::vector<float> cues;
+  std::vector<std::size_t> target;  // index of the memory each cue came from
+  if (spec.protocol == Protocol::RandomStarts) {
+    cues = random_pm1(per_trial, N, rng);
+  } else {
+    const std::size_t flips = static_cast<std::size_t>(std::lround(spec.rho * static_cast<double>(N)));
+    std::vector<std::size_t> idx(N);
+    for (std::size_t c = 0; c < per_trial; ++c) {
+      const std::size_t mu = per_trial >= K ? c % K : static_cast<std::size_t>(rng() % K);
+      target.push_back(mu);
+      cues.insert(cues.end(), X.begin() + static_cast<long>(mu * N), X.begin() + static_cast<long>((mu + 1) * N));
+      if (flips) {
+        for (std::size_t i = 0; i < N; ++i) idx[i] = i;
+        for (std::size_t f = 0; f < flips; ++f) {  // partial Fisher-Yates: `flips` distinct neurons
+          std::swap(idx[f], idx[f + rng() % (N - f)]);
+          cues[c * N + idx[f]] *= -1.0f;
+        }
+      }
+    }
+  }
+  const std::vector<float> out = run_model(spec, X, n_stored, cues, per_trial);
+  for (std::size_t c = 0; c < per_trial; ++c) {
+    const float* s = &out[c * N];
+    if (spec.protocol == Protocol::RandomStarts) {
+      bool on = false;
+      for (std::size_t mu = 0; mu < n_stored && !on; ++mu) {
+        long m = 0;
+        for (std::size_t i = 0; i < N; ++i) m += static_cast<long>(s[i] * X[mu * N + i]);
+        on = static_cast<std::size_t>(m) == N || (spec.count_negatives && m == -static_cast<long>(N));
+      }
+      t.hits += on;
+    } else {
+      std::size_t wrong = 0;
+      for (std::size_t i = 0; i < N; ++i) wrong += s[i] != X[target[c] * N + i];
+      t.hits += wrong == 0;
+      t.wrong_bits += wrong;
+      t.probed_bits += N;
+    }
+  }
+  t.cues = per_trial;
+  return t;
+}
+
+CapacityPoint measure_capacity(const CapacitySpec& spec, const std::function<void(double)>& progress) {
+  spec.validate();
+  const auto t0 = std::chrono::steady_clock::now();
+  const TrialScheduler* sched = spec.scheduler;
+  std::vector<TrialOutcome> outcomes(spec.trials);
+  std::exception_ptr failure;
+  try {
+    for (std::size_t trial = 0; trial < spec.trials; ++trial) {
+      if (sched && !sched->mine(trial)) continue;
+      outcomes[trial] = run_capacity_trial(spec, trial);
+      if (progress) progress(double(trial + 1) / double(spec.trials));
+    }
+  } catch (...) {
+    if (!sched) throw;
+    failure = std::current_exception();
+  }
+  if (sched) sched->share(outcomes, failure);  // every participant now holds every outcome
   CapacityPoint p;
   p.spec = spec;
-  std::size_t hits = 0, wrong_bits = 0, probed_bits = 0;
-  for (std::size_t trial = 0; trial < spec.trials; ++trial) {
-    std::mt19937_64 rng(spec.seed * 1000003ULL + trial);
-    const std::vector<float> X = random_pm1(K, N, rng);
-    std::vector<float> cues;
-    std::vector<std::size_t> target;  // index of the memory each cue came from
-    if (spec.protocol == Protocol::RandomStarts) {
-      cues = random_pm1(per_trial, N, rng);
-    } else {
-      const std::size_t flips = static_cast<std::size_t>(std::lround(spec.rho * static_cast<double>(N)));
-      std::vector<std::size_t> idx(N);
-      for (std::size_t c = 0; c < per_trial; ++c) {
-        const std::size_t mu = per_trial >= K ? c % K : static_cast<std::size_t>(rng() % K);
-        target.push_back(mu);
-        cues.insert(cues.end(), X.begin() + static_cast<long>(mu * N), X.begin() + static_cast<long>((mu + 1) * N));
-        if (flips) {
-          for (std::size_t i = 0; i < N; ++i) idx[i] = i;
-          for (std::size_t f = 0; f < flips; ++f) {  // partial Fisher-Yates: `flips` distinct neurons
-            std::swap(idx[f], idx[f + rng() % (N - f)]);
-            cues[c * N + idx[f]] *= -1.0f;
-          }
-        }
-      }
-    }
-    const std::vector<float> out = run_model(spec, X, n_stored, cues, per_trial);
-    const std::size_t hits_before = hits;
-    for (std::size_t c = 0; c < per_trial; ++c) {
-      const float* s = &out[c * N];
-      if (spec.protocol == Protocol::RandomStarts) {
-        bool on = false;
-        for (std::size_t mu = 0; mu < n_stored && !on; ++mu) {
-          long m = 0;
-          for (std::size_t i = 0; i < N; ++i) m += static_cast<long>(s[i] * X[mu * N + i]);
-          on = static_cast<std::size_t>(m) == N || (spec.count_negatives && m == -static_cast<long>(N));
-        }
-        hits += on;
-      } else {
-        std::size_t wrong = 0;
-        for (std::size_t i = 0; i < N; ++i) wrong += s[i] != X[target[c] * N + i];
-        hits += wrong == 0;
-        wrong_bits += wrong;
-        probed_bits += N;
-      }
-    }
-    p.cues += per_trial;
-    const std::size_t trial_hits = hits - hits_before;
-    p.trial_recalled.push_back(spec.criterion == Criterion::AllMemories ? (trial_hits == per_trial ? 1.0 : 0.0)
-                                                                        : double(trial_hits) / double(per_trial));
-    if (progress) progress(double(trial + 1) / double(spec.trials));
+  p.spec.scheduler = nullptr;  // a result does not keep the participants
+  std::uint64_t wrong_bits = 0, probed_bits = 0;
+  for (const TrialOutcome& t : outcomes) {  // in trial order: the same sums however the trials were run
+    p.cues += t.cues;
+    wrong_bits += t.wrong_bits;
+    probed_bits += t.probed_bits;
+    p.trial_recalled.push_back(spec.criterion == Criterion::AllMemories ? (t.hits == t.cues ? 1.0 : 0.0)
+                                                                        : double(t.hits) / double(t.cues));
   }
   const double T = static_cast<double>(spec.trials);
   p.recalled = 0;  // the mean of the trial values (= hits / cues for PerCue: equal cues per trial)

@@ -203,4 +203,28 @@ Retrieval distributed_retrieve_c(const DistributedStore& store, InteractionSpec 
   return e->retrieve(queries, batch, options);
 }
 
+MpiTrialScheduler::MpiTrialScheduler(MPI_Comm comm) : comm_(comm) {
+  MPI_Comm_rank(comm, &rank_);
+  MPI_Comm_size(comm, &ranks_);
+}
+
+bool MpiTrialScheduler::mine(std::size_t trial) const {
+  return trial % static_cast<std::size_t>(ranks_) == static_cast<std::size_t>(rank_);
+}
+
+void MpiTrialScheduler::share(std::vector<TrialOutcome>& outcomes, std::exception_ptr failure) const {
+  agree_across_ranks(comm_, failure, "rank " + std::to_string(rank_));
+  std::vector<std::uint64_t> buf(4 * outcomes.size(), 0);  // each trial from its rank, zeros elsewhere
+  for (std::size_t t = 0; t < outcomes.size(); ++t)
+    if (mine(t)) {
+      buf[4 * t] = outcomes[t].hits;
+      buf[4 * t + 1] = outcomes[t].cues;
+      buf[4 * t + 2] = outcomes[t].wrong_bits;
+      buf[4 * t + 3] = outcomes[t].probed_bits;
+    }
+  MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(buf.size()), MPI_UINT64_T, MPI_SUM, comm_);
+  for (std::size_t t = 0; t < outcomes.size(); ++t)
+    outcomes[t] = {buf[4 * t], buf[4 * t + 1], buf[4 * t + 2], buf[4 * t + 3]};
+}
+
 }  // namespace assocmem

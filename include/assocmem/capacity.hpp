@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <string>
 #include <vector>
@@ -34,6 +35,8 @@ enum class Criterion { PerCue, AllMemories };
 Criterion parse_criterion(const std::string& name);  ///< "per-cue", "all"
 std::string to_string(Criterion c);
 
+struct TrialScheduler;
+
 struct CapacitySpec {
   ModelKind model = ModelKind::A;
   InteractionSpec F{Interaction::Power, 2.0, 1.0};  ///< models A and C
@@ -53,7 +56,30 @@ struct CapacitySpec {
   Criterion criterion = Criterion::PerCue;  ///< AllMemories: cues = every stored memory once (not random)
   std::uint64_t seed = 1;
   int threads = 0;
+  /// Null: this process runs every trial. Else the trials are shared among participants (the ranks of
+  /// an MPI job: distributed.hpp), with exactly the numbers of one process. Not settable by name.
+  const TrialScheduler* scheduler = nullptr;
   void validate() const;
+};
+
+/// What one trial found. Its memories and cues come from (seed, trial index) alone, so a trial gives
+/// the same outcome wherever it runs.
+struct TrialOutcome {
+  std::uint64_t hits = 0;         ///< cues recalled
+  std::uint64_t cues = 0;         ///< cues probed
+  std::uint64_t wrong_bits = 0;   ///< stability and basin: bits that differ from the cued memory
+  std::uint64_t probed_bits = 0;
+};
+/// Runs trial `trial` (< spec.trials) of a measurement.
+TrialOutcome run_capacity_trial(const CapacitySpec& spec, std::size_t trial);
+
+/// Shares the trials of a measurement among participants. Every participant calls share() once per
+/// measurement, with the outcomes of the trials mine() gave it (the others left as they are) and its
+/// failure (null if none); afterwards every participant holds every outcome, or every one throws.
+struct TrialScheduler {
+  virtual ~TrialScheduler() = default;
+  virtual bool mine(std::size_t trial) const = 0;
+  virtual void share(std::vector<TrialOutcome>& outcomes, std::exception_ptr failure) const = 0;
 };
 
 /// Sets the field `name` of a spec from its text, the one place where the command line (`capacity

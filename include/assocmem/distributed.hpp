@@ -12,7 +12,8 @@
 // Failures: wherever a rank can fail alone (opening or checking its shards, bad queries, a pass) the
 // ranks agree collectively first, and every rank throws the same exception naming the rank(s) and
 // shard(s); no rank is left waiting. A rank that dies (killed) ends the job through mpirun.
-// Not supported yet: model A, masks, value stores, monitors (cancelling one rank alone).
+// Capacity measurements share their trials among ranks (MpiTrialScheduler).
+// Not supported yet: model A on shards, masks, value stores, monitors (cancelling one rank alone).
 #pragma once
 
 #include <mpi.h>
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "assocmem/capacity.hpp"
 #include "assocmem/engine.hpp"
 #include "assocmem/shards.hpp"
 
@@ -60,6 +62,20 @@ class DistributedStore {
   std::vector<std::size_t> local_shards_;
   std::unique_ptr<MemoryStore> local_;
   std::unique_ptr<PassMerger> merger_;
+};
+
+/// The trials of capacity measurements over the ranks of comm (CapacitySpec::scheduler): trial t runs on
+/// rank t mod P and the outcomes are shared by an MPI_Allreduce, so every rank gets exactly the numbers of
+/// one process with the same seeds (sweeps and bisections too: every rank takes the same decisions).
+class MpiTrialScheduler final : public TrialScheduler {
+ public:
+  explicit MpiTrialScheduler(MPI_Comm comm);
+  bool mine(std::size_t trial) const override;
+  void share(std::vector<TrialOutcome>& outcomes, std::exception_ptr failure) const override;
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0, ranks_ = 1;
 };
 
 /// Model B (eq. 15/16) over every shard; collective: every rank passes the same queries [batch x dim]

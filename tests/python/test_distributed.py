@@ -115,3 +115,31 @@ def test_a_killed_rank_ends_the_job_and_leaves_no_output(cli, tmp_path):
     assert "signal 9" in err or "killed" in err.lower(), err[-2000:]
     assert not (tmp_path / "o.npy").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".assocmem-tmp")]
+
+
+def points_of(path):
+    d = json.loads(path.read_text())
+    for p in d["points"]:
+        p.pop("seconds")  # the only thing allowed to differ
+    return d
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_capacity_sweeps_share_their_trials_and_keep_every_number(cli, tmp_path, ranks):
+    """mpirun -np P assocmem capacity: trial t on rank t mod P; the points (recalled fractions, their
+    standard errors over trials, bit errors) equal the serial run's with the same seeds, exactly (model A
+    always; models B and C with the same --threads, their float sums depend on it)."""
+    sweep = ["capacity", "--n", "3", "--one-step", "--values", "150,360,700", "--trials", "7"]
+    assert run(cli, *sweep, "-o", tmp_path / "serial.json").returncode == 0
+    r = run(cli, "--json", *sweep, "-o", tmp_path / "mpi.json", ranks=ranks)
+    assert r.returncode == 0, r.stderr
+    json.loads(r.stdout)  # one report (rank 0's)
+    assert points_of(tmp_path / "mpi.json") == points_of(tmp_path / "serial.json")
+    # Model B sums in float32: equal numbers need equal thread counts (mpirun binds a rank to one core).
+    bisect = ["capacity", "--model", "B", "--protocol", "basin", "--rho", "0.1", "--beta", "8", "--N", "24",
+              "--bisect", "0.9", "--K-range", "10", "3000", "--trials", "3", "--threads", "1"]
+    assert run(cli, *bisect, "-o", tmp_path / "bs.json").returncode == 0
+    assert run(cli, *bisect, "-o", tmp_path / "bm.json", ranks=ranks).returncode == 0
+    assert points_of(tmp_path / "bm.json") == points_of(tmp_path / "bs.json")
+    bad = run(cli, "capacity", "--values", "0", "--trials", "2", ranks=ranks)
+    assert bad.returncode == 2 and bad.stderr.count("assocmem: error") == 1
