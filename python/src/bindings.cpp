@@ -15,6 +15,9 @@
 #include <string>
 
 #include "assocmem/attention.hpp"
+#ifdef ASSOCMEM_WITH_MPI
+#include "assocmem/distributed.hpp"
+#endif
 #include "assocmem/binary.hpp"
 #include "assocmem/capacity.hpp"
 #include "assocmem/dynamics.hpp"
@@ -884,6 +887,63 @@ void bind_glyphs(py::module_& m) {
 
 }  // namespace
 
+#ifdef ASSOCMEM_WITH_MPI
+// Models B and C over a sharded store on the ranks of an MPI job (assocmem.distributed, on mpi4py).
+// comm: the communicator's Fortran handle (mpi4py's Comm.py2f()), so no mpi4py headers are needed.
+class PyDistributedStore {
+ public:
+  PyDistributedStore(const std::string& manifest, long comm_f) : store_(comm_of(comm_f), manifest) {}
+  py::dict retrieve_b(const F32& q, double beta, std::optional<long> steps, std::optional<double> tol,
+                      std::optional<double> step, std::size_t top_k, bool energy, int threads) const {
+    const std::size_t n = batch_rows(q, store_.manifest().dim, "queries");
+    const RetrieveOptions o = options_in(steps, tol, step, top_k, energy, std::nullopt, std::nullopt);
+    EngineOptions e;
+    e.threads = threads;
+    Retrieval r;
+    {
+      py::gil_scoped_release nogil;
+      r = distributed_retrieve_b(store_, beta, q.data(), n, o, e);
+    }
+    return result_out(std::move(r), top_k, store_.manifest().count);
+  }
+  py::dict retrieve_c(const F32& q, const std::string& F, double nF, double beta, double alpha, std::optional<long> steps,
+                      std::optional<double> tol, std::optional<double> step, bool energy, int threads) const {
+    const std::size_t n = batch_rows(q, store_.manifest().dim, "queries");
+    const RetrieveOptions o = options_in(steps, tol, step, 0, energy, std::nullopt, std::nullopt);
+    EngineOptions e;
+    e.threads = threads;
+    Retrieval r;
+    {
+      py::gil_scoped_release nogil;
+      r = distributed_retrieve_c(store_, interaction(F, nF, beta), alpha, q.data(), n, o, e);
+    }
+    return result_out(std::move(r), 0, store_.manifest().count);
+  }
+  const DistributedStore& get() const { return store_; }
+
+ private:
+  static MPI_Comm comm_of(long f) {
+    int ready = 0;
+    MPI_Initialized(&ready);
+    if (!ready) throw Error("MPI is not initialised: import mpi4py.MPI first (assocmem.distributed does)");
+    return MPI_Comm_f2c(static_cast<MPI_Fint>(f));
+  }
+  DistributedStore store_;
+};
+
+void bind_distributed(py::module_& m) {
+  py::class_<PyDistributedStore>(m, "DistributedStore")
+      .def(py::init<const std::string&, long>(), py::arg("manifest"), py::arg("comm_f"))
+      .def("retrieve_b", &PyDistributedStore::retrieve_b)
+      .def("retrieve_c", &PyDistributedStore::retrieve_c)
+      .def_property_readonly("rank", [](const PyDistributedStore& s) { return s.get().rank(); })
+      .def_property_readonly("ranks", [](const PyDistributedStore& s) { return s.get().ranks(); })
+      .def_property_readonly("local_shards", [](const PyDistributedStore& s) { return s.get().local_shards(); })
+      .def_property_readonly("count", [](const PyDistributedStore& s) { return s.get().manifest().count; })
+      .def_property_readonly("dim", [](const PyDistributedStore& s) { return s.get().manifest().dim; });
+}
+#endif
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "assocmem's compiled core; use the package `assocmem`, which re-exports these names.";
   m.attr("__version__") = version();  // project(VERSION) of CMakeLists.txt, via assocmem/version.hpp
@@ -912,4 +972,7 @@ PYBIND11_MODULE(_core, m) {
   bind_capacity(m);
   bind_glyphs(m);
   bind_attention(m);
+#ifdef ASSOCMEM_WITH_MPI
+  bind_distributed(m);
+#endif
 }

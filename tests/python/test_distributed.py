@@ -143,3 +143,44 @@ def test_capacity_sweeps_share_their_trials_and_keep_every_number(cli, tmp_path,
     assert points_of(tmp_path / "bm.json") == points_of(tmp_path / "bs.json")
     bad = run(cli, "capacity", "--values", "0", "--trials", "2", ranks=ranks)
     assert bad.returncode == 2 and bad.stderr.count("assocmem: error") == 1
+
+
+PY_RANK = r"""
+import json, sys
+import numpy as np
+import assocmem as am
+import assocmem.distributed as ad
+manifest, whole, queries, out = sys.argv[1:5]
+q = np.load(queries)
+mem = ad.ShardedMemory(manifest)
+b = mem.retrieve_details(q, "B", steps=3, beta=16.0, top_k=5)
+c = mem.retrieve(q, "C", steps=10)
+try:
+    mem.retrieve(q[:, :5])
+except ValueError as e:
+    bad = str(e)
+if mem.rank == 0:
+    X = np.load(whole)
+    one_b = am.ModelB(X, beta=16.0).retrieve_details(q, steps=3, top_k=5)
+    one_c = am.ModelC(X).retrieve(q, steps=10)
+    json.dump({"ranks": mem.ranks, "shards": mem.local_shards, "K": mem.n_memories,
+               "b": float(np.abs(b.states - one_b.states).max()), "c": float(np.abs(c - one_c).max()),
+               "ids": bool((b.top_ids == one_b.top_ids).all()), "steps": b.steps.tolist() == one_b.steps.tolist(),
+               "bad": bad}, open(out, "w"))
+"""
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_python_front_on_mpi4py(cli, sharded, tmp_path, ranks):
+    pytest.importorskip("mpi4py")
+    d = sharded
+    script = tmp_path / "rank.py"
+    script.write_text(PY_RANK)
+    r = subprocess.run([MPIRUN, "-np", str(ranks), "--oversubscribe", "/usr/bin/python3", str(script),
+                        str(d / "s" / "manifest.json"), str(d / "x.npy"), str(d / "q.npy"), str(tmp_path / "r.json")],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["ranks"] == ranks and res["K"] == 6000 and res["shards"] == list(range(0, 4, ranks))
+    assert res["b"] < 1e-6 and res["c"] < 1e-5 and res["ids"] and res["steps"]
+    assert "dimension" in res["bad"]

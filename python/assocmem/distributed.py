@@ -1,0 +1,74 @@
+"""Models B and C over a sharded store on the ranks of an MPI job, from Python (mpi4py; Debian's
+python3-mpi4py). The semantics of assocmem/distributed.hpp and of `mpirun assocmem recall manifest.json`:
+
+    # mpirun -np 4 python3 script.py
+    import numpy as np, assocmem.distributed as ad
+    memory = ad.ShardedMemory("shards/manifest.json")          # collective; comm=None: COMM_WORLD
+    states = memory.retrieve(queries, model="B", beta=16.0)      # every rank passes the same queries...
+    details = memory.retrieve_details(queries, top_k=5)          # ...and gets the same result
+
+Shard i belongs to rank i mod P (a rank may hold several; more ranks than shards is refused); every pass
+over the memories is merged across the ranks exactly, so the result equals one process over the
+unsharded store (float sums in another order). A failure on any rank raises the same exception on every
+rank, naming the rank and shard; no rank is left waiting. Not on shards yet: model A, masks, values.
+"""
+from __future__ import annotations
+
+from . import _core
+from . import Retrieval, _batch, _DEF
+
+__all__ = ["ShardedMemory"]
+
+
+def _comm(comm):
+    try:
+        from mpi4py import MPI  # initialises MPI (and finalises it at exit)
+    except ImportError as e:  # pragma: no cover - python3-mpi4py is installed by scripts/setup
+        raise ImportError("assocmem.distributed needs mpi4py (Debian: python3-mpi4py)") from e
+    comm = MPI.COMM_WORLD if comm is None else comm
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm must be an mpi4py communicator, got {type(comm).__name__}")
+    return comm
+
+
+class ShardedMemory:
+    """The shards of `manifest` (assocmem shard) over the ranks of `comm` (an mpi4py communicator; None:
+    COMM_WORLD). Collective: every rank of comm constructs it and calls its methods in the same order."""
+
+    def __init__(self, manifest, comm=None, threads=0):
+        if not hasattr(_core, "DistributedStore"):
+            raise RuntimeError("this assocmem was built without MPI (install libopenmpi-dev and rebuild)")
+        self._comm = _comm(comm)
+        self._s = _core.DistributedStore(str(manifest), self._comm.py2f())
+        self._threads = int(threads)
+
+    def retrieve(self, queries, model="B", steps=None, tol=None, step=None, *, beta=1.0, F=None, n=None,
+                 alpha=1.0):
+        """States after model B (eq. 15/16, inverse temperature beta) or model C (eq. 22: F, n, gain beta,
+        alpha) from `queries` (d,) or (..., d); defaults as ModelB / ModelC. Shaped like `queries`."""
+        return self.retrieve_details(queries, model, steps, tol, step, beta=beta, F=F, n=n, alpha=alpha,
+                                     energy=False).states
+
+    def retrieve_details(self, queries, model="B", steps=None, tol=None, step=None, *, beta=1.0, F=None, n=None,
+                         alpha=1.0, top_k=0, energy=True):
+        """Like retrieve(), but a Retrieval (steps, stop, energy; top_ids and top_weights for model B)."""
+        q, shape, dt = _batch(queries, self._s.dim, "queries")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {top_k}")
+        if model == "B":
+            r = self._s.retrieve_b(q, float(beta), steps, tol, step, int(top_k), bool(energy), self._threads)
+        elif model == "C":
+            if top_k:
+                raise ValueError("top_k: model C reports no top memories")
+            d = _DEF["C"]
+            r = self._s.retrieve_c(q, F or d["F"], float(d["n"] if n is None else n), float(beta), float(alpha), steps,
+                                   tol, step, bool(energy), self._threads)
+        else:
+            raise ValueError(f"model must be 'B' or 'C' on a sharded store, got {model!r}")
+        return Retrieval(r, shape, dt)
+
+    rank = property(lambda self: self._s.rank, doc="This process's rank in comm.")
+    ranks = property(lambda self: self._s.ranks, doc="The number of ranks in comm.")
+    local_shards = property(lambda self: list(self._s.local_shards), doc="The shards this rank holds.")
+    n_memories = property(lambda self: self._s.count, doc="K, the memories in all shards.")
+    n_features = property(lambda self: self._s.dim, doc="d, the dimension of the memories.")
