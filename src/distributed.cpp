@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "online_softmax.hpp"
@@ -175,32 +176,32 @@ DistributedStore::DistributedStore(MPI_Comm comm, const std::string& manifest, c
 
 DistributedStore::~DistributedStore() = default;
 
-Retrieval distributed_retrieve_b(const DistributedStore& store, double beta, const float* queries, std::size_t batch,
-                                 const RetrieveOptions& options, EngineOptions engine) {
+namespace {
+// An engine of type E over this rank's memories, its passes merged across ranks; a construction that
+// fails on one rank (a bad beta, kernel or F) throws on every rank.
+template <class E, class... Args>
+std::unique_ptr<E> merged_engine(const DistributedStore& store, EngineOptions engine, Args&&... args) {
   engine.merger = &store.merger();
-  std::unique_ptr<ModelBEngine> e;
+  std::unique_ptr<E> e;
   std::exception_ptr failure;
   try {
-    e = std::make_unique<ModelBEngine>(store.local(), beta, engine);
+    e = std::make_unique<E>(store.local(), std::forward<Args>(args)..., engine);
   } catch (...) {
     failure = std::current_exception();
   }
   store.merger().agree(failure);
-  return e->retrieve(queries, batch, options);
+  return e;
+}
+}  // namespace
+
+Retrieval distributed_retrieve_b(const DistributedStore& store, double beta, const float* queries, std::size_t batch,
+                                 const RetrieveOptions& options, EngineOptions engine) {
+  return merged_engine<ModelBEngine>(store, engine, beta)->retrieve(queries, batch, options);
 }
 
 Retrieval distributed_retrieve_c(const DistributedStore& store, InteractionSpec F, double alpha, const float* queries,
                                  std::size_t batch, const RetrieveOptions& options, EngineOptions engine) {
-  engine.merger = &store.merger();
-  std::unique_ptr<ModelCEngine> e;
-  std::exception_ptr failure;
-  try {
-    e = std::make_unique<ModelCEngine>(store.local(), F, alpha, engine);
-  } catch (...) {
-    failure = std::current_exception();
-  }
-  store.merger().agree(failure);
-  return e->retrieve(queries, batch, options);
+  return merged_engine<ModelCEngine>(store, engine, F, alpha)->retrieve(queries, batch, options);
 }
 
 MpiTrialScheduler::MpiTrialScheduler(MPI_Comm comm) : comm_(comm) {
