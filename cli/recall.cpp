@@ -105,10 +105,11 @@ int recall(const RecallArgs& a, bool as_json) {
 #ifdef ASSOCMEM_WITH_MPI
   std::unique_ptr<DistributedStore> dist;
 #endif
-  if (sharded) {
-    if (model == ModelKind::A) throw BadInput("a sharded store: model A is not supported on shards yet (use B or C)");
-    if (!a.values.empty() || !a.mask.empty()) throw BadInput("a sharded store: --values and --mask are not supported yet");
-  }
+  if (sharded && (!a.values.empty() || !a.mask.empty()))
+    throw BadInput("a sharded store: --values and --mask are not supported yet");
+  if (mpi && model == ModelKind::A && (!a.order || parse_update_order(*a.order) != UpdateOrder::Synchronous))
+    throw BadInput("--order: model A over shards under mpirun runs --order sync only (the random and fixed orders "
+                   "visit one neuron at a time, which would take a collective per visit)");
   if (mpi) {
 #ifdef ASSOCMEM_WITH_MPI
     int rank = 0;
@@ -169,13 +170,14 @@ int recall(const RecallArgs& a, bool as_json) {
   std::unique_ptr<ModelCEngine> ec;
   std::string kernel;
   if (model == ModelKind::A) {
-    if (store.dtype() != DType::Bits) {
-      try {
-        bits.emplace(pack_bits(store));
-      } catch (const InvalidArgument& e) {
-        throw BadInput("'" + a.store + "': " + e.what());
-      }
+    std::exception_ptr failure;  // under mpirun each rank packs its own shards: agreed on by every rank
+    try {
+      if (store.dtype() != DType::Bits) bits.emplace(pack_bits(store));
+    } catch (const InvalidArgument& e) {
+      failure = std::make_exception_ptr(InvalidArgument("'" + a.store + "': " + e.what()));  // exit 2
     }
+    if (eo.merger) eo.merger->agree(failure);
+    else if (failure) std::rethrow_exception(failure);
     ea = std::make_unique<ModelAEngine>(bits ? *bits : store, interaction(a, model), Vector(), eo);
     kernel = ea->kernel();
   } else if (model == ModelKind::B) {
@@ -267,8 +269,8 @@ Command add_recall(CLI::App& app) {
   auto a = std::make_shared<RecallArgs>();
   auto* rc = app.add_subcommand("recall", "Retrieve memories for a .npy of queries with model A, B or C");
   rc->add_option("store", a->store, "Memory store (the keys, for model B with --values), or a sharded store's "
-                                    "manifest.json (assocmem shard): B and C; under mpirun each rank holds its shards "
-                                    "and rank 0 writes the result")->required();
+                                    "manifest.json (assocmem shard); under mpirun each rank holds its shards "
+                                    "and rank 0 writes the result (model A: --order sync)")->required();
   rc->add_option("queries", a->queries, "Queries (.npy, (B, d) or (d,))")->required();
   rc->add_option("output", a->output, "Retrieved states (.npy, float32, the queries' shape; with --values the values' dimension)")
       ->required();

@@ -9,6 +9,7 @@
 #include <random>
 
 #include "assocmem/io.hpp"
+#include "collective.hpp"
 #include "fixed_point.hpp"
 #include "kernels/kernels.hpp"
 #include "parallel.hpp"
@@ -54,7 +55,7 @@ MemoryStore pack_bits(const MemoryStore& store) {
   for (std::size_t i = 0; i < store.size(); ++i) {
     store.decode_row(i, row.data());
     for (std::size_t j = 0; j < row.size(); ++j)
-      ASSOCMEM_CHECK_ARG(row[j] == 1.0f || row[j] == -1.0f, "memory ", i, " element ", j, " is ", row[j],
+      ASSOCMEM_CHECK_ARG(row[j] == 1.0f || row[j] == -1.0f, "memory ", i, " (id ", store.ids()[i], ") element ", j, " is ", row[j],
                          "; model A needs +1/-1 memories (store them with dtype bits)");
     bits.append(row.data(), 1, store.ids() + i);
   }
@@ -76,7 +77,7 @@ struct ModelAEngine::Cue {
 
 ModelAEngine::ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current, EngineOptions options)
     : store_(&store), N_(store.dim()), K_(store.size()), spec_(F), F_(make_interaction(F)), ops_(choose(options.kernel)),
-      threads_(options.threads) {
+      threads_(options.threads), merger_(options.merger) {
   options.validate();
   ASSOCMEM_CHECK_ARG(store.dtype() == DType::Bits, "model A engine: the store must hold bits (+-1 patterns), got ",
                      to_string(store.dtype()));
@@ -101,32 +102,42 @@ ModelAEngine::ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector c
   if (spec_.kind != Interaction::Exp) {
     // table_[m + N + 2] = F(m) - F(m - 2), m in [-N-2, N+4]: A = table(m), B = table(m + 2).
     table_.resize(2 * N_ + 7);
-    double maxabs = 0;
     for (std::size_t k = 0; k < table_.size(); ++k) {
       const double m = static_cast<double>(k) - static_cast<double>(N_) - 2.0;
       table_[k] = F_->G(m) - F_->G(m - 2.0);
-      maxabs = std::max(maxabs, std::fabs(table_[k]));
+      table_max_ = std::max(table_max_, std::fabs(table_[k]));
     }
-    // Integer entries whose sums over K memories stay below 2^53 are added exactly; otherwise the
-    // sums carry at most (K - 1) u sum |terms| <= K^2 u max|entry| of rounding each.
-    const bool integral = spec_.n == std::floor(spec_.n);
-    const double K = static_cast<double>(K_);
-    if (!(integral && K * maxabs < 9007199254740992.0)) power_error_ = 2.0 * K * K * maxabs * 0x1p-53;
+    power_error_ = power_error(static_cast<double>(K_));
   }
+}
+
+double ModelAEngine::power_error(double K) const {
+  if (spec_.kind == Interaction::Exp) return 0.0;
+  // Integer entries whose sums over K memories stay below 2^53 are added exactly; otherwise the
+  // sums carry at most (K - 1) u sum |terms| <= K^2 u max|entry| of rounding each.
+  const bool integral = spec_.n == std::floor(spec_.n);
+  return integral && K * table_max_ < 9007199254740992.0 ? 0.0 : 2.0 * K * K * table_max_ * 0x1p-53;
 }
 
 std::string ModelAEngine::kernel() const { return ops_of(ops_).name; }
 
 double ModelAEngine::energy(const std::int8_t* sigma) const {
   // eq. (8): E = -sum_i I_i sigma_i - sum_mu F(xi_mu . sigma)
-  double e = 0;
-  for (std::size_t i = 0; i < N_; ++i) e -= I_[i] * sigma[i];
+  detail::collectively(merger_, [&] {
+    ASSOCMEM_CHECK_ARG(sigma != nullptr, "state is null");
+    for (std::size_t i = 0; i < N_; ++i)
+      ASSOCMEM_CHECK_ARG(sigma[i] == 1 || sigma[i] == -1, "state: element ", i, " is ", static_cast<int>(sigma[i]),
+                         "; model A states must be +1 or -1");
+  });
+  double e = 0;  // this engine's memories' term, then summed over every participant
   for (std::size_t mu = 0; mu < K_; ++mu) {
     const std::uint8_t* row = store_->row(mu);
     long m = 0;
     for (std::size_t i = 0; i < N_; ++i) m += (((row[i / 8] >> (i % 8)) & 1) ? 1 : -1) * sigma[i];
     e -= F_->G(static_cast<double>(m));
   }
+  if (merger_) merger_->sum(&e, 1);
+  for (std::size_t i = 0; i < N_; ++i) e -= I_[i] * sigma[i];
   return e;
 }
 
@@ -139,7 +150,10 @@ void ModelAEngine::refresh(Cue& c) const {
   }
   // Scale by exp(-beta S), S = max m + 2: every exponent beta (m - S) is <= 0.
   const auto& E = static_cast<const ExpLagrangian&>(*F_);
-  const std::int32_t S = *std::max_element(c.m.begin(), c.m.end()) + 2;
+  // (over every participant's memories: a collective with a merger)
+  std::int64_t top = *std::max_element(c.m.begin(), c.m.end());
+  if (merger_) top = merger_->max(top);
+  const std::int32_t S = static_cast<std::int32_t>(top) + 2;
   // Rebase only when exp(beta (S - S0)) leaves [e^-200, e^200]: A and B stay finite and non-zero for
   // the leading memories, and the table is not rebuilt at every flip.
   if (!c.has_table || std::fabs(E.beta() * (S - c.S)) > 200.0) {
@@ -155,42 +169,107 @@ void ModelAEngine::refresh(Cue& c) const {
   ops.lookup_pairs(c.m.data(), K_, c.table.data(), offset, c.A.data(), c.B.data());
 }
 
-double ModelAEngine::field(const Cue& c, std::size_t i) const {
-  double sa = 0, sb = 0;
-  const bool minus = c.sigma[i] < 0;
-  ops_of(ops_).masked_sums(c.A.data(), c.B.data(), &cols_[i * col_bytes_], K_, minus, &sa, &sb);
-  const double s = minus ? -1.0 : 1.0;
+void ModelAEngine::local_sums(const Cue& c, std::size_t i, double* sa, double* sb) const {
+  *sa = *sb = 0.0;
+  ops_of(ops_).masked_sums(c.A.data(), c.B.data(), &cols_[i * col_bytes_], K_, c.sigma[i] < 0, sa, sb);
+}
+
+double ModelAEngine::certified_field(const Cue& c, std::size_t i, double sa, double sb, double K, double perr) const {
+  const double s = c.sigma[i] < 0 ? -1.0 : 1.0;
   const double f = 2.0 * I_[i] * c.current_scale + s * (sa - sb);
   // The fast sums are certified: when rounding (or terms of the scaled exp table that underflowed)
-  // could have flipped the sign, the field is recomputed exactly, grouped by overlap (issue 9: with
-  // F = exp at large beta, leading memories that cancel hid the one that decides).
-  const double K = static_cast<double>(K_);
+  // could have flipped the sign, the caller recomputes the field exactly, grouped by overlap (issue 9:
+  // with F = exp at large beta, leading memories that cancel hid the one that decides).
   const double error = spec_.kind == Interaction::Exp
                            ? 2.0 * K * 0x1p-53 * (sa + sb) + K * 1e-290 + 0x1p-52 * std::fabs(2.0 * I_[i] * c.current_scale)
-                           : power_error_ + (power_error_ > 0 ? 0x1p-52 * std::fabs(2.0 * I_[i]) : 0.0);
+                           : perr + (perr > 0 ? 0x1p-52 * std::fabs(2.0 * I_[i]) : 0.0);
   if (std::fabs(f) > error || (error == 0.0 && spec_.kind != Interaction::Exp)) return f;
-  // Exact: c_r = sum of xi_mu,i over memories with r_mu = m_mu - xi_mu,i sigma_i = r.
+  return std::nan("");
+}
+
+void ModelAEngine::overlap_counts(const Cue& c, std::size_t i, std::int64_t* hist) const {
+  // c_r = sum of xi_mu,i over memories with r_mu = m_mu - xi_mu,i sigma_i = r.
   const long N = static_cast<long>(N_);
-  c.hist.assign(static_cast<std::size_t>(2 * N + 1), 0);
+  std::fill(hist, hist + 2 * N_ + 1, 0);
   const std::uint8_t* col = &cols_[i * col_bytes_];
   for (std::size_t mu = 0; mu < K_; ++mu) {
     const int x = ((col[mu / 8] >> (mu % 8)) & 1) ? 1 : -1;
-    c.hist[static_cast<std::size_t>(c.m[mu] - x * c.sigma[i] + N)] += x;
+    hist[static_cast<std::size_t>(c.m[mu] - x * c.sigma[i] + N)] += x;
   }
-  return grouped_binary_field(spec_, c.hist, N, 2.0 * I_[i]);
+}
+
+double ModelAEngine::field(const Cue& c, std::size_t i) const {
+  double sa, sb;
+  local_sums(c, i, &sa, &sb);
+  const double f = certified_field(c, i, sa, sb, static_cast<double>(K_), power_error_);
+  if (!std::isnan(f)) return f;
+  c.hist.resize(2 * N_ + 1);
+  overlap_counts(c, i, c.hist.data());
+  return grouped_binary_field(spec_, c.hist, static_cast<long>(N_), 2.0 * I_[i]);
+}
+
+void ModelAEngine::sync_fields(const Cue& c, const std::vector<std::uint8_t>& clamp, int threads, double K,
+                               double perr, detail::Poller& poller, std::vector<double>& f) const {
+  auto free = [&](std::size_t i) { return clamp.empty() || !clamp[i]; };
+  std::vector<double> s(2 * N_, 0.0);  // (sa, sb) of every neuron
+  detail::parallel_chunks(N_, threads, [&](std::size_t, std::size_t i0, std::size_t i1) {
+    for (std::size_t i = i0; i < i1 && !poller.cancelled(); ++i) {
+      if (i % 64 == 0) poller.poll(i, N_);
+      if (free(i)) local_sums(c, i, &s[2 * i], &s[2 * i + 1]);
+    }
+  });
+  if (merger_) merger_->sum(s.data(), s.size());  // the fields over every participant's memories
+  f.assign(N_, 0.0);
+  std::vector<std::size_t> unsure;  // the same on every participant: they hold the same sums
+  for (std::size_t i = 0; i < N_; ++i)
+    if (free(i) && std::isnan(f[i] = certified_field(c, i, s[2 * i], s[2 * i + 1], K, perr))) unsure.push_back(i);
+  // The exact fallback, its counts summed over every participant, 64 neurons at a time.
+  const std::size_t width = 2 * N_ + 1, group = 64;
+  std::vector<std::int64_t> h;
+  for (std::size_t g = 0; g < unsure.size(); g += group) {
+    const std::size_t n = std::min(group, unsure.size() - g);
+    h.resize(n * width);
+    for (std::size_t k = 0; k < n; ++k) overlap_counts(c, unsure[g + k], &h[k * width]);
+    if (merger_) merger_->sum(h.data(), h.size());
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::size_t i = unsure[g + k];
+      c.hist.assign(&h[k * width], &h[k * width] + width);
+      f[i] = grouped_binary_field(spec_, c.hist, static_cast<long>(N_), 2.0 * I_[i]);
+    }
+  }
 }
 
 Retrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, const RetrieveOptions& options) const {
-  const ResolvedOptions o = resolve(options, ModelKind::A);
-  ASSOCMEM_CHECK_ARG(batch > 0, "cues: the batch is empty");
+  ResolvedOptions o{};
   const std::vector<std::uint8_t>& clamp = options.clamp;
-  ASSOCMEM_CHECK_ARG(clamp.empty() || clamp.size() == N_, "clamp has length ", clamp.size(), " but N = ", N_);
   auto clamped = [&](std::size_t i) { return !clamp.empty() && clamp[i]; };
-  ASSOCMEM_CHECK_ARG(cues != nullptr, "cues is null");
-  const std::size_t cells = checked_mul(batch, N_, "cues: batch x N");
-  for (std::size_t k = 0; k < cells; ++k)
-    ASSOCMEM_CHECK_ARG(cues[k] == 1 || cues[k] == -1, "cues: row ", k / N_, " element ", k % N_, " is ",
-                       static_cast<int>(cues[k]), "; model A states must be +1 or -1");
+  std::size_t cells = 0;
+  detail::collectively(merger_, [&] {
+    o = resolve(options, ModelKind::A);
+    ASSOCMEM_CHECK_ARG(!merger_ || o.order == UpdateOrder::Synchronous,
+                       "order: model A over memories spread over several participants runs the synchronous order "
+                       "only (the random and fixed orders visit one neuron at a time, a collective per visit)");
+    ASSOCMEM_CHECK_ARG(!merger_ || !options.monitor, "monitor: a retrieval over memories spread over several "
+                       "participants cannot be cancelled by one of them; give no monitor");
+    ASSOCMEM_CHECK_ARG(batch > 0, "cues: the batch is empty");
+    ASSOCMEM_CHECK_ARG(clamp.empty() || clamp.size() == N_, "clamp has length ", clamp.size(), " but N = ", N_);
+    ASSOCMEM_CHECK_ARG(cues != nullptr, "cues is null");
+    cells = checked_mul(batch, N_, "cues: batch x N");
+    for (std::size_t k = 0; k < cells; ++k)
+      ASSOCMEM_CHECK_ARG(cues[k] == 1 || cues[k] == -1, "cues: row ", k / N_, " element ", k % N_, " is ",
+                         static_cast<int>(cues[k]), "; model A states must be +1 or -1");
+  });
+  // Over every participant's memories: K for the rounding bounds; with a merger the cues run one after
+  // another (their collectives in the same order everywhere) and the threads share each sweep.
+  double K = static_cast<double>(K_), perr = power_error_;
+  if (merger_) {
+    std::int64_t k = static_cast<std::int64_t>(K_);
+    merger_->sum(&k, 1);
+    K = static_cast<double>(k);
+    perr = power_error(K);
+  }
+  const int threads = detail::resolve_threads(threads_);
+  const int cue_threads = merger_ ? 1 : threads, sweep_threads = merger_ ? threads : 1;
   Retrieval r;
   r.batch = batch;
   r.dim = N_;
@@ -202,13 +281,14 @@ Retrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, con
   const auto& ops = ops_of(ops_);
   detail::Poller poller(options.monitor);
 
-  detail::parallel_chunks(batch, detail::resolve_threads(threads_), [&](std::size_t, std::size_t b0, std::size_t b1) {
+  detail::parallel_chunks(batch, cue_threads, [&](std::size_t, std::size_t b0, std::size_t b1) {
     Cue c;
     c.m.resize(K_);
     c.A.resize(K_);
     c.B.resize(K_);
     std::vector<std::size_t> order(N_);
     std::vector<std::int8_t> next;
+    std::vector<double> fields;
     const std::size_t words = (N_ + 63) / 64;  // padding bits are 0 in the store and in `packed`
     std::vector<std::uint64_t> packed(words);
     // Between neuron visits: the calling thread polls the monitor; every worker stops once cancelled.
@@ -243,11 +323,9 @@ Retrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, con
           [&](const std::vector<std::int8_t>&, const std::vector<std::size_t>&, std::vector<std::int8_t>& out) {
             if (o.order == UpdateOrder::Synchronous) {
               next = c.sigma;
-              for (std::size_t i = 0; i < N_ && visit(i); ++i) {
-                if (clamped(i)) continue;
-                const double f = field(c, i);
-                if (f != 0.0) next[i] = f > 0 ? 1 : -1;
-              }
+              sync_fields(c, clamp, sweep_threads, K, perr, poller, fields);
+              for (std::size_t i = 0; i < N_; ++i)
+                if (!clamped(i) && fields[i] != 0.0) next[i] = fields[i] > 0 ? 1 : -1;
               bool flipped = false;
               for (std::size_t i = 0; i < N_; ++i)
                 if (next[i] != c.sigma[i]) {
@@ -278,9 +356,10 @@ Retrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, con
       r.stop[b] = one.stop[0];
       r.last_change[b] = one.last_change[0];
       if (options.energy) {
-        double e = 0;  // eq. (8) from the overlaps
-        for (std::size_t i = 0; i < N_; ++i) e -= I_[i] * c.sigma[i];
+        double e = 0;  // eq. (8) from the overlaps (over every participant's memories)
         for (std::size_t mu = 0; mu < K_; ++mu) e -= F_->G(static_cast<double>(c.m[mu]));
+        if (merger_) merger_->sum(&e, 1);
+        for (std::size_t i = 0; i < N_; ++i) e -= I_[i] * c.sigma[i];
         r.energy[b] = e;
       }
     }

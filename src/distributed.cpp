@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "assocmem/binary.hpp"
 #include "online_softmax.hpp"
 
 namespace assocmem {
@@ -77,7 +79,26 @@ class MpiMerger final : public PassMerger {
     std::copy(buf.begin() + static_cast<long>(drive.size()), buf.end(), energy.begin());
   }
 
+  // Model A. OpenMPI reduces each element once (or pairwise, commutatively) and hands every rank the
+  // same bits, so decisions taken from these sums (signs, fallbacks) agree on every rank.
+  void sum(double* values, std::size_t n) const override { allreduce(values, n, MPI_DOUBLE, MPI_SUM); }
+  void sum(std::int64_t* values, std::size_t n) const override { allreduce(values, n, MPI_INT64_T, MPI_SUM); }
+  std::int64_t max(std::int64_t value) const override {
+    allreduce(&value, 1, MPI_INT64_T, MPI_MAX);
+    return value;
+  }
+
  private:
+  // In place, in pieces that fit MPI's int counts.
+  void allreduce(void* data, std::size_t n, MPI_Datatype type, MPI_Op op) const {
+    int size = 0;
+    MPI_Type_size(type, &size);
+    constexpr std::size_t kMax = 1u << 30;
+    for (std::size_t at = 0; at < n; at += kMax)
+      MPI_Allreduce(MPI_IN_PLACE, static_cast<char*>(data) + at * static_cast<std::size_t>(size),
+                    static_cast<int>(std::min(kMax, n - at)), type, op, comm_);
+  }
+
   MPI_Comm comm_;
   int rank_, ranks_;
   std::string who_;
@@ -177,15 +198,16 @@ DistributedStore::DistributedStore(MPI_Comm comm, const std::string& manifest, c
 DistributedStore::~DistributedStore() = default;
 
 namespace {
-// An engine of type E over this rank's memories, its passes merged across ranks; a construction that
-// fails on one rank (a bad beta, kernel or F) throws on every rank.
+// An engine of type E over this rank's memories (local: the rank's store or a copy of it), its passes
+// merged across ranks; a construction that fails on one rank (a bad beta, kernel or F) throws on every rank.
 template <class E, class... Args>
-std::unique_ptr<E> merged_engine(const DistributedStore& store, EngineOptions engine, Args&&... args) {
+std::unique_ptr<E> merged_engine(const DistributedStore& store, const MemoryStore& local, EngineOptions engine,
+                                 Args&&... args) {
   engine.merger = &store.merger();
   std::unique_ptr<E> e;
   std::exception_ptr failure;
   try {
-    e = std::make_unique<E>(store.local(), std::forward<Args>(args)..., engine);
+    e = std::make_unique<E>(local, std::forward<Args>(args)..., engine);
   } catch (...) {
     failure = std::current_exception();
   }
@@ -194,14 +216,29 @@ std::unique_ptr<E> merged_engine(const DistributedStore& store, EngineOptions en
 }
 }  // namespace
 
+Retrieval distributed_retrieve_a(const DistributedStore& store, InteractionSpec F, const std::int8_t* cues,
+                                 std::size_t batch, const RetrieveOptions& options, EngineOptions engine) {
+  // Model A runs on bits: shards of +-1 floats are packed on their rank (a shard with another value fails there).
+  std::optional<MemoryStore> bits;
+  std::exception_ptr failure;
+  try {
+    if (store.local().dtype() != DType::Bits) bits.emplace(pack_bits(store.local()));
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  store.merger().agree(failure);
+  return merged_engine<ModelAEngine>(store, bits ? *bits : store.local(), engine, F, Vector())
+      ->retrieve(cues, batch, options);
+}
+
 Retrieval distributed_retrieve_b(const DistributedStore& store, double beta, const float* queries, std::size_t batch,
                                  const RetrieveOptions& options, EngineOptions engine) {
-  return merged_engine<ModelBEngine>(store, engine, beta)->retrieve(queries, batch, options);
+  return merged_engine<ModelBEngine>(store, store.local(), engine, beta)->retrieve(queries, batch, options);
 }
 
 Retrieval distributed_retrieve_c(const DistributedStore& store, InteractionSpec F, double alpha, const float* queries,
                                  std::size_t batch, const RetrieveOptions& options, EngineOptions engine) {
-  return merged_engine<ModelCEngine>(store, engine, F, alpha)->retrieve(queries, batch, options);
+  return merged_engine<ModelCEngine>(store, store.local(), engine, F, alpha)->retrieve(queries, batch, options);
 }
 
 MpiTrialScheduler::MpiTrialScheduler(MPI_Comm comm) : comm_(comm) {

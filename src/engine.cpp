@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "collective.hpp"
 #include "fixed_point.hpp"
 #include "kernels/kernels.hpp"
 #include "online_softmax.hpp"
@@ -315,6 +316,7 @@ struct EngineCore {
 namespace {
 
 using detail::Poller;
+using detail::collectively;
 
 // The mask row of query b of a pass over `rows` (rows[b] is its index in the caller's batch).
 const std::uint8_t* mask_row(const MemoryMask& m, const std::vector<std::size_t>* rows, std::size_t b, std::size_t K) {
@@ -430,20 +432,6 @@ AttentionPartial b_partial(const detail::EngineCore& core, const MemoryStore& ac
     ASSOCMEM_CHECK_ARG(std::isfinite(out.max[b]) && std::isfinite(out.sum[b]) && out.sum[b] > 0, "queries: row ",
                        rows ? (*rows)[b] : b, ": the softmax over the scores is not finite (beta = ", beta, ")");
   return out;
-}
-
-// Runs fn. With a merger (the memories spread over participants), a failure here is agreed on
-// collectively: every participant throws, none is left waiting in the merger's next collective.
-template <class Fn>
-void collectively(const PassMerger* merger, Fn&& fn) {
-  if (!merger) return fn();
-  std::exception_ptr failure;
-  try {
-    fn();
-  } catch (...) {
-    failure = std::current_exception();
-  }
-  merger->agree(failure);
 }
 
 // b_partial over the engine's memories, merged over all participants' memories when there is a merger.

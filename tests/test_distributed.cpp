@@ -1,7 +1,7 @@
-// Models B and C over the ranks of an MPI job (distributed.hpp), run by CTest under mpirun with 1, 2
+// Models A, B and C over the ranks of an MPI job (distributed.hpp), run by CTest under mpirun with 1, 2
 // and 4 ranks: every rank's result equals the single-process engine over the unsharded store (states
 // to 1e-6 relative, steps, stop reasons, energies, identical top-k ids), for float32 and bfloat16 and
-// for 4 and 7 shards; a corrupted shard, too many ranks and bad queries throw on every rank, naming the
+// for 4 and 7 shards; model A's states equal the plain ModelA's exactly; a corrupted shard, too many ranks and bad queries throw on every rank, naming the
 // rank and shard, and nothing hangs.
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -14,13 +14,17 @@
 #include <string>
 #include <vector>
 
+#include "assocmem/binary.hpp"
 #include "assocmem/distributed.hpp"
 #include "assocmem/engine.hpp"
+#include "assocmem/models.hpp"
 #include "assocmem/shards.hpp"
 #include "engine_kernels.hpp"
 #include "test_util.hpp"
 
 using namespace assocmem;
+using assocmem::testing::flip_bits;
+using assocmem::testing::rand_pm1;
 using assocmem::testing::randn;
 using assocmem::testing::read_all;
 using assocmem::testing::write_all;
@@ -162,6 +166,82 @@ TEST(Distributed, ModelCEqualsTheSingleProcessEngine) {
   o.energy = true;
   const InteractionSpec F{Interaction::RectifiedPower, 3};
   expect_same(distributed_retrieve_c(ds, F, 1.0, q.data(), 6, o), ModelCEngine(whole, F, 1.0).retrieve(q.data(), 6, o));
+}
+
+// Model A, synchronous order: the states equal the plain ModelA's (exact fields) and the single-process
+// engine's, sweep by sweep, for power F (exact integer sums, and a non-integer power whose sums carry a
+// rounding bound), F = exp (every rank's table scaled by the largest overlap of all ranks) and memories
+// in near-identical pairs at large beta, where the fast sums cancel and the exact counts of every rank
+// decide (issue 9's fallback). Shards of bits and of +-1 float32 (packed on their rank).
+TEST(Distributed, ModelAEqualsThePlainModelAndTheSingleProcessEngine) {
+  SharedDir dir;
+  std::mt19937_64 rng(21);
+  const int N = 48, K = 90;  // K > 0.14 N: the n = 2 network mixes memories, other F retrieve
+  Matrix X = rand_pm1(K, N, rng);
+  for (int p = 0; p < 20; ++p) {  // pairs that differ at one neuron: exact ties in the fields
+    X.row(2 * p + 1) = X.row(2 * p);
+    X(2 * p + 1, static_cast<Eigen::Index>(rng() % N)) *= -1;
+  }
+  std::vector<std::uint64_t> ids(K);
+  for (int i = 0; i < K; ++i) ids[static_cast<std::size_t>(i)] = 900 + 7 * static_cast<std::uint64_t>(i);
+  const std::size_t B = 6;
+  std::vector<std::int8_t> cues(B * N);
+  Matrix cue_rows(Eigen::Index(B), N);
+  for (std::size_t b = 0; b < B; ++b) {
+    const Vector c = flip_bits(X.row(static_cast<Eigen::Index>(2 * b)).transpose(), 3 + static_cast<int>(b) * 3, rng);
+    cue_rows.row(Eigen::Index(b)) = c.transpose();
+    for (int i = 0; i < N; ++i) cues[b * N + static_cast<std::size_t>(i)] = static_cast<std::int8_t>(c[i]);
+  }
+  const std::vector<InteractionSpec> Fs = {{Interaction::Power, 2},          {Interaction::Power, 3},
+                                           {Interaction::RectifiedPower, 3.5}, {Interaction::Exp, 2, 0.3},
+                                           {Interaction::Exp, 2, 50.0},      {Interaction::Exp, 2, 400.0}};
+  for (DType t : {DType::Bits, DType::Float32}) {
+    MemoryStore whole(N, t);
+    whole.append(X, ids);
+    MemoryStore packed = t == DType::Bits ? MemoryStore(N, t) : pack_bits(whole);
+    const MemoryStore& bits = t == DType::Bits ? whole : packed;
+    for (std::size_t parts : {4u, 7u}) {
+      const std::string man = shard(whole, dir, "a-" + to_string(t) + std::to_string(parts), parts);
+      const DistributedStore ds(MPI_COMM_WORLD, man);
+      for (const InteractionSpec& F : Fs) {
+        SCOPED_TRACE(to_string(t) + ", " + std::to_string(parts) + " shards, F kind " + std::to_string(int(F.kind)) +
+                     " n " + std::to_string(F.n) + " beta " + std::to_string(F.beta));
+        RetrieveOptions o;
+        o.order = UpdateOrder::Synchronous;
+        o.max_steps = 30;
+        o.energy = true;
+        const Retrieval dist = distributed_retrieve_a(ds, F, cues.data(), B, o);
+        const Retrieval one = ModelAEngine(bits, F).retrieve(cues.data(), B, o);
+        ASSERT_EQ(dist.states, one.states);
+        EXPECT_EQ(dist.steps, one.steps);
+        EXPECT_EQ(dist.stop, one.stop);
+        for (std::size_t b = 0; b < B; ++b) {
+          if (std::isinf(one.energy[b])) EXPECT_EQ(dist.energy[b], one.energy[b]);  // exp(beta N) overflows
+          else EXPECT_NEAR(dist.energy[b], one.energy[b], 1e-9 * std::max(1.0, std::abs(one.energy[b])));
+          // The plain model (Eigen, exact grouped fields), sweep for sweep.
+          const ModelA plain(X, F);
+          RetrieveOptions po = o;
+          po.energy = false;
+          const Retrieval p = plain.retrieve(cue_rows.row(Eigen::Index(b)).transpose(), po);
+          for (int i = 0; i < N; ++i)
+            ASSERT_EQ(dist.states[b * N + static_cast<std::size_t>(i)], p.state()[i]) << "cue " << b << " neuron " << i;
+          EXPECT_EQ(dist.steps[b], p.steps[0]) << "cue " << b;
+        }
+      }
+      // Orders that visit one neuron at a time are refused on every rank.
+      RetrieveOptions o;
+      o.order = UpdateOrder::RandomAsync;
+      EXPECT_THROW_MSG(distributed_retrieve_a(ds, {Interaction::Power, 3}, cues.data(), B, o), InvalidArgument,
+                       "synchronous order only");
+    }
+  }
+  // A shard of floats that are not +-1 fails on its rank, named.
+  MemoryStore floats(8, DType::Float32);
+  floats.append(randn(40, 8, rng));
+  const DistributedStore ds(MPI_COMM_WORLD, shard(floats, dir, "a-floats", 4));
+  const std::vector<std::int8_t> one_cue(8, 1);
+  EXPECT_THROW_MSG(distributed_retrieve_a(ds, {Interaction::Power, 3}, one_cue.data(), 1), InvalidArgument,
+                   "model A needs +1/-1 memories");
 }
 
 TEST(Distributed, FailuresThrowOnEveryRankNamingTheRankAndShard) {

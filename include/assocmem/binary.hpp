@@ -26,6 +26,10 @@
 
 namespace assocmem {
 
+namespace detail {
+class Poller;
+}
+
 /// Model A's +-1 states from floats (rows x cols): InvalidArgument naming `what`, the row and the
 /// element of any value other than +1 or -1. Shared by the CLI and the Python bindings.
 std::vector<std::int8_t> to_spins(const float* x, std::size_t rows, std::size_t cols, const std::string& what);
@@ -38,7 +42,10 @@ class ModelAEngine {
  public:
   /// store: a Bits store (K memories of N neurons). current: I (length N) or empty. The store must
   /// outlive the engine; the engine is immutable and thread-safe.
-  /// options: threads and kernel (tile is not used).
+  /// options: threads and kernel (tile is not used). With options.merger the store holds part of the
+  /// memories (distributed.hpp): retrieve() and energy() are then collective, and run the synchronous
+  /// order only, its per-neuron fields summed over every participant once per sweep (the random and
+  /// fixed orders visit one neuron at a time and would need a collective per visit).
   ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current = Vector(), EngineOptions options = {});
   std::size_t n_features() const { return N_; }
   std::size_t n_memories() const { return K_; }
@@ -52,7 +59,19 @@ class ModelAEngine {
  private:
   struct Cue;
   void refresh(Cue& c) const;
+  /// Neuron i's masked sums of A and B over this engine's memories.
+  void local_sums(const Cue& c, std::size_t i, double* sa, double* sb) const;
+  /// Neuron i's field from its sums over K memories; NaN where their rounding could flip its sign.
+  double certified_field(const Cue& c, std::size_t i, double sa, double sb, double K, double power_error) const;
+  /// The exact fallback's counts c_r (grouped_binary_field) over this engine's memories, into hist[2N+1].
+  void overlap_counts(const Cue& c, std::size_t i, std::int64_t* hist) const;
+  /// One neuron's field, certified or exact (no merger).
   double field(const Cue& c, std::size_t i) const;
+  /// Every unclamped neuron's field for a synchronous sweep, over all participants' memories.
+  void sync_fields(const Cue& c, const std::vector<std::uint8_t>& clamp, int threads, double K, double power_error,
+                   detail::Poller& poller, std::vector<double>& f) const;
+  /// Bound on the rounding of the power table's sums over K memories (0: exact).
+  double power_error(double K) const;
 
   const MemoryStore* store_;
   std::size_t N_, K_, col_bytes_;
@@ -61,9 +80,11 @@ class ModelAEngine {
   std::vector<double> I_;
   std::vector<std::uint8_t> cols_;  ///< N columns of ceil(K/8) bytes: bit mu = (xi_mu,i == +1)
   std::vector<double> table_;       ///< F(m) - F(m - 2) for m in [-N-2, N+4] (power, rectified)
-  double power_error_ = 0;          ///< power, rectified: bound on the rounding of the SIMD sums (0: exact)
+  double table_max_ = 0;            ///< power, rectified: max |table_|
+  double power_error_ = 0;          ///< power_error(K) (0: exact)
   const void* ops_;
   int threads_;
+  const PassMerger* merger_;
 };
 
 }  // namespace assocmem

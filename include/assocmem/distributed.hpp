@@ -1,4 +1,4 @@
-// assocmem/distributed.hpp - models B and C over a sharded store (shards.hpp) on the ranks of an MPI
+// assocmem/distributed.hpp - models A, B and C over a sharded store (shards.hpp) on the ranks of an MPI
 // job. Built when CMake finds MPI (ASSOCMEM_WITH_MPI; target assocmem_mpi); the library builds without.
 //
 // Each rank holds some shards and runs the ordinary engine over them; every pass of the retrieval is
@@ -13,7 +13,8 @@
 // ranks agree collectively first, and every rank throws the same exception naming the rank(s) and
 // shard(s); no rank is left waiting. A rank that dies (killed) ends the job through mpirun.
 // Capacity measurements share their trials among ranks (MpiTrialScheduler).
-// Not supported yet: model A on shards, masks, value stores, monitors (cancelling one rank alone).
+// Model A (binary.hpp) runs its synchronous order, the per-neuron fields summed over the ranks.
+// Not supported: masks, value stores (not yet), monitors (cancelling one rank alone would desert the rest).
 #pragma once
 
 #include <mpi.h>
@@ -78,6 +79,15 @@ class MpiTrialScheduler final : public TrialScheduler {
   int rank_ = 0, ranks_ = 1;
 };
 
+/// Model A (eq. 7/8) over every shard, synchronous order only (RetrieveOptions::order = Synchronous; the
+/// random and fixed orders visit one neuron at a time and would need a collective per visit): each sweep
+/// sums every neuron's field terms over the ranks (2N doubles per cue), F = exp takes its scale from the
+/// largest overlap of any rank, and a field whose sign the rounding could flip is recomputed exactly from
+/// counts summed over the ranks, as in one process. Collective; cues [batch x N] of +-1; shards of +-1
+/// float32/bfloat16 memories are packed into bits on their rank. Every rank gets the same Retrieval, equal
+/// to ModelAEngine's on the unsharded store (states, steps, stop reasons; energies up to rounding).
+Retrieval distributed_retrieve_a(const DistributedStore& store, InteractionSpec F, const std::int8_t* cues,
+                                 std::size_t batch, const RetrieveOptions& options = {}, EngineOptions engine = {});
 /// Model B (eq. 15/16) over every shard; collective: every rank passes the same queries [batch x dim]
 /// and options and gets the same Retrieval. engine: threads, kernel, tile of each rank's engine.
 Retrieval distributed_retrieve_b(const DistributedStore& store, double beta, const float* queries, std::size_t batch,

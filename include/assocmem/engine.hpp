@@ -47,6 +47,12 @@ class PassMerger {
   virtual void merge(AttentionPartial& partial) const = 0;
   /// Model C: sums over this participant's memories (drive n x d, energy n) become sums over all.
   virtual void merge_sums(std::vector<float>& drive, std::vector<double>& energy) const = 0;
+  /// Model A: element-wise sums over all participants (fields and energies; exact integer counts).
+  /// Every participant receives the same values.
+  virtual void sum(double* values, std::size_t n) const = 0;
+  virtual void sum(std::int64_t* values, std::size_t n) const = 0;
+  /// Model A: the largest of the participants' values.
+  virtual std::int64_t max(std::int64_t value) const = 0;
 };
 
 struct EngineOptions {

@@ -1,4 +1,4 @@
-"""Models B and C over a sharded store on the ranks of an MPI job, from Python (mpi4py; Debian's
+"""Models A, B and C over a sharded store on the ranks of an MPI job, from Python (mpi4py; Debian's
 python3-mpi4py). The semantics of assocmem/distributed.hpp and of `mpirun assocmem recall manifest.json`:
 
     # mpirun -np 4 python3 script.py
@@ -6,11 +6,13 @@ python3-mpi4py). The semantics of assocmem/distributed.hpp and of `mpirun assocm
     memory = ad.ShardedMemory("shards/manifest.json")          # collective; comm=None: COMM_WORLD
     states = memory.retrieve(queries, model="B", beta=16.0)      # every rank passes the same queries...
     details = memory.retrieve_details(queries, top_k=5)          # ...and gets the same result
+    spins = memory.retrieve(cues, model="A", F="power", n=4)     # +-1 memories: synchronous order
 
 Shard i belongs to rank i mod P (a rank may hold several; more ranks than shards is refused); every pass
 over the memories is merged across the ranks exactly, so the result equals one process over the
 unsharded store (float sums in another order). A failure on any rank raises the same exception on every
-rank, naming the rank and shard; no rank is left waiting. Not on shards yet: model A, masks, values.
+rank, naming the rank and shard; no rank is left waiting. Model A runs the synchronous order only (the
+random and fixed orders visit one neuron at a time: a collective per visit). Not on shards yet: masks, values.
 """
 from __future__ import annotations
 
@@ -44,8 +46,9 @@ class ShardedMemory:
 
     def retrieve(self, queries, model="B", steps=None, tol=None, step=None, *, beta=1.0, F=None, n=None,
                  alpha=1.0):
-        """States after model B (eq. 15/16, inverse temperature beta) or model C (eq. 22: F, n, gain beta,
-        alpha) from `queries` (d,) or (..., d); defaults as ModelB / ModelC. Shaped like `queries`."""
+        """States after model A (eq. 7/8, synchronous order: F, n, beta; +-1 memories and cues), model B
+        (eq. 15/16, inverse temperature beta) or model C (eq. 22: F, n, gain beta, alpha) from `queries`
+        (d,) or (..., d); defaults as ModelA / ModelB / ModelC. Shaped like `queries`."""
         return self.retrieve_details(queries, model, steps, tol, step, beta=beta, F=F, n=n, alpha=alpha,
                                      energy=False).states
 
@@ -55,7 +58,15 @@ class ShardedMemory:
         q, shape, dt = _batch(queries, self._s.dim, "queries")
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
-        if model == "B":
+        if model == "A":
+            if top_k:
+                raise ValueError("top_k: model A reports no top memories")
+            if step is not None:
+                raise ValueError("step: model A takes no step size")
+            d = _DEF["A"]
+            r = self._s.retrieve_a(q, F or d["F"], float(d["n"] if n is None else n), float(beta), steps, tol,
+                                   bool(energy), self._threads)
+        elif model == "B":
             r = self._s.retrieve_b(q, float(beta), steps, tol, step, int(top_k), bool(energy), self._threads)
         elif model == "C":
             if top_k:
@@ -64,7 +75,7 @@ class ShardedMemory:
             r = self._s.retrieve_c(q, F or d["F"], float(d["n"] if n is None else n), float(beta), float(alpha), steps,
                                    tol, step, bool(energy), self._threads)
         else:
-            raise ValueError(f"model must be 'B' or 'C' on a sharded store, got {model!r}")
+            raise ValueError(f"model must be 'A', 'B' or 'C', got {model!r}")
         return Retrieval(r, shape, dt)
 
     rank = property(lambda self: self._s.rank, doc="This process's rank in comm.")

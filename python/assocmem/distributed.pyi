@@ -1,4 +1,4 @@
-# Type stubs for assocmem.distributed (models B and C over a sharded store on MPI ranks; mpi4py).
+# Type stubs for assocmem.distributed (models A, B and C over a sharded store on MPI ranks; mpi4py).
 from typing import Any, List, Optional
 
 import numpy.typing as npt

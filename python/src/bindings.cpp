@@ -888,7 +888,7 @@ void bind_glyphs(py::module_& m) {
 }  // namespace
 
 #ifdef ASSOCMEM_WITH_MPI
-// Models B and C over a sharded store on the ranks of an MPI job (assocmem.distributed, on mpi4py).
+// Models A, B and C over a sharded store on the ranks of an MPI job (assocmem.distributed, on mpi4py).
 // comm: the communicator's Fortran handle (mpi4py's Comm.py2f()), so no mpi4py headers are needed.
 class PyDistributedStore {
  public:
@@ -919,6 +919,28 @@ class PyDistributedStore {
     }
     return result_out(std::move(r), 0, store_.manifest().count);
   }
+  py::dict retrieve_a(const F32& q, const std::string& F, double nF, double beta, std::optional<long> steps,
+                      std::optional<double> tol, bool energy, int threads) const {
+    const std::size_t n = batch_rows(q, store_.manifest().dim, "cues");
+    RetrieveOptions o = options_in(steps, tol, std::nullopt, 0, energy, std::nullopt, std::nullopt);
+    o.order = UpdateOrder::Synchronous;
+    EngineOptions e;
+    e.threads = threads;
+    Retrieval r;
+    {
+      py::gil_scoped_release nogil;
+      std::vector<std::int8_t> s;
+      std::exception_ptr failure;  // cues that are not +-1: refused on every rank (none left waiting)
+      try {
+        s = to_spins(q.data(), n, store_.manifest().dim, "cues");
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      store_.merger().agree(failure);
+      r = distributed_retrieve_a(store_, interaction(F, nF, beta), s.data(), n, o, e);
+    }
+    return result_out(std::move(r), 0, store_.manifest().count);
+  }
   const DistributedStore& get() const { return store_; }
 
  private:
@@ -934,6 +956,7 @@ class PyDistributedStore {
 void bind_distributed(py::module_& m) {
   py::class_<PyDistributedStore>(m, "DistributedStore")
       .def(py::init<const std::string&, long>(), py::arg("manifest"), py::arg("comm_f"))
+      .def("retrieve_a", &PyDistributedStore::retrieve_a)
       .def("retrieve_b", &PyDistributedStore::retrieve_b)
       .def("retrieve_c", &PyDistributedStore::retrieve_c)
       .def_property_readonly("rank", [](const PyDistributedStore& s) { return s.get().rank(); })

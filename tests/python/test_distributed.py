@@ -1,6 +1,6 @@
 """assocmem recall over a sharded store under mpirun (OpenMPI from scripts/setup): with 1, 2 and 4 ranks
 the result equals the single-process command on the unsharded store (models B and C; top-k ids of
---details identical); a corrupted shard, too many ranks and a rank killed mid-job end the job non-zero
+--details identical; model A's synchronous order: identical states, steps and energies); a corrupted shard, too many ranks and a rank killed mid-job end the job non-zero
 with the rank and shard named and no output file."""
 import json
 import os
@@ -81,8 +81,62 @@ def test_a_corrupted_shard_ends_the_job_naming_rank_and_shard(cli, sharded, tmp_
     too_many = run(cli, "recall", sharded / "s" / "manifest.json", sharded / "q.npy", tmp_path / "o.npy", ranks=5)
     assert too_many.returncode != 0 and "every rank: the job has 5 ranks" in too_many.stderr
     assert not (tmp_path / "o.npy").exists()
-    a = run(cli, "recall", sharded / "s" / "manifest.json", sharded / "q.npy", tmp_path / "o.npy", "--model", "A", ranks=2)
-    assert a.returncode != 0 and "model A is not supported on shards" in a.stderr
+    # Model A over shards of memories that are not +-1: every rank refuses its own shards.
+    a = run(cli, "recall", sharded / "s" / "manifest.json", sharded / "q.npy", tmp_path / "o.npy", "--model", "A",
+            "--order", "sync", ranks=2)
+    assert a.returncode == 2 and "rank 0 (shards 0, 2)" in a.stderr and "rank 1 (shards 1, 3)" in a.stderr, a.stderr
+    assert "model A needs +1/-1 memories" in a.stderr and not (tmp_path / "o.npy").exists()
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory, cli):
+    """+-1 memories beyond the classical capacity (K = 70 > 0.14 N at N = 64) as a bits store and a float32
+    store, each in 3 shards, and cues with 0 to 14 flipped bits."""
+    d = tmp_path_factory.mktemp("binary")
+    rng = np.random.default_rng(13)
+    X = rng.choice([-1.0, 1.0], size=(70, 64)).astype(np.float32)
+    np.save(d / "x.npy", X)
+    Q = X[:12].copy()
+    for b in range(12):
+        Q[b, rng.choice(64, size=b + b // 4, replace=False)] *= -1
+    np.save(d / "q.npy", Q)
+    for t in ["bits", "float32"]:
+        assert run(cli, "store", d / "x.npy", d / f"{t}.amem", "--dtype", t).returncode == 0
+        assert run(cli, "shard", d / f"{t}.amem", d / t, "--parts", 3).returncode == 0
+    return d
+
+
+@pytest.mark.parametrize("dtype", ["bits", "float32"])
+@pytest.mark.parametrize("F", [["--F", "power", "--n", "2"], ["--F", "power", "--n", "4"], ["--F", "exp", "--beta", "5"]])
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_model_a_on_ranks_equals_one_process(cli, binary, dtype, F, ranks):
+    """Model A, synchronous order, fields summed over the ranks: the same states, steps and energies as one
+    process over the unsharded store."""
+    d = binary
+    args = ["--model", "A", "--order", "sync", "--steps", "50", *F]
+    one = run(cli, "recall", d / f"{dtype}.amem", d / "q.npy", d / "one.npy", *args, "--details", d / "one.json")
+    assert one.returncode == 0, one.stderr
+    out, det = d / f"mpi-{dtype}-{ranks}.npy", d / f"mpi-{dtype}-{ranks}.json"
+    r = run(cli, "recall", d / dtype / "manifest.json", d / "q.npy", out, *args, "--details", det, ranks=ranks)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("recalled") == 1
+    np.testing.assert_array_equal(np.load(out), np.load(d / "one.npy"))
+    x, y = json.loads((d / "one.json").read_text())["results"], json.loads(det.read_text())["results"]
+    assert [q["steps"] for q in x] == [q["steps"] for q in y] and [q["stop"] for q in x] == [q["stop"] for q in y]
+    np.testing.assert_allclose([q["energy"] for q in y], [q["energy"] for q in x], rtol=1e-12)
+    # The retrieval did work: the lightly corrupted cues of the power-4 network end at their memories.
+    if F[-1] == "4":
+        assert (np.load(out)[:4] == np.load(d / "x.npy")[:4]).all()
+
+
+def test_model_a_on_ranks_runs_the_synchronous_order_only(cli, binary, tmp_path):
+    for order in [[], ["--order", "random"], ["--order", "fixed"]]:
+        r = run(cli, "recall", binary / "bits" / "manifest.json", binary / "q.npy", tmp_path / "o.npy", "--model", "A",
+                *order, ranks=2)
+        assert r.returncode == 2 and "--order sync only" in r.stderr and not (tmp_path / "o.npy").exists(), r.stderr
+    # Without mpirun the shards are read into one process, where every order runs.
+    r = run(cli, "recall", binary / "bits" / "manifest.json", binary / "q.npy", tmp_path / "o.npy", "--model", "A")
+    assert r.returncode == 0, r.stderr
 
 
 def test_a_killed_rank_ends_the_job_and_leaves_no_output(cli, tmp_path):
@@ -184,3 +238,43 @@ def test_python_front_on_mpi4py(cli, sharded, tmp_path, ranks):
     assert res["ranks"] == ranks and res["K"] == 6000 and res["shards"] == list(range(0, 4, ranks))
     assert res["b"] < 1e-6 and res["c"] < 1e-5 and res["ids"] and res["steps"]
     assert "dimension" in res["bad"]
+
+
+PY_RANK_A = r"""
+import json, sys
+import numpy as np
+import assocmem as am
+import assocmem.distributed as ad
+manifest, whole, cues, out = sys.argv[1:5]
+q = np.load(cues)
+mem = ad.ShardedMemory(manifest)
+res = {}
+for F, n, beta in [("power", 4, 1.0), ("exp", 2, 5.0)]:
+    a = mem.retrieve_details(q, "A", steps=50, F=F, n=n, beta=beta)
+    one = am.ModelA(np.load(whole), F=F, n=n, beta=beta).retrieve_details(q, steps=50, order="sync")
+    res[F] = bool((a.states == one.states).all()) and a.steps.tolist() == one.steps.tolist()
+    res[F + "_energy"] = float(np.abs(a.energy - one.energy).max() / np.abs(one.energy).max())
+bad = q.copy()
+bad[0, 0] = 0.5
+try:
+    mem.retrieve(bad, "A")
+except ValueError as e:
+    res["bad"] = str(e)
+if mem.rank == 0:
+    json.dump(res, open(out, "w"))
+"""
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_python_front_model_a(cli, binary, tmp_path, ranks):
+    pytest.importorskip("mpi4py")
+    script = tmp_path / "rank_a.py"
+    script.write_text(PY_RANK_A)
+    r = subprocess.run([MPIRUN, "-np", str(ranks), "--oversubscribe", "/usr/bin/python3", str(script),
+                        str(binary / "float32" / "manifest.json"), str(binary / "x.npy"), str(binary / "q.npy"),
+                        str(tmp_path / "r.json")], capture_output=True, text=True, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["power"] and res["exp"], res
+    assert res["power_energy"] < 1e-12 and res["exp_energy"] < 1e-12, res
+    assert "cues: row 0 element 0 is 0.5" in res["bad"], res
