@@ -29,7 +29,7 @@ int run(int argc, char** argv) {
   app.add_flag("--json", as_json, "Machine-readable JSON on stdout");
   app.set_version_flag("--version", std::string("assocmem ") + version());
 
-  const std::vector<Command> commands = {add_store(app), add_shard(app), add_recall(app), add_simulate(app), add_capacity(app),
+  const std::vector<Command> commands = {add_store(app), add_shard(app), add_index(app), add_recall(app), add_simulate(app), add_capacity(app),
                                          add_demo(app)};
 
   install_signal_cleanup();  // SIGINT/SIGTERM/SIGHUP remove the temporaries in flight

@@ -84,5 +84,6 @@ Command add_simulate(CLI::App& app);
 Command add_capacity(CLI::App& app);
 Command add_demo(CLI::App& app);
 Command add_shard(CLI::App& app);
+Command add_index(CLI::App& app);
 
 }  // namespace assocmem::cli

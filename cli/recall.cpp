@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -18,6 +19,7 @@
 #include "assocmem/engine.hpp"
 #include "assocmem/io.hpp"
 #include "assocmem/npy.hpp"
+#include "assocmem/codes.hpp"
 #include "assocmem/shards.hpp"
 #include "assocmem/store.hpp"
 #ifdef ASSOCMEM_WITH_MPI
@@ -39,10 +41,12 @@ bool is_manifest(const std::string& path) {
 }
 
 
+std::string short_number(double x);  // "%g"
+
 struct RecallArgs {
   std::string store, queries, output, details, values, mask, model = "B", kernel = "auto";
   std::optional<std::string> F, order;
-  std::optional<double> n, tol, step;
+  std::optional<double> n, tol, step, certify;
   std::optional<long> steps;
   double beta = 1.0, alpha = 1.0;
   long long top_k = 5;
@@ -56,6 +60,7 @@ RetrieveOptions retrieve_options(const RecallArgs& a) {
   RetrieveOptions o;
   o.max_steps = a.steps;
   o.tol = a.tol;
+  o.certify = a.certify;
   o.step = a.step;
   if (a.order) o.order = parse_update_order(*a.order);
   o.seed = a.seed;
@@ -74,6 +79,11 @@ InteractionSpec interaction(const RecallArgs& a, ModelKind model) {
 json details_of(const Retrieval& r, std::size_t i) {
   json j = {{"steps", r.steps[i]}, {"stop", to_string(r.stop[i])}, {"converged", r.converged(i)}};
   if (!r.energy.empty()) j["energy"] = r.energy[i];
+  if (!r.certificates.empty()) {
+    const Certificate& c = r.certificates[i];
+    j["certificate"] = {{"discarded_weight", c.discarded_weight}, {"state_error", c.state_error},
+                        {"candidates", c.candidates}, {"fallback_steps", c.fallback_steps}};
+  }
   if (!r.top.empty()) {
     json ids = json::array(), w = json::array();
     for (const TopMemory& t : r.top[i]) {
@@ -105,6 +115,9 @@ int recall(const RecallArgs& a, bool as_json) {
 #ifdef ASSOCMEM_WITH_MPI
   std::unique_ptr<DistributedStore> dist;
 #endif
+  if (a.certify && (model != ModelKind::B || sharded || !a.values.empty()))
+    throw BadInput("--certify: certified retrieval is for model B over one store without --values (not yet model C, "
+                   "sharded stores or values)");
   if (sharded && (!a.values.empty() || !a.mask.empty()))
     throw BadInput("a sharded store: --values and --mask are not supported yet");
   if (mpi && model == ModelKind::A && (!a.order || parse_update_order(*a.order) != UpdateOrder::Synchronous))
@@ -168,6 +181,8 @@ int recall(const RecallArgs& a, bool as_json) {
   std::unique_ptr<ModelAEngine> ea;
   std::unique_ptr<ModelBEngine> eb;
   std::unique_ptr<ModelCEngine> ec;
+  std::unique_ptr<CodeIndex> codes;
+  bool codes_built = false;
   std::string kernel;
   if (model == ModelKind::A) {
     std::exception_ptr failure;  // under mpirun each rank packs its own shards: agreed on by every rank
@@ -181,6 +196,12 @@ int recall(const RecallArgs& a, bool as_json) {
     ea = std::make_unique<ModelAEngine>(bits ? *bits : store, interaction(a, model), Vector(), eo);
     kernel = ea->kernel();
   } else if (model == ModelKind::B) {
+    if (a.certify) {  // the codes beside the store (assocmem index), else built here for this run
+      const std::string path = CodeIndex::default_path(a.store);
+      codes_built = !std::filesystem::exists(path);
+      codes = std::make_unique<CodeIndex>(codes_built ? CodeIndex::build(store, a.threads) : CodeIndex::open(path, store));
+      eo.codes = codes.get();
+    }
     eb = values ? std::make_unique<ModelBEngine>(store, *values, a.beta, eo) : std::make_unique<ModelBEngine>(store, a.beta, eo);
     kernel = eb->kernel();
   } else {
@@ -193,6 +214,8 @@ int recall(const RecallArgs& a, bool as_json) {
   ProgressBar bar("recall");
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::int8_t> cues;
+  double worst_discarded = 0;
+  std::size_t fallback_queries = 0;
   if (ea) {
     try {
       cues = to_spins(Q.data(), B, d, "'" + a.queries + "'");
@@ -218,6 +241,10 @@ int recall(const RecallArgs& a, bool as_json) {
       r = ec->retrieve(&Q[b0 * d], nb, o);
     }
     std::transform(r.states.begin(), r.states.end(), &states[b0 * dout], [](double x) { return static_cast<float>(x); });
+    for (const Certificate& c : r.certificates) {
+      worst_discarded = std::max(worst_discarded, c.discarded_weight);
+      fallback_queries += c.fallback_steps > 0;
+    }
     if (details)
       for (std::size_t i = 0; i < nb; ++i) per_query.push_back(details_of(r, i));
     bar.update(double(b0 + nb) / double(B));
@@ -230,6 +257,9 @@ int recall(const RecallArgs& a, bool as_json) {
 #ifdef ASSOCMEM_WITH_MPI
   if (dist) summary["ranks"] = dist->ranks();
 #endif
+  if (a.certify)
+    summary["certified"] = {{"eps", *a.certify}, {"codes", codes_built ? "built for this run" : CodeIndex::default_path(a.store)},
+                            {"max_discarded_weight", worst_discarded}, {"queries_that_fell_back", fallback_queries}};
   if (details) {
     json full = summary;
     full["results"] = per_query;
@@ -239,7 +269,12 @@ int recall(const RecallArgs& a, bool as_json) {
   }
   emit(as_json, summary,
        "recalled " + std::to_string(B) + " queries with model " + a.model + " (" + kernel + ") in " +
-           std::to_string(secs).substr(0, 6) + " s; wrote " + a.output + (details ? " and " + a.details : "") + "\n");
+           std::to_string(secs).substr(0, 6) + " s; wrote " + a.output + (details ? " and " + a.details : "") +
+           (a.certify ? "; certified: discarded weight <= " + short_number(worst_discarded) + " (eps " +
+                            short_number(*a.certify) + "), " + std::to_string(fallback_queries) +
+                            " queries fell back to the exact scan"
+                      : "") +
+           "\n");
   return 0;
 }
 
@@ -299,6 +334,10 @@ Command add_recall(CLI::App& app) {
                                         "is the attention output over the values (hetero-association)");
   rc->add_option("--mask", a->mask, "B, C: .npy of bool/int8/uint8, shape (K,) or (B, K); non-zero leaves that memory "
                                     "out for that query, as if deleted");
+  rc->add_option("--certify", a->certify, "Model B: certified retrieval with this eps in (0, 0.5]: screen the int8 codes "
+                                         "(STORE.codes from assocmem index, else built for the run), rescore exactly "
+                                         "the memories that can carry weight; the weight left out is <= eps (--details "
+                                         "has each query's certificate)");
   rc->add_option("--top-k", a->top_k, "Memories to report per query in --details (B; at most K are reported)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   rc->add_option("--details", a->details, "Write JSON with steps, stop reason, energy and top-k ids and weights (one "

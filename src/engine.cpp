@@ -2,10 +2,14 @@
 // elementwise F' for model C), multi-threaded over tiles, kernels chosen once at construction.
 #include "assocmem/engine.hpp"
 
+#include "assocmem/codes.hpp"
+
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <queue>
 
 #include "collective.hpp"
 #include "fixed_point.hpp"
@@ -444,6 +448,231 @@ AttentionPartial merged_b_partial(const detail::EngineCore& core, const MemorySt
   return part;
 }
 
+// ------------------------------------------------------------------------------------------------
+// Certified model B pass (issue 14; codes.hpp). For query q and memory mu the screen gives a_mu (the
+// codes' exact integer dot product with the quantised query, scaled) and a bound b_mu on |q . xi_mu - a_mu|
+// (kernels.hpp, screen_bounds), so l_mu = beta (a_mu - b_mu) <= beta q . xi_mu <= u_mu = beta (a_mu + b_mu).
+// With L = max_mu l_mu (a lower
+// bound on the largest score, hence exp(L) <= Z), the memories with u_mu < L - tau, tau = ln(K / eps),
+// together carry a softmax weight of at most delta = |D| exp(max_D u - L) <= K e^-tau = eps; the others
+// (the candidates) are rescored exactly with the engine's own kernels. The returned state v (softmax over
+// the candidates) and the exact v* = (1 - w) v + w v_D (w <= delta the discarded weight, v_D their
+// average) differ by w ||v - v_D|| <= delta (||v|| + R), R >= max ||xi||. Too many candidates (more than
+// K / 16: the rescoring would cost more than the scan it saves), or a top-k list that reaches below a
+// discarded memory's upper bound, fall back to the exact pass for that query.
+// With top_k, a memory whose upper bound is below the k-th largest lower bound l_(k) cannot be in the
+// top k either (k memories score at least l_(k)), so the candidates are the memories with
+// u_mu >= min(L - tau, l_(k)). During the scan the running L and l_(k) only grow: the running rule keeps
+// a superset, filtered once the final values are known.
+struct ScreenState {  // one query's screen over one worker's memories
+  double L = -std::numeric_limits<double>::infinity();          // max lower bound seen
+  double disc = -std::numeric_limits<double>::infinity();       // max upper bound among the discarded
+  std::size_t kept = 0;                                         // unmasked memories seen
+  std::vector<std::pair<std::size_t, double>> cand;             // (memory, upper bound)
+  std::priority_queue<double, std::vector<double>, std::greater<double>> low;  // the top_k largest lower bounds
+  double threshold(double tau, std::size_t top_k) const {
+    const double t = L - tau;
+    return top_k == 0 ? t : std::min(t, low.size() < top_k ? -std::numeric_limits<double>::infinity() : low.top());
+  }
+};
+
+AttentionPartial certified_b_partial(const detail::EngineCore& core, const float* q, std::size_t n, std::size_t top_k,
+                                     const MemoryMask& mask, const std::vector<std::size_t>* rows, double beta,
+                                     double eps, Poller& poller, std::vector<Certificate>& certs,
+                                     std::vector<double>& delta) {
+  const CodeIndex& codes = *core.opt.codes;
+  const MemoryStore& store = *core.store;
+  const std::size_t K = store.size(), d = store.dim();
+  const double tau = std::log(double(K) / eps);
+  // Each query quantised like the memories: q = sq q8 + r_q; qu = q8 + 128 for the unsigned-by-signed
+  // integer products. Norms in double, rounded up by a margin far above their rounding.
+  std::vector<double> qnorm(n), sq(n), rq(n);
+  std::vector<std::uint8_t> qu(n * d);
+  for (std::size_t i = 0; i < n; ++i) {
+    const float* qi = q + i * d;
+    float amax = 0;
+    for (std::size_t j = 0; j < d; ++j) amax = std::max(amax, std::fabs(qi[j]));
+    const double s = double(amax) / 127.0;
+    double s2 = 0, r2 = 0;
+    for (std::size_t j = 0; j < d; ++j) {
+      const double q8 = s > 0 ? std::clamp(std::nearbyint(double(qi[j]) / s), -127.0, 127.0) : 0.0;
+      qu[i * d + j] = static_cast<std::uint8_t>(static_cast<int>(q8) + 128);
+      const double rest = double(qi[j]) - s * q8;
+      s2 += double(qi[j]) * double(qi[j]);
+      r2 += rest * rest;
+    }
+    const double margin = 1.0 + 1e-12;
+    sq[i] = s;
+    qnorm[i] = std::sqrt(s2) * margin;
+    rq[i] = std::sqrt(r2) * margin + 4.0 * 0x1p-52 * s * 127.0 * std::sqrt(double(d));  // s * q8 rounds too
+  }
+  const double R = double(codes.max_norm());
+  // Screen: the workers split the memories; tiles outermost so that a batch reuses each tile of codes.
+  const std::size_t nw = core.workers(), tile = 256;
+  const std::size_t tiles = (K + tile - 1) / tile;
+  std::vector<std::vector<ScreenState>> local(nw, std::vector<ScreenState>(n));
+  std::vector<std::atomic<double>> best(n);
+  for (auto& b : best) b.store(-std::numeric_limits<double>::infinity(), std::memory_order_relaxed);
+  detail::parallel_chunks(tiles, static_cast<int>(nw), [&](std::size_t w, std::size_t t0, std::size_t t1) {
+    std::vector<std::int32_t> dot(tile);
+    std::vector<double> lo(tile), up(tile);
+    constexpr double kNone = -std::numeric_limits<double>::infinity();
+    for (std::size_t t = t0; t < t1 && !poller.cancelled(); ++t) {
+      const std::size_t m0 = t * tile, nt = std::min(tile, K - m0);
+      if (w == 0) poller.poll(t - t0, t1 - t0);
+      const float* sc = codes.scale() + m0;
+      const float* er = codes.error() + m0;
+      const std::int32_t* cs = codes.code_sums() + m0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint8_t* mrow = mask_row(mask, rows, i, K);
+        ScreenState& st = local[w][i];
+        // The tile's bounds first (a kernel), then its largest lower bound raises L (any memory's lower
+        // bound is a lower bound of the largest score), then one comparison per memory.
+        double tile_lo, tile_up;
+        core.ops->screen_u8i8(&qu[i * d], codes.codes() + m0 * d, cs, sc, er, nt, d, sq[i], qnorm[i], rq[i], R, beta,
+                              dot.data(), lo.data(), up.data(), &tile_lo, &tile_up);
+        if (mrow) {
+          tile_lo = tile_up = kNone;
+          for (std::size_t k = 0; k < nt; ++k) {
+            if (mrow[m0 + k]) lo[k] = up[k] = kNone;
+            tile_lo = std::max(tile_lo, lo[k]);
+            tile_up = std::max(tile_up, up[k]);
+          }
+        }
+        // L is shared by the workers (any memory's lower bound bounds the largest score from below): a
+        // worker far from the best memories still cuts as sharply as the one that found them.
+        double shared = best[i].load(std::memory_order_relaxed);
+        while (tile_lo > shared && !best[i].compare_exchange_weak(shared, tile_lo, std::memory_order_relaxed)) {
+        }
+        st.L = std::max({st.L, tile_lo, shared});
+        if (top_k > 0)
+          for (std::size_t k = 0; k < nt; ++k)
+            if (lo[k] > kNone && (st.low.size() < top_k || lo[k] > st.low.top())) {
+              if (st.low.size() == top_k) st.low.pop();
+              st.low.push(lo[k]);
+            }
+        const double cut = st.threshold(tau, top_k);
+        if (tile_up < cut) {  // the common case: nothing in this tile can carry weight
+          st.disc = std::max(st.disc, tile_up);
+        } else {
+          for (std::size_t k = 0; k < nt; ++k) {
+            if (up[k] >= cut) st.cand.emplace_back(m0 + k, up[k]);
+            else st.disc = std::max(st.disc, up[k]);  // masked: -inf, no effect
+          }
+        }
+        st.kept += nt;
+        if (mrow)
+          for (std::size_t k = 0; k < nt; ++k) st.kept -= mrow[m0 + k] != 0;
+      }
+    }
+  });
+  poller.throw_if_cancelled();
+  AttentionPartial out(n, d, top_k);
+  std::vector<std::size_t> exact;  // queries that fall back
+  detail::parallel_chunks(n, static_cast<int>(nw), [&](std::size_t, std::size_t i0, std::size_t i1) {
+    std::vector<std::uint8_t> buf;
+    std::vector<float> sc, p, acc(d);
+    for (std::size_t i = i0; i < i1; ++i) {
+      ScreenState all;  // the workers' screens merged: L, l_(k), then the final threshold
+      double disc = -std::numeric_limits<double>::infinity();
+      for (std::size_t w = 0; w < nw; ++w) {
+        ScreenState& st = local[w][i];
+        all.L = std::max(all.L, st.L);
+        disc = std::max(disc, st.disc);
+        all.kept += st.kept;
+        for (; !st.low.empty(); st.low.pop())
+          if (all.low.size() < top_k || st.low.top() > all.low.top()) {
+            if (all.low.size() == top_k) all.low.pop();
+            all.low.push(st.low.top());
+          }
+      }
+      const double L = all.L, cut = all.threshold(tau, top_k);
+      const std::size_t kept = all.kept;
+      std::vector<std::size_t> cand;
+      for (std::size_t w = 0; w < nw; ++w)
+        for (const auto& [mu, up] : local[w][i].cand) {
+          if (up >= cut) cand.push_back(mu);
+          else disc = std::max(disc, up);
+        }
+      const std::size_t b = rows ? (*rows)[i] : i;
+      // Gathering scattered rows costs several times a streamed row: past K / 16 candidates the exact
+      // scan is the cheaper pass (measured: 110,000 of 10^6 candidates took 3.5x the exact scan).
+      const bool too_many = cand.size() > std::max<std::size_t>(kept / 16, 64);
+      if (kept == 0 || too_many || (top_k > 0 && cand.size() < std::min(top_k, kept))) {
+        exact.push_back(i);
+        continue;
+      }
+      std::sort(cand.begin(), cand.end());
+      // Exact rescoring: the candidates' rows gathered, scored and accumulated by the engine's kernels.
+      const std::size_t nc = cand.size(), rb = store.row_bytes();
+      buf.resize(nc * rb);
+      for (std::size_t c = 0; c < nc; ++c) std::memcpy(&buf[c * rb], store.row(cand[c]), rb);
+      sc.resize(nc);
+      p.resize(nc);
+      if (store.dtype() == DType::BFloat16)
+        core.ops->dots_bf16(q + i * d, reinterpret_cast<const std::uint16_t*>(buf.data()), nc, d, sc.data());
+      else
+        core.ops->dots_f32(q + i * d, reinterpret_cast<const float*>(buf.data()), nc, d, sc.data());
+      const float m = core.ops->scaled_max(sc.data(), nc, static_cast<float>(beta));
+      core.ops->exp_shift_sum(sc.data(), nc, static_cast<float>(beta), m, p.data());
+      double sum = 0;
+      for (float x : p) sum += double(x);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      if (store.dtype() == DType::BFloat16)
+        core.ops->axpy_bf16(p.data(), reinterpret_cast<const std::uint16_t*>(buf.data()), nc, d, acc.data());
+      else
+        core.ops->axpy_f32(p.data(), reinterpret_cast<const float*>(buf.data()), nc, d, acc.data());
+      out.max[i] = m;
+      out.sum[i] = sum;
+      std::copy(acc.begin(), acc.end(), &out.acc[i * d]);
+      if (top_k > 0) {
+        std::vector<ScoredId> t(nc);
+        for (std::size_t c = 0; c < nc; ++c) t[c] = {static_cast<float>(beta) * sc[c], store.ids()[cand[c]]};
+        std::sort(t.begin(), t.end(), [](const ScoredId& x, const ScoredId& y) {
+          return x.score != y.score ? x.score > y.score : x.id < y.id;
+        });
+        t.resize(std::min(top_k, nc));
+        // A discarded memory whose upper bound reaches the k-th score might belong in the list.
+        if (t.size() < top_k ? disc > -std::numeric_limits<double>::infinity() : disc >= double(t.back().score)) {
+          exact.push_back(i);
+          continue;
+        }
+        out.top[i] = std::move(t);
+      }
+      const double dlt = std::isfinite(disc) ? double(kept - nc) * std::exp(disc - L) : 0.0;
+      delta[i] = dlt;
+      certs[b].candidates = nc;
+      certs[b].discarded_weight = std::max(certs[b].discarded_weight, dlt);
+    }
+  });
+  // The exact pass for the queries that fell back (one batch; masks follow them through `map`).
+  if (!exact.empty()) {
+    std::sort(exact.begin(), exact.end());
+    std::vector<float> qe(exact.size() * d);
+    std::vector<std::size_t> map(exact.size());
+    for (std::size_t k = 0; k < exact.size(); ++k) {
+      std::copy(q + exact[k] * d, q + (exact[k] + 1) * d, &qe[k * d]);
+      map[k] = rows ? (*rows)[exact[k]] : exact[k];
+    }
+    const AttentionPartial e = b_partial(core, store, qe.data(), exact.size(), top_k, mask, &map, beta, poller);
+    for (std::size_t k = 0; k < exact.size(); ++k) {
+      const std::size_t i = exact[k];
+      out.max[i] = e.max[k];
+      out.sum[i] = e.sum[k];
+      std::copy(&e.acc[k * d], &e.acc[(k + 1) * d], &out.acc[i * d]);
+      if (top_k) out.top[i] = e.top[k];
+      delta[i] = 0;
+      certs[map[k]].candidates = K;
+      ++certs[map[k]].fallback_steps;
+    }
+  }
+  store.check_intact();
+  for (std::size_t i = 0; i < n; ++i)
+    ASSOCMEM_CHECK_ARG(std::isfinite(out.max[i]) && std::isfinite(out.sum[i]) && out.sum[i] > 0, "queries: row ",
+                       rows ? (*rows)[i] : i, ": the softmax over the scores is not finite (beta = ", beta, ")");
+  return out;
+}
+
 // The checks at the start of a retrieval, agreed on by every participant.
 template <class Fn>
 void check_collectively(const detail::EngineCore& core, const RetrieveOptions& options, Fn&& checks) {
@@ -473,6 +702,9 @@ ModelBEngine::ModelBEngine(const MemoryStore& store, double beta, EngineOptions 
     : core_(std::make_unique<detail::EngineCore>(store, options)), beta_(beta) {
   ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta > 0, "beta must be finite and > 0, got ", beta);
   ASSOCMEM_CHECK_ARG(beta <= std::numeric_limits<float>::max(), "beta too large for float32 scores: ", beta);
+  ASSOCMEM_CHECK_ARG(!options.codes || options.codes->matches(store), "codes: they belong to another store (",
+                     options.codes ? options.codes->size() : 0, " x ", options.codes ? options.codes->dim() : 0,
+                     ", or other rows); build them from this one");
 }
 ModelBEngine::ModelBEngine(const MemoryStore& keys, const MemoryStore& values, double beta, EngineOptions options)
     : core_(std::make_unique<detail::EngineCore>(keys, options, &values)), beta_(beta) {
@@ -509,11 +741,31 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
                                                          "space; clamping applies to auto-association only");
     core_->check_queries(queries, batch, beta);
     core_->check_mask(options.mask, batch);
+    if (options.certify) {
+      const double eps = *options.certify;
+      ASSOCMEM_CHECK_ARG(eps > 0 && eps <= 0.5, "certify: eps must be in (0, 0.5], got ", eps);
+      ASSOCMEM_CHECK_ARG(!hetero, "certify: not supported yet with a value store");
+      ASSOCMEM_CHECK_ARG(core_->opt.codes, "certify: the engine has no codes of its store (EngineOptions::codes; "
+                                           "CodeIndex::build or assocmem index)");
+      ASSOCMEM_CHECK_ARG(!core_->opt.merger, "certify: not supported yet over memories spread over several participants");
+    }
   });
   Poller poller(options.monitor);
   std::vector<float> states(queries, queries + batch * d);
   Retrieval r;
   r.batch = batch;
+  // One pass of model B over the memories: exact (merged over participants), or certified (issue 14).
+  const bool certified = options.certify.has_value();
+  if (certified) r.certificates.assign(batch, Certificate{});
+  std::vector<double> delta;
+  // acc: the store the association accumulates (the keys for the steps, the values for the last pass).
+  auto b_pass = [&](const MemoryStore& acc, const float* qs, std::size_t n, std::size_t top_k,
+                    const std::vector<std::size_t>* rows) {
+    if (!certified) return merged_b_partial(*core_, acc, qs, n, top_k, options.mask, rows, beta, poller);
+    delta.assign(n, 0.0);
+    return certified_b_partial(*core_, qs, n, top_k, options.mask, rows, beta, *options.certify, poller,
+                               r.certificates, delta);
+  };
   // Auto-association: max_steps updates. With values: max_steps - 1 updates on the keys, then the
   // association with the values.
   const long key_steps = hetero ? o.max_steps - 1 : o.max_steps;
@@ -522,13 +774,18 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
         states, batch, d, key_steps, o.tol, poller, r,
         [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
           const std::size_t n = rows.size();
-          const AttentionPartial part =
-              merged_b_partial(*core_, *core_->store, cur.data(), n, 0, options.mask, &rows, beta, poller);
+          const AttentionPartial part = b_pass(*core_->store, cur.data(), n, 0, &rows);
           std::vector<float> st(d);
           for (std::size_t i = 0; i < n; ++i) {
             part.state(i, st.data());
             for (std::size_t j = 0; j < d; ++j)
               next[i * d + j] = static_cast<float>(cur[i * d + j] + o.step * (st[j] - cur[i * d + j]));  // eq. (15)
+            if (certified) {  // ||v - v*|| <= delta (||v|| + R), scaled by the step of eq. (15)
+              double n2 = 0;
+              for (float x : st) n2 += double(x) * double(x);
+              r.certificates[rows[i]].state_error =
+                  o.step * delta[i] * (std::sqrt(n2) + double(core_->opt.codes->max_norm()));
+            }
           }
           detail::apply_clamp(options.clamp, queries, rows, d, next.data());
         },
@@ -537,8 +794,7 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   std::vector<float> out = std::move(states);
   if (hetero || options.energy || options.top_k) {
     // One more pass: the association with the values (hetero), or the description of the final states.
-    const AttentionPartial part =
-        merged_b_partial(*core_, *core_->values, out.data(), batch, options.top_k, options.mask, nullptr, beta, poller);
+    const AttentionPartial part = b_pass(*core_->values, out.data(), batch, options.top_k, nullptr);
     if (options.energy) {
       r.energy.resize(batch);
       for (std::size_t b = 0; b < batch; ++b) r.energy[b] = model_b_energy(&out[b * d], d, part.log_sum_exp(b), beta);

@@ -15,17 +15,21 @@
 #include <xxhash.h>
 
 #include "assocmem/io.hpp"
+#include "bytes.hpp"
 #include "assocmem/npy.hpp"
 
 namespace assocmem {
 
 namespace {
 
+using detail::align8;
+using detail::get;
+using detail::put;
+
 constexpr char kMagic[8] = {'A', 'S', 'M', 'S', 'T', 'O', 'R', 'E'};
 constexpr std::size_t kHeaderBytes = 72;
 constexpr std::size_t kPayloadOffset = 4096;
 
-std::size_t align8(std::size_t x) { return (x + 7) & ~std::size_t{7}; }
 
 // The limits of the file format, checked wherever a store gets its shape (constructor, append,
 // open), so that whatever can be written can be read back.
@@ -46,16 +50,6 @@ std::size_t row_bytes_for(std::size_t dim, DType t) {
 
 std::string errno_text() { return std::strerror(errno); }
 
-template <class T>
-void put(std::uint8_t* p, T v) {
-  std::memcpy(p, &v, sizeof v);
-}
-template <class T>
-T get(const std::uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 }  // namespace
 

@@ -31,6 +31,7 @@ enum class KernelChoice { Auto, Generic, Avx512, Avx512Bf16, AmxBf16 };
 KernelChoice parse_kernel(const std::string& name);
 
 struct AttentionPartial;
+class CodeIndex;
 
 /// Where an engine's memories are only part of the memories of a retrieval (distributed.hpp: the shards
 /// of a store on the ranks of an MPI job), the engine gives each exact pass over its own memories to a
@@ -63,6 +64,9 @@ struct EngineOptions {
   /// Null: the engine's store holds all the memories. Else every pass of retrieve() and energy() is
   /// merged by it (a monitor is then refused: cancelling one participant alone would desert the others).
   const PassMerger* merger = nullptr;
+  /// The int8 codes of the engine's store (codes.hpp) for certified model B retrieval
+  /// (RetrieveOptions::certify); null: none. Checked against the store when the engine is made.
+  const CodeIndex* codes = nullptr;
   void validate() const;
 };
 

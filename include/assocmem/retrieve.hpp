@@ -90,6 +90,10 @@ struct RetrieveOptions {
   std::size_t top_k = 0;       ///< report the top_k memories (id, softmax weight) of each final state (B)
   bool energy = false;         ///< report the energy of each final state (eq. 8, 13, 21)
   std::optional<double> beta;  ///< model B: this call's inverse temperature instead of the model's
+  /// Model B: certified retrieval (codes.hpp; the engine needs EngineOptions::codes): each pass screens
+  /// the int8 codes, rescores exactly the memories that can carry weight, and bounds the weight of the
+  /// rest by this eps in (0, 0.5]; Retrieval::certificates says what was guaranteed.
+  std::optional<double> certify;
   MemoryMask mask;             ///< engines of B and C: memories to leave out
   Monitor monitor;             ///< progress and cancellation (optional)
 };
@@ -119,6 +123,24 @@ struct TopMemory {
   double weight;     ///< softmax weight at the final state (model B)
 };
 
+/// What a certified retrieval (RetrieveOptions::certify) guarantees for one query, over all its steps.
+struct Certificate {
+  /// Upper bound on the softmax weight of the memories it did not rescore, for the step where that
+  /// bound was largest (<= eps; 0 where every step rescored everything or fell back to the exact scan).
+  double discarded_weight = 0;
+  /// Upper bound on ||v - v_exact||_2 for the last step: v is the returned state (before any value
+  /// association) and v_exact the exact update of the same previous state, both in exact arithmetic
+  /// (float rounding, which the exact engine has too, is not included). Earlier steps' bounds are
+  /// not propagated: each step is certified against the exact update of the state it started from.
+  double state_error = 0;
+  /// Memories rescored exactly in the last step (K where it fell back).
+  std::size_t candidates = 0;
+  /// Passes that fell back to the exact scan (too many candidates: small beta, or a top-k list that
+  /// reached into the screened-out memories): the steps, and the pass that describes the final state
+  /// when energy or top-k is asked for.
+  long fallback_steps = 0;
+};
+
 /// The result of every retrieval: a batch of final states (one row for a single query).
 struct Retrieval {
   std::size_t batch = 0, dim = 0;
@@ -128,6 +150,7 @@ struct Retrieval {
   std::vector<double> last_change;    ///< [batch] the last update's change (A: flips); NaN when undefined
   std::vector<double> energy;         ///< [batch] when RetrieveOptions::energy, else empty
   std::vector<std::vector<TopMemory>> top;  ///< [batch] when top_k > 0 (at most K each), else empty
+  std::vector<Certificate> certificates;    ///< [batch] when RetrieveOptions::certify, else empty
 
   /// State b as a vector.
   Vector state(std::size_t b = 0) const;

@@ -68,6 +68,8 @@ class Retrieval:
     top_ids      store ids of the top_k memories (model B), best first, (..., k) with
                  k = min(top_k, K); -1 pads queries whose mask leaves fewer than k; None if top_k=0
     top_weights  their softmax weights at the final state (0 where padded)
+    discarded_weight, state_error, candidates, fallback_steps
+                 model B with certify=eps: the certificate (see ModelB.retrieve_details); else None
     """
 
     _FIELDS = {
@@ -79,6 +81,10 @@ class Retrieval:
         "energy": "Energy of each final state (eq. 8, 13 or 21); None when energy=False.",
         "top_ids": "Store ids of the top_k memories (model B), best first, (..., min(top_k, K)); -1 pads.",
         "top_weights": "Softmax weights of top_ids at the final state (0 where padded).",
+        "discarded_weight": "certify=: bound on the softmax weight left out (largest over the steps); else None.",
+        "state_error": "certify=: bound on ||state - exact update of the same previous state||_2 (last step).",
+        "candidates": "certify=: memories rescored exactly in the last pass (K where it fell back).",
+        "fallback_steps": "certify=: passes that fell back to the exact scan (too many candidates); energy and top-k add one.",
     }
     __slots__ = tuple("_" + k for k in _FIELDS)
 
@@ -97,6 +103,8 @@ class Retrieval:
         k = () if d["top_ids"] is None else (d["top_ids"].shape[1],)
         self._top_ids = shaped(d["top_ids"], k)
         self._top_weights = shaped(d["top_weights"], k)
+        for name in ("discarded_weight", "state_error", "candidates", "fallback_steps"):
+            setattr(self, "_" + name, shaped(d.get(name)))
         if self._steps is not None and _np.ndim(self._steps) == 0:  # one query: plain Python scalars
             self._steps, self._stop, self._converged = int(self._steps), str(self._stop), bool(self._converged)
             self._last_change = float(self._last_change)
@@ -282,28 +290,41 @@ class ModelB:
         return cls(_open(keys, "keys"), beta, values=None if values is None else _open(values, "values"),
                    threads=threads, kernel=kernel)
 
-    def retrieve(self, queries, steps=None, tol=None, step=None, *, beta=None, mask=None, clamp=None, progress=None):
+    def retrieve(self, queries, steps=None, tol=None, step=None, *, beta=None, mask=None, clamp=None, progress=None,
+                 certify=None):
         """Iterates eq. (15) (step = dt/tau_f in (0, 1]; 1 is eq. 16) up to `steps` times, stopping a
         query once max |v_new - v| <= tol. With values, steps - 1 updates on the keys and then the
         association with the values. beta: this call's inverse temperature. mask: bool (K,) or
         (..., K); True leaves a memory out for that query, exactly as if it were deleted. clamp: bool
         (d,) features that keep the query's value. progress(step, max_steps, fraction, active) is called
-        about every 50 ms; Ctrl-C stops the call within a fraction of a second. Returns the states,
-        shaped like `queries` (one pass over the memories per step: no energy, no top-k)."""
+        about every 50 ms; Ctrl-C stops the call within a fraction of a second. certify: eps in (0, 0.5]
+        for certified retrieval (see retrieve_details). Returns the states, shaped like `queries` (one
+        pass over the memories per step: no energy, no top-k)."""
         return self.retrieve_details(queries, steps, tol, step, beta=beta, mask=mask, clamp=clamp, energy=False,
-                                     progress=progress).states
+                                     progress=progress, certify=certify).states
 
     def retrieve_details(self, queries, steps=None, tol=None, step=None, *, top_k=0, energy=True, beta=None,
-                         mask=None, clamp=None, progress=None):
+                         mask=None, clamp=None, progress=None, certify=None):
         """Like retrieve(), but returns a Retrieval with steps, stop, energy (eq. 13) and the top_k
         memories (top_ids: store ids, top_weights: softmax weights) of the returned states. Energy and
-        top-k cost one more pass over the memories (none with values: they describe the last association)."""
+        top-k cost one more pass over the memories (none with values: they describe the last association).
+
+        certify=eps: every pass screens int8 codes of the keys (STORE.codes beside a saved store, written
+        by `assocmem index`; else built on first use and kept: codes_source says which), rescores
+        exactly the memories that can carry weight and leaves out the rest, whose softmax weight is
+        provably <= eps. The Retrieval then has discarded_weight (that bound), state_error (a bound on
+        the distance to the exact update), candidates (memories rescored) and fallback_steps (passes
+        that scanned everything: too many candidates, e.g. at small beta). Not with values yet."""
         q, shape, dt = _batch(queries, self.n_features, "queries")
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
         r = self._m.retrieve(q, steps, tol, step, top_k, energy, beta, _mask(mask, shape, self.n_memories),
-                             _clamp(clamp, self.n_features), _progress(progress))
+                             _clamp(clamp, self.n_features), _progress(progress),
+                             None if certify is None else float(certify))
         return Retrieval(r, shape, dt)
+
+    codes_source = property(lambda self: self._m.codes_source or None,
+                            doc="Where certify= took the keys' codes from: a file, 'built in memory', or None (not yet).")
 
     def attention(self, queries, top_k=1, *, beta=None, mask=None):
         """The top_k memories of softmax(beta xi v) at the queries themselves (one pass): (top_ids,

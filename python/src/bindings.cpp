@@ -7,9 +7,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <filesystem>
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <type_traits>
 #include <optional>
 #include <string>
@@ -20,6 +22,7 @@
 #endif
 #include "assocmem/binary.hpp"
 #include "assocmem/capacity.hpp"
+#include "assocmem/codes.hpp"
 #include "assocmem/dynamics.hpp"
 #include "assocmem/engine.hpp"
 #include "assocmem/glyphs.hpp"
@@ -224,6 +227,20 @@ py::dict result_out(Retrieval&& r, std::size_t top_k, std::size_t K) {
     out["top_ids"] = py::none();
     out["top_weights"] = py::none();
   }
+  if (!r.certificates.empty()) {
+    std::vector<double> dw(r.batch), se(r.batch);
+    std::vector<std::int64_t> cand(r.batch), fb(r.batch);
+    for (std::size_t i = 0; i < r.batch; ++i) {
+      dw[i] = r.certificates[i].discarded_weight;
+      se[i] = r.certificates[i].state_error;
+      cand[i] = static_cast<std::int64_t>(r.certificates[i].candidates);
+      fb[i] = r.certificates[i].fallback_steps;
+    }
+    out["discarded_weight"] = to_numpy(std::move(dw), {B});
+    out["state_error"] = to_numpy(std::move(se), {B});
+    out["candidates"] = to_numpy(std::move(cand), {B});
+    out["fallback_steps"] = to_numpy(std::move(fb), {B});
+  }
   return out;
 }
 
@@ -232,18 +249,26 @@ class PyModelB {
   PyModelB(py::object keys, std::optional<py::object> values, double beta, int threads, const std::string& kernel)
       : keys_(std::move(keys)), values_(values ? std::make_unique<StoreUse>(std::move(*values)) : nullptr),
         eng_(values_ ? ModelBEngine(keys_.get(), values_->get(), beta, engine_options(threads, kernel))
-                     : ModelBEngine(keys_.get(), beta, engine_options(threads, kernel))) {}
+                     : ModelBEngine(keys_.get(), beta, engine_options(threads, kernel))),
+        beta_(beta), threads_(threads), kernel_(kernel) {}
   py::dict retrieve(const F32& q, std::optional<long> steps, std::optional<double> tol, std::optional<double> step,
                     std::size_t top_k, bool energy, std::optional<double> beta, std::optional<U8> mask,
-                    std::optional<U8> clamp, const py::object& progress) const {
+                    std::optional<U8> clamp, const py::object& progress, std::optional<double> certify) const {
     const std::size_t n = batch_rows(q, eng_.dim(), "queries");
     RetrieveOptions o = options_in(steps, tol, step, top_k, energy, beta, clamp);
     o.mask = mask_in(mask, n, eng_.size());
+    o.certify = certify;
+    const ModelBEngine& e = certify && !values_ ? certified_engine() : eng_;
     Retrieval r = monitored(progress, [&](Monitor& m) {
       o.monitor = m;
-      return eng_.retrieve(q.data(), n, o);
+      return e.retrieve(q.data(), n, o);
     });
     return result_out(std::move(r), top_k, eng_.size());
+  }
+  /// Where the codes of certified retrieval came from: the file beside the store, or built here.
+  std::string codes_source() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return codes_source_;
   }
   py::tuple attention(const F32& q, std::size_t top_k, std::optional<double> beta, std::optional<U8> mask) const {
     const std::size_t n = batch_rows(q, eng_.dim(), "queries");
@@ -277,9 +302,38 @@ class PyModelB {
   py::object values() const { return values_ ? values_->object() : py::none(); }
 
  private:
+  // The engine of certify=: the keys' codes (codes.hpp) from STORE.codes beside a saved store (assocmem
+  // index), else built on first use; kept for the model's life.
+  const ModelBEngine& certified_engine() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!certified_) {
+      py::gil_scoped_release nogil;
+      const MemoryStore& keys = keys_.get();
+      const std::string path = keys.source().empty() ? std::string() : CodeIndex::default_path(keys.source());
+      if (!path.empty() && std::filesystem::exists(path)) {
+        codes_ = std::make_unique<CodeIndex>(CodeIndex::open(path, keys));
+        codes_source_ = path;
+      } else {
+        codes_ = std::make_unique<CodeIndex>(CodeIndex::build(keys, threads_));
+        codes_source_ = "built in memory";
+      }
+      EngineOptions eo = engine_options(threads_, kernel_);
+      eo.codes = codes_.get();
+      certified_ = std::make_unique<ModelBEngine>(keys, beta_, eo);
+    }
+    return *certified_;
+  }
+
   StoreUse keys_;
   std::unique_ptr<StoreUse> values_;
   ModelBEngine eng_;
+  double beta_;
+  int threads_;
+  std::string kernel_;
+  mutable std::mutex mu_;
+  mutable std::unique_ptr<CodeIndex> codes_;
+  mutable std::unique_ptr<ModelBEngine> certified_;
+  mutable std::string codes_source_;
 };
 
 class PyModelC {
@@ -688,7 +742,9 @@ void bind_models(py::module_& m) {
       .def(py::init<py::object, std::optional<py::object>, double, int, const std::string&>(), py::arg("keys"),
            py::arg("values"), py::arg("beta"), py::arg("threads"), py::arg("kernel"))
       .def("retrieve", &PyModelB::retrieve, py::arg("queries"), py::arg("steps"), py::arg("tol"), py::arg("step"),
-           py::arg("top_k"), py::arg("energy"), py::arg("beta"), py::arg("mask"), py::arg("clamp"), py::arg("progress"))
+           py::arg("top_k"), py::arg("energy"), py::arg("beta"), py::arg("mask"), py::arg("clamp"), py::arg("progress"),
+           py::arg("certify") = std::nullopt)
+      .def_property_readonly("codes_source", &PyModelB::codes_source)
       .def("attention", &PyModelB::attention, py::arg("queries"), py::arg("top_k"), py::arg("beta"), py::arg("mask"))
       .def("energy", &PyModelB::energy, py::arg("states"), py::arg("beta"), py::arg("mask"))
       .def_property_readonly("n_features", [](const PyModelB& b) { return b.engine().dim(); })

@@ -373,6 +373,78 @@ void dots_bf16(const float* q, const std::uint16_t* rows, std::size_t nt, std::s
        [&](std::size_t t, std::size_t k, __mmask16 m) { return load_bf16(rows + t * d + k, m); });
 }
 
+// Exact integer dot products for the certified screen: AVX-512 VNNI (vpdpbusd: 64 byte products per
+// instruction) where the CPU has it (Zen 4, Ice Lake and later), else AVX-512BW widening multiplies.
+__attribute__((target("avx512vnni"))) void idots_vnni(const std::uint8_t* qu, const std::int8_t* codes, std::size_t nt,
+                                                      std::size_t d, std::int32_t* out) {
+  std::size_t t = 0;
+  const char* base = reinterpret_cast<const char*>(codes);
+  for (; t + 4 <= nt; t += 4) {
+    for (std::size_t p = 0; p < 4 * d; p += 64) _mm_prefetch(base + (t + 32) * d + p, _MM_HINT_T0);
+    __m512i a[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (std::size_t k = 0; k < d; k += 64) {
+      const __mmask64 m = d - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (d - k)) - 1;
+      const __m512i qv = _mm512_maskz_loadu_epi8(m, qu + k);
+      for (int r = 0; r < 4; ++r)
+        a[r] = _mm512_dpbusd_epi32(a[r], qv, _mm512_maskz_loadu_epi8(m, codes + (t + std::size_t(r)) * d + k));
+    }
+    for (int r = 0; r < 4; ++r) out[t + std::size_t(r)] = _mm512_reduce_add_epi32(a[r]);
+  }
+  for (; t < nt; ++t) {
+    __m512i a = _mm512_setzero_si512();
+    for (std::size_t k = 0; k < d; k += 64) {
+      const __mmask64 m = d - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (d - k)) - 1;
+      a = _mm512_dpbusd_epi32(a, _mm512_maskz_loadu_epi8(m, qu + k), _mm512_maskz_loadu_epi8(m, codes + t * d + k));
+    }
+    out[t] = _mm512_reduce_add_epi32(a);
+  }
+}
+
+void idots_bw(const std::uint8_t* qu, const std::int8_t* codes, std::size_t nt, std::size_t d, std::int32_t* out) {
+  for (std::size_t t = 0; t < nt; ++t) {
+    __m512i a = _mm512_setzero_si512();
+    for (std::size_t k = 0; k < d; k += 32) {
+      const __mmask32 m = d - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (d - k)) - 1;
+      const __m512i qv = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, qu + k));
+      const __m512i cv = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, codes + t * d + k));
+      a = _mm512_add_epi32(a, _mm512_madd_epi16(qv, cv));
+    }
+    out[t] = _mm512_reduce_add_epi32(a);
+  }
+}
+
+void idots_u8i8(const std::uint8_t* qu, const std::int8_t* codes, std::size_t nt, std::size_t d, std::int32_t* out) {
+  static const bool vnni = __builtin_cpu_supports("avx512vnni");
+  (vnni ? idots_vnni : idots_bw)(qu, codes, nt, d, out);
+}
+
+void screen_u8i8(const std::uint8_t* qu, const std::int8_t* codes, const std::int32_t* csum, const float* scale,
+                 const float* err, std::size_t nt, std::size_t d, double sq, double qn, double rq, double R, double beta,
+                 std::int32_t* dot, double* lo, double* up, double* max_lo, double* max_up) {
+  idots_u8i8(qu, codes, nt, d, dot);
+  // screen_bound (kernels.hpp), 8 memories at a time, the same operations in the same order.
+  const __m512d vsq = _mm512_set1_pd(sq), vqn = _mm512_set1_pd(qn), vrq = _mm512_set1_pd(rq), vR = _mm512_set1_pd(R);
+  const __m512d vb = _mm512_set1_pd(beta), tiny = _mm512_set1_pd(0x1p-40);
+  __m512d ml = _mm512_set1_pd(-__builtin_inf()), mu = ml;
+  for (std::size_t t = 0; t < nt; t += 8) {
+    const __mmask8 m = nt - t >= 8 ? __mmask8(0xFF) : __mmask8((1u << (nt - t)) - 1u);
+    const __m256i di = _mm256_maskz_loadu_epi32(m, dot + t), ci = _mm256_maskz_loadu_epi32(m, csum + t);
+    const __m512d x = _mm512_cvtepi32_pd(_mm256_sub_epi32(di, _mm256_slli_epi32(ci, 7)));
+    const __m512d sc = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, scale + t));
+    const __m512d er = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, err + t));
+    const __m512d a = _mm512_mul_pd(_mm512_mul_pd(sc, vsq), x);
+    const __m512d e = _mm512_add_pd(_mm512_mul_pd(vqn, er), _mm512_mul_pd(vrq, _mm512_add_pd(vR, er)));
+    const __m512d b = _mm512_add_pd(e, _mm512_mul_pd(tiny, _mm512_add_pd(_mm512_abs_pd(a), e)));
+    const __m512d l = _mm512_mul_pd(vb, _mm512_sub_pd(a, b)), u = _mm512_mul_pd(vb, _mm512_add_pd(a, b));
+    _mm512_mask_storeu_pd(lo + t, m, l);
+    _mm512_mask_storeu_pd(up + t, m, u);
+    ml = _mm512_mask_max_pd(ml, m, ml, l);
+    mu = _mm512_mask_max_pd(mu, m, mu, u);
+  }
+  *max_lo = _mm512_reduce_max_pd(ml);
+  *max_up = _mm512_reduce_max_pd(mu);
+}
+
 template <class Load>
 void axpy(const float* p, std::size_t nt, std::size_t d, float* acc, Load load_row_chunk) {
   for (std::size_t j0 = 0; j0 < d; j0 += 64) {
@@ -491,10 +563,12 @@ void lookup_pairs(const std::int32_t* m, std::size_t n, const double* table, std
 
 constexpr Ops kAvx512{"avx512", false, 8, false,      &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
                       nullptr,  nullptr,    &to_bf16,   &dots_f32,  &dots_bf16,  &axpy_f32,     &axpy_bf16,
-                      &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs};
+                      &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs,
+                      &idots_u8i8, &screen_u8i8};
 constexpr Ops kAvx512Bf16{"avx512_bf16", true, 8, false,        &pack_xt,  &gemm1_f32, &gemm2_f32, &pack_xp1,
                           &pack_xp2,     &gemm1_bf16, &gemm2_bf16, &to_bf16, &dots_f32,  &dots_bf16,
-                          &axpy_f32,     &axpy_bf16,  &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs};
+                          &axpy_f32,     &axpy_bf16,  &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs,
+                      &idots_u8i8, &screen_u8i8};
 
 // ---------------------------------------------------------------------------------------------
 // AMX-BF16: 16 x 16 float32 tiles += (16 x 32 bf16) x (32 x 16 bf16, pairs along k). The xp1/xp2
@@ -621,7 +695,8 @@ void gemm2_amx(const std::uint16_t* P, std::size_t nb, std::size_t ldP, const st
 
 constexpr Ops kAmxBf16{"amx_bf16", true, 16, true,        &pack_xt,  &gemm1_f32, &gemm2_f32, &pack_xp1,
                        &pack_xp2,  &gemm1_amx, &gemm2_amx, &to_bf16, &dots_f32,  &dots_bf16, &axpy_f32,
-                       &axpy_bf16, &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs};
+                       &axpy_bf16, &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs,
+                      &idots_u8i8, &screen_u8i8};
 
 }  // namespace
 

@@ -69,6 +69,28 @@ void dots_f32(const float* q, const float* rows, std::size_t nt, std::size_t d, 
   }
 }
 
+void idots_u8i8(const std::uint8_t* qu, const std::int8_t* codes, std::size_t nt, std::size_t d, std::int32_t* out) {
+  for (std::size_t t = 0; t < nt; ++t) {
+    std::int32_t s = 0;
+    for (std::size_t k = 0; k < d; ++k) s += std::int32_t(qu[k]) * std::int32_t(codes[t * d + k]);
+    out[t] = s;
+  }
+}
+
+void screen_u8i8(const std::uint8_t* qu, const std::int8_t* codes, const std::int32_t* csum, const float* scale,
+                 const float* err, std::size_t nt, std::size_t d, double sq, double qn, double rq, double R, double beta,
+                 std::int32_t* dot, double* lo, double* up, double* max_lo, double* max_up) {
+  idots_u8i8(qu, codes, nt, d, dot);
+  double ml = -__builtin_inf(), mu = ml;
+  for (std::size_t t = 0; t < nt; ++t) {
+    screen_bound(dot[t], csum[t], scale[t], err[t], sq, qn, rq, R, beta, &lo[t], &up[t]);
+    ml = std::max(ml, lo[t]);
+    mu = std::max(mu, up[t]);
+  }
+  *max_lo = ml;
+  *max_up = mu;
+}
+
 void dots_bf16(const float* q, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* out) {
   for (std::size_t t = 0; t < nt; ++t) {
     float s = 0;
@@ -135,7 +157,8 @@ void lookup_pairs(const std::int32_t* m, std::size_t n, const double* table, std
 const Ops& generic_ops() {
   static const Ops ops{"generic", false, 8, false,   &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
                        nullptr,   nullptr, &to_bf16,   &dots_f32,  &dots_bf16,  &axpy_f32,     &axpy_bf16,
-                       &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs};
+                       &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs,
+                       &idots_u8i8, &screen_u8i8};
   return ops;
 }
 

@@ -64,7 +64,33 @@ struct Ops {
   /// a[mu] = table[m[mu] + offset], b[mu] = table[m[mu] + offset + 2]
   void (*lookup_pairs)(const std::int32_t* m, std::size_t n, const double* table, std::int32_t offset, double* a,
                        double* b);
+
+  // Certified retrieval's screen (codes.hpp): the query quantised to qu = q8 + 128 (uint8), exact
+  // integer dot products out[t] = sum_j qu[j] codes_t[j] over int8 rows of stride d (d <= 65535).
+  void (*idots_u8i8)(const std::uint8_t* qu, const std::int8_t* codes, std::size_t nt, std::size_t d,
+                     std::int32_t* out);
+  /// idots_u8i8 into dot, then screen_bounds (below) into lo, up, max_lo, max_up.
+  void (*screen_u8i8)(const std::uint8_t* qu, const std::int8_t* codes, const std::int32_t* csum, const float* scale,
+                      const float* err, std::size_t nt, std::size_t d, double sq, double qn, double rq, double R,
+                      double beta, std::int32_t* dot, double* lo, double* up, double* max_lo, double* max_up);
 };
+
+/// The screen's bounds of nt memories from idots_u8i8's dot products (one definition, compiled into
+/// each instruction set's screen_u8i8, which may evaluate it 8 memories at a time): with q = sq q8 + r_q
+/// and xi_t = scale_t c_t + r_t,
+///   q . xi_t = scale_t sq (q8 . c_t) + scale_t (r_q . c_t) + q . r_t,
+///   |scale_t (r_q . c_t)| <= rq scale_t ||c_t|| <= rq (R + err_t),  |q . r_t| <= qn err_t,
+/// a = scale_t sq (dot_t - 128 csum_t) (an exact integer, scaled in double), so with
+/// b = e + 2^-40 (|a| + e), e = qn err_t + rq (R + err_t) (the 2^-40 covers every rounding of a, b and
+/// the bounds, each at most 2^-53 relative): lo = beta (a - b), up = beta (a + b).
+inline void screen_bound(std::int32_t dot, std::int32_t csum, float scale, float err, double sq, double qn, double rq,
+                         double R, double beta, double* lo, double* up) {
+  const double a = double(scale) * sq * double(dot - 128 * csum);
+  const double e = qn * double(err) + rq * (R + double(err));
+  const double b = e + 0x1p-40 * ((a < 0 ? -a : a) + e);
+  *lo = beta * (a - b);
+  *up = beta * (a + b);
+}
 
 const Ops& generic_ops();
 /// Null when this build or this CPU has no AVX-512 (F, BW, VL, DQ) / AVX-512 BF16.

@@ -1,0 +1,121 @@
+"""Certified model B retrieval (issue 14) from Python and the command line: the returned state is within
+its certified error of an independent float64 numpy evaluation of eq. (16), the top-k ids are the exact
+ones, small beta falls back to the exact scan, `assocmem index` writes codes that recall and ModelB find
+beside the store, and bad input is refused clearly."""
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+import assocmem as am
+
+
+def exact_step(X, q, beta, mask=None):
+    """eq. (16) in float64: (state, softmax weights)."""
+    s = beta * (X.astype(np.float64) @ q.astype(np.float64))
+    if mask is not None:
+        s = np.where(mask, -np.inf, s)
+    w = np.exp(s - s.max())
+    w /= w.sum()
+    return w @ X.astype(np.float64), w
+
+
+@pytest.fixture(scope="module")
+def memories():
+    rng = np.random.default_rng(21)
+    X = rng.standard_normal((20_000, 64)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    Q = (X[:8] + 0.1 * rng.standard_normal((8, 64))).astype(np.float32)
+    return X, Q
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_certified_state_is_within_its_bound(memories, dtype):
+    X, Q = memories
+    m = am.ModelB(X, beta=30.0, dtype=dtype)
+    r = m.retrieve_details(Q, steps=1, top_k=4, certify=1e-4)
+    assert m.codes_source == "built in memory"
+    rows = m.store.to_array().astype(np.float64)  # as the store holds them (bfloat16 rounding included)
+    exact = m.retrieve_details(Q, steps=1, top_k=4)
+    for b in range(len(Q)):
+        v, _ = exact_step(rows, Q[b], 30.0)
+        assert np.linalg.norm(r.states[b] - v) <= r.state_error[b] + 2e-5
+        assert r.discarded_weight[b] <= 1e-4
+        assert 0 < r.candidates[b] < 20_000 / 16
+        assert (r.top_ids[b] == exact.top_ids[b]).all()
+        np.testing.assert_allclose(r.top_weights[b], exact.top_weights[b], rtol=1e-4, atol=1e-6)
+    # A query whose step had more than K / 16 candidates fell back to the exact scan; most did not.
+    assert (r.fallback_steps == 0).sum() >= 6, r.fallback_steps
+    # Without certify the same model answers exactly, with no certificate.
+    assert exact.discarded_weight is None and exact.candidates is None
+
+
+def test_small_beta_falls_back_and_equals_the_exact_scan(memories):
+    X, Q = memories
+    m = am.ModelB(X, beta=0.5)
+    r = m.retrieve_details(Q[:2], steps=2, certify=1e-4, energy=False)  # 2 passes (energy would be a third)
+    assert (r.fallback_steps == 2).all() and (r.candidates == 20_000).all() and (r.discarded_weight == 0).all()
+    np.testing.assert_array_equal(r.states, m.retrieve(Q[:2], steps=2))
+
+
+def test_refusals(memories):
+    X, Q = memories
+    m = am.ModelB(X[:100], beta=10.0)
+    for eps in (0.0, -1e-3, 0.9, float("nan")):
+        with pytest.raises(ValueError, match="certify: eps must be in"):
+            m.retrieve(Q[0], certify=eps)
+    kv = am.ModelB(X[:100], beta=10.0, values=X[:100, :8])
+    with pytest.raises(ValueError, match="value store"):
+        kv.retrieve(Q[0], certify=1e-3)
+
+
+def run(cli, *args):
+    return subprocess.run([cli, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_index_and_recall_certify(cli, memories, tmp_path):
+    X, Q = memories
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "q.npy", Q)
+    assert run(cli, "store", tmp_path / "x.npy", tmp_path / "x.amem").returncode == 0
+    r = run(cli, "--json", "index", tmp_path / "x.amem")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["codes"] == str(tmp_path / "x.amem.codes") and j["fraction_of_float32_store"] < 0.30
+    assert run(cli, "index", tmp_path / "x.amem", "--verify").returncode == 0
+    # ModelB over the saved store finds the codes beside it.
+    m = am.ModelB.from_store(tmp_path / "x.amem", beta=30.0)
+    got = m.retrieve_details(Q, steps=1, certify=1e-4)
+    assert m.codes_source == str(tmp_path / "x.amem.codes")
+    # recall --certify: the same states, each query's certificate in --details.
+    r = run(cli, "--json", "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "out.npy", "--beta", "30",
+            "--steps", "1", "--certify", "1e-4", "--details", tmp_path / "d.json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["certified"]["codes"] == str(tmp_path / "x.amem.codes")
+    assert summary["certified"]["max_discarded_weight"] <= 1e-4
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), got.states, atol=1e-6)
+    details = json.loads((tmp_path / "d.json").read_text())["results"]
+    for b, q in enumerate(details):
+        v, _ = exact_step(X, Q[b], 30.0)
+        c = q["certificate"]
+        assert c["discarded_weight"] <= 1e-4 and c["fallback_steps"] in (0, 1)
+        assert np.linalg.norm(np.load(tmp_path / "out.npy")[b] - v) <= c["state_error"] + 2e-5
+    # Corrupted codes: refused, naming the file; codes of another store: refused.
+    codes = tmp_path / "x.amem.codes"
+    b = bytearray(codes.read_bytes())
+    b[4096 + 100] ^= 1
+    codes.write_bytes(bytes(b))
+    r = run(cli, "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o2.npy", "--certify", "1e-4")
+    assert r.returncode != 0 and "payload checksum mismatch" in r.stderr and str(codes) in r.stderr
+    assert not (tmp_path / "o2.npy").exists()
+    np.save(tmp_path / "y.npy", X[::-1].copy())
+    assert run(cli, "store", tmp_path / "y.npy", tmp_path / "y.amem").returncode == 0
+    assert run(cli, "index", tmp_path / "x.amem").returncode == 0  # rebuilt
+    r = run(cli, "index", tmp_path / "y.amem", "-o", codes, "--verify")
+    assert r.returncode != 0 and "another store of the same shape" in r.stderr
+    # Certified retrieval is model B's: other models and --values are refused with exit 2.
+    r = run(cli, "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o3.npy", "--model", "C",
+            "--certify", "1e-4")
+    assert r.returncode == 2 and "--certify" in r.stderr

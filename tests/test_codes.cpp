@@ -1,0 +1,341 @@
+// Certified model B retrieval over int8 codes (codes.hpp, RetrieveOptions::certify; issue 14).
+// The bounds are checked against an independent long-double evaluation of eq. (16): the returned state
+// is within its certified error of the exact one on adversarial stores (near-ties at the threshold,
+// duplicates, clusters, masks), the discarded weight stays below eps, the fallback happens where it
+// must (small beta), and the codes' file refuses corruption and another store's rows.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "assocmem/codes.hpp"
+#include "assocmem/engine.hpp"
+#include "engine_kernels.hpp"
+#include "test_util.hpp"
+
+using namespace assocmem;
+using assocmem::testing::available_kernels;
+using assocmem::testing::randn;
+using assocmem::testing::TempDir;
+
+namespace {
+
+MemoryStore store_of(const Matrix& X, DType t) {
+  MemoryStore s(static_cast<std::size_t>(X.cols()), t);
+  s.append(X);
+  return s;
+}
+
+// eq. (16) in long double over the store's decoded rows: the state and the softmax weights.
+std::vector<long double> exact_state(const MemoryStore& s, const float* q, double beta, const std::uint8_t* mask,
+                                     std::vector<long double>* weights = nullptr) {
+  const std::size_t K = s.size(), d = s.dim();
+  std::vector<float> row(d);
+  std::vector<long double> sc(K, -INFINITY);
+  long double m = -INFINITY;
+  for (std::size_t mu = 0; mu < K; ++mu) {
+    if (mask && mask[mu]) continue;
+    s.decode_row(mu, row.data());
+    long double x = 0;
+    for (std::size_t j = 0; j < d; ++j) x += (long double)q[j] * row[j];
+    sc[mu] = beta * x;
+    m = std::max(m, sc[mu]);
+  }
+  std::vector<long double> v(d, 0), w(K, 0);
+  long double z = 0;
+  for (std::size_t mu = 0; mu < K; ++mu) z += (w[mu] = std::isinf(sc[mu]) ? 0 : std::exp(sc[mu] - m));
+  for (std::size_t mu = 0; mu < K; ++mu) {
+    if (w[mu] == 0) continue;
+    s.decode_row(mu, row.data());
+    for (std::size_t j = 0; j < d; ++j) v[j] += w[mu] / z * row[j];
+  }
+  if (weights) {
+    for (auto& x : w) x /= z;
+    *weights = w;
+  }
+  return v;
+}
+
+double dist(const std::vector<long double>& a, const double* b) {
+  long double s = 0;
+  for (std::size_t j = 0; j < a.size(); ++j) s += (a[j] - b[j]) * (a[j] - b[j]);
+  return static_cast<double>(std::sqrt(s));
+}
+
+RetrieveOptions one_step(double eps) {
+  RetrieveOptions o;
+  o.max_steps = 1;
+  o.certify = eps;
+  return o;
+}
+
+// Float rounding of the rescoring itself (the exact engine has the same): far below the bounds tested.
+constexpr double kFloatSlack = 2e-5;
+
+}  // namespace
+
+TEST(Codes, BoundTheScoresOfEveryMemory) {
+  std::mt19937_64 rng(1);
+  for (DType t : {DType::Float32, DType::BFloat16}) {
+    Matrix X = randn(500, 37, rng);
+    X.row(3).setZero();               // a zero memory: scale 0
+    X.row(4) *= 1e-30;                // tiny
+    X.row(5) = X.row(5).cwiseSign();  // ties in |x|
+    const MemoryStore s = store_of(X, t);
+    const CodeIndex c = CodeIndex::build(s, 2);
+    ASSERT_EQ(c.size(), 500u);
+    std::vector<float> row(37);
+    long double R = 0;
+    for (std::size_t mu = 0; mu < 500; ++mu) {
+      s.decode_row(mu, row.data());
+      long double r2 = 0, n2 = 0;
+      for (std::size_t j = 0; j < 37; ++j) {
+        const long double rest = (long double)row[j] - (long double)c.scale()[mu] * c.codes()[mu * 37 + j];
+        r2 += rest * rest;
+        n2 += (long double)row[j] * row[j];
+        ASSERT_LE(std::abs(c.codes()[mu * 37 + j]), 127);
+      }
+      ASSERT_LE(std::sqrt(r2), (long double)c.error()[mu]) << "memory " << mu;
+      R = std::max(R, std::sqrt(n2));
+      // The bound is also tight enough to be useful: at most half a quantisation step per element.
+      ASSERT_LE(c.error()[mu], 0.5001 * c.scale()[mu] * std::sqrt(37.0) + 1e-30);
+    }
+    EXPECT_LE(R, (long double)c.max_norm());
+    // d + 12 bytes per memory (codes, scale, bound, code sum) against 4 d + 8 for float32.
+    EXPECT_EQ(c.bytes(), 500u * (37 + 12));
+  }
+  MemoryStore bits(8, DType::Bits);
+  bits.append(Matrix::Ones(2, 8));
+  EXPECT_THROW(CodeIndex::build(bits), InvalidArgument);
+}
+
+// Well separated memories at a retrieving beta: few candidates, and the state within its bound of the
+// exact one (float32 and bfloat16, every kernel, one and several steps, top-k ids as the exact engine's).
+TEST(Certified, EqualsTheExactStateWithinItsBound) {
+  std::mt19937_64 rng(2);
+  for (DType t : {DType::Float32, DType::BFloat16})
+    for (KernelChoice k : available_kernels(t, {KernelChoice::Avx512})) {
+      Matrix X = randn(4000, 48, rng);
+      for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+      const MemoryStore s = store_of(X, t);
+      const CodeIndex c = CodeIndex::build(s);
+      EngineOptions eo;
+      eo.kernel = k;
+      eo.codes = &c;
+      const ModelBEngine e(s, 40.0, eo);
+      std::vector<float> q(6 * 48);
+      std::normal_distribution<float> noise(0, 0.05f);
+      for (std::size_t b = 0; b < 6; ++b)
+        for (std::size_t j = 0; j < 48; ++j) q[b * 48 + j] = static_cast<float>(X(Eigen::Index(b * 11), Eigen::Index(j))) + noise(rng);
+      RetrieveOptions o = one_step(1e-4);
+      o.top_k = 3;
+      const Retrieval r = e.retrieve(q.data(), 6, o);
+      RetrieveOptions plain = o;
+      plain.certify.reset();
+      const Retrieval x = e.retrieve(q.data(), 6, plain);
+      ASSERT_EQ(r.certificates.size(), 6u);
+      for (std::size_t b = 0; b < 6; ++b) {
+        const Certificate& cert = r.certificates[b];
+        EXPECT_EQ(cert.fallback_steps, 0) << "query " << b;
+        EXPECT_LT(cert.candidates, 400u);
+        EXPECT_LE(cert.discarded_weight, 1e-4);
+        const auto v = exact_state(s, &q[b * 48], 40.0, nullptr);
+        EXPECT_LE(dist(v, &r.states[b * 48]), cert.state_error + kFloatSlack) << "query " << b;
+        for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(r.top[b][i].id, x.top[b][i].id);
+      }
+      // Iterated: every step certified.
+      RetrieveOptions it = one_step(1e-4);
+      it.max_steps = 5;
+      const Retrieval ri = e.retrieve(q.data(), 6, it);
+      plain.max_steps = 5;
+      plain.top_k = 0;
+      const Retrieval xi = e.retrieve(q.data(), 6, plain);
+      // (Steps may differ by one where a query's change is within float rounding of tol.)
+      for (std::size_t i = 0; i < ri.states.size(); ++i) EXPECT_NEAR(ri.states[i], xi.states[i], 1e-4);
+      for (const Certificate& ct : ri.certificates) EXPECT_LE(ct.discarded_weight, 1e-4);
+    }
+}
+
+// The adversary: a target memory and many memories whose scores sit just above and just below the
+// threshold L - tau, far from the target in the other directions, so that the discarded memories carry
+// nearly the weight the certificate allows and pull the exact state away from the returned one. The
+// exact state (long double) must stay within the certified error, for eps from 1e-6 to 0.5, and the
+// bound must not be vacuous (within a factor 100 of the actual error where that is above float noise).
+TEST(Certified, TheBoundHoldsWithManyNearTiesAtTheThreshold) {
+  int certified = 0, tight = 0;
+  std::mt19937_64 rng(3);
+  const std::size_t K = 3000, d = 32;
+  for (double eps : {1e-6, 1e-3, 0.05, 0.5})
+    for (double beta : {20.0, 80.0, 300.0}) {
+      const double tau = std::log(double(K) / eps) / beta;  // in score units
+      Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng) * 0.002;
+      X.row(0).setZero();
+      X(0, 0) = 1.0;  // the target: score 1 for q = e_0
+      for (std::size_t mu = 1; mu < K; ++mu) {
+        // One in 32 just above the threshold (kept), the rest just below (discarded), by 5% of tau plus
+        // the codes' error; all with a large component along e_1, away from the target.
+        const double margin = 0.05 * tau + 0.01;
+        X(Eigen::Index(mu), 0) = 1.0 - tau + (mu % 32 == 1 ? margin : -margin);
+        X(Eigen::Index(mu), 1) = 3.0;
+      }
+      const MemoryStore s = store_of(X, DType::Float32);
+      const CodeIndex c = CodeIndex::build(s);
+      EngineOptions eo;
+      eo.codes = &c;
+      const ModelBEngine e(s, beta, eo);
+      std::vector<float> q(d, 0.0f);
+      q[0] = 1.0f;
+      const Retrieval r = e.retrieve(q.data(), 1, one_step(eps));
+      const Certificate& cert = r.certificates[0];
+      SCOPED_TRACE("eps " + std::to_string(eps) + " beta " + std::to_string(beta));
+      EXPECT_LE(cert.discarded_weight, eps * (1 + 1e-9));
+      std::vector<long double> w;
+      const auto v = exact_state(s, q.data(), beta, nullptr, &w);
+      const double err = dist(v, r.states.data());
+      // (A fallback sums all 3000 weights in float, as the exact engine does: more rounding.)
+      EXPECT_LE(err, cert.state_error + (cert.fallback_steps ? 1e-4 : kFloatSlack));
+      if (cert.fallback_steps == 0) {
+        EXPECT_LT(cert.candidates, K);
+        // The discarded memories' true weight against its bound.
+        long double wd = 0;
+        for (std::size_t mu = 2; mu < K; ++mu) wd += mu % 32 == 1 ? 0 : w[mu];
+        EXPECT_LE(double(wd), cert.discarded_weight);
+        ++certified;
+        if (err > 1e-4) {
+          EXPECT_LE(cert.state_error, 100 * err);
+          ++tight;
+        }
+      }
+    }
+  EXPECT_GE(certified, 6);  // the adversary reaches the certified path, and its discarded weight matters
+  EXPECT_GE(tight, 4);
+}
+
+// Duplicates, clusters and masks: the certificate holds and the mask is respected.
+TEST(Certified, DuplicatesClustersAndMasks) {
+  std::mt19937_64 rng(4);
+  const std::size_t d = 24, K = 12000;
+  Matrix centers = randn(60, Eigen::Index(d), rng);
+  for (Eigen::Index i = 0; i < centers.rows(); ++i) centers.row(i).normalize();
+  Matrix X = Matrix::Zero(Eigen::Index(K), Eigen::Index(d));
+  for (Eigen::Index mu = 0; mu < X.rows(); ++mu) {
+    if (mu < 300) X.row(mu) = centers.row(0);  // 300 duplicates
+    else X.row(mu) = centers.row(mu % 60) + 0.05 * randn(1, Eigen::Index(d), rng);
+  }
+  const MemoryStore s = store_of(X, DType::Float32);
+  const CodeIndex c = CodeIndex::build(s);
+  EngineOptions eo;
+  eo.codes = &c;
+  const ModelBEngine e(s, 30.0, eo);
+  std::vector<float> q(2 * d);
+  for (std::size_t j = 0; j < d; ++j) {
+    q[j] = static_cast<float>(centers(0, Eigen::Index(j)));  // the duplicates and their cluster
+    q[d + j] = static_cast<float>(centers(7, Eigen::Index(j)));
+  }
+  std::vector<std::uint8_t> mask(K, 0);
+  for (std::size_t mu = 7; mu < K; mu += 60) mask[mu] = mu % 120 == 7;  // half of cluster 7 left out
+  RetrieveOptions o = one_step(1e-3);
+  o.mask = {mask.data(), 1};
+  const Retrieval r = e.retrieve(q.data(), 2, o);
+  for (std::size_t b = 0; b < 2; ++b) {
+    const auto v = exact_state(s, &q[b * d], 30.0, mask.data());
+    EXPECT_LE(dist(v, &r.states[b * d]), r.certificates[b].state_error + kFloatSlack) << "query " << b;
+    EXPECT_LE(r.certificates[b].discarded_weight, 1e-3);
+    // The duplicates and the cluster (about 500 and 100 memories) are under K / 16: certified.
+    EXPECT_EQ(r.certificates[b].fallback_steps, 0) << "query " << b;
+  }
+  RetrieveOptions plain = o;
+  plain.certify.reset();
+  const Retrieval x = e.retrieve(q.data(), 2, plain);
+  for (std::size_t i = 0; i < x.states.size(); ++i) EXPECT_NEAR(r.states[i], x.states[i], 1e-4);
+}
+
+// Small beta: every memory carries weight, so the candidates would be most of the store: the pass falls
+// back to the exact scan, says so, and equals the exact engine.
+TEST(Certified, FallsBackToTheExactScanWhereItMust) {
+  std::mt19937_64 rng(5);
+  Matrix X = randn(2000, 16, rng);
+  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  const MemoryStore s = store_of(X, DType::Float32);
+  const CodeIndex c = CodeIndex::build(s);
+  EngineOptions eo;
+  eo.codes = &c;
+  const ModelBEngine e(s, 0.5, eo);
+  std::vector<float> q(16);
+  for (std::size_t j = 0; j < 16; ++j) q[j] = static_cast<float>(X(0, Eigen::Index(j)));
+  RetrieveOptions o = one_step(1e-4);
+  o.max_steps = 3;
+  const Retrieval r = e.retrieve(q.data(), 1, o);
+  EXPECT_EQ(r.certificates[0].fallback_steps, 3);
+  EXPECT_EQ(r.certificates[0].candidates, 2000u);
+  EXPECT_EQ(r.certificates[0].discarded_weight, 0.0);
+  o.certify.reset();
+  const Retrieval x = e.retrieve(q.data(), 1, o);
+  for (std::size_t j = 0; j < 16; ++j) EXPECT_EQ(r.states[j], x.states[j]);
+  // A top-k list longer than the candidates falls back too, and equals the exact list.
+  RetrieveOptions t = one_step(1e-4);
+  t.top_k = 50;
+  const ModelBEngine sharp(s, 60.0, eo);
+  const Retrieval rt = sharp.retrieve(q.data(), 1, t);
+  t.certify.reset();
+  const Retrieval xt = sharp.retrieve(q.data(), 1, t);
+  ASSERT_EQ(rt.top[0].size(), 50u);
+  for (std::size_t i = 0; i < 50; ++i) EXPECT_EQ(rt.top[0][i].id, xt.top[0][i].id) << i;
+}
+
+TEST(Certified, BadInput) {
+  std::mt19937_64 rng(6);
+  const MemoryStore s = store_of(randn(100, 8, rng), DType::Float32);
+  const MemoryStore other = store_of(randn(100, 8, rng), DType::Float32);
+  const CodeIndex c = CodeIndex::build(s);
+  std::vector<float> q(8, 0.5f);
+  EXPECT_THROW_MSG(ModelBEngine(s, 2.0).retrieve(q.data(), 1, one_step(1e-3)), InvalidArgument,
+                   "certify: the engine has no codes");
+  EngineOptions eo;
+  eo.codes = &c;
+  EXPECT_THROW_MSG(ModelBEngine(other, 2.0, eo), InvalidArgument, "codes: they belong to another store");
+  const ModelBEngine e(s, 2.0, eo);
+  for (double eps : {0.0, -1.0, 0.7, std::nan("")})
+    EXPECT_THROW_MSG(e.retrieve(q.data(), 1, one_step(eps)), InvalidArgument, "certify: eps must be in (0, 0.5]");
+  const ModelBEngine kv(s, other, 2.0, eo);
+  EXPECT_THROW_MSG(kv.retrieve(q.data(), 1, one_step(1e-3)), InvalidArgument, "value store");
+}
+
+TEST(Codes, FileRoundTripAndRefusals) {
+  std::mt19937_64 rng(7);
+  TempDir dir;
+  const MemoryStore s = store_of(randn(301, 19, rng), DType::BFloat16);
+  const std::string store_path = dir.file("s.amem");
+  s.save(store_path);
+  const MemoryStore opened = MemoryStore::open(store_path);
+  const CodeIndex c = CodeIndex::build(opened);
+  const std::string path = CodeIndex::default_path(store_path);
+  EXPECT_EQ(path, store_path + ".codes");
+  c.save(path);
+  const CodeIndex back = CodeIndex::open(path, opened);
+  ASSERT_EQ(back.size(), c.size());
+  EXPECT_EQ(std::vector<std::int8_t>(back.codes(), back.codes() + 301 * 19),
+            std::vector<std::int8_t>(c.codes(), c.codes() + 301 * 19));
+  EXPECT_EQ(back.max_norm(), c.max_norm());
+  EXPECT_EQ(std::vector<float>(back.error(), back.error() + 301), std::vector<float>(c.error(), c.error() + 301));
+  // Another store of the same shape; another shape; corruption anywhere; truncation; not codes at all.
+  const MemoryStore same_shape = store_of(randn(301, 19, rng), DType::BFloat16);
+  EXPECT_THROW_MSG(CodeIndex::open(path, same_shape), IoError, "another store of the same shape");
+  const MemoryStore shape = store_of(randn(300, 19, rng), DType::BFloat16);
+  EXPECT_THROW_MSG(CodeIndex::open(path, shape), IoError, "they belong to a store of 301 memories");
+  const std::vector<char> good = assocmem::testing::read_all(path);
+  for (std::size_t at : {std::size_t{20}, std::size_t{4096 + 7}, good.size() - 3, std::size_t{4096 + 301 * 19 + 2}}) {
+    auto bad = good;
+    bad[at] ^= 0x10;
+    assocmem::testing::write_all(path, bad);
+    EXPECT_THROW(CodeIndex::open(path, opened), IoError) << "byte " << at;
+  }
+  auto cut = good;
+  cut.resize(good.size() - 8);
+  assocmem::testing::write_all(path, cut);
+  EXPECT_THROW_MSG(CodeIndex::open(path, opened), IoError, "truncated");
+  EXPECT_THROW_MSG(CodeIndex::open(store_path, opened), IoError, "not assocmem codes");
+  EXPECT_THROW(CodeIndex::open(dir.file("missing.codes"), opened), IoError);
+}
