@@ -339,3 +339,32 @@ TEST(Codes, FileRoundTripAndRefusals) {
   EXPECT_THROW_MSG(CodeIndex::open(store_path, opened), IoError, "not assocmem codes");
   EXPECT_THROW(CodeIndex::open(dir.file("missing.codes"), opened), IoError);
 }
+
+// Backward compatibility: a store and its codes written by format version 1 (tests/data, made with
+// `assocmem store` and `assocmem index` from X[i][j] = (((7 i + 3 j) mod 11) - 5) / 4, 16 x 8) still
+// open, hold those values, and serve a certified retrieval. A later format must keep reading them.
+TEST(Codes, FilesOfFormatVersion1StillOpen) {
+  const std::string dir = ASSOCMEM_TEST_DATA;
+  const MemoryStore s = MemoryStore::open(dir + "/v1-float32.amem");
+  ASSERT_EQ(s.size(), 16u);
+  ASSERT_EQ(s.dim(), 8u);
+  std::vector<float> row(8);
+  for (std::size_t i = 0; i < 16; ++i) {
+    s.decode_row(i, row.data());
+    for (std::size_t j = 0; j < 8; ++j) ASSERT_EQ(row[j], float(int((7 * i + 3 * j) % 11) - 5) / 4) << i << "," << j;
+    EXPECT_EQ(s.ids()[i], i);
+  }
+  const CodeIndex c = CodeIndex::open(CodeIndex::default_path(dir + "/v1-float32.amem"), s);
+  EngineOptions eo;
+  eo.codes = &c;
+  const ModelBEngine e(s, 8.0, eo);
+  std::vector<float> q(8);
+  s.decode_row(5, q.data());
+  RetrieveOptions o = one_step(1e-3);
+  o.top_k = 1;
+  const Retrieval r = e.retrieve(q.data(), 1, o);
+  o.certify.reset();
+  const Retrieval x = e.retrieve(q.data(), 1, o);
+  EXPECT_EQ(r.top[0][0].id, x.top[0][0].id);
+  for (std::size_t j = 0; j < 8; ++j) EXPECT_NEAR(r.states[j], x.states[j], r.certificates[0].state_error + 1e-5);
+}
