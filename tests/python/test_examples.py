@@ -18,16 +18,20 @@ import memory_learning  # noqa: E402
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_hopfield_pooling_classifies_repertoires(seed):
-    # 1000 instances per bag, 30 motif copies in positive bags (a 3% witness rate); a classifier that could
-    # not find the motifs would be at chance (0.5) on held-out bags.
-    r = immune_repertoire.run(instances=1000, bags=96, motifs=30, epochs=30, seed=seed, log=lambda *_: None)
+    # 1000 instances per bag, one motif copy in each positive bag (a 0.1% witness rate) after the
+    # curriculum 30, 10, 3 copies; a classifier that could not find the motif would be at chance (0.5) on
+    # the held-out bags, which hold exactly one copy.
+    r = immune_repertoire.run(instances=1000, bags=96, motifs=1, curriculum=(30, 10, 3), stage_epochs=5, epochs=5,
+                              seed=seed, log=lambda *_: None)
+    assert r["curriculum"] == [30, 10, 3] and r["epochs"] == 20
     assert r["accuracy"] >= 0.9, r
 
 
 def test_immune_repertoire_command_line():
     env = dict(os.environ)
     out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "immune_repertoire.py"), "--instances", "200",
-                          "--bags", "8", "--epochs", "1", "--json"], capture_output=True, text=True, env=env,
+                          "--bags", "8", "--epochs", "1", "--curriculum", "20",
+                          "--stage-epochs", "1", "--json"], capture_output=True, text=True, env=env,
                          timeout=300)
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
@@ -35,6 +39,9 @@ def test_immune_repertoire_command_line():
     bad = subprocess.run([sys.executable, os.path.join(EXAMPLES, "immune_repertoire.py"), "--bags", "0"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "--bags must be >= 1" in bad.stderr
+    bad = subprocess.run([sys.executable, os.path.join(EXAMPLES, "immune_repertoire.py"), "--curriculum", "5,x"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "--curriculum must be" in bad.stderr
 
 
 @pytest.mark.parametrize("seed", [0, 1])
