@@ -305,9 +305,11 @@ class PyModelB {
   // The engine of certify=: the keys' codes (codes.hpp) from STORE.codes beside a saved store (assocmem
   // index), else built on first use; kept for the model's life.
   const ModelBEngine& certified_engine() const {
+    // The GIL is released before the lock is taken and taken back after it is released: a thread that
+    // waits for the lock never holds the GIL that the builder needs.
+    py::gil_scoped_release nogil;
     std::lock_guard<std::mutex> lock(mu_);
     if (!certified_) {
-      py::gil_scoped_release nogil;
       const MemoryStore& keys = keys_.get();
       const std::string path = keys.source().empty() ? std::string() : CodeIndex::default_path(keys.source());
       if (!path.empty() && std::filesystem::exists(path)) {

@@ -119,3 +119,25 @@ def test_index_and_recall_certify(cli, memories, tmp_path):
     r = run(cli, "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o3.npy", "--model", "C",
             "--certify", "1e-4")
     assert r.returncode == 2 and "--certify" in r.stderr
+
+
+def test_codes_are_built_once_under_concurrent_calls(memories):
+    """Threads asking for certified retrieval at once on a new model: one builds the codes, none deadlocks
+    (the GIL is never held while waiting for the codes), all get the same answer."""
+    import threading
+    X, Q = memories
+    m = am.ModelB(X, beta=30.0)
+    out = [None] * 4
+
+    def work(i):
+        out[i] = m.retrieve(Q, steps=1, certify=1e-4)
+
+    ts = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in ts), "deadlock"
+    for o in out[1:]:
+        np.testing.assert_array_equal(o, out[0])
+    assert m.codes_source == "built in memory"
