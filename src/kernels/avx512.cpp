@@ -564,11 +564,11 @@ void lookup_pairs(const std::int32_t* m, std::size_t n, const double* table, std
 constexpr Ops kAvx512{"avx512", false, 8, false,      &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
                       nullptr,  nullptr,    &to_bf16,   &dots_f32,  &dots_bf16,  &axpy_f32,     &axpy_bf16,
                       &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs,
-                      &idots_u8i8, &screen_u8i8};
+                      &screen_u8i8};
 constexpr Ops kAvx512Bf16{"avx512_bf16", true, 8, false,        &pack_xt,  &gemm1_f32, &gemm2_f32, &pack_xp1,
                           &pack_xp2,     &gemm1_bf16, &gemm2_bf16, &to_bf16, &dots_f32,  &dots_bf16,
                           &axpy_f32,     &axpy_bf16,  &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs,
-                      &idots_u8i8, &screen_u8i8};
+                      &screen_u8i8};
 
 // ---------------------------------------------------------------------------------------------
 // AMX-BF16: 16 x 16 float32 tiles += (16 x 32 bf16) x (32 x 16 bf16, pairs along k). The xp1/xp2
@@ -696,7 +696,7 @@ void gemm2_amx(const std::uint16_t* P, std::size_t nb, std::size_t ldP, const st
 constexpr Ops kAmxBf16{"amx_bf16", true, 16, true,        &pack_xt,  &gemm1_f32, &gemm2_f32, &pack_xp1,
                        &pack_xp2,  &gemm1_amx, &gemm2_amx, &to_bf16, &dots_f32,  &dots_bf16, &axpy_f32,
                        &axpy_bf16, &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs,
-                      &idots_u8i8, &screen_u8i8};
+                      &screen_u8i8};
 
 }  // namespace
 

@@ -158,7 +158,7 @@ const Ops& generic_ops() {
   static const Ops ops{"generic", false, 8, false,   &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
                        nullptr,   nullptr, &to_bf16,   &dots_f32,  &dots_bf16,  &axpy_f32,     &axpy_bf16,
                        &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs,
-                       &idots_u8i8, &screen_u8i8};
+                       &screen_u8i8};
   return ops;
 }
 

@@ -65,17 +65,15 @@ struct Ops {
   void (*lookup_pairs)(const std::int32_t* m, std::size_t n, const double* table, std::int32_t offset, double* a,
                        double* b);
 
-  // Certified retrieval's screen (codes.hpp): the query quantised to qu = q8 + 128 (uint8), exact
-  // integer dot products out[t] = sum_j qu[j] codes_t[j] over int8 rows of stride d (d <= 65535).
-  void (*idots_u8i8)(const std::uint8_t* qu, const std::int8_t* codes, std::size_t nt, std::size_t d,
-                     std::int32_t* out);
-  /// idots_u8i8 into dot, then screen_bounds (below) into lo, up, max_lo, max_up.
+  // Certified retrieval's screen (codes.hpp): the query quantised to qu = q8 + 128 (uint8), exact integer
+  // dot products dot[t] = sum_j qu[j] codes_t[j] over int8 rows of stride d (d <= 65535), then
+  // screen_bound (below) for each memory into lo, up, and their maxima max_lo, max_up.
   void (*screen_u8i8)(const std::uint8_t* qu, const std::int8_t* codes, const std::int32_t* csum, const float* scale,
                       const float* err, std::size_t nt, std::size_t d, double sq, double qn, double rq, double R,
                       double beta, std::int32_t* dot, double* lo, double* up, double* max_lo, double* max_up);
 };
 
-/// The screen's bounds of nt memories from idots_u8i8's dot products (one definition, compiled into
+/// The screen's bound of one memory from its integer dot product (one definition, compiled into
 /// each instruction set's screen_u8i8, which may evaluate it 8 memories at a time): with q = sq q8 + r_q
 /// and xi_t = scale_t c_t + r_t,
 ///   q . xi_t = scale_t sq (q8 . c_t) + scale_t (r_q . c_t) + q . r_t,
