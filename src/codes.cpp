@@ -1,4 +1,4 @@
-// Int8 codes of a store with certified error bounds, and their file (codes.hpp).
+// Int8 codes of a store in two 4-bit levels with certified error bounds, and their file (codes.hpp).
 #include "assocmem/codes.hpp"
 
 #include <algorithm>
@@ -23,9 +23,9 @@ using detail::put;
 constexpr char kMagic[8] = {'A', 'S', 'M', 'C', 'O', 'D', 'E', 'S'};
 constexpr std::size_t kHeaderBytes = 80;
 constexpr std::size_t kPayloadOffset = 4096;
-constexpr std::uint32_t kInt8 = 1;
-
-
+constexpr std::uint32_t kInt8V1 = 1;    // format 1: codes in [-127, 127], a scale and a bound per memory
+constexpr std::uint32_t kInt8Split = 2;  // format 2: codes in [-119, 119], and the coarse level's bound
+constexpr std::size_t kGroupBytes = 64;
 
 // The smallest float >= x (x >= 0, finite): bounds stay bounds after rounding to float.
 float float_up(double x) {
@@ -40,20 +40,55 @@ std::uint64_t hash_rows(const MemoryStore& store) {
   return h;
 }
 
+// The coarse level of code c: h = floor((c + 8) / 16), so that l = c - 16 h is in [-8, 7].
+int coarse_of(int c) { return (c + 8) >> 4; }
+
 }  // namespace
+
+void CodeIndex::allocate(std::size_t K, std::size_t d) {
+  count_ = K;
+  dim_ = d;
+  const std::size_t blocks = (K + kBlockRows - 1) / kBlockRows;
+  const std::size_t bytes = checked_mul(checked_mul(blocks, groups(), "codes: blocks x groups"), kGroupBytes, "codes");
+  high_.resize(bytes);
+  low_.resize(bytes);
+  std::memset(high_.data(), 0x88, bytes);  // 8 in both nibbles: code 0 (padding dimensions and memories)
+  std::memset(low_.data(), 0x88, bytes);
+  scale_.assign(K, 0.0f);
+  error_.assign(K, 0.0f);
+  coarse_.assign(K, 0.0f);
+}
+
+// Each byte holds two dimensions of one memory, so memories set from different threads touch different bytes.
+void CodeIndex::set_code(std::size_t mu, std::size_t j, int c) {
+  const int h = coarse_of(c), l = c - 16 * h;
+  const std::size_t off = (mu / kBlockRows * groups() + j / kGroupDims) * kGroupBytes + 4 * (mu % kBlockRows) + j % 4;
+  const int shift = j % kGroupDims < 4 ? 0 : 4;
+  const auto keep = static_cast<std::uint8_t>(0xF0 >> shift);
+  high_.data()[off] = static_cast<std::uint8_t>((high_.data()[off] & keep) | ((h + 8) << shift));
+  low_.data()[off] = static_cast<std::uint8_t>((low_.data()[off] & keep) | ((l + 8) << shift));
+}
+
+int CodeIndex::coarse_code(std::size_t mu, std::size_t j) const {
+  const std::size_t off = (mu / kBlockRows * groups() + j / kGroupDims) * kGroupBytes + 4 * (mu % kBlockRows) + j % 4;
+  const int shift = j % kGroupDims < 4 ? 0 : 4;
+  return ((high_.data()[off] >> shift) & 15) - 8;
+}
+
+int CodeIndex::code(std::size_t mu, std::size_t j) const {
+  const std::size_t off = (mu / kBlockRows * groups() + j / kGroupDims) * kGroupBytes + 4 * (mu % kBlockRows) + j % 4;
+  const int shift = j % kGroupDims < 4 ? 0 : 4;
+  return 16 * coarse_code(mu, j) + ((low_.data()[off] >> shift) & 15) - 8;
+}
 
 CodeIndex CodeIndex::build(const MemoryStore& store, int threads) {
   ASSOCMEM_CHECK_ARG(store.dtype() != DType::Bits, "codes: a store of bits (+-1 patterns, model A) has no int8 codes; "
                                                    "certified retrieval is for models B and C over float32 or bfloat16");
-  CodeIndex c;
-  c.count_ = store.size();
-  c.dim_ = store.dim();
-  c.dtype_ = store.dtype();
-  const std::size_t K = c.count_, d = c.dim_;
+  const std::size_t K = store.size(), d = store.dim();
   ASSOCMEM_CHECK_ARG(d <= 65535, "codes: dimension ", d, " is above 65535 (the screen's exact int32 sums)");
-  c.codes_.resize(checked_mul(K, d, "codes: K x d"));
-  c.scale_.resize(K);
-  c.error_.resize(K);
+  CodeIndex c;
+  c.dtype_ = store.dtype();
+  c.allocate(K, d);
   std::vector<double> norms(K);
   detail::parallel_chunks(K, detail::resolve_threads(threads), [&](std::size_t, std::size_t b, std::size_t e) {
     std::vector<float> x(d);
@@ -61,21 +96,25 @@ CodeIndex CodeIndex::build(const MemoryStore& store, int threads) {
       store.decode_row(mu, x.data());
       float amax = 0;
       for (float v : x) amax = std::max(amax, std::fabs(v));
-      const float s = amax / 127.0f;
-      std::int8_t* code = reinterpret_cast<std::int8_t*>(c.codes_.data()) + mu * d;
-      // s * c is exact in double (24-bit times 8-bit significands), so is x - s c: the sums of
-      // squares carry only their own rounding, (d + 1) 2^-53 relative, covered by the margin below.
-      double r2 = 0, n2 = 0;
+      const float s = amax / float(kCodeMax);
+      // s * c and 16 s h are exact in double (24-bit times 8-bit significands), so are x - s c and
+      // x - 16 s h: the sums of squares carry only their own rounding, (d + 1) 2^-53 relative, covered
+      // by the margin below.
+      double r2 = 0, r1 = 0, n2 = 0;
       for (std::size_t j = 0; j < d; ++j) {
         const float q = s > 0 ? std::nearbyint(x[j] / s) : 0.0f;
-        code[j] = static_cast<std::int8_t>(std::clamp(q, -127.0f, 127.0f));
-        const double rest = double(x[j]) - double(s) * double(code[j]);
+        const int code = static_cast<int>(std::clamp(q, -float(kCodeMax), float(kCodeMax)));
+        c.set_code(mu, j, code);
+        const double rest = double(x[j]) - double(s) * code;
+        const double coarse = double(x[j]) - 16.0 * double(s) * coarse_of(code);
         r2 += rest * rest;
+        r1 += coarse * coarse;
         n2 += double(x[j]) * double(x[j]);
       }
       const double margin = 1.0 + 4.0 * double(d + 2) * 0x1p-53;
       c.scale_[mu] = s;
       c.error_[mu] = float_up(std::sqrt(r2) * margin);
+      c.coarse_[mu] = float_up(std::sqrt(r1) * margin);
       norms[mu] = std::sqrt(n2) * margin;
     }
   });
@@ -83,17 +122,7 @@ CodeIndex CodeIndex::build(const MemoryStore& store, int threads) {
   for (double n : norms) R = std::max(R, n);
   c.max_norm_ = float_up(R);
   c.rows_hash_ = hash_rows(store);
-  c.sum_codes();
   return c;
-}
-
-void CodeIndex::sum_codes() {
-  csum_.resize(count_);
-  for (std::size_t mu = 0; mu < count_; ++mu) {
-    std::int32_t t = 0;
-    for (std::size_t j = 0; j < dim_; ++j) t += codes()[mu * dim_ + j];
-    csum_[mu] = t;
-  }
 }
 
 bool CodeIndex::matches(const MemoryStore& store) const {
@@ -101,22 +130,28 @@ bool CodeIndex::matches(const MemoryStore& store) const {
 }
 
 void CodeIndex::save(const std::string& path) const {
-  const std::size_t codes_len = codes_.size(), pad = align8(codes_len) - codes_len;
-  const std::size_t payload = align8(codes_len) + 8 * count_;
+  const std::size_t codes_len = count_ * dim_, pad = align8(codes_len) - codes_len;
+  const std::size_t payload = align8(codes_len) + 12 * count_;
+  std::vector<std::int8_t> rows(codes_len);  // the file keeps the codes row by row, whatever the planes' layout
+  detail::parallel_chunks(count_, detail::resolve_threads(0), [&](std::size_t, std::size_t b, std::size_t e) {
+    for (std::size_t mu = b; mu < e; ++mu)
+      for (std::size_t j = 0; j < dim_; ++j) rows[mu * dim_ + j] = static_cast<std::int8_t>(code(mu, j));
+  });
   const std::uint64_t zeros = 0;
   XXH64_state_t* st = XXH64_createState();
   if (!st) throw Error("codes: out of memory");
   XXH64_reset(st, 0);
-  XXH64_update(st, codes_.data(), codes_len);
+  XXH64_update(st, rows.data(), codes_len);
   XXH64_update(st, &zeros, pad);
   XXH64_update(st, scale_.data(), 4 * count_);
   XXH64_update(st, error_.data(), 4 * count_);
+  XXH64_update(st, coarse_.data(), 4 * count_);
   const std::uint64_t payload_hash = XXH64_digest(st);
   XXH64_freeState(st);
   std::vector<std::uint8_t> h(kPayloadOffset, 0);
   std::memcpy(h.data(), kMagic, 8);
   put<std::uint32_t>(&h[8], kFormatVersion);
-  put<std::uint32_t>(&h[12], kInt8);
+  put<std::uint32_t>(&h[12], kInt8Split);
   put<std::uint64_t>(&h[16], count_);
   put<std::uint64_t>(&h[24], dim_);
   put<std::uint64_t>(&h[32], rows_hash_);
@@ -127,10 +162,11 @@ void CodeIndex::save(const std::string& path) const {
   put<std::uint64_t>(&h[64], payload_hash);
   put<std::uint64_t>(&h[72], XXH64(h.data(), 72, 0));
   write_file_atomically(path, {{h.data(), h.size()},
-                               {codes_.data(), codes_len},
+                               {rows.data(), codes_len},
                                {&zeros, pad},
                                {scale_.data(), 4 * count_},
-                               {error_.data(), 4 * count_}});
+                               {error_.data(), 4 * count_},
+                               {coarse_.data(), 4 * count_}});
 }
 
 CodeIndex CodeIndex::open(const std::string& path, const MemoryStore& store) {
@@ -142,58 +178,75 @@ CodeIndex CodeIndex::open(const std::string& path, const MemoryStore& store) {
   file.read_at(0, h, kHeaderBytes);
   if (std::memcmp(h, kMagic, 8) != 0) throw bad("not assocmem codes (bad magic)");
   const auto version = get<std::uint32_t>(h + 8);
-  if (version != kFormatVersion)
-    throw bad(detail::concat("format version ", version, " is not supported (this build reads version ", kFormatVersion,
-                             ")"));
+  if (version != 1 && version != kFormatVersion)
+    throw bad(detail::concat("format version ", version, " is not supported (this build reads versions 1 to ",
+                             kFormatVersion, ")"));
   if (get<std::uint64_t>(h + 72) != XXH64(h, 72, 0)) throw bad("header checksum mismatch (corrupted header)");
-  if (get<std::uint32_t>(h + 12) != kInt8) throw bad(detail::concat("unknown kind ", get<std::uint32_t>(h + 12)));
-  CodeIndex c;
-  c.count_ = get<std::uint64_t>(h + 16);
-  c.dim_ = get<std::uint64_t>(h + 24);
-  c.rows_hash_ = get<std::uint64_t>(h + 32);
+  const auto kind = get<std::uint32_t>(h + 12);
+  if (kind != (version == 1 ? kInt8V1 : kInt8Split))
+    throw bad(detail::concat("unknown kind ", kind, " for format version ", version));
+  const std::size_t K = get<std::uint64_t>(h + 16), d = get<std::uint64_t>(h + 24);
+  const std::uint64_t rows_hash = get<std::uint64_t>(h + 32);
   const auto dtype = get<std::uint32_t>(h + 40);
-  c.max_norm_ = get<float>(h + 44);
+  const float max_norm = get<float>(h + 44);
   if (get<std::uint64_t>(h + 48) != kPayloadOffset) throw bad("invalid payload offset");
-  if (c.dim_ == 0 || c.dim_ > 65535 || c.count_ > kMaxStorePayload / (c.dim_ + 8))
-    throw bad(detail::concat("invalid shape ", c.count_, " x ", c.dim_));
-  const std::size_t codes_len = c.count_ * c.dim_, payload = align8(codes_len) + 8 * c.count_;
+  if (d == 0 || d > 65535 || K > kMaxStorePayload / (d + 12)) throw bad(detail::concat("invalid shape ", K, " x ", d));
+  const std::size_t floats = version == 1 ? 2 : 3;  // scale, bound (, coarse bound) per memory
+  const std::size_t codes_len = K * d, payload = align8(codes_len) + 4 * floats * K;
   if (get<std::uint64_t>(h + 56) != payload) throw bad("payload size does not match the shape");
   if (file.size() != kPayloadOffset + payload)
     throw bad(detail::concat(file.size() < kPayloadOffset + payload ? "truncated" : "trailing bytes", ": file has ",
                              file.size(), " bytes, expected ", kPayloadOffset + payload));
   // Whose codes: checked before reading the payload.
-  if (c.count_ != store.size() || c.dim_ != store.dim() || dtype != static_cast<std::uint32_t>(store.dtype()))
-    throw bad(detail::concat("they belong to a store of ", c.count_, " memories of dimension ", c.dim_, ", not to '",
+  if (K != store.size() || d != store.dim() || dtype != static_cast<std::uint32_t>(store.dtype()))
+    throw bad(detail::concat("they belong to a store of ", K, " memories of dimension ", d, ", not to '",
                              store.source().empty() ? std::string("this store") : store.source(), "' (", store.size(),
                              " x ", store.dim(), " ", to_string(store.dtype()), "); rebuild them (assocmem index)"));
-  if (hash_rows(store) != c.rows_hash_)
+  if (hash_rows(store) != rows_hash)
     throw bad("they belong to another store of the same shape (the rows' checksum differs); rebuild them "
               "(assocmem index)");
-  if (!(std::isfinite(c.max_norm_) && c.max_norm_ >= 0)) throw bad("invalid norm bound");
+  if (!(std::isfinite(max_norm) && max_norm >= 0)) throw bad("invalid norm bound");
   check_fits_in_memory(payload, "codes");
-  c.dtype_ = store.dtype();
-  c.codes_.resize(codes_len);
-  c.scale_.resize(c.count_);
-  c.error_.resize(c.count_);
-  file.read_at(kPayloadOffset, c.codes_.data(), codes_len);
-  file.read_at(kPayloadOffset + align8(codes_len), c.scale_.data(), 4 * c.count_);
-  file.read_at(kPayloadOffset + align8(codes_len) + 4 * c.count_, c.error_.data(), 4 * c.count_);
+  // The payload as it is in the file (padding included: a flipped bit there is corruption too).
+  std::vector<std::int8_t> rows(align8(codes_len));
+  std::vector<float> meta(floats * K);
+  file.read_at(kPayloadOffset, rows.data(), rows.size());
+  file.read_at(kPayloadOffset + rows.size(), meta.data(), 4 * meta.size());
   XXH64_state_t* st = XXH64_createState();
   if (!st) throw Error("codes: out of memory");
-  std::uint64_t pad = 0;  // the padding as it is in the file: a flipped bit there is corruption too
-  file.read_at(kPayloadOffset + codes_len, &pad, align8(codes_len) - codes_len);
   XXH64_reset(st, 0);
-  XXH64_update(st, c.codes_.data(), codes_len);
-  XXH64_update(st, &pad, align8(codes_len) - codes_len);
-  XXH64_update(st, c.scale_.data(), 4 * c.count_);
-  XXH64_update(st, c.error_.data(), 4 * c.count_);
+  XXH64_update(st, rows.data(), rows.size());
+  XXH64_update(st, meta.data(), 4 * meta.size());
   const std::uint64_t got = XXH64_digest(st);
   XXH64_freeState(st);
   if (got != get<std::uint64_t>(h + 64)) throw bad("payload checksum mismatch (corrupted codes)");
-  for (std::size_t mu = 0; mu < c.count_; ++mu)
-    if (!(std::isfinite(c.scale_[mu]) && c.scale_[mu] >= 0 && std::isfinite(c.error_[mu]) && c.error_[mu] >= 0))
-      throw bad(detail::concat("invalid scale or bound of memory ", mu));
-  c.sum_codes();
+  for (std::size_t k = 0; k < meta.size(); ++k)
+    if (!(std::isfinite(meta[k]) && meta[k] >= 0))
+      throw bad(detail::concat("invalid scale or bound of memory ", k % K));
+  if (version == 1) {
+    // Codes in [-127, 127] do not split into two 4-bit levels: derived again from the store (whose
+    // rows the checks above tied to the file).
+    CodeIndex c = build(store);
+    c.source_version_ = 1;
+    return c;
+  }
+  for (std::size_t k = 0; k < codes_len; ++k)
+    if (rows[k] < -kCodeMax || rows[k] > kCodeMax)
+      throw bad(detail::concat("code ", int(rows[k]), " of memory ", k / d, " is outside [-", kCodeMax, ", ", kCodeMax,
+                               "]"));
+  CodeIndex c;
+  c.dtype_ = store.dtype();
+  c.rows_hash_ = rows_hash;
+  c.max_norm_ = max_norm;
+  c.source_version_ = version;
+  c.allocate(K, d);
+  std::copy(meta.begin(), meta.begin() + K, c.scale_.begin());
+  std::copy(meta.begin() + K, meta.begin() + 2 * K, c.error_.begin());
+  std::copy(meta.begin() + 2 * K, meta.end(), c.coarse_.begin());
+  detail::parallel_chunks(K, detail::resolve_threads(0), [&](std::size_t, std::size_t b, std::size_t e) {
+    for (std::size_t mu = b; mu < e; ++mu)
+      for (std::size_t j = 0; j < d; ++j) c.set_code(mu, j, rows[mu * d + j]);
+  });
   return c;
 }
 

@@ -451,9 +451,11 @@ AttentionPartial merged_b_partial(const detail::EngineCore& core, const MemorySt
 // ------------------------------------------------------------------------------------------------
 // Certified model B pass (issue 14; codes.hpp). For query q and memory mu the screen gives a_mu (the
 // codes' exact integer dot product with the quantised query, scaled) and a bound b_mu on |q . xi_mu - a_mu|
-// (kernels.hpp, screen_bounds), so l_mu = beta (a_mu - b_mu) <= beta q . xi_mu <= u_mu = beta (a_mu + b_mu).
-// With L = max_mu l_mu (a lower
-// bound on the largest score, hence exp(L) <= Z), the memories with u_mu < L - tau, tau = ln(K / eps),
+// (kernels.hpp: coarse_bound from the codes' coarse 4-bit level, screen_bound from the whole int8 code),
+// so l_mu = beta (a_mu - b_mu) <= beta q . xi_mu <= u_mu = beta (a_mu + b_mu). Every memory gets the
+// coarse bounds (d / 2 bytes read); only those whose coarse u_mu reaches the running cut get the fine
+// ones (the low plane of their block), and any valid pair serves below.
+// With L = max_mu l_mu (a lower bound on the largest score, hence exp(L) <= Z), the memories with u_mu < L - tau, tau = ln(K / eps),
 // together carry a softmax weight of at most delta = |D| exp(max_D u - L) <= K e^-tau = eps; the others
 // (the candidates) are rescored exactly with the engine's own kernels. The returned state v (softmax over
 // the candidates) and the exact v* = (1 - w) v + w v_D (w <= delta the discarded weight, v_D their
@@ -482,87 +484,110 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
                                      std::vector<double>& delta) {
   const CodeIndex& codes = *core.opt.codes;
   const MemoryStore& store = *core.store;
-  const std::size_t K = store.size(), d = store.dim();
+  const std::size_t K = store.size(), d = store.dim(), groups = codes.groups();
   const double tau = std::log(double(K) / eps);
-  // Each query quantised like the memories: q = sq q8 + r_q; qu = q8 + 128 for the unsigned-by-signed
-  // integer products. Norms in double, rounded up by a margin far above their rounding.
+  const double R = double(codes.max_norm());
+  // Each query quantised like the memories: q = sq q8 + r_q (int8, zero-padded to the planes' groups).
+  // Norms in double, rounded up by a margin far above their rounding.
   std::vector<double> qnorm(n), sq(n), rq(n);
-  std::vector<std::uint8_t> qu(n * d);
+  std::vector<std::int8_t> q8(n * groups * 8, 0);
+  std::vector<kernels::CoarseQuery> cq(n);
   for (std::size_t i = 0; i < n; ++i) {
     const float* qi = q + i * d;
     float amax = 0;
     for (std::size_t j = 0; j < d; ++j) amax = std::max(amax, std::fabs(qi[j]));
     const double s = double(amax) / 127.0;
     double s2 = 0, r2 = 0;
+    std::int32_t qsum = 0;
     for (std::size_t j = 0; j < d; ++j) {
-      const double q8 = s > 0 ? std::clamp(std::nearbyint(double(qi[j]) / s), -127.0, 127.0) : 0.0;
-      qu[i * d + j] = static_cast<std::uint8_t>(static_cast<int>(q8) + 128);
-      const double rest = double(qi[j]) - s * q8;
+      const double c = s > 0 ? std::clamp(std::nearbyint(double(qi[j]) / s), -127.0, 127.0) : 0.0;
+      q8[i * groups * 8 + j] = static_cast<std::int8_t>(c);
+      qsum += static_cast<std::int32_t>(c);
+      const double rest = double(qi[j]) - s * c;
       s2 += double(qi[j]) * double(qi[j]);
       r2 += rest * rest;
     }
     const double margin = 1.0 + 1e-12;
     sq[i] = s;
     qnorm[i] = std::sqrt(s2) * margin;
-    rq[i] = std::sqrt(r2) * margin + 4.0 * 0x1p-52 * s * 127.0 * std::sqrt(double(d));  // s * q8 rounds too
+    rq[i] = std::sqrt(r2) * margin + 4.0 * 0x1p-52 * s * 127.0 * std::sqrt(double(d));  // s * c rounds too
+    cq[i] = {qsum, static_cast<float>(16.0 * s), static_cast<float>(qnorm[i]), static_cast<float>(rq[i]),
+             static_cast<float>(R), static_cast<float>(beta)};
   }
-  const double R = double(codes.max_norm());
   // Screen: the workers split the memories; tiles outermost so that a batch reuses each tile of codes.
-  const std::size_t nw = core.workers(), tile = 256;
-  const std::size_t tiles = (K + tile - 1) / tile;
+  // Per tile and query: the coarse bounds of every memory (a kernel over the high plane), then the fine
+  // bounds of the memories the coarse ones could not discard (the low plane of their blocks only).
+  constexpr std::size_t tile = 256;
+  static_assert(tile % CodeIndex::kBlockRows == 0);
+  const std::size_t nw = core.workers(), tiles = (K + tile - 1) / tile;
+  const std::size_t block_bytes = groups * 64;
   std::vector<std::vector<ScreenState>> local(nw, std::vector<ScreenState>(n));
   std::vector<std::atomic<double>> best(n);
   for (auto& b : best) b.store(-std::numeric_limits<double>::infinity(), std::memory_order_relaxed);
   detail::parallel_chunks(tiles, static_cast<int>(nw), [&](std::size_t w, std::size_t t0, std::size_t t1) {
-    std::vector<std::int32_t> dot(tile);
-    std::vector<double> lo(tile), up(tile);
+    std::vector<std::int32_t> dot(tile), ldot(CodeIndex::kBlockRows);
+    std::vector<float> lo(tile);
+    std::vector<std::uint32_t> idx(tile + 16);
+    std::vector<std::pair<double, double>> fine(tile);  // (lo, up) of the survivors
     constexpr double kNone = -std::numeric_limits<double>::infinity();
+    // L is shared by the workers (any memory's lower bound bounds the largest score from below): a
+    // worker far from the best memories still cuts as sharply as the one that found them.
+    auto raise_L = [&](std::size_t i, ScreenState& st, double l) {
+      double shared = best[i].load(std::memory_order_relaxed);
+      while (l > shared && !best[i].compare_exchange_weak(shared, l, std::memory_order_relaxed)) {
+      }
+      st.L = std::max({st.L, l, shared});
+    };
     for (std::size_t t = t0; t < t1 && !poller.cancelled(); ++t) {
       const std::size_t m0 = t * tile, nt = std::min(tile, K - m0);
+      const std::size_t plane0 = m0 / CodeIndex::kBlockRows * block_bytes;
       if (w == 0) poller.poll(t - t0, t1 - t0);
-      const float* sc = codes.scale() + m0;
-      const float* er = codes.error() + m0;
-      const std::int32_t* cs = codes.code_sums() + m0;
       for (std::size_t i = 0; i < n; ++i) {
         const std::uint8_t* mrow = mask_row(mask, rows, i, K);
         ScreenState& st = local[w][i];
-        // The tile's bounds first (a kernel), then its largest lower bound raises L (any memory's lower
-        // bound is a lower bound of the largest score), then one comparison per memory.
-        double tile_lo, tile_up;
-        core.ops->screen_u8i8(&qu[i * d], codes.codes() + m0 * d, cs, sc, er, nt, d, sq[i], qnorm[i], rq[i], R, beta,
-                              dot.data(), lo.data(), up.data(), &tile_lo, &tile_up);
-        if (mrow) {
-          tile_lo = tile_up = kNone;
-          for (std::size_t k = 0; k < nt; ++k) {
-            if (mrow[m0 + k]) lo[k] = up[k] = kNone;
-            tile_lo = std::max(tile_lo, lo[k]);
-            tile_up = std::max(tile_up, up[k]);
-          }
-        }
-        // L is shared by the workers (any memory's lower bound bounds the largest score from below): a
-        // worker far from the best memories still cuts as sharply as the one that found them.
-        double shared = best[i].load(std::memory_order_relaxed);
-        while (tile_lo > shared && !best[i].compare_exchange_weak(shared, tile_lo, std::memory_order_relaxed)) {
-        }
-        st.L = std::max({st.L, tile_lo, shared});
-        if (top_k > 0)
+        const std::int8_t* qi8 = &q8[i * groups * 8];
+        // The coarse cut in float, rounded down: the survivors are a superset of the memories at the cut.
+        const double cut0 = st.threshold(tau, top_k);
+        float cutf = static_cast<float>(cut0);
+        if (double(cutf) > cut0) cutf = std::nextafter(cutf, -std::numeric_limits<float>::infinity());
+        float stats[2];
+        const std::size_t ns = core.ops->screen_coarse(codes.high_plane() + plane0, nt, groups, qi8, cq[i],
+                                                       codes.scale() + m0, codes.coarse_error() + m0,
+                                                       mrow ? mrow + m0 : nullptr, cutf, dot.data(), lo.data(), stats,
+                                                       idx.data());
+        raise_L(i, st, double(stats[0]));
+        st.disc = std::max(st.disc, double(stats[1]));
+        st.kept += nt;
+        if (mrow)
+          for (std::size_t k = 0; k < nt; ++k) st.kept -= mrow[m0 + k] != 0;
+        if (top_k > 0)  // the coarse lower bounds: one per memory
           for (std::size_t k = 0; k < nt; ++k)
             if (lo[k] > kNone && (st.low.size() < top_k || lo[k] > st.low.top())) {
               if (st.low.size() == top_k) st.low.pop();
               st.low.push(lo[k]);
             }
-        const double cut = st.threshold(tau, top_k);
-        if (tile_up < cut) {  // the common case: nothing in this tile can carry weight
-          st.disc = std::max(st.disc, tile_up);
-        } else {
-          for (std::size_t k = 0; k < nt; ++k) {
-            if (up[k] >= cut) st.cand.emplace_back(m0 + k, up[k]);
-            else st.disc = std::max(st.disc, up[k]);  // masked: -inf, no effect
+        if (ns == 0) continue;
+        // The fine bounds of the survivors: q8 . c = 16 q8 . h + q8 . l, from the two planes' sums.
+        const std::int64_t shift = 8 * std::int64_t(cq[i].qsum);
+        double fine_lo = kNone;
+        std::size_t block = std::numeric_limits<std::size_t>::max();
+        for (std::size_t k = 0; k < ns; ++k) {
+          const std::size_t r = idx[k];
+          if (r / CodeIndex::kBlockRows != block) {
+            block = r / CodeIndex::kBlockRows;
+            core.ops->nibble_dots(codes.low_plane() + plane0 + block * block_bytes, 1, groups, qi8, ldot.data());
           }
+          const std::int64_t p = 16 * (std::int64_t(dot[r]) - shift) + (ldot[r % CodeIndex::kBlockRows] - shift);
+          kernels::screen_bound(p, codes.scale()[m0 + r], codes.error()[m0 + r], sq[i], qnorm[i], rq[i], R, beta,
+                                &fine[k].first, &fine[k].second);
+          fine_lo = std::max(fine_lo, fine[k].first);
         }
-        st.kept += nt;
-        if (mrow)
-          for (std::size_t k = 0; k < nt; ++k) st.kept -= mrow[m0 + k] != 0;
+        raise_L(i, st, fine_lo);
+        const double cut = st.threshold(tau, top_k);
+        for (std::size_t k = 0; k < ns; ++k) {
+          if (fine[k].second >= cut) st.cand.emplace_back(m0 + idx[k], fine[k].second);
+          else st.disc = std::max(st.disc, fine[k].second);
+        }
       }
     }
   });

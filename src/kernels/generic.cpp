@@ -69,26 +69,40 @@ void dots_f32(const float* q, const float* rows, std::size_t nt, std::size_t d, 
   }
 }
 
-void idots_u8i8(const std::uint8_t* qu, const std::int8_t* codes, std::size_t nt, std::size_t d, std::int32_t* out) {
-  for (std::size_t t = 0; t < nt; ++t) {
-    std::int32_t s = 0;
-    for (std::size_t k = 0; k < d; ++k) s += std::int32_t(qu[k]) * std::int32_t(codes[t * d + k]);
-    out[t] = s;
-  }
+void nibble_dots(const std::uint8_t* plane, std::size_t nblocks, std::size_t groups, const std::int8_t* q8,
+                 std::int32_t* dot) {
+  for (std::size_t b = 0; b < nblocks; ++b)
+    for (std::size_t r = 0; r < 16; ++r) {
+      std::int32_t s = 0;
+      for (std::size_t g = 0; g < groups; ++g) {
+        const std::uint8_t* p = plane + (b * groups + g) * 64 + 4 * r;
+        for (std::size_t k = 0; k < 4; ++k)
+          s += std::int32_t(p[k] & 15) * q8[8 * g + k] + std::int32_t(p[k] >> 4) * q8[8 * g + 4 + k];
+      }
+      dot[16 * b + r] = s;
+    }
 }
 
-void screen_u8i8(const std::uint8_t* qu, const std::int8_t* codes, const std::int32_t* csum, const float* scale,
-                 const float* err, std::size_t nt, std::size_t d, double sq, double qn, double rq, double R, double beta,
-                 std::int32_t* dot, double* lo, double* up, double* max_lo, double* max_up) {
-  idots_u8i8(qu, codes, nt, d, dot);
-  double ml = -__builtin_inf(), mu = ml;
+std::size_t screen_coarse(const std::uint8_t* high, std::size_t nt, std::size_t groups, const std::int8_t* q8,
+                          const CoarseQuery& cq, const float* scale, const float* err, const std::uint8_t* mask,
+                          float cut, std::int32_t* dot, float* lo, float* stats, std::uint32_t* idx) {
+  nibble_dots(high, (nt + 15) / 16, groups, q8, dot);
+  float ml = -__builtin_inff(), disc = ml;
+  std::size_t n = 0;
   for (std::size_t t = 0; t < nt; ++t) {
-    screen_bound(dot[t], csum[t], scale[t], err[t], sq, qn, rq, R, beta, &lo[t], &up[t]);
+    if (mask && mask[t]) {
+      lo[t] = -__builtin_inff();
+      continue;
+    }
+    float u;
+    coarse_bound(dot[t], scale[t], err[t], cq, &lo[t], &u);
     ml = std::max(ml, lo[t]);
-    mu = std::max(mu, up[t]);
+    if (u >= cut) idx[n++] = static_cast<std::uint32_t>(t);
+    else disc = std::max(disc, u);
   }
-  *max_lo = ml;
-  *max_up = mu;
+  stats[0] = ml;
+  stats[1] = disc;
+  return n;
 }
 
 void dots_bf16(const float* q, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* out) {
@@ -158,7 +172,7 @@ const Ops& generic_ops() {
   static const Ops ops{"generic", false, 8, false,   &pack_xt,   &gemm1_f32, &gemm2_f32,  nullptr,       nullptr,
                        nullptr,   nullptr, &to_bf16,   &dots_f32,  &dots_bf16,  &axpy_f32,     &axpy_bf16,
                        &scaled_max, &exp_shift_sum, &scale, &masked_sums, &add_signed, &lookup_pairs,
-                       &screen_u8i8};
+                       &nibble_dots, &screen_coarse};
   return ops;
 }
 

@@ -18,6 +18,13 @@ namespace assocmem::kernels {
 constexpr std::size_t kBlock = 32;
 inline std::size_t round_up(std::size_t x, std::size_t m) { return (x + m - 1) / m * m; }
 
+/// One query's constants for the coarse screen (float: the screen's slack covers their rounding).
+struct CoarseQuery {
+  std::int32_t qsum;  // sum_j q8[j]
+  float k16;          // 16 s_q
+  float qn, rq, R, beta;
+};
+
 struct Ops {
   const char* name;
   bool bf16_products;      // gemm1/gemm2 take bf16 operands (queries and weights rounded to bf16)
@@ -65,25 +72,46 @@ struct Ops {
   void (*lookup_pairs)(const std::int32_t* m, std::size_t n, const double* table, std::int32_t offset, double* a,
                        double* b);
 
-  // Certified retrieval's screen (codes.hpp): the query quantised to qu = q8 + 128 (uint8), exact integer
-  // dot products dot[t] = sum_j qu[j] codes_t[j] over int8 rows of stride d (d <= 65535), then
-  // screen_bound (below) for each memory into lo, up, and their maxima max_lo, max_up.
-  void (*screen_u8i8)(const std::uint8_t* qu, const std::int8_t* codes, const std::int32_t* csum, const float* scale,
-                      const float* err, std::size_t nt, std::size_t d, double sq, double qn, double rq, double R,
-                      double beta, std::int32_t* dot, double* lo, double* up, double* max_lo, double* max_up);
+  // Certified retrieval's screen over the codes' 4-bit planes (codes.hpp: blocks of 16 memories x 8
+  // dimensions, 64 bytes per group, values in [0, 15]) against the query's int8 codes q8 (zero-padded
+  // to groups x 8): exact integer dot products, dot[16 b + r] = sum_j plane(b, r, j) q8[j], for nblocks
+  // blocks.
+  void (*nibble_dots)(const std::uint8_t* plane, std::size_t nblocks, std::size_t groups, const std::int8_t* q8,
+                      std::int32_t* dot);
+  /// The coarse screen of memories [0, nt) of a tile (nibble_dots on the high plane, then coarse_bound
+  /// below for each memory not masked (mask[t] != 0: masked; mask may be null)): lo[t] (-inf where
+  /// masked), dot[t]; the indices t with up >= cut appended to idx (returns how many); stats[0] = the
+  /// largest lo, stats[1] = the largest up among the others (the memories the screen discards).
+  std::size_t (*screen_coarse)(const std::uint8_t* high, std::size_t nt, std::size_t groups, const std::int8_t* q8,
+                               const CoarseQuery& cq, const float* scale, const float* err,
+                               const std::uint8_t* mask, float cut, std::int32_t* dot, float* lo, float* stats,
+                               std::uint32_t* idx);
 };
 
-/// The screen's bound of one memory from its integer dot product (one definition, compiled into
-/// each instruction set's screen_u8i8, which may evaluate it 8 memories at a time): with q = sq q8 + r_q
-/// and xi_t = scale_t c_t + r_t,
-///   q . xi_t = scale_t sq (q8 . c_t) + scale_t (r_q . c_t) + q . r_t,
-///   |scale_t (r_q . c_t)| <= rq scale_t ||c_t|| <= rq (R + err_t),  |q . r_t| <= qn err_t,
-/// a = scale_t sq (dot_t - 128 csum_t) (an exact integer, scaled in double), so with
-/// b = e + 2^-40 (|a| + e), e = qn err_t + rq (R + err_t) (the 2^-40 covers every rounding of a, b and
-/// the bounds, each at most 2^-53 relative): lo = beta (a - b), up = beta (a + b).
-inline void screen_bound(std::int32_t dot, std::int32_t csum, float scale, float err, double sq, double qn, double rq,
-                         double R, double beta, double* lo, double* up) {
-  const double a = double(scale) * sq * double(dot - 128 * csum);
+/// The coarse bound of one memory (one definition, compiled into each instruction set's screen_coarse,
+/// which may evaluate it 16 memories at a time): dot = q8 . (h + 8), so q8 . h = dot - 8 qsum exactly and
+/// a = 16 s s_q (q8 . h) approximates q . xi within e = qn e1 + rq (R + e1) (codes.hpp). In float: the
+/// conversion and the three products round a by at most 4 2^-24 relative, e by about as much, and
+/// beta (a -+ b) by 2 2^-24 more; b = e + 2^-16 (|a| + e) + 2^-100 covers them all with room (the last
+/// term for underflow), so lo <= beta q . xi <= up.
+inline void coarse_bound(std::int32_t dot, float scale, float err, const CoarseQuery& c, float* lo, float* up) {
+  const float a = scale * c.k16 * static_cast<float>(dot - 8 * c.qsum);
+  const float e = c.qn * err + c.rq * (c.R + err);
+  const float b = e + 0x1p-16f * ((a < 0 ? -a : a) + e) + 0x1p-100f;
+  *lo = c.beta * (a - b);
+  *up = c.beta * (a + b);
+}
+
+/// The fine bound of one memory from its code's exact integer product p = q8 . c (c = 16 h + l,
+/// codes.hpp): with q = sq q8 + r_q and xi = s c + r,
+///   q . xi = s sq (q8 . c) + s (r_q . c) + q . r,
+///   |s (r_q . c)| <= rq s ||c|| <= rq (R + err),  |q . r| <= qn err,
+/// a = s sq p (exact integer, scaled in double), so with b = e + 2^-40 (|a| + e), e = qn err + rq (R + err)
+/// (the 2^-40 covers every rounding of a, b and the bounds, each at most 2^-53 relative):
+/// lo = beta (a - b) <= beta q . xi <= up = beta (a + b).
+inline void screen_bound(std::int64_t p, float scale, float err, double sq, double qn, double rq, double R, double beta,
+                         double* lo, double* up) {
+  const double a = double(scale) * sq * double(p);
   const double e = qn * double(err) + rq * (R + double(err));
   const double b = e + 0x1p-40 * ((a < 0 ? -a : a) + e);
   *lo = beta * (a - b);
