@@ -13,6 +13,7 @@
 #include "assocmem/codes.hpp"
 #include "assocmem/engine.hpp"
 #include "engine_kernels.hpp"
+#include "kernels.hpp"  // src/kernels: the screen kernels, tested one by one
 #include "test_util.hpp"
 
 using namespace assocmem;
@@ -123,6 +124,140 @@ TEST(Codes, BoundTheScoresOfEveryMemory) {
   MemoryStore bits(8, DType::Bits);
   bits.append(Matrix::Ones(2, 8));
   EXPECT_THROW(CodeIndex::build(bits), InvalidArgument);
+}
+
+// Every screen kernel against independent arithmetic: the planes' integer sums equal the codes' (every
+// table, and the AVX-512BW form that CPUs without VNNI run), every memory's coarse and fine bounds hold
+// its true score (long double) between them, and the coarse screen keeps every memory whose true score
+// reaches the cut. Rows of very different scales (1e-20 to 1e3), zero and sparse rows, odd K and d.
+TEST(Codes, ScreenKernelsBoundEveryScore) {
+  std::mt19937_64 rng(11);
+  const std::size_t K = 777, d = 45;
+  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
+  for (std::size_t mu = 0; mu < K; ++mu) {
+    X.row(Eigen::Index(mu)) *= std::pow(10.0, double(mu % 24) - 20.0);  // 1e-20 .. 1e3
+    if (mu % 7 == 0) X.row(Eigen::Index(mu)).tail(30).setZero();      // sparse
+  }
+  X.row(5).setZero();
+  // Rows whose rounding residual is parallel to the queries of trials 4 and 5 (all ones; ones after a
+  // zero), where Cauchy-Schwarz is an equality and any slip in a bound shows: all elements equal (the
+  // coarse level leaves 7 of 119 steps of each), and a largest element u then equal elements at a
+  // fraction of the way between two codes (the fine level leaves 0.49 or 0.3 of a step of each).
+  for (std::size_t mu = 10; mu < 40; ++mu) {
+    const double u = std::pow(2.0, double(mu) - 25.0), st = u / 119;
+    if (mu % 2 == 0) X.row(Eigen::Index(mu)).setConstant(u);
+    else {
+      X.row(Eigen::Index(mu)).setConstant((double(mu % 50) + (mu % 3 ? 0.49 : 0.3)) * st);
+      X(Eigen::Index(mu), 0) = u;
+    }
+  }
+  const MemoryStore s = store_of(X, DType::Float32);
+  const CodeIndex c = CodeIndex::build(s);
+  const std::size_t groups = c.groups(), nb = (K + 15) / 16;
+  std::vector<const kernels::Ops*> tables = {&kernels::generic_ops()};
+  if (kernels::avx512_ops()) tables.push_back(kernels::avx512_ops());
+  std::vector<float> row(d);
+  for (int trial = 0; trial < 6; ++trial) {
+    std::vector<float> q(d);
+    std::normal_distribution<float> g(0, 1);
+    for (auto& x : q) x = g(rng) * (trial == 0 ? 1e-3f : trial == 1 ? 1.0f : 30.0f);
+    if (trial == 3) std::fill(q.begin() + 3, q.end(), 0.0f);
+    if (trial >= 4) std::fill(q.begin(), q.end(), 1.0f);
+    if (trial == 5) q[0] = 0;
+    // The query's int8 codes, as the engine makes them (independently of it: the bound needs only that
+    // q = sq q8 + r_q with the stated norms).
+    float amax = 0;
+    for (float x : q) amax = std::max(amax, std::fabs(x));
+    const double sq = double(amax) / 127.0;
+    std::vector<std::int8_t> q8(groups * 8, 0);
+    long double qn2 = 0, rq2 = 0;
+    std::int32_t qsum = 0;
+    for (std::size_t j = 0; j < d; ++j) {
+      q8[j] = static_cast<std::int8_t>(std::nearbyint(q[j] / sq));
+      qsum += q8[j];
+      qn2 += (long double)q[j] * q[j];
+      const long double r = (long double)q[j] - (long double)sq * q8[j];
+      rq2 += r * r;
+    }
+    const double qn = double(std::sqrt(qn2)) * (1 + 1e-12), rq = double(std::sqrt(rq2)) * (1 + 1e-9) + 1e-300;
+    const double beta = 3.0, R = c.max_norm();
+    const kernels::CoarseQuery cq{qsum, float(16 * sq), float(qn), float(rq), float(R), float(beta)};
+    // The true scores, and the planes' sums from the codes.
+    std::vector<long double> score(K);
+    std::vector<std::int32_t> hsum(nb * 16, 0), lsum(nb * 16, 0);
+    for (std::size_t mu = 0; mu < K; ++mu) {
+      s.decode_row(mu, row.data());
+      long double x = 0;
+      for (std::size_t j = 0; j < d; ++j) {
+        x += (long double)q[j] * row[j];
+        const int h = c.coarse_code(mu, j);
+        hsum[mu] += (h + 8) * q8[j];
+        lsum[mu] += (c.code(mu, j) - 16 * h + 8) * q8[j];
+      }
+      score[mu] = beta * x;
+    }
+    std::vector<kernels::NibbleDots> dots;
+    for (const auto* t : tables) dots.push_back(t->nibble_dots);
+    if (kernels::avx512bw_nibble_dots()) dots.push_back(kernels::avx512bw_nibble_dots());
+    for (auto nd : dots) {
+      std::vector<std::int32_t> h(nb * 16), l(nb * 16);
+      nd(c.high_plane(), nb, groups, q8.data(), h.data());
+      nd(c.low_plane(), nb, groups, q8.data(), l.data());
+      for (std::size_t mu = 0; mu < K; ++mu) {
+        ASSERT_EQ(h[mu], hsum[mu]) << "memory " << mu;
+        ASSERT_EQ(l[mu], lsum[mu]) << "memory " << mu;
+        // The fine bound from q8 . c = 16 (h - 8 qsum) + (l - 8 qsum), and the coarse bound.
+        double lo, up;
+        kernels::screen_bound(16 * (std::int64_t(h[mu]) - 8 * qsum) + (l[mu] - 8 * qsum), c.scale()[mu],
+                              c.error()[mu], sq, qn, rq, R, beta, &lo, &up);
+        ASSERT_LE(lo, score[mu]) << "memory " << mu;
+        ASSERT_GE(up, score[mu]) << "memory " << mu;
+        float flo, fup;
+        kernels::coarse_bound(h[mu], c.scale()[mu], c.coarse_error()[mu], cq, &flo, &fup);
+        ASSERT_LE(flo, score[mu]) << "memory " << mu;
+        ASSERT_GE(fup, score[mu]) << "memory " << mu;
+      }
+    }
+    // screen_coarse (each table; tiles of 256 memories as the engine runs it, with a mask) at cuts
+    // across the range of the scores: nothing at or above the cut is discarded.
+    std::vector<std::uint8_t> mask(K, 0);
+    for (std::size_t mu = 0; mu < K; mu += 5) mask[mu] = 1;
+    std::vector<long double> sorted(score);
+    std::sort(sorted.begin(), sorted.end());
+    for (const auto* t : tables)
+      for (double quantile : {0.0, 0.5, 0.9, 0.99})
+        for (const std::uint8_t* m : std::vector<const std::uint8_t*>{nullptr, mask.data()}) {
+          const float cut = float(sorted[std::size_t(quantile * (K - 1))]);
+          for (std::size_t m0 = 0; m0 < K; m0 += 256) {
+            const std::size_t nt = std::min<std::size_t>(256, K - m0);
+            std::vector<std::int32_t> dot(256);
+            std::vector<float> lo(256);
+            std::vector<std::uint32_t> idx(256 + 16);
+            float stats[2];
+            const std::size_t n = t->screen_coarse(c.high_plane() + m0 / 16 * groups * 64, nt, groups, q8.data(), cq,
+                                                   c.scale() + m0, c.coarse_error() + m0, m ? m + m0 : nullptr, cut,
+                                                   dot.data(), lo.data(), stats, idx.data());
+            std::vector<bool> kept(nt, false);
+            for (std::size_t k = 0; k < n; ++k) kept[idx[k]] = true;
+            for (std::size_t k = 0; k < nt; ++k) {
+              const std::size_t mu = m0 + k;
+              if (m && m[mu]) {
+                ASSERT_FALSE(kept[k]) << t->name << ": masked memory " << mu << " kept";
+                ASSERT_EQ(lo[k], -INFINITY);
+                continue;
+              }
+              ASSERT_LE(lo[k], score[mu]) << t->name << " memory " << mu;
+              ASSERT_LE(lo[k], stats[0]);
+              if (score[mu] >= cut) {
+                ASSERT_TRUE(kept[k]) << t->name << ": memory " << mu << " above the cut discarded";
+              }
+              if (!kept[k]) {
+                ASSERT_GE(stats[1], score[mu]) << t->name << " memory " << mu;
+              }
+            }
+          }
+        }
+  }
 }
 
 // Well separated memories at a retrieving beta: few candidates, and the state within its bound of the

@@ -743,5 +743,6 @@ constexpr Ops kAmxBf16{"amx_bf16", true, 16, true,        &pack_xt,  &gemm1_f32,
 const Ops* avx512_table() { return &kAvx512; }
 const Ops* avx512_bf16_table() { return &kAvx512Bf16; }
 const Ops* amx_bf16_table() { return &kAmxBf16; }
+NibbleDots avx512bw_nibble_dots_entry() { return &nibble_dots_bw; }
 
 }  // namespace assocmem::kernels

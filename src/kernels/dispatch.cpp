@@ -16,6 +16,7 @@ namespace assocmem::kernels {
 const Ops* avx512_table();
 const Ops* avx512_bf16_table();
 const Ops* amx_bf16_table();
+NibbleDots avx512bw_nibble_dots_entry();
 
 namespace {
 bool cpu_has_avx512() {
@@ -50,7 +51,9 @@ bool cpu_has_amx_bf16() { return cpu_has_avx512_bf16() && cpuid_amx_bf16() && am
 const Ops* avx512_ops() { return cpu_has_avx512() ? avx512_table() : nullptr; }
 const Ops* avx512_bf16_ops() { return cpu_has_avx512_bf16() ? avx512_bf16_table() : nullptr; }
 const Ops* amx_bf16_ops() { return cpu_has_amx_bf16() ? amx_bf16_table() : nullptr; }
+NibbleDots avx512bw_nibble_dots() { return cpu_has_avx512() ? avx512bw_nibble_dots_entry() : nullptr; }
 #else
+NibbleDots avx512bw_nibble_dots() { return nullptr; }
 const Ops* avx512_ops() { return nullptr; }
 const Ops* avx512_bf16_ops() { return nullptr; }
 const Ops* amx_bf16_ops() { return nullptr; }

@@ -118,6 +118,11 @@ inline void screen_bound(std::int64_t p, float scale, float err, double sq, doub
   *up = beta * (a + b);
 }
 
+using NibbleDots = decltype(Ops::nibble_dots);
+/// The AVX-512BW nibble_dots (what the AVX-512 table runs on CPUs without VNNI), for tests on CPUs that
+/// have VNNI; null where this build or this CPU has no AVX-512.
+NibbleDots avx512bw_nibble_dots();
+
 const Ops& generic_ops();
 /// Null when this build or this CPU has no AVX-512 (F, BW, VL, DQ) / AVX-512 BF16.
 const Ops* avx512_ops();
