@@ -449,43 +449,61 @@ AttentionPartial merged_b_partial(const detail::EngineCore& core, const MemorySt
 }
 
 // ------------------------------------------------------------------------------------------------
-// Certified model B pass (issue 14; codes.hpp). For query q and memory mu the screen gives a_mu (the
-// codes' exact integer dot product with the quantised query, scaled) and a bound b_mu on |q . xi_mu - a_mu|
+// Certified passes (issue 14; codes.hpp). For query q and memory mu the screen gives a_mu (the codes'
+// exact integer dot product with the quantised query, scaled) and a bound b_mu on |q . xi_mu - a_mu|
 // (kernels.hpp: coarse_bound from the codes' coarse 4-bit level, screen_bound from the whole int8 code),
 // so l_mu = beta (a_mu - b_mu) <= beta q . xi_mu <= u_mu = beta (a_mu + b_mu). Every memory gets the
 // coarse bounds (d / 2 bytes read); only those whose coarse u_mu reaches the running cut get the fine
 // ones (the low plane of their block), and any valid pair serves below.
-// With L = max_mu l_mu (a lower bound on the largest score, hence exp(L) <= Z), the memories with u_mu < L - tau, tau = ln(K / eps),
-// together carry a softmax weight of at most delta = |D| exp(max_D u - L) <= K e^-tau = eps; the others
-// (the candidates) are rescored exactly with the engine's own kernels. The returned state v (softmax over
-// the candidates) and the exact v* = (1 - w) v + w v_D (w <= delta the discarded weight, v_D their
-// average) differ by w ||v - v_D|| <= delta (||v|| + R), R >= max ||xi||. Too many candidates (more than
-// K / 16: the rescoring would cost more than the scan it saves), or a top-k list that reaches below a
-// discarded memory's upper bound, fall back to the exact pass for that query.
-// With top_k, a memory whose upper bound is below the k-th largest lower bound l_(k) cannot be in the
-// top k either (k memories score at least l_(k)), so the candidates are the memories with
-// u_mu >= min(L - tau, l_(k)). During the scan the running L and l_(k) only grow: the running rule keeps
+// L = max_mu l_mu is a lower bound on the largest score. The memories with u_mu below the cut c(L)
+// (CutRule) are discarded, the others (the candidates) rescored exactly with the engine's own kernels.
+//   Model B, scores beta q . xi, c = L - tau, tau = ln(K / eps): the discarded carry a softmax weight of
+//   at most delta = |D| exp(max_D u - L) <= K e^-tau = eps (exp(L) <= Z); the returned state v (softmax
+//   over the candidates) and the exact v* = (1 - w) v + w v_D (w <= delta, v_D the discarded memories'
+//   average) differ by w ||v - v_D|| <= delta (||v|| + R), R >= max ||xi||.
+//   Model C (eq. 22), scores x = xi . g (times beta for F = exp), F' >= 0 non-decreasing: the discarded
+//   drive sum_D xi_mu F'(x_mu) has norm <= R |D| F'(max_D u), and with c such that
+//   K F'(c) <= eps F'(L) <= eps sum_C F'(x) (the memory that attains L is a candidate), at most eps of
+//   the candidates' F' mass: exp, c = L - tau (as B); rectified power n, F'(x) = n x^(n-1) for x > 0, 0
+//   below, c = (eps / K)^(1 / (n - 1)) L for L > 0, else 0 (memories with u <= 0 contribute exactly 0).
+// Too many candidates (more than K / 16: the rescoring would cost more than the scan it saves), or (B)
+// a top-k list that reaches below a discarded memory's upper bound, fall back to the exact pass for
+// that query. With top_k, a memory whose upper bound is below the k-th largest lower bound l_(k)
+// cannot be in the top k either (k memories score at least l_(k)), so the candidates are the memories
+// with u_mu >= min(c, l_(k)). During the scan the running L and l_(k) only grow: the running rule keeps
 // a superset, filtered once the final values are known.
+struct CutRule {
+  double tau = 0;     // c = L - tau
+  double ratio = -1;  // >= 0: c = ratio L for L > 0, else 0
+  double operator()(double L) const { return ratio < 0 ? L - tau : (L > 0 ? ratio * L : 0.0); }
+};
+
 struct ScreenState {  // one query's screen over one worker's memories
   double L = -std::numeric_limits<double>::infinity();          // max lower bound seen
   double disc = -std::numeric_limits<double>::infinity();       // max upper bound among the discarded
   std::size_t kept = 0;                                         // unmasked memories seen
   std::vector<std::pair<std::size_t, double>> cand;             // (memory, upper bound)
   std::priority_queue<double, std::vector<double>, std::greater<double>> low;  // the top_k largest lower bounds
-  double threshold(double tau, std::size_t top_k) const {
-    const double t = L - tau;
+  double threshold(const CutRule& rule, std::size_t top_k) const {
+    const double t = rule(L);
     return top_k == 0 ? t : std::min(t, low.size() < top_k ? -std::numeric_limits<double>::infinity() : low.top());
   }
 };
 
-AttentionPartial certified_b_partial(const detail::EngineCore& core, const float* q, std::size_t n, std::size_t top_k,
-                                     const MemoryMask& mask, const std::vector<std::size_t>* rows, double beta,
-                                     double eps, Poller& poller, std::vector<Certificate>& certs,
-                                     std::vector<double>& delta) {
+// One query's screen, all workers merged.
+struct Screened {
+  std::vector<std::size_t> cand;  // the candidates, in store order
+  double L = -std::numeric_limits<double>::infinity(), disc = -std::numeric_limits<double>::infinity();
+  std::size_t kept = 0;           // memories the mask leaves
+  bool exact = false;             // too many candidates (or too few for top_k): the exact pass instead
+};
+
+// The screen of n queries (rows of q, dimension d) with scores beta q . xi.
+std::vector<Screened> certified_screen(const detail::EngineCore& core, const float* q, std::size_t n, std::size_t top_k,
+                                       const MemoryMask& mask, const std::vector<std::size_t>* rows, double beta,
+                                       const CutRule& rule, Poller& poller) {
   const CodeIndex& codes = *core.opt.codes;
-  const MemoryStore& store = *core.store;
-  const std::size_t K = store.size(), d = store.dim(), groups = codes.groups();
-  const double tau = std::log(double(K) / eps);
+  const std::size_t K = core.store->size(), d = core.dim(), groups = codes.groups();
   const double R = double(codes.max_norm());
   // Each query quantised like the memories: q = sq q8 + r_q (int8, zero-padded to the planes' groups).
   // Norms in double, rounded up by a margin far above their rounding.
@@ -547,7 +565,7 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
         ScreenState& st = local[w][i];
         const std::int8_t* qi8 = &q8[i * groups * 8];
         // The coarse cut in float, rounded down: the survivors are a superset of the memories at the cut.
-        const double cut0 = st.threshold(tau, top_k);
+        const double cut0 = st.threshold(rule, top_k);
         float cutf = static_cast<float>(cut0);
         if (double(cutf) > cut0) cutf = std::nextafter(cutf, -std::numeric_limits<float>::infinity());
         float stats[2];
@@ -583,7 +601,7 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
           fine_lo = std::max(fine_lo, fine[k].first);
         }
         raise_L(i, st, fine_lo);
-        const double cut = st.threshold(tau, top_k);
+        const double cut = st.threshold(rule, top_k);
         for (std::size_t k = 0; k < ns; ++k) {
           if (fine[k].second >= cut) st.cand.emplace_back(m0 + idx[k], fine[k].second);
           else st.disc = std::max(st.disc, fine[k].second);
@@ -592,64 +610,93 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
     }
   });
   poller.throw_if_cancelled();
+  std::vector<Screened> out(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    ScreenState all;  // the workers' screens merged: L, l_(k), then the final threshold
+    Screened& o = out[i];
+    for (std::size_t w = 0; w < nw; ++w) {
+      ScreenState& st = local[w][i];
+      all.L = std::max(all.L, st.L);
+      o.disc = std::max(o.disc, st.disc);
+      all.kept += st.kept;
+      for (; !st.low.empty(); st.low.pop())
+        if (all.low.size() < top_k || st.low.top() > all.low.top()) {
+          if (all.low.size() == top_k) all.low.pop();
+          all.low.push(st.low.top());
+        }
+    }
+    const double cut = all.threshold(rule, top_k);
+    o.L = all.L;
+    o.kept = all.kept;
+    for (std::size_t w = 0; w < nw; ++w)
+      for (const auto& [mu, up] : local[w][i].cand) {
+        if (up >= cut) o.cand.push_back(mu);
+        else o.disc = std::max(o.disc, up);
+      }
+    std::sort(o.cand.begin(), o.cand.end());
+    // Gathering scattered rows costs several times a streamed row: past K / 16 candidates the exact
+    // scan is the cheaper pass (measured: 110,000 of 10^6 candidates took 3.5x the exact scan).
+    const bool too_many = o.cand.size() > std::max<std::size_t>(o.kept / 16, 64);
+    o.exact = o.kept == 0 || too_many || (top_k > 0 && o.cand.size() < std::min(top_k, o.kept));
+  }
+  return out;
+}
+
+// The candidates' rows gathered (the rescoring reads them scattered once), and their exact scores q . xi.
+void gather_scores(const detail::EngineCore& core, const float* q, const std::vector<std::size_t>& cand,
+                   std::vector<std::uint8_t>& buf, std::vector<float>& sc) {
+  const MemoryStore& store = *core.store;
+  const std::size_t nc = cand.size(), rb = store.row_bytes(), d = store.dim();
+  buf.resize(nc * rb);
+  for (std::size_t c = 0; c < nc; ++c) std::memcpy(&buf[c * rb], store.row(cand[c]), rb);
+  sc.resize(nc);
+  if (store.dtype() == DType::BFloat16)
+    core.ops->dots_bf16(q, reinterpret_cast<const std::uint16_t*>(buf.data()), nc, d, sc.data());
+  else
+    core.ops->dots_f32(q, reinterpret_cast<const float*>(buf.data()), nc, d, sc.data());
+}
+
+// acc += sum_c p[c] row_c over the gathered rows.
+void gather_accumulate(const detail::EngineCore& core, const std::vector<std::uint8_t>& buf, const float* p,
+                       std::size_t nc, float* acc) {
+  const std::size_t d = core.store->dim();
+  if (core.store->dtype() == DType::BFloat16)
+    core.ops->axpy_bf16(p, reinterpret_cast<const std::uint16_t*>(buf.data()), nc, d, acc);
+  else
+    core.ops->axpy_f32(p, reinterpret_cast<const float*>(buf.data()), nc, d, acc);
+}
+
+// Certified model B pass (above): the screen, then eq. (16) over the candidates.
+AttentionPartial certified_b_partial(const detail::EngineCore& core, const float* q, std::size_t n, std::size_t top_k,
+                                     const MemoryMask& mask, const std::vector<std::size_t>* rows, double beta,
+                                     double eps, Poller& poller, std::vector<Certificate>& certs,
+                                     std::vector<double>& delta) {
+  const MemoryStore& store = *core.store;
+  const std::size_t K = store.size(), d = store.dim();
+  const std::vector<Screened> scr =
+      certified_screen(core, q, n, top_k, mask, rows, beta, CutRule{std::log(double(K) / eps)}, poller);
   AttentionPartial out(n, d, top_k);
   std::vector<std::size_t> exact;  // queries that fall back
-  detail::parallel_chunks(n, static_cast<int>(nw), [&](std::size_t, std::size_t i0, std::size_t i1) {
+  std::vector<std::uint8_t> fell(n, 0);
+  detail::parallel_chunks(n, static_cast<int>(core.workers()), [&](std::size_t, std::size_t i0, std::size_t i1) {
     std::vector<std::uint8_t> buf;
     std::vector<float> sc, p, acc(d);
     for (std::size_t i = i0; i < i1; ++i) {
-      ScreenState all;  // the workers' screens merged: L, l_(k), then the final threshold
-      double disc = -std::numeric_limits<double>::infinity();
-      for (std::size_t w = 0; w < nw; ++w) {
-        ScreenState& st = local[w][i];
-        all.L = std::max(all.L, st.L);
-        disc = std::max(disc, st.disc);
-        all.kept += st.kept;
-        for (; !st.low.empty(); st.low.pop())
-          if (all.low.size() < top_k || st.low.top() > all.low.top()) {
-            if (all.low.size() == top_k) all.low.pop();
-            all.low.push(st.low.top());
-          }
-      }
-      const double L = all.L, cut = all.threshold(tau, top_k);
-      const std::size_t kept = all.kept;
-      std::vector<std::size_t> cand;
-      for (std::size_t w = 0; w < nw; ++w)
-        for (const auto& [mu, up] : local[w][i].cand) {
-          if (up >= cut) cand.push_back(mu);
-          else disc = std::max(disc, up);
-        }
-      const std::size_t b = rows ? (*rows)[i] : i;
-      // Gathering scattered rows costs several times a streamed row: past K / 16 candidates the exact
-      // scan is the cheaper pass (measured: 110,000 of 10^6 candidates took 3.5x the exact scan).
-      const bool too_many = cand.size() > std::max<std::size_t>(kept / 16, 64);
-      if (kept == 0 || too_many || (top_k > 0 && cand.size() < std::min(top_k, kept))) {
-        exact.push_back(i);
+      const Screened& s = scr[i];
+      if (s.exact) {
+        fell[i] = 1;
         continue;
       }
-      std::sort(cand.begin(), cand.end());
-      // Exact rescoring: the candidates' rows gathered, scored and accumulated by the engine's kernels.
-      const std::size_t nc = cand.size(), rb = store.row_bytes();
-      buf.resize(nc * rb);
-      for (std::size_t c = 0; c < nc; ++c) std::memcpy(&buf[c * rb], store.row(cand[c]), rb);
-      sc.resize(nc);
+      const std::vector<std::size_t>& cand = s.cand;
+      const std::size_t nc = cand.size(), b = rows ? (*rows)[i] : i;
+      gather_scores(core, q + i * d, cand, buf, sc);
       p.resize(nc);
-      if (store.dtype() == DType::BFloat16)
-        core.ops->dots_bf16(q + i * d, reinterpret_cast<const std::uint16_t*>(buf.data()), nc, d, sc.data());
-      else
-        core.ops->dots_f32(q + i * d, reinterpret_cast<const float*>(buf.data()), nc, d, sc.data());
       const float m = core.ops->scaled_max(sc.data(), nc, static_cast<float>(beta));
       core.ops->exp_shift_sum(sc.data(), nc, static_cast<float>(beta), m, p.data());
       double sum = 0;
       for (float x : p) sum += double(x);
       std::fill(acc.begin(), acc.end(), 0.0f);
-      if (store.dtype() == DType::BFloat16)
-        core.ops->axpy_bf16(p.data(), reinterpret_cast<const std::uint16_t*>(buf.data()), nc, d, acc.data());
-      else
-        core.ops->axpy_f32(p.data(), reinterpret_cast<const float*>(buf.data()), nc, d, acc.data());
-      out.max[i] = m;
-      out.sum[i] = sum;
-      std::copy(acc.begin(), acc.end(), &out.acc[i * d]);
+      gather_accumulate(core, buf, p.data(), nc, acc.data());
       if (top_k > 0) {
         std::vector<ScoredId> t(nc);
         for (std::size_t c = 0; c < nc; ++c) t[c] = {static_cast<float>(beta) * sc[c], store.ids()[cand[c]]};
@@ -658,21 +705,25 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
         });
         t.resize(std::min(top_k, nc));
         // A discarded memory whose upper bound reaches the k-th score might belong in the list.
-        if (t.size() < top_k ? disc > -std::numeric_limits<double>::infinity() : disc >= double(t.back().score)) {
-          exact.push_back(i);
+        if (t.size() < top_k ? s.disc > -std::numeric_limits<double>::infinity() : s.disc >= double(t.back().score)) {
+          fell[i] = 1;
           continue;
         }
         out.top[i] = std::move(t);
       }
-      const double dlt = std::isfinite(disc) ? double(kept - nc) * std::exp(disc - L) : 0.0;
+      out.max[i] = m;
+      out.sum[i] = sum;
+      std::copy(acc.begin(), acc.end(), &out.acc[i * d]);
+      const double dlt = std::isfinite(s.disc) ? double(s.kept - nc) * std::exp(s.disc - s.L) : 0.0;
       delta[i] = dlt;
       certs[b].candidates = nc;
       certs[b].discarded_weight = std::max(certs[b].discarded_weight, dlt);
     }
   });
+  for (std::size_t i = 0; i < n; ++i)
+    if (fell[i]) exact.push_back(i);
   // The exact pass for the queries that fell back (one batch; masks follow them through `map`).
   if (!exact.empty()) {
-    std::sort(exact.begin(), exact.end());
     std::vector<float> qe(exact.size() * d);
     std::vector<std::size_t> map(exact.size());
     for (std::size_t k = 0; k < exact.size(); ++k) {
