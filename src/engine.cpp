@@ -913,8 +913,11 @@ std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch,
 
 // ------------------------------------------------------------------------------------------------
 ModelCEngine::ModelCEngine(const MemoryStore& store, InteractionSpec F, double alpha, EngineOptions options)
-    : core_(std::make_unique<detail::EngineCore>(store, options)), F_(make_interaction(F)), alpha_(alpha) {
+    : core_(std::make_unique<detail::EngineCore>(store, options)), spec_(F), F_(make_interaction(F)), alpha_(alpha) {
   ASSOCMEM_CHECK_ARG(std::isfinite(alpha) && alpha >= 0, "alpha must be finite and >= 0, got ", alpha);
+  ASSOCMEM_CHECK_ARG(!options.codes || options.codes->matches(store), "codes: they belong to another store (",
+                     options.codes ? options.codes->size() : 0, " x ", options.codes ? options.codes->dim() : 0,
+                     ", or other rows); build them from this one");
 }
 ModelCEngine::~ModelCEngine() = default;
 ModelCEngine::ModelCEngine(ModelCEngine&&) noexcept = default;
@@ -958,6 +961,81 @@ void merged_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, 
   collectively(core.opt.merger, [&] { model_c_pass(core, F, v, n, mask, rows, poller, drive, energy); });
   if (core.opt.merger) core.opt.merger->merge_sums(drive, energy);
 }
+
+// Certified model C pass (certified_screen, above): the drive at g = v/|v| over the candidates, with
+// error[i] >= ||drive_i - exact drive_i|| (R |D| F'(max_D u)); queries with too many candidates take the
+// exact pass. F is rectified power (n >= 1) or exp: F' >= 0, non-decreasing.
+void certified_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, const InteractionSpec& spec,
+                      const float* v, std::size_t n, const MemoryMask& mask, const std::vector<std::size_t>* rows,
+                      double eps, Poller& poller, std::vector<float>& drive, std::vector<double>& error,
+                      std::vector<Certificate>& certs) {
+  const std::size_t K = core.store->size(), d = core.dim();
+  std::vector<float> g(n * d);
+  for (std::size_t i = 0; i < n; ++i) {
+    const double norm = lagrangians::spherical_direction(v + i * d, d, &g[i * d]);  // eq. (17)
+    ASSOCMEM_CHECK_ARG(norm > 0 && std::isfinite(norm), "queries: row ", rows ? (*rows)[i] : i,
+                       norm > 0 ? " has an infinite norm" : " is zero; model C's output v/|v| is undefined at 0");
+  }
+  // Scores beta x for F = exp (the cut as model B's), x for rectified power.
+  const bool is_exp = spec.kind == Interaction::Exp;
+  const double scale = is_exp ? spec.beta : 1.0;
+  CutRule rule;
+  if (is_exp) rule.tau = std::log(double(K) / eps);
+  else rule.ratio = spec.n > 1 ? std::pow(eps / double(K), 1.0 / (spec.n - 1)) : 0.0;
+  const std::vector<Screened> scr = certified_screen(core, g.data(), n, 0, mask, rows, scale, rule, poller);
+  const double R = double(core.opt.codes->max_norm());
+  drive.assign(n * d, 0.0f);
+  error.assign(n, 0.0);
+  std::vector<std::uint8_t> fell(n, 0), overflow(n, 0);
+  detail::parallel_chunks(n, static_cast<int>(core.workers()), [&](std::size_t, std::size_t i0, std::size_t i1) {
+    std::vector<std::uint8_t> buf;
+    std::vector<float> x, p;
+    for (std::size_t i = i0; i < i1; ++i) {
+      const Screened& s = scr[i];
+      if (s.exact) {
+        fell[i] = 1;
+        continue;
+      }
+      const std::size_t nc = s.cand.size(), b = rows ? (*rows)[i] : i;
+      gather_scores(core, &g[i * d], s.cand, buf, x);
+      p.resize(nc);
+      double mass = 0;
+      for (std::size_t c = 0; c < nc; ++c) {
+        p[c] = static_cast<float>(F->dG(x[c]));  // eq. (22)'s F'(xi . g)
+        if (!std::isfinite(p[c])) overflow[i] = 1;
+        mass += double(p[c]);
+      }
+      gather_accumulate(core, buf, p.data(), nc, &drive[i * d]);
+      // The discarded memories' F' mass, at most |D| F'(their largest upper bound) (F' non-decreasing).
+      const double w = std::isfinite(s.disc) ? double(s.kept - nc) * F->dG(s.disc / scale) : 0.0;
+      error[i] = R * w;
+      certs[b].candidates = nc;
+      certs[b].discarded_weight =
+          std::max(certs[b].discarded_weight, mass > 0 ? w / mass : (w > 0 ? std::numeric_limits<double>::infinity() : 0.0));
+    }
+  });
+  for (std::size_t i = 0; i < n; ++i)
+    if (overflow[i]) throw SolverError("model C: F'(xi.g) overflowed float32; lower beta or the pattern norms");
+  std::vector<std::size_t> exact, map;
+  for (std::size_t i = 0; i < n; ++i)
+    if (fell[i]) {
+      exact.push_back(i);
+      map.push_back(rows ? (*rows)[i] : i);
+    }
+  if (!exact.empty()) {  // the exact pass for the queries that fell back (masks follow them through `map`)
+    std::vector<float> ve(exact.size() * d), de;
+    std::vector<double> energy;
+    for (std::size_t k = 0; k < exact.size(); ++k) std::copy(v + exact[k] * d, v + (exact[k] + 1) * d, &ve[k * d]);
+    model_c_pass(core, F, ve.data(), exact.size(), mask, &map, poller, de, energy);
+    for (std::size_t k = 0; k < exact.size(); ++k) {
+      std::copy(&de[k * d], &de[(k + 1) * d], &drive[exact[k] * d]);
+      error[exact[k]] = 0;
+      certs[map[k]].candidates = K;
+      ++certs[map[k]].fallback_steps;
+    }
+  }
+  core.store->check_intact();
+}
 }  // namespace
 
 Retrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options) const {
@@ -968,19 +1046,36 @@ Retrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const 
     check_clamp(options.clamp, d);
     core_->check_queries(queries, batch, 0.0);  // model C scores xi.(v/|v|): bounded by max_norm
     core_->check_mask(options.mask, batch);
+    if (options.certify) {
+      const double eps = *options.certify;
+      ASSOCMEM_CHECK_ARG(eps > 0 && eps <= 0.5, "certify: eps must be in (0, 0.5], got ", eps);
+      ASSOCMEM_CHECK_ARG(spec_.kind == Interaction::Exp || (spec_.kind == Interaction::RectifiedPower && spec_.n >= 1),
+                         "certify: model C needs F' >= 0 and non-decreasing (F = rectified with n >= 1, or exp); "
+                         "with F = ", to_string(spec_.kind), " every memory's overlap contributes");
+      ASSOCMEM_CHECK_ARG(core_->opt.codes, "certify: the engine has no codes of its store (EngineOptions::codes; "
+                                           "CodeIndex::build or assocmem index)");
+      ASSOCMEM_CHECK_ARG(!core_->opt.merger, "certify: not supported yet over memories spread over several participants");
+    }
   });
   Poller poller(options.monitor);
   std::vector<float> states(queries, queries + batch * d);
   Retrieval r;
   r.batch = batch;
   r.dim = d;
+  if (options.certify) r.certificates.assign(batch, Certificate{});
   detail::iterate_to_fixed_point(
       states, batch, d, o.max_steps, o.tol, poller, r,
       [&](const std::vector<float>& cur, const std::vector<std::size_t>& rows, std::vector<float>& next) {
         const std::size_t n = rows.size();
         std::vector<float> drive;
-        std::vector<double> energy;
-        merged_c_pass(*core_, F_.get(), cur.data(), n, options.mask, &rows, poller, drive, energy);
+        std::vector<double> energy, error;
+        if (options.certify) {
+          certified_c_pass(*core_, F_.get(), spec_, cur.data(), n, options.mask, &rows, *options.certify, poller, drive,
+                           error, r.certificates);
+          for (std::size_t i = 0; i < n; ++i) r.certificates[rows[i]].state_error = o.step * error[i];
+        } else {
+          merged_c_pass(*core_, F_.get(), cur.data(), n, options.mask, &rows, poller, drive, energy);
+        }
         for (std::size_t i = 0; i < n * d; ++i)
           next[i] = static_cast<float>(cur[i] + o.step * (drive[i] - alpha_ * cur[i]));  // eq. (22)
         detail::apply_clamp(options.clamp, queries, rows, d, next.data());

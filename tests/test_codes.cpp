@@ -538,3 +538,134 @@ TEST(Codes, FilesOfFormatVersion1StillOpen) {
   EXPECT_EQ(r.top[0][0].id, x.top[0][0].id);
   for (std::size_t j = 0; j < 8; ++j) EXPECT_NEAR(r.states[j], x.states[j], r.certificates[0].state_error + 1e-5);
 }
+
+namespace {
+// One step of eq. (22) in long double: v + step (sum_mu xi_mu F'(xi_mu . g) - alpha v), g = v / |v|,
+// and each memory's F'(xi_mu . g).
+std::vector<long double> exact_c_step(const MemoryStore& s, const std::vector<float>& v, const InteractionSpec& F,
+                                      double step, std::vector<long double>* fprime) {
+  const std::size_t K = s.size(), d = s.dim();
+  long double n2 = 0;
+  for (float x : v) n2 += (long double)x * x;
+  const long double norm = std::sqrt(n2);
+  std::vector<long double> drive(d, 0), out(d);
+  std::vector<float> row(d);
+  fprime->assign(K, 0);
+  for (std::size_t mu = 0; mu < K; ++mu) {
+    s.decode_row(mu, row.data());
+    long double x = 0;
+    for (std::size_t j = 0; j < d; ++j) x += row[j] * (v[j] / norm);
+    const long double f = F.kind == Interaction::Exp ? std::exp(F.beta * x)
+                                                     : (x > 0 ? F.n * std::pow(x, (long double)F.n - 1) : 0.0L);
+    (*fprime)[mu] = f;
+    for (std::size_t j = 0; j < d; ++j) drive[j] += f * row[j];
+  }
+  for (std::size_t j = 0; j < d; ++j) out[j] = v[j] + step * (drive[j] - v[j]);  // alpha = 1
+  return out;
+}
+}  // namespace
+
+// Model C (eq. 22) with F = exp and F = rectified power: memories placed just above and just below the
+// cut (exp: L - ln(K / eps) / beta, as model B; rectified: (eps / K)^(1 / (n - 1)) L), whose discarded
+// F' mass matters. The step is within its certified error of the exact one (long double), the
+// discarded mass within its bound and below eps.
+TEST(Certified, ModelCWithinItsBound) {
+  int certified = 0, tight = 0;
+  std::mt19937_64 rng(21);
+  const std::size_t K = 3000, d = 16;
+  const double step = 0.1;
+  for (const InteractionSpec& F : {InteractionSpec{Interaction::Exp, 2, 20.0}, InteractionSpec{Interaction::Exp, 2, 80.0},
+                                   InteractionSpec{Interaction::RectifiedPower, 3.0, 1},
+                                   InteractionSpec{Interaction::RectifiedPower, 1.5, 1}})
+    for (double eps : {1e-6, 1e-3, 0.1}) {
+      const bool is_exp = F.kind == Interaction::Exp;
+      const double cut = is_exp ? 1.0 - std::log(double(K) / eps) / F.beta : std::pow(eps / double(K), 1.0 / (F.n - 1));
+      Matrix X = Matrix::Zero(Eigen::Index(K), Eigen::Index(d));
+      X(0, 0) = 1.0;  // the target: x = 1 for g = e_0
+      for (std::size_t mu = 1; mu < K; ++mu) {
+        const bool above = mu % 32 == 1;
+        if (is_exp) {  // near-ties 5% of the window (plus the codes' error) from the cut, along e_1 besides
+          const double margin = 0.05 * (1 - cut) + 0.015;
+          X(Eigen::Index(mu), 0) = cut + (above ? margin : -margin);
+          X(Eigen::Index(mu), 1) = 3.0;
+        } else {  // a single component: codes exact to rounding, so the cut can be met closely
+          X(Eigen::Index(mu), 0) = cut * (above ? 1.05 : 0.95);
+        }
+        if (mu % 5 == 0) X.row(Eigen::Index(mu)) = -randn(1, Eigen::Index(d), rng).cwiseAbs();  // x < 0
+      }
+      const MemoryStore s = store_of(X, DType::Float32);
+      const CodeIndex c = CodeIndex::build(s);
+      EngineOptions eo;
+      eo.codes = &c;
+      const ModelCEngine e(s, F, 1.0, eo);
+      std::vector<float> v(d, 0.0f);
+      v[0] = 2.0f;
+      RetrieveOptions o = one_step(eps);
+      o.step = step;
+      const Retrieval r = e.retrieve(v.data(), 1, o);
+      const Certificate& cert = r.certificates[0];
+      SCOPED_TRACE(to_string(F.kind) + " eps " + std::to_string(eps));
+      std::vector<long double> fp;
+      const auto want = exact_c_step(s, v, F, step, &fp);
+      const double err = dist(want, r.states.data());
+      long double norm = 0;
+      for (auto x : want) norm += x * x;
+      const double slack = 1e-5 * double(std::sqrt(norm)) + 1e-30;  // float drive, as the exact engine's
+      EXPECT_LE(err, cert.state_error + slack);
+      EXPECT_LE(cert.discarded_weight, eps * (1 + 1e-9));
+      if (cert.fallback_steps == 0) {
+        ++certified;
+        EXPECT_LT(cert.candidates, K);
+        long double kept = 0, disc = 0;
+        for (std::size_t mu = 0; mu < K; ++mu) (mu == 0 || mu % 32 == 1 ? kept : disc) += fp[mu];
+        EXPECT_LE(double(disc / kept), cert.discarded_weight * (1 + 1e-6));
+        EXPECT_GT(double(disc / kept), 0.0);  // the adversary's discarded memories do carry weight
+        if (is_exp && err > slack) {
+          EXPECT_LE(cert.state_error, 100 * err);
+          ++tight;
+        }
+      }
+      // The exact engine agrees on the same step (a check of the test's own arithmetic).
+      const Retrieval x = ModelCEngine(s, F, 1.0).retrieve(v.data(), 1, [&] {
+        RetrieveOptions p;
+        p.max_steps = 1;
+        p.step = step;
+        return p;
+      }());
+      EXPECT_LE(dist(want, x.states.data()), 3e-4 * double(std::sqrt(norm)));  // 3000 float terms: K 2^-24
+    }
+  EXPECT_GE(certified, 9);
+  EXPECT_GE(tight, 3);
+}
+
+// Model C falls back where half the memories overlap the state (random directions, rectified F: too
+// many candidates) and agrees with the exact engine then; F = power and bad eps are refused.
+TEST(Certified, ModelCFallsBackAndRefuses) {
+  std::mt19937_64 rng(22);
+  Matrix X = randn(5000, 24, rng);
+  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  const MemoryStore s = store_of(X, DType::Float32);
+  const CodeIndex c = CodeIndex::build(s);
+  EngineOptions eo;
+  eo.codes = &c;
+  std::vector<float> v(24);
+  s.decode_row(7, v.data());
+  RetrieveOptions o = one_step(1e-3);
+  const ModelCEngine e(s, InteractionSpec{Interaction::RectifiedPower, 3.0, 1}, 1.0, eo);
+  const Retrieval r = e.retrieve(v.data(), 1, o);
+  EXPECT_EQ(r.certificates[0].fallback_steps, 1);
+  EXPECT_EQ(r.certificates[0].candidates, 5000u);
+  o.certify.reset();
+  const Retrieval x = e.retrieve(v.data(), 1, o);
+  for (std::size_t j = 0; j < 24; ++j) EXPECT_EQ(r.states[j], x.states[j]);
+  o.certify = 1e-3;
+  EXPECT_THROW_MSG(ModelCEngine(s, InteractionSpec{Interaction::Power, 3.0, 1}, 1.0, eo).retrieve(v.data(), 1, o),
+                   InvalidArgument, "certify: model C needs F' >= 0 and non-decreasing");
+  EXPECT_THROW_MSG(ModelCEngine(s, InteractionSpec{Interaction::Exp, 2, 5.0}).retrieve(v.data(), 1, o), InvalidArgument,
+                   "certify: the engine has no codes");
+  o.certify = 0.9;
+  EXPECT_THROW_MSG(e.retrieve(v.data(), 1, o), InvalidArgument, "certify: eps must be in (0, 0.5]");
+  const MemoryStore other = store_of(randn(5000, 24, rng), DType::Float32);
+  EXPECT_THROW_MSG(ModelCEngine(other, InteractionSpec{Interaction::Exp, 2, 5.0}, 1.0, eo), InvalidArgument,
+                   "codes: they belong to another store");
+}

@@ -160,6 +160,7 @@ class ModelCEngine {
 
  private:
   std::unique_ptr<detail::EngineCore> core_;
+  InteractionSpec spec_;
   AdditivePtr F_;
   double alpha_;
 };

@@ -90,9 +90,11 @@ struct RetrieveOptions {
   std::size_t top_k = 0;       ///< report the top_k memories (id, softmax weight) of each final state (B)
   bool energy = false;         ///< report the energy of each final state (eq. 8, 13, 21)
   std::optional<double> beta;  ///< model B: this call's inverse temperature instead of the model's
-  /// Model B: certified retrieval (codes.hpp; the engine needs EngineOptions::codes): each pass screens
-  /// the int8 codes, rescores exactly the memories that can carry weight, and bounds the weight of the
-  /// rest by this eps in (0, 0.5]; Retrieval::certificates says what was guaranteed.
+  /// Models B and C: certified retrieval (codes.hpp; the engine needs EngineOptions::codes): each pass
+  /// screens the codes, rescores exactly the memories that can carry weight, and bounds the weight of
+  /// the rest by this eps in (0, 0.5] (B: softmax weight; C, F = rectified or exp: their F'(xi . g) mass
+  /// against the rescored memories'); Retrieval::certificates says what was guaranteed. Model C's energy
+  /// (RetrieveOptions::energy) comes from an exact pass.
   std::optional<double> certify;
   MemoryMask mask;             ///< engines of B and C: memories to leave out
   Monitor monitor;             ///< progress and cancellation (optional)
@@ -125,13 +127,16 @@ struct TopMemory {
 
 /// What a certified retrieval (RetrieveOptions::certify) guarantees for one query, over all its steps.
 struct Certificate {
-  /// Upper bound on the softmax weight of the memories it did not rescore, for the step where that
-  /// bound was largest (<= eps; 0 where every step rescored everything or fell back to the exact scan).
+  /// Upper bound on the weight of the memories it did not rescore, for the step where that bound was
+  /// largest (<= eps; 0 where every step rescored everything or fell back to the exact scan). Model B:
+  /// their softmax weight; model C: their sum of F'(xi . g) over the rescored memories' sum.
   double discarded_weight = 0;
   /// Upper bound on ||v - v_exact||_2 for the last step: v is the returned state (before any value
   /// association) and v_exact the exact update of the same previous state, both in exact arithmetic
   /// (float rounding, which the exact engine has too, is not included). Earlier steps' bounds are
   /// not propagated: each step is certified against the exact update of the state it started from.
+  /// Model B: delta (||v|| + R) times the step (delta the discarded weight); model C: the step times
+  /// R |D| F'(u_D) (R >= max ||xi||, D the discarded memories, u_D their largest score bound).
   double state_error = 0;
   /// Memories rescored exactly in the last step (K where it fell back).
   std::size_t candidates = 0;
