@@ -115,9 +115,9 @@ int recall(const RecallArgs& a, bool as_json) {
 #ifdef ASSOCMEM_WITH_MPI
   std::unique_ptr<DistributedStore> dist;
 #endif
-  if (a.certify && (model != ModelKind::B || sharded || !a.values.empty()))
-    throw BadInput("--certify: certified retrieval is for model B over one store without --values (not yet model C, "
-                   "sharded stores or values)");
+  if (a.certify && (model == ModelKind::A || sharded || !a.values.empty()))
+    throw BadInput("--certify: certified retrieval is for models B and C over one store without --values (not "
+                   "model A, a manifest of shards, or a value store yet)");
   if (sharded && (!a.values.empty() || !a.mask.empty()))
     throw BadInput("a sharded store: --values and --mask are not supported yet");
   if (mpi && model == ModelKind::A && (!a.order || parse_update_order(*a.order) != UpdateOrder::Synchronous))
@@ -195,16 +195,18 @@ int recall(const RecallArgs& a, bool as_json) {
     else if (failure) std::rethrow_exception(failure);
     ea = std::make_unique<ModelAEngine>(bits ? *bits : store, interaction(a, model), Vector(), eo);
     kernel = ea->kernel();
-  } else if (model == ModelKind::B) {
+  } else {
     if (a.certify) {  // the codes beside the store (assocmem index), else built here for this run
       const std::string path = CodeIndex::default_path(a.store);
       codes_built = !std::filesystem::exists(path);
       codes = std::make_unique<CodeIndex>(codes_built ? CodeIndex::build(store, a.threads) : CodeIndex::open(path, store));
       eo.codes = codes.get();
     }
+  }
+  if (model == ModelKind::B) {
     eb = values ? std::make_unique<ModelBEngine>(store, *values, a.beta, eo) : std::make_unique<ModelBEngine>(store, a.beta, eo);
     kernel = eb->kernel();
-  } else {
+  } else if (model == ModelKind::C) {
     ec = std::make_unique<ModelCEngine>(store, interaction(a, model), a.alpha, eo);
     kernel = ec->kernel();
   }
@@ -334,10 +336,10 @@ Command add_recall(CLI::App& app) {
                                         "is the attention output over the values (hetero-association)");
   rc->add_option("--mask", a->mask, "B, C: .npy of bool/int8/uint8, shape (K,) or (B, K); non-zero leaves that memory "
                                     "out for that query, as if deleted");
-  rc->add_option("--certify", a->certify, "Model B: certified retrieval with this eps in (0, 0.5]: screen the int8 codes "
-                                         "(STORE.codes from assocmem index, else built for the run), rescore exactly "
-                                         "the memories that can carry weight; the weight left out is <= eps (--details "
-                                         "has each query's certificate)");
+  rc->add_option("--certify", a->certify, "B, C (F = rectified or exp): certified retrieval with this eps in (0, 0.5]: "
+                                         "screen the codes (STORE.codes from assocmem index, else built for the run), "
+                                         "rescore exactly the memories that can carry weight; the weight left out is "
+                                         "<= eps (--details has each query's certificate)");
   rc->add_option("--top-k", a->top_k, "Memories to report per query in --details (B; at most K are reported)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   rc->add_option("--details", a->details, "Write JSON with steps, stop reason, energy and top-k ids and weights (one "

@@ -69,7 +69,8 @@ class Retrieval:
                  k = min(top_k, K); -1 pads queries whose mask leaves fewer than k; None if top_k=0
     top_weights  their softmax weights at the final state (0 where padded)
     discarded_weight, state_error, candidates, fallback_steps
-                 model B with certify=eps: the certificate (see ModelB.retrieve_details); else None
+                 models B and C with certify=eps: the certificate (see ModelB.retrieve_details,
+                 ModelC.retrieve_details); else None
     """
 
     _FIELDS = {
@@ -81,7 +82,8 @@ class Retrieval:
         "energy": "Energy of each final state (eq. 8, 13 or 21); None when energy=False.",
         "top_ids": "Store ids of the top_k memories (model B), best first, (..., min(top_k, K)); -1 pads.",
         "top_weights": "Softmax weights of top_ids at the final state (0 where padded).",
-        "discarded_weight": "certify=: bound on the softmax weight left out (largest over the steps); else None.",
+        "discarded_weight": "certify=: bound on the weight left out (B: softmax weight; C: F' mass over the kept; "
+                            "largest over the steps); else None.",
         "state_error": "certify=: bound on ||state - exact update of the same previous state||_2 (last step).",
         "candidates": "certify=: memories rescored exactly in the last pass (K where it fell back).",
         "fallback_steps": "certify=: passes that fell back to the exact scan (too many candidates); energy and top-k add one.",
@@ -376,19 +378,34 @@ class ModelC:
         """A model over a saved store (a path, mapped without a copy, or a MemoryStore)."""
         return cls(_open(store, "store"), F, n, beta, alpha, threads, kernel)
 
-    def retrieve(self, queries, steps=None, tol=None, step=None, *, mask=None, clamp=None, progress=None):
+    def retrieve(self, queries, steps=None, tol=None, step=None, *, mask=None, clamp=None, progress=None,
+                 certify=None):
         """Euler steps of eq. (22) from each (non-zero) query; mask, clamp and progress as in
-        ModelB.retrieve. Returns the states shaped like `queries`."""
+        ModelB.retrieve; certify: eps in (0, 0.5] for certified retrieval (see retrieve_details).
+        Returns the states shaped like `queries`."""
         return self.retrieve_details(queries, steps, tol, step, mask=mask, clamp=clamp, energy=False,
-                                     progress=progress).states
+                                     progress=progress, certify=certify).states
 
     def retrieve_details(self, queries, steps=None, tol=None, step=None, *, energy=True, mask=None, clamp=None,
-                         progress=None):
-        """Like retrieve(), but returns a Retrieval with steps, stop and energy (eq. 21)."""
+                         progress=None, certify=None):
+        """Like retrieve(), but returns a Retrieval with steps, stop and energy (eq. 21).
+
+        certify=eps (F = rectified or exp: F' >= 0 and non-decreasing): every step screens codes of the
+        memories (as ModelB's; codes_source says where they came from) and rescores exactly the memories
+        whose overlap can matter; the F'(xi . v/|v|) mass of the rest is provably <= eps times the
+        rescored memories' (rectified F: memories of negative overlap contribute exactly 0). The
+        Retrieval has discarded_weight (that ratio's bound), state_error (step R |D| F'(u_D): a bound on
+        the distance to the exact step), candidates and fallback_steps (passes that scanned everything:
+        more than K/16 candidates, e.g. rectified F on memories half of which overlap the state). The
+        energy comes from an exact pass."""
         q, shape, dt = _batch(queries, self.n_features, "queries")
         r = self._m.retrieve(q, steps, tol, step, energy, _mask(mask, shape, self.n_memories),
-                             _clamp(clamp, self.n_features), _progress(progress))
+                             _clamp(clamp, self.n_features), _progress(progress),
+                             None if certify is None else float(certify))
         return Retrieval(r, shape, dt)
+
+    codes_source = property(lambda self: self._m.codes_source or None,
+                            doc="Where certify= took the codes from: a file, 'built in memory', or None (not yet).")
 
     def energy(self, states, *, mask=None):
         """eq. (21) for a state (d,) (a float) or states (..., d) (an array)."""

@@ -244,6 +244,44 @@ py::dict result_out(Retrieval&& r, std::size_t top_k, std::size_t K) {
   return out;
 }
 
+// The engine of certify= (models B and C): the store's codes (codes.hpp) from STORE.codes beside a saved
+// store (assocmem index), else built on first use; kept for the model's life. make(codes) makes the
+// engine over them.
+template <class Engine>
+class CertifiedEngine {
+ public:
+  template <class Make>
+  const Engine& get(const MemoryStore& store, int threads, Make&& make) const {
+    // The GIL is released before the lock is taken and taken back after it is released: a thread that
+    // waits for the lock never holds the GIL that the builder needs.
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!engine_) {
+      const std::string path = store.source().empty() ? std::string() : CodeIndex::default_path(store.source());
+      if (!path.empty() && std::filesystem::exists(path)) {
+        codes_ = std::make_unique<CodeIndex>(CodeIndex::open(path, store));
+        source_ = path;
+      } else {
+        codes_ = std::make_unique<CodeIndex>(CodeIndex::build(store, threads));
+        source_ = "built in memory";
+      }
+      engine_ = std::make_unique<Engine>(make(codes_.get()));
+    }
+    return *engine_;
+  }
+  /// Where the codes came from: the file beside the store, "built in memory", or "" (not yet).
+  std::string source() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return source_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::unique_ptr<CodeIndex> codes_;
+  mutable std::unique_ptr<Engine> engine_;
+  mutable std::string source_;
+};
+
 class PyModelB {
  public:
   PyModelB(py::object keys, std::optional<py::object> values, double beta, int threads, const std::string& kernel)
@@ -266,10 +304,7 @@ class PyModelB {
     return result_out(std::move(r), top_k, eng_.size());
   }
   /// Where the codes of certified retrieval came from: the file beside the store, or built here.
-  std::string codes_source() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return codes_source_;
-  }
+  std::string codes_source() const { return certified_.source(); }
   py::tuple attention(const F32& q, std::size_t top_k, std::optional<double> beta, std::optional<U8> mask) const {
     const std::size_t n = batch_rows(q, eng_.dim(), "queries");
     AttentionPartial part;
@@ -302,28 +337,12 @@ class PyModelB {
   py::object values() const { return values_ ? values_->object() : py::none(); }
 
  private:
-  // The engine of certify=: the keys' codes (codes.hpp) from STORE.codes beside a saved store (assocmem
-  // index), else built on first use; kept for the model's life.
   const ModelBEngine& certified_engine() const {
-    // The GIL is released before the lock is taken and taken back after it is released: a thread that
-    // waits for the lock never holds the GIL that the builder needs.
-    py::gil_scoped_release nogil;
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!certified_) {
-      const MemoryStore& keys = keys_.get();
-      const std::string path = keys.source().empty() ? std::string() : CodeIndex::default_path(keys.source());
-      if (!path.empty() && std::filesystem::exists(path)) {
-        codes_ = std::make_unique<CodeIndex>(CodeIndex::open(path, keys));
-        codes_source_ = path;
-      } else {
-        codes_ = std::make_unique<CodeIndex>(CodeIndex::build(keys, threads_));
-        codes_source_ = "built in memory";
-      }
+    return certified_.get(keys_.get(), threads_, [&](const CodeIndex* codes) {
       EngineOptions eo = engine_options(threads_, kernel_);
-      eo.codes = codes_.get();
-      certified_ = std::make_unique<ModelBEngine>(keys, beta_, eo);
-    }
-    return *certified_;
+      eo.codes = codes;
+      return ModelBEngine(keys_.get(), beta_, eo);
+    });
   }
 
   StoreUse keys_;
@@ -332,28 +351,35 @@ class PyModelB {
   double beta_;
   int threads_;
   std::string kernel_;
-  mutable std::mutex mu_;
-  mutable std::unique_ptr<CodeIndex> codes_;
-  mutable std::unique_ptr<ModelBEngine> certified_;
-  mutable std::string codes_source_;
+  CertifiedEngine<ModelBEngine> certified_;
 };
 
 class PyModelC {
  public:
   PyModelC(py::object store, const std::string& F, double n, double beta, double alpha, int threads,
            const std::string& kernel)
-      : store_(std::move(store)), eng_(store_.get(), interaction(F, n, beta), alpha, engine_options(threads, kernel)) {}
+      : store_(std::move(store)), spec_(interaction(F, n, beta)),
+        eng_(store_.get(), spec_, alpha, engine_options(threads, kernel)), alpha_(alpha), threads_(threads),
+        kernel_(kernel) {}
   py::dict retrieve(const F32& q, std::optional<long> steps, std::optional<double> tol, std::optional<double> step,
-                    bool energy, std::optional<U8> mask, std::optional<U8> clamp, const py::object& progress) const {
+                    bool energy, std::optional<U8> mask, std::optional<U8> clamp, const py::object& progress,
+                    std::optional<double> certify) const {
     const std::size_t n = batch_rows(q, eng_.dim(), "queries");
     RetrieveOptions o = options_in(steps, tol, step, 0, energy, std::nullopt, clamp);
     o.mask = mask_in(mask, n, eng_.size());
+    o.certify = certify;
+    const ModelCEngine& e = certify ? certified_.get(store_.get(), threads_, [&](const CodeIndex* codes) {
+      EngineOptions eo = engine_options(threads_, kernel_);
+      eo.codes = codes;
+      return ModelCEngine(store_.get(), spec_, alpha_, eo);
+    }) : eng_;
     Retrieval r = monitored(progress, [&](Monitor& m) {
       o.monitor = m;
-      return eng_.retrieve(q.data(), n, o);
+      return e.retrieve(q.data(), n, o);
     });
     return result_out(std::move(r), 0, eng_.size());
   }
+  std::string codes_source() const { return certified_.source(); }
   py::array_t<double> energy(const F32& s, std::optional<U8> mask) const {
     const std::size_t n = batch_rows(s, eng_.dim(), "states");
     std::vector<double> e;
@@ -368,7 +394,12 @@ class PyModelC {
 
  private:
   StoreUse store_;
+  InteractionSpec spec_;
   ModelCEngine eng_;
+  double alpha_;
+  int threads_;
+  std::string kernel_;
+  CertifiedEngine<ModelCEngine> certified_;
 };
 
 // Model A over packed bits (a float store of +-1 memories is packed once, library's pack_bits).
@@ -761,7 +792,8 @@ void bind_models(py::module_& m) {
       .def(py::init<py::object, const std::string&, double, double, double, int, const std::string&>(), py::arg("store"),
            py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("alpha"), py::arg("threads"), py::arg("kernel"))
       .def("retrieve", &PyModelC::retrieve, py::arg("queries"), py::arg("steps"), py::arg("tol"), py::arg("step"),
-           py::arg("energy"), py::arg("mask"), py::arg("clamp"), py::arg("progress"))
+           py::arg("energy"), py::arg("mask"), py::arg("clamp"), py::arg("progress"), py::arg("certify") = std::nullopt)
+      .def_property_readonly("codes_source", &PyModelC::codes_source)
       .def("energy", &PyModelC::energy, py::arg("states"), py::arg("mask"))
       .def_property_readonly("n_features", [](const PyModelC& c) { return c.engine().dim(); })
       .def_property_readonly("n_memories", [](const PyModelC& c) { return c.engine().size(); })

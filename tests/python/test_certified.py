@@ -1,7 +1,8 @@
-"""Certified model B retrieval (issue 14) from Python and the command line: the returned state is within
-its certified error of an independent float64 numpy evaluation of eq. (16), the top-k ids are the exact
-ones, small beta falls back to the exact scan, `assocmem index` writes codes that recall and ModelB find
-beside the store, and bad input is refused clearly."""
+"""Certified retrieval (issue 14) from Python and the command line: the returned state is within its
+certified error of an independent float64 numpy evaluation of eq. (16) (model B) or one Euler step of
+eq. (22) (model C), the top-k ids are the exact ones, small beta falls back to the exact scan, `assocmem
+index` writes codes that recall, ModelB and ModelC find beside the store, and bad input is refused
+clearly."""
 import json
 import subprocess
 
@@ -115,10 +116,23 @@ def test_index_and_recall_certify(cli, memories, tmp_path):
     assert run(cli, "index", tmp_path / "x.amem").returncode == 0  # rebuilt
     r = run(cli, "index", tmp_path / "y.amem", "-o", codes, "--verify")
     assert r.returncode != 0 and "another store of the same shape" in r.stderr
-    # Certified retrieval is model B's: other models and --values are refused with exit 2.
-    r = run(cli, "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o3.npy", "--model", "C",
-            "--certify", "1e-4")
-    assert r.returncode == 2 and "--certify" in r.stderr
+    # Model C (F = exp) over the same store and codes: the states of ModelC, each query's certificate.
+    mc = am.ModelC.from_store(tmp_path / "x.amem", F="exp", beta=30.0)
+    want = mc.retrieve_details(Q, steps=1, step=0.5, certify=1e-4)
+    assert mc.codes_source == str(tmp_path / "x.amem.codes")
+    r = run(cli, "--json", "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "c.npy", "--model", "C",
+            "--F", "exp", "--beta", "30", "--steps", "1", "--step", "0.5", "--certify", "1e-4", "--details",
+            tmp_path / "dc.json")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), want.states)
+    details = json.loads((tmp_path / "dc.json").read_text())["results"]
+    for b, q in enumerate(details):
+        assert q["certificate"]["state_error"] == pytest.approx(want.state_error[b])
+        assert q["certificate"]["discarded_weight"] <= 1e-4
+    # Model A and --values are refused with exit 2.
+    for extra in (["--model", "A"], ["--values", tmp_path / "y.amem"]):
+        r = run(cli, "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o3.npy", *extra, "--certify", "1e-4")
+        assert r.returncode == 2 and "--certify" in r.stderr, r.stderr
 
 
 def test_codes_are_built_once_under_concurrent_calls(memories):
@@ -141,3 +155,40 @@ def test_codes_are_built_once_under_concurrent_calls(memories):
     for o in out[1:]:
         np.testing.assert_array_equal(o, out[0])
     assert m.codes_source == "built in memory"
+
+
+def exact_c_step(X, v, F, n, beta, step):
+    """One Euler step of eq. (22) in float64 (alpha = 1): v + step (xi^T F'(xi v/|v|) - v)."""
+    X = X.astype(np.float64)
+    x = X @ (v.astype(np.float64) / np.linalg.norm(v))
+    f = beta * 0 + np.exp(beta * x) if F == "exp" else np.where(x > 0, n * np.maximum(x, 0) ** (n - 1), 0.0)
+    return v + step * (f @ X - v), f
+
+
+@pytest.mark.parametrize("F,n,beta,eps", [("rectified", 3.0, 1.0, 1e-3), ("rectified", 2.0, 1.0, 0.1),
+                                          ("exp", 3.0, 40.0, 1e-4)])
+def test_model_c_certified_step_is_within_its_bound(F, n, beta, eps):
+    """Memories mostly of negative overlap with the queries (rectified F: exactly zero contributions the
+    screen skips), a few near each query; exp F on random directions, as model B."""
+    rng = np.random.default_rng(5)
+    d, K = 32, 20_000
+    X = rng.standard_normal((K, d))
+    if F == "rectified":
+        X[:, 0] = -np.abs(X[:, 0]) - 4.0  # negative overlap with e_0 and its neighbours
+        X[:40, 0] = 6.0 + rng.random(40)
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    Q = (X[:6] + 0.05 * rng.standard_normal((6, d))).astype(np.float32)
+    m = am.ModelC(X, F=F, n=n, beta=beta)
+    r = m.retrieve_details(Q, steps=1, step=0.2, certify=eps, energy=False)
+    assert (r.fallback_steps == 0).all() and (r.candidates < K / 16).all(), (r.fallback_steps, r.candidates)
+    exact = m.retrieve(Q, steps=1, step=0.2)
+    for b in range(len(Q)):
+        v, f = exact_c_step(X, Q[b], F, n, beta, 0.2)
+        scale = np.linalg.norm(v)
+        assert np.linalg.norm(r.states[b] - v) <= r.state_error[b] + 1e-5 * scale
+        assert np.linalg.norm(exact[b] - v) <= 1e-4 * scale  # the test's own arithmetic
+        assert r.discarded_weight[b] <= eps
+    if F == "rectified":  # most memories overlap negatively: the screen keeps few of the K
+        assert (r.candidates <= 200).all(), r.candidates
+    with pytest.raises(ValueError, match="certify: model C needs F"):
+        am.ModelC(X[:100], F="power", n=3).retrieve(Q[0], certify=1e-3)
