@@ -666,6 +666,75 @@ void gather_accumulate(const detail::EngineCore& core, const std::vector<std::ui
     core.ops->axpy_f32(p, reinterpret_cast<const float*>(buf.data()), nc, d, acc);
 }
 
+// eq. (16) over the candidate rows `cand` of query q: out.max, out.sum and out.acc of row i, and with
+// top_k the best min(top_k, |cand|) (beta score, id), best first (ties: smaller id).
+std::vector<ScoredId> b_over_candidates(const detail::EngineCore& core, const float* q,
+                                        const std::vector<std::size_t>& cand, double beta, std::size_t top_k,
+                                        AttentionPartial& out, std::size_t i, std::vector<std::uint8_t>& buf,
+                                        std::vector<float>& sc, std::vector<float>& p, std::vector<float>& acc) {
+  const std::size_t nc = cand.size(), d = core.store->dim();
+  gather_scores(core, q, cand, buf, sc);
+  p.resize(nc);
+  const float m = core.ops->scaled_max(sc.data(), nc, static_cast<float>(beta));
+  core.ops->exp_shift_sum(sc.data(), nc, static_cast<float>(beta), m, p.data());
+  double sum = 0;
+  for (float x : p) sum += double(x);
+  acc.assign(d, 0.0f);
+  gather_accumulate(core, buf, p.data(), nc, acc.data());
+  out.max[i] = m;
+  out.sum[i] = sum;
+  std::copy(acc.begin(), acc.end(), &out.acc[i * d]);
+  std::vector<ScoredId> t;
+  if (top_k > 0) {
+    t.resize(nc);
+    for (std::size_t c = 0; c < nc; ++c) t[c] = {static_cast<float>(beta) * sc[c], core.store->ids()[cand[c]]};
+    std::sort(t.begin(), t.end(), [](const ScoredId& x, const ScoredId& y) {
+      return x.score != y.score ? x.score > y.score : x.id < y.id;
+    });
+    t.resize(std::min(top_k, nc));
+  }
+  return t;
+}
+
+// Approximate model B pass (RetrieveOptions::approximate): eq. (16) over the best k candidates of the
+// engine's CandidateSource for each query, the memories the mask leaves. No bound on what it misses.
+AttentionPartial approx_b_partial(const detail::EngineCore& core, const float* q, std::size_t n, std::size_t top_k,
+                                  const MemoryMask& mask, const std::vector<std::size_t>* rows, double beta,
+                                  std::size_t k) {
+  const std::size_t K = core.store->size(), d = core.store->dim();
+  std::vector<std::int64_t> ids(checked_mul(n, k, "approximate: queries x candidates"));
+  core.opt.candidates->search(q, n, k, ids.data());
+  AttentionPartial out(n, d, top_k);
+  std::vector<std::uint8_t> none(n, 0);
+  detail::parallel_chunks(n, static_cast<int>(core.workers()), [&](std::size_t, std::size_t i0, std::size_t i1) {
+    std::vector<std::uint8_t> buf;
+    std::vector<float> sc, p, acc;
+    for (std::size_t i = i0; i < i1; ++i) {
+      const std::uint8_t* mrow = mask_row(mask, rows, i, K);
+      std::vector<std::size_t> cand;
+      for (std::size_t c = 0; c < k; ++c) {
+        const std::int64_t r = ids[i * k + c];
+        if (r >= 0 && std::size_t(r) < K && !(mrow && mrow[r])) cand.push_back(std::size_t(r));
+      }
+      std::sort(cand.begin(), cand.end());
+      cand.erase(std::unique(cand.begin(), cand.end()), cand.end());
+      if (cand.empty()) {
+        none[i] = 1;
+        continue;
+      }
+      out.top[i] = b_over_candidates(core, q + i * d, cand, beta, top_k, out, i, buf, sc, p, acc);
+    }
+  });
+  core.store->check_intact();
+  for (std::size_t i = 0; i < n; ++i) {
+    ASSOCMEM_CHECK_ARG(!none[i], "approximate: the candidate source found no memory the mask leaves for query row ",
+                       rows ? (*rows)[i] : i, "; ask for more candidates");
+    ASSOCMEM_CHECK_ARG(std::isfinite(out.max[i]) && std::isfinite(out.sum[i]) && out.sum[i] > 0, "queries: row ",
+                       rows ? (*rows)[i] : i, ": the softmax over the scores is not finite (beta = ", beta, ")");
+  }
+  return out;
+}
+
 // Certified model B pass (above): the screen, then eq. (16) over the candidates.
 AttentionPartial certified_b_partial(const detail::EngineCore& core, const float* q, std::size_t n, std::size_t top_k,
                                      const MemoryMask& mask, const std::vector<std::size_t>* rows, double beta,
@@ -687,23 +756,9 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
         fell[i] = 1;
         continue;
       }
-      const std::vector<std::size_t>& cand = s.cand;
-      const std::size_t nc = cand.size(), b = rows ? (*rows)[i] : i;
-      gather_scores(core, q + i * d, cand, buf, sc);
-      p.resize(nc);
-      const float m = core.ops->scaled_max(sc.data(), nc, static_cast<float>(beta));
-      core.ops->exp_shift_sum(sc.data(), nc, static_cast<float>(beta), m, p.data());
-      double sum = 0;
-      for (float x : p) sum += double(x);
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      gather_accumulate(core, buf, p.data(), nc, acc.data());
+      const std::size_t nc = s.cand.size(), b = rows ? (*rows)[i] : i;
+      std::vector<ScoredId> t = b_over_candidates(core, q + i * d, s.cand, beta, top_k, out, i, buf, sc, p, acc);
       if (top_k > 0) {
-        std::vector<ScoredId> t(nc);
-        for (std::size_t c = 0; c < nc; ++c) t[c] = {static_cast<float>(beta) * sc[c], store.ids()[cand[c]]};
-        std::sort(t.begin(), t.end(), [](const ScoredId& x, const ScoredId& y) {
-          return x.score != y.score ? x.score > y.score : x.id < y.id;
-        });
-        t.resize(std::min(top_k, nc));
         // A discarded memory whose upper bound reaches the k-th score might belong in the list.
         if (t.size() < top_k ? s.disc > -std::numeric_limits<double>::infinity() : s.disc >= double(t.back().score)) {
           fell[i] = 1;
@@ -711,9 +766,6 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
         }
         out.top[i] = std::move(t);
       }
-      out.max[i] = m;
-      out.sum[i] = sum;
-      std::copy(acc.begin(), acc.end(), &out.acc[i * d]);
       const double dlt = std::isfinite(s.disc) ? double(s.kept - nc) * std::exp(s.disc - s.L) : 0.0;
       delta[i] = dlt;
       certs[b].candidates = nc;
@@ -781,6 +833,8 @@ ModelBEngine::ModelBEngine(const MemoryStore& store, double beta, EngineOptions 
   ASSOCMEM_CHECK_ARG(!options.codes || options.codes->matches(store), "codes: they belong to another store (",
                      options.codes ? options.codes->size() : 0, " x ", options.codes ? options.codes->dim() : 0,
                      ", or other rows); build them from this one");
+  ASSOCMEM_CHECK_ARG(!options.candidates || options.candidates->size() == store.size(), "candidates: the source indexes ",
+                     options.candidates ? options.candidates->size() : 0, " memories, the store has ", store.size());
 }
 ModelBEngine::ModelBEngine(const MemoryStore& keys, const MemoryStore& values, double beta, EngineOptions options)
     : core_(std::make_unique<detail::EngineCore>(keys, options, &values)), beta_(beta) {
@@ -817,6 +871,15 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
                                                          "space; clamping applies to auto-association only");
     core_->check_queries(queries, batch, beta);
     core_->check_mask(options.mask, batch);
+    if (options.approximate) {
+      ASSOCMEM_CHECK_ARG(*options.approximate > 0, "approximate: the number of candidates must be > 0");
+      ASSOCMEM_CHECK_ARG(!options.certify, "approximate: not with certify (an ANN index gives no bound)");
+      ASSOCMEM_CHECK_ARG(!hetero, "approximate: not supported yet with a value store");
+      ASSOCMEM_CHECK_ARG(core_->opt.candidates, "approximate: the engine has no candidate source "
+                                                "(EngineOptions::candidates, e.g. an AnnIndex)");
+      ASSOCMEM_CHECK_ARG(!core_->opt.merger, "approximate: not supported yet over memories spread over several "
+                                             "participants");
+    }
     if (options.certify) {
       const double eps = *options.certify;
       ASSOCMEM_CHECK_ARG(eps > 0 && eps <= 0.5, "certify: eps must be in (0, 0.5], got ", eps);
@@ -830,13 +893,15 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   std::vector<float> states(queries, queries + batch * d);
   Retrieval r;
   r.batch = batch;
-  // One pass of model B over the memories: exact (merged over participants), or certified (issue 14).
+  // One pass of model B over the memories: exact (merged over participants), certified (issue 14) or
+  // approximate.
   const bool certified = options.certify.has_value();
   if (certified) r.certificates.assign(batch, Certificate{});
   std::vector<double> delta;
   // acc: the store the association accumulates (the keys for the steps, the values for the last pass).
   auto b_pass = [&](const MemoryStore& acc, const float* qs, std::size_t n, std::size_t top_k,
                     const std::vector<std::size_t>* rows) {
+    if (options.approximate) return approx_b_partial(*core_, qs, n, top_k, options.mask, rows, beta, *options.approximate);
     if (!certified) return merged_b_partial(*core_, acc, qs, n, top_k, options.mask, rows, beta, poller);
     delta.assign(n, 0.0);
     return certified_b_partial(*core_, qs, n, top_k, options.mask, rows, beta, *options.certify, poller,

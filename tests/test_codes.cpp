@@ -669,3 +669,70 @@ TEST(Certified, ModelCFallsBackAndRefuses) {
   EXPECT_THROW_MSG(ModelCEngine(other, InteractionSpec{Interaction::Exp, 2, 5.0}, 1.0, eo), InvalidArgument,
                    "codes: they belong to another store");
 }
+
+// Approximate retrieval (RetrieveOptions::approximate) over a fixed candidate source: the state is
+// eq. (16) over exactly the candidates the source gives (long double), masked and repeated rows
+// dropped, -1 padding ignored; top-k from them; bad input refused.
+namespace {
+struct FixedCandidates final : CandidateSource {
+  std::size_t K;
+  std::vector<std::int64_t> rows;  // the same for every query
+  std::size_t size() const override { return K; }
+  void search(const float*, std::size_t n, std::size_t k, std::int64_t* out) const override {
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t c = 0; c < k; ++c) out[i * k + c] = c < rows.size() ? rows[c] : -1;
+  }
+};
+}  // namespace
+
+TEST(Approximate, RescoresExactlyTheCandidatesOfItsSource) {
+  std::mt19937_64 rng(31);
+  const MemoryStore s = store_of(randn(500, 12, rng), DType::Float32);
+  FixedCandidates src;
+  src.K = 500;
+  src.rows = {17, 3, 17, 250, 499, 3, 42};
+  EngineOptions eo;
+  eo.candidates = &src;
+  const ModelBEngine e(s, 2.0, eo);
+  std::vector<float> q(2 * 12);
+  std::normal_distribution<float> g(0, 1);
+  for (auto& x : q) x = g(rng);
+  std::vector<std::uint8_t> mask(2 * 500, 0);
+  mask[500 + 42] = 1;  // the second query leaves memory 42 out
+  RetrieveOptions o;
+  o.max_steps = 1;
+  o.approximate = 10;  // more than the source has: -1 padding
+  o.top_k = 3;
+  o.mask = {mask.data(), 2};
+  const Retrieval r = e.retrieve(q.data(), 2, o);
+  EXPECT_TRUE(r.certificates.empty());
+  for (std::size_t b = 0; b < 2; ++b) {
+    std::vector<std::uint8_t> keep(500, 1);  // exact_state's mask: non-zero leaves a memory out
+    for (std::int64_t mu : {17, 3, 250, 499, 42})
+      if (!(b == 1 && mu == 42)) keep[std::size_t(mu)] = 0;
+    std::vector<long double> w;
+    const auto v = exact_state(s, &q[b * 12], 2.0, keep.data(), &w);
+    // The returned state is the start of the final pass: compare the top-k weights, then the state.
+    EXPECT_LT(dist(v, &r.states[b * 12]), 1e-5);
+    ASSERT_EQ(r.top[b].size(), 3u);
+    for (const auto& t : r.top[b]) {
+      EXPECT_EQ(keep[t.id], 0) << t.id;
+    }
+  }
+  o.mask = {};
+  o.approximate = 0;
+  EXPECT_THROW_MSG(e.retrieve(q.data(), 1, o), InvalidArgument, "approximate: the number of candidates must be > 0");
+  o.approximate = 4;
+  o.certify = 1e-3;
+  EXPECT_THROW_MSG(e.retrieve(q.data(), 1, o), InvalidArgument, "approximate: not with certify");
+  o.certify.reset();
+  EXPECT_THROW_MSG(ModelBEngine(s, 2.0).retrieve(q.data(), 1, o), InvalidArgument,
+                   "approximate: the engine has no candidate source");
+  src.rows = {-1};
+  EXPECT_THROW_MSG(e.retrieve(q.data(), 1, o), InvalidArgument, "found no memory the mask leaves");
+  FixedCandidates small;
+  small.K = 499;
+  EngineOptions bad;
+  bad.candidates = &small;
+  EXPECT_THROW_MSG(ModelBEngine(s, 2.0, bad), InvalidArgument, "candidates: the source indexes 499 memories");
+}

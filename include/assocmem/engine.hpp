@@ -56,6 +56,18 @@ class PassMerger {
   virtual std::int64_t max(std::int64_t value) const = 0;
 };
 
+/// A generator of candidate memories for approximate model B retrieval (RetrieveOptions::approximate),
+/// e.g. an ANN index (assocmem/ann.hpp: FAISS IVF or HNSW): for each of n queries (rows of q, the store's
+/// dimension) the rows (store indices) of up to k memories likely to score highest, -1 where it has
+/// fewer. Called concurrently: search must be thread-safe.
+class CandidateSource {
+ public:
+  virtual ~CandidateSource() = default;
+  /// The number of memories indexed (an engine refuses a source of another size).
+  virtual std::size_t size() const = 0;
+  virtual void search(const float* q, std::size_t n, std::size_t k, std::int64_t* rows) const = 0;
+};
+
 struct EngineOptions {
   int threads = 0;                          ///< worker threads; 0 = the CPUs this process may run on (affinity)
   KernelChoice kernel = KernelChoice::Auto; ///< Auto: the best this CPU runs (bf16 products only for
@@ -67,6 +79,8 @@ struct EngineOptions {
   /// The int8 codes of the engine's store (codes.hpp) for certified model B retrieval
   /// (RetrieveOptions::certify); null: none. Checked against the store when the engine is made.
   const CodeIndex* codes = nullptr;
+  /// Candidates for approximate model B retrieval (RetrieveOptions::approximate); null: none.
+  const CandidateSource* candidates = nullptr;
   void validate() const;
 };
 

@@ -96,6 +96,11 @@ struct RetrieveOptions {
   /// against the rescored memories'); Retrieval::certificates says what was guaranteed. Model C's energy
   /// (RetrieveOptions::energy) comes from an exact pass.
   std::optional<double> certify;
+  /// Model B: approximate retrieval: each pass rescores exactly only the best `approximate` candidates
+  /// of EngineOptions::candidates for each query (an ANN index), the softmax over them alone. No bound:
+  /// what it misses is measured against the exact scan (bench/compare, docs/performance.md), not
+  /// certified. Not with certify.
+  std::optional<std::size_t> approximate;
   MemoryMask mask;             ///< engines of B and C: memories to leave out
   Monitor monitor;             ///< progress and cancellation (optional)
 };
