@@ -293,20 +293,21 @@ class ModelB:
                    threads=threads, kernel=kernel)
 
     def retrieve(self, queries, steps=None, tol=None, step=None, *, beta=None, mask=None, clamp=None, progress=None,
-                 certify=None):
+                 certify=None, approximate=None):
         """Iterates eq. (15) (step = dt/tau_f in (0, 1]; 1 is eq. 16) up to `steps` times, stopping a
         query once max |v_new - v| <= tol. With values, steps - 1 updates on the keys and then the
         association with the values. beta: this call's inverse temperature. mask: bool (K,) or
         (..., K); True leaves a memory out for that query, exactly as if it were deleted. clamp: bool
         (d,) features that keep the query's value. progress(step, max_steps, fraction, active) is called
         about every 50 ms; Ctrl-C stops the call within a fraction of a second. certify: eps in (0, 0.5]
-        for certified retrieval (see retrieve_details). Returns the states, shaped like `queries` (one
-        pass over the memories per step: no energy, no top-k)."""
+        for certified retrieval, approximate: candidates per query for approximate retrieval (see
+        retrieve_details). Returns the states, shaped like `queries` (one pass over the memories per
+        step: no energy, no top-k)."""
         return self.retrieve_details(queries, steps, tol, step, beta=beta, mask=mask, clamp=clamp, energy=False,
-                                     progress=progress, certify=certify).states
+                                     progress=progress, certify=certify, approximate=approximate).states
 
     def retrieve_details(self, queries, steps=None, tol=None, step=None, *, top_k=0, energy=True, beta=None,
-                         mask=None, clamp=None, progress=None, certify=None):
+                         mask=None, clamp=None, progress=None, certify=None, approximate=None):
         """Like retrieve(), but returns a Retrieval with steps, stop, energy (eq. 13) and the top_k
         memories (top_ids: store ids, top_weights: softmax weights) of the returned states. Energy and
         top-k cost one more pass over the memories (none with values: they describe the last association).
@@ -316,14 +317,42 @@ class ModelB:
         exactly the memories that can carry weight and leaves out the rest, whose softmax weight is
         provably <= eps. The Retrieval then has discarded_weight (that bound), state_error (a bound on
         the distance to the exact update), candidates (memories rescored) and fallback_steps (passes
-        that scanned everything: too many candidates, e.g. at small beta). Not with values yet."""
+        that scanned everything: too many candidates, e.g. at small beta). Not with values yet.
+
+        approximate=k: every pass rescores exactly only the k best candidates of an ANN index of the keys
+        (FAISS IVF by default, built on first use; index_candidates() builds another) - fast at very large
+        K, but with no bound on what it misses (measured in docs/performance.md). Not with certify."""
         q, shape, dt = _batch(queries, self.n_features, "queries")
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
+        if approximate is not None and (isinstance(approximate, bool) or int(approximate) != approximate
+                                        or approximate < 1):
+            raise ValueError(f"approximate: the number of candidates must be an integer > 0, got {approximate!r}")
         r = self._m.retrieve(q, steps, tol, step, top_k, energy, beta, _mask(mask, shape, self.n_memories),
                              _clamp(clamp, self.n_features), _progress(progress),
-                             None if certify is None else float(certify))
+                             None if certify is None else float(certify),
+                             None if approximate is None else int(approximate))
         return Retrieval(r, shape, dt)
+
+    def index_candidates(self, kind="ivf", *, lists=None, probes=16, links=32, ef_search=64, seed=0):
+        """Builds (or rebuilds) the ANN index of approximate retrieval over the keys with FAISS
+        (assocmem/ann.hpp): kind "ivf" (k-means into `lists` cells, default about 4 sqrt(K), 8-bit codes;
+        a search visits `probes` cells) or "hnsw" (a graph of `links` neighbours per memory; a search
+        keeps `ef_search` candidates; slow to build on few cores). Returns its description (also
+        candidates_index). ValueError where this build has no FAISS."""
+        for name, v in (("probes", probes), ("links", links), ("ef_search", ef_search), ("seed", seed)):
+            if isinstance(v, bool) or int(v) != v or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
+        if lists is not None and (isinstance(lists, bool) or int(lists) != lists or lists < 1):
+            raise ValueError(f"lists must be an integer >= 1 (or None), got {lists!r}")
+        return dict(self._m.index_candidates(str(kind), 0 if lists is None else int(lists), int(probes), int(links),
+                                             int(ef_search), int(seed)))
+
+    candidates_index = property(lambda self: dict(self._m.candidates_index) or None,
+                                doc="The ANN index of approximate retrieval (kind, lists/probes or links/ef_search, "
+                                    "bytes), or None (not built yet).")
+    has_ann = property(lambda self: bool(_core._ModelB.has_ann),
+                       doc="Whether this build has FAISS (approximate retrieval).")
 
     codes_source = property(lambda self: self._m.codes_source or None,
                             doc="Where certify= took the keys' codes from: a file, 'built in memory', or None (not yet).")

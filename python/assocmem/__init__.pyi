@@ -1,6 +1,6 @@
 # Type stubs for the assocmem package (the compiled core and its Python layer).
 import os
-from typing import Callable, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -126,14 +126,20 @@ class ModelB:
     def retrieve(self, queries: _ArrayLike, steps: Optional[int] = None, tol: Optional[float] = None,
                  step: Optional[float] = None, *, beta: Optional[float] = None, mask: Optional[_ArrayLike] = None,
                  clamp: Optional[_ArrayLike] = None, progress: Optional[_Progress] = None,
-                 certify: Optional[float] = None) -> np.ndarray: ...
+                 certify: Optional[float] = None, approximate: Optional[int] = None) -> np.ndarray: ...
     def retrieve_details(self, queries: _ArrayLike, steps: Optional[int] = None, tol: Optional[float] = None,
                          step: Optional[float] = None, *, top_k: int = 0, energy: bool = True,
                          beta: Optional[float] = None, mask: Optional[_ArrayLike] = None,
                          clamp: Optional[_ArrayLike] = None, progress: Optional[_Progress] = None,
-                         certify: Optional[float] = None) -> Retrieval: ...
+                         certify: Optional[float] = None, approximate: Optional[int] = None) -> Retrieval: ...
     @property
     def codes_source(self) -> Optional[str]: ...
+    def index_candidates(self, kind: str = "ivf", *, lists: Optional[int] = None, probes: int = 16, links: int = 32,
+                         ef_search: int = 64, seed: int = 0) -> Dict[str, Any]: ...
+    @property
+    def candidates_index(self) -> Optional[Dict[str, Any]]: ...
+    @property
+    def has_ann(self) -> bool: ...
     def attention(self, queries: _ArrayLike, top_k: int = 1, *, beta: Optional[float] = None,
                   mask: Optional[_ArrayLike] = None) -> Tuple[np.ndarray, np.ndarray]: ...
     def energy(self, states: _ArrayLike, *, beta: Optional[float] = None,

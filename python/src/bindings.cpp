@@ -17,6 +17,9 @@
 #include <string>
 
 #include "assocmem/attention.hpp"
+#ifdef ASSOCMEM_WITH_ANN
+#include "assocmem/ann.hpp"
+#endif
 #ifdef ASSOCMEM_WITH_MPI
 #include "assocmem/distributed.hpp"
 #endif
@@ -282,6 +285,69 @@ class CertifiedEngine {
   mutable std::string source_;
 };
 
+struct AnnOptionsArg {
+  std::string kind;
+  std::size_t lists, probes, links, ef_search;
+  std::uint64_t seed;
+};
+
+// The engine of approximate= (model B): an ANN index over the keys (assocmem/ann.hpp, FAISS) as its
+// candidate source, built by index_candidates or, with the default options, on first use.
+class ApproximateEngine {
+ public:
+  template <class Make>
+  const ModelBEngine& get(const MemoryStore& keys, const std::optional<AnnOptionsArg>& rebuild, Make&& make) const {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(mu_);
+#ifdef ASSOCMEM_WITH_ANN
+    if (!engine_ || rebuild) {
+      AnnOptions o;
+      if (rebuild) {
+        o.kind = rebuild->kind;
+        o.lists = rebuild->lists;
+        o.probes = rebuild->probes;
+        o.links = rebuild->links;
+        o.ef_search = rebuild->ef_search;
+        o.seed = rebuild->seed;
+      }
+      auto index = AnnIndex::build(keys, o);
+      engine_.reset();
+      index_ = std::move(index);
+      engine_ = std::make_unique<ModelBEngine>(make(index_.get()));
+    }
+    return *engine_;
+#else
+    (void)keys, (void)rebuild, (void)make;
+    throw InvalidArgument("approximate: this build of assocmem has no FAISS (assocmem_ann; Debian: libfaiss-dev)");
+#endif
+  }
+  py::dict info() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    py::dict d;
+#ifdef ASSOCMEM_WITH_ANN
+    if (!index_) return d;
+    const AnnOptions& o = index_->options();
+    d["kind"] = o.kind;
+    if (o.kind == "ivf") {
+      d["lists"] = o.lists;
+      d["probes"] = o.probes;
+    } else {
+      d["links"] = o.links;
+      d["ef_search"] = o.ef_search;
+    }
+    d["bytes"] = index_->bytes();
+#endif
+    return d;
+  }
+
+ private:
+  mutable std::mutex mu_;
+#ifdef ASSOCMEM_WITH_ANN
+  mutable std::unique_ptr<AnnIndex> index_;
+#endif
+  mutable std::unique_ptr<ModelBEngine> engine_;
+};
+
 class PyModelB {
  public:
   PyModelB(py::object keys, std::optional<py::object> values, double beta, int threads, const std::string& kernel)
@@ -291,12 +357,17 @@ class PyModelB {
         beta_(beta), threads_(threads), kernel_(kernel) {}
   py::dict retrieve(const F32& q, std::optional<long> steps, std::optional<double> tol, std::optional<double> step,
                     std::size_t top_k, bool energy, std::optional<double> beta, std::optional<U8> mask,
-                    std::optional<U8> clamp, const py::object& progress, std::optional<double> certify) const {
+                    std::optional<U8> clamp, const py::object& progress, std::optional<double> certify,
+                    std::optional<std::size_t> approximate) const {
     const std::size_t n = batch_rows(q, eng_.dim(), "queries");
     RetrieveOptions o = options_in(steps, tol, step, top_k, energy, beta, clamp);
     o.mask = mask_in(mask, n, eng_.size());
     o.certify = certify;
-    const ModelBEngine& e = certify && !values_ ? certified_engine() : eng_;
+    o.approximate = approximate;
+    const ModelBEngine& e = values_ || (approximate && certify) ? eng_  // the engine refuses these, clearly
+                            : approximate                      ? approximate_engine(std::nullopt)
+                            : certify                          ? certified_engine()
+                                                               : eng_;
     Retrieval r = monitored(progress, [&](Monitor& m) {
       o.monitor = m;
       return e.retrieve(q.data(), n, o);
@@ -305,6 +376,13 @@ class PyModelB {
   }
   /// Where the codes of certified retrieval came from: the file beside the store, or built here.
   std::string codes_source() const { return certified_.source(); }
+  /// Builds (or rebuilds) the ANN index of approximate retrieval; its description.
+  py::dict index_candidates(const AnnOptionsArg& o) const {
+    if (values_) throw InvalidArgument("approximate: not supported yet with a value store");
+    approximate_engine(o);
+    return approximate_.info();
+  }
+  py::dict candidates_index() const { return approximate_.info(); }
   py::tuple attention(const F32& q, std::size_t top_k, std::optional<double> beta, std::optional<U8> mask) const {
     const std::size_t n = batch_rows(q, eng_.dim(), "queries");
     AttentionPartial part;
@@ -337,6 +415,13 @@ class PyModelB {
   py::object values() const { return values_ ? values_->object() : py::none(); }
 
  private:
+  const ModelBEngine& approximate_engine(const std::optional<AnnOptionsArg>& rebuild) const {
+    return approximate_.get(keys_.get(), rebuild, [&](const CandidateSource* c) {
+      EngineOptions eo = engine_options(threads_, kernel_);
+      eo.candidates = c;
+      return ModelBEngine(keys_.get(), beta_, eo);
+    });
+  }
   const ModelBEngine& certified_engine() const {
     return certified_.get(keys_.get(), threads_, [&](const CodeIndex* codes) {
       EngineOptions eo = engine_options(threads_, kernel_);
@@ -352,6 +437,7 @@ class PyModelB {
   int threads_;
   std::string kernel_;
   CertifiedEngine<ModelBEngine> certified_;
+  ApproximateEngine approximate_;
 };
 
 class PyModelC {
@@ -776,8 +862,20 @@ void bind_models(py::module_& m) {
            py::arg("values"), py::arg("beta"), py::arg("threads"), py::arg("kernel"))
       .def("retrieve", &PyModelB::retrieve, py::arg("queries"), py::arg("steps"), py::arg("tol"), py::arg("step"),
            py::arg("top_k"), py::arg("energy"), py::arg("beta"), py::arg("mask"), py::arg("clamp"), py::arg("progress"),
-           py::arg("certify") = std::nullopt)
+           py::arg("certify") = std::nullopt, py::arg("approximate") = std::nullopt)
       .def_property_readonly("codes_source", &PyModelB::codes_source)
+      .def("index_candidates", [](const PyModelB& m, const std::string& kind, std::size_t lists, std::size_t probes,
+                                  std::size_t links, std::size_t ef_search, std::uint64_t seed) {
+             return m.index_candidates({kind, lists, probes, links, ef_search, seed});
+           }, py::arg("kind"), py::arg("lists"), py::arg("probes"), py::arg("links"), py::arg("ef_search"), py::arg("seed"))
+      .def_property_readonly("candidates_index", &PyModelB::candidates_index)
+      .def_property_readonly_static("has_ann", [](py::object) {
+#ifdef ASSOCMEM_WITH_ANN
+        return true;
+#else
+        return false;
+#endif
+      })
       .def("attention", &PyModelB::attention, py::arg("queries"), py::arg("top_k"), py::arg("beta"), py::arg("mask"))
       .def("energy", &PyModelB::energy, py::arg("states"), py::arg("beta"), py::arg("mask"))
       .def_property_readonly("n_features", [](const PyModelB& b) { return b.engine().dim(); })
