@@ -225,3 +225,28 @@ def test_approximate_retrieval_over_faiss_candidates(memories):
         m.index_candidates("lsh")
     with pytest.raises(ValueError, match="value store"):
         am.ModelB(X[:100], beta=10.0, values=X[:100, :8]).retrieve(Q[0], approximate=10)
+
+
+@pytest.mark.skipif(not am.ModelB(np.eye(4, dtype=np.float32), 1.0).has_ann, reason="built without FAISS")
+def test_recall_approximate(cli, memories, tmp_path):
+    """recall --approximate K: the same retrieval as ModelB(approximate=K) over the same IVF index (same
+    options and seed), its description in the summary; refused with --certify and other models."""
+    X, _ = memories
+    Q = (X[100:108] + 0.02 * np.random.default_rng(8).standard_normal((8, X.shape[1]))).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "q.npy", Q)
+    assert run(cli, "store", tmp_path / "x.npy", tmp_path / "x.amem").returncode == 0
+    r = run(cli, "--json", "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o.npy", "--beta", "30",
+            "--steps", "1", "--approximate", "200")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["approximate"]["candidates"] == 200 and j["approximate"]["index"] == "ivf"
+    want = am.ModelB.from_store(tmp_path / "x.amem", beta=30.0).retrieve(Q, steps=1, approximate=200)
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), want, atol=1e-6)
+    for extra in (["--certify", "1e-3"], ["--model", "C"], ["--ann", "lsh"], ["--approximate", "0"]):
+        args = ["recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o2.npy", *extra]
+        if "--approximate" not in extra:
+            args += ["--approximate", "10"]
+        r = run(cli, *args)
+        assert r.returncode == 2, (extra, r.stderr)
+    assert not (tmp_path / "o2.npy").exists()
