@@ -20,9 +20,6 @@
 #include "assocmem/io.hpp"
 #include "assocmem/npy.hpp"
 #include "assocmem/codes.hpp"
-#ifdef ASSOCMEM_WITH_ANN
-#include "assocmem/ann.hpp"
-#endif
 #include "assocmem/shards.hpp"
 #include "assocmem/store.hpp"
 #ifdef ASSOCMEM_WITH_MPI
@@ -51,9 +48,6 @@ struct RecallArgs {
   std::optional<std::string> F, order;
   std::optional<double> n, tol, step, certify;
   std::optional<long> steps;
-  std::optional<std::size_t> approximate;
-  std::string ann = "ivf";
-  std::size_t probes = 16;
   double beta = 1.0, alpha = 1.0;
   long long top_k = 5;
   std::size_t chunk = 1024;
@@ -67,7 +61,6 @@ RetrieveOptions retrieve_options(const RecallArgs& a) {
   o.max_steps = a.steps;
   o.tol = a.tol;
   o.certify = a.certify;
-  o.approximate = a.approximate;
   o.step = a.step;
   if (a.order) o.order = parse_update_order(*a.order);
   o.seed = a.seed;
@@ -125,11 +118,6 @@ int recall(const RecallArgs& a, bool as_json) {
   if (a.certify && (model == ModelKind::A || sharded || !a.values.empty()))
     throw BadInput("--certify: certified retrieval is for models B and C over one store without --values (not "
                    "model A, a manifest of shards, or a value store yet)");
-  if (a.approximate && (model != ModelKind::B || sharded || !a.values.empty() || a.certify))
-    throw BadInput("--approximate: approximate retrieval is for model B over one store without --values or --certify");
-#ifndef ASSOCMEM_WITH_ANN
-  if (a.approximate) throw BadInput("--approximate: this build has no FAISS (assocmem_ann; Debian: libfaiss-dev)");
-#endif
   if (sharded && (!a.values.empty() || !a.mask.empty()))
     throw BadInput("a sharded store: --values and --mask are not supported yet");
   if (mpi && model == ModelKind::A && (!a.order || parse_update_order(*a.order) != UpdateOrder::Synchronous))
@@ -215,20 +203,6 @@ int recall(const RecallArgs& a, bool as_json) {
       eo.codes = codes.get();
     }
   }
-#ifdef ASSOCMEM_WITH_ANN
-  std::unique_ptr<AnnIndex> ann;
-  if (a.approximate) {  // an ANN index of the store, built for this run
-    AnnOptions ao;
-    ao.kind = a.ann;
-    ao.probes = a.probes;
-    try {
-      ann = AnnIndex::build(store, ao);
-    } catch (const InvalidArgument& e) {
-      throw BadInput(e.what());
-    }
-    eo.candidates = ann.get();
-  }
-#endif
   if (model == ModelKind::B) {
     eb = values ? std::make_unique<ModelBEngine>(store, *values, a.beta, eo) : std::make_unique<ModelBEngine>(store, a.beta, eo);
     kernel = eb->kernel();
@@ -284,11 +258,6 @@ int recall(const RecallArgs& a, bool as_json) {
                   {"seconds", secs}, {"output", a.output}};
 #ifdef ASSOCMEM_WITH_MPI
   if (dist) summary["ranks"] = dist->ranks();
-#endif
-#ifdef ASSOCMEM_WITH_ANN
-  if (ann)
-    summary["approximate"] = {{"candidates", *a.approximate}, {"index", ann->options().kind},
-                              {"index_bytes", ann->bytes()}};
 #endif
   if (a.certify)
     summary["certified"] = {{"eps", *a.certify}, {"codes", codes_built ? "built for this run" : CodeIndex::default_path(a.store)},
@@ -371,14 +340,6 @@ Command add_recall(CLI::App& app) {
                                          "screen the codes (STORE.codes from assocmem index, else built for the run), "
                                          "rescore exactly the memories that can carry weight; the weight left out is "
                                          "<= eps (--details has each query's certificate)");
-  rc->add_option("--approximate", a->approximate, "Model B: rescore exactly only this many candidates per query from an "
-                                                 "ANN index (FAISS, built for the run: --ann); fast at very large K, "
-                                                 "with no bound on what it misses")
-      ->check(CLI::PositiveNumber);
-  rc->add_option("--ann", a->ann, "The ANN index of --approximate: ivf (k-means cells, 8-bit codes) or hnsw (a graph; "
-                                  "slow to build)")
-      ->capture_default_str()->check(CLI::IsMember({"ivf", "hnsw"}));
-  rc->add_option("--probes", a->probes, "Cells an ivf search visits")->capture_default_str()->check(CLI::PositiveNumber);
   rc->add_option("--top-k", a->top_k, "Memories to report per query in --details (B; at most K are reported)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   rc->add_option("--details", a->details, "Write JSON with steps, stop reason, energy and top-k ids and weights (one "

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "assocmem/codes.hpp"
 #include "assocmem/io.hpp"
 #include "assocmem/npy.hpp"
 #include "assocmem/store.hpp"
@@ -17,7 +18,7 @@ namespace {
 
 struct StoreArgs {
   std::string input, output, dtype = "float32", normalize = "none";
-  bool append = false;
+  bool append = false, codes = false;
 };
 
 int cmd_store(const StoreArgs& a, bool dtype_given, bool as_json) {
@@ -41,9 +42,21 @@ int cmd_store(const StoreArgs& a, bool dtype_given, bool as_json) {
     count = s.size();
     dim = s.dim();
   }
-  emit(as_json, {{"store", a.output}, {"count", count}, {"dim", dim}, {"dtype", to_string(written)}},
+  json out = {{"store", a.output}, {"count", count}, {"dim", dim}, {"dtype", to_string(written)}};
+  std::string codes_note;
+  if (a.codes) {  // the codes of certified retrieval at store time (as `assocmem index` writes them)
+    const MemoryStore s = MemoryStore::open(a.output, {true, Access::Map});
+    if (s.dtype() == DType::Bits)
+      throw BadInput("--codes: a store of bits (+-1 patterns, model A) has no codes; certified retrieval is for "
+                     "models B and C over float32 or bfloat16");
+    const std::string path = CodeIndex::default_path(a.output);
+    CodeIndex::build(s).save(path);
+    out["codes"] = path;
+    codes_note = " and its codes " + path;
+  }
+  emit(as_json, out,
        "wrote " + a.output + ": " + std::to_string(count) + " memories of dimension " + std::to_string(dim) + " (" +
-           to_string(written) + ")\n");
+           to_string(written) + ")" + codes_note + "\n");
   return 0;
 }
 
@@ -59,6 +72,8 @@ Command add_store(CLI::App& app) {
       ->check(CLI::IsMember({"float32", "bfloat16", "bits"}));
   st->add_option("--normalize", a->normalize, "none, l2 (unit rows) or sign (+-1)")->capture_default_str()
       ->check(CLI::IsMember({"none", "l2", "sign"}));
+  st->add_flag("--codes", a->codes, "Also write the codes of certified retrieval beside the store (STORE.codes, as "
+                                    "assocmem index does)");
   st->add_flag("--append", a->append, "Append to the store when it exists (concurrent appends are serialised by a lock)");
 
   return {st, [a, dtype_opt](bool as_json) { return cmd_store(*a, dtype_opt->count() > 0, as_json); }};

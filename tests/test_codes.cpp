@@ -364,6 +364,49 @@ TEST(Certified, TheBoundHoldsWithManyNearTiesAtTheThreshold) {
   EXPECT_GE(tight, 4);
 }
 
+// Beta swept across the fallback threshold (more than K / 16 candidates): below it the pass falls back and
+// equals the exact one; above it the certified state is within its bound; the certified betas nearest the
+// threshold keep close to K / 16 candidates (the screen works at the edge of its rule, not only far above).
+TEST(Certified, BetaAcrossTheFallbackThreshold) {
+  std::mt19937_64 rng(6);
+  const std::size_t K = 4000, d = 16;
+  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
+  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  const MemoryStore s = store_of(X, DType::Float32);
+  const CodeIndex c = CodeIndex::build(s);
+  EngineOptions eo;
+  eo.codes = &c;
+  std::vector<float> q(d);
+  for (std::size_t j = 0; j < d; ++j) q[j] = static_cast<float>(X(3, Eigen::Index(j)));
+  int fell = 0, certified = 0;
+  std::size_t most = 0;  // the most candidates of a certified pass
+  for (double beta = 4; beta < 400; beta *= 1.15) {
+    const ModelBEngine e(s, beta, eo);
+    const Retrieval r = e.retrieve(q.data(), 1, one_step(1e-4));
+    const Certificate& cert = r.certificates[0];
+    const auto v = exact_state(s, q.data(), beta, nullptr);
+    SCOPED_TRACE("beta " + std::to_string(beta));
+    if (cert.fallback_steps) {
+      ++fell;
+      EXPECT_EQ(cert.candidates, K);
+      const Retrieval x = e.retrieve(q.data(), 1, [] {
+        RetrieveOptions o;
+        o.max_steps = 1;
+        return o;
+      }());
+      for (std::size_t j = 0; j < d; ++j) EXPECT_EQ(r.states[j], x.states[j]);
+    } else {
+      ++certified;
+      EXPECT_LE(cert.candidates, K / 16);
+      EXPECT_LE(dist(v, r.states.data()), cert.state_error + kFloatSlack);
+      most = std::max(most, cert.candidates);
+    }
+  }
+  EXPECT_GE(fell, 3);
+  EXPECT_GE(certified, 3);
+  EXPECT_GE(most, K / 64);  // a certified pass within a factor 4 of the rule's limit
+}
+
 // Duplicates, clusters and masks: the certificate holds and the mask is respected.
 TEST(Certified, DuplicatesClustersAndMasks) {
   std::mt19937_64 rng(4);
