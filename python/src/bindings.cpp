@@ -295,12 +295,20 @@ struct AnnOptionsArg {
 // candidate source, built by index_candidates or, with the default options, on first use.
 class ApproximateEngine {
  public:
+  // An index and the engine over it; a retrieval holds it, so a rebuild never frees one in use.
+  struct Built {
+    std::shared_ptr<const CandidateSource> index;
+    std::unique_ptr<ModelBEngine> engine;
+    std::map<std::string, std::size_t> sizes;  // lists, probes or links, ef_search; bytes
+    std::string kind;
+  };
   template <class Make>
-  const ModelBEngine& get(const MemoryStore& keys, const std::optional<AnnOptionsArg>& rebuild, Make&& make) const {
+  std::shared_ptr<const Built> get(const MemoryStore& keys, const std::optional<AnnOptionsArg>& rebuild,
+                                   Make&& make) const {
     py::gil_scoped_release nogil;
     std::lock_guard<std::mutex> lock(mu_);
 #ifdef ASSOCMEM_WITH_ANN
-    if (!engine_ || rebuild) {
+    if (!built_ || rebuild) {
       AnnOptions o;
       if (rebuild) {
         o.kind = rebuild->kind;
@@ -310,42 +318,39 @@ class ApproximateEngine {
         o.ef_search = rebuild->ef_search;
         o.seed = rebuild->seed;
       }
-      auto index = AnnIndex::build(keys, o);
-      engine_.reset();
-      index_ = std::move(index);
-      engine_ = std::make_unique<ModelBEngine>(make(index_.get()));
+      std::shared_ptr<const AnnIndex> index = AnnIndex::build(keys, o);
+      auto b = std::make_shared<Built>();
+      const AnnOptions& used = index->options();
+      b->kind = used.kind;
+      if (used.kind == "ivf") b->sizes = {{"lists", used.lists}, {"probes", used.probes}};
+      else b->sizes = {{"links", used.links}, {"ef_search", used.ef_search}};
+      b->sizes["bytes"] = index->bytes();
+      b->engine = std::make_unique<ModelBEngine>(make(index.get()));
+      b->index = std::move(index);
+      built_ = std::move(b);
     }
-    return *engine_;
+    return built_;
 #else
     (void)keys, (void)rebuild, (void)make;
     throw InvalidArgument("approximate: this build of assocmem has no FAISS (assocmem_ann; Debian: libfaiss-dev)");
 #endif
   }
   py::dict info() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    py::dict d;
-#ifdef ASSOCMEM_WITH_ANN
-    if (!index_) return d;
-    const AnnOptions& o = index_->options();
-    d["kind"] = o.kind;
-    if (o.kind == "ivf") {
-      d["lists"] = o.lists;
-      d["probes"] = o.probes;
-    } else {
-      d["links"] = o.links;
-      d["ef_search"] = o.ef_search;
+    std::shared_ptr<const Built> b;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      b = built_;
     }
-    d["bytes"] = index_->bytes();
-#endif
+    py::dict d;
+    if (!b) return d;
+    d["kind"] = b->kind;
+    for (const auto& [k, v] : b->sizes) d[py::str(k)] = v;
     return d;
   }
 
  private:
   mutable std::mutex mu_;
-#ifdef ASSOCMEM_WITH_ANN
-  mutable std::unique_ptr<AnnIndex> index_;
-#endif
-  mutable std::unique_ptr<ModelBEngine> engine_;
+  mutable std::shared_ptr<const Built> built_;
 };
 
 class PyModelB {
@@ -364,10 +369,10 @@ class PyModelB {
     o.mask = mask_in(mask, n, eng_.size());
     o.certify = certify;
     o.approximate = approximate;
-    const ModelBEngine& e = values_ || (approximate && certify) ? eng_  // the engine refuses these, clearly
-                            : approximate                      ? approximate_engine(std::nullopt)
-                            : certify                          ? certified_engine()
-                                                               : eng_;
+    // With values, or both approximate and certify, the plain engine refuses the call, clearly.
+    const bool plain = values_ || (approximate && certify);
+    const auto approx = approximate && !plain ? approximate_engine(std::nullopt) : nullptr;
+    const ModelBEngine& e = approx ? *approx->engine : certify && !plain ? certified_engine() : eng_;
     Retrieval r = monitored(progress, [&](Monitor& m) {
       o.monitor = m;
       return e.retrieve(q.data(), n, o);
@@ -415,7 +420,7 @@ class PyModelB {
   py::object values() const { return values_ ? values_->object() : py::none(); }
 
  private:
-  const ModelBEngine& approximate_engine(const std::optional<AnnOptionsArg>& rebuild) const {
+  std::shared_ptr<const ApproximateEngine::Built> approximate_engine(const std::optional<AnnOptionsArg>& rebuild) const {
     return approximate_.get(keys_.get(), rebuild, [&](const CandidateSource* c) {
       EngineOptions eo = engine_options(threads_, kernel_);
       eo.candidates = c;

@@ -236,3 +236,34 @@ def test_approximate_retrieval_over_faiss_candidates(memories):
         m.index_candidates("lsh")
     with pytest.raises(ValueError, match="value store"):
         am.ModelB(X[:100], beta=10.0, values=X[:100, :8]).retrieve(Q[0], approximate=10)
+
+
+@pytest.mark.skipif(not am.ModelB(np.eye(4, dtype=np.float32), 1.0).has_ann, reason="built without FAISS")
+def test_rebuilding_the_index_while_retrieving(memories):
+    """index_candidates() while other threads retrieve with approximate=: a running retrieval keeps the
+    index it started with (never freed under it); every answer is the exact top memory here."""
+    import threading
+    X, _ = memories
+    X = X[:3000]
+    Q = (X[:4] + 0.02 * np.random.default_rng(9).standard_normal((4, X.shape[1]))).astype(np.float32)
+    m = am.ModelB(X, beta=30.0)
+    m.index_candidates("ivf", lists=40, probes=8)
+    tops, errors = [], []
+
+    def work():
+        try:
+            for _ in range(30):
+                tops.append(m.retrieve_details(Q, steps=1, top_k=1, energy=False, approximate=100).top_ids[:, 0])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, daemon=True) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for kind in ("hnsw", "ivf", "hnsw"):
+        m.index_candidates(kind, lists=40, probes=8, links=8)
+    for t in ts:
+        t.join(timeout=120)
+    assert not errors and len(tops) == 60
+    for t in tops:
+        assert (t == np.arange(4)).all()
