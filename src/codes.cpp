@@ -59,25 +59,28 @@ void CodeIndex::allocate(std::size_t K, std::size_t d) {
   coarse_.assign(K, 0.0f);
 }
 
+// Where dimension j of memory mu lies in the planes: byte offset, and 0 (low nibble) or 4 (high).
+std::pair<std::size_t, int> CodeIndex::place(std::size_t mu, std::size_t j) const {
+  return {(mu / kBlockRows * groups() + j / kGroupDims) * kGroupBytes + 4 * (mu % kBlockRows) + j % 4,
+          j % kGroupDims < 4 ? 0 : 4};
+}
+
 // Each byte holds two dimensions of one memory, so memories set from different threads touch different bytes.
 void CodeIndex::set_code(std::size_t mu, std::size_t j, int c) {
   const int h = coarse_of(c), l = c - 16 * h;
-  const std::size_t off = (mu / kBlockRows * groups() + j / kGroupDims) * kGroupBytes + 4 * (mu % kBlockRows) + j % 4;
-  const int shift = j % kGroupDims < 4 ? 0 : 4;
+  const auto [off, shift] = place(mu, j);
   const auto keep = static_cast<std::uint8_t>(0xF0 >> shift);
   high_.data()[off] = static_cast<std::uint8_t>((high_.data()[off] & keep) | ((h + 8) << shift));
   low_.data()[off] = static_cast<std::uint8_t>((low_.data()[off] & keep) | ((l + 8) << shift));
 }
 
 int CodeIndex::coarse_code(std::size_t mu, std::size_t j) const {
-  const std::size_t off = (mu / kBlockRows * groups() + j / kGroupDims) * kGroupBytes + 4 * (mu % kBlockRows) + j % 4;
-  const int shift = j % kGroupDims < 4 ? 0 : 4;
+  const auto [off, shift] = place(mu, j);
   return ((high_.data()[off] >> shift) & 15) - 8;
 }
 
 int CodeIndex::code(std::size_t mu, std::size_t j) const {
-  const std::size_t off = (mu / kBlockRows * groups() + j / kGroupDims) * kGroupBytes + 4 * (mu % kBlockRows) + j % 4;
-  const int shift = j % kGroupDims < 4 ? 0 : 4;
+  const auto [off, shift] = place(mu, j);
   return 16 * coarse_code(mu, j) + ((low_.data()[off] >> shift) & 15) - 8;
 }
 

@@ -992,18 +992,24 @@ std::size_t ModelCEngine::dim() const { return core_->dim(); }
 std::size_t ModelCEngine::size() const { return core_->store->size(); }
 
 namespace {
-// One pass of model C at the directions g = v/|v| (eq. 18): drive = xi^T F'(xi g) per row, and
-// energy = -sum_mu F(xi_mu . g) (eq. 21).
-void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, const float* v, std::size_t n,
-                  const MemoryMask& mask, const std::vector<std::size_t>* rows, Poller& poller,
-                  std::vector<float>& drive, std::vector<double>& energy) {
-  const std::size_t d = core.dim(), dp = core.dpad();
+// The directions g = v/|v| of n states (eq. 17), each non-zero and finite.
+std::vector<float> directions(const float* v, std::size_t n, std::size_t d, const std::vector<std::size_t>* rows) {
   std::vector<float> g(n * d);
   for (std::size_t i = 0; i < n; ++i) {
     const double norm = lagrangians::spherical_direction(v + i * d, d, &g[i * d]);  // eq. (17)
     ASSOCMEM_CHECK_ARG(norm > 0 && std::isfinite(norm), "queries: row ", rows ? (*rows)[i] : i,
                        norm > 0 ? " has an infinite norm" : " is zero; model C's output v/|v| is undefined at 0");
   }
+  return g;
+}
+
+// One pass of model C at the directions g = v/|v| (eq. 18): drive = xi^T F'(xi g) per row, and
+// energy = -sum_mu F(xi_mu . g) (eq. 21).
+void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, const float* v, std::size_t n,
+                  const MemoryMask& mask, const std::vector<std::size_t>* rows, Poller& poller,
+                  std::vector<float>& drive, std::vector<double>& energy) {
+  const std::size_t d = core.dim(), dp = core.dpad();
+  const std::vector<float> g = directions(v, n, d, rows);
   const std::size_t nw = core.workers();
   std::vector<AdditiveEpilogue> epi(nw, AdditiveEpilogue{F, mask, rows, core.store->size(), std::vector<double>(n, 0.0)});
   std::vector<std::vector<float>> acc;
@@ -1035,12 +1041,7 @@ void certified_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* 
                       double eps, Poller& poller, std::vector<float>& drive, std::vector<double>& error,
                       std::vector<Certificate>& certs) {
   const std::size_t K = core.store->size(), d = core.dim();
-  std::vector<float> g(n * d);
-  for (std::size_t i = 0; i < n; ++i) {
-    const double norm = lagrangians::spherical_direction(v + i * d, d, &g[i * d]);  // eq. (17)
-    ASSOCMEM_CHECK_ARG(norm > 0 && std::isfinite(norm), "queries: row ", rows ? (*rows)[i] : i,
-                       norm > 0 ? " has an infinite norm" : " is zero; model C's output v/|v| is undefined at 0");
-  }
+  const std::vector<float> g = directions(v, n, d, rows);
   // Scores beta x for F = exp (the cut as model B's), x for rectified power.
   const bool is_exp = spec.kind == Interaction::Exp;
   const double scale = is_exp ? spec.beta : 1.0;

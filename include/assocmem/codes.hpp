@@ -44,6 +44,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "assocmem/store.hpp"
@@ -99,6 +100,7 @@ class CodeIndex {
   CodeIndex() = default;
   void allocate(std::size_t K, std::size_t d);
   void set_code(std::size_t mu, std::size_t j, int c);
+  std::pair<std::size_t, int> place(std::size_t mu, std::size_t j) const;
   std::size_t count_ = 0, dim_ = 0;
   DType dtype_ = DType::Float32;
   std::uint64_t rows_hash_ = 0;
