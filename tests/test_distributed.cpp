@@ -1,7 +1,8 @@
 // Models A, B and C over the ranks of an MPI job (distributed.hpp), run by CTest under mpirun with 1, 2
-// and 4 ranks: every rank's result equals the single-process engine over the unsharded store (states
-// to 1e-6 relative, steps, stop reasons, energies, identical top-k ids), for float32 and bfloat16 and
-// for 4 and 7 shards; model A's states equal the plain ModelA's exactly; a corrupted shard, too many ranks and bad queries throw on every rank, naming the
+// and 4 ranks: every rank's result equals the single-process engine over the unsharded store (states,
+// energies and top-k weights within twice the float32 forward error bound of the exact computation,
+// error_bounds.hpp, which holds on any CPU and any number of threads or ranks; steps, stop reasons,
+// identical top-k ids), for float32 and bfloat16 and for 4 and 7 shards; model A's states equal the plain ModelA's exactly; a corrupted shard, too many ranks and bad queries throw on every rank, naming the
 // rank and shard, and nothing hangs.
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -20,10 +22,16 @@
 #include "assocmem/models.hpp"
 #include "assocmem/shards.hpp"
 #include "engine_kernels.hpp"
+#include "error_bounds.hpp"
 #include "test_util.hpp"
 
 using namespace assocmem;
 using assocmem::testing::flip_bits;
+using assocmem::testing::kUnitRoundoffBf16;
+using assocmem::testing::model_b_step_bound;
+using assocmem::testing::model_c_step_bound;
+using assocmem::testing::PassShape;
+using assocmem::testing::StepBound;
 using assocmem::testing::rand_pm1;
 using assocmem::testing::randn;
 using assocmem::testing::read_all;
@@ -67,6 +75,9 @@ class SharedDir {
   std::string path_;
 };
 
+// make_store's ids: row i has id 5000 + 3 (K - i).
+std::size_t store_row(std::uint64_t id, std::size_t K) { return K - std::size_t((id - 5000) / 3); }
+
 // The same store on every rank (same seed); rank 0 writes its shards.
 MemoryStore make_store(DType t, std::size_t K, std::size_t d, unsigned seed) {
   std::mt19937_64 rng(seed);
@@ -96,76 +107,146 @@ std::vector<float> noisy_queries(const MemoryStore& s, std::size_t n, unsigned s
   return q;
 }
 
-// tol: relative agreement of states, energies and weights (1e-6: float sums in another order).
-void expect_same(const Retrieval& dist, const Retrieval& one, double tol = 1e-6) {
+// Two float32 computations of one model step (sharded and not) from the same input each lie within the
+// forward error bound of the exact step (error_bounds.hpp), so they differ by at most twice the bound:
+// the states, the energies and the top-k weights (at the output, whose own error bound `at` carries).
+using StepFn = std::function<StepBound(const Vector& v, double E_in)>;
+
+void expect_within_bounds(const Retrieval& dist, const Retrieval& one, const std::vector<float>& input, const StepFn& step,
+                          const std::function<std::size_t(std::uint64_t)>& row_of_id) {
   ASSERT_EQ(dist.batch, one.batch);
   ASSERT_EQ(dist.states.size(), one.states.size());
-  for (std::size_t i = 0; i < one.states.size(); ++i)
-    ASSERT_NEAR(dist.states[i], one.states[i], tol * std::max(1.0, std::abs(one.states[i]))) << "state " << i;
-  EXPECT_EQ(dist.steps, one.steps);
-  EXPECT_EQ(dist.stop, one.stop);
-  ASSERT_EQ(dist.energy.size(), one.energy.size());
-  for (std::size_t b = 0; b < one.energy.size(); ++b)
-    EXPECT_NEAR(dist.energy[b], one.energy[b], tol * std::max(1.0, std::abs(one.energy[b])));
-  ASSERT_EQ(dist.top.size(), one.top.size());
-  for (std::size_t b = 0; b < one.top.size(); ++b) {
+  const std::size_t d = one.dim;
+  for (std::size_t b = 0; b < one.batch; ++b) {
+    Vector v = Vector::Zero(Eigen::Index(d));
+    for (std::size_t j = 0; j < d; ++j) v[Eigen::Index(j)] = input[b * d + j];
+    const StepBound first = step(v, 0.0);                          // the step from the (shared) input
+    const StepBound at = step(first.next, first.err.maxCoeff());  // energy and weights at the output
+    EXPECT_EQ(dist.steps[b], one.steps[b]) << "query " << b;
+    EXPECT_EQ(dist.stop[b], one.stop[b]) << "query " << b;
+    for (std::size_t j = 0; j < d; ++j) {
+      ASSERT_NEAR(dist.states[b * d + j], one.states[b * d + j], 2 * first.err[Eigen::Index(j)])
+          << "query " << b << " state " << j;
+    }
+    if (!one.energy.empty()) {
+      EXPECT_NEAR(dist.energy[b], one.energy[b], 2 * at.energy_err) << "query " << b;
+    }
+    if (one.top.empty()) continue;
     ASSERT_EQ(dist.top[b].size(), one.top[b].size());
     for (std::size_t i = 0; i < one.top[b].size(); ++i) {
       EXPECT_EQ(dist.top[b][i].id, one.top[b][i].id) << "query " << b << " rank " << i;
-      EXPECT_NEAR(dist.top[b][i].weight, one.top[b][i].weight, tol);
+      const Eigen::Index mu = Eigen::Index(row_of_id(one.top[b][i].id));
+      EXPECT_NEAR(dist.top[b][i].weight, one.top[b][i].weight, 2 * at.weight_err[mu]) << "query " << b << " rank " << i;
     }
   }
 }
 
-// Float products on the AVX-512 kernels (float32 stores; bfloat16 stores read as float) agree to 1e-6.
-// The portable kernels sum each tile's weights in one float, and shards regroup the tiles: 5e-6, their
-// own float32 accumulation error. With bfloat16 products the engine rounds the softmax weights to
-// bfloat16 relative to each participant's own maximum (each worker thread's too): 1e-3.
+// A retrieval compared step by step: each step of the sharded computation from the single process's
+// state (then both take their step from the same input), and then the whole run in one call, which
+// must take as many steps and stop for the same reason (tol = 0: every run takes max_steps unless its
+// state is an exact fixed point in float32, which these cues do not reach) with final states within
+// the bound propagated along the exact trajectory, where that bound is finite.
+template <class Run>
+void compare_runs(const Run& dist, const Run& one, std::vector<float> q, std::size_t n, std::size_t d, long steps,
+                  RetrieveOptions o, const StepFn& step, const std::function<std::size_t(std::uint64_t)>& row_of) {
+  o.tol = 0.0;
+  RetrieveOptions o1 = o;
+  o1.max_steps = 1;
+  const std::vector<float> q0 = q;
+  for (long t = 0; t < steps; ++t) {
+    SCOPED_TRACE("step " + std::to_string(t + 1));
+    const Retrieval a = dist(q.data(), o1), b = one(q.data(), o1);
+    expect_within_bounds(a, b, q, step, row_of);
+    for (std::size_t i = 0; i < q.size(); ++i) q[i] = static_cast<float>(b.states[i]);
+  }
+  o.max_steps = steps;
+  const Retrieval a = dist(q0.data(), o), b = one(q0.data(), o);
+  for (std::size_t i = 0; i < n; ++i) {
+    EXPECT_EQ(a.steps[i], steps) << "query " << i;
+    EXPECT_EQ(b.steps[i], steps) << "query " << i;
+    Vector v = Vector::Zero(Eigen::Index(d));
+    for (std::size_t j = 0; j < d; ++j) v[Eigen::Index(j)] = q0[i * d + j];
+    double E = 0;
+    Vector err = Vector::Zero(Eigen::Index(d));
+    for (long t = 0; t < steps; ++t) {
+      const StepBound sb = step(v, E);
+      v = sb.next;
+      err = sb.err;
+      E = err.maxCoeff();
+    }
+    if (!std::isfinite(E)) continue;  // the worst case grew past every scale: nothing to assert
+    for (std::size_t j = 0; j < d; ++j)
+      EXPECT_NEAR(a.states[i * d + j], b.states[i * d + j], 2 * err[Eigen::Index(j)]) << "query " << i << " state " << j;
+  }
+}
+
+// With bfloat16 products the engine rounds queries and softmax weights to bfloat16 (PassShape::u_operands).
+bool bf16_products(const ModelBEngine& e) { return e.kernel() == "avx512_bf16" || e.kernel() == "amx_bf16"; }
+
 TEST(Distributed, ModelBEqualsTheSingleProcessEngine) {
   SharedDir dir;
   struct Case {
     DType t;
     KernelChoice kernel;
-    double tol;
   };
-  std::vector<Case> cases = {{DType::Float32, KernelChoice::Auto, 1e-6}, {DType::BFloat16, KernelChoice::Generic, 5e-6},
-                             {DType::BFloat16, KernelChoice::Auto, 1e-3}};
+  std::vector<Case> cases = {{DType::Float32, KernelChoice::Auto}, {DType::BFloat16, KernelChoice::Generic},
+                             {DType::BFloat16, KernelChoice::Auto}};
   for (KernelChoice k : assocmem::testing::available_kernels(DType::Float32, {KernelChoice::Avx512}))
-    if (k == KernelChoice::Avx512) cases.push_back({DType::BFloat16, k, 1e-6});
+    if (k == KernelChoice::Avx512) cases.push_back({DType::BFloat16, k});
+  const std::size_t K = 3001, d = 24, n = 9;
+  const double beta = 12.0;
+  const auto row_of = [K](std::uint64_t id) { return store_row(id, K); };
   for (const Case& c : cases)
     for (std::size_t parts : {4u, 7u}) {
       const DType t = c.t;
       SCOPED_TRACE(to_string(t) + " (kernel choice " + std::to_string(int(c.kernel)) + "), " +
                    std::to_string(parts) + " shards, " + std::to_string(ranks()) + " ranks");
-      const MemoryStore whole = make_store(t, 3001, 24, 3);
+      const MemoryStore whole = make_store(t, K, d, 3);
       const std::string man =
           shard(whole, dir, "b-" + to_string(t) + std::to_string(int(c.kernel)) + std::to_string(parts), parts);
       const DistributedStore ds(MPI_COMM_WORLD, man);
-      const std::vector<float> q = noisy_queries(whole, 9, 4);
       RetrieveOptions o;
-      o.max_steps = 4;
-      o.tol = 1e-6;
       o.top_k = 5;
       o.energy = true;
       EngineOptions eo;
       eo.kernel = c.kernel;
-      const Retrieval dist = distributed_retrieve_b(ds, 12.0, q.data(), 9, o, eo);
-      const Retrieval one = ModelBEngine(whole, 12.0, eo).retrieve(q.data(), 9, o);
-      expect_same(dist, one, c.tol);
+      const ModelBEngine engine(whole, beta, eo);
+      const PassShape shape{K, d, eo.tile, bf16_products(engine) ? kUnitRoundoffBf16 : 0.0};
+      const Matrix X = whole.to_matrix();
+      compare_runs(
+          std::function<Retrieval(const float*, const RetrieveOptions&)>(
+              [&](const float* x, const RetrieveOptions& opt) { return distributed_retrieve_b(ds, beta, x, n, opt, eo); }),
+          std::function<Retrieval(const float*, const RetrieveOptions&)>(
+              [&](const float* x, const RetrieveOptions& opt) { return engine.retrieve(x, n, opt); }),
+          noisy_queries(whole, n, 4), n, d, 4, o,
+          [&](const Vector& v, double E) { return model_b_step_bound(X, v, E, beta, shape); }, row_of);
     }
 }
 
 TEST(Distributed, ModelCEqualsTheSingleProcessEngine) {
   SharedDir dir;
-  const MemoryStore whole = make_store(DType::Float32, 1500, 16, 5);
+  const std::size_t K = 1500, d = 16, n = 6;
+  const MemoryStore whole = make_store(DType::Float32, K, d, 5);
   const std::string man = shard(whole, dir, "c", 4);
   const DistributedStore ds(MPI_COMM_WORLD, man);
-  const std::vector<float> q = noisy_queries(whole, 6, 6);
   RetrieveOptions o;
-  o.max_steps = 20;
   o.energy = true;
-  const InteractionSpec F{Interaction::RectifiedPower, 3};
-  expect_same(distributed_retrieve_c(ds, F, 1.0, q.data(), 6, o), ModelCEngine(whole, F, 1.0).retrieve(q.data(), 6, o));
+  const double step = resolve(o, ModelKind::C).step;
+  const InteractionSpec F{Interaction::RectifiedPower, 3};  // F = max(x, 0)^3: F' = 3 x+^2, F'' = 6 x+
+  const auto Fv = [](double x) { return x > 0 ? x * x * x : 0.0; };
+  const auto Fp = [](double x) { return x > 0 ? 3 * x * x : 0.0; };
+  const auto Fpp_max = [](double x, double r) { return std::max(0.0, 6 * (x + r)); };
+  const Matrix X = whole.to_matrix();
+  const PassShape shape{K, d, EngineOptions{}.tile, 0.0};
+  const ModelCEngine engine(whole, F, 1.0);
+  compare_runs(
+      std::function<Retrieval(const float*, const RetrieveOptions&)>(
+          [&](const float* x, const RetrieveOptions& opt) { return distributed_retrieve_c(ds, F, 1.0, x, n, opt); }),
+      std::function<Retrieval(const float*, const RetrieveOptions&)>(
+          [&](const float* x, const RetrieveOptions& opt) { return engine.retrieve(x, n, opt); }),
+      noisy_queries(whole, n, 6), n, d, 20, o,
+      [&](const Vector& v, double E) { return model_c_step_bound(X, v, E, 1.0, step, Fv, Fp, Fpp_max, 4, shape); },
+      [K](std::uint64_t id) { return store_row(id, K); });
 }
 
 // Model A, synchronous order: the states equal the plain ModelA's (exact fields) and the single-process

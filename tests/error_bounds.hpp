@@ -1,0 +1,180 @@
+// Forward error bounds of the engines' float32 passes, for the tests' tolerances.
+//
+// A test that compares a float32 engine with the plain (double) model, or two float32 computations
+// that sum in different orders (threads, shards, MPI ranks, kernels), needs a tolerance. These helpers
+// derive it from the computation, with the standard model of floating-point arithmetic
+// (fl(a op b) = (a op b)(1 + delta), |delta| <= u; Higham, Accuracy and Stability of Numerical Algorithms,
+// 2nd ed., ch. 3-4):
+//  - a dot product of d terms, summed in any order (FMA or not): |error| <= gamma_d sum_k |x_k y_k|;
+//  - a sum of terms by any summation tree of depth h: |error| <= gamma_h sum |terms|;
+// with gamma_n = n u / (1 - n u) and u = 2^-24 (float32). The bounds are worst cases over every order
+// and every CPU (the order a kernel sums in is not part of the bound), so a test using them holds on
+// any instruction set, thread count or number of ranks; an error larger than the bound is a bug.
+//
+// The helpers follow the exact (double) trajectory of eq. (16) / eq. (22) and carry, step by step, a
+// componentwise bound E_t on |computed state - exact state|: step t's scores see E_t through
+// |xi_mu . delta v| <= |xi_mu|_1 E_t, so the bound propagates through the dynamics with the Jacobian
+// the model actually has at the trajectory (for converging retrievals it shrinks).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "assocmem/types.hpp"
+
+namespace assocmem::testing {
+
+constexpr double kUnitRoundoffF32 = 0x1p-24;
+constexpr double kUnitRoundoffBf16 = 0x1p-8;
+
+inline double gamma_n(double n, double u = kUnitRoundoffF32) { return n * u / (1.0 - n * u); }
+
+/// How an engine pass sums: over K memories in tiles of `tile` (a kernel accumulates a tile's terms in
+/// one chain, then the tiles' partials are chained per worker, rescaled when the running maximum rises,
+/// and the workers', shards' and ranks' partials merged). Every term then passes through at most
+/// tile + 3 ceil(K / 32) additions and multiplications: a tile chain (<= tile), one rescaling and one
+/// addition per later tile of its worker (< 2 K / 32: tiles hold >= 32 memories), and one merge per
+/// other participant (fewer participants than tiles: < K / 32).
+struct PassShape {
+  std::size_t K = 0, d = 0, tile = 256;
+  /// Operands rounded before the products: 0 for float32 products; kUnitRoundoffBf16 where the engine
+  /// rounds queries and softmax weights to bfloat16 (bf16 products).
+  double u_operands = 0.0;
+  double depth() const { return double(tile) + 3.0 * std::ceil(double(K) / 32.0); }
+};
+
+/// The bound after one step: the exact next state, and per component the bound on the computed one.
+struct StepBound {
+  Vector next;  ///< the exact step from the exact input
+  Vector err;   ///< |computed next - exact next| <= err (componentwise)
+  double energy = 0, energy_err = 0;  ///< the exact energy at the exact input, and the bound of the computed one
+  Vector weights, weight_err;         ///< model B: softmax weights at the input, and bounds (absolute)
+};
+
+/// One float32 step of model B (eq. 15; eq. 16 at step = 1) from the exact input v, when the computed
+/// input differs from v by at most E_in per component. X: the memories (K x d) exactly as stored.
+/// The engine computes s = X v (dot products), beta s, m = max, w = exp(beta s - m) (exp within 4 ulp),
+/// acc = sum w xi and S = sum w (summation trees of depth <= shape.depth()), a = acc / S, and then
+/// v + step (a - v); the energy (eq. 13) as v.v/2 - (m + log S) / beta.
+inline StepBound model_b_step_bound(const Matrix& X, const Vector& v, double E_in, double beta, const PassShape& shape,
+                                    double step = 1.0) {
+  const double u = kUnitRoundoffF32, gd = gamma_n(double(shape.d) + 1), h = gamma_n(shape.depth());
+  const Eigen::Index K = X.rows(), d = X.cols();
+  const Vector s = X * v;
+  const double m = (beta * s).maxCoeff();
+  const Vector w = (beta * s.array() - m).exp().matrix();
+  const double S = w.sum();
+  const Vector a = X.transpose() * w / S;
+  // theta_mu: the relative error of each computed weight w~ = w (1 + theta).
+  Vector theta(K);
+  for (Eigen::Index mu = 0; mu < K; ++mu) {
+    double dot_abs = 0;
+    for (Eigen::Index k = 0; k < d; ++k) dot_abs += std::abs(X(mu, k)) * (std::abs(v[k]) + E_in);
+    const double ds = X.row(mu).lpNorm<1>() * E_in + (gd + shape.u_operands) * dot_abs;
+    const double bs = beta * s[mu];
+    const double t = beta * ds + u * (std::abs(bs) + std::abs(bs - m)) + 6 * u + shape.u_operands;
+    theta[mu] = std::expm1(t);
+  }
+  const double tmax = theta.maxCoeff();
+  StepBound out;
+  if (!(tmax < 0.5)) {  // weights uncertain by 50% or more: no useful bound
+    const double inf = std::numeric_limits<double>::infinity();
+    out.next = v;
+    out.err = Vector::Constant(d, inf);
+    out.energy_err = inf;
+    out.weights = Vector::Zero(K);
+    out.weight_err = Vector::Constant(K, inf);
+    return out;
+  }
+  out.err.resize(d);
+  for (Eigen::Index j = 0; j < d; ++j) {
+    double spread = 0, mag = 0;
+    for (Eigen::Index mu = 0; mu < K; ++mu) {
+      spread += w[mu] * theta[mu] * std::abs(X(mu, j) - a[j]);
+      mag += w[mu] * (1 + theta[mu]) * std::abs(X(mu, j));
+    }
+    // Perturbed weights move a by sum w theta (xi - a) / sum w~; the sums' rounding (and the weights'
+    // rounding to the operand format) moves acc by (h + u_op) mag and S by h S~; then a's division.
+    const double Sl = S * (1 - tmax);
+    const double err_a = spread / Sl + (h + shape.u_operands) * mag / Sl / (1 - h) +
+                         h * (std::abs(a[j]) + spread / Sl) / (1 - h) + u * std::abs(a[j]);
+    out.err[j] = std::abs(1 - step) * E_in + step * err_a +
+                 3 * u * (std::abs(v[j]) + E_in + step * (std::abs(a[j]) + err_a + std::abs(v[j]) + E_in));
+  }
+  out.next = v + step * (a - v);
+  const double lse = m + std::log(S);
+  const double lse_err = std::log1p(tmax) + 2 * h + u * (std::abs(m) + std::abs(lse));
+  out.energy = 0.5 * v.squaredNorm() - lse / beta;
+  out.energy_err = (v.lpNorm<1>() + double(d) * E_in) * E_in + gd * v.squaredNorm() + lse_err / beta +
+                   u * std::abs(out.energy) + 1e-300;
+  out.weights = w / S;
+  out.weight_err.resize(K);
+  for (Eigen::Index mu = 0; mu < K; ++mu) out.weight_err[mu] = out.weights[mu] * std::expm1(std::log1p(theta[mu]) + lse_err + 4 * u);
+  return out;
+}
+
+/// One float32 step of model C (eq. 22: v + step (sum_mu xi_mu F'(xi_mu . g) - alpha v), g = v / |v|)
+/// from the exact input v, with the computed input within E_in per component. Fp, Fpp: F' and F'';
+/// Fpp_max(x, r): max |F''| on [x - r, x + r]; c_F: F''s relative evaluation error in units of u.
+/// The energy (eq. 21) -sum F(xi . g) at the input.
+inline StepBound model_c_step_bound(const Matrix& X, const Vector& v, double E_in, double alpha, double step,
+                                    const std::function<double(double)>& F, const std::function<double(double)>& Fp,
+                                    const std::function<double(double, double)>& Fpp_max, double c_F,
+                                    const PassShape& shape) {
+  const double u = kUnitRoundoffF32, gd = gamma_n(double(shape.d) + 1), h = gamma_n(shape.depth());
+  const Eigen::Index K = X.rows(), d = X.cols();
+  const double n = v.norm();
+  const Vector g = v / n;
+  const double dn = std::sqrt(double(d)) * E_in;  // |delta v|_2
+  if (!(dn < 0.25 * n)) {  // the direction itself is uncertain: no useful bound
+    const double inf = std::numeric_limits<double>::infinity();
+    StepBound out;
+    out.next = v;
+    out.err = Vector::Constant(d, inf);
+    out.energy_err = inf;
+    return out;
+  }
+  // |delta g_k| from the input (first order, divided by 1 - dn/n for the second) and from g's rounding
+  // (the norm's sum of squares, its square root and the division).
+  Vector dg(d);
+  for (Eigen::Index k = 0; k < d; ++k)
+    dg[k] = (E_in + std::abs(g[k]) * dn) / n / (1 - 2 * dn / n) + (gd + 3 * u) * (std::abs(g[k]) + E_in / n);
+  const Vector x = X * g;
+  Vector f(K), df(K), dx(K);
+  double energy = 0, energy_err = 0;
+  for (Eigen::Index mu = 0; mu < K; ++mu) {
+    double dot_abs = 0, in = 0;
+    for (Eigen::Index k = 0; k < d; ++k) {
+      dot_abs += std::abs(X(mu, k)) * (std::abs(g[k]) + dg[k]);
+      in += std::abs(X(mu, k)) * dg[k];
+    }
+    dx[mu] = in + gd * dot_abs;
+    f[mu] = Fp(x[mu]);
+    df[mu] = Fpp_max(x[mu], dx[mu]) * dx[mu] + c_F * u * (std::abs(f[mu]) + Fpp_max(x[mu], dx[mu]) * dx[mu]);
+    energy -= F(x[mu]);
+    energy_err += (std::abs(f[mu]) + df[mu]) * dx[mu] + c_F * u * std::abs(F(x[mu]));
+  }
+  StepBound out;
+  out.err.resize(d);
+  const Vector D = X.transpose() * f;
+  for (Eigen::Index j = 0; j < d; ++j) {
+    double moved = 0, mag = 0;
+    for (Eigen::Index mu = 0; mu < K; ++mu) {
+      moved += df[mu] * std::abs(X(mu, j));
+      mag += (std::abs(f[mu]) + df[mu]) * std::abs(X(mu, j));
+    }
+    const double err_D = moved + h * mag;
+    out.err[j] = std::abs(1 - step * alpha) * E_in + step * err_D +
+                 3 * u * (std::abs(v[j]) + E_in + step * (std::abs(D[j]) + err_D + alpha * (std::abs(v[j]) + E_in)));
+  }
+  out.next = v + step * (D - alpha * v);
+  out.energy = energy;
+  out.energy_err = energy_err + h * std::abs(energy) + 1e-300;
+  return out;
+}
+
+}  // namespace assocmem::testing
