@@ -10,6 +10,7 @@
 
 #include "assocmem/io.hpp"
 #include "assocmem/store.hpp"
+#include "assocmem/engine.hpp"
 #include "kernels/kernels.hpp"
 #include "online_softmax.hpp"
 #include "parallel.hpp"
@@ -177,7 +178,7 @@ template <>
 struct Products<float> {
   const kernels::Ops* ops;
   explicit Products(const AttentionArgs<float>& a)
-      : ops(!a.portable_kernels && kernels::avx512_ops() ? kernels::avx512_ops() : &kernels::generic_ops()) {}
+      : ops(a.portable_kernels ? &kernels::generic_ops() : &kernels::choose(KernelChoice::Auto, false)) {}
   void pack(const float* rows, std::size_t nt, std::size_t d, std::vector<float>& buf) const {
     buf.resize(kernels::round_up(nt, kernels::kBlock) * d);
     ops->pack_xt(rows, nt, d, buf.data());

@@ -19,22 +19,8 @@ namespace assocmem {
 namespace {
 const kernels::Ops& ops_of(const void* p) { return *static_cast<const kernels::Ops*>(p); }
 
-const kernels::Ops* choose(KernelChoice k) {
-  const kernels::Ops* ops = nullptr;
-  switch (k) {
-    case KernelChoice::Generic: return &kernels::generic_ops();
-    case KernelChoice::Avx512:
-    case KernelChoice::Avx512Bf16:
-    case KernelChoice::AmxBf16:
-      ops = kernels::avx512_ops();
-      ASSOCMEM_CHECK_ARG(ops != nullptr, "kernel: AVX-512 is not available on this CPU or build");
-      return ops;
-    case KernelChoice::Auto:
-      ops = kernels::avx512_ops();
-      return ops ? ops : &kernels::generic_ops();
-  }
-  return &kernels::generic_ops();
-}
+// Model A runs on the packed-bit kernels of the same tables (the bf16 products play no part).
+const kernels::Ops* choose(KernelChoice k) { return &kernels::choose(k, false); }
 }  // namespace
 
 std::vector<std::int8_t> to_spins(const float* x, std::size_t rows, std::size_t cols, const std::string& what) {

@@ -28,7 +28,14 @@ KernelChoice parse_kernel(const std::string& name) {
   if (name == "avx512") return KernelChoice::Avx512;
   if (name == "avx512_bf16") return KernelChoice::Avx512Bf16;
   if (name == "amx_bf16") return KernelChoice::AmxBf16;
-  throw InvalidArgument("kernel must be one of auto, generic, avx512, avx512_bf16, amx_bf16; got '" + name + "'");
+  if (name == "sse4") return KernelChoice::Sse4;
+  if (name == "avx2") return KernelChoice::Avx2;
+  if (name == "neon") return KernelChoice::Neon;
+  if (name == "sve") return KernelChoice::Sve;
+  if (name == "sve2") return KernelChoice::Sve2;
+  throw InvalidArgument(
+      "kernel must be one of auto, generic, sse4, avx2, avx512, avx512_bf16, amx_bf16, neon, sve, sve2; got '" + name +
+      "'");
 }
 
 void EngineOptions::validate() const {
@@ -133,27 +140,7 @@ struct EngineCore {
                          to_string(s.dtype()));
       ASSOCMEM_CHECK_ARG(v->dim() > 0, "values: dimension 0");
     }
-    switch (opt.kernel) {
-      case KernelChoice::Generic: ops = &kernels::generic_ops(); break;
-      case KernelChoice::Avx512:
-        ops = kernels::avx512_ops();
-        ASSOCMEM_CHECK_ARG(ops != nullptr, "kernel 'avx512' is not available on this CPU or build");
-        break;
-      case KernelChoice::Avx512Bf16:
-        ops = kernels::avx512_bf16_ops();
-        ASSOCMEM_CHECK_ARG(ops != nullptr, "kernel 'avx512_bf16' is not available on this CPU or build");
-        break;
-      case KernelChoice::AmxBf16:
-        ops = kernels::amx_bf16_ops();
-        ASSOCMEM_CHECK_ARG(ops != nullptr, "kernel 'amx_bf16' is not available on this CPU, kernel or build");
-        break;
-      case KernelChoice::Auto:
-        ops = s.dtype() == DType::BFloat16 ? kernels::amx_bf16_ops() : nullptr;
-        if (!ops && s.dtype() == DType::BFloat16) ops = kernels::avx512_bf16_ops();
-        if (!ops) ops = kernels::avx512_ops();
-        if (!ops) ops = &kernels::generic_ops();
-        break;
-    }
+    ops = &kernels::choose(opt.kernel, s.dtype() == DType::BFloat16);
     bf16_products = ops->bf16_products && s.dtype() == DType::BFloat16;
     // The largest memory norm bounds every score |xi_mu . v| <= max_norm |v| (Cauchy-Schwarz), so
     // queries whose scores could overflow float32 are refused up front, the same on every kernel.

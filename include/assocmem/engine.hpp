@@ -26,9 +26,16 @@
 
 namespace assocmem {
 
-enum class KernelChoice { Auto, Generic, Avx512, Avx512Bf16, AmxBf16 };
-/// "auto", "generic", "avx512", "avx512_bf16", "amx_bf16"; throws InvalidArgument otherwise.
+/// The kernel tables (src/kernels/): Generic is Highway's portable target (any CPU); Sse4, Avx2 (x86-64)
+/// and Neon, Sve, Sve2 (aarch64) the same Highway source compiled for those instruction sets; Avx512,
+/// Avx512Bf16 and AmxBf16 hand-written AVX-512 / AVX-512 BF16 / AMX-BF16 code. Auto: the best this CPU
+/// runs, or the one named by the environment variable ASSOCMEM_KERNEL.
+enum class KernelChoice : int { Auto, Generic, Avx512, Avx512Bf16, AmxBf16, Sse4, Avx2, Neon, Sve, Sve2 };
+/// "auto", "generic", "sse4", "avx2", "avx512", "avx512_bf16", "amx_bf16", "neon", "sve", "sve2";
+/// throws InvalidArgument otherwise.
 KernelChoice parse_kernel(const std::string& name);
+/// The kernels this CPU and build run, best first (the names kernel() reports and parse_kernel takes).
+std::vector<std::string> available_kernels();
 
 struct AttentionPartial;
 class CodeIndex;
@@ -136,7 +143,7 @@ class ModelBEngine {
   ModelBEngine(ModelBEngine&&) noexcept;
   ModelBEngine& operator=(ModelBEngine&&) noexcept;
 
-  /// The kernel table in use: "amx_bf16", "avx512_bf16", "avx512" or "generic".
+  /// The kernel table in use: one of available_kernels().
   std::string kernel() const;
   double beta() const { return beta_; }
   std::size_t dim() const;        ///< d, the dimension of queries and keys

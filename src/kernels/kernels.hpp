@@ -12,6 +12,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
+
+namespace assocmem {
+enum class KernelChoice : int;  // engine.hpp
+}
 
 namespace assocmem::kernels {
 
@@ -123,7 +128,26 @@ using NibbleDots = decltype(Ops::nibble_dots);
 /// have VNNI; null where this build or this CPU has no AVX-512.
 NibbleDots avx512bw_nibble_dots();
 
+/// A table written once with Highway (highway.cpp), compiled for one of its targets.
+struct HighwayTable {
+  std::int64_t target;  ///< HWY_AVX2, HWY_NEON, ...
+  const Ops* ops;
+};
+/// The Highway tables this CPU runs, best first; the last is the portable one ("generic").
+std::vector<HighwayTable> highway_tables();
+
+/// The portable table (Highway's EMU128 target): runs on any CPU.
 const Ops& generic_ops();
+/// The table named `name` ("avx2", "sse4", "neon", "sve", "sve2", "generic", "avx512", "avx512_bf16",
+/// "amx_bf16") if this build and CPU run it, else null.
+const Ops* table_named(const char* name);
+/// The one place a table is chosen (engines of models A, B and C, the fused attention): a forced choice
+/// that this CPU or build cannot run throws InvalidArgument; Auto follows the environment variable
+/// ASSOCMEM_KERNEL when it is set (a kernel name, checked the same way), else takes the best table
+/// here: for bfloat16 stores (bf16_store) AMX-BF16, then AVX-512 BF16; then AVX-512, then the best
+/// Highway target (SVE2, SVE, NEON, AVX2, SSE4), then the portable one.
+const Ops& choose(KernelChoice choice, bool bf16_store);
+
 /// Null when this build or this CPU has no AVX-512 (F, BW, VL, DQ) / AVX-512 BF16.
 const Ops* avx512_ops();
 const Ops* avx512_bf16_ops();

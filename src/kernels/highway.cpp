@@ -1,0 +1,591 @@
+// The kernel table written once with Google Highway (Debian's libhwy-dev 1.0.3) and compiled for every
+// target Highway builds here: SSE4 and AVX2 on x86-64, NEON and SVE/SVE2 on aarch64, and its portable
+// EMU128 target (the "generic" table, on any CPU). highway_tables() lists the tables of the targets this
+// CPU runs; dispatch.cpp chooses among them (and the hand-written AVX-512/AMX tables) in one place.
+//
+// Every entry follows kernels.hpp's contract. Reductions are taken in vector order: results differ from
+// the scalar order by float32 rounding, within the forward error bounds the tests derive
+// (tests/error_bounds.hpp); the integer kernels (model A's packed bits, the certified screen's nibble
+// dot products) are exact on every target. No FMA is contracted where kernels.hpp says an operation is
+// rounded on its own (exp_shift_sum's shift, coarse_bound): Highway's Mul/Add/Sub are separate
+// instructions, and this file is compiled with -ffp-contract=off.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/highway.cpp"
+#include <hwy/foreach_target.h>  // IWYU pragma: keep
+
+#include <hwy/cache_control.h>
+#include <hwy/contrib/math/math-inl.h>
+#include <hwy/highway.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/kernels.hpp"
+
+HWY_BEFORE_NAMESPACE();
+namespace assocmem::kernels {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// Queries per microkernel call: 8 rows x 2 vectors of accumulators fit in 32 vector registers (NEON,
+// SVE, EMU128); x86 targets below AVX-512 have 16, so 6 rows (12 accumulators, 2 operands, 1 broadcast).
+#if HWY_TARGET == HWY_SSE4 || HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_SSSE3
+constexpr int kRows = 6;
+#else
+constexpr int kRows = 8;
+#endif
+
+template <class D>
+using V = hn::Vec<D>;
+
+// n < Lanes(d) elements from p, zero-padded (reads nothing beyond p[n - 1]).
+template <class D, typename T = hn::TFromD<D>>
+HWY_INLINE V<D> LoadN(D d, const T* HWY_RESTRICT p, std::size_t n) {
+  HWY_ALIGN T buf[HWY_MAX_BYTES / sizeof(T)] = {};
+  std::memcpy(buf, p, n * sizeof(T));
+  return hn::Load(d, buf);
+}
+template <class D, typename T = hn::TFromD<D>>
+HWY_INLINE void StoreN(D d, V<D> v, T* HWY_RESTRICT p, std::size_t n) {
+  HWY_ALIGN T buf[HWY_MAX_BYTES / sizeof(T)];
+  hn::Store(v, d, buf);
+  std::memcpy(p, buf, n * sizeof(T));
+}
+// Lanes [0, n) of the vector at p (n = min(left, Lanes)): a plain load when whole.
+template <class D, typename T = hn::TFromD<D>>
+HWY_INLINE V<D> LoadUpTo(D d, const T* HWY_RESTRICT p, std::size_t left) {
+  const std::size_t N = hn::Lanes(d);
+  return left >= N ? hn::LoadU(d, p) : LoadN(d, p, left);
+}
+
+// bfloat16 widened on load: the upper 16 bits of a float32 (exact).
+template <class DF>
+HWY_INLINE V<DF> WidenBf16(DF df, hn::Vec<hn::Rebind<std::uint16_t, DF>> h) {
+  const hn::RebindToUnsigned<DF> du32;
+  return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du32, h)));
+}
+template <class DF>
+HWY_INLINE V<DF> LoadBf16UpTo(DF df, const std::uint16_t* HWY_RESTRICT p, std::size_t left) {
+  const hn::Rebind<std::uint16_t, DF> d16;
+  return WidenBf16(df, LoadUpTo(d16, p, left));
+}
+
+// ---------------------------------------------------------------------------------------------
+// f32 products (layouts: kernels.hpp).
+
+void PackXt(const float* rows, std::size_t nt, std::size_t d, float* xt) {
+  const std::size_t nblocks = (nt + kBlock - 1) / kBlock;
+  for (std::size_t b = 0; b < nblocks; ++b)
+    for (std::size_t j = 0; j < kBlock; ++j) {
+      const std::size_t t = b * kBlock + j;
+      float* out = xt + b * d * kBlock + j;
+      if (t < nt) {
+        for (std::size_t k = 0; k < d; ++k) out[k * kBlock] = rows[t * d + k];
+      } else {
+        for (std::size_t k = 0; k < d; ++k) out[k * kBlock] = 0.0f;
+      }
+    }
+}
+
+// The column width of one microkernel call: two vectors of at most 16 lanes (a divisor of kBlock).
+using DC = hn::CappedTag<float, 16>;
+
+// Accumulators as named variables (GCC keeps an array of them in memory; SVE vectors cannot be in one).
+#define ASSOCMEM_HWY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define ASSOCMEM_HWY_DECL(r) auto a##r = hn::Zero(dc), b##r = hn::Zero(dc);
+
+// S[r][c0 .. c0 + 2N) = sum_k q[r][k] xt[k][c0 ..] for R rows.
+template <int R>
+HWY_INLINE void Mk1(const float* HWY_RESTRICT q, std::size_t ldq, const float* HWY_RESTRICT xtb, std::size_t d,
+                    float* HWY_RESTRICT S, std::size_t ldS) {
+  const DC dc;
+  const std::size_t N = hn::Lanes(dc);
+  ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_DECL)
+  for (std::size_t k = 0; k < d; ++k) {
+    const auto x0 = hn::LoadU(dc, xtb + k * kBlock), x1 = hn::LoadU(dc, xtb + k * kBlock + N);
+#define ASSOCMEM_HWY_STEP(r)                       \
+  if constexpr (R > r) {                           \
+    const auto qb = hn::Set(dc, q[r * ldq + k]);   \
+    a##r = hn::MulAdd(qb, x0, a##r);               \
+    b##r = hn::MulAdd(qb, x1, b##r);               \
+  }
+    ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_STEP)
+#undef ASSOCMEM_HWY_STEP
+  }
+#define ASSOCMEM_HWY_STORE(r)                    \
+  if constexpr (R > r) {                         \
+    hn::StoreU(a##r, dc, S + r * ldS);           \
+    hn::StoreU(b##r, dc, S + r * ldS + N);       \
+  }
+  ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_STORE)
+#undef ASSOCMEM_HWY_STORE
+}
+
+template <int R>
+HWY_INLINE void Gemm1Rows(const float* q, std::size_t ldq, const float* xt, std::size_t nblocks, std::size_t d,
+                          float* S, std::size_t ldS) {
+  const std::size_t W = 2 * hn::Lanes(DC());
+  for (std::size_t b = 0; b < nblocks; ++b)
+    for (std::size_t c = 0; c < kBlock; c += W) Mk1<R>(q, ldq, xt + b * d * kBlock + c, d, S + b * kBlock + c, ldS);
+}
+
+void Gemm1F32(const float* q, std::size_t nb, std::size_t ldq, const float* xt, std::size_t nt, std::size_t d,
+              float* S, std::size_t ldS) {
+  const std::size_t nblocks = (nt + kBlock - 1) / kBlock;
+  for (std::size_t r0 = 0; r0 < nb; r0 += kRows) {
+    const std::size_t R = std::min<std::size_t>(kRows, nb - r0);
+    const float* qq = q + r0 * ldq;
+    float* s = S + r0 * ldS;
+    switch (R) {
+      case 8: Gemm1Rows<8>(qq, ldq, xt, nblocks, d, s, ldS); break;
+      case 7: Gemm1Rows<7>(qq, ldq, xt, nblocks, d, s, ldS); break;
+      case 6: Gemm1Rows<6>(qq, ldq, xt, nblocks, d, s, ldS); break;
+      case 5: Gemm1Rows<5>(qq, ldq, xt, nblocks, d, s, ldS); break;
+      case 4: Gemm1Rows<4>(qq, ldq, xt, nblocks, d, s, ldS); break;
+      case 3: Gemm1Rows<3>(qq, ldq, xt, nblocks, d, s, ldS); break;
+      case 2: Gemm1Rows<2>(qq, ldq, xt, nblocks, d, s, ldS); break;
+      default: Gemm1Rows<1>(qq, ldq, xt, nblocks, d, s, ldS); break;
+    }
+  }
+}
+
+// acc[r][j0 .. j0 + 2N) += sum_t P[r][t] rows[t][j0 ..] for R rows; columns >= d read as 0 (acc is
+// padded to dpad, a multiple of kBlock, so the stores stay inside it).
+template <int R>
+HWY_INLINE void Mk2(const float* HWY_RESTRICT P, std::size_t ldP, const float* HWY_RESTRICT rows, std::size_t nt,
+                    std::size_t d, std::size_t j0, float* HWY_RESTRICT acc, std::size_t dpad) {
+  const DC dc;
+  const std::size_t N = hn::Lanes(dc);
+  ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_DECL)
+  const bool whole = j0 + 2 * N <= d;
+  const std::size_t left0 = d - j0, left1 = d > j0 + N ? d - j0 - N : 0;
+  for (std::size_t t = 0; t < nt; ++t) {
+    const float* x = rows + t * d + j0;
+    const auto x0 = whole ? hn::LoadU(dc, x) : LoadUpTo(dc, x, left0);
+    const auto x1 = whole ? hn::LoadU(dc, x + N) : (left1 ? LoadUpTo(dc, x + N, left1) : hn::Zero(dc));
+#define ASSOCMEM_HWY_STEP(r)                       \
+  if constexpr (R > r) {                           \
+    const auto pb = hn::Set(dc, P[r * ldP + t]);   \
+    a##r = hn::MulAdd(pb, x0, a##r);               \
+    b##r = hn::MulAdd(pb, x1, b##r);               \
+  }
+    ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_STEP)
+#undef ASSOCMEM_HWY_STEP
+  }
+#define ASSOCMEM_HWY_STORE(r)                                           \
+  if constexpr (R > r) {                                                \
+    float* o = acc + r * dpad + j0;                                     \
+    hn::StoreU(hn::Add(hn::LoadU(dc, o), a##r), dc, o);                 \
+    hn::StoreU(hn::Add(hn::LoadU(dc, o + N), b##r), dc, o + N);         \
+  }
+  ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_STORE)
+#undef ASSOCMEM_HWY_STORE
+}
+#undef ASSOCMEM_HWY_DECL
+
+template <int R>
+HWY_INLINE void Gemm2Rows(const float* P, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d,
+                          float* acc, std::size_t dpad) {
+  const std::size_t W = 2 * hn::Lanes(DC());
+  for (std::size_t j0 = 0; j0 < d; j0 += W) Mk2<R>(P, ldP, rows, nt, d, j0, acc, dpad);
+}
+
+void Gemm2F32(const float* P, std::size_t nb, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d,
+              float* acc, std::size_t dpad) {
+  for (std::size_t r0 = 0; r0 < nb; r0 += kRows) {
+    const std::size_t R = std::min<std::size_t>(kRows, nb - r0);
+    const float* pp = P + r0 * ldP;
+    float* a = acc + r0 * dpad;
+    switch (R) {
+      case 8: Gemm2Rows<8>(pp, ldP, rows, nt, d, a, dpad); break;
+      case 7: Gemm2Rows<7>(pp, ldP, rows, nt, d, a, dpad); break;
+      case 6: Gemm2Rows<6>(pp, ldP, rows, nt, d, a, dpad); break;
+      case 5: Gemm2Rows<5>(pp, ldP, rows, nt, d, a, dpad); break;
+      case 4: Gemm2Rows<4>(pp, ldP, rows, nt, d, a, dpad); break;
+      case 3: Gemm2Rows<3>(pp, ldP, rows, nt, d, a, dpad); break;
+      case 2: Gemm2Rows<2>(pp, ldP, rows, nt, d, a, dpad); break;
+      default: Gemm2Rows<1>(pp, ldP, rows, nt, d, a, dpad); break;
+    }
+  }
+}
+
+// float32 -> bfloat16, round to nearest even; NaN stays NaN (quiet).
+void ToBf16(const float* x, std::size_t n, std::uint16_t* out) {
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, &x[i], 4);
+    out[i] = std::isnan(x[i]) ? static_cast<std::uint16_t>((u >> 16) | 0x40)
+                              : static_cast<std::uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Single query: memory-bound streams over row-major tiles (4 rows at a time, the rows 16 ahead
+// prefetched); bfloat16 rows are widened on load (half the bytes read).
+
+template <class Load>
+HWY_INLINE void Dots(const float* HWY_RESTRICT q, std::size_t nt, std::size_t d, float* HWY_RESTRICT out,
+                     std::size_t row_bytes, const char* base, const Load& load) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  std::size_t t = 0;
+  for (; t + 4 <= nt; t += 4) {
+    for (std::size_t p = 0; p < 4 * row_bytes; p += 64) hwy::Prefetch(base + (t + 16) * row_bytes + p);
+    auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;
+    for (std::size_t k = 0; k < d; k += N) {
+      const auto qv = LoadUpTo(df, q + k, d - k);
+      a0 = hn::MulAdd(qv, load(df, t, k), a0);
+      a1 = hn::MulAdd(qv, load(df, t + 1, k), a1);
+      a2 = hn::MulAdd(qv, load(df, t + 2, k), a2);
+      a3 = hn::MulAdd(qv, load(df, t + 3, k), a3);
+    }
+    out[t] = hn::GetLane(hn::SumOfLanes(df, a0));
+    out[t + 1] = hn::GetLane(hn::SumOfLanes(df, a1));
+    out[t + 2] = hn::GetLane(hn::SumOfLanes(df, a2));
+    out[t + 3] = hn::GetLane(hn::SumOfLanes(df, a3));
+  }
+  for (; t < nt; ++t) {
+    auto a = hn::Zero(df);
+    for (std::size_t k = 0; k < d; k += N) a = hn::MulAdd(LoadUpTo(df, q + k, d - k), load(df, t, k), a);
+    out[t] = hn::GetLane(hn::SumOfLanes(df, a));
+  }
+}
+
+void DotsF32(const float* q, const float* rows, std::size_t nt, std::size_t d, float* out) {
+  Dots(q, nt, d, out, d * 4, reinterpret_cast<const char*>(rows),
+       [&](auto df, std::size_t t, std::size_t k) { return LoadUpTo(df, rows + t * d + k, d - k); });
+}
+
+void DotsBf16(const float* q, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* out) {
+  Dots(q, nt, d, out, d * 2, reinterpret_cast<const char*>(rows),
+       [&](auto df, std::size_t t, std::size_t k) { return LoadBf16UpTo(df, rows + t * d + k, d - k); });
+}
+
+// acc[0, d) += sum_t p[t] row_t, four vectors of columns at a time.
+template <class Load>
+HWY_INLINE void Axpy(const float* HWY_RESTRICT p, std::size_t nt, std::size_t d, float* HWY_RESTRICT acc,
+                     const Load& load) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  for (std::size_t j0 = 0; j0 < d; j0 += 4 * N) {
+    const std::size_t left = d - j0;
+    const bool whole = left >= 4 * N;
+    auto a0 = LoadUpTo(df, acc + j0, left);
+    auto a1 = left > N ? LoadUpTo(df, acc + j0 + N, left - N) : hn::Zero(df);
+    auto a2 = left > 2 * N ? LoadUpTo(df, acc + j0 + 2 * N, left - 2 * N) : hn::Zero(df);
+    auto a3 = left > 3 * N ? LoadUpTo(df, acc + j0 + 3 * N, left - 3 * N) : hn::Zero(df);
+    for (std::size_t t = 0; t < nt; ++t) {
+      const auto pb = hn::Set(df, p[t]);
+      a0 = hn::MulAdd(pb, load(df, t, j0, left), a0);
+      if (whole || left > N) a1 = hn::MulAdd(pb, load(df, t, j0 + N, left - N), a1);
+      if (whole || left > 2 * N) a2 = hn::MulAdd(pb, load(df, t, j0 + 2 * N, left - 2 * N), a2);
+      if (whole || left > 3 * N) a3 = hn::MulAdd(pb, load(df, t, j0 + 3 * N, left - 3 * N), a3);
+    }
+    if (whole) {
+      hn::StoreU(a0, df, acc + j0);
+      hn::StoreU(a1, df, acc + j0 + N);
+      hn::StoreU(a2, df, acc + j0 + 2 * N);
+      hn::StoreU(a3, df, acc + j0 + 3 * N);
+    } else {
+      StoreN(df, a0, acc + j0, std::min(left, N));
+      if (left > N) StoreN(df, a1, acc + j0 + N, std::min(left - N, N));
+      if (left > 2 * N) StoreN(df, a2, acc + j0 + 2 * N, std::min(left - 2 * N, N));
+      if (left > 3 * N) StoreN(df, a3, acc + j0 + 3 * N, std::min(left - 3 * N, N));
+    }
+  }
+}
+
+void AxpyF32(const float* p, const float* rows, std::size_t nt, std::size_t d, float* acc) {
+  Axpy(p, nt, d, acc, [&](auto df, std::size_t t, std::size_t k, std::size_t left) {
+    return LoadUpTo(df, rows + t * d + k, left);
+  });
+}
+
+void AxpyBf16(const float* p, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* acc) {
+  Axpy(p, nt, d, acc, [&](auto df, std::size_t t, std::size_t k, std::size_t left) {
+    return LoadBf16UpTo(df, rows + t * d + k, left);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online-softmax epilogue (eq. 12 tile by tile).
+
+float ScaledMax(const float* s, std::size_t n, float beta) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  const auto b = hn::Set(df, beta), none = hn::Set(df, -HUGE_VALF);
+  auto m = none;
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) m = hn::Max(m, hn::Mul(b, hn::LoadU(df, s + i)));
+  if (i < n) m = hn::Max(m, hn::IfThenElse(hn::FirstN(df, n - i), hn::Mul(b, LoadN(df, s + i, n - i)), none));
+  return hn::GetLane(hn::MaxOfLanes(df, m));
+}
+
+// p[i] = exp(beta s[i] - m): beta s rounded first, then the shift (so the maximum gives exactly 0);
+// Highway's Exp (max error 1 ulp); results that would be subnormal (x < -87.3) are 0, as on every table.
+float ExpShiftSum(const float* s, std::size_t n, float beta, float mx, float* p) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  const auto b = hn::Set(df, beta), mv = hn::Set(df, mx), lo = hn::Set(df, -87.3f);
+  auto sum = hn::Zero(df);
+  const auto weights = [&](V<decltype(df)> sv) {
+    const auto x = hn::Sub(hn::Mul(b, sv), mv);
+    return hn::IfThenZeroElse(x < lo, hn::Exp(df, hn::Max(x, lo)));
+  };
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto e = weights(hn::LoadU(df, s + i));
+    hn::StoreU(e, df, p + i);
+    sum = hn::Add(sum, e);
+  }
+  if (i < n) {
+    const auto e = hn::IfThenElseZero(hn::FirstN(df, n - i), weights(LoadN(df, s + i, n - i)));
+    StoreN(df, e, p + i, n - i);
+    sum = hn::Add(sum, e);
+  }
+  return hn::GetLane(hn::SumOfLanes(df, sum));
+}
+
+void Scale(float* x, std::size_t n, float a) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  const auto av = hn::Set(df, a);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(av, hn::LoadU(df, x + i)), df, x + i);
+  if (i < n) StoreN(df, hn::Mul(av, LoadN(df, x + i, n - i)), x + i, n - i);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model A on packed +-1 columns (bit mu of the column: xi_mu,i = +1).
+
+// The bits of lanes [i, i + lanes) of a packed column of n bits (bytes beyond the column not read).
+HWY_INLINE std::uint64_t BitsAt(const std::uint8_t* bits, std::size_t n, std::size_t i) {
+  const std::size_t byte = i / 8, bytes = std::min<std::size_t>(8, (n + 7) / 8 - byte);
+  std::uint64_t w = 0;
+  std::memcpy(&w, bits + byte, bytes);  // little-endian: bit i of the column is bit i % 8 of w's byte 0
+  return w >> (i % 8);
+}
+
+// The lane masks 1 << lane (as the lane's unsigned type), for TestBit.
+template <class DU>
+HWY_INLINE V<DU> LaneBits(DU du) {
+  using T = hn::TFromD<DU>;
+  HWY_ALIGN T b[HWY_MAX_BYTES / sizeof(T)];
+  for (std::size_t l = 0; l < hn::Lanes(du); ++l) b[l] = static_cast<T>(T{1} << l);
+  return hn::Load(du, b);
+}
+
+void MaskedSums(const double* a, const double* b, const std::uint8_t* bits, std::size_t n, bool invert, double* sa,
+                double* sb) {
+  const hn::CappedTag<double, 32> dd;  // at most 32 lanes: a lane's bit within one 64-bit word
+  const hn::RebindToUnsigned<decltype(dd)> du;
+  const std::size_t N = hn::Lanes(dd);
+  const auto lane_bits = LaneBits(du);
+  const std::uint64_t flip = invert ? ~std::uint64_t{0} : 0;
+  auto x = hn::Zero(dd), y = x;
+  for (std::size_t i = 0; i < n; i += N) {
+    const auto set = hn::RebindMask(dd, hn::TestBit(hn::Set(du, BitsAt(bits, n, i) ^ flip), lane_bits));
+    const std::size_t left = n - i;
+    // Lanes beyond n load as 0.0 and add nothing.
+    x = hn::Add(x, hn::IfThenElseZero(set, LoadUpTo(dd, a + i, left)));
+    y = hn::Add(y, hn::IfThenZeroElse(set, LoadUpTo(dd, b + i, left)));
+  }
+  *sa = hn::GetLane(hn::SumOfLanes(dd, x));
+  *sb = hn::GetLane(hn::SumOfLanes(dd, y));
+}
+
+void AddSigned(std::int32_t* m, const std::uint8_t* bits, std::size_t n, std::int32_t delta) {
+  const hn::CappedTag<std::int32_t, 32> di;
+  const hn::RebindToUnsigned<decltype(di)> du;
+  const std::size_t N = hn::Lanes(di);
+  const auto lane_bits = LaneBits(du);
+  const auto plus = hn::Set(di, delta), minus = hn::Set(di, -delta);
+  for (std::size_t i = 0; i < n; i += N) {
+    const auto set = hn::RebindMask(di, hn::TestBit(hn::Set(du, static_cast<std::uint32_t>(BitsAt(bits, n, i))), lane_bits));
+    const auto step = hn::IfThenElse(set, plus, minus);
+    if (i + N <= n) {
+      hn::StoreU(hn::Add(hn::LoadU(di, m + i), step), di, m + i);
+    } else {
+      StoreN(di, hn::Add(LoadN(di, m + i, n - i), step), m + i, n - i);
+    }
+  }
+}
+
+void LookupPairs(const std::int32_t* m, std::size_t n, const double* table, std::int32_t offset, double* a, double* b) {
+  for (std::size_t i = 0; i < n; ++i) {
+    a[i] = table[m[i] + offset];
+    b[i] = table[m[i] + offset + 2];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certified screen: exact integer dot products over the codes' 4-bit planes (codes.hpp: 64-byte
+// groups, memory r's 4 bytes at 4r, byte k's low nibble weighs q8[8g + k], its high nibble
+// q8[8g + 4 + k]). Read as 16-bit lanes, lane L holds bytes k0 = 2 (L % 2) and k0 + 1 of memory L / 2:
+// its four nibbles times their query codes (|sum| <= 4 x 15 x 127 = 7620) fit in int16, and the two
+// lanes of a memory are added in int32: exact on every target, no saturation.
+void NibbleDots(const std::uint8_t* plane, std::size_t nblocks, std::size_t groups, const std::int8_t* q8,
+                std::int32_t* dot) {
+#if HWY_TARGET == HWY_SCALAR  // one lane: no 16-bit view of bytes; the same sums one memory at a time
+  for (std::size_t b = 0; b < nblocks; ++b)
+    for (std::size_t r = 0; r < 16; ++r) {
+      std::int32_t s = 0;
+      for (std::size_t g = 0; g < groups; ++g) {
+        const std::uint8_t* p = plane + (b * groups + g) * 64 + 4 * r;
+        for (std::size_t k = 0; k < 4; ++k)
+          s += std::int32_t(p[k] & 15) * q8[8 * g + k] + std::int32_t(p[k] >> 4) * q8[8 * g + 4 + k];
+      }
+      dot[16 * b + r] = s;
+    }
+#else
+  const hn::CappedTag<std::uint16_t, 32> du16;  // at most one 64-byte group per vector
+  const hn::RebindToSigned<decltype(du16)> di16;
+  const hn::Repartition<std::int32_t, decltype(du16)> di32;
+  const hn::Repartition<std::uint32_t, decltype(du16)> du32;
+  const hn::Repartition<std::uint8_t, decltype(du16)> du8;
+  const std::size_t N16 = hn::Lanes(du16), chunk_bytes = 2 * N16;
+  // Per group, the 16-bit query codes of lanes (even, odd) for the four nibbles, as 32-bit patterns.
+  constexpr std::size_t kMaxGroups = 65536 / 8;
+  static thread_local std::uint32_t pat[4 * kMaxGroups];
+  const auto pair = [&](std::size_t even, std::size_t odd) {
+    return std::uint32_t(std::uint16_t(std::int16_t(q8[even]))) | (std::uint32_t(std::uint16_t(std::int16_t(q8[odd]))) << 16);
+  };
+  for (std::size_t g = 0; g < groups; ++g) {
+    pat[4 * g + 0] = pair(8 * g + 0, 8 * g + 2);
+    pat[4 * g + 1] = pair(8 * g + 4, 8 * g + 6);
+    pat[4 * g + 2] = pair(8 * g + 1, 8 * g + 3);
+    pat[4 * g + 3] = pair(8 * g + 5, 8 * g + 7);
+  }
+  const auto low4 = hn::Set(du16, 0x000F);
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    hwy::Prefetch(plane + (b + 4) * groups * 64);
+    for (std::size_t c = 0; c < 64; c += chunk_bytes) {
+      auto acc = hn::Zero(di32);
+      for (std::size_t g = 0; g < groups; ++g) {
+        const auto v = hn::BitCast(du16, hn::LoadU(du8, plane + (b * groups + g) * 64 + c));
+        const auto n0 = hn::BitCast(di16, hn::And(v, low4));
+        const auto n1 = hn::BitCast(di16, hn::And(hn::ShiftRight<4>(v), low4));
+        const auto n2 = hn::BitCast(di16, hn::And(hn::ShiftRight<8>(v), low4));
+        const auto n3 = hn::BitCast(di16, hn::ShiftRight<12>(v));
+        const auto q0 = hn::BitCast(di16, hn::Set(du32, pat[4 * g + 0]));
+        const auto q1 = hn::BitCast(di16, hn::Set(du32, pat[4 * g + 1]));
+        const auto q2 = hn::BitCast(di16, hn::Set(du32, pat[4 * g + 2]));
+        const auto q3 = hn::BitCast(di16, hn::Set(du32, pat[4 * g + 3]));
+        const auto s = hn::Add(hn::Add(hn::Mul(n0, q0), hn::Mul(n1, q1)), hn::Add(hn::Mul(n2, q2), hn::Mul(n3, q3)));
+        const auto x = hn::BitCast(di32, s);
+        acc = hn::Add(acc, hn::Add(hn::ShiftRight<16>(hn::ShiftLeft<16>(x)), hn::ShiftRight<16>(x)));
+      }
+      hn::StoreU(acc, di32, dot + 16 * b + c / 4);
+    }
+  }
+#endif
+}
+
+// coarse_bound (kernels.hpp) a vector of memories at a time, the same operations in the same order.
+std::size_t ScreenCoarse(const std::uint8_t* high, std::size_t nt, std::size_t groups, const std::int8_t* q8,
+                         const CoarseQuery& cq, const float* scale, const float* err, const std::uint8_t* mask,
+                         float cut, std::int32_t* dot, float* lo, float* stats, std::uint32_t* idx) {
+  NibbleDots(high, (nt + 15) / 16, groups, q8, dot);
+  const hn::CappedTag<float, 16> df;  // idx has 16 slots beyond nt for the compressing stores
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const hn::Rebind<std::uint8_t, decltype(df)> du8;
+  const std::size_t N = hn::Lanes(df);
+  const auto k16 = hn::Set(df, cq.k16), qn = hn::Set(df, cq.qn), rq = hn::Set(df, cq.rq);
+  const auto R = hn::Set(df, cq.R), beta = hn::Set(df, cq.beta), vcut = hn::Set(df, cut);
+  const auto rel = hn::Set(df, 0x1p-16f), tiny = hn::Set(df, 0x1p-100f), none = hn::Set(df, -HUGE_VALF);
+  const auto shift = hn::Set(di, 8 * cq.qsum);
+  auto ml = none, disc = none;
+  std::size_t n = 0;
+  for (std::size_t t = 0; t < nt; t += N) {
+    const std::size_t left = nt - t;
+    auto keep = hn::FirstN(df, left);
+    if (mask) keep = hn::And(keep, hn::RebindMask(df, hn::PromoteTo(du, LoadUpTo(du8, mask + t, left)) == hn::Zero(du)));
+    const auto x = hn::ConvertTo(df, hn::Sub(hn::LoadU(di, dot + t), shift));
+    const auto sc = LoadUpTo(df, scale + t, left), er = LoadUpTo(df, err + t, left);
+    const auto a = hn::Mul(hn::Mul(sc, k16), x);
+    const auto e = hn::Add(hn::Mul(qn, er), hn::Mul(rq, hn::Add(R, er)));
+    const auto bnd = hn::Add(hn::Add(e, hn::Mul(rel, hn::Add(hn::Abs(a), e))), tiny);
+    const auto l = hn::Mul(beta, hn::Sub(a, bnd)), u = hn::Mul(beta, hn::Add(a, bnd));
+    const auto lv = hn::IfThenElse(keep, l, none);
+    if (left >= N) hn::StoreU(lv, df, lo + t);
+    else StoreN(df, lv, lo + t, left);
+    ml = hn::Max(ml, lv);
+    const auto ge = hn::And(keep, u >= vcut);
+    disc = hn::Max(disc, hn::IfThenElse(hn::AndNot(ge, keep), u, none));
+    if (!hn::AllFalse(df, ge)) n += hn::CompressStore(hn::Iota(du, static_cast<std::uint32_t>(t)), hn::RebindMask(du, ge), du, idx + n);
+  }
+  stats[0] = hn::GetLane(hn::MaxOfLanes(df, ml));
+  stats[1] = hn::GetLane(hn::MaxOfLanes(df, disc));
+  return n;
+}
+
+#undef ASSOCMEM_HWY_ROWS
+
+const Ops* Table(const char* name) {
+  static const Ops ops = [&] {
+    Ops o{};
+    o.name = name;
+    o.bf16_products = false;
+    o.row_block = 2 * kRows;
+    o.full_row_blocks = false;
+    o.pack_xt = &PackXt;
+    o.gemm1_f32 = &Gemm1F32;
+    o.gemm2_f32 = &Gemm2F32;
+    o.to_bf16 = &ToBf16;
+    o.dots_f32 = &DotsF32;
+    o.dots_bf16 = &DotsBf16;
+    o.axpy_f32 = &AxpyF32;
+    o.axpy_bf16 = &AxpyBf16;
+    o.scaled_max = &ScaledMax;
+    o.exp_shift_sum = &ExpShiftSum;
+    o.scale = &Scale;
+    o.masked_sums = &MaskedSums;
+    o.add_signed = &AddSigned;
+    o.lookup_pairs = &LookupPairs;
+    o.nibble_dots = &NibbleDots;
+    o.screen_coarse = &ScreenCoarse;
+    return o;
+  }();
+  return &ops;
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace assocmem::kernels
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace assocmem::kernels {
+
+std::vector<HighwayTable> highway_tables() {
+  std::vector<HighwayTable> all;
+  const std::int64_t cpu = hwy::SupportedTargets();
+  const auto add = [&](std::int64_t target, const Ops* (*table)(const char*), const char* name) {
+    if (cpu & target) all.push_back({target, table(name)});
+  };
+  // Best first. The portable EMU128 table is "generic" (every CPU runs it).
+#if HWY_TARGETS & HWY_SVE2
+  add(HWY_SVE2, &N_SVE2::Table, "sve2");
+#endif
+#if HWY_TARGETS & HWY_SVE
+  add(HWY_SVE, &N_SVE::Table, "sve");
+#endif
+#if HWY_TARGETS & HWY_NEON
+  add(HWY_NEON, &N_NEON::Table, "neon");
+#endif
+#if HWY_TARGETS & HWY_AVX2
+  add(HWY_AVX2, &N_AVX2::Table, "avx2");
+#endif
+#if HWY_TARGETS & HWY_SSE4
+  add(HWY_SSE4, &N_SSE4::Table, "sse4");
+#endif
+#if HWY_TARGETS & HWY_EMU128
+  add(HWY_EMU128, &N_EMU128::Table, "generic");
+#elif HWY_TARGETS & HWY_SCALAR
+  add(HWY_SCALAR, &N_SCALAR::Table, "generic");
+#endif
+  return all;
+}
+
+}  // namespace assocmem::kernels
+#endif  // HWY_ONCE
