@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels/kernels.hpp"
 
@@ -445,8 +446,10 @@ void NibbleDots(const std::uint8_t* plane, std::size_t nblocks, std::size_t grou
   const hn::Repartition<std::uint8_t, decltype(du16)> du8;
   const std::size_t N16 = hn::Lanes(du16), chunk_bytes = 2 * N16;
   // Per group, the 16-bit query codes of lanes (even, odd) for the four nibbles, as 32-bit patterns.
-  constexpr std::size_t kMaxGroups = 65536 / 8;
-  static thread_local std::uint32_t pat[4 * kMaxGroups];
+  constexpr std::size_t kStackGroups = 512;  // d <= 4096 on the stack (8 KB), larger on the heap
+  std::uint32_t stack_pat[4 * kStackGroups];
+  std::vector<std::uint32_t> heap_pat(groups > kStackGroups ? 4 * groups : 0);
+  std::uint32_t* pat = groups > kStackGroups ? heap_pat.data() : stack_pat;
   const auto pair = [&](std::size_t even, std::size_t odd) {
     return std::uint32_t(std::uint16_t(std::int16_t(q8[even]))) | (std::uint32_t(std::uint16_t(std::int16_t(q8[odd]))) << 16);
   };

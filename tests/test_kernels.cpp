@@ -1,0 +1,315 @@
+// Every entry of every kernel table this CPU runs (available_kernels(): the Highway targets, the
+// hand-written AVX-512/AMX tables) against scalar references: exact for the integer and data-movement
+// kernels, within the float32 forward error bound gamma_n sum |terms| (tests/error_bounds.hpp) for the
+// sums, which holds whatever order a target adds in. Run the whole suite with ASSOCMEM_KERNEL=<name> to
+// put the engines on one table.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "assocmem/engine.hpp"
+#include "error_bounds.hpp"
+#include "kernels/kernels.hpp"
+
+using namespace assocmem;
+using assocmem::testing::gamma_n;
+namespace k = assocmem::kernels;
+
+namespace {
+
+std::vector<const k::Ops*> tables() {
+  std::vector<const k::Ops*> out;
+  for (const std::string& name : available_kernels()) {
+    const k::Ops* o = k::table_named(name.c_str());
+    EXPECT_NE(o, nullptr) << name;
+    if (o) out.push_back(o);
+  }
+  return out;
+}
+
+float bf16_value(std::uint16_t b) {
+  const std::uint32_t u = std::uint32_t(b) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+std::uint16_t to_bf16_ref(float x) {  // round to nearest even; NaN kept quiet
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if (std::isnan(x)) return static_cast<std::uint16_t>((u >> 16) | 0x40);
+  return static_cast<std::uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+std::vector<float> randf(std::size_t n, std::mt19937_64& rng) {
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+TEST(Kernels, EveryTableIsListedAndNamed) {
+  const std::vector<std::string> names = available_kernels();
+  ASSERT_FALSE(names.empty());
+  EXPECT_EQ(names.back(), "generic");  // the portable table runs everywhere
+  for (const k::Ops* o : tables()) EXPECT_EQ(k::table_named(o->name), o);
+}
+
+TEST(Kernels, SingleQueryDotsAndAxpy) {
+  std::mt19937_64 rng(1);
+  for (const k::Ops* o : tables())
+    for (std::size_t d : {1u, 5u, 24u, 64u, 67u}) {
+      SCOPED_TRACE(std::string(o->name) + " d " + std::to_string(d));
+      const std::size_t nt = 37;
+      const std::vector<float> q = randf(d, rng), rows = randf(nt * d, rng), p = randf(nt, rng);
+      std::vector<std::uint16_t> rb(nt * d);
+      for (std::size_t i = 0; i < rb.size(); ++i) rb[i] = to_bf16_ref(rows[i]);
+      std::vector<float> out(nt), outb(nt);
+      o->dots_f32(q.data(), rows.data(), nt, d, out.data());
+      o->dots_bf16(q.data(), rb.data(), nt, d, outb.data());
+      for (std::size_t t = 0; t < nt; ++t) {
+        long double ref = 0, refb = 0, mag = 0, magb = 0;
+        for (std::size_t j = 0; j < d; ++j) {
+          ref += (long double)q[j] * rows[t * d + j];
+          refb += (long double)q[j] * bf16_value(rb[t * d + j]);
+          mag += std::fabs((long double)q[j] * rows[t * d + j]);
+          magb += std::fabs((long double)q[j] * bf16_value(rb[t * d + j]));
+        }
+        EXPECT_NEAR(out[t], double(ref), gamma_n(double(d)) * double(mag) + 1e-30) << t;
+        EXPECT_NEAR(outb[t], double(refb), gamma_n(double(d)) * double(magb) + 1e-30) << t;
+      }
+      const std::vector<float> acc0 = randf(d, rng);
+      std::vector<float> acc = acc0, accb = acc0;
+      o->axpy_f32(p.data(), rows.data(), nt, d, acc.data());
+      o->axpy_bf16(p.data(), rb.data(), nt, d, accb.data());
+      for (std::size_t j = 0; j < d; ++j) {
+        long double ref = acc0[j], refb = acc0[j], mag = std::fabs(acc0[j]), magb = mag;
+        for (std::size_t t = 0; t < nt; ++t) {
+          ref += (long double)p[t] * rows[t * d + j];
+          refb += (long double)p[t] * bf16_value(rb[t * d + j]);
+          mag += std::fabs((long double)p[t] * rows[t * d + j]);
+          magb += std::fabs((long double)p[t] * bf16_value(rb[t * d + j]));
+        }
+        EXPECT_NEAR(acc[j], double(ref), gamma_n(double(nt + 1)) * double(mag)) << j;
+        EXPECT_NEAR(accb[j], double(refb), gamma_n(double(nt + 1)) * double(magb)) << j;
+      }
+    }
+}
+
+TEST(Kernels, BlockedProducts) {
+  std::mt19937_64 rng(2);
+  for (const k::Ops* o : tables())
+    for (std::size_t d : {3u, 24u, 40u})
+      for (std::size_t nb : {1u, 5u, 8u, 13u}) {
+        SCOPED_TRACE(std::string(o->name) + " d " + std::to_string(d) + " nb " + std::to_string(nb));
+        const std::size_t nt = 70, ntpad = k::round_up(nt, k::kBlock), dpad = k::round_up(d, k::kBlock);
+        const std::vector<float> q = randf(nb * d, rng), rows = randf(nt * d, rng), P = randf(nb * ntpad, rng);
+        std::vector<float> xt(ntpad * d), S(nb * ntpad, 7.0f);
+        o->pack_xt(rows.data(), nt, d, xt.data());
+        o->gemm1_f32(q.data(), nb, d, xt.data(), nt, d, S.data(), ntpad);
+        for (std::size_t r = 0; r < nb; ++r)
+          for (std::size_t t = 0; t < ntpad; ++t) {
+            long double ref = 0, mag = 0;
+            for (std::size_t j = 0; t < nt && j < d; ++j) {
+              ref += (long double)q[r * d + j] * rows[t * d + j];
+              mag += std::fabs((long double)q[r * d + j] * rows[t * d + j]);
+            }
+            if (t >= nt) {
+              ASSERT_EQ(S[r * ntpad + t], 0.0f) << "padding column " << t;  // zero memories
+              continue;
+            }
+            ASSERT_NEAR(S[r * ntpad + t], double(ref), gamma_n(double(d)) * double(mag) + 1e-30) << r << "," << t;
+          }
+        const std::vector<float> acc0 = randf(nb * dpad, rng);
+        std::vector<float> acc = acc0;
+        o->gemm2_f32(P.data(), nb, ntpad, rows.data(), nt, d, acc.data(), dpad);
+        for (std::size_t r = 0; r < nb; ++r)
+          for (std::size_t j = 0; j < dpad; ++j) {
+            if (j >= d) {
+              ASSERT_EQ(acc[r * dpad + j], acc0[r * dpad + j]) << "padding column " << j;  // += 0
+              continue;
+            }
+            long double ref = acc0[r * dpad + j], mag = std::fabs(ref);
+            for (std::size_t t = 0; t < nt; ++t) {
+              ref += (long double)P[r * ntpad + t] * rows[t * d + j];
+              mag += std::fabs((long double)P[r * ntpad + t] * rows[t * d + j]);
+            }
+            ASSERT_NEAR(acc[r * dpad + j], double(ref), gamma_n(double(nt + 1)) * double(mag)) << r << "," << j;
+          }
+      }
+}
+
+TEST(Kernels, Bf16RoundingIsToNearestEven) {
+  std::mt19937_64 rng(3);
+  std::vector<float> x = randf(203, rng);
+  const float specials[] = {0.0f, -0.0f, 1.0f, std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(),
+                            std::numeric_limits<float>::max(), std::numeric_limits<float>::denorm_min(),
+                            1.0f + 0x1p-8f /* a tie: to even */, 1.0f + 3 * 0x1p-8f /* a tie: up */};
+  x.insert(x.end(), std::begin(specials), std::end(specials));
+  for (const k::Ops* o : tables()) {
+    std::vector<std::uint16_t> out(x.size());
+    o->to_bf16(x.data(), x.size(), out.data());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (std::isnan(x[i])) {
+        EXPECT_TRUE(std::isnan(bf16_value(out[i]))) << o->name;
+        continue;
+      }
+      EXPECT_EQ(out[i], to_bf16_ref(x[i])) << o->name << " " << x[i];
+    }
+  }
+}
+
+TEST(Kernels, SoftmaxEpilogue) {
+  std::mt19937_64 rng(4);
+  for (const k::Ops* o : tables())
+    for (std::size_t n : {1u, 7u, 16u, 33u, 256u}) {
+      SCOPED_TRACE(std::string(o->name) + " n " + std::to_string(n));
+      std::vector<float> s = randf(n, rng);
+      s[n / 2] = -30.0f;  // beta s - m below -87.3: weight 0 (no subnormals)
+      const float beta = 4.0f;
+      float mref = -INFINITY;
+      for (float x : s) mref = std::max(mref, beta * x);
+      EXPECT_EQ(o->scaled_max(s.data(), n, beta), mref);  // a max of the same rounded products: exact
+      std::vector<float> p(n);
+      const float sum = o->exp_shift_sum(s.data(), n, beta, mref, p.data());
+      long double total = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const float x = beta * s[i] - mref;  // rounded as the kernels round it
+        if (x < -87.3f) {
+          EXPECT_EQ(p[i], 0.0f) << i;
+          continue;
+        }
+        const double e = std::exp(double(x));
+        EXPECT_NEAR(p[i], e, 4 * 0x1p-24 * e) << i;  // Highway's Exp and the AVX-512 Cephes form: < 4 ulp
+        total += p[i];
+      }
+      EXPECT_NEAR(sum, double(total), gamma_n(double(n)) * double(total));
+      std::vector<float> y = s;
+      o->scale(y.data(), n, 0.37f);
+      for (std::size_t i = 0; i < n; ++i) EXPECT_EQ(y[i], s[i] * 0.37f);
+    }
+}
+
+TEST(Kernels, ModelAPackedBitsAreExact) {
+  std::mt19937_64 rng(5);
+  for (const k::Ops* o : tables())
+    for (std::size_t n : {1u, 7u, 8u, 13u, 64u, 100u}) {
+      SCOPED_TRACE(std::string(o->name) + " n " + std::to_string(n));
+      std::vector<std::uint8_t> bits((n + 7) / 8);
+      for (auto& b : bits) b = static_cast<std::uint8_t>(rng());
+      const auto bit = [&](std::size_t i) { return (bits[i / 8] >> (i % 8)) & 1; };
+      std::vector<double> a(n), b(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        a[i] = std::ldexp(double(rng() % 1000), -3);  // exact binary fractions: every order gives the same sum
+        b[i] = -std::ldexp(double(rng() % 1000), -5);
+      }
+      for (bool invert : {false, true}) {
+        double sa = 0, sb = 0, ra = 0, rb = 0;
+        o->masked_sums(a.data(), b.data(), bits.data(), n, invert, &sa, &sb);
+        for (std::size_t i = 0; i < n; ++i) (bool(bit(i)) != invert ? ra += a[i] : rb += b[i]);
+        EXPECT_EQ(sa, ra);
+        EXPECT_EQ(sb, rb);
+      }
+      std::vector<std::int32_t> m(n), ref(n);
+      for (std::size_t i = 0; i < n; ++i) m[i] = ref[i] = static_cast<std::int32_t>(rng() % 100) - 50;
+      o->add_signed(m.data(), bits.data(), n, 3);
+      for (std::size_t i = 0; i < n; ++i) ref[i] += bit(i) ? 3 : -3;
+      EXPECT_EQ(m, ref);
+      std::vector<double> table(200);
+      for (std::size_t i = 0; i < table.size(); ++i) table[i] = double(i) * 0.5;
+      std::vector<double> la(n), lb(n);
+      for (auto& x : m) x = static_cast<std::int32_t>(rng() % 90);
+      o->lookup_pairs(m.data(), n, table.data(), 7, la.data(), lb.data());
+      for (std::size_t i = 0; i < n; ++i) {
+        EXPECT_EQ(la[i], table[std::size_t(m[i] + 7)]);
+        EXPECT_EQ(lb[i], table[std::size_t(m[i] + 9)]);
+      }
+    }
+}
+
+TEST(Kernels, CertifiedScreenIsExactAndKeepsWhatTheScalarBoundKeeps) {
+  std::mt19937_64 rng(6);
+  for (const k::Ops* o : tables())
+    for (std::size_t groups : {1u, 3u, 8u}) {
+      SCOPED_TRACE(std::string(o->name) + " groups " + std::to_string(groups));
+      const std::size_t nt = 77, nblocks = (nt + 15) / 16;
+      std::vector<std::uint8_t> plane(nblocks * groups * 64);
+      for (auto& b : plane) b = static_cast<std::uint8_t>(rng());
+      std::vector<std::int8_t> q8(groups * 8);
+      for (auto& x : q8) x = static_cast<std::int8_t>(int(rng() % 255) - 127);
+      std::vector<std::int32_t> dot(nblocks * 16), ref(nblocks * 16, 0);
+      o->nibble_dots(plane.data(), nblocks, groups, q8.data(), dot.data());
+      for (std::size_t b = 0; b < nblocks; ++b)
+        for (std::size_t r = 0; r < 16; ++r)
+          for (std::size_t g = 0; g < groups; ++g)
+            for (std::size_t kk = 0; kk < 4; ++kk) {
+              const std::uint8_t v = plane[(b * groups + g) * 64 + 4 * r + kk];
+              ref[16 * b + r] += (v & 15) * q8[8 * g + kk] + (v >> 4) * q8[8 * g + 4 + kk];
+            }
+      ASSERT_EQ(dot, ref);
+      // The coarse screen: lo and the survivors as coarse_bound gives them (memories masked or within
+      // 2^-20 of the cut, where a contracted multiply-add may round differently, are left out).
+      std::int32_t qsum = 0;
+      for (auto x : q8) qsum += x;
+      const k::CoarseQuery cq{qsum, 0.01f, 1.0f, 0.02f, 1.5f, 3.0f};
+      std::vector<float> scale(nt), err(nt);
+      std::vector<std::uint8_t> mask(nt);
+      for (std::size_t t = 0; t < nt; ++t) {
+        scale[t] = 0.001f + float(rng() % 1000) * 1e-5f;
+        err[t] = float(rng() % 1000) * 1e-5f;
+        mask[t] = rng() % 7 == 0;
+      }
+      const float cut = 0.5f;
+      std::vector<std::int32_t> d2(nblocks * 16);
+      std::vector<float> lo(nt), stats(2);
+      std::vector<std::uint32_t> idx(nt + 16);
+      const std::size_t n = o->screen_coarse(plane.data(), nt, groups, q8.data(), cq, scale.data(), err.data(),
+                                             mask.data(), cut, d2.data(), lo.data(), stats.data(), idx.data());
+      idx.resize(n);
+      float ml = -INFINITY;
+      std::size_t at = 0;
+      for (std::size_t t = 0; t < nt; ++t) {
+        if (mask[t]) {
+          EXPECT_EQ(lo[t], -INFINITY);
+          EXPECT_TRUE(at >= idx.size() || idx[at] != t) << "masked memory " << t << " kept";
+          continue;
+        }
+        float l, u;
+        k::coarse_bound(ref[t], scale[t], err[t], cq, &l, &u);
+        EXPECT_NEAR(lo[t], l, 0x1p-20f * std::fabs(l)) << t;
+        ml = std::max(ml, l);
+        const bool kept = at < idx.size() && idx[at] == t;
+        if (kept) ++at;
+        if (std::fabs(u - cut) > 0x1p-20f * std::fabs(cut)) {
+          EXPECT_EQ(kept, u >= cut) << t;
+        }
+      }
+      EXPECT_EQ(at, idx.size()) << "survivors out of order or repeated";
+      EXPECT_NEAR(stats[0], ml, 0x1p-20f * std::fabs(ml));
+    }
+}
+
+TEST(Kernels, ForcingAKernelTheCpuLacksIsAnError) {
+  MemoryStore s(4, DType::Float32);
+  s.append(Matrix::Ones(2, 4));
+  const std::vector<std::string> here = available_kernels();
+  for (const char* name : {"generic", "sse4", "avx2", "avx512", "avx512_bf16", "amx_bf16", "neon", "sve", "sve2"}) {
+    EngineOptions o;
+    o.kernel = parse_kernel(name);
+    const bool ok = std::find(here.begin(), here.end(), name) != here.end();
+    if (ok) {
+      EXPECT_EQ(ModelBEngine(s, 1.0, o).kernel(), name);
+    } else {
+      EXPECT_THROW(ModelBEngine(s, 1.0, o), InvalidArgument) << name;
+    }
+  }
+  EXPECT_THROW(parse_kernel("avx3"), InvalidArgument);
+}
+
+}  // namespace
