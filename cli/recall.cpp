@@ -345,7 +345,7 @@ Command add_recall(CLI::App& app) {
   rc->add_option("--details", a->details, "Write JSON with steps, stop reason, energy and top-k ids and weights (one "
                                           "more pass over the memories)");
   rc->add_option("--threads", a->threads, "Worker threads (0: the CPUs this process may run on)")->capture_default_str();
-  rc->add_option("--kernel", a->kernel, "auto, generic, avx512, avx512_bf16 or amx_bf16")->capture_default_str();
+  rc->add_option("--kernel", a->kernel, "auto, generic, sse4, avx2, avx512, avx512_bf16, amx_bf16, neon, sve or sve2 (those this CPU runs; auto: ASSOCMEM_KERNEL if set, else the best)")->capture_default_str();
   return {rc, [a](bool as_json) { return cmd_recall(*a, as_json); }};
 }
 

@@ -376,7 +376,7 @@ class ModelB:
     value_dim = property(lambda self: self._m.value_dim, doc="Dimension of the results (d without values).")
     n_memories = property(lambda self: self._m.n_memories, doc="K, the number of stored memories.")
     beta = property(lambda self: self._m.beta, doc="The inverse temperature.")
-    kernel = property(lambda self: self._m.kernel, doc="The kernel in use: amx_bf16, avx512_bf16, avx512 or generic.")
+    kernel = property(lambda self: self._m.kernel, doc="The kernel in use: one of amx_bf16, avx512_bf16, avx512, avx2, sse4, sve2, sve, neon, generic.")
     store = property(lambda self: self._m.store, doc="The MemoryStore of the keys.")
     values_store = property(lambda self: self._m.values_store, doc="The MemoryStore of the values, or None.")
 
