@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/kernels.hpp"
@@ -130,6 +131,21 @@ HWY_INLINE void Gemm1Rows(const float* q, std::size_t ldq, const float* xt, std:
     for (std::size_t c = 0; c < kBlock; c += W) Mk1<R>(q, ldq, xt + b * d * kBlock + c, d, S + b * kBlock + c, ldS);
 }
 
+// fn(std::integral_constant<int, R>{}) for R = rows in [1, 8]: one switch for both products.
+template <class Fn>
+HWY_INLINE void WithRows(std::size_t rows, const Fn& fn) {
+  switch (rows) {
+    case 8: fn(std::integral_constant<int, 8>{}); break;
+    case 7: fn(std::integral_constant<int, 7>{}); break;
+    case 6: fn(std::integral_constant<int, 6>{}); break;
+    case 5: fn(std::integral_constant<int, 5>{}); break;
+    case 4: fn(std::integral_constant<int, 4>{}); break;
+    case 3: fn(std::integral_constant<int, 3>{}); break;
+    case 2: fn(std::integral_constant<int, 2>{}); break;
+    default: fn(std::integral_constant<int, 1>{}); break;
+  }
+}
+
 void Gemm1F32(const float* q, std::size_t nb, std::size_t ldq, const float* xt, std::size_t nt, std::size_t d,
               float* S, std::size_t ldS) {
   const std::size_t nblocks = (nt + kBlock - 1) / kBlock;
@@ -137,16 +153,7 @@ void Gemm1F32(const float* q, std::size_t nb, std::size_t ldq, const float* xt, 
     const std::size_t R = std::min<std::size_t>(kRows, nb - r0);
     const float* qq = q + r0 * ldq;
     float* s = S + r0 * ldS;
-    switch (R) {
-      case 8: Gemm1Rows<8>(qq, ldq, xt, nblocks, d, s, ldS); break;
-      case 7: Gemm1Rows<7>(qq, ldq, xt, nblocks, d, s, ldS); break;
-      case 6: Gemm1Rows<6>(qq, ldq, xt, nblocks, d, s, ldS); break;
-      case 5: Gemm1Rows<5>(qq, ldq, xt, nblocks, d, s, ldS); break;
-      case 4: Gemm1Rows<4>(qq, ldq, xt, nblocks, d, s, ldS); break;
-      case 3: Gemm1Rows<3>(qq, ldq, xt, nblocks, d, s, ldS); break;
-      case 2: Gemm1Rows<2>(qq, ldq, xt, nblocks, d, s, ldS); break;
-      default: Gemm1Rows<1>(qq, ldq, xt, nblocks, d, s, ldS); break;
-    }
+    WithRows(R, [&](auto r) { Gemm1Rows<decltype(r)::value>(qq, ldq, xt, nblocks, d, s, ldS); });
   }
 }
 
@@ -197,16 +204,7 @@ void Gemm2F32(const float* P, std::size_t nb, std::size_t ldP, const float* rows
     const std::size_t R = std::min<std::size_t>(kRows, nb - r0);
     const float* pp = P + r0 * ldP;
     float* a = acc + r0 * dpad;
-    switch (R) {
-      case 8: Gemm2Rows<8>(pp, ldP, rows, nt, d, a, dpad); break;
-      case 7: Gemm2Rows<7>(pp, ldP, rows, nt, d, a, dpad); break;
-      case 6: Gemm2Rows<6>(pp, ldP, rows, nt, d, a, dpad); break;
-      case 5: Gemm2Rows<5>(pp, ldP, rows, nt, d, a, dpad); break;
-      case 4: Gemm2Rows<4>(pp, ldP, rows, nt, d, a, dpad); break;
-      case 3: Gemm2Rows<3>(pp, ldP, rows, nt, d, a, dpad); break;
-      case 2: Gemm2Rows<2>(pp, ldP, rows, nt, d, a, dpad); break;
-      default: Gemm2Rows<1>(pp, ldP, rows, nt, d, a, dpad); break;
-    }
+    WithRows(R, [&](auto r) { Gemm2Rows<decltype(r)::value>(pp, ldP, rows, nt, d, a, dpad); });
   }
 }
 
