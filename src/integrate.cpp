@@ -12,12 +12,14 @@
 #include <boost/numeric/odeint/stepper/runge_kutta4.hpp>
 #include <boost/numeric/odeint/stepper/runge_kutta_dopri5.hpp>
 
+#ifdef ASSOCMEM_HAVE_SUNDIALS
 #include <cvode/cvode.h>
 #include <nvector/nvector_serial.h>
 #include <sundials/sundials_context.h>
 #include <sunlinsol/sunlinsol_dense.h>
 #include <sunlinsol/sunlinsol_spgmr.h>
 #include <sunmatrix/sunmatrix_dense.h>
+#endif
 
 #include "assocmem/error.hpp"
 
@@ -183,7 +185,14 @@ void dormand_prince(Run& run, State x, const IntegrateOptions& o) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// SUNDIALS CVODE (BDF). RAII wrappers so that every exit frees the solver.
+// SUNDIALS CVODE (BDF). RAII wrappers so that every exit frees the solver. Without SUNDIALS
+// (ASSOCMEM_WITH_SUNDIALS=OFF) the method is an InvalidArgument naming the build option.
+[[noreturn, maybe_unused]] void bdf_unavailable() {
+  throw InvalidArgument(
+      "method 'bdf' is not in this build of assocmem (configured with ASSOCMEM_WITH_SUNDIALS=OFF, no SUNDIALS "
+      "CVODE); use euler, rk4 or rk45, or rebuild with libsundials-dev");
+}
+#ifdef ASSOCMEM_HAVE_SUNDIALS
 struct CvodeData {
   Run* run;
   const OdeSystem* sys;
@@ -306,12 +315,24 @@ void bdf(Run& run, const OdeSystem& sys, const Vector& y0, const IntegrateOption
       return;
   }
 }
+#else
+void bdf(Run&, const OdeSystem&, const Vector&, const IntegrateOptions&) { bdf_unavailable(); }
+#endif
 
 }  // namespace
+
+bool method_available([[maybe_unused]] Method method) {
+#ifdef ASSOCMEM_HAVE_SUNDIALS
+  return true;
+#else
+  return method != Method::BDF;
+#endif
+}
 
 IntegrateResult integrate(const OdeSystem& system, const Vector& y0, const IntegrateOptions& options,
                           const Observer& observer) {
   options.validate();
+  if (!method_available(options.method)) bdf_unavailable();
   ASSOCMEM_CHECK_ARG(y0.size() == system.size(), "y0 has length ", y0.size(), " but the system has ", system.size(),
                      " unknowns");
   ASSOCMEM_CHECK_ARG(y0.allFinite(), "y0 contains NaN or Inf");

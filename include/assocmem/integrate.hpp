@@ -36,6 +36,10 @@ enum class Method { Euler, RK4, DormandPrince, BDF };
 /// "euler", "rk4", "rk45" (or "dopri5"), "bdf"; throws InvalidArgument otherwise.
 Method parse_method(const std::string& name);
 std::string to_string(Method m);
+/// Whether this build has the method: BDF needs SUNDIALS CVODE, which a build configured with
+/// ASSOCMEM_WITH_SUNDIALS=OFF (e.g. the aarch64 cross build) leaves out; integrate() then throws
+/// InvalidArgument for Method::BDF. The other methods are always there.
+bool method_available(Method m);
 
 struct IntegrateOptions {
   Method method = Method::DormandPrince;

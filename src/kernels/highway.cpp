@@ -1,6 +1,7 @@
 // The kernel table written once with Google Highway (Debian's libhwy-dev 1.0.3) and compiled for every
-// target Highway builds here: SSE4 and AVX2 on x86-64, NEON and SVE/SVE2 on aarch64, and its portable
-// EMU128 target (the "generic" table, on any CPU). highway_tables() lists the tables of the targets this
+// target Highway builds here: SSE4 and AVX2 on x86-64, NEON and SVE/SVE2 on aarch64, and a portable
+// target (the "generic" table, on any CPU: EMU128, or SCALAR under GCC < 12.3, where Highway 1.0.3 marks
+// EMU128 broken). highway_tables() lists the tables of the targets this
 // CPU runs; dispatch.cpp chooses among them (and the hand-written AVX-512/AMX tables) in one place.
 //
 // Every entry follows kernels.hpp's contract. Reductions are taken in vector order: results differ from
@@ -9,6 +10,17 @@
 // dot products) are exact on every target. No FMA is contracted where kernels.hpp says an operation is
 // rounded on its own (exp_shift_sum's shift, coarse_bound): Highway's Mul/Add/Sub are separate
 // instructions, and this file is compiled with -ffp-contract=off.
+//
+// Targets compiled: every one Highway can attain with this compiler (HWY_COMPILE_ALL_ATTAINABLE), so
+// that the portable table exists on aarch64 too (Highway's default leaves it out where NEON is the
+// baseline), less those no table of ours uses: SSSE3 (SSE4 is every x86-64 CPU since 2008 but a few),
+// AVX3 (the AVX-512 tables are hand-written, avx512.cpp), and the fixed-width SVE variants SVE_256 and
+// SVE2_128 (the length-agnostic SVE and SVE2 tables run on those CPUs). Each target is another copy of
+// this file to build and test.
+#define HWY_COMPILE_ALL_ATTAINABLE
+#ifndef HWY_DISABLED_TARGETS
+#define HWY_DISABLED_TARGETS (HWY_SSSE3 | HWY_AVX3 | HWY_SVE_256 | HWY_SVE2_128)
+#endif
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/highway.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -329,7 +341,7 @@ float ExpShiftSum(const float* s, std::size_t n, float beta, float mx, float* p)
   auto sum = hn::Zero(df);
   const auto weights = [&](V<decltype(df)> sv) {
     const auto x = hn::Sub(hn::Mul(b, sv), mv);
-    return hn::IfThenZeroElse(x < lo, hn::Exp(df, hn::Max(x, lo)));
+    return hn::IfThenZeroElse(hn::Lt(x, lo), hn::Exp(df, hn::Max(x, lo)));
   };
   std::size_t i = 0;
   for (; i + N <= n; i += N) {
@@ -501,7 +513,7 @@ std::size_t ScreenCoarse(const std::uint8_t* high, std::size_t nt, std::size_t g
   for (std::size_t t = 0; t < nt; t += N) {
     const std::size_t left = nt - t;
     auto keep = hn::FirstN(df, left);
-    if (mask) keep = hn::And(keep, hn::RebindMask(df, hn::PromoteTo(du, LoadUpTo(du8, mask + t, left)) == hn::Zero(du)));
+    if (mask) keep = hn::And(keep, hn::RebindMask(df, hn::Eq(hn::PromoteTo(du, LoadUpTo(du8, mask + t, left)), hn::Zero(du))));
     const auto x = hn::ConvertTo(df, hn::Sub(hn::LoadU(di, dot + t), shift));
     const auto sc = LoadUpTo(df, scale + t, left), er = LoadUpTo(df, err + t, left);
     const auto a = hn::Mul(hn::Mul(sc, k16), x);
@@ -512,7 +524,7 @@ std::size_t ScreenCoarse(const std::uint8_t* high, std::size_t nt, std::size_t g
     if (left >= N) hn::StoreU(lv, df, lo + t);
     else StoreN(df, lv, lo + t, left);
     ml = hn::Max(ml, lv);
-    const auto ge = hn::And(keep, u >= vcut);
+    const auto ge = hn::And(keep, hn::Ge(u, vcut));
     disc = hn::Max(disc, hn::IfThenElse(hn::AndNot(ge, keep), u, none));
     if (!hn::AllFalse(df, ge)) n += hn::CompressStore(hn::Iota(du, static_cast<std::uint32_t>(t)), hn::RebindMask(du, ge), du, idx + n);
   }
@@ -564,7 +576,7 @@ std::vector<HighwayTable> highway_tables() {
   const auto add = [&](std::int64_t target, const Ops* (*table)(const char*), const char* name) {
     if (cpu & target) all.push_back({target, table(name)});
   };
-  // Best first. The portable EMU128 table is "generic" (every CPU runs it).
+  // Best first. The portable table (EMU128 or SCALAR) is "generic" (every CPU runs it).
 #if HWY_TARGETS & HWY_SVE2
   add(HWY_SVE2, &N_SVE2::Table, "sve2");
 #endif
