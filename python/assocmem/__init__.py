@@ -29,6 +29,7 @@ from ._core import (  # noqa: F401  (re-exported)
     Network,
     SolverError,
     Trajectory,
+    available_kernels,
     default_cjk_font,
     lagrangians,
     render_glyphs,
@@ -38,7 +39,7 @@ from ._core import (  # noqa: F401  (re-exported)
 __all__ = [
     "ModelA", "ModelB", "ModelC", "DenseAssociativeMemory", "ModernHopfield", "SphericalMemory",
     "Network", "Trajectory", "Retrieval", "MemoryStore", "lagrangians", "SolverError",
-    "render_glyphs", "default_cjk_font", "write_file", "plot",
+    "render_glyphs", "default_cjk_font", "write_file", "available_kernels", "plot",
 ]
 __version__ = _core.__version__  # the one version: project(VERSION) in CMakeLists.txt
 

@@ -1076,6 +1076,10 @@ void bind_glyphs(py::module_& m) {
         "under the folder lock, through symbolic links, never over a device or FIFO, keeping the mode of a "
         "replaced file. Raises OSError naming the path.");
   m.def("default_cjk_font", &default_cjk_font, "Path of Debian's IPA Gothic font, or '' when it is not installed.");
+  m.def("available_kernels", &available_kernels,
+        "Names of the kernel tables this CPU and build run, best first (e.g. ['avx512', 'avx2', 'sse4', "
+        "'generic']): any of them is a valid kernel= argument of the models; the environment variable "
+        "ASSOCMEM_KERNEL forces the automatic choice.");
 }
 
 }  // namespace

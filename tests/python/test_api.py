@@ -287,3 +287,42 @@ def test_import_lagrangians_as_the_stubs_say():
     assert L.log_sum_exp(2.0).name.startswith("log_sum_exp")
     from assocmem.lagrangians import spherical
     assert spherical().name == "spherical"
+
+
+ALL_KERNELS = ("amx_bf16", "avx512_bf16", "avx512", "avx2", "sse4", "sve2", "sve", "neon", "generic")
+
+
+def test_every_available_kernel_runs_and_agrees_with_numpy():
+    """available_kernels() names what this CPU runs (best first, the portable table last); each, forced,
+    computes one step of eq. (16) within the float32 forward error bound of the computation."""
+    names = am.available_kernels()
+    assert names and names[-1] == "generic" and set(names) <= set(ALL_KERNELS)
+    rng = np.random.default_rng(5)
+    K, d, beta = 300, 24, 4.0
+    X = unit(rng, K, d).astype(np.float32)
+    q = (X[:3] + 0.2 * rng.standard_normal((3, d))).astype(np.float32)
+    ref = softmax_attention(X.astype(np.float64), X.astype(np.float64), q.astype(np.float64), beta)
+    # Scores beta x.q carry beta gamma_d |x||q| each (x unit rows), the weights' relative error theta is
+    # about that; the output sum w x / sum w (a convex combination of unit rows) moves by at most
+    # 2 theta from the weights, gamma_K from the float32 sums and u_op where the bf16 tables round
+    # queries and weights to bfloat16 (u_op = 2^-8) before their products; twice that as the bound.
+    u = 2.0 ** -24
+    gamma = lambda n: n * u / (1 - n * u)  # noqa: E731
+    for k in names:
+        m = am.ModelB(X, beta=beta, kernel=k)
+        assert m.kernel == k
+        u_op = 2.0 ** -8 if k in ("amx_bf16", "avx512_bf16") else 0.0
+        theta = beta * (gamma(d + 2) + u_op) * np.linalg.norm(q, axis=1).max() + 8 * u
+        bound = 2 * (2 * theta + gamma(K + 8) + u_op)
+        got = m.retrieve(q, steps=1)
+        assert np.abs(got - ref).max() <= bound, (k, np.abs(got - ref).max(), bound)
+
+
+def test_a_kernel_this_cpu_lacks_is_a_clear_error():
+    missing = [k for k in ALL_KERNELS if k not in am.available_kernels()]
+    X = unit(np.random.default_rng(6), 10, 8)
+    for k in missing:
+        with pytest.raises(ValueError, match=f"kernel '{k}' is not available on this CPU.*available: "):
+            am.ModelB(X, beta=1.0, kernel=k)
+    with pytest.raises(ValueError, match="kernel"):
+        am.ModelB(X, beta=1.0, kernel="avx9")
