@@ -8,9 +8,13 @@
 #include "assocmem/engine.hpp"
 #include "assocmem/models.hpp"
 #include "engine_kernels.hpp"
+#include "error_bounds.hpp"
 #include "test_util.hpp"
 
 using namespace assocmem;
+using assocmem::testing::kUnitRoundoffBf16;
+using assocmem::testing::model_b_step_bound;
+using assocmem::testing::PassShape;
 using assocmem::testing::rand_pm1;
 using assocmem::testing::randn;
 using assocmem::testing::to_f32;
@@ -38,7 +42,10 @@ Fixture make_store(DType t, std::size_t K, std::size_t d, std::mt19937_64& rng) 
 
 // bf16 products round queries and weights to 8 significant bits: 2^-8 relative per product.
 bool bf16_products(const ModelBEngine& e) { return e.kernel() == "avx512_bf16" || e.kernel() == "amx_bf16"; }
-double tolerance(const ModelBEngine& e) { return bf16_products(e) ? 2e-2 : 2e-5; }
+// How the engine's passes sum (tests/error_bounds.hpp): for the forward error bounds of its float32 steps.
+PassShape shape_of(const ModelBEngine& e, std::size_t K, std::size_t d, const EngineOptions& eo) {
+  return {K, d, eo.tile, bf16_products(e) ? kUnitRoundoffBf16 : 0.0};
+}
 
 TEST(EngineB, OneStepMatchesThePlainModelForEveryKernelDtypeAndBatch) {
   std::mt19937_64 rng(1);
@@ -59,17 +66,21 @@ TEST(EngineB, OneStepMatchesThePlainModelForEveryKernelDtypeAndBatch) {
         bo.top_k = 5;
         bo.energy = true;
         const Retrieval r = eng.retrieve(q.data(), batch, bo);
-        const double tol = tolerance(eng);
+        const PassShape shape = shape_of(eng, 1000, d, eo);
         for (std::size_t b = 0; b < batch; ++b) {
           const Vector v0 = Eigen::Map<const Eigen::VectorXf>(&q[b * d], static_cast<Eigen::Index>(d)).cast<double>();
           const Vector expect = plain.update(v0);
           const Vector got = r.state(b);
-          const double scale = s.X.cwiseAbs().maxCoeff();
-          ASSERT_LE((got - expect).lpNorm<Eigen::Infinity>(), tol * scale)
-              << eng.kernel() << " " << to_string(t) << " batch " << batch << " query " << b;
-          // Energy (eq. 13) at the returned state, and the top-k weights there.
-          const double E = plain.energy(got);
-          EXPECT_NEAR(r.energy[b], E, tol * (1 + std::fabs(E)) * (t == DType::Bits ? 10 : 1)) << eng.kernel();
+          // The step (eq. 16) within its float32 forward error bound, componentwise.
+          const auto step = model_b_step_bound(s.X, v0, 0.0, beta, shape);
+          ASSERT_TRUE(step.err.allFinite());
+          for (Eigen::Index j = 0; j < got.size(); ++j)
+            ASSERT_LE(std::abs(got[j] - expect[j]), step.err[j])
+                << eng.kernel() << " " << to_string(t) << " batch " << batch << " query " << b << " component " << j;
+          // Energy (eq. 13) at the returned state, and the top-k weights there, within the bounds of a pass
+          // from that (float32, so exactly known) state.
+          const auto at = model_b_step_bound(s.X, got, 0.0, beta, shape);
+          EXPECT_LE(std::abs(r.energy[b] - plain.energy(got)), at.energy_err) << eng.kernel();
           const Vector w = plain.weights(got);
           ASSERT_EQ(r.top[b].size(), 5u);
           Eigen::Index best;
@@ -77,7 +88,10 @@ TEST(EngineB, OneStepMatchesThePlainModelForEveryKernelDtypeAndBatch) {
           if (!bf16_products(eng)) {
             EXPECT_EQ(r.top[b][0].id, static_cast<std::uint64_t>(best));
           }
-          for (const TopMemory& t : r.top[b]) EXPECT_NEAR(t.weight, w[static_cast<Eigen::Index>(t.id)], 2 * tol + 1e-6);
+          for (const TopMemory& t : r.top[b]) {
+            const auto id = static_cast<Eigen::Index>(t.id);
+            EXPECT_LE(std::abs(t.weight - w[id]), at.weight_err[id]) << eng.kernel() << " memory " << id;
+          }
         }
       }
     }
@@ -176,7 +190,16 @@ TEST(EngineB, ThreadCountDoesNotChangeTheAnswerAndCallsMayBeConcurrent) {
   const ModelBEngine e1(s.store, 5.0, one), e5(s.store, 5.0, many);
   const auto r1 = e1.retrieve(q.data(), 16);
   const auto r5 = e5.retrieve(q.data(), 16);
-  for (std::size_t i = 0; i < r1.states.size(); ++i) EXPECT_NEAR(r1.states[i], r5.states[i], 1e-5);
+  // Both within the forward error bound of the exact step (summation trees of either tiling): they
+  // differ by at most the two bounds.
+  for (std::size_t b = 0; b < 16; ++b) {
+    const Vector v0 = Eigen::Map<const Eigen::VectorXf>(&q[b * 32], 32).cast<double>();
+    const auto b1 = model_b_step_bound(s.X, v0, 0.0, 5.0, shape_of(e1, 2000, 32, one));
+    const auto b5 = model_b_step_bound(s.X, v0, 0.0, 5.0, shape_of(e5, 2000, 32, many));
+    for (std::size_t j = 0; j < 32; ++j)
+      EXPECT_LE(std::abs(r1.states[b * 32 + j] - r5.states[b * 32 + j]), b1.err[Eigen::Index(j)] + b5.err[Eigen::Index(j)])
+          << "query " << b << " component " << j;
+  }
   std::vector<Retrieval> results(8);
   std::vector<std::thread> pool;
   for (int t = 0; t < 8; ++t) pool.emplace_back([&, t] { results[static_cast<std::size_t>(t)] = e5.retrieve(q.data(), 16); });
