@@ -199,7 +199,7 @@ TEST(Kernels, SoftmaxEpilogue) {
 TEST(Kernels, ModelAPackedBitsAreExact) {
   std::mt19937_64 rng(5);
   for (const k::Ops* o : tables())
-    for (std::size_t n : {1u, 7u, 8u, 13u, 64u, 100u}) {
+    for (std::size_t n : {1u, 7u, 8u, 13u, 64u, 100u, 128u, 200u}) {
       SCOPED_TRACE(std::string(o->name) + " n " + std::to_string(n));
       std::vector<std::uint8_t> bits((n + 7) / 8);
       for (auto& b : bits) b = static_cast<std::uint8_t>(rng());

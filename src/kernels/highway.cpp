@@ -386,6 +386,9 @@ HWY_INLINE V<DU> LaneBits(DU du) {
   return hn::Load(du, b);
 }
 
+// Model A's kernels walk the column 64 memories at a time: one 8-byte load of bits per word, its
+// lanes' bits shifted down vector by vector (N <= 32 and a power of two, so 2 N divides 64); the last
+// partial word goes lane group by lane group through BitsAt.
 void MaskedSums(const double* a, const double* b, const std::uint8_t* bits, std::size_t n, bool invert, double* sa,
                 double* sb) {
   const hn::CappedTag<double, 32> dd;  // at most 32 lanes: a lane's bit within one 64-bit word
@@ -393,16 +396,30 @@ void MaskedSums(const double* a, const double* b, const std::uint8_t* bits, std:
   const std::size_t N = hn::Lanes(dd);
   const auto lane_bits = LaneBits(du);
   const std::uint64_t flip = invert ? ~std::uint64_t{0} : 0;
-  auto x = hn::Zero(dd), y = x;
-  for (std::size_t i = 0; i < n; i += N) {
+  auto x0 = hn::Zero(dd), x1 = x0, y0 = x0, y1 = x0;
+  std::size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    std::uint64_t word;
+    std::memcpy(&word, bits + i / 8, 8);  // little-endian: bit mu % 64 of the word is memory mu
+    word ^= flip;
+    for (std::size_t j = 0; j < 64; j += 2 * N) {
+      const auto s0 = hn::RebindMask(dd, hn::TestBit(hn::Set(du, word >> j), lane_bits));
+      const auto s1 = hn::RebindMask(dd, hn::TestBit(hn::Set(du, word >> (j + N)), lane_bits));
+      x0 = hn::Add(x0, hn::IfThenElseZero(s0, hn::LoadU(dd, a + i + j)));
+      y0 = hn::Add(y0, hn::IfThenZeroElse(s0, hn::LoadU(dd, b + i + j)));
+      x1 = hn::Add(x1, hn::IfThenElseZero(s1, hn::LoadU(dd, a + i + j + N)));
+      y1 = hn::Add(y1, hn::IfThenZeroElse(s1, hn::LoadU(dd, b + i + j + N)));
+    }
+  }
+  for (; i < n; i += N) {
     const auto set = hn::RebindMask(dd, hn::TestBit(hn::Set(du, BitsAt(bits, n, i) ^ flip), lane_bits));
     const std::size_t left = n - i;
     // Lanes beyond n load as 0.0 and add nothing.
-    x = hn::Add(x, hn::IfThenElseZero(set, LoadUpTo(dd, a + i, left)));
-    y = hn::Add(y, hn::IfThenZeroElse(set, LoadUpTo(dd, b + i, left)));
+    x0 = hn::Add(x0, hn::IfThenElseZero(set, LoadUpTo(dd, a + i, left)));
+    y0 = hn::Add(y0, hn::IfThenZeroElse(set, LoadUpTo(dd, b + i, left)));
   }
-  *sa = hn::GetLane(hn::SumOfLanes(dd, x));
-  *sb = hn::GetLane(hn::SumOfLanes(dd, y));
+  *sa = hn::GetLane(hn::SumOfLanes(dd, hn::Add(x0, x1)));
+  *sb = hn::GetLane(hn::SumOfLanes(dd, hn::Add(y0, y1)));
 }
 
 void AddSigned(std::int32_t* m, const std::uint8_t* bits, std::size_t n, std::int32_t delta) {
@@ -411,7 +428,16 @@ void AddSigned(std::int32_t* m, const std::uint8_t* bits, std::size_t n, std::in
   const std::size_t N = hn::Lanes(di);
   const auto lane_bits = LaneBits(du);
   const auto plus = hn::Set(di, delta), minus = hn::Set(di, -delta);
-  for (std::size_t i = 0; i < n; i += N) {
+  std::size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    std::uint64_t word;
+    std::memcpy(&word, bits + i / 8, 8);
+    for (std::size_t j = 0; j < 64; j += N) {
+      const auto set = hn::RebindMask(di, hn::TestBit(hn::Set(du, static_cast<std::uint32_t>(word >> j)), lane_bits));
+      hn::StoreU(hn::Add(hn::LoadU(di, m + i + j), hn::IfThenElse(set, plus, minus)), di, m + i + j);
+    }
+  }
+  for (; i < n; i += N) {
     const auto set = hn::RebindMask(di, hn::TestBit(hn::Set(du, static_cast<std::uint32_t>(BitsAt(bits, n, i))), lane_bits));
     const auto step = hn::IfThenElse(set, plus, minus);
     if (i + N <= n) {
@@ -422,8 +448,21 @@ void AddSigned(std::int32_t* m, const std::uint8_t* bits, std::size_t n, std::in
   }
 }
 
+// Table lookups by index: Highway's gathers (AVX2's vgatherdpd; element by element where a target has
+// none).
 void LookupPairs(const std::int32_t* m, std::size_t n, const double* table, std::int32_t offset, double* a, double* b) {
-  for (std::size_t i = 0; i < n; ++i) {
+  const hn::ScalableTag<double> dd;
+  const hn::Rebind<std::int64_t, decltype(dd)> di;
+  const hn::Rebind<std::int32_t, decltype(dd)> d32;
+  const std::size_t N = hn::Lanes(dd);
+  const auto off = hn::Set(di, offset), off2 = hn::Set(di, std::int64_t{offset} + 2);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto idx = hn::PromoteTo(di, hn::LoadU(d32, m + i));
+    hn::StoreU(hn::GatherIndex(dd, table, hn::Add(idx, off)), dd, a + i);
+    hn::StoreU(hn::GatherIndex(dd, table, hn::Add(idx, off2)), dd, b + i);
+  }
+  for (; i < n; ++i) {
     a[i] = table[m[i] + offset];
     b[i] = table[m[i] + offset + 2];
   }
