@@ -239,16 +239,24 @@ HWY_INLINE void Dots(const float* HWY_RESTRICT q, std::size_t nt, std::size_t d,
                      std::size_t row_bytes, const char* base, const Load& load) {
   const hn::ScalableTag<float> df;
   const std::size_t N = hn::Lanes(df);
+  const std::size_t dw = d - d % N;  // whole vectors; the rest of a row is one partial vector
   std::size_t t = 0;
   for (; t + 4 <= nt; t += 4) {
     for (std::size_t p = 0; p < 4 * row_bytes; p += 64) hwy::Prefetch(base + (t + 16) * row_bytes + p);
     auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;
-    for (std::size_t k = 0; k < d; k += N) {
-      const auto qv = LoadUpTo(df, q + k, d - k);
-      a0 = hn::MulAdd(qv, load(df, t, k), a0);
-      a1 = hn::MulAdd(qv, load(df, t + 1, k), a1);
-      a2 = hn::MulAdd(qv, load(df, t + 2, k), a2);
-      a3 = hn::MulAdd(qv, load(df, t + 3, k), a3);
+    for (std::size_t k = 0; k < dw; k += N) {
+      const auto qv = hn::LoadU(df, q + k);
+      a0 = hn::MulAdd(qv, load(df, t, k, N), a0);
+      a1 = hn::MulAdd(qv, load(df, t + 1, k, N), a1);
+      a2 = hn::MulAdd(qv, load(df, t + 2, k, N), a2);
+      a3 = hn::MulAdd(qv, load(df, t + 3, k, N), a3);
+    }
+    if (dw < d) {
+      const auto qv = LoadN(df, q + dw, d - dw);
+      a0 = hn::MulAdd(qv, load(df, t, dw, d - dw), a0);
+      a1 = hn::MulAdd(qv, load(df, t + 1, dw, d - dw), a1);
+      a2 = hn::MulAdd(qv, load(df, t + 2, dw, d - dw), a2);
+      a3 = hn::MulAdd(qv, load(df, t + 3, dw, d - dw), a3);
     }
     out[t] = hn::GetLane(hn::SumOfLanes(df, a0));
     out[t + 1] = hn::GetLane(hn::SumOfLanes(df, a1));
@@ -257,28 +265,62 @@ HWY_INLINE void Dots(const float* HWY_RESTRICT q, std::size_t nt, std::size_t d,
   }
   for (; t < nt; ++t) {
     auto a = hn::Zero(df);
-    for (std::size_t k = 0; k < d; k += N) a = hn::MulAdd(LoadUpTo(df, q + k, d - k), load(df, t, k), a);
+    for (std::size_t k = 0; k < d; k += N) a = hn::MulAdd(LoadUpTo(df, q + k, d - k), load(df, t, k, d - k), a);
     out[t] = hn::GetLane(hn::SumOfLanes(df, a));
   }
 }
 
 void DotsF32(const float* q, const float* rows, std::size_t nt, std::size_t d, float* out) {
   Dots(q, nt, d, out, d * 4, reinterpret_cast<const char*>(rows),
-       [&](auto df, std::size_t t, std::size_t k) { return LoadUpTo(df, rows + t * d + k, d - k); });
+       [&](auto df, std::size_t t, std::size_t k, std::size_t left) { return LoadUpTo(df, rows + t * d + k, left); });
 }
 
 void DotsBf16(const float* q, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* out) {
   Dots(q, nt, d, out, d * 2, reinterpret_cast<const char*>(rows),
-       [&](auto df, std::size_t t, std::size_t k) { return LoadBf16UpTo(df, rows + t * d + k, d - k); });
+       [&](auto df, std::size_t t, std::size_t k, std::size_t left) { return LoadBf16UpTo(df, rows + t * d + k, left); });
 }
 
-// acc[0, d) += sum_t p[t] row_t, four vectors of columns at a time.
+// acc[j0, j0 + 8 N) += sum_t p[t] row_t there: eight independent accumulator chains (the FMA latency
+// hidden), each row's 8 N columns read in one stretch.
+template <class DF, class Load>
+HWY_INLINE void Axpy8(DF df, const float* HWY_RESTRICT p, std::size_t nt, std::size_t j0, float* HWY_RESTRICT acc,
+                      const Load& load) {
+  const std::size_t N = hn::Lanes(df);
+  auto a0 = hn::LoadU(df, acc + j0), a1 = hn::LoadU(df, acc + j0 + N), a2 = hn::LoadU(df, acc + j0 + 2 * N),
+       a3 = hn::LoadU(df, acc + j0 + 3 * N), a4 = hn::LoadU(df, acc + j0 + 4 * N),
+       a5 = hn::LoadU(df, acc + j0 + 5 * N), a6 = hn::LoadU(df, acc + j0 + 6 * N),
+       a7 = hn::LoadU(df, acc + j0 + 7 * N);
+  for (std::size_t t = 0; t < nt; ++t) {
+    const auto pb = hn::Set(df, p[t]);
+    a0 = hn::MulAdd(pb, load(df, t, j0, 8 * N), a0);
+    a1 = hn::MulAdd(pb, load(df, t, j0 + N, 7 * N), a1);
+    a2 = hn::MulAdd(pb, load(df, t, j0 + 2 * N, 6 * N), a2);
+    a3 = hn::MulAdd(pb, load(df, t, j0 + 3 * N, 5 * N), a3);
+    a4 = hn::MulAdd(pb, load(df, t, j0 + 4 * N, 4 * N), a4);
+    a5 = hn::MulAdd(pb, load(df, t, j0 + 5 * N, 3 * N), a5);
+    a6 = hn::MulAdd(pb, load(df, t, j0 + 6 * N, 2 * N), a6);
+    a7 = hn::MulAdd(pb, load(df, t, j0 + 7 * N, N), a7);
+  }
+  hn::StoreU(a0, df, acc + j0);
+  hn::StoreU(a1, df, acc + j0 + N);
+  hn::StoreU(a2, df, acc + j0 + 2 * N);
+  hn::StoreU(a3, df, acc + j0 + 3 * N);
+  hn::StoreU(a4, df, acc + j0 + 4 * N);
+  hn::StoreU(a5, df, acc + j0 + 5 * N);
+  hn::StoreU(a6, df, acc + j0 + 6 * N);
+  hn::StoreU(a7, df, acc + j0 + 7 * N);
+}
+
+// acc[0, d) += sum_t p[t] row_t: eight vectors of columns at a time while they fill, then four (with
+// partial vectors at the end). Each column's sum is one chain over t in every case.
 template <class Load>
 HWY_INLINE void Axpy(const float* HWY_RESTRICT p, std::size_t nt, std::size_t d, float* HWY_RESTRICT acc,
                      const Load& load) {
   const hn::ScalableTag<float> df;
   const std::size_t N = hn::Lanes(df);
-  for (std::size_t j0 = 0; j0 < d; j0 += 4 * N) {
+  std::size_t start = 0;
+  for (; start + 8 * N <= d; start += 8 * N) Axpy8(df, p, nt, start, acc, load);
+  for (std::size_t j0 = start; j0 < d; j0 += 4 * N) {
     const std::size_t left = d - j0;
     const bool whole = left >= 4 * N;
     auto a0 = LoadUpTo(df, acc + j0, left);
