@@ -33,6 +33,9 @@ def run(patterns=32, dim=64, memories=None, flip_fraction=0.15, steps=2, beta=0.
     data = torch.where(torch.rand(patterns, dim, generator=g) < 0.5, -1.0, 1.0)
     memories = (0.1 * torch.randn(memories or patterns, dim, generator=g)).requires_grad_(True)
     opt = torch.optim.Adam([memories], lr=lr)
+    # The step size anneals to 0 (cosine): at a constant lr Adam keeps jumping around the minimum late in
+    # training, and where it stands after the last step then depends on the rounding of every step.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations)
     t0 = time.perf_counter()
     losses = []
     for it in range(iterations):
@@ -41,6 +44,7 @@ def run(patterns=32, dim=64, memories=None, flip_fraction=0.15, steps=2, beta=0.
         opt.zero_grad()
         loss.backward()
         opt.step()
+        schedule.step()
         losses.append(loss.item())
         if it % 50 == 0 or it == iterations - 1:
             log(f"iteration {it:4d}  loss {loss.item():.5f}")
