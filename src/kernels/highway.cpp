@@ -107,6 +107,13 @@ using DC = hn::CappedTag<float, 16>;
 // Accumulators as named variables (GCC keeps an array of them in memory; SVE vectors cannot be in one).
 #define ASSOCMEM_HWY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define ASSOCMEM_HWY_DECL(r) auto a##r = hn::Zero(dc), b##r = hn::Zero(dc);
+// One rank-1 update of row r's two accumulators: the scalar bc[r * ldb] times the vectors x0, x1.
+#define ASSOCMEM_HWY_STEP(r)                       \
+  if constexpr (R > r) {                           \
+    const auto s = hn::Set(dc, bc[r * ldb]);       \
+    a##r = hn::MulAdd(s, x0, a##r);                \
+    b##r = hn::MulAdd(s, x1, b##r);                \
+  }
 
 // S[r][c0 .. c0 + 2N) = sum_k q[r][k] xt[k][c0 ..] for R rows.
 template <int R>
@@ -117,14 +124,9 @@ HWY_INLINE void Mk1(const float* HWY_RESTRICT q, std::size_t ldq, const float* H
   ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_DECL)
   for (std::size_t k = 0; k < d; ++k) {
     const auto x0 = hn::LoadU(dc, xtb + k * kBlock), x1 = hn::LoadU(dc, xtb + k * kBlock + N);
-#define ASSOCMEM_HWY_STEP(r)                       \
-  if constexpr (R > r) {                           \
-    const auto qb = hn::Set(dc, q[r * ldq + k]);   \
-    a##r = hn::MulAdd(qb, x0, a##r);               \
-    b##r = hn::MulAdd(qb, x1, b##r);               \
-  }
+    const float* bc = q + k;  // q[r][k]
+    const std::size_t ldb = ldq;
     ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_STEP)
-#undef ASSOCMEM_HWY_STEP
   }
 #define ASSOCMEM_HWY_STORE(r)                    \
   if constexpr (R > r) {                         \
@@ -183,14 +185,9 @@ HWY_INLINE void Mk2(const float* HWY_RESTRICT P, std::size_t ldP, const float* H
     const float* x = rows + t * d + j0;
     const auto x0 = whole ? hn::LoadU(dc, x) : LoadUpTo(dc, x, left0);
     const auto x1 = whole ? hn::LoadU(dc, x + N) : (left1 ? LoadUpTo(dc, x + N, left1) : hn::Zero(dc));
-#define ASSOCMEM_HWY_STEP(r)                       \
-  if constexpr (R > r) {                           \
-    const auto pb = hn::Set(dc, P[r * ldP + t]);   \
-    a##r = hn::MulAdd(pb, x0, a##r);               \
-    b##r = hn::MulAdd(pb, x1, b##r);               \
-  }
+    const float* bc = P + t;  // P[r][t]
+    const std::size_t ldb = ldP;
     ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_STEP)
-#undef ASSOCMEM_HWY_STEP
   }
 #define ASSOCMEM_HWY_STORE(r)                                           \
   if constexpr (R > r) {                                                \
@@ -201,6 +198,7 @@ HWY_INLINE void Mk2(const float* HWY_RESTRICT P, std::size_t ldP, const float* H
   ASSOCMEM_HWY_ROWS(ASSOCMEM_HWY_STORE)
 #undef ASSOCMEM_HWY_STORE
 }
+#undef ASSOCMEM_HWY_STEP
 #undef ASSOCMEM_HWY_DECL
 
 template <int R>
