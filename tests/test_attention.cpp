@@ -10,9 +10,12 @@
 #include "assocmem/engine.hpp"
 #include "assocmem/models.hpp"
 #include "assocmem/store.hpp"
+#include "error_bounds.hpp"
 #include "test_util.hpp"
 
 using namespace assocmem;
+using assocmem::testing::kUnitRoundoffF32;
+using assocmem::testing::PassShape;
 using assocmem::testing::randn;
 using assocmem::testing::to_f32;
 
@@ -57,7 +60,15 @@ TEST(Attention, ForwardIsTheModelBUpdateAndTheEngine) {
   std::vector<float> of(9 * 5);
   attention_forward(af, of.data(), lse.data());
   const Retrieval r = ModelBEngine(keys, values, beta).retrieve(qf.data(), 9);
-  for (std::size_t i = 0; i < of.size(); ++i) EXPECT_NEAR(of[i], r.states[i], 1e-5);
+  // Two float32 passes (other tilings and kernels) over the float32 data: each within the forward error
+  // bound of the exact attention (error_bounds.hpp), so within twice it of each other.
+  const Matrix Xf = X.cast<float>().cast<double>(), Vf = V.cast<float>().cast<double>();
+  for (std::size_t b = 0; b < 9; ++b) {
+    const Vector qb = Eigen::Map<const Eigen::VectorXf>(&qf[b * 12], 12).cast<double>();
+    const auto sb = assocmem::testing::model_b_step_bound(Xf, qb, 0.0, beta, PassShape{700, 12, 256, 0.0}, 1.0, &Vf);
+    for (std::size_t j = 0; j < 5; ++j)
+      EXPECT_NEAR(of[b * 5 + j], r.states[b * 5 + j], 2 * sb.err[Eigen::Index(j)]) << "query " << b << " component " << j;
+  }
 }
 
 TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
@@ -101,15 +112,25 @@ TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
 TEST(Attention, FloatKernelsEqualTheDoublePath) {
   std::mt19937_64 rng(11);
   const std::size_t n = 37, K = 1000, d = 70, dv = 33;
-  const Matrix Q = randn(n, d, rng), X = randn(K, d, rng, 0.15), V = randn(K, dv, rng), W = randn(n, d, rng);
+  // float32 data (both paths see the same numbers, so the comparison measures the computation only).
+  const auto f32 = [](const Matrix& m) { return Matrix(m.cast<float>().cast<double>()); };
+  const Matrix Q = f32(randn(n, d, rng)), X = f32(randn(K, d, rng, 0.15)), V = f32(randn(K, dv, rng)),
+               W = f32(randn(n, d, rng));
   std::vector<std::uint8_t> mask(n * K, 0);
   for (std::size_t i = 0; i < mask.size(); i += 7) mask[i] = 1;
-  for (bool portable : {false, true})
+  const PassShape shape{K, d, 256, 0.0};  // tiles of at most 256 memories (attention.cpp's kTile)
   for (bool auto_assoc : {false, true}) {
-    SCOPED_TRACE(::testing::Message() << "portable " << portable << ", values = keys " << auto_assoc);
     const std::size_t e = auto_assoc ? d : dv;
-    const auto q = flat(Q), x = flat(X), v = auto_assoc ? x : flat(V), w = flat(W.leftCols(Eigen::Index(e)));
-    const auto qf = to_f32(Q), xf = to_f32(X), wf = to_f32(W.leftCols(Eigen::Index(e)));
+    const Matrix We = W.leftCols(Eigen::Index(e));
+    // The float32 forward error bounds (tests/error_bounds.hpp), from the exact (double) computation; the
+    // double path's own error is the same bound at u = 2^-53, below 1e-8 of it: neglected.
+    const auto bound = assocmem::testing::attention_bound(Q, X, auto_assoc ? X : V, We, 2.5, mask, shape);
+    Matrix dk_err = bound.dk_err;
+    if (auto_assoc) dk_err += bound.dv_err + kUnitRoundoffF32 * (bound.dk + bound.dv).cwiseAbs();
+  for (bool portable : {false, true}) {
+    SCOPED_TRACE(::testing::Message() << "portable " << portable << ", values = keys " << auto_assoc);
+    const auto q = flat(Q), x = flat(X), v = auto_assoc ? x : flat(V), w = flat(We);
+    const auto qf = to_f32(Q), xf = to_f32(X), wf = to_f32(We);
     const auto vf = auto_assoc ? xf : to_f32(V);
     AttentionArgs<double> a;
     a.q = q.data(), a.n = n, a.d = d, a.k = x.data(), a.K = K, a.v = auto_assoc ? x.data() : v.data(), a.dv = e;
@@ -125,14 +146,21 @@ TEST(Attention, FloatKernelsEqualTheDoublePath) {
     attention_backward(a, out.data(), lse.data(), w.data(), dq.data(), dk.data(), auto_assoc ? dk.data() : dvv.data(), &db);
     attention_backward(af, outf.data(), lsef.data(), wf.data(), dqf.data(), dkf.data(),
                        auto_assoc ? dkf.data() : dvf.data(), &dbf);
-    for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(outf[i], out[i], 2e-5) << "out " << i;
-    for (std::size_t b = 0; b < n; ++b) ASSERT_NEAR(lsef[b], lse[b], 1e-5 * std::abs(lse[b]) + 1e-5);
-    for (std::size_t i = 0; i < dq.size(); ++i) ASSERT_NEAR(dqf[i], dq[i], 5e-5) << "dq " << i;
-    for (std::size_t i = 0; i < dk.size(); ++i) ASSERT_NEAR(dkf[i], dk[i], 5e-5) << "dk " << i;
+    const auto I = [](std::size_t x) { return Eigen::Index(x); };
+    for (std::size_t i = 0; i < out.size(); ++i)
+      ASSERT_NEAR(outf[i], out[i], bound.out_err(I(i / e), I(i % e))) << "out " << i;
+    for (std::size_t b = 0; b < n; ++b) ASSERT_NEAR(lsef[b], lse[b], bound.lse_err[I(b)]) << "lse " << b;
+    for (std::size_t i = 0; i < dq.size(); ++i) ASSERT_NEAR(dqf[i], dq[i], bound.dq_err(I(i / d), I(i % d))) << "dq " << i;
+    for (std::size_t i = 0; i < dk.size(); ++i) ASSERT_NEAR(dkf[i], dk[i], dk_err(I(i / d), I(i % d))) << "dk " << i;
     if (!auto_assoc) {
-      for (std::size_t i = 0; i < dvv.size(); ++i) ASSERT_NEAR(dvf[i], dvv[i], 5e-5) << "dv " << i;
+      for (std::size_t i = 0; i < dvv.size(); ++i)
+        ASSERT_NEAR(dvf[i], dvv[i], bound.dv_err(I(i / e), I(i % e))) << "dv " << i;
     }
-    EXPECT_NEAR(dbf, db, 1e-4 * std::abs(db) + 1e-4);
+    EXPECT_NEAR(dbf, db, bound.dbeta_err);
+    // The double path is the exact computation the bounds were taken around.
+    EXPECT_NEAR(db, bound.dbeta, 1e-9 * (1 + std::abs(db)));
+    EXPECT_LE((Eigen::Map<const Matrix>(dq.data(), I(n), I(d)) - bound.dq).lpNorm<Eigen::Infinity>(), 1e-9);
+  }
   }
 }
 

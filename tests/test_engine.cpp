@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <thread>
 
 #include "assocmem/engine.hpp"
@@ -45,6 +46,41 @@ bool bf16_products(const ModelBEngine& e) { return e.kernel() == "avx512_bf16" |
 // How the engine's passes sum (tests/error_bounds.hpp): for the forward error bounds of its float32 steps.
 PassShape shape_of(const ModelBEngine& e, std::size_t K, std::size_t d, const EngineOptions& eo) {
   return {K, d, eo.tile, bf16_products(e) ? kUnitRoundoffBf16 : 0.0};
+}
+
+// An engine's iteration of one query (eq. 16 or 22), T steps, against the forward error bounds of
+// error_bounds.hpp:
+//  1. step by step: each float32 step, taken from the engine's own previous state, within the bound of
+//     one exact step from that state;
+//  2. the T steps in one call equal those T single steps (the iteration is the composition of its steps);
+//  3. the whole run within the bound carried along the exact trajectory from the cue, after as many steps
+//     as that worst-case bound stays finite (it grows geometrically while the step expands; at least
+//     `min_carried` steps).
+// run(q, steps) runs the engine for exactly `steps` steps (tol = 0) from the float32 state q.
+using RunFn = std::function<Retrieval(const float* q, long steps)>;
+using StepBoundFn = std::function<assocmem::testing::StepBound(const Vector& v, double E_in)>;
+void check_iteration(const RunFn& run, const StepBoundFn& step, const std::vector<float>& q0, long T, long min_carried) {
+  const std::size_t d = q0.size();
+  const auto as_vector = [d](const float* x) {
+    return Eigen::Map<const Eigen::VectorXf>(x, Eigen::Index(d)).cast<double>().eval();
+  };
+  std::vector<float> cur = q0;
+  for (long t = 1; t <= T; ++t) {
+    const Retrieval r = run(cur.data(), 1);
+    const auto sb = step(as_vector(cur.data()), 0.0);
+    ASSERT_TRUE(sb.err.allFinite()) << "step " << t;
+    for (std::size_t j = 0; j < d; ++j)
+      ASSERT_LE(std::abs(r.states[j] - sb.next[Eigen::Index(j)]), sb.err[Eigen::Index(j)]) << "step " << t << " component " << j;
+    for (std::size_t j = 0; j < d; ++j) cur[j] = static_cast<float>(r.states[j]);
+  }
+  const Retrieval whole = run(q0.data(), T);
+  for (std::size_t j = 0; j < d; ++j) ASSERT_EQ(whole.states[j], double(cur[j])) << "after " << T << " steps, component " << j;
+  const auto tb = assocmem::testing::propagate(step, as_vector(q0.data()), T);
+  ASSERT_GE(tb.steps, std::min(T, min_carried));
+  const Retrieval part = run(q0.data(), tb.steps);
+  for (std::size_t j = 0; j < d; ++j)
+    EXPECT_LE(std::abs(part.states[j] - tb.state[Eigen::Index(j)]), tb.err[Eigen::Index(j)])
+        << "after " << tb.steps << " steps from the cue, component " << j;
 }
 
 TEST(EngineB, OneStepMatchesThePlainModelForEveryKernelDtypeAndBatch) {
@@ -98,30 +134,63 @@ TEST(EngineB, OneStepMatchesThePlainModelForEveryKernelDtypeAndBatch) {
   }
 }
 
+// Iterated (step 0.5) from noisy cues, on every kernel: each step and the whole run within the float32
+// forward error bounds (check_iteration), and to convergence (tol 1e-6): every query converges, to a
+// fixed point of eq. (16) (one exact step from the engine's state moves it by at most tol plus forward
+// error bounds), and to the plain model's: the step is a contraction there (L = ||0.5 I + 0.5 beta
+// Cov_w(xi)||_inf < 1, computed at the state), so |state - p| <= |T(state) - state| / (1 - L) to first order.
 TEST(EngineB, IteratesToThePlainFixedPoint) {
   std::mt19937_64 rng(2);
   Fixture s = make_store(DType::Float32, 600, 24, rng);
-  const ModelB plain(s.X, 8.0);
+  const double beta = 8.0;
+  const ModelB plain(s.X, beta);
+  const Matrix Q = s.X.topRows(6) + randn(6, 24, rng, 0.2);
+  const auto q = to_f32(Q);
   for (KernelChoice k : available_kernels()) {
     EngineOptions eo;
     eo.kernel = k;
-    const ModelBEngine eng(s.store, 8.0, eo);
-    const Matrix Q = s.X.topRows(6) + randn(6, 24, rng, 0.2);
-    const auto q = to_f32(Q);
+    const ModelBEngine eng(s.store, beta, eo);
+    SCOPED_TRACE(eng.kernel());
+    const PassShape shape = shape_of(eng, 600, 24, eo);
+    const auto stepfn = [&](const Vector& v, double E) { return model_b_step_bound(s.X, v, E, beta, shape, 0.5); };
     RetrieveOptions bo;
     bo.max_steps = 200;
     bo.tol = 1e-6;
     bo.step = 0.5;
     const auto r = eng.retrieve(q.data(), 6, bo);
-    RetrieveOptions po;
-    po.max_steps = 400;
-    po.tol = 1e-9;
-    po.step = 0.5;
     for (std::size_t b = 0; b < 6; ++b) {
-      EXPECT_TRUE(r.converged(b)) << eng.kernel();
-      const auto p = plain.retrieve(Q.row(static_cast<Eigen::Index>(b)).transpose(), po);
+      SCOPED_TRACE("query " + std::to_string(b));
+      ASSERT_TRUE(r.converged(b));
+      const std::vector<float> q0(q.begin() + long(b * 24), q.begin() + long(b * 24 + 24));
+      check_iteration(
+          [&](const float* x, long steps) {
+            RetrieveOptions o = bo;
+            o.tol = 0.0;
+            o.max_steps = steps;
+            return eng.retrieve(x, 1, o);
+          },
+          stepfn, q0, r.steps[b], bf16_products(eng) ? 2 : 5);
+      // Converged, to a fixed point.
       const Vector got = r.state(b);
-      EXPECT_LE((got - p.state()).lpNorm<Eigen::Infinity>(), bf16_products(eng) ? 2e-2 : 1e-4) << eng.kernel();
+      const auto at = model_b_step_bound(s.X, got, 0.0, beta, shape, 0.5);
+      ASSERT_TRUE(at.err.allFinite());
+      const double residual = (at.next - got).lpNorm<Eigen::Infinity>();
+      EXPECT_LE(residual, 2 * bo.tol.value() + 2 * at.err.maxCoeff());
+      // ... the plain model's (converged to 1e-12): the same fixed point.
+      const Vector w = plain.weights(got);
+      const Vector a = s.X.transpose() * w;
+      const Matrix C = s.X.transpose() * w.asDiagonal() * s.X - a * a.transpose();
+      const Matrix J = 0.5 * Matrix::Identity(24, 24) + 0.5 * beta * C;
+      const double L = J.cwiseAbs().rowwise().sum().maxCoeff();
+      ASSERT_LT(L, 1.0);
+      RetrieveOptions po;
+      po.max_steps = 1000;
+      po.tol = 1e-12;
+      po.step = 0.5;
+      const Vector v0 = Eigen::Map<const Eigen::VectorXf>(q0.data(), 24).cast<double>();
+      const auto p = plain.retrieve(v0, po);
+      ASSERT_TRUE(p.converged());
+      EXPECT_LE((got - p.state()).lpNorm<Eigen::Infinity>(), 1.01 * (residual + 2e-12) / (1 - L));
     }
   }
 }
@@ -142,23 +211,31 @@ TEST(EngineB, PartialsMergeExactlyAcrossStores) {
   const AttentionPartial whole = e_all.partial(q.data(), 20, 4);
   AttentionPartial merged = e2.partial(q.data(), 20, 4);
   merged.merge(e1.partial(q.data(), 20, 4));
+  // Both are float32 passes over the same memories summed in other orders: each within the forward error
+  // bound of the exact attention (eq. 16 at step 1), so they differ by at most twice the bound.
+  const PassShape shape{900, 40, EngineOptions{}.tile, 0.0};
   std::vector<float> a(40), b(40);
   for (std::size_t i = 0; i < 20; ++i) {
+    const Vector v = Eigen::Map<const Eigen::VectorXf>(&q[i * 40], 40).cast<double>();
+    const auto sb = model_b_step_bound(X, v, 0.0, 6.0, shape);
     whole.state(i, a.data());
     merged.state(i, b.data());
-    for (std::size_t j = 0; j < 40; ++j) EXPECT_NEAR(a[j], b[j], 1e-6);
-    EXPECT_NEAR(whole.log_sum_exp(i), merged.log_sum_exp(i), 1e-6);
+    for (std::size_t j = 0; j < 40; ++j) EXPECT_NEAR(a[j], b[j], 2 * sb.err[Eigen::Index(j)]);
+    EXPECT_NEAR(whole.log_sum_exp(i), merged.log_sum_exp(i), 2 * sb.lse_err);
+    EXPECT_NEAR(whole.log_sum_exp(i), sb.lse, sb.lse_err);
     const auto tw = whole.top_weights(i), tm = merged.top_weights(i);
     ASSERT_EQ(tw.size(), tm.size());
     for (std::size_t k = 0; k < tw.size(); ++k) {
       EXPECT_EQ(tw[k].first, tm[k].first);
-      EXPECT_NEAR(tw[k].second, tm[k].second, 1e-6);
+      EXPECT_NEAR(tw[k].second, tm[k].second, 2 * sb.weight_err[Eigen::Index(tw[k].first)]);
     }
   }
   AttentionPartial wrong(3, 40, 4);
   EXPECT_THROW_MSG(merged.merge(wrong), InvalidArgument, "merge");
 }
 
+// At beta = 1e4 the scores span 1e4: the pass must stay finite, and a stored unit pattern is (to the
+// float32 bound of one step from it) a fixed point.
 TEST(EngineB, StableAtBetaTenThousand) {
   std::mt19937_64 rng(4);
   Fixture s = make_store(DType::Float32, 500, 16, rng);
@@ -167,11 +244,16 @@ TEST(EngineB, StableAtBetaTenThousand) {
   RetrieveOptions ro;
   ro.energy = true;
   const auto r = eng.retrieve(q.data(), 4, ro);
+  const PassShape shape{500, 16, EngineOptions{}.tile, 0.0};
   for (std::size_t b = 0; b < 4; ++b) {
     EXPECT_TRUE(std::isfinite(r.energy[b]));
+    const Vector v = Eigen::Map<const Eigen::VectorXf>(&q[b * 16], 16).cast<double>();
+    const auto sb = model_b_step_bound(s.X, v, 0.0, 1e4, shape);
+    ASSERT_TRUE(sb.err.allFinite());
+    EXPECT_LE((sb.next - v).lpNorm<Eigen::Infinity>(), 1e-12);  // the exact step: a fixed point
     for (std::size_t j = 0; j < 16; ++j) {
       ASSERT_TRUE(std::isfinite(r.states[b * 16 + j]));
-      EXPECT_NEAR(r.states[b * 16 + j], q[b * 16 + j], 1e-5);  // a stored unit pattern is a fixed point
+      EXPECT_NEAR(r.states[b * 16 + j], q[b * 16 + j], sb.err[Eigen::Index(j)]);
     }
   }
 }
@@ -216,18 +298,35 @@ TEST(EngineB, ThreadCountDoesNotChangeTheAnswerAndCallsMayBeConcurrent) {
   for (const auto& r : rs) EXPECT_EQ(r.states, rb.states);
 }
 
+// Model C, 30 Euler steps of eq. (22) for two F and two alpha: each step and the run within the float32
+// forward error bounds (check_iteration), the plain model's state the exact trajectory, and the energy
+// (eq. 21) at the returned state within the bound of one pass from it.
 TEST(EngineC, MatchesThePlainModel) {
   std::mt19937_64 rng(6);
   Fixture s = make_store(DType::Float32, 700, 20, rng);
   const Matrix X3 = s.X * 3.0;
   MemoryStore st(20, DType::Float32);
   st.append(X3);
-  for (InteractionSpec F : {InteractionSpec{Interaction::RectifiedPower, 3}, InteractionSpec{Interaction::Exp, 2, 1.0}}) {
+  const Matrix X = st.to_matrix();
+  const PassShape shape{700, 20, EngineOptions{}.tile, 0.0};
+  struct Fn {
+    InteractionSpec spec;
+    std::function<double(double)> F, Fp;
+    std::function<double(double, double)> Fpp_max;  // max |F''| on [x - r, x + r]
+    double c_F;  // relative error of the engine's F' in units of u: F' in double, rounded to float32, and
+                 // for exp the argument's rounding (|x| <= |xi| |g| = 3 here)
+  };
+  const std::vector<Fn> fns = {
+      {{Interaction::RectifiedPower, 3}, [](double x) { return x > 0 ? x * x * x : 0.0; },
+       [](double x) { return x > 0 ? 3 * x * x : 0.0; }, [](double x, double r) { return std::max(0.0, 6 * (x + r)); }, 4},
+      {{Interaction::Exp, 2, 1.0}, [](double x) { return std::exp(x); }, [](double x) { return std::exp(x); },
+       [](double x, double r) { return std::exp(x + r); }, 4 + 3}};
+  for (const Fn& fn : fns) {
     for (double alpha : {0.0, 1.0}) {
-      const ModelC plain(st.to_matrix(), F, alpha);
+      const ModelC plain(X, fn.spec, alpha);
       EngineOptions eo;
       eo.threads = 2;
-      const ModelCEngine eng(st, F, alpha, eo);
+      const ModelCEngine eng(st, fn.spec, alpha, eo);
       const Matrix Q = X3.topRows(5) + randn(5, 20, rng, 0.3);
       const auto q = to_f32(Q);
       RetrieveOptions bo;
@@ -239,14 +338,31 @@ TEST(EngineC, MatchesThePlainModel) {
       po.step = 0.01;
       po.max_steps = 30;
       po.tol = 0;
+      const auto stepfn = [&](const Vector& v, double E) {
+        return assocmem::testing::model_c_step_bound(X, v, E, alpha, 0.01, fn.F, fn.Fp, fn.Fpp_max, fn.c_F, shape);
+      };
       for (std::size_t b = 0; b < 5; ++b) {
-        const Vector v0 = Eigen::Map<const Eigen::VectorXf>(&q[b * 20], 20).cast<double>();
-        const auto p = plain.retrieve(v0, po);
-        const Vector got = r.state(b);
-        EXPECT_LE((got - p.state()).lpNorm<Eigen::Infinity>(), 1e-4 * (1 + p.state().lpNorm<Eigen::Infinity>()))
-            << to_string(F.kind) << " alpha " << alpha;
-        EXPECT_NEAR(r.energy[b], plain.energy(got), 1e-4 * (1 + std::fabs(r.energy[b])));
+        SCOPED_TRACE(to_string(fn.spec.kind) + " alpha " + std::to_string(alpha) + " query " + std::to_string(b));
         EXPECT_EQ(r.steps[b], 30);
+        const std::vector<float> q0(q.begin() + long(b * 20), q.begin() + long(b * 20 + 20));
+        check_iteration(
+            [&](const float* x, long steps) {
+              RetrieveOptions o = bo;
+              o.tol = 0.0;
+              o.max_steps = steps;
+              o.energy = false;
+              return eng.retrieve(x, 1, o);
+            },
+            stepfn, q0, 30, 4);
+        // The plain model is the exact trajectory (two double evaluations of 30 steps of eq. 22).
+        const Vector v0 = Eigen::Map<const Eigen::VectorXf>(q0.data(), 20).cast<double>();
+        const auto p = plain.retrieve(v0, po);
+        Vector exact = v0;
+        for (int t = 0; t < 30; ++t) exact = stepfn(exact, 0.0).next;
+        EXPECT_LE((p.state() - exact).lpNorm<Eigen::Infinity>(), 1e-9 * (1 + exact.lpNorm<Eigen::Infinity>()));
+        // The energy (eq. 21) at the returned state, within the bound of a pass from that (float32) state.
+        const Vector got = r.state(b);
+        EXPECT_LE(std::abs(r.energy[b] - plain.energy(got)), stepfn(got, 0.0).energy_err);
       }
     }
   }
