@@ -499,6 +499,76 @@ void spherical_backward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, 
 
 template void spherical_forward<float>(const AttentionArgs<float>&, const AdditiveLagrangian&, float*, double*);
 template void spherical_forward<double>(const AttentionArgs<double>&, const AdditiveLagrangian&, double*, double*);
+// ---- batches of independent attentions (AttentionBatch) ------------------------------------------
+namespace {
+
+template <class T>
+AttentionArgs<T> batch_element(const AttentionArgs<T>& a, const AttentionBatch& b, std::size_t e, int threads) {
+  AttentionArgs<T> x = a;
+  x.q = a.q + e * b.q_stride;
+  if (a.k) x.k = a.k + e * b.k_stride;
+  if (a.v) x.v = a.v + e * b.v_stride;
+  if (a.k_bf16) x.k_bf16 = a.k_bf16 + e * b.k_stride;
+  if (a.v_bf16) x.v_bf16 = a.v_bf16 + e * b.v_stride;
+  if (a.mask.rows) x.mask.data = a.mask.data + e * b.mask_stride;
+  if (b.betas) x.beta = b.betas[e];
+  x.threads = threads;
+  return x;
+}
+
+// Runs fn(e, element's args) for every element, the elements split over the threads (each element's
+// tiles on the threads left over when there are fewer elements than threads). The first error, with
+// the element named, is raised on the caller.
+template <class T, class Fn>
+void for_each_element(const AttentionArgs<T>& a, const AttentionBatch& b, Fn&& fn) {
+  ASSOCMEM_CHECK_ARG(b.elements > 0, "attention batch: no elements");
+  ASSOCMEM_CHECK_ARG(a.threads >= 0 && a.threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads, "], got ",
+                     a.threads);
+  const bool same = a.k_bf16 ? a.v_bf16 == a.k_bf16 : a.v == a.k;
+  ASSOCMEM_CHECK_ARG(b.q_stride >= a.n * a.d && b.k_stride >= a.K * a.d && b.v_stride >= a.K * a.dv &&
+                         (!same || b.v_stride == b.k_stride) && (a.mask.rows == 0 || b.mask_stride >= a.mask.rows * a.K),
+                     "attention batch: a stride smaller than one element (queries ", b.q_stride, " < ", a.n * a.d,
+                     ", keys ", b.k_stride, " < ", a.K * a.d, ", values ", b.v_stride, " < ", a.K * a.dv, ", or mask ",
+                     b.mask_stride, " < ", a.mask.rows * a.K, "; shared memories: one attention call for all queries)");
+  const int threads = detail::resolve_threads(a.threads);
+  const std::size_t workers = std::min<std::size_t>(static_cast<std::size_t>(threads), b.elements);
+  const int inner = std::max(1, threads / static_cast<int>(workers));
+  detail::parallel_chunks(b.elements, static_cast<int>(workers), [&](std::size_t, std::size_t eb, std::size_t ee) {
+    for (std::size_t e = eb; e < ee; ++e) {
+      try {
+        fn(e, batch_element(a, b, e, inner));
+      } catch (const InvalidArgument& err) {
+        throw InvalidArgument(detail::concat("batch element ", e, ": ", err.what()));
+      }
+    }
+  });
+}
+
+}  // namespace
+
+template <class T>
+void attention_forward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, T* out, double* lse) {
+  for_each_element(a, batch, [&](std::size_t e, const AttentionArgs<T>& x) {
+    attention_forward(x, out + e * a.n * a.dv, lse + e * a.n);
+  });
+}
+
+template <class T>
+void attention_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, const T* out, const double* lse,
+                              const T* dout, T* dq, T* dk, T* dv, double* dbeta) {
+  for_each_element(a, batch, [&](std::size_t e, const AttentionArgs<T>& x) {
+    attention_backward(x, out + e * a.n * a.dv, lse + e * a.n, dout + e * a.n * a.dv, dq + e * a.n * a.d,
+                       dk + e * a.K * a.d, dv + e * a.K * a.dv, dbeta + e);
+  });
+}
+
+template void attention_forward_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, float*, double*);
+template void attention_forward_batch<double>(const AttentionArgs<double>&, const AttentionBatch&, double*, double*);
+template void attention_backward_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, const float*,
+                                              const double*, const float*, float*, float*, float*, double*);
+template void attention_backward_batch<double>(const AttentionArgs<double>&, const AttentionBatch&, const double*,
+                                               const double*, const double*, double*, double*, double*, double*);
+
 template void spherical_backward<float>(const AttentionArgs<float>&, const AdditiveLagrangian&, const float*,
                                         const double*, float*, float*);
 template void spherical_backward<double>(const AttentionArgs<double>&, const AdditiveLagrangian&, const double*,

@@ -282,6 +282,85 @@ TEST(Attention, BFloat16MemoriesEqualTheirFloatValues) {
   EXPECT_THROW_MSG(attention_forward(b, ob.data(), lb.data()), InvalidArgument, "keys contains NaN");
 }
 
+// A batch of independent attentions (AttentionBatch) equals one call per element: each element's queries,
+// keys, values, mask rows and beta; values = keys (one gradient buffer); bfloat16 memories; the threads
+// split over the elements (elements >= threads: each element on one thread; fewer: the rest over its
+// tiles) - bitwise equal to the per-element call with as many threads. A bad element is named.
+TEST(Attention, BatchEqualsOneCallPerElement) {
+  std::mt19937_64 rng(12);
+  const std::size_t n = 5, K = 700, d = 9, dv = 4;
+  for (std::size_t E : {1u, 2u, 5u})
+    for (bool auto_assoc : {false, true})
+      for (bool bf16 : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << E << " elements, values = keys " << auto_assoc << ", bf16 " << bf16);
+        const std::size_t e_dv = auto_assoc ? d : dv;
+        const auto q = to_f32(randn(Eigen::Index(E * n), d, rng));
+        auto k = to_f32(randn(Eigen::Index(E * K), d, rng, 0.4)), v = to_f32(randn(Eigen::Index(E * K), dv, rng));
+        std::vector<std::uint16_t> kb(k.size()), vb(v.size());
+        for (std::size_t i = 0; i < k.size(); ++i) k[i] = bf16_to_float(kb[i] = float_to_bf16(k[i]));
+        for (std::size_t i = 0; i < v.size(); ++i) v[i] = bf16_to_float(vb[i] = float_to_bf16(v[i]));
+        std::vector<std::uint8_t> mask(E * n * K, 0);
+        for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = (i * 7919) % 5 == 0;
+        std::vector<double> betas(E);
+        for (std::size_t e = 0; e < E; ++e) betas[e] = 0.5 + double(e);
+        AttentionArgs<float> a;
+        a.q = q.data(), a.n = n, a.d = d, a.K = K, a.dv = e_dv, a.threads = 2, a.mask = {mask.data(), n};
+        if (bf16) {
+          a.k_bf16 = kb.data();
+          a.v_bf16 = auto_assoc ? kb.data() : vb.data();
+        } else {
+          a.k = k.data();
+          a.v = auto_assoc ? k.data() : v.data();
+        }
+        AttentionBatch b;
+        b.elements = E, b.q_stride = n * d, b.k_stride = K * d, b.v_stride = K * e_dv, b.mask_stride = n * K;
+        b.betas = betas.data();
+        std::vector<float> out(E * n * e_dv), dout(out.size()), dq(E * n * d), dk(E * K * d), dvv(E * K * e_dv);
+        for (std::size_t i = 0; i < dout.size(); ++i) dout[i] = float(std::sin(double(i)));
+        std::vector<double> lse(E * n), db(E);
+        attention_forward_batch(a, b, out.data(), lse.data());
+        attention_backward_batch(a, b, out.data(), lse.data(), dout.data(), dq.data(), dk.data(),
+                                 auto_assoc ? dk.data() : dvv.data(), db.data());
+        const int inner = E >= 2 ? 1 : 2;
+        for (std::size_t e = 0; e < E; ++e) {
+          AttentionArgs<float> x = a;
+          x.q = q.data() + e * n * d, x.beta = betas[e], x.threads = inner, x.mask = {mask.data() + e * n * K, n};
+          if (bf16) {
+            x.k_bf16 = kb.data() + e * K * d;
+            x.v_bf16 = auto_assoc ? x.k_bf16 : vb.data() + e * K * dv;
+          } else {
+            x.k = k.data() + e * K * d;
+            x.v = auto_assoc ? x.k : v.data() + e * K * dv;
+          }
+          std::vector<float> o(n * e_dv), gq(n * d), gk(K * d), gv(K * e_dv);
+          std::vector<double> l(n);
+          double gb = 0;
+          attention_forward(x, o.data(), l.data());
+          attention_backward(x, o.data(), l.data(), dout.data() + e * n * e_dv, gq.data(), gk.data(),
+                             auto_assoc ? gk.data() : gv.data(), &gb);
+          ASSERT_TRUE(std::equal(o.begin(), o.end(), out.begin() + long(e * n * e_dv))) << "out, element " << e;
+          ASSERT_TRUE(std::equal(l.begin(), l.end(), lse.begin() + long(e * n))) << "lse, element " << e;
+          ASSERT_TRUE(std::equal(gq.begin(), gq.end(), dq.begin() + long(e * n * d))) << "dq, element " << e;
+          ASSERT_TRUE(std::equal(gk.begin(), gk.end(), dk.begin() + long(e * K * d))) << "dk, element " << e;
+          if (!auto_assoc) {
+            ASSERT_TRUE(std::equal(gv.begin(), gv.end(), dvv.begin() + long(e * K * dv))) << "dv, element " << e;
+          }
+          ASSERT_EQ(gb, db[e]) << "dbeta, element " << e;
+        }
+        if (E == 5 && !bf16) {
+          betas[3] = -1.0;
+          EXPECT_THROW_MSG(attention_forward_batch(a, b, out.data(), lse.data()), InvalidArgument,
+                           "batch element 3: beta must be finite and > 0");
+          betas[3] = 1.0;
+          k[2 * K * d + 5] = std::nanf("");
+          EXPECT_THROW_MSG(attention_forward_batch(a, b, out.data(), lse.data()), InvalidArgument,
+                           "batch element 2: keys contains NaN");
+          b.k_stride = K;
+          EXPECT_THROW_MSG(attention_forward_batch(a, b, out.data(), lse.data()), InvalidArgument, "stride");
+        }
+      }
+}
+
 TEST(Attention, BadInputIsRefused) {
   std::vector<double> q(4, 1.0), k(8, 0.5), out(4), lse(2);
   AttentionArgs<double> a;

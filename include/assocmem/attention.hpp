@@ -51,6 +51,30 @@ template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
                         double* dbeta);
 
+/// A batch of E independent attentions of one shape: the (batch x heads) of a transformer layer, each
+/// with its own memories. Element e reads its queries at a.q + e q_stride, its keys and values at
+/// a.k (a.k_bf16) + e k_stride and a.v (a.v_bf16) + e v_stride, its mask rows (a.mask.rows of them: 0, 1
+/// or n) at a.mask.data + e mask_stride, and its inverse temperature betas[e] (null: a.beta for every
+/// element). Strides count elements of the arrays' own types and are at least one element's size
+/// (every element has its own memories: for memories shared by the batch, give all queries to one
+/// attention_forward). Outputs are packed element after element: out E x n x dv, lse E x n, dq E x n x d,
+/// dk E x K x d, dv E x K x dv, dbeta E. The threads (a.threads) are split over the elements; elements
+/// fewer than threads share the rest over their tiles. Errors name the element ("batch element e: ...").
+struct AttentionBatch {
+  std::size_t elements = 1;
+  std::size_t q_stride = 0, k_stride = 0, v_stride = 0, mask_stride = 0;
+  const double* betas = nullptr;
+};
+
+template <class T>
+void attention_forward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, T* out, double* lse);
+
+/// attention_backward for every element of a batch (see AttentionBatch); when the values are the keys
+/// (a.v == a.k, equal strides), dv may be dk, which then receives their sum.
+template <class T>
+void attention_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, const T* out, const double* lse,
+                              const T* dout, T* dq, T* dk, T* dv, double* dbeta);
+
 /// Gradients of sum_b dlse_b lse_b, lse_b = log sum_mu exp(beta q_b . k_mu) over the memories left,
 /// with respect to q (n x d), k (K x d) and beta: with P = exp(beta S - lse), dq = beta (dlse o P) K,
 /// dk = beta P^T (dlse o q), dbeta = sum_b dlse_b sum_mu P_b,mu s_b,mu. The energy of model B, eq. (13),

@@ -9,7 +9,10 @@ forward signatures, same parameter names, shapes and initialisation, so hopfield
 unchanged. The association of each head is model B (eq. 16 of Krotov & Hopfield 2021, beta = scaling):
 update_steps_max updates of the state xi <- softmax(beta xi K^T) K in the Hopfield space, then
 softmax(beta xi K^T) V, forward and backward fused tile by tile, so the (queries x stored patterns)
-association matrix is never formed. What differs (also in the README, "Porting from hopfield-layers"):
+association matrix is never formed. Every (batch element, head) of a layer call is one element of one
+batched fused call (assocmem.torch._attention_batch, the elements split over the threads): one node in
+the autograd graph per association, one more per update step (the heads still iterating together), no
+Python loop over the batch or the heads. What differs (also in the README, "Porting from hopfield-layers"):
 
 - update_steps_eps compares successive states (||xi_new - xi||, max over the batch, per head) instead of
   successive association matrices, which are never formed. update_steps_max=None iterates until that
@@ -370,7 +373,8 @@ class Hopfield(nn.Module):
                 apply(self.norm_pattern_projection, proj))
 
     def _masks(self, N, H, L, S, stored_pattern_padding_mask, association_mask):
-        """A function (n, h) -> bool mask (S,) or (L, S), True = left out, or None."""
+        """One bool mask (True = left out) broadcastable to (N, H, L, S) - of shape (N or 1, H or 1, L or 1, S) -
+        or None."""
         kpm = _bool_mask(stored_pattern_padding_mask, "stored_pattern_padding_mask")
         am = _bool_mask(association_mask, "association_mask")
         zero = self.association_core.add_zero_attn
@@ -393,56 +397,76 @@ class Hopfield(nn.Module):
                 am = nn.functional.pad(am, (0, 1))
         if kpm is None and am is None:
             return None
-
-        def mask(n, h):
-            m = None if am is None else (am if am.dim() == 2 else am[n * H + h])
-            if kpm is not None:
-                m = kpm[n] if m is None else m | kpm[n]
-            return m
-        return mask
+        m = None
+        if am is not None:
+            m = am[None, None] if am.dim() == 2 else am.reshape(N, H, L, am.shape[-1])
+        if kpm is not None:
+            m = kpm[:, None, None, :] if m is None else m | kpm[:, None, None, :]
+        return m
 
     def _states(self, q, k, mask, scaling, steps, eps):
-        """The iterated states of eq. (16) per head: a list over heads of (N, L, hd) tensors, updated in lockstep
-        over the batch until update_steps_max updates or a change <= update_steps_eps (max over the batch)."""
-        from .torch import hopfield_retrieve
-        N, H, L, _ = q.shape
-        shared = k.shape[0] == 1 and N > 1
-        out = []
-        for h in range(H):
-            state = q[:, h]
-            limit = _UNBOUNDED_STEPS if steps[h] is None else steps[h]
-            for it in range(limit):
-                new = self._attend(state, k[:, h], None, mask, h, scaling[h], shared, hopfield_retrieve)
-                change = (new - state).detach().flatten(1).norm(dim=1).max().item()
-                state = new
-                if change <= eps[h]:
-                    break
-            else:
-                if steps[h] is None and limit > 0:
-                    warnings.warn(f"Hopfield: head {h} did not converge within {limit} updates "
-                                  f"(update_steps_eps {eps[h]:g})", RuntimeWarning)
-            out.append(state)
-        return out
+        """The iterated states of eq. (16) per head: a list over heads of (N, L, hd) tensors, each head updated
+        in lockstep over the batch until its update_steps_max updates or a change <= its update_steps_eps
+        (max over the batch). The heads still iterating are updated together: one batched call per update."""
+        H = q.shape[1]
+        state = [q[:, h] for h in range(H)]
+        limit = [_UNBOUNDED_STEPS if steps[h] is None else steps[h] for h in range(H)]
+        done = [0] * H
+        active = [h for h in range(H) if limit[h] > 0]
+        while active:
+            new = self._attend(_torch.stack([state[h] for h in active], dim=1), k, None, mask, active, scaling)
+            change = (new - _torch.stack([state[h] for h in active], dim=1)).detach().flatten(2).norm(dim=2).amax(0)
+            still = []
+            for i, h in enumerate(active):
+                state[h] = new[:, i]
+                done[h] += 1
+                if change[i].item() <= eps[h]:
+                    continue
+                if done[h] == limit[h]:
+                    if steps[h] is None:
+                        warnings.warn(f"Hopfield: head {h} did not converge within {limit[h]} updates "
+                                      f"(update_steps_eps {eps[h]:g})", RuntimeWarning)
+                    continue
+                still.append(h)
+            active = still
+        return state
 
     @staticmethod
-    def _attend(state, keys, values, mask, h, beta, shared, retrieve):
-        """softmax(beta state keys^T) values (values None: the keys) for every batch element: one fused call
-        for all queries when the memories are shared (keys of batch 1), else one per batch element."""
-        N = state.shape[0]
-        if shared:
-            m = None
-            if mask is not None:
-                m = _torch.stack([_expand_rows(mask(n, h), state.shape[1], keys.shape[1]) for n in range(N)])
-            return retrieve(state, keys[0], None if values is None else values[0], beta=beta, mask=m)
-        parts = []
-        for n in range(N):
-            m = None if mask is None else mask(n, h)
-            parts.append(retrieve(state[n], keys[n], None if values is None else values[n], beta=beta, mask=m))
-        return _torch.stack(parts)
+    def _attend(states, keys, values, mask, heads, scaling):
+        """softmax(beta_h state keys_h^T) values_h (values None: the keys) for the given heads of every batch
+        element, in one batched fused call (assocmem.torch's batched attention: one graph node).
+        states (N, A, L, hd) for A = len(heads); keys (Nk, H, S, hd), values (Nk, H, S, pd); Nk = 1 with
+        N > 1: memories shared by the batch (one element per head, its queries those of every batch
+        element). Returns (N, A, L, pd)."""
+        from .torch import _attention_batch
+        N, A, L = states.shape[0], states.shape[1], states.shape[2]
+        if heads == list(range(keys.shape[1])):  # every head: no copy
+            k, v = keys, values
+        else:
+            idx = _torch.tensor(heads)
+            k = keys.index_select(1, idx)
+            v = None if values is None else values.index_select(1, idx)
+        S = k.shape[2]
+        betas = _betas([scaling[h] for h in heads], 1, k.dtype)
+        m = None
+        if mask is not None:  # (N, A, L or 1, S)
+            m = mask if mask.shape[1] == 1 or len(heads) == mask.shape[1] else mask[:, heads]
+            m = m.expand(N, A, m.shape[2], S)
+        if k.shape[0] == 1 and N > 1:
+            q = states.transpose(0, 1).reshape(A, N * L, -1)
+            if m is not None:
+                m = m.expand(N, A, L, S).transpose(0, 1).reshape(A, N * L, S)
+            out = _attention_batch(q, k[0], None if v is None else v[0], betas, m)
+            return out.reshape(A, N, L, -1).transpose(0, 1)
+        E = N * A
+        if m is not None:
+            m = m.reshape(E, S) if m.shape[2] == 1 else m.reshape(E, L, S)
+        out = _attention_batch(states.reshape(E, L, -1), k.reshape(E, S, -1),
+                               None if v is None else v.reshape(E, S, -1), betas.repeat(N), m)
+        return out.reshape(N, A, L, -1)
 
     def _associate(self, data, stored_pattern_padding_mask=None, association_mask=None, shared_memories=False,
                    what="output"):
-        from .torch import hopfield_retrieve
         stored, state, proj = self._inputs(data, shared_memories)
         core = self.association_core
         q, k, v = core._heads(state, stored, proj)
@@ -457,15 +481,13 @@ class Hopfield(nn.Module):
             for h in range(H):
                 s = scaling[h] * states[h] @ k[:, h].transpose(1, 2)
                 if mask is not None:
-                    s = s.masked_fill(_torch.stack([_expand_rows(mask(n, h), L, k.shape[2]) for n in range(N)]),
-                                      float("-inf"))
+                    s = s.masked_fill(mask[:, h if mask.shape[1] > 1 else 0], float("-inf"))
                 rows.append(_torch.softmax(s, dim=-1))
             return _torch.stack(rows, dim=1)
         if what == "projection":
             return v.expand(N, *v.shape[1:]) if shared else v
-        heads = [self._attend(states[h], k[:, h], v[:, h], mask, h, scaling[h], shared, hopfield_retrieve)
-                 for h in range(H)]
-        out = _torch.cat(heads, dim=-1)  # (N, L, H * pd): the heads side by side, as hopfield-layers concatenates
+        out = self._attend(_torch.stack(states, dim=1), k, v, mask, list(range(H)), scaling)  # (N, H, L, pd)
+        out = out.transpose(1, 2).reshape(N, L, -1)  # the heads side by side, as hopfield-layers concatenates
         if core.out_proj is not None:
             out = core.out_proj(out)
         return out
@@ -585,9 +607,11 @@ class Hopfield(nn.Module):
         return self.association_core.normalize_pattern_affine
 
 
-def _expand_rows(m, L, S):
-    """A mask (S,) or (L, S) as (L, S)."""
-    return m.expand(L, S) if m.dim() == 1 else m
+def _betas(scaling, N, dtype):
+    """Inverse temperatures of N x len(scaling) batch elements (element n A + i: scaling[i]), a tensor
+    (differentiable where a head's scaling is a tensor)."""
+    t = _torch.float64 if dtype == _torch.float64 else _torch.float32
+    return _torch.stack([s.to(t) if isinstance(s, Tensor) else _torch.tensor(float(s), dtype=t) for s in scaling]).repeat(N)
 
 
 _HOPFIELD_ARGS = ("hidden_size", "output_size", "pattern_size", "num_heads", "scaling", "update_steps_max",
@@ -764,7 +788,8 @@ class HopfieldPooling(_Wrapper):
 class HopfieldLayer(_Wrapper):
     """hopfield-layers' HopfieldLayer: learned stored patterns (lookup_weights, `quantity` of them; separate
     target_weights as pattern projections with lookup_weights_as_separated) queried by the input. The stored
-    patterns are shared by the batch, so each head is one fused call over all queries."""
+    patterns are shared by the batch, so each head is one element of the batched call, its queries those of
+    every batch element."""
 
     def __init__(self, input_size: int, hidden_size: Optional[int] = None, output_size: Optional[int] = None,
                  pattern_size: Optional[int] = None, num_heads: int = 1, scaling: Optional[Union[float, Tensor]] = None,
@@ -809,7 +834,7 @@ class HopfieldLayer(_Wrapper):
 
     def forward(self, input: Tensor, stored_pattern_padding_mask: Optional[Tensor] = None,
                 association_mask: Optional[Tensor] = None) -> Tensor:
-        # The lookup patterns are passed once (batch 1), not expanded: one fused call per head for the batch.
+        # The lookup patterns are passed once (batch 1), not expanded: per head, all queries of the batch.
         return self.hopfield._forward(self._prepare_input(input), stored_pattern_padding_mask, association_mask, True)
 
     def get_association_matrix(self, input, stored_pattern_padding_mask=None, association_mask=None) -> Tensor:

@@ -48,8 +48,9 @@ __all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spheri
 _STORAGE = {_torch.float32: "f32", _torch.float64: "f64", _torch.bfloat16: "bf16"}
 _COMPUTE = {_torch.float32: _torch.float32, _torch.float64: _torch.float64, _torch.bfloat16: _torch.float32}
 _FORWARD = {t: getattr(_core, "attention_forward_" + s) for t, s in _STORAGE.items()}
-_BACKWARD = {t: getattr(_core, "attention_backward_" + s) for t, s in _STORAGE.items()}
 _LSE_BACKWARD = {t: getattr(_core, "log_sum_exp_backward_" + s) for t, s in _STORAGE.items()}
+_FORWARD_BATCH = {t: getattr(_core, "attention_forward_batch_" + s) for t, s in _STORAGE.items()}
+_BACKWARD_BATCH = {t: getattr(_core, "attention_backward_batch_" + s) for t, s in _STORAGE.items()}
 _SPH_FORWARD = {t: getattr(_core, "spherical_forward_" + s) for t, s in _STORAGE.items()}
 _SPH_BACKWARD = {t: getattr(_core, "spherical_backward_" + s) for t, s in _STORAGE.items()}
 
@@ -63,28 +64,74 @@ def _np_view(t):
     return t.numpy()
 
 
-class _AttentionStep(_torch.autograd.Function):
-    """softmax(beta q k^T) v for q (n, d), k (K, d), v (K, dv) or None (v = k); beta a 0-d tensor."""
+class _AttentionBatch(_torch.autograd.Function):
+    """softmax(betas[e] q[e] k[e]^T) v[e] for every element e of a batch of independent attentions (the
+    batch x heads of a layer, each with its own memories): q (E, n, d), k (E, K, d), v (E, K, dv) or None
+    (v = k); betas (E,) tensor; mask uint8 (E, 1 or n, K) or None. One node in the graph for the whole
+    batch; forward and backward each one call into C++ (attention_forward_batch), the elements split
+    over the threads."""
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, mask, threads):
-        # v None: the values are the keys (one gradient buffer for both in the backward pass).
+    def forward(ctx, q, k, v, betas, mask, threads):
         kn = _np_view(k)
-        out, lse = _FORWARD[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), float(beta), mask, threads)
+        bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
+        out, lse = _FORWARD_BATCH[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), bn, mask, threads)
         out, lse = _torch.from_numpy(out), _torch.from_numpy(lse)
-        ctx.save_for_backward(q, k, k if v is None else v, beta, out, lse)
+        ctx.save_for_backward(q, k, k if v is None else v, betas, out, lse)
         ctx.mask, ctx.threads, ctx.auto = mask, threads, v is None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, beta, out, lse = ctx.saved_tensors
+        q, k, v, betas, out, lse = ctx.saved_tensors
         kn = _np_view(k)
-        dq, dk, dv, dbeta = _BACKWARD[k.dtype](_np_view(q), kn, kn if ctx.auto else _np_view(v), float(beta),
-                                               ctx.mask, ctx.threads, out.numpy(), lse.numpy(), _np_view(dout))
+        bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
+        dq, dk, dv, dbeta = _BACKWARD_BATCH[k.dtype](_np_view(q), kn, kn if ctx.auto else _np_view(v), bn, ctx.mask,
+                                                     ctx.threads, out.numpy(), lse.numpy(), _np_view(dout))
         return (_torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype),
-                None if dv is None else _torch.from_numpy(dv).to(v.dtype), _torch.tensor(dbeta, dtype=beta.dtype),
-                None, None)
+                None if dv is None else _torch.from_numpy(dv).to(v.dtype),
+                _torch.from_numpy(dbeta).to(betas.dtype), None, None)
+
+
+def _attention_step(q, k, v, beta, mask, threads):
+    """softmax(beta q k^T) v for q (n, d), k (K, d), v (K, dv) or None (v = k); beta a 0-d tensor; mask uint8
+    (1 or n, K) or None: a batch of one element."""
+    out = _AttentionBatch.apply(q.unsqueeze(0), k.unsqueeze(0), None if v is None else v.unsqueeze(0),
+                                beta.reshape(1), None if mask is None else mask.reshape(1, *mask.shape), threads)
+    return out[0]
+
+
+def _attention_batch(q, k, v, betas, mask=None, threads=0):
+    """The batched fused attention for the layers (checked shapes; see _AttentionBatch): q (E, n, d) in the
+    memories' compute dtype, k (E, K, d), v (E, K, dv) or None, betas (E,) tensor, mask a bool tensor
+    (E, K) or (E, n, K) or None (True leaves a memory out). Returns (E, n, dv)."""
+    _check("keys", k, tuple(_STORAGE))
+    if v is not None:
+        _check("values", v, (k.dtype,))
+    compute = _COMPUTE[k.dtype]
+    q = q.to(compute)
+    if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"batched attention: queries (E, n, d) and keys (E, K, d) must share E and d, got "
+                         f"{tuple(q.shape)} and {tuple(k.shape)}")
+    if v is not None and (v.dim() != 3 or v.shape[:2] != k.shape[:2]):
+        raise ValueError(f"batched attention: values must be (E, K, dv) = {tuple(k.shape[:2])} + (dv,), got "
+                         f"{tuple(v.shape)}")
+    E, n, K = q.shape[0], q.shape[1], k.shape[1]
+    if betas.shape != (E,):
+        raise ValueError(f"batched attention: betas must have shape ({E},), got {tuple(betas.shape)}")
+    m = None
+    if mask is not None:
+        mk = mask.detach().cpu()
+        if mk.dtype != _torch.bool:
+            raise TypeError(f"batched attention: mask must be a bool tensor, got {mk.dtype}")
+        if mk.shape == (E, K):
+            mk = mk.reshape(E, 1, K)
+        elif mk.shape != (E, n, K):
+            raise ValueError(f"batched attention: mask must have shape ({E}, {K}) or ({E}, {n}, {K}), got "
+                             f"{tuple(mk.shape)}")
+        m = _np.ascontiguousarray(mk.numpy(), dtype=_np.uint8)
+    return _AttentionBatch.apply(q.contiguous(), k.contiguous(), None if v is None else v.contiguous(),
+                                 betas.to(compute), m, threads)
 
 
 class _LogSumExp(_torch.autograd.Function):
@@ -185,10 +232,10 @@ def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=
     batch_shape, q, b, m = _prepare(queries, keys, values, beta, mask)
     if not implicit:
         for _ in range(int(steps) - 1):
-            q = _AttentionStep.apply(q, keys, None, b, m, threads)  # eq. (16) on the keys
+            q = _attention_step(q, keys, None, b, m, threads)  # eq. (16) on the keys
     elif steps > 1:
         q = _implicit_fixed_point(q, keys, b, m, threads, int(steps) - 1, float(fixed_point_tol))
-    out = _AttentionStep.apply(q, keys, values, b, m, threads)
+    out = _attention_step(q, keys, values, b, m, threads)
     return out.reshape(*batch_shape, out.shape[-1])
 
 
@@ -199,7 +246,7 @@ def _implicit_fixed_point(q, keys, b, m, threads, max_updates, tol):
     with _torch.no_grad():
         z = q.detach()
         for _ in range(max_updates):
-            z_new = _AttentionStep.apply(z, keys.detach(), None, b.detach(), m, threads)
+            z_new = _attention_step(z, keys.detach(), None, b.detach(), m, threads)
             change = (z_new - z).abs().max().item()
             z = z_new
             if change <= tol:
@@ -208,8 +255,8 @@ def _implicit_fixed_point(q, keys, b, m, threads, max_updates, tol):
             warnings.warn(f"hopfield_retrieve(implicit=True): no fixed point within {max_updates} updates (last change "
                           f"{change:.3g} > fixed_point_tol {tol:g}); the implicit gradient assumes one", RuntimeWarning)
     z0 = z.detach().requires_grad_(True)
-    f0 = _AttentionStep.apply(z0, keys.detach(), None, b.detach(), m, threads)  # for J^T y products at v*
-    state = _AttentionStep.apply(z.detach(), keys, None, b, m, threads)     # = v*, with the graph to keys, beta
+    f0 = _attention_step(z0, keys.detach(), None, b.detach(), m, threads)  # for J^T y products at v*
+    state = _attention_step(z.detach(), keys, None, b, m, threads)     # = v*, with the graph to keys, beta
     if state.requires_grad:
         def adjoint(g):
             y = g

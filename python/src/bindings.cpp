@@ -553,6 +553,25 @@ namespace {
 template <class T>
 using CArr = py::array_t<T, py::array::c_style>;
 
+// The inputs of an attention: n queries of dimension d, K keys and values of dimension dv; S, the storage
+// of keys and values: T itself, or std::uint16_t for bfloat16 (T = float).
+template <class T, class S>
+void set_inputs(AttentionArgs<T>& a, const T* q, const S* k, const S* v, py::ssize_t n, py::ssize_t d, py::ssize_t K,
+                py::ssize_t dv) {
+  a.q = q;
+  a.n = std::size_t(n);
+  a.d = std::size_t(d);
+  if constexpr (std::is_same_v<S, std::uint16_t>) {
+    a.k_bf16 = k;
+    a.v_bf16 = v;
+  } else {
+    a.k = k;
+    a.v = v;
+  }
+  a.K = std::size_t(K);
+  a.dv = std::size_t(dv);
+}
+
 // S: the storage of keys and values: T itself, or std::uint16_t for bfloat16 (T = float).
 template <class T, class S>
 AttentionArgs<T> attention_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, double beta,
@@ -564,18 +583,7 @@ AttentionArgs<T> attention_args(const CArr<T>& q, const CArr<S>& k, const CArr<S
   if (v.shape(0) != k.shape(0))
     throw InvalidArgument("attention: " + std::to_string(v.shape(0)) + " values for " + std::to_string(k.shape(0)) + " keys");
   AttentionArgs<T> a;
-  a.q = q.data();
-  a.n = static_cast<std::size_t>(q.shape(0));
-  a.d = static_cast<std::size_t>(q.shape(1));
-  if constexpr (std::is_same_v<S, std::uint16_t>) {
-    a.k_bf16 = k.data();
-    a.v_bf16 = v.data();
-  } else {
-    a.k = k.data();
-    a.v = v.data();
-  }
-  a.K = static_cast<std::size_t>(k.shape(0));
-  a.dv = static_cast<std::size_t>(v.shape(1));
+  set_inputs(a, q.data(), k.data(), v.data(), q.shape(0), q.shape(1), k.shape(0), v.shape(1));
   a.beta = beta;
   a.mask = mask_in(mask, a.n, a.K);
   a.threads = threads;
@@ -598,30 +606,6 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("beta"), py::arg("mask"), py::arg("threads"),
         "(softmax(beta q k^T) v, log-sum-exp per query), fused over tiles (assocmem/attention.hpp).");
-  m.def((std::string("attention_backward_") + suffix).c_str(),
-        [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, double beta, std::optional<U8> mask, int threads,
-           const CArr<T>& out, const CArr<double>& lse, const CArr<T>& dout) {
-          const AttentionArgs<T> a = attention_args<T, S>(q, k, v, beta, mask, threads);
-          if (out.ndim() != 2 || dout.ndim() != 2 || std::size_t(out.shape(0)) != a.n || std::size_t(out.shape(1)) != a.dv ||
-              std::size_t(dout.shape(0)) != a.n || std::size_t(dout.shape(1)) != a.dv || lse.ndim() != 1 ||
-              std::size_t(lse.shape(0)) != a.n)
-            throw InvalidArgument("attention_backward: out, lse and dout do not match the forward's shapes");
-          // Values that are the keys: one gradient buffer receives dk + dv (returned as dk; dv None).
-          const bool same = static_cast<const void*>(k.data()) == static_cast<const void*>(v.data()) && a.dv == a.d;
-          auto dq = gradient_array<T>(a.n, a.d), dk = gradient_array<T>(a.K, a.d);
-          py::array_t<T> dv = same ? dk : gradient_array<T>(a.K, a.dv);
-          T *dqp = dq.mutable_data(), *dkp = dk.mutable_data(), *dvp = dv.mutable_data();
-          double dbeta = 0;
-          {
-            py::gil_scoped_release nogil;
-            attention_backward(a, out.data(), lse.data(), dout.data(), dqp, dkp, dvp, &dbeta);
-          }
-          return py::make_tuple(dq, dk, same ? py::object(py::none()) : py::object(dv), dbeta);
-        },
-        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("beta"), py::arg("mask"), py::arg("threads"), py::arg("out"),
-        py::arg("lse"), py::arg("dout"),
-        "(dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores tile by tile from lse; when v is k, dk holds "
-        "dk + dv and dv is None.");
   m.def((std::string("log_sum_exp_backward_") + suffix).c_str(),
         [](const CArr<T>& q, const CArr<S>& k, double beta, std::optional<U8> mask, int threads, const CArr<double>& lse,
            const CArr<double>& dlse) {
@@ -680,6 +664,106 @@ void bind_spherical_dtype(py::module_& m, const char* suffix) {
         py::arg("ddrive"), py::arg("denergy"), "(dg, dk) of sum(ddrive o drive) + sum(denergy o energy).");
 }
 
+// Batches of independent attentions (AttentionBatch): q (E, n, d), k (E, K, d), v (E, K, dv), betas (E,),
+// mask (E, 1 or n, K) or None; C-contiguous, no copies.
+template <class T, class S>
+struct BatchArgs {
+  AttentionArgs<T> a;
+  AttentionBatch b;
+};
+template <class T, class S>
+BatchArgs<T, S> batch_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas,
+                           const std::optional<U8>& mask, int threads) {
+  if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
+    throw InvalidArgument("attention batch: queries, keys and values must be 3-D (elements, rows, dim)");
+  const py::ssize_t E = q.shape(0);
+  if (k.shape(0) != E || v.shape(0) != E || betas.ndim() != 1 || betas.shape(0) != E)
+    throw InvalidArgument("attention batch: queries, keys, values and betas must have the same number of elements, got " +
+                          std::to_string(E) + ", " + std::to_string(k.shape(0)) + ", " + std::to_string(v.shape(0)) +
+                          ", " + std::to_string(betas.ndim() == 1 ? betas.shape(0) : -1));
+  if (k.shape(2) != q.shape(2))
+    throw InvalidArgument("attention batch: keys have dimension " + std::to_string(k.shape(2)) + " but queries " +
+                          std::to_string(q.shape(2)));
+  if (v.shape(1) != k.shape(1))
+    throw InvalidArgument("attention batch: " + std::to_string(v.shape(1)) + " values for " + std::to_string(k.shape(1)) +
+                          " keys");
+  BatchArgs<T, S> r;
+  AttentionArgs<T>& a = r.a;
+  set_inputs(a, q.data(), k.data(), v.data(), q.shape(1), q.shape(2), k.shape(1), v.shape(2));
+  a.beta = 1.0;
+  a.threads = threads;
+  r.b.elements = std::size_t(E);
+  r.b.q_stride = a.n * a.d;
+  r.b.k_stride = a.K * a.d;
+  r.b.v_stride = a.K * a.dv;
+  r.b.betas = betas.data();
+  if (mask) {
+    if (mask->ndim() != 3 || mask->shape(0) != E || std::size_t(mask->shape(2)) != a.K ||
+        (mask->shape(1) != 1 && std::size_t(mask->shape(1)) != a.n))
+      throw InvalidArgument("attention batch: mask must have shape (" + std::to_string(E) + ", 1 or " +
+                            std::to_string(a.n) + ", " + std::to_string(a.K) + ")");
+    a.mask = {mask->data(), std::size_t(mask->shape(1))};
+    r.b.mask_stride = a.mask.rows * a.K;
+  }
+  return r;
+}
+
+template <class T>
+py::array_t<T> array3(std::size_t a, std::size_t b, std::size_t c) {
+  return py::array_t<T>({py::ssize_t(a), py::ssize_t(b), py::ssize_t(c)});
+}
+
+template <class T, class S = T>
+void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
+  m.def((std::string("attention_forward_batch_") + suffix).c_str(),
+        [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas, std::optional<U8> mask, int threads) {
+          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads);
+          const std::size_t E = r.b.elements;
+          auto out = array3<T>(E, r.a.n, r.a.dv);
+          py::array_t<double> lse({py::ssize_t(E), py::ssize_t(r.a.n)});
+          T* op = out.mutable_data();
+          double* lp = lse.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            attention_forward_batch(r.a, r.b, op, lp);
+          }
+          return py::make_tuple(out, lse);
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("betas"), py::arg("mask"), py::arg("threads"),
+        "Per element e: (softmax(betas[e] q[e] k[e]^T) v[e], log-sum-exp per query), fused over tiles, the elements "
+        "split over the threads (assocmem/attention.hpp, AttentionBatch).");
+  m.def((std::string("attention_backward_batch_") + suffix).c_str(),
+        [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas, std::optional<U8> mask, int threads,
+           const CArr<T>& out, const CArr<double>& lse, const CArr<T>& dout) {
+          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads);
+          const std::size_t E = r.b.elements, n = r.a.n;
+          const auto shape_is = [](const auto& x, std::initializer_list<std::size_t> s) {
+            if (std::size_t(x.ndim()) != s.size()) return false;
+            std::size_t i = 0;
+            for (std::size_t v2 : s)
+              if (std::size_t(x.shape(py::ssize_t(i++))) != v2) return false;
+            return true;
+          };
+          if (!shape_is(out, {E, n, r.a.dv}) || !shape_is(dout, {E, n, r.a.dv}) || !shape_is(lse, {E, n}))
+            throw InvalidArgument("attention_backward_batch: out, lse and dout do not match the forward's shapes");
+          const bool same = static_cast<const void*>(k.data()) == static_cast<const void*>(v.data()) && r.a.dv == r.a.d;
+          auto dq = array3<T>(E, n, r.a.d), dk = array3<T>(E, r.a.K, r.a.d);
+          py::array_t<T> dv = same ? dk : array3<T>(E, r.a.K, r.a.dv);
+          py::array_t<double> dbeta{py::ssize_t(E)};
+          T *dqp = dq.mutable_data(), *dkp = dk.mutable_data(), *dvp = dv.mutable_data();
+          double* dbp = dbeta.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            attention_backward_batch(r.a, r.b, out.data(), lse.data(), dout.data(), dqp, dkp, dvp, dbp);
+          }
+          return py::make_tuple(dq, dk, same ? py::object(py::none()) : py::object(dv), dbeta);
+        },
+        py::arg("q"), py::arg("k"), py::arg("v"), py::arg("betas"), py::arg("mask"), py::arg("threads"), py::arg("out"),
+        py::arg("lse"), py::arg("dout"),
+        "Per element: (dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores from lse; when v is k, dk holds "
+        "dk + dv and dv is None.");
+}
+
 void bind_attention(py::module_& m) {
   bind_spherical_dtype<float>(m, "f32");
   bind_spherical_dtype<double>(m, "f64");
@@ -687,6 +771,9 @@ void bind_attention(py::module_& m) {
   bind_attention_dtype<float, std::uint16_t>(m, "bf16");
   bind_attention_dtype<float>(m, "f32");
   bind_attention_dtype<double>(m, "f64");
+  bind_attention_batch_dtype<float, std::uint16_t>(m, "bf16");
+  bind_attention_batch_dtype<float>(m, "f32");
+  bind_attention_batch_dtype<double>(m, "f64");
 }
 
 // Lagrangians of a layer (eqs. 3, 6, 11, 17).

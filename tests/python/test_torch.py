@@ -96,6 +96,38 @@ def test_gradcheck_in_float64():
                                         (args[0], args[1], args[3]))
 
 
+def test_batched_attention_equals_one_call_per_element_and_gradchecks():
+    """The layers' batched fused attention (one graph node for a batch of independent attentions, each
+    with its own keys, values, mask and beta): equal to hopfield_retrieve per element (the same kernels:
+    float32 exactly, with one thread per element), and gradcheck in float64 with per-element betas, masks
+    of either shape, and values = keys."""
+    g = torch.Generator().manual_seed(3)
+    E, n, K, d, dv = 4, 3, 40, 6, 5
+    q = torch.randn(E, n, d, generator=g)
+    k = torch.randn(E, K, d, generator=g) / d ** 0.5
+    v = torch.randn(E, K, dv, generator=g)
+    betas = torch.tensor([0.5, 1.0, 2.0, 7.0])
+    mask = torch.rand(E, n, K, generator=g) < 0.3
+    for vals in (v, None):
+        out = at._attention_batch(q, k, vals, betas, mask, threads=2)
+        for e in range(E):
+            one = at.hopfield_retrieve(q[e], k[e], None if vals is None else vals[e], beta=float(betas[e]),
+                                       mask=mask[e], threads=1)
+            assert torch.equal(out[e], one), e
+    q64, k64, v64, b64 = (t.double().requires_grad_(True) for t in (q, k, v, betas))
+    for m in (mask, mask[:, 0]):
+        assert torch.autograd.gradcheck(lambda q, k, v, b: at._attention_batch(q, k, v, b, m), (q64, k64, v64, b64))
+        assert torch.autograd.gradcheck(lambda q, k, b: at._attention_batch(q, k, None, b, m), (q64, k64, b64))
+    with pytest.raises(ValueError, match="betas must have shape"):
+        at._attention_batch(q, k, v, betas[:2])
+    with pytest.raises(ValueError, match="mask must have shape"):
+        at._attention_batch(q, k, v, betas, mask[:, :, :5])
+    bad = k.clone()
+    bad[2, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="batch element 2: keys contains NaN"):
+        at._attention_batch(q, bad, v, betas)
+
+
 def test_learns_a_memory_by_gradient_descent():
     """Memory learning: stored patterns, trained by gradient descent through the retrieval on a
     reconstruction loss, come to reconstruct their cues (the loss falls below 1% of its start)."""

@@ -194,6 +194,39 @@ def test_masks_equal_hopfield_layers_equations(mask_kind):
             forward_kwargs=dict(stored_pattern_padding_mask=kpm, association_mask=given))
 
 
+def graph_nodes(t):
+    """The names of the autograd graph's nodes behind t, with repetitions."""
+    seen, stack, names = set(), [t.grad_fn], []
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.append(type(f).__name__)
+        stack.extend(nf for nf, _ in f.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("N", [1, 4, 16])
+def test_one_fused_node_per_layer_call(N):
+    """The association of every (batch element, head) is one batched call: one node in the graph for any
+    batch size and number of heads (no Python loop over the batch or the heads); with update steps one more
+    per update (the heads still iterating updated together), also with memories shared by the batch."""
+    m = Hopfield(input_size=8, num_heads=4)
+    stored, state, proj = data(N=N)
+    nodes = graph_nodes(m((stored.requires_grad_(), state, proj)))
+    assert sum("AttentionBatch" in n for n in nodes) == 1, nodes
+    m = Hopfield(input_size=8, num_heads=2, update_steps_max=3, update_steps_eps=1e-30)
+    nodes = graph_nodes(m((stored, state, proj)))
+    assert sum("AttentionBatch" in n for n in nodes) == 3 + 1, nodes
+    pool = HopfieldPooling(input_size=8, num_heads=2, update_steps_max=2, update_steps_eps=1e-30)
+    nodes = graph_nodes(pool(stored))
+    assert sum("AttentionBatch" in n for n in nodes) == 2 + 1, nodes
+    layer = HopfieldLayer(input_size=8, num_heads=2, quantity=7)  # memories shared by the batch
+    nodes = graph_nodes(layer(state))
+    assert sum("AttentionBatch" in n for n in nodes) == 1, nodes
+
+
 def test_batch_first_false_is_the_transposed_module():
     m = Hopfield(input_size=8, num_heads=2, batch_first=False)
     randomise(m)
@@ -229,10 +262,16 @@ def test_layer_equals_the_equations_with_its_learned_patterns():
                          steps=2)
     compare(m, (state,), ref)
     kpm = torch.zeros(N, 30, dtype=torch.bool)
-    kpm[:, ::4] = True
+    for n in range(N):
+        kpm[n, n::4] = True  # each batch element its own padding over the shared patterns
     compare(m, (state,), lambda m, t: reference(m.hopfield, m.lookup_weights.expand(N, 30, 8), t[0],
                                                 m.target_weights.expand(N, 30, 8), kpm=kpm, steps=2),
             forward_kwargs=dict(stored_pattern_padding_mask=kpm))
+    L = state.shape[1]
+    am = torch.rand(N * 2, L, 30, generator=torch.Generator().manual_seed(9)) < 0.3  # per element and head
+    compare(m, (state,), lambda m, t: reference(m.hopfield, m.lookup_weights.expand(N, 30, 8), t[0],
+                                                m.target_weights.expand(N, 30, 8), kpm=kpm, am=am, steps=2),
+            forward_kwargs=dict(stored_pattern_padding_mask=kpm, association_mask=am))
 
 
 def test_state_dict_names_and_shapes_are_hopfield_layers():
