@@ -58,6 +58,7 @@ void check(const AttentionArgs<T>& a) {
   ASSOCMEM_CHECK_ARG(a.n > 0 && a.d > 0 && a.K > 0 && a.dv > 0, "attention: empty input (queries ", a.n, ", dim ", a.d,
                      ", memories ", a.K, ", value dim ", a.dv, ")");
   ASSOCMEM_CHECK_ARG(std::isfinite(a.beta) && a.beta > 0, "beta must be finite and > 0, got ", a.beta);
+  ASSOCMEM_CHECK_ARG(a.dropout >= 0 && a.dropout < 1, "dropout must be in [0, 1), got ", a.dropout);
   ASSOCMEM_CHECK_ARG(a.threads >= 0 && a.threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads, "], got ",
                      a.threads);
   check_finite_array(a.q, checked_mul(a.n, a.d, "queries"), "queries");
@@ -85,6 +86,30 @@ const std::uint8_t* mask_of(const AttentionArgs<T>& a, std::size_t b, std::size_
   if (a.mask.rows == 0) return nullptr;
   return a.mask.data + (a.mask.rows == 1 ? 0 : b * a.K) + t0;
 }
+
+// Dropout on the association weights (AttentionArgs::dropout): the factor of weight (b, mu), 0 or
+// 1 / (1 - p), from a counter-based generator (SplitMix64's finaliser of the seed and the index; a uniform
+// in [0, 1) from its top 53 bits): the same in the forward and backward passes, whatever the tiling.
+std::uint64_t mix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+template <class T>
+struct Dropout {
+  bool on = false;
+  double p = 0;
+  T scale = T(1);
+  std::uint64_t seed = 0;
+  std::size_t K = 0;
+  explicit Dropout(const AttentionArgs<T>& a)
+      : on(a.dropout > 0), p(a.dropout), scale(static_cast<T>(1.0 / (1.0 - a.dropout))), seed(mix64(a.dropout_seed)), K(a.K) {}
+  T factor(std::size_t b, std::size_t mu) const {
+    const double u = double(mix64(seed ^ mix64(b * K + mu)) >> 11) * 0x1p-53;
+    return u < p ? T(0) : scale;
+  }
+};
 
 // Sets the weights of masked memories to 0: as if they were not there.
 template <class T>
@@ -283,6 +308,7 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
   const std::size_t n = a.n, d = a.d, dv = a.dv, nw = worker_count(a);
   const std::size_t dp = kernels::round_up(d, kernels::kBlock), dvp = kernels::round_up(dv, kernels::kBlock);
   const T beta = static_cast<T>(a.beta), inf = std::numeric_limits<T>::infinity();
+  const Dropout<T> drop(a);
   const std::vector<T> Qp = padded(a.q, n, d, dp);
   // One pass, online softmax (eq. 12 tile by tile): per worker and query the running maximum m of
   // beta q . k_mu, sum_mu exp(beta q . k_mu - m) and sum_mu exp(beta q . k_mu - m) v_mu.
@@ -315,6 +341,8 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
         part.max[b] = m_tile;
       }
       part.sum[b] += double(pr.exp_shift(s, nt, beta, part.max[b], p));
+      if (drop.on)  // after the normaliser: dropout acts on the softmax weights
+        for (std::size_t i = 0; i < nt; ++i) p[i] *= drop.factor(b, t0 + i);
     }
     pr.accumulate(W[w].data(), n, kTile, Vt, nt, dv, part.acc.data(), dvp);
   });
@@ -343,6 +371,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   const std::size_t n = a.n, d = a.d, dvd = a.dv, nw = worker_count(a);
   const std::size_t dp = kernels::round_up(d, kernels::kBlock), dvp = kernels::round_up(dvd, kernels::kBlock);
   const T beta = static_cast<T>(a.beta);
+  const Dropout<T> drop(a);
   check_finite_array(dout, n * dvd, "the output's gradient");
   std::vector<T> L(n), Dlt(n);
   for (std::size_t b = 0; b < n; ++b) {
@@ -379,9 +408,20 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
       if (const std::uint8_t* m = mask_of(a, b, t0))
         for (std::size_t i = 0; i < nt; ++i)
           if (m[i]) p[i] = T(0);  // absent memories have weight 0
-      for (std::size_t i = 0; i < nt; ++i) {
-        g[i] = p[i] * (g[i] - Dlt[b]);
-        dbw += double(g[i]) * double(s[i]);  // d loss / d beta = sum dS o S
+      if (drop.on) {
+        // out = (P o Z) V with Z the dropout factors: d loss / dP = Z o dP, and sum_mu P Z dP = rowsum(dO o O)
+        // still; dV = (P o Z)^T dO.
+        for (std::size_t i = 0; i < nt; ++i) {
+          const T z = drop.factor(b, t0 + i);
+          g[i] = p[i] * (z * g[i] - Dlt[b]);
+          p[i] *= z;
+          dbw += double(g[i]) * double(s[i]);
+        }
+      } else {
+        for (std::size_t i = 0; i < nt; ++i) {
+          g[i] = p[i] * (g[i] - Dlt[b]);
+          dbw += double(g[i]) * double(s[i]);  // d loss / d beta = sum dS o S
+        }
       }
       std::fill(p + nt, p + kTile, T(0));  // the products below read whole rows of the tile
       std::fill(g + nt, g + kTile, T(0));
@@ -512,6 +552,7 @@ AttentionArgs<T> batch_element(const AttentionArgs<T>& a, const AttentionBatch& 
   if (a.v_bf16) x.v_bf16 = a.v_bf16 + e * b.v_stride;
   if (a.mask.rows) x.mask.data = a.mask.data + e * b.mask_stride;
   if (b.betas) x.beta = b.betas[e];
+  x.dropout_seed = mix64(a.dropout_seed ^ mix64(0xD1B54A32D192ED03ull * (e + 1)));
   x.threads = threads;
   return x;
 }

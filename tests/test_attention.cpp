@@ -80,10 +80,12 @@ TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
   for (std::size_t mu = 0; mu < K; mu += 3) mask[mu] = 1;  // query 0 without every third memory
   for (std::size_t b = 0; b < n; ++b) mask[b * K + 5] = 1;  // memory 5 absent for every query
   double beta = 1.7;
+  for (double p : {0.0, 0.3}) {  // without and with dropout (one fixed draw: a function of the inputs)
+  SCOPED_TRACE(::testing::Message() << "dropout " << p);
   auto loss = [&]() {
     AttentionArgs<double> a;
     a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = v.data(), a.dv = dv, a.beta = beta;
-    a.mask = {mask.data(), n};
+    a.mask = {mask.data(), n}, a.dropout = p, a.dropout_seed = 42;
     std::vector<double> out(n * dv), lse(n);
     attention_forward(a, out.data(), lse.data());
     double s = 0;
@@ -92,7 +94,7 @@ TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
   };
   AttentionArgs<double> a;
   a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = v.data(), a.dv = dv, a.beta = beta, a.threads = 2;
-  a.mask = {mask.data(), n};
+  a.mask = {mask.data(), n}, a.dropout = p, a.dropout_seed = 42;
   std::vector<double> out(n * dv), lse(n), dq(n * d), dk(K * d), dvv(K * dv);
   double dbeta = 0;
   attention_forward(a, out.data(), lse.data());
@@ -103,6 +105,79 @@ TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
   EXPECT_NEAR(dbeta, central(loss, beta), 1e-7);
   for (std::size_t j = 0; j < dv; ++j) EXPECT_EQ(dvv[5 * dv + j], 0.0);  // an absent memory gets no gradient
   for (std::size_t j = 0; j < d; ++j) EXPECT_EQ(dk[5 * d + j], 0.0);
+  }
+}
+
+// Dropout on the association weights: with the values the identity (out = the weights themselves), each
+// weight is the undropped one times 0 or 1 / (1 - p); the zeros are a fraction p of the weights (within
+// 5 binomial standard deviations); the draw is a function of (seed, query, memory): the same for any thread
+// count and for float and double, another for another seed or batch element; p = 0 is no dropout.
+TEST(Attention, DropoutKeepsOrZeroesEachWeight) {
+  std::mt19937_64 rng(13);
+  const std::size_t n = 6, K = 700, d = 5;
+  const auto q = flat(randn(n, d, rng)), k = flat(randn(K, d, rng, 0.3));
+  std::vector<double> eye(K * K, 0.0);
+  for (std::size_t i = 0; i < K; ++i) eye[i * K + i] = 1.0;
+  AttentionArgs<double> a;
+  a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = eye.data(), a.dv = K, a.beta = 2.0;
+  std::vector<double> P(n * K), out(n * K), lse(n), lse0(n);
+  const double p = 0.25;
+  std::size_t zeros = 0;
+  for (int threads : {1, 3}) {
+    a.threads = threads;
+    a.dropout = 0.0;
+    attention_forward(a, P.data(), lse0.data());
+    a.dropout = p, a.dropout_seed = 7;
+    attention_forward(a, out.data(), lse.data());
+    EXPECT_EQ(lse, lse0);  // the normaliser is the undropped one
+    zeros = 0;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      if (out[i] == 0.0) {
+        ++zeros;
+      } else {
+        // The same weight through other roundings: the factor 1/(1-p) and its product (2u), the rescalings
+        // when the running maximum rises (<= 3 tiles, on either side: 6u), the divisions (3u): < 16u.
+        ASSERT_NEAR(out[i], P[i] / (1 - p), 16 * 0x1p-53 * out[i]) << i;
+      }
+    }
+    const double sd = std::sqrt(p * (1 - p) / double(out.size()));
+    EXPECT_NEAR(double(zeros) / double(out.size()), p, 5 * sd) << "threads " << threads;
+  }
+  std::vector<double> again(n * K);
+  attention_forward(a, again.data(), lse.data());
+  EXPECT_EQ(again, out);
+  a.dropout_seed = 8;
+  attention_forward(a, again.data(), lse.data());
+  std::size_t same_zeros = 0;
+  for (std::size_t i = 0; i < out.size(); ++i) same_zeros += (again[i] == 0.0) && (out[i] == 0.0);
+  EXPECT_LT(double(same_zeros), 0.5 * double(zeros));  // independent draws overlap in about p of them
+  // float: the same draw (zeros at the same places).
+  const auto qf = to_f32(Eigen::Map<const Matrix>(q.data(), long(n), long(d))),
+             kf = to_f32(Eigen::Map<const Matrix>(k.data(), long(K), long(d)));
+  std::vector<float> eyef(eye.begin(), eye.end()), outf(n * K);
+  AttentionArgs<float> af;
+  af.q = qf.data(), af.n = n, af.d = d, af.k = kf.data(), af.K = K, af.v = eyef.data(), af.dv = K, af.beta = 2.0;
+  af.dropout = p, af.dropout_seed = 7;
+  attention_forward(af, outf.data(), lse.data());
+  for (std::size_t i = 0; i < out.size(); ++i) ASSERT_EQ(outf[i] == 0.0f, out[i] == 0.0) << i;
+  // Batch elements draw their own masks from one seed; p = 0 and p >= 1 are no dropout and an error.
+  AttentionBatch bt;
+  std::vector<double> q2(q), k2(k);
+  q2.insert(q2.end(), q.begin(), q.end());
+  k2.insert(k2.end(), k.begin(), k.end());
+  std::vector<double> eye2(eye);
+  eye2.insert(eye2.end(), eye.begin(), eye.end());
+  AttentionArgs<double> b = a;
+  b.q = q2.data(), b.k = k2.data(), b.v = eye2.data(), b.threads = 2;
+  bt.elements = 2, bt.q_stride = n * d, bt.k_stride = K * d, bt.v_stride = K * K;
+  std::vector<double> out2(2 * n * K), lse2(2 * n);
+  attention_forward_batch(b, bt, out2.data(), lse2.data());
+  EXPECT_FALSE(std::equal(out2.begin(), out2.begin() + long(n * K), out2.begin() + long(n * K)));
+  a.dropout = 0.0;
+  attention_forward(a, out.data(), lse.data());
+  EXPECT_EQ(out, P);
+  a.dropout = 1.0;
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "dropout must be in [0, 1)");
 }
 
 // The float path (the engine's dispatched kernels) against the double path (Eigen) on awkward shapes:

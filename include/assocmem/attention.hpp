@@ -34,6 +34,13 @@ struct AttentionArgs {
   double beta = 1.0;     ///< inverse temperature, finite and > 0
   MemoryMask mask;       ///< rows 0, 1 or n of K flags; non-zero leaves the memory out
   int threads = 0;       ///< 0: the CPUs this process may run on (affinity mask)
+  /// Dropout on the association weights (hopfield-layers' dropout on xi before the values; the
+  /// log-sum-exp is not affected): in [0, 1). Each weight P[b][mu] is kept and scaled by 1 / (1 - dropout)
+  /// or zeroed, by a counter-based generator of (dropout_seed, b, mu): the same draw in the forward and the
+  /// backward pass, for any thread count or tiling, and for the same seed. Used by attention_forward and
+  /// attention_backward only.
+  double dropout = 0.0;
+  std::uint64_t dropout_seed = 0;
   /// float: the portable kernels even where the CPU has AVX-512 (the choice is otherwise made once, at
   /// the first call: AVX-512 where the CPU runs it); for tests and comparisons. double always uses Eigen.
   bool portable_kernels = false;
@@ -55,7 +62,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
 /// with its own memories. Element e reads its queries at a.q + e q_stride, its keys and values at
 /// a.k (a.k_bf16) + e k_stride and a.v (a.v_bf16) + e v_stride, its mask rows (a.mask.rows of them: 0, 1
 /// or n) at a.mask.data + e mask_stride, and its inverse temperature betas[e] (null: a.beta for every
-/// element). Strides count elements of the arrays' own types and are at least one element's size
+/// element); with dropout, element e draws from its own seed (a.dropout_seed mixed with e). Strides count elements of the arrays' own types and are at least one element's size
 /// (every element has its own memories: for memories shared by the batch, give all queries to one
 /// attention_forward). Outputs are packed element after element: out E x n x dv, lse E x n, dq E x n x d,
 /// dk E x K x d, dv E x K x dv, dbeta E. The threads (a.threads) are split over the elements; elements

@@ -17,7 +17,9 @@ Python loop over the batch or the heads. What differs (also in the README, "Port
 - update_steps_eps compares successive states (||xi_new - xi||, max over the batch, per head) instead of
   successive association matrices, which are never formed. update_steps_max=None iterates until that
   test passes, at most 1000 updates (RuntimeWarning past that).
-- dropout > 0 is refused (dropout on the association matrix needs the matrix).
+- dropout (on the association weights before the values, in training; identity in eval) is drawn inside
+  the fused kernel by a counter-based generator seeded from torch's default generator: reproducible with
+  torch.manual_seed and repeated exactly in the backward pass, but not the same draw as torch's dropout.
 - A float association_mask must hold only 0 and -inf (it is turned into a bool mask); other additive
   masks are refused. A query left with no stored pattern raises ValueError (hopfield-layers returns NaN).
 - concat_bias_pattern creates bias_k / bias_v as hopfield-layers does, and, as there, they are not used.
@@ -53,9 +55,8 @@ class HopfieldCore(nn.Module):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
         if not isinstance(num_heads, int) or num_heads < 1:
             raise ValueError(f"num_heads must be an int >= 1, got {num_heads!r}")
-        if dropout != 0.0:
-            raise ValueError(f"dropout must be 0.0, got {dropout}: dropout on the association matrix needs the matrix, "
-                             "which the fused kernels never form")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.key_as_static, self.query_as_static, self.value_as_static = key_as_static, query_as_static, value_as_static
         self.value_as_connected = value_as_connected
         self.normalize_pattern, self.normalize_pattern_affine = normalize_pattern, normalize_pattern_affine
@@ -432,12 +433,12 @@ class Hopfield(nn.Module):
         return state
 
     @staticmethod
-    def _attend(states, keys, values, mask, heads, scaling):
+    def _attend(states, keys, values, mask, heads, scaling, dropout=0.0):
         """softmax(beta_h state keys_h^T) values_h (values None: the keys) for the given heads of every batch
         element, in one batched fused call (assocmem.torch's batched attention: one graph node).
         states (N, A, L, hd) for A = len(heads); keys (Nk, H, S, hd), values (Nk, H, S, pd); Nk = 1 with
         N > 1: memories shared by the batch (one element per head, its queries those of every batch
-        element). Returns (N, A, L, pd)."""
+        element). dropout: on the association weights (the final association in training). Returns (N, A, L, pd)."""
         from .torch import _attention_batch
         N, A, L = states.shape[0], states.shape[1], states.shape[2]
         if heads == list(range(keys.shape[1])):  # every head: no copy
@@ -456,13 +457,13 @@ class Hopfield(nn.Module):
             q = states.transpose(0, 1).reshape(A, N * L, -1)
             if m is not None:
                 m = m.expand(N, A, L, S).transpose(0, 1).reshape(A, N * L, S)
-            out = _attention_batch(q, k[0], None if v is None else v[0], betas, m)
+            out = _attention_batch(q, k[0], None if v is None else v[0], betas, m, dropout=dropout)
             return out.reshape(A, N, L, -1).transpose(0, 1)
         E = N * A
         if m is not None:
             m = m.reshape(E, S) if m.shape[2] == 1 else m.reshape(E, L, S)
         out = _attention_batch(states.reshape(E, L, -1), k.reshape(E, S, -1),
-                               None if v is None else v.reshape(E, S, -1), betas.repeat(N), m)
+                               None if v is None else v.reshape(E, S, -1), betas.repeat(N), m, dropout=dropout)
         return out.reshape(N, A, L, -1)
 
     def _associate(self, data, stored_pattern_padding_mask=None, association_mask=None, shared_memories=False,
@@ -486,7 +487,8 @@ class Hopfield(nn.Module):
             return _torch.stack(rows, dim=1)
         if what == "projection":
             return v.expand(N, *v.shape[1:]) if shared else v
-        out = self._attend(_torch.stack(states, dim=1), k, v, mask, list(range(H)), scaling)  # (N, H, L, pd)
+        out = self._attend(_torch.stack(states, dim=1), k, v, mask, list(range(H)), scaling,
+                           core.dropout if core.training else 0.0)  # (N, H, L, pd)
         out = out.transpose(1, 2).reshape(N, L, -1)  # the heads side by side, as hopfield-layers concatenates
         if core.out_proj is not None:
             out = core.out_proj(out)

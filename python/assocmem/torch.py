@@ -72,13 +72,14 @@ class _AttentionBatch(_torch.autograd.Function):
     over the threads."""
 
     @staticmethod
-    def forward(ctx, q, k, v, betas, mask, threads):
+    def forward(ctx, q, k, v, betas, mask, threads, dropout=0.0, seed=0):
         kn = _np_view(k)
         bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
-        out, lse = _FORWARD_BATCH[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), bn, mask, threads)
+        out, lse = _FORWARD_BATCH[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), bn, mask, threads,
+                                           dropout, seed)
         out, lse = _torch.from_numpy(out), _torch.from_numpy(lse)
         ctx.save_for_backward(q, k, k if v is None else v, betas, out, lse)
-        ctx.mask, ctx.threads, ctx.auto = mask, threads, v is None
+        ctx.mask, ctx.threads, ctx.auto, ctx.dropout = mask, threads, v is None, (dropout, seed)
         return out
 
     @staticmethod
@@ -87,10 +88,10 @@ class _AttentionBatch(_torch.autograd.Function):
         kn = _np_view(k)
         bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
         dq, dk, dv, dbeta = _BACKWARD_BATCH[k.dtype](_np_view(q), kn, kn if ctx.auto else _np_view(v), bn, ctx.mask,
-                                                     ctx.threads, out.numpy(), lse.numpy(), _np_view(dout))
+                                                     ctx.threads, out.numpy(), lse.numpy(), _np_view(dout), *ctx.dropout)
         return (_torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype),
                 None if dv is None else _torch.from_numpy(dv).to(v.dtype),
-                _torch.from_numpy(dbeta).to(betas.dtype), None, None)
+                _torch.from_numpy(dbeta).to(betas.dtype), None, None, None, None)
 
 
 def _attention_step(q, k, v, beta, mask, threads):
@@ -101,10 +102,15 @@ def _attention_step(q, k, v, beta, mask, threads):
     return out[0]
 
 
-def _attention_batch(q, k, v, betas, mask=None, threads=0):
+def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0):
     """The batched fused attention for the layers (checked shapes; see _AttentionBatch): q (E, n, d) in the
     memories' compute dtype, k (E, K, d), v (E, K, dv) or None, betas (E,) tensor, mask a bool tensor
-    (E, K) or (E, n, K) or None (True leaves a memory out). Returns (E, n, dv)."""
+    (E, K) or (E, n, K) or None (True leaves a memory out). dropout in [0, 1): on the association weights
+    (each kept with probability 1 - dropout and scaled by 1 / (1 - dropout)), the draw seeded from torch's
+    default generator (torch.manual_seed reproduces it) and repeated exactly in the backward pass.
+    Returns (E, n, dv)."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     _check("keys", k, tuple(_STORAGE))
     if v is not None:
         _check("values", v, (k.dtype,))
@@ -130,8 +136,9 @@ def _attention_batch(q, k, v, betas, mask=None, threads=0):
             raise ValueError(f"batched attention: mask must have shape ({E}, {K}) or ({E}, {n}, {K}), got "
                              f"{tuple(mk.shape)}")
         m = _np.ascontiguousarray(mk.numpy(), dtype=_np.uint8)
+    seed = int(_torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
     return _AttentionBatch.apply(q.contiguous(), k.contiguous(), None if v is None else v.contiguous(),
-                                 betas.to(compute), m, threads)
+                                 betas.to(compute), m, threads, float(dropout), seed)
 
 
 class _LogSumExp(_torch.autograd.Function):

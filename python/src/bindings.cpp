@@ -673,7 +673,7 @@ struct BatchArgs {
 };
 template <class T, class S>
 BatchArgs<T, S> batch_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas,
-                           const std::optional<U8>& mask, int threads) {
+                           const std::optional<U8>& mask, int threads, double dropout, std::uint64_t seed) {
   if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
     throw InvalidArgument("attention batch: queries, keys and values must be 3-D (elements, rows, dim)");
   const py::ssize_t E = q.shape(0);
@@ -692,6 +692,8 @@ BatchArgs<T, S> batch_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v,
   set_inputs(a, q.data(), k.data(), v.data(), q.shape(1), q.shape(2), k.shape(1), v.shape(2));
   a.beta = 1.0;
   a.threads = threads;
+  a.dropout = dropout;
+  a.dropout_seed = seed;
   r.b.elements = std::size_t(E);
   r.b.q_stride = a.n * a.d;
   r.b.k_stride = a.K * a.d;
@@ -716,8 +718,9 @@ py::array_t<T> array3(std::size_t a, std::size_t b, std::size_t c) {
 template <class T, class S = T>
 void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
   m.def((std::string("attention_forward_batch_") + suffix).c_str(),
-        [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas, std::optional<U8> mask, int threads) {
-          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads);
+        [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas, std::optional<U8> mask, int threads,
+           double dropout, std::uint64_t seed) {
+          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed);
           const std::size_t E = r.b.elements;
           auto out = array3<T>(E, r.a.n, r.a.dv);
           py::array_t<double> lse({py::ssize_t(E), py::ssize_t(r.a.n)});
@@ -730,12 +733,13 @@ void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
           return py::make_tuple(out, lse);
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("betas"), py::arg("mask"), py::arg("threads"),
+        py::arg("dropout") = 0.0, py::arg("seed") = 0,
         "Per element e: (softmax(betas[e] q[e] k[e]^T) v[e], log-sum-exp per query), fused over tiles, the elements "
-        "split over the threads (assocmem/attention.hpp, AttentionBatch).");
+        "split over the threads (assocmem/attention.hpp, AttentionBatch); dropout on the weights from seed.");
   m.def((std::string("attention_backward_batch_") + suffix).c_str(),
         [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas, std::optional<U8> mask, int threads,
-           const CArr<T>& out, const CArr<double>& lse, const CArr<T>& dout) {
-          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads);
+           const CArr<T>& out, const CArr<double>& lse, const CArr<T>& dout, double dropout, std::uint64_t seed) {
+          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed);
           const std::size_t E = r.b.elements, n = r.a.n;
           const auto shape_is = [](const auto& x, std::initializer_list<std::size_t> s) {
             if (std::size_t(x.ndim()) != s.size()) return false;
@@ -759,9 +763,9 @@ void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
           return py::make_tuple(dq, dk, same ? py::object(py::none()) : py::object(dv), dbeta);
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("betas"), py::arg("mask"), py::arg("threads"), py::arg("out"),
-        py::arg("lse"), py::arg("dout"),
-        "Per element: (dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores from lse; when v is k, dk holds "
-        "dk + dv and dv is None.");
+        py::arg("lse"), py::arg("dout"), py::arg("dropout") = 0.0, py::arg("seed") = 0,
+        "Per element: (dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores from lse (and the dropout "
+        "factors from seed); when v is k, dk holds dk + dv and dv is None.");
 }
 
 void bind_attention(py::module_& m) {

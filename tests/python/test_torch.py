@@ -115,8 +115,12 @@ def test_batched_attention_equals_one_call_per_element_and_gradchecks():
                                        mask=mask[e], threads=1)
             assert torch.equal(out[e], one), e
     q64, k64, v64, b64 = (t.double().requires_grad_(True) for t in (q, k, v, betas))
+    def dropped(q, k, v, b, m):  # one fixed draw (seeded from torch's generator): a function of the inputs
+        torch.manual_seed(5)
+        return at._attention_batch(q, k, v, b, m, dropout=0.3)
     for m in (mask, mask[:, 0]):
         assert torch.autograd.gradcheck(lambda q, k, v, b: at._attention_batch(q, k, v, b, m), (q64, k64, v64, b64))
+        assert torch.autograd.gradcheck(lambda q, k, v, b: dropped(q, k, v, b, m), (q64, k64, v64, b64))
         assert torch.autograd.gradcheck(lambda q, k, b: at._attention_batch(q, k, None, b, m), (q64, k64, b64))
     with pytest.raises(ValueError, match="betas must have shape"):
         at._attention_batch(q, k, v, betas[:2])

@@ -354,8 +354,60 @@ def test_association_matrix_and_projected_patterns():
     torch.testing.assert_close(m((stored, state, proj)), out, atol=2e-5, rtol=1e-4)
 
 
+def test_dropout_in_training_only_reproducible_and_unbiased():
+    """hopfield-layers' dropout on the association weights: identity in eval (a checkpoint trained with dropout
+    evaluates as without); in training each weight kept or zeroed and rescaled, the draw reproducible with
+    torch.manual_seed and unbiased (the mean of many draws tends to the eval output); gradients are those of
+    the drawn function (checked with torch's autograd on the same draw, recovered through identity values)."""
+    m = Hopfield(input_size=8, num_heads=2, dropout=0.4)
+    randomise(m, 11)
+    ref = Hopfield(input_size=8, num_heads=2)
+    ref.load_state_dict(m.state_dict())
+    stored, state, proj = data()
+    m.eval()
+    torch.testing.assert_close(m((stored, state, proj)), ref((stored, state, proj)), atol=0, rtol=0)
+    m.train()
+    torch.manual_seed(3)
+    a = m((stored, state, proj))
+    torch.manual_seed(3)
+    b = m((stored, state, proj))
+    torch.manual_seed(4)
+    c = m((stored, state, proj))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # Unbiased: the association alone, averaged over draws, within 5 standard errors of the undropped one.
+    import assocmem.torch as at
+    g = torch.Generator().manual_seed(2)
+    q, k, v = torch.randn(2, 3, 4, generator=g), torch.randn(2, 50, 4, generator=g), torch.randn(2, 50, 5, generator=g)
+    betas = torch.tensor([1.0, 2.0])
+    torch.manual_seed(0)  # a fixed sequence of draws: the test is deterministic
+    draws = torch.stack([at._attention_batch(q, k, v, betas, dropout=0.4) for _ in range(2000)])
+    exact = at._attention_batch(q, k, v, betas)
+    se = draws.std(0) / 2000 ** 0.5
+    assert ((draws.mean(0) - exact).abs() <= 5 * se + 1e-6).all()  # 1e-6: the float32 sums of 2000 draws
+    # The drawn weights: values = identity gives them; the gradient of the dropped association equals
+    # torch's autograd of softmax(beta q k^T) o Z @ v with that Z.
+    eye = torch.eye(50).expand(2, 50, 50).contiguous()
+    torch.manual_seed(9)
+    W = at._attention_batch(q, k, eye, betas, dropout=0.4)
+    P = torch.softmax(betas.view(2, 1, 1) * q @ k.transpose(1, 2), dim=-1)
+    Z = torch.where(W == 0, torch.zeros_like(W), torch.full_like(W, 1 / 0.6))
+    assert 0.3 < (W == 0).float().mean().item() < 0.5
+    torch.testing.assert_close(W, P * Z, atol=1e-7, rtol=1e-6)
+    qs, ks, vs = (t.clone().requires_grad_(True) for t in (q, k, v))
+    torch.manual_seed(9)  # the same draw: the seed is taken from torch's generator
+    out = at._attention_batch(qs, ks, vs, betas, dropout=0.4)
+    w = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad((out * w).sum(), (qs, ks, vs))
+    qr, kr, vr = (t.clone().requires_grad_(True) for t in (q, k, v))
+    outr = (torch.softmax(betas.view(2, 1, 1) * qr @ kr.transpose(1, 2), dim=-1) * Z) @ vr
+    torch.testing.assert_close(out, outr, atol=1e-6, rtol=1e-5)
+    for a_, r_ in zip(grads, torch.autograd.grad((outr * w).sum(), (qr, kr, vr))):
+        torch.testing.assert_close(a_, r_, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(input_size=8, dropout=0.1), "dropout"),
+    (dict(input_size=8, dropout=1.0), "dropout must be a number in \\[0, 1\\)"),
+    (dict(input_size=8, dropout=-0.1), "dropout"),
     (dict(input_size=8, num_heads=3), "divisible"),
     (dict(input_size=8, scaling=-1.0), "scaling"),
     (dict(input_size=8, update_steps_eps=0.0), "update_steps_eps"),
