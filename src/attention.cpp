@@ -69,15 +69,37 @@ void check(const AttentionArgs<T>& a) {
     check_finite_array(a.k, checked_mul(a.K, a.d, "keys"), "keys");
     check_finite_array(a.v, checked_mul(a.K, a.dv, "values"), "values");
   }
-  if (a.mask.rows == 0) return;
-  ASSOCMEM_CHECK_ARG(a.mask.data != nullptr, "mask: data is null");
-  ASSOCMEM_CHECK_ARG(a.mask.rows == 1 || a.mask.rows == a.n, "mask: ", a.mask.rows, " rows for ", a.n,
-                     " queries (give 1 row shared by all, or one per query)");
-  for (std::size_t r = 0; r < a.mask.rows; ++r) {
-    const std::uint8_t* row = a.mask.data + r * a.K;
-    ASSOCMEM_CHECK_ARG(std::find(row, row + a.K, std::uint8_t{0}) != row + a.K, "mask: row ", r,
+  if (a.bias_rows) {
+    ASSOCMEM_CHECK_ARG(a.bias != nullptr, "bias: data is null");
+    ASSOCMEM_CHECK_ARG(a.bias_rows == 1 || a.bias_rows == a.n, "bias: ", a.bias_rows, " rows for ", a.n,
+                       " queries (give 1 row shared by all, or one per query)");
+    for (std::size_t i = 0; i < a.bias_rows * a.K; ++i)
+      ASSOCMEM_CHECK_ARG(std::isfinite(a.bias[i]) || a.bias[i] == -std::numeric_limits<T>::infinity(), "bias: entry ",
+                         i, " is ", a.bias[i], "; each must be finite or -inf");
+  }
+  if (a.mask.rows) {
+    ASSOCMEM_CHECK_ARG(a.mask.data != nullptr, "mask: data is null");
+    ASSOCMEM_CHECK_ARG(a.mask.rows == 1 || a.mask.rows == a.n, "mask: ", a.mask.rows, " rows for ", a.n,
+                       " queries (give 1 row shared by all, or one per query)");
+  }
+  // Every query keeps a memory: one neither masked nor at bias -inf.
+  const std::size_t rows = std::max(a.mask.rows, a.bias_rows);
+  for (std::size_t r = 0; r < rows; ++r) {
+    const std::uint8_t* m = a.mask.rows ? a.mask.data + (a.mask.rows == 1 ? 0 : r) * a.K : nullptr;
+    const T* bias = a.bias_rows ? a.bias + (a.bias_rows == 1 ? 0 : r) * a.K : nullptr;
+    bool any = false;
+    for (std::size_t mu = 0; mu < a.K && !any; ++mu)
+      any = (!m || !m[mu]) && (!bias || bias[mu] != -std::numeric_limits<T>::infinity());
+    ASSOCMEM_CHECK_ARG(any, a.bias_rows ? "mask and bias: row " : "mask: row ", r,
                        " leaves out every memory; a query needs at least one");
   }
+}
+
+// Query b's bias for memories [t0, ...), or null without one.
+template <class T>
+const T* bias_of(const AttentionArgs<T>& a, std::size_t b, std::size_t t0) {
+  if (a.bias_rows == 0) return nullptr;
+  return a.bias + (a.bias_rows == 1 ? 0 : b * a.K) + t0;
 }
 
 // Flags of query b's mask for memories [t0, t0 + nt), or null without a mask.
@@ -329,6 +351,8 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
       if (const std::uint8_t* m = mask_of(a, b, t0))
         for (std::size_t i = 0; i < nt; ++i)
           if (m[i]) s[i] = -inf;  // weight exp(-inf) = 0: as if absent
+      if (const T* bias = bias_of(a, b, t0))  // beta (s + bias / beta) = beta s + bias
+        for (std::size_t i = 0; i < nt; ++i) s[i] += bias[i] / beta;
       const T m_tile = pr.max(s, nt, beta);
       if (m_tile == -inf) {
         std::fill(p, p + nt, T(0));
@@ -363,7 +387,7 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
 
 template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
-                        double* dbeta) {
+                        double* dbeta, T* dbias) {
   check(a);
   ASSOCMEM_CHECK_ARG(dv != dk || (a.v == a.k && a.v_bf16 == a.k_bf16 && a.dv == a.d), "attention_backward: dk and dv may share a buffer only "
                      "when the values are the keys");
@@ -386,11 +410,11 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   std::vector<std::vector<T>> dQ(nw, std::vector<T>(n * dp, T(0)));
   std::vector<double> db(nw, 0.0);
   struct Buffers {
-    std::vector<T> S, P, G, packK, packV, dKT, dVT;
+    std::vector<T> S, P, G, packK, packV, dKT, dVT, SB;
   };
   std::vector<Buffers> buf(nw);
   for (auto& B : buf) B = {std::vector<T>(n * kTile), std::vector<T>(n * kTile), std::vector<T>(n * kTile), {}, {},
-                           std::vector<T>(d * kTile), std::vector<T>(dvd * kTile)};
+                           std::vector<T>(d * kTile), std::vector<T>(dvd * kTile), {}};
   for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt) {
     Buffers& B = buf[w];
     // Recomputed from the log-sum-exp L (FlashAttention): S = Q K_t^T, P = exp(beta S - L) (the softmax
@@ -401,10 +425,17 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     pr.scores(dOp.data(), n, dvp, Vt != Kt ? B.packV : B.packK, Vt, nt, dvd, B.G.data(), kTile);
     double dbw = 0;
     for (std::size_t b = 0; b < n; ++b) {
-      const T* s = &B.S[b * kTile];
+      const T* s = &B.S[b * kTile];  // the raw scores q . k (for dbeta)
       T* p = &B.P[b * kTile];
       T* g = &B.G[b * kTile];
-      pr.exp_shift(s, nt, beta, L[b], p);
+      const T* bias = bias_of(a, b, t0);
+      if (bias) {  // the weights from beta s + bias, as in the forward pass
+        B.SB.resize(nt);
+        for (std::size_t i = 0; i < nt; ++i) B.SB[i] = s[i] + bias[i] / beta;
+        pr.exp_shift(B.SB.data(), nt, beta, L[b], p);
+      } else {
+        pr.exp_shift(s, nt, beta, L[b], p);
+      }
       if (const std::uint8_t* m = mask_of(a, b, t0))
         for (std::size_t i = 0; i < nt; ++i)
           if (m[i]) p[i] = T(0);  // absent memories have weight 0
@@ -422,6 +453,10 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
           g[i] = p[i] * (g[i] - Dlt[b]);
           dbw += double(g[i]) * double(s[i]);  // d loss / d beta = sum dS o S
         }
+      }
+      if (dbias && bias) {  // d loss / d bias = dS (its rows: one per query, or summed into the shared one)
+        T* db = dbias + (a.bias_rows == 1 ? 0 : b * a.K) + t0;
+        for (std::size_t i = 0; i < nt; ++i) db[i] = (a.bias_rows == 1 && b > 0 ? db[i] : T(0)) + g[i];
       }
       std::fill(p + nt, p + kTile, T(0));  // the products below read whole rows of the tile
       std::fill(g + nt, g + kTile, T(0));
@@ -551,6 +586,7 @@ AttentionArgs<T> batch_element(const AttentionArgs<T>& a, const AttentionBatch& 
   if (a.k_bf16) x.k_bf16 = a.k_bf16 + e * b.k_stride;
   if (a.v_bf16) x.v_bf16 = a.v_bf16 + e * b.v_stride;
   if (a.mask.rows) x.mask.data = a.mask.data + e * b.mask_stride;
+  if (a.bias_rows) x.bias = a.bias + e * b.bias_stride;
   if (b.betas) x.beta = b.betas[e];
   x.dropout_seed = mix64(a.dropout_seed ^ mix64(0xD1B54A32D192ED03ull * (e + 1)));
   x.threads = threads;
@@ -567,10 +603,12 @@ void for_each_element(const AttentionArgs<T>& a, const AttentionBatch& b, Fn&& f
                      a.threads);
   const bool same = a.k_bf16 ? a.v_bf16 == a.k_bf16 : a.v == a.k;
   ASSOCMEM_CHECK_ARG(b.q_stride >= a.n * a.d && b.k_stride >= a.K * a.d && b.v_stride >= a.K * a.dv &&
-                         (!same || b.v_stride == b.k_stride) && (a.mask.rows == 0 || b.mask_stride >= a.mask.rows * a.K),
+                         (!same || b.v_stride == b.k_stride) && (a.mask.rows == 0 || b.mask_stride >= a.mask.rows * a.K) &&
+                         (a.bias_rows == 0 || b.bias_stride >= a.bias_rows * a.K),
                      "attention batch: a stride smaller than one element (queries ", b.q_stride, " < ", a.n * a.d,
                      ", keys ", b.k_stride, " < ", a.K * a.d, ", values ", b.v_stride, " < ", a.K * a.dv, ", or mask ",
-                     b.mask_stride, " < ", a.mask.rows * a.K, "; shared memories: one attention call for all queries)");
+                     b.mask_stride, " < ", a.mask.rows * a.K, ", or bias ", b.bias_stride, " < ", a.bias_rows * a.K,
+                     "; shared memories: one attention call for all queries)");
   const int threads = detail::resolve_threads(a.threads);
   const std::size_t workers = std::min<std::size_t>(static_cast<std::size_t>(threads), b.elements);
   const int inner = std::max(1, threads / static_cast<int>(workers));
@@ -596,19 +634,20 @@ void attention_forward_batch(const AttentionArgs<T>& a, const AttentionBatch& ba
 
 template <class T>
 void attention_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, const T* out, const double* lse,
-                              const T* dout, T* dq, T* dk, T* dv, double* dbeta) {
+                              const T* dout, T* dq, T* dk, T* dv, double* dbeta, T* dbias) {
   for_each_element(a, batch, [&](std::size_t e, const AttentionArgs<T>& x) {
     attention_backward(x, out + e * a.n * a.dv, lse + e * a.n, dout + e * a.n * a.dv, dq + e * a.n * a.d,
-                       dk + e * a.K * a.d, dv + e * a.K * a.dv, dbeta + e);
+                       dk + e * a.K * a.d, dv + e * a.K * a.dv, dbeta + e, dbias ? dbias + e * a.bias_rows * a.K : nullptr);
   });
 }
 
 template void attention_forward_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, float*, double*);
 template void attention_forward_batch<double>(const AttentionArgs<double>&, const AttentionBatch&, double*, double*);
 template void attention_backward_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, const float*,
-                                              const double*, const float*, float*, float*, float*, double*);
+                                              const double*, const float*, float*, float*, float*, double*, float*);
 template void attention_backward_batch<double>(const AttentionArgs<double>&, const AttentionBatch&, const double*,
-                                               const double*, const double*, double*, double*, double*, double*);
+                                               const double*, const double*, double*, double*, double*, double*,
+                                               double*);
 
 template void spherical_backward<float>(const AttentionArgs<float>&, const AdditiveLagrangian&, const float*,
                                         const double*, float*, float*);
@@ -621,8 +660,8 @@ template void log_sum_exp_backward<double>(const AttentionArgs<double>&, const d
 template void attention_forward<float>(const AttentionArgs<float>&, float*, double*);
 template void attention_forward<double>(const AttentionArgs<double>&, double*, double*);
 template void attention_backward<float>(const AttentionArgs<float>&, const float*, const double*, const float*, float*,
-                                        float*, float*, double*);
+                                        float*, float*, double*, float*);
 template void attention_backward<double>(const AttentionArgs<double>&, const double*, const double*, const double*,
-                                         double*, double*, double*, double*);
+                                         double*, double*, double*, double*, double*);
 
 }  // namespace assocmem

@@ -108,6 +108,93 @@ TEST(Attention, BackwardIsTheDerivativeOfTheForward) {
   }
 }
 
+// An additive bias of the scores (hopfield-layers' float association mask): softmax(beta q k^T + bias) v
+// against the formula written out here; a bias of 0 and -inf is the bool mask (bitwise); every gradient,
+// the bias's own included (one row per query, and one shared row: summed over the queries), against
+// central differences; a row left without memories, +inf and NaN refused.
+TEST(Attention, BiasIsAddedToTheScaledScores) {
+  std::mt19937_64 rng(14);
+  const std::size_t n = 3, K = 300, d = 4, dv = 2;
+  auto q = flat(randn(n, d, rng)), k = flat(randn(K, d, rng, 0.5)), v = flat(randn(K, dv, rng));
+  const auto w = flat(randn(n, dv, rng));
+  const double inf = std::numeric_limits<double>::infinity();
+  for (std::size_t rows : {std::size_t(3), std::size_t(1)}) {
+    SCOPED_TRACE(::testing::Message() << rows << " bias rows");
+    auto bias = flat(randn(Eigen::Index(rows), K, rng, 2.0));
+    for (std::size_t i = 0; i < bias.size(); i += 11) bias[i] = -inf;
+    double beta = 1.3;
+    AttentionArgs<double> a;
+    a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = v.data(), a.dv = dv, a.threads = 2;
+    a.bias = bias.data(), a.bias_rows = rows;
+    auto run = [&](std::vector<double>& out, std::vector<double>& lse) {
+      a.beta = beta;
+      out.assign(n * dv, 0.0);
+      lse.assign(n, 0.0);
+      attention_forward(a, out.data(), lse.data());
+    };
+    std::vector<double> out, lse;
+    run(out, lse);
+    for (std::size_t b = 0; b < n; ++b) {  // the formula, written out
+      std::vector<double> z(K);
+      double m = -inf, sum = 0;
+      for (std::size_t mu = 0; mu < K; ++mu) {
+        double s = 0;
+        for (std::size_t j = 0; j < d; ++j) s += q[b * d + j] * k[mu * d + j];
+        z[mu] = beta * s + bias[(rows == 1 ? 0 : b) * K + mu];
+        m = std::max(m, z[mu]);
+      }
+      std::vector<double> o(dv, 0.0);
+      for (std::size_t mu = 0; mu < K; ++mu) {
+        const double e = std::exp(z[mu] - m);
+        sum += e;
+        for (std::size_t j = 0; j < dv; ++j) o[j] += e * v[mu * dv + j];
+      }
+      for (std::size_t j = 0; j < dv; ++j) EXPECT_NEAR(out[b * dv + j], o[j] / sum, 1e-12);
+      EXPECT_NEAR(lse[b], m + std::log(sum), 1e-12);
+    }
+    auto loss = [&]() {
+      std::vector<double> o, l;
+      run(o, l);
+      double t = 0;
+      for (std::size_t i = 0; i < o.size(); ++i) t += w[i] * o[i];
+      return t;
+    };
+    std::vector<double> dq(n * d), dk(K * d), dvv(K * dv), dbias(rows * K);
+    double dbeta = 0;
+    run(out, lse);
+    attention_backward(a, out.data(), lse.data(), w.data(), dq.data(), dk.data(), dvv.data(), &dbeta, dbias.data());
+    for (std::size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(dq[i], central(loss, q[i]), 1e-7) << "dq " << i;
+    for (std::size_t i : {1u, 9u, 600u}) EXPECT_NEAR(dk[i], central(loss, k[i]), 1e-7) << "dk " << i;
+    for (std::size_t i : {0u, 3u, 401u}) EXPECT_NEAR(dvv[i], central(loss, v[i]), 1e-7) << "dv " << i;
+    EXPECT_NEAR(dbeta, central(loss, beta), 1e-7);
+    for (std::size_t i : {1u, 2u, 50u, 299u}) EXPECT_NEAR(dbias[i], central(loss, bias[i]), 1e-7) << "dbias " << i;
+    EXPECT_EQ(dbias[0], 0.0);  // at -inf: no weight, no gradient
+  }
+  // 0 / -inf is the bool mask.
+  std::vector<double> zero_inf(n * K, 0.0);
+  std::vector<std::uint8_t> mask(n * K, 0);
+  for (std::size_t i = 0; i < n * K; i += 4) zero_inf[i] = -inf, mask[i] = 1;
+  AttentionArgs<double> a;
+  a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = v.data(), a.dv = dv, a.beta = 2.0;
+  std::vector<double> o1(n * dv), o2(n * dv), l1(n), l2(n);
+  a.bias = zero_inf.data(), a.bias_rows = n;
+  attention_forward(a, o1.data(), l1.data());
+  a.bias = nullptr, a.bias_rows = 0, a.mask = {mask.data(), n};
+  attention_forward(a, o2.data(), l2.data());
+  EXPECT_EQ(o1, o2);
+  EXPECT_EQ(l1, l2);
+  // Refusals.
+  std::vector<double> row(n * K, 0.0);
+  std::fill(row.begin() + K, row.begin() + 2 * K, -inf);
+  a.mask = {}, a.bias = row.data(), a.bias_rows = n;
+  EXPECT_THROW_MSG(attention_forward(a, o1.data(), l1.data()), InvalidArgument, "row 1 leaves out every memory");
+  row[K + 5] = 0.0;
+  row[7] = inf;
+  EXPECT_THROW_MSG(attention_forward(a, o1.data(), l1.data()), InvalidArgument, "bias: entry 7 is inf");
+  row[7] = std::nan("");
+  EXPECT_THROW_MSG(attention_forward(a, o1.data(), l1.data()), InvalidArgument, "finite or -inf");
+}
+
 // Dropout on the association weights: with the values the identity (out = the weights themselves), each
 // weight is the undropped one times 0 or 1 / (1 - p); the zeros are a fraction p of the weights (within
 // 5 binomial standard deviations); the draw is a function of (seed, query, memory): the same for any thread

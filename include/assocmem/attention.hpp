@@ -34,6 +34,11 @@ struct AttentionArgs {
   double beta = 1.0;     ///< inverse temperature, finite and > 0
   MemoryMask mask;       ///< rows 0, 1 or n of K flags; non-zero leaves the memory out
   int threads = 0;       ///< 0: the CPUs this process may run on (affinity mask)
+  /// An additive bias of the scores (hopfield-layers' float association mask): the weights are
+  /// softmax(beta q k^T + bias); bias_rows (0: none, 1: shared by all queries, or n) rows of K values,
+  /// finite or -inf (-inf leaves the memory out). Every query must keep at least one memory.
+  const T* bias = nullptr;
+  std::size_t bias_rows = 0;
   /// Dropout on the association weights (hopfield-layers' dropout on xi before the values; the
   /// log-sum-exp is not affected): in [0, 1). Each weight P[b][mu] is kept and scaled by 1 / (1 - dropout)
   /// or zeroed, by a counter-based generator of (dropout_seed, b, mu): the same draw in the forward and the
@@ -53,15 +58,17 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse);
 
 /// Gradients of sum(dout o out) with respect to q (n x d), k (K x d), v (K x dv) and beta, from the
 /// forward's out and lse. dk and dv are written (not accumulated); when the values are the keys
-/// (a.v == a.k), dv may be the same buffer as dk, which then receives their sum.
+/// (a.v == a.k), dv may be the same buffer as dk, which then receives their sum. dbias (bias_rows x K,
+/// written; null: not wanted): the gradient of the bias, d loss / d(beta q k^T + bias), summed over the
+/// queries where one row is shared.
 template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
-                        double* dbeta);
+                        double* dbeta, T* dbias = nullptr);
 
 /// A batch of E independent attentions of one shape: the (batch x heads) of a transformer layer, each
 /// with its own memories. Element e reads its queries at a.q + e q_stride, its keys and values at
 /// a.k (a.k_bf16) + e k_stride and a.v (a.v_bf16) + e v_stride, its mask rows (a.mask.rows of them: 0, 1
-/// or n) at a.mask.data + e mask_stride, and its inverse temperature betas[e] (null: a.beta for every
+/// or n) at a.mask.data + e mask_stride, its bias rows at a.bias + e bias_stride, and its inverse temperature betas[e] (null: a.beta for every
 /// element); with dropout, element e draws from its own seed (a.dropout_seed mixed with e). Strides count elements of the arrays' own types and are at least one element's size
 /// (every element has its own memories: for memories shared by the batch, give all queries to one
 /// attention_forward). Outputs are packed element after element: out E x n x dv, lse E x n, dq E x n x d,
@@ -69,7 +76,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
 /// fewer than threads share the rest over their tiles. Errors name the element ("batch element e: ...").
 struct AttentionBatch {
   std::size_t elements = 1;
-  std::size_t q_stride = 0, k_stride = 0, v_stride = 0, mask_stride = 0;
+  std::size_t q_stride = 0, k_stride = 0, v_stride = 0, mask_stride = 0, bias_stride = 0;
   const double* betas = nullptr;
 };
 
@@ -80,7 +87,7 @@ void attention_forward_batch(const AttentionArgs<T>& a, const AttentionBatch& ba
 /// (a.v == a.k, equal strides), dv may be dk, which then receives their sum.
 template <class T>
 void attention_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, const T* out, const double* lse,
-                              const T* dout, T* dq, T* dk, T* dv, double* dbeta);
+                              const T* dout, T* dq, T* dk, T* dv, double* dbeta, T* dbias = nullptr);
 
 /// Gradients of sum_b dlse_b lse_b, lse_b = log sum_mu exp(beta q_b . k_mu) over the memories left,
 /// with respect to q (n x d), k (K x d) and beta: with P = exp(beta S - lse), dq = beta (dlse o P) K,

@@ -20,8 +20,9 @@ Python loop over the batch or the heads. What differs (also in the README, "Port
 - dropout (on the association weights before the values, in training; identity in eval) is drawn inside
   the fused kernel by a counter-based generator seeded from torch's default generator: reproducible with
   torch.manual_seed and repeated exactly in the backward pass, but not the same draw as torch's dropout.
-- A float association_mask must hold only 0 and -inf (it is turned into a bool mask); other additive
-  masks are refused. A query left with no stored pattern raises ValueError (hopfield-layers returns NaN).
+- A float association_mask is added to the scaled scores inside the fused kernels, as hopfield-layers adds
+  it (entries finite or -inf; differentiable). A query left with no stored pattern raises ValueError
+  (hopfield-layers returns NaN).
 - concat_bias_pattern creates bias_k / bias_v as hopfield-layers does, and, as there, they are not used.
 - A static pattern with num_heads > 1 is used by every head of its own batch element.
 """
@@ -252,7 +253,9 @@ def _eps_per_head(update_steps_eps, H):
     return [float(update_steps_eps)] * H
 
 
-def _bool_mask(mask, name):
+def _bool_mask(mask, name, additive=False):
+    """A bool mask (True = left out) from a bool, uint8 or float mask; with additive=True a float mask with
+    entries other than 0 and -inf is returned as it is (an additive bias of the scores)."""
     if mask is None:
         return None
     if not isinstance(mask, Tensor):
@@ -263,10 +266,13 @@ def _bool_mask(mask, name):
         return mask != 0
     if mask.is_floating_point():
         blocked = _torch.isneginf(mask)
-        if not ((mask == 0) | blocked).all():
-            raise ValueError(f"{name}: an additive float mask is supported only with entries 0 and -inf (the fused "
-                             "kernels leave memories out, they add no scores)")
-        return blocked
+        if ((mask == 0) | blocked).all():
+            return blocked
+        if not additive:
+            raise ValueError(f"{name} must be a bool mask (or 0 / -inf floats), got other float values")
+        if _torch.isnan(mask).any() or _torch.isposinf(mask).any():
+            raise ValueError(f"{name}: an additive float mask must be finite or -inf, got NaN or +inf")
+        return mask
     raise TypeError(f"{name} must be bool, uint8 or float, got {mask.dtype}")
 
 
@@ -374,10 +380,11 @@ class Hopfield(nn.Module):
                 apply(self.norm_pattern_projection, proj))
 
     def _masks(self, N, H, L, S, stored_pattern_padding_mask, association_mask):
-        """One bool mask (True = left out) broadcastable to (N, H, L, S) - of shape (N or 1, H or 1, L or 1, S) -
-        or None."""
+        """(bool mask, additive bias), each None or broadcastable to (N, H, L, S) - of shape (N or 1, H or 1,
+        L or 1, S): True leaves a memory out; the bias (a float association_mask with values other than 0 and
+        -inf, hopfield-layers' additive mask) is added to the scaled scores."""
         kpm = _bool_mask(stored_pattern_padding_mask, "stored_pattern_padding_mask")
-        am = _bool_mask(association_mask, "association_mask")
+        am = _bool_mask(association_mask, "association_mask", additive=True)
         zero = self.association_core.add_zero_attn
         if kpm is not None:
             if tuple(kpm.shape) != (N, S):
@@ -395,15 +402,13 @@ class Hopfield(nn.Module):
             if am.dim() not in (2, 3):
                 raise ValueError(f"association_mask must be 2-d or 3-d, got {am.dim()}-d")
             if zero:
-                am = nn.functional.pad(am, (0, 1))
-        if kpm is None and am is None:
-            return None
-        m = None
-        if am is not None:
-            m = am[None, None] if am.dim() == 2 else am.reshape(N, H, L, am.shape[-1])
+                am = nn.functional.pad(am, (0, 1))  # the zero association: not masked, bias 0
+            am = am[None, None] if am.dim() == 2 else am.reshape(N, H, L, am.shape[-1])
+        bias = am if am is not None and am.is_floating_point() else None
+        m = am if bias is None else None
         if kpm is not None:
             m = kpm[:, None, None, :] if m is None else m | kpm[:, None, None, :]
-        return m
+        return None if m is None and bias is None else (m, bias)
 
     def _states(self, q, k, mask, scaling, steps, eps):
         """The iterated states of eq. (16) per head: a list over heads of (N, L, hd) tensors, each head updated
@@ -449,21 +454,22 @@ class Hopfield(nn.Module):
             v = None if values is None else values.index_select(1, idx)
         S = k.shape[2]
         betas = _betas([scaling[h] for h in heads], 1, k.dtype)
-        m = None
-        if mask is not None:  # (N, A, L or 1, S)
-            m = mask if mask.shape[1] == 1 or len(heads) == mask.shape[1] else mask[:, heads]
-            m = m.expand(N, A, m.shape[2], S)
+        m, bias = mask if mask is not None else (None, None)
+
+        def per_head(t):  # (N or 1, H or 1, L or 1, S) -> (N, A, L or 1, S)
+            t = t if t.shape[1] == 1 or len(heads) == t.shape[1] else t[:, heads]
+            return t.expand(N, A, t.shape[2], S)
+        m = None if m is None else per_head(m)
+        bias = None if bias is None else per_head(bias)
         if k.shape[0] == 1 and N > 1:
             q = states.transpose(0, 1).reshape(A, N * L, -1)
-            if m is not None:
-                m = m.expand(N, A, L, S).transpose(0, 1).reshape(A, N * L, S)
-            out = _attention_batch(q, k[0], None if v is None else v[0], betas, m, dropout=dropout)
+            m, bias = (None if t is None else t.expand(N, A, L, S).transpose(0, 1).reshape(A, N * L, S) for t in (m, bias))
+            out = _attention_batch(q, k[0], None if v is None else v[0], betas, m, dropout=dropout, bias=bias)
             return out.reshape(A, N, L, -1).transpose(0, 1)
         E = N * A
-        if m is not None:
-            m = m.reshape(E, S) if m.shape[2] == 1 else m.reshape(E, L, S)
-        out = _attention_batch(states.reshape(E, L, -1), k.reshape(E, S, -1),
-                               None if v is None else v.reshape(E, S, -1), betas.repeat(N), m, dropout=dropout)
+        m, bias = (None if t is None else (t.reshape(E, S) if t.shape[2] == 1 else t.reshape(E, L, S)) for t in (m, bias))
+        out = _attention_batch(states.reshape(E, L, -1), k.reshape(E, S, -1), None if v is None else v.reshape(E, S, -1),
+                               betas.repeat(N), m, dropout=dropout, bias=bias)
         return out.reshape(N, A, L, -1)
 
     def _associate(self, data, stored_pattern_padding_mask=None, association_mask=None, shared_memories=False,
@@ -482,7 +488,11 @@ class Hopfield(nn.Module):
             for h in range(H):
                 s = scaling[h] * states[h] @ k[:, h].transpose(1, 2)
                 if mask is not None:
-                    s = s.masked_fill(mask[:, h if mask.shape[1] > 1 else 0], float("-inf"))
+                    m, bias = mask
+                    if bias is not None:
+                        s = s + bias[:, h if bias.shape[1] > 1 else 0]
+                    if m is not None:
+                        s = s.masked_fill(m[:, h if m.shape[1] > 1 else 0], float("-inf"))
                 rows.append(_torch.softmax(s, dim=-1))
             return _torch.stack(rows, dim=1)
         if what == "projection":

@@ -72,26 +72,28 @@ class _AttentionBatch(_torch.autograd.Function):
     over the threads."""
 
     @staticmethod
-    def forward(ctx, q, k, v, betas, mask, threads, dropout=0.0, seed=0):
+    def forward(ctx, q, k, v, betas, mask, threads, dropout=0.0, seed=0, bias=None):
         kn = _np_view(k)
         bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
         out, lse = _FORWARD_BATCH[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), bn, mask, threads,
-                                           dropout, seed)
+                                           dropout, seed, None if bias is None else _np_view(bias))
         out, lse = _torch.from_numpy(out), _torch.from_numpy(lse)
-        ctx.save_for_backward(q, k, k if v is None else v, betas, out, lse)
+        ctx.save_for_backward(q, k, k if v is None else v, betas, out, lse, bias)
         ctx.mask, ctx.threads, ctx.auto, ctx.dropout = mask, threads, v is None, (dropout, seed)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, betas, out, lse = ctx.saved_tensors
+        q, k, v, betas, out, lse, bias = ctx.saved_tensors
         kn = _np_view(k)
         bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
-        dq, dk, dv, dbeta = _BACKWARD_BATCH[k.dtype](_np_view(q), kn, kn if ctx.auto else _np_view(v), bn, ctx.mask,
-                                                     ctx.threads, out.numpy(), lse.numpy(), _np_view(dout), *ctx.dropout)
+        dq, dk, dv, dbeta, dbias = _BACKWARD_BATCH[k.dtype](
+            _np_view(q), kn, kn if ctx.auto else _np_view(v), bn, ctx.mask, ctx.threads, out.numpy(), lse.numpy(),
+            _np_view(dout), *ctx.dropout, None if bias is None else _np_view(bias))
         return (_torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype),
                 None if dv is None else _torch.from_numpy(dv).to(v.dtype),
-                _torch.from_numpy(dbeta).to(betas.dtype), None, None, None, None)
+                _torch.from_numpy(dbeta).to(betas.dtype), None, None, None, None,
+                None if dbias is None else _torch.from_numpy(dbias))
 
 
 def _attention_step(q, k, v, beta, mask, threads):
@@ -102,13 +104,14 @@ def _attention_step(q, k, v, beta, mask, threads):
     return out[0]
 
 
-def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0):
+def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0, bias=None):
     """The batched fused attention for the layers (checked shapes; see _AttentionBatch): q (E, n, d) in the
     memories' compute dtype, k (E, K, d), v (E, K, dv) or None, betas (E,) tensor, mask a bool tensor
     (E, K) or (E, n, K) or None (True leaves a memory out). dropout in [0, 1): on the association weights
     (each kept with probability 1 - dropout and scaled by 1 / (1 - dropout)), the draw seeded from torch's
     default generator (torch.manual_seed reproduces it) and repeated exactly in the backward pass.
-    Returns (E, n, dv)."""
+    bias: a float tensor (E, K) or (E, n, K) added to the scaled scores, softmax(beta q k^T + bias) (entries
+    finite or -inf; differentiable). Returns (E, n, dv)."""
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     _check("keys", k, tuple(_STORAGE))
@@ -136,9 +139,18 @@ def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0):
             raise ValueError(f"batched attention: mask must have shape ({E}, {K}) or ({E}, {n}, {K}), got "
                              f"{tuple(mk.shape)}")
         m = _np.ascontiguousarray(mk.numpy(), dtype=_np.uint8)
+    if bias is not None:
+        if not isinstance(bias, _torch.Tensor) or not bias.is_floating_point():
+            raise TypeError("batched attention: bias must be a floating-point tensor")
+        if bias.shape == (E, K):
+            bias = bias.reshape(E, 1, K)
+        elif bias.shape != (E, n, K):
+            raise ValueError(f"batched attention: bias must have shape ({E}, {K}) or ({E}, {n}, {K}), got "
+                             f"{tuple(bias.shape)}")
+        bias = bias.to(compute).contiguous()
     seed = int(_torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
     return _AttentionBatch.apply(q.contiguous(), k.contiguous(), None if v is None else v.contiguous(),
-                                 betas.to(compute), m, threads, float(dropout), seed)
+                                 betas.to(compute), m, threads, float(dropout), seed, bias)
 
 
 class _LogSumExp(_torch.autograd.Function):

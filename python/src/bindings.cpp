@@ -673,7 +673,8 @@ struct BatchArgs {
 };
 template <class T, class S>
 BatchArgs<T, S> batch_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas,
-                           const std::optional<U8>& mask, int threads, double dropout, std::uint64_t seed) {
+                           const std::optional<U8>& mask, int threads, double dropout, std::uint64_t seed,
+                           const std::optional<CArr<T>>& bias) {
   if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
     throw InvalidArgument("attention batch: queries, keys and values must be 3-D (elements, rows, dim)");
   const py::ssize_t E = q.shape(0);
@@ -707,6 +708,15 @@ BatchArgs<T, S> batch_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v,
     a.mask = {mask->data(), std::size_t(mask->shape(1))};
     r.b.mask_stride = a.mask.rows * a.K;
   }
+  if (bias) {
+    if (bias->ndim() != 3 || bias->shape(0) != E || std::size_t(bias->shape(2)) != a.K ||
+        (bias->shape(1) != 1 && std::size_t(bias->shape(1)) != a.n))
+      throw InvalidArgument("attention batch: bias must have shape (" + std::to_string(E) + ", 1 or " +
+                            std::to_string(a.n) + ", " + std::to_string(a.K) + ")");
+    a.bias = bias->data();
+    a.bias_rows = std::size_t(bias->shape(1));
+    r.b.bias_stride = a.bias_rows * a.K;
+  }
   return r;
 }
 
@@ -719,8 +729,8 @@ template <class T, class S = T>
 void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
   m.def((std::string("attention_forward_batch_") + suffix).c_str(),
         [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas, std::optional<U8> mask, int threads,
-           double dropout, std::uint64_t seed) {
-          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed);
+           double dropout, std::uint64_t seed, std::optional<CArr<T>> bias) {
+          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed, bias);
           const std::size_t E = r.b.elements;
           auto out = array3<T>(E, r.a.n, r.a.dv);
           py::array_t<double> lse({py::ssize_t(E), py::ssize_t(r.a.n)});
@@ -733,13 +743,14 @@ void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
           return py::make_tuple(out, lse);
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("betas"), py::arg("mask"), py::arg("threads"),
-        py::arg("dropout") = 0.0, py::arg("seed") = 0,
-        "Per element e: (softmax(betas[e] q[e] k[e]^T) v[e], log-sum-exp per query), fused over tiles, the elements "
-        "split over the threads (assocmem/attention.hpp, AttentionBatch); dropout on the weights from seed.");
+        py::arg("dropout") = 0.0, py::arg("seed") = 0, py::arg("bias") = py::none(),
+        "Per element e: (softmax(betas[e] q[e] k[e]^T + bias[e]) v[e], log-sum-exp per query), fused over tiles, the "
+        "elements split over the threads (assocmem/attention.hpp, AttentionBatch); dropout on the weights from seed.");
   m.def((std::string("attention_backward_batch_") + suffix).c_str(),
         [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas, std::optional<U8> mask, int threads,
-           const CArr<T>& out, const CArr<double>& lse, const CArr<T>& dout, double dropout, std::uint64_t seed) {
-          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed);
+           const CArr<T>& out, const CArr<double>& lse, const CArr<T>& dout, double dropout, std::uint64_t seed,
+           std::optional<CArr<T>> bias) {
+          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed, bias);
           const std::size_t E = r.b.elements, n = r.a.n;
           const auto shape_is = [](const auto& x, std::initializer_list<std::size_t> s) {
             if (std::size_t(x.ndim()) != s.size()) return false;
@@ -754,18 +765,22 @@ void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
           auto dq = array3<T>(E, n, r.a.d), dk = array3<T>(E, r.a.K, r.a.d);
           py::array_t<T> dv = same ? dk : array3<T>(E, r.a.K, r.a.dv);
           py::array_t<double> dbeta{py::ssize_t(E)};
+          std::optional<py::array_t<T>> dbias;
+          if (bias) dbias = array3<T>(E, r.a.bias_rows, r.a.K);
           T *dqp = dq.mutable_data(), *dkp = dk.mutable_data(), *dvp = dv.mutable_data();
+          T* dbiasp = dbias ? dbias->mutable_data() : nullptr;
           double* dbp = dbeta.mutable_data();
           {
             py::gil_scoped_release nogil;
-            attention_backward_batch(r.a, r.b, out.data(), lse.data(), dout.data(), dqp, dkp, dvp, dbp);
+            attention_backward_batch(r.a, r.b, out.data(), lse.data(), dout.data(), dqp, dkp, dvp, dbp, dbiasp);
           }
-          return py::make_tuple(dq, dk, same ? py::object(py::none()) : py::object(dv), dbeta);
+          return py::make_tuple(dq, dk, same ? py::object(py::none()) : py::object(dv), dbeta,
+                                dbias ? py::object(*dbias) : py::object(py::none()));
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("betas"), py::arg("mask"), py::arg("threads"), py::arg("out"),
-        py::arg("lse"), py::arg("dout"), py::arg("dropout") = 0.0, py::arg("seed") = 0,
-        "Per element: (dq, dk, dv, dbeta) of sum(dout o out), recomputing the scores from lse (and the dropout "
-        "factors from seed); when v is k, dk holds dk + dv and dv is None.");
+        py::arg("lse"), py::arg("dout"), py::arg("dropout") = 0.0, py::arg("seed") = 0, py::arg("bias") = py::none(),
+        "Per element: (dq, dk, dv, dbeta, dbias) of sum(dout o out), recomputing the scores from lse (and the "
+        "dropout factors from seed); when v is k, dk holds dk + dv and dv is None; dbias None without a bias.");
 }
 
 void bind_attention(py::module_& m) {

@@ -122,6 +122,18 @@ def test_batched_attention_equals_one_call_per_element_and_gradchecks():
         assert torch.autograd.gradcheck(lambda q, k, v, b: at._attention_batch(q, k, v, b, m), (q64, k64, v64, b64))
         assert torch.autograd.gradcheck(lambda q, k, v, b: dropped(q, k, v, b, m), (q64, k64, v64, b64))
         assert torch.autograd.gradcheck(lambda q, k, b: at._attention_batch(q, k, None, b, m), (q64, k64, b64))
+    # An additive bias of the scores (per query, or one row per element), differentiable; -inf entries.
+    for shape in ((E, n, K), (E, K)):
+        bias = torch.randn(*shape, generator=g, dtype=torch.float64)
+        bias[..., ::7] = float("-inf")
+        b64 = bias.requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda q, k, v, bb: at._attention_batch(q, k, v, bb, bias=b64),
+                                        (q64, k64, v64, betas.double().requires_grad_(True)))
+        assert torch.autograd.gradcheck(lambda bb: at._attention_batch(q64, k64, v64, betas.double(), bias=bb), (b64,))
+        ref = torch.softmax(betas.double().view(E, 1, 1) * q64 @ k64.transpose(1, 2) +
+                            (bias if bias.dim() == 3 else bias[:, None]), dim=-1) @ v64
+        torch.testing.assert_close(at._attention_batch(q64, k64, v64, betas.double(), bias=bias), ref, rtol=1e-12,
+                                   atol=1e-12)
     with pytest.raises(ValueError, match="betas must have shape"):
         at._attention_batch(q, k, v, betas[:2])
     with pytest.raises(ValueError, match="mask must have shape"):

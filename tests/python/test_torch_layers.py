@@ -48,7 +48,7 @@ def projections(core, state, stored, proj):
     return q, k, v
 
 
-def reference(m, stored, state, proj, kpm=None, am=None, steps=0, batch_first=True):
+def reference(m, stored, state, proj, kpm=None, am=None, steps=0, batch_first=True, bias=None):
     """hopfield-layers' Hopfield.forward with a fixed number of update steps (no eps stop)."""
     if not batch_first:
         stored, state, proj = (t.transpose(0, 1) for t in (stored, state, proj))
@@ -70,14 +70,19 @@ def reference(m, stored, state, proj, kpm=None, am=None, steps=0, batch_first=Tr
         blocked |= kpm[:, None, None, :]
     if am is not None:
         blocked |= am if am.dim() == 2 else am.reshape(N, H, L, S)
+    add = 0
+    if bias is not None:  # an additive float association mask, (L, S) or (N * H, L, S)
+        add = bias if bias.dim() == 2 else bias.reshape(N, H, L, S)
     if core.add_zero_attn:
         k = torch.cat([k, k.new_zeros(N, H, 1, k.shape[-1])], dim=2)
         v = torch.cat([v, v.new_zeros(N, H, 1, v.shape[-1])], dim=2)
         blocked = Fn.pad(blocked, (0, 1))
+        if bias is not None:
+            add = Fn.pad(add, (0, 1))
     beta = m.scaling
     beta = beta.view(1, H, 1, 1) if isinstance(beta, torch.Tensor) else beta
     for _ in range(steps + 1):
-        xi = torch.softmax((beta * q @ k.transpose(-1, -2)).masked_fill(blocked, float("-inf")), dim=-1)
+        xi = torch.softmax((beta * q @ k.transpose(-1, -2) + add).masked_fill(blocked, float("-inf")), dim=-1)
         q = xi @ k
     out = (xi @ v).transpose(1, 2).reshape(N, L, -1)
     if core.out_proj is not None:
@@ -174,7 +179,8 @@ def test_hopfield_equals_hopfield_layers_equations(name):
     compare(m, (stored, state, proj), lambda m, t: reference(m, *t, steps=steps))
 
 
-@pytest.mark.parametrize("mask_kind", ["padding", "association 2-d", "association 3-d", "both", "float -inf"])
+@pytest.mark.parametrize("mask_kind", ["padding", "association 2-d", "association 3-d", "both", "float -inf",
+                                       "additive 2-d", "additive 3-d and padding"])
 def test_masks_equal_hopfield_layers_equations(mask_kind):
     m = Hopfield(input_size=8, num_heads=2, update_steps_max=2, update_steps_eps=1e-30, add_zero_association=False)
     randomise(m, 3)
@@ -190,6 +196,14 @@ def test_masks_equal_hopfield_layers_equations(mask_kind):
     given = am
     if mask_kind == "float -inf":
         given = torch.zeros(L, S).masked_fill(am, float("-inf"))
+    if mask_kind.startswith("additive"):  # hopfield-layers adds a float mask to the scaled scores
+        if "padding" in mask_kind:
+            kpm = torch.rand(N, S, generator=g) < 0.3
+        shape = (L, S) if "2-d" in mask_kind else (N * H, L, S)
+        given = (torch.randn(*shape, generator=g) * 2).masked_fill(torch.rand(*shape, generator=g) < 0.2, float("-inf"))
+        compare(m, (stored, state, proj), lambda m, t: reference(m, *t, kpm=kpm, bias=given, steps=2),
+                forward_kwargs=dict(stored_pattern_padding_mask=kpm, association_mask=given))
+        return
     compare(m, (stored, state, proj), lambda m, t: reference(m, *t, kpm=kpm, am=am, steps=2),
             forward_kwargs=dict(stored_pattern_padding_mask=kpm, association_mask=given))
 
@@ -427,8 +441,15 @@ def test_bad_inputs_are_refused():
         m(state[0])
     with pytest.raises(ValueError, match="stored_pattern_padding_mask"):
         m((stored, state, proj), stored_pattern_padding_mask=torch.zeros(3, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="additive float mask"):
-        m((stored, state, proj), association_mask=torch.full((4, 20), 0.5))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite or -inf"):
+            m((stored, state, proj), association_mask=torch.full((4, 20), 0.5).index_fill(1, torch.tensor([3]), bad))
+    with pytest.raises(ValueError, match="stored_pattern_padding_mask must be a bool mask"):
+        m((stored, state, proj), stored_pattern_padding_mask=torch.full((3, 20), 0.5))
+    row_out = torch.full((4, 20), 0.5)
+    row_out[1] = float("-inf")  # state pattern 1 left with no stored pattern
+    with pytest.raises(ValueError, match="leaves out every memory"):
+        m((stored, state, proj), association_mask=row_out)
     with pytest.raises(ValueError, match="every memory"):
         m((stored, state, proj), stored_pattern_padding_mask=torch.ones(3, 20, dtype=torch.bool))
     with pytest.raises(TypeError, match="tuple"):
