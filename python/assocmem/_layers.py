@@ -3,6 +3,7 @@ their association computed by assocmem's fused kernels (assocmem.torch.hopfield_
 
     from hflayers import Hopfield, HopfieldPooling, HopfieldLayer          # before
     from assocmem.torch import Hopfield, HopfieldPooling, HopfieldLayer    # after
+    (also HopfieldCore, and hflayers.transformer's HopfieldEncoderLayer, HopfieldDecoderLayer)
 
 Same constructor arguments and defaults (layer norms of stored, state and projected patterns on), same
 forward signatures, same parameter names, shapes and initialisation, so hopfield-layers' state_dicts load
@@ -24,10 +25,13 @@ Python loop over the batch or the heads. What differs (also in the README, "Port
   it (entries finite or -inf; differentiable). A query left with no stored pattern raises ValueError
   (hopfield-layers returns NaN).
 - concat_bias_pattern creates bias_k / bias_v as hopfield-layers does, and, as there, they are not used.
+- HopfieldCore(need_weights=True) returns the head-averaged association before dropout (hopfield-layers:
+  after); the matrices are computed apart from the fused output.
 - A static pattern with num_heads > 1 is used by every head of its own batch element.
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Optional, Tuple, Union
@@ -35,15 +39,16 @@ from typing import Optional, Tuple, Union
 import torch as _torch
 from torch import Tensor, nn
 
-__all__ = ["Hopfield", "HopfieldPooling", "HopfieldLayer"]
+__all__ = ["Hopfield", "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
 
 _UNBOUNDED_STEPS = 1000  # update_steps_max=None: iterate to the eps test, at most this many updates
 
 
 class HopfieldCore(nn.Module):
-    """The association of Hopfield: projections W_q, W_k, W_v (in_proj_weight or q/k/v_proj_weight),
-    in_proj_bias, out_proj, optional Hopfield-space layer norm (p_norm_weight, p_norm_bias) and bias_k /
-    bias_v, with hopfield-layers' HopfieldCore names, shapes and initialisation."""
+    """hopfield-layers' HopfieldCore, the association of Hopfield: projections W_q, W_k, W_v (in_proj_weight or
+    q/k/v_proj_weight), in_proj_bias, out_proj, optional Hopfield-space layer norm (p_norm_weight,
+    p_norm_bias) and bias_k / bias_v, with its names, shapes, initialisation and forward (sequence first,
+    as torch.nn.MultiheadAttention); the association fused (eq. 16, batched over batch x heads)."""
 
     def __init__(self, embed_dim=None, num_heads=1, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
                  kdim=None, vdim=None, head_dim=None, pattern_dim=None, out_dim=None, disable_out_projection=False,
@@ -219,6 +224,155 @@ class HopfieldCore(nn.Module):
         return q, k, v
 
 
+    # -- the association: eq. (16) iterated per head, then with the values, fused ---------------------------
+    def associate(self, state, stored, proj, stored_pattern_padding_mask, association_mask, scaling, steps, eps,
+                  what="output"):
+        """Batch-first patterns (layer norms applied): state (N, L, ·), stored (Nk, S, ·), proj (Nk, S, ·), Nk = 1
+        for memories shared by the batch; scaling, steps, eps per head. what = "output" (N, L, out_dim),
+        "association" (the softmax matrices, (N, H, L, S), no dropout) or "projection" (N, H, S, pd)."""
+        q, k, v = self._heads(state, stored, proj)
+        N, H, L, S = q.shape[0], q.shape[1], q.shape[2], stored.shape[1]
+        mask = self._masks(N, H, L, S, stored_pattern_padding_mask, association_mask)
+        states = self._states(q, k, mask, scaling, steps, eps)
+        if what == "association":
+            rows = []
+            for h in range(H):
+                sc = scaling[h] * states[h] @ k[:, h].transpose(1, 2)
+                if mask is not None:
+                    m, bias = mask
+                    if bias is not None:
+                        sc = sc + bias[:, h if bias.shape[1] > 1 else 0]
+                    if m is not None:
+                        sc = sc.masked_fill(m[:, h if m.shape[1] > 1 else 0], float("-inf"))
+                rows.append(_torch.softmax(sc, dim=-1))
+            return _torch.stack(rows, dim=1)
+        if what == "projection":
+            return v.expand(N, *v.shape[1:]) if k.shape[0] == 1 and N > 1 else v
+        out = self._attend(_torch.stack(states, dim=1), k, v, mask, list(range(H)), scaling,
+                           self.dropout if self.training else 0.0)  # (N, H, L, pd)
+        out = out.transpose(1, 2).reshape(N, L, -1)  # the heads side by side, as hopfield-layers concatenates
+        if self.out_proj is not None:
+            out = self.out_proj(out)
+        return out
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                need_weights: bool = True, attn_mask: Optional[Tensor] = None,
+                scaling: Optional[Union[float, Tensor]] = None, update_steps_max: Optional[Union[int, Tensor]] = 0,
+                update_steps_eps: Union[float, Tensor] = 1e-4, return_raw_associations: bool = False,
+                return_pattern_projections: bool = False):
+        """hopfield-layers' HopfieldCore.forward (sequence first): query (L, N, E), key (S, N, kdim), value
+        (S, N, vdim); key_padding_mask (N, S); attn_mask (L, S) or (N * heads, L, S), bool or additive float;
+        scaling None = 1 (no scaling, as there), a float or one per head. Returns (output (L, N, out_dim),
+        the association matrix averaged over the heads (N, L, S) if need_weights, the raw associations
+        (N, H, L, S) if asked, the projected patterns (N, H, S, pd) if asked). The matrices are computed
+        apart from the fused output (without dropout)."""
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, Tensor) or t.dim() != 3:
+                raise ValueError(f"{name} must be a 3-d tensor (length, batch, features), got "
+                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        H = self.num_heads
+        args = (query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), key_padding_mask, attn_mask,
+                _scaling_per_head(1.0 if scaling is None else scaling, H), _steps_per_head(update_steps_max, H),
+                _eps_per_head(update_steps_eps, H))
+        out = self.associate(*args).transpose(0, 1)
+        xi = self.associate(*args, what="association") if need_weights or return_raw_associations else None
+        return (out, None if not need_weights else xi.mean(dim=1), xi if return_raw_associations else None,
+                self.associate(*args, what="projection") if return_pattern_projections else None)
+
+    def _masks(self, N, H, L, S, stored_pattern_padding_mask, association_mask):
+        """(bool mask, additive bias), each None or broadcastable to (N, H, L, S) - of shape (N or 1, H or 1,
+        L or 1, S): True leaves a memory out; the bias (a float association_mask with values other than 0 and
+        -inf, hopfield-layers' additive mask) is added to the scaled scores."""
+        kpm = _bool_mask(stored_pattern_padding_mask, "stored_pattern_padding_mask")
+        am = _bool_mask(association_mask, "association_mask", additive=True)
+        zero = self.add_zero_attn
+        if kpm is not None:
+            if tuple(kpm.shape) != (N, S):
+                raise ValueError(f"stored_pattern_padding_mask must have shape (batch, stored patterns) = ({N}, {S}), "
+                                 f"got {tuple(kpm.shape)}")
+            if zero:
+                kpm = nn.functional.pad(kpm, (0, 1))
+        if am is not None:
+            if am.dim() == 2 and tuple(am.shape) != (L, S):
+                raise ValueError(f"a 2-d association_mask must have shape (state patterns, stored patterns) = ({L}, "
+                                 f"{S}), got {tuple(am.shape)}")
+            if am.dim() == 3 and tuple(am.shape) != (N * H, L, S):
+                raise ValueError(f"a 3-d association_mask must have shape (batch * heads, state patterns, stored "
+                                 f"patterns) = ({N * H}, {L}, {S}), got {tuple(am.shape)}")
+            if am.dim() not in (2, 3):
+                raise ValueError(f"association_mask must be 2-d or 3-d, got {am.dim()}-d")
+            if zero:
+                am = nn.functional.pad(am, (0, 1))  # the zero association: not masked, bias 0
+            am = am[None, None] if am.dim() == 2 else am.reshape(N, H, L, am.shape[-1])
+        bias = am if am is not None and am.is_floating_point() else None
+        m = am if bias is None else None
+        if kpm is not None:
+            m = kpm[:, None, None, :] if m is None else m | kpm[:, None, None, :]
+        return None if m is None and bias is None else (m, bias)
+
+    def _states(self, q, k, mask, scaling, steps, eps):
+        """The iterated states of eq. (16) per head: a list over heads of (N, L, hd) tensors, each head updated
+        in lockstep over the batch until its update_steps_max updates or a change <= its update_steps_eps
+        (max over the batch). The heads still iterating are updated together: one batched call per update."""
+        H = q.shape[1]
+        state = [q[:, h] for h in range(H)]
+        limit = [_UNBOUNDED_STEPS if steps[h] is None else steps[h] for h in range(H)]
+        done = [0] * H
+        active = [h for h in range(H) if limit[h] > 0]
+        while active:
+            new = self._attend(_torch.stack([state[h] for h in active], dim=1), k, None, mask, active, scaling)
+            change = (new - _torch.stack([state[h] for h in active], dim=1)).detach().flatten(2).norm(dim=2).amax(0)
+            still = []
+            for i, h in enumerate(active):
+                state[h] = new[:, i]
+                done[h] += 1
+                if change[i].item() <= eps[h]:
+                    continue
+                if done[h] == limit[h]:
+                    if steps[h] is None:
+                        warnings.warn(f"Hopfield: head {h} did not converge within {limit[h]} updates "
+                                      f"(update_steps_eps {eps[h]:g})", RuntimeWarning)
+                    continue
+                still.append(h)
+            active = still
+        return state
+
+    @staticmethod
+    def _attend(states, keys, values, mask, heads, scaling, dropout=0.0):
+        """softmax(beta_h state keys_h^T) values_h (values None: the keys) for the given heads of every batch
+        element, in one batched fused call (assocmem.torch's batched attention: one graph node).
+        states (N, A, L, hd) for A = len(heads); keys (Nk, H, S, hd), values (Nk, H, S, pd); Nk = 1 with
+        N > 1: memories shared by the batch (one element per head, its queries those of every batch
+        element). dropout: on the association weights (the final association in training). Returns (N, A, L, pd)."""
+        from .torch import _attention_batch
+        N, A, L = states.shape[0], states.shape[1], states.shape[2]
+        if heads == list(range(keys.shape[1])):  # every head: no copy
+            k, v = keys, values
+        else:
+            idx = _torch.tensor(heads)
+            k = keys.index_select(1, idx)
+            v = None if values is None else values.index_select(1, idx)
+        S = k.shape[2]
+        betas = _betas([scaling[h] for h in heads], 1, k.dtype)
+        m, bias = mask if mask is not None else (None, None)
+
+        def per_head(t):  # (N or 1, H or 1, L or 1, S) -> (N, A, L or 1, S)
+            t = t if t.shape[1] == 1 or len(heads) == t.shape[1] else t[:, heads]
+            return t.expand(N, A, t.shape[2], S)
+        m = None if m is None else per_head(m)
+        bias = None if bias is None else per_head(bias)
+        if k.shape[0] == 1 and N > 1:
+            q = states.transpose(0, 1).reshape(A, N * L, -1)
+            m, bias = (None if t is None else t.expand(N, A, L, S).transpose(0, 1).reshape(A, N * L, S) for t in (m, bias))
+            out = _attention_batch(q, k[0], None if v is None else v[0], betas, m, dropout=dropout, bias=bias)
+            return out.reshape(A, N, L, -1).transpose(0, 1)
+        E = N * A
+        m, bias = (None if t is None else (t.reshape(E, S) if t.shape[2] == 1 else t.reshape(E, L, S)) for t in (m, bias))
+        out = _attention_batch(states.reshape(E, L, -1), k.reshape(E, S, -1), None if v is None else v.reshape(E, S, -1),
+                               betas.repeat(N), m, dropout=dropout, bias=bias)
+        return out.reshape(N, A, L, -1)
+
+
 def _scaling_per_head(scaling, H):
     if isinstance(scaling, Tensor):
         if scaling.dim() != 1 or scaling.shape[0] != H:
@@ -379,130 +533,13 @@ class Hopfield(nn.Module):
         return (apply(self.norm_stored_pattern, stored), apply(self.norm_state_pattern, state),
                 apply(self.norm_pattern_projection, proj))
 
-    def _masks(self, N, H, L, S, stored_pattern_padding_mask, association_mask):
-        """(bool mask, additive bias), each None or broadcastable to (N, H, L, S) - of shape (N or 1, H or 1,
-        L or 1, S): True leaves a memory out; the bias (a float association_mask with values other than 0 and
-        -inf, hopfield-layers' additive mask) is added to the scaled scores."""
-        kpm = _bool_mask(stored_pattern_padding_mask, "stored_pattern_padding_mask")
-        am = _bool_mask(association_mask, "association_mask", additive=True)
-        zero = self.association_core.add_zero_attn
-        if kpm is not None:
-            if tuple(kpm.shape) != (N, S):
-                raise ValueError(f"stored_pattern_padding_mask must have shape (batch, stored patterns) = ({N}, {S}), "
-                                 f"got {tuple(kpm.shape)}")
-            if zero:
-                kpm = nn.functional.pad(kpm, (0, 1))
-        if am is not None:
-            if am.dim() == 2 and tuple(am.shape) != (L, S):
-                raise ValueError(f"a 2-d association_mask must have shape (state patterns, stored patterns) = ({L}, "
-                                 f"{S}), got {tuple(am.shape)}")
-            if am.dim() == 3 and tuple(am.shape) != (N * H, L, S):
-                raise ValueError(f"a 3-d association_mask must have shape (batch * heads, state patterns, stored "
-                                 f"patterns) = ({N * H}, {L}, {S}), got {tuple(am.shape)}")
-            if am.dim() not in (2, 3):
-                raise ValueError(f"association_mask must be 2-d or 3-d, got {am.dim()}-d")
-            if zero:
-                am = nn.functional.pad(am, (0, 1))  # the zero association: not masked, bias 0
-            am = am[None, None] if am.dim() == 2 else am.reshape(N, H, L, am.shape[-1])
-        bias = am if am is not None and am.is_floating_point() else None
-        m = am if bias is None else None
-        if kpm is not None:
-            m = kpm[:, None, None, :] if m is None else m | kpm[:, None, None, :]
-        return None if m is None and bias is None else (m, bias)
-
-    def _states(self, q, k, mask, scaling, steps, eps):
-        """The iterated states of eq. (16) per head: a list over heads of (N, L, hd) tensors, each head updated
-        in lockstep over the batch until its update_steps_max updates or a change <= its update_steps_eps
-        (max over the batch). The heads still iterating are updated together: one batched call per update."""
-        H = q.shape[1]
-        state = [q[:, h] for h in range(H)]
-        limit = [_UNBOUNDED_STEPS if steps[h] is None else steps[h] for h in range(H)]
-        done = [0] * H
-        active = [h for h in range(H) if limit[h] > 0]
-        while active:
-            new = self._attend(_torch.stack([state[h] for h in active], dim=1), k, None, mask, active, scaling)
-            change = (new - _torch.stack([state[h] for h in active], dim=1)).detach().flatten(2).norm(dim=2).amax(0)
-            still = []
-            for i, h in enumerate(active):
-                state[h] = new[:, i]
-                done[h] += 1
-                if change[i].item() <= eps[h]:
-                    continue
-                if done[h] == limit[h]:
-                    if steps[h] is None:
-                        warnings.warn(f"Hopfield: head {h} did not converge within {limit[h]} updates "
-                                      f"(update_steps_eps {eps[h]:g})", RuntimeWarning)
-                    continue
-                still.append(h)
-            active = still
-        return state
-
-    @staticmethod
-    def _attend(states, keys, values, mask, heads, scaling, dropout=0.0):
-        """softmax(beta_h state keys_h^T) values_h (values None: the keys) for the given heads of every batch
-        element, in one batched fused call (assocmem.torch's batched attention: one graph node).
-        states (N, A, L, hd) for A = len(heads); keys (Nk, H, S, hd), values (Nk, H, S, pd); Nk = 1 with
-        N > 1: memories shared by the batch (one element per head, its queries those of every batch
-        element). dropout: on the association weights (the final association in training). Returns (N, A, L, pd)."""
-        from .torch import _attention_batch
-        N, A, L = states.shape[0], states.shape[1], states.shape[2]
-        if heads == list(range(keys.shape[1])):  # every head: no copy
-            k, v = keys, values
-        else:
-            idx = _torch.tensor(heads)
-            k = keys.index_select(1, idx)
-            v = None if values is None else values.index_select(1, idx)
-        S = k.shape[2]
-        betas = _betas([scaling[h] for h in heads], 1, k.dtype)
-        m, bias = mask if mask is not None else (None, None)
-
-        def per_head(t):  # (N or 1, H or 1, L or 1, S) -> (N, A, L or 1, S)
-            t = t if t.shape[1] == 1 or len(heads) == t.shape[1] else t[:, heads]
-            return t.expand(N, A, t.shape[2], S)
-        m = None if m is None else per_head(m)
-        bias = None if bias is None else per_head(bias)
-        if k.shape[0] == 1 and N > 1:
-            q = states.transpose(0, 1).reshape(A, N * L, -1)
-            m, bias = (None if t is None else t.expand(N, A, L, S).transpose(0, 1).reshape(A, N * L, S) for t in (m, bias))
-            out = _attention_batch(q, k[0], None if v is None else v[0], betas, m, dropout=dropout, bias=bias)
-            return out.reshape(A, N, L, -1).transpose(0, 1)
-        E = N * A
-        m, bias = (None if t is None else (t.reshape(E, S) if t.shape[2] == 1 else t.reshape(E, L, S)) for t in (m, bias))
-        out = _attention_batch(states.reshape(E, L, -1), k.reshape(E, S, -1), None if v is None else v.reshape(E, S, -1),
-                               betas.repeat(N), m, dropout=dropout, bias=bias)
-        return out.reshape(N, A, L, -1)
-
     def _associate(self, data, stored_pattern_padding_mask=None, association_mask=None, shared_memories=False,
                    what="output"):
         stored, state, proj = self._inputs(data, shared_memories)
-        core = self.association_core
-        q, k, v = core._heads(state, stored, proj)
-        N, H, L, S = q.shape[0], q.shape[1], q.shape[2], stored.shape[1]
-        mask = self._masks(N, H, L, S, stored_pattern_padding_mask, association_mask)
-        scaling = _scaling_per_head(self.__scaling, H)
-        states = self._states(q, k, mask, scaling, _steps_per_head(self.__update_steps_max, H),
-                              _eps_per_head(self.__update_steps_eps, H))
-        shared = k.shape[0] == 1 and N > 1
-        if what == "association":
-            rows = []
-            for h in range(H):
-                s = scaling[h] * states[h] @ k[:, h].transpose(1, 2)
-                if mask is not None:
-                    m, bias = mask
-                    if bias is not None:
-                        s = s + bias[:, h if bias.shape[1] > 1 else 0]
-                    if m is not None:
-                        s = s.masked_fill(m[:, h if m.shape[1] > 1 else 0], float("-inf"))
-                rows.append(_torch.softmax(s, dim=-1))
-            return _torch.stack(rows, dim=1)
-        if what == "projection":
-            return v.expand(N, *v.shape[1:]) if shared else v
-        out = self._attend(_torch.stack(states, dim=1), k, v, mask, list(range(H)), scaling,
-                           core.dropout if core.training else 0.0)  # (N, H, L, pd)
-        out = out.transpose(1, 2).reshape(N, L, -1)  # the heads side by side, as hopfield-layers concatenates
-        if core.out_proj is not None:
-            out = core.out_proj(out)
-        return out
+        H = self.association_core.num_heads
+        return self.association_core.associate(
+            state, stored, proj, stored_pattern_padding_mask, association_mask, _scaling_per_head(self.__scaling, H),
+            _steps_per_head(self.__update_steps_max, H), _eps_per_head(self.__update_steps_eps, H), what)
 
     def forward(self, input: Union[Tensor, Tuple[Tensor, Tensor, Tensor]],
                 stored_pattern_padding_mask: Optional[Tensor] = None,
@@ -856,3 +893,120 @@ class HopfieldLayer(_Wrapper):
     def get_projected_pattern_matrix(self, input, stored_pattern_padding_mask=None, association_mask=None) -> Tensor:
         return self.hopfield.get_projected_pattern_matrix(self._prepare_input(input, shared=False),
                                                           stored_pattern_padding_mask, association_mask)
+
+
+class _TransformerLayer(nn.Module):
+    """What hopfield-layers' encoder and decoder layers share: the activation by name and the feed-forward
+    block, x -> norm_output(x + dropout_output(linear_output(dropout_residual(activation(linear_residual(x))))))."""
+
+    def _setup(self, dim, dim_feedforward, dropout, activation):
+        self.activation_residual = getattr(_torch, activation, None) if isinstance(activation, str) else None
+        if self.activation_residual is None:
+            raise ValueError(f"activation must name a torch function (e.g. 'relu'), got {activation!r}")
+        self.linear_residual = nn.Linear(dim, dim_feedforward)
+        self.dropout_residual = nn.Dropout(dropout)
+        self.linear_output = nn.Linear(dim_feedforward, dim)
+        self.norm_output = nn.LayerNorm(dim)
+        self.dropout_output = nn.Dropout(dropout)
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        inner = self.activation_residual(self.linear_residual(x))
+        return self.norm_output(x + self.dropout_output(self.linear_output(self.dropout_residual(inner))))
+
+    @property
+    def output_size(self) -> int:
+        return self.linear_output.out_features
+
+
+def _hopfield(name, h):
+    if not isinstance(h, Hopfield):
+        raise TypeError(f"{name} must be an assocmem.torch.Hopfield, got {type(h).__name__}")
+    return copy.deepcopy(h)
+
+
+class HopfieldEncoderLayer(_TransformerLayer):
+    """hopfield-layers' HopfieldEncoderLayer: a transformer encoder layer around a Hopfield association (self
+    association of src), with hopfield-layers' submodule names: src + dropout(association) -> norm_residual,
+    then the feed-forward block -> norm_output."""
+
+    def __init__(self, hopfield_association: Hopfield, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation: str = "relu"):
+        super().__init__()
+        self.hopfield_association = _hopfield("hopfield_association", hopfield_association)
+        dim = self.hopfield_association.state_pattern_dim
+        self._setup(dim, dim_feedforward, dropout, activation)
+        self.norm_residual = nn.LayerNorm(dim)
+        self.dropout_hopfield_association = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in (self.hopfield_association, self.linear_residual, self.linear_output, self.norm_residual,
+                       self.norm_output):
+            module.reset_parameters()
+
+    def forward(self, src: Tensor, src_mask: Optional[Tensor] = None,
+                src_key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        associated = self.hopfield_association(src, stored_pattern_padding_mask=src_key_padding_mask,
+                                               association_mask=src_mask)
+        return self._feed_forward(self.norm_residual(src + self.dropout_hopfield_association(associated)))
+
+    def get_association_matrix(self, input: Union[Tensor, Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        return self.hopfield_association.get_association_matrix(input)
+
+    @property
+    def batch_first(self) -> bool:
+        return self.hopfield_association.batch_first
+
+    @property
+    def input_size(self) -> Optional[int]:
+        return self.hopfield_association.input_size
+
+
+class HopfieldDecoderLayer(_TransformerLayer):
+    """hopfield-layers' HopfieldDecoderLayer: self association of tgt, then cross association with memory
+    (stored patterns and projections memory, state tgt), then the feed-forward block; its submodule names
+    (hopfield_association_self, hopfield_association_cross, norm_residual_self, norm_residual_cross, ...)."""
+
+    def __init__(self, hopfield_association_self: Hopfield, hopfield_association_cross: Hopfield,
+                 dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu"):
+        super().__init__()
+        self.hopfield_association_self = _hopfield("hopfield_association_self", hopfield_association_self)
+        self.hopfield_association_cross = _hopfield("hopfield_association_cross", hopfield_association_cross)
+        dim = self.hopfield_association_self.state_pattern_dim
+        self._setup(dim, dim_feedforward, dropout, activation)
+        self.norm_residual_self = nn.LayerNorm(dim)
+        self.norm_residual_cross = nn.LayerNorm(dim)
+        self.dropout_hopfield_association_self = nn.Dropout(dropout)
+        self.dropout_hopfield_association_cross = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in (self.hopfield_association_self, self.hopfield_association_cross, self.linear_residual,
+                       self.linear_output, self.norm_residual_self, self.norm_residual_cross, self.norm_output):
+            module.reset_parameters()
+
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
+                memory_mask: Optional[Tensor] = None, tgt_key_padding_mask: Optional[Tensor] = None,
+                memory_key_padding_mask: Optional[Tensor] = None) -> Tensor:
+        associated = self.hopfield_association_self(tgt, stored_pattern_padding_mask=tgt_key_padding_mask,
+                                                    association_mask=tgt_mask)
+        tgt = self.norm_residual_self(tgt + self.dropout_hopfield_association_self(associated))
+        associated = self.hopfield_association_cross((memory, tgt, memory),
+                                                     stored_pattern_padding_mask=memory_key_padding_mask,
+                                                     association_mask=memory_mask)
+        tgt = self.norm_residual_cross(tgt + self.dropout_hopfield_association_cross(associated))
+        return self._feed_forward(tgt)
+
+    def get_association_matrix_self(self, input: Union[Tensor, Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        return self.hopfield_association_self.get_association_matrix(input)
+
+    def get_association_matrix_cross(self, input: Union[Tensor, Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        return self.hopfield_association_cross.get_association_matrix(input)
+
+    @property
+    def batch_first(self) -> bool:
+        return self.hopfield_association_self.batch_first
+
+    @property
+    def input_size(self) -> Optional[int]:
+        return self.hopfield_association_self.input_size

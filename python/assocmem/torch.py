@@ -29,7 +29,7 @@ are model C: Euler steps of eq. (22), v <- v + step (xi^T f(xi v/|v|) - alpha v)
 (21), E = -sum_mu F(xi_mu . v/|v|), differentiable in the states and the memories; the sums over the
 memories (F'(S) K, F(S) and their gradients, with F'') are fused the same way.
 
-    Hopfield, HopfieldPooling, HopfieldLayer
+    Hopfield, HopfieldPooling, HopfieldLayer, HopfieldCore, HopfieldEncoderLayer, HopfieldDecoderLayer
 
 are hopfield-layers' modules (same arguments, defaults, forward and state_dict names), their association
 computed by hopfield_retrieve; see assocmem._layers for what differs.
@@ -42,7 +42,7 @@ import torch as _torch
 from . import _core
 
 __all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "Hopfield",
-           "HopfieldPooling", "HopfieldLayer"]
+           "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
 
 # Keyed by the memories' storage dtype; bfloat16 memories are widened tile by tile, computed in float32.
 _STORAGE = {_torch.float32: "f32", _torch.float64: "f64", _torch.bfloat16: "bf16"}
@@ -341,4 +341,5 @@ def spherical_energy(states, memories, *, F=None, n=None, beta=1.0, mask=None, t
     return energy.to(v.dtype).reshape(batch_shape)
 
 
-from ._layers import Hopfield, HopfieldLayer, HopfieldPooling  # noqa: E402  (they use hopfield_retrieve)
+from ._layers import (Hopfield, HopfieldCore, HopfieldDecoderLayer, HopfieldEncoderLayer,  # noqa: E402
+                      HopfieldLayer, HopfieldPooling)

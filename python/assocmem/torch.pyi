@@ -5,7 +5,7 @@ import numpy.typing as npt
 import torch
 
 __all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "Hopfield",
-           "HopfieldPooling", "HopfieldLayer"]
+           "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
 
 def hopfield_retrieve(queries: torch.Tensor, keys: torch.Tensor, values: Optional[torch.Tensor] = None, *,
                       beta: Union[float, torch.Tensor] = 1.0,
@@ -24,7 +24,7 @@ def spherical_energy(states: torch.Tensor, memories: torch.Tensor, *, F: Optiona
 _Mask = Optional[torch.Tensor]
 
 class Hopfield(torch.nn.Module):
-    association_core: torch.nn.Module
+    association_core: HopfieldCore
     norm_stored_pattern: Optional[torch.nn.LayerNorm]
     norm_state_pattern: Optional[torch.nn.LayerNorm]
     norm_pattern_projection: Optional[torch.nn.LayerNorm]
@@ -195,3 +195,83 @@ class HopfieldLayer(_Wrapper):
                                association_mask: _Mask = None) -> torch.Tensor: ...
     def get_projected_pattern_matrix(self, input: torch.Tensor, stored_pattern_padding_mask: _Mask = None,
                                      association_mask: _Mask = None) -> torch.Tensor: ...
+
+class HopfieldCore(torch.nn.Module):
+    embed_dim: Optional[int]
+    kdim: Optional[int]
+    vdim: Optional[int]
+    num_heads: int
+    dropout: float
+    head_dim: Optional[int]
+    pattern_dim: Optional[int]
+    out_dim: Optional[int]
+    in_proj_weight: Optional[torch.nn.Parameter]
+    in_proj_bias: Optional[torch.nn.Parameter]
+    q_proj_weight: Optional[torch.nn.Parameter]
+    k_proj_weight: Optional[torch.nn.Parameter]
+    v_proj_weight: Optional[torch.nn.Parameter]
+    out_proj: Optional[torch.nn.Linear]
+    def __init__(self, embed_dim: Optional[int] = None, num_heads: int = 1, dropout: float = 0.0, bias: bool = True,
+                 add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: Optional[int] = None,
+                 vdim: Optional[int] = None, head_dim: Optional[int] = None, pattern_dim: Optional[int] = None,
+                 out_dim: Optional[int] = None, disable_out_projection: bool = False, key_as_static: bool = False,
+                 query_as_static: bool = False, value_as_static: bool = False, value_as_connected: bool = False,
+                 normalize_pattern: bool = False, normalize_pattern_affine: bool = False,
+                 normalize_pattern_eps: float = 1e-5) -> None: ...
+    def reset_parameters(self) -> None: ...
+    def associate(self, state: torch.Tensor, stored: torch.Tensor, proj: torch.Tensor,
+                  stored_pattern_padding_mask: _Mask, association_mask: _Mask, scaling: list, steps: list, eps: list,
+                  what: str = "output") -> torch.Tensor: ...
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask: _Mask = None, need_weights: bool = True, attn_mask: _Mask = None,
+                scaling: Optional[Union[float, torch.Tensor]] = None,
+                update_steps_max: Optional[Union[int, torch.Tensor]] = 0,
+                update_steps_eps: Union[float, torch.Tensor] = 1e-4, return_raw_associations: bool = False,
+                return_pattern_projections: bool = False
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]: ...
+
+class _TransformerLayer(torch.nn.Module):
+    linear_residual: torch.nn.Linear
+    dropout_residual: torch.nn.Dropout
+    linear_output: torch.nn.Linear
+    norm_output: torch.nn.LayerNorm
+    dropout_output: torch.nn.Dropout
+    @property
+    def output_size(self) -> int: ...
+
+class HopfieldEncoderLayer(_TransformerLayer):
+    hopfield_association: Hopfield
+    norm_residual: torch.nn.LayerNorm
+    dropout_hopfield_association: torch.nn.Dropout
+    def __init__(self, hopfield_association: Hopfield, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation: str = "relu") -> None: ...
+    def reset_parameters(self) -> None: ...
+    def forward(self, src: torch.Tensor, src_mask: _Mask = None,
+                src_key_padding_mask: _Mask = None) -> torch.Tensor: ...
+    def get_association_matrix(self, input: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                               ) -> torch.Tensor: ...
+    @property
+    def batch_first(self) -> bool: ...
+    @property
+    def input_size(self) -> Optional[int]: ...
+
+class HopfieldDecoderLayer(_TransformerLayer):
+    hopfield_association_self: Hopfield
+    hopfield_association_cross: Hopfield
+    norm_residual_self: torch.nn.LayerNorm
+    norm_residual_cross: torch.nn.LayerNorm
+    dropout_hopfield_association_self: torch.nn.Dropout
+    dropout_hopfield_association_cross: torch.nn.Dropout
+    def __init__(self, hopfield_association_self: Hopfield, hopfield_association_cross: Hopfield,
+                 dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = "relu") -> None: ...
+    def reset_parameters(self) -> None: ...
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, tgt_mask: _Mask = None, memory_mask: _Mask = None,
+                tgt_key_padding_mask: _Mask = None, memory_key_padding_mask: _Mask = None) -> torch.Tensor: ...
+    def get_association_matrix_self(self, input: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                                    ) -> torch.Tensor: ...
+    def get_association_matrix_cross(self, input: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                                     ) -> torch.Tensor: ...
+    @property
+    def batch_first(self) -> bool: ...
+    @property
+    def input_size(self) -> Optional[int]: ...
