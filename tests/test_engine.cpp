@@ -58,6 +58,17 @@ PassShape shape_of(const ModelBEngine& e, std::size_t K, std::size_t d, const En
 //     `min_carried` steps).
 // run(q, steps) runs the engine for exactly `steps` steps (tol = 0) from the float32 state q.
 using RunFn = std::function<Retrieval(const float* q, long steps)>;
+// An engine's iteration of one query for exactly `steps` steps (tol = 0), with the other options of o.
+template <class Engine>
+RunFn fixed_steps(const Engine& eng, RetrieveOptions o) {
+  o.tol = 0.0;
+  o.energy = false;
+  return [&eng, o](const float* x, long steps) {
+    RetrieveOptions t = o;
+    t.max_steps = steps;
+    return eng.retrieve(x, 1, t);
+  };
+}
 using StepBoundFn = std::function<assocmem::testing::StepBound(const Vector& v, double E_in)>;
 void check_iteration(const RunFn& run, const StepBoundFn& step, const std::vector<float>& q0, long T, long min_carried) {
   const std::size_t d = q0.size();
@@ -162,14 +173,7 @@ TEST(EngineB, IteratesToThePlainFixedPoint) {
       SCOPED_TRACE("query " + std::to_string(b));
       ASSERT_TRUE(r.converged(b));
       const std::vector<float> q0(q.begin() + long(b * 24), q.begin() + long(b * 24 + 24));
-      check_iteration(
-          [&](const float* x, long steps) {
-            RetrieveOptions o = bo;
-            o.tol = 0.0;
-            o.max_steps = steps;
-            return eng.retrieve(x, 1, o);
-          },
-          stepfn, q0, r.steps[b], bf16_products(eng) ? 2 : 5);
+      check_iteration(fixed_steps(eng, bo), stepfn, q0, r.steps[b], bf16_products(eng) ? 2 : 5);
       // Converged, to a fixed point.
       const Vector got = r.state(b);
       const auto at = model_b_step_bound(s.X, got, 0.0, beta, shape, 0.5);
@@ -345,15 +349,7 @@ TEST(EngineC, MatchesThePlainModel) {
         SCOPED_TRACE(to_string(fn.spec.kind) + " alpha " + std::to_string(alpha) + " query " + std::to_string(b));
         EXPECT_EQ(r.steps[b], 30);
         const std::vector<float> q0(q.begin() + long(b * 20), q.begin() + long(b * 20 + 20));
-        check_iteration(
-            [&](const float* x, long steps) {
-              RetrieveOptions o = bo;
-              o.tol = 0.0;
-              o.max_steps = steps;
-              o.energy = false;
-              return eng.retrieve(x, 1, o);
-            },
-            stepfn, q0, 30, 4);
+        check_iteration(fixed_steps(eng, bo), stepfn, q0, 30, 4);
         // The plain model is the exact trajectory (two double evaluations of 30 steps of eq. 22).
         const Vector v0 = Eigen::Map<const Eigen::VectorXf>(q0.data(), 20).cast<double>();
         const auto p = plain.retrieve(v0, po);
