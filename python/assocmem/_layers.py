@@ -229,12 +229,14 @@ class HopfieldCore(nn.Module):
                   what="output"):
         """Batch-first patterns (layer norms applied): state (N, L, ·), stored (Nk, S, ·), proj (Nk, S, ·), Nk = 1
         for memories shared by the batch; scaling, steps, eps per head. what = "output" (N, L, out_dim),
-        "association" (the softmax matrices, (N, H, L, S), no dropout) or "projection" (N, H, S, pd)."""
+        "association" (the softmax matrices, (N, H, L, S), no dropout) or "projection" (N, H, S, pd); or a
+        tuple of these names: a tuple of the results, from one projection and one iteration."""
         q, k, v = self._heads(state, stored, proj)
         N, H, L, S = q.shape[0], q.shape[1], q.shape[2], stored.shape[1]
         mask = self._masks(N, H, L, S, stored_pattern_padding_mask, association_mask)
         states = self._states(q, k, mask, scaling, steps, eps)
-        if what == "association":
+
+        def association():
             rows = []
             for h in range(H):
                 sc = scaling[h] * states[h] @ k[:, h].transpose(1, 2)
@@ -246,14 +248,19 @@ class HopfieldCore(nn.Module):
                         sc = sc.masked_fill(m[:, h if m.shape[1] > 1 else 0], float("-inf"))
                 rows.append(_torch.softmax(sc, dim=-1))
             return _torch.stack(rows, dim=1)
-        if what == "projection":
+
+        def projection():
             return v.expand(N, *v.shape[1:]) if k.shape[0] == 1 and N > 1 else v
-        out = self._attend(_torch.stack(states, dim=1), k, v, mask, list(range(H)), scaling,
-                           self.dropout if self.training else 0.0)  # (N, H, L, pd)
-        out = out.transpose(1, 2).reshape(N, L, -1)  # the heads side by side, as hopfield-layers concatenates
-        if self.out_proj is not None:
-            out = self.out_proj(out)
-        return out
+
+        def output():
+            out = self._attend(_torch.stack(states, dim=1), k, v, mask, list(range(H)), scaling,
+                               self.dropout if self.training else 0.0)  # (N, H, L, pd)
+            out = out.transpose(1, 2).reshape(N, L, -1)  # the heads side by side, as hopfield-layers concatenates
+            return out if self.out_proj is None else self.out_proj(out)
+        make = {"output": output, "association": association, "projection": projection}
+        if isinstance(what, str):
+            return make[what]()
+        return tuple(make[w]() for w in what)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
                 need_weights: bool = True, attn_mask: Optional[Tensor] = None,
@@ -264,8 +271,8 @@ class HopfieldCore(nn.Module):
         (S, N, vdim); key_padding_mask (N, S); attn_mask (L, S) or (N * heads, L, S), bool or additive float;
         scaling None = 1 (no scaling, as there), a float or one per head. Returns (output (L, N, out_dim),
         the association matrix averaged over the heads (N, L, S) if need_weights, the raw associations
-        (N, H, L, S) if asked, the projected patterns (N, H, S, pd) if asked). The matrices are computed
-        apart from the fused output (without dropout)."""
+        (N, H, L, S) if asked, the projected patterns (N, H, S, pd) if asked), all from one projection and
+        one iteration. The matrices are computed beside the fused output (without dropout)."""
         for name, t in (("query", query), ("key", key), ("value", value)):
             if not isinstance(t, Tensor) or t.dim() != 3:
                 raise ValueError(f"{name} must be a 3-d tensor (length, batch, features), got "
@@ -274,10 +281,11 @@ class HopfieldCore(nn.Module):
         args = (query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), key_padding_mask, attn_mask,
                 _scaling_per_head(1.0 if scaling is None else scaling, H), _steps_per_head(update_steps_max, H),
                 _eps_per_head(update_steps_eps, H))
-        out = self.associate(*args).transpose(0, 1)
-        xi = self.associate(*args, what="association") if need_weights or return_raw_associations else None
-        return (out, None if not need_weights else xi.mean(dim=1), xi if return_raw_associations else None,
-                self.associate(*args, what="projection") if return_pattern_projections else None)
+        wanted = ("output",) + (("association",) if need_weights or return_raw_associations else ()) + (
+            ("projection",) if return_pattern_projections else ())
+        got = dict(zip(wanted, self.associate(*args, what=wanted)))  # one projection and iteration for all
+        return (got["output"].transpose(0, 1), got["association"].mean(dim=1) if need_weights else None,
+                got.get("association") if return_raw_associations else None, got.get("projection"))
 
     def _masks(self, N, H, L, S, stored_pattern_padding_mask, association_mask):
         """(bool mask, additive bias), each None or broadcastable to (N, H, L, S) - of shape (N or 1, H or 1,
