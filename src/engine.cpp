@@ -907,7 +907,7 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
           for (std::size_t i = 0; i < n; ++i) {
             part.state(i, st.data());
             for (std::size_t j = 0; j < d; ++j)
-              next[i * d + j] = static_cast<float>(cur[i * d + j] + o.step * (st[j] - cur[i * d + j]));  // eq. (15)
+              next[i * d + j] = static_cast<float>(detail::relax(cur[i * d + j], st[j], o.step));  // eq. (15)
             if (certified) {  // ||v - v*|| <= delta (||v|| + R), scaled by the step of eq. (15)
               double n2 = 0;
               for (float x : st) n2 += double(x) * double(x);

@@ -95,6 +95,11 @@ void iterate_to_fixed_point(std::vector<T>& states, std::size_t batch, std::size
   }
 }
 
+/// Eq. (15)'s relaxation v + step (a - v) of one component, written (1 - step) v + step a and
+/// evaluated in double: at step = 1 the target a itself (eq. 16), and accurate to double rounding for any
+/// |v| (a - v in float32 lost a where |v| >> |a|: at |v| = 1e8 the state was 0 instead of a).
+inline double relax(double v, double a, double step) { return step == 1.0 ? a : (1.0 - step) * v + step * a; }
+
 /// max_i |b_i - a_i|: the change of models B and C.
 template <class T>
 double max_abs_change(const T* a, const T* b, std::size_t d) {

@@ -61,7 +61,7 @@ struct StepBound {
 /// input differs from v by at most E_in per component. X: the memories (K x d) exactly as stored.
 /// The engine computes s = X v (dot products), beta s, m = max, w = exp(beta s - m) (exp within 4 ulp),
 /// acc = sum w xi and S = sum w (summation trees of depth <= shape.depth()), a = acc / S, and then
-/// v + step (a - v); the energy (eq. 13) as v.v/2 - (m + log S) / beta.
+/// (1 - step) v + step a (a at step 1); the energy (eq. 13) as v.v/2 - (m + log S) / beta.
 /// With `values` (K x d_v, hetero-association: keys X, values V) the pass accumulates the values' rows
 /// and the result is the association a = V^T softmax(beta X v) itself (step must be 1); `next`, `err` and
 /// `weights` then describe a, and `energy` still the keys' eq. (13) at v.
@@ -108,9 +108,12 @@ inline StepBound model_b_step_bound(const Matrix& X, const Vector& v, double E_i
     const double Sl = S * (1 - tmax);
     const double err_a = spread / Sl + (h + shape.u_operands) * mag / Sl / (1 - h) +
                          h * (std::abs(a[j]) + spread / Sl) / (1 - h) + u * std::abs(a[j]);
-    out.err[j] = values ? err_a
-                        : std::abs(1 - step) * E_in + step * err_a +
-                              3 * u * (std::abs(v[j]) + E_in + step * (std::abs(a[j]) + err_a + std::abs(v[j]) + E_in));
+    // The relaxation (eq. 15) is (1 - step) v + step a in double, rounded once to float32: a itself at
+    // step 1 (src/fixed_point.hpp relax).
+    out.err[j] = values || step == 1.0
+                     ? err_a
+                     : std::abs(1 - step) * E_in + step * err_a +
+                           (u + 0x1p-51) * (std::abs(1 - step) * (std::abs(v[j]) + E_in) + step * (std::abs(a[j]) + err_a));
   }
   out.next = values ? a : Vector(v + step * (a - v));
   const double lse = m + std::log(S);

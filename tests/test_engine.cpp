@@ -262,6 +262,46 @@ TEST(EngineB, StableAtBetaTenThousand) {
   }
 }
 
+// Large queries (|v| = 1e4 .. 1e8, beta |v| = 20 so that the weights stay spread): the step (eq. 15)
+// within its float32 bound on every kernel, at step 1 (the target a itself) and 0.5. The relaxation
+// v + (a - v) in float32 lost a against |v| (at |v| = 1e8 the state was exactly 0).
+TEST(EngineB, LargeQueriesStepAccuratelyForAnyNorm) {
+  std::mt19937_64 rng(7);
+  const std::size_t K = 300, d = 24;
+  Fixture s = make_store(DType::Float32, K, d, rng);
+  for (KernelChoice k : available_kernels()) {
+    EngineOptions eo;
+    eo.kernel = k;
+    for (double norm : {1e4, 1e6, 1e8}) {
+      const double beta = 20.0 / norm;
+      const ModelBEngine eng(s.store, beta, eo);
+      const Matrix Q = s.X.topRows(3) + randn(3, static_cast<Eigen::Index>(d), rng, 0.3);
+      Matrix Qs = Q;
+      for (Eigen::Index b = 0; b < 3; ++b) Qs.row(b) *= norm / Q.row(b).norm();
+      const std::vector<float> q = to_f32(Qs);
+      for (double step : {1.0, 0.5}) {
+        RetrieveOptions ro;
+        ro.max_steps = 1;
+        ro.tol = 0;
+        ro.step = step;
+        const Retrieval r = eng.retrieve(q.data(), 3, ro);
+        for (std::size_t b = 0; b < 3; ++b) {
+          const Vector v0 = Eigen::Map<const Eigen::VectorXf>(&q[b * d], static_cast<Eigen::Index>(d)).cast<double>();
+          const auto sb = model_b_step_bound(s.X, v0, 0.0, beta, shape_of(eng, K, d, eo), step);
+          ASSERT_TRUE(sb.err.allFinite());
+          const Vector got = r.state(b);
+          for (Eigen::Index j = 0; j < got.size(); ++j)
+            ASSERT_LE(std::abs(got[j] - sb.next[j]), sb.err[j])
+                << eng.kernel() << " |v| = " << norm << " step " << step << " query " << b << " component " << j;
+          if (step == 1.0) {
+            EXPECT_LE(got.norm(), 1.0 + 1e-5);  // a convex combination of unit memories
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(EngineB, ThreadCountDoesNotChangeTheAnswerAndCallsMayBeConcurrent) {
   std::mt19937_64 rng(5);
   // float32 products: tiling and thread count change only the rounding. (With bf16 products the
