@@ -146,11 +146,15 @@ struct EngineCore {
     // queries whose scores could overflow float32 are refused up front, the same on every kernel.
     std::vector<float> row(s.dim());
     double m2 = 0;
+    norms.resize(s.size());
     for (std::size_t i = 0; i < s.size(); ++i) {
       s.decode_row(i, row.data());
       double r2 = 0;
       for (float x : row) r2 += double(x) * x;
       m2 = std::max(m2, r2);
+      const double nrm = std::sqrt(r2) * (1 + 1e-12);
+      norms[i] = static_cast<float>(nrm);
+      if (double(norms[i]) < nrm) norms[i] = std::nextafter(norms[i], std::numeric_limits<float>::infinity());
     }
     s.check_intact();
     max_norm = std::sqrt(m2);
@@ -162,6 +166,7 @@ struct EngineCore {
   // bfloat16 queries included).
   static constexpr double kScoreLimit = 8.5e37;
   double max_norm = 0;
+  std::vector<float> norms;  // ||xi_mu||_2 of each memory, rounded up (the certificates' rounding bounds)
 
   // Refuses non-finite queries and queries whose scores could overflow: beta |v| max_norm.
   void check_queries(const float* q, std::size_t batch, double beta) const {
@@ -370,9 +375,15 @@ struct AdditiveEpilogue {
   std::size_t K;
   std::vector<double> energy_sum;
   bool overflow = false;
+  // Certified fallbacks (score_err >= 0): per query, sum ||xi_mu|| |computed F' - exact F'| over the
+  // memories, each score within e = score_err ||xi_mu|| of the exact one (F' non-decreasing:
+  // F'(h + e) - F'(h - e), plus the float rounding of F'), and sum ||xi_mu|| F' (certified_c_pass).
+  double score_err = -1;  // relative to the memory's norm: |x~ - x| <= score_err ||xi_mu||
+  const float* norms = nullptr;
+  std::vector<double> perr_sum, mass_sum;
   void apply(std::size_t b, float* s, std::size_t nt, float* p, float*, std::size_t, std::size_t t0) {
     const std::uint8_t* mrow = mask_row(mask, rows, b, K);
-    double e = 0;
+    double e = 0, perr = 0, mass = 0;
     for (std::size_t i = 0; i < nt; ++i) {
       if (mrow && mrow[t0 + i]) {
         p[i] = 0.0f;
@@ -383,8 +394,17 @@ struct AdditiveEpilogue {
       p[i] = static_cast<float>(f);
       e += F->G(h);
       if (!std::isfinite(p[i])) overflow = true;
+      if (score_err >= 0) {
+        const double nm = double(norms[t0 + i]), es = score_err * nm;
+        perr += nm * ((F->dG(h + es) - F->dG(h - es)) * (1 + 1e-13) + (0x1p-24 + 1e-13) * f);
+        mass += nm * f;
+      }
     }
     energy_sum[b] += e;
+    if (score_err >= 0) {
+      perr_sum[b] += perr;
+      mass_sum[b] += mass;
+    }
   }
 };
 
@@ -722,11 +742,39 @@ AttentionPartial approx_b_partial(const detail::EngineCore& core, const float* q
   return out;
 }
 
+// The float32 rounding of one model B pass (eq. 16) from the float query q (|q| = qnorm) over n memories
+// of norms <= R: a bound on ||a~ - a||_2, a the exact softmax average over the same memories and a~ the
+// one computed (it is what a certificate adds to the screen's bound: Certificate::state_error). With
+// u = 2^-24, g(n) = n u / (1 - n u) and u_op = 2^-8 where the products round their operands to bfloat16:
+//  - each score q . xi is within e_s = (g(d + 1) + 1.01 u_op) R |q| (Cauchy-Schwarz on sum |xi| |q|);
+//  - beta (rounded to float), the product beta s, the shift by the (common, so cancelling) maximum and
+//    exp (within 4 ulp <= 8u, the kernels' polynomials) put each weight within a factor 1 + theta,
+//    |theta| <= T = expm1(beta e_s + 4.1 u beta (R |q| + e_s) + 10 u + u_op); weights that underflow are
+//    off by at most 2^-126 each (the largest weight is ~1, so S >= 1 - T);
+//  - perturbed weights move a by at most 2 R T / (1 - T) (a and every xi lie in the ball of radius R);
+//  - the sums (depth: the terms one sum passes through) by g(depth) R / (1 - g(depth)) and their ratio
+//    by (g(depth) / (1 - g(depth)) + u) |a~|, |a~| <= R (1 + g) / (1 - g).
+// a~ and a both lie in the ball of radius ~R, so 2.01 R caps the bound (large beta |q| R, where T is
+// not small).
+double b_pass_rounding(double R, double qnorm, double beta, std::size_t d, std::size_t n, double depth, double u_op) {
+  constexpr double u = 0x1p-24;
+  auto g = [](double k) { return k * u / (1.0 - k * u); };
+  const double h = g(depth), es = (g(double(d) + 1) + 1.01 * u_op) * R * qnorm;
+  const double cap = R * (1.0 + 1.01 * (1 + h) / (1 - h));
+  const double t = beta * es + 4.1 * u * beta * (R * qnorm + es) + 10 * u + u_op;
+  if (!(t < 0.4)) return cap;
+  const double T = std::expm1(t);
+  const double a_max = R * (1 + h) / (1 - h) * (1 + u);
+  const double e = R * (2 * T / (1 - T) + (h + u_op) / (1 - h) + double(n) * 0x1p-125 / (1 - T)) +
+                   (h / (1 - h) + u) * a_max;
+  return std::min(e * (1 + 1e-12), cap);
+}
+
 // Certified model B pass (above): the screen, then eq. (16) over the candidates.
 AttentionPartial certified_b_partial(const detail::EngineCore& core, const float* q, std::size_t n, std::size_t top_k,
                                      const MemoryMask& mask, const std::vector<std::size_t>* rows, double beta,
                                      double eps, Poller& poller, std::vector<Certificate>& certs,
-                                     std::vector<double>& delta) {
+                                     std::vector<double>& delta, std::vector<double>& rounding) {
   const MemoryStore& store = *core.store;
   const std::size_t K = store.size(), d = store.dim();
   const std::vector<Screened> scr =
@@ -734,6 +782,18 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
   AttentionPartial out(n, d, top_k);
   std::vector<std::size_t> exact;  // queries that fall back
   std::vector<std::uint8_t> fell(n, 0);
+  // The float rounding of each query's pass (b_pass_rounding): over its candidates, gathered and summed in
+  // one chain per component (depth <= candidates + 16), or over all K in the tiled exact pass (a tile's
+  // chain, then one rescaling and one addition per later tile of a worker: depth <= tile + 3 K / 32).
+  const double R = core.max_norm * (1 + 1e-12);
+  rounding.assign(n, 0.0);
+  auto pass_rounding = [&](std::size_t i, std::size_t terms, bool tiled) {
+    double q2 = 0;
+    for (std::size_t j = 0; j < d; ++j) q2 += double(q[i * d + j]) * double(q[i * d + j]);
+    const double depth = tiled ? double(core.opt.tile) + 3.0 * std::ceil(double(K) / 32.0) : double(terms) + 16.0;
+    rounding[i] = b_pass_rounding(R, std::sqrt(q2) * (1 + 1e-12), beta, d, terms, depth,
+                                  tiled && core.bf16_products ? 0x1p-8 : 0.0);
+  };
   detail::parallel_chunks(n, static_cast<int>(core.workers()), [&](std::size_t, std::size_t i0, std::size_t i1) {
     std::vector<std::uint8_t> buf;
     std::vector<float> sc, p, acc(d);
@@ -755,6 +815,7 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
       }
       const double dlt = std::isfinite(s.disc) ? double(s.kept - nc) * std::exp(s.disc - s.L) : 0.0;
       delta[i] = dlt;
+      pass_rounding(i, nc, false);
       certs[b].candidates = nc;
       certs[b].discarded_weight = std::max(certs[b].discarded_weight, dlt);
     }
@@ -777,6 +838,7 @@ AttentionPartial certified_b_partial(const detail::EngineCore& core, const float
       std::copy(&e.acc[k * d], &e.acc[(k + 1) * d], &out.acc[i * d]);
       if (top_k) out.top[i] = e.top[k];
       delta[i] = 0;
+      pass_rounding(i, K, true);
       certs[map[k]].candidates = K;
       ++certs[map[k]].fallback_steps;
     }
@@ -884,7 +946,7 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   // approximate.
   const bool certified = options.certify.has_value();
   if (certified) r.certificates.assign(batch, Certificate{});
-  std::vector<double> delta;
+  std::vector<double> delta, rounding;
   // acc: the store the association accumulates (the keys for the steps, the values for the last pass).
   auto b_pass = [&](const MemoryStore& acc, const float* qs, std::size_t n, std::size_t top_k,
                     const std::vector<std::size_t>* rows) {
@@ -892,7 +954,7 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
     if (!certified) return merged_b_partial(*core_, acc, qs, n, top_k, options.mask, rows, beta, poller);
     delta.assign(n, 0.0);
     return certified_b_partial(*core_, qs, n, top_k, options.mask, rows, beta, *options.certify, poller,
-                               r.certificates, delta);
+                               r.certificates, delta, rounding);
   };
   // Auto-association: max_steps updates. With values: max_steps - 1 updates on the keys, then the
   // association with the values.
@@ -908,11 +970,20 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
             part.state(i, st.data());
             for (std::size_t j = 0; j < d; ++j)
               next[i * d + j] = static_cast<float>(detail::relax(cur[i * d + j], st[j], o.step));  // eq. (15)
-            if (certified) {  // ||v - v*|| <= delta (||v|| + R), scaled by the step of eq. (15)
-              double n2 = 0;
-              for (float x : st) n2 += double(x) * double(x);
-              r.certificates[rows[i]].state_error =
-                  o.step * delta[i] * (std::sqrt(n2) + double(core_->opt.codes->max_norm()));
+            if (certified) {
+              // The exact update a* of this state against the computed a~: the discarded memories move a by
+              // at most delta (|a| + R) (a = the average over the kept ones, |a| <= |a~| + rounding), the
+              // float rounding by `rounding`; eq. (15) scales both by the step, and its relaxation
+              // (1 - step) v + step a~ is rounded once to float (exact at step 1: a~ itself).
+              double a2 = 0, v2 = 0;
+              for (std::size_t j = 0; j < d; ++j) {
+                a2 += double(st[j]) * double(st[j]);
+                v2 += double(cur[i * d + j]) * double(cur[i * d + j]);
+              }
+              const double an = std::sqrt(a2), e = rounding[i], R = core_->max_norm * (1 + 1e-12);
+              const double relax_err =
+                  o.step == 1.0 ? 0.0 : (0x1p-24 + 0x1p-51) * ((1 - o.step) * std::sqrt(v2) + o.step * (an + e));
+              r.certificates[rows[i]].state_error = (o.step * (delta[i] * (an + e + R) + e) + relax_err) * (1 + 1e-12);
             }
           }
           detail::apply_clamp(options.clamp, queries, rows, d, next.data());
@@ -992,13 +1063,25 @@ std::vector<float> directions(const float* v, std::size_t n, std::size_t d, cons
 
 // One pass of model C at the directions g = v/|v| (eq. 18): drive = xi^T F'(xi g) per row, and
 // energy = -sum_mu F(xi_mu . g) (eq. 21).
+// With score_err >= 0 also, per query, perr = sum |xi| |computed F' - exact F'| and mass = sum |xi| F'
+// (AdditiveEpilogue; score_err relative to each memory's norm).
 void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, const float* v, std::size_t n,
                   const MemoryMask& mask, const std::vector<std::size_t>* rows, Poller& poller,
-                  std::vector<float>& drive, std::vector<double>& energy) {
+                  std::vector<float>& drive, std::vector<double>& energy, double score_err = -1,
+                  std::vector<double>* perr = nullptr, std::vector<double>* mass = nullptr) {
   const std::size_t d = core.dim(), dp = core.dpad();
   const std::vector<float> g = directions(v, n, d, rows);
   const std::size_t nw = core.workers();
-  std::vector<AdditiveEpilogue> epi(nw, AdditiveEpilogue{F, mask, rows, core.store->size(), std::vector<double>(n, 0.0)});
+  AdditiveEpilogue proto{F, mask, rows, core.store->size(), std::vector<double>(n, 0.0), false, -1.0, nullptr, {}, {}};
+  if (score_err >= 0) {
+    proto.score_err = score_err;
+    proto.norms = core.norms.data();
+    proto.perr_sum.assign(n, 0.0);
+    proto.mass_sum.assign(n, 0.0);
+    perr->assign(n, 0.0);
+    mass->assign(n, 0.0);
+  }
+  std::vector<AdditiveEpilogue> epi(nw, proto);
   std::vector<std::vector<float>> acc;
   core.pass(g.data(), n, epi, acc, poller, *core.store);
   drive.assign(n * d, 0.0f);
@@ -1008,6 +1091,10 @@ void model_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* F, c
     for (std::size_t i = 0; i < n; ++i) {
       energy[i] -= epi[w].energy_sum[i];  // eq. (21)
       for (std::size_t j = 0; j < d; ++j) drive[i * d + j] += acc[w][i * dp + j];
+      if (score_err >= 0) {
+        (*perr)[i] += epi[w].perr_sum[i];
+        (*mass)[i] += epi[w].mass_sum[i];
+      }
     }
   }
 }
@@ -1036,10 +1123,21 @@ void certified_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* 
   if (is_exp) rule.tau = std::log(double(K) / eps);
   else rule.ratio = spec.n > 1 ? std::pow(eps / double(K), 1.0 / (spec.n - 1)) : 0.0;
   const std::vector<Screened> scr = certified_screen(core, g.data(), n, 0, mask, rows, scale, rule, poller);
-  const double R = double(core.opt.codes->max_norm());
+  const double R = core.max_norm * (1 + 1e-12);
   drive.assign(n * d, 0.0f);
   error.assign(n, 0.0);
   std::vector<std::uint8_t> fell(n, 0), overflow(n, 0);
+  // Float rounding (in error[i] with the discarded part). g = v / |v| is rounded to float (1.01 u in
+  // norm), each score xi . g then carries e_s = (g(d + 1) (1 + 1.01 u) + 1.01 u + 1.01 u_op) |xi|; F' is
+  // non-decreasing, so the computed F'(x~) is within F'(x~ + e_s) - F'(x~ - e_s) of F'(x), plus its own
+  // rounding to float (u + 1e-13: evaluated in double); the sum over the memories adds g(depth) sum |xi| F'.
+  // Each term enters the drive times xi: weighted by |xi|. Depth as model B's (candidates + 16 in one
+  // chain; tile + 3 K / 32 in the tiled pass).
+  constexpr double u = 0x1p-24;
+  auto gam = [](double k) { return k * u / (1.0 - k * u); };
+  auto score_err = [&](double u_op) {  // per unit norm of the memory
+    return gam(double(d) + 1) * (1 + 1.01 * u) + 1.01 * u + 1.01 * u_op;
+  };
   detail::parallel_chunks(n, static_cast<int>(core.workers()), [&](std::size_t, std::size_t i0, std::size_t i1) {
     std::vector<std::uint8_t> buf;
     std::vector<float> x, p;
@@ -1061,7 +1159,15 @@ void certified_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* 
       gather_accumulate(core, buf, p.data(), nc, &drive[i * d]);
       // The discarded memories' F' mass, at most |D| F'(their largest upper bound) (F' non-decreasing).
       const double w = std::isfinite(s.disc) ? double(s.kept - nc) * F->dG(s.disc / scale) : 0.0;
-      error[i] = R * w;
+      const double h = gam(double(nc) + 16);
+      double perr = 0, nmass = 0;  // over the candidates: sum |xi| |computed F' - exact F'|, sum |xi| F'
+      for (std::size_t c = 0; c < nc; ++c) {
+        const double nm = double(core.norms[s.cand[c]]), es = score_err(0.0) * nm;
+        const double up = F->dG(double(x[c]) + es), lo = F->dG(double(x[c]) - es);
+        perr += nm * ((up - lo) * (1 + 1e-13) + (u + 1e-13) * double(p[c]));
+        nmass += nm * double(p[c]);
+      }
+      error[i] = (R * w + perr + h * nmass * (1 + u)) * (1 + 1e-12);
       certs[b].candidates = nc;
       certs[b].discarded_weight =
           std::max(certs[b].discarded_weight, mass > 0 ? w / mass : (w > 0 ? std::numeric_limits<double>::infinity() : 0.0));
@@ -1077,12 +1183,16 @@ void certified_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* 
     }
   if (!exact.empty()) {  // the exact pass for the queries that fell back (masks follow them through `map`)
     std::vector<float> ve(exact.size() * d), de;
-    std::vector<double> energy;
+    std::vector<double> energy, perr, mass;
     for (std::size_t k = 0; k < exact.size(); ++k) std::copy(v + exact[k] * d, v + (exact[k] + 1) * d, &ve[k * d]);
-    model_c_pass(core, F, ve.data(), exact.size(), mask, &map, poller, de, energy);
+    // The tiled pass (bf16 products round g and F' to bfloat16 where the store is bfloat16 and the CPU
+    // has them) sums through tile + 3 K / 32 operations.
+    const double u_op = core.bf16_products ? 0x1p-8 : 0.0;
+    const double h = gam(double(core.opt.tile) + 3.0 * std::ceil(double(K) / 32.0));
+    model_c_pass(core, F, ve.data(), exact.size(), mask, &map, poller, de, energy, score_err(u_op), &perr, &mass);
     for (std::size_t k = 0; k < exact.size(); ++k) {
       std::copy(&de[k * d], &de[(k + 1) * d], &drive[exact[k] * d]);
-      error[exact[k]] = 0;
+      error[exact[k]] = (perr[k] + (u_op + h * (1 + u_op)) * mass[k] * (1 + u)) * (1 + 1e-12);
       certs[map[k]].candidates = K;
       ++certs[map[k]].fallback_steps;
     }
@@ -1125,7 +1235,17 @@ Retrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const 
         if (options.certify) {
           certified_c_pass(*core_, F_.get(), spec_, cur.data(), n, options.mask, &rows, *options.certify, poller, drive,
                            error, r.certificates);
-          for (std::size_t i = 0; i < n; ++i) r.certificates[rows[i]].state_error = o.step * error[i];
+          // The step (eq. 22) scales the drive's error; the update, in double, is rounded once to float.
+          for (std::size_t i = 0; i < n; ++i) {
+            double v2 = 0, f2 = 0;
+            for (std::size_t j = 0; j < d; ++j) {
+              v2 += double(cur[i * d + j]) * double(cur[i * d + j]);
+              f2 += double(drive[i * d + j]) * double(drive[i * d + j]);
+            }
+            const double vn = std::sqrt(v2), fn = std::sqrt(f2);
+            const double relax_err = (0x1p-24 + 0x1p-50) * (vn + o.step * (fn + error[i] + alpha_ * vn));
+            r.certificates[rows[i]].state_error = (o.step * error[i] + relax_err) * (1 + 1e-12);
+          }
         } else {
           merged_c_pass(*core_, F_.get(), cur.data(), n, options.mask, &rows, poller, drive, energy);
         }

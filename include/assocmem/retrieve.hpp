@@ -136,12 +136,14 @@ struct Certificate {
   /// largest (<= eps; 0 where every step rescored everything or fell back to the exact scan). Model B:
   /// their softmax weight; model C: their sum of F'(xi . g) over the rescored memories' sum.
   double discarded_weight = 0;
-  /// Upper bound on ||v - v_exact||_2 for the last step: v is the returned state (before any value
-  /// association) and v_exact the exact update of the same previous state, both in exact arithmetic
-  /// (float rounding, which the exact engine has too, is not included). Earlier steps' bounds are
-  /// not propagated: each step is certified against the exact update of the state it started from.
-  /// Model B: delta (||v|| + R) times the step (delta the discarded weight); model C: the step times
-  /// R |D| F'(u_D) (R >= max ||xi||, D the discarded memories, u_D their largest score bound).
+  /// Upper bound on ||v - v_exact||_2 for the last step: v is the returned (float32) state, before any
+  /// value association, and v_exact the update of the same previous state in exact arithmetic. Both the
+  /// memories left out and the float rounding of the pass are included. Earlier steps' bounds are not
+  /// propagated: each step is certified against the exact update of the state it started from.
+  /// Model B: step (delta (||a|| + R) + r) (delta the discarded weight, a the computed average, r a
+  /// worst-case bound on the pass's float rounding) plus the relaxation's rounding; model C: the step
+  /// times (R |D| F'(u_D) + the drive's rounding) (R >= max ||xi||, D the discarded memories, u_D their
+  /// largest score bound) plus the update's rounding.
   double state_error = 0;
   /// Memories rescored exactly in the last step (K where it fell back).
   std::size_t candidates = 0;

@@ -317,7 +317,7 @@ class ModelB:
         by `assocmem index`; else built on first use and kept: codes_source says which), rescores
         exactly the memories that can carry weight and leaves out the rest, whose softmax weight is
         provably <= eps. The Retrieval then has discarded_weight (that bound), state_error (a bound on
-        the distance to the exact update), candidates (memories rescored) and fallback_steps (passes
+        the distance to the exact update, the float32 rounding included), candidates (memories rescored) and fallback_steps (passes
         that scanned everything: too many candidates, e.g. at small beta). Not with values yet.
 
         approximate=k: every pass rescores exactly only the k best candidates of an ANN index of the keys
@@ -424,8 +424,8 @@ class ModelC:
         memories (as ModelB's; codes_source says where they came from) and rescores exactly the memories
         whose overlap can matter; the F'(xi . v/|v|) mass of the rest is provably <= eps times the
         rescored memories' (rectified F: memories of negative overlap contribute exactly 0). The
-        Retrieval has discarded_weight (that ratio's bound), state_error (step R |D| F'(u_D): a bound on
-        the distance to the exact step), candidates and fallback_steps (passes that scanned everything:
+        Retrieval has discarded_weight (that ratio's bound), state_error (step R |D| F'(u_D) plus the
+        float32 rounding: a bound on the distance to the exact step), candidates and fallback_steps (passes that scanned everything:
         more than K/16 candidates, e.g. rectified F on memories half of which overlap the state). The
         energy comes from an exact pass."""
         q, shape, dt = _batch(queries, self.n_features, "queries")
