@@ -43,6 +43,30 @@ std::uint64_t hash_rows(const MemoryStore& store) {
 // The coarse level of code c: h = floor((c + 8) / 16), so that l = c - 16 h is in [-8, 7].
 int coarse_of(int c) { return (c + 8) >> 4; }
 
+// What the codes of one memory leave out: e >= ||x - s c||_2, e1 >= ||x - 16 s h||_2, and a bound on
+// ||x||_2, for the memory's decoded row x, its scale s and codes c (code(j)). The one formula of the
+// bounds: build() stores them, open() checks a file's against them.
+// s * c and 16 s h are exact in double (24-bit times 8-bit significands), so are x - s c and x - 16 s h:
+// the sums of squares carry only their own rounding, (d + 1) 2^-53 relative, covered by the margin.
+struct MemoryBounds {
+  float error, coarse;
+  double norm;
+};
+template <class CodeFn>
+MemoryBounds bounds_of(const float* x, std::size_t d, float s, CodeFn&& code) {
+  double r2 = 0, r1 = 0, n2 = 0;
+  for (std::size_t j = 0; j < d; ++j) {
+    const int c = code(j);
+    const double rest = double(x[j]) - double(s) * c;
+    const double coarse = double(x[j]) - 16.0 * double(s) * coarse_of(c);
+    r2 += rest * rest;
+    r1 += coarse * coarse;
+    n2 += double(x[j]) * double(x[j]);
+  }
+  const double margin = 1.0 + 4.0 * double(d + 2) * 0x1p-53;
+  return {float_up(std::sqrt(r2) * margin), float_up(std::sqrt(r1) * margin), std::sqrt(n2) * margin};
+}
+
 }  // namespace
 
 void CodeIndex::allocate(std::size_t K, std::size_t d) {
@@ -100,25 +124,15 @@ CodeIndex CodeIndex::build(const MemoryStore& store, int threads) {
       float amax = 0;
       for (float v : x) amax = std::max(amax, std::fabs(v));
       const float s = amax / float(kCodeMax);
-      // s * c and 16 s h are exact in double (24-bit times 8-bit significands), so are x - s c and
-      // x - 16 s h: the sums of squares carry only their own rounding, (d + 1) 2^-53 relative, covered
-      // by the margin below.
-      double r2 = 0, r1 = 0, n2 = 0;
       for (std::size_t j = 0; j < d; ++j) {
         const float q = s > 0 ? std::nearbyint(x[j] / s) : 0.0f;
-        const int code = static_cast<int>(std::clamp(q, -float(kCodeMax), float(kCodeMax)));
-        c.set_code(mu, j, code);
-        const double rest = double(x[j]) - double(s) * code;
-        const double coarse = double(x[j]) - 16.0 * double(s) * coarse_of(code);
-        r2 += rest * rest;
-        r1 += coarse * coarse;
-        n2 += double(x[j]) * double(x[j]);
+        c.set_code(mu, j, static_cast<int>(std::clamp(q, -float(kCodeMax), float(kCodeMax))));
       }
-      const double margin = 1.0 + 4.0 * double(d + 2) * 0x1p-53;
+      const MemoryBounds mb = bounds_of(x.data(), d, s, [&](std::size_t j) { return c.code(mu, j); });
       c.scale_[mu] = s;
-      c.error_[mu] = float_up(std::sqrt(r2) * margin);
-      c.coarse_[mu] = float_up(std::sqrt(r1) * margin);
-      norms[mu] = std::sqrt(n2) * margin;
+      c.error_[mu] = mb.error;
+      c.coarse_[mu] = mb.coarse;
+      norms[mu] = mb.norm;
     }
   });
   double R = 0;
@@ -202,12 +216,15 @@ CodeIndex CodeIndex::open(const std::string& path, const MemoryStore& store) {
                              file.size(), " bytes, expected ", kPayloadOffset + payload));
   // Whose codes: checked before reading the payload.
   if (K != store.size() || d != store.dim() || dtype != static_cast<std::uint32_t>(store.dtype()))
-    throw bad(detail::concat("they belong to a store of ", K, " memories of dimension ", d, ", not to '",
-                             store.source().empty() ? std::string("this store") : store.source(), "' (", store.size(),
-                             " x ", store.dim(), " ", to_string(store.dtype()), "); rebuild them (assocmem index)"));
+    throw bad(detail::concat("they were built for a store of ", K, " x ", d, " ",
+                             dtype >= 1 && dtype <= 3 ? to_string(static_cast<DType>(dtype)) : std::string("(unknown dtype)"), ", and '",
+                             store.source().empty() ? std::string("this store") : store.source(), "' is ", store.size(),
+                             " x ", store.dim(), " ", to_string(store.dtype()),
+                             ": the store changed since they were built (or they are another store's); rebuild them "
+                             "(assocmem index)"));
   if (hash_rows(store) != rows_hash)
-    throw bad("they belong to another store of the same shape (the rows' checksum differs); rebuild them "
-              "(assocmem index)");
+    throw bad("its rows differ from the ones they were built for (the rows' checksum): the store changed since "
+              "they were built (or they are another store's); rebuild them (assocmem index)");
   if (!(std::isfinite(max_norm) && max_norm >= 0)) throw bad("invalid norm bound");
   check_fits_in_memory(payload, "codes");
   // The payload as it is in the file (padding included: a flipped bit there is corruption too).
@@ -246,10 +263,31 @@ CodeIndex CodeIndex::open(const std::string& path, const MemoryStore& store) {
   std::copy(meta.begin(), meta.begin() + K, c.scale_.begin());
   std::copy(meta.begin() + K, meta.begin() + 2 * K, c.error_.begin());
   std::copy(meta.begin() + 2 * K, meta.end(), c.coarse_.begin());
-  detail::parallel_chunks(K, detail::resolve_threads(0), [&](std::size_t, std::size_t b, std::size_t e) {
-    for (std::size_t mu = b; mu < e; ++mu)
+  // The bounds are what a certificate rests on, and a checksum only says the file is as written: each
+  // memory's stored bounds and the norm bound R are checked against the store's rows (the same formula
+  // as build(); one more pass over the store). Codes and scales may be anything that the bounds then
+  // cover: the screen's guarantees need only the bounds.
+  std::vector<std::size_t> wrong(static_cast<std::size_t>(detail::resolve_threads(0)), K);
+  std::vector<double> norms(K);
+  detail::parallel_chunks(K, detail::resolve_threads(0), [&](std::size_t w, std::size_t b, std::size_t e) {
+    std::vector<float> x(d);
+    for (std::size_t mu = b; mu < e; ++mu) {
       for (std::size_t j = 0; j < d; ++j) c.set_code(mu, j, rows[mu * d + j]);
+      store.decode_row(mu, x.data());
+      const MemoryBounds mb = bounds_of(x.data(), d, c.scale_[mu], [&](std::size_t j) { return int(rows[mu * d + j]); });
+      norms[mu] = mb.norm;
+      if (!(c.error_[mu] >= mb.error && c.coarse_[mu] >= mb.coarse)) wrong[w] = std::min(wrong[w], mu);
+    }
   });
+  store.check_intact();
+  const std::size_t first = *std::min_element(wrong.begin(), wrong.end());
+  if (first < K)
+    throw bad(detail::concat("the stored error bounds of memory ", first, " are below what its codes leave out "
+                             "(the file was edited or written by a faulty tool); rebuild them (assocmem index)"));
+  const double R = norms.empty() ? 0.0 : *std::max_element(norms.begin(), norms.end());
+  if (!(double(max_norm) >= R))
+    throw bad(detail::concat("the stored norm bound ", max_norm, " is below the largest memory norm ", R,
+                             "; rebuild them (assocmem index)"));
   return c;
 }
 

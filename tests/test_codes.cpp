@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <xxhash.h>
 
 #include "assocmem/codes.hpp"
 #include "assocmem/engine.hpp"
@@ -579,9 +582,9 @@ TEST(Codes, FileRoundTripAndRefusals) {
   EXPECT_EQ(std::vector<float>(back.error(), back.error() + 301), std::vector<float>(c.error(), c.error() + 301));
   // Another store of the same shape; another shape; corruption anywhere; truncation; not codes at all.
   const MemoryStore same_shape = store_of(randn(301, 19, rng), DType::BFloat16);
-  EXPECT_THROW_MSG(CodeIndex::open(path, same_shape), IoError, "another store of the same shape");
+  EXPECT_THROW_MSG(CodeIndex::open(path, same_shape), IoError, "its rows differ from the ones they were built for");
   const MemoryStore shape = store_of(randn(300, 19, rng), DType::BFloat16);
-  EXPECT_THROW_MSG(CodeIndex::open(path, shape), IoError, "they belong to a store of 301 memories");
+  EXPECT_THROW_MSG(CodeIndex::open(path, shape), IoError, "they were built for a store of 301 x");
   const std::vector<char> good = assocmem::testing::read_all(path);
   for (std::size_t at : {std::size_t{20}, std::size_t{4096 + 7}, good.size() - 3, std::size_t{4096 + 301 * 19 + 2}}) {
     auto bad = good;
@@ -595,6 +598,75 @@ TEST(Codes, FileRoundTripAndRefusals) {
   EXPECT_THROW_MSG(CodeIndex::open(path, opened), IoError, "truncated");
   EXPECT_THROW_MSG(CodeIndex::open(store_path, opened), IoError, "not assocmem codes");
   EXPECT_THROW(CodeIndex::open(dir.file("missing.codes"), opened), IoError);
+}
+
+// A codes file edited and given valid checksums again (a faulty tool, or on purpose): the checksums
+// pass, so the bounds a certificate rests on are checked against the store itself. A lowered error
+// bound (fine or coarse) or norm bound is refused, naming the memory; a changed code whose bounds still
+// cover it is accepted, and the certificates computed from it still hold.
+TEST(Codes, EditedFilesWithValidChecksumsAreCheckedAgainstTheStore) {
+  std::mt19937_64 rng(8);
+  TempDir dir;
+  const std::size_t K = 200, d = 16;
+  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
+  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  const MemoryStore s = store_of(X, DType::Float32);
+  const std::string path = dir.file("s.codes");
+  CodeIndex::build(s).save(path);
+  const std::vector<char> good = assocmem::testing::read_all(path);
+  const std::size_t payload = 4096, codes_len = (K * d + 7) / 8 * 8;
+  auto reseal = [&](std::vector<char> f) {
+    const std::uint64_t ph = XXH64(&f[payload], f.size() - payload, 0);
+    std::memcpy(&f[64], &ph, 8);
+    const std::uint64_t hh = XXH64(f.data(), 72, 0);
+    std::memcpy(&f[72], &hh, 8);
+    assocmem::testing::write_all(path, f);
+  };
+  auto set_float = [](std::vector<char>& f, std::size_t at, float x) { std::memcpy(&f[at], &x, 4); };
+  auto get_float = [](const std::vector<char>& f, std::size_t at) {
+    float x;
+    std::memcpy(&x, &f[at], 4);
+    return x;
+  };
+  reseal(good);
+  EXPECT_NO_THROW(CodeIndex::open(path, s));
+  const std::size_t mu = 37;
+  for (std::size_t which : {1u, 2u}) {  // e_mu, then e1_mu, halved
+    auto f = good;
+    const std::size_t at = payload + codes_len + which * 4 * K + 4 * mu;
+    set_float(f, at, 0.5f * get_float(f, at));
+    reseal(f);
+    EXPECT_THROW_MSG(CodeIndex::open(path, s), IoError, "the stored error bounds of memory 37 are below");
+  }
+  {
+    auto f = good;
+    set_float(f, 44, 0.9f);  // R, below the unit norms
+    const std::uint64_t hh = XXH64(f.data(), 72, 0);
+    std::memcpy(&f[72], &hh, 8);
+    assocmem::testing::write_all(path, f);
+    EXPECT_THROW_MSG(CodeIndex::open(path, s), IoError, "is below the largest memory norm");
+  }
+  {
+    // Memory 37's first code moved by one step, its bounds widened to cover it: accepted, and the
+    // certified state of a query at that memory is within its bound of the exact one.
+    auto f = good;
+    signed char& c0 = reinterpret_cast<signed char&>(f[payload + mu * d]);
+    c0 = static_cast<signed char>(c0 > 0 ? c0 - 1 : c0 + 1);
+    for (std::size_t which : {1u, 2u}) {
+      const std::size_t at = payload + codes_len + which * 4 * K + 4 * mu;
+      set_float(f, at, get_float(f, at) + 2 * get_float(f, payload + codes_len + 4 * mu));  // + 2 scales
+    }
+    reseal(f);
+    const CodeIndex edited = CodeIndex::open(path, s);
+    EXPECT_EQ(edited.code(mu, 0), int(c0));
+    EngineOptions eo;
+    eo.codes = &edited;
+    const ModelBEngine e(s, 30.0, eo);
+    std::vector<float> q(d);
+    s.decode_row(mu, q.data());
+    const Retrieval r = e.retrieve(q.data(), 1, one_step(1e-3));
+    EXPECT_LE(dist(exact_state(s, q.data(), 30.0, nullptr), r.states.data()), r.certificates[0].state_error);
+  }
 }
 
 // Backward compatibility: a store and its codes written by codes format versions 1 and 2 (tests/data,

@@ -115,7 +115,7 @@ def test_index_and_recall_certify(cli, memories, tmp_path):
     assert run(cli, "store", tmp_path / "y.npy", tmp_path / "y.amem").returncode == 0
     assert run(cli, "index", tmp_path / "x.amem").returncode == 0  # rebuilt
     r = run(cli, "index", tmp_path / "y.amem", "-o", codes, "--verify")
-    assert r.returncode != 0 and "another store of the same shape" in r.stderr
+    assert r.returncode != 0 and "the store changed since they were built" in r.stderr
     # Codes at store time: `store --codes` writes them beside the new store; index --verify accepts them.
     r = run(cli, "--json", "store", tmp_path / "x.npy", tmp_path / "z.amem", "--codes")
     assert r.returncode == 0 and json.loads(r.stdout)["codes"] == str(tmp_path / "z.amem.codes"), r.stderr
