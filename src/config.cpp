@@ -8,6 +8,7 @@
 #include "assocmem/integrate.hpp"
 #include "assocmem/lagrangian.hpp"
 #include "assocmem/npy.hpp"
+#include "json_reader.hpp"
 
 namespace assocmem {
 
@@ -78,12 +79,7 @@ Vector vector_from_json(const json& j, const std::string& base, const std::strin
 }  // namespace
 
 SimulationConfig parse_simulation_config(const std::string& text, const std::string& base, const std::string& name) {
-  json c;
-  try {
-    c = json::parse(text);
-  } catch (const json::exception& e) {
-    throw InvalidArgument(name + " is not valid JSON: " + e.what());
-  }
+  const json c = detail::parse_json<InvalidArgument>(text, name);
   const std::string where = name;
   if (!c.is_object()) throw InvalidArgument(where + " must be a JSON object");
   check_keys(c, {"xi", "feature", "hidden", "v0", "h0", "current", "tau_f", "tau_h", "alpha", "method", "t_end", "dt",

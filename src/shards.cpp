@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "assocmem/io.hpp"
+#include "json_reader.hpp"
 
 namespace assocmem {
 namespace {
@@ -161,12 +162,7 @@ ShardManifest read_manifest(const std::string& path, ShardCheck check) {
     text.resize(n);
     f.read_at(0, text.data(), n);
   }
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    throw IoError(where + ": not valid JSON (" + e.what() + ")");
-  }
+  const json j = detail::parse_json<IoError>(text, where);
   if (!j.is_object()) throw IoError(where + ": not a JSON object");
   only_keys(j, {"format", "version", "dim", "dtype", "count", "shards", "checksum"}, where);
   if (field<std::string>(j, "format", where) != kFormat) throw IoError(where + ": \"format\" is not \"" + kFormat + "\"");

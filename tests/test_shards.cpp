@@ -154,6 +154,18 @@ TEST(Shards, MismatchesAreRefusedNamingTheShard) {
   EXPECT_THROW_MSG(read_manifest(man), IoError, "missing \"format\"");
   write_all(man, {'n', 'o'});
   EXPECT_THROW_MSG(read_manifest(man), IoError, "not valid JSON");
+  // Nested 100,000 levels deep (a stack overflow once): refused while parsing. 62 levels are read
+  // (and then refused for what they are).
+  for (std::size_t levels : {std::size_t{100000}, std::size_t{62}}) {
+    const std::string deep = std::string(levels, '[') + "1" + std::string(levels, ']');
+    const std::string text = "{\"format\": \"assocmem-shards\", \"dim\": " + deep + "}";
+    write_all(man, std::vector<char>(text.begin(), text.end()));
+    if (levels > 64) {
+      EXPECT_THROW_MSG(read_manifest(man), IoError, "nested more than 64 levels deep");
+    } else {
+      EXPECT_THROW_MSG(read_manifest(man), IoError, "missing \"version\"");
+    }
+  }
 }
 
 }  // namespace

@@ -99,6 +99,18 @@ def test_bad_input_exits_2_with_one_line(cli, data):
     (data / "bad2.json").write_text(json.dumps({"xi": "xi.npy", "feature": {"name": "tanhh"}, "hidden": {"name": "exp"},
                                                 "v0": [0, 0, 0, 0]}))
     one_line_error(run(cli, "simulate", data / "bad2.json"), "tanhh")
+    # Nesting 100,000 levels deep crashed the process (stack overflow in the JSON value's recursion):
+    # every JSON reader refuses more than 64 levels while parsing (src/json_reader.hpp).
+    deep = "[" * 100000 + "1" + "]" * 100000
+    (data / "deep.json").write_text('{"xi": "xi.npy", "feature": ' + deep + "}")
+    one_line_error(run(cli, "simulate", data / "deep.json"), "nested more than 64 levels deep")
+    assert run(cli, "shard", data / "m.amem", data / "sh", "--parts", "2").returncode == 0
+    manifest = json.loads((data / "sh" / "manifest.json").read_text())
+    for field in ("dim", "count", "shards"):
+        edited = dict(manifest, **{field: "DEEP"})
+        (data / "sh" / "deep.json").write_text(json.dumps(edited).replace('"DEEP"', deep))
+        one_line_error(run(cli, "recall", data / "sh" / "deep.json", data / "q.npy", data / "o.npy"), "nested more than 64")
+        one_line_error(run(cli, "shard", "--verify", data / "sh" / "deep.json"), "nested more than 64")
     one_line_error(run(cli, "demo", "nope"), "unknown demo")
 
 
