@@ -62,7 +62,7 @@ struct ModelAEngine::Cue {
 };
 
 ModelAEngine::ModelAEngine(const MemoryStore& store, InteractionSpec F, Vector current, EngineOptions options)
-    : store_(&store), N_(store.dim()), K_(store.size()), spec_(F), F_(make_interaction(F)), ops_(choose(options.kernel)),
+    : store_(&store), lease_(store), N_(store.dim()), K_(store.size()), spec_(F), F_(make_interaction(F)), ops_(choose(options.kernel)),
       threads_(options.threads), merger_(options.merger) {
   options.validate();
   ASSOCMEM_CHECK_ARG(store.dtype() == DType::Bits, "model A engine: the store must hold bits (+-1 patterns), got ",

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <queue>
 
 #include "collective.hpp"
@@ -130,8 +131,13 @@ struct EngineCore {
   EngineOptions opt;
   bool bf16_products;
 
+  // Leases (detail::StoreLease): the stores cannot change while this engine exists.
+  detail::StoreLease store_lease;
+  std::optional<detail::StoreLease> values_lease;
+
   EngineCore(const MemoryStore& s, EngineOptions o, const MemoryStore* v = nullptr)
-      : store(&s), values(v ? v : &s), opt(o) {
+      : store(&s), values(v ? v : &s), opt(o), store_lease(s) {
+    if (v && v != &s) values_lease.emplace(*v);
     opt.validate();
     ASSOCMEM_CHECK_ARG(s.size() > 0, "store: the memory is empty (no patterns)");
     if (v) {
@@ -151,12 +157,24 @@ struct EngineCore {
       s.decode_row(i, row.data());
       double r2 = 0;
       for (float x : row) r2 += double(x) * x;
+      // Non-finite memories (a store opened without its checksum, or a file edited with the checksums
+      // recomputed) would turn every score they touch into NaN.
+      ASSOCMEM_CHECK_ARG(std::isfinite(r2), "store: memory ", i, " (id ", s.ids()[i], ") has a NaN or Inf element");
       m2 = std::max(m2, r2);
       const double nrm = std::sqrt(r2) * (1 + 1e-12);
       norms[i] = static_cast<float>(nrm);
       if (double(norms[i]) < nrm) norms[i] = std::nextafter(norms[i], std::numeric_limits<float>::infinity());
     }
     s.check_intact();
+    if (v && v != &s) {
+      std::vector<float> vrow(v->dim());
+      for (std::size_t i = 0; i < v->size(); ++i) {
+        v->decode_row(i, vrow.data());
+        for (float x : vrow)
+          ASSOCMEM_CHECK_ARG(std::isfinite(x), "values: memory ", i, " (id ", v->ids()[i], ") has a NaN or Inf element");
+      }
+      v->check_intact();
+    }
     max_norm = std::sqrt(m2);
     ASSOCMEM_CHECK_ARG(max_norm < kScoreLimit, "store: a memory has norm ", max_norm,
                        ", beyond the float32 range of the scores");

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <algorithm>
 #include <limits>
+#include <utility>
+#include <vector>
 
 #include <xxhash.h>
 
@@ -157,8 +159,43 @@ MemoryStore::MemoryStore(std::size_t dim, DType dtype) : dim_(dim), dtype_(dtype
 }
 
 MemoryStore::~MemoryStore() = default;
-MemoryStore::MemoryStore(MemoryStore&&) noexcept = default;
-MemoryStore& MemoryStore::operator=(MemoryStore&&) noexcept = default;
+MemoryStore::MemoryStore(MemoryStore&& o) noexcept
+    : dim_(o.dim_), dtype_(o.dtype_), row_bytes_(o.row_bytes_), count_(o.count_), owned_rows_(std::move(o.owned_rows_)),
+      owned_ids_(std::move(o.owned_ids_)), mapping_(std::move(o.mapping_)), rows_(o.rows_), ids_(o.ids_),
+      source_(std::move(o.source_)), file_checksum_(o.file_checksum_), next_id_(o.next_id_) {
+  refresh_pointers();
+}
+MemoryStore& MemoryStore::operator=(MemoryStore&& o) noexcept {
+  if (this == &o) return *this;
+  dim_ = o.dim_;
+  dtype_ = o.dtype_;
+  row_bytes_ = o.row_bytes_;
+  count_ = o.count_;
+  owned_rows_ = std::move(o.owned_rows_);
+  owned_ids_ = std::move(o.owned_ids_);
+  mapping_ = std::move(o.mapping_);
+  rows_ = o.rows_;
+  ids_ = o.ids_;
+  source_ = std::move(o.source_);
+  file_checksum_ = o.file_checksum_;
+  next_id_ = o.next_id_;
+  refresh_pointers();
+  return *this;
+}
+
+namespace detail {
+StoreLease::StoreLease(const MemoryStore& s) : s_(&s) { ++s_->users_; }
+StoreLease::StoreLease(const StoreLease& o) : s_(o.s_) { ++s_->users_; }
+StoreLease& StoreLease::operator=(const StoreLease& o) {
+  if (this != &o) {
+    ++o.s_->users_;
+    --s_->users_;
+    s_ = o.s_;
+  }
+  return *this;
+}
+StoreLease::~StoreLease() { --s_->users_; }
+}  // namespace detail
 
 void MemoryStore::refresh_pointers() {
   if (mapping_) return;
@@ -178,6 +215,9 @@ void MemoryStore::materialize() {
 }
 
 void MemoryStore::append(const float* rows, std::size_t n, const std::uint64_t* ids) {
+  ASSOCMEM_CHECK_ARG(users() == 0, "append: the store is in use by ", users(), users() == 1 ? " engine or model" :
+                     " engines or models", " (they read it as it was when they were made); append before making "
+                     "them, or make new ones after appending (in Python: delete the model first)");
   if (n == 0) return;
   ASSOCMEM_CHECK_ARG(rows != nullptr, "append: rows is null");
   check_shape(checked_add(count_, n, "append: memories"), dim_, row_bytes_, "append");
@@ -191,6 +231,24 @@ void MemoryStore::append(const float* rows, std::size_t n, const std::uint64_t* 
     if (dtype_ == DType::BFloat16)
       ASSOCMEM_CHECK_ARG(std::isfinite(bf16_to_float(float_to_bf16(rows[k]))), "append: pattern ", k / dim_,
                          " element ", k % dim_, " = ", rows[k], " overflows bfloat16 (largest finite 3.3895e38)");
+  }
+  // Ids stay unique: given ones must be distinct and new; the default ones continue after the largest.
+  std::uint64_t next = next_id_;
+  if (ids) {
+    std::vector<std::uint64_t> given(ids, ids + n);
+    std::sort(given.begin(), given.end());
+    for (std::size_t r = 1; r < n; ++r)
+      ASSOCMEM_CHECK_ARG(given[r] != given[r - 1], "append: id ", given[r], " is given twice");
+    std::vector<std::uint64_t> have(ids_, ids_ + count_);
+    std::sort(have.begin(), have.end());
+    for (std::uint64_t id : given)
+      ASSOCMEM_CHECK_ARG(!std::binary_search(have.begin(), have.end(), id), "append: id ", id,
+                         " is already in the store (ids are unique)");
+    next = std::max(next, given.back() + 1);
+    ASSOCMEM_CHECK_ARG(given.back() != std::numeric_limits<std::uint64_t>::max(), "append: id 2^64 - 1 is reserved");
+  } else {
+    ASSOCMEM_CHECK_ARG(next_id_ <= std::numeric_limits<std::uint64_t>::max() - n, "append: the ids would pass 2^64 - 1");
+    next = next_id_ + n;
   }
   check_intact();
   materialize();
@@ -217,9 +275,10 @@ void MemoryStore::append(const float* rows, std::size_t n, const std::uint64_t* 
         break;
       }
     }
-    owned_ids_[old + r] = ids ? ids[r] : static_cast<std::uint64_t>(old + r);
+    owned_ids_[old + r] = ids ? ids[r] : next_id_ + r;
   }
   count_ = old + n;
+  next_id_ = next;
   refresh_pointers();
 }
 
@@ -306,6 +365,7 @@ MemoryStore MemoryStore::slice(std::size_t begin, std::size_t end) const {
   if (end > begin) std::memcpy(out.owned_rows_.data(), rows_ + begin * row_bytes_, (end - begin) * row_bytes_);
   out.owned_ids_.assign(ids_ + begin, ids_ + end);
   out.count_ = end - begin;
+  out.next_id_ = next_id_;  // appends to a slice continue after every id of the whole store
   out.refresh_pointers();
   check_intact();  // a mapped file that shrank during the copy: the copy is invalid
   return out;
@@ -443,6 +503,30 @@ MemoryStore MemoryStore::open(const std::string& path, const OpenOptions& option
       if (get<std::uint64_t>(s.rows_ + i * row_bytes + row_bytes - 8) & mask)
         throw bad(detail::concat("memory ", i, " has nonzero padding bits past dim ", dim, " (the file is corrupted)"));
     s.check_intact();
+  }
+  // What a checksum cannot vouch for (a file written by another tool, or edited with the checksums
+  // recomputed): the ids are unique, and with verify_checksum (the payload is read anyway) every
+  // element is finite. Engines check finiteness again when they are made (a mapped store unverified).
+  if (options.verify_checksum && dtype != DType::Bits) {
+    std::vector<float> row(dim);
+    for (std::size_t i = 0; i < count; ++i) {
+      s.decode_row(i, row.data());
+      for (std::size_t j = 0; j < dim; ++j)
+        if (!std::isfinite(row[j]))
+          throw bad(detail::concat("memory ", i, " (id ", s.ids_[i], ") element ", j, " is NaN or Inf"));
+    }
+  }
+  std::vector<std::pair<std::uint64_t, std::size_t>> ids(count);
+  for (std::size_t i = 0; i < count; ++i) ids[i] = {s.ids_[i], i};
+  s.check_intact();
+  std::sort(ids.begin(), ids.end());
+  for (std::size_t i = 1; i < count; ++i)
+    if (ids[i].first == ids[i - 1].first)
+      throw bad(detail::concat("id ", ids[i].first, " belongs to memories ", ids[i - 1].second, " and ", ids[i].second,
+                               " (ids must be unique)"));
+  if (count) {
+    if (ids.back().first == std::numeric_limits<std::uint64_t>::max()) throw bad("id 2^64 - 1 is reserved");
+    s.next_id_ = ids.back().first + 1;
   }
   return s;
 }

@@ -13,6 +13,10 @@
 #include <fstream>
 #include <thread>
 
+#include <xxhash.h>
+
+#include "assocmem/binary.hpp"
+#include "assocmem/engine.hpp"
 #include "assocmem/npy.hpp"
 #include "assocmem/store.hpp"
 #include "test_util.hpp"
@@ -53,9 +57,9 @@ TEST(Store, RoundTripEveryDtype) {
     std::vector<std::uint64_t> ids(30);
     for (std::size_t i = 0; i < 30; ++i) ids[i] = 1000 + 7 * i;
     s.append(Matrix(X.topRows(30)), ids);
-    s.append(Matrix(X.bottomRows(20)));  // default ids continue from size()
+    s.append(Matrix(X.bottomRows(20)));  // default ids continue after the largest (1000 + 7 * 29)
     ASSERT_EQ(s.size(), 50u);
-    EXPECT_EQ(s.ids()[30], 30u);
+    EXPECT_EQ(s.ids()[30], 1204u);
     const std::string path = dir.file("s_" + to_string(t) + ".amem");
     s.save(path);
     const MemoryStore o = MemoryStore::open(path, {true, Access::Map});
@@ -66,7 +70,8 @@ TEST(Store, RoundTripEveryDtype) {
     EXPECT_EQ(o.dim(), d);
     EXPECT_EQ(o.dtype(), t);
     EXPECT_EQ(o.ids()[3], 1021u);
-    EXPECT_EQ(o.ids()[49], 49u);
+    EXPECT_EQ(o.ids()[49], 1223u);
+    EXPECT_EQ(o.next_id(), 1224u);
     const Matrix back = o.to_matrix();
     for (Eigen::Index i = 0; i < X.rows(); ++i)
       for (Eigen::Index j = 0; j < X.cols(); ++j) {
@@ -98,6 +103,87 @@ TEST(Store, AppendToAnOpenedStoreAndSaveOverIt) {
   int files = 0;
   for (const auto& e : fs::directory_iterator(fs::path(path).parent_path())) files += e.is_regular_file();
   EXPECT_EQ(files, 1);
+}
+
+// Ids stay unique (issue 23): default ids continue after the largest (they used to continue from
+// size(), which collided with given ids); given ids that repeat, or are in the store, are refused and
+// leave the store as it was; a file with a repeated id or a NaN, checksums recomputed, is refused on open.
+TEST(Store, IdsStayUniqueAndValuesAreCheckedOnOpen) {
+  TempDir dir;
+  std::mt19937_64 rng(9);
+  MemoryStore s(4, DType::Float32);
+  s.append(randn(2, 4, rng), {5, 6});
+  s.append(randn(10, 4, rng));
+  std::vector<std::uint64_t> ids(s.ids(), s.ids() + s.size());
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(std::adjacent_find(ids.begin(), ids.end()), ids.end());
+  EXPECT_EQ(s.ids()[2], 7u);
+  EXPECT_EQ(s.next_id(), 17u);
+  EXPECT_THROW_MSG(s.append(randn(1, 4, rng), {9}), InvalidArgument, "id 9 is already in the store");
+  EXPECT_THROW_MSG(s.append(randn(2, 4, rng), {40, 40}), InvalidArgument, "id 40 is given twice");
+  EXPECT_EQ(s.size(), 12u);
+  s.append(randn(1, 4, rng), {100});
+  EXPECT_EQ(s.next_id(), 101u);
+
+  const std::string path = dir.file("s.amem");
+  s.save(path);
+  const std::vector<char> good = read_all(path);
+  const std::size_t payload = 4096, rows = 13 * 16;
+  auto reseal = [&](std::vector<char> f) {
+    const std::uint64_t ph = XXH64(&f[payload], f.size() - payload, 0);
+    std::memcpy(&f[56], &ph, 8);
+    const std::uint64_t hh = XXH64(f.data(), 64, 0);
+    std::memcpy(&f[64], &hh, 8);
+    write_all(path, f);
+  };
+  auto twice = good;
+  std::memcpy(&twice[payload + rows + 8 * 3], &twice[payload + rows + 8 * 1], 8);  // memory 3 gets memory 1's id
+  reseal(twice);
+  for (Access a : {Access::Copy, Access::Map})
+    EXPECT_THROW_MSG(MemoryStore::open(path, {false, a}), IoError, "id 6 belongs to memories 1 and 3");
+  auto nan = good;
+  const float x = std::numeric_limits<float>::quiet_NaN();
+  std::memcpy(&nan[payload + 16 * 2 + 4], &x, 4);  // memory 2, element 1
+  reseal(nan);
+  EXPECT_THROW_MSG(MemoryStore::open(path), IoError, "memory 2 (id 7) element 1 is NaN or Inf");
+  // Opened without the payload pass, the engines find it when they are made.
+  const MemoryStore unverified = MemoryStore::open(path, {false, Access::Map});
+  EXPECT_THROW_MSG(ModelBEngine(unverified, 1.0), InvalidArgument, "memory 2 (id 7) has a NaN or Inf element");
+  EXPECT_THROW_MSG(ModelCEngine(unverified, {Interaction::Power, 3, 1}, 1.0), InvalidArgument, "memory 2 (id 7)");
+}
+
+// A store in use by an engine cannot change under it (issue 23: appending to a store a model was using
+// crashed the interpreter): append is refused while any engine over it exists, and allowed again after.
+TEST(Store, AStoreInUseCannotChange) {
+  std::mt19937_64 rng(10);
+  MemoryStore keys(4, DType::Float32), values(3, DType::Float32);
+  keys.append(randn(20, 4, rng));
+  values.append(randn(20, 3, rng));
+  {
+    const ModelBEngine b(keys, values, 2.0);
+    EXPECT_EQ(keys.users(), 1u);
+    EXPECT_EQ(values.users(), 1u);
+    EXPECT_THROW_MSG(keys.append(randn(1, 4, rng)), InvalidArgument, "the store is in use by 1 engine or model");
+    EXPECT_THROW_MSG(values.append(randn(1, 3, rng)), InvalidArgument, "in use");
+    {
+      ModelCEngine c(keys, {Interaction::Power, 3, 1}, 1.0);
+      ModelCEngine moved = std::move(c);
+      EXPECT_EQ(keys.users(), 2u);
+      EXPECT_THROW_MSG(keys.append(randn(1, 4, rng)), InvalidArgument, "in use by 2 engines or models");
+    }
+    EXPECT_EQ(keys.size(), 20u);
+  }
+  EXPECT_EQ(keys.users(), 0u);
+  keys.append(randn(1, 4, rng));
+  values.append(randn(1, 3, rng));
+  MemoryStore bits(64, DType::Bits);
+  bits.append(rand_pm1(5, 64, rng));
+  {
+    const ModelAEngine a(bits, {Interaction::Power, 3, 1});
+    EXPECT_THROW_MSG(bits.append(rand_pm1(1, 64, rng)), InvalidArgument, "in use");
+  }
+  bits.append(rand_pm1(1, 64, rng));
+  EXPECT_EQ(bits.size(), 6u);
 }
 
 TEST(Store, EmptyStoreRoundTrips) {

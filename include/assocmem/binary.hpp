@@ -74,6 +74,7 @@ class ModelAEngine {
   double power_error(double K) const;
 
   const MemoryStore* store_;
+  detail::StoreLease lease_;  ///< the store cannot change while this engine exists
   std::size_t N_, K_, col_bytes_;
   InteractionSpec spec_;
   AdditivePtr F_;

@@ -27,6 +27,7 @@
 // read back): 1 <= dim <= 2^40 and count * (row_bytes + 8) <= 2^62 bytes.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -90,6 +91,23 @@ struct OpenOptions {
 inline constexpr std::uint64_t kMaxStoreDim = std::uint64_t{1} << 40;
 inline constexpr std::uint64_t kMaxStorePayload = std::uint64_t{1} << 62;
 
+class MemoryStore;
+namespace detail {
+/// A use of a store by an engine, an index or a model (RAII; copies are uses too): while any exists the
+/// store refuses to change (MemoryStore::append), so nothing that read it - norms, codes, tiles,
+/// candidate indexes sized for its K - can see it change underneath (issue 23).
+class StoreLease {
+ public:
+  explicit StoreLease(const MemoryStore& s);
+  StoreLease(const StoreLease& o);
+  StoreLease& operator=(const StoreLease& o);
+  ~StoreLease();
+
+ private:
+  const MemoryStore* s_;
+};
+}  // namespace detail
+
 class MemoryStore {
  public:
   static constexpr std::uint32_t kFormatVersion = 1;
@@ -97,6 +115,8 @@ class MemoryStore {
   /// An empty in-memory store of dimension dim (>= 1).
   MemoryStore(std::size_t dim, DType dtype);
   ~MemoryStore();
+  /// Moving a store moves its memories, not its users: an engine keeps pointing at the moved-from object
+  /// (as with any C++ reference), so move a store only while nothing uses it (users() == 0).
   MemoryStore(MemoryStore&&) noexcept;
   MemoryStore& operator=(MemoryStore&&) noexcept;
   MemoryStore(const MemoryStore&) = delete;
@@ -107,8 +127,10 @@ class MemoryStore {
   /// (missing, truncated, wrong magic or version, corrupted header or payload).
   static MemoryStore open(const std::string& path, const OpenOptions& options = {});
 
-  /// Appends n memories given as row-major float32 (n x dim). ids: n ids, or null for
-  /// size(), size()+1, ... Values must be finite; for Bits, exactly +1 or -1.
+  /// Appends n memories given as row-major float32 (n x dim). ids: n ids, distinct and not in the store,
+  /// or null for next_id(), next_id()+1, ... Values must be finite; for Bits, exactly +1 or -1.
+  /// Refused (InvalidArgument) while the store is in use (users() > 0): engines and models read a store
+  /// that cannot change under them; build a new engine after appending.
   void append(const float* rows, std::size_t n, const std::uint64_t* ids = nullptr);
   /// Appends the rows of a double matrix (n x dim).
   void append(const Matrix& rows, const std::vector<std::uint64_t>& ids = {});
@@ -146,6 +168,10 @@ class MemoryStore {
 
   std::size_t size() const { return count_; }
   std::size_t dim() const { return dim_; }
+  /// The engines, indexes and models using this store now (detail::StoreLease); append() needs 0.
+  std::size_t users() const { return users_.load(); }
+  /// The id an append without ids gives its first memory: one more than the largest id (0 when empty).
+  std::uint64_t next_id() const { return next_id_; }
   DType dtype() const { return dtype_; }
   std::size_t row_bytes() const { return row_bytes_; }
   /// True when the rows live in a read-only mapping of a file (Access::Map).
@@ -177,6 +203,9 @@ class MemoryStore {
   const std::uint64_t* ids_ = nullptr;
   std::string source_;
   std::uint64_t file_checksum_ = 0;
+  std::uint64_t next_id_ = 0;
+  friend class detail::StoreLease;
+  mutable std::atomic<std::size_t> users_{0};
 };
 
 }  // namespace assocmem

@@ -109,28 +109,24 @@ EngineOptions engine_options(int threads, const std::string& kernel) {
 
 using U8 = py::array_t<std::uint8_t, py::array::c_style | py::array::forcecast>;
 
-// Stores in use by a model (a model keeps a reference): MemoryStore.close() refuses them.
-std::map<const MemoryStore*, int>& store_users() {
-  static std::map<const MemoryStore*, int> users;
-  return users;
-}
 class StoreUse {
  public:
-  explicit StoreUse(py::object store) : obj_(std::move(store)), ptr_(obj_.cast<const MemoryStore*>()) {
-    ASSOCMEM_CHECK_ARG(ptr_->size() > 0, "store: the memory is empty (no patterns)");
-    ++store_users()[ptr_];
-  }
-  ~StoreUse() {
-    if (--store_users()[ptr_] == 0) store_users().erase(ptr_);
-  }
+  explicit StoreUse(py::object store)
+      : obj_(std::move(store)), ptr_(obj_.cast<const MemoryStore*>()),
+        lease_(nonempty(*ptr_)) {}
   StoreUse(const StoreUse&) = delete;
   StoreUse& operator=(const StoreUse&) = delete;
   const MemoryStore& get() const { return *ptr_; }
   const py::object& object() const { return obj_; }
 
  private:
-  py::object obj_;
+  static const MemoryStore& nonempty(const MemoryStore& s) {
+    ASSOCMEM_CHECK_ARG(s.size() > 0, "store: the memory is empty (no patterns)");
+    return s;
+  }
+  py::object obj_;  // keeps the Python store alive
   const MemoryStore* ptr_;
+  detail::StoreLease lease_;  // MemoryStore.append and close refuse while the model lives (users() > 0)
 };
 
 std::size_t batch_rows(const F32& q, std::size_t dim, const char* what) {
@@ -1071,7 +1067,7 @@ void bind_store(py::module_& m) {
       .def_property_readonly("mapped", &MemoryStore::mapped, "True when the memories are read from a mapped file.")
       .def("close",
            [](MemoryStore& s) {
-             if (store_users().count(&s))
+             if (s.users())
                throw InvalidArgument("close: the store is in use by a model; delete the model first");
              s = MemoryStore(s.dim(), s.dtype());
            },
@@ -1079,7 +1075,7 @@ void bind_store(py::module_& m) {
            "while a model uses the store.")
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](MemoryStore& s, py::args) {
-             if (!store_users().count(&s)) s = MemoryStore(s.dim(), s.dtype());
+             if (!s.users()) s = MemoryStore(s.dim(), s.dtype());
              return false;
            },
            "Leaving a `with` block closes the store, unless a model still uses it (it then lives on with the model).")

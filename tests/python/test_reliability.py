@@ -356,6 +356,51 @@ def test_python_store_that_shrinks(tmp_path):
         am.MemoryStore.open(str(tmp_path / "s.amem"))
 
 
+def test_a_store_in_use_cannot_change_under_its_model(tmp_path):
+    """Issue 23: append() on a store a model used crashed the interpreter (certified codes sized for the
+    old K, keys grown while the values were not, an append during a retrieval in another thread). A
+    store refuses to change while any model over it lives; after `del model` it appends again."""
+    rng = np.random.default_rng(4)
+    keys = am.MemoryStore(8)
+    keys.append(rng.standard_normal((300, 8)).astype(np.float32))
+    values = am.MemoryStore(3)
+    values.append(rng.standard_normal((300, 3)).astype(np.float32))
+    q = rng.standard_normal((4, 8)).astype(np.float32)
+    more = rng.standard_normal((5, 8)).astype(np.float32)
+    models = [am.ModelB(keys, beta=4.0), am.ModelB(keys, beta=4.0, values=values), am.ModelC(keys, F="exp", beta=2.0)]
+    models[0].retrieve(q, certify=1e-3)   # codes built for K = 300
+    models[2].retrieve(q, certify=1e-3)
+    for store, rows in ((keys, more), (values, more[:, :3])):
+        with pytest.raises(ValueError, match="in use by"):
+            store.append(rows)
+    assert len(keys) == 300 and len(values) == 300
+    for m in models:                       # they still work, on the store as it was
+        m.retrieve(q)
+    # An append racing retrievals in another thread: refused, and the retrievals complete.
+    errors, done = [], threading.Event()
+    def retrieve_loop():
+        while not done.is_set():
+            models[0].retrieve(q, certify=1e-3)
+    t = threading.Thread(target=retrieve_loop)
+    t.start()
+    try:
+        for _ in range(50):
+            try:
+                keys.append(more)
+            except ValueError as e:
+                errors.append(str(e))
+    finally:
+        done.set()
+        t.join()
+    assert len(errors) == 50 and len(keys) == 300
+    del models, m
+    keys.append(more)
+    values.append(more[:, :3])
+    assert len(keys) == 305
+    r = am.ModelB(keys, beta=4.0).retrieve(q, certify=1e-3)   # new codes for K = 305
+    assert np.asarray(r).shape == (4, 8) and np.all(np.isfinite(r))
+
+
 def test_python_never_loses_the_interpreter():
     import assocmem.capacity
     with pytest.raises(ValueError, match="K x N"):
