@@ -167,9 +167,20 @@ int recall(const RecallArgs& a, bool as_json) {
     if (model == ModelKind::A) throw BadInput("--mask: model A takes no memory mask");
     const NpyArray m = read_npy(a.mask);
     if (m.cols != K || (m.rows != 1 && m.rows != B) || (m.rows == 1 && !m.was_1d && B != 1))
-      throw BadInput("--mask: '" + a.mask + "' has shape (" + std::to_string(m.rows) + ", " + std::to_string(m.cols) +
-                     "); expected (" + std::to_string(K) + ",) or (" + std::to_string(B) + ", " + std::to_string(K) + ")");
-    for (float x : m.to_float32()) mask.push_back(x != 0.0f);
+      throw BadInput("--mask: '" + a.mask + "' has shape " +
+                     (m.was_1d ? "(" + std::to_string(m.cols) + ",)"
+                               : "(" + std::to_string(m.rows) + ", " + std::to_string(m.cols) + ")") +
+                     "; expected (" + std::to_string(K) + ",) or (" + std::to_string(B) + ", " + std::to_string(K) + ")");
+    // The one mask rule of every face (C++ takes uint8 0/1, Python and torch bool or 0/1): bool, or the
+    // numbers 0 and 1; anything else (0.5, 2, NaN) has no agreed meaning and is refused.
+    const std::vector<float> values = m.to_float32();
+    for (std::size_t k = 0; k < values.size(); ++k) {
+      if (values[k] != 0.0f && values[k] != 1.0f)
+        throw BadInput("--mask: '" + a.mask + "' holds " + std::to_string(values[k]) + " at row " +
+                       std::to_string(k / K) + ", memory " + std::to_string(k % K) +
+                       "; a mask holds bool or 0/1 (1 leaves the memory out)");
+      mask.push_back(values[k] != 0.0f);
+    }
     mask_rows = m.rows;
   }
   const bool details = !a.details.empty();
@@ -334,7 +345,7 @@ Command add_recall(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   rc->add_option("--values", a->values, "Model B: a store of values (same number of memories as the keys): the result "
                                         "is the attention output over the values (hetero-association)");
-  rc->add_option("--mask", a->mask, "B, C: .npy of bool/int8/uint8, shape (K,) or (B, K); non-zero leaves that memory "
+  rc->add_option("--mask", a->mask, "B, C: .npy of bool or 0/1 numbers, shape (K,) or (B, K); 1 (True) leaves that memory "
                                     "out for that query, as if deleted");
   rc->add_option("--certify", a->certify, "B, C (F = rectified or exp): certified retrieval with this eps in (0, 0.5]: "
                                          "screen the codes (STORE.codes from assocmem index, else built for the run), "

@@ -69,6 +69,27 @@ void check(const AttentionArgs<T>& a) {
     check_finite_array(a.k, checked_mul(a.K, a.d, "keys"), "keys");
     check_finite_array(a.v, checked_mul(a.K, a.dv, "values"), "values");
   }
+  // Scores beta q . k that could overflow T are refused up front (|q . k| <= |q| max|k|, Cauchy-Schwarz),
+  // as the engines do: at beta = 1e38 the softmax became NaN.
+  {
+    double k2 = 0;
+    for (std::size_t mu = 0; mu < a.K; ++mu) {
+      double r2 = 0;
+      for (std::size_t j = 0; j < a.d; ++j) {
+        const double x = bf16 ? double(bf16_to_float(a.k_bf16[mu * a.d + j])) : double(a.k[mu * a.d + j]);
+        r2 += x * x;
+      }
+      k2 = std::max(k2, r2);
+    }
+    const double limit = double(std::numeric_limits<T>::max()) / 4;
+    for (std::size_t i = 0; i < a.n; ++i) {
+      double q2 = 0;
+      for (std::size_t j = 0; j < a.d; ++j) q2 += double(a.q[i * a.d + j]) * double(a.q[i * a.d + j]);
+      const double bound = a.beta * std::sqrt(q2) * std::sqrt(k2);
+      ASSOCMEM_CHECK_ARG(bound < limit, "queries: row ", i, ": beta * |q| * max|k| = ", bound, " exceeds the ",
+                         sizeof(T) == 4 ? "float32" : "float64", " range of the scores; lower beta or scale the inputs");
+    }
+  }
   if (a.bias_rows) {
     ASSOCMEM_CHECK_ARG(a.bias != nullptr, "bias: data is null");
     ASSOCMEM_CHECK_ARG(a.bias_rows == 1 || a.bias_rows == a.n, "bias: ", a.bias_rows, " rows for ", a.n,

@@ -66,7 +66,8 @@ ResolvedOptions resolve(const RetrieveOptions& o, ModelKind model) {
   const std::string m = "model " + to_string(model);
   ResolvedOptions r{o.max_steps.value_or(d.max_steps), o.tol.value_or(d.tol), o.step.value_or(d.step),
                     o.order.value_or(d.order)};
-  ASSOCMEM_CHECK_ARG(r.max_steps > 0, "max_steps must be > 0, got ", r.max_steps);
+  ASSOCMEM_CHECK_ARG(r.max_steps > 0 && r.max_steps <= kMaxRetrieveSteps, "max_steps must be in [1, ", kMaxRetrieveSteps,
+                     "] (each step is a pass over every memory), got ", r.max_steps);
   ASSOCMEM_CHECK_ARG(std::isfinite(r.tol) && r.tol >= 0, "tol must be finite and >= 0, got ", r.tol);
   ASSOCMEM_CHECK_ARG(o.mask.rows == 0 || o.mask.data != nullptr, "mask: rows = ", o.mask.rows, " but data is null");
   if (model == ModelKind::A) {

@@ -535,6 +535,19 @@ TEST(Attention, BadInputIsRefused) {
   std::vector<std::uint8_t> all(4, 1);
   a.mask = {all.data(), 1};
   EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "leaves out every memory");
+  a.mask = {};
+  // Scores that could overflow (beta |q| max|k| beyond a quarter of the type's range) are refused, as
+  // the engines refuse them: at beta = 1e38 float32 scores became inf and the softmax NaN.
+  a.beta = 1e308;
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "exceeds the float64 range");
+  std::vector<float> qf(4, 1.0f), kf(8, 0.5f), outf(4);
+  std::vector<double> lsef(2);
+  AttentionArgs<float> f;
+  f.q = qf.data(), f.n = 2, f.d = 2, f.k = kf.data(), f.K = 4, f.v = kf.data(), f.dv = 2, f.beta = 1e38;
+  EXPECT_THROW_MSG(attention_forward(f, outf.data(), lsef.data()), InvalidArgument, "exceeds the float32 range");
+  f.beta = 1e37;  // |q| max|k| = 1: 1e37 < 8.5e37 passes, and the result is finite
+  attention_forward(f, outf.data(), lsef.data());
+  for (float x : outf) EXPECT_TRUE(std::isfinite(x));
 }
 
 }  // namespace

@@ -77,9 +77,13 @@ class Cancelled : public Error {
 };
 
 /// Options of every retrieval. Unset optionals take the model's default (retrieve_defaults).
+/// The most updates (sweeps for model A) one retrieval may ask for: each is a pass over every memory, so
+/// more is a mistake (1e38 looped for ever), not a long run.
+inline constexpr long kMaxRetrieveSteps = 1000000;
+
 /// Each model refuses, with InvalidArgument naming the option, what it cannot honour.
 struct RetrieveOptions {
-  std::optional<long> max_steps;     ///< > 0: updates (B, C) or sweeps (A)
+  std::optional<long> max_steps;     ///< in [1, kMaxRetrieveSteps]: updates (B, C) or sweeps (A)
   std::optional<double> tol;         ///< >= 0: converged when the change is <= tol (A: flips, so 0)
   std::optional<double> step;        ///< dt / tau_f: B in (0, 1] (1 = eq. 16), C > 0 (eq. 22). Not A.
   std::optional<UpdateOrder> order;  ///< model A only

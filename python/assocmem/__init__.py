@@ -145,17 +145,51 @@ def _batch(queries, dim, what):
     return q, a.shape[:-1], out_dtype
 
 
+def _mask_values(m, what="mask"):
+    """The one mask rule of every face (the CLI's too): bool, or the numbers 0 and 1 (1 = True leaves the
+    memory out), as uint8. Anything else (0.5, 256, NaN, -inf) has no agreed meaning - a cast to uint8
+    read 0.5 and 256 as 0 - and is refused naming the value."""
+    m = _np.asarray(m)
+    if m.dtype == _np.bool_:
+        return m.astype(_np.uint8)
+    if m.dtype.kind not in "iuf":
+        raise TypeError(f"{what} must be a bool array (True leaves a memory out), got dtype {m.dtype}")
+    odd = ~((m == 0) | (m == 1))
+    if odd.any():
+        at = tuple(int(i) for i in _np.argwhere(odd)[0])
+        raise ValueError(f"{what} holds {m[at]!r} at {at}; a mask holds bool or 0/1 (True/1 leaves the memory out)")
+    return m.astype(_np.uint8)
+
+
 def _mask(mask, batch_shape, K):
     """A mask (K,) shared by all queries, or batch_shape + (K,): uint8 (1 or n, K); True = leave out."""
     if mask is None:
         return None
     m = _np.asarray(mask)
     if m.shape == (K,):
-        return _np.ascontiguousarray(m.reshape(1, K), dtype=_np.uint8)
+        return _np.ascontiguousarray(_mask_values(m).reshape(1, K))
     if m.shape == tuple(batch_shape) + (K,):
-        return _np.ascontiguousarray(m.reshape(-1, K), dtype=_np.uint8)
+        return _np.ascontiguousarray(_mask_values(m).reshape(-1, K))
     raise ValueError(f"mask must have shape ({K},) or {tuple(batch_shape) + (K,)} (True leaves a memory out), "
                      f"got {m.shape}")
+
+
+# The most updates (sweeps) one retrieval may ask for, as the library's kMaxRetrieveSteps.
+_MAX_STEPS = 1000000
+
+
+def _whole(value, name, lo=1, hi=_MAX_STEPS):
+    """An integer option: a whole number in [lo, hi] (1.0 is 1; 1.5, True, 1e38 and strings are refused
+    naming the option); None stays None (the model's default)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, _np.integer, _np.floating)):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    if not (_np.isfinite(value) and float(value).is_integer()):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
+    return int(value)
 
 
 def _clamp(clamp, dim):
@@ -164,7 +198,7 @@ def _clamp(clamp, dim):
     c = _np.asarray(clamp)
     if c.shape != (dim,):
         raise ValueError(f"clamp must be a boolean array of shape ({dim},), got {c.shape}")
-    return _np.ascontiguousarray(c, dtype=_np.uint8)
+    return _np.ascontiguousarray(_mask_values(c, "clamp"))
 
 
 def _progress(progress):
@@ -248,7 +282,8 @@ class ModelA:
                          progress=None):
         """Like retrieve(), but returns a Retrieval (states, steps = sweeps, stop, converged, energy)."""
         q, shape, dt = _batch(cues, self.n_features, "cues")
-        r = self._m.retrieve(q, steps, tol, order, seed, energy, _clamp(clamp, self.n_features), _progress(progress))
+        r = self._m.retrieve(q, _whole(steps, "steps"), tol, order, seed, energy, _clamp(clamp, self.n_features),
+                             _progress(progress))
         return Retrieval(r, shape, dt)
 
     def energy(self, states):
@@ -324,12 +359,9 @@ class ModelB:
         (FAISS IVF by default, built on first use; index_candidates() builds another) - fast at very large
         K, but with no bound on what it misses (measured in docs/performance.md). Not with certify."""
         q, shape, dt = _batch(queries, self.n_features, "queries")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-        if approximate is not None and (isinstance(approximate, bool) or int(approximate) != approximate
-                                        or approximate < 1):
-            raise ValueError(f"approximate: the number of candidates must be an integer > 0, got {approximate!r}")
-        r = self._m.retrieve(q, steps, tol, step, top_k, energy, beta, _mask(mask, shape, self.n_memories),
+        top_k = _whole(top_k, "top_k", 0, 2**62)
+        approximate = _whole(approximate, "approximate (the number of candidates)", 1, 2**62)
+        r = self._m.retrieve(q, _whole(steps, "steps"), tol, step, top_k, energy, beta, _mask(mask, shape, self.n_memories),
                              _clamp(clamp, self.n_features), _progress(progress),
                              None if certify is None else float(certify),
                              None if approximate is None else int(approximate))
@@ -429,7 +461,7 @@ class ModelC:
         more than K/16 candidates, e.g. rectified F on memories half of which overlap the state). The
         energy comes from an exact pass."""
         q, shape, dt = _batch(queries, self.n_features, "queries")
-        r = self._m.retrieve(q, steps, tol, step, energy, _mask(mask, shape, self.n_memories),
+        r = self._m.retrieve(q, _whole(steps, "steps"), tol, step, energy, _mask(mask, shape, self.n_memories),
                              _clamp(clamp, self.n_features), _progress(progress),
                              None if certify is None else float(certify))
         return Retrieval(r, shape, dt)

@@ -39,6 +39,8 @@ from typing import Optional, Tuple, Union
 import torch as _torch
 from torch import Tensor, nn
 
+from . import _whole
+
 __all__ = ["Hopfield", "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
 
 _UNBOUNDED_STEPS = 1000  # update_steps_max=None: iterate to the eps test, at most this many updates
@@ -398,11 +400,13 @@ def _steps_per_head(update_steps_max, H):
         if update_steps_max.dim() != 1 or update_steps_max.shape[0] != H:
             raise ValueError(f"update_steps_max as a tensor needs one entry per head ({H}), got shape "
                              f"{tuple(update_steps_max.shape)}")
-        return [None if int(s) < 0 else int(s) for s in update_steps_max]
+        if update_steps_max.is_floating_point():
+            raise TypeError(f"update_steps_max as a tensor must hold integers, got {update_steps_max.dtype}")
+        return [None if int(s) < 0 else _whole(int(s), "update_steps_max", 0) for s in update_steps_max]
     if isinstance(update_steps_max, bool) or not isinstance(update_steps_max, int):
         raise TypeError(f"update_steps_max must be an int, a tensor of one per head or None, got "
                         f"{type(update_steps_max).__name__}")
-    return [None if update_steps_max < 0 else update_steps_max] * H
+    return [None if update_steps_max < 0 else _whole(update_steps_max, "update_steps_max", 0)] * H
 
 
 def _eps_per_head(update_steps_eps, H):
@@ -425,6 +429,9 @@ def _bool_mask(mask, name, additive=False):
     if mask.dtype == _torch.bool:
         return mask
     if mask.dtype == _torch.uint8:
+        if ((mask != 0) & (mask != 1)).any():
+            raise ValueError(f"{name}: a uint8 mask holds 0 and 1 only (1 leaves a memory out), got "
+                             f"{int(mask[(mask != 0) & (mask != 1)][0])}")
         return mask != 0
     if mask.is_floating_point():
         blocked = _torch.isneginf(mask)

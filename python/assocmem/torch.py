@@ -39,7 +39,7 @@ from __future__ import annotations
 import numpy as _np
 import torch as _torch
 
-from . import _core
+from . import _core, _mask_values, _whole
 
 __all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "Hopfield",
            "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
@@ -219,11 +219,11 @@ def _prepare(queries, keys, values, beta, mask):
     batch_shape, K = queries.shape[:-1], keys.shape[0]
     m = None
     if mask is not None:
-        mk = _np.asarray(mask.cpu().numpy() if isinstance(mask, _torch.Tensor) else mask)
+        mk = _np.asarray(mask.detach().cpu().numpy() if isinstance(mask, _torch.Tensor) else mask)
         if mk.shape == (K,):
-            m = _np.ascontiguousarray(mk.reshape(1, K), dtype=_np.uint8)
+            m = _np.ascontiguousarray(_mask_values(mk).reshape(1, K))
         elif mk.shape == tuple(batch_shape) + (K,):
-            m = _np.ascontiguousarray(mk.reshape(-1, K), dtype=_np.uint8)
+            m = _np.ascontiguousarray(_mask_values(mk).reshape(-1, K))
         else:
             raise ValueError(f"mask must have shape ({K},) or {tuple(batch_shape) + (K,)}, got {mk.shape}")
     b = beta if isinstance(beta, _torch.Tensor) else _torch.tensor(float(beta), dtype=dtype)
@@ -246,8 +246,7 @@ def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=
     y = g + J^T y (J = df/dv at v*) by fixed-point iteration with the fused vector-Jacobian products, so
     memory does not grow with steps. The gradient then reaches the keys, the values and beta, not the
     queries: a fixed point does not depend on where the iteration started (implicit function theorem)."""
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a whole number >= 1, got {steps}")
+    steps = _whole(steps, "steps")
     batch_shape, q, b, m = _prepare(queries, keys, values, beta, mask)
     if not implicit:
         for _ in range(int(steps) - 1):
@@ -314,9 +313,7 @@ def spherical_retrieve(queries, memories, *, F=None, n=None, beta=1.0, alpha=1.0
     "exp" (power n, gain beta). Defaults as ModelC's (the library's table). Returns (..., d)."""
     F, n = _interaction(F, n)
     step = _DEF_C["step"] if step is None else float(step)
-    steps = _DEF_C["max_steps"] if steps is None else steps
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a whole number >= 1, got {steps}")
+    steps = _whole(_DEF_C["max_steps"] if steps is None else steps, "steps")
     if not step > 0:
         raise ValueError(f"step must be > 0, got {step}")
     batch_shape, v, _, m = _prepare(queries, memories, None, 1.0, mask)

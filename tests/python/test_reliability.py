@@ -82,6 +82,32 @@ def test_recall_numbers_give_clear_errors(cli, d):
     assert len(json.loads((d / "det.json").read_text())["results"][0]["top_ids"]) == 50
 
 
+def test_masks_hold_bool_or_zero_one_everywhere(cli, d):
+    """Issue 23: Python cast masks to uint8 (0.5 and 256 left a memory in, the CLI treated any non-zero as
+    masked). One rule on every face: bool, or the numbers 0 and 1; anything else is refused naming it.
+    The CLI names a 1-D mask's shape as given ((49,), not (1, 49))."""
+    m = make_store(cli, d)
+    X = np.load(d / "p.npy")
+    q = np.load(d / "q.npy")
+    B = am.ModelB(X, beta=4.0)
+    for odd in (0.5, 256.0, np.nan, -np.inf, 2):
+        with pytest.raises(ValueError, match="a mask holds bool or 0/1"):
+            B.retrieve(q, mask=np.full(50, odd))
+        np.save(d / "odd.npy", np.full(50, odd, np.float32))
+        bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--mask", d / "odd.npy"), "a mask holds bool or 0/1")
+    with pytest.raises(ValueError, match="clamp holds 3"):
+        B.retrieve(q, clamp=np.full(8, 3))
+    one = np.zeros(50, np.int64)
+    one[7] = 1
+    np.testing.assert_array_equal(B.retrieve(q, mask=one), B.retrieve(q, mask=one.astype(bool)))
+    np.save(d / "short.npy", np.zeros(49, bool))
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--mask", d / "short.npy"), "has shape (49,); expected (50,)")
+    for steps, err in ((1e38, ValueError), (1.5, ValueError), (True, TypeError)):
+        with pytest.raises(err, match="steps must be"):
+            B.retrieve(q, steps=steps)
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--steps", "2000000"), "max_steps must be in [1, 1000000]")
+
+
 def test_huge_beta_recalls_the_nearest_memory(cli, d):
     m = make_store(cli, d)
     r = run(cli, "recall", m, d / "q.npy", d / "o.npy", "--beta", "1e31")

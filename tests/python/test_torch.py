@@ -187,6 +187,25 @@ def test_bad_input_is_a_clear_error():
         at.hopfield_retrieve(q, k, steps=0)
     with pytest.raises(ValueError, match="NaN"):
         at.hopfield_retrieve(q * float("nan"), k)
+    # Issue 23: masks were cast to uint8 (0.5 and 256 left the memory in); absurd step counts looped;
+    # beta = 1e38 gave NaN. Masks are bool or 0/1, steps a whole number <= 10^6, scores within range.
+    K = k.shape[0]
+    for odd in (0.5, 256.0, float("nan"), float("-inf"), 2):
+        with pytest.raises(ValueError, match="a mask holds bool or 0/1"):
+            at.hopfield_retrieve(q, k, mask=torch.full((K,), odd))
+    ones = torch.zeros(K, dtype=torch.int64)
+    ones[3] = 1
+    torch.testing.assert_close(at.hopfield_retrieve(q, k, mask=ones),
+                               at.hopfield_retrieve(q, k, mask=ones.bool()), rtol=0, atol=0)
+    for steps, err in ((1e38, ValueError), (1.5, ValueError), (True, TypeError), ("3", TypeError)):
+        with pytest.raises(err, match="steps must be"):
+            at.hopfield_retrieve(q, k, steps=steps)
+        with pytest.raises(err, match="steps must be"):
+            at.spherical_retrieve(q, k, steps=steps)
+    with pytest.raises(ValueError, match="exceeds the float32 range of the scores"):
+        at.hopfield_retrieve(q, k, beta=1e38)
+    with pytest.raises(ValueError, match="exceeds the float64 range"):
+        at.hopfield_retrieve(q.double(), k.double(), beta=1e307)
 
 
 def test_no_score_matrix_is_stored(tmp_path):

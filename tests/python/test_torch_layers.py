@@ -564,6 +564,11 @@ def test_bad_inputs_are_refused():
         m((stored, state, proj), stored_pattern_padding_mask=torch.ones(3, 20, dtype=torch.bool))
     with pytest.raises(TypeError, match="tuple"):
         m([stored, state, proj])
+    with pytest.raises(ValueError, match="a uint8 mask holds 0 and 1 only"):
+        m((stored, state, proj), stored_pattern_padding_mask=torch.full((3, 20), 2, dtype=torch.uint8))
+    for steps in (10**7, 2**40):
+        with pytest.raises(ValueError, match="update_steps_max must be in"):
+            Hopfield(input_size=8, update_steps_max=steps)
 
 
 def test_hopfield_pooling_learns_to_detect_a_motif():
