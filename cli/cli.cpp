@@ -52,7 +52,14 @@ int run(int argc, char** argv) {
   }
   try {
     for (const Command& c : commands)
-      if (*c.app) return c.run(as_json);
+      if (*c.app) {
+        // Every file the command writes is staged and committed when it returns (nothing when it
+        // throws): a command with several outputs writes all of them or none (assocmem/io.hpp).
+        OutputBatch outputs;
+        const int rc = c.run(as_json);
+        outputs.commit();
+        return rc;
+      }
   } catch (...) {
     std::string msg;
     const int code = exit_code_of(std::current_exception(), msg);

@@ -89,7 +89,7 @@ void draw_plot(const std::string& kind, const std::string& csv, const std::strin
                const std::vector<std::string>& extra) {
   const TempFolder folder;
   const TempPath data(folder.path() + "/data.csv"), png(folder.path() + "/plot.png");
-  write_file_atomically(data.path(), {{csv.data(), csv.size()}});
+  detail::write_file_now(data.path(), {{csv.data(), csv.size()}});  // the plotter reads it now
   std::vector<std::string> args = {"-m", "assocmem.plot", kind, data.path(), png.path()};
   args.insert(args.end(), extra.begin(), extra.end());
   if (run_python(args) != 0)

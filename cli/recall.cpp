@@ -97,8 +97,18 @@ json details_of(const Retrieval& r, std::size_t i) {
 }
 
 int recall(const RecallArgs& a, bool as_json) {
-  check_distinct({{"store", a.store}, {"queries", a.queries}, {"values", a.values}, {"mask", a.mask}},
-                 {{"output", a.output}, {"details", a.details}});
+  // Every file the command reads, directly or through another (the shards a manifest names, the codes
+  // beside the store that --certify reads), is known here, before anything is written, and none can be
+  // an output.
+  std::vector<std::pair<std::string, std::string>> inputs = {
+      {"store", a.store}, {"queries", a.queries}, {"values", a.values}, {"mask", a.mask}};
+  if (is_manifest(a.store)) {
+    const ShardManifest m = read_manifest(a.store);
+    for (std::size_t i = 0; i < m.shards.size(); ++i) inputs.emplace_back("shard", m.shard_path(i));
+  } else if (a.certify) {
+    inputs.emplace_back("codes", CodeIndex::default_path(a.store));
+  }
+  check_distinct(inputs, {{"output", a.output}, {"details", a.details}});
   if (a.top_k < 0) throw BadInput("--top-k must be >= 0, got " + std::to_string(a.top_k));
   const ModelKind model = parse_model(a.model);
   EngineOptions eo;

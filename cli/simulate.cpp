@@ -25,7 +25,9 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
   const std::string text = InputFile(a.config, "config").read_all(std::size_t{64} << 20);
   const fs::path base = fs::path(a.config).parent_path();
   SimulationConfig cfg = parse_simulation_config(text, base.string(), "config '" + a.config + "'");
-  check_distinct({{"config", a.config}, {"xi", cfg.xi_path}}, {{"output", a.output}, {"plot", a.plot}});
+  std::vector<std::pair<std::string, std::string>> inputs = {{"config", a.config}};
+  inputs.insert(inputs.end(), cfg.inputs.begin(), cfg.inputs.end());  // xi and the arrays it names
+  check_distinct(inputs, {{"output", a.output}, {"plot", a.plot}});
   const Network& net = *cfg.network;
   SimulateOptions& o = cfg.options;
   const Network::EnergyBound bound = net.energy_bound();  // Section 2's condition, flagged when violated

@@ -1,5 +1,6 @@
 // assocmem store: build a memory store from a .npy file of patterns.
 #include "common.hpp"
+#include "ranks.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -22,30 +23,32 @@ struct StoreArgs {
 };
 
 int cmd_store(const StoreArgs& a, bool dtype_given, bool as_json) {
+  if (under_mpirun())
+    throw BadInput("store: started by mpirun, every rank would write the store (--append would append once per "
+                   "rank); run it as one process");
   check_distinct({{"input", a.input}}, {{"store", a.output}});
   const DType dtype = parse_dtype(a.dtype);
-  std::size_t count = 0, dim = 0;
-  DType written = dtype;
+  check_distinct({{"input", a.input}}, {{"codes", a.codes ? CodeIndex::default_path(a.output) : std::string()}});
+  // The store as written (its file, and with --codes the codes beside it, are committed together when
+  // the command ends: cli.cpp's OutputBatch).
+  MemoryStore s(1, dtype);
   if (a.append) {
     const Patterns p = read_patterns(a.input, a.normalize);
-    dim = p.cols;
     try {
       // Under the folder lock from the read to the rename: concurrent appends are all kept.
-      count = MemoryStore::append_to_file(a.output, p.rows.data(), p.count, p.cols, dtype, dtype_given);
-      written = MemoryStore::open(a.output, {false, Access::Map}).dtype();
+      MemoryStore::append_to_file(a.output, p.rows.data(), p.count, p.cols, dtype, dtype_given, &s);
     } catch (const InvalidArgument& e) {
       throw BadInput("'" + a.input + "': " + e.what() + (dtype == DType::Bits ? " (use --normalize sign)" : ""));
     }
   } else {
-    const MemoryStore s = store_from_npy(a.input, dtype, a.normalize);
+    s = store_from_npy(a.input, dtype, a.normalize);
     s.save(a.output);
-    count = s.size();
-    dim = s.dim();
   }
+  const std::size_t count = s.size(), dim = s.dim();
+  const DType written = s.dtype();
   json out = {{"store", a.output}, {"count", count}, {"dim", dim}, {"dtype", to_string(written)}};
   std::string codes_note;
   if (a.codes) {  // the codes of certified retrieval at store time (as `assocmem index` writes them)
-    const MemoryStore s = MemoryStore::open(a.output, {true, Access::Map});
     if (s.dtype() == DType::Bits)
       throw BadInput("--codes: a store of bits (+-1 patterns, model A) has no codes; certified retrieval is for "
                      "models B and C over float32 or bfloat16");

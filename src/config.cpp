@@ -60,7 +60,8 @@ LagrangianPtr lagrangian_from_json(const json& j, const std::string& where) {
 }
 
 // A vector given inline ([...]) or as a .npy path relative to the config file.
-Vector vector_from_json(const json& j, const std::string& base, const std::string& where) {
+Vector vector_from_json(const json& j, const std::string& base, const std::string& where,
+                        std::vector<std::pair<std::string, std::string>>& inputs, const std::string& role) {
   if (j.is_array()) {
     Vector v(static_cast<Eigen::Index>(j.size()));
     for (std::size_t i = 0; i < j.size(); ++i) {
@@ -70,7 +71,8 @@ Vector vector_from_json(const json& j, const std::string& base, const std::strin
     return v;
   }
   if (j.is_string()) {
-    const Matrix m = read_npy(join_path(base, j.get<std::string>())).to_matrix();
+    inputs.emplace_back(role, join_path(base, j.get<std::string>()));
+    const Matrix m = read_npy(inputs.back().second).to_matrix();
     return Eigen::Map<const Vector>(m.data(), m.size());
   }
   throw InvalidArgument(where + " must be a list of numbers or a .npy path");
@@ -94,7 +96,8 @@ SimulationConfig parse_simulation_config(const std::string& text, const std::str
   p.tau_f = number(c, "tau_f", 1.0, where);
   p.tau_h = number(c, "tau_h", 1.0, where);
   p.alpha = number(c, "alpha", 1.0, where);
-  if (c.contains("current")) p.current = vector_from_json(c["current"], base, where + ": \"current\"");
+  out.inputs.emplace_back("xi", out.xi_path);
+  if (c.contains("current")) p.current = vector_from_json(c["current"], base, where + ": \"current\"", out.inputs, "current");
   out.network = std::make_unique<Network>(read_npy(out.xi_path).to_matrix(),
                                           lagrangian_from_json(c["feature"], where + ": \"feature\""),
                                           lagrangian_from_json(c["hidden"], where + ": \"hidden\""), p);
@@ -113,8 +116,8 @@ SimulationConfig parse_simulation_config(const std::string& text, const std::str
   o.fixed_point_tol = number(c, "fixed_point_tol", 0.0, where);
   o.record_every = integer(c, "record_every", 1L, where);
   o.validate();
-  out.v0 = vector_from_json(c["v0"], base, where + ": \"v0\"");
-  if (c.contains("h0")) out.h0 = vector_from_json(c["h0"], base, where + ": \"h0\"");
+  out.v0 = vector_from_json(c["v0"], base, where + ": \"v0\"", out.inputs, "v0");
+  if (c.contains("h0")) out.h0 = vector_from_json(c["h0"], base, where + ": \"h0\"", out.inputs, "h0");
   return out;
 }
 

@@ -378,20 +378,36 @@ FolderLock::~FolderLock() {
 }
 
 // ------------------------------------------------------------------------------------------------
-void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts) {
-  const std::string target = resolve_output(path);
-  auto bad = [&](const std::string& why) {
-    return IoError("cannot write '" + path + "'" + (target != path ? " (-> '" + target + "')" : std::string()) + ": " +
-                   why);
-  };
+namespace {
+// A file written to its temporary (fsynced, closed) under the folder lock, not yet renamed.
+struct Staged {
+  std::string path, target, tmp, dir;
+  int slot = -1;
+  std::unique_ptr<FolderLock> lock;
+};
+
+thread_local OutputBatch* t_batch = nullptr;
+
+IoError write_error(const std::string& path, const std::string& target, const std::string& why) {
+  return IoError("cannot write '" + path + "'" + (target != path ? " (-> '" + target + "')" : std::string()) + ": " +
+                 why);
+}
+
+Staged stage_file(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts) {
+  Staged st;
+  st.path = path;
+  st.target = resolve_output(path);
+  const std::string& target = st.target;
+  auto bad = [&](const std::string& why) { return write_error(path, target, why); };
   struct stat sb {};
   if (::stat(target.c_str(), &sb) == 0 && !S_ISREG(sb.st_mode))
     throw bad(std::string("it is a ") + file_type(sb.st_mode) + "; outputs must be regular files or new paths");
-  const FolderLock lock(target);
+  st.lock = std::make_unique<FolderLock>(target);
   const bool exists = ::stat(target.c_str(), &sb) == 0;  // again, under the lock
   if (exists && !S_ISREG(sb.st_mode))
     throw bad(std::string("it is a ") + file_type(sb.st_mode) + "; outputs must be regular files or new paths");
-  const std::string dir = dirname_of(target);
+  st.dir = dirname_of(target);
+  const std::string& dir = st.dir;
   std::string tmp;
   int fd = -1, slot = -1;
   for (int attempt = 0; fd < 0; ++attempt) {
@@ -440,19 +456,72 @@ void write_file_atomically(const std::string& path, const std::vector<std::pair<
     unregister_cleanup(slot);
     throw bad("close failed: " + reason);
   }
-  if (std::rename(tmp.c_str(), target.c_str()) != 0) {
+  st.tmp = tmp;
+  st.slot = slot;
+  return st;
+}
+
+void discard(Staged& st) {
+  if (st.slot < 0) return;
+  ::unlink(st.tmp.c_str());
+  unregister_cleanup(st.slot);
+  st.slot = -1;
+}
+
+void commit_staged(Staged& st) {
+  if (std::rename(st.tmp.c_str(), st.target.c_str()) != 0) {
     const std::string reason = errno_text(errno);
-    ::unlink(tmp.c_str());
-    unregister_cleanup(slot);
-    throw bad("rename failed: " + reason);
+    discard(st);
+    throw write_error(st.path, st.target, "rename failed: " + reason);
   }
-  unregister_cleanup(slot);
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  unregister_cleanup(st.slot);
+  st.slot = -1;
+  const int dfd = ::open(st.dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {  // make the rename durable; best effort
     ::fsync(dfd);
     ::close(dfd);
   }
 }
+}  // namespace
+
+struct OutputBatch::Impl {
+  std::vector<Staged> staged;
+  OutputBatch* outer = nullptr;
+};
+
+OutputBatch::OutputBatch() : impl_(std::make_unique<Impl>()) {
+  impl_->outer = t_batch;
+  t_batch = this;
+}
+
+OutputBatch::~OutputBatch() {
+  for (Staged& st : impl_->staged) discard(st);
+  t_batch = impl_->outer;
+}
+
+std::size_t OutputBatch::staged() const { return impl_->staged.size(); }
+
+void OutputBatch::commit() {
+  if (t_batch == this) t_batch = impl_->outer;  // later writes on this thread go straight to their files
+  for (Staged& st : impl_->staged) commit_staged(st);
+  impl_->staged.clear();
+}
+
+void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts) {
+  Staged st = stage_file(path, parts);
+  if (t_batch) {
+    t_batch->impl_->staged.push_back(std::move(st));
+    return;
+  }
+  commit_staged(st);
+}
+
+namespace detail {
+void write_file_now(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts) {
+  Staged st = stage_file(path, parts);
+  commit_staged(st);
+}
+}  // namespace detail
 
 // ------------------------------------------------------------------------------------------------
 TempPath::TempPath(std::string path) : path_(std::move(path)), slot_(register_cleanup(path_, false)) {}

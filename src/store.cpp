@@ -532,7 +532,7 @@ MemoryStore MemoryStore::open(const std::string& path, const OpenOptions& option
 }
 
 std::size_t MemoryStore::append_to_file(const std::string& path, const float* rows, std::size_t n, std::size_t dim,
-                                        DType dtype_if_new, bool require_dtype) {
+                                        DType dtype_if_new, bool require_dtype, MemoryStore* result) {
   const FolderLock lock(path);  // held from the read to the rename: concurrent appends serialise
   struct stat sb {};
   const std::string target = resolve_output(path);
@@ -544,7 +544,9 @@ std::size_t MemoryStore::append_to_file(const std::string& path, const float* ro
                      " was asked for but store '", path, "' holds ", to_string(s.dtype()));
   s.append(rows, n);
   s.save(path);
-  return s.size();
+  const std::size_t count = s.size();
+  if (result) *result = std::move(s);
+  return count;
 }
 
 }  // namespace assocmem

@@ -305,6 +305,63 @@ TEST(Outputs, AnOutputThatIsAnInputIsRefused) {
   EXPECT_NO_THROW(check_distinct({{"store", dir.file("mem.amem")}}, {{"output", dir.file("o.npy")}, {"details", ""}}));
 }
 
+// Outputs staged in an OutputBatch appear together at commit() and not at all when the batch is
+// dropped (an exception between two writes): the old files stay, no temporaries remain; write_file_now
+// is not staged (a child process reads such files); batches nest.
+TEST(Outputs, ABatchCommitsAllOrNothing) {
+  TempDir dir;
+  auto temporaries = [&] {
+    std::size_t n = 0;
+    for (const auto& e : fs::directory_iterator(dir.file(".")))
+      n += e.path().filename().string().rfind(".assocmem-tmp.", 0) == 0;
+    return n;
+  };
+  auto put = [](const std::string& path, const std::string& text) {
+    write_file_atomically(path, {{text.data(), text.size()}});
+  };
+  auto text = [](const std::string& path) {
+    const auto b = read_all(path);
+    return std::string(b.begin(), b.end());
+  };
+  put(dir.file("a"), "old a");
+  try {
+    OutputBatch batch;
+    put(dir.file("a"), "new a");
+    put(dir.file("b"), "new b");
+    EXPECT_EQ(batch.staged(), 2u);
+    EXPECT_EQ(text(dir.file("a")), "old a");  // nothing visible before commit
+    EXPECT_FALSE(fs::exists(dir.file("b")));
+    EXPECT_EQ(temporaries(), 2u);
+    put(dir.file("missing/c"), "c");  // the third output fails: IoError
+    batch.commit();
+    FAIL() << "the third output should have failed";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("missing/c"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(text(dir.file("a")), "old a");
+  EXPECT_FALSE(fs::exists(dir.file("b")));
+  EXPECT_EQ(temporaries(), 0u);
+  {
+    OutputBatch batch;
+    put(dir.file("a"), "new a");
+    detail::write_file_now(dir.file("now"), {{"x", 1}});
+    EXPECT_TRUE(fs::exists(dir.file("now")));
+    {
+      OutputBatch inner;
+      put(dir.file("b"), "inner b");
+      inner.commit();
+    }
+    EXPECT_EQ(text(dir.file("b")), "inner b");
+    put(dir.file("c"), "c");
+    batch.commit();
+  }
+  EXPECT_EQ(text(dir.file("a")), "new a");
+  EXPECT_EQ(text(dir.file("c")), "c");
+  EXPECT_EQ(temporaries(), 0u);
+  put(dir.file("d"), "after");  // no batch active any more: written at once
+  EXPECT_EQ(text(dir.file("d")), "after");
+}
+
 // ---- locks ---------------------------------------------------------------------------------------
 TEST(Locks, FolderLockIsReentrantAndSerialisesThreads) {
   TempDir dir;

@@ -13,6 +13,8 @@
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "assocmem/dynamics.hpp"
 #include "assocmem/network.hpp"
@@ -24,6 +26,9 @@ struct SimulationConfig {
   Vector v0, h0;  ///< h0 empty: start the hidden neurons at their steady state (eq. 5)
   SimulateOptions options;
   std::string xi_path;  ///< the .npy the memories were read from (an input of the run)
+  /// Every file the description named and the run read: ("xi", path), and ("v0" | "h0" | "current", path)
+  /// for arrays given as .npy paths (a command must not write over any of them).
+  std::vector<std::pair<std::string, std::string>> inputs;
 };
 
 /// Parses and validates a simulation description. `name` is used in messages (e.g. the file name).

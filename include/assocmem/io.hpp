@@ -29,6 +29,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -91,8 +92,34 @@ class FolderLock {
 };
 
 /// Writes the concatenation of `parts` to `path` atomically, under the folder lock, following the
-/// output rules above. Throws IoError naming the path.
+/// output rules above. Throws IoError naming the path. Inside an OutputBatch (below) the file is only
+/// staged: its temporary is written and synced, and renamed onto `path` when the batch commits.
 void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts);
+
+/// All outputs of one command, committed together or not at all (issue 23: a command with two outputs
+/// replaced the first and then failed on the second). While a batch exists, every
+/// write_file_atomically on its thread (stores, codes, .npy, JSON, CSV, PNG) writes and syncs its
+/// temporary and keeps it, holding the folder lock; commit() renames them all onto their targets in
+/// the order they were written; a batch destroyed without commit() removes them, so a failure anywhere
+/// (an unwritable second output, a full disk, an exception between the writes) replaces nothing.
+/// Renames within a folder do not fail in practice once the temporaries exist; if one does, the files
+/// renamed before it stay and the error names the one that failed. Batches nest (the innermost is
+/// active); commit() makes the enclosing one active again.
+class OutputBatch {
+ public:
+  OutputBatch();
+  ~OutputBatch();
+  OutputBatch(const OutputBatch&) = delete;
+  OutputBatch& operator=(const OutputBatch&) = delete;
+  void commit();
+  std::size_t staged() const;  ///< files waiting for commit()
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  friend void write_file_atomically(const std::string&, const std::vector<std::pair<const void*, std::size_t>>&);
+};
 
 /// A path removed when this object is destroyed, and by the signal cleanup when the process is
 /// interrupted (a plot's intermediate CSV, a temporary file).
@@ -129,6 +156,10 @@ class TempFolder {
 void install_signal_cleanup();
 
 namespace detail {
+/// write_file_atomically outside any OutputBatch: renamed at once (intermediate files a child process
+/// reads, such as a plot's data).
+void write_file_now(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts);
+
 /// A child process (e.g. the plotter the CLI runs) that the signal cleanup kills and reaps before it
 /// removes the temporaries, so that the child cannot write into them meanwhile; 0 clears it.
 void set_cleanup_child(pid_t pid);

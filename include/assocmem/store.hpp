@@ -156,9 +156,9 @@ class MemoryStore {
   /// Appends n rows (n x dim float32) to the store file at `path` under the folder lock, creating it
   /// with `dtype_if_new` when it does not exist. `dtype` (optional, 0 = any) must match an existing
   /// store's. Concurrent appenders serialise: every call that returns is in the file. Returns the
-  /// new number of memories.
+  /// new number of memories; with `result`, also the store as written.
   static std::size_t append_to_file(const std::string& path, const float* rows, std::size_t n, std::size_t dim,
-                                    DType dtype_if_new, bool require_dtype = false);
+                                    DType dtype_if_new, bool require_dtype = false, MemoryStore* result = nullptr);
 
   /// Throws IoError when the file of a mapped store shrank while it was mapped (the data read since
   /// is invalid). A no-op for stores in memory.

@@ -248,6 +248,63 @@ def test_an_output_that_is_an_input_is_refused(cli, d):
     assert m.read_bytes() == before and (d / "p.npy").read_bytes() == p
 
 
+def test_files_read_through_another_are_inputs_too(cli, d):
+    """Issue 23: the shards of a manifest, the codes beside a store that --certify reads and the arrays a
+    simulation description names were not known as inputs: `recall manifest.json q.npy <a shard>` exited 0
+    and overwrote the shard, `simulate cfg.json -o <its v0.npy>` replaced the input, `recall s.amem q.npy
+    s.amem.codes --certify` replaced the codes it read. Every file a command reads is known before any
+    write and cannot be an output; nothing is changed."""
+    m = make_store(cli, d)
+    assert run(cli, "shard", m, d / "sh", "--parts", "2").returncode == 0
+    shard = sorted(p for p in (d / "sh").iterdir() if p.suffix == ".amem")[1]
+    before = {p: p.read_bytes() for p in (d / "sh").iterdir()}
+    bad(run(cli, "recall", d / "sh" / "manifest.json", d / "q.npy", shard), "same file as the shard")
+    bad(run(cli, "recall", d / "sh" / "manifest.json", d / "q.npy", d / "o.npy", "--details", shard), "the shard")
+    assert {p: p.read_bytes() for p in (d / "sh").iterdir()} == before
+    assert run(cli, "index", m).returncode == 0
+    codes = pathlib.Path(str(m) + ".codes")
+    c = codes.read_bytes()
+    bad(run(cli, "recall", m, d / "q.npy", codes, "--certify", "1e-3"), "same file as the codes")
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--certify", "1e-3", "--details", codes), "the codes")
+    assert codes.read_bytes() == c
+    X = np.load(d / "p.npy")
+    np.save(d / "xi.npy", X[:5].astype(np.float64))
+    np.save(d / "v0.npy", X[0].astype(np.float64))
+    np.save(d / "cur.npy", np.zeros(8))
+    (d / "cfg.json").write_text(json.dumps({"xi": "xi.npy", "feature": {"name": "identity"}, "hidden": {"name": "softplus"},
+                                            "v0": "v0.npy", "current": "cur.npy", "t_end": 1.0}))
+    v0, cur = (d / "v0.npy").read_bytes(), (d / "cur.npy").read_bytes()
+    bad(run(cli, "simulate", d / "cfg.json", "-o", d / "v0.npy"), "same file as the v0")
+    bad(run(cli, "simulate", d / "cfg.json", "-o", d / "out.npy", "--plot", d / "cur.npy"), "same file as the current")
+    assert (d / "v0.npy").read_bytes() == v0 and (d / "cur.npy").read_bytes() == cur
+    assert run(cli, "simulate", d / "cfg.json", "-o", d / "out.npy").returncode == 0
+
+
+def test_outputs_are_committed_together_or_not_at_all(cli, d):
+    """Issue 23: commands with two outputs replaced the first and then failed on the second (--details into
+    a missing folder). Every output of a command is staged and committed together when it succeeds."""
+    m = make_store(cli, d)
+    (d / "o.npy").write_bytes(b"old")
+    r = run(cli, "recall", m, d / "q.npy", d / "o.npy", "--details", d / "missing" / "det.json")
+    assert r.returncode == 2 and "missing" in r.stderr, r.stderr
+    assert (d / "o.npy").read_bytes() == b"old"
+    assert not [f for f in os.listdir(d) if f.startswith(".assocmem-tmp.")]
+    (d / "new.amem.codes").write_bytes(b"old codes")
+    os.chmod(d, 0o755)
+    r = run(cli, "store", d / "p.npy", d / "new.amem", "--codes")
+    assert r.returncode == 0, r.stderr
+    assert (d / "new.amem.codes").read_bytes() != b"old codes"   # written with the store
+    assert run(cli, "recall", d / "new.amem", d / "q.npy", d / "o2.npy", "--certify", "1e-3").returncode == 0
+    r = run(cli, "recall", m, d / "q.npy", d / "o.npy", "--details", d / "det.json")
+    assert r.returncode == 0 and (d / "o.npy").read_bytes() != b"old" and (d / "det.json").is_file()
+    # `store --append` under mpirun appended once per rank: a command that writes one store runs as one
+    # process (mpirun sets OMPI_COMM_WORLD_SIZE in every rank).
+    n = len(am.MemoryStore.open(str(m)))
+    r = run(cli, "store", d / "p.npy", m, "--append", env=dict(os.environ, OMPI_COMM_WORLD_SIZE="2"))
+    bad(r, "run it as one process")
+    assert len(am.MemoryStore.open(str(m))) == n
+
+
 def test_special_files_are_refused_and_not_replaced(cli, d):
     m = make_store(cli, d)
     fifo = d / "fifo"
