@@ -16,8 +16,10 @@ random and fixed orders visit one neuron at a time: a collective per visit). Not
 """
 from __future__ import annotations
 
+import hashlib
+
 from . import _core
-from . import Retrieval, _batch, _DEF
+from . import Retrieval, _batch, _DEF, _whole
 
 __all__ = ["ShardedMemory"]
 
@@ -52,30 +54,61 @@ class ShardedMemory:
         return self.retrieve_details(queries, model, steps, tol, step, beta=beta, F=F, n=n, alpha=alpha,
                                      energy=False).states
 
+    def _agreed(self, checks, signature):
+        """Runs `checks` (the Python side's argument checks; returns the checked arguments) on every rank,
+        then agrees before any collective (issue 23: a check failing on one rank - an empty batch, a wrong
+        dimension, top_k = -1 - left the other ranks waiting for ever in the pass): a failure on any rank
+        raises the same exception on every rank, naming the rank; and every rank must have passed the same
+        call (signature(args): the queries' shape and checksum and the options), else ValueError naming
+        the first rank that differs."""
+        args, err = None, None
+        try:
+            args = checks()
+        except (ValueError, TypeError) as e:
+            err = (type(e).__name__, str(e))
+        errs = self._comm.allgather(err)
+        failed = [(r, e) for r, e in enumerate(errs) if e is not None]
+        if failed:
+            r, (kind, msg) = failed[0]
+            more = f" (and {len(failed) - 1} other rank{'s' if len(failed) > 2 else ''})" if len(failed) > 1 else ""
+            raise (TypeError if kind == "TypeError" else ValueError)(f"rank {r}{more}: {msg}")
+        sigs = self._comm.allgather(signature(args))
+        for r, sig in enumerate(sigs):
+            if sig != sigs[0]:
+                raise ValueError(f"rank {r} passed other queries or options than rank 0 ({sig} vs {sigs[0]}); "
+                                 "every rank passes the same call")
+        return args
+
     def retrieve_details(self, queries, model="B", steps=None, tol=None, step=None, *, beta=1.0, F=None, n=None,
                          alpha=1.0, top_k=0, energy=True):
         """Like retrieve(), but a Retrieval (steps, stop, energy; top_ids and top_weights for model B)."""
-        q, shape, dt = _batch(queries, self._s.dim, "queries")
-        if top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {top_k}")
-        if model == "A":
-            if top_k:
-                raise ValueError("top_k: model A reports no top memories")
-            if step is not None:
+        def checks():
+            q, shape, dt = _batch(queries, self._s.dim, "queries")
+            k = _whole(top_k, "top_k", 0, 2**62)
+            if model not in ("A", "B", "C"):
+                raise ValueError(f"model must be 'A', 'B' or 'C', got {model!r}")
+            if model != "B" and k:
+                raise ValueError(f"top_k: model {model} reports no top memories")
+            if model == "A" and step is not None:
                 raise ValueError("step: model A takes no step size")
+            return q, shape, dt, k, _whole(steps, "steps")
+
+        def signature(args):
+            q = args[0]
+            return repr((q.shape, hashlib.blake2b(q.tobytes(), digest_size=16).hexdigest(), model, args[4], tol, step,
+                         beta, F, n, alpha, args[3], bool(energy)))
+
+        q, shape, dt, top_k, steps = self._agreed(checks, signature)
+        if model == "A":
             d = _DEF["A"]
             r = self._s.retrieve_a(q, F or d["F"], float(d["n"] if n is None else n), float(beta), steps, tol,
                                    bool(energy), self._threads)
         elif model == "B":
             r = self._s.retrieve_b(q, float(beta), steps, tol, step, int(top_k), bool(energy), self._threads)
-        elif model == "C":
-            if top_k:
-                raise ValueError("top_k: model C reports no top memories")
+        else:
             d = _DEF["C"]
             r = self._s.retrieve_c(q, F or d["F"], float(d["n"] if n is None else n), float(beta), float(alpha), steps,
                                    tol, step, bool(energy), self._threads)
-        else:
-            raise ValueError(f"model must be 'A', 'B' or 'C', got {model!r}")
         return Retrieval(r, shape, dt)
 
     rank = property(lambda self: self._s.rank, doc="This process's rank in comm.")

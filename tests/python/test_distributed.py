@@ -278,3 +278,51 @@ def test_python_front_model_a(cli, binary, tmp_path, ranks):
     assert res["power"] and res["exp"], res
     assert res["power_energy"] < 1e-12 and res["exp_energy"] < 1e-12, res
     assert "cues: row 0 element 0 is 0.5" in res["bad"], res
+
+
+PY_DISAGREE = r"""
+import json, sys
+import numpy as np
+import assocmem.distributed as ad
+manifest, queries, out = sys.argv[1:4]
+q = np.load(queries)
+mem = ad.ShardedMemory(manifest)
+last = mem.ranks - 1   # the one rank that goes wrong
+cases = {
+    "empty": lambda: mem.retrieve(q[:0] if mem.rank == last else q),
+    "dimension": lambda: mem.retrieve(q[:, :5] if mem.rank == last else q),
+    "top_k": lambda: mem.retrieve_details(q, top_k=-1 if mem.rank == last else 3),
+    "batch": lambda: mem.retrieve(q[:3] if mem.rank == last else q),
+    "steps": lambda: mem.retrieve(q, steps=1e38 if mem.rank == last else 2),
+}
+res = {}
+for name, call in cases.items():
+    try:
+        call()
+        res[name] = "no error"
+    except (ValueError, TypeError) as e:
+        res[name] = str(e)
+res["after"] = float(np.abs(mem.retrieve(q)).sum())   # the ranks still work together
+json.dump(res, open(out + str(mem.rank), "w"))
+"""
+
+
+def test_python_front_agrees_before_any_collective(cli, sharded, tmp_path):
+    """Issue 23: a check failing on one rank only (an empty batch, a wrong dimension, top_k = -1, another
+    batch size) left the other ranks blocked for ever. Every rank raises the same error, naming the rank,
+    and the job goes on."""
+    pytest.importorskip("mpi4py")
+    script = tmp_path / "disagree.py"
+    script.write_text(PY_DISAGREE)
+    r = subprocess.run([MPIRUN, "-np", "2", "--oversubscribe", "/usr/bin/python3", str(script),
+                        str(sharded / "s" / "manifest.json"), str(sharded / "q.npy"), str(tmp_path / "r")],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = [json.loads((tmp_path / f"r{k}").read_text()) for k in range(2)]
+    assert res[0] == res[1], res
+    assert "rank 1: queries: the batch is empty" in res[0]["empty"]
+    assert "rank 1: queries have dimension 5" in res[0]["dimension"]
+    assert "rank 1: top_k must be in" in res[0]["top_k"]
+    assert "rank 1 passed other queries or options than rank 0" in res[0]["batch"]
+    assert "rank 1: steps must be in" in res[0]["steps"]
+    assert res[0]["after"] > 0
