@@ -917,13 +917,16 @@ std::size_t ModelBEngine::value_dim() const { return core_->values->dim(); }
 std::size_t ModelBEngine::size() const { return core_->store->size(); }
 
 AttentionPartial ModelBEngine::partial(const float* queries, std::size_t batch, std::size_t top_k, MemoryMask mask,
-                                       double beta) const {
+                                       double beta, const Monitor& monitor) const {
   ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta >= 0, "beta must be finite and > 0 (0: the engine's), got ", beta);
   const double b = beta > 0 ? beta : beta_;
   core_->check_queries(queries, batch, b);
   core_->check_mask(mask, batch);
-  Poller poller(Monitor{});
-  return b_partial(*core_, *core_->values, queries, batch, top_k, mask, nullptr, b, poller);
+  Poller poller(monitor);
+  poller.begin_step(1, 1, batch);
+  AttentionPartial part = b_partial(*core_, *core_->values, queries, batch, top_k, mask, nullptr, b, poller);
+  poller.throw_if_cancelled();
+  return part;
 }
 
 Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options) const {
@@ -1035,18 +1038,22 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   return r;
 }
 
-std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch, MemoryMask mask, double beta) const {
+std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch, MemoryMask mask, double beta,
+                                         const Monitor& monitor) const {
   ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta >= 0, "beta must be finite and > 0 (0: the engine's), got ", beta);
   const double b = beta > 0 ? beta : beta_;
   const std::size_t d = core_->dim();
   RetrieveOptions checked;
   checked.mask = mask;
+  checked.monitor = monitor;
   check_collectively(*core_, checked, [&] {
     core_->check_queries(states, batch, b);
     core_->check_mask(mask, batch);
   });
-  Poller poller(Monitor{});
+  Poller poller(monitor);
+  poller.begin_step(1, 1, batch);
   const AttentionPartial part = merged_b_partial(*core_, *core_->store, states, batch, 0, mask, nullptr, b, poller);
+  poller.throw_if_cancelled();
   std::vector<double> e(batch);
   for (std::size_t i = 0; i < batch; ++i) e[i] = model_b_energy(states + i * d, d, part.log_sum_exp(i), b);
   return e;
@@ -1280,17 +1287,21 @@ Retrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const 
   return r;
 }
 
-std::vector<double> ModelCEngine::energy(const float* states, std::size_t batch, MemoryMask mask) const {
+std::vector<double> ModelCEngine::energy(const float* states, std::size_t batch, MemoryMask mask,
+                                         const Monitor& monitor) const {
   RetrieveOptions checked;
   checked.mask = mask;
+  checked.monitor = monitor;
   check_collectively(*core_, checked, [&] {
     core_->check_queries(states, batch, 0.0);
     core_->check_mask(mask, batch);
   });
-  Poller poller(Monitor{});
+  Poller poller(monitor);
+  poller.begin_step(1, 1, batch);
   std::vector<float> drive;
   std::vector<double> e;
   merged_c_pass(*core_, F_.get(), states, batch, mask, nullptr, poller, drive, e);
+  poller.throw_if_cancelled();
   return e;
 }
 

@@ -152,12 +152,14 @@ class ModelBEngine {
 
   /// One pass over the memories for queries [batch x dim] (row-major): the mergeable partial of the
   /// association (over the values, if any). beta: this call's inverse temperature (0: the engine's).
+  /// monitor (as RetrieveOptions::monitor): polled between tiles; returning false cancels (Cancelled).
   AttentionPartial partial(const float* queries, std::size_t batch, std::size_t top_k = 0, MemoryMask mask = {},
-                           double beta = 0.0) const;
+                           double beta = 0.0, const Monitor& monitor = {}) const;
   /// Iterates eq. (15)/(16) from the queries [batch x dim]; results [batch x value_dim].
   Retrieval retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options = {}) const;
-  /// eq. (13) for each of `batch` states (over the memories the mask leaves).
-  std::vector<double> energy(const float* states, std::size_t batch, MemoryMask mask = {}, double beta = 0.0) const;
+  /// eq. (13) for each of `batch` states (over the memories the mask leaves); monitor as in partial().
+  std::vector<double> energy(const float* states, std::size_t batch, MemoryMask mask = {}, double beta = 0.0,
+                             const Monitor& monitor = {}) const;
 
  private:
   std::unique_ptr<detail::EngineCore> core_;
@@ -176,8 +178,10 @@ class ModelCEngine {
   std::size_t size() const;
   /// Iterates eq. (22) from the queries (each non-zero).
   Retrieval retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options = {}) const;
-  /// eq. (21) for each of `batch` non-zero states (over the memories the mask leaves).
-  std::vector<double> energy(const float* states, std::size_t batch, MemoryMask mask = {}) const;
+  /// eq. (21) for each of `batch` non-zero states (over the memories the mask leaves); monitor as in
+  /// ModelBEngine::partial().
+  std::vector<double> energy(const float* states, std::size_t batch, MemoryMask mask = {},
+                             const Monitor& monitor = {}) const;
 
  private:
   std::unique_ptr<detail::EngineCore> core_;

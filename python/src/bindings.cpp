@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 
 #include <filesystem>
+#include <chrono>
 #include <limits>
 #include <map>
 #include <memory>
@@ -386,11 +387,10 @@ class PyModelB {
   py::dict candidates_index() const { return approximate_.info(); }
   py::tuple attention(const F32& q, std::size_t top_k, std::optional<double> beta, std::optional<U8> mask) const {
     const std::size_t n = batch_rows(q, eng_.dim(), "queries");
-    AttentionPartial part;
-    {
-      py::gil_scoped_release nogil;
-      part = eng_.partial(q.data(), n, top_k, mask_in(mask, n, eng_.size()), beta.value_or(0.0));
-    }
+    const MemoryMask mm = mask_in(mask, n, eng_.size());
+    // Ctrl-C (Python's signal handlers, run by the monitor between tiles) ends the pass within a tile.
+    AttentionPartial part =
+        monitored(py::none(), [&](Monitor& m) { return eng_.partial(q.data(), n, top_k, mm, beta.value_or(0.0), m); });
     Retrieval r;
     r.batch = n;
     r.top.resize(n);
@@ -404,11 +404,9 @@ class PyModelB {
   }
   py::array_t<double> energy(const F32& s, std::optional<double> beta, std::optional<U8> mask) const {
     const std::size_t n = batch_rows(s, eng_.dim(), "states");
-    std::vector<double> e;
-    {
-      py::gil_scoped_release nogil;
-      e = eng_.energy(s.data(), n, mask_in(mask, n, eng_.size()), beta.value_or(0.0));
-    }
+    const MemoryMask mm = mask_in(mask, n, eng_.size());
+    std::vector<double> e =
+        monitored(py::none(), [&](Monitor& m) { return eng_.energy(s.data(), n, mm, beta.value_or(0.0), m); });
     return to_numpy(std::move(e), {static_cast<py::ssize_t>(n)});
   }
   const ModelBEngine& engine() const { return eng_; }
@@ -469,11 +467,8 @@ class PyModelC {
   std::string codes_source() const { return certified_.source(); }
   py::array_t<double> energy(const F32& s, std::optional<U8> mask) const {
     const std::size_t n = batch_rows(s, eng_.dim(), "states");
-    std::vector<double> e;
-    {
-      py::gil_scoped_release nogil;
-      e = eng_.energy(s.data(), n, mask_in(mask, n, eng_.size()));
-    }
+    const MemoryMask mm = mask_in(mask, n, eng_.size());
+    std::vector<double> e = monitored(py::none(), [&](Monitor& m) { return eng_.energy(s.data(), n, mm, m); });
     return to_numpy(std::move(e), {static_cast<py::ssize_t>(n)});
   }
   const ModelCEngine& engine() const { return eng_; }
@@ -906,11 +901,20 @@ void bind_network(py::module_& m) {
              o.fixed_point_tol = fixed_point_tol;
              o.record_every = record_every;
              const Vector v = vec_in(v0, "v0"), h = h0 ? vec_in(*h0, "h0") : Vector();
-             Trajectory tr;
-             {
-               py::gil_scoped_release nogil;
-               tr = simulate(n, v, h, o);
-             }
+             // Ctrl-C: every 50 ms of integration the step callback runs Python's signal handlers; a
+             // KeyboardInterrupt ends the run (Cancelled from the callback, then the Python error).
+             Trajectory tr = monitored(py::none(), [&](Monitor& m) {
+               auto last = std::chrono::steady_clock::now();
+               o.on_step = [&](double t) {
+                 const auto now = std::chrono::steady_clock::now();
+                 if (now - last < std::chrono::milliseconds(50)) return;
+                 last = now;
+                 Progress p;
+                 p.fraction = t_end > 0 ? t / t_end : 0.0;
+                 if (!m(p)) throw Cancelled("simulate cancelled");
+               };
+               return simulate(n, v, h, o);
+             });
              PyTrajectory out;
              out.t = to_numpy(std::vector<double>(tr.t), {static_cast<py::ssize_t>(tr.t.size())});
              out.energy = to_numpy(std::vector<double>(tr.energy), {static_cast<py::ssize_t>(tr.energy.size())});
