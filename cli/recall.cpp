@@ -237,8 +237,8 @@ int recall(const RecallArgs& a, bool as_json) {
   ProgressBar bar("recall");
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<std::int8_t> cues;
-  double worst_discarded = 0;
-  std::size_t fallback_queries = 0;
+  double worst_discarded = 0, uniform_weight = 0;
+  std::size_t fallback_queries = 0, blew_up = 0, uniform = 0;
   if (ea) {
     try {
       cues = to_spins(Q.data(), B, d, "'" + a.queries + "'");
@@ -268,6 +268,13 @@ int recall(const RecallArgs& a, bool as_json) {
       worst_discarded = std::max(worst_discarded, c.discarded_weight);
       fallback_queries += c.fallback_steps > 0;
     }
+    for (std::size_t i = 0; i < nb; ++i) {
+      blew_up += r.stop[i] == StopReason::BlewUp;
+      if (!r.max_weight.empty() && nearly_uniform(r.max_weight[i], K)) {
+        ++uniform;
+        uniform_weight = std::max(uniform_weight, r.max_weight[i]);
+      }
+    }
     if (details)
       for (std::size_t i = 0; i < nb; ++i) per_query.push_back(details_of(r, i));
     bar.update(double(b0 + nb) / double(B));
@@ -280,6 +287,8 @@ int recall(const RecallArgs& a, bool as_json) {
 #ifdef ASSOCMEM_WITH_MPI
   if (dist) summary["ranks"] = dist->ranks();
 #endif
+  summary["blew_up"] = blew_up;
+  if (model == ModelKind::B) summary["nearly_uniform"] = uniform;
   if (a.certify)
     summary["certified"] = {{"eps", *a.certify}, {"codes", codes_built ? "built for this run" : CodeIndex::default_path(a.store)},
                             {"max_discarded_weight", worst_discarded}, {"queries_that_fell_back", fallback_queries}};
@@ -298,6 +307,15 @@ int recall(const RecallArgs& a, bool as_json) {
                             " queries fell back to the exact scan"
                       : "") +
            "\n");
+  // What the numbers alone would not say (issue 23): states that left the float range, and model B
+  // associations so flat that the result is nearly the mean of the memories.
+  if (blew_up)
+    std::fprintf(stderr, "assocmem: warning: %zu of %zu queries blew up (the state left the float range; the output "
+                 "holds the last finite state): lower beta or the step, or scale the memories down\n", blew_up, B);
+  if (uniform)
+    std::fprintf(stderr, "assocmem: warning: for %zu of %zu queries no memory carries more than 10/K of the weight "
+                 "(largest weight %.3g, 1/K = %.3g): the result is nearly the mean of the memories; raise --beta "
+                 "(README: choosing beta)\n", uniform, B, uniform_weight, 1.0 / double(K));
   return 0;
 }
 

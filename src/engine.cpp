@@ -963,6 +963,7 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   std::vector<float> states(queries, queries + batch * d);
   Retrieval r;
   r.batch = batch;
+  r.max_weight.assign(batch, 0.0);
   // One pass of model B over the memories: exact (merged over participants), certified (issue 14) or
   // approximate.
   const bool certified = options.certify.has_value();
@@ -988,6 +989,7 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
           const AttentionPartial part = b_pass(*core_->store, cur.data(), n, 0, &rows);
           std::vector<float> st(d);
           for (std::size_t i = 0; i < n; ++i) {
+            r.max_weight[rows[i]] = 1.0 / part.sum[i];  // exp(m - m) / sum over the memories
             part.state(i, st.data());
             for (std::size_t j = 0; j < d; ++j)
               next[i * d + j] = static_cast<float>(detail::relax(cur[i * d + j], st[j], o.step));  // eq. (15)
@@ -1015,6 +1017,7 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   if (hetero || options.energy || options.top_k) {
     // One more pass: the association with the values (hetero), or the description of the final states.
     const AttentionPartial part = b_pass(*core_->values, out.data(), batch, options.top_k, nullptr);
+    for (std::size_t b = 0; b < batch; ++b) r.max_weight[b] = 1.0 / part.sum[b];
     if (options.energy) {
       r.energy.resize(batch);
       for (std::size_t b = 0; b < batch; ++b) r.energy[b] = model_b_energy(&out[b * d], d, part.log_sum_exp(b), beta);

@@ -167,10 +167,19 @@ struct Retrieval {
   std::vector<double> energy;         ///< [batch] when RetrieveOptions::energy, else empty
   std::vector<std::vector<TopMemory>> top;  ///< [batch] when top_k > 0 (at most K each), else empty
   std::vector<Certificate> certificates;    ///< [batch] when RetrieveOptions::certify, else empty
+  /// Model B engines: [batch] the largest softmax weight of the last pass (over the values with a value
+  /// store). Near 1/K no memory stands out: beta is too small to retrieve (the result is close to the
+  /// mean of the memories); nearly_uniform() tells. Empty for other models.
+  std::vector<double> max_weight;
 
   /// State b as a vector.
   Vector state(std::size_t b = 0) const;
   bool converged(std::size_t b = 0) const { return stop.at(b) == StopReason::Converged; }
 };
+
+/// True when the largest softmax weight w of a model B pass over K memories is below both 10 / K and
+/// 0.1: no memory carries more than ten times the uniform share, so the retrieval returned nearly the
+/// mean of the memories (beta far too small). The command line and Python warn on it.
+inline bool nearly_uniform(double w, std::size_t K) { return w < 0.1 && w * double(K) < 10.0; }
 
 }  // namespace assocmem

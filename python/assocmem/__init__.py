@@ -21,6 +21,8 @@ from __future__ import annotations
 import os as _os
 import sys as _sys
 
+import warnings as _warnings
+
 import numpy as _np
 
 from . import _core
@@ -69,6 +71,8 @@ class Retrieval:
     top_ids      store ids of the top_k memories (model B), best first, (..., k) with
                  k = min(top_k, K); -1 pads queries whose mask leaves fewer than k; None if top_k=0
     top_weights  their softmax weights at the final state (0 where padded)
+    max_weight   model B: the largest softmax weight of the last pass; near 1/K no memory stands out
+                 (beta too small: the state is nearly the mean of the memories, and retrieve warns)
     discarded_weight, state_error, candidates, fallback_steps
                  models B and C with certify=eps: the certificate (see ModelB.retrieve_details,
                  ModelC.retrieve_details); else None
@@ -83,6 +87,8 @@ class Retrieval:
         "energy": "Energy of each final state (eq. 8, 13 or 21); None when energy=False.",
         "top_ids": "Store ids of the top_k memories (model B), best first, (..., min(top_k, K)); -1 pads.",
         "top_weights": "Softmax weights of top_ids at the final state (0 where padded).",
+        "max_weight": "Model B: the largest softmax weight of the last pass (near 1/K: nearly the mean of the "
+                      "memories); else None.",
         "discarded_weight": "certify=: bound on the weight left out (B: softmax weight; C: F' mass over the kept; "
                             "largest over the steps); else None.",
         "state_error": "certify=: bound on ||state - exact update of the same previous state||_2 (last step).",
@@ -106,7 +112,7 @@ class Retrieval:
         k = () if d["top_ids"] is None else (d["top_ids"].shape[1],)
         self._top_ids = shaped(d["top_ids"], k)
         self._top_weights = shaped(d["top_weights"], k)
-        for name in ("discarded_weight", "state_error", "candidates", "fallback_steps"):
+        for name in ("max_weight", "discarded_weight", "state_error", "candidates", "fallback_steps"):
             setattr(self, "_" + name, shaped(d.get(name)))
         if self._steps is not None and _np.ndim(self._steps) == 0:  # one query: plain Python scalars
             self._steps, self._stop, self._converged = int(self._steps), str(self._stop), bool(self._converged)
@@ -199,6 +205,25 @@ def _clamp(clamp, dim):
     if c.shape != (dim,):
         raise ValueError(f"clamp must be a boolean array of shape ({dim},), got {c.shape}")
     return _np.ascontiguousarray(_mask_values(c, "clamp"))
+
+
+def _warn_on(r, K):
+    """RuntimeWarnings for what the numbers alone would not say (issue 23): queries whose state blew up
+    (left the float range; the last finite state is returned), and model B associations so flat that no
+    memory carries more than 10/K of the weight (the result is nearly the mean of the memories)."""
+    blew = int((r["stop"] == 2).sum())
+    if blew:
+        _warnings.warn(f"{blew} of {r['stop'].size} queries blew up (the state left the float range; the last "
+                       "finite state is returned): lower beta or the step, or scale the memories down",
+                       RuntimeWarning, stacklevel=3)
+    w = r.get("max_weight")
+    if w is not None:
+        flat = (w < 0.1) & (w * K < 10)   # the library's nearly_uniform
+        if flat.any():
+            _warnings.warn(f"for {int(flat.sum())} of {w.size} queries no memory carries more than 10/K of the "
+                           f"weight (largest {float(w[flat].max()):.3g}, 1/K = {1 / K:.3g}): the result is nearly "
+                           "the mean of the memories; raise beta (README: choosing beta)", RuntimeWarning,
+                           stacklevel=3)
 
 
 def _progress(progress):
@@ -365,6 +390,7 @@ class ModelB:
                              _clamp(clamp, self.n_features), _progress(progress),
                              None if certify is None else float(certify),
                              None if approximate is None else int(approximate))
+        _warn_on(r, self.n_memories)
         return Retrieval(r, shape, dt)
 
     def index_candidates(self, kind="ivf", *, lists=None, probes=16, links=32, ef_search=64, seed=0):
@@ -464,6 +490,7 @@ class ModelC:
         r = self._m.retrieve(q, _whole(steps, "steps"), tol, step, energy, _mask(mask, shape, self.n_memories),
                              _clamp(clamp, self.n_features), _progress(progress),
                              None if certify is None else float(certify))
+        _warn_on(r, self.n_memories)
         return Retrieval(r, shape, dt)
 
     codes_source = property(lambda self: self._m.codes_source or None,

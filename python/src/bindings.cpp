@@ -227,6 +227,7 @@ py::dict result_out(Retrieval&& r, std::size_t top_k, std::size_t K) {
     out["top_ids"] = py::none();
     out["top_weights"] = py::none();
   }
+  out["max_weight"] = r.max_weight.empty() ? py::object(py::none()) : py::object(to_numpy(std::move(r.max_weight), {B}));
   if (!r.certificates.empty()) {
     std::vector<double> dw(r.batch), se(r.batch);
     std::vector<std::int64_t> cand(r.batch), fb(r.batch);

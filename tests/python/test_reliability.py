@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -106,6 +107,38 @@ def test_masks_hold_bool_or_zero_one_everywhere(cli, d):
         with pytest.raises(err, match="steps must be"):
             B.retrieve(q, steps=steps)
     bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--steps", "2000000"), "max_steps must be in [1, 1000000]")
+
+
+def test_flat_associations_and_blow_ups_are_not_silent(cli, d, tmp_path):
+    """Issue 23: at beta = 1 the README's --values example returned nearly the mean of all values with
+    exit 0 and no word; model C over memories of norm 1e18 exited 0 with the queries unchanged (blew_up
+    only in --details). Both now warn on stderr (Python: RuntimeWarning), and a retrieving beta does not."""
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((2000, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "q.npy", X[:4] + 0.05 * rng.standard_normal((4, 16)).astype(np.float32))
+    assert run(cli, "store", tmp_path / "x.npy", tmp_path / "x.amem").returncode == 0
+    r = run(cli, "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o.npy", "--beta", "1")
+    assert r.returncode == 0 and "warning: for 4 of 4 queries no memory carries more than 10/K" in r.stderr, r.stderr
+    r = run(cli, "--json", "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o.npy", "--beta", "64")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    assert json.loads(r.stdout)["nearly_uniform"] == 0
+    B = am.ModelB(X, beta=1.0)
+    with pytest.warns(RuntimeWarning, match="nearly the mean of the memories"):
+        B.retrieve(X[:4])
+    r1 = B.retrieve_details(X[:4], beta=64.0)
+    assert np.all(r1.max_weight > 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        am.ModelB(X, beta=64.0).retrieve(X[:4])
+    np.save(tmp_path / "big.npy", X[:50] * np.float32(1e18))
+    assert run(cli, "store", tmp_path / "big.npy", tmp_path / "big.amem").returncode == 0
+    r = run(cli, "--json", "recall", tmp_path / "big.amem", tmp_path / "q.npy", tmp_path / "o.npy", "--model", "C")
+    assert r.returncode == 0 and "warning: 4 of 4 queries blew up" in r.stderr, r.stderr
+    assert json.loads(r.stdout)["blew_up"] == 4
+    with pytest.warns(RuntimeWarning, match="blew up"):
+        am.ModelC(X[:50] * np.float32(1e18)).retrieve(X[:4])
 
 
 def test_huge_beta_recalls_the_nearest_memory(cli, d):
