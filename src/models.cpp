@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -62,13 +63,20 @@ __extension__ typedef __int128 i128;  // exact sums of integer powers (GCC and c
 
 namespace {
 // s exp(logD) + two_I without forming exp(logD) when it would overflow (model A's field with F = exp).
+// A non-zero field of sign `sign` and magnitude `mag` (possibly below the double range): the magnitude,
+// or the smallest subnormal where it underflowed, so that the sign - all an update uses - survives
+// (issue 23: at N = 64, beta = 12 the field at -xi is +6.4e-325, which underflowed to a tie).
+double signed_field(double sign, double mag) {
+  return sign * std::max(mag, std::numeric_limits<double>::denorm_min());
+}
+
 double add_in_log_domain(double s, double logD, double two_I) {
-  if (two_I == 0.0) return s * std::exp(logD);
+  if (two_I == 0.0) return signed_field(s, std::exp(logD));
   const double logI = std::log(std::fabs(two_I));
   const double hi = std::max(logD, logI), lo = std::min(logD, logI);
-  if ((two_I > 0) == (s > 0)) return s * std::exp(hi) * (1.0 + std::exp(lo - hi));
+  if ((two_I > 0) == (s > 0)) return signed_field(s, std::exp(hi) * (1.0 + std::exp(lo - hi)));
   if (logD == logI) return 0.0;
-  return (logD > logI ? s : -s) * std::exp(hi) * -std::expm1(lo - hi);
+  return signed_field(logD > logI ? s : -s, std::exp(hi) * -std::expm1(lo - hi));
 }
 }  // namespace
 

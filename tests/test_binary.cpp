@@ -151,6 +151,38 @@ TEST(ModelAEngine, ExpBeyondOverflow) {
   for (int i = 0; i < N; ++i) ASSERT_EQ(r.states[static_cast<std::size_t>(i)], X(3, i));
 }
 
+// Issue 23: with F = exp the field can be below the double range and still decide: one memory xi of
+// N = 64 neurons, beta = 12, state -xi: each neuron's exact field is xi_i e^(-756) (e^12 - e^-12) / 12,
+// about +-6.4e-325, which underflowed to 0 (a tie: the state stayed at -xi). Its sign is kept
+// (the smallest subnormal stands for the magnitude), in the plain model and the engine, for any order.
+TEST(ModelAEngine, AFieldBelowTheDoubleRangeKeepsItsSign) {
+  std::mt19937_64 rng(12);
+  const int N = 64;
+  const Matrix X = rand_pm1(1, N, rng);
+  const ModelA plain(X, {Interaction::Exp, 2, 12.0});
+  const Vector minus = -X.row(0).transpose();
+  for (Eigen::Index i = 0; i < N; ++i) {
+    const double f = plain.field(minus, i);
+    ASSERT_NE(f, 0.0) << "neuron " << i;
+    ASSERT_EQ(f > 0, X(0, i) > 0) << "neuron " << i;
+  }
+  MemoryStore store(N, DType::Bits);
+  store.append(X);
+  const ModelAEngine fast(store, {Interaction::Exp, 2, 12.0});
+  std::vector<std::int8_t> cue(N);
+  for (int i = 0; i < N; ++i) cue[static_cast<std::size_t>(i)] = static_cast<std::int8_t>(minus[i]);
+  for (UpdateOrder order : {UpdateOrder::Synchronous, UpdateOrder::FixedAsync, UpdateOrder::RandomAsync}) {
+    RetrieveOptions o;
+    o.order = order;
+    const auto r = fast.retrieve(cue.data(), 1, o);
+    const auto p = plain.retrieve(minus, o);
+    for (int i = 0; i < N; ++i) {
+      ASSERT_EQ(r.states[static_cast<std::size_t>(i)], X(0, i)) << "engine, neuron " << i;
+      ASSERT_EQ(p.states[static_cast<std::size_t>(i)], X(0, i)) << "plain, neuron " << i;
+    }
+  }
+}
+
 // Issue 9: with F = exp at large beta, two memories whose terms cancel exactly (same overlap,
 // opposite xi_mu,0) hid the third, which decides: the exact field of neuron 0 is +1.07e12 at beta = 10.
 TEST(ModelAEngine, CancellingMemoriesDoNotHideTheDecidingOne) {
