@@ -37,6 +37,11 @@ struct CapacityArgs {
 // trials shared among the ranks, or null.
 int capacity(const CapacityArgs& a, bool bisect_given, bool as_json, bool writer, const TrialScheduler* scheduler) {
   check_distinct({}, {{"output", a.output}, {"plot", a.plot}});
+  if (!a.output.empty()) {
+    const std::string ext = fs::path(a.output).extension().string();
+    if (ext != ".csv" && ext != ".json")
+      throw BadInput("-o: '" + a.output + "' must end in .csv or .json (the two formats written), not '" + ext + "'");
+  }
   if (bisect_given && !(std::isfinite(a.bisect) && a.bisect > 0 && a.bisect <= 1))
     throw BadInput("--bisect must be a fraction in (0, 1], got " + detail::concat(a.bisect));
   if (a.values.empty()) throw BadInput("--values: give at least one value");
@@ -122,9 +127,15 @@ int capacity(const CapacityArgs& a, bool bisect_given, bool as_json, bool writer
     std::snprintf(buf, sizeof buf, "%zu,%zu,%g,%g,%g,%zu,%zu,%.6g,%.6g,%.6g,%.4g\n", p.spec.K, p.spec.N, p.spec.F.n,
                   p.spec.beta, p.spec.rho, p.spec.hidden, p.cues, p.recalled, p.recalled_stderr, p.bit_error, p.seconds);
     csv += buf;
+    // The parameter of F that means something for this run: n (power, rectified), beta (model B, F = exp).
+    char param[32];
+    if (p.spec.model == ModelKind::B || p.spec.F.kind == Interaction::Exp)
+      std::snprintf(param, sizeof param, "beta=%-5g", p.spec.beta);
+    else
+      std::snprintf(param, sizeof param, "n=%-4g", p.spec.F.n);
     std::snprintf(buf, sizeof buf,
-                  "K=%-8zu N=%-6zu n=%-4g recalled %.4f +- %.4f (s.e. over %zu trials)  bit error %.5f  (%zu cues, %.2f s)\n",
-                  p.spec.K, p.spec.N, p.spec.F.n, p.recalled, p.recalled_stderr, p.spec.trials, p.bit_error, p.cues,
+                  "K=%-8zu N=%-6zu %s recalled %.4f +- %.4f (s.e. over %zu trials)  bit error %.5f  (%zu cues, %.2f s)\n",
+                  p.spec.K, p.spec.N, param, p.recalled, p.recalled_stderr, p.spec.trials, p.bit_error, p.cues,
                   p.seconds);
     text += buf;
   }
@@ -181,7 +192,7 @@ Command add_capacity(CLI::App& app) {
   cap->add_option("--max-steps", a->max_steps, "Sweeps (A) or updates (B, C)")->capture_default_str();
   cap->add_option("--step", a->step, "dt/tau_f of models B and C")->capture_default_str();
   cap->add_option("--trials", a->trials, "Independent draws of the memories (the unit of the error bars: >= 2 for a standard error)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cap->add_option("--cues", a->cues, "Cues per trial (0: min(K, 1000)->check(CLI::NonNegativeNumber); random starts 100)")->capture_default_str();
+  cap->add_option("--cues", a->cues, "Cues per trial (0: min(K, 1000); random starts 100)")->capture_default_str();
   cap->add_option("--criterion", a->criterion, "per-cue (fraction of cues recalled) or all (fraction of trials with every "
                   "memory recalled, cued once)")->capture_default_str()->check(CLI::IsMember({"per-cue", "all"}));
   cap->add_flag("--no-negatives", a->no_negatives, "Random starts: do not count ending on -xi as a memory");

@@ -5,6 +5,7 @@
 #include "cli.hpp"
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <iostream>
@@ -48,6 +49,38 @@ int run(int argc, char** argv) {
     for (auto& ch : msg)
       if (ch == '\n') ch = ' ';
     for (int i = 1; i < argc; ++i) as_json = as_json || std::strcmp(argv[i], "--json") == 0;
+    // The first word that is not an option, when it names no command: the nearest command by edit
+    // distance ("recal" -> "recall"), and the list.
+    for (int i = 1; i < argc; ++i) {
+      if (argv[i][0] == '-') continue;
+      const std::string word = argv[i];
+      std::string best, names;
+      std::size_t best_d = std::string::npos;
+      bool known = false;
+      for (const Command& c : commands) {
+        const std::string name = c.app->get_name();
+        names += (names.empty() ? "" : ", ") + name;
+        known = known || name == word;
+        // Levenshtein distance, two rows.
+        std::vector<std::size_t> prev(name.size() + 1), cur(name.size() + 1);
+        for (std::size_t j = 0; j <= name.size(); ++j) prev[j] = j;
+        for (std::size_t a = 1; a <= word.size(); ++a) {
+          cur[0] = a;
+          for (std::size_t j = 1; j <= name.size(); ++j)
+            cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (word[a - 1] == name[j - 1] ? 0 : 1)});
+          std::swap(prev, cur);
+        }
+        if (prev[name.size()] < best_d) best_d = prev[name.size()], best = name;
+      }
+      if (!known) {
+        std::string printable;  // no control bytes from the command line echoed to the terminal
+        for (unsigned char ch : word) printable += (ch < 0x20 || ch == 0x7F) ? '?' : static_cast<char>(ch);
+        return fail(2, "unknown command '" + printable + "'" +
+                           (best_d <= std::max<std::size_t>(2, word.size() / 3) ? "; did you mean '" + best + "'?" : "") +
+                           " (commands: " + names + "; see --help)");
+      }
+      break;
+    }
     return fail(2, msg + " (see --help)");
   }
   try {

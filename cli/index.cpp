@@ -23,6 +23,7 @@ int cmd_index(const IndexArgs& a, bool as_json) {
   const std::string out = a.output.empty() ? CodeIndex::default_path(a.store) : a.output;
   check_distinct({{"store", a.store}}, {{"output", out}});
   const MemoryStore store = MemoryStore::open(a.store);
+  if (store.size() == 0) throw BadInput("'" + a.store + "' holds no memories: there is nothing to index");
   if (store.dtype() == DType::Bits)
     throw BadInput("'" + a.store + "' holds bits (+-1 patterns, model A): certified retrieval is for float32 and "
                    "bfloat16 stores (models B and C)");

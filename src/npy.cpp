@@ -121,7 +121,54 @@ class HeaderParser {
   std::size_t i_ = 0;
 };
 
-std::size_t elem_size(NpyType t) { return t == NpyType::Float64 ? 8 : (t == NpyType::Float32 ? 4 : 1); }
+std::size_t elem_size(NpyType t) {
+  switch (t) {
+    case NpyType::Float64:
+    case NpyType::Int64:
+    case NpyType::UInt64: return 8;
+    case NpyType::Float32:
+    case NpyType::Int32:
+    case NpyType::UInt32: return 4;
+    case NpyType::Float16:
+    case NpyType::Int16:
+    case NpyType::UInt16: return 2;
+    default: return 1;
+  }
+}
+
+// IEEE half to double (exact: every half is a double).
+double half_to_double(std::uint16_t h) {
+  const int exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
+  const double sign = (h & 0x8000) ? -1.0 : 1.0;
+  if (exp == 0) return sign * std::ldexp(double(mant), -24);  // subnormal (or zero)
+  if (exp == 31) return mant ? std::numeric_limits<double>::quiet_NaN() : sign * std::numeric_limits<double>::infinity();
+  return sign * std::ldexp(double(mant | 0x400), exp - 25);
+}
+
+// Element i of any supported type, as a double (the one conversion of every reader): exact for every
+// type but 64-bit integers beyond 2^53, which round to the nearest double.
+double element(const NpyArray& a, std::size_t i) {
+  const std::uint8_t* p = &a.bytes[elem_size(a.type) * i];
+  auto get = [&](auto v) {
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  };
+  switch (a.type) {
+    case NpyType::Float32: return get(float{});
+    case NpyType::Float64: return get(double{});
+    case NpyType::Float16: return half_to_double(get(std::uint16_t{}));
+    case NpyType::Int8: return get(std::int8_t{});
+    case NpyType::Int16: return get(std::int16_t{});
+    case NpyType::Int32: return get(std::int32_t{});
+    case NpyType::Int64: return double(get(std::int64_t{}));
+    case NpyType::UInt8:
+    case NpyType::Bool: return get(std::uint8_t{});
+    case NpyType::UInt16: return get(std::uint16_t{});
+    case NpyType::UInt32: return get(std::uint32_t{});
+    case NpyType::UInt64: return double(get(std::uint64_t{}));
+  }
+  return 0.0;
+}
 
 const char* descr(NpyType t) {
   switch (t) {
@@ -130,6 +177,13 @@ const char* descr(NpyType t) {
     case NpyType::Int8: return "|i1";
     case NpyType::UInt8: return "|u1";
     case NpyType::Bool: return "|b1";
+    case NpyType::Float16: return "<f2";
+    case NpyType::Int16: return "<i2";
+    case NpyType::Int32: return "<i4";
+    case NpyType::Int64: return "<i8";
+    case NpyType::UInt16: return "<u2";
+    case NpyType::UInt32: return "<u4";
+    case NpyType::UInt64: return "<u8";
   }
   return "?";
 }
@@ -191,10 +245,19 @@ NpyArray read_npy(const std::string& path) {
   const std::string& d = hd.descr;
   if (d == "<f4") a.type = NpyType::Float32;
   else if (d == "<f8") a.type = NpyType::Float64;
+  else if (d == "<f2") a.type = NpyType::Float16;
   else if (d == "|i1" || d == "<i1" || d == "i1") a.type = NpyType::Int8;
   else if (d == "|u1" || d == "<u1" || d == "u1") a.type = NpyType::UInt8;
   else if (d == "|b1" || d == "b1") a.type = NpyType::Bool;
-  else throw bad("unsupported dtype '" + d + "' (supported: float32 '<f4', float64 '<f8', int8 '|i1', uint8 '|u1', bool '|b1')");
+  else if (d == "<i2") a.type = NpyType::Int16;
+  else if (d == "<i4") a.type = NpyType::Int32;
+  else if (d == "<i8") a.type = NpyType::Int64;
+  else if (d == "<u2") a.type = NpyType::UInt16;
+  else if (d == "<u4") a.type = NpyType::UInt32;
+  else if (d == "<u8") a.type = NpyType::UInt64;
+  else
+    throw bad("unsupported dtype '" + d + "' (supported: little-endian float16/32/64, int8/16/32/64, uint8/16/32/64 "
+              "and bool; complex, strings and dates are not numbers we can store)");
   if (hd.fortran) throw bad("Fortran-order arrays are not supported; save with numpy.ascontiguousarray");
   if (hd.shape.size() == 1) {
     a.rows = 1;
@@ -230,42 +293,17 @@ std::vector<float> NpyArray::to_float32() const {
   const std::size_t n = rows * cols;
   std::vector<float> out(n);
   for (std::size_t i = 0; i < n; ++i) {
-    switch (type) {
-      case NpyType::Float32: std::memcpy(&out[i], &bytes[4 * i], 4); break;
-      case NpyType::Float64: {
-        double v;
-        std::memcpy(&v, &bytes[8 * i], 8);
-        out[i] = static_cast<float>(v);
-        ASSOCMEM_CHECK_ARG(!std::isfinite(v) || std::isfinite(out[i]), "'", path, "': row ", i / cols, " element ",
-                           i % cols, " = ", v, " does not fit in float32 (largest 3.4028e38)");
-        break;
-      }
-      case NpyType::Int8: out[i] = static_cast<std::int8_t>(bytes[i]); break;
-      case NpyType::UInt8:
-      case NpyType::Bool: out[i] = bytes[i]; break;
-    }
+    const double v = element(*this, i);
+    out[i] = static_cast<float>(v);
+    ASSOCMEM_CHECK_ARG(!std::isfinite(v) || std::isfinite(out[i]), "'", path, "': row ", i / cols, " element ",
+                       i % cols, " = ", v, " does not fit in float32 (largest 3.4028e38)");
   }
   return out;
 }
 
 Matrix NpyArray::to_matrix() const {
   Matrix m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
-  for (std::size_t i = 0; i < rows * cols; ++i) {
-    double v = 0;
-    switch (type) {
-      case NpyType::Float32: {
-        float f;
-        std::memcpy(&f, &bytes[4 * i], 4);
-        v = f;
-        break;
-      }
-      case NpyType::Float64: std::memcpy(&v, &bytes[8 * i], 8); break;
-      case NpyType::Int8: v = static_cast<std::int8_t>(bytes[i]); break;
-      case NpyType::UInt8:
-      case NpyType::Bool: v = bytes[i]; break;
-    }
-    m.data()[i] = v;
-  }
+  for (std::size_t i = 0; i < rows * cols; ++i) m.data()[i] = element(*this, i);
   return m;
 }
 

@@ -442,6 +442,14 @@ MemoryStore MemoryStore::open(const std::string& path, const OpenOptions& option
   if (file_size != offset + payload)
     throw bad(detail::concat(file_size < offset + payload ? "truncated" : "trailing bytes", ": file has ", file_size,
                              " bytes, the header says ", offset + payload));
+  {  // bytes 72..4095 are zero in every file we write (no checksum covers them: a flipped bit there was unseen)
+    std::vector<std::uint8_t> gap(kPayloadOffset - kHeaderBytes);
+    file.read_at(kHeaderBytes, gap.data(), gap.size());
+    const auto nz = std::find_if(gap.begin(), gap.end(), [](std::uint8_t b) { return b != 0; });
+    if (nz != gap.end())
+      throw bad(detail::concat("byte ", kHeaderBytes + std::size_t(nz - gap.begin()),
+                               " between the header and the payload is not zero (the file is corrupted)"));
+  }
 
   MemoryStore s(dim, dtype);
   s.source_ = path;

@@ -356,8 +356,10 @@ TEST(Npy, BadFilesGiveClearErrors) {
     h += dict;
     return std::vector<char>(h.begin(), h.end());
   };
-  write_all(dir.file("i4.npy"), header("{'descr': '<i4', 'fortran_order': False, 'shape': (2, 2), }"));
-  EXPECT_THROW_MSG(read_npy(dir.file("i4.npy")), IoError, "unsupported dtype '<i4'");
+  write_all(dir.file("c8.npy"), header("{'descr': '<c8', 'fortran_order': False, 'shape': (2, 2), }"));
+  EXPECT_THROW_MSG(read_npy(dir.file("c8.npy")), IoError, "unsupported dtype '<c8'");
+  write_all(dir.file("u.npy"), header("{'descr': '<U3', 'fortran_order': False, 'shape': (2, 2), }"));
+  EXPECT_THROW_MSG(read_npy(dir.file("u.npy")), IoError, "unsupported dtype '<U3'");
   write_all(dir.file("fo.npy"), header("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }"));
   EXPECT_THROW_MSG(read_npy(dir.file("fo.npy")), IoError, "Fortran");
   write_all(dir.file("3d.npy"), header("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 2), }"));
@@ -369,3 +371,42 @@ TEST(Npy, BadFilesGiveClearErrors) {
 }
 
 }  // namespace
+
+// float16 and the integer types are converted (issue 23: they were refused): each value exactly, the
+// 64-bit integers to the nearest double (then float32).
+TEST(Npy, EveryRealTypeIsConverted) {
+  TempDir dir;
+  auto file = [&](const std::string& descr, const std::vector<std::uint8_t>& data, std::size_t n) {
+    const std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + std::to_string(n) + ",), }";
+    std::string h = "\x93NUMPY\x01";
+    h.push_back('\0');
+    h.push_back(static_cast<char>(dict.size()));
+    h.push_back('\0');
+    h += dict;
+    std::vector<char> bytes(h.begin(), h.end());
+    bytes.insert(bytes.end(), data.begin(), data.end());
+    write_all(dir.file("t.npy"), bytes);
+    return read_npy(dir.file("t.npy"));
+  };
+  auto le = [](auto... v) {
+    std::vector<std::uint8_t> out;
+    ([&](auto x) {
+      std::uint8_t b[sizeof x];
+      std::memcpy(b, &x, sizeof x);
+      out.insert(out.end(), b, b + sizeof x);
+    }(v), ...);
+    return out;
+  };
+  const std::vector<float> half = file("<f2", le(std::uint16_t{0x3C00}, std::uint16_t{0xC100}, std::uint16_t{0x7BFF},
+                                                 std::uint16_t{0x0001}), 4).to_float32();
+  EXPECT_EQ(half, (std::vector<float>{1.0f, -2.5f, 65504.0f, std::ldexp(1.0f, -24)}));
+  EXPECT_EQ(file("<i2", le(std::int16_t{-3}, std::int16_t{300}), 2).to_float32(), (std::vector<float>{-3, 300}));
+  EXPECT_EQ(file("<i4", le(std::int32_t{-70000}, std::int32_t{5}), 2).to_float32(), (std::vector<float>{-70000, 5}));
+  EXPECT_EQ(file("<i8", le(std::int64_t{-(std::int64_t{1} << 40)}, std::int64_t{7}), 2).to_float32(),
+            (std::vector<float>{-std::ldexp(1.0f, 40), 7}));
+  EXPECT_EQ(file("<u2", le(std::uint16_t{65535}), 1).to_float32(), (std::vector<float>{65535}));
+  EXPECT_EQ(file("<u4", le(std::uint32_t{4000000000u}), 1).to_float32(), (std::vector<float>{4e9f}));
+  EXPECT_EQ(file("<u8", le(std::uint64_t{1} << 60), 1).to_float32(), (std::vector<float>{std::ldexp(1.0f, 60)}));
+  const Matrix m = file("<f2", le(std::uint16_t{0x3555}), 1).to_matrix();  // 0.333251953125 exactly
+  EXPECT_EQ(m(0, 0), 0.333251953125);
+}

@@ -14,7 +14,7 @@
 
 namespace assocmem {
 
-enum class NpyType { Float32, Float64, Int8, UInt8, Bool };
+enum class NpyType { Float32, Float64, Int8, UInt8, Bool, Float16, Int16, Int32, Int64, UInt16, UInt32, UInt64 };
 
 /// A 2-D array read from a .npy file (a 1-D file of shape (d,) reads as 1 x d, with `was_1d`).
 struct NpyArray {

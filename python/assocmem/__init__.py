@@ -147,7 +147,14 @@ def _batch(queries, dim, what):
     if a.size == 0:
         raise ValueError(f"{what}: the batch is empty")
     out_dtype = _np.float64 if a.dtype == _np.float64 else _np.float32
-    q = _np.ascontiguousarray(a.reshape(-1, dim), dtype=_np.float32)
+    with _np.errstate(over="ignore"):  # checked below, naming the element
+        q = _np.ascontiguousarray(a.reshape(-1, dim), dtype=_np.float32)
+    if a.dtype.itemsize > 4 or a.dtype.kind in "iu":  # a finite value that float32 cannot hold (1e39 read "NaN or Inf")
+        big = _np.isinf(q) & _np.isfinite(a.reshape(-1, dim))
+        if big.any():
+            at = tuple(int(i) for i in _np.argwhere(big)[0])
+            raise ValueError(f"{what}: row {at[0]} element {at[1]} = {a.reshape(-1, dim)[at]!r} does not fit in "
+                             "float32 (largest 3.4028e38)")
     return q, a.shape[:-1], out_dtype
 
 
@@ -243,10 +250,24 @@ def _store(patterns, dtype, what):
     if isinstance(patterns, (str, _os.PathLike)):
         raise TypeError(f"{what}: a path; use from_store(path) to map a saved store")
     a = _np.asarray(patterns)
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be real numbers, got dtype {a.dtype}")
     if a.ndim != 2:
         raise ValueError(f"{what} must be 2-D (K memories x d features), got shape {a.shape}")
     s = MemoryStore(a.shape[1], dtype or "float32")
     s.append(_np.ascontiguousarray(a, dtype=_np.float32))
+    return s
+
+
+def _as_dtype(store, dtype, what):
+    """`store` in `dtype`: itself, or a converted copy (same ids; float32 -> bfloat16 rounds to nearest
+    even). Values of another float type than the keys are converted, not refused (issue 23)."""
+    if store.dtype == dtype:
+        return store
+    if "bits" in (dtype, store.dtype):
+        raise ValueError(f"{what}: a {store.dtype} store cannot stand in for {dtype} memories")
+    s = MemoryStore(store.dim, dtype)
+    s.append(store.to_array(), store.ids)
     return s
 
 
@@ -343,7 +364,7 @@ class ModelB:
 
     def __init__(self, keys, beta=1.0, *, values=None, dtype=None, threads=0, kernel="auto"):
         k = _store(keys, dtype, "keys")
-        v = None if values is None else _store(values, dtype or k.dtype, "values")
+        v = None if values is None else _as_dtype(_store(values, None, "values"), k.dtype, "values")
         self._m = _core._ModelB(k, v, float(beta), threads, kernel)
 
     @classmethod

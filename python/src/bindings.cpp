@@ -72,6 +72,34 @@ Matrix mat_in(const F64& a, const char* name) {
 }
 
 // A batch of row vectors: (d,) -> 1 x d, (B, d) -> B x d. Remembers whether it was 1-D.
+// Real numbers only: complex (its imaginary part), strings and datetimes were cast to float32 silently
+// by forcecast (issue 23). The array's own dtype kind is checked first.
+F32 real_f32(const py::array& a, const char* what) {
+  const char kind = a.dtype().kind();
+  if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f')
+    throw py::type_error(std::string(what) + " must be real numbers, got dtype " + py::str(a.dtype()).cast<std::string>());
+  return F32::ensure(a);
+}
+
+// Ids: non-negative whole numbers (-1 and 1.7 were cast to 2^64 - 1 and 1).
+std::vector<std::uint64_t> ids_in(const py::array& a) {
+  const char kind = a.dtype().kind();
+  if (kind != 'i' && kind != 'u') throw py::type_error("ids must be integers, got dtype " + py::str(a.dtype()).cast<std::string>());
+  const auto v = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+  std::vector<std::uint64_t> out(static_cast<std::size_t>(v.size()));
+  if (kind == 'u') {
+    const auto u = py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>::ensure(a);
+    std::copy(u.data(), u.data() + u.size(), out.begin());
+    return out;
+  }
+  for (py::ssize_t i = 0; i < v.size(); ++i) {
+    if (v.data()[i] < 0) throw InvalidArgument("ids: entry " + std::to_string(i) + " is " + std::to_string(v.data()[i]) +
+                                               "; ids are non-negative");
+    out[static_cast<std::size_t>(i)] = static_cast<std::uint64_t>(v.data()[i]);
+  }
+  return out;
+}
+
 struct Batch {
   F32 arr;
   std::size_t rows = 0, cols = 0;
@@ -1033,7 +1061,8 @@ void bind_store(py::module_& m) {
                   "reads raise OSError), 'auto' copies stores up to a quarter of the RAM. Raises OSError naming "
                   "the file and the problem.")
       .def_static("append_to_file",
-                  [](const std::string& path, const F32& rows, std::optional<std::string> dtype) {
+                  [](const std::string& path, const py::array& given, std::optional<std::string> dtype) {
+                    const F32 rows = real_f32(given, "patterns");
                     const auto last = rows.ndim() >= 1 ? static_cast<std::size_t>(rows.shape(rows.ndim() - 1)) : 0;
                     const Batch b = batch_in(rows, last, "patterns");
                     py::gil_scoped_release release;
@@ -1045,11 +1074,12 @@ void bind_store(py::module_& m) {
                   "default 'float32'; if given, it must match an existing store's). Holds the folder lock from "
                   "the read to the rename, so concurrent appenders never lose an append. Returns the new count.")
       .def("append",
-           [](MemoryStore& s, const F32& rows, std::optional<py::array_t<std::uint64_t, py::array::c_style | py::array::forcecast>> ids) {
-             const Batch b = batch_in(rows, s.dim(), "patterns");
-             if (ids && static_cast<std::size_t>(ids->size()) != b.rows)
-               throw InvalidArgument("ids has " + std::to_string(ids->size()) + " entries for " + std::to_string(b.rows) + " patterns");
-             s.append(b.arr.data(), b.rows, ids ? ids->data() : nullptr);
+           [](MemoryStore& s, const py::array& rows, std::optional<py::array> ids) {
+             const Batch b = batch_in(real_f32(rows, "patterns"), s.dim(), "patterns");
+             const std::vector<std::uint64_t> id = ids ? ids_in(*ids) : std::vector<std::uint64_t>();
+             if (ids && id.size() != b.rows)
+               throw InvalidArgument("ids has " + std::to_string(id.size()) + " entries for " + std::to_string(b.rows) + " patterns");
+             s.append(b.arr.data(), b.rows, ids ? id.data() : nullptr);
            },
            py::arg("patterns"), py::arg("ids") = py::none(), "Appends patterns ((d,) or (n, d)); ids default to size(), size()+1, ...")
       .def("append_npy", &MemoryStore::append_npy, py::arg("path"))

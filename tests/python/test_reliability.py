@@ -141,6 +141,52 @@ def test_flat_associations_and_blow_ups_are_not_silent(cli, d, tmp_path):
         am.ModelC(X[:50] * np.float32(1e18)).retrieve(X[:4])
 
 
+def test_small_defects_of_issue_23(cli, d):
+    """The small defects issue 23 lists, each as the user met it."""
+    m = make_store(cli, d)
+    bad(run(cli, "recal", m, d / "q.npy", d / "o.npy"), "unknown command 'recal'; did you mean 'recall'?")
+    bad(run(cli, "capacity", "--N", "8", "--values", "4", "-o", d / "x.npy"), "must end in .csv or .json")
+    assert "->check" not in run(cli, "capacity", "--help").stdout
+    r = run(cli, "capacity", "--model", "B", "--N", "8", "--values", "4", "--trials", "2", "--beta", "8")
+    assert r.returncode == 0 and "beta=8" in r.stdout and " n=" not in r.stdout, r.stdout
+    empty = d / "empty.amem"
+    am.MemoryStore(8).save(str(empty))
+    bad(run(cli, "index", empty), "holds no memories")
+    # A byte between the header and the payload (no checksum covers it) is corruption too.
+    raw = bytearray(m.read_bytes())
+    raw[100] = 1
+    (d / "gap.amem").write_bytes(bytes(raw))
+    bad(run(cli, "recall", d / "gap.amem", d / "q.npy", d / "o.npy"), "byte 100 between the header and the payload")
+    # float16 and integer .npy files are converted, not refused.
+    X = np.load(d / "p.npy")
+    np.save(d / "h.npy", X.astype(np.float16))
+    np.save(d / "i.npy", np.round(X * 100).astype(np.int32))
+    for f in ("h.npy", "i.npy"):
+        r = run(cli, "store", d / f, d / (f + ".amem"))
+        assert r.returncode == 0, r.stderr
+    assert np.array_equal(am.MemoryStore.open(str(d / "i.npy.amem")).to_array(), np.round(X * 100).astype(np.float32))
+    # Arrays that are not real numbers, and ids that are not non-negative integers, are refused.
+    s = am.MemoryStore(8)
+    for odd in (X.astype(complex), X.astype(str), np.zeros((2, 8), "datetime64[s]")):
+        with pytest.raises(TypeError, match="real numbers"):
+            s.append(odd)
+    with pytest.raises(ValueError, match="non-negative"):
+        s.append(X[:1], np.array([-1]))
+    with pytest.raises(TypeError, match="ids must be integers"):
+        s.append(X[:1], np.array([1.7]))
+    with pytest.raises(TypeError, match="real numbers"):
+        am.ModelB(X.astype(complex))
+    # A finite float64 beyond float32 is named as such, not as "NaN or Inf".
+    with pytest.raises(ValueError, match="does not fit in float32"):
+        am.ModelB(X).retrieve(np.full(8, 1e39))
+    # Values of another float type than the keys are converted.
+    keys = am.MemoryStore(8, "bfloat16")
+    keys.append(X)
+    vals = am.MemoryStore(3)
+    vals.append(X[:, :3])
+    assert am.ModelB(keys, beta=16.0, values=vals).retrieve(X[:2]).shape == (2, 3)
+
+
 def test_huge_beta_recalls_the_nearest_memory(cli, d):
     m = make_store(cli, d)
     r = run(cli, "recall", m, d / "q.npy", d / "o.npy", "--beta", "1e31")
