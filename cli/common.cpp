@@ -127,7 +127,12 @@ int exit_code_of(std::exception_ptr failure, std::string& message) {
 
 int report_failure(int code, const std::string& message, bool as_json) {
   if (quiet_errors()) return code;
-  std::fprintf(stderr, "assocmem: %s: %s\n", code == 2 ? "error" : "failed", message.c_str());
+  // Control bytes (from file names or arguments) are not sent to the terminal: each is shown as '?'
+  // (issue 23: an escape sequence in a file name reached stderr as it was). JSON escapes them itself.
+  std::string shown = message;
+  for (char& ch : shown)
+    if ((static_cast<unsigned char>(ch) < 0x20 && ch != '\t') || ch == 0x7F) ch = '?';
+  std::fprintf(stderr, "assocmem: %s: %s\n", code == 2 ? "error" : "failed", shown.c_str());
   if (as_json) std::cout << dump(json{{"error", message}, {"exit_code", code}});
   return code;
 }

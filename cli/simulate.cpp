@@ -88,6 +88,17 @@ int cmd_simulate(const SimulateArgs& a, bool as_json) {
                                                                                                    : "unknown"}};
     if (!a.output.empty()) j["output"] = a.output;
     if (!a.plot.empty()) j["plot"] = a.plot;
+    // Footnote 2: where a Lagrangian's Hessian is not positive semi-definite eq. (4) does not hold, and
+    // the energy may rise; say so (issue 23: text mode was silent), with the largest rise recorded.
+    double rise = 0;
+    for (std::size_t k = 1; k < tr.energy.size(); ++k) rise = std::max(rise, tr.energy[k] - tr.energy[k - 1]);
+    j["energy_max_rise"] = rise;
+    if (tr.non_psd_steps > 0)
+      std::fprintf(stderr,
+                   "assocmem: warning: %ld steps (from t = %g) were where a Lagrangian's Hessian is not positive "
+                   "semi-definite (footnote 2: eq. 4 does not hold there)%s\n",
+                   static_cast<long>(tr.non_psd_steps), tr.first_non_psd_t,
+                   rise > 0 ? ("; the energy rose by up to " + std::to_string(rise)).c_str() : "");
     emit(as_json, j,
          "simulated " + std::to_string(tr.result.steps) + " steps (" + to_string(tr.result.reason) + ") to t = " +
              std::to_string(tr.result.t) + "; E " + std::to_string(tr.energy.front()) + " -> " + std::to_string(tr.energy.back()) +

@@ -406,6 +406,11 @@ Staged stage_file(const std::string& path, const std::vector<std::pair<const voi
   const bool exists = ::stat(target.c_str(), &sb) == 0;  // again, under the lock
   if (exists && !S_ISREG(sb.st_mode))
     throw bad(std::string("it is a ") + file_type(sb.st_mode) + "; outputs must be regular files or new paths");
+  // A file the user may not write is not replaced through the folder's permission (the rename would
+  // do it: issue 23, a 0444 output replaced by a user who could not write it).
+  if (exists && ::access(target.c_str(), W_OK) != 0)
+    throw bad("permission denied: the file is not writable for you (the rename would replace it anyway); "
+              "change its mode or write elsewhere");
   st.dir = dirname_of(target);
   const std::string& dir = st.dir;
   std::string tmp;

@@ -306,6 +306,8 @@ void MemoryStore::append_npy(const std::string& path) {
 }
 
 void MemoryStore::export_npy(const std::string& path) const {
+  // The store's own file is an input: an export over it replaced the store with a .npy (issue 23).
+  if (!source_.empty()) check_distinct({{"store", source_}}, {{"export", path}});
   if (dtype_ == DType::Bits) {
     std::vector<std::int8_t> out(count_ * dim_);
     std::vector<float> row(dim_);

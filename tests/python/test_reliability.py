@@ -179,6 +179,23 @@ def test_small_defects_of_issue_23(cli, d):
     # A finite float64 beyond float32 is named as such, not as "NaN or Inf".
     with pytest.raises(ValueError, match="does not fit in float32"):
         am.ModelB(X).retrieve(np.full(8, 1e39))
+    # A store's own file is an input of export_npy (it replaced the store with a .npy).
+    opened = am.MemoryStore.open(str(m))
+    with pytest.raises(ValueError, match="same file as the store"):
+        opened.export_npy(str(m))
+    assert am.MemoryStore.open(str(m)).to_array().shape == (50, 8)
+    # simulate says so on stderr (also in text mode) when steps leave the convex region (footnote 2).
+    rng = np.random.default_rng(12)
+    np.save(d / "xi6.npy", rng.standard_normal((6, 5)))
+    (d / "odd.json").write_text(json.dumps({"xi": "xi6.npy", "feature": {"name": "log_cosh", "beta": 1},
+                                            "hidden": {"name": "power", "n": 3}, "v0": rng.standard_normal(5).tolist(),
+                                            "method": "rk4", "dt": 1e-3, "t_end": 2.0}))
+    r = run(cli, "simulate", d / "odd.json")
+    assert r.returncode == 0 and "warning:" in r.stderr and "footnote 2" in r.stderr, r.stderr
+    # Control bytes in a file name are not echoed to the terminal.
+    r = run(cli, "recall", d / "no\x1b[31mfile.amem", d / "q.npy", d / "o.npy")
+    bad(r, "no?[31mfile.amem")
+    assert "\x1b" not in r.stderr
     # Values of another float type than the keys are converted.
     keys = am.MemoryStore(8, "bfloat16")
     keys.append(X)
@@ -297,6 +314,12 @@ def test_permission_denied_exits_2(cli, d, shared_dir):
     r = run(cli, "recall", shared_dir / "m.amem", shared_dir / "q.npy", shared_dir / "ro" / "o.npy",
             preexec_fn=as_nobody)
     bad(r, "o.npy", "Permission denied")
+    # Issue 23: a 0444 output in a folder the user may write was replaced through the rename.
+    (shared_dir / "kept.npy").write_bytes(b"keep")
+    os.chmod(shared_dir / "kept.npy", 0o444)
+    r = run(cli, "recall", shared_dir / "m.amem", shared_dir / "q.npy", shared_dir / "kept.npy", preexec_fn=as_nobody)
+    bad(r, "kept.npy", "permission denied: the file is not writable for you")
+    assert (shared_dir / "kept.npy").read_bytes() == b"keep"
 
 
 @pytest.mark.parametrize("demo, args", [("immune", ["--noise", "nan"]), ("immune", ["--queries", "-1"]),
