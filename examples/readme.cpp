@@ -89,7 +89,7 @@ int main() {
     o.max_steps = 10;
     o.tol = 1e-5;
     o.top_k = 5;                                       // ids and softmax weights (one more pass)
-    o.mask = {mask.data(), batch};                     // optional: batch x K flags, non-zero = leave out
+    o.mask = {mask.data(), std::size_t(batch)};        // optional: batch x K uint8 flags, 1 = leave out
     o.monitor = [](const Progress& p) { std::fprintf(stderr, "step %ld\r", p.step); return true; };  // false cancels
     Retrieval r = engine.retrieve(queries.data(), batch, o);   // r.states, r.stop, r.top, r.steps
 
