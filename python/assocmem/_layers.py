@@ -233,6 +233,19 @@ class HopfieldCore(nn.Module):
         for memories shared by the batch; scaling, steps, eps per head. what = "output" (N, L, out_dim),
         "association" (the softmax matrices, (N, H, L, S), no dropout) or "projection" (N, H, S, pd); or a
         tuple of these names: a tuple of the results, from one projection and one iteration."""
+        if state.shape[0] == 0 or state.shape[1] == 0 or stored.shape[0] == 0:
+            # An empty batch or sequence (issue 23: a reshape error): the results of one element and one
+            # query, emptied to the asked shapes (the parameters stay in the graph, with zero gradients).
+            N, L = state.shape[0], state.shape[1]
+            one = state.new_zeros(1, max(L, 1), state.shape[2])
+            sk = stored if stored.shape[0] else stored.new_zeros(1, *stored.shape[1:])
+            pk = proj if proj.shape[0] else proj.new_zeros(1, *proj.shape[1:])
+            full = self.associate(one, sk[:1], pk[:1], None, None, scaling, steps, eps,
+                                  what=what if isinstance(what, tuple) else (what,))
+            cut = {"output": lambda t: t[:N, :L], "association": lambda t: t[:N, :, :L], "projection": lambda t: t[:N]}
+            names = what if isinstance(what, tuple) else (what,)
+            res = tuple(cut[w](t.expand(max(N, 1), *t.shape[1:])) for w, t in zip(names, full))
+            return res if isinstance(what, tuple) else res[0]
         q, k, v = self._heads(state, stored, proj)
         N, H, L, S = q.shape[0], q.shape[1], q.shape[2], stored.shape[1]
         mask = self._masks(N, H, L, S, stored_pattern_padding_mask, association_mask)
@@ -248,6 +261,9 @@ class HopfieldCore(nn.Module):
                         sc = sc + bias[:, h if bias.shape[1] > 1 else 0]
                     if m is not None:
                         sc = sc.masked_fill(m[:, h if m.shape[1] > 1 else 0], float("-inf"))
+                    if _torch.isneginf(sc).all(dim=-1).any():  # as forward refuses it (softmax would be NaN)
+                        raise ValueError("mask: a state pattern leaves out every stored pattern; a query needs at "
+                                         "least one")
                 rows.append(_torch.softmax(sc, dim=-1))
             return _torch.stack(rows, dim=1)
 

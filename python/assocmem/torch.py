@@ -84,6 +84,7 @@ class _AttentionBatch(_torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        _first_order_only()
         q, k, v, betas, out, lse, bias = ctx.saved_tensors
         kn = _np_view(k)
         bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
@@ -94,6 +95,15 @@ class _AttentionBatch(_torch.autograd.Function):
                 None if dv is None else _torch.from_numpy(dv).to(v.dtype),
                 _torch.from_numpy(dbeta).to(betas.dtype), None, None, None, None,
                 None if dbias is None else _torch.from_numpy(dbias))
+
+
+def _first_order_only():
+    """The fused kernels give first derivatives; a backward run with create_graph=True (double backward,
+    Hessian-vector products) would need the derivative of the backward itself (issue 23: it failed with
+    "Can't call numpy() on Tensor that requires grad")."""
+    if _torch.is_grad_enabled():
+        raise RuntimeError("assocmem.torch: the fused attention is differentiable once; second derivatives "
+                           "(create_graph=True, double backward) are not supported - use plain torch ops there")
 
 
 def _attention_step(q, k, v, beta, mask, threads):
@@ -167,6 +177,7 @@ class _LogSumExp(_torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dlse):
+        _first_order_only()
         q, k, beta, lse = ctx.saved_tensors
         dq, dk, dbeta = _LSE_BACKWARD[k.dtype](_np_view(q), _np_view(k), float(beta), ctx.mask, ctx.threads,
                                                lse.numpy(), _np_view(dlse.to(_torch.float64)))
@@ -185,6 +196,7 @@ class _Spherical(_torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, ddrive, denergy):
+        _first_order_only()
         g, k = ctx.saved_tensors
         dg, dk = _SPH_BACKWARD[k.dtype](_np_view(g), _np_view(k), *ctx.args, _np_view(ddrive),
                                         _np_view(denergy.to(_torch.float64)))

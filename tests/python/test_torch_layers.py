@@ -569,6 +569,20 @@ def test_bad_inputs_are_refused():
     for steps in (10**7, 2**40):
         with pytest.raises(ValueError, match="update_steps_max must be in"):
             Hopfield(input_size=8, update_steps_max=steps)
+    # Issue 23: an empty batch gave a reshape error; get_association_matrix returned NaN where forward
+    # raises; a double backward failed with "Can't call numpy()".
+    assert m(torch.randn(0, 5, 8)).shape == (0, 5, 8)
+    assert HopfieldPooling(input_size=8)(torch.randn(0, 5, 8)).shape == (0, 8)
+    assert m.get_association_matrix(torch.randn(0, 5, 8)).shape[0] == 0
+    pad = torch.zeros(3, 20, dtype=torch.bool)
+    pad[1] = True
+    for call in (m, m.get_association_matrix):
+        with pytest.raises(ValueError, match="every"):
+            call((stored, state, proj), stored_pattern_padding_mask=pad)
+    x = state.double().requires_grad_()
+    out = Hopfield(input_size=8).double()(x)
+    with pytest.raises(RuntimeError, match="differentiable once; second derivatives"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
 def test_hopfield_pooling_learns_to_detect_a_motif():
