@@ -19,9 +19,18 @@
 
 namespace assocmem::cli {
 
+namespace {
+bool g_bar_on_screen = false;  // a bar's line is on stderr, not yet erased
+}
 ProgressBar::ProgressBar(std::string what) : what_(std::move(what)), start_(std::chrono::steady_clock::now()) {}
 ProgressBar::~ProgressBar() {
-  if (drawn_) std::fprintf(stderr, "\r\033[K");
+  if (drawn_) clear_drawn();
+}
+void ProgressBar::clear_drawn() {
+  if (!g_bar_on_screen) return;
+  std::fprintf(stderr, "\r\033[K");
+  std::fflush(stderr);
+  g_bar_on_screen = false;
 }
 void ProgressBar::update(double fraction) {
   if (!isatty(STDERR_FILENO)) return;
@@ -32,6 +41,7 @@ void ProgressBar::update(double fraction) {
                std::string(static_cast<std::size_t>(width - done), ' ').c_str(), 100 * fraction, s);
   std::fflush(stderr);
   drawn_ = true;
+  g_bar_on_screen = true;
 }
 
 namespace {
@@ -78,6 +88,7 @@ int run_python(const std::vector<std::string>& args) {
 std::string dump(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n"; }
 
 void emit(bool as_json, const json& j, const std::string& text) {
+  ProgressBar::clear_drawn();
   if (as_json) std::cout << dump(j);
   else std::cout << text;
 }
@@ -127,6 +138,7 @@ int exit_code_of(std::exception_ptr failure, std::string& message) {
 
 int report_failure(int code, const std::string& message, bool as_json) {
   if (quiet_errors()) return code;
+  ProgressBar::clear_drawn();
   // Control bytes (from file names or arguments) are not sent to the terminal: each is shown as '?'
   // (issue 23: an escape sequence in a file name reached stderr as it was). JSON escapes them itself.
   std::string shown = message;

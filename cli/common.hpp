@@ -32,6 +32,9 @@ class ProgressBar {
   ProgressBar(const ProgressBar&) = delete;
   ProgressBar& operator=(const ProgressBar&) = delete;
   void update(double fraction);
+  /// Erases the bar drawn last (if any) so that the next line starts clean: emit() and report_failure()
+  /// call it (a finished bar ran into the summary line).
+  static void clear_drawn();
 
  private:
   std::string what_;

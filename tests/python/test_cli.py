@@ -136,3 +136,37 @@ def test_the_command_finds_python_and_its_package_without_compiled_in_paths(cli,
     env["ASSOCMEM_PYTHON"] = str(tmp_path / "no-such-python")
     r = subprocess.run([cli, "demo", "colour"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "cannot run" in r.stderr and "ASSOCMEM_PYTHON" in r.stderr
+
+
+def test_a_finished_progress_bar_is_erased_before_the_summary(cli, tmp_path):
+    """Issue 23: on a terminal, the finished bar and the summary line shared one line. The bar (drawn
+    after 1 s) is erased ("\\r\\033[K") before the summary is printed."""
+    import os
+    import pty
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((100000, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "q.npy", X[:64])
+    assert subprocess.run([cli, "store", tmp_path / "x.npy", tmp_path / "x.amem"]).returncode == 0
+    master, slave = pty.openpty()
+    p = subprocess.Popen([cli, "recall", tmp_path / "x.amem", tmp_path / "q.npy", tmp_path / "o.npy",
+                          "--model", "B", "--beta", "0.1", "--steps", "300", "--step", "0.01", "--threads", "1"],
+                         stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert p.wait(timeout=300) == 0
+    os.close(master)
+    text = out.decode(errors="replace")
+    assert "recall [" in text, text[-500:]              # the bar was drawn (the run took over a second)
+    bar_end = text.rfind("recall [")
+    summary = text.find("recalled 64 queries")
+    assert summary > bar_end, text[-500:]
+    assert "\r\x1b[K" in text[bar_end:summary], repr(text[bar_end:summary + 40])
