@@ -316,6 +316,10 @@ class HopfieldCore(nn.Module):
             if tuple(kpm.shape) != (N, S):
                 raise ValueError(f"stored_pattern_padding_mask must have shape (batch, stored patterns) = ({N}, {S}), "
                                  f"got {tuple(kpm.shape)}")
+            full = kpm.all(dim=1)
+            if full.any() and not zero:  # named here, not as an element of the flattened (batch x heads) call
+                raise ValueError(f"stored_pattern_padding_mask: batch element {int(full.nonzero()[0, 0])} pads every "
+                                 "stored pattern; a state pattern needs at least one (or add_zero_association=True)")
             if zero:
                 kpm = nn.functional.pad(kpm, (0, 1))
         if am is not None:

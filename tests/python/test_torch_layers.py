@@ -560,7 +560,7 @@ def test_bad_inputs_are_refused():
     row_out[1] = float("-inf")  # state pattern 1 left with no stored pattern
     with pytest.raises(ValueError, match="leaves out every memory"):
         m((stored, state, proj), association_mask=row_out)
-    with pytest.raises(ValueError, match="every memory"):
+    with pytest.raises(ValueError, match="batch element 0 pads every stored pattern"):
         m((stored, state, proj), stored_pattern_padding_mask=torch.ones(3, 20, dtype=torch.bool))
     with pytest.raises(TypeError, match="tuple"):
         m([stored, state, proj])
@@ -576,8 +576,8 @@ def test_bad_inputs_are_refused():
     assert m.get_association_matrix(torch.randn(0, 5, 8)).shape[0] == 0
     pad = torch.zeros(3, 20, dtype=torch.bool)
     pad[1] = True
-    for call in (m, m.get_association_matrix):
-        with pytest.raises(ValueError, match="every"):
+    for call in (m, m.get_association_matrix):  # the batch element named as given (was "row 0" of element 1 x heads)
+        with pytest.raises(ValueError, match="batch element 1 pads every stored pattern"):
             call((stored, state, proj), stored_pattern_padding_mask=pad)
     x = state.double().requires_grad_()
     out = Hopfield(input_size=8).double()(x)
