@@ -232,6 +232,14 @@ MemoryStore open_shard(const ShardManifest& m, std::size_t i, const OpenOptions&
     }
   }();
   check_shard(m, i, s);
+  // The ids the manifest records for the shard (issue 23: never compared): its smallest and largest.
+  if (s.size() > 0) {
+    const auto [lo, hi] = std::minmax_element(s.ids(), s.ids() + s.size());
+    if (*lo != m.shards[i].min_id || *hi != m.shards[i].max_id)
+      throw IoError(detail::concat("manifest '", m.path, "': shard ", i, " ('", m.shards[i].file, "') holds ids ", *lo,
+                                   "..", *hi, ", the manifest says ", m.shards[i].min_id, "..", m.shards[i].max_id));
+    s.check_intact();
+  }
   return s;
 }
 

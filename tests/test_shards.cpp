@@ -146,6 +146,9 @@ TEST(Shards, MismatchesAreRefusedNamingTheShard) {
   edit_manifest(man, [](ShardManifest& m) { m.shards[2].first_row = 9; });
   EXPECT_THROW_MSG(read_manifest(man), IoError, "first_row 9, but the shards before it end at row 8");
   write_all(man, original);
+  edit_manifest(man, [](ShardManifest& m) { m.shards[1].max_id += 1; });  // ids compared with the shard's own
+  EXPECT_THROW_MSG(read_manifest(man), IoError, "shard 1 ('shard-00001.amem') holds ids");
+  write_all(man, original);
   edit_manifest(man, [](ShardManifest& m) { m.count = 13; });
   EXPECT_THROW_MSG(read_manifest(man), IoError, "the shards hold 12 memories");
   write_all(man, original);
