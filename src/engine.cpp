@@ -760,6 +760,10 @@ AttentionPartial approx_b_partial(const detail::EngineCore& core, const float* q
   return out;
 }
 
+// Float32 unit roundoff and Higham's gamma_n = n u / (1 - n u): the rounding bounds of the certificates.
+constexpr double kU32 = 0x1p-24;
+double gamma32(double n) { return n * kU32 / (1.0 - n * kU32); }
+
 // The float32 rounding of one model B pass (eq. 16) from the float query q (|q| = qnorm) over n memories
 // of norms <= R: a bound on ||a~ - a||_2, a the exact softmax average over the same memories and a~ the
 // one computed (it is what a certificate adds to the screen's bound: Certificate::state_error). With
@@ -775,8 +779,8 @@ AttentionPartial approx_b_partial(const detail::EngineCore& core, const float* q
 // a~ and a both lie in the ball of radius ~R, so 2.01 R caps the bound (large beta |q| R, where T is
 // not small).
 double b_pass_rounding(double R, double qnorm, double beta, std::size_t d, std::size_t n, double depth, double u_op) {
-  constexpr double u = 0x1p-24;
-  auto g = [](double k) { return k * u / (1.0 - k * u); };
+  constexpr double u = kU32;
+  const auto g = gamma32;
   const double h = g(depth), es = (g(double(d) + 1) + 1.01 * u_op) * R * qnorm;
   const double cap = R * (1.0 + 1.01 * (1 + h) / (1 - h));
   const double t = beta * es + 4.1 * u * beta * (R * qnorm + es) + 10 * u + u_op;
@@ -1161,8 +1165,8 @@ void certified_c_pass(const detail::EngineCore& core, const AdditiveLagrangian* 
   // rounding to float (u + 1e-13: evaluated in double); the sum over the memories adds g(depth) sum |xi| F'.
   // Each term enters the drive times xi: weighted by |xi|. Depth as model B's (candidates + 16 in one
   // chain; tile + 3 K / 32 in the tiled pass).
-  constexpr double u = 0x1p-24;
-  auto gam = [](double k) { return k * u / (1.0 - k * u); };
+  constexpr double u = kU32;
+  const auto gam = gamma32;
   auto score_err = [&](double u_op) {  // per unit norm of the memory
     return gam(double(d) + 1) * (1 + 1.01 * u) + 1.01 * u + 1.01 * u_op;
   };

@@ -68,6 +68,14 @@ double dist(const std::vector<long double>& a, const double* b) {
   return static_cast<double>(std::sqrt(s));
 }
 
+// K random directions in d dimensions with norms log-uniform in [1e-3, 1e3]: scores span six decades.
+Matrix spread_norms(std::size_t K, std::size_t d, std::mt19937_64& rng) {
+  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
+  std::uniform_real_distribution<double> decade(-3.0, 3.0);
+  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i) *= std::pow(10.0, decade(rng)) / X.row(i).norm();
+  return X;
+}
+
 RetrieveOptions one_step(double eps) {
   RetrieveOptions o;
   o.max_steps = 1;
@@ -371,9 +379,7 @@ TEST(Certified, TheBoundHoldsWithManyNearTiesAtTheThreshold) {
 TEST(Certified, StateErrorIncludesTheFloatRounding) {
   std::mt19937_64 rng(31);
   const std::size_t K = 2000, d = 32;
-  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
-  std::uniform_real_distribution<double> decade(-3.0, 3.0);
-  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i) *= std::pow(10.0, decade(rng)) / X.row(i).norm();
+  const Matrix X = spread_norms(K, d, rng);
   int checked = 0, beyond_screen = 0, fell = 0;
   for (DType t : {DType::Float32, DType::BFloat16}) {
     const MemoryStore s = store_of(X, t);
@@ -817,9 +823,7 @@ TEST(Certified, ModelCWithinItsBound) {
 TEST(Certified, ModelCStateErrorIncludesTheFloatRounding) {
   std::mt19937_64 rng(32);
   const std::size_t K = 2000, d = 24;
-  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
-  std::uniform_real_distribution<double> decade(-3.0, 3.0);
-  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i) *= std::pow(10.0, decade(rng)) / X.row(i).norm();
+  const Matrix X = spread_norms(K, d, rng);
   const MemoryStore s = store_of(X, DType::Float32);
   const CodeIndex c = CodeIndex::build(s);
   int checked = 0, fell = 0, beyond_screen = 0;
