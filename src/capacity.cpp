@@ -330,4 +330,37 @@ Bisection bisect_capacity(CapacitySpec spec, double threshold, std::size_t K_lo,
   return b;
 }
 
+SlopeFit fit_loglog_slope(const std::vector<double>& N, const std::vector<std::pair<double, double>>& K_ranges) {
+  if (N.size() != K_ranges.size())
+    throw InvalidArgument("fit_loglog_slope: N has " + std::to_string(N.size()) + " sizes but K_ranges " +
+                                std::to_string(K_ranges.size()) + " ranges");
+  if (N.size() < 2) throw InvalidArgument("fit_loglog_slope: needs at least 2 sizes N");
+  std::vector<double> x(N.size()), y(N.size()), s(N.size());
+  double mean = 0;
+  for (std::size_t i = 0; i < N.size(); ++i) {
+    const auto [lo, hi] = K_ranges[i];
+    if (!(N[i] > 0) || !std::isfinite(N[i])) throw InvalidArgument("fit_loglog_slope: N must be positive and finite");
+    if (!(lo >= 1) || !(hi >= lo) || !std::isfinite(hi))
+      throw InvalidArgument("fit_loglog_slope: each K range needs 1 <= K_low <= K_high (finite), got [" +
+                                  std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    x[i] = std::log(N[i]);
+    y[i] = 0.5 * (std::log(lo) + std::log(hi));  // the geometric midpoint
+    s[i] = 0.5 * (std::log(hi) - std::log(lo));  // half-width in ln K: one standard error
+    mean += x[i];
+  }
+  mean /= double(N.size());
+  double sxx = 0;
+  for (double xi : x) sxx += (xi - mean) * (xi - mean);
+  if (!(sxx > 0)) throw InvalidArgument("fit_loglog_slope: the sizes N must not all be equal");
+  SlopeFit f;
+  double var = 0;
+  for (std::size_t i = 0; i < N.size(); ++i) {
+    const double w = (x[i] - mean) / sxx;  // the slope is sum w_i y_i
+    f.slope += w * y[i];
+    var += w * w * s[i] * s[i];
+  }
+  f.stderr_ = std::sqrt(var);
+  return f;
+}
+
 }  // namespace assocmem

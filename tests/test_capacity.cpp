@@ -70,7 +70,11 @@ TEST(Reproduce, ClassicalNetwork) {
 }
 
 // Appendix B: N = 100, K = 2000, random starts run to convergence: n = 2, 3 never end on a memory,
-// n = 5 always does. Rectified n = 4 "also did in a small re-run"; here 98 of 100 starts do (>= 95%).
+// n = 5 always does. Rectified n = 4 "also did in a small re-run". Issue 23: with one trial of 100 starts
+// the bounds were seed luck (n = 5 ends on a memory from 1999 of 2000 starts in our reruns, 199 of 200 in
+// an independent one, so >= 99/100 fails for ~1 seed in 10; rectified n = 4 from 97.5-98.1%, so >= 95/100
+// fails for ~1 in 40). Now 20 trials of 100 starts (2000 in all, under a second): the fraction's standard
+// error is below 0.005 and each bound sits >= 5 standard errors from the rates measured over seeds 1-3.
 TEST(Reproduce, KrotovHopfield2016AppendixB) {
   for (auto [F, expect_all] : {std::pair{InteractionSpec{Interaction::Power, 2, 1}, false},
                                std::pair{InteractionSpec{Interaction::Power, 3, 1}, false},
@@ -79,7 +83,7 @@ TEST(Reproduce, KrotovHopfield2016AppendixB) {
     CapacitySpec s = power_spec(2, 100, 2000);
     s.F = F;
     s.protocol = Protocol::RandomStarts;
-    s.trials = 1;
+    s.trials = 20;
     s.cues = 100;
     const double on = measure_capacity(s).recalled;
     if (expect_all) EXPECT_GE(on, F.kind == Interaction::Power ? 0.99 : 0.95) << to_string(F.kind) << " n=" << F.n;
@@ -99,8 +103,14 @@ double slope(const std::vector<double>& x, const std::vector<double>& y) {
   return (n * sxy - sx * sy) / (n * sxx - sx * sx);
 }
 
-// K_max ~ N^(n-1) / (2 (2n-3)!! ln N): the measured K at which 99% of the memories are one-step
-// stable grows with N with the formula's log-log slope (within 0.3) for n = 2, 3, 4.
+// K_max ~ N^(n-1) / (2 (2n-3)!! ln N): the K at which 99% of the memories are one-step stable grows
+// with N with the formula's log-log slope for n = 2, 3, 4. Issue 23: a single bisection per N (6 trials)
+// lands anywhere in a wide range (at n = 4, N = 20 between 8 and 48 from seed to seed), so the old
+// "slope within 0.3" passed for 3 of 5 seeds. Now: the range each K has (bisect_capacity's K_low..K_high,
+// 2 standard errors over 10 trials), the slope fitted to those ranges with its standard error, and the
+// tolerance 0.3 + 2 s.e. (0.3: eq. 6 is asymptotic, its ln N and constant move the slope at these N by up
+// to ~0.3; measured over seeds 1-6: |slope - eq. 6| <= 0.49 with s.e. 0.04-0.28). Distinct n differ in slope
+// by ~1, so a wrong power of N still fails.
 TEST(Reproduce, KrotovHopfield2016KmaxTrend) {
   auto dfact = [](int k) {
     double r = 1;
@@ -109,21 +119,45 @@ TEST(Reproduce, KrotovHopfield2016KmaxTrend) {
   };
   for (int n : {2, 3, 4}) {
     const std::vector<double> Ns = n == 2 ? std::vector<double>{64, 128, 256} : (n == 3 ? std::vector<double>{32, 64, 128}
-                                                                                       : std::vector<double>{20, 30, 45});
-    std::vector<double> lx, lk, lt;
+                                                                                       : std::vector<double>{30, 45, 60});
+    std::vector<double> lx, lt;
+    std::vector<std::pair<double, double>> ranges;
     for (double N : Ns) {
       const double theory = std::pow(N, n - 1) / (2 * dfact(2 * n - 3) * std::log(N));
       CapacitySpec s = power_spec(n, static_cast<std::size_t>(N), 1);
       s.one_step = true;
-      s.trials = 6;
-      const Bisection b = bisect_capacity(s, 0.99, 1, static_cast<std::size_t>(4 * theory) + 20, {}, false);
+      s.trials = 10;
+      const Bisection b = bisect_capacity(s, 0.99, 1, static_cast<std::size_t>(4 * theory) + 20);
       ASSERT_GT(b.K, 0u);
+      ranges.emplace_back(double(std::max<std::size_t>(b.K_low, 1)), double(std::max<std::size_t>(b.K_high, 1)));
       lx.push_back(std::log(N));
-      lk.push_back(std::log(double(b.K)));
       lt.push_back(std::log(theory));
     }
-    EXPECT_NEAR(slope(lx, lk), slope(lx, lt), 0.3) << "n=" << n;
+    const SlopeFit fit = fit_loglog_slope(Ns, ranges);
+    EXPECT_NEAR(fit.slope, slope(lx, lt), 0.3 + 2 * fit.stderr_) << "n=" << n << " (s.e. " << fit.stderr_ << ")";
+    EXPECT_LT(fit.stderr_, 0.4) << "n=" << n << ": the ranges are too wide for the test to mean anything";
   }
+}
+
+// fit_loglog_slope: exact on a power law (zero-width ranges), its standard error the propagated
+// half-widths, and bad ranges refused.
+TEST(Capacity, LogLogSlopeFit) {
+  const std::vector<double> Ns = {10, 20, 40, 80};
+  std::vector<std::pair<double, double>> exact, wide;
+  for (double N : Ns) {
+    exact.emplace_back(3 * N * N, 3 * N * N);
+    wide.emplace_back(3 * N * N / std::exp(0.1), 3 * N * N * std::exp(0.1));  // half-width 0.1 in ln K
+  }
+  EXPECT_NEAR(fit_loglog_slope(Ns, exact).slope, 2.0, 1e-12);
+  EXPECT_EQ(fit_loglog_slope(Ns, exact).stderr_, 0.0);
+  const SlopeFit w = fit_loglog_slope(Ns, wide);
+  EXPECT_NEAR(w.slope, 2.0, 1e-12);
+  // sd = 0.1 sqrt(sum w_i^2) = 0.1 / sqrt(Sxx), with ln N equally spaced by ln 2: Sxx = 5 (ln 2)^2.
+  EXPECT_NEAR(w.stderr_, 0.1 / (std::sqrt(5.0) * std::log(2.0)), 1e-12);
+  EXPECT_THROW(fit_loglog_slope({10, 10}, {{1, 2}, {3, 4}}), InvalidArgument);
+  EXPECT_THROW(fit_loglog_slope({10, 20}, {{0, 2}, {3, 4}}), InvalidArgument);
+  EXPECT_THROW(fit_loglog_slope({10, 20}, {{5, 2}, {3, 4}}), InvalidArgument);
+  EXPECT_THROW(fit_loglog_slope({10}, {{1, 2}}), InvalidArgument);
 }
 
 // Exponential and power-law growth of K(N) differ in the local log-log slope d ln K / d ln N: constant

@@ -240,10 +240,12 @@ TEST(Limits, FullNetworkFixedPointIsModelBFixedPoint) {
 // activation (g = tanh(100 v): log_cosh gain 100, a smooth stand-in for Sign) and fast hidden neurons
 // (tau_h = 0.01), a settled state has v_i = sum_mu xi_mu,i F'(xi_mu . sigma) with sigma = Sign(v): the
 // network reproduces the *gradient* condition of eq. (8), sigma_i = Sign(sum_mu xi_mu,i F'(xi_mu.sigma)),
-// exactly. The Krotov-Hopfield rule uses the finite difference F(r + 1) - F(r - 1) instead of 2 F'(r),
-// so the network's end states are single-flip minima of eq. (8) (as the rule's always are) except in
-// marginal cases; and from the same cue the two often end on different minima (docs/results.md).
-TEST(Limits, TwoBodyNetworkEndsAtMinimaOfEq8) {
+// exactly - checked at every neuron of every cue. The Krotov-Hopfield rule uses the finite difference
+// F(r + 1) - F(r - 1) instead of 2 F'(r), and it stops only at single-flip minima of eq. (8). The
+// network's end states are not always such minima: over 500 cues (25 memory sets) 82% are, from 11 to 19
+// of 20 per set (docs/results.md). Issue 23: the old test also asked for >= 15 of 20 here, a rate above
+// the typical one that held on this seed only; a statistic of the landscape is not asserted.
+TEST(Limits, TwoBodyNetworkMeetsTheGradientConditionOfEq8) {
   std::mt19937_64 rng(53);
   const int N = 30, K = 40, cues = 20;
   const Matrix X = rand_pm1(K, N, rng);
@@ -261,7 +263,7 @@ TEST(Limits, TwoBodyNetworkEndsAtMinimaOfEq8) {
     return true;
   };
   const auto sign = [](const Vector& v) { return Vector(v.unaryExpr([](double x) { return x > 0 ? 1.0 : -1.0; })); };
-  int two_body = 0, rule = 0;
+  int rule = 0;
   for (int c = 0; c < cues; ++c) {
     const Vector s0 = flip_bits(row(X, c), 6, rng);
     const Trajectory tr = simulate(net, s0, Vector(), o);
@@ -273,7 +275,6 @@ TEST(Limits, TwoBodyNetworkEndsAtMinimaOfEq8) {
     Vector grad = Vector::Zero(N);
     for (Eigen::Index mu = 0; mu < K; ++mu) grad += X.row(mu).transpose() * F->dG(h[mu]);
     EXPECT_TRUE(sign(grad) == sigma) << "cue " << c;
-    two_body += is_minimum(sigma);
     RetrieveOptions ro;
     ro.order = UpdateOrder::RandomAsync;
     ro.seed = static_cast<std::uint64_t>(c);
@@ -281,8 +282,7 @@ TEST(Limits, TwoBodyNetworkEndsAtMinimaOfEq8) {
     ASSERT_TRUE(r.converged());
     rule += is_minimum(r.state());
   }
-  EXPECT_EQ(rule, cues);                // the rule stops only at single-flip minima
-  EXPECT_GE(two_body, cues * 3 / 4);    // the network's mostly are (17 of 20 here)
+  EXPECT_EQ(rule, cues);  // the rule stops only at single-flip minima
 }
 
 TEST(Limits, FullNetworkFixedPointIsModelCFixedPoint) {

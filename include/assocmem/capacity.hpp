@@ -123,4 +123,14 @@ struct Bisection {
 Bisection bisect_capacity(CapacitySpec spec, double threshold, std::size_t K_lo, std::size_t K_hi,
                           const std::function<void(double)>& progress = {}, bool with_interval = true);
 
+/// A growth exponent d ln K / d ln N with its standard error, fitted (least squares) to capacity
+/// ranges [K_low, K_high] (Bisection) at sizes N: each range's geometric midpoint is the point and its
+/// half-width in ln K is taken as one standard error (the range spans 2 standard errors of the recalled
+/// fraction either side of the threshold). For comparing a measured trend with a law such as eq. 6.
+struct SlopeFit {
+  double slope = 0.0, stderr_ = 0.0;
+};
+/// Throws InvalidArgument unless there are >= 2 distinct positive N and 1 <= K_low <= K_high.
+SlopeFit fit_loglog_slope(const std::vector<double>& N, const std::vector<std::pair<double, double>>& K_ranges);
+
 }  // namespace assocmem

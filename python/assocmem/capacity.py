@@ -13,6 +13,7 @@ patterns (one per hidden neuron, eq. 9's bound) and probes all K.
     measure(model="A", F="power", n=3, N=100, K=300, one_step=True, trials=20) -> dict
     bisect(0.5, 10, 5000, model="A", n=3, N=100) -> (K, points)
     bisect_interval(0.5, 10, 5000, model="A", n=3, N=100) -> dict K, K_low, K_high, points
+    loglog_slope([32, 64, 128], [(24, 34), (88, 118), (364, 410)]) -> (slope, stderr)
 
 recalled_stderr is the standard error over trials (the unit of repetition: the cues of one trial share
 its memories); trial_recalled lists each trial's fraction.
@@ -21,9 +22,10 @@ its memories); trial_recalled lists each trial's fraction.
 from __future__ import annotations
 
 from ._core import bisect_capacity as _bisect
+from ._core import fit_loglog_slope as _fit_loglog_slope
 from ._core import measure_capacity as _measure
 
-__all__ = ["measure", "bisect", "bisect_interval", "sweep", "k_max_theory", "one_step_theory", "double_factorial"]
+__all__ = ["measure", "bisect", "bisect_interval", "loglog_slope", "sweep", "k_max_theory", "one_step_theory", "double_factorial"]
 
 
 def measure(**spec):
@@ -46,6 +48,14 @@ def bisect_interval(threshold, K_lo, K_hi, **spec):
     smallest confidently below, minus 1; a wide interval asks for more trials."""
     K, points, (lo, hi) = _bisect(threshold, K_lo, K_hi, interval=True, **spec)
     return {"K": K, "K_low": lo, "K_high": hi, "points": points}
+
+
+def loglog_slope(Ns, K_ranges):
+    """The growth exponent d ln K / d ln N and its standard error, fitted to capacity ranges (K_low, K_high)
+    from bisect_interval at sizes Ns: each range's geometric midpoint is the point, its half-width in ln K
+    one standard error. Compare the slope with a law such as eq. 6 within a few standard errors."""
+    slope, stderr = _fit_loglog_slope([float(n) for n in Ns], [(float(lo), float(hi)) for lo, hi in K_ranges])
+    return slope, stderr
 
 
 def sweep(parameter, values, **spec):

@@ -1183,6 +1183,14 @@ void bind_capacity(py::module_& m) {
         "The largest K in [K_lo, K_hi] whose recalled fraction is >= threshold (bisection); keyword arguments "
         "as measure_capacity. Returns (K, points, (K_low, K_high)): the measured K range that trial-level "
         "errors (2 standard errors) cannot separate from the threshold.");
+  m.def("fit_loglog_slope",
+        [](const std::vector<double>& N, const std::vector<std::pair<double, double>>& K_ranges) {
+          const SlopeFit f = fit_loglog_slope(N, K_ranges);
+          return py::make_tuple(f.slope, f.stderr_);
+        },
+        py::arg("N"), py::arg("K_ranges"),
+        "d ln K / d ln N fitted to capacity ranges (K_low, K_high) at sizes N (assocmem::fit_loglog_slope): "
+        "returns (slope, standard error).");
 }
 
 // Glyph images and file writing.

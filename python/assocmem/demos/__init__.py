@@ -30,6 +30,13 @@ def float_in(lo, hi):
     return parse
 
 
+def progress(demo, message):
+    """One line of progress on stderr, "[demo] message", when stderr is a terminal: the demos run for
+    minutes, row by row; each row's line ends on its own line as it finishes (nothing when redirected)."""
+    if sys.stderr.isatty():
+        print(f"[{demo}] {message}", file=sys.stderr, flush=True)
+
+
 def run_main(main, argv=None):
     """Runs a demo's main: bad input and unwritable files end with one line and exit 2, no traceback."""
     try:

@@ -7,8 +7,6 @@ nearer to that colour than to any other stored one ("nearest" reports whether th
 weight is on it, which beta does not change). Model B compares dot products, so for recall by distance each colour
 xi is stored as (xi, -|xi|^2/2) and a cue v as (v, 1): one constant "bias" feature beside the three
 colour features, the standard way to turn a dot product into -|v - xi|^2/2 + const.
-
-usage: python3 -m assocmem.demos.colour [--json]
 """
 from __future__ import annotations
 
@@ -21,7 +19,7 @@ import time
 import numpy as np
 
 import assocmem as am
-from assocmem.demos import float_in, int_in, run_main
+from assocmem.demos import float_in, int_in, progress, run_main
 
 RGB_TXT = "/usr/share/X11/rgb.txt"
 
@@ -79,6 +77,7 @@ def run(sigma=0.002, queries=1000, seed=0, sizes=(10, 20, 50, 100), betas=(1e2, 
             rate, nearest, secs = recall_rate(C, beta, sigma, queries, rng)
             rows.append({"colours": label, "count": int(len(C)), "beta": beta, "recalled": rate, "nearest": nearest,
                          "seconds": round(secs, 3)})
+            progress("colour", f"{label:26s} beta {beta:8g}: recalled {rate:7.2%} ({secs:.2f} s)")
     return {"sigma": sigma, "queries": queries, "rows": rows}
 
 

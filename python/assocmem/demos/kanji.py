@@ -9,8 +9,6 @@ Models: B (modern Hopfield, one step of eq. 16, bfloat16 storage), A with F = ex
 memory, synchronous updates to a fixed point), and the classical network (model A with n = 2) as a
 baseline on growing subsets of the memories. "Recalled exactly" means every one of the 4096 pixels
 (the sign of model B's state) equals the stored image.
-
-usage: python3 -m assocmem.demos.kanji [--count K] [--out DIR] [--seed S] [--json]
 """
 from __future__ import annotations
 
@@ -23,15 +21,10 @@ import time
 import numpy as np
 
 import assocmem as am
-from assocmem.demos import int_in, run_main
+from assocmem.demos import int_in, progress, run_main
 
 SIZE = 64
 N = SIZE * SIZE
-
-
-def _progress(msg):
-    if sys.stderr.isatty():
-        print(f"[kanji] {msg}", file=sys.stderr, flush=True)
 
 
 def run(count=3000, out="assocmem-kanji-report", seed=0, classical_counts=(2, 5, 10, 50, 100, 300, 573, 1000),
@@ -45,7 +38,7 @@ def run(count=3000, out="assocmem-kanji-report", seed=0, classical_counts=(2, 5,
         raise RuntimeError("no glyphs rendered: is fonts-ipafont-gothic installed?")
     P = images.reshape(K, N).astype(np.float32)
     t_render = time.perf_counter() - t0
-    _progress(f"rendered {K} glyphs (U+{codepoints[0]:04X}..U+{codepoints[-1]:04X}) in {t_render:.2f} s")
+    progress("kanji", f"rendered {K} glyphs (U+{codepoints[0]:04X}..U+{codepoints[-1]:04X}) in {t_render:.2f} s")
 
     visible = np.zeros(N, bool)
     visible[: N // 2] = True
@@ -61,7 +54,7 @@ def run(count=3000, out="assocmem-kanji-report", seed=0, classical_counts=(2, 5,
         exact = np.all(recalled == truth, axis=1)
         rows.append({"model": model, "K": int(k), "cue": cue, "cues": int(len(truth)),
                      "recalled_exactly": float(exact.mean()), "seconds": round(seconds, 3), "note": extra})
-        _progress(f"{model:28s} K={k:5d} {cue:6s} {exact.mean():7.2%} in {seconds:.2f} s")
+        progress("kanji", f"{model:28s} K={k:5d} {cue:6s} {exact.mean():7.2%} in {seconds:.2f} s")
         return exact
 
     # Model B: one step of eq. (16), bfloat16 storage.
