@@ -181,29 +181,29 @@ Command add_capacity(CLI::App& app) {
       ->check(CLI::IsMember({"power", "rectified", "exp"}));
   cap->add_option("--n", a->n, "Power n of F")->capture_default_str();
   cap->add_option("--beta", a->beta, "Inverse temperature (B) or gain of F = exp")->capture_default_str();
-  cap->add_option("--N", a->N, "Neurons (pattern dimension)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cap->add_option("--hidden", a->hidden, "N_h: hidden neurons, one memory each (0: one per memory)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  cap->add_option("--N", a->N, "Neurons (pattern dimension)")->capture_default_str()->transform(whole<std::size_t>());
+  cap->add_option("--hidden", a->hidden, "N_h: hidden neurons, one memory each (0: one per memory)")->capture_default_str()->transform(whole<std::size_t>());
   cap->add_option("--protocol", a->protocol, "stability, basin or random (starts)")->capture_default_str()
       ->check(CLI::IsMember({"stability", "basin", "random"}));
   cap->add_option("--rho", a->rho, "basin: fraction of bits flipped in the cue")->capture_default_str();
   cap->add_flag("--one-step", a->one_step, "One synchronous update instead of running to a fixed point");
   cap->add_option("--order", a->order, "Update order of model A: random, fixed or sync")->capture_default_str()
       ->check(CLI::IsMember({"random", "fixed", "sync"}));
-  cap->add_option("--max-steps", a->max_steps, "Sweeps (A) or updates (B, C)")->capture_default_str();
+  cap->add_option("--max-steps", a->max_steps, "Sweeps (A) or updates (B, C)")->capture_default_str()->transform(whole<long>(1, kMaxRetrieveSteps));
   cap->add_option("--step", a->step, "dt/tau_f of models B and C")->capture_default_str();
-  cap->add_option("--trials", a->trials, "Independent draws of the memories (the unit of the error bars: >= 2 for a standard error)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cap->add_option("--cues", a->cues, "Cues per trial (0: min(K, 1000); random starts 100)")->capture_default_str();
+  cap->add_option("--trials", a->trials, "Independent draws of the memories (the unit of the error bars: >= 2 for a standard error)")->capture_default_str()->transform(whole<std::size_t>());
+  cap->add_option("--cues", a->cues, "Cues per trial (0: min(K, 1000); random starts 100)")->capture_default_str()->transform(whole<std::size_t>());
   cap->add_option("--criterion", a->criterion, "per-cue (fraction of cues recalled) or all (fraction of trials with every "
                   "memory recalled, cued once)")->capture_default_str()->check(CLI::IsMember({"per-cue", "all"}));
   cap->add_flag("--no-negatives", a->no_negatives, "Random starts: do not count ending on -xi as a memory");
   cap->add_option("--sweep", a->sweep, "Parameter to sweep: K, N, n, beta, rho or hidden")->capture_default_str();
   cap->add_option("--values", a->values, "Values of the swept parameter")->delimiter(',')->capture_default_str();
   cap->add_option("--K-range", a->K_range, "Bisection range LO HI (or K for sweeps of other parameters)")->expected(1, 2)
-      ->check(CLI::PositiveNumber);
+      ->transform(whole<std::size_t>(1));
   auto* bisect_opt =
       cap->add_option("--bisect", a->bisect, "Find the largest K with recalled >= this fraction in (0, 1] (needs --K-range)");
-  cap->add_option("--seed", a->seed, "Seed of the memories and cues")->capture_default_str()->check(CLI::NonNegativeNumber);
-  cap->add_option("--threads", a->threads, "Worker threads (0: the CPUs this process may run on)")->capture_default_str();
+  cap->add_option("--seed", a->seed, "Seed of the memories and cues")->capture_default_str()->transform(whole<std::uint64_t>());
+  cap->add_option("--threads", a->threads, "Worker threads (0: the CPUs this process may run on)")->capture_default_str()->transform(whole<int>(0));
   cap->add_option("-o,--output", a->output, "Results: .csv or .json");
   cap->add_flag("--dry-run", a->dry_run, "Check every point of the sweep (or the bisection range) and stop before measuring");
   cap->add_option("--plot", a->plot, "PNG of recall against the swept parameter (matplotlib)");

@@ -3,8 +3,10 @@
 // capacity.cpp, demo.cpp; cli.cpp parses and dispatches).
 #pragma once
 
+#include <charconv>
 #include <chrono>
 #include <exception>
+#include <limits>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -23,6 +25,28 @@ using json = nlohmann::json;
 struct BadInput : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+/// The check of every integer option. CLI11 2.1 converts integers with strtoll/strtoull in base 0: a value
+/// past the type's range saturates ("99999999999999999999" became 2^63 - 1 steps, or a seed silently
+/// changed), "-1" wraps into a huge unsigned, "010" is octal. This accepts decimal whole numbers within
+/// [lo, hi] only (leading zeros read as decimal) and names the option, the range and the text otherwise
+/// (issue 23). Attach it with ->transform() (->check() would drop the decimal rewrite).
+template <class T>
+CLI::Validator whole(T lo = std::numeric_limits<T>::min(), T hi = std::numeric_limits<T>::max()) {
+  static_assert(std::is_integral_v<T>);
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        T v{};
+        const char* end = text.data() + text.size();
+        const auto [p, ec] = std::from_chars(text.data(), end, v);  // decimal, no sign for unsigned T
+        if (ec == std::errc() && p == end && !text.empty() && v >= lo && v <= hi) {
+          text = std::to_string(v);  // "010" is 10 (CLI11 would read it as octal 8)
+          return {};
+        }
+        return "must be a whole number in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" + text + "'";
+      },
+      "", "whole");
+}
 
 /// A progress bar on stderr, drawn only on a terminal and only once the work has run for a second.
 class ProgressBar {

@@ -62,7 +62,7 @@ Command add_index(CLI::App& app) {
       ->check(CLI::IsMember({"int8"}));
   ix->add_option("-o,--output", a->output, "Where to write the codes (default: STORE.codes, where recall looks)");
   ix->add_flag("--verify", a->verify, "Check the codes (checksums, and that they belong to this store) instead");
-  ix->add_option("--threads", a->threads, "Worker threads (0 = the CPUs this process may use)")->capture_default_str();
+  ix->add_option("--threads", a->threads, "Worker threads (0 = the CPUs this process may use)")->capture_default_str()->transform(whole<int>(0));
   return {ix, [a](bool as_json) { return cmd_index(*a, as_json); }};
 }
 

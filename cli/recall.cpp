@@ -360,7 +360,8 @@ Command add_recall(CLI::App& app) {
   rc->add_option("--n", a->n, "Power n of F (A, C) (default " + short_number(Fa.n) + ")");
   rc->add_option("--alpha", a->alpha, "Decay coefficient of model C (eq. 19)")->capture_default_str();
   rc->add_option("--steps,--max-sweeps", a->steps, "Most updates: sweeps (A), steps of eq. 15 (B), Euler steps of eq. 22 (C) " +
-                                                       per_model_default([](ModelKind m) { return std::to_string(retrieve_defaults(m).max_steps); }));
+                                                       per_model_default([](ModelKind m) { return std::to_string(retrieve_defaults(m).max_steps); }))
+      ->transform(whole<long>(1, kMaxRetrieveSteps));
   rc->add_option("--tol", a->tol, "Stop a query when its change is <= tol (A: flips of a sweep; B, C: max |v_new - v|) " +
                                       per_model_default([](ModelKind m) { return short_number(retrieve_defaults(m).tol); }));
   rc->add_option("--step", a->step, "dt / tau_f of each update (B: (0, 1], C: > 0) (default: B " +
@@ -370,7 +371,7 @@ Command add_recall(CLI::App& app) {
                                           to_string(retrieve_defaults(ModelKind::A).order) + ")")
       ->check(CLI::IsMember({"random", "fixed", "sync"}));
   rc->add_option("--seed", a->seed, "Seed of model A's random order (query b uses seed + b)")->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->transform(whole<std::uint64_t>());
   rc->add_option("--values", a->values, "Model B: a store of values (same number of memories as the keys): the result "
                                         "is the attention output over the values (hetero-association)");
   rc->add_option("--mask", a->mask, "B, C: .npy of bool or 0/1 numbers, shape (K,) or (B, K); 1 (True) leaves that memory "
@@ -380,10 +381,10 @@ Command add_recall(CLI::App& app) {
                                          "rescore exactly the memories that can carry weight; the weight left out is "
                                          "<= eps (--details has each query's certificate)");
   rc->add_option("--top-k", a->top_k, "Memories to report per query in --details (B; at most K are reported)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->transform(whole<long long>(0));
   rc->add_option("--details", a->details, "Write JSON with steps, stop reason, energy and top-k ids and weights (one "
                                           "more pass over the memories)");
-  rc->add_option("--threads", a->threads, "Worker threads (0: the CPUs this process may run on)")->capture_default_str();
+  rc->add_option("--threads", a->threads, "Worker threads (0: the CPUs this process may run on)")->capture_default_str()->transform(whole<int>(0));
   rc->add_option("--kernel", a->kernel, "auto, generic, sse4, avx2, avx512, avx512_bf16, amx_bf16, neon, sve or sve2 (those this CPU runs; auto: ASSOCMEM_KERNEL if set, else the best)")->capture_default_str();
   return {rc, [a](bool as_json) { return cmd_recall(*a, as_json); }};
 }

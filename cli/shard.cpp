@@ -74,7 +74,8 @@ Command add_shard(CLI::App& app) {
       "(OUT_DIR/manifest.json; each shard an ordinary store), or check a manifest with --verify");
   sh->add_option("input", a->input, "Store (.amem) or patterns (.npy: float32, float64 or int8, C order)");
   sh->add_option("out_dir", a->out_dir, "Folder for the shards and manifest.json (created; must hold no files)");
-  sh->add_option("--parts", a->parts, "Number of shards (1 to the number of memories; sizes differ by at most one)");
+  sh->add_option("--parts", a->parts, "Number of shards (1 to the number of memories; sizes differ by at most one)")
+      ->transform(whole<std::size_t>());
   auto* dtype_opt = sh->add_option("--dtype", a->dtype, "For .npy input: float32, bfloat16 or bits (+-1)")
                         ->capture_default_str()
                         ->check(CLI::IsMember({"float32", "bfloat16", "bits"}));

@@ -83,6 +83,26 @@ def test_recall_numbers_give_clear_errors(cli, d):
     assert len(json.loads((d / "det.json").read_text())["results"][0]["top_ids"]) == 50
 
 
+def test_integer_options_past_their_type_are_refused_not_saturated(cli, d):
+    """Issue 23: CLI11 read integers with strtoll/strtoull in base 0, so a value past the type's range
+    saturated (--top-k 1e23 digits ran, --seed silently became 2^64 - 1), "-1" wrapped into a huge unsigned
+    and "010" was octal 8. Every integer option now takes decimal whole numbers in its range only."""
+    m = make_store(cli, d)
+    huge = "9" * 23
+    for opt in ("--top-k", "--seed", "--steps", "--threads"):
+        bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", opt, huge), opt, "whole number", huge)
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--seed", "-1"), "--seed", "whole number")
+    bad(run(cli, "recall", m, d / "q.npy", d / "o.npy", "--steps", "0x10"), "--steps", "whole number")
+    for opt in ("--N", "--trials", "--cues", "--seed", "--hidden", "--max-steps", "--threads"):
+        bad(run(cli, "capacity", opt, huge), opt, "whole number")
+    bad(run(cli, "shard", m, d / "sh", "--parts", huge), "--parts", "whole number")
+    bad(run(cli, "index", m, "--threads", huge), "--threads", "whole number")
+    # A leading zero is decimal: 010 trials of 5 cues are 50 cues, not octal 8 trials (40).
+    r = run(cli, "--json", "capacity", "--n", "2", "--N", "50", "--values", "5", "--trials", "010", "--one-step")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["points"][0]["cues"] == 50
+
+
 def test_masks_hold_bool_or_zero_one_everywhere(cli, d):
     """Issue 23: Python cast masks to uint8 (0.5 and 256 left a memory in, the CLI treated any non-zero as
     masked). One rule on every face: bool, or the numbers 0 and 1; anything else is refused naming it.
