@@ -1020,7 +1020,13 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   std::vector<float> out = std::move(states);
   if (hetero || options.energy || options.top_k) {
     // One more pass: the association with the values (hetero), or the description of the final states.
+    // A certificate's `candidates` are those of the last update step (the step its state_error bounds),
+    // not of this pass (issue 23: with top_k > 0 they reported the top-k pass); its discarded weight and
+    // fallback count do take this pass in (documented on Certificate).
+    std::vector<std::size_t> step_candidates(r.certificates.size());
+    for (std::size_t b = 0; b < r.certificates.size(); ++b) step_candidates[b] = r.certificates[b].candidates;
     const AttentionPartial part = b_pass(*core_->values, out.data(), batch, options.top_k, nullptr);
+    for (std::size_t b = 0; b < r.certificates.size(); ++b) r.certificates[b].candidates = step_candidates[b];
     for (std::size_t b = 0; b < batch; ++b) r.max_weight[b] = 1.0 / part.sum[b];
     if (options.energy) {
       r.energy.resize(batch);

@@ -149,7 +149,8 @@ struct Certificate {
   /// times (R |D| F'(u_D) + the drive's rounding) (R >= max ||xi||, D the discarded memories, u_D their
   /// largest score bound) plus the update's rounding.
   double state_error = 0;
-  /// Memories rescored exactly in the last step (K where it fell back).
+  /// Memories rescored exactly in the last update step, the one state_error bounds (K where it fell back);
+  /// not those of the pass that describes the final state for energy or top-k.
   std::size_t candidates = 0;
   /// Passes that fell back to the exact scan (too many candidates: small beta, or a top-k list that
   /// reached into the screened-out memories): the steps, and the pass that describes the final state
