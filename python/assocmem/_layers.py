@@ -467,7 +467,57 @@ def _bool_mask(mask, name, additive=False):
 
 class Hopfield(nn.Module):
     """hopfield-layers' Hopfield module (same arguments, defaults, forward and state_dict), its association
-    fused (assocmem.torch.hopfield_retrieve). See the module docstring for what differs."""
+    fused (assocmem.torch.hopfield_retrieve). See the module docstring for what differs.
+
+    forward(input, stored_pattern_padding_mask=None, association_mask=None): input is one tensor (used as
+    stored pattern, state pattern and pattern projection) or a tuple (stored pattern Y, state pattern R,
+    pattern projection), each 3-d, (batch, length, size) with batch_first. Per head h the stored patterns
+    are projected to keys K = Y W_K, the state patterns to queries Q = R W_Q and the projections to values
+    V; Q is updated update_steps_max times by Q <- softmax(scaling_h Q K^T) K (eq. 16, beta = scaling_h),
+    then softmax(scaling_h Q K^T) V is concatenated over the heads and projected to output_size.
+
+    Parameters (all keyword, hopfield-layers' names and defaults):
+        input_size: size of the state pattern (and of the stored pattern and projection unless given apart);
+            None only when every pattern is static and disable_out_projection (static execution).
+        hidden_size: size of the association (Hopfield) space per head, i.e. of the keys and queries;
+            default input_size // num_heads.
+        output_size: size of the output projection; default input_size.
+        pattern_size: size of the values (the patterns selected) per head; default hidden_size.
+        num_heads: number of association heads, each with its own projections into the Hopfield space.
+        scaling: beta of each head: a number, or a 1-d tensor of one per head (head h uses scaling[h]; see the
+            module docstring for how this differs from hopfield-layers). Default 1 / sqrt(hidden_size) (1.0
+            in static execution). Must be finite and > 0.
+        update_steps_max: updates of the queries before the final association: 0 (default) is one
+            attention step, an int n >= 1 gives n updates first, None (or a negative int) iterates until
+            update_steps_eps is met (at most 1000 updates); or a 1-d integer tensor of one per head.
+        update_steps_eps: an update stops once ||Q_new - Q|| <= eps (max over the batch, per head); a number
+            or a tensor of one per head.
+        normalize_stored_pattern, normalize_state_pattern, normalize_pattern_projection: a LayerNorm over the
+            stored patterns / state patterns / projections before the association (default on);
+            ``*_affine``: with a learned elementwise scale and shift (default on; needs the norm on);
+            ``*_eps``: the LayerNorm's epsilon (1e-5).
+        normalize_hopfield_space (+ _affine, _eps): a LayerNorm of keys and queries inside the Hopfield
+            space, per head (default off).
+        stored_pattern_as_static, state_pattern_as_static, pattern_projection_as_static: use that input as
+            given (no learned projection; its size must then match the Hopfield space or the pattern size).
+        pattern_projection_as_connected: project the values from the projected stored patterns (the keys)
+            rather than from the pattern projection input.
+        stored_pattern_size, pattern_projection_size: sizes of those inputs when they differ from input_size.
+        batch_first: inputs and output are (batch, length, size) when True (default), else (length, batch,
+            size). Must be a bool.
+        association_activation: name of a torch function (e.g. "tanh") applied to the output; None: none.
+        dropout: probability of dropping each association weight before the values, in training only
+            (drawn inside the fused kernel, reproducible with torch.manual_seed; not torch's draw).
+        input_bias: biases in the input projections (default on).
+        concat_bias_pattern: creates bias_k / bias_v as hopfield-layers does (unused there and here).
+        add_zero_association: append a zero stored pattern and a zero projection to each batch element.
+        disable_out_projection: return the concatenated heads without the output projection.
+
+    stored_pattern_padding_mask (batch, stored patterns): True (or 1) leaves that stored pattern out.
+    association_mask (state patterns, stored patterns), or with batch and head dimensions: bool (True masks)
+    or float (added to the scaled scores; finite or -inf). A state pattern left with no stored pattern
+    raises ValueError.
+    """
 
     def __init__(self, input_size: Optional[int] = None, hidden_size: Optional[int] = None,
                  output_size: Optional[int] = None, pattern_size: Optional[int] = None, num_heads: int = 1,

@@ -612,3 +612,25 @@ def test_hopfield_pooling_learns_to_detect_a_motif():
     with torch.no_grad():
         acc = ((head(pool(xte)).squeeze(-1) > 0).float() == yte).float().mean().item()
     assert acc >= 0.95, acc
+
+
+def test_every_hopfield_parameter_is_documented():
+    """Issue 23: Hopfield's constructor arguments were undocumented (hopfield-layers' users read them from its
+    docstrings). Every argument of Hopfield.__init__ is named in the class docstring: by its own name, or as
+    the ``*_affine`` / ``*_eps`` companion of a documented normalize_* entry."""
+    import inspect
+    import re
+    doc = Hopfield.__doc__
+    params = [p for p in inspect.signature(Hopfield.__init__).parameters if p != "self"]
+    assert "input_size" in params and "disable_out_projection" in params
+
+    def named(name):
+        return re.search(r"\b" + re.escape(name) + r"\b", doc) is not None
+    missing = []
+    for p in params:
+        base = re.sub(r"_(affine|eps)$", "", p)
+        companion = base != p and base.startswith("normalize_") and named(base) and (
+            f"``*_{p[len(base) + 1:]}``" in doc or "(+ _affine, _eps)" in doc)
+        if not named(p) and not companion:
+            missing.append(p)
+    assert not missing, missing
