@@ -295,7 +295,12 @@ TEST(Certified, CandidatesAreThoseOfTheLastStep) {
   for (std::size_t i = 0; i < 8; ++i) {
     EXPECT_EQ(a.certificates[i].fallback_steps, 0) << "query " << i << ": the test needs screened steps";
     EXPECT_EQ(a.certificates[i].candidates, b.certificates[i].candidates) << "query " << i;
-    EXPECT_EQ(a.certificates[i].state_error, b.certificates[i].state_error) << "query " << i;
+    // state_error is not compared exactly: the discarded memories' largest upper bound depends on which
+    // cut was in force when a worker screened them (the lower bound L is shared while the workers run),
+    // so two runs give different (each valid) bounds. Each run's bound holds.
+    const auto v = exact_state(s, &q[i * 48], 40.0, nullptr);
+    EXPECT_LE(dist(v, &a.states[i * 48]), a.certificates[i].state_error) << "query " << i;
+    EXPECT_LE(dist(v, &b.states[i * 48]), b.certificates[i].state_error) << "query " << i;
   }
 }
 
