@@ -135,6 +135,10 @@ struct TopMemory {
 };
 
 /// What a certified retrieval (RetrieveOptions::certify) guarantees for one query, over all its steps.
+/// The states and the candidates are the same from run to run; with several threads the bounds
+/// (discarded_weight, state_error) may differ slightly between runs, each valid: the screen's cut rises
+/// as the workers find better memories, so a discarded memory's bound is the coarse or the fine one
+/// depending on when its tile was screened.
 struct Certificate {
   /// Upper bound on the weight of the memories it did not rescore, for the step where that bound was
   /// largest (<= eps; 0 where every step rescored everything or fell back to the exact scan). Model B:
