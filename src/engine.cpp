@@ -921,9 +921,8 @@ std::size_t ModelBEngine::value_dim() const { return core_->values->dim(); }
 std::size_t ModelBEngine::size() const { return core_->store->size(); }
 
 AttentionPartial ModelBEngine::partial(const float* queries, std::size_t batch, std::size_t top_k, MemoryMask mask,
-                                       double beta, const Monitor& monitor) const {
-  ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta >= 0, "beta must be finite and > 0 (0: the engine's), got ", beta);
-  const double b = beta > 0 ? beta : beta_;
+                                       std::optional<double> beta, const Monitor& monitor) const {
+  const double b = call_beta(beta, beta_);
   core_->check_queries(queries, batch, b);
   core_->check_mask(mask, batch);
   Poller poller(monitor);
@@ -1051,10 +1050,9 @@ Retrieval ModelBEngine::retrieve(const float* queries, std::size_t batch, const 
   return r;
 }
 
-std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch, MemoryMask mask, double beta,
-                                         const Monitor& monitor) const {
-  ASSOCMEM_CHECK_ARG(std::isfinite(beta) && beta >= 0, "beta must be finite and > 0 (0: the engine's), got ", beta);
-  const double b = beta > 0 ? beta : beta_;
+std::vector<double> ModelBEngine::energy(const float* states, std::size_t batch, MemoryMask mask,
+                                         std::optional<double> beta, const Monitor& monitor) const {
+  const double b = call_beta(beta, beta_);
   const std::size_t d = core_->dim();
   RetrieveOptions checked;
   checked.mask = mask;

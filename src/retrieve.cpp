@@ -61,6 +61,13 @@ RetrieveDefaults retrieve_defaults(ModelKind model) {
   throw InvalidArgument("unknown model");
 }
 
+double call_beta(std::optional<double> beta, double model_beta) {
+  if (!beta) return model_beta;
+  ASSOCMEM_CHECK_ARG(std::isfinite(*beta) && *beta > 0 && *beta <= std::numeric_limits<float>::max(),
+                     "beta must be finite, > 0 and within the float32 range, got ", *beta);
+  return *beta;
+}
+
 ResolvedOptions resolve(const RetrieveOptions& o, ModelKind model) {
   const RetrieveDefaults d = retrieve_defaults(model);
   const std::string m = "model " + to_string(model);
@@ -81,9 +88,7 @@ ResolvedOptions resolve(const RetrieveOptions& o, ModelKind model) {
   if (model == ModelKind::B) {
     ASSOCMEM_CHECK_ARG(std::isfinite(r.step) && r.step > 0 && r.step <= 1, "step (dt/tau_f) must be in (0, 1], got ",
                        r.step);
-    if (o.beta)
-      ASSOCMEM_CHECK_ARG(std::isfinite(*o.beta) && *o.beta > 0 && *o.beta <= std::numeric_limits<float>::max(),
-                         "beta must be finite, > 0 and within the float32 range, got ", *o.beta);
+    if (o.beta) call_beta(o.beta, 1.0);
   } else {
     ASSOCMEM_CHECK_ARG(std::isfinite(r.step) && r.step > 0, "step (dt/tau_f) must be finite and > 0, got ", r.step);
     ASSOCMEM_CHECK_ARG(!o.beta, "beta: model C's gain belongs to its F and is set at construction");

@@ -151,15 +151,16 @@ class ModelBEngine {
   std::size_t size() const;       ///< K
 
   /// One pass over the memories for queries [batch x dim] (row-major): the mergeable partial of the
-  /// association (over the values, if any). beta: this call's inverse temperature (0: the engine's).
+  /// association (over the values, if any). beta: this call's inverse temperature (unset: the engine's;
+  /// a given value must be finite and > 0, as everywhere: 0 is refused, not read as "the engine's").
   /// monitor (as RetrieveOptions::monitor): polled between tiles; returning false cancels (Cancelled).
   AttentionPartial partial(const float* queries, std::size_t batch, std::size_t top_k = 0, MemoryMask mask = {},
-                           double beta = 0.0, const Monitor& monitor = {}) const;
+                           std::optional<double> beta = std::nullopt, const Monitor& monitor = {}) const;
   /// Iterates eq. (15)/(16) from the queries [batch x dim]; results [batch x value_dim].
   Retrieval retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options = {}) const;
   /// eq. (13) for each of `batch` states (over the memories the mask leaves); monitor as in partial().
-  std::vector<double> energy(const float* states, std::size_t batch, MemoryMask mask = {}, double beta = 0.0,
-                             const Monitor& monitor = {}) const;
+  std::vector<double> energy(const float* states, std::size_t batch, MemoryMask mask = {},
+                             std::optional<double> beta = std::nullopt, const Monitor& monitor = {}) const;
 
  private:
   std::unique_ptr<detail::EngineCore> core_;

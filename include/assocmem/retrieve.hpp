@@ -127,6 +127,9 @@ struct ResolvedOptions {
   UpdateOrder order;
 };
 ResolvedOptions resolve(const RetrieveOptions& options, ModelKind model);
+/// Model B's inverse temperature for one call: the given one, checked (finite, > 0, within the float32
+/// range of the scores; InvalidArgument otherwise), or the model's when none is given.
+double call_beta(std::optional<double> beta, double model_beta);
 
 /// One of the memories reported with a final state.
 struct TopMemory {

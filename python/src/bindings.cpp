@@ -419,7 +419,7 @@ class PyModelB {
     const MemoryMask mm = mask_in(mask, n, eng_.size());
     // Ctrl-C (Python's signal handlers, run by the monitor between tiles) ends the pass within a tile.
     AttentionPartial part =
-        monitored(py::none(), [&](Monitor& m) { return eng_.partial(q.data(), n, top_k, mm, beta.value_or(0.0), m); });
+        monitored(py::none(), [&](Monitor& m) { return eng_.partial(q.data(), n, top_k, mm, beta, m); });
     Retrieval r;
     r.batch = n;
     r.top.resize(n);
@@ -435,7 +435,7 @@ class PyModelB {
     const std::size_t n = batch_rows(s, eng_.dim(), "states");
     const MemoryMask mm = mask_in(mask, n, eng_.size());
     std::vector<double> e =
-        monitored(py::none(), [&](Monitor& m) { return eng_.energy(s.data(), n, mm, beta.value_or(0.0), m); });
+        monitored(py::none(), [&](Monitor& m) { return eng_.energy(s.data(), n, mm, beta, m); });
     return to_numpy(std::move(e), {static_cast<py::ssize_t>(n)});
   }
   const ModelBEngine& engine() const { return eng_; }

@@ -686,3 +686,22 @@ def test_kill_nine_during_store_then_next_writer_cleans(cli, tmp_path):
     assert left > 0  # kill -9 cannot clean up: the next writer must
     assert run(cli, "store", tmp_path / "small.npy", tmp_path / "t.amem").returncode == 0
     assert temporaries(tmp_path) == []
+
+
+def test_beta_zero_is_refused_everywhere_not_read_as_the_models():
+    """Issue 24: ModelB.attention(q, beta=0.0) and energy(s, beta=0.0) silently used the model's beta (0 meant
+    "unset" inside), while retrieve(q, beta=0.0) raised. A given beta is now checked the same way by every
+    call; None (the default) is the model's beta."""
+    X = np.eye(8, dtype=np.float32)
+    m = am.ModelB(X, beta=4.0)
+    q = X[:2] + 0.1
+    for bad_beta in (0.0, -1.0, float("nan"), 1e39):
+        for call in (lambda: m.attention(q, 1, beta=bad_beta), lambda: m.energy(q, beta=bad_beta),
+                     lambda: m.retrieve(q, beta=bad_beta)):
+            with pytest.raises(ValueError, match="beta must be finite, > 0"):
+                call()
+    ids, w = m.attention(q, 1)
+    ids4, w4 = m.attention(q, 1, beta=4.0)
+    np.testing.assert_array_equal(w, w4)
+    np.testing.assert_array_equal(m.energy(q), m.energy(q, beta=4.0))
+    assert not np.array_equal(m.energy(q, beta=2.0), m.energy(q))
