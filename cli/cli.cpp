@@ -89,6 +89,12 @@ int run(int argc, char** argv) {
         // Every file the command writes is staged and committed when it returns (nothing when it
         // throws): a command with several outputs writes all of them or none (assocmem/io.hpp).
         OutputBatch outputs;
+        // Writing a large file (a store of 10^6 memories is half a gigabyte and more) shows a bar on a
+        // terminal once the command has run for a second, as the long computations do (issue 23).
+        ProgressBar writing("writing");
+        outputs.on_progress([&](std::size_t done, std::size_t total) {
+          writing.update(total ? double(done) / double(total) : 1.0);
+        });
         const int rc = c.run(as_json);
         outputs.commit();
         return rc;

@@ -393,7 +393,9 @@ IoError write_error(const std::string& path, const std::string& target, const st
                  why);
 }
 
-Staged stage_file(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts) {
+// progress (may be null): called with the bytes written and the file's size after every 64 MiB written.
+Staged stage_file(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts,
+                  const std::function<void(std::size_t, std::size_t)>* progress = nullptr) {
   Staged st;
   st.path = path;
   st.target = resolve_output(path);
@@ -435,17 +437,21 @@ Staged stage_file(const std::string& path, const std::vector<std::pair<const voi
     unregister_cleanup(slot);
     throw bad(what + ": " + reason);
   };
+  std::size_t total = 0, written = 0;
+  for (const auto& part : parts) total += part.second;
   for (const auto& [ptr, len] : parts) {
     const auto* p = static_cast<const char*>(ptr);
     std::size_t left = len;
     while (left > 0) {
-      const ssize_t w = ::write(fd, p, std::min<std::size_t>(left, std::size_t{1} << 30));
+      const ssize_t w = ::write(fd, p, std::min<std::size_t>(left, std::size_t{64} << 20));
       if (w < 0) {
         if (errno == EINTR) continue;
         fail("write failed");
       }
       p += w;
       left -= static_cast<std::size_t>(w);
+      written += static_cast<std::size_t>(w);
+      if (progress) (*progress)(written, total);
     }
   }
   if (exists) {  // a replaced file keeps its owner, group and mode
@@ -492,6 +498,7 @@ void commit_staged(Staged& st) {
 struct OutputBatch::Impl {
   std::vector<Staged> staged;
   OutputBatch* outer = nullptr;
+  std::function<void(std::size_t, std::size_t)> progress;
 };
 
 OutputBatch::OutputBatch() : impl_(std::make_unique<Impl>()) {
@@ -504,6 +511,10 @@ OutputBatch::~OutputBatch() {
   t_batch = impl_->outer;
 }
 
+void OutputBatch::on_progress(std::function<void(std::size_t, std::size_t)> progress) {
+  impl_->progress = std::move(progress);
+}
+
 std::size_t OutputBatch::staged() const { return impl_->staged.size(); }
 
 void OutputBatch::commit() {
@@ -513,7 +524,8 @@ void OutputBatch::commit() {
 }
 
 void write_file_atomically(const std::string& path, const std::vector<std::pair<const void*, std::size_t>>& parts) {
-  Staged st = stage_file(path, parts);
+  // Inside a batch, its progress callback (OutputBatch::on_progress) follows the writing.
+  Staged st = stage_file(path, parts, t_batch && t_batch->impl_->progress ? &t_batch->impl_->progress : nullptr);
   if (t_batch) {
     t_batch->impl_->staged.push_back(std::move(st));
     return;

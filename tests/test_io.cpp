@@ -308,6 +308,32 @@ TEST(Outputs, AnOutputThatIsAnInputIsRefused) {
 // Outputs staged in an OutputBatch appear together at commit() and not at all when the batch is
 // dropped (an exception between two writes): the old files stay, no temporaries remain; write_file_now
 // is not staged (a child process reads such files); batches nest.
+// A batch's progress callback follows each file it writes: after every 64 MiB and at the end, bytes
+// written rising to the file's size (the command-line tool draws its "writing" bar from it; issue 23).
+TEST(Outputs, ABatchReportsTheBytesItWrites) {
+  TempDir dir;
+  const std::vector<char> big((std::size_t{150} << 20) + 5, 'x'), small(10, 'y');
+  std::vector<std::pair<std::size_t, std::size_t>> calls;
+  OutputBatch batch;
+  batch.on_progress([&](std::size_t done, std::size_t total) { calls.emplace_back(done, total); });
+  write_file_atomically(dir.file("big"), {{big.data(), 100u << 20}, {big.data() + (100u << 20), big.size() - (100u << 20)}});
+  ASSERT_GE(calls.size(), 3u);  // 150 MiB in chunks of at most 64 MiB
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls[i].second, big.size());
+    if (i) {
+      EXPECT_GT(calls[i].first, calls[i - 1].first);
+    }
+    EXPECT_LE(calls[i].first - (i ? calls[i - 1].first : 0), std::size_t{64} << 20);
+  }
+  EXPECT_EQ(calls.back().first, big.size());
+  calls.clear();
+  write_file_atomically(dir.file("small"), {{small.data(), small.size()}});
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0], std::make_pair(small.size(), small.size()));
+  batch.commit();
+  EXPECT_EQ(fs::file_size(dir.file("big")), big.size());
+}
+
 TEST(Outputs, ABatchCommitsAllOrNothing) {
   TempDir dir;
   auto temporaries = [&] {

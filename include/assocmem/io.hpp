@@ -29,6 +29,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -113,6 +114,10 @@ class OutputBatch {
   OutputBatch& operator=(const OutputBatch&) = delete;
   void commit();
   std::size_t staged() const;  ///< files waiting for commit()
+  /// Called while each file of this batch is written, with the bytes written so far and the file's
+  /// size (every 64 MiB and at the end; the sync after it is not counted): the command-line tool draws
+  /// its progress bar from it, so a command that writes a large store shows how far it is.
+  void on_progress(std::function<void(std::size_t written, std::size_t total)> progress);
 
   struct Impl;
 
