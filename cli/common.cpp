@@ -149,14 +149,20 @@ int report_failure(int code, const std::string& message, bool as_json) {
   return code;
 }
 
-Patterns read_patterns(const std::string& npy, const std::string& normalize) {
+Patterns read_patterns(const std::string& npy, const std::string& normalize, ProgressBar* bar) {
+  auto stage = [&](double fraction) {
+    if (bar) bar->update(fraction);
+  };
   const NpyArray arr = read_npy(npy);
+  stage(0.2);
   Patterns p{arr.to_float32(), arr.rows, arr.cols};
+  stage(0.5);
   // Every value finite (a NaN would pass silently through sign or l2 normalisation).
   for (std::size_t k = 0; k < p.rows.size(); ++k)
     if (!std::isfinite(p.rows[k]))
       throw BadInput("'" + npy + "': pattern " + std::to_string(k / p.cols) + " element " + std::to_string(k % p.cols) +
                      " is NaN or Inf");
+  stage(0.65);
   if (normalize == "l2") {
     for (std::size_t i = 0; i < p.count; ++i) {
       float* r = &p.rows[i * p.cols];
@@ -171,17 +177,20 @@ Patterns read_patterns(const std::string& npy, const std::string& normalize) {
   } else if (normalize != "none") {
     throw BadInput("--normalize must be none, l2 or sign, got '" + normalize + "'");
   }
+  stage(0.8);
   return p;
 }
 
 MemoryStore store_from_npy(const std::string& npy, DType dtype, const std::string& normalize) {
-  const Patterns p = read_patterns(npy, normalize);
+  ProgressBar bar("reading");  // on a terminal, once reading a large file has taken a second
+  const Patterns p = read_patterns(npy, normalize, &bar);
   MemoryStore s(p.cols, dtype);
   try {
     s.append(p.rows.data(), p.count);
   } catch (const InvalidArgument& e) {
     throw BadInput("'" + npy + "': " + e.what() + (dtype == DType::Bits ? " (use --normalize sign)" : ""));
   }
+  bar.update(1.0);
   return s;
 }
 

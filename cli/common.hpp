@@ -96,7 +96,9 @@ struct Patterns {
   std::vector<float> rows;
   std::size_t count = 0, cols = 0;
 };
-Patterns read_patterns(const std::string& npy, const std::string& normalize);
+/// bar (optional): advanced after each stage (read, converted, checked, normalised: each a pass over the
+/// data, the cost of a large file) to 0.8; the caller ends it.
+Patterns read_patterns(const std::string& npy, const std::string& normalize, ProgressBar* bar = nullptr);
 /// An in-memory store of those patterns (ids 0, 1, ...).
 MemoryStore store_from_npy(const std::string& npy, DType dtype, const std::string& normalize);
 

@@ -33,7 +33,8 @@ int cmd_store(const StoreArgs& a, bool dtype_given, bool as_json) {
   // the command ends: cli.cpp's OutputBatch).
   MemoryStore s(1, dtype);
   if (a.append) {
-    const Patterns p = read_patterns(a.input, a.normalize);
+    ProgressBar bar("reading");
+    const Patterns p = read_patterns(a.input, a.normalize, &bar);
     try {
       // Under the folder lock from the read to the rename: concurrent appends are all kept.
       MemoryStore::append_to_file(a.output, p.rows.data(), p.count, p.cols, dtype, dtype_given, &s);
