@@ -11,7 +11,7 @@ unchanged. The association of each head is model B (eq. 16 of Krotov & Hopfield 
 update_steps_max updates of the state xi <- softmax(beta xi K^T) K in the Hopfield space, then
 softmax(beta xi K^T) V, forward and backward fused tile by tile, so the (queries x stored patterns)
 association matrix is never formed. Every (batch element, head) of a layer call is one element of one
-batched fused call (assocmem.torch._attention_batch, the elements split over the threads): one node in
+batched fused call (assocmem._functional._attention_batch, the elements split over the threads): one node in
 the autograd graph per association, one more per update step (the heads still iterating together), no
 Python loop over the batch or the heads. What differs (also in the README, "Porting from hopfield-layers"):
 
@@ -40,6 +40,7 @@ import torch as _torch
 from torch import Tensor, nn
 
 from . import _whole
+from ._functional import _attention_batch
 
 __all__ = ["Hopfield", "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
 
@@ -374,7 +375,6 @@ class HopfieldCore(nn.Module):
         states (N, A, L, hd) for A = len(heads); keys (Nk, H, S, hd), values (Nk, H, S, pd); Nk = 1 with
         N > 1: memories shared by the batch (one element per head, its queries those of every batch
         element). dropout: on the association weights (the final association in training). Returns (N, A, L, pd)."""
-        from .torch import _attention_batch
         N, A, L = states.shape[0], states.shape[1], states.shape[2]
         if heads == list(range(keys.shape[1])):  # every head: no copy
             k, v = keys, values

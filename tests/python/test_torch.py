@@ -12,6 +12,7 @@ import pytest
 import torch  # python3-torch (scripts/setup)
 
 import assocmem as am
+import assocmem._functional as functional  # the batched call the modules build on
 import assocmem.torch as at
 
 
@@ -109,7 +110,7 @@ def test_batched_attention_equals_one_call_per_element_and_gradchecks():
     betas = torch.tensor([0.5, 1.0, 2.0, 7.0])
     mask = torch.rand(E, n, K, generator=g) < 0.3
     for vals in (v, None):
-        out = at._attention_batch(q, k, vals, betas, mask, threads=2)
+        out = functional._attention_batch(q, k, vals, betas, mask, threads=2)
         for e in range(E):
             one = at.hopfield_retrieve(q[e], k[e], None if vals is None else vals[e], beta=float(betas[e]),
                                        mask=mask[e], threads=1)
@@ -117,31 +118,31 @@ def test_batched_attention_equals_one_call_per_element_and_gradchecks():
     q64, k64, v64, b64 = (t.double().requires_grad_(True) for t in (q, k, v, betas))
     def dropped(q, k, v, b, m):  # one fixed draw (seeded from torch's generator): a function of the inputs
         torch.manual_seed(5)
-        return at._attention_batch(q, k, v, b, m, dropout=0.3)
+        return functional._attention_batch(q, k, v, b, m, dropout=0.3)
     for m in (mask, mask[:, 0]):
-        assert torch.autograd.gradcheck(lambda q, k, v, b: at._attention_batch(q, k, v, b, m), (q64, k64, v64, b64))
+        assert torch.autograd.gradcheck(lambda q, k, v, b: functional._attention_batch(q, k, v, b, m), (q64, k64, v64, b64))
         assert torch.autograd.gradcheck(lambda q, k, v, b: dropped(q, k, v, b, m), (q64, k64, v64, b64))
-        assert torch.autograd.gradcheck(lambda q, k, b: at._attention_batch(q, k, None, b, m), (q64, k64, b64))
+        assert torch.autograd.gradcheck(lambda q, k, b: functional._attention_batch(q, k, None, b, m), (q64, k64, b64))
     # An additive bias of the scores (per query, or one row per element), differentiable; -inf entries.
     for shape in ((E, n, K), (E, K)):
         bias = torch.randn(*shape, generator=g, dtype=torch.float64)
         bias[..., ::7] = float("-inf")
         b64 = bias.requires_grad_(True)
-        assert torch.autograd.gradcheck(lambda q, k, v, bb: at._attention_batch(q, k, v, bb, bias=b64),
+        assert torch.autograd.gradcheck(lambda q, k, v, bb: functional._attention_batch(q, k, v, bb, bias=b64),
                                         (q64, k64, v64, betas.double().requires_grad_(True)))
-        assert torch.autograd.gradcheck(lambda bb: at._attention_batch(q64, k64, v64, betas.double(), bias=bb), (b64,))
+        assert torch.autograd.gradcheck(lambda bb: functional._attention_batch(q64, k64, v64, betas.double(), bias=bb), (b64,))
         ref = torch.softmax(betas.double().view(E, 1, 1) * q64 @ k64.transpose(1, 2) +
                             (bias if bias.dim() == 3 else bias[:, None]), dim=-1) @ v64
-        torch.testing.assert_close(at._attention_batch(q64, k64, v64, betas.double(), bias=bias), ref, rtol=1e-12,
+        torch.testing.assert_close(functional._attention_batch(q64, k64, v64, betas.double(), bias=bias), ref, rtol=1e-12,
                                    atol=1e-12)
     with pytest.raises(ValueError, match="betas must have shape"):
-        at._attention_batch(q, k, v, betas[:2])
+        functional._attention_batch(q, k, v, betas[:2])
     with pytest.raises(ValueError, match="mask must have shape"):
-        at._attention_batch(q, k, v, betas, mask[:, :, :5])
+        functional._attention_batch(q, k, v, betas, mask[:, :, :5])
     bad = k.clone()
     bad[2, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="batch element 2: keys contains NaN"):
-        at._attention_batch(q, bad, v, betas)
+        functional._attention_batch(q, bad, v, betas)
 
 
 def test_learns_a_memory_by_gradient_descent():

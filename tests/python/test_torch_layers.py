@@ -499,7 +499,7 @@ def test_dropout_in_training_only_reproducible_and_unbiased():
     c = m((stored, state, proj))
     assert torch.equal(a, b) and not torch.equal(a, c)
     # Unbiased: the association alone, averaged over draws, within 5 standard errors of the undropped one.
-    import assocmem.torch as at
+    import assocmem._functional as at  # the batched call the modules build on
     g = torch.Generator().manual_seed(2)
     q, k, v = torch.randn(2, 3, 4, generator=g), torch.randn(2, 50, 4, generator=g), torch.randn(2, 50, 5, generator=g)
     betas = torch.tensor([1.0, 2.0])

@@ -1,0 +1,319 @@
+"""The functional layer of assocmem.torch: differentiable model B and model C retrieval and energies on
+the fused C++ kernels (the autograd Functions and the batched attention call that the hopfield-layers
+modules in assocmem._layers build on). Import from assocmem.torch; see its docstring.
+
+Dependencies point one way: _functional (kernels, autograd) <- _layers (modules) <- torch (the face).
+"""
+from __future__ import annotations
+
+import numpy as _np
+import torch as _torch
+
+from . import _core, _mask_values, _whole
+
+__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy"]
+
+# Keyed by the memories' storage dtype; bfloat16 memories are widened tile by tile, computed in float32.
+_STORAGE = {_torch.float32: "f32", _torch.float64: "f64", _torch.bfloat16: "bf16"}
+_COMPUTE = {_torch.float32: _torch.float32, _torch.float64: _torch.float64, _torch.bfloat16: _torch.float32}
+_FORWARD = {t: getattr(_core, "attention_forward_" + s) for t, s in _STORAGE.items()}
+_LSE_BACKWARD = {t: getattr(_core, "log_sum_exp_backward_" + s) for t, s in _STORAGE.items()}
+_FORWARD_BATCH = {t: getattr(_core, "attention_forward_batch_" + s) for t, s in _STORAGE.items()}
+_BACKWARD_BATCH = {t: getattr(_core, "attention_backward_batch_" + s) for t, s in _STORAGE.items()}
+_SPH_FORWARD = {t: getattr(_core, "spherical_forward_" + s) for t, s in _STORAGE.items()}
+_SPH_BACKWARD = {t: getattr(_core, "spherical_backward_" + s) for t, s in _STORAGE.items()}
+
+
+def _np_view(t):
+    """A numpy view of a CPU tensor's data (a copy only when the tensor is not contiguous); bfloat16 as
+    its raw uint16 bits."""
+    t = t.detach().contiguous()
+    if t.dtype == _torch.bfloat16:
+        return t.view(_torch.int16).numpy().view(_np.uint16)
+    return t.numpy()
+
+
+class _AttentionBatch(_torch.autograd.Function):
+    """softmax(betas[e] q[e] k[e]^T) v[e] for every element e of a batch of independent attentions (the
+    batch x heads of a layer, each with its own memories): q (E, n, d), k (E, K, d), v (E, K, dv) or None
+    (v = k); betas (E,) tensor; mask uint8 (E, 1 or n, K) or None. One node in the graph for the whole
+    batch; forward and backward each one call into C++ (attention_forward_batch), the elements split
+    over the threads."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, betas, mask, threads, dropout=0.0, seed=0, bias=None):
+        kn = _np_view(k)
+        bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
+        out, lse = _FORWARD_BATCH[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), bn, mask, threads,
+                                           dropout, seed, None if bias is None else _np_view(bias))
+        out, lse = _torch.from_numpy(out), _torch.from_numpy(lse)
+        ctx.save_for_backward(q, k, k if v is None else v, betas, out, lse, bias)
+        ctx.mask, ctx.threads, ctx.auto, ctx.dropout = mask, threads, v is None, (dropout, seed)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        _first_order_only()
+        q, k, v, betas, out, lse, bias = ctx.saved_tensors
+        kn = _np_view(k)
+        bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
+        dq, dk, dv, dbeta, dbias = _BACKWARD_BATCH[k.dtype](
+            _np_view(q), kn, kn if ctx.auto else _np_view(v), bn, ctx.mask, ctx.threads, out.numpy(), lse.numpy(),
+            _np_view(dout), *ctx.dropout, None if bias is None else _np_view(bias))
+        return (_torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype),
+                None if dv is None else _torch.from_numpy(dv).to(v.dtype),
+                _torch.from_numpy(dbeta).to(betas.dtype), None, None, None, None,
+                None if dbias is None else _torch.from_numpy(dbias))
+
+
+def _first_order_only():
+    """The fused kernels give first derivatives; a backward run with create_graph=True (double backward,
+    Hessian-vector products) would need the derivative of the backward itself (issue 23: it failed with
+    "Can't call numpy() on Tensor that requires grad")."""
+    if _torch.is_grad_enabled():
+        raise RuntimeError("assocmem.torch: the fused attention is differentiable once; second derivatives "
+                           "(create_graph=True, double backward) are not supported - use plain torch ops there")
+
+
+def _attention_step(q, k, v, beta, mask, threads):
+    """softmax(beta q k^T) v for q (n, d), k (K, d), v (K, dv) or None (v = k); beta a 0-d tensor; mask uint8
+    (1 or n, K) or None: a batch of one element."""
+    out = _AttentionBatch.apply(q.unsqueeze(0), k.unsqueeze(0), None if v is None else v.unsqueeze(0),
+                                beta.reshape(1), None if mask is None else mask.reshape(1, *mask.shape), threads)
+    return out[0]
+
+
+def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0, bias=None):
+    """The batched fused attention for the layers (checked shapes; see _AttentionBatch): q (E, n, d) in the
+    memories' compute dtype, k (E, K, d), v (E, K, dv) or None, betas (E,) tensor, mask a bool tensor
+    (E, K) or (E, n, K) or None (True leaves a memory out). dropout in [0, 1): on the association weights
+    (each kept with probability 1 - dropout and scaled by 1 / (1 - dropout)), the draw seeded from torch's
+    default generator (torch.manual_seed reproduces it) and repeated exactly in the backward pass.
+    bias: a float tensor (E, K) or (E, n, K) added to the scaled scores, softmax(beta q k^T + bias) (entries
+    finite or -inf; differentiable). Returns (E, n, dv)."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    _check("keys", k, tuple(_STORAGE))
+    if v is not None:
+        _check("values", v, (k.dtype,))
+    compute = _COMPUTE[k.dtype]
+    q = q.to(compute)
+    if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"batched attention: queries (E, n, d) and keys (E, K, d) must share E and d, got "
+                         f"{tuple(q.shape)} and {tuple(k.shape)}")
+    if v is not None and (v.dim() != 3 or v.shape[:2] != k.shape[:2]):
+        raise ValueError(f"batched attention: values must be (E, K, dv) = {tuple(k.shape[:2])} + (dv,), got "
+                         f"{tuple(v.shape)}")
+    E, n, K = q.shape[0], q.shape[1], k.shape[1]
+    if betas.shape != (E,):
+        raise ValueError(f"batched attention: betas must have shape ({E},), got {tuple(betas.shape)}")
+    m = None
+    if mask is not None:
+        mk = mask.detach().cpu()
+        if mk.dtype != _torch.bool:
+            raise TypeError(f"batched attention: mask must be a bool tensor, got {mk.dtype}")
+        if mk.shape == (E, K):
+            mk = mk.reshape(E, 1, K)
+        elif mk.shape != (E, n, K):
+            raise ValueError(f"batched attention: mask must have shape ({E}, {K}) or ({E}, {n}, {K}), got "
+                             f"{tuple(mk.shape)}")
+        m = _np.ascontiguousarray(mk.numpy(), dtype=_np.uint8)
+    if bias is not None:
+        if not isinstance(bias, _torch.Tensor) or not bias.is_floating_point():
+            raise TypeError("batched attention: bias must be a floating-point tensor")
+        if bias.shape == (E, K):
+            bias = bias.reshape(E, 1, K)
+        elif bias.shape != (E, n, K):
+            raise ValueError(f"batched attention: bias must have shape ({E}, {K}) or ({E}, {n}, {K}), got "
+                             f"{tuple(bias.shape)}")
+        bias = bias.to(compute).contiguous()
+    seed = int(_torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
+    return _AttentionBatch.apply(q.contiguous(), k.contiguous(), None if v is None else v.contiguous(),
+                                 betas.to(compute), m, threads, float(dropout), seed, bias)
+
+
+class _LogSumExp(_torch.autograd.Function):
+    """log sum_mu exp(beta q . k_mu) per query (float64), for q (n, d), k (K, d); beta a 0-d tensor."""
+
+    @staticmethod
+    def forward(ctx, q, k, beta, mask, threads):
+        # The forward's log-sum-exp; its weighted values (here the keys) are not needed.
+        _, lse = _FORWARD[k.dtype](_np_view(q), _np_view(k), _np_view(k), float(beta), mask, threads)
+        lse = _torch.from_numpy(lse)
+        ctx.save_for_backward(q, k, beta, lse)
+        ctx.mask, ctx.threads = mask, threads
+        return lse
+
+    @staticmethod
+    def backward(ctx, dlse):
+        _first_order_only()
+        q, k, beta, lse = ctx.saved_tensors
+        dq, dk, dbeta = _LSE_BACKWARD[k.dtype](_np_view(q), _np_view(k), float(beta), ctx.mask, ctx.threads,
+                                               lse.numpy(), _np_view(dlse.to(_torch.float64)))
+        return _torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype), _torch.tensor(dbeta, dtype=beta.dtype), None, None
+
+
+class _Spherical(_torch.autograd.Function):
+    """(F'(g k^T) k, -sum F(g k^T)) for unit directions g (n, d) and memories k (K, d): eqs. (22), (21)."""
+
+    @staticmethod
+    def forward(ctx, g, k, F, n, fbeta, mask, threads):
+        drive, energy = _SPH_FORWARD[k.dtype](_np_view(g), _np_view(k), F, n, fbeta, mask, threads)
+        ctx.save_for_backward(g, k)
+        ctx.args = (F, n, fbeta, mask, threads)
+        return _torch.from_numpy(drive), _torch.from_numpy(energy)
+
+    @staticmethod
+    def backward(ctx, ddrive, denergy):
+        _first_order_only()
+        g, k = ctx.saved_tensors
+        dg, dk = _SPH_BACKWARD[k.dtype](_np_view(g), _np_view(k), *ctx.args, _np_view(ddrive),
+                                        _np_view(denergy.to(_torch.float64)))
+        return _torch.from_numpy(dg), _torch.from_numpy(dk).to(k.dtype), None, None, None, None, None
+
+
+def _check(name, t, dtypes):
+    if not isinstance(t, _torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} is on {t.device}; assocmem.torch runs on CPU tensors (move it with .cpu())")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} must be {' or '.join(str(d).replace('torch.', '') for d in dtypes)}, got {t.dtype}")
+
+
+def _prepare(queries, keys, values, beta, mask):
+    """Checked arguments: (batch shape, queries as (n, d) in the compute dtype, beta as a 0-d tensor, mask
+    as uint8 (1|n, K)). Memories (keys, values) are float32, float64 or bfloat16 (computed in float32);
+    queries have the compute dtype, or bfloat16 with float32/bfloat16 memories (widened)."""
+    _check("keys", keys, tuple(_STORAGE))
+    storage, compute = keys.dtype, _COMPUTE[keys.dtype]
+    if values is not None:
+        _check("values", values, (storage,))
+    _check("queries", queries, (compute, _torch.bfloat16) if compute == _torch.float32 else (compute,))
+    if queries.dim() < 1 or keys.dim() != 2 or queries.shape[-1] != keys.shape[1]:
+        raise ValueError(f"queries (..., d) and keys (K, d) must share d: got {tuple(queries.shape)} and "
+                         f"{tuple(keys.shape)}")
+    if values is not None and (values.dim() != 2 or values.shape[0] != keys.shape[0]):
+        raise ValueError(f"values must be (K, dv) with K = {keys.shape[0]}, got {tuple(values.shape)}")
+    dtype = compute
+    queries = queries.to(compute)  # differentiable: bfloat16 queries get their gradient back in bfloat16
+    batch_shape, K = queries.shape[:-1], keys.shape[0]
+    m = None
+    if mask is not None:
+        mk = _np.asarray(mask.detach().cpu().numpy() if isinstance(mask, _torch.Tensor) else mask)
+        if mk.shape == (K,):
+            m = _np.ascontiguousarray(_mask_values(mk).reshape(1, K))
+        elif mk.shape == tuple(batch_shape) + (K,):
+            m = _np.ascontiguousarray(_mask_values(mk).reshape(-1, K))
+        else:
+            raise ValueError(f"mask must have shape ({K},) or {tuple(batch_shape) + (K,)}, got {mk.shape}")
+    b = beta if isinstance(beta, _torch.Tensor) else _torch.tensor(float(beta), dtype=dtype)
+    if b.dim() != 0:
+        raise ValueError(f"beta must be a scalar, got shape {tuple(b.shape)}")
+    return batch_shape, queries.reshape(-1, queries.shape[-1]), b.to(dtype), m
+
+
+def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=1, implicit=False,
+                      fixed_point_tol=1e-6, threads=0):
+    """Model B's retrieval with keys and values, differentiable (see the module docstring).
+
+    queries (..., d), keys (K, d), values (K, dv) or None; returns (..., dv). beta: a positive float or a
+    0-d tensor (its gradient is computed when it requires grad). steps >= 1. threads: 0 = all.
+
+    implicit=False backpropagates through every one of the steps - 1 updates (memory grows with steps).
+    implicit=True treats the iterated state as the fixed point v* = f(v*) of eq. (16) on the keys: the
+    updates run without a graph until max |v_new - v| <= fixed_point_tol (at most steps - 1 of them; a
+    RuntimeWarning if not reached), and the backward pass solves the adjoint equation
+    y = g + J^T y (J = df/dv at v*) by fixed-point iteration with the fused vector-Jacobian products, so
+    memory does not grow with steps. The gradient then reaches the keys, the values and beta, not the
+    queries: a fixed point does not depend on where the iteration started (implicit function theorem)."""
+    steps = _whole(steps, "steps")
+    batch_shape, q, b, m = _prepare(queries, keys, values, beta, mask)
+    if not implicit:
+        for _ in range(int(steps) - 1):
+            q = _attention_step(q, keys, None, b, m, threads)  # eq. (16) on the keys
+    elif steps > 1:
+        q = _implicit_fixed_point(q, keys, b, m, threads, int(steps) - 1, float(fixed_point_tol))
+    out = _attention_step(q, keys, values, b, m, threads)
+    return out.reshape(*batch_shape, out.shape[-1])
+
+
+def _implicit_fixed_point(q, keys, b, m, threads, max_updates, tol):
+    """v* of eq. (16) on the keys, attached to the graph through one update whose incoming gradient g is
+    replaced by the solution y of y = g + J^T y (deep-equilibrium style)."""
+    import warnings
+    with _torch.no_grad():
+        z = q.detach()
+        for _ in range(max_updates):
+            z_new = _attention_step(z, keys.detach(), None, b.detach(), m, threads)
+            change = (z_new - z).abs().max().item()
+            z = z_new
+            if change <= tol:
+                break
+        else:
+            warnings.warn(f"hopfield_retrieve(implicit=True): no fixed point within {max_updates} updates (last change "
+                          f"{change:.3g} > fixed_point_tol {tol:g}); the implicit gradient assumes one", RuntimeWarning)
+    z0 = z.detach().requires_grad_(True)
+    f0 = _attention_step(z0, keys.detach(), None, b.detach(), m, threads)  # for J^T y products at v*
+    state = _attention_step(z.detach(), keys, None, b, m, threads)     # = v*, with the graph to keys, beta
+    if state.requires_grad:
+        def adjoint(g):
+            y = g
+            for _ in range(1000):
+                y_new = g + _torch.autograd.grad(f0, z0, y, retain_graph=True)[0]
+                if (y_new - y).abs().max().item() <= 1e-12 + 1e-9 * y_new.abs().max().item():
+                    return y_new
+                y = y_new
+            warnings.warn("hopfield_retrieve(implicit=True): the adjoint iteration did not converge in 1000 steps",
+                          RuntimeWarning)
+            return y
+        state.register_hook(adjoint)
+    return state
+
+
+def hopfield_energy(states, keys, *, beta=1.0, mask=None, threads=0):
+    """Model B's energy, eq. (13), of states (..., d) over the memories keys (K, d): returns (...),
+    E = |v|^2 / 2 - (1/beta) log sum_mu exp(beta xi_mu . v) (masked memories left out), differentiable in
+    the states, the keys and beta."""
+    batch_shape, v, b, m = _prepare(states, keys, None, beta, mask)
+    lse = _LogSumExp.apply(v, keys, b, m, threads).to(v.dtype)
+    return (0.5 * (v * v).sum(-1) - lse / b).reshape(batch_shape)
+
+
+_DEF_C = _core.retrieve_defaults("C")
+
+
+def _interaction(F, n):
+    return F or _DEF_C["F"], float(_DEF_C["n"] if n is None else n)
+
+
+def spherical_retrieve(queries, memories, *, F=None, n=None, beta=1.0, alpha=1.0, step=None, steps=None, mask=None,
+                       threads=0):
+    """Model C, differentiable: `steps` Euler steps of eq. (22) from queries (..., d) (non-zero) over
+    memories (K, d): v <- v + step (xi^T f(xi v/|v|) - alpha v), f = F' with F "power", "rectified" or
+    "exp" (power n, gain beta). Defaults as ModelC's (the library's table). Returns (..., d)."""
+    F, n = _interaction(F, n)
+    step = _DEF_C["step"] if step is None else float(step)
+    steps = _whole(_DEF_C["max_steps"] if steps is None else steps, "steps")
+    if not step > 0:
+        raise ValueError(f"step must be > 0, got {step}")
+    batch_shape, v, _, m = _prepare(queries, memories, None, 1.0, mask)
+    for _ in range(int(steps)):
+        norm = v.norm(dim=-1, keepdim=True)
+        if (norm == 0).any():
+            raise ValueError("spherical_retrieve: a state is zero; model C's output v/|v| is undefined at 0")
+        drive, _ = _Spherical.apply(v / norm, memories, F, n, float(beta), m, threads)  # eq. (18), (22)
+        v = v + step * (drive - alpha * v)
+    return v.reshape(*batch_shape, v.shape[-1])
+
+
+def spherical_energy(states, memories, *, F=None, n=None, beta=1.0, mask=None, threads=0):
+    """Model C's energy, eq. (21): E = -sum_mu F(xi_mu . v/|v|) for states (..., d), differentiable in the
+    states and the memories. Returns (...)."""
+    F, n = _interaction(F, n)
+    batch_shape, v, _, m = _prepare(states, memories, None, 1.0, mask)
+    norm = v.norm(dim=-1, keepdim=True)
+    if (norm == 0).any():
+        raise ValueError("spherical_energy: a state is zero; model C's energy is undefined at 0")
+    _, energy = _Spherical.apply(v / norm, memories, F, n, float(beta), m, threads)
+    return energy.to(v.dtype).reshape(batch_shape)
