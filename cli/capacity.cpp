@@ -23,7 +23,7 @@ namespace {
 struct CapacityArgs {
   std::string model = "A", F = "power", protocol = "stability", order = "random", sweep = "K", criterion = "per-cue",
               output, plot;
-  double n = 2.0, beta = 1.0, rho = 0.0, step = 1.0, bisect = 0.0;
+  double n = 2.0, beta = kDefaultBeta, rho = 0.0, step = 1.0, bisect = 0.0;
   std::size_t N = 100, hidden = 0, trials = 10, cues = 0;
   std::vector<std::string> values{"5", "10", "15", "20"};
   std::vector<std::size_t> K_range;

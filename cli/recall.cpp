@@ -48,7 +48,7 @@ struct RecallArgs {
   std::optional<std::string> F, order;
   std::optional<double> n, tol, step, certify;
   std::optional<long> steps;
-  double beta = 1.0, alpha = 1.0;
+  double beta = kDefaultBeta, alpha = 1.0;
   long long top_k = 5;
   std::size_t chunk = 1024;
   std::uint64_t seed = 0;

@@ -31,7 +31,7 @@ struct AttentionArgs {
   /// tile; k and v are then null (v_bf16 may equal k_bf16). Gradients are float.
   const std::uint16_t* k_bf16 = nullptr;
   const std::uint16_t* v_bf16 = nullptr;
-  double beta = 1.0;     ///< inverse temperature, finite and > 0
+  double beta = kDefaultBeta;  ///< inverse temperature, finite and > 0
   MemoryMask mask;       ///< rows 0, 1 or n of K flags; non-zero leaves the memory out
   int threads = 0;       ///< 0: the CPUs this process may run on (affinity mask)
   /// An additive bias of the scores (hopfield-layers' float association mask): the weights are

@@ -40,7 +40,7 @@ struct TrialScheduler;
 struct CapacitySpec {
   ModelKind model = ModelKind::A;
   InteractionSpec F{Interaction::Power, 2.0, 1.0};  ///< models A and C
-  double beta = 1.0;                ///< model B's inverse temperature
+  double beta = kDefaultBeta;       ///< model B's inverse temperature
   std::size_t N = 100;              ///< neurons (pattern dimension), >= 2
   std::size_t K = 10;               ///< memories per trial, >= 1
   std::size_t hidden = 0;           ///< N_h; 0 = K (every memory has its hidden neuron)

@@ -164,7 +164,7 @@ LagrangianPtr layer_norm(double gamma = 1.0, double eps = 1e-5, Vector delta = V
 
 /// Parameters of by_name(); each Lagrangian reads the ones it has.
 struct LagrangianParams {
-  double beta = 1.0, n = 2.0, gamma = 1.0, eps = 1e-5;
+  double beta = kDefaultBeta, n = 2.0, gamma = 1.0, eps = 1e-5;
 };
 /// The Lagrangian called `name` (identity, abs, log_cosh, softplus, power, rectified_power, exp,
 /// log_sum_exp, spherical, layer_norm); throws InvalidArgument listing the names otherwise.

@@ -32,7 +32,7 @@ enum class Interaction {
 struct InteractionSpec {
   Interaction kind = Interaction::Power;
   double n = 2.0;     ///< power (Power, RectifiedPower)
-  double beta = 1.0;  ///< gain (Exp)
+  double beta = kDefaultBeta;  ///< gain (Exp)
 };
 
 /// The default F of models A and C, the same in C++, the CLI and Python: A F(x) = x^3 (Krotov &

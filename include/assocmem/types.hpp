@@ -16,4 +16,9 @@ using Matrix = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowM
 /// the started ones are joined.
 inline constexpr int kMaxThreads = 1024;
 
+/// The inverse temperature (model B, the softmax Lagrangian, the fused attention) and the gain of
+/// F = exp (models A, C) when none is given: the one place the default is written (the command line
+/// and Python read it from here; assocmem._core.DEFAULT_BETA).
+inline constexpr double kDefaultBeta = 1.0;
+
 }  // namespace assocmem

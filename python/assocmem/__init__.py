@@ -26,6 +26,8 @@ import warnings as _warnings
 import numpy as _np
 
 from . import _core
+
+_DEFAULT_BETA = _core.DEFAULT_BETA  # the one default inverse temperature / gain (assocmem/types.hpp)
 from ._core import (  # noqa: F401  (re-exported)
     MemoryStore,
     Network,
@@ -298,7 +300,7 @@ class ModelA:
     Runs on packed bits with incrementally updated overlaps, many cues in parallel.
     """
 
-    def __init__(self, patterns, F=None, n=None, beta=1.0, current=None, threads=0):
+    def __init__(self, patterns, F=None, n=None, beta=_DEFAULT_BETA, current=None, threads=0):
         d = _DEF["A"]
         self._F, self._n, self._beta = F or d["F"], float(d["n"] if n is None else n), float(beta)
         try:
@@ -310,7 +312,7 @@ class ModelA:
             raise ValueError(f"ModelA patterns must be +1/-1: {e}") from None
 
     @classmethod
-    def from_store(cls, store, F=None, n=None, beta=1.0, current=None, threads=0):
+    def from_store(cls, store, F=None, n=None, beta=_DEFAULT_BETA, current=None, threads=0):
         """A model over a saved store (a path, mapped without a copy, or a MemoryStore)."""
         return cls(_open(store, "store"), F, n, beta, current, threads)
 
@@ -362,13 +364,13 @@ class ModelB:
     bfloat16 and uses bfloat16 products with float32 accumulation (AMX or AVX-512 BF16).
     """
 
-    def __init__(self, keys, beta=1.0, *, values=None, dtype=None, threads=0, kernel="auto"):
+    def __init__(self, keys, beta=_DEFAULT_BETA, *, values=None, dtype=None, threads=0, kernel="auto"):
         k = _store(keys, dtype, "keys")
         v = None if values is None else _as_dtype(_store(values, None, "values"), k.dtype, "values")
         self._m = _core._ModelB(k, v, float(beta), threads, kernel)
 
     @classmethod
-    def from_store(cls, keys, beta=1.0, *, values=None, threads=0, kernel="auto"):
+    def from_store(cls, keys, beta=_DEFAULT_BETA, *, values=None, threads=0, kernel="auto"):
         """A model over saved stores (paths, mapped read-only without a copy, or MemoryStores).
         Results report the store's ids (top_ids)."""
         return cls(_open(keys, "keys"), beta, values=None if values is None else _open(values, "values"),
@@ -476,14 +478,14 @@ class ModelC:
     integrated by Euler steps of dt/tau_f = step.
     """
 
-    def __init__(self, patterns, F=None, n=None, beta=1.0, alpha=1.0, threads=0, kernel="auto"):
+    def __init__(self, patterns, F=None, n=None, beta=_DEFAULT_BETA, alpha=1.0, threads=0, kernel="auto"):
         d = _DEF["C"]
         self._F, self._n, self._beta, self._alpha = F or d["F"], float(d["n"] if n is None else n), float(beta), alpha
         self._m = _core._ModelC(_store(patterns, None, "patterns"), self._F, self._n, self._beta, float(alpha),
                                 threads, kernel)
 
     @classmethod
-    def from_store(cls, store, F=None, n=None, beta=1.0, alpha=1.0, threads=0, kernel="auto"):
+    def from_store(cls, store, F=None, n=None, beta=_DEFAULT_BETA, alpha=1.0, threads=0, kernel="auto"):
         """A model over a saved store (a path, mapped without a copy, or a MemoryStore)."""
         return cls(_open(store, "store"), F, n, beta, alpha, threads, kernel)
 

@@ -10,6 +10,7 @@ from . import plot as plot
 
 _ArrayLike = npt.ArrayLike
 __version__: str
+_DEFAULT_BETA: float  # assocmem::kDefaultBeta, the default beta of every signature
 
 class SolverError(RuntimeError): ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as _np
 import torch as _torch
 
-from . import _core, _mask_values, _whole
+from . import _DEFAULT_BETA, _core, _mask_values, _whole
 
 __all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy"]
 
@@ -213,7 +213,7 @@ def _prepare(queries, keys, values, beta, mask):
     return batch_shape, queries.reshape(-1, queries.shape[-1]), b.to(dtype), m
 
 
-def hopfield_retrieve(queries, keys, values=None, *, beta=1.0, mask=None, steps=1, implicit=False,
+def hopfield_retrieve(queries, keys, values=None, *, beta=_DEFAULT_BETA, mask=None, steps=1, implicit=False,
                       fixed_point_tol=1e-6, threads=0):
     """Model B's retrieval with keys and values, differentiable (see the module docstring).
 
@@ -271,7 +271,7 @@ def _implicit_fixed_point(q, keys, b, m, threads, max_updates, tol):
     return state
 
 
-def hopfield_energy(states, keys, *, beta=1.0, mask=None, threads=0):
+def hopfield_energy(states, keys, *, beta=_DEFAULT_BETA, mask=None, threads=0):
     """Model B's energy, eq. (13), of states (..., d) over the memories keys (K, d): returns (...),
     E = |v|^2 / 2 - (1/beta) log sum_mu exp(beta xi_mu . v) (masked memories left out), differentiable in
     the states, the keys and beta."""
@@ -287,7 +287,7 @@ def _interaction(F, n):
     return F or _DEF_C["F"], float(_DEF_C["n"] if n is None else n)
 
 
-def spherical_retrieve(queries, memories, *, F=None, n=None, beta=1.0, alpha=1.0, step=None, steps=None, mask=None,
+def spherical_retrieve(queries, memories, *, F=None, n=None, beta=_DEFAULT_BETA, alpha=1.0, step=None, steps=None, mask=None,
                        threads=0):
     """Model C, differentiable: `steps` Euler steps of eq. (22) from queries (..., d) (non-zero) over
     memories (K, d): v <- v + step (xi^T f(xi v/|v|) - alpha v), f = F' with F "power", "rectified" or
@@ -307,7 +307,7 @@ def spherical_retrieve(queries, memories, *, F=None, n=None, beta=1.0, alpha=1.0
     return v.reshape(*batch_shape, v.shape[-1])
 
 
-def spherical_energy(states, memories, *, F=None, n=None, beta=1.0, mask=None, threads=0):
+def spherical_energy(states, memories, *, F=None, n=None, beta=_DEFAULT_BETA, mask=None, threads=0):
     """Model C's energy, eq. (21): E = -sum_mu F(xi_mu . v/|v|) for states (..., d), differentiable in the
     states and the memories. Returns (...)."""
     F, n = _interaction(F, n)

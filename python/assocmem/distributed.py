@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 
 from . import _core
-from . import Retrieval, _batch, _DEF, _whole
+from . import _DEFAULT_BETA, Retrieval, _batch, _DEF, _whole
 
 __all__ = ["ShardedMemory"]
 
@@ -46,7 +46,7 @@ class ShardedMemory:
         self._s = _core.DistributedStore(str(manifest), self._comm.py2f())
         self._threads = int(threads)
 
-    def retrieve(self, queries, model="B", steps=None, tol=None, step=None, *, beta=1.0, F=None, n=None,
+    def retrieve(self, queries, model="B", steps=None, tol=None, step=None, *, beta=_DEFAULT_BETA, F=None, n=None,
                  alpha=1.0):
         """States after model A (eq. 7/8, synchronous order: F, n, beta; +-1 memories and cues), model B
         (eq. 15/16, inverse temperature beta) or model C (eq. 22: F, n, gain beta, alpha) from `queries`
@@ -79,7 +79,7 @@ class ShardedMemory:
                                  "every rank passes the same call")
         return args
 
-    def retrieve_details(self, queries, model="B", steps=None, tol=None, step=None, *, beta=1.0, F=None, n=None,
+    def retrieve_details(self, queries, model="B", steps=None, tol=None, step=None, *, beta=_DEFAULT_BETA, F=None, n=None,
                          alpha=1.0, top_k=0, energy=True):
         """Like retrieve(), but a Retrieval (steps, stop, energy; top_ids and top_weights for model B)."""
         def checks():

@@ -1312,6 +1312,7 @@ void bind_distributed(py::module_& m) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "assocmem's compiled core; use the package `assocmem`, which re-exports these names.";
   m.attr("__version__") = version();  // project(VERSION) of CMakeLists.txt, via assocmem/version.hpp
+  m.attr("DEFAULT_BETA") = kDefaultBeta;  // the Python signatures' default beta (assocmem/types.hpp)
 
   static py::exception<SolverError> solver_error(m, "SolverError", PyExc_RuntimeError);
   py::register_exception_translator([](std::exception_ptr p) {

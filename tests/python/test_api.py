@@ -338,3 +338,30 @@ def test_a_kernel_this_cpu_lacks_is_a_clear_error():
             am.ModelB(X, beta=1.0, kernel=k)
     with pytest.raises(ValueError, match="kernel"):
         am.ModelB(X, beta=1.0, kernel="avx9")
+
+
+def test_every_default_beta_is_the_one_default():
+    """Issue 24: the default beta was written in ~14 places. Every public signature with a beta reads
+    assocmem::kDefaultBeta (assocmem._core.DEFAULT_BETA); so does the command line's --beta."""
+    import inspect
+    import os
+    import subprocess
+    import assocmem.distributed as ad
+    import assocmem.torch as amt
+    found = []
+    for owner in (am.ModelA, am.ModelB, am.ModelC, ad.ShardedMemory, amt):
+        for name, fn in inspect.getmembers(owner, callable):
+            try:
+                params = inspect.signature(fn).parameters
+            except (TypeError, ValueError):
+                continue
+            if "beta" in params and params["beta"].default is not inspect.Parameter.empty \
+                    and params["beta"].default is not None:
+                found.append(f"{getattr(owner, '__name__', owner)}.{name}")
+                assert params["beta"].default == am._core.DEFAULT_BETA, (owner, name, params["beta"].default)
+    assert len(found) >= 10, found  # the models' constructors and from_store, the torch functions, the shards
+    cli = os.environ.get("ASSOCMEM_CLI")
+    if cli:
+        for cmd in ("recall", "capacity"):
+            out = subprocess.run([cli, cmd, "--help"], capture_output=True, text=True, timeout=60).stdout
+            assert f"--beta FLOAT={am._core.DEFAULT_BETA:g}" in out, out
