@@ -68,6 +68,13 @@ double dist(const std::vector<long double>& a, const double* b) {
   return static_cast<double>(std::sqrt(s));
 }
 
+// K random unit rows in d dimensions (Gaussian rows, normalised).
+Matrix unit_rows(std::size_t K, std::size_t d, std::mt19937_64& rng) {
+  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
+  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  return X;
+}
+
 // K random directions in d dimensions with norms log-uniform in [1e-3, 1e3]: scores span six decades.
 Matrix spread_norms(std::size_t K, std::size_t d, std::mt19937_64& rng) {
   Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
@@ -274,8 +281,7 @@ TEST(Codes, ScreenKernelsBoundEveryScore) {
 // old code reported other counts here).
 TEST(Certified, CandidatesAreThoseOfTheLastStep) {
   std::mt19937_64 rng(4);
-  Matrix X = randn(4000, 48, rng);
-  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  const Matrix X = unit_rows(4000, 48, rng);
   const MemoryStore s = store_of(X, DType::Float32);
   const CodeIndex c = CodeIndex::build(s);
   EngineOptions eo;
@@ -310,8 +316,7 @@ TEST(Certified, EqualsTheExactStateWithinItsBound) {
   std::mt19937_64 rng(2);
   for (DType t : {DType::Float32, DType::BFloat16})
     for (KernelChoice k : available_kernels(t, {KernelChoice::Avx512})) {
-      Matrix X = randn(4000, 48, rng);
-      for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+      const Matrix X = unit_rows(4000, 48, rng);
       const MemoryStore s = store_of(X, t);
       const CodeIndex c = CodeIndex::build(s);
       EngineOptions eo;
@@ -474,8 +479,7 @@ TEST(Certified, StateErrorIncludesTheFloatRounding) {
 TEST(Certified, BetaAcrossTheFallbackThreshold) {
   std::mt19937_64 rng(6);
   const std::size_t K = 4000, d = 16;
-  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
-  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  const Matrix X = unit_rows(K, d, rng);
   const MemoryStore s = store_of(X, DType::Float32);
   const CodeIndex c = CodeIndex::build(s);
   EngineOptions eo;
@@ -554,8 +558,7 @@ TEST(Certified, DuplicatesClustersAndMasks) {
 // back to the exact scan, says so, and equals the exact engine.
 TEST(Certified, FallsBackToTheExactScanWhereItMust) {
   std::mt19937_64 rng(5);
-  Matrix X = randn(2000, 16, rng);
-  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  const Matrix X = unit_rows(2000, 16, rng);
   const MemoryStore s = store_of(X, DType::Float32);
   const CodeIndex c = CodeIndex::build(s);
   EngineOptions eo;
@@ -650,8 +653,7 @@ TEST(Codes, EditedFilesWithValidChecksumsAreCheckedAgainstTheStore) {
   std::mt19937_64 rng(8);
   TempDir dir;
   const std::size_t K = 200, d = 16;
-  Matrix X = randn(Eigen::Index(K), Eigen::Index(d), rng);
-  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  const Matrix X = unit_rows(K, d, rng);
   const MemoryStore s = store_of(X, DType::Float32);
   const std::string path = dir.file("s.codes");
   CodeIndex::build(s).save(path);
@@ -902,8 +904,7 @@ TEST(Certified, ModelCStateErrorIncludesTheFloatRounding) {
 // many candidates) and agrees with the exact engine then; F = power and bad eps are refused.
 TEST(Certified, ModelCFallsBackAndRefuses) {
   std::mt19937_64 rng(22);
-  Matrix X = randn(5000, 24, rng);
-  for (Eigen::Index i = 0; i < X.rows(); ++i) X.row(i).normalize();
+  const Matrix X = unit_rows(5000, 24, rng);
   const MemoryStore s = store_of(X, DType::Float32);
   const CodeIndex c = CodeIndex::build(s);
   EngineOptions eo;
