@@ -303,7 +303,9 @@ struct EngineCore {
             epi[w].apply(r0 + r, &S[r * T], nt, Pr, &A[(r0 + r) * dvp], dvp, t0);
             std::fill(Pr + nt, Pr + round_up(nt, kBlock), 0.0f);
           }
-          if (nb < QB) std::fill(P.begin() + static_cast<long>(nb * T), P.end(), 0.0f);  // padding rows
+          // Padding rows: read only by the bf16 products that always take QB rows (AMX).
+          if (nb < QB && bf16_products && !matvec && ops->full_row_blocks)
+            std::fill(P.begin() + static_cast<long>(nb * T), P.end(), 0.0f);
           if (matvec) {
             for (std::size_t r = 0; r < nb; ++r) {
               if (vals.f) ops->axpy_f32(&P[r * T], vals.f, nt, dv, &A[(r0 + r) * dvp]);
@@ -594,10 +596,11 @@ std::vector<Screened> certified_screen(const detail::EngineCore& core, const flo
         float cutf = static_cast<float>(cut0);
         if (double(cutf) > cut0) cutf = std::nextafter(cutf, -std::numeric_limits<float>::infinity());
         float stats[2];
-        const std::size_t ns = core.ops->screen_coarse(codes.high_plane() + plane0, nt, groups, qi8, cq[i],
-                                                       codes.scale() + m0, codes.coarse_error() + m0,
-                                                       mrow ? mrow + m0 : nullptr, cutf, dot.data(), lo.data(), stats,
-                                                       idx.data());
+        core.ops->nibble_dots(codes.high_plane() + plane0, (nt + CodeIndex::kBlockRows - 1) / CodeIndex::kBlockRows,
+                              groups, qi8, dot.data());
+        const std::size_t ns = core.ops->screen_coarse(dot.data(), nt, cq[i], codes.scale() + m0,
+                                                       codes.coarse_error() + m0, mrow ? mrow + m0 : nullptr, cutf,
+                                                       lo.data(), stats, idx.data());
         raise_L(i, st, double(stats[0]));
         st.disc = std::max(st.disc, double(stats[1]));
         st.kept += nt;

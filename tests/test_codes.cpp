@@ -169,8 +169,12 @@ TEST(Codes, ScreenKernelsBoundEveryScore) {
   const MemoryStore s = store_of(X, DType::Float32);
   const CodeIndex c = CodeIndex::build(s);
   const std::size_t groups = c.groups(), nb = (K + 15) / 16;
-  std::vector<const kernels::Ops*> tables = {&kernels::generic_ops()};
-  if (kernels::avx512_ops()) tables.push_back(kernels::avx512_ops());
+  std::vector<const kernels::Ops*> tables;  // every table with its own screen (the bf16 ones share AVX-512's)
+  for (const kernels::Ops* t : kernels::tables())
+    if (std::none_of(tables.begin(), tables.end(), [&](const kernels::Ops* u) {
+          return u->nibble_dots == t->nibble_dots && u->screen_coarse == t->screen_coarse;
+        }))
+      tables.push_back(t);
   std::vector<float> row(d);
   for (int trial = 0; trial < 6; ++trial) {
     std::vector<float> q(d);
@@ -213,7 +217,7 @@ TEST(Codes, ScreenKernelsBoundEveryScore) {
     }
     std::vector<kernels::NibbleDots> dots;
     for (const auto* t : tables) dots.push_back(t->nibble_dots);
-    if (kernels::avx512bw_nibble_dots()) dots.push_back(kernels::avx512bw_nibble_dots());
+    if (kernels::avx512_highway_nibble_dots()) dots.push_back(kernels::avx512_highway_nibble_dots());
     for (auto nd : dots) {
       std::vector<std::int32_t> h(nb * 16), l(nb * 16);
       nd(c.high_plane(), nb, groups, q8.data(), h.data());
@@ -249,9 +253,9 @@ TEST(Codes, ScreenKernelsBoundEveryScore) {
             std::vector<float> lo(256);
             std::vector<std::uint32_t> idx(256 + 16);
             float stats[2];
-            const std::size_t n = t->screen_coarse(c.high_plane() + m0 / 16 * groups * 64, nt, groups, q8.data(), cq,
-                                                   c.scale() + m0, c.coarse_error() + m0, m ? m + m0 : nullptr, cut,
-                                                   dot.data(), lo.data(), stats, idx.data());
+            t->nibble_dots(c.high_plane() + m0 / 16 * groups * 64, (nt + 15) / 16, groups, q8.data(), dot.data());
+            const std::size_t n = t->screen_coarse(dot.data(), nt, cq, c.scale() + m0, c.coarse_error() + m0,
+                                                   m ? m + m0 : nullptr, cut, lo.data(), stats, idx.data());
             std::vector<bool> kept(nt, false);
             for (std::size_t k = 0; k < n; ++k) kept[idx[k]] = true;
             for (std::size_t k = 0; k < nt; ++k) {

@@ -19,22 +19,28 @@
 
 namespace assocmem::kernels {
 
+// Hand-written entries (avx512.cpp) where Highway 1.0.3 has no operation for the instruction.
 #if defined(ASSOCMEM_HAVE_AVX512)
-const Ops* avx512_table();
-const Ops* avx512_bf16_table();
-const Ops* amx_bf16_table();
-NibbleDots avx512bw_nibble_dots_entry();
+void use_avx512_bf16(Ops& o);
+void use_amx_bf16(Ops& o);
+NibbleDots avx512_vnni_nibble_dots();
+#endif
 
 namespace {
+const Ops* highway_named(const char* name) {
+  for (const HighwayTable& t : highway_tables())
+    if (std::strcmp(t.ops->name, name) == 0) return t.ops;
+  return nullptr;
+}
+
+#if defined(ASSOCMEM_HAVE_AVX512)
 bool cpu_has_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma");
 }
-bool cpu_has_avx512_bf16() {
-  __builtin_cpu_init();
-  return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
-}
+bool cpu_has_vnni() { return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni"); }
+bool cpu_has_avx512_bf16() { return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16"); }
 // Linux keeps AMX tile data off until a process asks for it (arch_prctl ARCH_REQ_XCOMP_PERM).
 bool amx_permitted() {
 #if defined(__linux__)
@@ -52,31 +58,79 @@ bool cpuid_amx_bf16() {
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
   return ((d >> 24) & 1) && ((d >> 22) & 1);
 }
-bool cpu_has_amx_bf16() { return cpu_has_avx512_bf16() && cpuid_amx_bf16() && amx_permitted(); }
+#endif
 }  // namespace
 
-const Ops* avx512_ops() { return cpu_has_avx512() ? avx512_table() : nullptr; }
-const Ops* avx512_bf16_ops() { return cpu_has_avx512_bf16() ? avx512_bf16_table() : nullptr; }
-const Ops* amx_bf16_ops() { return cpu_has_amx_bf16() ? amx_bf16_table() : nullptr; }
-NibbleDots avx512bw_nibble_dots() { return cpu_has_avx512() ? avx512bw_nibble_dots_entry() : nullptr; }
-#else
-NibbleDots avx512bw_nibble_dots() { return nullptr; }
-const Ops* avx512_ops() { return nullptr; }
-const Ops* avx512_bf16_ops() { return nullptr; }
-const Ops* amx_bf16_ops() { return nullptr; }
+// The tables are composed here, once: Highway's AVX3 table, then the hand-written entries over it.
+const Ops* avx512_ops() {
+  static const Ops* ops = []() -> const Ops* {
+    const Ops* h = highway_named("avx512");
+    if (!h) return nullptr;
+    static Ops t = *h;
+#if defined(ASSOCMEM_HAVE_AVX512)
+    if (cpu_has_vnni()) t.nibble_dots = avx512_vnni_nibble_dots();
 #endif
+    return &t;
+  }();
+  return ops;
+}
 
+const Ops* avx512_bf16_ops() {
+#if defined(ASSOCMEM_HAVE_AVX512)
+  static const Ops* ops = []() -> const Ops* {
+    if (!avx512_ops() || !cpu_has_avx512_bf16()) return nullptr;
+    static Ops t = *avx512_ops();
+    t.name = "avx512_bf16";
+    use_avx512_bf16(t);
+    return &t;
+  }();
+  return ops;
+#else
+  return nullptr;
+#endif
+}
+
+const Ops* amx_bf16_ops() {
+#if defined(ASSOCMEM_HAVE_AVX512)
+  static const Ops* ops = []() -> const Ops* {
+    if (!avx512_bf16_ops() || !cpuid_amx_bf16() || !amx_permitted()) return nullptr;
+    static Ops t = *avx512_bf16_ops();
+    t.name = "amx_bf16";
+    use_amx_bf16(t);
+    return &t;
+  }();
+  return ops;
+#else
+  return nullptr;
+#endif
+}
+
+NibbleDots avx512_highway_nibble_dots() {
+  const Ops* h = highway_named("avx512");
+  return h && avx512_ops() && avx512_ops()->nibble_dots != h->nibble_dots ? h->nibble_dots : nullptr;
+}
 
 const Ops& generic_ops() {
   static const Ops* ops = highway_tables().back().ops;
   return *ops;
 }
 
+// Every table this CPU runs, best first (the AVX-512 ones as composed above).
+const std::vector<const Ops*>& tables() {
+  static const std::vector<const Ops*> all = [] {
+    std::vector<const Ops*> v;
+    for (const Ops* t : {amx_bf16_ops(), avx512_bf16_ops()})
+      if (t) v.push_back(t);
+    for (const HighwayTable& t : highway_tables())
+      v.push_back(std::strcmp(t.ops->name, "avx512") == 0 ? avx512_ops() : t.ops);
+    return v;
+  }();
+  return all;
+}
+
 const Ops* table_named(const char* name) {
-  for (const HighwayTable& t : highway_tables())
-    if (std::strcmp(t.ops->name, name) == 0) return t.ops;
-  for (const Ops* t : {amx_bf16_ops(), avx512_bf16_ops(), avx512_ops()})
-    if (t && std::strcmp(t->name, name) == 0) return t;
+  for (const Ops* t : tables())
+    if (std::strcmp(t->name, name) == 0) return t;
   return nullptr;
 }
 
@@ -98,12 +152,9 @@ const char* name_of(KernelChoice k) {
 }
 
 const Ops& best(bool bf16_store) {
-  if (bf16_store) {
-    if (const Ops* o = amx_bf16_ops()) return *o;
-    if (const Ops* o = avx512_bf16_ops()) return *o;
-  }
-  if (const Ops* o = avx512_ops()) return *o;
-  return *highway_tables().front().ops;
+  for (const Ops* t : tables())
+    if (bf16_store || !t->bf16_products) return *t;
+  return generic_ops();
 }
 }  // namespace
 
@@ -138,9 +189,7 @@ const Ops& choose(KernelChoice choice, bool bf16_store) {
 namespace assocmem {
 std::vector<std::string> available_kernels() {
   std::vector<std::string> names;
-  for (const kernels::Ops* t : {kernels::amx_bf16_ops(), kernels::avx512_bf16_ops(), kernels::avx512_ops()})
-    if (t) names.emplace_back(t->name);
-  for (const kernels::HighwayTable& t : kernels::highway_tables()) names.emplace_back(t.ops->name);
+  for (const kernels::Ops* t : kernels::tables()) names.emplace_back(t->name);
   return names;
 }
 }  // namespace assocmem

@@ -14,19 +14,19 @@
 // Targets compiled: every one Highway can attain with this compiler (HWY_COMPILE_ALL_ATTAINABLE), so
 // that the portable table exists on aarch64 too (Highway's default leaves it out where NEON is the
 // baseline), less those no table of ours uses: SSSE3 (SSE4 is every x86-64 CPU since 2008 but a few),
-// AVX3 (the AVX-512 tables are hand-written, avx512.cpp), and the fixed-width SVE variants SVE_256 and
-// SVE2_128 (the length-agnostic SVE and SVE2 tables run on those CPUs). Each target is another copy of
-// this file to build and test.
+// AVX3_DL (Highway 1.0.3 has no operation for what it adds that we use: the VNNI screen is hand-written,
+// avx512.cpp, and overrides the AVX3 table's entry in dispatch.cpp), and the fixed-width SVE variants
+// SVE_256 and SVE2_128 (the length-agnostic SVE and SVE2 tables run on those CPUs). AVX3 (AVX-512 F, BW,
+// DQ, VL) is the "avx512" table. Each target is another copy of this file to build and test.
 #define HWY_COMPILE_ALL_ATTAINABLE
 #ifndef HWY_DISABLED_TARGETS
-#define HWY_DISABLED_TARGETS (HWY_SSSE3 | HWY_AVX3 | HWY_SVE_256 | HWY_SVE2_128)
+#define HWY_DISABLED_TARGETS (HWY_SSSE3 | HWY_AVX3_DL | HWY_SVE_256 | HWY_SVE2_128)
 #endif
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/highway.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 
 #include <hwy/cache_control.h>
-#include <hwy/contrib/math/math-inl.h>
 #include <hwy/highway.h>
 
 #include <cmath>
@@ -218,19 +218,50 @@ void Gemm2F32(const float* P, std::size_t nb, std::size_t ldP, const float* rows
   }
 }
 
-// float32 -> bfloat16, round to nearest even; NaN stays NaN (quiet).
+// float32 -> bfloat16, round to nearest even; NaN stays NaN (quiet): integer operations on the bits,
+// a vector at a time (the bfloat16 products round every weight row of a tile).
 void ToBf16(const float* x, std::size_t n, std::uint16_t* out) {
-  for (std::size_t i = 0; i < n; ++i) {
-    std::uint32_t u;
-    std::memcpy(&u, &x[i], 4);
-    out[i] = std::isnan(x[i]) ? static_cast<std::uint16_t>((u >> 16) | 0x40)
-                              : static_cast<std::uint16_t>((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+  const hn::ScalableTag<float> df;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<std::uint16_t, decltype(df)> d16;
+  const std::size_t N = hn::Lanes(df);
+  const auto half = hn::Set(du, 0x7FFFu), one = hn::Set(du, 1u), quiet = hn::Set(du, 0x40u);
+  const auto convert = [&](V<decltype(df)> v) {
+    const auto u = hn::BitCast(du, v);
+    const auto rounded = hn::ShiftRight<16>(hn::Add(hn::Add(u, half), hn::And(hn::ShiftRight<16>(u), one)));
+    const auto nan = hn::Or(hn::ShiftRight<16>(u), quiet);
+    const auto r = hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(v)), nan, rounded);
+    return hn::DemoteTo(d16, hn::BitCast(di, r));  // every lane is in [0, 65535]: no saturation
+  };
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(convert(hn::LoadU(df, x + i)), d16, out + i);
+  if (i < n) {
+    HWY_ALIGN std::uint16_t buf[HWY_MAX_BYTES / sizeof(float)];
+    hn::Store(convert(LoadN(df, x + i, n - i)), d16, buf);
+    std::memcpy(out + i, buf, (n - i) * sizeof(std::uint16_t));
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Single query: memory-bound streams over row-major tiles (4 rows at a time, the rows 16 ahead
 // prefetched); bfloat16 rows are widened on load (half the bytes read).
+
+// A stream's load of row data (left >= 1 elements at p; whole vectors where left >= the lanes). On
+// AVX-512 a zero-masking load (vmovups {z}) with a mask computed at run time (the callers pass the
+// elements left in the row, so the compiler cannot turn it into a plain load): in the single-query
+// stream it ran ~1.2-1.3x faster than a plain load on Zen 5, folded into the FMA or not (the
+// hand-written kernel it replaces did the same).
+#if HWY_TARGET == HWY_AVX3
+constexpr bool kMaskedStreams = true;
+#else
+constexpr bool kMaskedStreams = false;
+#endif
+template <class D, typename T = hn::TFromD<D>>
+HWY_INLINE V<D> StreamLoad(D d, const T* HWY_RESTRICT p, std::size_t left) {
+  if constexpr (kMaskedStreams) return hn::MaskedLoad(hn::FirstN(d, left), d, p);
+  else return LoadUpTo(d, p, left);
+}
 
 template <class Load>
 HWY_INLINE void Dots(const float* HWY_RESTRICT q, std::size_t nt, std::size_t d, float* HWY_RESTRICT out,
@@ -244,10 +275,11 @@ HWY_INLINE void Dots(const float* HWY_RESTRICT q, std::size_t nt, std::size_t d,
     auto a0 = hn::Zero(df), a1 = a0, a2 = a0, a3 = a0;
     for (std::size_t k = 0; k < dw; k += N) {
       const auto qv = hn::LoadU(df, q + k);
-      a0 = hn::MulAdd(qv, load(df, t, k, N), a0);
-      a1 = hn::MulAdd(qv, load(df, t + 1, k, N), a1);
-      a2 = hn::MulAdd(qv, load(df, t + 2, k, N), a2);
-      a3 = hn::MulAdd(qv, load(df, t + 3, k, N), a3);
+      const std::size_t left = kMaskedStreams ? d - k : N;  // >= N: whole vectors
+      a0 = hn::MulAdd(qv, load(df, t, k, left), a0);
+      a1 = hn::MulAdd(qv, load(df, t + 1, k, left), a1);
+      a2 = hn::MulAdd(qv, load(df, t + 2, k, left), a2);
+      a3 = hn::MulAdd(qv, load(df, t + 3, k, left), a3);
     }
     if (dw < d) {
       const auto qv = LoadN(df, q + dw, d - dw);
@@ -270,12 +302,14 @@ HWY_INLINE void Dots(const float* HWY_RESTRICT q, std::size_t nt, std::size_t d,
 
 void DotsF32(const float* q, const float* rows, std::size_t nt, std::size_t d, float* out) {
   Dots(q, nt, d, out, d * 4, reinterpret_cast<const char*>(rows),
-       [&](auto df, std::size_t t, std::size_t k, std::size_t left) { return LoadUpTo(df, rows + t * d + k, left); });
+       [&](auto df, std::size_t t, std::size_t k, std::size_t left) { return StreamLoad(df, rows + t * d + k, left); });
 }
 
 void DotsBf16(const float* q, const std::uint16_t* rows, std::size_t nt, std::size_t d, float* out) {
   Dots(q, nt, d, out, d * 2, reinterpret_cast<const char*>(rows),
-       [&](auto df, std::size_t t, std::size_t k, std::size_t left) { return LoadBf16UpTo(df, rows + t * d + k, left); });
+       [&](auto df, std::size_t t, std::size_t k, std::size_t left) {
+         return WidenBf16(df, StreamLoad(hn::Rebind<std::uint16_t, decltype(df)>(), rows + t * d + k, left));
+       });
 }
 
 // acc[j0, j0 + 8 N) += sum_t p[t] row_t there: eight independent accumulator chains (the FMA latency
@@ -325,12 +359,22 @@ HWY_INLINE void Axpy(const float* HWY_RESTRICT p, std::size_t nt, std::size_t d,
     auto a1 = left > N ? LoadUpTo(df, acc + j0 + N, left - N) : hn::Zero(df);
     auto a2 = left > 2 * N ? LoadUpTo(df, acc + j0 + 2 * N, left - 2 * N) : hn::Zero(df);
     auto a3 = left > 3 * N ? LoadUpTo(df, acc + j0 + 3 * N, left - 3 * N) : hn::Zero(df);
-    for (std::size_t t = 0; t < nt; ++t) {
-      const auto pb = hn::Set(df, p[t]);
-      a0 = hn::MulAdd(pb, load(df, t, j0, left), a0);
-      if (whole || left > N) a1 = hn::MulAdd(pb, load(df, t, j0 + N, left - N), a1);
-      if (whole || left > 2 * N) a2 = hn::MulAdd(pb, load(df, t, j0 + 2 * N, left - 2 * N), a2);
-      if (whole || left > 3 * N) a3 = hn::MulAdd(pb, load(df, t, j0 + 3 * N, left - 3 * N), a3);
+    if (whole) {  // whole vectors: no length checks in the loop
+      for (std::size_t t = 0; t < nt; ++t) {
+        const auto pb = hn::Set(df, p[t]);
+        a0 = hn::MulAdd(pb, load(df, t, j0, N), a0);
+        a1 = hn::MulAdd(pb, load(df, t, j0 + N, N), a1);
+        a2 = hn::MulAdd(pb, load(df, t, j0 + 2 * N, N), a2);
+        a3 = hn::MulAdd(pb, load(df, t, j0 + 3 * N, N), a3);
+      }
+    } else {
+      for (std::size_t t = 0; t < nt; ++t) {
+        const auto pb = hn::Set(df, p[t]);
+        a0 = hn::MulAdd(pb, load(df, t, j0, left), a0);
+        if (left > N) a1 = hn::MulAdd(pb, load(df, t, j0 + N, left - N), a1);
+        if (left > 2 * N) a2 = hn::MulAdd(pb, load(df, t, j0 + 2 * N, left - 2 * N), a2);
+        if (left > 3 * N) a3 = hn::MulAdd(pb, load(df, t, j0 + 3 * N, left - 3 * N), a3);
+      }
     }
     if (whole) {
       hn::StoreU(a0, df, acc + j0);
@@ -372,16 +416,42 @@ float ScaledMax(const float* s, std::size_t n, float beta) {
   return hn::GetLane(hn::MaxOfLanes(df, m));
 }
 
+// exp(x) for x in [-87.3, 88.7] (the caller clamps): Cephes' expf, the same steps as on every target:
+// n = round(x log2 e), r = x - n ln 2 in two parts (multiply-adds: the reduction wants them exact), a
+// degree-6 polynomial (|rel. error| < 2 ulp), then 2^n as two exact power-of-two factors (n in
+// [-126, 128], each factor's exponent in [-63, 64]). Cheaper than Highway's Exp (which covers the whole
+// range): the online softmax takes one per score.
+template <class DF>
+HWY_INLINE V<DF> ExpReduced(DF df, V<DF> x) {
+  const hn::RebindToSigned<DF> di;
+  const auto n = hn::Round(hn::Mul(x, hn::Set(df, 1.44269504088896341f)));
+  auto r = hn::NegMulAdd(n, hn::Set(df, 0.693359375f), x);
+  r = hn::NegMulAdd(n, hn::Set(df, -2.12194440e-4f), r);
+  auto p = hn::Set(df, 1.9875691500e-4f);
+  p = hn::MulAdd(p, r, hn::Set(df, 1.3981999507e-3f));
+  p = hn::MulAdd(p, r, hn::Set(df, 8.3334519073e-3f));
+  p = hn::MulAdd(p, r, hn::Set(df, 4.1665795894e-2f));
+  p = hn::MulAdd(p, r, hn::Set(df, 1.6666665459e-1f));
+  p = hn::MulAdd(p, r, hn::Set(df, 5.0000001201e-1f));
+  p = hn::MulAdd(hn::Mul(p, r), r, hn::Add(r, hn::Set(df, 1.0f)));
+  const auto ni = hn::ConvertTo(di, n);
+  const auto n1 = hn::ShiftRight<1>(ni), n2 = hn::Sub(ni, n1);
+  const auto bias = hn::Set(di, 127);
+  const auto f1 = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(n1, bias)));
+  const auto f2 = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(n2, bias)));
+  return hn::Mul(hn::Mul(p, f1), f2);
+}
+
 // p[i] = exp(beta s[i] - m): beta s rounded first, then the shift (so the maximum gives exactly 0);
-// Highway's Exp (max error 1 ulp); results that would be subnormal (x < -87.3) are 0, as on every table.
+// results that would be subnormal (x < -87.3) are 0, as on every table.
 float ExpShiftSum(const float* s, std::size_t n, float beta, float mx, float* p) {
   const hn::ScalableTag<float> df;
   const std::size_t N = hn::Lanes(df);
-  const auto b = hn::Set(df, beta), mv = hn::Set(df, mx), lo = hn::Set(df, -87.3f);
+  const auto b = hn::Set(df, beta), mv = hn::Set(df, mx), lo = hn::Set(df, -87.3f), hi = hn::Set(df, 88.7f);
   auto sum = hn::Zero(df);
   const auto weights = [&](V<decltype(df)> sv) {
     const auto x = hn::Sub(hn::Mul(b, sv), mv);
-    return hn::IfThenZeroElse(hn::Lt(x, lo), hn::Exp(df, hn::Max(x, lo)));
+    return hn::IfThenZeroElse(hn::Lt(x, lo), ExpReduced(df, hn::Min(hn::Max(x, lo), hi)));
   };
   std::size_t i = 0;
   for (; i + N <= n; i += N) {
@@ -573,11 +643,16 @@ void NibbleDots(const std::uint8_t* plane, std::size_t nblocks, std::size_t grou
 #endif
 }
 
-// coarse_bound (kernels.hpp) a vector of memories at a time, the same operations in the same order.
-std::size_t ScreenCoarse(const std::uint8_t* high, std::size_t nt, std::size_t groups, const std::int8_t* q8,
-                         const CoarseQuery& cq, const float* scale, const float* err, const std::uint8_t* mask,
-                         float cut, std::int32_t* dot, float* lo, float* stats, std::uint32_t* idx) {
-  NibbleDots(high, (nt + 15) / 16, groups, q8, dot);
+// coarse_bound (kernels.hpp) a vector of memories at a time, the same operations in the same order;
+// the survivors' indices compressed in a register and stored whole (idx has 16 slots beyond nt): a
+// compressing store to memory is slow on Zen 4.
+std::size_t ScreenCoarse(const std::int32_t* dot, std::size_t nt, const CoarseQuery& cq, const float* scale,
+                         const float* err, const std::uint8_t* mask, float cut, float* lo, float* stats,
+                         std::uint32_t* idx) {
+  for (std::size_t t = 0; t < nt; t += 16) {  // the next tile's scales and bounds
+    hwy::Prefetch(scale + nt + t);
+    hwy::Prefetch(err + nt + t);
+  }
   const hn::CappedTag<float, 16> df;  // idx has 16 slots beyond nt for the compressing stores
   const hn::RebindToSigned<decltype(df)> di;
   const hn::RebindToUnsigned<decltype(df)> du;
@@ -605,7 +680,11 @@ std::size_t ScreenCoarse(const std::uint8_t* high, std::size_t nt, std::size_t g
     ml = hn::Max(ml, lv);
     const auto ge = hn::And(keep, hn::Ge(u, vcut));
     disc = hn::Max(disc, hn::IfThenElse(hn::AndNot(ge, keep), u, none));
-    if (!hn::AllFalse(df, ge)) n += hn::CompressStore(hn::Iota(du, static_cast<std::uint32_t>(t)), hn::RebindMask(du, ge), du, idx + n);
+    if (!hn::AllFalse(df, ge)) {
+      const auto keep_u = hn::RebindMask(du, ge);
+      hn::StoreU(hn::Compress(hn::Iota(du, static_cast<std::uint32_t>(t)), keep_u), du, idx + n);
+      n += hn::CountTrue(du, keep_u);
+    }
   }
   stats[0] = hn::GetLane(hn::MaxOfLanes(df, ml));
   stats[1] = hn::GetLane(hn::MaxOfLanes(df, disc));
@@ -664,6 +743,9 @@ std::vector<HighwayTable> highway_tables() {
 #endif
 #if HWY_TARGETS & HWY_NEON
   add(HWY_NEON, &N_NEON::Table, "neon");
+#endif
+#if HWY_TARGETS & HWY_AVX3
+  add(HWY_AVX3, &N_AVX3::Table, "avx512");
 #endif
 #if HWY_TARGETS & HWY_AVX2
   add(HWY_AVX2, &N_AVX2::Table, "avx2");

@@ -83,13 +83,13 @@ struct Ops {
   // blocks.
   void (*nibble_dots)(const std::uint8_t* plane, std::size_t nblocks, std::size_t groups, const std::int8_t* q8,
                       std::int32_t* dot);
-  /// The coarse screen of memories [0, nt) of a tile (nibble_dots on the high plane, then coarse_bound
-  /// below for each memory not masked (mask[t] != 0: masked; mask may be null)): lo[t] (-inf where
-  /// masked), dot[t]; the indices t with up >= cut appended to idx (returns how many); stats[0] = the
-  /// largest lo, stats[1] = the largest up among the others (the memories the screen discards).
-  std::size_t (*screen_coarse)(const std::uint8_t* high, std::size_t nt, std::size_t groups, const std::int8_t* q8,
-                               const CoarseQuery& cq, const float* scale, const float* err,
-                               const std::uint8_t* mask, float cut, std::int32_t* dot, float* lo, float* stats,
+  /// The coarse screen of memories [0, nt) of a tile, from dot = nibble_dots on the high plane (the
+  /// caller runs it first): coarse_bound below for each memory not masked (mask[t] != 0: masked; mask
+  /// may be null): lo[t] (-inf where masked); the indices t with up >= cut appended to idx (returns how
+  /// many; idx has 16 slots beyond nt for whole-vector stores); stats[0] = the largest lo, stats[1] = the
+  /// largest up among the others (the memories the screen discards).
+  std::size_t (*screen_coarse)(const std::int32_t* dot, std::size_t nt, const CoarseQuery& cq, const float* scale,
+                               const float* err, const std::uint8_t* mask, float cut, float* lo, float* stats,
                                std::uint32_t* idx);
 };
 
@@ -124,9 +124,9 @@ inline void screen_bound(std::int64_t p, float scale, float err, double sq, doub
 }
 
 using NibbleDots = decltype(Ops::nibble_dots);
-/// The AVX-512BW nibble_dots (what the AVX-512 table runs on CPUs without VNNI), for tests on CPUs that
-/// have VNNI; null where this build or this CPU has no AVX-512.
-NibbleDots avx512bw_nibble_dots();
+/// Highway's AVX3 nibble_dots, for tests on CPUs where the AVX-512 table runs the VNNI one instead; null
+/// where this build or this CPU has no AVX-512 or the table runs it anyway.
+NibbleDots avx512_highway_nibble_dots();
 
 /// A table written once with Highway (highway.cpp), compiled for one of its targets.
 struct HighwayTable {
@@ -136,22 +136,26 @@ struct HighwayTable {
 /// The Highway tables this CPU runs, best first; the last is the portable one ("generic").
 std::vector<HighwayTable> highway_tables();
 
+/// Every table this CPU and build run, best first (available_kernels() gives their names).
+const std::vector<const Ops*>& tables();
 /// The portable table (Highway's EMU128 target): runs on any CPU.
 const Ops& generic_ops();
-/// The table named `name` ("avx2", "sse4", "neon", "sve", "sve2", "generic", "avx512", "avx512_bf16",
+/// The table named `name` ("avx512", "avx2", "sse4", "neon", "sve", "sve2", "generic", "avx512_bf16",
 /// "amx_bf16") if this build and CPU run it, else null.
 const Ops* table_named(const char* name);
 /// The one place a table is chosen (engines of models A, B and C, the fused attention): a forced choice
 /// that this CPU or build cannot run throws InvalidArgument; Auto follows the environment variable
 /// ASSOCMEM_KERNEL when it is set (a kernel name, checked the same way), else takes the best table
-/// here: for bfloat16 stores (bf16_store) AMX-BF16, then AVX-512 BF16; then AVX-512, then the best
-/// Highway target (SVE2, SVE, NEON, AVX2, SSE4), then the portable one.
+/// here: for bfloat16 stores (bf16_store) AMX-BF16, then AVX-512 BF16; then the best Highway target
+/// (AVX-512, AVX2, SSE4; SVE2, SVE, NEON), then the portable one.
 const Ops& choose(KernelChoice choice, bool bf16_store);
 
-/// Null when this build or this CPU has no AVX-512 (F, BW, VL, DQ) / AVX-512 BF16.
+/// The AVX-512 tables: Highway's AVX3 target with the hand-written entries of avx512.cpp put over it
+/// where Highway 1.0.3 lacks the instruction (VNNI for the screen where the CPU has it; AVX-512 BF16
+/// products; AMX-BF16 tiles). Null when this build or this CPU has no AVX-512 (F, BW, VL, DQ) /
+/// AVX-512 BF16 / AMX-BF16 (which also needs the kernel's permission for AMX state, asked for once).
 const Ops* avx512_ops();
 const Ops* avx512_bf16_ops();
-/// AMX-BF16 tile products (also needs the kernel's permission for AMX state, asked for once).
 const Ops* amx_bf16_ops();
 
 }  // namespace assocmem::kernels
