@@ -1,5 +1,5 @@
-// Every entry of every kernel table this CPU runs (available_kernels(): the Highway targets, the
-// hand-written AVX-512/AMX tables) against scalar references: exact for the integer and data-movement
+// Every entry of every kernel table this CPU runs (available_kernels(): the Highway targets, the AVX-512
+// BF16/AMX tables with their hand-written entries) against scalar references: exact for the integer and data-movement
 // kernels, within the float32 forward error bound gamma_n sum |terms| (tests/error_bounds.hpp) for the
 // sums, which holds whatever order a target adds in. Run the whole suite with ASSOCMEM_KERNEL=<name> to
 // put the engines on one table.
