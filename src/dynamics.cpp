@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "assocmem/error.hpp"
+#include "simulate_core.hpp"
 
 namespace assocmem {
 
@@ -45,48 +46,25 @@ Trajectory simulate(const Network& net, const Vector& v0, const Vector& h0, cons
   net.check_state(v0, h_start);
   NetworkSystem sys(net);
   Trajectory tr;
-  long seen = 0;
-  auto record = [&](double t, const Vector& y) {
-    const Vector v = sys.v_of(y), h = sys.h_of(y);
-    tr.t.push_back(t);
-    tr.energy.push_back(net.energy(v, h));
-    tr.energy_rate.push_back(net.energy_rate(v, h));
-    tr.v.push_back(v);
-    tr.h.push_back(h);
-  };
-  Vector last_y;
-  double last_t = 0;
-  bool last_recorded = false;
-  // Blow-up detection. With convex Lagrangians (and alpha = 1, or M_v v = 0), eq. (4) says E never increases along
-  // the exact trajectory; an integration whose energy climbs clearly above E(t0) is unstable (an
-  // explicit step too large for the network), not a solution, so it stops with SolverError.
+  // With convex Lagrangians (and alpha = 1, or M_v v = 0), eq. (4): E never increases.
   const bool descends = net.feature_lagrangian().convex_everywhere() && net.hidden_lagrangian().convex_everywhere();
-  double e0 = 0;
-  auto observer = [&](double t, const Vector& y) {
-    const Vector v = sys.v_of(y), h = sys.h_of(y);
-    const double e = net.energy(v, h), rate = net.energy_rate(v, h);
-    if (!net.feature_lagrangian().hessian_psd_at(v) || !net.hidden_lagrangian().hessian_psd_at(h)) {
-      if (tr.non_psd_steps++ == 0) tr.first_non_psd_t = t;  // footnote 2: eq. (4) does not hold here
-    }
-    if (!std::isfinite(e) || !std::isfinite(rate))
-      throw SolverError(detail::concat("simulate (", to_string(options.method), "): the energy or its rate became ",
-                                       "NaN or Inf at t = ", t, " (E = ", e, ", dE/dt = ", rate,
-                                       "); the Lagrangians overflow at this state, or the step is too large"));
-    if (seen == 0) e0 = e;
-    if (descends && e > e0 + 1e-3 * (1.0 + std::fabs(e0)))
-      throw SolverError(detail::concat("simulate (", to_string(options.method), "): the energy rose from ", e0,
-                                       " to ", e, " at t = ", t, ", which eq. (4) forbids for these convex ",
-                                       "Lagrangians: the integration is unstable; reduce dt or use rk45 or bdf"));
-    last_recorded = (seen % options.record_every == 0);
-    if (last_recorded) record(t, y);
-    last_y = y;
-    last_t = t;
-    ++seen;
-    if (options.on_step) options.on_step(t);
-    return true;
-  };
-  tr.result = integrate(sys, sys.join(v0, h_start), options, observer);
-  if (!last_recorded) record(last_t, last_y);
+  const detail::SimulateCounts c = detail::simulate_core(
+      sys, sys.join(v0, h_start), options, descends,
+      [&](const Vector& y) { return net.energy(sys.v_of(y), sys.h_of(y)); },
+      [&](const Vector& y) { return net.energy_rate(sys.v_of(y), sys.h_of(y)); },
+      [&](const Vector& y) {
+        return net.feature_lagrangian().hessian_psd_at(sys.v_of(y)) && net.hidden_lagrangian().hessian_psd_at(sys.h_of(y));
+      },
+      [&](double t, const Vector& y, double e, double r) {
+        tr.t.push_back(t);
+        tr.energy.push_back(e);
+        tr.energy_rate.push_back(r);
+        tr.v.push_back(sys.v_of(y));
+        tr.h.push_back(sys.h_of(y));
+      });
+  tr.non_psd_steps = c.non_psd_steps;
+  tr.first_non_psd_t = c.first_non_psd_t;
+  tr.result = c.result;
   return tr;
 }
 

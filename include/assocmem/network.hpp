@@ -37,6 +37,9 @@ class Network {
   const Matrix& xi() const { return xi_; }
   const Lagrangian& feature_lagrangian() const { return *Lv_; }
   const Lagrangian& hidden_lagrangian() const { return *Lh_; }
+  /// The Lagrangians as shared pointers (to build other networks from the same layers).
+  const LagrangianPtr& feature_lagrangian_ptr() const { return Lv_; }
+  const LagrangianPtr& hidden_lagrangian_ptr() const { return Lh_; }
   const NetworkParams& params() const { return p_; }
   /// The input current I (zeros when none was given).
   const Vector& current() const { return I_; }

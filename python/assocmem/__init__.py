@@ -4,6 +4,8 @@ The general two-layer network of Krotov & Hopfield, "Large Associative Memory Pr
 and Machine Learning" (ICLR 2021), and its three effective models:
 
     Network(xi, feature, hidden, tau_f, tau_h, current)   eq. (1), energy eq. (2), simulate(...)
+    LayeredNetwork(layers, synapses)                      any number of layers (Layer), dense and convolutional
+                                                          synapses (dense, conv2d): hierarchical memories
     lagrangians.log_cosh(beta), .log_sum_exp(beta), ...    layer Lagrangians (eq. 3): value, activation, hvp
     ModelA / DenseAssociativeMemory                       binary neurons, F = power, rectified power or exp (eq. 8)
     ModelB / ModernHopfield                               softmax memories, attention update (eqs. 13, 16)
@@ -29,12 +31,18 @@ from . import _core
 
 _DEFAULT_BETA = _core.DEFAULT_BETA  # the one default inverse temperature / gain (assocmem/types.hpp)
 from ._core import (  # noqa: F401  (re-exported)
+    Layer,
+    LayeredNetwork,
+    LayeredTrajectory,
     MemoryStore,
     Network,
+    Synapse,
     SolverError,
     Trajectory,
     available_kernels,
+    conv2d,
     default_cjk_font,
+    dense,
     lagrangians,
     render_glyphs,
     write_file,
@@ -42,7 +50,8 @@ from ._core import (  # noqa: F401  (re-exported)
 
 __all__ = [
     "ModelA", "ModelB", "ModelC", "DenseAssociativeMemory", "ModernHopfield", "SphericalMemory",
-    "Network", "Trajectory", "Retrieval", "MemoryStore", "lagrangians", "SolverError",
+    "Network", "Trajectory", "LayeredNetwork", "LayeredTrajectory", "Layer", "Synapse", "dense", "conv2d",
+    "Retrieval", "MemoryStore", "lagrangians", "SolverError",
     "render_glyphs", "default_cjk_font", "write_file", "available_kernels", "plot",
 ]
 __version__ = _core.__version__  # the one version: project(VERSION) in CMakeLists.txt

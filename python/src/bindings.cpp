@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <filesystem>
 #include <chrono>
 #include <limits>
@@ -32,6 +33,7 @@
 #include "assocmem/glyphs.hpp"
 #include "assocmem/models.hpp"
 #include "assocmem/io.hpp"
+#include "assocmem/layered.hpp"
 #include "assocmem/store.hpp"
 #include "assocmem/version.hpp"
 
@@ -558,6 +560,39 @@ struct PyTrajectory {
   std::string reason;
 };
 
+// The options of simulate() from Python's keyword arguments (one definition for both networks).
+SimulateOptions simulate_options(double t_end, const std::string& method, double rtol, double atol, double dt,
+                                 long max_steps, double fixed_point_tol, long record_every) {
+  SimulateOptions o;
+  o.method = parse_method(method);
+  o.t_end = t_end;
+  o.rtol = rtol;
+  o.atol = atol;
+  o.dt = dt;
+  o.max_steps = max_steps;
+  o.fixed_point_tol = fixed_point_tol;
+  o.record_every = record_every;
+  return o;
+}
+
+// Runs run(o) with Ctrl-C reaching it: every 50 ms of integration the step callback runs Python's signal
+// handlers; a KeyboardInterrupt ends the run (Cancelled from the callback, then the Python error).
+template <class Run>
+auto simulate_interruptibly(SimulateOptions& o, const Run& run) {
+  return monitored(py::none(), [&](Monitor& m) {
+    auto last = std::chrono::steady_clock::now();
+    o.on_step = [&](double t) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last < std::chrono::milliseconds(50)) return;
+      last = now;
+      Progress p;
+      p.fraction = o.t_end > 0 ? t / o.t_end : 0.0;
+      if (!m(p)) throw Cancelled("simulate cancelled");
+    };
+    return run(o);
+  });
+}
+
 py::array_t<double> rows_out(const std::vector<Vector>& rows) {
   const std::size_t n = rows.size(), d = n ? static_cast<std::size_t>(rows[0].size()) : 0;
   std::vector<double> out(n * d);
@@ -920,30 +955,9 @@ void bind_network(py::module_& m) {
       .def("simulate",
            [](const Network& n, const F64& v0, std::optional<F64> h0, double t_end, const std::string& method, double rtol,
               double atol, double dt, long max_steps, double fixed_point_tol, long record_every) {
-             SimulateOptions o;
-             o.method = parse_method(method);
-             o.t_end = t_end;
-             o.rtol = rtol;
-             o.atol = atol;
-             o.dt = dt;
-             o.max_steps = max_steps;
-             o.fixed_point_tol = fixed_point_tol;
-             o.record_every = record_every;
+             SimulateOptions o = simulate_options(t_end, method, rtol, atol, dt, max_steps, fixed_point_tol, record_every);
              const Vector v = vec_in(v0, "v0"), h = h0 ? vec_in(*h0, "h0") : Vector();
-             // Ctrl-C: every 50 ms of integration the step callback runs Python's signal handlers; a
-             // KeyboardInterrupt ends the run (Cancelled from the callback, then the Python error).
-             Trajectory tr = monitored(py::none(), [&](Monitor& m) {
-               auto last = std::chrono::steady_clock::now();
-               o.on_step = [&](double t) {
-                 const auto now = std::chrono::steady_clock::now();
-                 if (now - last < std::chrono::milliseconds(50)) return;
-                 last = now;
-                 Progress p;
-                 p.fraction = t_end > 0 ? t / t_end : 0.0;
-                 if (!m(p)) throw Cancelled("simulate cancelled");
-               };
-               return simulate(n, v, h, o);
-             });
+             Trajectory tr = simulate_interruptibly(o, [&](const SimulateOptions& oo) { return simulate(n, v, h, oo); });
              PyTrajectory out;
              out.t = to_numpy(std::vector<double>(tr.t), {static_cast<py::ssize_t>(tr.t.size())});
              out.energy = to_numpy(std::vector<double>(tr.energy), {static_cast<py::ssize_t>(tr.energy.size())});
@@ -962,6 +976,158 @@ void bind_network(py::module_& m) {
            "Integrates eq. (1) from (v0, h0) (h0=None: the steady state xi g(v0)). method: 'euler', 'rk4' "
            "(both need dt), 'rk45' (Dormand-Prince), 'bdf' (CVODE, for tau_h << tau_f). Stops at t_end, or at a "
            "fixed point when max |dy/dt| <= fixed_point_tol. Returns a Trajectory.");
+}
+
+// Hierarchical associative memories: layers, synapses, the network and its trajectories.
+struct PyLayeredTrajectory {
+  py::array_t<double> t, x, energy, energy_rate;
+  long steps, non_psd_steps;
+  double first_non_psd_t;
+  std::string reason;
+};
+
+void bind_layered(py::module_& m) {
+  py::class_<LayerSpec>(m, "Layer", "One layer of a LayeredNetwork: name, number of neurons, Lagrangian (its "
+                                    "gradient is the activation, eq. 3), time constant tau, input current.")
+      .def(py::init([](std::string name, Eigen::Index size, std::shared_ptr<Lagrangian> lagrangian, double tau,
+                       std::optional<F64> current) {
+             return LayerSpec{std::move(name), size, lagrangian, tau, current ? vec_in(*current, "current") : Vector()};
+           }),
+           py::arg("name"), py::arg("size"), py::arg("lagrangian"), py::arg("tau") = 1.0, py::arg("current") = py::none())
+      .def_readonly("name", &LayerSpec::name)
+      .def_readonly("size", &LayerSpec::size)
+      .def_readonly("tau", &LayerSpec::tau)
+      .def("__repr__", [](const LayerSpec& l) {
+        return "<Layer '" + l.name + "': " + std::to_string(l.size) + " neurons, " +
+               (l.lagrangian ? l.lagrangian->name() : std::string("no Lagrangian")) + ">";
+      });
+  py::class_<SynapseSpec>(m, "Synapse", "A synapse from one layer to another (assocmem.dense, assocmem.conv2d): W "
+                                        "maps the activation of `source` to currents of `target`; the feedback is W^T.")
+      .def_readonly("source", &SynapseSpec::from)
+      .def_readonly("target", &SynapseSpec::to)
+      .def_property_readonly("kind", [](const SynapseSpec& s) { return s.op->describe(); })
+      .def("__repr__", [](const SynapseSpec& s) { return "<Synapse '" + s.from + "' -> '" + s.to + "': " + s.op->describe() + ">"; });
+  m.def("dense",
+        [](std::string source, std::string target, const F64& W) {
+          return SynapseSpec{std::move(source), std::move(target), std::make_shared<DenseSynapse>(mat_in(W, "W"))};
+        },
+        py::arg("source"), py::arg("target"), py::arg("W"),
+        "A dense synapse: W has shape (size of target, size of source).");
+  m.def("conv2d",
+        [](std::string source, std::string target, const F64& kernel, std::array<Eigen::Index, 3> in_shape,
+           Eigen::Index stride, Eigen::Index padding) {
+          if (kernel.ndim() != 4)
+            throw InvalidArgument(detail::concat("kernel must be a 4-D array (out_channels, in_channels, kh, kw), got ",
+                                                 kernel.ndim(), " dimensions"));
+          const auto o = kernel.shape(0), c = kernel.shape(1), kh = kernel.shape(2), kw = kernel.shape(3);
+          if (c != in_shape[0])
+            throw InvalidArgument(detail::concat("kernel has ", c, " input channels but in_shape has ", in_shape[0]));
+          Matrix K(o, c * kh * kw);
+          const double* k = kernel.data();
+          for (py::ssize_t i = 0; i < o; ++i)
+            for (py::ssize_t j = 0; j < c * kh * kw; ++j) K(i, j) = k[i * c * kh * kw + j];
+          return SynapseSpec{std::move(source), std::move(target),
+                             std::make_shared<Conv2dSynapse>(ImageShape{in_shape[0], in_shape[1], in_shape[2]}, std::move(K),
+                                                             kh, kw, stride, padding)};
+        },
+        py::arg("source"), py::arg("target"), py::arg("kernel"), py::arg("in_shape"), py::arg("stride") = 1,
+        py::arg("padding") = 0,
+        "A 2-D convolutional synapse, as torch.nn.functional.conv2d without bias: kernel (out_channels, "
+        "in_channels, kh, kw), the source layer read as in_shape = (channels, height, width); the target has "
+        "out_channels x ((H + 2 padding - kh) // stride + 1) x ((W + 2 padding - kw) // stride + 1) neurons. The "
+        "feedback is the transposed convolution.");
+
+  py::class_<PyLayeredTrajectory>(m, "LayeredTrajectory",
+                                  "A recorded run of a LayeredNetwork: t (T,), x (T, N) the stacked states "
+                                  "(LayeredNetwork.split splits them), energy and energy_rate (T,).")
+      .def_readonly("t", &PyLayeredTrajectory::t)
+      .def_readonly("x", &PyLayeredTrajectory::x)
+      .def_readonly("energy", &PyLayeredTrajectory::energy)
+      .def_readonly("energy_rate", &PyLayeredTrajectory::energy_rate)
+      .def_readonly("steps", &PyLayeredTrajectory::steps)
+      .def_readonly("non_psd_steps", &PyLayeredTrajectory::non_psd_steps)
+      .def_readonly("first_non_psd_t", &PyLayeredTrajectory::first_non_psd_t)
+      .def_readonly("reason", &PyLayeredTrajectory::reason)
+      .def("__repr__", [](const PyLayeredTrajectory& t) {
+        return "<LayeredTrajectory: " + std::to_string(t.t.size()) + " records, " + std::to_string(t.steps) +
+               " steps, " + t.reason + ">";
+      });
+
+  py::class_<LayeredNetwork>(m, "LayeredNetwork",
+                             "A hierarchical associative memory (Krotov 2021): layers coupled by symmetric "
+                             "synapses, one energy that never increases for convex Lagrangians. The state is one "
+                             "vector, the layers' currents stacked in the order given.")
+      .def(py::init([](std::vector<LayerSpec> layers, std::vector<SynapseSpec> synapses) {
+             return LayeredNetwork(std::move(layers), std::move(synapses));
+           }),
+           py::arg("layers"), py::arg("synapses"))
+      .def_static("from_network", &LayeredNetwork::from_network, py::arg("network"),
+                  "The two-layer network of eq. (1) as layers 'v' and 'h' with one dense synapse xi (alpha = 1).")
+      .def_property_readonly("size", &LayeredNetwork::size, "Neurons in all layers (the length of a state).")
+      .def_property_readonly("layers", [](const LayeredNetwork& n) {
+        std::vector<LayerSpec> out;
+        for (std::size_t A = 0; A < n.n_layers(); ++A) out.push_back(n.layer(A));
+        return out;
+      })
+      .def_property_readonly("synapses", [](const LayeredNetwork& n) {
+        std::vector<SynapseSpec> out;
+        for (std::size_t s = 0; s < n.n_synapses(); ++s) out.push_back(n.synapse(s));
+        return out;
+      })
+      .def("split",
+           [](const LayeredNetwork& n, const F64& x) {
+             // x: (N,) or (T, N); a dict of each layer's part, (size,) or (T, size).
+             const bool rows = x.ndim() == 2;
+             if ((x.ndim() != 1 && !rows) || x.shape(x.ndim() - 1) != n.size())
+               throw InvalidArgument(detail::concat("x must have shape (", n.size(), ",) or (T, ", n.size(), ")"));
+             py::dict out;
+             const py::ssize_t T = rows ? x.shape(0) : 1;
+             for (std::size_t A = 0; A < n.n_layers(); ++A) {
+               const auto sz = static_cast<py::ssize_t>(n.layer(A).size), off = static_cast<py::ssize_t>(n.offset(A));
+               std::vector<double> part(static_cast<std::size_t>(T * sz));
+               for (py::ssize_t t = 0; t < T; ++t)
+                 std::copy(x.data() + t * n.size() + off, x.data() + t * n.size() + off + sz, &part[static_cast<std::size_t>(t * sz)]);
+               out[py::str(n.layer(A).name)] =
+                   rows ? to_numpy(std::move(part), {T, sz}) : to_numpy(std::move(part), {sz});
+             }
+             return out;
+           },
+           py::arg("x"), "Each layer's part of a state (N,) or of states (T, N), by layer name.")
+      .def("activations", [](const LayeredNetwork& n, const F64& x) { return vec_out(n.activations(vec_in(x, "x"))); },
+           py::arg("x"), "Every layer's activation g^A = dL^A/dx^A (eq. 3), stacked as the state.")
+      .def("energy", [](const LayeredNetwork& n, const F64& x) { return n.energy(vec_in(x, "x")); }, py::arg("x"),
+           "E = sum_A [x^A.g^A - L^A] - sum_s g^target.W_s g^source - sum_A I_A.g^A (eq. 2 for L layers).")
+      .def("energy_rate", [](const LayeredNetwork& n, const F64& x) { return n.energy_rate(vec_in(x, "x")); },
+           py::arg("x"), "dE/dt = -sum_A tau_A x'^A.M^A x'^A (eq. 4 for L layers; <= 0 where every Hessian is PSD).")
+      .def("rhs",
+           [](const LayeredNetwork& n, const F64& x) {
+             Vector dx;
+             n.rhs(vec_in(x, "x"), dx);
+             return vec_out(dx);
+           },
+           py::arg("x"), "dx/dt: tau_A dx^A/dt = sum W g^below + sum W^T g^above - x^A + I_A (eq. 1 for L layers).")
+      .def("simulate",
+           [](const LayeredNetwork& n, const F64& x0, double t_end, const std::string& method, double rtol, double atol,
+              double dt, long max_steps, double fixed_point_tol, long record_every) {
+             SimulateOptions o = simulate_options(t_end, method, rtol, atol, dt, max_steps, fixed_point_tol, record_every);
+             const Vector x = vec_in(x0, "x0");
+             LayeredTrajectory tr = simulate_interruptibly(o, [&](const SimulateOptions& oo) { return simulate(n, x, oo); });
+             PyLayeredTrajectory out;
+             out.t = to_numpy(std::vector<double>(tr.t), {static_cast<py::ssize_t>(tr.t.size())});
+             out.energy = to_numpy(std::vector<double>(tr.energy), {static_cast<py::ssize_t>(tr.energy.size())});
+             out.energy_rate = to_numpy(std::vector<double>(tr.energy_rate), {static_cast<py::ssize_t>(tr.energy_rate.size())});
+             out.x = rows_out(tr.x);
+             out.steps = tr.result.steps;
+             out.non_psd_steps = tr.non_psd_steps;
+             out.first_non_psd_t = tr.first_non_psd_t;
+             out.reason = to_string(tr.result.reason);
+             return out;
+           },
+           py::arg("x0"), py::arg("t_end") = 10.0, py::arg("method") = "rk45", py::arg("rtol") = 1e-6,
+           py::arg("atol") = 1e-9, py::arg("dt") = 0.0, py::arg("max_steps") = 100000, py::arg("fixed_point_tol") = 0.0,
+           py::arg("record_every") = 1,
+           "Integrates the layered network from x0, with the options of Network.simulate. Returns a "
+           "LayeredTrajectory.");
 }
 
 // Models A, B, C over the engines, and the table of defaults.
@@ -1333,6 +1499,7 @@ PYBIND11_MODULE(_core, m) {
 
   bind_lagrangians(m);
   bind_network(m);
+  bind_layered(m);
   bind_models(m);
   bind_store(m);
   bind_capacity(m);

@@ -1,0 +1,194 @@
+// assocmem/layered.hpp - hierarchical associative memories: any number of layers, each defined by its
+// Lagrangian, coupled by symmetric synapses (dense matrices or 2-D convolutions). Krotov, "Hierarchical
+// Associative Memory" (2021, arXiv 2107.06446); the two-layer network of eq. (1) is the case L = 2.
+//
+// Layers A = 1..L with currents x^A, time constants tau_A, Lagrangians L^A (activations g^A = dL^A/dx^A,
+// eq. 3 layer by layer) and input currents I_A. A synapse s from layer a(s) to layer b(s) is a linear map
+// W_s (a dense matrix, or a convolution whose feedback is the transposed convolution):
+//
+//   E = sum_A [ x^A . g^A - L^A(x^A) ] - sum_s g^b(s) . W_s g^a(s) - sum_A I_A . g^A            (eq. 2, L layers)
+//   tau_A dx^A/dt = sum_{s: b(s) = A} W_s g^a(s) + sum_{s: a(s) = A} W_s^T g^b(s) - x^A + I_A   (eq. 1, L layers)
+//   dE/dt = - sum_A tau_A (dx^A/dt)^T M^A (dx^A/dt),  M^A = Hess L^A(x^A)                        (eq. 4, L layers)
+//
+// so the energy never increases where every Hessian is positive semi-definite. With layers v, h and one
+// dense synapse xi from v to h this is eqs. (1), (2), (4) (alpha = 1): LayeredNetwork::from_network.
+#pragma once
+
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "assocmem/dynamics.hpp"
+#include "assocmem/lagrangian.hpp"
+#include "assocmem/network.hpp"
+#include "assocmem/types.hpp"
+
+namespace assocmem {
+
+/// A linear map W from the activations of one layer (in_size numbers) to currents of another
+/// (out_size numbers), with its transpose for the feedback. Immutable; thread-safe.
+class Synapse {
+ public:
+  virtual ~Synapse() = default;
+  /// e.g. "dense 64x4096", "conv2d 1x64x64 -> 16x32x32, kernel 4x4, stride 2, padding 1".
+  virtual std::string describe() const = 0;
+  virtual Eigen::Index in_size() const = 0;
+  virtual Eigen::Index out_size() const = 0;
+  /// out += W x  (x: in_size, out: out_size).
+  virtual void apply(const Vector& x, Vector& out) const = 0;
+  /// out += W^T y  (y: out_size, out: in_size).
+  virtual void apply_transpose(const Vector& y, Vector& out) const = 0;
+};
+using SynapsePtr = std::shared_ptr<const Synapse>;
+
+/// W: a dense out_size x in_size matrix (finite, not empty).
+class DenseSynapse final : public Synapse {
+ public:
+  explicit DenseSynapse(Matrix W);
+  std::string describe() const override;
+  Eigen::Index in_size() const override { return W_.cols(); }
+  Eigen::Index out_size() const override { return W_.rows(); }
+  void apply(const Vector& x, Vector& out) const override { out.noalias() += W_ * x; }
+  void apply_transpose(const Vector& y, Vector& out) const override { out.noalias() += W_.transpose() * y; }
+  const Matrix& weights() const { return W_; }
+
+ private:
+  Matrix W_;
+};
+
+/// The shape of a layer read as images: channels x height x width, flattened channel by channel, each
+/// channel row by row (index (c * height + y) * width + x), as torch's NCHW without the batch.
+struct ImageShape {
+  Eigen::Index channels = 1, height = 1, width = 1;
+  Eigen::Index size() const { return channels * height * width; }
+};
+
+/// A 2-D convolution (cross-correlation, as torch.nn.functional.conv2d) with weights shared over
+/// positions: out[o, y, x] = sum_{c, i, j} K[o, c, i, j] in[c, y s + i - p, x s + j - p] (zero outside
+/// the image). Its transpose (the feedback) is the transposed convolution. Output shape:
+/// out_channels x ((H + 2p - kh) / s + 1) x ((W + 2p - kw) / s + 1), which must be at least 1 x 1.
+class Conv2dSynapse final : public Synapse {
+ public:
+  /// kernel: out_channels x (in.channels kh kw), row o holding K[o, c, i, j] at (c kh + i) kw + j.
+  Conv2dSynapse(ImageShape in, Matrix kernel, Eigen::Index kh, Eigen::Index kw, Eigen::Index stride = 1,
+                Eigen::Index padding = 0);
+  std::string describe() const override;
+  Eigen::Index in_size() const override { return in_.size(); }
+  Eigen::Index out_size() const override { return out_.size(); }
+  void apply(const Vector& x, Vector& out) const override;
+  void apply_transpose(const Vector& y, Vector& out) const override;
+  const ImageShape& in_shape() const { return in_; }
+  const ImageShape& out_shape() const { return out_; }
+  const Matrix& kernel() const { return K_; }
+  Eigen::Index kernel_height() const { return kh_; }
+  Eigen::Index kernel_width() const { return kw_; }
+  Eigen::Index stride() const { return s_; }
+  Eigen::Index padding() const { return p_; }
+
+ private:
+  ImageShape in_, out_;
+  Matrix K_;
+  Eigen::Index kh_, kw_, s_, p_;
+};
+
+/// One layer of a LayeredNetwork.
+struct LayerSpec {
+  LayerSpec() = default;
+  LayerSpec(std::string name_, Eigen::Index size_, LagrangianPtr lagrangian_, double tau_ = 1.0, Vector current_ = {})
+      : name(std::move(name_)), size(size_), lagrangian(std::move(lagrangian_)), tau(tau_), current(std::move(current_)) {}
+  std::string name;          ///< unique, not empty
+  Eigen::Index size = 0;     ///< number of neurons, >= 1
+  LagrangianPtr lagrangian;  ///< defines the layer's activation (eq. 3)
+  double tau = 1.0;          ///< time constant, > 0
+  Vector current;            ///< input current I_A (length size), or empty for 0
+};
+
+/// A synapse between two different layers, named by their names: W maps g^from to currents of `to`.
+struct SynapseSpec {
+  std::string from, to;
+  SynapsePtr op;
+};
+
+/// The network of L layers (see the top of this file). Immutable; thread-safe. The state is one vector
+/// x = [x^1; ...; x^L] (layers in the order given).
+class LayeredNetwork {
+ public:
+  /// Throws InvalidArgument naming the layer or synapse that is wrong: no layers, an empty or repeated
+  /// name, a size < 1, a null Lagrangian, tau not > 0, a current of the wrong length or not finite, a
+  /// synapse naming an unknown layer or a layer to itself, or whose sizes differ from its layers'.
+  LayeredNetwork(std::vector<LayerSpec> layers, std::vector<SynapseSpec> synapses);
+
+  /// eq. (1) as layers v (N_f, L_v, tau_f, current I) and h (N_h, L_h, tau_h) with one dense synapse
+  /// xi from v to h. Needs alpha = 1 (eq. 19's alpha != 1 is not a layered energy): InvalidArgument else.
+  static LayeredNetwork from_network(const Network& net);
+
+  std::size_t n_layers() const { return layers_.size(); }
+  const LayerSpec& layer(std::size_t A) const { return layers_.at(A); }
+  /// The index of the layer named `name`; InvalidArgument naming the known layers if there is none.
+  std::size_t layer_index(const std::string& name) const;
+  std::size_t n_synapses() const { return synapses_.size(); }
+  const SynapseSpec& synapse(std::size_t s) const { return synapses_.at(s); }
+  /// Total number of neurons (the length of a state).
+  Eigen::Index size() const { return offsets_.back(); }
+  /// Where layer A's currents start in a state.
+  Eigen::Index offset(std::size_t A) const { return offsets_.at(A); }
+  /// Layer A's part of a state x.
+  Vector part(const Vector& x, std::size_t A) const { return x.segment(offsets_[A], layers_[A].size); }
+
+  /// The activations g^A of every layer, stacked as the state is.
+  Vector activations(const Vector& x) const;
+  /// dx/dt (eq. 1 for L layers).
+  void rhs(const Vector& x, Vector& dx) const;
+  /// The energy (eq. 2 for L layers).
+  double energy(const Vector& x) const;
+  /// dE/dt along the trajectory through x, from the Hessian-vector products (eq. 4 for L layers).
+  double energy_rate(const Vector& x) const;
+  /// The Jacobian of rhs at x applied to u: (sum W M u_other - u_A) / tau_A for each layer A.
+  void jvp(const Vector& x, const Vector& u, Vector& out) const;
+  /// Whether every layer's Hessian is positive semi-definite at x (eq. 4 then gives dE/dt <= 0).
+  bool hessian_psd_at(const Vector& x) const;
+  /// Whether every Lagrangian is convex everywhere (then the energy never increases on any trajectory).
+  bool convex() const;
+
+  /// Throws InvalidArgument unless x has length size() and is finite.
+  void check_state(const Vector& x, const char* what = "x") const;
+
+ private:
+  std::vector<LayerSpec> layers_;
+  std::vector<SynapseSpec> synapses_;
+  std::vector<std::size_t> from_, to_;  // layer indices of each synapse
+  std::vector<Eigen::Index> offsets_;   // L + 1 entries
+};
+
+/// A LayeredNetwork as an OdeSystem on its stacked state, with the exact Jacobian-vector product.
+class LayeredSystem final : public OdeSystem {
+ public:
+  explicit LayeredSystem(const LayeredNetwork& net) : net_(net) {}
+  Eigen::Index size() const override { return net_.size(); }
+  void rhs(double, const Vector& y, Vector& dydt) const override { net_.rhs(y, dydt); }
+  bool jvp(double, const Vector& y, const Vector& u, Vector& out) const override {
+    net_.jvp(y, u, out);
+    return true;
+  }
+
+ private:
+  const LayeredNetwork& net_;
+};
+
+/// What simulate() returns for a layered network: the recorded stacked states (LayeredNetwork::part
+/// splits them), their energies and rates, and how the run ended (the same fields as Trajectory).
+struct LayeredTrajectory {
+  std::vector<double> t;
+  std::vector<Vector> x;
+  std::vector<double> energy, energy_rate;
+  long non_psd_steps = 0;
+  double first_non_psd_t = std::numeric_limits<double>::quiet_NaN();
+  IntegrateResult result;
+};
+
+/// Integrates the layered network from x0 with the same integrators, options, energy recording, PSD
+/// accounting and blow-up check as simulate() of the two-layer network.
+LayeredTrajectory simulate(const LayeredNetwork& net, const Vector& x0, const SimulateOptions& options);
+
+}  // namespace assocmem

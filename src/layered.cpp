@@ -1,0 +1,256 @@
+// Hierarchical associative memories: eqs. (1), (2), (4) for L layers (assocmem/layered.hpp).
+#include "assocmem/layered.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "assocmem/error.hpp"
+#include "simulate_core.hpp"
+
+namespace assocmem {
+
+// ---------------------------------------------------------------------------------------------
+// Synapses.
+
+DenseSynapse::DenseSynapse(Matrix W) : W_(std::move(W)) {
+  ASSOCMEM_CHECK_ARG(W_.rows() > 0 && W_.cols() > 0, "dense synapse: the weight matrix is empty (", W_.rows(), " x ",
+                     W_.cols(), ")");
+  check_finite(W_, "dense synapse weights");
+}
+
+std::string DenseSynapse::describe() const { return detail::concat("dense ", W_.rows(), "x", W_.cols()); }
+
+Conv2dSynapse::Conv2dSynapse(ImageShape in, Matrix kernel, Eigen::Index kh, Eigen::Index kw, Eigen::Index stride,
+                             Eigen::Index padding)
+    : in_(in), K_(std::move(kernel)), kh_(kh), kw_(kw), s_(stride), p_(padding) {
+  ASSOCMEM_CHECK_ARG(in_.channels >= 1 && in_.height >= 1 && in_.width >= 1,
+                     "conv2d synapse: the input shape must be at least 1 x 1 x 1, got ", in_.channels, " x ",
+                     in_.height, " x ", in_.width);
+  ASSOCMEM_CHECK_ARG(kh_ >= 1 && kw_ >= 1, "conv2d synapse: the kernel must be at least 1 x 1, got ", kh_, " x ", kw_);
+  ASSOCMEM_CHECK_ARG(s_ >= 1, "conv2d synapse: stride must be >= 1, got ", s_);
+  ASSOCMEM_CHECK_ARG(p_ >= 0, "conv2d synapse: padding must be >= 0, got ", p_);
+  ASSOCMEM_CHECK_ARG(K_.rows() >= 1, "conv2d synapse: the kernel has no output channels");
+  ASSOCMEM_CHECK_ARG(K_.cols() == in_.channels * kh_ * kw_, "conv2d synapse: the kernel has ", K_.cols(),
+                     " columns per output channel but in_channels x kh x kw = ", in_.channels * kh_ * kw_);
+  check_finite(K_, "conv2d synapse kernel");
+  const Eigen::Index H = in_.height + 2 * p_ - kh_, W = in_.width + 2 * p_ - kw_;
+  ASSOCMEM_CHECK_ARG(H >= 0 && W >= 0, "conv2d synapse: the kernel ", kh_, " x ", kw_, " is larger than the padded input ",
+                     in_.height + 2 * p_, " x ", in_.width + 2 * p_);
+  out_ = {K_.rows(), H / s_ + 1, W / s_ + 1};
+}
+
+std::string Conv2dSynapse::describe() const {
+  return detail::concat("conv2d ", in_.channels, "x", in_.height, "x", in_.width, " -> ", out_.channels, "x",
+                        out_.height, "x", out_.width, ", kernel ", kh_, "x", kw_, ", stride ", s_, ", padding ", p_);
+}
+
+// out[o, y, x] += sum_{c, i, j} K[o, (c kh + i) kw + j] in[c, y s + i - p, x s + j - p]; the transpose
+// scatters the same products back. Both walk the same index set, so W^T is exactly the adjoint of W.
+void Conv2dSynapse::apply(const Vector& x, Vector& out) const {
+  for (Eigen::Index o = 0; o < out_.channels; ++o)
+    for (Eigen::Index y = 0; y < out_.height; ++y)
+      for (Eigen::Index xo = 0; xo < out_.width; ++xo) {
+        double acc = 0;
+        for (Eigen::Index c = 0; c < in_.channels; ++c)
+          for (Eigen::Index i = 0; i < kh_; ++i) {
+            const Eigen::Index yi = y * s_ + i - p_;
+            if (yi < 0 || yi >= in_.height) continue;
+            for (Eigen::Index j = 0; j < kw_; ++j) {
+              const Eigen::Index xi = xo * s_ + j - p_;
+              if (xi < 0 || xi >= in_.width) continue;
+              acc += K_(o, (c * kh_ + i) * kw_ + j) * x((c * in_.height + yi) * in_.width + xi);
+            }
+          }
+        out((o * out_.height + y) * out_.width + xo) += acc;
+      }
+}
+
+void Conv2dSynapse::apply_transpose(const Vector& yv, Vector& out) const {
+  for (Eigen::Index o = 0; o < out_.channels; ++o)
+    for (Eigen::Index y = 0; y < out_.height; ++y)
+      for (Eigen::Index xo = 0; xo < out_.width; ++xo) {
+        const double g = yv((o * out_.height + y) * out_.width + xo);
+        if (g == 0) continue;
+        for (Eigen::Index c = 0; c < in_.channels; ++c)
+          for (Eigen::Index i = 0; i < kh_; ++i) {
+            const Eigen::Index yi = y * s_ + i - p_;
+            if (yi < 0 || yi >= in_.height) continue;
+            for (Eigen::Index j = 0; j < kw_; ++j) {
+              const Eigen::Index xi = xo * s_ + j - p_;
+              if (xi < 0 || xi >= in_.width) continue;
+              out((c * in_.height + yi) * in_.width + xi) += K_(o, (c * kh_ + i) * kw_ + j) * g;
+            }
+          }
+      }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The network.
+
+LayeredNetwork::LayeredNetwork(std::vector<LayerSpec> layers, std::vector<SynapseSpec> synapses)
+    : layers_(std::move(layers)), synapses_(std::move(synapses)) {
+  ASSOCMEM_CHECK_ARG(!layers_.empty(), "layered network: no layers");
+  std::set<std::string> names;
+  offsets_.push_back(0);
+  for (std::size_t A = 0; A < layers_.size(); ++A) {
+    LayerSpec& l = layers_[A];
+    ASSOCMEM_CHECK_ARG(!l.name.empty(), "layer ", A, ": the name is empty");
+    ASSOCMEM_CHECK_ARG(names.insert(l.name).second, "layer '", l.name, "': the name is used twice");
+    ASSOCMEM_CHECK_ARG(l.size >= 1, "layer '", l.name, "': size must be >= 1, got ", l.size);
+    ASSOCMEM_CHECK_ARG(l.lagrangian != nullptr, "layer '", l.name, "': the Lagrangian is null");
+    ASSOCMEM_CHECK_ARG(std::isfinite(l.tau) && l.tau > 0, "layer '", l.name, "': tau must be finite and > 0, got ",
+                       l.tau);
+    if (l.current.size() == 0) {
+      l.current = Vector::Zero(l.size);
+    } else {
+      ASSOCMEM_CHECK_ARG(l.current.size() == l.size, "layer '", l.name, "': the current has length ", l.current.size(),
+                         " but the layer has ", l.size, " neurons");
+      ASSOCMEM_CHECK_ARG(l.current.allFinite(), "layer '", l.name, "': the current contains NaN or Inf");
+    }
+    offsets_.push_back(offsets_.back() + l.size);
+  }
+  for (std::size_t s = 0; s < synapses_.size(); ++s) {
+    const SynapseSpec& sp = synapses_[s];
+    const std::string which = detail::concat("synapse ", s, " ('", sp.from, "' -> '", sp.to, "')");
+    ASSOCMEM_CHECK_ARG(sp.op != nullptr, which, ": the operator is null");
+    const std::size_t a = layer_index(sp.from), b = layer_index(sp.to);
+    ASSOCMEM_CHECK_ARG(a != b, which, ": a synapse joins two different layers (a layer's own recurrent weights are "
+                       "not part of this energy)");
+    ASSOCMEM_CHECK_ARG(sp.op->in_size() == layers_[a].size, which, ": ", sp.op->describe(), " reads ",
+                       sp.op->in_size(), " neurons but layer '", sp.from, "' has ", layers_[a].size);
+    ASSOCMEM_CHECK_ARG(sp.op->out_size() == layers_[b].size, which, ": ", sp.op->describe(), " writes ",
+                       sp.op->out_size(), " neurons but layer '", sp.to, "' has ", layers_[b].size);
+    from_.push_back(a);
+    to_.push_back(b);
+  }
+}
+
+LayeredNetwork LayeredNetwork::from_network(const Network& net) {
+  ASSOCMEM_CHECK_ARG(net.params().alpha == 1.0, "from_network: alpha = ", net.params().alpha,
+                     " (eq. 19) has no layered form; the layered network has alpha = 1");
+  std::vector<LayerSpec> layers{
+      {"v", net.n_features(), net.feature_lagrangian_ptr(), net.params().tau_f, net.current()},
+      {"h", net.n_hidden(), net.hidden_lagrangian_ptr(), net.params().tau_h, Vector()}};
+  return LayeredNetwork(std::move(layers), {{"v", "h", std::make_shared<DenseSynapse>(net.xi())}});
+}
+
+std::size_t LayeredNetwork::layer_index(const std::string& name) const {
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    if (layers_[A].name == name) return A;
+  std::string known;
+  for (const LayerSpec& l : layers_) known += (known.empty() ? "'" : ", '") + l.name + "'";
+  throw InvalidArgument(detail::concat("no layer named '", name, "' (layers: ", known, ")"));
+}
+
+void LayeredNetwork::check_state(const Vector& x, const char* what) const {
+  ASSOCMEM_CHECK_ARG(x.size() == size(), what, " has length ", x.size(), " but the layers have ", size(), " neurons");
+  check_finite(x, what);
+}
+
+Vector LayeredNetwork::activations(const Vector& x) const {
+  check_state(x);
+  Vector g(size());
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    g.segment(offsets_[A], layers_[A].size) = layers_[A].lagrangian->gradient(part(x, A));  // eq. (3)
+  return g;
+}
+
+void LayeredNetwork::rhs(const Vector& x, Vector& dx) const {
+  const Vector g = activations(x);
+  Vector field = Vector::Zero(size());  // sum of W g from below and W^T g from above, per layer
+  for (std::size_t s = 0; s < synapses_.size(); ++s) {
+    const std::size_t a = from_[s], b = to_[s];
+    Vector down = Vector::Zero(layers_[b].size), up = Vector::Zero(layers_[a].size);
+    synapses_[s].op->apply(g.segment(offsets_[a], layers_[a].size), down);
+    synapses_[s].op->apply_transpose(g.segment(offsets_[b], layers_[b].size), up);
+    field.segment(offsets_[b], layers_[b].size) += down;
+    field.segment(offsets_[a], layers_[a].size) += up;
+  }
+  dx.resize(size());
+  for (std::size_t A = 0; A < layers_.size(); ++A) {
+    const LayerSpec& l = layers_[A];
+    dx.segment(offsets_[A], l.size) = (field.segment(offsets_[A], l.size) - part(x, A) + l.current) / l.tau;
+  }
+}
+
+double LayeredNetwork::energy(const Vector& x) const {
+  const Vector g = activations(x);
+  double e = 0;
+  for (std::size_t A = 0; A < layers_.size(); ++A) {
+    const LayerSpec& l = layers_[A];
+    const Vector xa = part(x, A);
+    const auto ga = g.segment(offsets_[A], l.size);
+    e += (xa - l.current).dot(ga) - l.lagrangian->value(xa);  // Legendre term and the input current
+  }
+  for (std::size_t s = 0; s < synapses_.size(); ++s) {
+    const std::size_t a = from_[s], b = to_[s];
+    Vector down = Vector::Zero(layers_[b].size);
+    synapses_[s].op->apply(g.segment(offsets_[a], layers_[a].size), down);
+    e -= g.segment(offsets_[b], layers_[b].size).dot(down);  // the two-body term of synapse s
+  }
+  return e;
+}
+
+double LayeredNetwork::energy_rate(const Vector& x) const {
+  Vector dx;
+  rhs(x, dx);
+  double rate = 0;
+  for (std::size_t A = 0; A < layers_.size(); ++A) {
+    const Vector d = part(dx, A);
+    rate -= layers_[A].tau * d.dot(layers_[A].lagrangian->hvp(part(x, A), d));  // eq. (4), layer by layer
+  }
+  return rate;
+}
+
+void LayeredNetwork::jvp(const Vector& x, const Vector& u, Vector& out) const {
+  check_state(x);
+  check_state(u, "u");
+  Vector Mu(size());
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    Mu.segment(offsets_[A], layers_[A].size) = layers_[A].lagrangian->hvp(part(x, A), part(u, A));
+  Vector field = Vector::Zero(size());
+  for (std::size_t s = 0; s < synapses_.size(); ++s) {
+    const std::size_t a = from_[s], b = to_[s];
+    Vector down = Vector::Zero(layers_[b].size), up = Vector::Zero(layers_[a].size);
+    synapses_[s].op->apply(Mu.segment(offsets_[a], layers_[a].size), down);
+    synapses_[s].op->apply_transpose(Mu.segment(offsets_[b], layers_[b].size), up);
+    field.segment(offsets_[b], layers_[b].size) += down;
+    field.segment(offsets_[a], layers_[a].size) += up;
+  }
+  out.resize(size());
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    out.segment(offsets_[A], layers_[A].size) = (field.segment(offsets_[A], layers_[A].size) - part(u, A)) / layers_[A].tau;
+}
+
+bool LayeredNetwork::hessian_psd_at(const Vector& x) const {
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    if (!layers_[A].lagrangian->hessian_psd_at(part(x, A))) return false;
+  return true;
+}
+
+bool LayeredNetwork::convex() const {
+  return std::all_of(layers_.begin(), layers_.end(),
+                     [](const LayerSpec& l) { return l.lagrangian->convex_everywhere(); });
+}
+
+LayeredTrajectory simulate(const LayeredNetwork& net, const Vector& x0, const SimulateOptions& options) {
+  net.check_state(x0, "x0");
+  LayeredSystem sys(net);
+  LayeredTrajectory tr;
+  const detail::SimulateCounts c = detail::simulate_core(
+      sys, x0, options, net.convex(), [&](const Vector& y) { return net.energy(y); },
+      [&](const Vector& y) { return net.energy_rate(y); }, [&](const Vector& y) { return net.hessian_psd_at(y); },
+      [&](double t, const Vector& y, double e, double r) {
+        tr.t.push_back(t);
+        tr.x.push_back(y);
+        tr.energy.push_back(e);
+        tr.energy_rate.push_back(r);
+      });
+  tr.non_psd_steps = c.non_psd_steps;
+  tr.first_non_psd_t = c.first_non_psd_t;
+  tr.result = c.result;
+  return tr;
+}
+
+}  // namespace assocmem

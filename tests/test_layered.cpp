@@ -1,0 +1,230 @@
+// Hierarchical associative memories (assocmem/layered.hpp): eqs. (1), (2), (4) for L layers.
+// - L = 2 is the network of eq. (1): the same right-hand side, energy, rate and trajectory, exactly;
+// - dE/dt of eq. (4) against a central difference of E along the flow, and the Jacobian-vector product
+//   against a central difference of the right-hand side (L = 3 and 4, dense and convolutional synapses);
+// - the convolution against a direct sum, and its transpose as the exact adjoint;
+// - along simulated trajectories the energy never increases for convex Lagrangians;
+// - bad networks are refused naming the layer or synapse.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "assocmem/error.hpp"
+#include "assocmem/layered.hpp"
+
+using namespace assocmem;
+
+namespace {
+
+Matrix randm(Eigen::Index r, Eigen::Index c, std::mt19937_64& rng, double scale = 1.0) {
+  std::normal_distribution<double> n(0.0, scale);
+  Matrix m(r, c);
+  for (Eigen::Index i = 0; i < r; ++i)
+    for (Eigen::Index j = 0; j < c; ++j) m(i, j) = n(rng);
+  return m;
+}
+Vector randv(Eigen::Index n, std::mt19937_64& rng, double scale = 1.0) { return randm(n, 1, rng, scale).col(0); }
+
+// Three layers: a 2 x 5 x 5 image, a 3 x 3 x 3 convolutional feature layer (kernel 3 x 3, stride 2,
+// padding 1) and 6 memories (dense, softmax Lagrangian); with `fourth`, a 4-neuron layer above them.
+LayeredNetwork deep_net(std::mt19937_64& rng, bool fourth) {
+  const ImageShape img{2, 5, 5};
+  auto conv = std::make_shared<Conv2dSynapse>(img, randm(3, 2 * 3 * 3, rng, 0.3), 3, 3, 2, 1);
+  EXPECT_EQ(conv->out_size(), 27);
+  std::vector<LayerSpec> layers{
+      {"image", img.size(), lagrangians::log_cosh(1.5), 1.0, randv(img.size(), rng, 0.2)},
+      {"features", 27, lagrangians::softplus(1.0), 0.5, Vector()},
+      {"memories", 6, lagrangians::log_sum_exp(2.0), 0.25, Vector()}};
+  std::vector<SynapseSpec> syn{{"image", "features", conv},
+                               {"features", "memories", std::make_shared<DenseSynapse>(randm(6, 27, rng, 0.4))}};
+  if (fourth) {
+    layers.push_back({"top", 4, lagrangians::identity(), 2.0, randv(4, rng, 0.1)});
+    syn.push_back({"memories", "top", std::make_shared<DenseSynapse>(randm(4, 6, rng, 0.5))});
+    syn.push_back({"image", "top", std::make_shared<DenseSynapse>(randm(4, img.size(), rng, 0.1))});
+  }
+  return LayeredNetwork(std::move(layers), std::move(syn));
+}
+
+}  // namespace
+
+TEST(Layered, TwoLayersAreTheNetworkOfEq1Exactly) {
+  std::mt19937_64 rng(1);
+  const Matrix xi = randm(7, 5, rng);
+  for (const auto& [Lv, Lh] : std::vector<std::pair<LagrangianPtr, LagrangianPtr>>{
+           {lagrangians::identity(), lagrangians::log_sum_exp(3.0)},
+           {lagrangians::log_cosh(2.0), lagrangians::power(3)},
+           {lagrangians::spherical(), lagrangians::exp(1.0)}}) {
+    SCOPED_TRACE(Lv->name() + " / " + Lh->name());
+    NetworkParams p;
+    p.tau_f = 1.3;
+    p.tau_h = 0.2;
+    p.current = randv(5, rng, 0.3);
+    const Network net(xi, Lv, Lh, p);
+    const LayeredNetwork lay = LayeredNetwork::from_network(net);
+    ASSERT_EQ(lay.size(), 12);
+    const Vector v = randv(5, rng), h = randv(7, rng, 0.5);
+    Vector x(12);
+    x << v, h;
+    Vector dv, dh, dx;
+    net.rhs(v, h, dv, dh);
+    lay.rhs(x, dx);
+    EXPECT_EQ(lay.part(dx, 0), dv);
+    EXPECT_EQ(lay.part(dx, 1), dh);
+    EXPECT_EQ(lay.energy(x), net.energy(v, h));
+    EXPECT_EQ(lay.energy_rate(x), net.energy_rate(v, h));
+    // The same trajectory, step by step (RK4, fixed step).
+    SimulateOptions o;
+    o.method = Method::RK4;
+    o.dt = 0.01;
+    o.t_end = 0.5;
+    const Trajectory a = simulate(net, v, h, o);
+    const LayeredTrajectory b = simulate(lay, x, o);
+    ASSERT_EQ(a.t.size(), b.t.size());
+    for (std::size_t k = 0; k < a.t.size(); ++k) {
+      EXPECT_EQ(lay.part(b.x[k], 0), a.v[k]) << k;
+      EXPECT_EQ(lay.part(b.x[k], 1), a.h[k]) << k;
+      EXPECT_EQ(b.energy[k], a.energy[k]) << k;
+      EXPECT_EQ(b.energy_rate[k], a.energy_rate[k]) << k;
+    }
+  }
+  NetworkParams p;
+  p.alpha = 0.5;
+  EXPECT_THROW(LayeredNetwork::from_network(Network(xi, lagrangians::spherical(), lagrangians::exp(1.0), p)),
+               InvalidArgument);
+}
+
+TEST(Layered, ConvolutionIsTheDirectSumAndItsTransposeTheAdjoint) {
+  std::mt19937_64 rng(2);
+  for (const auto& [stride, padding] : std::vector<std::pair<int, int>>{{1, 0}, {2, 1}, {3, 2}, {1, 2}}) {
+    SCOPED_TRACE(::testing::Message() << "stride " << stride << " padding " << padding);
+    const ImageShape in{2, 6, 7};
+    const Eigen::Index kh = 3, kw = 2;
+    const Matrix K = randm(3, 2 * kh * kw, rng);
+    const Conv2dSynapse c(in, K, kh, kw, stride, padding);
+    const ImageShape out = c.out_shape();
+    EXPECT_EQ(out.height, (6 + 2 * padding - kh) / stride + 1);
+    EXPECT_EQ(out.width, (7 + 2 * padding - kw) / stride + 1);
+    const Vector x = randv(in.size(), rng), y = randv(out.size(), rng);
+    Vector Wx = Vector::Zero(out.size()), Wty = Vector::Zero(in.size());
+    c.apply(x, Wx);
+    c.apply_transpose(y, Wty);
+    // The direct sum, written from the definition with the padded image as a function.
+    auto pix = [&](Eigen::Index ch, Eigen::Index r, Eigen::Index col) {
+      r -= padding;
+      col -= padding;
+      return (r < 0 || r >= in.height || col < 0 || col >= in.width) ? 0.0 : x((ch * in.height + r) * in.width + col);
+    };
+    double mag = 0;
+    for (Eigen::Index o = 0; o < out.channels; ++o)
+      for (Eigen::Index r = 0; r < out.height; ++r)
+        for (Eigen::Index q = 0; q < out.width; ++q) {
+          double s = 0, a = 0;
+          for (Eigen::Index ch = 0; ch < in.channels; ++ch)
+            for (Eigen::Index i = 0; i < kh; ++i)
+              for (Eigen::Index j = 0; j < kw; ++j) {
+                const double term = K(o, (ch * kh + i) * kw + j) * pix(ch, r * stride + i, q * stride + j);
+                s += term;
+                a += std::fabs(term);
+              }
+          // Both sum the same terms in the same order: equal up to the rounding of a sum of 12 terms.
+          EXPECT_NEAR(Wx((o * out.height + r) * out.width + q), s, 24 * 0x1p-53 * a);
+          mag = std::max(mag, a);
+        }
+    // <y, W x> = <W^T y, x>: the same products summed in another order (gamma_n bound, n = the terms).
+    double abs_sum = 0;
+    for (Eigen::Index k = 0; k < out.size(); ++k) abs_sum += std::fabs(y(k)) * mag;
+    const double n = double(out.size() * in.channels * kh * kw);
+    EXPECT_NEAR(y.dot(Wx), Wty.dot(x), 2 * n * 0x1p-53 * abs_sum);
+  }
+  EXPECT_THROW(Conv2dSynapse({1, 2, 2}, Matrix::Ones(1, 9), 3, 3), InvalidArgument);       // kernel > image
+  EXPECT_THROW(Conv2dSynapse({2, 4, 4}, Matrix::Ones(1, 9), 3, 3), InvalidArgument);       // 9 != 2 x 3 x 3
+  EXPECT_THROW(Conv2dSynapse({1, 4, 4}, Matrix::Ones(1, 9), 3, 3, 0), InvalidArgument);    // stride 0
+}
+
+TEST(Layered, EnergyRateAndJacobianAgreeWithFiniteDifferences) {
+  std::mt19937_64 rng(3);
+  for (bool fourth : {false, true}) {
+    SCOPED_TRACE(fourth ? "L = 4" : "L = 3");
+    const LayeredNetwork net = deep_net(rng, fourth);
+    for (int trial = 0; trial < 4; ++trial) {
+      const Vector x = randv(net.size(), rng, 0.7);
+      Vector dx;
+      net.rhs(x, dx);
+      // dE/dt = d/ds E(x + s dx) at s = 0; central difference with h = 1e-5: truncation ~h^2 |E'''|,
+      // rounding ~1e-16 |E| / h; both far below the tolerance.
+      const double h = 1e-5;
+      const double fd = (net.energy(x + h * dx) - net.energy(x - h * dx)) / (2 * h);
+      const double rate = net.energy_rate(x);
+      EXPECT_LT(rate, 0.0);  // convex Lagrangians, not at a fixed point
+      EXPECT_NEAR(rate, fd, 1e-6 * (std::fabs(rate) + std::fabs(net.energy(x))));
+      // J u against (F(x + h u) - F(x - h u)) / 2h.
+      const Vector u = randv(net.size(), rng);
+      Vector Ju, fp, fm;
+      net.jvp(x, u, Ju);
+      net.rhs(x + h * u, fp);
+      net.rhs(x - h * u, fm);
+      const Vector fdj = (fp - fm) / (2 * h);
+      EXPECT_LE((Ju - fdj).norm(), 1e-6 * (Ju.norm() + dx.norm()));
+    }
+  }
+}
+
+TEST(Layered, EnergyNeverIncreasesAlongTheDynamics) {
+  std::mt19937_64 rng(4);
+  for (bool fourth : {false, true})
+    for (Method m : {Method::DormandPrince, Method::RK4}) {
+      SCOPED_TRACE(::testing::Message() << (fourth ? "L = 4 " : "L = 3 ") << to_string(m));
+      const LayeredNetwork net = deep_net(rng, fourth);
+      SimulateOptions o;
+      o.method = m;
+      o.dt = 0.01;
+      o.t_end = 8.0;
+      o.rtol = 1e-9;
+      o.atol = 1e-12;
+      const LayeredTrajectory tr = simulate(net, randv(net.size(), rng, 1.0), o);
+      ASSERT_GT(tr.t.size(), 10u);
+      EXPECT_EQ(tr.non_psd_steps, 0);
+      for (std::size_t k = 0; k < tr.t.size(); ++k) {
+        EXPECT_LE(tr.energy_rate[k], 1e-12 * (1 + std::fabs(tr.energy[k]))) << "t = " << tr.t[k];
+        if (k > 0) {
+          EXPECT_LE(tr.energy[k], tr.energy[k - 1] + 1e-10 * (1 + std::fabs(tr.energy[k]))) << "t = " << tr.t[k];
+        }
+      }
+      // The energy fell, and near the end the state barely moves (it settles, Section 2).
+      EXPECT_LT(tr.energy.back(), tr.energy.front());
+      Vector d;
+      net.rhs(tr.x.back(), d);
+      Vector d0;
+      net.rhs(tr.x.front(), d0);
+      EXPECT_LT(d.norm(), 0.1 * d0.norm());
+    }
+}
+
+TEST(Layered, BadNetworksAreRefusedNamingWhatIsWrong) {
+  auto id = lagrangians::identity();
+  auto dense = [](Eigen::Index r, Eigen::Index c) { return std::make_shared<DenseSynapse>(Matrix::Ones(r, c)); };
+  auto expect_msg = [](auto&& make, const std::string& part) {
+    try {
+      make();
+      ADD_FAILURE() << "no error; expected one naming " << part;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_msg([&] { LayeredNetwork({}, {}); }, "no layers");
+  expect_msg([&] { LayeredNetwork({{"a", 2, id}, {"a", 3, id}}, {}); }, "'a': the name is used twice");
+  expect_msg([&] { LayeredNetwork({{"a", 0, id}}, {}); }, "'a': size must be >= 1");
+  expect_msg([&] { LayeredNetwork({{"a", 2, nullptr}}, {}); }, "'a': the Lagrangian is null");
+  expect_msg([&] { LayeredNetwork({{"a", 2, id, -1.0}}, {}); }, "'a': tau must be finite and > 0");
+  expect_msg([&] { LayeredNetwork({{"a", 2, id, 1.0, Vector::Ones(3)}}, {}); }, "'a': the current has length 3");
+  expect_msg([&] { LayeredNetwork({{"a", 2, id}, {"b", 3, id}}, {{"a", "c", dense(3, 2)}}); }, "no layer named 'c'");
+  expect_msg([&] { LayeredNetwork({{"a", 2, id}, {"b", 3, id}}, {{"a", "a", dense(2, 2)}}); }, "two different layers");
+  expect_msg([&] { LayeredNetwork({{"a", 2, id}, {"b", 3, id}}, {{"a", "b", dense(3, 4)}}); },
+             "reads 4 neurons but layer 'a' has 2");
+  expect_msg([&] { LayeredNetwork({{"a", 2, id}, {"b", 3, id}}, {{"a", "b", dense(4, 2)}}); },
+             "writes 4 neurons but layer 'b' has 3");
+  const LayeredNetwork ok({{"a", 2, id}, {"b", 3, id}}, {{"a", "b", dense(3, 2)}});
+  expect_msg([&] { ok.energy(Vector::Zero(4)); }, "x has length 4 but the layers have 5 neurons");
+  expect_msg([&] { ok.energy(Vector::Constant(5, NAN)); }, "x contains NaN or Inf");
+}
