@@ -156,8 +156,7 @@ Vector LayeredNetwork::activations(const Vector& x) const {
   return g;
 }
 
-void LayeredNetwork::rhs(const Vector& x, Vector& dx) const {
-  const Vector g = activations(x);
+Vector LayeredNetwork::fields(const Vector& g) const {
   Vector field = Vector::Zero(size());  // sum of W g from below and W^T g from above, per layer
   for (std::size_t s = 0; s < synapses_.size(); ++s) {
     const std::size_t a = from_[s], b = to_[s];
@@ -167,6 +166,11 @@ void LayeredNetwork::rhs(const Vector& x, Vector& dx) const {
     field.segment(offsets_[b], layers_[b].size) += down;
     field.segment(offsets_[a], layers_[a].size) += up;
   }
+  return field;
+}
+
+void LayeredNetwork::rhs(const Vector& x, Vector& dx) const {
+  const Vector field = fields(activations(x));
   dx.resize(size());
   for (std::size_t A = 0; A < layers_.size(); ++A) {
     const LayerSpec& l = layers_[A];
@@ -192,11 +196,15 @@ double LayeredNetwork::energy(const Vector& x) const {
   return e;
 }
 
-double LayeredNetwork::energy_rate(const Vector& x) const {
+double LayeredNetwork::energy_rate(const Vector& x) const { return energy_rate(x, std::vector<bool>(n_layers(), false)); }
+
+double LayeredNetwork::energy_rate(const Vector& x, const std::vector<bool>& skip) const {
+  ASSOCMEM_CHECK_ARG(skip.size() == n_layers(), "energy_rate: ", skip.size(), " flags for ", n_layers(), " layers");
   Vector dx;
   rhs(x, dx);
   double rate = 0;
   for (std::size_t A = 0; A < layers_.size(); ++A) {
+    if (skip[A]) continue;
     const Vector d = part(dx, A);
     rate -= layers_[A].tau * d.dot(layers_[A].lagrangian->hvp(part(x, A), d));  // eq. (4), layer by layer
   }
@@ -209,15 +217,7 @@ void LayeredNetwork::jvp(const Vector& x, const Vector& u, Vector& out) const {
   Vector Mu(size());
   for (std::size_t A = 0; A < layers_.size(); ++A)
     Mu.segment(offsets_[A], layers_[A].size) = layers_[A].lagrangian->hvp(part(x, A), part(u, A));
-  Vector field = Vector::Zero(size());
-  for (std::size_t s = 0; s < synapses_.size(); ++s) {
-    const std::size_t a = from_[s], b = to_[s];
-    Vector down = Vector::Zero(layers_[b].size), up = Vector::Zero(layers_[a].size);
-    synapses_[s].op->apply(Mu.segment(offsets_[a], layers_[a].size), down);
-    synapses_[s].op->apply_transpose(Mu.segment(offsets_[b], layers_[b].size), up);
-    field.segment(offsets_[b], layers_[b].size) += down;
-    field.segment(offsets_[a], layers_[a].size) += up;
-  }
+  const Vector field = fields(Mu);  // the same linear maps applied to M u
   out.resize(size());
   for (std::size_t A = 0; A < layers_.size(); ++A)
     out.segment(offsets_[A], layers_[A].size) = (field.segment(offsets_[A], layers_[A].size) - part(u, A)) / layers_[A].tau;
@@ -234,6 +234,72 @@ bool LayeredNetwork::convex() const {
                      [](const LayerSpec& l) { return l.lagrangian->convex_everywhere(); });
 }
 
+// ---------------------------------------------------------------------------------------------
+// The adiabatic limit.
+
+AdiabaticLayeredSystem::AdiabaticLayeredSystem(const LayeredNetwork& net, const std::vector<std::string>& fast)
+    : net_(net), fast_(net.n_layers(), false) {
+  ASSOCMEM_CHECK_ARG(!fast.empty(), "adiabatic limit: no fast layer named");
+  for (const std::string& name : fast) {
+    const std::size_t A = net.layer_index(name);
+    ASSOCMEM_CHECK_ARG(!fast_[A], "adiabatic limit: layer '", name, "' is named twice");
+    fast_[A] = true;
+  }
+  for (std::size_t s = 0; s < net.n_synapses(); ++s) {
+    const SynapseSpec& sp = net.synapse(s);
+    ASSOCMEM_CHECK_ARG(!(fast_[net.layer_index(sp.from)] && fast_[net.layer_index(sp.to)]), "adiabatic limit: synapse ",
+                       s, " joins the fast layers '", sp.from, "' and '", sp.to,
+                       "' (their steady states would depend on each other)");
+  }
+  for (std::size_t A = 0; A < net.n_layers(); ++A)
+    if (!fast_[A]) n_slow_ += net.layer(A).size;
+  ASSOCMEM_CHECK_ARG(n_slow_ > 0, "adiabatic limit: every layer is fast; at least one must stay");
+}
+
+Vector AdiabaticLayeredSystem::slow(const Vector& x) const {
+  net_.check_state(x);
+  Vector y(n_slow_);
+  Eigen::Index at = 0;
+  for (std::size_t A = 0; A < net_.n_layers(); ++A)
+    if (!fast_[A]) {
+      y.segment(at, net_.layer(A).size) = net_.part(x, A);
+      at += net_.layer(A).size;
+    }
+  return y;
+}
+
+Vector AdiabaticLayeredSystem::full(const Vector& y) const {
+  ASSOCMEM_CHECK_ARG(y.size() == n_slow_, "the slow layers have ", n_slow_, " neurons but the state has ", y.size());
+  check_finite(y, "the slow layers' state");
+  Vector x = Vector::Zero(net_.size());
+  Eigen::Index at = 0;
+  for (std::size_t A = 0; A < net_.n_layers(); ++A)
+    if (!fast_[A]) {
+      x.segment(net_.offset(A), net_.layer(A).size) = y.segment(at, net_.layer(A).size);
+      at += net_.layer(A).size;
+    }
+  // No synapse joins two fast layers, so the fields into a fast layer come from slow ones only: the
+  // fast layers' activations are left 0 (their currents are not known yet).
+  Vector g = Vector::Zero(net_.size());
+  for (std::size_t A = 0; A < net_.n_layers(); ++A)
+    if (!fast_[A])
+      g.segment(net_.offset(A), net_.layer(A).size) = net_.layer(A).lagrangian->gradient(net_.part(x, A));
+  const Vector field = net_.fields(g);
+  for (std::size_t A = 0; A < net_.n_layers(); ++A)
+    if (fast_[A])
+      x.segment(net_.offset(A), net_.layer(A).size) =
+          field.segment(net_.offset(A), net_.layer(A).size) + net_.layer(A).current;  // eq. (1), dx^A/dt = 0
+  return x;
+}
+
+void AdiabaticLayeredSystem::rhs(double, const Vector& y, Vector& dydt) const {
+  Vector dx;
+  net_.rhs(full(y), dx);
+  dydt = slow(dx);
+}
+
+double AdiabaticLayeredSystem::energy_rate(const Vector& y) const { return net_.energy_rate(full(y), fast_); }
+
 LayeredTrajectory simulate(const LayeredNetwork& net, const Vector& x0, const SimulateOptions& options) {
   net.check_state(x0, "x0");
   LayeredSystem sys(net);
@@ -244,6 +310,27 @@ LayeredTrajectory simulate(const LayeredNetwork& net, const Vector& x0, const Si
       [&](double t, const Vector& y, double e, double r) {
         tr.t.push_back(t);
         tr.x.push_back(y);
+        tr.energy.push_back(e);
+        tr.energy_rate.push_back(r);
+      });
+  tr.non_psd_steps = c.non_psd_steps;
+  tr.first_non_psd_t = c.first_non_psd_t;
+  tr.result = c.result;
+  return tr;
+}
+
+LayeredTrajectory simulate(const AdiabaticLayeredSystem& sys, const Vector& y0, const SimulateOptions& options) {
+  const LayeredNetwork& net = sys.network();
+  ASSOCMEM_CHECK_ARG(y0.size() == sys.size(), "y0 has length ", y0.size(), " but the slow layers have ", sys.size(),
+                     " neurons");
+  check_finite(y0, "y0");
+  LayeredTrajectory tr;
+  const detail::SimulateCounts c = detail::simulate_core(
+      sys, y0, options, net.convex(), [&](const Vector& y) { return sys.energy(y); },
+      [&](const Vector& y) { return sys.energy_rate(y); }, [&](const Vector& y) { return net.hessian_psd_at(sys.full(y)); },
+      [&](double t, const Vector& y, double e, double r) {
+        tr.t.push_back(t);
+        tr.x.push_back(sys.full(y));
         tr.energy.push_back(e);
         tr.energy_rate.push_back(r);
       });

@@ -201,6 +201,83 @@ TEST(Layered, EnergyNeverIncreasesAlongTheDynamics) {
     }
 }
 
+// The adiabatic limit. Two layers with h fast: the effective energy and dynamics of Section 3
+// (Network::effective_energy, effective_rhs: eqs. 8, 13, 21 and 14, 22).
+TEST(Layered, AFastHiddenLayerGivesTheEffectiveModelsOfSection3) {
+  std::mt19937_64 rng(5);
+  const Matrix xi = randm(6, 4, rng);
+  for (const auto& [Lv, Lh] : std::vector<std::pair<LagrangianPtr, LagrangianPtr>>{
+           {lagrangians::identity(), lagrangians::log_sum_exp(2.0)},     // model B
+           {lagrangians::spherical(), lagrangians::exp(1.0)},           // model C
+           {lagrangians::log_cosh(3.0), lagrangians::rectified_power(3)}}) {  // model A's smooth form
+    SCOPED_TRACE(Lv->name() + " / " + Lh->name());
+    NetworkParams p;
+    p.current = randv(4, rng, 0.2);
+    const Network net(xi, Lv, Lh, p);
+    const LayeredNetwork lay = LayeredNetwork::from_network(net);
+    const AdiabaticLayeredSystem sys(lay, {"h"});
+    ASSERT_EQ(sys.size(), 4);
+    const Vector v = randv(4, rng);
+    // The same terms: E = [(v - I).g - L_v] + [h.f - L_h] - f.(xi g) with h = xi g, where h.f and f.(xi g)
+    // are the same products (they cancel exactly here, as eq. 8's derivation cancels them).
+    EXPECT_NEAR(sys.energy(v), net.effective_energy(v), 1e-13 * (1 + std::fabs(net.effective_energy(v))));
+    Vector a, b;
+    sys.rhs(0, v, a);
+    net.effective_rhs(v, b);
+    EXPECT_LE((a - b).norm(), 1e-13 * (1 + b.norm()));
+    EXPECT_LE((lay.part(sys.full(v), 1) - net.hidden_steady_state(v)).norm(), 1e-13 * (1 + net.hidden_steady_state(v).norm()));
+  }
+}
+
+// Three and four layers with the memory layer fast: the full network with tau_mem = eps follows the
+// effective dynamics to O(eps) (halving eps halves the distance at t = 2), and the effective energy never
+// increases.
+TEST(Layered, AFastLayerConvergesToTheEffectiveDynamicsAtOrderTau) {
+  for (bool fourth : {false, true}) {
+    SCOPED_TRACE(fourth ? "L = 4" : "L = 3");
+    std::mt19937_64 rng(6);
+    const LayeredNetwork base = deep_net(rng, fourth);
+    const std::size_t mem = base.layer_index("memories");
+    auto with_tau = [&](double tau) {
+      std::vector<LayerSpec> layers;
+      std::vector<SynapseSpec> syn;
+      for (std::size_t A = 0; A < base.n_layers(); ++A) layers.push_back(base.layer(A));
+      for (std::size_t s = 0; s < base.n_synapses(); ++s) syn.push_back(base.synapse(s));
+      layers[mem].tau = tau;
+      return LayeredNetwork(layers, syn);
+    };
+    const AdiabaticLayeredSystem eff(base, {"memories"});
+    const Vector y0 = randv(eff.size(), rng, 1.0);
+    SimulateOptions o;
+    o.method = Method::DormandPrince;
+    o.t_end = 2.0;
+    o.rtol = 1e-11;
+    o.atol = 1e-13;
+    const LayeredTrajectory et = simulate(eff, y0, o);
+    for (std::size_t k = 1; k < et.t.size(); ++k)
+      EXPECT_LE(et.energy[k], et.energy[k - 1] + 1e-10 * (1 + std::fabs(et.energy[k]))) << "t = " << et.t[k];
+    EXPECT_EQ(et.non_psd_steps, 0);
+    std::vector<double> err;
+    for (double tau : {0.02, 0.01, 0.005}) {
+      const LayeredNetwork net = with_tau(tau);
+      const LayeredTrajectory ft = simulate(net, eff.full(y0), o);  // the fast layer starts at its steady state
+      err.push_back((eff.slow(ft.x.back()) - eff.slow(et.x.back())).norm());
+    }
+    // O(tau): each halving divides the error by ~2 (the next order adds O(tau^2)).
+    EXPECT_GT(err[0] / err[1], 1.7) << err[0] << " " << err[1];
+    EXPECT_LT(err[0] / err[1], 2.3) << err[0] << " " << err[1];
+    EXPECT_GT(err[1] / err[2], 1.7) << err[1] << " " << err[2];
+    EXPECT_LT(err[1] / err[2], 2.3) << err[1] << " " << err[2];
+  }
+  std::mt19937_64 rng(7);
+  const LayeredNetwork net = deep_net(rng, true);
+  EXPECT_THROW(AdiabaticLayeredSystem(net, {}), InvalidArgument);
+  EXPECT_THROW(AdiabaticLayeredSystem(net, {"features", "memories"}), InvalidArgument);  // joined by a synapse
+  EXPECT_THROW(AdiabaticLayeredSystem(net, {"memories", "memories"}), InvalidArgument);
+  EXPECT_THROW(AdiabaticLayeredSystem(net, {"nope"}), InvalidArgument);
+  EXPECT_NO_THROW(AdiabaticLayeredSystem(net, {"features", "top"}));  // not joined
+}
+
 TEST(Layered, BadNetworksAreRefusedNamingWhatIsWrong) {
   auto id = lagrangians::identity();
   auto dense = [](Eigen::Index r, Eigen::Index c) { return std::make_shared<DenseSynapse>(Matrix::Ones(r, c)); };

@@ -144,8 +144,18 @@ class LayeredNetwork {
   double energy(const Vector& x) const;
   /// dE/dt along the trajectory through x, from the Hessian-vector products (eq. 4 for L layers).
   double energy_rate(const Vector& x) const;
+  /// The same sum over the layers A with skip[A] false (the slow layers of the adiabatic limit, whose
+  /// fast layers sit where dE/dx^A = 0).
+  double energy_rate(const Vector& x, const std::vector<bool>& skip) const;
   /// The Jacobian of rhs at x applied to u: (sum W M u_other - u_A) / tau_A for each layer A.
   void jvp(const Vector& x, const Vector& u, Vector& out) const;
+  /// The currents every synapse sends into each layer, sum_s W g^a + sum_s W^T g^b, stacked as the
+  /// state, at activations g (from activations()).
+  Vector fields(const Vector& g) const;
+  /// Whether synapse s joins layers A and B (in either direction).
+  bool joins(std::size_t s, std::size_t A, std::size_t B) const {
+    return (from_[s] == A && to_[s] == B) || (from_[s] == B && to_[s] == A);
+  }
   /// Whether every layer's Hessian is positive semi-definite at x (eq. 4 then gives dE/dt <= 0).
   bool hessian_psd_at(const Vector& x) const;
   /// Whether every Lagrangian is convex everywhere (then the energy never increases on any trajectory).
@@ -176,6 +186,37 @@ class LayeredSystem final : public OdeSystem {
   const LayeredNetwork& net_;
 };
 
+/// The adiabatic limit (Section 3 for two layers; the layers of a hierarchy alike): layers whose tau -> 0
+/// sit at their steady state x^A = sum_s W g + I_A (the first eq. 1 with dx^A/dt = 0) given the others.
+/// No synapse may join two fast layers (each steady state is then explicit in the slow layers). The
+/// system's state is the slow layers' currents, stacked in the network's order; at the steady state
+/// dE/dx^A = M^A (x^A - sum W g - I_A) = 0, so the effective energy E(full(y)) obeys eq. (4) over the
+/// slow layers alone and never increases for convex Lagrangians. With layers v, h and h fast this is
+/// Network::effective_energy (eqs. 8, 13, 21) and its dynamics (eqs. 14, 22).
+class AdiabaticLayeredSystem final : public OdeSystem {
+ public:
+  /// fast: the names of the layers integrated out (at least one, not all). InvalidArgument naming the
+  /// layer: an unknown or repeated name, all layers fast, or a synapse between two fast layers.
+  AdiabaticLayeredSystem(const LayeredNetwork& net, const std::vector<std::string>& fast);
+  Eigen::Index size() const override { return n_slow_; }
+  void rhs(double t, const Vector& y, Vector& dydt) const override;
+  /// The full state: y's slow layers, the fast ones at their steady state.
+  Vector full(const Vector& y) const;
+  /// The slow layers' part of a full state x.
+  Vector slow(const Vector& x) const;
+  /// The effective energy E(full(y)).
+  double energy(const Vector& y) const { return net_.energy(full(y)); }
+  /// Its rate along the effective dynamics: eq. (4) over the slow layers.
+  double energy_rate(const Vector& y) const;
+  bool is_fast(std::size_t A) const { return fast_[A]; }
+  const LayeredNetwork& network() const { return net_; }
+
+ private:
+  const LayeredNetwork& net_;
+  std::vector<bool> fast_;
+  Eigen::Index n_slow_ = 0;
+};
+
 /// What simulate() returns for a layered network: the recorded stacked states (LayeredNetwork::part
 /// splits them), their energies and rates, and how the run ended (the same fields as Trajectory).
 struct LayeredTrajectory {
@@ -186,6 +227,10 @@ struct LayeredTrajectory {
   double first_non_psd_t = std::numeric_limits<double>::quiet_NaN();
   IntegrateResult result;
 };
+
+/// Integrates the effective dynamics of the adiabatic limit from the slow layers' state y0; the
+/// records hold full states (fast layers at their steady state) and the effective energy and rate.
+LayeredTrajectory simulate(const AdiabaticLayeredSystem& sys, const Vector& y0, const SimulateOptions& options);
 
 /// Integrates the layered network from x0 with the same integrators, options, energy recording, PSD
 /// accounting and blow-up check as simulate() of the two-layer network.

@@ -31,6 +31,7 @@ from . import _core
 
 _DEFAULT_BETA = _core.DEFAULT_BETA  # the one default inverse temperature / gain (assocmem/types.hpp)
 from ._core import (  # noqa: F401  (re-exported)
+    AdiabaticLimit,
     Layer,
     LayeredNetwork,
     LayeredTrajectory,
@@ -51,6 +52,7 @@ from ._core import (  # noqa: F401  (re-exported)
 __all__ = [
     "ModelA", "ModelB", "ModelC", "DenseAssociativeMemory", "ModernHopfield", "SphericalMemory",
     "Network", "Trajectory", "LayeredNetwork", "LayeredTrajectory", "Layer", "Synapse", "dense", "conv2d",
+    "AdiabaticLimit",
     "Retrieval", "MemoryStore", "lagrangians", "SolverError",
     "render_glyphs", "default_cjk_font", "write_file", "available_kernels", "plot",
 ]

@@ -986,6 +986,8 @@ struct PyLayeredTrajectory {
   std::string reason;
 };
 
+PyLayeredTrajectory layered_out(const LayeredTrajectory& tr);
+
 void bind_layered(py::module_& m) {
   py::class_<LayerSpec>(m, "Layer", "One layer of a LayeredNetwork: name, number of neurons, Lagrangian (its "
                                     "gradient is the activation, eq. 3), time constant tau, input current.")
@@ -1111,23 +1113,64 @@ void bind_layered(py::module_& m) {
               double dt, long max_steps, double fixed_point_tol, long record_every) {
              SimulateOptions o = simulate_options(t_end, method, rtol, atol, dt, max_steps, fixed_point_tol, record_every);
              const Vector x = vec_in(x0, "x0");
-             LayeredTrajectory tr = simulate_interruptibly(o, [&](const SimulateOptions& oo) { return simulate(n, x, oo); });
-             PyLayeredTrajectory out;
-             out.t = to_numpy(std::vector<double>(tr.t), {static_cast<py::ssize_t>(tr.t.size())});
-             out.energy = to_numpy(std::vector<double>(tr.energy), {static_cast<py::ssize_t>(tr.energy.size())});
-             out.energy_rate = to_numpy(std::vector<double>(tr.energy_rate), {static_cast<py::ssize_t>(tr.energy_rate.size())});
-             out.x = rows_out(tr.x);
-             out.steps = tr.result.steps;
-             out.non_psd_steps = tr.non_psd_steps;
-             out.first_non_psd_t = tr.first_non_psd_t;
-             out.reason = to_string(tr.result.reason);
-             return out;
+             return layered_out(simulate_interruptibly(o, [&](const SimulateOptions& oo) { return simulate(n, x, oo); }));
            },
            py::arg("x0"), py::arg("t_end") = 10.0, py::arg("method") = "rk45", py::arg("rtol") = 1e-6,
            py::arg("atol") = 1e-9, py::arg("dt") = 0.0, py::arg("max_steps") = 100000, py::arg("fixed_point_tol") = 0.0,
            py::arg("record_every") = 1,
            "Integrates the layered network from x0, with the options of Network.simulate. Returns a "
            "LayeredTrajectory.");
+}
+
+// The records of a layered simulation as numpy arrays.
+PyLayeredTrajectory layered_out(const LayeredTrajectory& tr) {
+  PyLayeredTrajectory out;
+  out.t = to_numpy(std::vector<double>(tr.t), {static_cast<py::ssize_t>(tr.t.size())});
+  out.energy = to_numpy(std::vector<double>(tr.energy), {static_cast<py::ssize_t>(tr.energy.size())});
+  out.energy_rate = to_numpy(std::vector<double>(tr.energy_rate), {static_cast<py::ssize_t>(tr.energy_rate.size())});
+  out.x = rows_out(tr.x);
+  out.steps = tr.result.steps;
+  out.non_psd_steps = tr.non_psd_steps;
+  out.first_non_psd_t = tr.first_non_psd_t;
+  out.reason = to_string(tr.result.reason);
+  return out;
+}
+
+void bind_adiabatic(py::module_& m) {
+  py::class_<AdiabaticLayeredSystem>(m, "AdiabaticLimit",
+                                     "The limit tau -> 0 of some layers of a LayeredNetwork: they sit at their steady "
+                                     "state x^A = sum W g + I_A given the others (no synapse may join two of them). "
+                                     "Its state y holds the slow layers' currents; the effective energy is E(full(y)).")
+      .def(py::init<const LayeredNetwork&, const std::vector<std::string>&>(), py::arg("network"), py::arg("fast"),
+           py::keep_alive<1, 2>())
+      .def_property_readonly("size", &AdiabaticLayeredSystem::size, "Neurons in the slow layers.")
+      .def("full", [](const AdiabaticLayeredSystem& s, const F64& y) { return vec_out(s.full(vec_in(y, "y"))); },
+           py::arg("y"), "The full state: y's slow layers, the fast ones at their steady state.")
+      .def("slow", [](const AdiabaticLayeredSystem& s, const F64& x) { return vec_out(s.slow(vec_in(x, "x"))); },
+           py::arg("x"), "The slow layers' part of a full state.")
+      .def("energy", [](const AdiabaticLayeredSystem& s, const F64& y) { return s.energy(vec_in(y, "y")); },
+           py::arg("y"), "The effective energy E(full(y)).")
+      .def("energy_rate", [](const AdiabaticLayeredSystem& s, const F64& y) { return s.energy_rate(vec_in(y, "y")); },
+           py::arg("y"), "Its rate along the effective dynamics (eq. 4 over the slow layers).")
+      .def("rhs",
+           [](const AdiabaticLayeredSystem& s, const F64& y) {
+             Vector dy;
+             s.rhs(0.0, vec_in(y, "y"), dy);
+             return vec_out(dy);
+           },
+           py::arg("y"), "dy/dt of the effective dynamics.")
+      .def("simulate",
+           [](const AdiabaticLayeredSystem& s, const F64& y0, double t_end, const std::string& method, double rtol,
+              double atol, double dt, long max_steps, double fixed_point_tol, long record_every) {
+             SimulateOptions o = simulate_options(t_end, method, rtol, atol, dt, max_steps, fixed_point_tol, record_every);
+             const Vector y = vec_in(y0, "y0");
+             return layered_out(simulate_interruptibly(o, [&](const SimulateOptions& oo) { return simulate(s, y, oo); }));
+           },
+           py::arg("y0"), py::arg("t_end") = 10.0, py::arg("method") = "rk45", py::arg("rtol") = 1e-6,
+           py::arg("atol") = 1e-9, py::arg("dt") = 0.0, py::arg("max_steps") = 100000, py::arg("fixed_point_tol") = 0.0,
+           py::arg("record_every") = 1,
+           "Integrates the effective dynamics from the slow layers' state y0; the records hold full states and the "
+           "effective energy.");
 }
 
 // Models A, B, C over the engines, and the table of defaults.
@@ -1500,6 +1543,7 @@ PYBIND11_MODULE(_core, m) {
   bind_lagrangians(m);
   bind_network(m);
   bind_layered(m);
+  bind_adiabatic(m);
   bind_models(m);
   bind_store(m);
   bind_capacity(m);

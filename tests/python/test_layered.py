@@ -153,3 +153,18 @@ def test_bad_layered_networks_raise_value_errors_naming_the_part():
         net.energy(np.zeros(4))
     with pytest.raises(ValueError, match=r"shape \(5,\) or \(T, 5\)"):
         net.split(np.zeros((2, 3)))
+
+
+def test_adiabatic_limit_of_two_layers_is_the_effective_model():
+    rng = np.random.default_rng(14)
+    xi = rng.normal(size=(6, 4))
+    n = am.Network(xi, L.identity(), L.log_sum_exp(3.0), current=rng.normal(size=4))
+    lim = am.AdiabaticLimit(am.LayeredNetwork.from_network(n), ["h"])
+    assert lim.size == 4
+    v = rng.normal(size=4)
+    assert lim.energy(v) == pytest.approx(n.effective_energy(v), rel=1e-13, abs=1e-13)
+    tr = lim.simulate(v, t_end=5.0)
+    assert tr.x.shape[1] == 10 and np.all(np.diff(tr.energy) <= 1e-10 * (1 + np.abs(tr.energy[1:])))
+    np.testing.assert_allclose(tr.x[-1, 4:], xi @ tr.x[-1, :4], rtol=1e-12, atol=1e-12)  # h = xi g (eq. 5)
+    with pytest.raises(ValueError, match="joins the fast layers .v. and .h."):
+        am.AdiabaticLimit(am.LayeredNetwork.from_network(n), ["h", "v"])
