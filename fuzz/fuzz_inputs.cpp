@@ -79,6 +79,18 @@ void fuzz_file(std::uint8_t mode, std::vector<std::uint8_t> bytes) {
 void fuzz_simulation(const std::string& text) {
   assocmem::SimulationConfig c = assocmem::parse_simulation_config(text, workdir(), "fuzz");
   c.options.max_steps = std::min<long>(c.options.max_steps, 200);  // bounded work per input
+  if (c.layered) {
+    if (c.layered->size() > 100000) return;  // bounded memory per input
+    volatile double sink = 0;
+    if (c.fast.empty()) {
+      sink = assocmem::simulate(*c.layered, c.x0, c.options).energy.back();
+    } else {
+      const assocmem::AdiabaticLayeredSystem sys(*c.layered, c.fast);
+      sink = assocmem::simulate(sys, sys.slow(c.x0), c.options).energy.back();
+    }
+    (void)sink;
+    return;
+  }
   volatile double sink = assocmem::simulate(*c.network, c.v0, c.h0, c.options).energy.back();
   (void)sink;
 }

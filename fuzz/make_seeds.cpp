@@ -54,6 +54,18 @@ int main(int argc, char** argv) {
                           "v0": [1, 0, 0, 0], "method": "euler", "dt": 0.1, "t_end": 1, "alpha": 1, "tau_h": 0.1})");
   text("sim_bdf", 4, R"({"xi": "xi.npy", "feature": {"name": "spherical"}, "hidden": {"name": "exp", "beta": 1},
                         "v0": [1, 1, 0, 0], "h0": [0, 0, 0], "method": "bdf", "t_end": 3, "current": [0, 0, 0, 0.1]})");
+  // Layered networks (the same 3 x 4 xi.npy as a dense synapse from a 4-neuron layer to a 3-neuron one;
+  // as a 1 x 2 x 2 -> 3 x 1 x 1 convolution with kernel 2 x 2), with and without a fast layer.
+  text("sim_layered", 4, R"({"layers": [{"name": "a", "size": 4, "lagrangian": {"name": "log_cosh"}, "x0": [1, 0, 0, 0]},
+                              {"name": "b", "size": 3, "lagrangian": {"name": "log_sum_exp"}, "tau": 0.5},
+                              {"name": "c", "size": 3, "lagrangian": {"name": "softplus"}}],
+                             "synapses": [{"from": "a", "to": "b", "dense": "xi.npy"},
+                                          {"from": "a", "to": "c", "conv2d": {"kernel": "xi.npy", "kernel_size": [2, 2],
+                                           "in_shape": [1, 2, 2]}}], "t_end": 1})");
+  text("sim_layered_fast", 4, R"({"layers": [{"name": "a", "size": 4, "lagrangian": {"name": "identity"}, "x0": [1, 2, 0, 0]},
+                                   {"name": "b", "size": 3, "lagrangian": {"name": "log_sum_exp"}}],
+                                  "synapses": [{"from": "a", "to": "b", "dense": "xi.npy"}], "fast": ["b"],
+                                  "method": "rk4", "dt": 0.1, "t_end": 1})");
   // CLI options (mode 8: capacity --dry-run, mode 9: recall): lines of an option byte (an index into
   // fuzz_inputs' option tables) and the value.
   auto line = [](char option, const std::string& value) { return std::string(1, option) + value + "\n"; };

@@ -5,6 +5,8 @@ import subprocess
 import numpy as np
 import pytest
 
+import assocmem as am
+
 
 def run(cli, *args, cwd=None):
     return subprocess.run([cli, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
@@ -66,6 +68,57 @@ def test_simulate_writes_trajectory_and_plot(cli, data):
     assert t.shape == (info["records"], 3 + 4 + 5)
     assert np.all(np.diff(t[:, 1]) <= 1e-7)  # energy never increases
     assert (data / "e.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_runs_a_layered_network_and_its_adiabatic_limit(cli, data):
+    """A three-layer network (image, convolutional features, softmax memories) described in JSON: the
+    command's trajectory is the Python API's, the energy never increases, and with "fast" the memory
+    layer sits at its steady state; a synapse naming an unknown layer exits 2 naming it."""
+    rng = np.random.default_rng(21)
+    K = rng.normal(0, 0.3, (3, 1, 3, 3))
+    W = rng.normal(0, 0.4, (5, 3 * 4 * 4))
+    np.save(data / "K.npy", K.reshape(3, -1))
+    np.save(data / "W.npy", W)
+    x0 = rng.normal(size=36).tolist()
+    cfg = {"layers": [{"name": "img", "size": 36, "lagrangian": {"name": "log_cosh", "beta": 1.5}, "x0": x0},
+                      {"name": "feat", "size": 48, "lagrangian": {"name": "softplus"}, "tau": 0.5},
+                      {"name": "mem", "size": 5, "lagrangian": {"name": "log_sum_exp", "beta": 2}, "tau": 0.25}],
+           "synapses": [{"from": "img", "to": "feat",
+                         "conv2d": {"kernel": "K.npy", "kernel_size": [3, 3], "in_shape": [1, 6, 6], "stride": 1,
+                                    "padding": 0}},
+                        {"from": "feat", "to": "mem", "dense": "W.npy"}],
+           "t_end": 3, "rtol": 1e-9, "atol": 1e-12}
+    (data / "lay.json").write_text(json.dumps(cfg))
+    r = run(cli, "--json", "simulate", data / "lay.json", "-o", data / "lay.csv")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["layers"] == 3 and info["fast"] == [] and info["non_psd_steps"] == 0
+    header = (data / "lay.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["t", "energy", "energy_rate", "img0"] and header[-1] == "mem4" and len(header) == 3 + 89
+    t = np.loadtxt(data / "lay.csv", delimiter=",", skiprows=1)
+    assert np.all(np.diff(t[:, 1]) <= 1e-10 * (1 + np.abs(t[1:, 1])))
+    L = am.lagrangians
+    net = am.LayeredNetwork(
+        [am.Layer("img", 36, L.log_cosh(1.5)), am.Layer("feat", 48, L.softplus(1.0), tau=0.5),
+         am.Layer("mem", 5, L.log_sum_exp(2.0), tau=0.25)],
+        [am.conv2d("img", "feat", K, (1, 6, 6)), am.dense("feat", "mem", W)])
+    ref = net.simulate(np.concatenate([x0, np.zeros(53)]), t_end=3, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(t[-1, 3:], ref.x[-1], rtol=0, atol=1e-12)  # the same code: %.17g round trip
+    cfg["fast"] = ["mem"]
+    (data / "fast.json").write_text(json.dumps(cfg))
+    r = run(cli, "--json", "simulate", data / "fast.json", "-o", data / "fast.npy")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["fast"] == ["mem"]
+    f = np.load(data / "fast.npy")
+    g_feat = 1 / (1 + np.exp(-f[-1, 3 + 36:3 + 84]))
+    np.testing.assert_allclose(f[-1, 3 + 84:], W @ g_feat, rtol=1e-12, atol=1e-12)  # x_mem = W g_feat
+    cfg["synapses"][1]["to"] = "memories"
+    (data / "bad.json").write_text(json.dumps(cfg))
+    one_line_error(run(cli, "simulate", data / "bad.json"), "no layer named 'memories'")
+    cfg["synapses"][1]["to"] = "mem"
+    cfg["fast"] = ["feat", "mem"]
+    (data / "bad.json").write_text(json.dumps(cfg))
+    one_line_error(run(cli, "simulate", data / "bad.json"), "joins the fast layers")
 
 
 def one_line_error(r, needle):
