@@ -62,10 +62,10 @@ Recorded run_two_layer(const SimulationConfig& cfg, const SimulateOptions& o) {
 }
 
 // A layered network, or its adiabatic limit when the description names fast layers (the records then
-// hold every layer, the fast ones at their steady state). The lower bound is not analysed for layered
-// networks: "unknown".
+// hold every layer, the fast ones at their steady state).
 Recorded run_layered(const SimulationConfig& cfg, const SimulateOptions& o) {
   const LayeredNetwork& net = *cfg.layered;
+  const Network::EnergyBound bound = net.energy_bound();
   LayeredTrajectory tr;
   if (cfg.fast.empty()) {
     tr = simulate(net, cfg.x0, o);
@@ -78,6 +78,7 @@ Recorded run_layered(const SimulationConfig& cfg, const SimulateOptions& o) {
   r.energy = tr.energy;
   r.energy_rate = tr.energy_rate;
   r.states = tr.x;
+  r.bounded = bound.verdict == Network::EnergyBound::Verdict::Bounded ? "yes" : "unknown";
   for (std::size_t A = 0; A < net.n_layers(); ++A)
     for (Eigen::Index i = 0; i < net.layer(A).size; ++i) r.columns.push_back(net.layer(A).name + std::to_string(i));
   r.result = tr.result;

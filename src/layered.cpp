@@ -66,6 +66,8 @@ void Conv2dSynapse::apply(const Vector& x, Vector& out) const {
       }
 }
 
+double Conv2dSynapse::norm_bound() const { return std::sqrt(double(out_.height * out_.width)) * K_.norm(); }
+
 void Conv2dSynapse::apply_transpose(const Vector& yv, Vector& out) const {
   for (Eigen::Index o = 0; o < out_.channels; ++o)
     for (Eigen::Index y = 0; y < out_.height; ++y)
@@ -232,6 +234,54 @@ bool LayeredNetwork::hessian_psd_at(const Vector& x) const {
 bool LayeredNetwork::convex() const {
   return std::all_of(layers_.begin(), layers_.end(),
                      [](const LayerSpec& l) { return l.lagrangian->convex_everywhere(); });
+}
+
+Network::EnergyBound LayeredNetwork::energy_bound() const {
+  Network::EnergyBound b;
+  for (const LayerSpec& l : layers_)
+    if (!l.lagrangian->convex_everywhere()) {
+      b.why = "layer '" + l.name + "': " + l.lagrangian->name() + " is not convex everywhere (" +
+              l.lagrangian->psd_region() + "): the Legendre form of the energy gives no bound";
+      return b;
+    }
+  const std::size_t n = layers_.size();
+  std::vector<double> G(n);
+  std::vector<bool> identity(n);
+  for (std::size_t A = 0; A < n; ++A) {
+    G[A] = layers_[A].lagrangian->activation_bound(layers_[A].size);
+    identity[A] = !std::isfinite(G[A]) && layers_[A].lagrangian->name() == "identity";
+    if (!std::isfinite(G[A]) && !identity[A]) {
+      b.why = "layer '" + layers_[A].name + "': the activation of " + layers_[A].lagrangian->name() +
+              " is unbounded and not the identity: no bound is known";
+      return b;
+    }
+  }
+  double lower = 0;
+  std::vector<double> c(n, 0.0);  // identity layers: |sum_s W g_neighbour + I_A| <= c_A
+  for (std::size_t s = 0; s < synapses_.size(); ++s) {
+    const std::size_t a = from_[s], bb = to_[s];
+    const double w = synapses_[s].op->norm_bound();
+    if (identity[a] && identity[bb]) {
+      b.why = "synapse " + std::to_string(s) + " joins the identity layers '" + layers_[a].name + "' and '" +
+              layers_[bb].name + "': no bound is known";
+      return b;
+    }
+    if (identity[a]) c[a] += w * G[bb];
+    else if (identity[bb]) c[bb] += w * G[a];
+    else lower -= w * G[a] * G[bb];
+  }
+  for (std::size_t A = 0; A < n; ++A) {
+    const double I = layers_[A].current.norm();
+    if (identity[A]) {
+      lower -= 0.5 * (c[A] + I) * (c[A] + I);  // |g|^2/2 - g.c >= -|c|^2/2
+    } else {
+      lower -= layers_[A].lagrangian->value(Vector::Zero(layers_[A].size)) + I * G[A];
+    }
+  }
+  b.verdict = Network::EnergyBound::Verdict::Bounded;
+  b.lower = lower;
+  b.why = "convex Lagrangians, bounded activations (identity layers only beside bounded ones)";
+  return b;
 }
 
 // ---------------------------------------------------------------------------------------------

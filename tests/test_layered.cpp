@@ -278,6 +278,40 @@ TEST(Layered, AFastLayerConvergesToTheEffectiveDynamicsAtOrderTau) {
   EXPECT_NO_THROW(AdiabaticLayeredSystem(net, {"features", "top"}));  // not joined
 }
 
+// Section 2's lower bound for L layers: random states (of every scale, up to 1e3) never go below it;
+// networks it cannot decide are Unknown, with the reason.
+TEST(Layered, EnergyBoundHoldsWhereItIsClaimed) {
+  std::mt19937_64 rng(8);
+  const LayeredNetwork bounded = deep_net(rng, false);  // log_cosh, softplus, log_sum_exp: all bounded
+  const LayeredNetwork with_identity = deep_net(rng, true);  // + an identity layer beside bounded ones
+  for (const LayeredNetwork* net : {&bounded, &with_identity}) {
+    const Network::EnergyBound b = net->energy_bound();
+    ASSERT_EQ(b.verdict, Network::EnergyBound::Verdict::Bounded) << b.why;
+    ASSERT_TRUE(std::isfinite(b.lower));
+    double lowest = INFINITY;
+    for (int k = 0; k < 2000; ++k) {
+      const double scale = std::pow(10.0, -2.0 + 5.0 * (k % 100) / 100.0);
+      const double e = net->energy(randv(net->size(), rng, scale));
+      EXPECT_GE(e, b.lower) << "scale " << scale;
+      lowest = std::min(lowest, e);
+    }
+    EXPECT_GT(lowest, b.lower);  // (valid, not tight: ~-20 against a bound of ~-300 here)
+    // The minimum reached by the dynamics too (from a large start).
+    SimulateOptions o;
+    o.t_end = 20;
+    const LayeredTrajectory tr = simulate(*net, randv(net->size(), rng, 3.0), o);
+    EXPECT_GE(tr.energy.back(), b.lower);
+  }
+  // Two joined identity layers, and a non-convex Lagrangian: Unknown, saying why.
+  auto id = lagrangians::identity();
+  const LayeredNetwork ii({{"a", 2, id}, {"b", 2, id}}, {{"a", "b", std::make_shared<DenseSynapse>(Matrix::Identity(2, 2))}});
+  EXPECT_EQ(ii.energy_bound().verdict, Network::EnergyBound::Verdict::Unknown);
+  EXPECT_NE(ii.energy_bound().why.find("joins the identity layers"), std::string::npos);
+  const LayeredNetwork odd({{"a", 2, lagrangians::power(3)}}, {});
+  EXPECT_EQ(odd.energy_bound().verdict, Network::EnergyBound::Verdict::Unknown);
+  EXPECT_NE(odd.energy_bound().why.find("not convex"), std::string::npos);
+}
+
 TEST(Layered, BadNetworksAreRefusedNamingWhatIsWrong) {
   auto id = lagrangians::identity();
   auto dense = [](Eigen::Index r, Eigen::Index c) { return std::make_shared<DenseSynapse>(Matrix::Ones(r, c)); };

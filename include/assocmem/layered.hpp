@@ -39,6 +39,8 @@ class Synapse {
   virtual void apply(const Vector& x, Vector& out) const = 0;
   /// out += W^T y  (y: out_size, out: in_size).
   virtual void apply_transpose(const Vector& y, Vector& out) const = 0;
+  /// An upper bound of the operator norm |W|_2 (valid, not tight), for LayeredNetwork::energy_bound.
+  virtual double norm_bound() const = 0;
 };
 using SynapsePtr = std::shared_ptr<const Synapse>;
 
@@ -51,6 +53,8 @@ class DenseSynapse final : public Synapse {
   Eigen::Index out_size() const override { return W_.rows(); }
   void apply(const Vector& x, Vector& out) const override { out.noalias() += W_ * x; }
   void apply_transpose(const Vector& y, Vector& out) const override { out.noalias() += W_.transpose() * y; }
+  /// The Frobenius norm.
+  double norm_bound() const override { return W_.norm(); }
   const Matrix& weights() const { return W_; }
 
  private:
@@ -78,6 +82,9 @@ class Conv2dSynapse final : public Synapse {
   Eigen::Index out_size() const override { return out_.size(); }
   void apply(const Vector& x, Vector& out) const override;
   void apply_transpose(const Vector& y, Vector& out) const override;
+  /// sqrt(H_out W_out) |K|_F: each kernel entry appears at most once per output position, so this bounds
+  /// the Frobenius norm of the convolution's matrix.
+  double norm_bound() const override;
   const ImageShape& in_shape() const { return in_; }
   const ImageShape& out_shape() const { return out_; }
   const Matrix& kernel() const { return K_; }
@@ -160,6 +167,16 @@ class LayeredNetwork {
   bool hessian_psd_at(const Vector& x) const;
   /// Whether every Lagrangian is convex everywhere (then the energy never increases on any trajectory).
   bool convex() const;
+
+  /// Whether the energy is bounded below (Section 2: with descent, a bounded energy makes the dynamics
+  /// settle). With convex Lagrangians the Legendre term of each layer is the conjugate L*(g) >= -L(0)
+  /// (Fenchel-Young at x = 0), so with |g^A| <= G_A:
+  ///  - every activation bounded: E >= -sum_A L^A(0) - sum_s |W_s| G_a G_b - sum_A |I_A| G_A;
+  ///  - identity layers (L* = |g|^2 / 2) whose neighbours all have bounded activations: each adds
+  ///    -(sum_s |W_s| G_neighbour + |I_A|)^2 / 2 instead of its synapses' and current's terms;
+  ///  - anything else (a non-convex Lagrangian, two unbounded layers joined, another unbounded one): Unknown.
+  /// |W_s| is Synapse::norm_bound, so `lower` is valid, not tight.
+  Network::EnergyBound energy_bound() const;
 
   /// Throws InvalidArgument unless x has length size() and is finite.
   void check_state(const Vector& x, const char* what = "x") const;

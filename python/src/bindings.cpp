@@ -1095,6 +1095,14 @@ void bind_layered(py::module_& m) {
              return out;
            },
            py::arg("x"), "Each layer's part of a state (N,) or of states (T, N), by layer name.")
+      .def("energy_bound",
+           [](const LayeredNetwork& n) {
+             const Network::EnergyBound b = n.energy_bound();
+             return py::make_tuple(b.verdict == Network::EnergyBound::Verdict::Bounded ? "bounded" : "unknown", b.lower,
+                                   b.why);
+           },
+           "Whether the energy is bounded below (Section 2 for L layers): (verdict 'bounded' | 'unknown', a lower "
+           "bound when bounded, the reason).")
       .def("activations", [](const LayeredNetwork& n, const F64& x) { return vec_out(n.activations(vec_in(x, "x"))); },
            py::arg("x"), "Every layer's activation g^A = dL^A/dx^A (eq. 3), stacked as the state.")
       .def("energy", [](const LayeredNetwork& n, const F64& x) { return n.energy(vec_in(x, "x")); }, py::arg("x"),

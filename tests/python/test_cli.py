@@ -93,6 +93,7 @@ def test_simulate_runs_a_layered_network_and_its_adiabatic_limit(cli, data):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["layers"] == 3 and info["fast"] == [] and info["non_psd_steps"] == 0
+    assert info["energy_bounded_below"] == "yes"
     header = (data / "lay.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["t", "energy", "energy_rate", "img0"] and header[-1] == "mem4" and len(header) == 3 + 89
     t = np.loadtxt(data / "lay.csv", delimiter=",", skiprows=1)

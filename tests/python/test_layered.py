@@ -116,6 +116,8 @@ def test_trajectory_agrees_with_scipy_on_the_torch_rhs(fourth):
     assert tr.t[-1] == pytest.approx(3.0)
     assert np.all(np.diff(tr.energy) <= 1e-10 * (1 + np.abs(tr.energy[1:])))
     assert tr.non_psd_steps == 0
+    verdict, lower, why = net.energy_bound()
+    assert verdict == "bounded" and tr.energy.min() >= lower, why
     parts = net.split(tr.x)
     assert list(parts) == [layer.name for layer in net.layers]
     assert sum(p.shape[1] for p in parts.values()) == net.size
