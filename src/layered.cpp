@@ -45,46 +45,45 @@ std::string Conv2dSynapse::describe() const {
                         out_.height, "x", out_.width, ", kernel ", kh_, "x", kw_, ", stride ", s_, ", padding ", p_);
 }
 
-// out[o, y, x] += sum_{c, i, j} K[o, (c kh + i) kw + j] in[c, y s + i - p, x s + j - p]; the transpose
-// scatters the same products back. Both walk the same index set, so W^T is exactly the adjoint of W.
-void Conv2dSynapse::apply(const Vector& x, Vector& out) const {
-  for (Eigen::Index o = 0; o < out_.channels; ++o)
-    for (Eigen::Index y = 0; y < out_.height; ++y)
-      for (Eigen::Index xo = 0; xo < out_.width; ++xo) {
-        double acc = 0;
-        for (Eigen::Index c = 0; c < in_.channels; ++c)
-          for (Eigen::Index i = 0; i < kh_; ++i) {
-            const Eigen::Index yi = y * s_ + i - p_;
-            if (yi < 0 || yi >= in_.height) continue;
-            for (Eigen::Index j = 0; j < kw_; ++j) {
-              const Eigen::Index xi = xo * s_ + j - p_;
-              if (xi < 0 || xi >= in_.width) continue;
-              acc += K_(o, (c * kh_ + i) * kw_ + j) * x((c * in_.height + yi) * in_.width + xi);
+namespace {
+// Every product of the convolution once: f(out index, kernel column, in index) for each output position,
+// kernel tap and channel whose input pixel lies inside the image. apply and apply_transpose both walk
+// this one index set, so W^T is exactly the adjoint of W.
+template <class F>
+void for_each_tap(const ImageShape& in, const ImageShape& out, Eigen::Index kh, Eigen::Index kw, Eigen::Index s,
+                  Eigen::Index p, const F& f) {
+  for (Eigen::Index o = 0; o < out.channels; ++o)
+    for (Eigen::Index y = 0; y < out.height; ++y)
+      for (Eigen::Index xo = 0; xo < out.width; ++xo) {
+        const Eigen::Index oi = (o * out.height + y) * out.width + xo;
+        for (Eigen::Index c = 0; c < in.channels; ++c)
+          for (Eigen::Index i = 0; i < kh; ++i) {
+            const Eigen::Index yi = y * s + i - p;
+            if (yi < 0 || yi >= in.height) continue;
+            for (Eigen::Index j = 0; j < kw; ++j) {
+              const Eigen::Index xi = xo * s + j - p;
+              if (xi < 0 || xi >= in.width) continue;
+              f(o, oi, (c * kh + i) * kw + j, (c * in.height + yi) * in.width + xi);
             }
           }
-        out((o * out_.height + y) * out_.width + xo) += acc;
       }
+}
+}  // namespace
+
+// out[o, y, x] += sum_{c, i, j} K[o, (c kh + i) kw + j] in[c, y s + i - p, x s + j - p] (each output summed
+// in the order of its taps); the transpose scatters the same products back.
+void Conv2dSynapse::apply(const Vector& x, Vector& out) const {
+  for_each_tap(in_, out_, kh_, kw_, s_, p_, [&](Eigen::Index o, Eigen::Index oi, Eigen::Index k, Eigen::Index ii) {
+    out(oi) += K_(o, k) * x(ii);
+  });
 }
 
 double Conv2dSynapse::norm_bound() const { return std::sqrt(double(out_.height * out_.width)) * K_.norm(); }
 
-void Conv2dSynapse::apply_transpose(const Vector& yv, Vector& out) const {
-  for (Eigen::Index o = 0; o < out_.channels; ++o)
-    for (Eigen::Index y = 0; y < out_.height; ++y)
-      for (Eigen::Index xo = 0; xo < out_.width; ++xo) {
-        const double g = yv((o * out_.height + y) * out_.width + xo);
-        if (g == 0) continue;
-        for (Eigen::Index c = 0; c < in_.channels; ++c)
-          for (Eigen::Index i = 0; i < kh_; ++i) {
-            const Eigen::Index yi = y * s_ + i - p_;
-            if (yi < 0 || yi >= in_.height) continue;
-            for (Eigen::Index j = 0; j < kw_; ++j) {
-              const Eigen::Index xi = xo * s_ + j - p_;
-              if (xi < 0 || xi >= in_.width) continue;
-              out((c * in_.height + yi) * in_.width + xi) += K_(o, (c * kh_ + i) * kw_ + j) * g;
-            }
-          }
-      }
+void Conv2dSynapse::apply_transpose(const Vector& y, Vector& out) const {
+  for_each_tap(in_, out_, kh_, kw_, s_, p_, [&](Eigen::Index o, Eigen::Index oi, Eigen::Index k, Eigen::Index ii) {
+    out(ii) += K_(o, k) * y(oi);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
