@@ -96,7 +96,8 @@ TEST(Layered, TwoLayersAreTheNetworkOfEq1Exactly) {
 
 TEST(Layered, ConvolutionIsTheDirectSumAndItsTransposeTheAdjoint) {
   std::mt19937_64 rng(2);
-  for (const auto& [stride, padding] : std::vector<std::pair<int, int>>{{1, 0}, {2, 1}, {3, 2}, {1, 2}}) {
+  for (const auto& sp : std::vector<std::pair<int, int>>{{1, 0}, {2, 1}, {3, 2}, {1, 2}}) {
+    const int stride = sp.first, padding = sp.second;  // (a lambda below reads them)
     SCOPED_TRACE(::testing::Message() << "stride " << stride << " padding " << padding);
     const ImageShape in{2, 6, 7};
     const Eigen::Index kh = 3, kw = 2;
