@@ -78,6 +78,12 @@ void Conv2dSynapse::apply(const Vector& x, Vector& out) const {
   });
 }
 
+void Conv2dSynapse::add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const {
+  for_each_tap(in_, out_, kh_, kw_, s_, p_, [&](Eigen::Index o, Eigen::Index oi, Eigen::Index k, Eigen::Index ii) {
+    grad(o, k) += y(oi) * x(ii);
+  });
+}
+
 double Conv2dSynapse::norm_bound() const { return std::sqrt(double(out_.height * out_.width)) * K_.norm(); }
 
 void Conv2dSynapse::apply_transpose(const Vector& y, Vector& out) const {
@@ -222,6 +228,41 @@ void LayeredNetwork::jvp(const Vector& x, const Vector& u, Vector& out) const {
   out.resize(size());
   for (std::size_t A = 0; A < layers_.size(); ++A)
     out.segment(offsets_[A], layers_[A].size) = (field.segment(offsets_[A], layers_[A].size) - part(u, A)) / layers_[A].tau;
+}
+
+void LayeredNetwork::energy_gradient(const Vector& x, Vector& out) const {
+  const Vector field = fields(activations(x));
+  out.resize(size());
+  for (std::size_t A = 0; A < layers_.size(); ++A) {
+    const LayerSpec& l = layers_[A];
+    const Vector r = part(x, A) - field.segment(offsets_[A], l.size) - l.current;  // residual of eq. (1)
+    out.segment(offsets_[A], l.size) = l.lagrangian->hvp(part(x, A), r);
+  }
+}
+
+std::vector<Matrix> LayeredNetwork::energy_weight_gradients(const Vector& x) const {
+  const Vector g = activations(x);
+  std::vector<Matrix> out;
+  for (std::size_t s = 0; s < synapses_.size(); ++s) {
+    const Synapse& op = *synapses_[s].op;
+    Matrix grad = Matrix::Zero(op.parameter_rows(), op.parameter_cols());
+    op.add_weight_gradient(g.segment(offsets_[to_[s]], layers_[to_[s]].size),
+                           g.segment(offsets_[from_[s]], layers_[from_[s]].size), grad);
+    out.push_back(-grad);  // E holds -g^b . W g^a
+  }
+  return out;
+}
+
+void LayeredNetwork::vjp(const Vector& x, const Vector& u, Vector& out) const {
+  check_state(x);
+  check_state(u, "u");
+  Vector w(size());
+  for (std::size_t A = 0; A < layers_.size(); ++A) w.segment(offsets_[A], layers_[A].size) = part(u, A) / layers_[A].tau;
+  const Vector field = fields(w);  // the synapses' maps, each direction the transpose of jvp's
+  out.resize(size());
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    out.segment(offsets_[A], layers_[A].size) =
+        layers_[A].lagrangian->hvp(part(x, A), field.segment(offsets_[A], layers_[A].size)) - part(w, A);
 }
 
 bool LayeredNetwork::hessian_psd_at(const Vector& x) const {

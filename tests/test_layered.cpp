@@ -171,6 +171,60 @@ TEST(Layered, EnergyRateAndJacobianAgreeWithFiniteDifferences) {
   }
 }
 
+// What reverse-mode training needs (issue 25 item 3): the energy's gradient in the state and in every
+// synapse's parameters against central differences, and vjp as the exact transpose of jvp.
+TEST(Layered, GradientsForTrainingAgreeWithFiniteDifferences) {
+  std::mt19937_64 rng(9);
+  for (bool fourth : {false, true}) {
+    SCOPED_TRACE(fourth ? "L = 4" : "L = 3");
+    const LayeredNetwork net = deep_net(rng, fourth);
+    const double h = 1e-5;
+    for (int trial = 0; trial < 3; ++trial) {
+      const Vector x = randv(net.size(), rng, 0.7), u = randv(net.size(), rng), v = randv(net.size(), rng);
+      Vector grad;
+      net.energy_gradient(x, grad);
+      const double fd = (net.energy(x + h * u) - net.energy(x - h * u)) / (2 * h);
+      EXPECT_NEAR(grad.dot(u), fd, 1e-6 * (std::fabs(fd) + std::fabs(net.energy(x))));
+      // -tau_A M^A dx^A/dt is the same vector (the Legendre form), layer by layer.
+      Vector dx;
+      net.rhs(x, dx);
+      for (std::size_t A = 0; A < net.n_layers(); ++A) {
+        const Vector m = -net.layer(A).tau * net.layer(A).lagrangian->hvp(net.part(x, A), net.part(dx, A));
+        EXPECT_LE((net.part(grad, A) - m).norm(), 1e-12 * (1 + m.norm())) << net.layer(A).name;
+      }
+      // u.(J v) = (J^T u).v: the same products in another order.
+      Vector Jv, JTu;
+      net.jvp(x, v, Jv);
+      net.vjp(x, u, JTu);
+      EXPECT_NEAR(u.dot(Jv), JTu.dot(v), 1e-12 * (u.norm() * Jv.norm() + JTu.norm() * v.norm()));
+      // Every synapse's parameters: perturb them along a random direction D and rebuild the network.
+      const std::vector<Matrix> gw = net.energy_weight_gradients(x);
+      ASSERT_EQ(gw.size(), net.n_synapses());
+      for (std::size_t s = 0; s < net.n_synapses(); ++s) {
+        const SynapsePtr op = net.synapse(s).op;
+        const Matrix D = randm(op->parameter_rows(), op->parameter_cols(), rng);
+        auto shifted = [&](double eps) {
+          std::vector<LayerSpec> layers;
+          std::vector<SynapseSpec> syn;
+          for (std::size_t A = 0; A < net.n_layers(); ++A) layers.push_back(net.layer(A));
+          for (std::size_t t = 0; t < net.n_synapses(); ++t) syn.push_back(net.synapse(t));
+          if (auto d = std::dynamic_pointer_cast<const DenseSynapse>(op)) {
+            syn[s].op = std::make_shared<DenseSynapse>(d->weights() + eps * D);
+          } else {
+            auto c = std::dynamic_pointer_cast<const Conv2dSynapse>(op);
+            syn[s].op = std::make_shared<Conv2dSynapse>(c->in_shape(), c->kernel() + eps * D, c->kernel_height(),
+                                                        c->kernel_width(), c->stride(), c->padding());
+          }
+          return LayeredNetwork(layers, syn).energy(x);
+        };
+        const double fdw = (shifted(h) - shifted(-h)) / (2 * h);
+        EXPECT_NEAR((gw[s].array() * D.array()).sum(), fdw, 1e-6 * (std::fabs(fdw) + std::fabs(net.energy(x))))
+            << "synapse " << s << " (" << op->describe() << ")";
+      }
+    }
+  }
+}
+
 TEST(Layered, EnergyNeverIncreasesAlongTheDynamics) {
   std::mt19937_64 rng(4);
   for (bool fourth : {false, true})

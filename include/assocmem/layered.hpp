@@ -41,6 +41,12 @@ class Synapse {
   virtual void apply_transpose(const Vector& y, Vector& out) const = 0;
   /// An upper bound of the operator norm |W|_2 (valid, not tight), for LayeredNetwork::energy_bound.
   virtual double norm_bound() const = 0;
+  /// The parameters' shape: rows x cols of the matrix weight_gradient fills.
+  virtual Eigen::Index parameter_rows() const = 0;
+  virtual Eigen::Index parameter_cols() const = 0;
+  /// grad += d(y . W x)/d(parameters): y x^T for a dense W; for a convolution, each kernel entry's sum of
+  /// y[out] x[in] over the positions it joins.
+  virtual void add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const = 0;
 };
 using SynapsePtr = std::shared_ptr<const Synapse>;
 
@@ -55,6 +61,11 @@ class DenseSynapse final : public Synapse {
   void apply_transpose(const Vector& y, Vector& out) const override { out.noalias() += W_.transpose() * y; }
   /// The Frobenius norm.
   double norm_bound() const override { return W_.norm(); }
+  Eigen::Index parameter_rows() const override { return W_.rows(); }
+  Eigen::Index parameter_cols() const override { return W_.cols(); }
+  void add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const override {
+    grad.noalias() += y * x.transpose();
+  }
   const Matrix& weights() const { return W_; }
 
  private:
@@ -85,6 +96,9 @@ class Conv2dSynapse final : public Synapse {
   /// sqrt(H_out W_out) |K|_F: each kernel entry appears at most once per output position, so this bounds
   /// the Frobenius norm of the convolution's matrix.
   double norm_bound() const override;
+  Eigen::Index parameter_rows() const override { return K_.rows(); }
+  Eigen::Index parameter_cols() const override { return K_.cols(); }
+  void add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const override;
   const ImageShape& in_shape() const { return in_; }
   const ImageShape& out_shape() const { return out_; }
   const Matrix& kernel() const { return K_; }
@@ -159,6 +173,16 @@ class LayeredNetwork {
   /// The currents every synapse sends into each layer, sum_s W g^a + sum_s W^T g^b, stacked as the
   /// state, at activations g (from activations()).
   Vector fields(const Vector& g) const;
+  /// The gradient of the energy in the state: dE/dx^A = M^A (x^A - sum W g - I_A) = -tau_A M^A dx^A/dt
+  /// (the Legendre form makes every layer's gradient its Hessian times the residual of eq. 1).
+  void energy_gradient(const Vector& x, Vector& out) const;
+  /// The gradients of the energy in each synapse's parameters (shaped as Synapse::add_weight_gradient
+  /// fills them): dE/dW_s = -d(g^b . W_s g^a)/dW_s.
+  std::vector<Matrix> energy_weight_gradients(const Vector& x) const;
+  /// u^T J at x, the transpose of jvp: for each layer A, M^A (sum of the synapses' maps applied to
+  /// u_B / tau_B of the layers B they join A to) - u_A / tau_A (M^A is symmetric). For reverse-mode
+  /// gradients through the dynamics.
+  void vjp(const Vector& x, const Vector& u, Vector& out) const;
   /// Whether synapse s joins layers A and B (in either direction).
   bool joins(std::size_t s, std::size_t A, std::size_t B) const {
     return (from_[s] == A && to_[s] == B) || (from_[s] == B && to_[s] == A);

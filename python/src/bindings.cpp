@@ -1103,6 +1103,42 @@ void bind_layered(py::module_& m) {
            },
            "Whether the energy is bounded below (Section 2 for L layers): (verdict 'bounded' | 'unknown', a lower "
            "bound when bounded, the reason).")
+      .def("energy_gradient",
+           [](const LayeredNetwork& n, const F64& x) {
+             Vector g;
+             n.energy_gradient(vec_in(x, "x"), g);
+             return vec_out(g);
+           },
+           py::arg("x"), "dE/dx: layer by layer M^A (x^A - sum W g - I_A) = -tau_A M^A dx^A/dt.")
+      .def("energy_weight_gradients",
+           [](const LayeredNetwork& n, const F64& x) {
+             const std::vector<Matrix> gw = n.energy_weight_gradients(vec_in(x, "x"));
+             py::list out;
+             for (std::size_t s = 0; s < gw.size(); ++s) {
+               const Matrix& m = gw[s];
+               std::vector<double> flat(static_cast<std::size_t>(m.size()));
+               for (Eigen::Index i = 0; i < m.rows(); ++i)
+                 for (Eigen::Index j = 0; j < m.cols(); ++j) flat[static_cast<std::size_t>(i * m.cols() + j)] = m(i, j);
+               if (auto c = std::dynamic_pointer_cast<const Conv2dSynapse>(n.synapse(s).op)) {
+                 out.append(to_numpy(std::move(flat), {static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(c->in_shape().channels),
+                                                       static_cast<py::ssize_t>(c->kernel_height()),
+                                                       static_cast<py::ssize_t>(c->kernel_width())}));
+               } else {
+                 out.append(to_numpy(std::move(flat), {static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(m.cols())}));
+               }
+             }
+             return out;
+           },
+           py::arg("x"),
+           "dE/dW for every synapse, in synapse order, shaped as its parameters: (target, source) for dense, "
+           "(out_channels, in_channels, kh, kw) for conv2d.")
+      .def("vjp",
+           [](const LayeredNetwork& n, const F64& x, const F64& u) {
+             Vector out;
+             n.vjp(vec_in(x, "x"), vec_in(u, "u"), out);
+             return vec_out(out);
+           },
+           py::arg("x"), py::arg("u"), "u^T J: the vector-Jacobian product of dx/dt at x (for reverse-mode gradients).")
       .def("activations", [](const LayeredNetwork& n, const F64& x) { return vec_out(n.activations(vec_in(x, "x"))); },
            py::arg("x"), "Every layer's activation g^A = dL^A/dx^A (eq. 3), stacked as the state.")
       .def("energy", [](const LayeredNetwork& n, const F64& x) { return n.energy(vec_in(x, "x")); }, py::arg("x"),

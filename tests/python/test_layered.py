@@ -13,8 +13,9 @@ F = torch.nn.functional
 L = am.lagrangians
 
 
-def make(rng, fourth):
-    """(our network, the same network as torch functions (energy, rhs), sizes)."""
+def make(rng, fourth, params=None):
+    """(our network, the same network as torch functions (energy, rhs), sizes). params: a list that
+    receives the torch tensors of the synapses' parameters (requires_grad) in synapse order."""
     C, H, W = 2, 6, 5
     K = rng.normal(0, 0.3, (3, C, 3, 3))
     stride, pad = 2, 1
@@ -38,7 +39,17 @@ def make(rng, fourth):
         sizes.append(4)
     net = am.LayeredNetwork(layers, synapses)
     T = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    Wtt = Wit = None
+    if fourth:
+        Wtt, Wit = T(Wt), T(Wi)
+        if params is not None:
+            Wtt.requires_grad_(True)
+            Wit.requires_grad_(True)
     Kt, Wmt, It = T(K), T(Wm), T(I_img)
+    if params is not None:
+        Kt.requires_grad_(True)
+        Wmt.requires_grad_(True)
+        params += [Kt, Wmt] + ([Wtt, Wit] if fourth else [])
     offs = np.cumsum([0] + sizes)
 
     def parts(x):
@@ -67,7 +78,7 @@ def make(rng, fourth):
         e = sum((xs[A] * g[A]).sum() - lg[A][0] for A in range(len(xs)))
         e = e - (g[1] * conv(g[0])).sum() - (g[2] * (Wmt @ g[1])).sum() - (It * g[0]).sum()
         if fourth:
-            e = e - (g[3] * (T(Wt) @ g[2])).sum() - (g[3] * (T(Wi) @ g[0])).sum() - (T(I_top) * g[3]).sum()
+            e = e - (g[3] * (Wtt @ g[2])).sum() - (g[3] * (Wit @ g[0])).sum() - (T(I_top) * g[3]).sum()
         return e
 
     def rhs(x):
@@ -75,9 +86,9 @@ def make(rng, fourth):
         g = [a for _, a in lagr(xs)]
         f = [conv_t(g[1]) + It, conv(g[0]) + Wmt.T @ g[2], Wmt @ g[1]]
         if fourth:
-            f[0] = f[0] + T(Wi).T @ g[3]
-            f[2] = f[2] + T(Wt).T @ g[3]
-            f.append(T(Wt) @ g[2] + T(Wi) @ g[0] + T(I_top))
+            f[0] = f[0] + Wit.T @ g[3]
+            f[2] = f[2] + Wtt.T @ g[3]
+            f.append(Wtt @ g[2] + Wit @ g[0] + T(I_top))
         return torch.cat([(f[A] - xs[A]) / taus[A] for A in range(len(xs))])
 
     return net, energy, rhs
@@ -170,3 +181,26 @@ def test_adiabatic_limit_of_two_layers_is_the_effective_model():
     np.testing.assert_allclose(tr.x[-1, 4:], xi @ tr.x[-1, :4], rtol=1e-12, atol=1e-12)  # h = xi g (eq. 5)
     with pytest.raises(ValueError, match="joins the fast layers .v. and .h."):
         am.AdiabaticLimit(am.LayeredNetwork.from_network(n), ["h", "v"])
+
+
+@pytest.mark.parametrize("fourth", [False, True])
+def test_gradients_for_training_equal_torch_autograd(fourth):
+    """The energy's gradient in the state and in every synapse's parameters (conv kernel in torch's
+    (out, in, kh, kw) layout), and the vector-Jacobian product of the dynamics, against torch autograd of
+    the independent torch implementation."""
+    rng = np.random.default_rng(15)
+    params = []
+    net, energy, rhs = make(rng, fourth, params)
+    x = rng.normal(0, 0.7, net.size)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    grads = torch.autograd.grad(energy(xt), [xt] + params)
+    np.testing.assert_allclose(net.energy_gradient(x), grads[0].numpy(), rtol=1e-10, atol=1e-12)
+    ours = net.energy_weight_gradients(x)
+    assert len(ours) == len(params)
+    for a, b in zip(ours, grads[1:]):
+        assert a.shape == tuple(b.shape)
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-10, atol=1e-12)
+    u = rng.normal(size=net.size)
+    xt2 = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    (vjp,) = torch.autograd.grad(rhs(xt2), xt2, torch.tensor(u))
+    np.testing.assert_allclose(net.vjp(x, u), vjp.numpy(), rtol=1e-10, atol=1e-12)
