@@ -390,16 +390,18 @@ void AdiabaticLayeredSystem::rhs(double, const Vector& y, Vector& dydt) const {
 
 double AdiabaticLayeredSystem::energy_rate(const Vector& y) const { return net_.energy_rate(full(y), fast_); }
 
-LayeredTrajectory simulate(const LayeredNetwork& net, const Vector& x0, const SimulateOptions& options) {
-  net.check_state(x0, "x0");
-  LayeredSystem sys(net);
+namespace {
+// The one recording of a layered run: full(y) gives the stacked state a record keeps.
+template <class Energy, class Rate, class Full>
+LayeredTrajectory simulate_layered(const OdeSystem& sys, const LayeredNetwork& net, const Vector& y0,
+                                   const SimulateOptions& options, const Energy& energy, const Rate& rate,
+                                   const Full& full) {
   LayeredTrajectory tr;
   const detail::SimulateCounts c = detail::simulate_core(
-      sys, x0, options, net.convex(), [&](const Vector& y) { return net.energy(y); },
-      [&](const Vector& y) { return net.energy_rate(y); }, [&](const Vector& y) { return net.hessian_psd_at(y); },
+      sys, y0, options, net.convex(), energy, rate, [&](const Vector& y) { return net.hessian_psd_at(full(y)); },
       [&](double t, const Vector& y, double e, double r) {
         tr.t.push_back(t);
-        tr.x.push_back(y);
+        tr.x.push_back(full(y));
         tr.energy.push_back(e);
         tr.energy_rate.push_back(r);
       });
@@ -408,26 +410,22 @@ LayeredTrajectory simulate(const LayeredNetwork& net, const Vector& x0, const Si
   tr.result = c.result;
   return tr;
 }
+}  // namespace
+
+LayeredTrajectory simulate(const LayeredNetwork& net, const Vector& x0, const SimulateOptions& options) {
+  net.check_state(x0, "x0");
+  return simulate_layered(
+      LayeredSystem(net), net, x0, options, [&](const Vector& y) { return net.energy(y); },
+      [&](const Vector& y) { return net.energy_rate(y); }, [](const Vector& y) -> const Vector& { return y; });
+}
 
 LayeredTrajectory simulate(const AdiabaticLayeredSystem& sys, const Vector& y0, const SimulateOptions& options) {
-  const LayeredNetwork& net = sys.network();
   ASSOCMEM_CHECK_ARG(y0.size() == sys.size(), "y0 has length ", y0.size(), " but the slow layers have ", sys.size(),
                      " neurons");
   check_finite(y0, "y0");
-  LayeredTrajectory tr;
-  const detail::SimulateCounts c = detail::simulate_core(
-      sys, y0, options, net.convex(), [&](const Vector& y) { return sys.energy(y); },
-      [&](const Vector& y) { return sys.energy_rate(y); }, [&](const Vector& y) { return net.hessian_psd_at(sys.full(y)); },
-      [&](double t, const Vector& y, double e, double r) {
-        tr.t.push_back(t);
-        tr.x.push_back(sys.full(y));
-        tr.energy.push_back(e);
-        tr.energy_rate.push_back(r);
-      });
-  tr.non_psd_steps = c.non_psd_steps;
-  tr.first_non_psd_t = c.first_non_psd_t;
-  tr.result = c.result;
-  return tr;
+  return simulate_layered(
+      sys, sys.network(), y0, options, [&](const Vector& y) { return sys.energy(y); },
+      [&](const Vector& y) { return sys.energy_rate(y); }, [&](const Vector& y) { return sys.full(y); });
 }
 
 }  // namespace assocmem
