@@ -265,6 +265,25 @@ void LayeredNetwork::vjp(const Vector& x, const Vector& u, Vector& out) const {
         layers_[A].lagrangian->hvp(part(x, A), field.segment(offsets_[A], layers_[A].size)) - part(w, A);
 }
 
+void LayeredNetwork::add_rhs_parameter_vjp(const Vector& x, const Vector& u, std::vector<Matrix>& weights,
+                                           Vector& currents) const {
+  check_state(u, "u");
+  ASSOCMEM_CHECK_ARG(weights.size() == synapses_.size(), "add_rhs_parameter_vjp: ", weights.size(),
+                     " weight gradients for ", synapses_.size(), " synapses");
+  ASSOCMEM_CHECK_ARG(currents.size() == size(), "add_rhs_parameter_vjp: currents has length ", currents.size());
+  const Vector g = activations(x);
+  Vector w(size());
+  for (std::size_t A = 0; A < layers_.size(); ++A) w.segment(offsets_[A], layers_[A].size) = part(u, A) / layers_[A].tau;
+  for (std::size_t s = 0; s < synapses_.size(); ++s) {
+    const std::size_t a = from_[s], b = to_[s];
+    const Synapse& op = *synapses_[s].op;
+    // (u^b / tau_b) . W g^a  and  (u^a / tau_a) . W^T g^b = g^b . W (u^a / tau_a): the two directions of eq. (1).
+    op.add_weight_gradient(w.segment(offsets_[b], layers_[b].size), g.segment(offsets_[a], layers_[a].size), weights[s]);
+    op.add_weight_gradient(g.segment(offsets_[b], layers_[b].size), w.segment(offsets_[a], layers_[a].size), weights[s]);
+  }
+  currents += w;
+}
+
 bool LayeredNetwork::hessian_psd_at(const Vector& x) const {
   for (std::size_t A = 0; A < layers_.size(); ++A)
     if (!layers_[A].lagrangian->hessian_psd_at(part(x, A))) return false;

@@ -183,6 +183,11 @@ class LayeredNetwork {
   /// u_B / tau_B of the layers B they join A to) - u_A / tau_A (M^A is symmetric). For reverse-mode
   /// gradients through the dynamics.
   void vjp(const Vector& x, const Vector& u, Vector& out) const;
+  /// Adds d(u . rhs(x))/d(parameters) to `weights` (one matrix per synapse, shaped as
+  /// energy_weight_gradients) and to `currents` (stacked as a state): for a synapse from a to b,
+  /// (u^b / tau_b) . W g^a + (u^a / tau_a) . W^T g^b; for the currents, u^A / tau_A. With vjp this is the
+  /// whole reverse-mode step through eq. (1).
+  void add_rhs_parameter_vjp(const Vector& x, const Vector& u, std::vector<Matrix>& weights, Vector& currents) const;
   /// Whether synapse s joins layers A and B (in either direction).
   bool joins(std::size_t s, std::size_t A, std::size_t B) const {
     return (from_[s] == A && to_[s] == B) || (from_[s] == B && to_[s] == A);
@@ -276,5 +281,51 @@ LayeredTrajectory simulate(const AdiabaticLayeredSystem& sys, const Vector& y0, 
 /// Integrates the layered network from x0 with the same integrators, options, energy recording, PSD
 /// accounting and blow-up check as simulate() of the two-layer network.
 LayeredTrajectory simulate(const LayeredNetwork& net, const Vector& x0, const SimulateOptions& options);
+
+// ---------------------------------------------------------------------------------------------
+// Training (assocmem.torch's layered functions): a batch of states is a matrix with one row per sample
+// (B x N, as numpy's (B, N)). Every product is the network's own (rhs, vjp, energy_gradient, add_weight_gradient), so the
+// dynamics, the energy and their gradients share one formula; the rows are split over `threads`
+// (0: every CPU this process may use).
+
+/// Gradients of a scalar loss in the inputs of a batched function below: in its input states (B x N), in
+/// each synapse's parameters (shaped as LayeredNetwork::energy_weight_gradients) and in the layers' input
+/// currents (stacked as a state, N); the parameters' gradients are summed over the batch.
+struct LayeredGradients {
+  Matrix states;
+  std::vector<Matrix> weights;
+  Vector currents;
+};
+
+/// The energy (eq. 2 for L layers) of each row of X (B x N).
+Vector layered_energies(const LayeredNetwork& net, const Matrix& X, int threads = 0);
+/// The gradients of sum_b c_b E(x_b): states M^A (x^A - sum W g - I_A) c_b, weights -sum_b c_b
+/// d(g^b . W g^a)/dW, currents -sum_b c_b g_b.
+LayeredGradients layered_energies_vjp(const LayeredNetwork& net, const Matrix& X, const Vector& c, int threads = 0);
+/// The activations g = dL/dx (eq. 3 per layer) of each row of X, and the vector-Jacobian product
+/// U^T dg/dX = the Hessians applied to U row by row (each Hessian is symmetric).
+Matrix layered_activations(const LayeredNetwork& net, const Matrix& X, int threads = 0);
+Matrix layered_activations_vjp(const LayeredNetwork& net, const Matrix& X, const Matrix& U, int threads = 0);
+
+/// `steps` explicit Euler steps x <- x + dt dx/dt (eq. 1 for L layers) from each row of X0, as a
+/// trained network unrolls its dynamics. Returns the states after every step (steps + 1 matrices B x N,
+/// X0 first) when keep_all, else {X0, X_steps}. dt > 0, steps >= 0; a state that stops being finite
+/// throws Error naming the step and the sample (dt too large for the network's time constants).
+std::vector<Matrix> layered_euler(const LayeredNetwork& net, const Matrix& X0, double dt, int steps, bool keep_all,
+                                  int threads = 0);
+/// Reverse mode through layered_euler: states is its keep_all result, grad_last dL/dX_steps (B x N).
+/// The adjoint a_t = a_{t+1} + dt J(x_t)^T a_{t+1} (LayeredNetwork::vjp), the parameters' gradients
+/// dt sum_t d(a_{t+1} . rhs(x_t))/d(parameters) (add_rhs_parameter_vjp); states: dL/dX0.
+LayeredGradients layered_euler_vjp(const LayeredNetwork& net, const std::vector<Matrix>& states, double dt,
+                                   const Matrix& grad_last, int threads = 0);
+/// The implicit gradient at fixed points X* (rhs(x*) = 0, deep-equilibrium style): for each sample, w
+/// solving J(x*)^T w = -dL/dx* by the adjoint iteration w <- w + dt (J^T w + dL/dx*) (which converges
+/// wherever Euler steps of size dt converge to x*: I + dt J^T has the spectrum of I + dt J), then the
+/// parameters' gradients d(w . rhs(x*))/d(parameters) (the limit of layered_euler_vjp over infinitely
+/// many steps at x*); states: 0 (x* does not depend on where the run began inside its basin). Stops when
+/// |J^T w + dL/dx*| <= tol |dL/dx*|; after max_iterations without it, throws Error naming the sample
+/// and the residual (x* is not a stable fixed point: run more steps, or a smaller dt).
+LayeredGradients layered_fixed_point_vjp(const LayeredNetwork& net, const Matrix& Xstar, const Matrix& grad,
+                                         double dt, double tol, int max_iterations, int threads = 0);
 
 }  // namespace assocmem

@@ -33,19 +33,30 @@ memories (F'(S) K, F(S) and their gradients, with F'') are fused the same way.
 
 are hopfield-layers' modules (same arguments, defaults, forward and state_dict names), their association
 computed by hopfield_retrieve; see assocmem._layers for what differs.
+
+    net = LayeredMemory([Neurons(...), ...], [DenseSynapse(...), Conv2dSynapse(...), ...])
+    x = net(x0, steps=20, dt=0.1)    E = net.energy(x)    g = net.activations(x)
+
+is a hierarchical associative memory (any number of layers, dense and convolutional synapses) declared
+from its parts, HAMUX-style: the energy and dynamics (eqs. 1-4 for L layers) are derived, computed in
+C++ by assocmem.LayeredNetwork, differentiable in the states and every weight, through each Euler step
+or (implicit=True) at the fixed point; see assocmem._hierarchical.
 """
 from __future__ import annotations
 
 # The face only: the functions from the functional layer, the modules from the layers built on it
 # (_functional <- _layers <- torch; no import circle).
 from ._functional import hopfield_energy, hopfield_retrieve, spherical_energy, spherical_retrieve
+from ._hierarchical import Conv2dSynapse, DenseSynapse, LayeredMemory, Neurons
 from ._layers import (Hopfield, HopfieldCore, HopfieldDecoderLayer, HopfieldEncoderLayer, HopfieldLayer,
                       HopfieldPooling)
 
 for _f in (hopfield_retrieve, hopfield_energy, spherical_retrieve, spherical_energy, Hopfield, HopfieldPooling,
-           HopfieldLayer, HopfieldCore, HopfieldEncoderLayer, HopfieldDecoderLayer):
+           HopfieldLayer, HopfieldCore, HopfieldEncoderLayer, HopfieldDecoderLayer, LayeredMemory, Neurons, DenseSynapse,
+           Conv2dSynapse):
     _f.__module__ = __name__  # help() and reprs name the public module
 del _f
 
 __all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "Hopfield",
-           "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
+           "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer",
+           "LayeredMemory", "Neurons", "DenseSynapse", "Conv2dSynapse"]

@@ -1,11 +1,15 @@
 # Type stubs for assocmem.torch (differentiable Hopfield retrieval on CPU tensors).
-from typing import Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy.typing as npt
 import torch
 
+from . import LayeredNetwork
+from .lagrangians import Lagrangian
+
 __all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "Hopfield",
-           "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
+           "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer",
+           "LayeredMemory", "Neurons", "DenseSynapse", "Conv2dSynapse"]
 
 def hopfield_retrieve(queries: torch.Tensor, keys: torch.Tensor, values: Optional[torch.Tensor] = None, *,
                       beta: Union[float, torch.Tensor] = 1.0,
@@ -275,3 +279,50 @@ class HopfieldDecoderLayer(_TransformerLayer):
     def batch_first(self) -> bool: ...
     @property
     def input_size(self) -> Optional[int]: ...
+
+class Neurons:
+    name: str
+    shape: Tuple[int, ...]
+    lagrangian: Lagrangian
+    tau: float
+    bias: bool
+    def __init__(self, name: str, shape: Union[int, Sequence[int]], lagrangian: Lagrangian, tau: float = 1.0,
+                 bias: bool = False) -> None: ...
+    @property
+    def size(self) -> int: ...
+
+class DenseSynapse:
+    source: str
+    target: str
+    std: Optional[float]
+    def __init__(self, source: str, target: str, std: Optional[float] = None) -> None: ...
+
+class Conv2dSynapse:
+    source: str
+    target: str
+    kernel_size: Tuple[int, int]
+    stride: int
+    padding: int
+    def __init__(self, source: str, target: str, kernel_size: Union[int, Tuple[int, int]], stride: int = 1,
+                 padding: int = 0) -> None: ...
+
+class LayeredMemory(torch.nn.Module):
+    neurons: List[Neurons]
+    specs: List[Union[DenseSynapse, Conv2dSynapse]]
+    offsets: List[int]
+    threads: int
+    synapses: torch.nn.ParameterList
+    bias: torch.nn.ParameterDict
+    def __init__(self, neurons: Sequence[Neurons], synapses: Sequence[Union[DenseSynapse, Conv2dSynapse]],
+                 threads: int = 0, dtype: torch.dtype = ...) -> None: ...
+    @property
+    def size(self) -> int: ...
+    def split(self, x: torch.Tensor) -> Dict[str, torch.Tensor]: ...
+    def join(self, parts: Dict[str, torch.Tensor], batch: Optional[int] = None) -> torch.Tensor: ...
+    def network(self) -> "LayeredNetwork": ...
+    def energy(self, x: torch.Tensor) -> torch.Tensor: ...
+    def activations(self, x: torch.Tensor) -> torch.Tensor: ...
+    def forward(self, x0: torch.Tensor, steps: int = 10, dt: float = 0.1, implicit: bool = False, tol: float = 1e-6,
+                max_iterations: int = 1000) -> torch.Tensor: ...
+    def trajectory(self, x0: torch.Tensor, steps: int = 10, dt: float = 0.1) -> Tuple[torch.Tensor, torch.Tensor]: ...
+    def extra_repr(self) -> str: ...

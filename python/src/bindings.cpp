@@ -988,6 +988,113 @@ struct PyLayeredTrajectory {
 
 PyLayeredTrajectory layered_out(const LayeredTrajectory& tr);
 
+// One array per synapse, shaped as its parameters: (target, source) for dense, (out_channels,
+// in_channels, kh, kw) for conv2d (Matrix is row-major, so its data is already in that order).
+py::list synapse_arrays(const LayeredNetwork& n, const std::vector<Matrix>& gw) {
+  py::list out;
+  for (std::size_t s = 0; s < gw.size(); ++s) {
+    const Matrix& m = gw[s];
+    std::vector<double> flat(m.data(), m.data() + m.size());
+    std::vector<py::ssize_t> shape{static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(m.cols())};
+    if (auto c = std::dynamic_pointer_cast<const Conv2dSynapse>(n.synapse(s).op))
+      shape = {static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(c->in_shape().channels),
+               static_cast<py::ssize_t>(c->kernel_height()), static_cast<py::ssize_t>(c->kernel_width())};
+    out.append(to_numpy(std::move(flat), shape));
+  }
+  return out;
+}
+
+py::array_t<double> mat_out(const Matrix& m) {
+  return to_numpy(std::vector<double>(m.data(), m.data() + m.size()), {m.rows(), m.cols()});
+}
+
+py::tuple gradients_out(const LayeredNetwork& n, const LayeredGradients& g) {
+  return py::make_tuple(mat_out(g.states), synapse_arrays(n, g.weights), vec_out(g.currents));
+}
+
+// A stack of batches (T, B, N) as T matrices B x N.
+std::vector<Matrix> stack_in(const F64& a, const char* name) {
+  if (a.ndim() != 3) throw InvalidArgument(detail::concat(name, " must be 3-D (steps, batch, neurons), got ", a.ndim(), " dimensions"));
+  std::vector<Matrix> out;
+  const auto B = a.shape(1), N = a.shape(2);
+  for (py::ssize_t t = 0; t < a.shape(0); ++t) out.push_back(Eigen::Map<const Matrix>(a.data() + t * B * N, B, N));
+  return out;
+}
+
+// The batched training functions of assocmem/layered.hpp for assocmem.torch (private: _core._layered_*).
+// Batches are (B, N) arrays, float64; the GIL is released while they run.
+void bind_layered_training(py::module_& m) {
+  m.def("_layered_energies", [](const LayeredNetwork& n, const F64& X, int threads) {
+    const Matrix x = mat_in(X, "states");
+    Vector e;
+    {
+      py::gil_scoped_release nogil;
+      e = layered_energies(n, x, threads);
+    }
+    return vec_out(e);
+  });
+  m.def("_layered_energies_vjp", [](const LayeredNetwork& n, const F64& X, const F64& c, int threads) {
+    const Matrix x = mat_in(X, "states");
+    const Vector cv = vec_in(c, "c");
+    LayeredGradients g;
+    {
+      py::gil_scoped_release nogil;
+      g = layered_energies_vjp(n, x, cv, threads);
+    }
+    return gradients_out(n, g);
+  });
+  m.def("_layered_activations", [](const LayeredNetwork& n, const F64& X, int threads) {
+    const Matrix x = mat_in(X, "states");
+    Matrix g;
+    {
+      py::gil_scoped_release nogil;
+      g = layered_activations(n, x, threads);
+    }
+    return mat_out(g);
+  });
+  m.def("_layered_activations_vjp", [](const LayeredNetwork& n, const F64& X, const F64& U, int threads) {
+    const Matrix x = mat_in(X, "states"), u = mat_in(U, "activation gradient");
+    Matrix g;
+    {
+      py::gil_scoped_release nogil;
+      g = layered_activations_vjp(n, x, u, threads);
+    }
+    return mat_out(g);
+  });
+  m.def("_layered_euler", [](const LayeredNetwork& n, const F64& X0, double dt, int steps, bool keep_all, int threads) {
+    const Matrix x0 = mat_in(X0, "initial states");
+    std::vector<Matrix> states;
+    {
+      py::gil_scoped_release nogil;
+      states = layered_euler(n, x0, dt, steps, keep_all, threads);
+    }
+    std::vector<double> flat;
+    flat.reserve(states.size() * static_cast<std::size_t>(x0.size()));
+    for (const Matrix& s : states) flat.insert(flat.end(), s.data(), s.data() + s.size());
+    return to_numpy(std::move(flat), {static_cast<py::ssize_t>(states.size()), x0.rows(), x0.cols()});
+  });
+  m.def("_layered_euler_vjp", [](const LayeredNetwork& n, const F64& states, double dt, const F64& grad_last, int threads) {
+    const std::vector<Matrix> st = stack_in(states, "states");
+    const Matrix g = mat_in(grad_last, "gradient of the last state");
+    LayeredGradients out;
+    {
+      py::gil_scoped_release nogil;
+      out = layered_euler_vjp(n, st, dt, g, threads);
+    }
+    return gradients_out(n, out);
+  });
+  m.def("_layered_fixed_point_vjp", [](const LayeredNetwork& n, const F64& X, const F64& grad, double dt, double tol,
+                                       int max_iterations, int threads) {
+    const Matrix x = mat_in(X, "fixed points"), g = mat_in(grad, "gradient at the fixed points");
+    LayeredGradients out;
+    {
+      py::gil_scoped_release nogil;
+      out = layered_fixed_point_vjp(n, x, g, dt, tol, max_iterations, threads);
+    }
+    return gradients_out(n, out);
+  });
+}
+
 void bind_layered(py::module_& m) {
   py::class_<LayerSpec>(m, "Layer", "One layer of a LayeredNetwork: name, number of neurons, Lagrangian (its "
                                     "gradient is the activation, eq. 3), time constant tau, input current.")
@@ -1111,24 +1218,7 @@ void bind_layered(py::module_& m) {
            },
            py::arg("x"), "dE/dx: layer by layer M^A (x^A - sum W g - I_A) = -tau_A M^A dx^A/dt.")
       .def("energy_weight_gradients",
-           [](const LayeredNetwork& n, const F64& x) {
-             const std::vector<Matrix> gw = n.energy_weight_gradients(vec_in(x, "x"));
-             py::list out;
-             for (std::size_t s = 0; s < gw.size(); ++s) {
-               const Matrix& m = gw[s];
-               std::vector<double> flat(static_cast<std::size_t>(m.size()));
-               for (Eigen::Index i = 0; i < m.rows(); ++i)
-                 for (Eigen::Index j = 0; j < m.cols(); ++j) flat[static_cast<std::size_t>(i * m.cols() + j)] = m(i, j);
-               if (auto c = std::dynamic_pointer_cast<const Conv2dSynapse>(n.synapse(s).op)) {
-                 out.append(to_numpy(std::move(flat), {static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(c->in_shape().channels),
-                                                       static_cast<py::ssize_t>(c->kernel_height()),
-                                                       static_cast<py::ssize_t>(c->kernel_width())}));
-               } else {
-                 out.append(to_numpy(std::move(flat), {static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(m.cols())}));
-               }
-             }
-             return out;
-           },
+           [](const LayeredNetwork& n, const F64& x) { return synapse_arrays(n, n.energy_weight_gradients(vec_in(x, "x"))); },
            py::arg("x"),
            "dE/dW for every synapse, in synapse order, shaped as its parameters: (target, source) for dense, "
            "(out_channels, in_channels, kh, kw) for conv2d.")
@@ -1587,6 +1677,7 @@ PYBIND11_MODULE(_core, m) {
   bind_lagrangians(m);
   bind_network(m);
   bind_layered(m);
+  bind_layered_training(m);
   bind_adiabatic(m);
   bind_models(m);
   bind_store(m);

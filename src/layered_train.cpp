@@ -1,0 +1,185 @@
+// Batched energies, Euler unrolls and their reverse-mode gradients for training layered networks
+// (assocmem/layered.hpp, "Training"). Every product is LayeredNetwork's own; this file only walks the
+// batch (one row per sample, split over threads) and the steps.
+#include <cmath>
+#include <string>
+
+#include "assocmem/error.hpp"
+#include "assocmem/layered.hpp"
+#include "parallel.hpp"
+
+namespace assocmem {
+
+namespace {
+
+void check_batch(const LayeredNetwork& net, const Matrix& X, const char* what) {
+  ASSOCMEM_CHECK_ARG(X.cols() == net.size(), what, " has ", X.cols(), " columns but the layers have ", net.size(),
+                     " neurons");
+  check_finite(X, what);
+}
+
+LayeredGradients zero_gradients(const LayeredNetwork& net, Eigen::Index batch) {
+  LayeredGradients g;
+  g.states = Matrix::Zero(batch, net.size());
+  for (std::size_t s = 0; s < net.n_synapses(); ++s) {
+    const Synapse& op = *net.synapse(s).op;
+    g.weights.push_back(Matrix::Zero(op.parameter_rows(), op.parameter_cols()));
+  }
+  g.currents = Vector::Zero(net.size());
+  return g;
+}
+
+// fn(sample, its gradients' accumulator, the states' gradients) for every row, split over threads; each worker sums the
+// parameters' gradients of its rows, and the workers' sums are added at the end (states are written
+// row by row, by one worker each).
+template <class Fn>
+LayeredGradients over_rows(const LayeredNetwork& net, Eigen::Index batch, int threads, const Fn& fn) {
+  const int workers = static_cast<int>(std::max<Eigen::Index>(1, std::min<Eigen::Index>(detail::resolve_threads(threads), batch)));
+  LayeredGradients total = zero_gradients(net, batch);
+  std::vector<LayeredGradients> part(static_cast<std::size_t>(workers));
+  detail::parallel_chunks(static_cast<std::size_t>(batch), workers, [&](std::size_t w, std::size_t begin, std::size_t end) {
+    LayeredGradients& mine = part[w];
+    mine = zero_gradients(net, 0);
+    for (std::size_t b = begin; b < end; ++b) fn(static_cast<Eigen::Index>(b), mine, total.states);
+  });
+  for (const LayeredGradients& p : part) {
+    if (p.weights.empty()) continue;  // a worker that had no rows
+    for (std::size_t s = 0; s < total.weights.size(); ++s) total.weights[s] += p.weights[s];
+    total.currents += p.currents;
+  }
+  return total;
+}
+
+template <class Fn>
+void each_row(Eigen::Index batch, int threads, const Fn& fn) {
+  detail::parallel_chunks(static_cast<std::size_t>(batch), detail::resolve_threads(threads),
+                          [&](std::size_t, std::size_t begin, std::size_t end) {
+                            for (std::size_t b = begin; b < end; ++b) fn(static_cast<Eigen::Index>(b));
+                          });
+}
+
+}  // namespace
+
+Vector layered_energies(const LayeredNetwork& net, const Matrix& X, int threads) {
+  check_batch(net, X, "states");
+  Vector e(X.rows());
+  each_row(X.rows(), threads, [&](Eigen::Index b) { e(b) = net.energy(X.row(b).transpose()); });
+  return e;
+}
+
+LayeredGradients layered_energies_vjp(const LayeredNetwork& net, const Matrix& X, const Vector& c, int threads) {
+  check_batch(net, X, "states");
+  ASSOCMEM_CHECK_ARG(c.size() == X.rows(), "energy gradient: ", c.size(), " weights for ", X.rows(), " states");
+  check_finite(c, "energy gradient weights");
+  return over_rows(net, X.rows(), threads, [&](Eigen::Index b, LayeredGradients& acc, Matrix& states) {
+    const Vector x = X.row(b).transpose();
+    Vector dx;
+    net.energy_gradient(x, dx);
+    states.row(b).transpose() = c(b) * dx;
+    const std::vector<Matrix> gw = net.energy_weight_gradients(x);
+    for (std::size_t s = 0; s < gw.size(); ++s) acc.weights[s] += c(b) * gw[s];
+    acc.currents -= c(b) * net.activations(x);  // E holds -I_A . g^A
+  });
+}
+
+Matrix layered_activations(const LayeredNetwork& net, const Matrix& X, int threads) {
+  check_batch(net, X, "states");
+  Matrix G(X.rows(), X.cols());
+  each_row(X.rows(), threads, [&](Eigen::Index b) { G.row(b).transpose() = net.activations(X.row(b).transpose()); });
+  return G;
+}
+
+Matrix layered_activations_vjp(const LayeredNetwork& net, const Matrix& X, const Matrix& U, int threads) {
+  check_batch(net, X, "states");
+  check_batch(net, U, "activation gradient");
+  ASSOCMEM_CHECK_ARG(U.rows() == X.rows(), "activation gradient: ", U.rows(), " rows for ", X.rows(), " states");
+  Matrix out(X.rows(), X.cols());
+  each_row(X.rows(), threads, [&](Eigen::Index b) {
+    const Vector x = X.row(b).transpose(), u = U.row(b).transpose();
+    for (std::size_t A = 0; A < net.n_layers(); ++A)
+      out.row(b).segment(net.offset(A), net.layer(A).size) =
+          net.layer(A).lagrangian->hvp(net.part(x, A), net.part(u, A)).transpose();
+  });
+  return out;
+}
+
+std::vector<Matrix> layered_euler(const LayeredNetwork& net, const Matrix& X0, double dt, int steps, bool keep_all,
+                                  int threads) {
+  check_batch(net, X0, "initial states");
+  ASSOCMEM_CHECK_ARG(std::isfinite(dt) && dt > 0, "dt must be finite and > 0, got ", dt);
+  ASSOCMEM_CHECK_ARG(steps >= 0, "steps must be >= 0, got ", steps);
+  std::vector<Matrix> out(keep_all ? static_cast<std::size_t>(steps) + 1 : 2, Matrix(X0.rows(), X0.cols()));
+  out[0] = X0;
+  each_row(X0.rows(), threads, [&](Eigen::Index b) {
+    Vector x = X0.row(b).transpose(), dx;
+    for (int t = 0; t < steps; ++t) {
+      net.rhs(x, dx);
+      x += dt * dx;
+      if (!x.allFinite())
+        throw Error(detail::concat("layered Euler steps: sample ", b, " is not finite after step ", t + 1, " (dt = ", dt,
+                                   "): use a smaller dt"));
+      if (keep_all) out[static_cast<std::size_t>(t) + 1].row(b).transpose() = x;
+    }
+    out.back().row(b).transpose() = x;
+  });
+  if (!keep_all && steps == 0) out[1] = X0;
+  return out;
+}
+
+LayeredGradients layered_euler_vjp(const LayeredNetwork& net, const std::vector<Matrix>& states, double dt,
+                                   const Matrix& grad_last, int threads) {
+  ASSOCMEM_CHECK_ARG(!states.empty(), "layered Euler gradient: no states");
+  ASSOCMEM_CHECK_ARG(std::isfinite(dt) && dt > 0, "dt must be finite and > 0, got ", dt);
+  for (const Matrix& X : states)
+    ASSOCMEM_CHECK_ARG(X.cols() == net.size() && X.rows() == states[0].rows(),
+                       "layered Euler gradient: the states differ in shape");
+  check_batch(net, grad_last, "gradient of the last state");
+  ASSOCMEM_CHECK_ARG(grad_last.rows() == states[0].rows(), "gradient of the last state: ", grad_last.rows(),
+                     " rows for ", states[0].rows(), " samples");
+  return over_rows(net, grad_last.rows(), threads, [&](Eigen::Index b, LayeredGradients& acc, Matrix& out) {
+    Vector a = grad_last.row(b).transpose(), Ja;
+    for (std::size_t t = states.size() - 1; t-- > 0;) {
+      const Vector x = states[t].row(b).transpose();
+      // x_{t+1} = x_t + dt rhs(x_t): the parameters see dt a_{t+1}, the state a_{t+1} + dt J^T a_{t+1}.
+      net.add_rhs_parameter_vjp(x, dt * a, acc.weights, acc.currents);
+      net.vjp(x, a, Ja);
+      a += dt * Ja;
+    }
+    out.row(b).transpose() = a;
+  });
+}
+
+LayeredGradients layered_fixed_point_vjp(const LayeredNetwork& net, const Matrix& Xstar, const Matrix& grad, double dt,
+                                         double tol, int max_iterations, int threads) {
+  check_batch(net, Xstar, "fixed points");
+  check_batch(net, grad, "gradient at the fixed points");
+  ASSOCMEM_CHECK_ARG(grad.rows() == Xstar.rows(), "gradient at the fixed points: ", grad.rows(), " rows for ",
+                     Xstar.rows(), " samples");
+  ASSOCMEM_CHECK_ARG(std::isfinite(dt) && dt > 0, "dt must be finite and > 0, got ", dt);
+  ASSOCMEM_CHECK_ARG(std::isfinite(tol) && tol > 0, "tol must be finite and > 0, got ", tol);
+  ASSOCMEM_CHECK_ARG(max_iterations >= 1, "max_iterations must be >= 1, got ", max_iterations);
+  LayeredGradients g = over_rows(net, Xstar.rows(), threads, [&](Eigen::Index b, LayeredGradients& acc, Matrix&) {
+    const Vector x = Xstar.row(b).transpose(), dL = grad.row(b).transpose();
+    const double target = tol * dL.norm();
+    Vector w = Vector::Zero(net.size()), r;
+    if (dL.norm() > 0) {
+      int k = 0;
+      for (;; ++k) {
+        net.vjp(x, w, r);
+        r += dL;  // J^T w + dL/dx*
+        const double res = r.norm();
+        if (res <= target) break;
+        if (!std::isfinite(res) || k == max_iterations)
+          throw Error(detail::concat("implicit gradient: sample ", b, ": the adjoint iteration did not converge in ",
+                                     max_iterations, " iterations (|J^T w + dL/dx| = ", res, " > tol |dL/dx| = ", target,
+                                     "): the state is not a stable fixed point of the dynamics; run more steps or "
+                                     "use a smaller dt"));
+        w += dt * r;
+      }
+    }
+    net.add_rhs_parameter_vjp(x, w, acc.weights, acc.currents);
+  });
+  return g;  // states stay 0: x* does not depend on the initial state
+}
+
+}  // namespace assocmem
