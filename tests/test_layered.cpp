@@ -46,6 +46,31 @@ LayeredNetwork deep_net(std::mt19937_64& rng, bool fourth) {
   return LayeredNetwork(std::move(layers), std::move(syn));
 }
 
+// net with synapse s's parameters moved by eps D (and, with a current direction Dc, the stacked
+// currents by eps Dc).
+LayeredNetwork shifted_network(const LayeredNetwork& net, std::size_t s, const Matrix& D, double eps,
+                               const Vector& Dc = Vector()) {
+  std::vector<LayerSpec> layers;
+  std::vector<SynapseSpec> syn;
+  for (std::size_t A = 0; A < net.n_layers(); ++A) {
+    layers.push_back(net.layer(A));
+    if (Dc.size() > 0) {
+      Vector I = layers[A].current.size() ? layers[A].current : Vector::Zero(layers[A].size);
+      layers[A].current = I + eps * net.part(Dc, A);
+    }
+  }
+  for (std::size_t t = 0; t < net.n_synapses(); ++t) syn.push_back(net.synapse(t));
+  const SynapsePtr op = net.synapse(s).op;
+  if (auto d = std::dynamic_pointer_cast<const DenseSynapse>(op)) {
+    syn[s].op = std::make_shared<DenseSynapse>(d->weights() + eps * D);
+  } else {
+    auto c = std::dynamic_pointer_cast<const Conv2dSynapse>(op);
+    syn[s].op = std::make_shared<Conv2dSynapse>(c->in_shape(), c->kernel() + eps * D, c->kernel_height(),
+                                                c->kernel_width(), c->stride(), c->padding());
+  }
+  return LayeredNetwork(layers, syn);
+}
+
 }  // namespace
 
 TEST(Layered, TwoLayersAreTheNetworkOfEq1Exactly) {
@@ -203,26 +228,107 @@ TEST(Layered, GradientsForTrainingAgreeWithFiniteDifferences) {
       for (std::size_t s = 0; s < net.n_synapses(); ++s) {
         const SynapsePtr op = net.synapse(s).op;
         const Matrix D = randm(op->parameter_rows(), op->parameter_cols(), rng);
-        auto shifted = [&](double eps) {
-          std::vector<LayerSpec> layers;
-          std::vector<SynapseSpec> syn;
-          for (std::size_t A = 0; A < net.n_layers(); ++A) layers.push_back(net.layer(A));
-          for (std::size_t t = 0; t < net.n_synapses(); ++t) syn.push_back(net.synapse(t));
-          if (auto d = std::dynamic_pointer_cast<const DenseSynapse>(op)) {
-            syn[s].op = std::make_shared<DenseSynapse>(d->weights() + eps * D);
-          } else {
-            auto c = std::dynamic_pointer_cast<const Conv2dSynapse>(op);
-            syn[s].op = std::make_shared<Conv2dSynapse>(c->in_shape(), c->kernel() + eps * D, c->kernel_height(),
-                                                        c->kernel_width(), c->stride(), c->padding());
-          }
-          return LayeredNetwork(layers, syn).energy(x);
-        };
+        auto shifted = [&](double eps) { return shifted_network(net, s, D, eps).energy(x); };
         const double fdw = (shifted(h) - shifted(-h)) / (2 * h);
         EXPECT_NEAR((gw[s].array() * D.array()).sum(), fdw, 1e-6 * (std::fabs(fdw) + std::fabs(net.energy(x))))
             << "synapse " << s << " (" << op->describe() << ")";
       }
     }
   }
+}
+
+// The batched training functions (layered_euler and its reverse mode, the implicit gradient, the
+// batched energy's gradients) against central differences of the loss c . X_T, and against each other.
+TEST(Layered, EulerStepsAndTheirGradientsAgreeWithFiniteDifferences) {
+  std::mt19937_64 rng(21);
+  for (bool fourth : {false, true}) {
+    SCOPED_TRACE(fourth ? "L = 4" : "L = 3");
+    const LayeredNetwork net = deep_net(rng, fourth);
+    const Eigen::Index B = 3, N = net.size();
+    const int steps = 6;
+    const double dt = 0.15, h = 1e-5;
+    const Matrix X0 = randm(B, N, rng, 0.5), C = randm(B, N, rng);
+    auto loss = [&](const LayeredNetwork& n, const Matrix& X) {
+      return (C.array() * layered_euler(n, X, dt, steps, false, 1).back().array()).sum();
+    };
+    const std::vector<Matrix> states = layered_euler(net, X0, dt, steps, true, 2);
+    ASSERT_EQ(states.size(), static_cast<std::size_t>(steps) + 1);
+    EXPECT_EQ(states.back(), layered_euler(net, X0, dt, steps, false, 1).back());  // rows are independent
+    const LayeredGradients g = layered_euler_vjp(net, states, dt, C, 2);
+    const double scale = std::fabs(loss(net, X0)) + C.norm();
+    // The initial states, along a random direction.
+    const Matrix D0 = randm(B, N, rng);
+    const double fd0 = (loss(net, X0 + h * D0) - loss(net, X0 - h * D0)) / (2 * h);
+    EXPECT_NEAR((g.states.array() * D0.array()).sum(), fd0, 1e-6 * scale);
+    // Every synapse's parameters, and the currents (with the last synapse).
+    for (std::size_t s = 0; s < net.n_synapses(); ++s) {
+      const SynapsePtr op = net.synapse(s).op;
+      const Matrix D = randm(op->parameter_rows(), op->parameter_cols(), rng);
+      const Vector Dc = s + 1 == net.n_synapses() ? randv(N, rng) : Vector();
+      const double fd = (loss(shifted_network(net, s, D, h, Dc), X0) - loss(shifted_network(net, s, D, -h, Dc), X0)) / (2 * h);
+      const double ours = (g.weights[s].array() * D.array()).sum() + (Dc.size() ? g.currents.dot(Dc) : 0.0);
+      EXPECT_NEAR(ours, fd, 1e-6 * scale) << "synapse " << s << " (" << op->describe() << ")";
+    }
+    // One thread or two: the same sums in another order.
+    const LayeredGradients g1 = layered_euler_vjp(net, states, dt, C, 1);
+    EXPECT_LE((g1.states - g.states).norm(), 1e-12 * g.states.norm());
+    for (std::size_t s = 0; s < net.n_synapses(); ++s)
+      EXPECT_LE((g1.weights[s] - g.weights[s]).norm(), 1e-12 * g.weights[s].norm());
+    // The batched energy's gradients are energy_gradient and energy_weight_gradients, weighted.
+    const Vector c = randv(B, rng);
+    const LayeredGradients ge = layered_energies_vjp(net, X0, c, 2);
+    const Vector e = layered_energies(net, X0, 2);
+    for (Eigen::Index b = 0; b < B; ++b) {
+      EXPECT_EQ(e(b), net.energy(X0.row(b).transpose()));
+      Vector gx;
+      net.energy_gradient(X0.row(b).transpose(), gx);
+      EXPECT_LE((ge.states.row(b).transpose() - c(b) * gx).norm(), 1e-14 * (1 + gx.norm()));
+    }
+  }
+}
+
+TEST(Layered, ImplicitGradientIsTheLimitOfBackpropagationThroughALongRun) {
+  std::mt19937_64 rng(23);
+  const LayeredNetwork net = deep_net(rng, false);
+  const Eigen::Index B = 2, N = net.size();
+  const double dt = 0.2;
+  const int steps = 2000;
+  const Matrix X0 = randm(B, N, rng, 0.3), C = randm(B, N, rng);
+  const std::vector<Matrix> states = layered_euler(net, X0, dt, steps, true, 2);
+  Vector dx;
+  for (Eigen::Index b = 0; b < B; ++b) {  // the run has settled
+    net.rhs(states.back().row(b).transpose(), dx);
+    ASSERT_LT(dx.norm(), 1e-10);
+  }
+  const LayeredGradients bptt = layered_euler_vjp(net, states, dt, C, 2);
+  const LayeredGradients imp = layered_fixed_point_vjp(net, states.back(), C, dt, 1e-12, 100000, 2);
+  EXPECT_EQ(imp.states.norm(), 0.0);
+  // BPTT adds the terms from before the run settled, damped by the contracting steps since.
+  for (std::size_t s = 0; s < net.n_synapses(); ++s)
+    EXPECT_LE((imp.weights[s] - bptt.weights[s]).norm(), 1e-8 * bptt.weights[s].norm()) << "synapse " << s;
+  EXPECT_LE((imp.currents - bptt.currents).norm(), 1e-8 * bptt.currents.norm());
+  // Too few iterations is an error naming the residual, not a silent wrong gradient.
+  try {
+    layered_fixed_point_vjp(net, states.back(), C, dt, 1e-12, 2, 1);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did not converge in 2 iterations"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Layered, TrainingFunctionsRefuseBadInput) {
+  std::mt19937_64 rng(25);
+  const LayeredNetwork net = deep_net(rng, false);
+  const Matrix X = randm(2, net.size(), rng);
+  EXPECT_THROW(layered_euler(net, randm(2, net.size() + 1, rng), 0.1, 3, false), InvalidArgument);
+  EXPECT_THROW(layered_euler(net, X, 0.0, 3, false), InvalidArgument);
+  EXPECT_THROW(layered_euler(net, X, std::nan(""), 3, false), InvalidArgument);
+  EXPECT_THROW(layered_euler(net, X, 0.1, -1, false), InvalidArgument);
+  EXPECT_THROW(layered_euler(net, X, 1e8, 50, false), Error);  // blows up: not finite after some step
+  EXPECT_THROW(layered_energies_vjp(net, X, Vector::Ones(3)), InvalidArgument);
+  EXPECT_THROW(layered_euler_vjp(net, {}, 0.1, X), InvalidArgument);
+  EXPECT_THROW(layered_fixed_point_vjp(net, X, X, 0.1, 0.0, 10), InvalidArgument);
+  EXPECT_EQ(layered_euler(net, X, 0.1, 0, false).back(), X);
 }
 
 TEST(Layered, EnergyNeverIncreasesAlongTheDynamics) {
