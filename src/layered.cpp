@@ -38,6 +38,23 @@ Conv2dSynapse::Conv2dSynapse(ImageShape in, Matrix kernel, Eigen::Index kh, Eige
   ASSOCMEM_CHECK_ARG(H >= 0 && W >= 0, "conv2d synapse: the kernel ", kh_, " x ", kw_, " is larger than the padded input ",
                      in_.height + 2 * p_, " x ", in_.width + 2 * p_);
   out_ = {K_.rows(), H / s_ + 1, W / s_ + 1};
+  // Kernel entry k = (c kh + i) kw + j meets input pixel (c, y s + i - p, x s + j - p) at position q = y W_out + x.
+  const Eigen::Index positions = out_.height * out_.width;
+  tap_.assign(static_cast<std::size_t>(K_.cols() * positions), -1);
+  for (Eigen::Index c = 0; c < in_.channels; ++c)
+    for (Eigen::Index i = 0; i < kh_; ++i)
+      for (Eigen::Index j = 0; j < kw_; ++j) {
+        const Eigen::Index k = (c * kh_ + i) * kw_ + j;
+        for (Eigen::Index y = 0; y < out_.height; ++y) {
+          const Eigen::Index yi = y * s_ + i - p_;
+          if (yi < 0 || yi >= in_.height) continue;
+          for (Eigen::Index x = 0; x < out_.width; ++x) {
+            const Eigen::Index xi = x * s_ + j - p_;
+            if (xi >= 0 && xi < in_.width)
+              tap_[static_cast<std::size_t>(k * positions + y * out_.width + x)] = (c * in_.height + yi) * in_.width + xi;
+          }
+        }
+      }
 }
 
 std::string Conv2dSynapse::describe() const {
@@ -45,51 +62,59 @@ std::string Conv2dSynapse::describe() const {
                         out_.height, "x", out_.width, ", kernel ", kh_, "x", kw_, ", stride ", s_, ", padding ", p_);
 }
 
-namespace {
-// Every product of the convolution once: f(out index, kernel column, in index) for each output position,
-// kernel tap and channel whose input pixel lies inside the image. apply and apply_transpose both walk
-// this one index set, so W^T is exactly the adjoint of W.
-template <class F>
-void for_each_tap(const ImageShape& in, const ImageShape& out, Eigen::Index kh, Eigen::Index kw, Eigen::Index s,
-                  Eigen::Index p, const F& f) {
-  for (Eigen::Index o = 0; o < out.channels; ++o)
-    for (Eigen::Index y = 0; y < out.height; ++y)
-      for (Eigen::Index xo = 0; xo < out.width; ++xo) {
-        const Eigen::Index oi = (o * out.height + y) * out.width + xo;
-        for (Eigen::Index c = 0; c < in.channels; ++c)
-          for (Eigen::Index i = 0; i < kh; ++i) {
-            const Eigen::Index yi = y * s + i - p;
-            if (yi < 0 || yi >= in.height) continue;
-            for (Eigen::Index j = 0; j < kw; ++j) {
-              const Eigen::Index xi = xo * s + j - p;
-              if (xi < 0 || xi >= in.width) continue;
-              f(o, oi, (c * kh + i) * kw + j, (c * in.height + yi) * in.width + xi);
-            }
-          }
-      }
-}
-}  // namespace
-
-// out[o, y, x] += sum_{c, i, j} K[o, (c kh + i) kw + j] in[c, y s + i - p, x s + j - p] (each output summed
-// in the order of its taps); the transpose scatters the same products back.
-void Conv2dSynapse::apply(const Vector& x, Vector& out) const {
-  for_each_tap(in_, out_, kh_, kw_, s_, p_, [&](Eigen::Index o, Eigen::Index oi, Eigen::Index k, Eigen::Index ii) {
-    out(oi) += K_(o, k) * x(ii);
-  });
+// One sample's unfolded input: cols(k, q) = x[tap(k, q)], 0 where the kernel entry meets the padding.
+void Conv2dSynapse::unfold(const double* x, Matrix& cols) const {
+  const Eigen::Index positions = out_.height * out_.width;
+  cols.resize(K_.cols(), positions);
+  double* c = cols.data();
+  for (std::size_t i = 0; i < tap_.size(); ++i) c[i] = tap_[i] >= 0 ? x[tap_[i]] : 0.0;
 }
 
-void Conv2dSynapse::add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const {
-  for_each_tap(in_, out_, kh_, kw_, s_, p_, [&](Eigen::Index o, Eigen::Index oi, Eigen::Index k, Eigen::Index ii) {
-    grad(o, k) += y(oi) * x(ii);
-  });
+// out[o, q] += sum_k K[o, k] cols[k, q]: one matrix product per sample.
+void Conv2dSynapse::apply_rows(const RowsIn& X, RowsOut out) const {
+  Matrix cols;
+  const Eigen::Index positions = out_.height * out_.width;
+  for (Eigen::Index b = 0; b < X.rows(); ++b) {
+    unfold(X.data() + b * X.outerStride(), cols);
+    Eigen::Map<Matrix>(out.data() + b * out.outerStride(), out_.channels, positions).noalias() += K_ * cols;
+  }
+}
+
+// The transpose scatters K^T y back through the same table (col2im).
+void Conv2dSynapse::apply_transpose_rows(const RowsIn& Y, RowsOut out) const {
+  Matrix cols;
+  const Eigen::Index positions = out_.height * out_.width;
+  for (Eigen::Index b = 0; b < Y.rows(); ++b) {
+    cols.noalias() = K_.transpose() * Eigen::Map<const Matrix>(Y.data() + b * Y.outerStride(), out_.channels, positions);
+    double* o = out.data() + b * out.outerStride();
+    const double* c = cols.data();
+    for (std::size_t i = 0; i < tap_.size(); ++i)
+      if (tap_[i] >= 0) o[tap_[i]] += c[i];
+  }
+}
+
+void Conv2dSynapse::add_weight_gradient_rows(const RowsIn& Y, const RowsIn& X, Matrix& grad) const {
+  Matrix cols;
+  const Eigen::Index positions = out_.height * out_.width;
+  for (Eigen::Index b = 0; b < X.rows(); ++b) {
+    unfold(X.data() + b * X.outerStride(), cols);
+    grad.noalias() += Eigen::Map<const Matrix>(Y.data() + b * Y.outerStride(), out_.channels, positions) * cols.transpose();
+  }
 }
 
 double Conv2dSynapse::norm_bound() const { return std::sqrt(double(out_.height * out_.width)) * K_.norm(); }
 
-void Conv2dSynapse::apply_transpose(const Vector& y, Vector& out) const {
-  for_each_tap(in_, out_, kh_, kw_, s_, p_, [&](Eigen::Index o, Eigen::Index oi, Eigen::Index k, Eigen::Index ii) {
-    out(ii) += K_(o, k) * y(oi);
-  });
+void Synapse::apply(const Vector& x, Vector& out) const {
+  apply_rows(Eigen::Map<const Matrix>(x.data(), 1, x.size()), Eigen::Map<Matrix>(out.data(), 1, out.size()));
+}
+
+void Synapse::apply_transpose(const Vector& y, Vector& out) const {
+  apply_transpose_rows(Eigen::Map<const Matrix>(y.data(), 1, y.size()), Eigen::Map<Matrix>(out.data(), 1, out.size()));
+}
+
+void Synapse::add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const {
+  add_weight_gradient_rows(Eigen::Map<const Matrix>(y.data(), 1, y.size()), Eigen::Map<const Matrix>(x.data(), 1, x.size()),
+                           grad);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -155,34 +180,62 @@ void LayeredNetwork::check_state(const Vector& x, const char* what) const {
   check_finite(x, what);
 }
 
+namespace {
+Eigen::Map<const Matrix> as_row(const Vector& v) { return Eigen::Map<const Matrix>(v.data(), 1, v.size()); }
+}  // namespace
+
+void LayeredNetwork::activations_rows(const Matrix& X, Matrix& G) const {
+  G.resize(X.rows(), X.cols());
+  Vector xa, ga;
+  for (Eigen::Index b = 0; b < X.rows(); ++b)
+    for (std::size_t A = 0; A < layers_.size(); ++A) {
+      xa = X.row(b).segment(offsets_[A], layers_[A].size).transpose();
+      layers_[A].lagrangian->gradient(xa, ga);  // eq. (3)
+      G.row(b).segment(offsets_[A], layers_[A].size) = ga.transpose();
+    }
+}
+
+void LayeredNetwork::fields_rows(const Matrix& G, Matrix& field) const {
+  field.setZero(G.rows(), size());  // sum of W g from below and W^T g from above, per layer
+  for (std::size_t s = 0; s < synapses_.size(); ++s) {
+    const std::size_t a = from_[s], b = to_[s];
+    synapses_[s].op->apply_rows(G.middleCols(offsets_[a], layers_[a].size), field.middleCols(offsets_[b], layers_[b].size));
+    synapses_[s].op->apply_transpose_rows(G.middleCols(offsets_[b], layers_[b].size),
+                                          field.middleCols(offsets_[a], layers_[a].size));
+  }
+}
+
+void LayeredNetwork::rhs_rows(const Matrix& X, Matrix& dX) const {
+  Matrix G;
+  activations_rows(X, G);
+  fields_rows(G, dX);
+  for (std::size_t A = 0; A < layers_.size(); ++A) {  // eq. (1): (fields - x + I) / tau, layer by layer
+    const LayerSpec& l = layers_[A];
+    auto d = dX.middleCols(offsets_[A], l.size);
+    d -= X.middleCols(offsets_[A], l.size);
+    d.rowwise() += l.current.transpose();
+    d /= l.tau;
+  }
+}
+
 Vector LayeredNetwork::activations(const Vector& x) const {
   check_state(x);
-  Vector g(size());
-  for (std::size_t A = 0; A < layers_.size(); ++A)
-    g.segment(offsets_[A], layers_[A].size) = layers_[A].lagrangian->gradient(part(x, A));  // eq. (3)
-  return g;
+  Matrix G;
+  activations_rows(as_row(x), G);
+  return G.row(0).transpose();
 }
 
 Vector LayeredNetwork::fields(const Vector& g) const {
-  Vector field = Vector::Zero(size());  // sum of W g from below and W^T g from above, per layer
-  for (std::size_t s = 0; s < synapses_.size(); ++s) {
-    const std::size_t a = from_[s], b = to_[s];
-    Vector down = Vector::Zero(layers_[b].size), up = Vector::Zero(layers_[a].size);
-    synapses_[s].op->apply(g.segment(offsets_[a], layers_[a].size), down);
-    synapses_[s].op->apply_transpose(g.segment(offsets_[b], layers_[b].size), up);
-    field.segment(offsets_[b], layers_[b].size) += down;
-    field.segment(offsets_[a], layers_[a].size) += up;
-  }
-  return field;
+  Matrix field;
+  fields_rows(as_row(g), field);
+  return field.row(0).transpose();
 }
 
 void LayeredNetwork::rhs(const Vector& x, Vector& dx) const {
-  const Vector field = fields(activations(x));
-  dx.resize(size());
-  for (std::size_t A = 0; A < layers_.size(); ++A) {
-    const LayerSpec& l = layers_[A];
-    dx.segment(offsets_[A], l.size) = (field.segment(offsets_[A], l.size) - part(x, A) + l.current) / l.tau;
-  }
+  check_state(x);
+  Matrix dX;
+  rhs_rows(as_row(x), dX);
+  dx = dX.row(0).transpose();
 }
 
 double LayeredNetwork::energy(const Vector& x) const {
@@ -253,35 +306,60 @@ std::vector<Matrix> LayeredNetwork::energy_weight_gradients(const Vector& x) con
   return out;
 }
 
+void LayeredNetwork::vjp_rows(const Matrix& X, const Matrix& U, Matrix& out) const {
+  Matrix W(U.rows(), U.cols()), field;
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    W.middleCols(offsets_[A], layers_[A].size) = U.middleCols(offsets_[A], layers_[A].size) / layers_[A].tau;
+  fields_rows(W, field);  // the synapses' maps, each direction the transpose of jvp's
+  out.resize(U.rows(), U.cols());
+  Vector xa, fa, m;
+  for (Eigen::Index b = 0; b < X.rows(); ++b)
+    for (std::size_t A = 0; A < layers_.size(); ++A) {
+      xa = X.row(b).segment(offsets_[A], layers_[A].size).transpose();
+      fa = field.row(b).segment(offsets_[A], layers_[A].size).transpose();
+      layers_[A].lagrangian->hvp(xa, fa, m);  // M^A is symmetric
+      out.row(b).segment(offsets_[A], layers_[A].size) = m.transpose() - W.row(b).segment(offsets_[A], layers_[A].size);
+    }
+}
+
 void LayeredNetwork::vjp(const Vector& x, const Vector& u, Vector& out) const {
   check_state(x);
   check_state(u, "u");
-  Vector w(size());
-  for (std::size_t A = 0; A < layers_.size(); ++A) w.segment(offsets_[A], layers_[A].size) = part(u, A) / layers_[A].tau;
-  const Vector field = fields(w);  // the synapses' maps, each direction the transpose of jvp's
-  out.resize(size());
-  for (std::size_t A = 0; A < layers_.size(); ++A)
-    out.segment(offsets_[A], layers_[A].size) =
-        layers_[A].lagrangian->hvp(part(x, A), field.segment(offsets_[A], layers_[A].size)) - part(w, A);
+  Matrix o;
+  vjp_rows(as_row(x), as_row(u), o);
+  out = o.row(0).transpose();
 }
 
-void LayeredNetwork::add_rhs_parameter_vjp(const Vector& x, const Vector& u, std::vector<Matrix>& weights,
-                                           Vector& currents) const {
-  check_state(u, "u");
-  ASSOCMEM_CHECK_ARG(weights.size() == synapses_.size(), "add_rhs_parameter_vjp: ", weights.size(),
-                     " weight gradients for ", synapses_.size(), " synapses");
-  ASSOCMEM_CHECK_ARG(currents.size() == size(), "add_rhs_parameter_vjp: currents has length ", currents.size());
-  const Vector g = activations(x);
-  Vector w(size());
-  for (std::size_t A = 0; A < layers_.size(); ++A) w.segment(offsets_[A], layers_[A].size) = part(u, A) / layers_[A].tau;
+void LayeredNetwork::add_rhs_parameter_vjp_rows(const Matrix& X, const Matrix& U, std::vector<Matrix>& weights,
+                                                Vector& currents) const {
+  Matrix G, W(U.rows(), U.cols());
+  activations_rows(X, G);
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    W.middleCols(offsets_[A], layers_[A].size) = U.middleCols(offsets_[A], layers_[A].size) / layers_[A].tau;
   for (std::size_t s = 0; s < synapses_.size(); ++s) {
     const std::size_t a = from_[s], b = to_[s];
     const Synapse& op = *synapses_[s].op;
     // (u^b / tau_b) . W g^a  and  (u^a / tau_a) . W^T g^b = g^b . W (u^a / tau_a): the two directions of eq. (1).
-    op.add_weight_gradient(w.segment(offsets_[b], layers_[b].size), g.segment(offsets_[a], layers_[a].size), weights[s]);
-    op.add_weight_gradient(g.segment(offsets_[b], layers_[b].size), w.segment(offsets_[a], layers_[a].size), weights[s]);
+    op.add_weight_gradient_rows(W.middleCols(offsets_[b], layers_[b].size), G.middleCols(offsets_[a], layers_[a].size),
+                                weights[s]);
+    op.add_weight_gradient_rows(G.middleCols(offsets_[b], layers_[b].size), W.middleCols(offsets_[a], layers_[a].size),
+                                weights[s]);
   }
-  currents += w;
+  currents += W.colwise().sum().transpose();
+}
+
+void LayeredNetwork::add_rhs_parameter_vjp(const Vector& x, const Vector& u, std::vector<Matrix>& weights,
+                                           Vector& currents) const {
+  check_state(x);
+  check_state(u, "u");
+  ASSOCMEM_CHECK_ARG(weights.size() == synapses_.size(), "add_rhs_parameter_vjp: ", weights.size(),
+                     " weight gradients for ", synapses_.size(), " synapses");
+  for (std::size_t s = 0; s < synapses_.size(); ++s)
+    ASSOCMEM_CHECK_ARG(weights[s].rows() == synapses_[s].op->parameter_rows() &&
+                           weights[s].cols() == synapses_[s].op->parameter_cols(),
+                       "add_rhs_parameter_vjp: weight gradient ", s, " has the wrong shape");
+  ASSOCMEM_CHECK_ARG(currents.size() == size(), "add_rhs_parameter_vjp: currents has length ", currents.size());
+  add_rhs_parameter_vjp_rows(as_row(x), as_row(u), weights, currents);
 }
 
 bool LayeredNetwork::hessian_psd_at(const Vector& x) const {

@@ -253,7 +253,9 @@ TEST(Layered, EulerStepsAndTheirGradientsAgreeWithFiniteDifferences) {
     };
     const std::vector<Matrix> states = layered_euler(net, X0, dt, steps, true, 2);
     ASSERT_EQ(states.size(), static_cast<std::size_t>(steps) + 1);
-    EXPECT_EQ(states.back(), layered_euler(net, X0, dt, steps, false, 1).back());  // rows are independent
+    // Rows are independent; one thread multiplies all three rows at once, two split them, and the matrix
+    // products may then sum in another order: equal to rounding over 6 steps.
+    EXPECT_LE((states.back() - layered_euler(net, X0, dt, steps, false, 1).back()).norm(), 1e-12 * states.back().norm());
     const LayeredGradients g = layered_euler_vjp(net, states, dt, C, 2);
     const double scale = std::fabs(loss(net, X0)) + C.norm();
     // The initial states, along a random direction.

@@ -26,8 +26,14 @@
 
 namespace assocmem {
 
+/// Batches of vectors as the rows of a matrix (B x n; row b is sample b): inputs and outputs of the
+/// synapses' batched products, which may be column blocks of a larger batch (one layer's neurons).
+using RowsIn = Eigen::Ref<const Matrix>;
+using RowsOut = Eigen::Ref<Matrix>;
+
 /// A linear map W from the activations of one layer (in_size numbers) to currents of another
-/// (out_size numbers), with its transpose for the feedback. Immutable; thread-safe.
+/// (out_size numbers), with its transpose for the feedback. Immutable; thread-safe. The products are
+/// batched (rows = samples, as a trained network runs them); the one-vector forms are the batch of one.
 class Synapse {
  public:
   virtual ~Synapse() = default;
@@ -35,37 +41,44 @@ class Synapse {
   virtual std::string describe() const = 0;
   virtual Eigen::Index in_size() const = 0;
   virtual Eigen::Index out_size() const = 0;
-  /// out += W x  (x: in_size, out: out_size).
-  virtual void apply(const Vector& x, Vector& out) const = 0;
-  /// out += W^T y  (y: out_size, out: in_size).
-  virtual void apply_transpose(const Vector& y, Vector& out) const = 0;
+  /// out += X W^T: row b of out (B x out_size) gains W x_b, x_b row b of X (B x in_size).
+  virtual void apply_rows(const RowsIn& X, RowsOut out) const = 0;
+  /// out += Y W: row b of out (B x in_size) gains W^T y_b (Y: B x out_size).
+  virtual void apply_transpose_rows(const RowsIn& Y, RowsOut out) const = 0;
+  /// grad += sum_b d(y_b . W x_b)/d(parameters): Y^T X for a dense W; for a convolution, each kernel
+  /// entry's sum of y[out] x[in] over the positions it joins and the rows.
+  virtual void add_weight_gradient_rows(const RowsIn& Y, const RowsIn& X, Matrix& grad) const = 0;
   /// An upper bound of the operator norm |W|_2 (valid, not tight), for LayeredNetwork::energy_bound.
   virtual double norm_bound() const = 0;
-  /// The parameters' shape: rows x cols of the matrix weight_gradient fills.
+  /// The parameters' shape: rows x cols of the matrix the weight gradients fill.
   virtual Eigen::Index parameter_rows() const = 0;
   virtual Eigen::Index parameter_cols() const = 0;
-  /// grad += d(y . W x)/d(parameters): y x^T for a dense W; for a convolution, each kernel entry's sum of
-  /// y[out] x[in] over the positions it joins.
-  virtual void add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const = 0;
+
+  /// out += W x (x: in_size, out: out_size).
+  void apply(const Vector& x, Vector& out) const;
+  /// out += W^T y (y: out_size, out: in_size).
+  void apply_transpose(const Vector& y, Vector& out) const;
+  /// grad += d(y . W x)/d(parameters).
+  void add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const;
 };
 using SynapsePtr = std::shared_ptr<const Synapse>;
 
-/// W: a dense out_size x in_size matrix (finite, not empty).
+/// W: a dense out_size x in_size matrix (finite, not empty). Its products are Eigen's matrix products.
 class DenseSynapse final : public Synapse {
  public:
   explicit DenseSynapse(Matrix W);
   std::string describe() const override;
   Eigen::Index in_size() const override { return W_.cols(); }
   Eigen::Index out_size() const override { return W_.rows(); }
-  void apply(const Vector& x, Vector& out) const override { out.noalias() += W_ * x; }
-  void apply_transpose(const Vector& y, Vector& out) const override { out.noalias() += W_.transpose() * y; }
+  void apply_rows(const RowsIn& X, RowsOut out) const override { out.noalias() += X * W_.transpose(); }
+  void apply_transpose_rows(const RowsIn& Y, RowsOut out) const override { out.noalias() += Y * W_; }
+  void add_weight_gradient_rows(const RowsIn& Y, const RowsIn& X, Matrix& grad) const override {
+    grad.noalias() += Y.transpose() * X;
+  }
   /// The Frobenius norm.
   double norm_bound() const override { return W_.norm(); }
   Eigen::Index parameter_rows() const override { return W_.rows(); }
   Eigen::Index parameter_cols() const override { return W_.cols(); }
-  void add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const override {
-    grad.noalias() += y * x.transpose();
-  }
   const Matrix& weights() const { return W_; }
 
  private:
@@ -83,6 +96,9 @@ struct ImageShape {
 /// positions: out[o, y, x] = sum_{c, i, j} K[o, c, i, j] in[c, y s + i - p, x s + j - p] (zero outside
 /// the image). Its transpose (the feedback) is the transposed convolution. Output shape:
 /// out_channels x ((H + 2p - kh) / s + 1) x ((W + 2p - kw) / s + 1), which must be at least 1 x 1.
+/// Computed as matrix products on the unfolded input (im2col: one column per output position, one row
+/// per kernel entry); the products and their transposes walk one table of which input pixel each
+/// (kernel entry, position) reads, so W^T is exactly the adjoint of W.
 class Conv2dSynapse final : public Synapse {
  public:
   /// kernel: out_channels x (in.channels kh kw), row o holding K[o, c, i, j] at (c kh + i) kw + j.
@@ -91,14 +107,14 @@ class Conv2dSynapse final : public Synapse {
   std::string describe() const override;
   Eigen::Index in_size() const override { return in_.size(); }
   Eigen::Index out_size() const override { return out_.size(); }
-  void apply(const Vector& x, Vector& out) const override;
-  void apply_transpose(const Vector& y, Vector& out) const override;
+  void apply_rows(const RowsIn& X, RowsOut out) const override;
+  void apply_transpose_rows(const RowsIn& Y, RowsOut out) const override;
+  void add_weight_gradient_rows(const RowsIn& Y, const RowsIn& X, Matrix& grad) const override;
   /// sqrt(H_out W_out) |K|_F: each kernel entry appears at most once per output position, so this bounds
   /// the Frobenius norm of the convolution's matrix.
   double norm_bound() const override;
   Eigen::Index parameter_rows() const override { return K_.rows(); }
   Eigen::Index parameter_cols() const override { return K_.cols(); }
-  void add_weight_gradient(const Vector& y, const Vector& x, Matrix& grad) const override;
   const ImageShape& in_shape() const { return in_; }
   const ImageShape& out_shape() const { return out_; }
   const Matrix& kernel() const { return K_; }
@@ -108,9 +124,13 @@ class Conv2dSynapse final : public Synapse {
   Eigen::Index padding() const { return p_; }
 
  private:
+  // The unfolded input of one sample: (in.channels kh kw) x (H_out W_out); entry (k, q) is the input
+  // pixel that kernel entry k meets at output position q, or 0 outside the image.
+  void unfold(const double* x, Matrix& cols) const;
   ImageShape in_, out_;
   Matrix K_;
   Eigen::Index kh_, kw_, s_, p_;
+  std::vector<Eigen::Index> tap_;  // the input index for (k, q) at k * positions + q, or -1 (padding)
 };
 
 /// One layer of a LayeredNetwork.
@@ -188,6 +208,14 @@ class LayeredNetwork {
   /// (u^b / tau_b) . W g^a + (u^a / tau_a) . W^T g^b; for the currents, u^A / tau_A. With vjp this is the
   /// whole reverse-mode step through eq. (1).
   void add_rhs_parameter_vjp(const Vector& x, const Vector& u, std::vector<Matrix>& weights, Vector& currents) const;
+  /// The batched forms (rows = samples, each matrix B x size()), which the one-vector methods above are
+  /// with B = 1: activations, the fields of activations G, dx/dt, U^T J, and add_rhs_parameter_vjp
+  /// summed over the rows. They do not check their inputs (the callers do, once per batch).
+  void activations_rows(const Matrix& X, Matrix& G) const;
+  void fields_rows(const Matrix& G, Matrix& field) const;
+  void rhs_rows(const Matrix& X, Matrix& dX) const;
+  void vjp_rows(const Matrix& X, const Matrix& U, Matrix& out) const;
+  void add_rhs_parameter_vjp_rows(const Matrix& X, const Matrix& U, std::vector<Matrix>& weights, Vector& currents) const;
   /// Whether synapse s joins layers A and B (in either direction).
   bool joins(std::size_t s, std::size_t A, std::size_t B) const {
     return (from_[s] == A && to_[s] == B) || (from_[s] == B && to_[s] == A);
