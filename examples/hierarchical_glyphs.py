@@ -8,18 +8,23 @@ The data are the first --glyphs CJK ideographs of Debian's IPA Gothic font, rend
 +-1 images by the Kanji demo's renderer (assocmem.render_glyphs). A cue hides the lower half (its pixels
 0). The network (assocmem.torch.LayeredMemory):
 
-    image     (1, S, S)             log_cosh(beta = 1): g = tanh(x); starts at 3 x the cue's pixels
-    features  (C, S/4, S/4)         softplus: g = sigmoid(x); a convolution (kernel 8, stride 4, padding 2)
-                                    from the image, its feedback the transposed convolution
-    memories  (K,)                  log_sum_exp(beta): g = softmax; a dense synapse from the features
+    image     (1, S, S)             log_cosh(1): g = tanh(x); starts at 3 x the cue's pixels; a bias
+    features  (C, S/s, S/s)         log_cosh(1): g = tanh(x) (zero-centred: with sigmoid features every
+                                    memory saw the same mean activity and one memory won every cue); a
+                                    convolution from the image (kernel 2s, stride s, padding s/2), its
+                                    feedback the transposed convolution; a bias
+    memories  (K,)                  log_sum_exp(beta): g = softmax; a dense synapse from the features,
+                                    each row starting as one glyph's feature activations (memories that
+                                    start alike collapse into one during training)
 
 runs --steps Euler steps of size --dt from the cue; the loss is the squared error between the image
 layer's activations and the glyph, backpropagated through every step (assocmem.torch, products in C++).
 Model B stores the glyphs themselves (K = glyphs memories of S^2 numbers) and recalls with one update
-of eq. (16) from the same cue. The script reports, for both and for the cue itself, the fraction of
-hidden pixels recalled with the right sign and the glyphs recalled exactly (every pixel), the parameter
-counts, the loss curve, and the energy (eq. 2 for L layers) along the trained network's recall, which
-never increases for these convex Lagrangians (eq. 4; Euler steps add O(dt^2) that the report measures).
+of eq. (16) from the same cue. The script reports, for both, for the network before training and for
+the cue itself, the fraction of hidden pixels recalled with the right sign and the glyphs recalled
+exactly (every pixel), the parameter counts, the loss curve, and the energy (eq. 2 for L layers) along
+the trained network's recall, which never increases for these convex Lagrangians in continuous time
+(eq. 4); the Euler steps' largest rise is reported.
 
     /usr/bin/python3 examples/hierarchical_glyphs.py                     # 64 x 64, 32 glyphs
     /usr/bin/python3 examples/hierarchical_glyphs.py --size 16 --glyphs 8 --iterations 400 --json
@@ -38,14 +43,15 @@ import assocmem.torch as at
 L = am.lagrangians
 
 
-def build(size, channels, memories, beta, seed):
+def build(size, channels, memories, beta, seed, stride=4):
+    """The network; the convolution's kernel is 2 x stride, padded by stride / 2: features size / stride."""
     torch.manual_seed(seed)
-    f = size // 4
+    f = size // stride
     return at.LayeredMemory([at.Neurons("image", (1, size, size), L.log_cosh(1.0), tau=1.0, bias=True),
-                             at.Neurons("features", (channels, f, f), L.softplus(1.0), tau=0.5, bias=True),
-                             at.Neurons("memories", memories, L.log_sum_exp(beta), tau=0.5, bias=True)],
-                            [at.Conv2dSynapse("image", "features", 8, stride=4, padding=2),
-                             at.DenseSynapse("features", "memories", std=0.1)])
+                             at.Neurons("features", (channels, f, f), L.log_cosh(1.0), tau=0.5, bias=True),
+                             at.Neurons("memories", memories, L.log_sum_exp(beta), tau=0.5)],
+                            [at.Conv2dSynapse("image", "features", 2 * stride, stride=stride, padding=stride // 2),
+                             at.DenseSynapse("features", "memories", std=0.01)])
 
 
 def cues(glyphs):
@@ -62,21 +68,23 @@ def scores(recalled, glyphs):
     return float(right[:, S // 2:, :].float().mean()), float(right.reshape(len(glyphs), -1).all(1).float().mean())
 
 
-DEFAULTS = dict(size=64, glyphs=32, channels=16, memories=None, beta=4.0, steps=12, dt=0.25, iterations=1000, lr=0.01,
-                batch=None, seed=0, threads=0)
+DEFAULTS = dict(size=64, glyphs=32, channels=16, stride=4, memories=None, beta=1.0, steps=12, dt=0.25, iterations=1000,
+                lr=0.005, batch=None, seed=0, threads=0)
 
 
-def run(size=64, glyphs=32, channels=16, memories=None, beta=4.0, steps=12, dt=0.25, iterations=1000, lr=0.01,
+def run(size=64, glyphs=32, channels=16, stride=4, memories=None, beta=1.0, steps=12, dt=0.25, iterations=1000, lr=0.005,
         batch=None, seed=0, threads=0, log=print, keep_model=False):
-    if size % 4 or size < 8:
-        raise ValueError(f"--size must be a multiple of 4 and >= 8, got {size}")
+    if stride not in (2, 4):
+        raise ValueError(f"--stride must be 2 or 4, got {stride}")
+    if size % stride or size < 2 * stride:
+        raise ValueError(f"--size must be a multiple of --stride and >= 2 x stride, got {size}")
     memories = memories or glyphs
     _, images = am.render_glyphs("", glyphs, size)
     if len(images) < glyphs:
         raise RuntimeError("too few glyphs rendered: is fonts-ipafont-gothic installed?")
     data = torch.tensor(images, dtype=torch.float32)
     P, N = len(data), size * size
-    net = build(size, channels, memories, beta, seed)
+    net = build(size, channels, memories, beta, seed, stride)
     net.threads = threads
 
     def recall(x_cues, grad=True):
@@ -85,6 +93,14 @@ def run(size=64, glyphs=32, channels=16, memories=None, beta=4.0, steps=12, dt=0
             x = net(x0, steps=steps, dt=dt)
             return net.split(net.activations(x))["image"].reshape(len(x_cues), size, size), x0
 
+    # Each memory starts as one glyph's feature-layer activations (the untrained network's, from the whole
+    # glyph), as model B stores the glyphs themselves: memories that start alike collapse into one.
+    with torch.no_grad():
+        x = net(net.join({"image": 3.0 * data.reshape(P, N)}), steps=steps, dt=dt)
+        f = net.split(net.activations(x))["features"].reshape(P, -1)
+        W = net.synapses[1]
+        k = min(memories, P)
+        W[:k] = f[:k] / f[:k].norm(dim=1, keepdim=True)
     before = scores(recall(cues(data), grad=False)[0], data)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iterations)
@@ -116,11 +132,11 @@ def run(size=64, glyphs=32, channels=16, memories=None, beta=4.0, steps=12, dt=0
 
     layered_params = sum(p.numel() for p in net.parameters())
     result = {
-        "size": size, "glyphs": P, "channels": channels, "memories": memories, "steps": steps, "dt": dt,
+        "size": size, "glyphs": P, "channels": channels, "stride": stride, "memories": memories, "steps": steps, "dt": dt,
         "iterations": iterations, "train_seconds": round(train_s, 1),
         "initial_loss": losses[0], "final_loss": losses[-1], "losses": losses[::max(1, iterations // 50)],
-        "hidden_pixels_right": {"cue": cue[0], "untrained": before[0], "layered": trained[0], "model_b": model_b[0]},
-        "exact_recall": {"untrained": before[1], "layered": trained[1], "model_b": model_b[1]},
+        "hidden_pixels_right": {"cue": cue[0], "before_training": before[0], "layered": trained[0], "model_b": model_b[0]},
+        "exact_recall": {"before_training": before[1], "layered": trained[1], "model_b": model_b[1]},
         "parameters": {"layered": layered_params, "model_b": P * N},
         "energy_mean": energies.mean(1).tolist(),
         "largest_energy_rise_per_step": rises,
@@ -128,7 +144,7 @@ def run(size=64, glyphs=32, channels=16, memories=None, beta=4.0, steps=12, dt=0
     }
     if keep_model:
         result["model"], result["cues"] = net, x0
-    log(f"hidden pixels right: cue {cue[0]:.3f}, untrained {before[0]:.3f}, layered {trained[0]:.3f}, "
+    log(f"hidden pixels right: cue {cue[0]:.3f}, before training {before[0]:.3f}, layered {trained[0]:.3f}, "
         f"model B {model_b[0]:.3f}")
     log(f"glyphs recalled exactly: layered {trained[1]:.3f}, model B {model_b[1]:.3f}")
     log(f"parameters: layered {layered_params}, model B {P * N}")
@@ -143,6 +159,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=DEFAULTS["size"], help="glyph images are size x size (a multiple of 4)")
     p.add_argument("--glyphs", type=int, default=DEFAULTS["glyphs"], help="how many glyphs to store")
     p.add_argument("--channels", type=int, default=DEFAULTS["channels"], help="feature layer channels")
+    p.add_argument("--stride", type=int, default=DEFAULTS["stride"], help="the convolution's stride, 2 or 4 (kernel 2 x stride)")
     p.add_argument("--memories", type=int, default=DEFAULTS["memories"], help="memory layer neurons (default: --glyphs)")
     p.add_argument("--beta", type=float, default=DEFAULTS["beta"], help="the memory layer's softmax beta")
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="Euler steps of the recall")
@@ -155,7 +172,7 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
     try:
-        r = run(a.size, a.glyphs, a.channels, a.memories, a.beta, a.steps, a.dt, a.iterations, a.lr, a.batch, a.seed,
+        r = run(a.size, a.glyphs, a.channels, a.stride, a.memories, a.beta, a.steps, a.dt, a.iterations, a.lr, a.batch, a.seed,
                 a.threads, log=(lambda *_: None) if a.json else print)
     except (ValueError, RuntimeError) as e:
         print(f"hierarchical_glyphs: {e}", file=sys.stderr)

@@ -1021,53 +1021,36 @@ std::vector<Matrix> stack_in(const F64& a, const char* name) {
   return out;
 }
 
+// f() with the GIL released (the library's own threads do the work; inputs are copied first).
+template <class F>
+auto without_gil(F&& f) {
+  py::gil_scoped_release nogil;
+  return f();
+}
+
 // The batched training functions of assocmem/layered.hpp for assocmem.torch (private: _core._layered_*).
 // Batches are (B, N) arrays, float64; the GIL is released while they run.
 void bind_layered_training(py::module_& m) {
   m.def("_layered_energies", [](const LayeredNetwork& n, const F64& X, int threads) {
     const Matrix x = mat_in(X, "states");
-    Vector e;
-    {
-      py::gil_scoped_release nogil;
-      e = layered_energies(n, x, threads);
-    }
-    return vec_out(e);
+    return vec_out(without_gil([&] { return layered_energies(n, x, threads); }));
   });
   m.def("_layered_energies_vjp", [](const LayeredNetwork& n, const F64& X, const F64& c, int threads) {
     const Matrix x = mat_in(X, "states");
     const Vector cv = vec_in(c, "c");
-    LayeredGradients g;
-    {
-      py::gil_scoped_release nogil;
-      g = layered_energies_vjp(n, x, cv, threads);
-    }
-    return gradients_out(n, g);
+    return gradients_out(n, without_gil([&] { return layered_energies_vjp(n, x, cv, threads); }));
   });
   m.def("_layered_activations", [](const LayeredNetwork& n, const F64& X, int threads) {
     const Matrix x = mat_in(X, "states");
-    Matrix g;
-    {
-      py::gil_scoped_release nogil;
-      g = layered_activations(n, x, threads);
-    }
-    return mat_out(g);
+    return mat_out(without_gil([&] { return layered_activations(n, x, threads); }));
   });
   m.def("_layered_activations_vjp", [](const LayeredNetwork& n, const F64& X, const F64& U, int threads) {
     const Matrix x = mat_in(X, "states"), u = mat_in(U, "activation gradient");
-    Matrix g;
-    {
-      py::gil_scoped_release nogil;
-      g = layered_activations_vjp(n, x, u, threads);
-    }
-    return mat_out(g);
+    return mat_out(without_gil([&] { return layered_activations_vjp(n, x, u, threads); }));
   });
   m.def("_layered_euler", [](const LayeredNetwork& n, const F64& X0, double dt, int steps, bool keep_all, int threads) {
     const Matrix x0 = mat_in(X0, "initial states");
-    std::vector<Matrix> states;
-    {
-      py::gil_scoped_release nogil;
-      states = layered_euler(n, x0, dt, steps, keep_all, threads);
-    }
+    const std::vector<Matrix> states = without_gil([&] { return layered_euler(n, x0, dt, steps, keep_all, threads); });
     std::vector<double> flat;
     flat.reserve(states.size() * static_cast<std::size_t>(x0.size()));
     for (const Matrix& s : states) flat.insert(flat.end(), s.data(), s.data() + s.size());
@@ -1076,22 +1059,12 @@ void bind_layered_training(py::module_& m) {
   m.def("_layered_euler_vjp", [](const LayeredNetwork& n, const F64& states, double dt, const F64& grad_last, int threads) {
     const std::vector<Matrix> st = stack_in(states, "states");
     const Matrix g = mat_in(grad_last, "gradient of the last state");
-    LayeredGradients out;
-    {
-      py::gil_scoped_release nogil;
-      out = layered_euler_vjp(n, st, dt, g, threads);
-    }
-    return gradients_out(n, out);
+    return gradients_out(n, without_gil([&] { return layered_euler_vjp(n, st, dt, g, threads); }));
   });
   m.def("_layered_fixed_point_vjp", [](const LayeredNetwork& n, const F64& X, const F64& grad, double dt, double tol,
                                        int max_iterations, int threads) {
     const Matrix x = mat_in(X, "fixed points"), g = mat_in(grad, "gradient at the fixed points");
-    LayeredGradients out;
-    {
-      py::gil_scoped_release nogil;
-      out = layered_fixed_point_vjp(n, x, g, dt, tol, max_iterations, threads);
-    }
-    return gradients_out(n, out);
+    return gradients_out(n, without_gil([&] { return layered_fixed_point_vjp(n, x, g, dt, tol, max_iterations, threads); }));
   });
 }
 

@@ -61,10 +61,10 @@ def test_hierarchical_glyphs_learns_to_complete_half_hidden_glyphs(seed):
     r = hierarchical_glyphs.run(size=16, glyphs=8, iterations=400, seed=seed, threads=2, log=lambda *_: None,
                                 keep_model=True)
     right = r["hidden_pixels_right"]
-    # The cue's hidden pixels are 0 (never the right sign); an untrained network guesses; ~90% of a glyph's
-    # pixels are background, so "all background" would score ~0.9: trained recall must beat that.
-    assert r["final_loss"] < 0.25 * r["initial_loss"], r
-    assert right["cue"] == 0.0 and right["layered"] >= 0.95 and right["layered"] > right["untrained"] + 0.3, right
+    # The cue's hidden pixels are 0 (never the right sign); ~90% of a glyph's pixels are background, so
+    # "all background" would score ~0.9: the trained recall must beat that, and the network before training.
+    assert r["final_loss"] < 0.1 * r["initial_loss"], r
+    assert right["cue"] == 0.0 and right["layered"] >= 0.97 and right["layered"] > right["before_training"] + 0.3, right
     assert r["parameters"]["layered"] < r["parameters"]["model_b"] * 2
     # eq. (4) for L layers on the trained weights: along the continuous dynamics from each cue (rk45), the
     # energy never increases (convex Lagrangians), to the integrator's rounding.
