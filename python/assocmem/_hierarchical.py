@@ -269,6 +269,64 @@ class LayeredMemory(_torch.nn.Module):
                 syn.append(_core.conv2d(s.source, s.target, _f64(w), src.shape, s.stride, s.padding))
         return _core.LayeredNetwork(layers, syn)
 
+    def save(self, directory, x0=None, **options):
+        """Writes the network of the current weights as a description `assocmem simulate` runs:
+        directory/network.json, with each synapse's weights and each bias as .npy files beside it
+        (float64, exact). x0: a starting state (N,) (default 0); options: simulate's keys (t_end, method,
+        rtol, atol, dt, max_steps, fixed_point_tol, record_every) copied into the description. Each file
+        is written atomically (assocmem.write_file); returns the description's path."""
+        import io
+        import json
+        import os
+        import re
+        allowed = {"t_end", "method", "rtol", "atol", "dt", "max_steps", "fixed_point_tol", "record_every"}
+        for k in options:
+            if k not in allowed:
+                raise ValueError(f"save: unknown option '{k}' (options: {', '.join(sorted(allowed))})")
+        if x0 is not None:
+            x0 = _np.asarray(x0.detach().numpy() if isinstance(x0, _torch.Tensor) else x0, dtype=_np.float64)
+            if x0.shape != (self.size,) or not _np.all(_np.isfinite(x0)):
+                raise ValueError(f"save: x0 must be {self.size} finite numbers, got shape {x0.shape}")
+        os.makedirs(directory, exist_ok=True)
+
+        def npy(name, array):
+            buf = io.BytesIO()
+            _np.save(buf, _np.ascontiguousarray(array, dtype=_np.float64))
+            _core.write_file(os.path.join(directory, name), buf.getvalue())
+            return name
+
+        layers = []
+        for i, n in enumerate(self.neurons):
+            # The Lagrangian's name holds its parameters at 17 significant digits: read back exactly.
+            m = re.fullmatch(r"(\w+)(?:\((.*)\))?", n.lagrangian.name)
+            lag = {"name": m.group(1)}
+            for item in filter(None, (m.group(2) or "").split(", ")):
+                if "=" not in item:
+                    raise ValueError(f"save: layer '{n.name}': {n.lagrangian.name} has a parameter ('{item}') that a "
+                                     "description cannot hold")
+                key, value = item.split("=")
+                lag[key] = float(value)
+            layer = {"name": n.name, "size": n.size, "lagrangian": lag, "tau": n.tau}
+            if n.bias:
+                layer["current"] = npy(f"bias_{i}.npy", _f64(self.bias[n.name]))
+            if x0 is not None:
+                layer["x0"] = npy(f"x0_{i}.npy", x0[self.offsets[i]:self.offsets[i + 1]])
+            layers.append(layer)
+        synapses = []
+        for i, (s, w) in enumerate(zip(self.specs, self.synapses)):
+            entry = {"from": s.source, "to": s.target}
+            if isinstance(s, DenseSynapse):
+                entry["dense"] = npy(f"synapse_{i}.npy", _f64(w))
+            else:
+                entry["conv2d"] = {"kernel": npy(f"synapse_{i}.npy", _f64(w).reshape(w.shape[0], -1)),
+                                   "kernel_size": list(s.kernel_size),
+                                   "in_shape": list(self.neurons[self._index[s.source]].shape),
+                                   "stride": s.stride, "padding": s.padding}
+            synapses.append(entry)
+        path = os.path.join(directory, "network.json")
+        _core.write_file(path, json.dumps({"layers": layers, "synapses": synapses, **options}, indent=1).encode())
+        return path
+
     def _params(self):
         return list(self.synapses) + [self.bias[n.name] for n in self.neurons if n.bias]
 

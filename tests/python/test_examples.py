@@ -65,6 +65,7 @@ def test_hierarchical_glyphs_learns_to_complete_half_hidden_glyphs(seed):
     # "all background" would score ~0.9: the trained recall must beat that, and the network before training.
     assert r["final_loss"] < 0.1 * r["initial_loss"], r
     assert right["cue"] == 0.0 and right["layered"] >= 0.97 and right["layered"] > right["before_training"] + 0.3, right
+    assert r["exact_recall"]["layered"] >= 0.5, r["exact_recall"]
     assert r["parameters"]["layered"] < r["parameters"]["model_b"] * 2
     # eq. (4) for L layers on the trained weights: along the continuous dynamics from each cue (rk45), the
     # energy never increases (convex Lagrangians), to the integrator's rounding.

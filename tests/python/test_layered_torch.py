@@ -227,3 +227,20 @@ def test_bad_declarations_and_inputs_name_the_problem():
         net(torch.full((1, net.size), math.nan, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="not finite after step"):
         net(torch.zeros(1, net.size, dtype=torch.float64), steps=50, dt=1e6)
+
+
+def test_save_writes_a_description_the_cli_runs_exactly(tmp_path, cli):
+    """A trained network goes to `assocmem simulate`: the description's trajectory is the Python API's."""
+    import json
+    import subprocess
+    net, _ = build(True)
+    x0 = 0.5 * torch.randn(net.size, dtype=torch.float64)
+    path = net.save(str(tmp_path / "trained"), x0=x0, t_end=2.0, rtol=1e-9, atol=1e-12)
+    r = subprocess.run([cli, "--json", "simulate", path, "-o", str(tmp_path / "out.npy")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["layers"] == 4
+    t = np.load(tmp_path / "out.npy")
+    ref = net.network().simulate(x0.numpy(), t_end=2.0, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(t[-1, 3:], ref.x[-1])  # the same network, bit for bit (float64 .npy files)
+    with pytest.raises(ValueError, match="unknown option 'tend'"):
+        net.save(str(tmp_path / "x"), tend=3)
