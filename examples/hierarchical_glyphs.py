@@ -132,7 +132,7 @@ def run(size=64, glyphs=32, channels=16, stride=4, memories=None, beta=1.0, step
 
     layered_params = sum(p.numel() for p in net.parameters())
     result = {
-        "size": size, "glyphs": P, "channels": channels, "stride": stride, "memories": memories, "steps": steps, "dt": dt,
+        "seed": seed, "size": size, "glyphs": P, "channels": channels, "stride": stride, "memories": memories, "steps": steps, "dt": dt,
         "iterations": iterations, "train_seconds": round(train_s, 1),
         "initial_loss": losses[0], "final_loss": losses[-1], "losses": losses[::max(1, iterations // 50)],
         "hidden_pixels_right": {"cue": cue[0], "before_training": before[0], "layered": trained[0], "model_b": model_b[0]},
@@ -153,6 +153,33 @@ def run(size=64, glyphs=32, channels=16, stride=4, memories=None, beta=1.0, step
     return result
 
 
+def summary(results):
+    """A markdown table of the results of several seeds: each figure's mean and sample standard deviation."""
+    import statistics
+
+    def stat(values):
+        m = statistics.mean(values)
+        return f"{m:.4f} +- {statistics.stdev(values):.4f}" if len(values) > 1 else f"{m:.4f}"
+
+    r0 = results[0]
+    rows = [("hidden pixels right: cue (hidden pixels 0)", [r["hidden_pixels_right"]["cue"] for r in results]),
+            ("hidden pixels right: before training", [r["hidden_pixels_right"]["before_training"] for r in results]),
+            ("hidden pixels right: layered, trained", [r["hidden_pixels_right"]["layered"] for r in results]),
+            ("hidden pixels right: model B", [r["hidden_pixels_right"]["model_b"] for r in results]),
+            ("glyphs recalled exactly: layered, trained", [r["exact_recall"]["layered"] for r in results]),
+            ("glyphs recalled exactly: model B", [r["exact_recall"]["model_b"] for r in results]),
+            ("final loss / initial loss", [r["final_loss"] / r["initial_loss"] for r in results]),
+            ("energy along the recall: first", [r["energy_mean"][0] for r in results]),
+            ("energy along the recall: last", [r["energy_mean"][-1] for r in results]),
+            ("largest energy rise in one Euler step", [r["largest_energy_rise_per_step"] for r in results])]
+    out = [f"{r0['glyphs']} glyphs of {r0['size']} x {r0['size']}; features {r0['channels']} channels, stride "
+           f"{r0['stride']}; {r0['memories']} memories; {r0['iterations']} iterations; seeds "
+           f"{', '.join(str(r['seed']) for r in results)}; parameters: layered {r0['parameters']['layered']}, "
+           f"model B {r0['parameters']['model_b']}", "", "| figure | mean +- sd over the seeds |", "|---|---:|"]
+    out += [f"| {name} | {stat(values)} |" for name, values in rows]
+    return "\n".join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Defaults: " + ", ".join(f"{k} {v}" for k, v in DEFAULTS.items()))
@@ -168,9 +195,24 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="glyphs per iteration (default: all)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seeds", default=None, help="comma-separated seeds: run each, print a summary table (mean +- sd)")
     p.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="threads (default: every CPU)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     a = p.parse_args(argv)
+    if a.seeds is not None:
+        try:
+            seeds = [int(x) for x in a.seeds.split(",")]
+        except ValueError:
+            print(f"hierarchical_glyphs: --seeds must be comma-separated whole numbers, got {a.seeds!r}", file=sys.stderr)
+            return 2
+        try:
+            results = [run(a.size, a.glyphs, a.channels, a.stride, a.memories, a.beta, a.steps, a.dt, a.iterations,
+                           a.lr, a.batch, seed, a.threads, log=lambda *_: None) for seed in seeds]
+        except (ValueError, RuntimeError) as e:
+            print(f"hierarchical_glyphs: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(results) if a.json else summary(results))
+        return 0
     try:
         r = run(a.size, a.glyphs, a.channels, a.stride, a.memories, a.beta, a.steps, a.dt, a.iterations, a.lr, a.batch, a.seed,
                 a.threads, log=(lambda *_: None) if a.json else print)

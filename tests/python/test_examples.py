@@ -76,3 +76,16 @@ def test_hierarchical_glyphs_learns_to_complete_half_hidden_glyphs(seed):
         assert np.all(np.diff(tr.energy) <= 1e-10 * (1 + np.abs(tr.energy[1:])))
     # Bounded activations everywhere (tanh, sigmoid, softmax): the energy is bounded below (Section 2).
     assert net.energy_bound()[0] == "bounded"
+
+
+def test_hierarchical_glyphs_command_line(tmp_path):
+    pytest.importorskip("torch")
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "hierarchical_glyphs.py"), "--size", "8", "--glyphs", "4",
+                          "--stride", "2", "--channels", "2", "--iterations", "3", "--seeds", "0,1"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| glyphs recalled exactly: model B |" in out.stdout and "+-" in out.stdout
+    bad = subprocess.run([sys.executable, os.path.join(EXAMPLES, "hierarchical_glyphs.py"), "--size", "30"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "--size must be a multiple of --stride" in bad.stderr
