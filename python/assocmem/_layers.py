@@ -465,6 +465,25 @@ def _bool_mask(mask, name, additive=False):
     raise TypeError(f"{name} must be bool, uint8 or float, got {mask.dtype}")
 
 
+class _Forwarded:
+    """A read-only attribute returning self.<owner>.<name> (name: the attribute's own unless given): the
+    properties hopfield-layers' modules forward from a submodule, written once. Setting one raises
+    AttributeError, as for hopfield-layers' properties."""
+
+    def __init__(self, owner, name=None):
+        self.owner, self.name = owner, name
+
+    def __set_name__(self, cls, attribute):
+        self.attribute = attribute
+        self.name = self.name or attribute
+
+    def __get__(self, obj, cls=None):
+        return self if obj is None else getattr(getattr(obj, self.owner), self.name)
+
+    def __set__(self, obj, value):
+        raise AttributeError(f"{self.attribute} is read-only (it is self.{self.owner}.{self.name})")
+
+
 class Hopfield(nn.Module):
     """hopfield-layers' Hopfield module (same arguments, defaults, forward and state_dict), its association
     fused (assocmem.torch.hopfield_retrieve). See the module docstring for what differs.
@@ -658,34 +677,16 @@ class Hopfield(nn.Module):
     def scaling(self):
         return self.__scaling.clone() if isinstance(self.__scaling, Tensor) else self.__scaling
 
-    @property
-    def stored_pattern_dim(self):
-        return self.association_core.kdim
-
-    @property
-    def state_pattern_dim(self):
-        return self.association_core.embed_dim
-
-    @property
-    def pattern_projection_dim(self):
-        return self.association_core.vdim
-
+    stored_pattern_dim = _Forwarded("association_core", "kdim")
+    state_pattern_dim = _Forwarded("association_core", "embed_dim")
+    pattern_projection_dim = _Forwarded("association_core", "vdim")
     @property
     def input_size(self):
         return self.state_pattern_dim
 
-    @property
-    def hidden_size(self):
-        return self.association_core.head_dim
-
-    @property
-    def output_size(self):
-        return self.association_core.out_dim
-
-    @property
-    def pattern_size(self):
-        return self.association_core.pattern_dim
-
+    hidden_size = _Forwarded("association_core", "head_dim")
+    output_size = _Forwarded("association_core", "out_dim")
+    pattern_size = _Forwarded("association_core", "pattern_dim")
     @property
     def update_steps_max(self):
         s = self.__update_steps_max
@@ -696,18 +697,9 @@ class Hopfield(nn.Module):
         e = self.__update_steps_eps
         return e.clone() if isinstance(e, Tensor) else e
 
-    @property
-    def stored_pattern_as_static(self) -> bool:
-        return self.association_core.key_as_static
-
-    @property
-    def state_pattern_as_static(self) -> bool:
-        return self.association_core.query_as_static
-
-    @property
-    def pattern_projection_as_static(self) -> bool:
-        return self.association_core.value_as_static
-
+    stored_pattern_as_static = _Forwarded("association_core", "key_as_static")
+    state_pattern_as_static = _Forwarded("association_core", "query_as_static")
+    pattern_projection_as_static = _Forwarded("association_core", "value_as_static")
     @property
     def normalize_stored_pattern(self) -> bool:
         return self.norm_stored_pattern is not None
@@ -732,14 +724,8 @@ class Hopfield(nn.Module):
     def normalize_pattern_projection_affine(self) -> bool:
         return self.normalize_pattern_projection and self.norm_pattern_projection.elementwise_affine
 
-    @property
-    def normalize_hopfield_space(self) -> bool:
-        return self.association_core.normalize_pattern
-
-    @property
-    def normalize_hopfield_space_affine(self) -> bool:
-        return self.association_core.normalize_pattern_affine
-
+    normalize_hopfield_space = _Forwarded("association_core", "normalize_pattern")
+    normalize_hopfield_space_affine = _Forwarded("association_core", "normalize_pattern_affine")
 
 def _betas(scaling, N, dtype):
     """Inverse temperatures of N x len(scaling) batch elements (element n A + i: scaling[i]), a tensor
@@ -782,87 +768,26 @@ class _Wrapper(nn.Module):
         return self._quantity
 
     # The Hopfield module's read-only properties, as hopfield-layers' wrappers forward them.
-    @property
-    def batch_first(self) -> bool:
-        return self.hopfield.batch_first
-
-    @property
-    def scaling(self) -> Union[float, Tensor]:
-        return self.hopfield.scaling
-
-    @property
-    def stored_pattern_dim(self) -> Optional[int]:
-        return self.hopfield.stored_pattern_dim
-
-    @property
-    def state_pattern_dim(self) -> Optional[int]:
-        return self.hopfield.state_pattern_dim
-
-    @property
-    def pattern_projection_dim(self) -> Optional[int]:
-        return self.hopfield.pattern_projection_dim
-
-    @property
-    def input_size(self) -> Optional[int]:
-        return self.hopfield.input_size
-
-    @property
-    def hidden_size(self) -> Optional[int]:
-        return self.hopfield.hidden_size
-
-    @property
-    def output_size(self) -> Optional[int]:
-        return self.hopfield.output_size
-
-    @property
-    def pattern_size(self) -> Optional[int]:
-        return self.hopfield.pattern_size
-
-    @property
-    def update_steps_max(self) -> Optional[Union[int, Tensor]]:
-        return self.hopfield.update_steps_max
-
-    @property
-    def update_steps_eps(self) -> Union[float, Tensor]:
-        return self.hopfield.update_steps_eps
-
-    @property
-    def stored_pattern_as_static(self) -> bool:
-        return self.hopfield.stored_pattern_as_static
-
-    @property
-    def state_pattern_as_static(self) -> bool:
-        return self.hopfield.state_pattern_as_static
-
-    @property
-    def pattern_projection_as_static(self) -> bool:
-        return self.hopfield.pattern_projection_as_static
-
-    @property
-    def normalize_stored_pattern(self) -> bool:
-        return self.hopfield.normalize_stored_pattern
-
-    @property
-    def normalize_stored_pattern_affine(self) -> bool:
-        return self.hopfield.normalize_stored_pattern_affine
-
-    @property
-    def normalize_state_pattern(self) -> bool:
-        return self.hopfield.normalize_state_pattern
-
-    @property
-    def normalize_state_pattern_affine(self) -> bool:
-        return self.hopfield.normalize_state_pattern_affine
-
-    @property
-    def normalize_pattern_projection(self) -> bool:
-        return self.hopfield.normalize_pattern_projection
-
-    @property
-    def normalize_pattern_projection_affine(self) -> bool:
-        return self.hopfield.normalize_pattern_projection_affine
-
-
+    batch_first = _Forwarded("hopfield")
+    scaling = _Forwarded("hopfield")
+    stored_pattern_dim = _Forwarded("hopfield")
+    state_pattern_dim = _Forwarded("hopfield")
+    pattern_projection_dim = _Forwarded("hopfield")
+    input_size = _Forwarded("hopfield")
+    hidden_size = _Forwarded("hopfield")
+    output_size = _Forwarded("hopfield")
+    pattern_size = _Forwarded("hopfield")
+    update_steps_max = _Forwarded("hopfield")
+    update_steps_eps = _Forwarded("hopfield")
+    stored_pattern_as_static = _Forwarded("hopfield")
+    state_pattern_as_static = _Forwarded("hopfield")
+    pattern_projection_as_static = _Forwarded("hopfield")
+    normalize_stored_pattern = _Forwarded("hopfield")
+    normalize_stored_pattern_affine = _Forwarded("hopfield")
+    normalize_state_pattern = _Forwarded("hopfield")
+    normalize_state_pattern_affine = _Forwarded("hopfield")
+    normalize_pattern_projection = _Forwarded("hopfield")
+    normalize_pattern_projection_affine = _Forwarded("hopfield")
 
 
 class HopfieldPooling(_Wrapper):
@@ -1038,13 +963,8 @@ class HopfieldEncoderLayer(_TransformerLayer):
     def get_association_matrix(self, input: Union[Tensor, Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         return self.hopfield_association.get_association_matrix(input)
 
-    @property
-    def batch_first(self) -> bool:
-        return self.hopfield_association.batch_first
-
-    @property
-    def input_size(self) -> Optional[int]:
-        return self.hopfield_association.input_size
+    batch_first = _Forwarded("hopfield_association")
+    input_size = _Forwarded("hopfield_association")
 
 
 class HopfieldDecoderLayer(_TransformerLayer):
@@ -1088,10 +1008,5 @@ class HopfieldDecoderLayer(_TransformerLayer):
     def get_association_matrix_cross(self, input: Union[Tensor, Tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         return self.hopfield_association_cross.get_association_matrix(input)
 
-    @property
-    def batch_first(self) -> bool:
-        return self.hopfield_association_self.batch_first
-
-    @property
-    def input_size(self) -> Optional[int]:
-        return self.hopfield_association_self.input_size
+    batch_first = _Forwarded("hopfield_association_self")
+    input_size = _Forwarded("hopfield_association_self")

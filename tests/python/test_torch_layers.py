@@ -634,3 +634,19 @@ def test_every_hopfield_parameter_is_documented():
         if not named(p) and not companion:
             missing.append(p)
     assert not missing, missing
+
+
+def test_forwarded_properties_read_the_submodule_and_are_read_only():
+    """The properties hopfield-layers' modules forward (HopfieldPooling/HopfieldLayer from their Hopfield,
+    Hopfield from its core, the encoder from its association): the submodule's values, and setting one
+    raises AttributeError as a read-only property does."""
+    pool = HopfieldPooling(8, hidden_size=4, num_heads=2)
+    for name in ("batch_first", "input_size", "hidden_size", "stored_pattern_dim", "update_steps_max",
+                 "normalize_state_pattern_affine"):
+        assert getattr(pool, name) == getattr(pool.hopfield, name), name
+    assert pool.hidden_size == pool.hopfield.association_core.head_dim == 4
+    enc = HopfieldEncoderLayer(Hopfield(8, num_heads=2))
+    assert enc.input_size == 8 and enc.batch_first == enc.hopfield_association.batch_first
+    for module, name in ((pool, "hidden_size"), (pool.hopfield, "stored_pattern_dim"), (enc, "batch_first")):
+        with pytest.raises(AttributeError, match="read-only"):
+            setattr(module, name, 3)
