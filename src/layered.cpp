@@ -238,22 +238,31 @@ void LayeredNetwork::rhs(const Vector& x, Vector& dx) const {
   dx = dX.row(0).transpose();
 }
 
-double LayeredNetwork::energy(const Vector& x) const {
-  const Vector g = activations(x);
-  double e = 0;
-  for (std::size_t A = 0; A < layers_.size(); ++A) {
-    const LayerSpec& l = layers_[A];
-    const Vector xa = part(x, A);
-    const auto ga = g.segment(offsets_[A], l.size);
-    e += (xa - l.current).dot(ga) - l.lagrangian->value(xa);  // Legendre term and the input current
-  }
+void LayeredNetwork::energy_rows(const Matrix& X, Vector& e) const {
+  Matrix G;
+  activations_rows(X, G);
+  e = Vector::Zero(X.rows());
+  Vector xa;
+  for (Eigen::Index b = 0; b < X.rows(); ++b)
+    for (std::size_t A = 0; A < layers_.size(); ++A) {
+      const LayerSpec& l = layers_[A];
+      xa = X.row(b).segment(offsets_[A], l.size).transpose();
+      // The Legendre term and the input current.
+      e(b) += (xa - l.current).dot(G.row(b).segment(offsets_[A], l.size).transpose()) - l.lagrangian->value(xa);
+    }
   for (std::size_t s = 0; s < synapses_.size(); ++s) {
     const std::size_t a = from_[s], b = to_[s];
-    Vector down = Vector::Zero(layers_[b].size);
-    synapses_[s].op->apply(g.segment(offsets_[a], layers_[a].size), down);
-    e -= g.segment(offsets_[b], layers_[b].size).dot(down);  // the two-body term of synapse s
+    Matrix down = Matrix::Zero(X.rows(), layers_[b].size);
+    synapses_[s].op->apply_rows(G.middleCols(offsets_[a], layers_[a].size), down);
+    e -= (G.middleCols(offsets_[b], layers_[b].size).array() * down.array()).rowwise().sum().matrix();  // two-body term
   }
-  return e;
+}
+
+double LayeredNetwork::energy(const Vector& x) const {
+  check_state(x);
+  Vector e;
+  energy_rows(as_row(x), e);
+  return e(0);
 }
 
 double LayeredNetwork::energy_rate(const Vector& x) const { return energy_rate(x, std::vector<bool>(n_layers(), false)); }
@@ -283,26 +292,51 @@ void LayeredNetwork::jvp(const Vector& x, const Vector& u, Vector& out) const {
     out.segment(offsets_[A], layers_[A].size) = (field.segment(offsets_[A], layers_[A].size) - part(u, A)) / layers_[A].tau;
 }
 
-void LayeredNetwork::energy_gradient(const Vector& x, Vector& out) const {
-  const Vector field = fields(activations(x));
-  out.resize(size());
-  for (std::size_t A = 0; A < layers_.size(); ++A) {
-    const LayerSpec& l = layers_[A];
-    const Vector r = part(x, A) - field.segment(offsets_[A], l.size) - l.current;  // residual of eq. (1)
-    out.segment(offsets_[A], l.size) = l.lagrangian->hvp(part(x, A), r);
+void LayeredNetwork::energy_gradient_rows(const Matrix& X, Matrix& out) const {
+  Matrix G, field;
+  activations_rows(X, G);
+  fields_rows(G, field);
+  out.resize(X.rows(), X.cols());
+  Vector xa, r, m;
+  for (Eigen::Index b = 0; b < X.rows(); ++b)
+    for (std::size_t A = 0; A < layers_.size(); ++A) {
+      const LayerSpec& l = layers_[A];
+      xa = X.row(b).segment(offsets_[A], l.size).transpose();
+      r = xa - field.row(b).segment(offsets_[A], l.size).transpose() - l.current;  // residual of eq. (1)
+      l.lagrangian->hvp(xa, r, m);
+      out.row(b).segment(offsets_[A], l.size) = m.transpose();
+    }
+}
+
+void LayeredNetwork::add_energy_parameter_gradients_rows(const Matrix& X, const Vector& c, std::vector<Matrix>& weights,
+                                                         Vector& currents) const {
+  Matrix G;
+  activations_rows(X, G);
+  const Matrix cG = c.asDiagonal() * G;  // row b weighted by c_b
+  for (std::size_t s = 0; s < synapses_.size(); ++s) {
+    const std::size_t a = from_[s], b = to_[s];
+    Matrix grad = Matrix::Zero(weights[s].rows(), weights[s].cols());
+    synapses_[s].op->add_weight_gradient_rows(cG.middleCols(offsets_[b], layers_[b].size),
+                                              G.middleCols(offsets_[a], layers_[a].size), grad);
+    weights[s] -= grad;  // E holds -g^b . W g^a
   }
+  currents -= cG.colwise().sum().transpose();  // E holds -I_A . g^A
+}
+
+void LayeredNetwork::energy_gradient(const Vector& x, Vector& out) const {
+  check_state(x);
+  Matrix o;
+  energy_gradient_rows(as_row(x), o);
+  out = o.row(0).transpose();
 }
 
 std::vector<Matrix> LayeredNetwork::energy_weight_gradients(const Vector& x) const {
-  const Vector g = activations(x);
+  check_state(x);
   std::vector<Matrix> out;
-  for (std::size_t s = 0; s < synapses_.size(); ++s) {
-    const Synapse& op = *synapses_[s].op;
-    Matrix grad = Matrix::Zero(op.parameter_rows(), op.parameter_cols());
-    op.add_weight_gradient(g.segment(offsets_[to_[s]], layers_[to_[s]].size),
-                           g.segment(offsets_[from_[s]], layers_[from_[s]].size), grad);
-    out.push_back(-grad);  // E holds -g^b . W g^a
-  }
+  for (std::size_t s = 0; s < synapses_.size(); ++s)
+    out.push_back(Matrix::Zero(synapses_[s].op->parameter_rows(), synapses_[s].op->parameter_cols()));
+  Vector currents = Vector::Zero(size());
+  add_energy_parameter_gradients_rows(as_row(x), Vector::Ones(1), out, currents);
   return out;
 }
 

@@ -74,7 +74,11 @@ void each_block(Eigen::Index batch, int threads, const Fn& fn) {
 Vector layered_energies(const LayeredNetwork& net, const Matrix& X, int threads) {
   check_batch(net, X, "states");
   Vector e(X.rows());
-  each_row(X.rows(), threads, [&](Eigen::Index b) { e(b) = net.energy(X.row(b).transpose()); });
+  each_block(X.rows(), threads, [&](Eigen::Index r0, Eigen::Index n) {
+    Vector part;
+    net.energy_rows(X.middleRows(r0, n), part);
+    e.segment(r0, n) = part;
+  });
   return e;
 }
 
@@ -83,15 +87,12 @@ LayeredGradients layered_energies_vjp(const LayeredNetwork& net, const Matrix& X
   ASSOCMEM_CHECK_ARG(c.size() == X.rows(), "energy gradient: ", c.size(), " weights for ", X.rows(), " states");
   check_finite(c, "energy gradient weights");
   return over_blocks(net, X.rows(), threads, [&](Eigen::Index r0, Eigen::Index n, LayeredGradients& acc, Matrix& states) {
-    for (Eigen::Index b = r0; b < r0 + n; ++b) {
-      const Vector x = X.row(b).transpose();
-      Vector dx;
-      net.energy_gradient(x, dx);
-      states.row(b) = c(b) * dx.transpose();
-      const std::vector<Matrix> gw = net.energy_weight_gradients(x);
-      for (std::size_t s = 0; s < gw.size(); ++s) acc.weights[s] += c(b) * gw[s];
-      acc.currents -= c(b) * net.activations(x);  // E holds -I_A . g^A
-    }
+    const Matrix x = X.middleRows(r0, n);
+    const Vector cb = c.segment(r0, n);
+    Matrix dx;
+    net.energy_gradient_rows(x, dx);
+    states.middleRows(r0, n) = cb.asDiagonal() * dx;
+    net.add_energy_parameter_gradients_rows(x, cb, acc.weights, acc.currents);
   });
 }
 

@@ -209,13 +209,19 @@ class LayeredNetwork {
   /// whole reverse-mode step through eq. (1).
   void add_rhs_parameter_vjp(const Vector& x, const Vector& u, std::vector<Matrix>& weights, Vector& currents) const;
   /// The batched forms (rows = samples, each matrix B x size()), which the one-vector methods above are
-  /// with B = 1: activations, the fields of activations G, dx/dt, U^T J, and add_rhs_parameter_vjp
-  /// summed over the rows. They do not check their inputs (the callers do, once per batch).
+  /// with B = 1: activations, the fields of activations G, dx/dt, U^T J, add_rhs_parameter_vjp summed
+  /// over the rows, and the energy with its gradients. They do not check their inputs (the callers do, once per batch).
   void activations_rows(const Matrix& X, Matrix& G) const;
   void fields_rows(const Matrix& G, Matrix& field) const;
   void rhs_rows(const Matrix& X, Matrix& dX) const;
   void vjp_rows(const Matrix& X, const Matrix& U, Matrix& out) const;
   void add_rhs_parameter_vjp_rows(const Matrix& X, const Matrix& U, std::vector<Matrix>& weights, Vector& currents) const;
+  /// The energy of each row, dE/dx of each row, and sum_b c_b dE(x_b)/d(parameters) added to `weights`
+  /// (per synapse) and `currents` (dE/dI_A = -g^A).
+  void energy_rows(const Matrix& X, Vector& e) const;
+  void energy_gradient_rows(const Matrix& X, Matrix& out) const;
+  void add_energy_parameter_gradients_rows(const Matrix& X, const Vector& c, std::vector<Matrix>& weights,
+                                           Vector& currents) const;
   /// Whether synapse s joins layers A and B (in either direction).
   bool joins(std::size_t s, std::size_t A, std::size_t B) const {
     return (from_[s] == A && to_[s] == B) || (from_[s] == B && to_[s] == A);
