@@ -346,6 +346,11 @@ class LayeredMemory(_torch.nn.Module):
                              f"{tuple(x.shape)}")
         if not x.dtype.is_floating_point:
             raise TypeError(f"{what} must be floating point, got {x.dtype}")
+        if x.device.type != "cpu":
+            raise ValueError(f"{what} is on {x.device}: assocmem computes on the CPU (move it with .cpu())")
+        for p in self._params():
+            if p.device.type != "cpu":
+                raise ValueError(f"the parameters are on {p.device}: assocmem computes on the CPU (net.cpu())")
 
     # -- energy and dynamics ----------------------------------------------------------------------------
     def energy(self, x):

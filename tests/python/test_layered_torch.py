@@ -225,6 +225,8 @@ def test_bad_declarations_and_inputs_name_the_problem():
         net(torch.zeros(2, net.size, dtype=torch.float64), steps=-1)
     with pytest.raises(ValueError, match="initial states contains NaN or Inf"):
         net(torch.full((1, net.size), math.nan, dtype=torch.float64))
+    with pytest.raises(ValueError, match="is on meta: assocmem computes on the CPU"):
+        net(torch.zeros(1, net.size, dtype=torch.float64, device="meta"))
     with pytest.raises(RuntimeError, match="not finite after step"):
         net(torch.zeros(1, net.size, dtype=torch.float64), steps=50, dt=1e6)
 
