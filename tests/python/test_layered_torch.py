@@ -246,3 +246,21 @@ def test_save_writes_a_description_the_cli_runs_exactly(tmp_path, cli):
     np.testing.assert_array_equal(t[-1, 3:], ref.x[-1])  # the same network, bit for bit (float64 .npy files)
     with pytest.raises(ValueError, match="unknown option 'tend'"):
         net.save(str(tmp_path / "x"), tend=3)
+
+
+def test_the_readme_snippet_runs_as_written():
+    """The README's LayeredMemory block, run as written on four glyphs with the lower half hidden: every
+    weight and bias gets a gradient, the energy is one number per cue."""
+    import pathlib
+    text = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("import assocmem.torch as at\nnet = at.LayeredMemory(")
+    block = text[start:text.index("```", start)]
+    _, im = am.render_glyphs("", 4, 64)
+    images = torch.tensor(im.reshape(4, -1), dtype=torch.float32)
+    cues = images.clone()
+    cues[:, 2048:] = 0
+    scope = {"L": L, "cues": cues, "images": images}
+    exec(block, scope)
+    net, loss, E = scope["net"], scope["loss"], scope["E"]
+    assert math.isfinite(float(loss)) and E.shape == (4,)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
