@@ -283,10 +283,9 @@ double LayeredNetwork::energy_rate(const Vector& x, const std::vector<bool>& ski
 void LayeredNetwork::jvp(const Vector& x, const Vector& u, Vector& out) const {
   check_state(x);
   check_state(u, "u");
-  Vector Mu(size());
-  for (std::size_t A = 0; A < layers_.size(); ++A)
-    Mu.segment(offsets_[A], layers_[A].size) = layers_[A].lagrangian->hvp(part(x, A), part(u, A));
-  const Vector field = fields(Mu);  // the same linear maps applied to M u
+  Matrix Mu;
+  hessians_rows(as_row(x), as_row(u), Mu);
+  const Vector field = fields(Mu.row(0).transpose());  // the same linear maps applied to M u
   out.resize(size());
   for (std::size_t A = 0; A < layers_.size(); ++A)
     out.segment(offsets_[A], layers_[A].size) = (field.segment(offsets_[A], layers_[A].size) - part(u, A)) / layers_[A].tau;
@@ -296,16 +295,29 @@ void LayeredNetwork::energy_gradient_rows(const Matrix& X, Matrix& out) const {
   Matrix G, field;
   activations_rows(X, G);
   fields_rows(G, field);
-  out.resize(X.rows(), X.cols());
-  Vector xa, r, m;
+  Matrix R = X - field;  // the residual of eq. (1), layer by layer
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    R.middleCols(offsets_[A], layers_[A].size).rowwise() -= layers_[A].current.transpose();
+  hessians_rows(X, R, out);
+}
+
+void LayeredNetwork::hessians_rows(const Matrix& X, const Matrix& U, Matrix& out) const {
+  out.resize(U.rows(), U.cols());
+  Vector xa, ua, m;
   for (Eigen::Index b = 0; b < X.rows(); ++b)
     for (std::size_t A = 0; A < layers_.size(); ++A) {
-      const LayerSpec& l = layers_[A];
-      xa = X.row(b).segment(offsets_[A], l.size).transpose();
-      r = xa - field.row(b).segment(offsets_[A], l.size).transpose() - l.current;  // residual of eq. (1)
-      l.lagrangian->hvp(xa, r, m);
-      out.row(b).segment(offsets_[A], l.size) = m.transpose();
+      xa = X.row(b).segment(offsets_[A], layers_[A].size).transpose();
+      ua = U.row(b).segment(offsets_[A], layers_[A].size).transpose();
+      layers_[A].lagrangian->hvp(xa, ua, m);
+      out.row(b).segment(offsets_[A], layers_[A].size) = m.transpose();
     }
+}
+
+Matrix LayeredNetwork::over_tau_rows(const Matrix& U) const {
+  Matrix W(U.rows(), U.cols());
+  for (std::size_t A = 0; A < layers_.size(); ++A)
+    W.middleCols(offsets_[A], layers_[A].size) = U.middleCols(offsets_[A], layers_[A].size) / layers_[A].tau;
+  return W;
 }
 
 void LayeredNetwork::add_energy_parameter_gradients_rows(const Matrix& X, const Vector& c, std::vector<Matrix>& weights,
@@ -341,19 +353,11 @@ std::vector<Matrix> LayeredNetwork::energy_weight_gradients(const Vector& x) con
 }
 
 void LayeredNetwork::vjp_rows(const Matrix& X, const Matrix& U, Matrix& out) const {
-  Matrix W(U.rows(), U.cols()), field;
-  for (std::size_t A = 0; A < layers_.size(); ++A)
-    W.middleCols(offsets_[A], layers_[A].size) = U.middleCols(offsets_[A], layers_[A].size) / layers_[A].tau;
+  const Matrix W = over_tau_rows(U);
+  Matrix field;
   fields_rows(W, field);  // the synapses' maps, each direction the transpose of jvp's
-  out.resize(U.rows(), U.cols());
-  Vector xa, fa, m;
-  for (Eigen::Index b = 0; b < X.rows(); ++b)
-    for (std::size_t A = 0; A < layers_.size(); ++A) {
-      xa = X.row(b).segment(offsets_[A], layers_[A].size).transpose();
-      fa = field.row(b).segment(offsets_[A], layers_[A].size).transpose();
-      layers_[A].lagrangian->hvp(xa, fa, m);  // M^A is symmetric
-      out.row(b).segment(offsets_[A], layers_[A].size) = m.transpose() - W.row(b).segment(offsets_[A], layers_[A].size);
-    }
+  hessians_rows(X, field, out);  // M^A is symmetric
+  out -= W;
 }
 
 void LayeredNetwork::vjp(const Vector& x, const Vector& u, Vector& out) const {
@@ -366,10 +370,9 @@ void LayeredNetwork::vjp(const Vector& x, const Vector& u, Vector& out) const {
 
 void LayeredNetwork::add_rhs_parameter_vjp_rows(const Matrix& X, const Matrix& U, std::vector<Matrix>& weights,
                                                 Vector& currents) const {
-  Matrix G, W(U.rows(), U.cols());
+  Matrix G;
   activations_rows(X, G);
-  for (std::size_t A = 0; A < layers_.size(); ++A)
-    W.middleCols(offsets_[A], layers_[A].size) = U.middleCols(offsets_[A], layers_[A].size) / layers_[A].tau;
+  const Matrix W = over_tau_rows(U);
   for (std::size_t s = 0; s < synapses_.size(); ++s) {
     const std::size_t a = from_[s], b = to_[s];
     const Synapse& op = *synapses_[s].op;

@@ -52,14 +52,6 @@ LayeredGradients over_blocks(const LayeredNetwork& net, Eigen::Index batch, int 
   return total;
 }
 
-template <class Fn>
-void each_row(Eigen::Index batch, int threads, const Fn& fn) {
-  detail::parallel_chunks(static_cast<std::size_t>(batch), detail::resolve_threads(threads),
-                          [&](std::size_t, std::size_t begin, std::size_t end) {
-                            for (std::size_t b = begin; b < end; ++b) fn(static_cast<Eigen::Index>(b));
-                          });
-}
-
 // fn(first row, rows) for blocks of rows, one per thread.
 template <class Fn>
 void each_block(Eigen::Index batch, int threads, const Fn& fn) {
@@ -112,11 +104,10 @@ Matrix layered_activations_vjp(const LayeredNetwork& net, const Matrix& X, const
   check_batch(net, U, "activation gradient");
   ASSOCMEM_CHECK_ARG(U.rows() == X.rows(), "activation gradient: ", U.rows(), " rows for ", X.rows(), " states");
   Matrix out(X.rows(), X.cols());
-  each_row(X.rows(), threads, [&](Eigen::Index b) {
-    const Vector x = X.row(b).transpose(), u = U.row(b).transpose();
-    for (std::size_t A = 0; A < net.n_layers(); ++A)
-      out.row(b).segment(net.offset(A), net.layer(A).size) =
-          net.layer(A).lagrangian->hvp(net.part(x, A), net.part(u, A)).transpose();
+  each_block(X.rows(), threads, [&](Eigen::Index r0, Eigen::Index n) {
+    Matrix m;
+    net.hessians_rows(X.middleRows(r0, n), U.middleRows(r0, n), m);
+    out.middleRows(r0, n) = m;
   });
   return out;
 }

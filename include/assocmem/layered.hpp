@@ -219,6 +219,10 @@ class LayeredNetwork {
   /// The energy of each row, dE/dx of each row, and sum_b c_b dE(x_b)/d(parameters) added to `weights`
   /// (per synapse) and `currents` (dE/dI_A = -g^A).
   void energy_rows(const Matrix& X, Vector& e) const;
+  /// Each layer's Hessian M^A at row b of X applied to row b of U (the activations' Jacobian, symmetric).
+  void hessians_rows(const Matrix& X, const Matrix& U, Matrix& out) const;
+  /// U with each layer's columns divided by its tau.
+  Matrix over_tau_rows(const Matrix& U) const;
   void energy_gradient_rows(const Matrix& X, Matrix& out) const;
   void add_energy_parameter_gradients_rows(const Matrix& X, const Vector& c, std::vector<Matrix>& weights,
                                            Vector& currents) const;
