@@ -165,47 +165,48 @@ class HopfieldCore(nn.Module):
                 nn.init.normal_(b, mean=0.0, std=0.02)
 
     # -- projections into the Hopfield space ---------------------------------------------------------------
+    def _linear_maps(self):
+        """(weight, bias) of the query, key and value projections, None for a static pattern, sliced by
+        hopfield-layers' layout: rows [W_q | W_k | W_v] of in_proj_weight (the projected ones) or separate
+        weights; the bias [b_q | b_k | b_v] over the projected query and key and the values."""
+        hop = self.virtual_hopfield_dim
+        b = self.in_proj_bias
+        statics = (self.query_as_static, self.key_as_static, self.value_as_static)
+        maps, start = [], 0
+        if self._qkv_same_embed_dim:
+            for static, size in zip(statics, (hop, hop, self.virtual_pattern_dim)):
+                if static:
+                    maps.append(None)
+                    continue
+                maps.append((self.in_proj_weight[start:start + size], None if b is None else b[start:start + size]))
+                start += size
+            return maps
+        for static, w, size in zip(statics, (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight),
+                                   (hop, hop, None)):
+            if static:
+                maps.append(None)
+                continue
+            maps.append((w, None if b is None else (b[start:] if size is None else b[start:start + size])))
+            start += size or 0
+        return maps
+
     def _project(self, query, key, value):
         """(q, k, v) in the Hopfield space, batch first: q (N, L, H*hd), k (Nk, S, H*hd), v (Nk, S, H*pd);
         a static pattern is used as is for every head."""
         H = self.num_heads
-        hop = self.virtual_hopfield_dim
-        b = self.in_proj_bias
-        if self._qkv_same_embed_dim:
-            W, rows = self.in_proj_weight, []
-            start = 0
-            for static, size in ((self.query_as_static, hop), (self.key_as_static, hop),
-                                 (self.value_as_static, self.virtual_pattern_dim)):
-                rows.append(None if static else (start, start + size))
-                start += 0 if static else size
+        mq, mk, mv = self._linear_maps()
 
-            def lin(x, r):
-                return nn.functional.linear(x, W[r[0]:r[1]], None if b is None else b[r[0]:r[1]])
-            q = query.repeat(1, 1, H) if self.query_as_static else lin(query, rows[0])
-            k = key.repeat(1, 1, H) if self.key_as_static else lin(key, rows[1])
-            v = value.repeat(1, 1, H) if self.value_as_static else lin(value, rows[2])
-            return q, k, v
-        # Separate weights: hopfield-layers' bias layout is [q (if projected) | k (if projected) | v].
-        start = 0
-        if self.query_as_static:
-            q = query.repeat(1, 1, H)
-        else:
-            q = nn.functional.linear(query, self.q_proj_weight, None if b is None else b[:hop])
-            start = hop if b is not None else 0
+        def lin(x, m):
+            return nn.functional.linear(x, *m)
+        q = query.repeat(1, 1, H) if mq is None else lin(query, mq)
+        k = key.repeat(1, 1, H) if mk is None else lin(key, mk)
         v = value
-        if self.key_as_static:
-            k = key.repeat(1, 1, H)
-        else:
-            kb = None if b is None else b[start:start + hop]
-            k = nn.functional.linear(key, self.k_proj_weight, kb)
-            if self.value_as_connected:
-                v = nn.functional.linear(v, self.k_proj_weight, kb)
-            start += hop
-        if self.value_as_static:
-            if not (self.value_as_connected or self.key_as_static):
-                v = v.repeat(1, 1, H)
-        else:
-            v = nn.functional.linear(v, self.v_proj_weight, None if b is None else b[start:])
+        if self.value_as_connected and mk is not None:
+            v = lin(v, mk)  # the values projected from the keys
+        if mv is not None:
+            v = lin(v, mv)
+        elif self._qkv_same_embed_dim or not (self.value_as_connected or self.key_as_static):
+            v = v.repeat(1, 1, H)
         return q, k, v
 
     def _heads(self, query, key, value):
@@ -247,10 +248,13 @@ class HopfieldCore(nn.Module):
             names = what if isinstance(what, tuple) else (what,)
             res = tuple(cut[w](t.expand(max(N, 1), *t.shape[1:])) for w, t in zip(names, full))
             return res if isinstance(what, tuple) else res[0]
+        if what == "output" and self._reassociates(state, stored, proj, steps):
+            return self._output_in_input_space(state, stored, proj, stored_pattern_padding_mask, association_mask,
+                                               scaling, steps, eps)
         q, k, v = self._heads(state, stored, proj)
         N, H, L, S = q.shape[0], q.shape[1], q.shape[2], stored.shape[1]
         mask = self._masks(N, H, L, S, stored_pattern_padding_mask, association_mask)
-        states = self._states(q, k, mask, scaling, steps, eps)
+        states = self._states(q, lambda x, heads: self._attend(x, k, None, mask, heads, scaling), steps, eps)
 
         def association():
             rows = []
@@ -306,6 +310,94 @@ class HopfieldCore(nn.Module):
         return (got["output"].transpose(0, 1), got["association"].mean(dim=1) if need_weights else None,
                 got.get("association") if return_raw_associations else None, got.get("projection"))
 
+    # -- the association without projected stored patterns ------------------------------------------------
+    # Keys and values are linear in the stored patterns and projections: K_h = Y W_kh^T + 1 b_kh^T, V_h =
+    # Z W_vh^T + 1 b_vh^T. So beta xi K_h^T = (beta xi W_kh) Y^T + (beta xi . b_kh) 1^T, whose last term
+    # shifts every score of a query alike and leaves the softmax P unchanged, and since the rows of P sum to
+    # one, P V_h = (P Z) W_vh^T + b_vh (and P K_h = (P Y) W_kh^T + b_kh for the updates). The fused
+    # association then runs against Y and Z themselves: the (stored patterns x heads) projections are never
+    # formed, nor their gradients; the heads of a batch element share its stored patterns as one element
+    # of the batched call. Exact but for rounding; chosen where it costs fewer operations (_reassociates).
+    _reassociation: Optional[bool] = None  # None: where it pays; False: never; True: wherever it applies
+
+    def _reassociates(self, state, stored, proj, steps):
+        """Whether the output is computed in the input space (above): the keys projected linearly, the values
+        projected or static, not connected, no Hopfield-space layer norm or zero association (neither is
+        linear in the stored patterns), float32 / float64; and, unless forced, fewer multiply-adds."""
+        if self._reassociation is False:
+            return False
+        mq, mk, mv = self._linear_maps()
+        if (mk is None or self.value_as_connected or self.normalize_pattern or self.add_zero_attn
+                or stored.dtype not in (_torch.float32, _torch.float64)):
+            return False
+        if self._reassociation:
+            return True
+        N, L, Nk, S, H = state.shape[0], state.shape[1], stored.shape[0], stored.shape[1], self.num_heads
+        hd, dk = self.head_dim, stored.shape[2]
+        pd, dv = (proj.shape[2], proj.shape[2]) if mv is None else (self.pattern_dim, proj.shape[2])
+        updates = sum(1 if s is None else s for s in steps)  # None: at least one update; more cannot be known
+        # Per head and query: scores and weighted sum over S stored patterns, in the space they are taken in.
+        projected = Nk * S * H * (dk * hd + (0 if mv is None else dv * pd)) + N * L * S * (H * (hd + pd) + 2 * updates * hd)
+        inputs = N * L * S * (H * (dk + dv) + 2 * updates * dk) + N * L * H * (hd * dk + (0 if mv is None else pd * dv))
+        return inputs < projected
+
+    def _output_in_input_space(self, state, stored, proj, stored_pattern_padding_mask, association_mask, scaling,
+                               steps, eps):
+        """associate(..., what="output") computed against the stored patterns and projections themselves."""
+        H = self.num_heads
+        mq, mk, mv = self._linear_maps()
+        q = state.repeat(1, 1, H) if mq is None else nn.functional.linear(state, *mq)
+        N, L, S = q.shape[0], q.shape[1], stored.shape[1]
+        q = q.reshape(N, L, H, -1).transpose(1, 2)  # (N, H, L, hd)
+        mask = self._masks(N, H, L, S, stored_pattern_padding_mask, association_mask)
+        wk = mk[0].reshape(H, self.head_dim, -1)
+        bk = None if mk[1] is None else mk[1].reshape(H, -1)
+        states = self._states(q, lambda x, heads: self._attend_inputs(x, heads, stored, None, wk, (wk, bk), mask,
+                                                                      scaling), steps, eps)
+        wv = None if mv is None else (mv[0].reshape(H, self.pattern_dim, -1),
+                                      None if mv[1] is None else mv[1].reshape(H, -1))
+        out = self._attend_inputs(_torch.stack(states, dim=1), list(range(H)), stored, proj, wk, wv, mask, scaling,
+                                  self.dropout if self.training else 0.0)  # (N, H, L, pd)
+        out = out.transpose(1, 2).reshape(N, L, -1)
+        return out if self.out_proj is None else self.out_proj(out)
+
+    @staticmethod
+    def _attend_inputs(states, heads, stored, proj, wk, wv, mask, scaling, dropout=0.0):
+        """softmax(beta_h xi K_h^T) V_h for the given heads, with K_h = stored W_kh^T + b_kh and V_h = proj
+        W_vh^T + b_vh (proj None: the stored patterns; wv None: V_h = proj), in one batched fused call
+        against stored (Nk, S, dk) and proj (Nk, S, dv): each batch element is one element of the call with
+        the queries beta_h xi W_kh of all the given heads (Nk = 1 with N > 1: one element, every query).
+        states (N, A, L, hd), wk (H, hd, dk), wv ((H, pd, dv), (H, pd) or None) or None. Returns (N, A, L, pd)."""
+        N, A, L = states.shape[0], states.shape[1], states.shape[2]
+        every = heads == list(range(wk.shape[0]))
+        idx = None if every else _torch.tensor(heads)
+        betas = _betas([scaling[h] for h in heads], 1, states.dtype).to(states.dtype)
+        q = _torch.einsum("nald,ade->nale", states, wk if every else wk.index_select(0, idx)) * betas.view(1, A, 1, 1)
+        S = stored.shape[1]
+        m, bias = mask if mask is not None else (None, None)
+
+        def per_query(t):  # (N or 1, H or 1, L or 1, S) -> per element of the call: (E, queries, S) or (E, S)
+            if t is None:
+                return None
+            t = t if t.shape[1] == 1 or every else t[:, heads]
+            if stored.shape[0] == N and t.shape[0] == N and t.shape[1] == 1 and t.shape[2] == 1:
+                return t.reshape(N, S)  # one row per element serves every head and query
+            t = t.expand(N, A, L, S)
+            return t.reshape(N, A * L, S) if stored.shape[0] == N else t.reshape(1, N * A * L, S)
+        E = stored.shape[0]
+        queries = q.reshape(E, -1, q.shape[-1])  # (N, A*L, dk), or (1, N*A*L, dk) for shared memories
+        out = _attention_batch(queries, stored, proj, _torch.ones(E, dtype=states.dtype), per_query(m),
+                               dropout=dropout, bias=per_query(bias))
+        out = out.reshape(N, A, L, -1)
+        if wv is None:
+            return out
+        w, b = wv
+        w = w if every else w.index_select(0, idx)
+        out = _torch.einsum("nale,ape->nalp", out, w)
+        if b is not None:
+            out = out + (b if every else b.index_select(0, idx)).view(1, A, 1, -1)
+        return out
+
     def _masks(self, N, H, L, S, stored_pattern_padding_mask, association_mask):
         """(bool mask, additive bias), each None or broadcastable to (N, H, L, S) - of shape (N or 1, H or 1,
         L or 1, S): True leaves a memory out; the bias (a float association_mask with values other than 0 and
@@ -341,17 +433,18 @@ class HopfieldCore(nn.Module):
             m = kpm[:, None, None, :] if m is None else m | kpm[:, None, None, :]
         return None if m is None and bias is None else (m, bias)
 
-    def _states(self, q, k, mask, scaling, steps, eps):
+    def _states(self, q, update, steps, eps):
         """The iterated states of eq. (16) per head: a list over heads of (N, L, hd) tensors, each head updated
         in lockstep over the batch until its update_steps_max updates or a change <= its update_steps_eps
-        (max over the batch). The heads still iterating are updated together: one batched call per update."""
+        (max over the batch). The heads still iterating are updated together: one batched call per update,
+        update(states (N, A, L, hd), heads) = softmax(beta_h xi K_h^T) K_h for those A heads."""
         H = q.shape[1]
         state = [q[:, h] for h in range(H)]
         limit = [_UNBOUNDED_STEPS if steps[h] is None else steps[h] for h in range(H)]
         done = [0] * H
         active = [h for h in range(H) if limit[h] > 0]
         while active:
-            new = self._attend(_torch.stack([state[h] for h in active], dim=1), k, None, mask, active, scaling)
+            new = update(_torch.stack([state[h] for h in active], dim=1), active)
             change = (new - _torch.stack([state[h] for h in active], dim=1)).detach().flatten(2).norm(dim=2).amax(0)
             still = []
             for i, h in enumerate(active):

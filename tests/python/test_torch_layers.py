@@ -14,6 +14,17 @@ from assocmem.torch import (Hopfield, HopfieldCore, HopfieldDecoderLayer, Hopfie
                             HopfieldPooling)
 
 
+@pytest.fixture(autouse=True, params=["projected", "input space"])
+def association_space(request):
+    """Every test runs twice: with the stored patterns projected to keys and values (hopfield-layers' order)
+    and with the association taken against the stored patterns themselves (HopfieldCore._reassociation,
+    used wherever it applies); either must give the equations' results."""
+    saved = HopfieldCore._reassociation
+    HopfieldCore._reassociation = request.param == "input space"
+    yield request.param
+    HopfieldCore._reassociation = saved
+
+
 # ---- an independent implementation of hopfield-layers' equations (materialised association matrix) ----------
 def projections(core, state, stored, proj):
     """W_q x + b_q, W_k y + b_k, W_v z + b_v by hopfield-layers' parameter layout (batch first)."""
