@@ -379,12 +379,8 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
         std::fill(p, p + nt, T(0));
         continue;
       }
-      if (m_tile > part.max[b]) {
-        const double f = detail::rescale_factor(double(part.max[b]), double(m_tile));
-        pr.scale(&part.acc[b * dvp], dvp, static_cast<T>(f));
-        part.sum[b] *= f;
-        part.max[b] = m_tile;
-      }
+      detail::raise_max(part.max[b], part.sum[b], &part.acc[b * dvp], dvp, m_tile,
+                        [&](T* x, std::size_t len, T f) { pr.scale(x, len, f); });
       part.sum[b] += double(pr.exp_shift(s, nt, beta, part.max[b], p));
       if (drop.on)  // after the normaliser: dropout acts on the softmax weights
         for (std::size_t i = 0; i < nt; ++i) p[i] *= drop.factor(b, t0 + i);

@@ -17,8 +17,6 @@
 namespace assocmem {
 
 namespace {
-const kernels::Ops& ops_of(const void* p) { return *static_cast<const kernels::Ops*>(p); }
-
 // Model A runs on the packed-bit kernels of the same tables (the bf16 products play no part).
 const kernels::Ops* choose(KernelChoice k) { return &kernels::choose(k, false); }
 }  // namespace
@@ -105,7 +103,7 @@ double ModelAEngine::power_error(double K) const {
   return integral && K * table_max_ < 9007199254740992.0 ? 0.0 : 2.0 * K * K * table_max_ * 0x1p-53;
 }
 
-std::string ModelAEngine::kernel() const { return ops_of(ops_).name; }
+std::string ModelAEngine::kernel() const { return ops_->name; }
 
 double ModelAEngine::energy(const std::int8_t* sigma) const {
   // eq. (8): E = -sum_i I_i sigma_i - sum_mu F(xi_mu . sigma)
@@ -128,7 +126,7 @@ double ModelAEngine::energy(const std::int8_t* sigma) const {
 }
 
 void ModelAEngine::refresh(Cue& c) const {
-  const auto& ops = ops_of(ops_);
+  const auto& ops = *ops_;
   const std::int32_t offset = static_cast<std::int32_t>(N_) + 2;
   if (spec_.kind != Interaction::Exp) {
     ops.lookup_pairs(c.m.data(), K_, table_.data(), offset, c.A.data(), c.B.data());
@@ -157,7 +155,7 @@ void ModelAEngine::refresh(Cue& c) const {
 
 void ModelAEngine::local_sums(const Cue& c, std::size_t i, double* sa, double* sb) const {
   *sa = *sb = 0.0;
-  ops_of(ops_).masked_sums(c.A.data(), c.B.data(), &cols_[i * col_bytes_], K_, c.sigma[i] < 0, sa, sb);
+  ops_->masked_sums(c.A.data(), c.B.data(), &cols_[i * col_bytes_], K_, c.sigma[i] < 0, sa, sb);
 }
 
 double ModelAEngine::certified_field(const Cue& c, std::size_t i, double sa, double sb, double K, double perr) const {
@@ -264,7 +262,7 @@ Retrieval ModelAEngine::retrieve(const std::int8_t* cues, std::size_t batch, con
   r.stop.assign(batch, StopReason::MaxSteps);
   r.last_change.assign(batch, 0.0);
   if (options.energy) r.energy.assign(batch, 0.0);
-  const auto& ops = ops_of(ops_);
+  const auto& ops = *ops_;
   detail::Poller poller(options.monitor);
 
   detail::parallel_chunks(batch, cue_threads, [&](std::size_t, std::size_t b0, std::size_t b1) {

@@ -26,6 +26,10 @@
 
 namespace assocmem {
 
+namespace kernels {
+struct Ops;  // src/kernels/kernels.hpp: internal
+}  // namespace kernels
+
 namespace detail {
 class Poller;
 }
@@ -83,7 +87,7 @@ class ModelAEngine {
   std::vector<double> table_;       ///< F(m) - F(m - 2) for m in [-N-2, N+4] (power, rectified)
   double table_max_ = 0;            ///< power, rectified: max |table_|
   double power_error_ = 0;          ///< power_error(K) (0: exact)
-  const void* ops_;
+  const kernels::Ops* ops_;  ///< the kernel table (src/kernels/kernels.hpp), chosen at construction
   int threads_;
   const PassMerger* merger_;
 };

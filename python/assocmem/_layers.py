@@ -13,7 +13,13 @@ softmax(beta xi K^T) V, forward and backward fused tile by tile, so the (queries
 association matrix is never formed. Every (batch element, head) of a layer call is one element of one
 batched fused call (assocmem._functional._attention_batch, the elements split over the threads): one node in
 the autograd graph per association, one more per update step (the heads still iterating together), no
-Python loop over the batch or the heads. What differs (also in the README, "Porting from hopfield-layers"):
+Python loop over the batch or the heads. Where the keys and values are linear in the stored patterns and
+projections (no Hopfield-space norm, zero association or connected values) and it costs fewer operations
+(many stored patterns, few queries: pooling, retrieval from large memories), the association is taken
+against those patterns themselves with the queries beta_h xi W_kh, and the result mapped by W_vh
+(HopfieldCore._reassociates): the (stored patterns x heads) keys and values and their gradients are never
+formed. It is the same function (the keys' bias shifts each query's scores alike; the rows of the softmax
+sum to one), equal up to rounding. What differs (also in the README, "Porting from hopfield-layers"):
 
 - update_steps_eps compares successive states (||xi_new - xi||, max over the batch, per head) instead of
   successive association matrices, which are never formed. update_steps_max=None iterates until that
