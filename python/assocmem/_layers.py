@@ -254,9 +254,10 @@ class HopfieldCore(nn.Module):
             names = what if isinstance(what, tuple) else (what,)
             res = tuple(cut[w](t.expand(max(N, 1), *t.shape[1:])) for w, t in zip(names, full))
             return res if isinstance(what, tuple) else res[0]
-        if what == "output" and self._reassociates(state, stored, proj, steps):
-            return self._output_in_input_space(state, stored, proj, stored_pattern_padding_mask, association_mask,
-                                               scaling, steps, eps)
+        if what in ("output", ("output",)) and self._reassociates(state, stored, proj, steps):
+            out = self._output_in_input_space(state, stored, proj, stored_pattern_padding_mask, association_mask,
+                                              scaling, steps, eps)
+            return out if what == "output" else (out,)
         q, k, v = self._heads(state, stored, proj)
         N, H, L, S = q.shape[0], q.shape[1], q.shape[2], stored.shape[1]
         mask = self._masks(N, H, L, S, stored_pattern_padding_mask, association_mask)

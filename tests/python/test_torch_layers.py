@@ -245,8 +245,10 @@ def test_hopfield_core_forward_is_hopfield_layers_core(heads, scaling, steps):
     torch.testing.assert_close(xi, A)
     torch.testing.assert_close(w, A.mean(dim=1))
     torch.testing.assert_close(v, m.get_projected_pattern_matrix((stored, state, proj)))
-    assert core(state.transpose(0, 1), stored.transpose(0, 1), proj.transpose(0, 1), need_weights=False)[1:] == (
-        None, None, None)
+    alone = core(state.transpose(0, 1), stored.transpose(0, 1), proj.transpose(0, 1), key_padding_mask=kpm,
+                 need_weights=False, scaling=scaling, update_steps_max=steps, update_steps_eps=1e-30)
+    assert alone[1:] == (None, None, None)
+    torch.testing.assert_close(alone[0].transpose(0, 1), ref, atol=2e-5, rtol=1e-4)  # the output alone
 
 
 class _Call(torch.nn.Module):

@@ -40,6 +40,10 @@ def test_many_stored_patterns_few_queries_take_the_input_space(spaces):
     assert spaces(Hopfield(input_size=64), (stored, state, stored)) == "input"
     assert spaces(Hopfield(input_size=64, num_heads=4), (stored, state, stored)) == "input"
     assert spaces(HopfieldPooling(input_size=64), stored) == "input"
+    core = HopfieldCore(embed_dim=64)  # sequence first; the output alone (need_weights=False)
+    assert spaces(lambda *a: core(*a, need_weights=False), state.transpose(0, 1), stored.transpose(0, 1),
+                  stored.transpose(0, 1)) == "input"
+    assert spaces(core, state.transpose(0, 1), stored.transpose(0, 1), stored.transpose(0, 1)) == "projected"
     # with update steps: every update in the input space too
     assert spaces(Hopfield(input_size=64, update_steps_max=2, update_steps_eps=1e-30), (stored, state, stored)) == "input"
 
