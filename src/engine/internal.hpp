@@ -6,6 +6,7 @@
 //   certified.cpp    the screen of codes and the certified passes (issue 14)
 //   approximate.cpp  eq. (16) over an index's candidates
 //   model_b.cpp, model_c.cpp  the engines: options, steps and results of a retrieval
+// The rooms compile as one unity group (CMakeLists.txt): names local to one file must differ between them.
 #pragma once
 
 #include "assocmem/engine.hpp"
