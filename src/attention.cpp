@@ -12,7 +12,7 @@
 #include "assocmem/store.hpp"
 #include "assocmem/engine.hpp"
 #include "kernels/kernels.hpp"
-#include "online_softmax.hpp"
+#include "assocmem/online_softmax.hpp"
 #include "parallel.hpp"
 
 namespace assocmem {
@@ -355,15 +355,10 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
   const std::vector<T> Qp = padded(a.q, n, d, dp);
   // One pass, online softmax (eq. 12 tile by tile): per worker and query the running maximum m of
   // beta q . k_mu, sum_mu exp(beta q . k_mu - m) and sum_mu exp(beta q . k_mu - m) v_mu.
-  struct Partial {
-    std::vector<T> max, acc;
-    std::vector<double> sum;
-  };
-  std::vector<Partial> parts(nw);
-  for (auto& p : parts) p = {std::vector<T>(n, -inf), std::vector<T>(n * dvp, T(0)), std::vector<double>(n, 0.0)};
+  std::vector<OnlineSoftmax<T>> parts(nw, OnlineSoftmax<T>(n, dv, dvp));
   std::vector<std::vector<T>> S(nw, std::vector<T>(n * kTile)), W(nw, std::vector<T>(n * kTile)), packed(nw);
   for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt) {
-    Partial& part = parts[w];
+    OnlineSoftmax<T>& part = parts[w];
     pr.pack(Kt, nt, d, packed[w]);
     pr.scores(Qp.data(), n, dp, packed[w], Kt, nt, d, S[w].data(), kTile);
     for (std::size_t b = 0; b < n; ++b) {
@@ -379,27 +374,14 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
         std::fill(p, p + nt, T(0));
         continue;
       }
-      detail::raise_max(part.max[b], part.sum[b], &part.acc[b * dvp], dvp, m_tile,
-                        [&](T* x, std::size_t len, T f) { pr.scale(x, len, f); });
+      part.raise_max(b, m_tile, part.row(b), dvp, [&](T* x, std::size_t len, T f) { pr.scale(x, len, f); });
       part.sum[b] += double(pr.exp_shift(s, nt, beta, part.max[b], p));
       if (drop.on)  // after the normaliser: dropout acts on the softmax weights
         for (std::size_t i = 0; i < nt; ++i) p[i] *= drop.factor(b, t0 + i);
     }
     pr.accumulate(W[w].data(), n, kTile, Vt, nt, dv, part.acc.data(), dvp);
   });
-  for (std::size_t b = 0; b < n; ++b) {  // the workers' partials merged (the same rescaling)
-    T m = -inf;
-    for (const auto& p : parts) m = std::max(m, p.max[b]);
-    double total = 0;
-    std::vector<double> o(dv, 0.0);
-    for (const auto& p : parts) {
-      const double f = detail::rescale_factor(double(p.max[b]), double(m));
-      total += p.sum[b] * f;
-      for (std::size_t j = 0; j < dv; ++j) o[j] += double(p.acc[b * dvp + j]) * f;
-    }
-    for (std::size_t j = 0; j < dv; ++j) out[b * dv + j] = static_cast<T>(o[j] / total);
-    lse[b] = double(m) + std::log(total);
-  }
+  for (std::size_t b = 0; b < n; ++b) lse[b] = combine(parts, b, out + b * dv);  // the workers' states merged
 }
 
 template <class T>

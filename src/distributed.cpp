@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "assocmem/binary.hpp"
-#include "online_softmax.hpp"
 
 namespace assocmem {
 namespace {
@@ -37,11 +36,8 @@ class MpiMerger final : public PassMerger {
     // Sums and weighted rows moved to the common maximum (the online softmax's one rescaling), then summed.
     std::vector<double>& buf = buf_;
     buf.resize(n + n * dim);
-    for (std::size_t b = 0; b < n; ++b) {
-      const double f = detail::rescale_factor(double(p.max[b]), double(top[b]));
-      buf[b] = p.sum[b] * f;
-      for (std::size_t j = 0; j < dim; ++j) buf[n + b * dim + j] = double(p.acc[b * dim + j]) * f;
-    }
+    std::fill(buf.begin(), buf.end(), 0.0);
+    for (std::size_t b = 0; b < n; ++b) p.add_rescaled(b, double(top[b]), buf[b], &buf[n + b * dim]);
     MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(buf.size()), MPI_DOUBLE, MPI_SUM, comm_);
     std::copy(top.begin(), top.end(), p.max.begin());
     std::copy(buf.begin(), buf.begin() + static_cast<long>(n), p.sum.begin());

@@ -199,6 +199,77 @@ TEST(EngineB, IteratesToThePlainFixedPoint) {
   }
 }
 
+// The online softmax's state (assocmem/online_softmax.hpp) over memories observed tile by tile in three
+// disjoint groups, merged pairwise or combined at once, is the softmax over all of them: log-sum-exp and
+// weighted rows agree with a direct evaluation, in double, to the forward error bound of sums of 2K terms
+// (gamma_2K, weights summing to one, |x| <= 1). Scores up to 800 overflow exp without the running maximum.
+TEST(OnlineSoftmax, MergeAndCombineAreTheSoftmaxOfAllMemories) {
+  std::mt19937_64 rng(17);
+  std::uniform_real_distribution<double> score(-700.0, 800.0), comp(-1.0, 1.0);
+  std::uniform_int_distribution<int> group(0, 2);
+  const std::size_t K = 1000, dim = 5, batch = 2;
+  std::vector<double> s(batch * K), x(K * dim);
+  for (auto& v : s) v = score(rng);
+  for (auto& v : x) v = comp(rng);
+  std::vector<int> g(K);
+  for (auto& v : g) v = group(rng);
+  // Query 1 sees only group 0: the other states stay empty for it (max -inf) and merge as nothing.
+  std::vector<OnlineSoftmax<double>> parts(3, OnlineSoftmax<double>(batch, dim, dim + 3));
+  auto scale = [](double* a, std::size_t n, double f) {
+    for (std::size_t j = 0; j < n; ++j) a[j] *= f;
+  };
+  for (std::size_t t0 = 0; t0 < K; t0 += 7)
+    for (std::size_t b = 0; b < batch; ++b)
+      for (int h = 0; h < 3; ++h) {
+        if (b == 1 && h != 0) continue;
+        OnlineSoftmax<double>& p = parts[std::size_t(h)];
+        double tmax = -std::numeric_limits<double>::infinity();
+        for (std::size_t mu = t0; mu < std::min(K, t0 + 7); ++mu)
+          if (g[mu] == h) tmax = std::max(tmax, s[b * K + mu]);
+        if (tmax == -std::numeric_limits<double>::infinity()) continue;
+        p.raise_max(b, tmax, p.row(b), dim, scale);
+        for (std::size_t mu = t0; mu < std::min(K, t0 + 7); ++mu) {
+          if (g[mu] != h) continue;
+          const double w = std::exp(s[b * K + mu] - p.max[b]);
+          p.sum[b] += w;
+          for (std::size_t j = 0; j < dim; ++j) p.row(b)[j] += w * x[mu * dim + j];
+        }
+      }
+  OnlineSoftmax<double> merged = parts[2];
+  merged.merge(parts[0]);
+  merged.merge(parts[1]);
+  const double tol = assocmem::testing::gamma_n(2.0 * K, 0x1p-53);
+  for (std::size_t b = 0; b < batch; ++b) {
+    double m = -std::numeric_limits<double>::infinity();
+    for (std::size_t mu = 0; mu < K; ++mu)
+      if (b == 0 || g[mu] == 0) m = std::max(m, s[b * K + mu]);
+    double S = 0;
+    std::vector<double> ref(dim, 0.0), combined(dim), direct(dim);
+    for (std::size_t mu = 0; mu < K; ++mu) {
+      if (b == 1 && g[mu] != 0) continue;
+      const double w = std::exp(s[b * K + mu] - m);
+      S += w;
+      for (std::size_t j = 0; j < dim; ++j) ref[j] += w * x[mu * dim + j];
+    }
+    const double lse = m + std::log(S);
+    ASSERT_TRUE(merged.finite(b));
+    EXPECT_NEAR(merged.log_sum_exp(b), lse, tol * std::abs(lse) + tol);
+    EXPECT_NEAR(combine(parts, b, combined.data()), lse, tol * std::abs(lse) + tol);
+    for (std::size_t j = 0; j < dim; ++j) {
+      EXPECT_NEAR(merged.row(b)[j] / merged.sum[b], ref[j] / S, 2 * tol);
+      EXPECT_NEAR(combined[j], ref[j] / S, 2 * tol);
+    }
+  }
+  // A state that saw nothing: not finite, log-sum-exp -inf, and combine leaves the output alone.
+  const OnlineSoftmax<double> none(1, dim);
+  EXPECT_FALSE(none.finite(0));
+  EXPECT_EQ(none.log_sum_exp(0), -std::numeric_limits<double>::infinity());
+  std::vector<double> untouched(dim, 7.0);
+  EXPECT_EQ(combine(std::vector<OnlineSoftmax<double>>{none}, 0, untouched.data()),
+            -std::numeric_limits<double>::infinity());
+  EXPECT_EQ(untouched[0], 7.0);
+}
+
 // Memories split across two stores: merged partials equal the partial over one store.
 TEST(EngineB, PartialsMergeExactlyAcrossStores) {
   std::mt19937_64 rng(3);

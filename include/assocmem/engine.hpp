@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "assocmem/models.hpp"
+#include "assocmem/online_softmax.hpp"
 #include "assocmem/retrieve.hpp"
 #include "assocmem/store.hpp"
 
@@ -97,12 +98,10 @@ struct ScoredId {
   std::uint64_t id;
 };
 
-/// Online-softmax state of attention for a batch of queries over some of the memories.
-struct AttentionPartial {
-  std::size_t batch = 0, dim = 0, top_k = 0;
-  std::vector<float> max;              ///< [batch] running max of beta xi_mu.v; -inf before any memory
-  std::vector<double> sum;             ///< [batch] sum_mu exp(beta xi_mu.v - max)
-  std::vector<float> acc;              ///< [batch x dim] sum_mu exp(beta xi_mu.v - max) xi_mu
+/// Online-softmax state of attention for a batch of queries over some of the memories (OnlineSoftmax:
+/// max, sum and acc [batch x dim] of beta xi_mu.v and the rows xi_mu), with each query's best memories.
+struct AttentionPartial : OnlineSoftmax<float> {
+  std::size_t top_k = 0;
   std::vector<std::vector<ScoredId>> top;  ///< [batch] the top_k best (beta * score, id), best first
 
   AttentionPartial() = default;
@@ -110,16 +109,15 @@ struct AttentionPartial {
 
   /// Combines with the partial of other memories (same batch, dim, top_k): exact up to rounding.
   void merge(const AttentionPartial& other);
-  /// The online-softmax rescaling, the one definition the kernels' epilogue and merge() share:
-  /// raises query b's reference maximum to new_max (if larger), multiplying its sum and its
-  /// accumulator acc_b[0, n) (acc's row b, or the kernels' own buffer) by exp(max - new_max).
-  void raise_max(std::size_t b, float new_max, float* acc_b, std::size_t n, void (*scale)(float*, std::size_t, float));
   /// log sum_mu exp(beta xi_mu.v) for query b (-inf when no memory was seen).
   double log_sum_exp(std::size_t b) const;
   /// The attention output sum_mu softmax(beta xi v)_mu xi_mu (eq. 16) for query b, into out[dim].
   void state(std::size_t b, float* out) const;
   /// The top_k memories of query b with their softmax weights, best first.
   std::vector<std::pair<std::uint64_t, double>> top_weights(std::size_t b) const;
+  /// Throws InvalidArgument naming the query's row (rows[b], or b without rows) and beta where a query's
+  /// softmax is not finite (no memory seen, or an overflow).
+  void check_finite(const std::vector<std::size_t>* rows, double beta) const;
 };
 
 namespace detail {

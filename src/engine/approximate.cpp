@@ -38,9 +38,8 @@ AttentionPartial approx_b_partial(const EngineCore& core, const float* q, std::s
   for (std::size_t i = 0; i < n; ++i) {
     ASSOCMEM_CHECK_ARG(!none[i], "approximate: the candidate source found no memory the mask leaves for query row ",
                        rows ? (*rows)[i] : i, "; ask for more candidates");
-    ASSOCMEM_CHECK_ARG(std::isfinite(out.max[i]) && std::isfinite(out.sum[i]) && out.sum[i] > 0, "queries: row ",
-                       rows ? (*rows)[i] : i, ": the softmax over the scores is not finite (beta = ", beta, ")");
   }
+  out.check_finite(rows, beta);
   return out;
 }
 

@@ -300,9 +300,7 @@ AttentionPartial certified_b_partial(const EngineCore& core, const float* q, std
     const AttentionPartial e = b_partial(core, store, qe.data(), exact.size(), top_k, mask, &map, beta, poller);
     for (std::size_t k = 0; k < exact.size(); ++k) {
       const std::size_t i = exact[k];
-      out.max[i] = e.max[k];
-      out.sum[i] = e.sum[k];
-      std::copy(&e.acc[k * d], &e.acc[(k + 1) * d], &out.acc[i * d]);
+      out.set(i, e, k);
       if (top_k) out.top[i] = e.top[k];
       delta[i] = 0;
       pass_rounding(i, K, true);
@@ -311,9 +309,7 @@ AttentionPartial certified_b_partial(const EngineCore& core, const float* q, std
     }
   }
   store.check_intact();
-  for (std::size_t i = 0; i < n; ++i)
-    ASSOCMEM_CHECK_ARG(std::isfinite(out.max[i]) && std::isfinite(out.sum[i]) && out.sum[i] > 0, "queries: row ",
-                       rows ? (*rows)[i] : i, ": the softmax over the scores is not finite (beta = ", beta, ")");
+  out.check_finite(rows, beta);
   return out;
 }
 

@@ -24,7 +24,6 @@
 #include "../collective.hpp"
 #include "../fixed_point.hpp"
 #include "../kernels/kernels.hpp"
-#include "../online_softmax.hpp"
 #include "../parallel.hpp"
 
 namespace assocmem::detail {

@@ -31,7 +31,7 @@ void EngineOptions::validate() const {
 // AttentionPartial: the online softmax state and its exact merge.
 
 AttentionPartial::AttentionPartial(std::size_t b, std::size_t d, std::size_t k)
-    : batch(b), dim(d), top_k(k), max(b, -std::numeric_limits<float>::infinity()), sum(b, 0.0), acc(b * d, 0.0f), top(b) {}
+    : OnlineSoftmax<float>(b, d), top_k(k), top(b) {}
 
 namespace {
 void merge_top(std::vector<ScoredId>& into, const std::vector<ScoredId>& other, std::size_t k) {
@@ -47,37 +47,23 @@ void merge_top(std::vector<ScoredId>& into, const std::vector<ScoredId>& other, 
 }
 }  // namespace
 
-namespace {
-using detail::rescale_factor;
-void scale_plain(float* x, std::size_t n, float a) {
-  for (std::size_t i = 0; i < n; ++i) x[i] *= a;
-}
-}  // namespace
-
-void AttentionPartial::raise_max(std::size_t b, float new_max, float* acc_b, std::size_t n,
-                                 void (*scale)(float*, std::size_t, float)) {
-  detail::raise_max(max[b], sum[b], acc_b, n, new_max, scale);
-}
-
 void AttentionPartial::merge(const AttentionPartial& o) {
   ASSOCMEM_CHECK_ARG(o.batch == batch && o.dim == dim && o.top_k == top_k, "merge: partials differ in batch, dim or top_k (",
                      batch, ", ", dim, ", ", top_k, ") vs (", o.batch, ", ", o.dim, ", ", o.top_k, ")");
-  for (std::size_t b = 0; b < batch; ++b) {
-    if (top_k) merge_top(top[b], o.top[b], top_k);
-    if (o.max[b] == -std::numeric_limits<float>::infinity()) continue;
-    float* a = acc.data() + b * dim;
-    const float* oa = o.acc.data() + b * dim;
-    raise_max(b, o.max[b], a, dim, scale_plain);
-    const double s2 = rescale_factor(o.max[b], max[b]);
-    sum[b] += o.sum[b] * s2;
-    for (std::size_t j = 0; j < dim; ++j) a[j] = static_cast<float>(a[j] + oa[j] * s2);
-  }
+  if (top_k)
+    for (std::size_t b = 0; b < batch; ++b) merge_top(top[b], o.top[b], top_k);
+  OnlineSoftmax<float>::merge(o);
+}
+
+void AttentionPartial::check_finite(const std::vector<std::size_t>* rows, double beta) const {
+  for (std::size_t b = 0; b < batch; ++b)
+    ASSOCMEM_CHECK_ARG(finite(b), "queries: row ", rows ? (*rows)[b] : b,
+                       ": the softmax over the scores is not finite (beta = ", beta, ")");
 }
 
 double AttentionPartial::log_sum_exp(std::size_t b) const {
   ASSOCMEM_CHECK_ARG(b < batch, "query index ", b, " out of range (batch ", batch, ")");
-  if (sum[b] == 0.0) return -std::numeric_limits<double>::infinity();
-  return double(max[b]) + std::log(sum[b]);
+  return OnlineSoftmax<float>::log_sum_exp(b);
 }
 
 void AttentionPartial::state(std::size_t b, float* out) const {

@@ -38,9 +38,7 @@ AttentionPartial b_partial(const EngineCore& core, const MemoryStore& acc_store,
     for (std::size_t b = 0; b < n; ++b) std::copy(&acc[w][b * dvp], &acc[w][b * dvp] + dv, &p.acc[b * dv]);
     out.merge(p);
   }
-  for (std::size_t b = 0; b < n; ++b)
-    ASSOCMEM_CHECK_ARG(std::isfinite(out.max[b]) && std::isfinite(out.sum[b]) && out.sum[b] > 0, "queries: row ",
-                       rows ? (*rows)[b] : b, ": the softmax over the scores is not finite (beta = ", beta, ")");
+  out.check_finite(rows, beta);
   return out;
 }
 
@@ -93,9 +91,7 @@ std::vector<ScoredId> b_over_candidates(const EngineCore& core, const float* q,
   for (float x : p) sum += double(x);
   acc.assign(d, 0.0f);
   gather_accumulate(core, buf, p.data(), nc, acc.data());
-  out.max[i] = m;
-  out.sum[i] = sum;
-  std::copy(acc.begin(), acc.end(), &out.acc[i * d]);
+  out.set(i, m, sum, acc.data());
   std::vector<ScoredId> t;
   if (top_k > 0) {
     t.resize(nc);
