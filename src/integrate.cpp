@@ -1,4 +1,5 @@
-// Steppers for dy/dt = F(t, y): Euler, RK4, Dormand-Prince 5(4) (Boost.Odeint), BDF (SUNDIALS CVODE).
+// Steppers for dy/dt = F(t, y): Euler, RK4, Dormand-Prince 5(4) (Boost.Odeint); BDF (SUNDIALS CVODE) is in the
+// component assocmem::bdf (integrate_bdf.cpp), entered through the stepper it registers (integrate_run.hpp).
 #include "assocmem/integrate.hpp"
 
 #include <algorithm>
@@ -12,16 +13,9 @@
 #include <boost/numeric/odeint/stepper/runge_kutta4.hpp>
 #include <boost/numeric/odeint/stepper/runge_kutta_dopri5.hpp>
 
-#ifdef ASSOCMEM_HAVE_SUNDIALS
-#include <cvode/cvode.h>
-#include <nvector/nvector_serial.h>
-#include <sundials/sundials_context.h>
-#include <sunlinsol/sunlinsol_dense.h>
-#include <sunlinsol/sunlinsol_spgmr.h>
-#include <sunmatrix/sunmatrix_dense.h>
-#endif
 
 #include "assocmem/error.hpp"
+#include "integrate_run.hpp"
 
 namespace assocmem {
 
@@ -75,54 +69,7 @@ using State = std::vector<double>;
 
 Vector to_vector(const State& s) { return Eigen::Map<const Vector>(s.data(), static_cast<Eigen::Index>(s.size())); }
 
-// Bookkeeping shared by all methods: step counting, the observer, fixed-point and blow-up checks.
-class Run {
- public:
-  Run(const OdeSystem& sys, const IntegrateOptions& o, const Observer& obs) : sys_(sys), o_(o), obs_(obs) {}
-
-  void eval(double t, const Vector& y, Vector& dydt) {
-    ++result.rhs_evals;
-    sys_.rhs(t, y, dydt);
-  }
-
-  // Called after each accepted step (and at t0 with counts_as_step = false). True: stop.
-  bool accept(double t, const Vector& y, bool counts_as_step = true) {
-    if (counts_as_step) ++result.steps;
-    result.t = t;
-    result.y = y;
-    if (!y.allFinite())
-      throw SolverError(detail::concat("integrate (", to_string(o_.method), "): the state became NaN or Inf at t = ",
-                                       t, " after ", result.steps, " steps; reduce dt or the tolerances"));
-    if (obs_ && !obs_(t, y)) {
-      result.reason = IntegrationStop::ObserverStopped;
-      return true;
-    }
-    if (o_.fixed_point_tol > 0) {
-      Vector d;
-      eval(t, y, d);
-      if (d.lpNorm<Eigen::Infinity>() <= o_.fixed_point_tol) {
-        result.reason = IntegrationStop::FixedPoint;
-        return true;
-      }
-    }
-    if (t >= o_.t_end) {
-      result.reason = IntegrationStop::ReachedEnd;
-      return true;
-    }
-    if (result.steps >= o_.max_steps)
-      throw SolverError(detail::concat("integrate (", to_string(o_.method), "): max_steps = ", o_.max_steps,
-                                       " reached at t = ", t, " before t_end = ", o_.t_end,
-                                       "; raise max_steps or use method 'bdf' for stiff problems"));
-    return false;
-  }
-
-  IntegrateResult result;
-
- private:
-  const OdeSystem& sys_;
-  const IntegrateOptions& o_;
-  const Observer& obs_;
-};
+using Run = detail::IntegrationRun;
 
 // Boost.Odeint's view of the system: state std::vector<double>.
 struct OdeintSystem {
@@ -184,155 +131,26 @@ void dormand_prince(Run& run, State x, const IntegrateOptions& o) {
   }
 }
 
-// ------------------------------------------------------------------------------------------------
-// SUNDIALS CVODE (BDF). RAII wrappers so that every exit frees the solver. Without SUNDIALS
-// (ASSOCMEM_WITH_SUNDIALS=OFF) the method is an InvalidArgument naming the build option.
-[[noreturn, maybe_unused]] void bdf_unavailable() {
-  throw InvalidArgument(
-      "method 'bdf' is not in this build of assocmem (configured with ASSOCMEM_WITH_SUNDIALS=OFF, no SUNDIALS "
-      "CVODE); use euler, rk4 or rk45, or rebuild with libsundials-dev");
-}
-#ifdef ASSOCMEM_HAVE_SUNDIALS
-struct CvodeData {
-  Run* run;
-  const OdeSystem* sys;
-  std::string last_error;
-  std::exception_ptr exception;  // an exception from the system, re-thrown on the caller
-  Eigen::Index n;
-};
-
-int cvode_rhs(sunrealtype t, N_Vector y, N_Vector ydot, void* user) {
-  auto* d = static_cast<CvodeData*>(user);
-  try {
-    const Eigen::Map<const Vector> ym(N_VGetArrayPointer(y), d->n);
-    Vector f;
-    d->run->eval(t, ym, f);
-    if (!f.allFinite()) return 1;  // recoverable: CVODE retries with a smaller step
-    Eigen::Map<Vector>(N_VGetArrayPointer(ydot), d->n) = f;
-    return 0;
-  } catch (...) {
-    d->exception = std::current_exception();
-    return -1;
-  }
-}
-
-int cvode_jtimes(N_Vector v, N_Vector Jv, sunrealtype t, N_Vector y, N_Vector /*fy*/, void* user, N_Vector /*tmp*/) {
-  auto* d = static_cast<CvodeData*>(user);
-  try {
-    const Eigen::Map<const Vector> ym(N_VGetArrayPointer(y), d->n), vm(N_VGetArrayPointer(v), d->n);
-    Vector out;
-    d->sys->jvp(t, ym, vm, out);
-    Eigen::Map<Vector>(N_VGetArrayPointer(Jv), d->n) = out;
-    return 0;
-  } catch (...) {
-    d->exception = std::current_exception();
-    return -1;
-  }
-}
-
-// Dense Jacobian assembled column by column from the system's Jacobian-vector product.
-int cvode_dense_jac(sunrealtype t, N_Vector y, N_Vector /*fy*/, SUNMatrix J, void* user, N_Vector, N_Vector, N_Vector) {
-  auto* d = static_cast<CvodeData*>(user);
-  try {
-    const Eigen::Map<const Vector> ym(N_VGetArrayPointer(y), d->n);
-    Vector e = Vector::Zero(d->n), col;
-    for (Eigen::Index j = 0; j < d->n; ++j) {
-      e[j] = 1.0;
-      d->sys->jvp(t, ym, e, col);
-      e[j] = 0.0;
-      sunrealtype* cj = SUNDenseMatrix_Column(J, j);  // column-major
-      for (Eigen::Index i = 0; i < d->n; ++i) cj[i] = col[i];
-    }
-    return 0;
-  } catch (...) {
-    d->exception = std::current_exception();
-    return -1;
-  }
-}
-
-void cvode_error_handler(int, const char* module, const char* function, char* msg, void* user) {
-  auto* d = static_cast<CvodeData*>(user);
-  d->last_error = detail::concat(module ? module : "", "/", function ? function : "", ": ", msg ? msg : "");
-}
-
-struct ContextDeleter { void operator()(SUNContext c) const { SUNContext_Free(&c); } };
-struct NVectorDeleter { void operator()(N_Vector v) const { N_VDestroy(v); } };
-struct MatrixDeleter { void operator()(SUNMatrix m) const { SUNMatDestroy(m); } };
-struct LinSolDeleter { void operator()(SUNLinearSolver s) const { SUNLinSolFree(s); } };
-struct CvodeDeleter { void operator()(void* m) const { CVodeFree(&m); } };
-
-void bdf(Run& run, const OdeSystem& sys, const Vector& y0, const IntegrateOptions& o) {
-  const Eigen::Index n = y0.size();
-  CvodeData data{&run, &sys, {}, nullptr, n};
-  auto fail = [&](const char* what, int flag) {
-    if (data.exception) std::rethrow_exception(data.exception);
-    throw SolverError(detail::concat("integrate (bdf): ", what, " failed (CVODE flag ", flag, ") at t = ",
-                                     run.result.t, data.last_error.empty() ? "" : ": ", data.last_error));
-  };
-  SUNContext raw_ctx = nullptr;
-  if (SUNContext_Create(nullptr, &raw_ctx) != 0) throw SolverError("integrate (bdf): SUNContext_Create failed");
-  std::unique_ptr<std::remove_pointer_t<SUNContext>, ContextDeleter> ctx(raw_ctx);
-  std::unique_ptr<std::remove_pointer_t<N_Vector>, NVectorDeleter> y(N_VNew_Serial(n, raw_ctx));
-  Eigen::Map<Vector>(N_VGetArrayPointer(y.get()), n) = y0;
-  std::unique_ptr<void, CvodeDeleter> mem(CVodeCreate(CV_BDF, raw_ctx));
-  if (!mem) throw SolverError("integrate (bdf): CVodeCreate failed");
-  void* m = mem.get();
-  int flag = CVodeSetErrHandlerFn(m, cvode_error_handler, &data);
-  if (flag == CV_SUCCESS) flag = CVodeInit(m, cvode_rhs, o.t0, y.get());
-  if (flag == CV_SUCCESS) flag = CVodeSetUserData(m, &data);
-  if (flag == CV_SUCCESS) flag = CVodeSStolerances(m, o.rtol, o.atol);
-  if (flag == CV_SUCCESS) flag = CVodeSetStopTime(m, o.t_end);
-  if (flag == CV_SUCCESS) flag = CVodeSetMaxNumSteps(m, o.max_steps + 1);
-  if (flag == CV_SUCCESS && o.dt > 0) flag = CVodeSetInitStep(m, o.dt);
-  if (flag == CV_SUCCESS && std::isfinite(o.max_dt)) flag = CVodeSetMaxStep(m, o.max_dt);
-  if (flag != CV_SUCCESS) fail("setup", flag);
-
-  // Linear solver for the Newton iteration.
-  Vector probe_out;
-  const bool has_jvp = sys.jvp(o.t0, y0, Vector::Zero(n), probe_out);
-  std::unique_ptr<std::remove_pointer_t<SUNMatrix>, MatrixDeleter> A;
-  std::unique_ptr<std::remove_pointer_t<SUNLinearSolver>, LinSolDeleter> LS;
-  if (n <= o.dense_limit) {
-    A.reset(SUNDenseMatrix(n, n, raw_ctx));
-    LS.reset(SUNLinSol_Dense(y.get(), A.get(), raw_ctx));
-    flag = CVodeSetLinearSolver(m, LS.get(), A.get());
-    if (flag == CV_SUCCESS && has_jvp) flag = CVodeSetJacFn(m, cvode_dense_jac);
-  } else {
-    LS.reset(SUNLinSol_SPGMR(y.get(), SUN_PREC_NONE, 0, raw_ctx));
-    flag = CVodeSetLinearSolver(m, LS.get(), nullptr);
-    if (flag == CV_SUCCESS && has_jvp) flag = CVodeSetJacTimes(m, nullptr, cvode_jtimes);
-  }
-  if (flag != CV_SUCCESS) fail("linear solver setup", flag);
-
-  while (true) {
-    sunrealtype t = 0;
-    flag = CVode(m, o.t_end, y.get(), &t, CV_ONE_STEP);
-    if (flag < 0) fail("CVode", flag);
-    long nfails = 0;
-    CVodeGetNumErrTestFails(m, &nfails);
-    run.result.rejected_steps = nfails;
-    if (run.accept(flag == CV_TSTOP_RETURN ? o.t_end : t, Eigen::Map<const Vector>(N_VGetArrayPointer(y.get()), n)))
-      return;
-  }
-}
-#else
-void bdf(Run&, const OdeSystem&, const Vector&, const IntegrateOptions&) { bdf_unavailable(); }
-#endif
-
 }  // namespace
 
-bool method_available([[maybe_unused]] Method method) {
-#ifdef ASSOCMEM_HAVE_SUNDIALS
-  return true;
-#else
-  return method != Method::BDF;
-#endif
+namespace detail {
+namespace {
+BdfStepper bdf_stepper = nullptr;  // set by the component assocmem::bdf when a program links it
 }
+void set_bdf_stepper(BdfStepper stepper) { bdf_stepper = stepper; }
+}  // namespace detail
+
+bool method_available(Method method) { return method != Method::BDF || detail::bdf_stepper != nullptr; }
 
 IntegrateResult integrate(const OdeSystem& system, const Vector& y0, const IntegrateOptions& options,
                           const Observer& observer) {
   options.validate();
-  if (!method_available(options.method)) bdf_unavailable();
+  if (!method_available(options.method))
+    throw InvalidArgument(
+        "method 'bdf' (SUNDIALS CVODE) is in the component assocmem::bdf, which this program does not link "
+        "(CMake: target_link_libraries(<target> assocmem::bdf); pkg-config: assocmem-bdf), or assocmem was built "
+        "with ASSOCMEM_WITH_SUNDIALS=OFF; use euler, rk4 or rk45, or link assocmem::bdf of a build with "
+        "libsundials-dev");
   ASSOCMEM_CHECK_ARG(y0.size() == system.size(), "y0 has length ", y0.size(), " but the system has ", system.size(),
                      " unknowns");
   ASSOCMEM_CHECK_ARG(y0.allFinite(), "y0 contains NaN or Inf");
@@ -343,7 +161,7 @@ IntegrateResult integrate(const OdeSystem& system, const Vector& y0, const Integ
     case Method::Euler: fixed_step<odeint::euler<State>>(run, system, x, options); break;
     case Method::RK4: fixed_step<odeint::runge_kutta4<State>>(run, system, x, options); break;
     case Method::DormandPrince: dormand_prince(run, x, options); break;
-    case Method::BDF: bdf(run, system, y0, options); break;
+    case Method::BDF: detail::bdf_stepper(run, system, y0, options); break;
   }
   return run.result;
 }

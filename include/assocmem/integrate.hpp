@@ -7,7 +7,10 @@
 // Methods: explicit Euler and classical RK4 with a fixed step, adaptive Dormand-Prince 5(4) with
 // rtol/atol (all three through Boost.Odeint), and SUNDIALS CVODE's variable-order BDF for stiff
 // problems such as tau_h << tau_f, with a Newton iteration on the Jacobian built from the system's
-// Jacobian-vector product (dense LU up to `dense_limit` unknowns, matrix-free GMRES above).
+// Jacobian-vector product (dense LU up to `dense_limit` unknowns, matrix-free GMRES above). BDF is the
+// component assocmem::bdf (libassocmem_bdf.a, the only part that links SUNDIALS): a program that links that
+// CMake target (or pkg-config's assocmem-bdf) has the method; without it method_available(Method::BDF) is
+// false and integrate() refuses the method naming the component.
 #pragma once
 
 #include <functional>
@@ -36,9 +39,9 @@ enum class Method { Euler, RK4, DormandPrince, BDF };
 /// "euler", "rk4", "rk45" (or "dopri5"), "bdf"; throws InvalidArgument otherwise.
 Method parse_method(const std::string& name);
 std::string to_string(Method m);
-/// Whether this build has the method: BDF needs SUNDIALS CVODE, which a build configured with
-/// ASSOCMEM_WITH_SUNDIALS=OFF (e.g. the aarch64 cross build) leaves out; integrate() then throws
-/// InvalidArgument for Method::BDF. The other methods are always there.
+/// Whether this program has the method: BDF needs the component assocmem::bdf (SUNDIALS CVODE) linked,
+/// and a build with it (ASSOCMEM_WITH_SUNDIALS=ON; the aarch64 cross build leaves it out); integrate()
+/// otherwise throws InvalidArgument for Method::BDF. The other methods are always there.
 bool method_available(Method m);
 
 struct IntegrateOptions {
