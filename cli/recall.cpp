@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -19,6 +18,7 @@
 #include "assocmem/engine.hpp"
 #include "assocmem/io.hpp"
 #include "assocmem/npy.hpp"
+#include "assocmem/retriever.hpp"
 #include "assocmem/codes.hpp"
 #include "assocmem/shards.hpp"
 #include "assocmem/store.hpp"
@@ -200,10 +200,7 @@ int recall(const RecallArgs& a, bool as_json) {
 
   std::optional<MemoryStore> bits;  // model A runs on packed bits: a float store of +-1 is packed here
   std::unique_ptr<ModelAEngine> ea;
-  std::unique_ptr<ModelBEngine> eb;
-  std::unique_ptr<ModelCEngine> ec;
-  std::unique_ptr<CodeIndex> codes;
-  bool codes_built = false;
+  std::optional<Retriever> ret;  // models B and C: the library's retrieval context (engine, codes)
   std::string kernel;
   if (model == ModelKind::A) {
     std::exception_ptr failure;  // under mpirun each rank packs its own shards: agreed on by every rank
@@ -217,21 +214,12 @@ int recall(const RecallArgs& a, bool as_json) {
     ea = std::make_unique<ModelAEngine>(bits ? *bits : store, interaction(a, model), Vector(), eo);
     kernel = ea->kernel();
   } else {
-    if (a.certify) {  // the codes beside the store (assocmem index), else built here for this run
-      const std::string path = CodeIndex::default_path(a.store);
-      codes_built = !std::filesystem::exists(path);
-      codes = std::make_unique<CodeIndex>(codes_built ? CodeIndex::build(store, a.threads) : CodeIndex::open(path, store));
-      eo.codes = codes.get();
-    }
+    ret.emplace(model == ModelKind::B ? Retriever::model_b(store, values ? &*values : nullptr, a.beta, eo)
+                                      : Retriever::model_c(store, interaction(a, model), a.alpha, eo));
+    kernel = ret->kernel();
+    if (a.certify) ret->prepare_codes();  // the codes beside the store (assocmem index), else built for this run
   }
-  if (model == ModelKind::B) {
-    eb = values ? std::make_unique<ModelBEngine>(store, *values, a.beta, eo) : std::make_unique<ModelBEngine>(store, a.beta, eo);
-    kernel = eb->kernel();
-  } else if (model == ModelKind::C) {
-    ec = std::make_unique<ModelCEngine>(store, interaction(a, model), a.alpha, eo);
-    kernel = ec->kernel();
-  }
-  const std::size_t dout = eb ? eb->value_dim() : d;
+  const std::size_t dout = ret ? ret->value_dim() : d;
   std::vector<float> states(B * dout);
   json per_query = json::array();
   ProgressBar bar("recall");
@@ -258,10 +246,8 @@ int recall(const RecallArgs& a, bool as_json) {
     if (ea) {
       o.seed = a.seed + b0;  // cue b uses seed + b, as in one call
       r = ea->retrieve(&cues[b0 * d], nb, o);
-    } else if (eb) {
-      r = eb->retrieve(&Q[b0 * d], nb, o);
     } else {
-      r = ec->retrieve(&Q[b0 * d], nb, o);
+      r = ret->retrieve(&Q[b0 * d], nb, o);
     }
     std::transform(r.states.begin(), r.states.end(), &states[b0 * dout], [](double x) { return static_cast<float>(x); });
     for (const Certificate& c : r.certificates) {
@@ -290,7 +276,8 @@ int recall(const RecallArgs& a, bool as_json) {
   summary["blew_up"] = blew_up;
   if (model == ModelKind::B) summary["nearly_uniform"] = uniform;
   if (a.certify)
-    summary["certified"] = {{"eps", *a.certify}, {"codes", codes_built ? "built for this run" : CodeIndex::default_path(a.store)},
+    summary["certified"] = {{"eps", *a.certify},
+                            {"codes", ret->codes_source() == "built in memory" ? "built for this run" : ret->codes_source()},
                             {"max_discarded_weight", worst_discarded}, {"queries_that_fell_back", fallback_queries}};
   if (details) {
     json full = summary;

@@ -34,6 +34,7 @@
 #include "assocmem/models.hpp"
 #include "assocmem/io.hpp"
 #include "assocmem/layered.hpp"
+#include "assocmem/retriever.hpp"
 #include "assocmem/store.hpp"
 #include "assocmem/version.hpp"
 
@@ -275,153 +276,105 @@ py::dict result_out(Retrieval&& r, std::size_t top_k, std::size_t K) {
   return out;
 }
 
-// The engine of certify= (models B and C): the store's codes (codes.hpp) from STORE.codes beside a saved
-// store (assocmem index), else built on first use; kept for the model's life. make(codes) makes the
-// engine over them.
-template <class Engine>
-class CertifiedEngine {
- public:
-  template <class Make>
-  const Engine& get(const MemoryStore& store, int threads, Make&& make) const {
-    // The GIL is released before the lock is taken and taken back after it is released: a thread that
-    // waits for the lock never holds the GIL that the builder needs.
-    py::gil_scoped_release nogil;
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!engine_) {
-      const std::string path = store.source().empty() ? std::string() : CodeIndex::default_path(store.source());
-      if (!path.empty() && std::filesystem::exists(path)) {
-        codes_ = std::make_unique<CodeIndex>(CodeIndex::open(path, store));
-        source_ = path;
-      } else {
-        codes_ = std::make_unique<CodeIndex>(CodeIndex::build(store, threads));
-        source_ = "built in memory";
-      }
-      engine_ = std::make_unique<Engine>(make(codes_.get()));
-    }
-    return *engine_;
-  }
-  /// Where the codes came from: the file beside the store, "built in memory", or "" (not yet).
-  std::string source() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return source_;
-  }
-
- private:
-  mutable std::mutex mu_;
-  mutable std::unique_ptr<CodeIndex> codes_;
-  mutable std::unique_ptr<Engine> engine_;
-  mutable std::string source_;
-};
-
 struct AnnOptionsArg {
   std::string kind;
   std::size_t lists, probes, links, ef_search;
   std::uint64_t seed;
 };
 
-// The engine of approximate= (model B): an ANN index over the keys (assocmem/ann.hpp, FAISS) as its
-// candidate source, built by index_candidates or, with the default options, on first use.
-class ApproximateEngine {
- public:
-  // An index and the engine over it; a retrieval holds it, so a rebuild never frees one in use.
-  struct Built {
-    std::shared_ptr<const CandidateSource> index;
-    std::unique_ptr<ModelBEngine> engine;
-    std::map<std::string, std::size_t> sizes;  // lists, probes or links, ef_search; bytes
-    std::string kind;
-  };
-  template <class Make>
-  std::shared_ptr<const Built> get(const MemoryStore& keys, const std::optional<AnnOptionsArg>& rebuild,
-                                   Make&& make) const {
-    py::gil_scoped_release nogil;
-    std::lock_guard<std::mutex> lock(mu_);
+// Approximate retrieval's candidate source: an ANN index over the keys (assocmem/ann.hpp, FAISS), built with
+// the default options on first use (the retriever's factory) or with the given ones by index_candidates.
+Retriever::CandidateFactory ann_factory() {
+  return [](const MemoryStore& keys) -> std::shared_ptr<const CandidateSource> {
 #ifdef ASSOCMEM_WITH_ANN
-    if (!built_ || rebuild) {
-      AnnOptions o;
-      if (rebuild) {
-        o.kind = rebuild->kind;
-        o.lists = rebuild->lists;
-        o.probes = rebuild->probes;
-        o.links = rebuild->links;
-        o.ef_search = rebuild->ef_search;
-        o.seed = rebuild->seed;
-      }
-      std::shared_ptr<const AnnIndex> index = AnnIndex::build(keys, o);
-      auto b = std::make_shared<Built>();
-      const AnnOptions& used = index->options();
-      b->kind = used.kind;
-      if (used.kind == "ivf") b->sizes = {{"lists", used.lists}, {"probes", used.probes}};
-      else b->sizes = {{"links", used.links}, {"ef_search", used.ef_search}};
-      b->sizes["bytes"] = index->bytes();
-      b->engine = std::make_unique<ModelBEngine>(make(index.get()));
-      b->index = std::move(index);
-      built_ = std::move(b);
-    }
-    return built_;
+    return AnnIndex::build(keys, AnnOptions{});
 #else
-    (void)keys, (void)rebuild, (void)make;
+    (void)keys;
     throw InvalidArgument("approximate: this build of assocmem has no FAISS (assocmem_ann; Debian: libfaiss-dev)");
 #endif
-  }
-  py::dict info() const {
-    std::shared_ptr<const Built> b;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      b = built_;
-    }
-    py::dict d;
-    if (!b) return d;
-    d["kind"] = b->kind;
-    for (const auto& [k, v] : b->sizes) d[py::str(k)] = v;
-    return d;
-  }
+  };
+}
 
- private:
-  mutable std::mutex mu_;
-  mutable std::shared_ptr<const Built> built_;
-};
+// The ANN index in use: kind, lists and probes or links and ef_search, bytes (empty before one is built).
+py::dict ann_info(const Retriever& r) {
+  py::dict d;
+#ifdef ASSOCMEM_WITH_ANN
+  const std::shared_ptr<const CandidateSource> src = r.candidates();
+  const auto* index = dynamic_cast<const AnnIndex*>(src.get());
+  if (!index) return d;
+  const AnnOptions& used = index->options();
+  d["kind"] = used.kind;
+  if (used.kind == "ivf") {
+    d["lists"] = used.lists;
+    d["probes"] = used.probes;
+  } else {
+    d["links"] = used.links;
+    d["ef_search"] = used.ef_search;
+  }
+  d["bytes"] = index->bytes();
+#else
+  (void)r;
+#endif
+  return d;
+}
 
+// Models B and C: the library's retrieval context (assocmem/retriever.hpp) over the Python stores, which
+// this keeps alive and leased (StoreUse). The retriever's engine, codes and candidates are its own.
 class PyModelB {
  public:
   PyModelB(py::object keys, std::optional<py::object> values, double beta, int threads, const std::string& kernel)
       : keys_(std::move(keys)), values_(values ? std::make_unique<StoreUse>(std::move(*values)) : nullptr),
-        eng_(values_ ? ModelBEngine(keys_.get(), values_->get(), beta, engine_options(threads, kernel))
-                     : ModelBEngine(keys_.get(), beta, engine_options(threads, kernel))),
-        beta_(beta), threads_(threads), kernel_(kernel) {}
+        ret_(Retriever::model_b(keys_.get(), values_ ? &values_->get() : nullptr, beta,
+                                engine_options(threads, kernel))) {
+    if (!values_) ret_.set_candidate_factory(ann_factory());
+  }
   py::dict retrieve(const F32& q, std::optional<long> steps, std::optional<double> tol, std::optional<double> step,
                     std::size_t top_k, bool energy, std::optional<double> beta, std::optional<U8> mask,
                     std::optional<U8> clamp, const py::object& progress, std::optional<double> certify,
                     std::optional<std::size_t> approximate) const {
-    const std::size_t n = batch_rows(q, eng_.dim(), "queries");
+    const std::size_t n = batch_rows(q, ret_.dim(), "queries");
     RetrieveOptions o = options_in(steps, tol, step, top_k, energy, beta, clamp);
-    o.mask = mask_in(mask, n, eng_.size());
+    o.mask = mask_in(mask, n, ret_.size());
     o.certify = certify;
     o.approximate = approximate;
-    // With values, or both approximate and certify, the plain engine refuses the call, clearly.
-    const bool plain = values_ || (approximate && certify);
-    const auto approx = approximate && !plain ? approximate_engine(std::nullopt) : nullptr;
-    const ModelBEngine& e = approx ? *approx->engine : certify && !plain ? certified_engine() : eng_;
     Retrieval r = monitored(progress, [&](Monitor& m) {
       o.monitor = m;
-      return e.retrieve(q.data(), n, o);
+      return ret_.retrieve(q.data(), n, o);
     });
-    return result_out(std::move(r), top_k, eng_.size());
+    return result_out(std::move(r), top_k, ret_.size());
   }
   /// Where the codes of certified retrieval came from: the file beside the store, or built here.
-  std::string codes_source() const { return certified_.source(); }
+  std::string codes_source() const { return ret_.codes_source(); }
   /// Builds (or rebuilds) the ANN index of approximate retrieval; its description.
-  py::dict index_candidates(const AnnOptionsArg& o) const {
+  py::dict index_candidates(const AnnOptionsArg& a) const {
     if (values_) throw InvalidArgument("approximate: not supported yet with a value store");
-    approximate_engine(o);
-    return approximate_.info();
+#ifdef ASSOCMEM_WITH_ANN
+    AnnOptions o;
+    o.kind = a.kind;
+    o.lists = a.lists;
+    o.probes = a.probes;
+    o.links = a.links;
+    o.ef_search = a.ef_search;
+    o.seed = a.seed;
+    {
+      py::gil_scoped_release nogil;
+      ret_.set_candidates(AnnIndex::build(keys_.get(), o));
+    }
+    return ann_info(ret_);
+#else
+    (void)a;
+    ann_factory()(keys_.get());  // throws: no FAISS in this build
+    return {};
+#endif
   }
-  py::dict candidates_index() const { return approximate_.info(); }
+  py::dict candidates_index() const { return ann_info(ret_); }
   py::tuple attention(const F32& q, std::size_t top_k, std::optional<double> beta, std::optional<U8> mask) const {
-    const std::size_t n = batch_rows(q, eng_.dim(), "queries");
-    const MemoryMask mm = mask_in(mask, n, eng_.size());
+    const ModelBEngine& eng = ret_.engine_b();
+    const std::size_t n = batch_rows(q, eng.dim(), "queries");
+    const MemoryMask mm = mask_in(mask, n, eng.size());
     // Ctrl-C (Python's signal handlers, run by the monitor between tiles) ends the pass within a tile.
     AttentionPartial part =
-        monitored(py::none(), [&](Monitor& m) { return eng_.partial(q.data(), n, top_k, mm, beta, m); });
+        monitored(py::none(), [&](Monitor& m) { return eng.partial(q.data(), n, top_k, mm, beta, m); });
     Retrieval r;
     r.batch = n;
     r.top.resize(n);
@@ -430,89 +383,60 @@ class PyModelB {
     r.steps.assign(n, 0);
     r.stop.assign(n, StopReason::MaxSteps);
     r.last_change.assign(n, 0.0);
-    py::dict d = result_out(std::move(r), top_k, eng_.size());
+    py::dict d = result_out(std::move(r), top_k, eng.size());
     return py::make_tuple(d["top_ids"], d["top_weights"]);
   }
   py::array_t<double> energy(const F32& s, std::optional<double> beta, std::optional<U8> mask) const {
-    const std::size_t n = batch_rows(s, eng_.dim(), "states");
-    const MemoryMask mm = mask_in(mask, n, eng_.size());
+    const ModelBEngine& eng = ret_.engine_b();
+    const std::size_t n = batch_rows(s, eng.dim(), "states");
+    const MemoryMask mm = mask_in(mask, n, eng.size());
     std::vector<double> e =
-        monitored(py::none(), [&](Monitor& m) { return eng_.energy(s.data(), n, mm, beta, m); });
+        monitored(py::none(), [&](Monitor& m) { return eng.energy(s.data(), n, mm, beta, m); });
     return to_numpy(std::move(e), {static_cast<py::ssize_t>(n)});
   }
-  const ModelBEngine& engine() const { return eng_; }
+  const ModelBEngine& engine() const { return ret_.engine_b(); }
   py::object keys() const { return keys_.object(); }
   py::object values() const { return values_ ? values_->object() : py::none(); }
 
  private:
-  std::shared_ptr<const ApproximateEngine::Built> approximate_engine(const std::optional<AnnOptionsArg>& rebuild) const {
-    return approximate_.get(keys_.get(), rebuild, [&](const CandidateSource* c) {
-      EngineOptions eo = engine_options(threads_, kernel_);
-      eo.candidates = c;
-      return ModelBEngine(keys_.get(), beta_, eo);
-    });
-  }
-  const ModelBEngine& certified_engine() const {
-    return certified_.get(keys_.get(), threads_, [&](const CodeIndex* codes) {
-      EngineOptions eo = engine_options(threads_, kernel_);
-      eo.codes = codes;
-      return ModelBEngine(keys_.get(), beta_, eo);
-    });
-  }
-
   StoreUse keys_;
   std::unique_ptr<StoreUse> values_;
-  ModelBEngine eng_;
-  double beta_;
-  int threads_;
-  std::string kernel_;
-  CertifiedEngine<ModelBEngine> certified_;
-  ApproximateEngine approximate_;
+  mutable Retriever ret_;  // set_candidates: the retriever is thread-safe
 };
 
 class PyModelC {
  public:
   PyModelC(py::object store, const std::string& F, double n, double beta, double alpha, int threads,
            const std::string& kernel)
-      : store_(std::move(store)), spec_(interaction(F, n, beta)),
-        eng_(store_.get(), spec_, alpha, engine_options(threads, kernel)), alpha_(alpha), threads_(threads),
-        kernel_(kernel) {}
+      : store_(std::move(store)),
+        ret_(Retriever::model_c(store_.get(), interaction(F, n, beta), alpha, engine_options(threads, kernel))) {}
   py::dict retrieve(const F32& q, std::optional<long> steps, std::optional<double> tol, std::optional<double> step,
                     bool energy, std::optional<U8> mask, std::optional<U8> clamp, const py::object& progress,
                     std::optional<double> certify) const {
-    const std::size_t n = batch_rows(q, eng_.dim(), "queries");
+    const std::size_t n = batch_rows(q, ret_.dim(), "queries");
     RetrieveOptions o = options_in(steps, tol, step, 0, energy, std::nullopt, clamp);
-    o.mask = mask_in(mask, n, eng_.size());
+    o.mask = mask_in(mask, n, ret_.size());
     o.certify = certify;
-    const ModelCEngine& e = certify ? certified_.get(store_.get(), threads_, [&](const CodeIndex* codes) {
-      EngineOptions eo = engine_options(threads_, kernel_);
-      eo.codes = codes;
-      return ModelCEngine(store_.get(), spec_, alpha_, eo);
-    }) : eng_;
     Retrieval r = monitored(progress, [&](Monitor& m) {
       o.monitor = m;
-      return e.retrieve(q.data(), n, o);
+      return ret_.retrieve(q.data(), n, o);
     });
-    return result_out(std::move(r), 0, eng_.size());
+    return result_out(std::move(r), 0, ret_.size());
   }
-  std::string codes_source() const { return certified_.source(); }
+  std::string codes_source() const { return ret_.codes_source(); }
   py::array_t<double> energy(const F32& s, std::optional<U8> mask) const {
-    const std::size_t n = batch_rows(s, eng_.dim(), "states");
-    const MemoryMask mm = mask_in(mask, n, eng_.size());
-    std::vector<double> e = monitored(py::none(), [&](Monitor& m) { return eng_.energy(s.data(), n, mm, m); });
+    const ModelCEngine& eng = ret_.engine_c();
+    const std::size_t n = batch_rows(s, eng.dim(), "states");
+    const MemoryMask mm = mask_in(mask, n, eng.size());
+    std::vector<double> e = monitored(py::none(), [&](Monitor& m) { return eng.energy(s.data(), n, mm, m); });
     return to_numpy(std::move(e), {static_cast<py::ssize_t>(n)});
   }
-  const ModelCEngine& engine() const { return eng_; }
+  const ModelCEngine& engine() const { return ret_.engine_c(); }
   py::object store() const { return store_.object(); }
 
  private:
   StoreUse store_;
-  InteractionSpec spec_;
-  ModelCEngine eng_;
-  double alpha_;
-  int threads_;
-  std::string kernel_;
-  CertifiedEngine<ModelCEngine> certified_;
+  Retriever ret_;
 };
 
 // Model A over packed bits (a float store of +-1 memories is packed once, library's pack_bits).
