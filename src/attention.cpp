@@ -27,10 +27,94 @@ using ConstMap = Eigen::Map<const Mat<T>>;
 template <class T>
 using MutMap = Eigen::Map<Mat<T>>;
 
+// The checks of the inputs read every key and value once more before the pass: written so that the compiler
+// vectorises them (a branch-free flag per block, the bad block searched again for the message; a row's
+// squared norm in four independent partial sums) and split over the pass's threads, they cost a fraction
+// of the pass (at K = 1M, d = 64, 16 queries a scalar, one-thread scan took 3x the forward pass itself).
+constexpr std::size_t kCheckBlock = 1024;
+
+inline bool finite_value(float x) { return std::fabs(x) <= std::numeric_limits<float>::max(); }  // false: NaN, Inf
+inline bool finite_value(double x) { return std::fabs(x) <= std::numeric_limits<double>::max(); }
+inline bool finite_value(std::uint16_t bf16) { return (bf16 & 0x7F80u) != 0x7F80u; }
+inline double widen(float x) { return double(x); }
+inline double widen(double x) { return x; }
+inline double widen(std::uint16_t bf16) { return double(bf16_to_float(bf16)); }
+
+// sum_i x_i y_i in double, in four independent partial sums (not one chain of dependent additions).
+template <class T>
+double dot_in_double(const T* x, const T* y, std::size_t n) {
+  double p[4] = {0, 0, 0, 0};
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (std::size_t l = 0; l < 4; ++l) p[l] += double(x[i + l]) * double(y[i + l]);
+  for (; i < n; ++i) p[0] += double(x[i]) * double(y[i]);
+  return (p[0] + p[1]) + (p[2] + p[3]);
+}
+
+// The first index i in [i0, i1) with x[i] NaN or Inf, or i1 when there is none.
+template <class E>
+std::size_t first_non_finite(const E* x, std::size_t i0, std::size_t i1) {
+  for (std::size_t b0 = i0; b0 < i1; b0 += kCheckBlock) {
+    const std::size_t b1 = std::min(i1, b0 + kCheckBlock);
+    unsigned bad = 0;
+    for (std::size_t i = b0; i < b1; ++i) bad |= finite_value(x[i]) ? 0u : 1u;
+    if (bad)
+      for (std::size_t i = b0; i < b1; ++i)
+        if (!finite_value(x[i])) return i;
+  }
+  return i1;
+}
+
+// sum_j x_j^2 of one row in double (an upper bound's ingredient: the order of the sum does not matter).
+template <class E>
+double row_norm2(const E* x, std::size_t d) {
+  double p[4] = {0, 0, 0, 0};
+  std::size_t j = 0;
+  for (; j + 4 <= d; j += 4)
+    for (std::size_t l = 0; l < 4; ++l) p[l] += widen(x[j + l]) * widen(x[j + l]);
+  for (; j < d; ++j) p[0] += widen(x[j]) * widen(x[j]);
+  return (p[0] + p[1]) + (p[2] + p[3]);
+}
+
+// Rows x[0, rows) of `cols` entries: throws naming the first NaN or Inf entry ("<what> contains NaN or Inf
+// (element i)"); returns the largest squared row norm when `norms` (else 0). Split over `threads`.
+template <class E>
+double check_rows(const E* x, std::size_t rows, std::size_t cols, const char* what, std::size_t threads, bool norms) {
+  const std::size_t count = checked_mul(rows, cols, what);
+  struct Part {
+    std::size_t bad = 0;
+    double max2 = 0;
+  };
+  const std::size_t nw = std::max<std::size_t>(1, std::min(threads, rows / 256 + 1));
+  std::vector<Part> part(nw);
+  const std::size_t block = std::max<std::size_t>(1, kCheckBlock / std::max<std::size_t>(cols, 1));  // rows
+  detail::parallel_chunks(rows, static_cast<int>(nw), [&](std::size_t w, std::size_t r0, std::size_t r1) {
+    Part& p = part[w];
+    p.bad = count;
+    for (std::size_t b0 = r0; b0 < r1; b0 += block) {  // a block's norms while it is in the cache
+      const std::size_t b1 = std::min(r1, b0 + block), at = first_non_finite(x, b0 * cols, b1 * cols);
+      if (at != b1 * cols) {
+        p.bad = at;
+        return;
+      }
+      if (norms)
+        for (std::size_t r = b0; r < b1; ++r) p.max2 = std::max(p.max2, row_norm2(x + r * cols, cols));
+    }
+  });
+  std::size_t bad = count;
+  double max2 = 0;
+  for (const Part& p : part) {
+    bad = std::min(bad, p.bad);
+    max2 = std::max(max2, p.max2);
+  }
+  ASSOCMEM_CHECK_ARG(bad == count, what, " contains NaN or Inf (element ", bad, ")");
+  return max2;
+}
+
 template <class T>
 void check_finite_array(const T* x, std::size_t count, const char* what) {
-  for (std::size_t i = 0; i < count; ++i)
-    ASSOCMEM_CHECK_ARG(std::isfinite(x[i]), what, " contains NaN or Inf (element ", i, ")");
+  const std::size_t bad = first_non_finite(x, 0, count);
+  ASSOCMEM_CHECK_ARG(bad == count, what, " contains NaN or Inf (element ", bad, ")");
 }
 
 // Rows [t0, t0 + nt) of keys or values (cols wide) as T: a view of the caller's float memory, or the
@@ -45,12 +129,6 @@ ConstMap<T> rows_of(const T* f, const std::uint16_t* b, std::size_t t0, std::siz
 }
 
 template <class T>
-void check_finite_bf16(const std::uint16_t* x, std::size_t count, const char* what) {
-  for (std::size_t i = 0; i < count; ++i)
-    ASSOCMEM_CHECK_ARG((x[i] & 0x7F80u) != 0x7F80u, what, " contains NaN or Inf (element ", i, ")");
-}
-
-template <class T>
 void check(const AttentionArgs<T>& a) {
   const bool bf16 = a.k_bf16 != nullptr;
   ASSOCMEM_CHECK_ARG(a.q != nullptr && (bf16 ? a.v_bf16 != nullptr && !a.k && !a.v : a.k != nullptr && a.v != nullptr),
@@ -62,25 +140,19 @@ void check(const AttentionArgs<T>& a) {
   ASSOCMEM_CHECK_ARG(a.threads >= 0 && a.threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads, "], got ",
                      a.threads);
   check_finite_array(a.q, checked_mul(a.n, a.d, "queries"), "queries");
-  if (bf16) {
-    check_finite_bf16<T>(a.k_bf16, checked_mul(a.K, a.d, "keys"), "keys");
-    check_finite_bf16<T>(a.v_bf16, checked_mul(a.K, a.dv, "values"), "values");
-  } else {
-    check_finite_array(a.k, checked_mul(a.K, a.d, "keys"), "keys");
-    check_finite_array(a.v, checked_mul(a.K, a.dv, "values"), "values");
+  // The keys' finiteness and largest norm in one pass; the values' finiteness (the keys' when they are the
+  // same memory).
+  const std::size_t threads = static_cast<std::size_t>(detail::resolve_threads(a.threads));
+  const double k2 = bf16 ? check_rows(a.k_bf16, a.K, a.d, "keys", threads, true)
+                         : check_rows(a.k, a.K, a.d, "keys", threads, true);
+  const bool values_are_keys = bf16 ? a.v_bf16 == a.k_bf16 : a.v == a.k;
+  if (!(values_are_keys && a.dv == a.d)) {
+    if (bf16) check_rows(a.v_bf16, a.K, a.dv, "values", threads, false);
+    else check_rows(a.v, a.K, a.dv, "values", threads, false);
   }
   // Scores beta q . k that could overflow T are refused up front (|q . k| <= |q| max|k|, Cauchy-Schwarz),
   // as the engines do: at beta = 1e38 the softmax became NaN.
   {
-    double k2 = 0;
-    for (std::size_t mu = 0; mu < a.K; ++mu) {
-      double r2 = 0;
-      for (std::size_t j = 0; j < a.d; ++j) {
-        const double x = bf16 ? double(bf16_to_float(a.k_bf16[mu * a.d + j])) : double(a.k[mu * a.d + j]);
-        r2 += x * x;
-      }
-      k2 = std::max(k2, r2);
-    }
     const double limit = double(std::numeric_limits<T>::max()) / 4;
     for (std::size_t i = 0; i < a.n; ++i) {
       double q2 = 0;
@@ -406,14 +478,22 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   const std::vector<T> Qp = padded(a.q, n, d, dp), dOp = padded(dout, n, dvd, dvp);
   const std::vector<T> QT = transposed(a.q, n, d), dOT = transposed(dout, n, dvd);  // d x n, dv x n
   const bool shared = dv == dk;
+  // A tile's key and value gradients, dK_t = beta dS^T Q and dV_t = P^T dO, come out of the products either
+  // transposed (d x tile, then written row by row) or, with fewer queries than dimensions, as rows from the
+  // transposed weights (tile x n): the smaller side is the one transposed, element by element.
+  const bool rows_first = n < d;
+  const std::size_t np = kernels::round_up(n, kernels::kBlock);
   std::vector<std::vector<T>> dQ(nw, std::vector<T>(n * dp, T(0)));
   std::vector<double> db(nw, 0.0);
   struct Buffers {
     std::vector<T> S, P, G, packK, packV, dKT, dVT, SB;
   };
   std::vector<Buffers> buf(nw);
-  for (auto& B : buf) B = {std::vector<T>(n * kTile), std::vector<T>(n * kTile), std::vector<T>(n * kTile), {}, {},
-                           std::vector<T>(d * kTile), std::vector<T>(dvd * kTile), {}};
+  for (auto& B : buf)
+    B = {std::vector<T>(n * kTile), std::vector<T>(n * kTile), std::vector<T>(n * kTile), {}, {},
+         // rows_first: dKT holds (beta dS)^T and P^T side by side (tile x np each, zero beyond n), dVT the rows
+         rows_first ? std::vector<T>(2 * kTile * np, T(0)) : std::vector<T>(d * kTile),
+         rows_first ? std::vector<T>(kTile * (dp + (shared ? 0 : dvp))) : std::vector<T>(dvd * kTile), {}};
   for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt) {
     Buffers& B = buf[w];
     // Recomputed from the log-sum-exp L (FlashAttention): S = Q K_t^T, P = exp(beta S - L) (the softmax
@@ -448,10 +528,8 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
           dbw += double(g[i]) * double(s[i]);
         }
       } else {
-        for (std::size_t i = 0; i < nt; ++i) {
-          g[i] = p[i] * (g[i] - Dlt[b]);
-          dbw += double(g[i]) * double(s[i]);  // d loss / d beta = sum dS o S
-        }
+        for (std::size_t i = 0; i < nt; ++i) g[i] = p[i] * (g[i] - Dlt[b]);
+        dbw += dot_in_double(g, s, nt);  // d loss / d beta = sum dS o S
       }
       if (dbias && bias) {  // d loss / d bias = dS (its rows: one per query, or summed into the shared one)
         T* db = dbias + (a.bias_rows == 1 ? 0 : b * a.K) + t0;
@@ -462,6 +540,25 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     }
     db[w] += dbw;
     pr.accumulate(B.G.data(), n, kTile, Kt, nt, d, dQ[w].data(), dp);  // dQ += dS K_t (times beta below)
+    if (rows_first) {
+      T* GT = B.dKT.data();
+      T* PT = GT + kTile * np;
+      for (std::size_t b = 0; b < n; ++b)
+        for (std::size_t i = 0; i < nt; ++i) {
+          GT[i * np + b] = beta * B.G[b * kTile + i];
+          PT[i * np + b] = B.P[b * kTile + i];
+        }
+      T* rk = B.dVT.data();
+      T* rv = shared ? rk : rk + kTile * dp;
+      std::fill(B.dVT.begin(), B.dVT.end(), T(0));
+      pr.accumulate(GT, nt, np, a.q, n, d, rk, dp);         // dK_t = (beta dS)^T Q
+      pr.accumulate(PT, nt, np, dout, n, dvd, rv, shared ? dp : dvp);  // dV_t = P^T dO (added: values = keys)
+      for (std::size_t i = 0; i < nt; ++i) {
+        std::copy(rk + i * dp, rk + i * dp + d, dk + (t0 + i) * d);
+        if (!shared) std::copy(rv + i * dvp, rv + i * dvp + dvd, dv + (t0 + i) * dvd);
+      }
+      return;
+    }
     // dK_t^T = Q^T dS (d x tile) and dV_t^T = dO^T P (dv x tile): the tile's gradients, transposed once.
     std::fill(B.dKT.begin(), B.dKT.end(), T(0));
     std::fill(B.dVT.begin(), B.dVT.end(), T(0));

@@ -444,6 +444,34 @@ TEST(Attention, BFloat16MemoriesEqualTheirFloatValues) {
   EXPECT_THROW_MSG(attention_forward(b, ob.data(), lb.data()), InvalidArgument, "keys contains NaN");
 }
 
+// The inputs' checks run split over the threads, in blocks: the element they name is the first bad one of
+// the whole array, whichever thread's part holds it (keys and values, float and bfloat16), and the values
+// are checked on their own when they are not the keys.
+TEST(Attention, NonFiniteInputsAreNamedByTheirFirstElement) {
+  const std::size_t n = 2, K = 3000, d = 8, dv = 3;
+  std::vector<float> q(n * d, 0.1f), k(K * d, 0.2f), v(K * dv, 0.3f), out(n * dv);
+  std::vector<double> lse(n);
+  AttentionArgs<float> a;
+  a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = v.data(), a.dv = dv, a.beta = 1.0, a.threads = 2;
+  attention_forward(a, out.data(), lse.data());
+  k[20000] = std::numeric_limits<float>::infinity();  // in the second thread's rows
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "keys contains NaN or Inf (element 20000)");
+  k[300] = std::nanf("");  // and an earlier one in the first thread's rows
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "keys contains NaN or Inf (element 300)");
+  k[300] = k[20000] = 0.2f;
+  v[K * dv - 1] = -std::numeric_limits<float>::infinity();  // the very last value
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument,
+                   "values contains NaN or Inf (element " + std::to_string(K * dv - 1) + ")");
+  std::vector<std::uint16_t> kb(K * d, float_to_bf16(0.2f));
+  AttentionArgs<float> b = a;
+  b.k = b.v = nullptr, b.k_bf16 = b.v_bf16 = kb.data(), b.dv = d;
+  std::vector<float> wide(n * d);
+  attention_forward(b, wide.data(), lse.data());
+  kb[K * d - 9] = 0x7F80;  // +inf in bfloat16: keys (and values: the same memory, checked once)
+  EXPECT_THROW_MSG(attention_forward(b, wide.data(), lse.data()), InvalidArgument,
+                   "keys contains NaN or Inf (element " + std::to_string(K * d - 9) + ")");
+}
+
 // A batch of independent attentions (AttentionBatch) equals one call per element: each element's queries,
 // keys, values, mask rows and beta; values = keys (one gradient buffer); bfloat16 memories; the threads
 // split over the elements (elements >= threads: each element on one thread; fewer: the rest over its
