@@ -41,13 +41,13 @@ inline double widen(double x) { return x; }
 inline double widen(std::uint16_t bf16) { return double(bf16_to_float(bf16)); }
 
 // sum_i x_i y_i in double, in four independent partial sums (not one chain of dependent additions).
-template <class T>
-double dot_in_double(const T* x, const T* y, std::size_t n) {
+template <class E>
+double dot_in_double(const E* x, const E* y, std::size_t n) {
   double p[4] = {0, 0, 0, 0};
   std::size_t i = 0;
   for (; i + 4 <= n; i += 4)
-    for (std::size_t l = 0; l < 4; ++l) p[l] += double(x[i + l]) * double(y[i + l]);
-  for (; i < n; ++i) p[0] += double(x[i]) * double(y[i]);
+    for (std::size_t l = 0; l < 4; ++l) p[l] += widen(x[i + l]) * widen(y[i + l]);
+  for (; i < n; ++i) p[0] += widen(x[i]) * widen(y[i]);
   return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
@@ -63,17 +63,6 @@ std::size_t first_non_finite(const E* x, std::size_t i0, std::size_t i1) {
         if (!finite_value(x[i])) return i;
   }
   return i1;
-}
-
-// sum_j x_j^2 of one row in double (an upper bound's ingredient: the order of the sum does not matter).
-template <class E>
-double row_norm2(const E* x, std::size_t d) {
-  double p[4] = {0, 0, 0, 0};
-  std::size_t j = 0;
-  for (; j + 4 <= d; j += 4)
-    for (std::size_t l = 0; l < 4; ++l) p[l] += widen(x[j + l]) * widen(x[j + l]);
-  for (; j < d; ++j) p[0] += widen(x[j]) * widen(x[j]);
-  return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
 // Rows x[0, rows) of `cols` entries: throws naming the first NaN or Inf entry ("<what> contains NaN or Inf
@@ -98,7 +87,7 @@ double check_rows(const E* x, std::size_t rows, std::size_t cols, const char* wh
         return;
       }
       if (norms)
-        for (std::size_t r = b0; r < b1; ++r) p.max2 = std::max(p.max2, row_norm2(x + r * cols, cols));
+        for (std::size_t r = b0; r < b1; ++r) p.max2 = std::max(p.max2, dot_in_double(x + r * cols, x + r * cols, cols));
     }
   });
   std::size_t bad = count;
