@@ -8,10 +8,8 @@
 #include <pybind11/stl.h>
 
 #include <array>
-#include <filesystem>
 #include <chrono>
 #include <limits>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <type_traits>
