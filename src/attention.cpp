@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "assocmem/io.hpp"
@@ -106,6 +107,99 @@ void check_finite_array(const T* x, std::size_t count, const char* what) {
   ASSOCMEM_CHECK_ARG(bad == count, what, " contains NaN or Inf (element ", bad, ")");
 }
 
+// ---- the layer norms of the memories (RowNorm) -------------------------------------------------------
+// Whether the values are the same memory as the keys (one array; with layer norms, whichever they are), and
+// whether they are the keys themselves (the same memory and the same norm).
+template <class T>
+bool same_memory(const AttentionArgs<T>& a) {
+  return (a.k_bf16 ? a.v_bf16 == a.k_bf16 : a.v == a.k) && a.dv == a.d;
+}
+template <class T>
+bool values_are_keys(const AttentionArgs<T>& a) {
+  return same_memory(a) && a.value_norm == a.key_norm;
+}
+
+// The mean and 1 / sqrt(var + eps) of one row of c entries (two passes in double; the biased variance, as
+// torch's layer_norm).
+template <class T>
+void row_stats(const T* y, std::size_t c, double eps, double& mean, double& rstd) {
+  double s = 0;
+  for (std::size_t j = 0; j < c; ++j) s += double(y[j]);
+  mean = s / double(c);
+  double v = 0;
+  for (std::size_t j = 0; j < c; ++j) v += (double(y[j]) - mean) * (double(y[j]) - mean);
+  rstd = 1.0 / std::sqrt(v / double(c) + eps);
+}
+
+// nt rows of c entries normalised: out = (y - mean) rstd o gamma + bias.
+template <class T>
+void normalise_rows(const RowNorm<T>& nm, const T* y, std::size_t nt, std::size_t c, T* out) {
+  for (std::size_t r = 0; r < nt; ++r, y += c, out += c) {
+    double mean, rstd;
+    row_stats(y, c, nm.eps, mean, rstd);
+    for (std::size_t j = 0; j < c; ++j) {
+      double x = (double(y[j]) - mean) * rstd;
+      if (nm.gamma) x *= double(nm.gamma[j]);
+      if (nm.bias) x += double(nm.bias[j]);
+      out[j] = static_cast<T>(x);
+    }
+  }
+}
+
+// The layer norm's backward pass for one row y (c entries), g(j) the gradient at its output: with
+// x = (y - mean) rstd and h = g o gamma, dy = rstd (h - mean(h) - x mean(h o x)); dgamma += g o x and
+// dbias += g (when the norm has them and the accumulators are given). dy is written, or added to when `add`.
+// A norm that is off passes g through.
+template <class T, class G>
+void norm_backward_row(const RowNorm<T>& nm, const T* y, std::size_t c, G&& g, T* dy, bool add, double* dgamma,
+                       double* dbias) {
+  if (!nm.on) {
+    for (std::size_t j = 0; j < c; ++j) dy[j] = add ? dy[j] + g(j) : g(j);
+    return;
+  }
+  double mean, rstd;
+  row_stats(y, c, nm.eps, mean, rstd);
+  double s1 = 0, s2 = 0;
+  for (std::size_t j = 0; j < c; ++j) {
+    const double x = (double(y[j]) - mean) * rstd, gj = double(g(j)), h = nm.gamma ? gj * double(nm.gamma[j]) : gj;
+    s1 += h;
+    s2 += h * x;
+    if (dgamma && nm.gamma) dgamma[j] += gj * x;
+    if (dbias && nm.bias) dbias[j] += gj;
+  }
+  s1 /= double(c);
+  s2 /= double(c);
+  for (std::size_t j = 0; j < c; ++j) {
+    const double x = (double(y[j]) - mean) * rstd, gj = double(g(j)), h = nm.gamma ? gj * double(nm.gamma[j]) : gj;
+    const T val = static_cast<T>(rstd * (h - s1 - x * s2));
+    dy[j] = add ? dy[j] + val : val;
+  }
+}
+
+// A norm's parameters checked; returns the bound sqrt(c) max|gamma| + |bias| on the norm of its output rows
+// (|x| <= sqrt(c): x has mean 0 and mean square var / (var + eps) < 1).
+template <class T>
+double check_norm(const RowNorm<T>& nm, std::size_t c, const char* what) {
+  ASSOCMEM_CHECK_ARG(std::isfinite(nm.eps) && nm.eps > 0, what, ": eps must be finite and > 0, got ", nm.eps);
+  double g = 1, b2 = 0;
+  if (nm.gamma) {
+    check_finite_array(nm.gamma, c, (std::string(what) + " gamma").c_str());
+    g = 0;
+    for (std::size_t j = 0; j < c; ++j) g = std::max(g, std::fabs(double(nm.gamma[j])));
+  }
+  if (nm.bias) {
+    check_finite_array(nm.bias, c, (std::string(what) + " bias").c_str());
+    for (std::size_t j = 0; j < c; ++j) b2 += double(nm.bias[j]) * double(nm.bias[j]);
+  }
+  return std::sqrt(double(c)) * g + std::sqrt(b2);
+}
+
+template <class T>
+void refuse_norms(const AttentionArgs<T>& a, const char* fn) {
+  ASSOCMEM_CHECK_ARG(!a.key_norm.on && !a.value_norm.on, fn, ": layer norms of the memories (key_norm, value_norm) are "
+                     "supported by attention_forward and attention_backward only");
+}
+
 // Rows [t0, t0 + nt) of keys or values (cols wide) as T: a view of the caller's float memory, or the
 // bfloat16 rows widened into buf.
 template <class T>
@@ -132,10 +226,12 @@ void check(const AttentionArgs<T>& a) {
   // The keys' finiteness and largest norm in one pass; the values' finiteness (the keys' when they are the
   // same memory).
   const std::size_t threads = static_cast<std::size_t>(detail::resolve_threads(a.threads));
-  const double k2 = bf16 ? check_rows(a.k_bf16, a.K, a.d, "keys", threads, true)
-                         : check_rows(a.k, a.K, a.d, "keys", threads, true);
-  const bool values_are_keys = bf16 ? a.v_bf16 == a.k_bf16 : a.v == a.k;
-  if (!(values_are_keys && a.dv == a.d)) {
+  const bool raw_norms = !a.key_norm.on;  // with a key norm, its output's bound instead
+  double k2 = bf16 ? check_rows(a.k_bf16, a.K, a.d, "keys", threads, raw_norms)
+                   : check_rows(a.k, a.K, a.d, "keys", threads, raw_norms);
+  if (a.key_norm.on) k2 = std::pow(check_norm(a.key_norm, a.d, "key_norm"), 2);
+  if (a.value_norm.on) check_norm(a.value_norm, a.dv, "value_norm");
+  if (!same_memory(a)) {
     if (bf16) check_rows(a.v_bf16, a.K, a.dv, "values", threads, false);
     else check_rows(a.v, a.K, a.dv, "values", threads, false);
   }
@@ -388,18 +484,32 @@ std::vector<T> transposed(const T* x, std::size_t rows, std::size_t cols) {
   return out;
 }
 
-// Runs fn(worker, t0, nt, K_t, V_t) over the tiles of memories (K_t, V_t: the tile's keys and values as T,
-// row-major; the same pointer when the values are the keys), one worker per chunk of tiles.
+// Runs fn(worker, t0, nt, K_t, V_t, Y_k, Y_v) over the tiles of memories, one worker per chunk of tiles:
+// K_t and V_t are the tile's keys and values as T, row-major, after their layer norms (the same pointer when
+// the values are the keys); Y_k and Y_v the raw rows they were normalised from (K_t and V_t without norms).
 template <class T, class Fn>
 void for_each_raw_tile(const AttentionArgs<T>& a, std::size_t workers, Fn&& fn) {
   const std::size_t tiles = (a.K + kTile - 1) / kTile;
-  const bool same = a.v_bf16 ? a.v_bf16 == a.k_bf16 && a.dv == a.d : a.v == a.k && a.dv == a.d;
+  const bool same = values_are_keys(a), same_raw = same_memory(a);
   detail::parallel_chunks(tiles, static_cast<int>(workers), [&](std::size_t w, std::size_t tb, std::size_t te) {
-    std::vector<T> kbuf, vbuf;
+    std::vector<T> kbuf, vbuf, knorm, vnorm;
     for (std::size_t t = tb; t < te; ++t) {
       const std::size_t t0 = t * kTile, nt = std::min(kTile, a.K - t0);
-      const T* Kt = tile_rows(a.k, a.k_bf16, t0, nt, a.d, kbuf);
-      fn(w, t0, nt, Kt, same ? Kt : tile_rows(a.v, a.v_bf16, t0, nt, a.dv, vbuf));
+      const T* Yk = tile_rows(a.k, a.k_bf16, t0, nt, a.d, kbuf);
+      const T* Yv = same_raw ? Yk : tile_rows(a.v, a.v_bf16, t0, nt, a.dv, vbuf);
+      const T* Kt = Yk;
+      if (a.key_norm.on) {
+        knorm.resize(nt * a.d);
+        normalise_rows(a.key_norm, Yk, nt, a.d, knorm.data());
+        Kt = knorm.data();
+      }
+      const T* Vt = same ? Kt : Yv;
+      if (!same && a.value_norm.on) {
+        vnorm.resize(nt * a.dv);
+        normalise_rows(a.value_norm, Yv, nt, a.dv, vnorm.data());
+        Vt = vnorm.data();
+      }
+      fn(w, t0, nt, Kt, Vt, Yk, Yv);
     }
   });
 }
@@ -418,7 +528,8 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
   // beta q . k_mu, sum_mu exp(beta q . k_mu - m) and sum_mu exp(beta q . k_mu - m) v_mu.
   std::vector<OnlineSoftmax<T>> parts(nw, OnlineSoftmax<T>(n, dv, dvp));
   std::vector<std::vector<T>> S(nw, std::vector<T>(n * kTile)), W(nw, std::vector<T>(n * kTile)), packed(nw);
-  for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt) {
+  for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt, const T*,
+                               const T*) {
     OnlineSoftmax<T>& part = parts[w];
     pr.pack(Kt, nt, d, packed[w]);
     pr.scores(Qp.data(), n, dp, packed[w], Kt, nt, d, S[w].data(), kTile);
@@ -447,10 +558,10 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
 
 template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
-                        double* dbeta, T* dbias) {
+                        double* dbeta, T* dbias, const RowNormGradients<T>* dnorm) {
   check(a);
-  ASSOCMEM_CHECK_ARG(dv != dk || (a.v == a.k && a.v_bf16 == a.k_bf16 && a.dv == a.d), "attention_backward: dk and dv may share a buffer only "
-                     "when the values are the keys");
+  ASSOCMEM_CHECK_ARG(dv != dk || same_memory(a), "attention_backward: dk and dv may share a buffer only when the values "
+                     "are the same memory as the keys");
   const Products<T> pr(a);
   const std::size_t n = a.n, d = a.d, dvd = a.dv, nw = worker_count(a);
   const std::size_t dp = kernels::round_up(d, kernels::kBlock), dvp = kernels::round_up(dvd, kernels::kBlock);
@@ -466,7 +577,32 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   }
   const std::vector<T> Qp = padded(a.q, n, d, dp), dOp = padded(dout, n, dvd, dvp);
   const std::vector<T> QT = transposed(a.q, n, d), dOT = transposed(dout, n, dvd);  // d x n, dv x n
-  const bool shared = dv == dk;
+  const bool shared = dv == dk;  // one buffer receives the sum of the keys' and the values' gradients
+  const bool one_norm = values_are_keys(a), fold = shared && one_norm;  // fold: the sum formed in the products
+  const bool norms = a.key_norm.on || a.value_norm.on;
+  // The norms' parameter gradients, per worker (double): gamma and bias of the keys' norm, then the values'.
+  const bool want_norm_grads = dnorm != nullptr && norms;
+  std::vector<std::vector<double>> ngrad(want_norm_grads ? nw : 0, std::vector<double>(2 * (d + dvd), 0.0));
+  // Row i of the tile: the gradients gk(j) and gv(j) at the (normalised) keys and values, taken through the
+  // norms to the raw rows and written to dk and dv (their sum where they share the buffer; gv is already
+  // in gk when `folded`).
+  const auto write_row = [&](std::size_t w, std::size_t t0, std::size_t i, const T* Yk, const T* Yv, bool folded,
+                             auto&& gk, auto&& gv) {
+    T* dki = dk + (t0 + i) * d;
+    if (!norms) {
+      for (std::size_t j = 0; j < d; ++j) dki[j] = gk(j);
+      if (folded) return;
+      T* dvi = shared ? dki : dv + (t0 + i) * dvd;
+      for (std::size_t j = 0; j < dvd; ++j) dvi[j] = shared ? dvi[j] + gv(j) : gv(j);
+      return;
+    }
+    double* kg = want_norm_grads ? ngrad[w].data() : nullptr;
+    double* vg = want_norm_grads ? (one_norm ? kg : kg + 2 * d) : nullptr;  // one norm: its gradients once
+    norm_backward_row(a.key_norm, Yk + i * d, d, gk, dki, false, kg, kg ? kg + d : nullptr);
+    if (folded) return;
+    norm_backward_row(a.value_norm, Yv + i * dvd, dvd, gv, shared ? dki : dv + (t0 + i) * dvd, shared, vg,
+                      vg ? vg + (one_norm ? d : dvd) : nullptr);
+  };
   // A tile's key and value gradients, dK_t = beta dS^T Q and dV_t = P^T dO, come out of the products either
   // transposed (d x tile, then written row by row) or, with fewer queries than dimensions, as rows from the
   // transposed weights (tile x n): the smaller side is the one transposed, element by element.
@@ -482,8 +618,9 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     B = {std::vector<T>(n * kTile), std::vector<T>(n * kTile), std::vector<T>(n * kTile), {}, {},
          // rows_first: dKT holds (beta dS)^T and P^T side by side (tile x np each, zero beyond n), dVT the rows
          rows_first ? std::vector<T>(2 * kTile * np, T(0)) : std::vector<T>(d * kTile),
-         rows_first ? std::vector<T>(kTile * (dp + (shared ? 0 : dvp))) : std::vector<T>(dvd * kTile), {}};
-  for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt) {
+         rows_first ? std::vector<T>(kTile * (dp + (fold ? 0 : dvp))) : std::vector<T>(dvd * kTile), {}};
+  for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt, const T* Yk,
+                               const T* Yv) {
     Buffers& B = buf[w];
     // Recomputed from the log-sum-exp L (FlashAttention): S = Q K_t^T, P = exp(beta S - L) (the softmax
     // weights, eq. 12), dP = dO V_t^T, and dS = P o (dP - rowsum(dO o O)) = d loss / d(beta S).
@@ -538,14 +675,14 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
           PT[i * np + b] = B.P[b * kTile + i];
         }
       T* rk = B.dVT.data();
-      T* rv = shared ? rk : rk + kTile * dp;
+      T* rv = fold ? rk : rk + kTile * dp;
+      const std::size_t ldv = fold ? dp : dvp;
       std::fill(B.dVT.begin(), B.dVT.end(), T(0));
       pr.accumulate(GT, nt, np, a.q, n, d, rk, dp);         // dK_t = (beta dS)^T Q
-      pr.accumulate(PT, nt, np, dout, n, dvd, rv, shared ? dp : dvp);  // dV_t = P^T dO (added: values = keys)
-      for (std::size_t i = 0; i < nt; ++i) {
-        std::copy(rk + i * dp, rk + i * dp + d, dk + (t0 + i) * d);
-        if (!shared) std::copy(rv + i * dvp, rv + i * dvp + dvd, dv + (t0 + i) * dvd);
-      }
+      pr.accumulate(PT, nt, np, dout, n, dvd, rv, ldv);     // dV_t = P^T dO (added when folded)
+      for (std::size_t i = 0; i < nt; ++i)
+        write_row(w, t0, i, Yk, Yv, fold, [&](std::size_t j) { return rk[i * dp + j]; },
+                  [&](std::size_t j) { return rv[i * ldv + j]; });
       return;
     }
     // dK_t^T = Q^T dS (d x tile) and dV_t^T = dO^T P (dv x tile): the tile's gradients, transposed once.
@@ -553,13 +690,25 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     std::fill(B.dVT.begin(), B.dVT.end(), T(0));
     pr.accumulate(QT.data(), d, n, B.G.data(), n, kTile, B.dKT.data(), kTile);
     pr.accumulate(dOT.data(), dvd, n, B.P.data(), n, kTile, B.dVT.data(), kTile);
-    for (std::size_t i = 0; i < nt; ++i) {
-      T* dki = dk + (t0 + i) * d;
-      for (std::size_t j = 0; j < d; ++j) dki[j] = beta * B.dKT[j * kTile + i];
-      T* dvi = shared ? dki : dv + (t0 + i) * dvd;  // values = keys: one gradient, no second buffer
-      for (std::size_t j = 0; j < dvd; ++j) dvi[j] = shared ? dvi[j] + B.dVT[j * kTile + i] : B.dVT[j * kTile + i];
-    }
+    for (std::size_t i = 0; i < nt; ++i)
+      write_row(w, t0, i, Yk, Yv, false, [&](std::size_t j) { return beta * B.dKT[j * kTile + i]; },
+                [&](std::size_t j) { return B.dVT[j * kTile + i]; });
   });
+  if (dnorm) {  // the workers' parameter gradients summed; the values' zero when they are the keys
+    const auto put = [&](T* out, std::size_t offset, std::size_t c, bool zero) {
+      if (!out) return;
+      for (std::size_t j = 0; j < c; ++j) {
+        double s = 0;
+        if (!zero)
+          for (const auto& g : ngrad) s += g[offset + j];
+        out[j] = static_cast<T>(s);
+      }
+    };
+    put(dnorm->key_gamma, 0, d, !a.key_norm.on || !a.key_norm.gamma);
+    put(dnorm->key_bias, d, d, !a.key_norm.on || !a.key_norm.bias);
+    put(dnorm->value_gamma, 2 * d, dvd, one_norm || !a.value_norm.on || !a.value_norm.gamma);
+    put(dnorm->value_bias, 2 * d + dvd, dvd, one_norm || !a.value_norm.on || !a.value_norm.bias);
+  }
   for (std::size_t b = 0; b < n; ++b)
     for (std::size_t j = 0; j < d; ++j) {
       double s = 0;
@@ -573,6 +722,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
 
 template <class T>
 void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const double* dlse, T* dq, T* dk, double* dbeta) {
+  refuse_norms(a, "log_sum_exp_backward");
   check(a);
   const std::size_t n = a.n;
   const T beta = static_cast<T>(a.beta);
@@ -608,6 +758,7 @@ Mat<T> elementwise(const AttentionArgs<T>& a, std::size_t t0, const Mat<T>& S, H
 
 template <class T>
 void spherical_forward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, T* drive, double* energy) {
+  refuse_norms(a, "spherical_forward");
   check(a);
   const std::size_t n = a.n, nw = worker_count(a);
   const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d);
@@ -633,6 +784,7 @@ void spherical_forward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, T
 template <class T>
 void spherical_backward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, const T* ddrive, const double* denergy,
                         T* dg, T* dk) {
+  refuse_norms(a, "spherical_backward");
   check(a);
   const std::size_t n = a.n, nw = worker_count(a);
   const auto N = static_cast<Eigen::Index>(n), D = static_cast<Eigen::Index>(a.d);
@@ -719,20 +871,29 @@ void attention_forward_batch(const AttentionArgs<T>& a, const AttentionBatch& ba
 
 template <class T>
 void attention_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, const T* out, const double* lse,
-                              const T* dout, T* dq, T* dk, T* dv, double* dbeta, T* dbias) {
+                              const T* dout, T* dq, T* dk, T* dv, double* dbeta, T* dbias,
+                              const RowNormGradients<T>* dnorm) {
   for_each_element(a, batch, [&](std::size_t e, const AttentionArgs<T>& x) {
+    RowNormGradients<T> g;
+    if (dnorm) {
+      const auto at = [&](T* p, std::size_t c) { return p ? p + e * c : nullptr; };
+      g = {at(dnorm->key_gamma, a.d), at(dnorm->key_bias, a.d), at(dnorm->value_gamma, a.dv),
+           at(dnorm->value_bias, a.dv)};
+    }
     attention_backward(x, out + e * a.n * a.dv, lse + e * a.n, dout + e * a.n * a.dv, dq + e * a.n * a.d,
-                       dk + e * a.K * a.d, dv + e * a.K * a.dv, dbeta + e, dbias ? dbias + e * a.bias_rows * a.K : nullptr);
+                       dk + e * a.K * a.d, dv + e * a.K * a.dv, dbeta + e, dbias ? dbias + e * a.bias_rows * a.K : nullptr,
+                       dnorm ? &g : nullptr);
   });
 }
 
 template void attention_forward_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, float*, double*);
 template void attention_forward_batch<double>(const AttentionArgs<double>&, const AttentionBatch&, double*, double*);
 template void attention_backward_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, const float*,
-                                              const double*, const float*, float*, float*, float*, double*, float*);
+                                              const double*, const float*, float*, float*, float*, double*, float*,
+                                              const RowNormGradients<float>*);
 template void attention_backward_batch<double>(const AttentionArgs<double>&, const AttentionBatch&, const double*,
                                                const double*, const double*, double*, double*, double*, double*,
-                                               double*);
+                                               double*, const RowNormGradients<double>*);
 
 template void spherical_backward<float>(const AttentionArgs<float>&, const AdditiveLagrangian&, const float*,
                                         const double*, float*, float*);
@@ -745,8 +906,8 @@ template void log_sum_exp_backward<double>(const AttentionArgs<double>&, const d
 template void attention_forward<float>(const AttentionArgs<float>&, float*, double*);
 template void attention_forward<double>(const AttentionArgs<double>&, double*, double*);
 template void attention_backward<float>(const AttentionArgs<float>&, const float*, const double*, const float*, float*,
-                                        float*, float*, double*, float*);
+                                        float*, float*, double*, float*, const RowNormGradients<float>*);
 template void attention_backward<double>(const AttentionArgs<double>&, const double*, const double*, const double*,
-                                         double*, double*, double*, double*, double*);
+                                         double*, double*, double*, double*, double*, const RowNormGradients<double>*);
 
 }  // namespace assocmem

@@ -376,6 +376,141 @@ TEST(Attention, SharedKeyValueGradientIsTheSum) {
                    InvalidArgument, "share a buffer");
 }
 
+// Layer norms of the memories fused into the attention (RowNorm: hopfield-layers' LayerNorm of the stored
+// patterns and of the pattern projections). Forward: the attention of the rows normalised here, written
+// out (mean, biased variance, eps, gamma, bias); float32: bitwise the unnormed pass over rows normalised in
+// double and rounded (the same tiles, kernels and threads). Backward: every gradient (queries, raw keys and
+// values, the norms' gamma and bias, beta) against central differences in double, for separate memories,
+// one memory under two norms (the layer's (Y, LN_s(Y), LN_p(Y)) case, one gradient buffer) and the values
+// being the keys (one norm), with fewer and more queries than dimensions (the two backward layouts).
+TEST(Attention, LayerNormedMemoriesAreTheAttentionOfTheNormalisedRows) {
+  std::mt19937_64 rng(31);
+  const std::size_t K = 530, d = 4, dv = 3;
+  const double eps = 1e-3;
+  auto y = flat(randn(K, d, rng, 2.0)), z = flat(randn(K, dv, rng, 3.0));
+  for (std::size_t mu = 0; mu < K; ++mu) y[mu * d] += 1.5;  // rows with a mean to remove
+  auto gk = flat(randn(1, d, rng)), bk = flat(randn(1, d, rng, 0.3));
+  auto gv = flat(randn(1, d, rng)), bv = flat(randn(1, d, rng, 0.3));  // d entries: also a norm of the keys
+  const auto normalised = [&](const std::vector<double>& x, std::size_t c, const double* g, const double* b) {
+    std::vector<double> out(x.size());
+    for (std::size_t r = 0; r < x.size() / c; ++r) {
+      double m = 0, s2 = 0;
+      for (std::size_t j = 0; j < c; ++j) m += x[r * c + j] / double(c);
+      for (std::size_t j = 0; j < c; ++j) s2 += (x[r * c + j] - m) * (x[r * c + j] - m) / double(c);
+      for (std::size_t j = 0; j < c; ++j) out[r * c + j] = (x[r * c + j] - m) / std::sqrt(s2 + eps) * g[j] + b[j];
+    }
+    return out;
+  };
+  enum Case { Separate, OneMemoryTwoNorms, ValuesAreKeys };
+  for (std::size_t n : {3u, 6u})
+    for (Case c : {Separate, OneMemoryTwoNorms, ValuesAreKeys}) {
+      SCOPED_TRACE(::testing::Message() << "queries " << n << ", case " << int(c));
+      auto q = flat(randn(n, d, rng));
+      const std::size_t e = c == Separate ? dv : d;
+      const auto w = flat(randn(n, e, rng));
+      double beta = 0.9;
+      const auto args = [&]() {
+        AttentionArgs<double> a;
+        a.q = q.data(), a.n = n, a.d = d, a.k = y.data(), a.K = K, a.beta = beta, a.threads = 2;
+        a.v = c == Separate ? z.data() : y.data(), a.dv = e;
+        a.key_norm = {true, eps, gk.data(), bk.data()};
+        a.value_norm = c == ValuesAreKeys ? a.key_norm : RowNorm<double>{true, eps, gv.data(), bv.data()};
+        return a;
+      };
+      const auto loss = [&]() {
+        std::vector<double> out(n * e), lse(n);
+        attention_forward(args(), out.data(), lse.data());
+        double s = 0;
+        for (std::size_t i = 0; i < out.size(); ++i) s += w[i] * out[i];
+        return s;
+      };
+      // The forward against the unnormed attention of the rows normalised above.
+      const auto nk = normalised(y, d, gk.data(), bk.data());
+      const auto nv = c == Separate ? normalised(z, dv, gv.data(), bv.data())
+                                    : c == ValuesAreKeys ? nk : normalised(y, d, gv.data(), bv.data());
+      AttentionArgs<double> plain;
+      plain.q = q.data(), plain.n = n, plain.d = d, plain.k = nk.data(), plain.K = K, plain.v = nv.data(), plain.dv = e;
+      plain.beta = beta;
+      std::vector<double> out(n * e), lse(n), out0(n * e), lse0(n);
+      const AttentionArgs<double> a = args();
+      attention_forward(a, out.data(), lse.data());
+      attention_forward(plain, out0.data(), lse0.data());
+      for (std::size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out[i], out0[i], 1e-12) << "out " << i;
+      for (std::size_t b = 0; b < n; ++b) EXPECT_NEAR(lse[b], lse0[b], 1e-12) << "lse " << b;
+      // The backward against central differences; one gradient buffer where the memory is one array.
+      std::vector<double> dq(n * d), dk(K * d), dvs(K * e), dg(4 * d, -7.0);
+      double db = 0;
+      const RowNormGradients<double> dn{&dg[0], &dg[d], &dg[2 * d], &dg[3 * d]};
+      double* dvp = c == Separate ? dvs.data() : dk.data();
+      attention_backward(a, out.data(), lse.data(), w.data(), dq.data(), dk.data(), dvp, &db, static_cast<double*>(nullptr), &dn);
+      for (std::size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(dq[i], central(loss, q[i]), 1e-7) << "dq " << i;
+      for (std::size_t i : {0u, 1u, 7u, 100u, 2100u}) EXPECT_NEAR(dk[i], central(loss, y[i]), 1e-7) << "dk " << i;
+      if (c == Separate) {
+        for (std::size_t i : {0u, 3u, 50u, 1589u}) EXPECT_NEAR(dvs[i], central(loss, z[i]), 1e-7) << "dv " << i;
+      }
+      for (std::size_t j = 0; j < d; ++j) {
+        EXPECT_NEAR(dg[j], central(loss, gk[j]), 1e-7) << "key gamma " << j;
+        EXPECT_NEAR(dg[d + j], central(loss, bk[j]), 1e-7) << "key bias " << j;
+        if (j >= e) continue;
+        if (c == ValuesAreKeys) {  // one norm: its whole gradient in the keys' entries
+          EXPECT_EQ(dg[2 * d + j], 0.0);
+          EXPECT_EQ(dg[3 * d + j], 0.0);
+        } else {
+          EXPECT_NEAR(dg[2 * d + j], central(loss, gv[j]), 1e-7) << "value gamma " << j;
+          EXPECT_NEAR(dg[3 * d + j], central(loss, bv[j]), 1e-7) << "value bias " << j;
+        }
+      }
+      EXPECT_NEAR(db, central(loss, beta), 1e-7);
+    }
+  // float32: the fused norm makes the same tiles as rows normalised in double and rounded, so the forward
+  // is bitwise the unnormed pass over those rows (one thread each: the same order).
+  const auto yf = to_f32(Eigen::Map<const Matrix>(y.data(), Eigen::Index(K), Eigen::Index(d)));
+  std::vector<float> gkf(gk.begin(), gk.end()), bkf(bk.begin(), bk.end()), nkf(K * d);
+  const auto yd = std::vector<double>(yf.begin(), yf.end());
+  const auto nkd = normalised(yd, d, std::vector<double>(gkf.begin(), gkf.end()).data(),
+                              std::vector<double>(bkf.begin(), bkf.end()).data());
+  for (std::size_t i = 0; i < nkd.size(); ++i) nkf[i] = float(nkd[i]);
+  const std::vector<float> qf(5 * d, 0.7f);
+  for (bool portable : {false, true}) {
+    AttentionArgs<float> f;
+    f.q = qf.data(), f.n = 5, f.d = d, f.k = yf.data(), f.K = K, f.v = yf.data(), f.dv = d, f.threads = 1;
+    f.portable_kernels = portable;
+    f.key_norm = f.value_norm = {true, eps, gkf.data(), bkf.data()};
+    AttentionArgs<float> g = f;
+    g.k = g.v = nkf.data(), g.key_norm = g.value_norm = {};
+    std::vector<float> o1(5 * d), o2(5 * d);
+    std::vector<double> l1(5), l2(5);
+    attention_forward(f, o1.data(), l1.data());
+    attention_forward(g, o2.data(), l2.data());
+    for (std::size_t i = 0; i < o1.size(); ++i) EXPECT_EQ(o1[i], o2[i]) << "portable " << portable << ", out " << i;
+  }
+}
+
+TEST(Attention, LayerNormParametersAreChecked) {
+  std::vector<double> q(4, 1.0), k(8, 0.5), out(4), lse(2), g(2, 1.0);
+  k[1] = 0.25;
+  AttentionArgs<double> a;
+  a.q = q.data(), a.n = 2, a.d = 2, a.k = k.data(), a.K = 4, a.v = k.data(), a.dv = 2;
+  a.key_norm = {true, 0.0, nullptr, nullptr};
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "key_norm: eps must be finite and > 0");
+  a.key_norm = {true, 1e-5, g.data(), nullptr};
+  g[1] = std::nan("");
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "key_norm gamma contains NaN");
+  g[1] = 1.0;
+  a.value_norm = {true, -1.0, nullptr, nullptr};
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "value_norm: eps");
+  a.value_norm = {};
+  // The overflow guard uses the normalised rows' bound sqrt(d) max|gamma| + |bias| (here sqrt(2) * 1e300).
+  g[0] = 1e300;
+  a.beta = 1.0;
+  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "exceeds the float64 range");
+  g[0] = 1.0;
+  std::vector<double> dq(4), dk(8);
+  double db = 0;
+  EXPECT_THROW_MSG(log_sum_exp_backward(a, lse.data(), lse.data(), dq.data(), dk.data(), &db), InvalidArgument,
+                   "log_sum_exp_backward: layer norms");
+}
+
 // Model C's drive and energy (eqs. 22, 21) at unit directions, and their gradients, against central
 // differences, with a mask; the energy equals the plain ModelC's.
 TEST(Attention, SphericalBackwardIsItsDerivative) {

@@ -19,6 +19,31 @@
 
 namespace assocmem {
 
+/// A layer norm applied to every key or value row inside the attention (hopfield-layers' LayerNorm of the
+/// stored patterns and of the pattern projections, fused so that the normalised memories are never stored):
+/// row y (c entries) -> (y - mean(y)) / sqrt(var(y) + eps) o gamma + bias, with the mean and the biased
+/// variance over the row, in double. gamma and bias have c entries each; null means 1 and 0 (no affine map).
+/// Off unless `on`; eps finite and > 0.
+template <class T>
+struct RowNorm {
+  bool on = false;
+  double eps = 1e-5;
+  const T* gamma = nullptr;
+  const T* bias = nullptr;
+  bool operator==(const RowNorm& o) const {
+    return on == o.on && (!on || (eps == o.eps && gamma == o.gamma && bias == o.bias));
+  }
+};
+
+/// The gradients of a RowNorm's parameters (attention_backward; each c entries, written; null: not wanted).
+template <class T>
+struct RowNormGradients {
+  T* key_gamma = nullptr;
+  T* key_bias = nullptr;
+  T* value_gamma = nullptr;
+  T* value_bias = nullptr;
+};
+
 template <class T>
 struct AttentionArgs {
   const T* q = nullptr;  ///< n x d queries, row-major
@@ -46,6 +71,11 @@ struct AttentionArgs {
   /// attention_backward only.
   double dropout = 0.0;
   std::uint64_t dropout_seed = 0;
+  /// Layer norms of the key rows and of the value rows (RowNorm; off by default): the attention then runs
+  /// against LN_k(k) and LN_v(v), and attention_backward's dk and dv are the gradients of the raw rows k and
+  /// v (through the norms). The values are the keys when a.v == a.k, dv == d and value_norm == key_norm.
+  /// Used by attention_forward and attention_backward (and their batches) only; the others refuse it.
+  RowNorm<T> key_norm, value_norm;
   /// float: the portable kernels even where the CPU has AVX-512 (the choice is otherwise made once, at
   /// the first call: AVX-512 where the CPU runs it); for tests and comparisons. double always uses Eigen.
   bool portable_kernels = false;
@@ -57,13 +87,15 @@ template <class T>
 void attention_forward(const AttentionArgs<T>& a, T* out, double* lse);
 
 /// Gradients of sum(dout o out) with respect to q (n x d), k (K x d), v (K x dv) and beta, from the
-/// forward's out and lse. dk and dv are written (not accumulated); when the values are the keys
-/// (a.v == a.k), dv may be the same buffer as dk, which then receives their sum. dbias (bias_rows x K,
-/// written; null: not wanted): the gradient of the bias, d loss / d(beta q k^T + bias), summed over the
-/// queries where one row is shared.
+/// forward's out and lse. dk and dv are written (not accumulated); when the values are the same memory
+/// as the keys (a.v == a.k, dv == d; with layer norms, whichever they are), dv may be the same buffer as
+/// dk, which then receives their sum. dbias (bias_rows x K, written; null: not wanted): the gradient of the
+/// bias, d loss / d(beta q k^T + bias), summed over the queries where one row is shared. dnorm (null: not
+/// wanted): the gradients of the layer norms' gamma and bias (a.key_norm, a.value_norm); when the values
+/// are the keys (one norm), the keys' entries receive the whole gradient and the values' are zero.
 template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
-                        double* dbeta, T* dbias = nullptr);
+                        double* dbeta, T* dbias = nullptr, const RowNormGradients<T>* dnorm = nullptr);
 
 /// A batch of E independent attentions of one shape: the (batch x heads) of a transformer layer, each
 /// with its own memories. Element e reads its queries at a.q + e q_stride, its keys and values at
@@ -83,11 +115,14 @@ struct AttentionBatch {
 template <class T>
 void attention_forward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, T* out, double* lse);
 
-/// attention_backward for every element of a batch (see AttentionBatch); when the values are the keys
-/// (a.v == a.k, equal strides), dv may be dk, which then receives their sum.
+/// attention_backward for every element of a batch (see AttentionBatch); when the values are the same
+/// memory as the keys (a.v == a.k, equal strides), dv may be dk, which then receives their sum. The layer
+/// norms (a.key_norm, a.value_norm) are shared by the elements; dnorm's gradients are per element, packed
+/// E x d (keys) and E x dv (values).
 template <class T>
 void attention_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, const T* out, const double* lse,
-                              const T* dout, T* dq, T* dk, T* dv, double* dbeta, T* dbias = nullptr);
+                              const T* dout, T* dq, T* dk, T* dv, double* dbeta, T* dbias = nullptr,
+                              const RowNormGradients<T>* dnorm = nullptr);
 
 /// Gradients of sum_b dlse_b lse_b, lse_b = log sum_mu exp(beta q_b . k_mu) over the memories left,
 /// with respect to q (n x d), k (K x d) and beta: with P = exp(beta S - lse), dq = beta (dlse o P) K,

@@ -33,37 +33,59 @@ def _np_view(t):
     return t.numpy()
 
 
+def _norm_args(eps, weight, bias):
+    """The binding's (eps, weight, bias) of a layer norm of the memories' rows: eps None for none."""
+    if eps is None:
+        return None, None, None
+    return eps, None if weight is None else _np_view(weight), None if bias is None else _np_view(bias)
+
+
 class _AttentionBatch(_torch.autograd.Function):
     """softmax(betas[e] q[e] k[e]^T) v[e] for every element e of a batch of independent attentions (the
     batch x heads of a layer, each with its own memories): q (E, n, d), k (E, K, d), v (E, K, dv) or None
     (v = k); betas (E,) tensor; mask uint8 (E, 1 or n, K) or None. One node in the graph for the whole
     batch; forward and backward each one call into C++ (attention_forward_batch), the elements split
-    over the threads."""
+    over the threads. With layer norms of the memories (kn_eps / vn_eps not None: k and v are then the raw
+    rows, normalised tile by tile inside the kernel with the weights kn_w, kn_b / vn_w, vn_b shared by the
+    elements), neither the normalised rows nor their gradients are ever stored: the backward pass writes the
+    raw rows' gradients directly (one buffer when v is k), the memory's gradient being the floor of the
+    layer's extra memory."""
 
     @staticmethod
-    def forward(ctx, q, k, v, betas, mask, threads, dropout=0.0, seed=0, bias=None):
+    def forward(ctx, q, k, v, betas, mask, threads, dropout=0.0, seed=0, bias=None, kn_eps=None, kn_w=None, kn_b=None,
+                vn_eps=None, vn_w=None, vn_b=None):
+        if v is None:  # values = keys: the keys' norm too
+            vn_eps, vn_w, vn_b = kn_eps, kn_w, kn_b
+        norms = _norm_args(kn_eps, kn_w, kn_b) + _norm_args(vn_eps, vn_w, vn_b)
         kn = _np_view(k)
         bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
         out, lse = _FORWARD_BATCH[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), bn, mask, threads,
-                                           dropout, seed, None if bias is None else _np_view(bias))
+                                           dropout, seed, None if bias is None else _np_view(bias), *norms)
         out, lse = _torch.from_numpy(out), _torch.from_numpy(lse)
-        ctx.save_for_backward(q, k, k if v is None else v, betas, out, lse, bias)
+        ctx.save_for_backward(q, k, k if v is None else v, betas, out, lse, bias, kn_w, kn_b, vn_w, vn_b)
         ctx.mask, ctx.threads, ctx.auto, ctx.dropout = mask, threads, v is None, (dropout, seed)
+        ctx.eps = (kn_eps, vn_eps)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         _first_order_only()
-        q, k, v, betas, out, lse, bias = ctx.saved_tensors
+        q, k, v, betas, out, lse, bias, kn_w, kn_b, vn_w, vn_b = ctx.saved_tensors
+        norms = _norm_args(ctx.eps[0], kn_w, kn_b) + _norm_args(ctx.eps[1], vn_w, vn_b)
         kn = _np_view(k)
         bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
-        dq, dk, dv, dbeta, dbias = _BACKWARD_BATCH[k.dtype](
+        dq, dk, dv, dbeta, dbias, dkw, dkb, dvw, dvb = _BACKWARD_BATCH[k.dtype](
             _np_view(q), kn, kn if ctx.auto else _np_view(v), bn, ctx.mask, ctx.threads, out.numpy(), lse.numpy(),
-            _np_view(dout), *ctx.dropout, None if bias is None else _np_view(bias))
+            _np_view(dout), *ctx.dropout, None if bias is None else _np_view(bias), *norms)
+
+        def summed(g, like):  # a norm parameter's gradient: per element, summed over the batch
+            return None if g is None or like is None else _torch.from_numpy(g).sum(0).to(like.dtype)
+        grads_v = (None, None) if ctx.auto else (summed(dvw, vn_w), summed(dvb, vn_b))
         return (_torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype),
                 None if dv is None else _torch.from_numpy(dv).to(v.dtype),
                 _torch.from_numpy(dbeta).to(betas.dtype), None, None, None, None,
-                None if dbias is None else _torch.from_numpy(dbias))
+                None if dbias is None else _torch.from_numpy(dbias), None, summed(dkw, kn_w), summed(dkb, kn_b),
+                None, *grads_v)
 
 
 def _first_order_only():
@@ -83,14 +105,17 @@ def _attention_step(q, k, v, beta, mask, threads):
     return out[0]
 
 
-def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0, bias=None):
+def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0, bias=None, key_norm=None, value_norm=None):
     """The batched fused attention for the layers (checked shapes; see _AttentionBatch): q (E, n, d) in the
     memories' compute dtype, k (E, K, d), v (E, K, dv) or None, betas (E,) tensor, mask a bool tensor
     (E, K) or (E, n, K) or None (True leaves a memory out). dropout in [0, 1): on the association weights
     (each kept with probability 1 - dropout and scaled by 1 / (1 - dropout)), the draw seeded from torch's
     default generator (torch.manual_seed reproduces it) and repeated exactly in the backward pass.
     bias: a float tensor (E, K) or (E, n, K) added to the scaled scores, softmax(beta q k^T + bias) (entries
-    finite or -inf; differentiable). Returns (E, n, dv)."""
+    finite or -inf; differentiable). key_norm, value_norm: None or (weight, bias, eps) of a layer norm
+    (torch.nn.functional.layer_norm over the last dimension; weight and bias None or 1-D tensors, eps > 0)
+    applied to every key / value row inside the kernel (v None: the keys' norm), differentiable in the
+    weights, biases and raw rows. Returns (E, n, dv)."""
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     _check("keys", k, tuple(_STORAGE))
@@ -127,9 +152,22 @@ def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0, bias=Non
             raise ValueError(f"batched attention: bias must have shape ({E}, {K}) or ({E}, {n}, {K}), got "
                              f"{tuple(bias.shape)}")
         bias = bias.to(compute).contiguous()
+    norms = []
+    for name, norm, width in (("key_norm", key_norm, k.shape[2]), ("value_norm", None if v is None else value_norm,
+                                                                   None if v is None else v.shape[2])):
+        if norm is None:
+            norms += [None, None, None]
+            continue
+        weight, nbias, eps = norm
+        if not float(eps) > 0:
+            raise ValueError(f"batched attention: {name} eps must be > 0, got {eps}")
+        for part, t in (("weight", weight), ("bias", nbias)):
+            if t is not None and (not isinstance(t, _torch.Tensor) or t.shape != (width,) or t.dtype != compute):
+                raise ValueError(f"batched attention: {name} {part} must be a {compute} tensor of shape ({width},)")
+        norms += [float(eps), None if weight is None else weight.contiguous(), None if nbias is None else nbias.contiguous()]
     seed = int(_torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
     return _AttentionBatch.apply(q.contiguous(), k.contiguous(), None if v is None else v.contiguous(),
-                                 betas.to(compute), m, threads, float(dropout), seed, bias)
+                                 betas.to(compute), m, threads, float(dropout), seed, bias, *norms)
 
 
 class _LogSumExp(_torch.autograd.Function):

@@ -236,11 +236,20 @@ class HopfieldCore(nn.Module):
 
     # -- the association: eq. (16) iterated per head, then with the values, fused ---------------------------
     def associate(self, state, stored, proj, stored_pattern_padding_mask, association_mask, scaling, steps, eps,
-                  what="output"):
-        """Batch-first patterns (layer norms applied): state (N, L, ·), stored (Nk, S, ·), proj (Nk, S, ·), Nk = 1
-        for memories shared by the batch; scaling, steps, eps per head. what = "output" (N, L, out_dim),
-        "association" (the softmax matrices, (N, H, L, S), no dropout) or "projection" (N, H, S, pd); or a
-        tuple of these names: a tuple of the results, from one projection and one iteration."""
+                  what="output", norms=None):
+        """Batch-first patterns: state (N, L, ·), stored (Nk, S, ·), proj (Nk, S, ·), Nk = 1 for memories shared
+        by the batch; scaling, steps, eps per head. what = "output" (N, L, out_dim), "association" (the softmax
+        matrices, (N, H, L, S), no dropout) or "projection" (N, H, S, pd); or a tuple of these names: a tuple
+        of the results, from one projection and one iteration. norms: None (the patterns are normalised
+        already) or the layer norms (modules or None) of the stored patterns and of the projections, applied
+        here - inside the fused kernel where the output is taken in the input space (_fused_norms)."""
+        fused = None
+        if norms is not None:
+            if (what in ("output", ("output",)) and min(state.shape[:2]) > 0 and stored.shape[0] > 0
+                    and self._reassociates(state, stored, proj, steps)):
+                fused = _fused_norms(norms, stored, proj)
+            if fused is None:
+                stored, proj = (x if m is None else m(x) for m, x in zip(norms, (stored, proj)))
         if state.shape[0] == 0 or state.shape[1] == 0 or stored.shape[0] == 0:
             # An empty batch or sequence (issue 23: a reshape error): the results of one element and one
             # query, emptied to the asked shapes (the parameters stay in the graph, with zero gradients).
@@ -256,7 +265,7 @@ class HopfieldCore(nn.Module):
             return res if isinstance(what, tuple) else res[0]
         if what in ("output", ("output",)) and self._reassociates(state, stored, proj, steps):
             out = self._output_in_input_space(state, stored, proj, stored_pattern_padding_mask, association_mask,
-                                              scaling, steps, eps)
+                                              scaling, steps, eps, fused)
             return out if what == "output" else (out,)
         q, k, v = self._heads(state, stored, proj)
         N, H, L, S = q.shape[0], q.shape[1], q.shape[2], stored.shape[1]
@@ -349,8 +358,10 @@ class HopfieldCore(nn.Module):
         return inputs < projected
 
     def _output_in_input_space(self, state, stored, proj, stored_pattern_padding_mask, association_mask, scaling,
-                               steps, eps):
-        """associate(..., what="output") computed against the stored patterns and projections themselves."""
+                               steps, eps, norms=None):
+        """associate(..., what="output") computed against the stored patterns and projections themselves (norms:
+        None, or the (weight, bias, eps) or None of their layer norms, applied inside the fused kernel)."""
+        kn, vn = (None, None) if norms is None else norms
         H = self.num_heads
         mq, mk, mv = self._linear_maps()
         q = state.repeat(1, 1, H) if mq is None else nn.functional.linear(state, *mq)
@@ -360,21 +371,23 @@ class HopfieldCore(nn.Module):
         wk = mk[0].reshape(H, self.head_dim, -1)
         bk = None if mk[1] is None else mk[1].reshape(H, -1)
         states = self._states(q, lambda x, heads: self._attend_inputs(x, heads, stored, None, wk, (wk, bk), mask,
-                                                                      scaling), steps, eps)
+                                                                      scaling, norms=(kn, None)), steps, eps)
         wv = None if mv is None else (mv[0].reshape(H, self.pattern_dim, -1),
                                       None if mv[1] is None else mv[1].reshape(H, -1))
         out = self._attend_inputs(_torch.stack(states, dim=1), list(range(H)), stored, proj, wk, wv, mask, scaling,
-                                  self.dropout if self.training else 0.0)  # (N, H, L, pd)
+                                  self.dropout if self.training else 0.0, (kn, vn))  # (N, H, L, pd)
         out = out.transpose(1, 2).reshape(N, L, -1)
         return out if self.out_proj is None else self.out_proj(out)
 
     @staticmethod
-    def _attend_inputs(states, heads, stored, proj, wk, wv, mask, scaling, dropout=0.0):
+    def _attend_inputs(states, heads, stored, proj, wk, wv, mask, scaling, dropout=0.0, norms=(None, None)):
         """softmax(beta_h xi K_h^T) V_h for the given heads, with K_h = stored W_kh^T + b_kh and V_h = proj
         W_vh^T + b_vh (proj None: the stored patterns; wv None: V_h = proj), in one batched fused call
         against stored (Nk, S, dk) and proj (Nk, S, dv): each batch element is one element of the call with
         the queries beta_h xi W_kh of all the given heads (Nk = 1 with N > 1: one element, every query).
-        states (N, A, L, hd), wk (H, hd, dk), wv ((H, pd, dv), (H, pd) or None) or None. Returns (N, A, L, pd)."""
+        states (N, A, L, hd), wk (H, hd, dk), wv ((H, pd, dv), (H, pd) or None) or None. norms: the layer norms
+        ((weight, bias, eps) or None) of the stored patterns and the projections, fused into the call (the
+        rows above are then the raw ones). Returns (N, A, L, pd)."""
         N, A, L = states.shape[0], states.shape[1], states.shape[2]
         every = heads == list(range(wk.shape[0]))
         idx = None if every else _torch.tensor(heads)
@@ -394,7 +407,7 @@ class HopfieldCore(nn.Module):
         E = stored.shape[0]
         queries = q.reshape(E, -1, q.shape[-1])  # (N, A*L, dk), or (1, N*A*L, dk) for shared memories
         out = _attention_batch(queries, stored, proj, _torch.ones(E, dtype=states.dtype), per_query(m),
-                               dropout=dropout, bias=per_query(bias))
+                               dropout=dropout, bias=per_query(bias), key_norm=norms[0], value_norm=norms[1])
         out = out.reshape(N, A, L, -1)
         if wv is None:
             return out
@@ -501,6 +514,22 @@ class HopfieldCore(nn.Module):
         out = _attention_batch(states.reshape(E, L, -1), k.reshape(E, S, -1), None if v is None else v.reshape(E, S, -1),
                                betas.repeat(N), m, dropout=dropout, bias=bias)
         return out.reshape(N, A, L, -1)
+
+
+def _fused_norms(norms, stored, proj):
+    """The layer norms of the stored patterns and the projections as the fused kernel takes them: a pair of
+    (weight, bias, eps) or None each; None where one of them is not a plain LayerNorm over the last
+    dimension with eps > 0 in the patterns' dtype (it is then applied in torch)."""
+    out = []
+    for m, x in zip(norms, (stored, proj)):
+        if m is None:
+            out.append(None)
+            continue
+        if (type(m) is not nn.LayerNorm or tuple(m.normalized_shape) != (x.shape[-1],) or not m.eps > 0
+                or (m.weight is not None and m.weight.dtype != x.dtype)):
+            return None
+        out.append((m.weight, m.bias, float(m.eps)))
+    return tuple(out)
 
 
 def _scaling_per_head(scaling, H):
@@ -709,8 +738,9 @@ class Hopfield(nn.Module):
 
     # -- the association ---------------------------------------------------------------------------------
     def _inputs(self, data, shared_memories=False):
-        """(stored, state, projection), batch first, layer-normed; with shared_memories the stored patterns and
-        projections have batch size 1 and serve every batch element."""
+        """(stored, state, projection), batch first, the state layer-normed (the stored patterns' and the
+        projections' norms are applied by the association: HopfieldCore.associate's norms); with
+        shared_memories the stored patterns and projections have batch size 1 and serve every batch element."""
         if isinstance(data, Tensor):
             stored, state, proj = data, data, data
         elif isinstance(data, tuple) and len(data) == 3:
@@ -732,10 +762,7 @@ class Hopfield(nn.Module):
             raise ValueError(f"stored and state patterns must have the same batch size, got {stored.shape[0]} and "
                              f"{state.shape[0]}")
 
-        def apply(norm, x):
-            return x if norm is None else norm(x)
-        return (apply(self.norm_stored_pattern, stored), apply(self.norm_state_pattern, state),
-                apply(self.norm_pattern_projection, proj))
+        return stored, (state if self.norm_state_pattern is None else self.norm_state_pattern(state)), proj
 
     def _associate(self, data, stored_pattern_padding_mask=None, association_mask=None, shared_memories=False,
                    what="output"):
@@ -743,7 +770,8 @@ class Hopfield(nn.Module):
         H = self.association_core.num_heads
         return self.association_core.associate(
             state, stored, proj, stored_pattern_padding_mask, association_mask, _scaling_per_head(self.__scaling, H),
-            _steps_per_head(self.__update_steps_max, H), _eps_per_head(self.__update_steps_eps, H), what)
+            _steps_per_head(self.__update_steps_max, H), _eps_per_head(self.__update_steps_eps, H), what,
+            (self.norm_stored_pattern, self.norm_pattern_projection))
 
     def forward(self, input: Union[Tensor, Tuple[Tensor, Tensor, Tensor]],
                 stored_pattern_padding_mask: Optional[Tensor] = None,

@@ -648,10 +648,30 @@ struct BatchArgs {
   AttentionArgs<T> a;
   AttentionBatch b;
 };
+// A layer norm of the key or value rows (RowNorm) from Python: eps None = no norm; weight and bias None or
+// 1-D arrays of the row's length.
+template <class T>
+struct NormIn {
+  std::optional<double> eps;
+  std::optional<CArr<T>> weight, bias;
+};
+template <class T>
+RowNorm<T> row_norm(const NormIn<T>& in, std::size_t c, const char* what) {
+  if (!in.eps) {
+    if (in.weight || in.bias) throw InvalidArgument(std::string(what) + ": weight or bias given without eps");
+    return {};
+  }
+  for (const auto* x : {&in.weight, &in.bias})
+    if (*x && ((*x)->ndim() != 1 || std::size_t((*x)->shape(0)) != c))
+      throw InvalidArgument(std::string(what) + ": weight and bias must be 1-D of length " + std::to_string(c));
+  return {true, *in.eps, in.weight ? in.weight->data() : nullptr, in.bias ? in.bias->data() : nullptr};
+}
+
 template <class T, class S>
 BatchArgs<T, S> batch_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas,
                            const std::optional<U8>& mask, int threads, double dropout, std::uint64_t seed,
-                           const std::optional<CArr<T>>& bias) {
+                           const std::optional<CArr<T>>& bias, const NormIn<T>& key_norm = {},
+                           const NormIn<T>& value_norm = {}) {
   if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
     throw InvalidArgument("attention batch: queries, keys and values must be 3-D (elements, rows, dim)");
   const py::ssize_t E = q.shape(0);
@@ -672,6 +692,8 @@ BatchArgs<T, S> batch_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v,
   a.threads = threads;
   a.dropout = dropout;
   a.dropout_seed = seed;
+  a.key_norm = row_norm(key_norm, a.d, "key_norm");
+  a.value_norm = row_norm(value_norm, a.dv, "value_norm");
   r.b.elements = std::size_t(E);
   r.b.q_stride = a.n * a.d;
   r.b.k_stride = a.K * a.d;
@@ -706,8 +728,13 @@ template <class T, class S = T>
 void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
   m.def((std::string("attention_forward_batch_") + suffix).c_str(),
         [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas, std::optional<U8> mask, int threads,
-           double dropout, std::uint64_t seed, std::optional<CArr<T>> bias) {
-          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed, bias);
+           double dropout, std::uint64_t seed, std::optional<CArr<T>> bias, std::optional<double> key_norm_eps,
+           std::optional<CArr<T>> key_norm_weight, std::optional<CArr<T>> key_norm_bias,
+           std::optional<double> value_norm_eps, std::optional<CArr<T>> value_norm_weight,
+           std::optional<CArr<T>> value_norm_bias) {
+          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed, bias,
+                                          {key_norm_eps, key_norm_weight, key_norm_bias},
+                                          {value_norm_eps, value_norm_weight, value_norm_bias});
           const std::size_t E = r.b.elements;
           auto out = array3<T>(E, r.a.n, r.a.dv);
           py::array_t<double> lse({py::ssize_t(E), py::ssize_t(r.a.n)});
@@ -721,13 +748,21 @@ void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("betas"), py::arg("mask"), py::arg("threads"),
         py::arg("dropout") = 0.0, py::arg("seed") = 0, py::arg("bias") = py::none(),
+        py::arg("key_norm_eps") = py::none(), py::arg("key_norm_weight") = py::none(),
+        py::arg("key_norm_bias") = py::none(), py::arg("value_norm_eps") = py::none(),
+        py::arg("value_norm_weight") = py::none(), py::arg("value_norm_bias") = py::none(),
         "Per element e: (softmax(betas[e] q[e] k[e]^T + bias[e]) v[e], log-sum-exp per query), fused over tiles, the "
-        "elements split over the threads (assocmem/attention.hpp, AttentionBatch); dropout on the weights from seed.");
+        "elements split over the threads (assocmem/attention.hpp, AttentionBatch); dropout on the weights from seed; "
+        "key_norm_* / value_norm_*: a layer norm of every key / value row (eps None: none), shared by the elements.");
   m.def((std::string("attention_backward_batch_") + suffix).c_str(),
         [](const CArr<T>& q, const CArr<S>& k, const CArr<S>& v, const F64& betas, std::optional<U8> mask, int threads,
            const CArr<T>& out, const CArr<double>& lse, const CArr<T>& dout, double dropout, std::uint64_t seed,
-           std::optional<CArr<T>> bias) {
-          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed, bias);
+           std::optional<CArr<T>> bias, std::optional<double> key_norm_eps, std::optional<CArr<T>> key_norm_weight,
+           std::optional<CArr<T>> key_norm_bias, std::optional<double> value_norm_eps,
+           std::optional<CArr<T>> value_norm_weight, std::optional<CArr<T>> value_norm_bias) {
+          const auto r = batch_args<T, S>(q, k, v, betas, mask, threads, dropout, seed, bias,
+                                          {key_norm_eps, key_norm_weight, key_norm_bias},
+                                          {value_norm_eps, value_norm_weight, value_norm_bias});
           const std::size_t E = r.b.elements, n = r.a.n;
           const auto shape_is = [](const auto& x, std::initializer_list<std::size_t> s) {
             if (std::size_t(x.ndim()) != s.size()) return false;
@@ -747,17 +782,32 @@ void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
           T *dqp = dq.mutable_data(), *dkp = dk.mutable_data(), *dvp = dv.mutable_data();
           T* dbiasp = dbias ? dbias->mutable_data() : nullptr;
           double* dbp = dbeta.mutable_data();
+          // The norms' parameter gradients per element (E x d, E x dv), for the parameters given.
+          const auto param = [&](bool wanted, std::size_t c) {
+            return wanted ? std::optional<py::array_t<T>>(py::array_t<T>({py::ssize_t(E), py::ssize_t(c)})) : std::nullopt;
+          };
+          auto kg = param(r.a.key_norm.gamma, r.a.d), kb = param(r.a.key_norm.bias, r.a.d);
+          auto vg = param(r.a.value_norm.gamma, r.a.dv), vb = param(r.a.value_norm.bias, r.a.dv);
+          const auto ptr = [](std::optional<py::array_t<T>>& x) { return x ? x->mutable_data() : nullptr; };
+          const RowNormGradients<T> dnorm{ptr(kg), ptr(kb), ptr(vg), ptr(vb)};
           {
             py::gil_scoped_release nogil;
-            attention_backward_batch(r.a, r.b, out.data(), lse.data(), dout.data(), dqp, dkp, dvp, dbp, dbiasp);
+            attention_backward_batch(r.a, r.b, out.data(), lse.data(), dout.data(), dqp, dkp, dvp, dbp, dbiasp, &dnorm);
           }
-          return py::make_tuple(dq, dk, same ? py::object(py::none()) : py::object(dv), dbeta,
-                                dbias ? py::object(*dbias) : py::object(py::none()));
+          const auto obj = [](std::optional<py::array_t<T>>& x) { return x ? py::object(*x) : py::object(py::none()); };
+          return py::make_tuple(dq, dk, same ? py::object(py::none()) : py::object(dv), dbeta, obj(dbias), obj(kg),
+                                obj(kb), obj(vg), obj(vb));
         },
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("betas"), py::arg("mask"), py::arg("threads"), py::arg("out"),
         py::arg("lse"), py::arg("dout"), py::arg("dropout") = 0.0, py::arg("seed") = 0, py::arg("bias") = py::none(),
-        "Per element: (dq, dk, dv, dbeta, dbias) of sum(dout o out), recomputing the scores from lse (and the "
-        "dropout factors from seed); when v is k, dk holds dk + dv and dv is None; dbias None without a bias.");
+        py::arg("key_norm_eps") = py::none(), py::arg("key_norm_weight") = py::none(),
+        py::arg("key_norm_bias") = py::none(), py::arg("value_norm_eps") = py::none(),
+        py::arg("value_norm_weight") = py::none(), py::arg("value_norm_bias") = py::none(),
+        "Per element: (dq, dk, dv, dbeta, dbias, dkey_norm_weight, dkey_norm_bias, dvalue_norm_weight, "
+        "dvalue_norm_bias) of sum(dout o out), recomputing the scores from lse (and the dropout factors from seed); "
+        "dk and dv are the raw rows' gradients (through the norms); when v is k (one array), dk holds dk + dv and dv "
+        "is None; dbias None without a bias; the norms' gradients per element (E, d) or None where not given (zero "
+        "for the value norm when it is the key norm on the same array).");
 }
 
 void bind_attention(py::module_& m) {
