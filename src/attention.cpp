@@ -119,68 +119,68 @@ bool values_are_keys(const AttentionArgs<T>& a) {
   return same_memory(a) && a.value_norm == a.key_norm;
 }
 
-// The mean and 1 / sqrt(var + eps) of one row of c entries (two passes in double; the biased variance, as
-// torch's layer_norm).
-template <class T>
-void row_stats(const T* y, std::size_t c, double eps, double& mean, double& rstd) {
+// The layer norm in double, row by row (the double path's; float runs the dispatched kernels'
+// layer_norm and layer_norm_backward, kernels.hpp). The mean and 1 / sqrt(var + eps) of a row of c
+// entries (two passes; the biased variance, as torch's layer_norm).
+void row_stats(const double* y, std::size_t c, double eps, double& mean, double& rstd) {
   double s = 0;
-  for (std::size_t j = 0; j < c; ++j) s += double(y[j]);
+  for (std::size_t j = 0; j < c; ++j) s += y[j];
   mean = s / double(c);
   double v = 0;
-  for (std::size_t j = 0; j < c; ++j) v += (double(y[j]) - mean) * (double(y[j]) - mean);
+  for (std::size_t j = 0; j < c; ++j) v += (y[j] - mean) * (y[j] - mean);
   rstd = 1.0 / std::sqrt(v / double(c) + eps);
 }
 
 // nt rows of c entries normalised: out = (y - mean) rstd o gamma + bias.
-template <class T>
-void normalise_rows(const RowNorm<T>& nm, const T* y, std::size_t nt, std::size_t c, T* out) {
+void normalise_rows(const RowNorm<double>& nm, const double* y, std::size_t nt, std::size_t c, double* out) {
   for (std::size_t r = 0; r < nt; ++r, y += c, out += c) {
     double mean, rstd;
     row_stats(y, c, nm.eps, mean, rstd);
     for (std::size_t j = 0; j < c; ++j) {
-      double x = (double(y[j]) - mean) * rstd;
-      if (nm.gamma) x *= double(nm.gamma[j]);
-      if (nm.bias) x += double(nm.bias[j]);
-      out[j] = static_cast<T>(x);
+      double x = (y[j] - mean) * rstd;
+      if (nm.gamma) x *= nm.gamma[j];
+      if (nm.bias) x += nm.bias[j];
+      out[j] = x;
     }
   }
 }
 
-// The layer norm's backward pass for one row y (c entries), g(j) the gradient at its output: with
+// The layer norm's backward pass for one row y (c entries), g the gradient at its output: with
 // x = (y - mean) rstd and h = g o gamma, dy = rstd (h - mean(h) - x mean(h o x)); dgamma += g o x and
-// dbias += g (when the norm has them and the accumulators are given). dy is written, or added to when `add`.
-// A norm that is off passes g through.
-template <class T, class G>
-void norm_backward_row(const RowNorm<T>& nm, const T* y, std::size_t c, G&& g, T* dy, bool add, double* dgamma,
-                       double* dbias) {
-  if (!nm.on) {
-    for (std::size_t j = 0; j < c; ++j) dy[j] = add ? dy[j] + g(j) : g(j);
-    return;
-  }
+// dbias += g (when not null). dy is written, or added to when `add`.
+void norm_backward_row(const RowNorm<double>& nm, const double* y, std::size_t c, const double* g, double* dy, bool add,
+                       double* dgamma, double* dbias) {
   double mean, rstd;
   row_stats(y, c, nm.eps, mean, rstd);
   double s1 = 0, s2 = 0;
   for (std::size_t j = 0; j < c; ++j) {
-    const double x = (double(y[j]) - mean) * rstd, gj = double(g(j)), h = nm.gamma ? gj * double(nm.gamma[j]) : gj;
+    const double x = (y[j] - mean) * rstd, h = nm.gamma ? g[j] * nm.gamma[j] : g[j];
     s1 += h;
     s2 += h * x;
-    if (dgamma && nm.gamma) dgamma[j] += gj * x;
-    if (dbias && nm.bias) dbias[j] += gj;
+    if (dgamma) dgamma[j] += g[j] * x;
+    if (dbias) dbias[j] += g[j];
   }
   s1 /= double(c);
   s2 /= double(c);
   for (std::size_t j = 0; j < c; ++j) {
-    const double x = (double(y[j]) - mean) * rstd, gj = double(g(j)), h = nm.gamma ? gj * double(nm.gamma[j]) : gj;
-    const T val = static_cast<T>(rstd * (h - s1 - x * s2));
-    dy[j] = add ? dy[j] + val : val;
+    const double x = (y[j] - mean) * rstd, h = nm.gamma ? g[j] * nm.gamma[j] : g[j];
+    dy[j] = (add ? dy[j] : 0.0) + rstd * (h - s1 - x * s2);
   }
+}
+
+// A norm that is off passes its gradient through: dy (rows of c) = g (rows of stride ldg), or += g.
+template <class T>
+void pass_rows(const T* g, std::size_t ldg, std::size_t nt, std::size_t c, T* dy, bool add) {
+  for (std::size_t r = 0; r < nt; ++r)
+    for (std::size_t j = 0; j < c; ++j) dy[r * c + j] = (add ? dy[r * c + j] : T(0)) + g[r * ldg + j];
 }
 
 // A norm's parameters checked; returns the bound sqrt(c) max|gamma| + |bias| on the norm of its output rows
 // (|x| <= sqrt(c): x has mean 0 and mean square var / (var + eps) < 1).
 template <class T>
 double check_norm(const RowNorm<T>& nm, std::size_t c, const char* what) {
-  ASSOCMEM_CHECK_ARG(std::isfinite(nm.eps) && nm.eps > 0, what, ": eps must be finite and > 0, got ", nm.eps);
+  ASSOCMEM_CHECK_ARG(std::isfinite(nm.eps) && static_cast<T>(nm.eps) > 0, what, ": eps must be finite and > 0 (in ",
+                     sizeof(T) == 4 ? "float32" : "float64", "), got ", nm.eps);
   double g = 1, b2 = 0;
   if (nm.gamma) {
     check_finite_array(nm.gamma, c, (std::string(what) + " gamma").c_str());
@@ -422,6 +422,16 @@ struct Products<float> {
     return ops->exp_shift_sum(s, n, beta, m, p);
   }
   void scale(float* x, std::size_t n, float a) const { ops->scale(x, n, a); }
+  /// The layer norm of nt rows (RowNorm; stats: the rows' mean and rstd, pairs) and its backward pass.
+  void normalise(const RowNorm<float>& nm, const float* y, std::size_t nt, std::size_t c, float* out, float* stats) const {
+    ops->layer_norm(y, nt, c, static_cast<float>(nm.eps), nm.gamma, nm.bias, out, stats);
+  }
+  void norm_backward(const RowNorm<float>& nm, const float* y, std::size_t nt, std::size_t c, const float* stats,
+                     const float* g, std::size_t ldg, float* dy, bool add, float* dgamma, float* dbias) const {
+    if (!nm.on) return pass_rows(g, ldg, nt, c, dy, add);
+    ops->layer_norm_backward(y, nt, c, stats, g, ldg, nm.gamma, dy, add, nm.gamma ? dgamma : nullptr,
+                             nm.bias ? dbias : nullptr);
+  }
 };
 
 template <>
@@ -454,6 +464,16 @@ struct Products<double> {
   void scale(double* x, std::size_t n, double a) const {
     for (std::size_t i = 0; i < n; ++i) x[i] *= a;
   }
+  void normalise(const RowNorm<double>& nm, const double* y, std::size_t nt, std::size_t c, double* out, double*) const {
+    normalise_rows(nm, y, nt, c, out);
+  }
+  void norm_backward(const RowNorm<double>& nm, const double* y, std::size_t nt, std::size_t c, const double*,
+                     const double* g, std::size_t ldg, double* dy, bool add, double* dgamma, double* dbias) const {
+    if (!nm.on) return pass_rows(g, ldg, nt, c, dy, add);
+    for (std::size_t r = 0; r < nt; ++r)
+      norm_backward_row(nm, y + r * c, c, g + r * ldg, dy + r * c, add, nm.gamma ? dgamma : nullptr,
+                        nm.bias ? dbias : nullptr);
+  }
 };
 
 // Rows [t0, t0 + nt) of keys or values (cols wide) as T: the caller's memory, or bfloat16 rows widened
@@ -484,15 +504,16 @@ std::vector<T> transposed(const T* x, std::size_t rows, std::size_t cols) {
   return out;
 }
 
-// Runs fn(worker, t0, nt, K_t, V_t, Y_k, Y_v) over the tiles of memories, one worker per chunk of tiles:
-// K_t and V_t are the tile's keys and values as T, row-major, after their layer norms (the same pointer when
-// the values are the keys); Y_k and Y_v the raw rows they were normalised from (K_t and V_t without norms).
+// Runs fn(worker, t0, nt, K_t, V_t, Y_k, Y_v, s_k, s_v) over the tiles of memories, one worker per chunk of
+// tiles: K_t and V_t are the tile's keys and values as T, row-major, after their layer norms (the same
+// pointer when the values are the keys); Y_k and Y_v the raw rows they were normalised from (K_t and V_t
+// without norms), s_k and s_v the norms' row statistics (Products::normalise).
 template <class T, class Fn>
-void for_each_raw_tile(const AttentionArgs<T>& a, std::size_t workers, Fn&& fn) {
+void for_each_raw_tile(const AttentionArgs<T>& a, const Products<T>& pr, std::size_t workers, Fn&& fn) {
   const std::size_t tiles = (a.K + kTile - 1) / kTile;
   const bool same = values_are_keys(a), same_raw = same_memory(a);
   detail::parallel_chunks(tiles, static_cast<int>(workers), [&](std::size_t w, std::size_t tb, std::size_t te) {
-    std::vector<T> kbuf, vbuf, knorm, vnorm;
+    std::vector<T> kbuf, vbuf, knorm, vnorm, kstat(2 * kTile), vstat(2 * kTile);
     for (std::size_t t = tb; t < te; ++t) {
       const std::size_t t0 = t * kTile, nt = std::min(kTile, a.K - t0);
       const T* Yk = tile_rows(a.k, a.k_bf16, t0, nt, a.d, kbuf);
@@ -500,16 +521,16 @@ void for_each_raw_tile(const AttentionArgs<T>& a, std::size_t workers, Fn&& fn) 
       const T* Kt = Yk;
       if (a.key_norm.on) {
         knorm.resize(nt * a.d);
-        normalise_rows(a.key_norm, Yk, nt, a.d, knorm.data());
+        pr.normalise(a.key_norm, Yk, nt, a.d, knorm.data(), kstat.data());
         Kt = knorm.data();
       }
       const T* Vt = same ? Kt : Yv;
       if (!same && a.value_norm.on) {
         vnorm.resize(nt * a.dv);
-        normalise_rows(a.value_norm, Yv, nt, a.dv, vnorm.data());
+        pr.normalise(a.value_norm, Yv, nt, a.dv, vnorm.data(), vstat.data());
         Vt = vnorm.data();
       }
-      fn(w, t0, nt, Kt, Vt, Yk, Yv);
+      fn(w, t0, nt, Kt, Vt, Yk, Yv, kstat.data(), same ? kstat.data() : vstat.data());
     }
   });
 }
@@ -528,8 +549,8 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
   // beta q . k_mu, sum_mu exp(beta q . k_mu - m) and sum_mu exp(beta q . k_mu - m) v_mu.
   std::vector<OnlineSoftmax<T>> parts(nw, OnlineSoftmax<T>(n, dv, dvp));
   std::vector<std::vector<T>> S(nw, std::vector<T>(n * kTile)), W(nw, std::vector<T>(n * kTile)), packed(nw);
-  for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt, const T*,
-                               const T*) {
+  for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt, const T*,
+                                   const T*, const T*, const T*) {
     OnlineSoftmax<T>& part = parts[w];
     pr.pack(Kt, nt, d, packed[w]);
     pr.scores(Qp.data(), n, dp, packed[w], Kt, nt, d, S[w].data(), kTile);
@@ -583,25 +604,32 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   // The norms' parameter gradients, per worker (double): gamma and bias of the keys' norm, then the values'.
   const bool want_norm_grads = dnorm != nullptr && norms;
   std::vector<std::vector<double>> ngrad(want_norm_grads ? nw : 0, std::vector<double>(2 * (d + dvd), 0.0));
-  // Row i of the tile: the gradients gk(j) and gv(j) at the (normalised) keys and values, taken through the
-  // norms to the raw rows and written to dk and dv (their sum where they share the buffer; gv is already
-  // in gk when `folded`).
-  const auto write_row = [&](std::size_t w, std::size_t t0, std::size_t i, const T* Yk, const T* Yv, bool folded,
-                             auto&& gk, auto&& gv) {
+  // Row i of the tile without norms: the gradients gk(j) and gv(j) at the keys and values, written to dk
+  // and dv (their sum where they share the buffer; gv is already in gk when `folded`).
+  const auto write_row = [&](std::size_t t0, std::size_t i, bool folded, auto&& gk, auto&& gv) {
     T* dki = dk + (t0 + i) * d;
-    if (!norms) {
-      for (std::size_t j = 0; j < d; ++j) dki[j] = gk(j);
-      if (folded) return;
-      T* dvi = shared ? dki : dv + (t0 + i) * dvd;
-      for (std::size_t j = 0; j < dvd; ++j) dvi[j] = shared ? dvi[j] + gv(j) : gv(j);
-      return;
-    }
-    double* kg = want_norm_grads ? ngrad[w].data() : nullptr;
-    double* vg = want_norm_grads ? (one_norm ? kg : kg + 2 * d) : nullptr;  // one norm: its gradients once
-    norm_backward_row(a.key_norm, Yk + i * d, d, gk, dki, false, kg, kg ? kg + d : nullptr);
+    for (std::size_t j = 0; j < d; ++j) dki[j] = gk(j);
     if (folded) return;
-    norm_backward_row(a.value_norm, Yv + i * dvd, dvd, gv, shared ? dki : dv + (t0 + i) * dvd, shared, vg,
-                      vg ? vg + (one_norm ? d : dvd) : nullptr);
+    T* dvi = shared ? dki : dv + (t0 + i) * dvd;
+    for (std::size_t j = 0; j < dvd; ++j) dvi[j] = shared ? dvi[j] + gv(j) : gv(j);
+  };
+  // With norms, the tile's gradients at the normalised keys (rows GK, stride ldk) and values (GV, stride
+  // ldv; null when folded into GK) taken through the norms into dk and dv (their sum where they share the
+  // buffer); the norms' parameter gradients summed over the tile in T (pg), then into the worker's doubles.
+  const auto norm_tile = [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Yk, const T* Yv, const T* sk,
+                             const T* sv, const T* GK, std::size_t ldk, const T* GV, std::size_t ldv, std::vector<T>& pg) {
+    T *kg = nullptr, *vg = nullptr;
+    if (want_norm_grads) {
+      pg.assign(2 * (d + dvd), T(0));
+      kg = pg.data();
+      vg = one_norm ? kg : kg + 2 * d;  // one norm: its gradients once
+    }
+    pr.norm_backward(a.key_norm, Yk, nt, d, sk, GK, ldk, dk + t0 * d, false, kg, kg ? kg + d : nullptr);
+    if (GV)
+      pr.norm_backward(a.value_norm, Yv, nt, dvd, sv, GV, ldv, shared ? dk + t0 * d : dv + t0 * dvd, shared, vg,
+                       vg ? vg + (one_norm ? d : dvd) : nullptr);
+    if (want_norm_grads)
+      for (std::size_t j = 0; j < pg.size(); ++j) ngrad[w][j] += double(pg[j]);
   };
   // A tile's key and value gradients, dK_t = beta dS^T Q and dV_t = P^T dO, come out of the products either
   // transposed (d x tile, then written row by row) or, with fewer queries than dimensions, as rows from the
@@ -611,16 +639,16 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   std::vector<std::vector<T>> dQ(nw, std::vector<T>(n * dp, T(0)));
   std::vector<double> db(nw, 0.0);
   struct Buffers {
-    std::vector<T> S, P, G, packK, packV, dKT, dVT, SB;
+    std::vector<T> S, P, G, packK, packV, dKT, dVT, SB, GK, GV, pg;  // GK, GV, pg: with norms only
   };
   std::vector<Buffers> buf(nw);
   for (auto& B : buf)
     B = {std::vector<T>(n * kTile), std::vector<T>(n * kTile), std::vector<T>(n * kTile), {}, {},
          // rows_first: dKT holds (beta dS)^T and P^T side by side (tile x np each, zero beyond n), dVT the rows
          rows_first ? std::vector<T>(2 * kTile * np, T(0)) : std::vector<T>(d * kTile),
-         rows_first ? std::vector<T>(kTile * (dp + (fold ? 0 : dvp))) : std::vector<T>(dvd * kTile), {}};
-  for_each_raw_tile(a, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt, const T* Yk,
-                               const T* Yv) {
+         rows_first ? std::vector<T>(kTile * (dp + (fold ? 0 : dvp))) : std::vector<T>(dvd * kTile), {}, {}, {}, {}};
+  for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt,
+                                   const T* Yk, const T* Yv, const T* sk, const T* sv) {
     Buffers& B = buf[w];
     // Recomputed from the log-sum-exp L (FlashAttention): S = Q K_t^T, P = exp(beta S - L) (the softmax
     // weights, eq. 12), dP = dO V_t^T, and dS = P o (dP - rowsum(dO o O)) = d loss / d(beta S).
@@ -680,9 +708,9 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
       std::fill(B.dVT.begin(), B.dVT.end(), T(0));
       pr.accumulate(GT, nt, np, a.q, n, d, rk, dp);         // dK_t = (beta dS)^T Q
       pr.accumulate(PT, nt, np, dout, n, dvd, rv, ldv);     // dV_t = P^T dO (added when folded)
+      if (norms) return norm_tile(w, t0, nt, Yk, Yv, sk, sv, rk, dp, fold ? nullptr : rv, ldv, B.pg);
       for (std::size_t i = 0; i < nt; ++i)
-        write_row(w, t0, i, Yk, Yv, fold, [&](std::size_t j) { return rk[i * dp + j]; },
-                  [&](std::size_t j) { return rv[i * ldv + j]; });
+        write_row(t0, i, fold, [&](std::size_t j) { return rk[i * dp + j]; }, [&](std::size_t j) { return rv[i * ldv + j]; });
       return;
     }
     // dK_t^T = Q^T dS (d x tile) and dV_t^T = dO^T P (dv x tile): the tile's gradients, transposed once.
@@ -690,8 +718,17 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     std::fill(B.dVT.begin(), B.dVT.end(), T(0));
     pr.accumulate(QT.data(), d, n, B.G.data(), n, kTile, B.dKT.data(), kTile);
     pr.accumulate(dOT.data(), dvd, n, B.P.data(), n, kTile, B.dVT.data(), kTile);
+    if (norms) {  // the tile's gradients as rows, for the norms' backward pass
+      B.GK.resize(nt * d);
+      B.GV.resize(nt * dvd);
+      for (std::size_t i = 0; i < nt; ++i) {
+        for (std::size_t j = 0; j < d; ++j) B.GK[i * d + j] = beta * B.dKT[j * kTile + i];
+        for (std::size_t j = 0; j < dvd; ++j) B.GV[i * dvd + j] = B.dVT[j * kTile + i];
+      }
+      return norm_tile(w, t0, nt, Yk, Yv, sk, sv, B.GK.data(), d, B.GV.data(), dvd, B.pg);
+    }
     for (std::size_t i = 0; i < nt; ++i)
-      write_row(w, t0, i, Yk, Yv, false, [&](std::size_t j) { return beta * B.dKT[j * kTile + i]; },
+      write_row(t0, i, false, [&](std::size_t j) { return beta * B.dKT[j * kTile + i]; },
                 [&](std::size_t j) { return B.dVT[j * kTile + i]; });
   });
   if (dnorm) {  // the workers' parameter gradients summed; the values' zero when they are the keys

@@ -11,6 +11,7 @@
 #include "assocmem/models.hpp"
 #include "assocmem/store.hpp"
 #include "error_bounds.hpp"
+#include "kernels/kernels.hpp"
 #include "test_util.hpp"
 
 using namespace assocmem;
@@ -462,16 +463,15 @@ TEST(Attention, LayerNormedMemoriesAreTheAttentionOfTheNormalisedRows) {
       }
       EXPECT_NEAR(db, central(loss, beta), 1e-7);
     }
-  // float32: the fused norm makes the same tiles as rows normalised in double and rounded, so the forward
-  // is bitwise the unnormed pass over those rows (one thread each: the same order).
+  // float32: the fused norm makes the tiles the table's layer_norm makes of the raw rows (its accuracy:
+  // Kernels.LayerNormAndItsBackward), so the forward is bitwise the unnormed pass over the rows that kernel
+  // normalised (one thread each: the same order).
   const auto yf = to_f32(Eigen::Map<const Matrix>(y.data(), Eigen::Index(K), Eigen::Index(d)));
   std::vector<float> gkf(gk.begin(), gk.end()), bkf(bk.begin(), bk.end()), nkf(K * d);
-  const auto yd = std::vector<double>(yf.begin(), yf.end());
-  const auto nkd = normalised(yd, d, std::vector<double>(gkf.begin(), gkf.end()).data(),
-                              std::vector<double>(bkf.begin(), bkf.end()).data());
-  for (std::size_t i = 0; i < nkd.size(); ++i) nkf[i] = float(nkd[i]);
   const std::vector<float> qf(5 * d, 0.7f);
   for (bool portable : {false, true}) {
+    const kernels::Ops& ops = portable ? kernels::generic_ops() : kernels::choose(KernelChoice::Auto, false);
+    ops.layer_norm(yf.data(), K, d, float(eps), gkf.data(), bkf.data(), nkf.data(), nullptr);
     AttentionArgs<float> f;
     f.q = qf.data(), f.n = 5, f.d = d, f.k = yf.data(), f.K = K, f.v = yf.data(), f.dv = d, f.threads = 1;
     f.portable_kernels = portable;
@@ -482,7 +482,7 @@ TEST(Attention, LayerNormedMemoriesAreTheAttentionOfTheNormalisedRows) {
     std::vector<double> l1(5), l2(5);
     attention_forward(f, o1.data(), l1.data());
     attention_forward(g, o2.data(), l2.data());
-    for (std::size_t i = 0; i < o1.size(); ++i) EXPECT_EQ(o1[i], o2[i]) << "portable " << portable << ", out " << i;
+    for (std::size_t i = 0; i < o1.size(); ++i) EXPECT_EQ(o1[i], o2[i]) << ops.name << ", out " << i;
   }
 }
 

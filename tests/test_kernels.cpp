@@ -196,6 +196,94 @@ TEST(Kernels, SoftmaxEpilogue) {
     }
 }
 
+// The layer norm of memory rows and its backward pass (the fused attention's RowNorm) on every table,
+// against the same formulas in double, for rows whose length is and is not a multiple of any vector, a
+// constant row (variance 0: x = 0, out = bias) and rows with a large mean (the cancellation in y - mean).
+// Forward bound, from the float steps (sums in any order: gamma_n): the mean within e_m = gamma_{c+1}
+// mean|y|; y - mean within D_j = e_m + u (|z_j| + e_m); the variance within gamma_{c+2} sum z^2 / c +
+// sum D_j (2|z_j| + D_j) / c, i.e. relatively eps_v of var + eps, so rstd within eps_r = eps_v / (1 - eps_v)
+// + gamma_3 (1 + eps_v / (1 - eps_v)) relatively (sqrt halves the first, add, sqrt and divide round);
+// x = z rstd within E_j = D_j r (1 + eps_r) + |z_j| r eps_r + u (|x_j| + ...); then gamma and bias: a
+// rounding each. First order in u, doubled for the terms of second order. The backward pass is checked
+// with the kernel's own statistics (mean, rstd) as the exact ones: its steps round x (2u), h = g gamma (u),
+// the two means (gamma_{c+2}, gamma_{c+6} of the sums of magnitudes) and the last four operations.
+TEST(Kernels, LayerNormAndItsBackward) {
+  std::mt19937_64 rng(21);
+  const double u = 0x1p-24;
+  for (const k::Ops* o : tables())
+    for (std::size_t c : {1u, 5u, 16u, 64u, 70u})
+      for (bool affine : {false, true}) {
+        SCOPED_TRACE(std::string(o->name) + " c " + std::to_string(c) + (affine ? " affine" : ""));
+        const std::size_t nt = 9;
+        std::vector<float> y = randf(nt * c, rng), g = randf(nt * c, rng), gamma = randf(c, rng), bias = randf(c, rng);
+        for (std::size_t j = 0; j < c; ++j) y[c + j] = 0.375f;  // row 1 constant
+        for (std::size_t j = 0; j < c; ++j) y[2 * c + j] += 100.0f;  // row 2: mean 100, spread 1
+        const float eps = 1e-5f;
+        const float* gm = affine ? gamma.data() : nullptr;
+        const float* bs = affine ? bias.data() : nullptr;
+        std::vector<float> out(nt * c), stats(2 * nt), dy(nt * c, 0.5f), dg(c, 0.0f), db(c, 0.0f);
+        o->layer_norm(y.data(), nt, c, eps, gm, bs, out.data(), stats.data());
+        const double gc = gamma_n(double(c) + 1);
+        for (std::size_t r = 0; r < nt; ++r) {
+          const float* yr = &y[r * c];
+          double m = 0, a = 0, v = 0;
+          for (std::size_t j = 0; j < c; ++j) m += yr[j], a += std::fabs(double(yr[j]));
+          m /= double(c), a /= double(c);
+          for (std::size_t j = 0; j < c; ++j) v += (yr[j] - m) * (yr[j] - m) / double(c);
+          const double rs = 1 / std::sqrt(v + double(eps)), e_m = gc * a;
+          double dv = gamma_n(double(c) + 2) * v;
+          for (std::size_t j = 0; j < c; ++j) {
+            const double z = std::fabs(yr[j] - m), D = e_m + u * (z + e_m);
+            dv += D * (2 * z + D) / double(c);
+          }
+          const double ev = dv / (v + double(eps)), er = ev / (1 - ev) + gamma_n(3) * (1 + ev / (1 - ev));
+          ASSERT_LT(ev, 0.5);
+          EXPECT_NEAR(stats[2 * r], m, e_m) << "mean of row " << r;
+          EXPECT_NEAR(stats[2 * r + 1], rs, 2 * er * rs) << "rstd of row " << r;
+          for (std::size_t j = 0; j < c; ++j) {
+            const double z = yr[j] - m, x = z * rs, D = e_m + u * (std::fabs(z) + e_m);
+            const double ex = D * rs * (1 + er) + std::fabs(z) * rs * er;
+            const double Ex = ex + u * (std::fabs(x) + ex);
+            const double gj = affine ? gamma[j] : 1.0, bj = affine ? bias[j] : 0.0;
+            const double want = x * gj + bj;
+            const double bound = std::fabs(gj) * Ex + 2 * u * (std::fabs(gj) * (std::fabs(x) + Ex) + std::fabs(bj));
+            ASSERT_NEAR(out[r * c + j], want, 2 * bound) << "row " << r << " entry " << j;
+          }
+        }
+        for (std::size_t j = 0; j < c; ++j) ASSERT_EQ(out[c + j], affine ? bias[j] : 0.0f) << "constant row";
+        // The backward pass (added to dy = 0.5), with the kernel's statistics.
+        o->layer_norm_backward(y.data(), nt, c, stats.data(), g.data(), c, gm, dy.data(), true, affine ? dg.data() : nullptr,
+                               affine ? db.data() : nullptr);
+        std::vector<double> dgs(c, 0.0), dgb(c, 0.0), dbs(c, 0.0), dbb(c, 0.0);
+        for (std::size_t r = 0; r < nt; ++r) {
+          const double m = stats[2 * r], rs = stats[2 * r + 1];
+          double s1 = 0, s2 = 0, H1 = 0, H2 = 0;
+          std::vector<double> x(c), h(c);
+          for (std::size_t j = 0; j < c; ++j) {
+            x[j] = (y[r * c + j] - m) * rs;
+            h[j] = double(g[r * c + j]) * (affine ? gamma[j] : 1.0f);
+            s1 += h[j], s2 += h[j] * x[j], H1 += std::fabs(h[j]), H2 += std::fabs(h[j] * x[j]);
+            dgs[j] += double(g[r * c + j]) * x[j], dgb[j] += std::fabs(double(g[r * c + j]) * x[j]);
+            dbs[j] += g[r * c + j], dbb[j] += std::fabs(double(g[r * c + j]));
+          }
+          s1 /= double(c), s2 /= double(c), H1 /= double(c), H2 /= double(c);
+          const double e1 = gamma_n(double(c) + 2) * H1, e2 = gamma_n(double(c) + 6) * H2;
+          for (std::size_t j = 0; j < c; ++j) {
+            const double want = 0.5 + rs * (h[j] - s1 - x[j] * s2);
+            const double ax = std::fabs(x[j]), ah = std::fabs(h[j]);
+            const double bound = rs * (u * ah + e1 + ax * e2 + 2 * u * ax * std::fabs(s2) +
+                                       4 * u * (ah + std::fabs(s1) + ax * std::fabs(s2))) + u * (0.5 + std::fabs(want));
+            ASSERT_NEAR(dy[r * c + j], want, 2 * bound) << "row " << r << " entry " << j;
+          }
+        }
+        if (affine)
+          for (std::size_t j = 0; j < c; ++j) {
+            EXPECT_NEAR(dg[j], dgs[j], 2 * gamma_n(double(nt) + 3) * dgb[j]) << "dgamma " << j;
+            EXPECT_NEAR(db[j], dbs[j], gamma_n(double(nt)) * dbb[j]) << "dbias " << j;
+          }
+      }
+}
+
 // exp_shift_sum over the whole range it is used on (beta s - m in [-87.3, 0], 2^n scaled in two
 // factors down to n = -126) and a little above it: within 4 ulp of exp in double everywhere, exactly 1
 // at the maximum, and 0 below -87.3 (no subnormal weights).

@@ -6,7 +6,8 @@
 // weighted values, rescaled when m grows); the log-sum-exp is kept for the backward pass. Backward
 // (FlashAttention's recomputation): per tile, S = Q K^T, P = exp(beta S - lse), dP = dO V^T,
 // dS = P o (dP - rowsum(dO o O)), then dV = P^T dO, dK = beta dS^T Q, dQ = beta dS K and
-// dbeta = sum(dS o S). Masked memories have P = 0, exactly as if deleted. float runs the products on the
+// dbeta = sum(dS o S). Masked memories have P = 0, exactly as if deleted. Layer norms of the key and value
+// rows (RowNorm) are applied tile by tile as the rows are read, and taken back per row in the backward pass. float runs the products on the
 // retrieval engine's dispatched kernels (AVX-512 where present), double on Eigen (gradient checks); one
 // algorithm for both. Used by assocmem.torch.
 #pragma once

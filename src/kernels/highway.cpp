@@ -482,6 +482,88 @@ void Scale(float* x, std::size_t n, float a) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Layer norms of memory rows (the fused attention's RowNorm): sums in vector order, in float.
+
+// sum_i f(i) over [0, c) for f returning a vector of lanes [i, i + N) (zero beyond c).
+template <class DF, class F>
+HWY_INLINE float SumRow(DF df, std::size_t c, const F& f) {
+  const std::size_t N = hn::Lanes(df);
+  auto s = hn::Zero(df);
+  for (std::size_t i = 0; i < c; i += N) s = hn::Add(s, f(i, c - i));
+  return hn::GetLane(hn::SumOfLanes(df, s));
+}
+
+void LayerNorm(const float* y, std::size_t nt, std::size_t c, float eps, const float* gamma, const float* bias,
+               float* out, float* stats) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  const float inv_c = 1.0f / static_cast<float>(c);
+  for (std::size_t r = 0; r < nt; ++r, y += c, out += c) {
+    const float mean = SumRow(df, c, [&](std::size_t i, std::size_t left) { return LoadUpTo(df, y + i, left); }) * inv_c;
+    const auto mv = hn::Set(df, mean);
+    const float var = SumRow(df, c, [&](std::size_t i, std::size_t left) {
+      const auto z = hn::Sub(LoadUpTo(df, y + i, left), mv);
+      return left >= N ? hn::Mul(z, z) : hn::IfThenElseZero(hn::FirstN(df, left), hn::Mul(z, z));
+    }) * inv_c;
+    const float rstd = 1.0f / std::sqrt(var + eps);
+    if (stats) {
+      stats[2 * r] = mean;
+      stats[2 * r + 1] = rstd;
+    }
+    const auto rv = hn::Set(df, rstd);
+    for (std::size_t i = 0; i < c; i += N) {
+      const std::size_t left = c - i;
+      auto x = hn::Mul(hn::Sub(LoadUpTo(df, y + i, left), mv), rv);
+      if (gamma) x = hn::Mul(x, LoadUpTo(df, gamma + i, left));
+      if (bias) x = hn::Add(x, LoadUpTo(df, bias + i, left));
+      if (left >= N) hn::StoreU(x, df, out + i);
+      else StoreN(df, x, out + i, left);
+    }
+  }
+}
+
+void LayerNormBackward(const float* y, std::size_t nt, std::size_t c, const float* stats, const float* g,
+                       std::size_t ldg, const float* gamma, float* dy, bool add, float* dgamma, float* dbias) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  const float inv_c = 1.0f / static_cast<float>(c);
+  for (std::size_t r = 0; r < nt; ++r, y += c, g += ldg, dy += c) {
+    const auto mv = hn::Set(df, stats[2 * r]), rv = hn::Set(df, stats[2 * r + 1]);
+    const auto x_at = [&](std::size_t i, std::size_t left) { return hn::Mul(hn::Sub(LoadUpTo(df, y + i, left), mv), rv); };
+    const auto h_at = [&](std::size_t i, std::size_t left) {
+      const auto gv = LoadUpTo(df, g + i, left);
+      return gamma ? hn::Mul(gv, LoadUpTo(df, gamma + i, left)) : gv;
+    };
+    auto s1 = hn::Zero(df), s2 = hn::Zero(df);
+    for (std::size_t i = 0; i < c; i += N) {
+      const std::size_t left = c - i;
+      const auto x = x_at(i, left), h = h_at(i, left), gv = LoadUpTo(df, g + i, left);  // zero beyond c
+      s1 = hn::Add(s1, h);
+      s2 = hn::Add(s2, hn::Mul(h, x));
+      if (dgamma) {
+        const auto v = hn::Add(LoadUpTo(df, dgamma + i, left), hn::Mul(gv, x));
+        if (left >= N) hn::StoreU(v, df, dgamma + i);
+        else StoreN(df, v, dgamma + i, left);
+      }
+      if (dbias) {
+        const auto v = hn::Add(LoadUpTo(df, dbias + i, left), gv);
+        if (left >= N) hn::StoreU(v, df, dbias + i);
+        else StoreN(df, v, dbias + i, left);
+      }
+    }
+    const auto m1 = hn::Set(df, hn::GetLane(hn::SumOfLanes(df, s1)) * inv_c);
+    const auto m2 = hn::Set(df, hn::GetLane(hn::SumOfLanes(df, s2)) * inv_c);
+    for (std::size_t i = 0; i < c; i += N) {
+      const std::size_t left = c - i;
+      auto v = hn::Mul(rv, hn::Sub(hn::Sub(h_at(i, left), m1), hn::Mul(x_at(i, left), m2)));
+      if (add) v = hn::Add(v, LoadUpTo(df, dy + i, left));
+      if (left >= N) hn::StoreU(v, df, dy + i);
+      else StoreN(df, v, dy + i, left);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Model A on packed +-1 columns (bit mu of the column: xi_mu,i = +1).
 
 // The bits of lanes [i, i + lanes) of a packed column of n bits (bytes beyond the column not read).
@@ -716,6 +798,8 @@ const Ops* Table(const char* name) {
     o.scaled_max = &ScaledMax;
     o.exp_shift_sum = &ExpShiftSum;
     o.scale = &Scale;
+    o.layer_norm = &LayerNorm;
+    o.layer_norm_backward = &LayerNormBackward;
     o.masked_sums = &MaskedSums;
     o.add_signed = &AddSigned;
     o.lookup_pairs = &LookupPairs;

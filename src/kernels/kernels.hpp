@@ -67,6 +67,19 @@ struct Ops {
   /// x[i] *= a
   void (*scale)(float* x, std::size_t n, float a);
 
+  // Layer norms of memory rows (the fused attention's RowNorm, attention.hpp).
+  /// nt rows of c entries y (row-major) -> out (row-major): (y - mean) rstd o gamma + bias (gamma, bias
+  /// null: 1, 0), rstd = 1 / sqrt(var + eps) with the biased variance, all in float; stats[2 r] and
+  /// stats[2 r + 1] (when stats is not null) receive row r's mean and rstd.
+  void (*layer_norm)(const float* y, std::size_t nt, std::size_t c, float eps, const float* gamma, const float* bias,
+                     float* out, float* stats);
+  /// Its backward pass over nt rows, from the forward's stats and the gradient g (rows of stride ldg) at its
+  /// output: with x = (y - mean) rstd and h = g o gamma, dy = rstd (h - mean(h) - x mean(h o x)) (rows of
+  /// stride c; written, or added to when add); dgamma += sum over the rows of g o x and dbias += sum of g
+  /// (each when not null).
+  void (*layer_norm_backward)(const float* y, std::size_t nt, std::size_t c, const float* stats, const float* g,
+                              std::size_t ldg, const float* gamma, float* dy, bool add, float* dgamma, float* dbias);
+
   // Model A on +-1 patterns (bits: bit mu of a neuron's column is 1 where xi_mu,i = +1).
   /// sa = sum of a[mu] where (bit mu) != invert, sb = sum of b[mu] where (bit mu) == invert.
   void (*masked_sums)(const double* a, const double* b, const std::uint8_t* bits, std::size_t n, bool invert,

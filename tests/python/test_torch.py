@@ -145,6 +145,55 @@ def test_batched_attention_equals_one_call_per_element_and_gradchecks():
         functional._attention_batch(q, bad, v, betas)
 
 
+
+def test_batched_attention_with_layer_norms_of_the_memories():
+    """Layer norms of the key and value rows fused into the batched attention (what Hopfield's stored-pattern
+    and projection LayerNorms become in the input space): equal in float64 to torch's layer_norm followed by
+    the attention, and gradcheck in float64 - raw rows, the norms' weights and biases, queries, betas - for
+    separate keys and values, one array under two norms (Hopfield((Y, state, Y))), the values being the keys
+    (v None: one norm), norms without affine parameters, a mask and dropout (one fixed draw)."""
+    g = torch.Generator().manual_seed(8)
+    E, n, K, d, dv, eps = 3, 4, 40, 5, 6, 1e-3
+    q, y, z = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True)
+               for s in ((E, n, d), (E, K, d), (E, K, dv)))
+    kw, kb, vw, vb, uw, ub = (torch.randn(c, generator=g, dtype=torch.float64).requires_grad_(True)
+                              for c in (d, d, dv, dv, d, d))
+    betas = (torch.rand(E, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    mask = torch.rand(E, n, K, generator=g) < 0.3
+
+    def ref(q, y, z, b, kn, vn, m=None):
+        k = torch.nn.functional.layer_norm(y, (d,), kn[0], kn[1], eps)
+        v = k if z is None else torch.nn.functional.layer_norm(z, (z.shape[-1],), vn[0], vn[1], eps)
+        s = b.view(-1, 1, 1) * q @ k.transpose(1, 2)
+        return torch.softmax(s if m is None else s.masked_fill(m, float("-inf")), -1) @ v
+
+    def fused(q, y, z, b, kn, vn, m=None, dropout=0.0):
+        torch.manual_seed(5)  # the dropout draw: one fixed function of the inputs
+        return functional._attention_batch(q, y, z, b, m, dropout=dropout, key_norm=(*kn, eps),
+                                           value_norm=None if vn is None else (*vn, eps))
+    cases = {"separate": (z, (kw, kb), (vw, vb)), "one array, two norms": (y, (kw, kb), (uw, ub)),
+             "values are the keys": (None, (kw, kb), None), "no affine": (z, (None, None), (None, None))}
+    for name, (vals, kn, vn) in cases.items():
+        for m in (None, mask):
+            torch.testing.assert_close(fused(q, y, vals, betas, kn, vn, m), ref(q, y, vals, betas, kn, vn, m),
+                                       rtol=1e-12, atol=1e-12, msg=name)
+        params = [t for t in (*kn, *(vn or ())) if t is not None]
+        if vals is z:
+            inputs = (q, y, z, betas, *params)
+            def f(q, y, z, b, *p, m=None, dropout=0.0):
+                return fused(q, y, z, b, tuple(p[:2]) if p else (None, None), tuple(p[2:]) if p else (None, None),
+                             m, dropout)
+        else:
+            inputs = (q, y, betas, *params)
+            def f(q, y, b, *p, m=None, dropout=0.0, vals=vals):
+                return fused(q, y, None if vals is None else y, b, tuple(p[:2]), tuple(p[2:]) or None, m, dropout)
+        assert torch.autograd.gradcheck(f, inputs), name
+        assert torch.autograd.gradcheck(lambda *x: f(*x, m=mask, dropout=0.3), inputs), name
+    with pytest.raises(ValueError, match="key_norm eps must be > 0"):
+        functional._attention_batch(q, y, z, betas, key_norm=(kw, kb, 0.0))
+    with pytest.raises(ValueError, match=r"value_norm weight must be a torch.float64 tensor of shape \(6,\)"):
+        functional._attention_batch(q, y, z, betas, value_norm=(kw, None, eps))
+
 def test_learns_a_memory_by_gradient_descent():
     """Memory learning: stored patterns, trained by gradient descent through the retrieval on a
     reconstruction loss, come to reconstruct their cues (the loss falls below 1% of its start)."""
