@@ -198,28 +198,24 @@ int recall(const RecallArgs& a, bool as_json) {
   o.energy = details;
   if (model == ModelKind::B && details) o.top_k = static_cast<std::size_t>(a.top_k);
 
-  std::optional<MemoryStore> bits;  // model A runs on packed bits: a float store of +-1 is packed here
-  std::unique_ptr<ModelAEngine> ea;
-  std::optional<Retriever> ret;  // models B and C: the library's retrieval context (engine, codes)
-  std::string kernel;
-  if (model == ModelKind::A) {
-    std::exception_ptr failure;  // under mpirun each rank packs its own shards: agreed on by every rank
-    try {
-      if (store.dtype() != DType::Bits) bits.emplace(pack_bits(store));
-    } catch (const InvalidArgument& e) {
-      failure = std::make_exception_ptr(InvalidArgument("'" + a.store + "': " + e.what()));  // exit 2
-    }
-    if (eo.merger) eo.merger->agree(failure);
-    else if (failure) std::rethrow_exception(failure);
-    ea = std::make_unique<ModelAEngine>(bits ? *bits : store, interaction(a, model), Vector(), eo);
-    kernel = ea->kernel();
-  } else {
-    ret.emplace(model == ModelKind::B ? Retriever::model_b(store, values ? &*values : nullptr, a.beta, eo)
-                                      : Retriever::model_c(store, interaction(a, model), a.alpha, eo));
-    kernel = ret->kernel();
-    if (a.certify) ret->prepare_codes();  // the codes beside the store (assocmem index), else built for this run
+  // The library's retrieval context: model A's packed bits (under mpirun each rank packs its own shards, a
+  // failure agreed on by every rank), models B and C's engine and codes.
+  const auto make = [&]() {
+    if (model == ModelKind::A) return Retriever::model_a(store, interaction(a, model), Vector(), eo);
+    if (model == ModelKind::B) return Retriever::model_b(store, values ? &*values : nullptr, a.beta, eo);
+    return Retriever::model_c(store, interaction(a, model), a.alpha, eo);
+  };
+  std::optional<Retriever> ret;
+  try {
+    ret.emplace(make());
+  } catch (const InvalidArgument& e) {
+    if (model != ModelKind::A) throw;
+    throw InvalidArgument("'" + a.store + "': " + e.what());  // memories that are not +-1 (exit 2)
   }
-  const std::size_t dout = ret ? ret->value_dim() : d;
+  const std::string kernel = ret->kernel();
+  if (a.certify) ret->prepare_codes();  // the codes beside the store (assocmem index), else built for this run
+  const bool ea = model == ModelKind::A;
+  const std::size_t dout = ret->value_dim();
   std::vector<float> states(B * dout);
   json per_query = json::array();
   ProgressBar bar("recall");
@@ -245,7 +241,7 @@ int recall(const RecallArgs& a, bool as_json) {
     Retrieval r;
     if (ea) {
       o.seed = a.seed + b0;  // cue b uses seed + b, as in one call
-      r = ea->retrieve(&cues[b0 * d], nb, o);
+      r = ret->retrieve(&cues[b0 * d], nb, o);
     } else {
       r = ret->retrieve(&Q[b0 * d], nb, o);
     }

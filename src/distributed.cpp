@@ -3,12 +3,12 @@
 
 #include <algorithm>
 #include <limits>
-#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "assocmem/binary.hpp"
+#include "assocmem/retriever.hpp"
 
 namespace assocmem {
 namespace {
@@ -221,17 +221,10 @@ std::unique_ptr<E> merged_engine(const DistributedStore& store, const MemoryStor
 
 Retrieval distributed_retrieve_a(const DistributedStore& store, InteractionSpec F, const std::int8_t* cues,
                                  std::size_t batch, const RetrieveOptions& options, EngineOptions engine) {
-  // Model A runs on bits: shards of +-1 floats are packed on their rank (a shard with another value fails there).
-  std::optional<MemoryStore> bits;
-  std::exception_ptr failure;
-  try {
-    if (store.local().dtype() != DType::Bits) bits.emplace(pack_bits(store.local()));
-  } catch (...) {
-    failure = std::current_exception();
-  }
-  store.merger().agree(failure);
-  return merged_engine<ModelAEngine>(store, bits ? *bits : store.local(), engine, F, Vector())
-      ->retrieve(cues, batch, options);
+  // Model A runs on bits: shards of +-1 floats are packed on their rank (a shard with another value fails
+  // there, and the ranks agree on it: Retriever::model_a).
+  engine.merger = &store.merger();
+  return Retriever::model_a(store.local(), F, Vector(), engine).retrieve(cues, batch, options);
 }
 
 Retrieval distributed_retrieve_b(const DistributedStore& store, double beta, const float* queries, std::size_t batch,

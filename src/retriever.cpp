@@ -21,6 +21,8 @@ struct Retriever::Impl {
   EngineOptions options;
   std::unique_ptr<ModelBEngine> b;
   std::unique_ptr<ModelCEngine> c;
+  std::unique_ptr<MemoryStore> packed;  // model A: a float store's memories as bits
+  std::unique_ptr<ModelAEngine> a;
 
   mutable std::mutex mu;  // guards what follows, built on demand
   mutable std::unique_ptr<CodeIndex> codes;
@@ -100,8 +102,40 @@ Retriever Retriever::model_c(const MemoryStore& store, const InteractionSpec& F,
   return Retriever(std::move(impl));
 }
 
+Retriever Retriever::model_a(const MemoryStore& store, const InteractionSpec& F, Vector current, EngineOptions options) {
+  auto impl = std::make_unique<Impl>();
+  impl->kind = ModelKind::A;
+  impl->keys = &store;
+  impl->F = F;
+  impl->options = options;
+  // Each rank of an MPI job packs its own memories and makes its engine (no collective in either): a failure
+  // on any rank is agreed on by every rank, which then throws it (none is left waiting in a collective).
+  std::exception_ptr failure;
+  try {
+    if (store.dtype() != DType::Bits) impl->packed = std::make_unique<MemoryStore>(pack_bits(store));
+    impl->a = std::make_unique<ModelAEngine>(impl->packed ? *impl->packed : store, F, std::move(current), options);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  if (options.merger) options.merger->agree(failure);
+  else if (failure) std::rethrow_exception(failure);
+  return Retriever(std::move(impl));
+}
+
+Retrieval Retriever::retrieve(const std::int8_t* cues, std::size_t batch, const RetrieveOptions& o) const {
+  ASSOCMEM_CHECK_ARG(impl_->a != nullptr, "retrieve: +-1 cues are model A's; this retriever runs model ",
+                     to_string(impl_->kind));
+  ASSOCMEM_CHECK_ARG(!o.certify && !o.approximate, o.certify ? "certify" : "approximate",
+                     ": certified and approximate retrieval are for models B and C (this is model A)");
+  return impl_->a->retrieve(cues, batch, o);
+}
+
 Retrieval Retriever::retrieve(const float* queries, std::size_t batch, const RetrieveOptions& o) const {
   const Impl& m = *impl_;
+  if (m.kind == ModelKind::A) {
+    const std::vector<std::int8_t> cues = to_spins(queries, batch, m.a->n_features(), "queries");
+    return retrieve(cues.data(), batch, o);
+  }
   if (m.kind == ModelKind::C) {
     if (!o.certify) return m.c->retrieve(queries, batch, o);
     const ModelCEngine* e = nullptr;
@@ -145,6 +179,8 @@ Retrieval Retriever::retrieve(const float* queries, std::size_t batch, const Ret
 }
 
 void Retriever::prepare_codes() const {
+  ASSOCMEM_CHECK_ARG(impl_->kind != ModelKind::A, "prepare_codes: certified retrieval is for models B and C (this is "
+                     "model A)");
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->open_codes();
 }
@@ -175,6 +211,11 @@ std::shared_ptr<const CandidateSource> Retriever::candidates() const {
 
 ModelKind Retriever::model() const { return impl_->kind; }
 
+const ModelAEngine& Retriever::engine_a() const {
+  ASSOCMEM_CHECK_ARG(impl_->a != nullptr, "engine_a: this retriever runs model ", to_string(impl_->kind));
+  return *impl_->a;
+}
+
 const ModelBEngine& Retriever::engine_b() const {
   ASSOCMEM_CHECK_ARG(impl_->b != nullptr, "engine_b: this retriever runs model ", to_string(impl_->kind));
   return *impl_->b;
@@ -185,9 +226,15 @@ const ModelCEngine& Retriever::engine_c() const {
   return *impl_->c;
 }
 
-std::string Retriever::kernel() const { return impl_->b ? impl_->b->kernel() : impl_->c->kernel(); }
-std::size_t Retriever::dim() const { return impl_->b ? impl_->b->dim() : impl_->c->dim(); }
-std::size_t Retriever::value_dim() const { return impl_->b ? impl_->b->value_dim() : impl_->c->dim(); }
-std::size_t Retriever::size() const { return impl_->b ? impl_->b->size() : impl_->c->size(); }
+std::string Retriever::kernel() const {
+  return impl_->a ? impl_->a->kernel() : impl_->b ? impl_->b->kernel() : impl_->c->kernel();
+}
+std::size_t Retriever::dim() const {
+  return impl_->a ? impl_->a->n_features() : impl_->b ? impl_->b->dim() : impl_->c->dim();
+}
+std::size_t Retriever::value_dim() const { return impl_->b ? impl_->b->value_dim() : dim(); }
+std::size_t Retriever::size() const {
+  return impl_->a ? impl_->a->n_memories() : impl_->b ? impl_->b->size() : impl_->c->size();
+}
 
 }  // namespace assocmem

@@ -164,3 +164,47 @@ TEST(Retriever, ApproximateCallsMakeTheCandidateSourceOnce) {
   const Retriever c = Retriever::model_c(s, default_interaction(ModelKind::C), 1.0, {});
   EXPECT_THROW_MSG(c.engine_b(), InvalidArgument, "model C");
 }
+
+// Model A: a float32 store of +-1 memories is packed once and runs the engine over pack_bits(store), bit for
+// bit, from +-1 cues and from floats; a bits store is used as it is; a memory that is not +-1 is refused,
+// named, at construction; cues that are not +-1 are named "queries"; certified and approximate retrieval
+// and the other models' engines are refused.
+TEST(Retriever, ModelAPacksAFloatStoreOnce) {
+  std::mt19937_64 rng(3);
+  const std::size_t K = 40, N = 70;
+  Matrix X(K, N);
+  for (Eigen::Index i = 0; i < X.size(); ++i) X.data()[i] = (rng() & 1) ? 1.0 : -1.0;
+  const MemoryStore floats = store_of(X);
+  const MemoryStore bits = pack_bits(floats);
+  const InteractionSpec F = default_interaction(ModelKind::A);
+  const Retriever r = Retriever::model_a(floats, F);
+  EXPECT_EQ(r.model(), ModelKind::A);
+  EXPECT_EQ(r.dim(), N);
+  EXPECT_EQ(r.value_dim(), N);
+  EXPECT_EQ(r.size(), K);
+  std::vector<float> q(3 * N);
+  for (std::size_t i = 0; i < q.size(); ++i) q[i] = float(X(Eigen::Index(i / N), Eigen::Index(i % N)));
+  for (std::size_t i = 0; i < 3; ++i) q[i * N + i] = -q[i * N + i];  // one flipped neuron per cue
+  const std::vector<std::int8_t> spins = to_spins(q.data(), 3, N, "q");
+  RetrieveOptions o;
+  o.seed = 11;
+  const ModelAEngine direct(bits, F);
+  const Retrieval want = direct.retrieve(spins.data(), 3, o);
+  expect_same(r.retrieve(spins.data(), 3, o), want);
+  expect_same(r.retrieve(q.data(), 3, o), want);
+  expect_same(Retriever::model_a(bits, F).retrieve(spins.data(), 3, o), want);
+  EXPECT_EQ(r.engine_a().n_memories(), K);
+
+  q[5] = 0.5f;
+  EXPECT_THROW_MSG(r.retrieve(q.data(), 3, o), InvalidArgument, "queries: row 0 element 5 is 0.5");
+  Matrix bad = X;
+  bad(7, 3) = 0.25;
+  EXPECT_THROW_MSG(Retriever::model_a(store_of(bad), F), InvalidArgument, "memory 7 (id 7) element 3 is 0.25");
+  o.certify = 0.01;
+  EXPECT_THROW_MSG(r.retrieve(spins.data(), 3, o), InvalidArgument, "certify: certified and approximate");
+  EXPECT_THROW_MSG(r.prepare_codes(), InvalidArgument, "models B and C");
+  EXPECT_THROW_MSG(r.engine_b(), InvalidArgument, "model A");
+  const Retriever b = Retriever::model_b(floats, nullptr, 1.0, {});
+  EXPECT_THROW_MSG(b.retrieve(spins.data(), 3, RetrieveOptions{}), InvalidArgument, "model A's");
+  EXPECT_THROW_MSG(b.engine_a(), InvalidArgument, "model B");
+}

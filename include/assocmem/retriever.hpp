@@ -1,7 +1,8 @@
 // assocmem/retriever.hpp - the retrieval context over one store: the engine of models B and C and, built
 // on demand, what certified and approximate retrieval need.
 //
-// A program that retrieves from a store needs more than an engine: certified retrieval
+// A program that retrieves from a store needs more than an engine: model A runs on the memories packed
+// into bits (a float store is packed once, every rank of an MPI job agreeing on a failure first); certified retrieval
 // (RetrieveOptions::certify) runs over the store's int8 codes (codes.hpp), which live in a file beside a
 // saved store (`assocmem index`, CodeIndex::default_path) or are built; approximate retrieval
 // (RetrieveOptions::approximate) needs a candidate source (the ANN component's AnnIndex, FAISS). A
@@ -17,6 +18,7 @@
 #include <memory>
 #include <string>
 
+#include "assocmem/binary.hpp"
 #include "assocmem/engine.hpp"
 #include "assocmem/models.hpp"
 #include "assocmem/retrieve.hpp"
@@ -36,6 +38,12 @@ class Retriever {
   /// Model C (eq. 22) over a store.
   static Retriever model_c(const MemoryStore& store, const InteractionSpec& F, double alpha,
                            EngineOptions options = {});
+  /// Model A (eq. 8; ModelAEngine, binary.hpp) over +-1 memories: a Bits store as it is, a float32 or
+  /// bfloat16 store packed into bits here, once (InvalidArgument naming the first memory that is not +-1).
+  /// With options.merger (the memories sharded over the ranks of an MPI job) the ranks agree on a packing
+  /// failure before the engine is made, so that every rank throws it. current: I (length N) or empty.
+  static Retriever model_a(const MemoryStore& store, const InteractionSpec& F, Vector current = Vector(),
+                           EngineOptions options = {});
   ~Retriever();
   Retriever(Retriever&&) noexcept;
   Retriever& operator=(Retriever&&) noexcept;
@@ -45,6 +53,9 @@ class Retriever {
   /// engine over the candidate source (made on first use). Model B with a value store, or with both
   /// certify and approximate, runs the plain engine, which refuses what it does not support, naming it.
   Retrieval retrieve(const float* queries, std::size_t batch, const RetrieveOptions& options) const;
+  /// Model A from +-1 cues [batch x N] (to_spins makes them from floats, naming the caller's argument);
+  /// retrieve(const float*) converts them itself, naming them "queries".
+  Retrieval retrieve(const std::int8_t* cues, std::size_t batch, const RetrieveOptions& options) const;
 
   /// Opens the codes beside the store (CodeIndex::default_path(store.source()), when the store came from
   /// a file and that file exists) or builds them in memory; a no-op once done. Certified calls do this
@@ -62,7 +73,8 @@ class Retriever {
   std::shared_ptr<const CandidateSource> candidates() const;
 
   ModelKind model() const;
-  /// The plain engines: model_b() and model_c() make one of them; the other throws InvalidArgument.
+  /// The plain engines: model_a(), model_b() and model_c() make one of them; the others throw InvalidArgument.
+  const ModelAEngine& engine_a() const;
   const ModelBEngine& engine_b() const;
   const ModelCEngine& engine_c() const;
   std::string kernel() const;

@@ -225,7 +225,9 @@ class HopfieldCore(torch.nn.Module):
     def reset_parameters(self) -> None: ...
     def associate(self, state: torch.Tensor, stored: torch.Tensor, proj: torch.Tensor,
                   stored_pattern_padding_mask: _Mask, association_mask: _Mask, scaling: list, steps: list, eps: list,
-                  what: Union[str, Tuple[str, ...]] = "output") -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]: ...
+                  what: Union[str, Tuple[str, ...]] = "output",
+                  norms: Optional[Tuple[Optional[torch.nn.Module], Optional[torch.nn.Module]]] = None
+                  ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]: ...
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: _Mask = None, need_weights: bool = True, attn_mask: _Mask = None,
                 scaling: Optional[Union[float, torch.Tensor]] = None,

@@ -437,41 +437,39 @@ class PyModelC {
   Retriever ret_;
 };
 
-// Model A over packed bits (a float store of +-1 memories is packed once, library's pack_bits).
+// Model A over packed bits (the library's Retriever packs a float store of +-1 memories once).
 class PyModelA {
  public:
   PyModelA(py::object store, const std::string& F, double n, double beta, std::optional<F64> current, int threads)
       : store_(std::move(store)),
-        packed_(store_.get().dtype() == DType::Bits ? nullptr : std::make_unique<MemoryStore>(pack_bits(store_.get()))),
-        eng_(packed_ ? *packed_ : store_.get(), interaction(F, n, beta), current ? vec_in(*current, "current") : Vector(),
-             engine_options(threads, "auto")) {}
+        ret_(Retriever::model_a(store_.get(), interaction(F, n, beta), current ? vec_in(*current, "current") : Vector(),
+                                engine_options(threads, "auto"))) {}
   py::dict retrieve(const F32& cues, std::optional<long> steps, std::optional<double> tol, std::optional<std::string> order,
                     std::uint64_t seed, bool energy, std::optional<U8> clamp, const py::object& progress) const {
-    const std::size_t n = batch_rows(cues, eng_.n_features(), "cues");
-    const std::vector<std::int8_t> s = to_spins(cues.data(), n, eng_.n_features(), "cues");
+    const std::size_t n = batch_rows(cues, ret_.dim(), "cues");
+    const std::vector<std::int8_t> s = to_spins(cues.data(), n, ret_.dim(), "cues");
     RetrieveOptions o = options_in(steps, tol, std::nullopt, 0, energy, std::nullopt, clamp);
     if (order) o.order = parse_update_order(*order);
     o.seed = seed;
     Retrieval r = monitored(progress, [&](Monitor& m) {
       o.monitor = m;
-      return eng_.retrieve(s.data(), n, o);
+      return ret_.retrieve(s.data(), n, o);
     });
-    return result_out(std::move(r), 0, eng_.n_memories());
+    return result_out(std::move(r), 0, ret_.size());
   }
   py::array_t<double> energy(const F32& states) const {
-    const std::size_t n = batch_rows(states, eng_.n_features(), "states");
-    const std::vector<std::int8_t> s = to_spins(states.data(), n, eng_.n_features(), "states");
+    const std::size_t n = batch_rows(states, ret_.dim(), "states");
+    const std::vector<std::int8_t> s = to_spins(states.data(), n, ret_.dim(), "states");
     std::vector<double> e(n);
-    for (std::size_t r = 0; r < n; ++r) e[r] = eng_.energy(&s[r * eng_.n_features()]);
+    for (std::size_t r = 0; r < n; ++r) e[r] = engine().energy(&s[r * ret_.dim()]);
     return to_numpy(std::move(e), {static_cast<py::ssize_t>(n)});
   }
-  const ModelAEngine& engine() const { return eng_; }
+  const ModelAEngine& engine() const { return ret_.engine_a(); }
   py::object store() const { return store_.object(); }
 
  private:
   StoreUse store_;
-  std::unique_ptr<MemoryStore> packed_;
-  ModelAEngine eng_;
+  Retriever ret_;
 };
 
 // --------------------------------------------------------------------------------------------
