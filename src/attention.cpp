@@ -758,6 +758,105 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
 }
 
 template <class T>
+void attention_weights(const AttentionArgs<T>& a, T* P) {
+  refuse_norms(a, "attention_weights");
+  ASSOCMEM_CHECK_ARG(a.dropout == 0, "attention_weights: the association matrix has no dropout (got ", a.dropout, ")");
+  check(a);
+  const Products<T> pr(a);
+  const std::size_t n = a.n, d = a.d, K = a.K, nw = worker_count(a), dp = kernels::round_up(d, kernels::kBlock);
+  const T beta = static_cast<T>(a.beta), inf = std::numeric_limits<T>::infinity();
+  const std::vector<T> Qp = padded(a.q, n, d, dp);
+  // The scores of every memory (raw units: q . k + bias / beta, -inf where masked) into P, tile by tile;
+  // then each row's softmax with the online softmax's kernels (eq. 12: the maximum of beta t, exp(beta t -
+  // max) and their sum, scaled by 1 / sum), so that a weight is the one the fused forward pass uses.
+  std::vector<std::vector<T>> S(nw, std::vector<T>(n * kTile)), packed(nw);
+  for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T*, const T*,
+                                   const T*, const T*, const T*) {
+    pr.pack(Kt, nt, d, packed[w]);
+    pr.scores(Qp.data(), n, dp, packed[w], Kt, nt, d, S[w].data(), kTile);
+    for (std::size_t b = 0; b < n; ++b) {
+      T* row = P + b * K + t0;
+      std::copy(&S[w][b * kTile], &S[w][b * kTile] + nt, row);
+      if (const T* bias = bias_of(a, b, t0))
+        for (std::size_t i = 0; i < nt; ++i) row[i] += bias[i] / beta;
+      if (const std::uint8_t* m = mask_of(a, b, t0))
+        for (std::size_t i = 0; i < nt; ++i)
+          if (m[i]) row[i] = -inf;
+    }
+  });
+  detail::parallel_chunks(n, static_cast<int>(std::min(nw, n)), [&](std::size_t, std::size_t b0, std::size_t b1) {
+    for (std::size_t b = b0; b < b1; ++b) {
+      T* row = P + b * K;
+      const T m = pr.max(row, K, beta);  // finite: check() leaves every query a memory
+      const T sum = pr.exp_shift(row, K, beta, m, row);
+      pr.scale(row, K, T(1) / sum);
+    }
+  });
+}
+
+template <class T>
+void attention_weights_backward(const AttentionArgs<T>& a, const T* P, const T* dP, T* dq, T* dk, double* dbeta,
+                                T* dbias) {
+  refuse_norms(a, "attention_weights_backward");
+  check(a);
+  const Products<T> pr(a);
+  const std::size_t n = a.n, d = a.d, K = a.K, nw = worker_count(a), dp = kernels::round_up(d, kernels::kBlock);
+  const T beta = static_cast<T>(a.beta);
+  check_finite_array(dP, checked_mul(n, K, "queries x memories"), "the association matrix's gradient");
+  std::vector<T> Dlt(n);  // rowsum(dP o P): the softmax Jacobian's diagonal correction
+  for (std::size_t b = 0; b < n; ++b) Dlt[b] = static_cast<T>(dot_in_double(dP + b * K, P + b * K, K));
+  const std::vector<T> Qp = padded(a.q, n, d, dp), QT = transposed(a.q, n, d);
+  std::vector<std::vector<T>> dQ(nw, std::vector<T>(n * dp, T(0)));
+  std::vector<double> db(nw, 0.0);
+  struct Buffers {
+    std::vector<T> S, G, packK, dKT;
+  };
+  std::vector<Buffers> buf(nw);
+  for (auto& B : buf) B = {std::vector<T>(n * kTile), std::vector<T>(n * kTile, T(0)), {}, std::vector<T>(d * kTile)};
+  for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T*, const T*,
+                                   const T*, const T*, const T*) {
+    Buffers& B = buf[w];
+    pr.pack(Kt, nt, d, B.packK);
+    pr.scores(Qp.data(), n, dp, B.packK, Kt, nt, d, B.S.data(), kTile);  // the raw scores q . k (for dbeta)
+    double dbw = 0;
+    for (std::size_t b = 0; b < n; ++b) {
+      const T* p = P + b * K + t0;
+      const T* g = dP + b * K + t0;
+      T* G = &B.G[b * kTile];
+      for (std::size_t i = 0; i < nt; ++i) G[i] = p[i] * (g[i] - Dlt[b]);  // dS = P o (dP - rowsum(dP o P))
+      std::fill(G + nt, G + kTile, T(0));
+      dbw += dot_in_double(G, &B.S[b * kTile], nt);  // d loss / d beta = sum dS o S
+      if (dbias && a.bias_rows) {
+        T* out = dbias + (a.bias_rows == 1 ? 0 : b * K) + t0;
+        for (std::size_t i = 0; i < nt; ++i) out[i] = (a.bias_rows == 1 && b > 0 ? out[i] : T(0)) + G[i];
+      }
+    }
+    db[w] += dbw;
+    pr.accumulate(B.G.data(), n, kTile, Kt, nt, d, dQ[w].data(), dp);  // dQ += dS K_t (times beta below)
+    std::fill(B.dKT.begin(), B.dKT.end(), T(0));
+    pr.accumulate(QT.data(), d, n, B.G.data(), n, kTile, B.dKT.data(), kTile);  // dK_t^T = Q^T dS
+    for (std::size_t i = 0; i < nt; ++i)
+      for (std::size_t j = 0; j < d; ++j) dk[(t0 + i) * d + j] = beta * B.dKT[j * kTile + i];
+  });
+  for (std::size_t b = 0; b < n; ++b)
+    for (std::size_t j = 0; j < d; ++j) {
+      double s = 0;
+      for (std::size_t w = 0; w < nw; ++w) s += double(dQ[w][b * dp + j]);
+      dq[b * d + j] = static_cast<T>(double(beta) * s);
+    }
+  double total = 0;
+  for (double x : db) total += x;
+  *dbeta = total;
+}
+
+template void attention_weights<float>(const AttentionArgs<float>&, float*);
+template void attention_weights<double>(const AttentionArgs<double>&, double*);
+template void attention_weights_backward<float>(const AttentionArgs<float>&, const float*, const float*, float*, float*,
+                                                double*, float*);
+template void attention_weights_backward<double>(const AttentionArgs<double>&, const double*, const double*, double*,
+                                                 double*, double*, double*);
+
+template <class T>
 void log_sum_exp_backward(const AttentionArgs<T>& a, const double* lse, const double* dlse, T* dq, T* dk, double* dbeta) {
   refuse_norms(a, "log_sum_exp_backward");
   check(a);
@@ -923,6 +1022,27 @@ void attention_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& b
   });
 }
 
+template <class T>
+void attention_weights_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, T* P) {
+  for_each_element(a, batch, [&](std::size_t e, const AttentionArgs<T>& x) { attention_weights(x, P + e * a.n * a.K); });
+}
+
+template <class T>
+void attention_weights_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, const T* P, const T* dP,
+                                      T* dq, T* dk, double* dbeta, T* dbias) {
+  for_each_element(a, batch, [&](std::size_t e, const AttentionArgs<T>& x) {
+    attention_weights_backward(x, P + e * a.n * a.K, dP + e * a.n * a.K, dq + e * a.n * a.d, dk + e * a.K * a.d,
+                               dbeta + e, dbias ? dbias + e * a.bias_rows * a.K : nullptr);
+  });
+}
+
+template void attention_weights_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, float*);
+template void attention_weights_batch<double>(const AttentionArgs<double>&, const AttentionBatch&, double*);
+template void attention_weights_backward_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, const float*,
+                                                      const float*, float*, float*, double*, float*);
+template void attention_weights_backward_batch<double>(const AttentionArgs<double>&, const AttentionBatch&,
+                                                       const double*, const double*, double*, double*, double*,
+                                                       double*);
 template void attention_forward_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, float*, double*);
 template void attention_forward_batch<double>(const AttentionArgs<double>&, const AttentionBatch&, double*, double*);
 template void attention_backward_batch<float>(const AttentionArgs<float>&, const AttentionBatch&, const float*,

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "assocmem/attention.hpp"
@@ -484,6 +485,81 @@ TEST(Attention, LayerNormedMemoriesAreTheAttentionOfTheNormalisedRows) {
     attention_forward(g, o2.data(), l2.data());
     for (std::size_t i = 0; i < o1.size(); ++i) EXPECT_EQ(o1[i], o2[i]) << ops.name << ", out " << i;
   }
+}
+
+// The association matrix (attention_weights, hopfield-layers' need_weights): the softmax of beta q k^T + bias
+// written out here, masked memories 0, rows summing to 1; the fused forward's output is P V; the backward
+// pass against central differences of sum(W o P) for queries, keys, beta and the bias (a row per query and
+// one shared row); dropout and layer norms refused.
+TEST(Attention, WeightsAreTheSoftmaxAndTheirBackwardItsDerivative) {
+  std::mt19937_64 rng(41);
+  const std::size_t n = 3, K = 530, d = 4;
+  auto q = flat(randn(n, d, rng)), k = flat(randn(K, d, rng, 0.7)), W = flat(randn(n, K, rng));
+  std::vector<std::uint8_t> mask(n * K, 0);
+  for (std::size_t mu = 0; mu < K; mu += 5) mask[K + mu] = 1;  // query 1 without every fifth memory
+  double beta = 1.3;
+  for (std::size_t rows : {0u, 1u, 3u}) {
+    SCOPED_TRACE(::testing::Message() << "bias rows " << rows);
+    auto bias = flat(randn(std::max<std::size_t>(rows, 1), K, rng, 0.5));
+    if (rows) bias[7] = -std::numeric_limits<double>::infinity();
+    const auto args = [&]() {
+      AttentionArgs<double> a;
+      a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = k.data(), a.dv = d, a.beta = beta, a.threads = 2;
+      a.mask = {mask.data(), n};
+      if (rows) a.bias = bias.data(), a.bias_rows = rows;
+      return a;
+    };
+    std::vector<double> P(n * K);
+    attention_weights(args(), P.data());
+    for (std::size_t b = 0; b < n; ++b) {
+      double z = 0, sum = 0;
+      std::vector<double> x(K);
+      for (std::size_t mu = 0; mu < K; ++mu) {
+        double s = 0;
+        for (std::size_t j = 0; j < d; ++j) s += q[b * d + j] * k[mu * d + j];
+        x[mu] = beta * s + (rows ? bias[(rows == 1 ? 0 : b) * K + mu] : 0.0);
+        z += mask[b * K + mu] ? 0.0 : std::exp(x[mu]);
+      }
+      for (std::size_t mu = 0; mu < K; ++mu) {
+        const double want = mask[b * K + mu] ? 0.0 : std::exp(x[mu]) / z;
+        ASSERT_NEAR(P[b * K + mu], want, 1e-13) << "query " << b << " memory " << mu;
+        sum += P[b * K + mu];
+      }
+      EXPECT_NEAR(sum, 1.0, 1e-12);
+    }
+    // P K is the fused forward's output with values = keys.
+    std::vector<double> out(n * d), lse(n);
+    attention_forward(args(), out.data(), lse.data());
+    for (std::size_t b = 0; b < n; ++b)
+      for (std::size_t j = 0; j < d; ++j) {
+        double s = 0;
+        for (std::size_t mu = 0; mu < K; ++mu) s += P[b * K + mu] * k[mu * d + j];
+        EXPECT_NEAR(out[b * d + j], s, 1e-12);
+      }
+    const auto loss = [&]() {
+      std::vector<double> p(n * K);
+      attention_weights(args(), p.data());
+      double s = 0;
+      for (std::size_t i = 0; i < p.size(); ++i) s += W[i] * p[i];
+      return s;
+    };
+    std::vector<double> dq(n * d), dk(K * d), dbias(std::max<std::size_t>(rows, 1) * K);
+    double db = 0;
+    attention_weights_backward(args(), P.data(), W.data(), dq.data(), dk.data(), &db, rows ? dbias.data() : nullptr);
+    for (std::size_t i = 0; i < q.size(); ++i) EXPECT_NEAR(dq[i], central(loss, q[i]), 1e-7) << "dq " << i;
+    for (std::size_t i : {0u, 1u, 7u, 100u, 2100u}) EXPECT_NEAR(dk[i], central(loss, k[i]), 1e-7) << "dk " << i;
+    EXPECT_NEAR(db, central(loss, beta), 1e-7);
+    if (rows) {
+      for (std::size_t i : {std::size_t(0), std::size_t(8), rows * K / 2 + 1, rows * K - 1})
+        EXPECT_NEAR(dbias[i], central(loss, bias[i]), 1e-7) << "dbias " << i;
+    }
+  }
+  AttentionArgs<double> a;
+  a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = k.data(), a.dv = d, a.dropout = 0.1;
+  std::vector<double> P(n * K);
+  EXPECT_THROW_MSG(attention_weights(a, P.data()), InvalidArgument, "no dropout");
+  a.dropout = 0, a.key_norm = {true, 1e-5, nullptr, nullptr};
+  EXPECT_THROW_MSG(attention_weights(a, P.data()), InvalidArgument, "attention_weights: layer norms");
 }
 
 TEST(Attention, LayerNormParametersAreChecked) {

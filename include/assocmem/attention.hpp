@@ -125,6 +125,28 @@ void attention_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& b
                               const T* dout, T* dq, T* dk, T* dv, double* dbeta, T* dbias = nullptr,
                               const RowNormGradients<T>* dnorm = nullptr);
 
+/// The association matrix itself (hopfield-layers' need_weights), P (n x K) = softmax(beta q k^T + bias) over
+/// the memories left, eq. (12)'s weights: masked memories and bias -inf get 0; no dropout. P is a
+/// materialised n x K matrix (the fused calls above never form it). Refuses dropout and layer norms.
+template <class T>
+void attention_weights(const AttentionArgs<T>& a, T* P);
+
+/// Gradients of sum(dP o P), P = attention_weights(a), with respect to q, k, beta and the bias: with
+/// dS = P o (dP - rowsum(dP o P)) = d loss / d(beta q k^T + bias), dq = beta dS k, dk = beta dS^T q,
+/// dbeta = sum dS o (q k^T), dbias = dS (bias_rows x K, summed over the queries where one row is shared;
+/// null: not wanted).
+template <class T>
+void attention_weights_backward(const AttentionArgs<T>& a, const T* P, const T* dP, T* dq, T* dk, double* dbeta,
+                                T* dbias = nullptr);
+
+/// attention_weights and its backward pass for every element of a batch (see AttentionBatch; values and
+/// their strides unused): P E x n x K, dq E x n x d, dk E x K x d, dbeta E, dbias E x bias_rows x K.
+template <class T>
+void attention_weights_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, T* P);
+template <class T>
+void attention_weights_backward_batch(const AttentionArgs<T>& a, const AttentionBatch& batch, const T* P,
+                                      const T* dP, T* dq, T* dk, double* dbeta, T* dbias = nullptr);
+
 /// Gradients of sum_b dlse_b lse_b, lse_b = log sum_mu exp(beta q_b . k_mu) over the memories left,
 /// with respect to q (n x d), k (K x d) and beta: with P = exp(beta S - lse), dq = beta (dlse o P) K,
 /// dk = beta P^T (dlse o q), dbeta = sum_b dlse_b sum_mu P_b,mu s_b,mu. The energy of model B, eq. (13),

@@ -20,6 +20,9 @@ _FORWARD = {t: getattr(_core, "attention_forward_" + s) for t, s in _STORAGE.ite
 _LSE_BACKWARD = {t: getattr(_core, "log_sum_exp_backward_" + s) for t, s in _STORAGE.items()}
 _FORWARD_BATCH = {t: getattr(_core, "attention_forward_batch_" + s) for t, s in _STORAGE.items()}
 _BACKWARD_BATCH = {t: getattr(_core, "attention_backward_batch_" + s) for t, s in _STORAGE.items()}
+_WEIGHTS_BATCH = {_torch.float32: _core.attention_weights_batch_f32, _torch.float64: _core.attention_weights_batch_f64}
+_WEIGHTS_BACKWARD_BATCH = {_torch.float32: _core.attention_weights_backward_batch_f32,
+                           _torch.float64: _core.attention_weights_backward_batch_f64}
 _SPH_FORWARD = {t: getattr(_core, "spherical_forward_" + s) for t, s in _STORAGE.items()}
 _SPH_BACKWARD = {t: getattr(_core, "spherical_backward_" + s) for t, s in _STORAGE.items()}
 
@@ -88,6 +91,32 @@ class _AttentionBatch(_torch.autograd.Function):
                 None, *grads_v)
 
 
+class _AttentionWeights(_torch.autograd.Function):
+    """The association matrices softmax(betas[e] q[e] k[e]^T + bias[e]) (E, n, K) of a batch (masked memories
+    0): one C++ call forward (attention_weights_batch, the fused forward's kernels and softmax) and one
+    backward, for the layers' need_weights."""
+
+    @staticmethod
+    def forward(ctx, q, k, betas, mask, threads, bias=None):
+        bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
+        P = _torch.from_numpy(_WEIGHTS_BATCH[k.dtype](_np_view(q), _np_view(k), bn, mask, threads,
+                                                      None if bias is None else _np_view(bias)))
+        ctx.save_for_backward(q, k, betas, P, bias)
+        ctx.mask, ctx.threads = mask, threads
+        return P
+
+    @staticmethod
+    def backward(ctx, dP):
+        _first_order_only()
+        q, k, betas, P, bias = ctx.saved_tensors
+        bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
+        dq, dk, dbeta, dbias = _WEIGHTS_BACKWARD_BATCH[k.dtype](
+            _np_view(q), _np_view(k), bn, ctx.mask, ctx.threads, P.numpy(), _np_view(dP.to(P.dtype)),
+            None if bias is None else _np_view(bias))
+        return (_torch.from_numpy(dq), _torch.from_numpy(dk), _torch.from_numpy(dbeta).to(betas.dtype), None, None,
+                None if dbias is None else _torch.from_numpy(dbias))
+
+
 def _first_order_only():
     """The fused kernels give first derivatives; a backward run with create_graph=True (double backward,
     Hessian-vector products) would need the derivative of the backward itself (issue 23: it failed with
@@ -118,6 +147,28 @@ def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0, bias=Non
     weights, biases and raw rows. Returns (E, n, dv)."""
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    q, m, bias, compute = _batch_inputs(q, k, v, betas, mask, bias)
+    norms = []
+    for name, norm, width in (("key_norm", key_norm, k.shape[2]), ("value_norm", None if v is None else value_norm,
+                                                                   None if v is None else v.shape[2])):
+        if norm is None:
+            norms += [None, None, None]
+            continue
+        weight, nbias, eps = norm
+        if not float(eps) > 0:
+            raise ValueError(f"batched attention: {name} eps must be > 0, got {eps}")
+        for part, t in (("weight", weight), ("bias", nbias)):
+            if t is not None and (not isinstance(t, _torch.Tensor) or t.shape != (width,) or t.dtype != compute):
+                raise ValueError(f"batched attention: {name} {part} must be a {compute} tensor of shape ({width},)")
+        norms += [float(eps), None if weight is None else weight.contiguous(), None if nbias is None else nbias.contiguous()]
+    seed = int(_torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
+    return _AttentionBatch.apply(q.contiguous(), k.contiguous(), None if v is None else v.contiguous(),
+                                 betas.to(compute), m, threads, float(dropout), seed, bias, *norms)
+
+
+def _batch_inputs(q, k, v, betas, mask, bias):
+    """The batched calls' checked inputs: (q in the compute dtype, mask as uint8 (E, 1|n, K) or None, bias
+    (E, 1|n, K) contiguous or None, compute dtype)."""
     _check("keys", k, tuple(_STORAGE))
     if v is not None:
         _check("values", v, (k.dtype,))
@@ -152,22 +203,16 @@ def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0, bias=Non
             raise ValueError(f"batched attention: bias must have shape ({E}, {K}) or ({E}, {n}, {K}), got "
                              f"{tuple(bias.shape)}")
         bias = bias.to(compute).contiguous()
-    norms = []
-    for name, norm, width in (("key_norm", key_norm, k.shape[2]), ("value_norm", None if v is None else value_norm,
-                                                                   None if v is None else v.shape[2])):
-        if norm is None:
-            norms += [None, None, None]
-            continue
-        weight, nbias, eps = norm
-        if not float(eps) > 0:
-            raise ValueError(f"batched attention: {name} eps must be > 0, got {eps}")
-        for part, t in (("weight", weight), ("bias", nbias)):
-            if t is not None and (not isinstance(t, _torch.Tensor) or t.shape != (width,) or t.dtype != compute):
-                raise ValueError(f"batched attention: {name} {part} must be a {compute} tensor of shape ({width},)")
-        norms += [float(eps), None if weight is None else weight.contiguous(), None if nbias is None else nbias.contiguous()]
-    seed = int(_torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
-    return _AttentionBatch.apply(q.contiguous(), k.contiguous(), None if v is None else v.contiguous(),
-                                 betas.to(compute), m, threads, float(dropout), seed, bias, *norms)
+    return q, m, bias, compute
+
+
+def _association_batch(q, k, betas, mask=None, threads=0, bias=None):
+    """The association matrices softmax(betas[e] q[e] k[e]^T + bias[e]) (E, n, K) of a batch, masked memories 0
+    (hopfield-layers' need_weights): arguments as _attention_batch's, differentiable in q, k, betas and bias."""
+    q, m, bias, compute = _batch_inputs(q, k, None, betas, mask, bias)
+    if k.dtype not in _WEIGHTS_BATCH:
+        raise TypeError(f"association matrices: keys must be float32 or float64, got {k.dtype}")
+    return _AttentionWeights.apply(q.contiguous(), k.contiguous(), betas.to(compute), m, threads, bias)
 
 
 class _LogSumExp(_torch.autograd.Function):

@@ -46,7 +46,7 @@ import torch as _torch
 from torch import Tensor, nn
 
 from . import _whole
-from ._functional import _attention_batch
+from ._functional import _association_batch, _attention_batch
 
 __all__ = ["Hopfield", "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
 
@@ -273,20 +273,7 @@ class HopfieldCore(nn.Module):
         states = self._states(q, lambda x, heads: self._attend(x, k, None, mask, heads, scaling), steps, eps)
 
         def association():
-            rows = []
-            for h in range(H):
-                sc = scaling[h] * states[h] @ k[:, h].transpose(1, 2)
-                if mask is not None:
-                    m, bias = mask
-                    if bias is not None:
-                        sc = sc + bias[:, h if bias.shape[1] > 1 else 0]
-                    if m is not None:
-                        sc = sc.masked_fill(m[:, h if m.shape[1] > 1 else 0], float("-inf"))
-                    if _torch.isneginf(sc).all(dim=-1).any():  # as forward refuses it (softmax would be NaN)
-                        raise ValueError("mask: a state pattern leaves out every stored pattern; a query needs at "
-                                         "least one")
-                rows.append(_torch.softmax(sc, dim=-1))
-            return _torch.stack(rows, dim=1)
+            return self._attend(_torch.stack(states, dim=1), k, None, mask, list(range(H)), scaling, weights=True)
 
         def projection():
             return v.expand(N, *v.shape[1:]) if k.shape[0] == 1 and N > 1 else v
@@ -482,12 +469,14 @@ class HopfieldCore(nn.Module):
         return state
 
     @staticmethod
-    def _attend(states, keys, values, mask, heads, scaling, dropout=0.0):
+    def _attend(states, keys, values, mask, heads, scaling, dropout=0.0, weights=False):
         """softmax(beta_h state keys_h^T) values_h (values None: the keys) for the given heads of every batch
         element, in one batched fused call (assocmem.torch's batched attention: one graph node).
         states (N, A, L, hd) for A = len(heads); keys (Nk, H, S, hd), values (Nk, H, S, pd); Nk = 1 with
         N > 1: memories shared by the batch (one element per head, its queries those of every batch
-        element). dropout: on the association weights (the final association in training). Returns (N, A, L, pd)."""
+        element). dropout: on the association weights (the final association in training). Returns (N, A, L, pd);
+        with weights=True the association matrices softmax(beta_h state keys_h^T + bias) themselves (N, A, L, S),
+        no dropout, from the same kernels (_association_batch)."""
         N, A, L = states.shape[0], states.shape[1], states.shape[2]
         if heads == list(range(keys.shape[1])):  # every head: no copy
             k, v = keys, values
@@ -504,15 +493,19 @@ class HopfieldCore(nn.Module):
             return t.expand(N, A, t.shape[2], S)
         m = None if m is None else per_head(m)
         bias = None if bias is None else per_head(bias)
+        def call(q, k, v, betas, m, bias):
+            if weights:
+                return _association_batch(q, k, betas, m, bias=bias)
+            return _attention_batch(q, k, v, betas, m, dropout=dropout, bias=bias)
         if k.shape[0] == 1 and N > 1:
             q = states.transpose(0, 1).reshape(A, N * L, -1)
             m, bias = (None if t is None else t.expand(N, A, L, S).transpose(0, 1).reshape(A, N * L, S) for t in (m, bias))
-            out = _attention_batch(q, k[0], None if v is None else v[0], betas, m, dropout=dropout, bias=bias)
+            out = call(q, k[0], None if v is None else v[0], betas, m, bias)
             return out.reshape(A, N, L, -1).transpose(0, 1)
         E = N * A
         m, bias = (None if t is None else (t.reshape(E, S) if t.shape[2] == 1 else t.reshape(E, L, S)) for t in (m, bias))
-        out = _attention_batch(states.reshape(E, L, -1), k.reshape(E, S, -1), None if v is None else v.reshape(E, S, -1),
-                               betas.repeat(N), m, dropout=dropout, bias=bias)
+        out = call(states.reshape(E, L, -1), k.reshape(E, S, -1), None if v is None else v.reshape(E, S, -1),
+                   betas.repeat(N), m, bias)
         return out.reshape(N, A, L, -1)
 
 

@@ -808,7 +808,52 @@ void bind_attention_batch_dtype(py::module_& m, const char* suffix) {
         "for the value norm when it is the key norm on the same array).");
 }
 
+// The association matrix (attention_weights) and its backward pass, batched: q (E, n, d), k (E, K, d).
+template <class T, class S = T>
+void bind_attention_weights_dtype(py::module_& m, const char* suffix) {
+  m.def((std::string("attention_weights_batch_") + suffix).c_str(),
+        [](const CArr<T>& q, const CArr<S>& k, const F64& betas, std::optional<U8> mask, int threads,
+           std::optional<CArr<T>> bias) {
+          const auto r = batch_args<T, S>(q, k, k, betas, mask, threads, 0.0, 0, bias);
+          auto P = array3<T>(r.b.elements, r.a.n, r.a.K);
+          T* pp = P.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            attention_weights_batch(r.a, r.b, pp);
+          }
+          return P;
+        },
+        py::arg("q"), py::arg("k"), py::arg("betas"), py::arg("mask"), py::arg("threads"), py::arg("bias") = py::none(),
+        "Per element: the association matrix softmax(betas[e] q[e] k[e]^T + bias[e]) (masked memories 0), (E, n, K).");
+  m.def((std::string("attention_weights_backward_batch_") + suffix).c_str(),
+        [](const CArr<T>& q, const CArr<S>& k, const F64& betas, std::optional<U8> mask, int threads, const CArr<T>& P,
+           const CArr<T>& dP, std::optional<CArr<T>> bias) {
+          const auto r = batch_args<T, S>(q, k, k, betas, mask, threads, 0.0, 0, bias);
+          const std::size_t E = r.b.elements, n = r.a.n, K = r.a.K;
+          for (const auto* x : {&P, &dP})
+            if (x->ndim() != 3 || std::size_t(x->shape(0)) != E || std::size_t(x->shape(1)) != n ||
+                std::size_t(x->shape(2)) != K)
+              throw InvalidArgument("attention_weights_backward_batch: P and dP must have shape (" + std::to_string(E) +
+                                    ", " + std::to_string(n) + ", " + std::to_string(K) + ")");
+          auto dq = array3<T>(E, n, r.a.d), dk = array3<T>(E, K, r.a.d);
+          py::array_t<double> dbeta{py::ssize_t(E)};
+          std::optional<py::array_t<T>> dbias;
+          if (bias) dbias = array3<T>(E, r.a.bias_rows, K);
+          T *dqp = dq.mutable_data(), *dkp = dk.mutable_data(), *dbiasp = dbias ? dbias->mutable_data() : nullptr;
+          double* dbp = dbeta.mutable_data();
+          {
+            py::gil_scoped_release nogil;
+            attention_weights_backward_batch(r.a, r.b, P.data(), dP.data(), dqp, dkp, dbp, dbiasp);
+          }
+          return py::make_tuple(dq, dk, dbeta, dbias ? py::object(*dbias) : py::object(py::none()));
+        },
+        py::arg("q"), py::arg("k"), py::arg("betas"), py::arg("mask"), py::arg("threads"), py::arg("P"), py::arg("dP"),
+        py::arg("bias") = py::none(), "Per element: (dq, dk, dbeta, dbias) of sum(dP o P), P the association matrix.");
+}
+
 void bind_attention(py::module_& m) {
+  bind_attention_weights_dtype<float>(m, "f32");
+  bind_attention_weights_dtype<double>(m, "f64");
   bind_spherical_dtype<float>(m, "f32");
   bind_spherical_dtype<double>(m, "f64");
   bind_spherical_dtype<float, std::uint16_t>(m, "bf16");

@@ -146,6 +146,40 @@ def test_batched_attention_equals_one_call_per_element_and_gradchecks():
 
 
 
+def test_association_matrices_are_the_softmax_and_gradcheck():
+    """The layers' association matrices (need_weights) from the fused kernels: equal in float64 to torch's
+    softmax of beta q k^T + bias with masked memories 0, rows summing to one in float32, their product with
+    the keys the fused attention's output, and gradcheck in float64 (queries, keys, betas, the bias) with
+    masks of either shape and bias rows per query or per element."""
+    g = torch.Generator().manual_seed(12)
+    E, n, K, d = 3, 4, 37, 5
+    q, k = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True) for s in ((E, n, d), (E, K, d)))
+    betas = (torch.rand(E, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    mask = torch.rand(E, n, K, generator=g) < 0.3
+    for m in (None, mask, mask[:, 0]):
+        for bshape in (None, (E, n, K), (E, K)):
+            bias = None if bshape is None else torch.randn(*bshape, generator=g, dtype=torch.float64)
+            if bias is not None:
+                bias[..., ::6] = float("-inf")
+                bias.requires_grad_(True)
+            P = functional._association_batch(q, k, betas, m, bias=bias)
+            s = betas.view(E, 1, 1) * q @ k.transpose(1, 2)
+            if bias is not None:
+                s = s + (bias if bias.dim() == 3 else bias[:, None])
+            if m is not None:
+                s = s.masked_fill(m if m.dim() == 3 else m[:, None], float("-inf"))
+            torch.testing.assert_close(P, torch.softmax(s, -1), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(P @ k, functional._attention_batch(q, k, None, betas, m, bias=bias),
+                                       rtol=1e-12, atol=1e-12)
+            args = (q, k, betas) + (() if bias is None else (bias,))
+            assert torch.autograd.gradcheck(
+                lambda q, k, b, *bb: functional._association_batch(q, k, b, m, bias=bb[0] if bb else None), args)
+    P32 = functional._association_batch(q.detach().float(), k.detach().float(), betas.detach().float(), mask)
+    assert P32.dtype == torch.float32
+    torch.testing.assert_close(P32.sum(-1), torch.ones(E, n), rtol=0, atol=K * 2.0 ** -23)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        functional._association_batch(q.detach(), k.detach().bfloat16(), betas.detach())
+
 def test_batched_attention_with_layer_norms_of_the_memories():
     """Layer norms of the key and value rows fused into the batched attention (what Hopfield's stored-pattern
     and projection LayerNorms become in the input space): equal in float64 to torch's layer_norm followed by

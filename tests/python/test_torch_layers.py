@@ -489,6 +489,12 @@ def test_association_matrix_and_projected_patterns():
     torch.testing.assert_close(A.sum(-1), torch.ones(3, 2, 4))
     out = (A @ V).transpose(1, 2).reshape(3, 4, 8)
     torch.testing.assert_close(m((stored, state, proj)), out, atol=2e-5, rtol=1e-4)
+    # HopfieldCore's weights (need_weights) are differentiable (the fused kernels' backward pass): gradcheck
+    # in float64, raw and head-averaged.
+    core = m.double().association_core
+    inputs = tuple(t.double().transpose(0, 1).requires_grad_(True) for t in (stored, state))
+    assert torch.autograd.gradcheck(lambda y, x: core(x, y, y, need_weights=True)[1], inputs)
+    assert torch.autograd.gradcheck(lambda y, x: core(x, y, y, return_raw_associations=True)[2], inputs)
 
 
 def test_dropout_in_training_only_reproducible_and_unbiased():
