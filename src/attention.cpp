@@ -389,6 +389,22 @@ void backward_tiles(const AttentionArgs<T>& a, const Eigen::Matrix<T, Eigen::Dyn
 }
 
 
+// The fused backward passes' workers summed: dq = beta sum_w dQ_w (rows of stride dp, in double) and
+// dbeta = sum_w db_w.
+template <class T>
+void sum_workers(const std::vector<std::vector<T>>& dQ, const std::vector<double>& db, std::size_t n, std::size_t d,
+                 std::size_t dp, T beta, T* dq, double* dbeta) {
+  for (std::size_t b = 0; b < n; ++b)
+    for (std::size_t j = 0; j < d; ++j) {
+      double s = 0;
+      for (const auto& w : dQ) s += double(w[b * dp + j]);
+      dq[b * d + j] = static_cast<T>(double(beta) * s);
+    }
+  double total = 0;
+  for (double x : db) total += x;
+  *dbeta = total;
+}
+
 // ---- the fused attention (eq. 16 with keys and values) on raw tiles ---------------------------------
 // The products of a tile, by element type. float: the retrieval engine's kernels, dispatched once
 // (kernels.hpp: AVX-512 register-blocked products and a vectorised exp where the CPU has them, portable
@@ -746,15 +762,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     put(dnorm->value_gamma, 2 * d, dvd, one_norm || !a.value_norm.on || !a.value_norm.gamma);
     put(dnorm->value_bias, 2 * d + dvd, dvd, one_norm || !a.value_norm.on || !a.value_norm.bias);
   }
-  for (std::size_t b = 0; b < n; ++b)
-    for (std::size_t j = 0; j < d; ++j) {
-      double s = 0;
-      for (std::size_t w = 0; w < nw; ++w) s += double(dQ[w][b * dp + j]);
-      dq[b * d + j] = static_cast<T>(double(beta) * s);
-    }
-  double total = 0;
-  for (double x : db) total += x;
-  *dbeta = total;
+  sum_workers(dQ, db, n, d, dp, beta, dq, dbeta);
 }
 
 template <class T>
@@ -838,15 +846,7 @@ void attention_weights_backward(const AttentionArgs<T>& a, const T* P, const T* 
     for (std::size_t i = 0; i < nt; ++i)
       for (std::size_t j = 0; j < d; ++j) dk[(t0 + i) * d + j] = beta * B.dKT[j * kTile + i];
   });
-  for (std::size_t b = 0; b < n; ++b)
-    for (std::size_t j = 0; j < d; ++j) {
-      double s = 0;
-      for (std::size_t w = 0; w < nw; ++w) s += double(dQ[w][b * dp + j]);
-      dq[b * d + j] = static_cast<T>(double(beta) * s);
-    }
-  double total = 0;
-  for (double x : db) total += x;
-  *dbeta = total;
+  sum_workers(dQ, db, n, d, dp, beta, dq, dbeta);
 }
 
 template void attention_weights<float>(const AttentionArgs<float>&, float*);
