@@ -775,8 +775,9 @@ void attention_weights(const AttentionArgs<T>& a, T* P) {
   const T beta = static_cast<T>(a.beta), inf = std::numeric_limits<T>::infinity();
   const std::vector<T> Qp = padded(a.q, n, d, dp);
   // The scores of every memory (raw units: q . k + bias / beta, -inf where masked) into P, tile by tile;
-  // then each row's softmax with the online softmax's kernels (eq. 12: the maximum of beta t, exp(beta t -
-  // max) and their sum, scaled by 1 / sum), so that a weight is the one the fused forward pass uses.
+  // then each row's softmax with the kernels of the fused forward pass (eq. 12: the maximum of beta t,
+  // exp(beta t - max) and their sum, scaled by 1 / sum; the forward pass takes the maximum tile by tile, so
+  // its weights differ from these by rounding only).
   std::vector<std::vector<T>> S(nw, std::vector<T>(n * kTile)), packed(nw);
   for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T*, const T*,
                                    const T*, const T*, const T*) {
