@@ -226,19 +226,32 @@ void check(const AttentionArgs<T>& a) {
   // The keys' finiteness and largest norm in one pass; the values' finiteness (the keys' when they are the
   // same memory).
   const std::size_t threads = static_cast<std::size_t>(detail::resolve_threads(a.threads));
-  const bool raw_norms = !a.key_norm.on;  // with a key norm, its output's bound instead
-  double k2 = bf16 ? check_rows(a.k_bf16, a.K, a.d, "keys", threads, raw_norms)
-                   : check_rows(a.k, a.K, a.d, "keys", threads, raw_norms);
-  if (a.key_norm.on) k2 = std::pow(check_norm(a.key_norm, a.d, "key_norm"), 2);
+  double k2 = bf16 ? check_rows(a.k_bf16, a.K, a.d, "keys", threads, true)
+                   : check_rows(a.k, a.K, a.d, "keys", threads, true);
+  // A layer norm sums a row's squares (its variance, sum (y - mean)^2 <= |y|^2) in T: rows whose squared
+  // norm could overflow it are refused (the variance would be inf and the row silently its bias).
+  const double limit = double(std::numeric_limits<T>::max()) / 4;
+  const char* type = sizeof(T) == 4 ? "float32" : "float64";
+  const auto norm_range = [&](double r2, const char* what) {
+    ASSOCMEM_CHECK_ARG(r2 < limit, what, ": a row's squared norm ", r2, " exceeds the ", type,
+                       " range of its layer norm's variance; scale the inputs");
+  };
+  if (a.key_norm.on) {
+    norm_range(k2, "keys");
+    k2 = std::pow(check_norm(a.key_norm, a.d, "key_norm"), 2);  // the normalised rows' bound
+  }
   if (a.value_norm.on) check_norm(a.value_norm, a.dv, "value_norm");
   if (!same_memory(a)) {
-    if (bf16) check_rows(a.v_bf16, a.K, a.dv, "values", threads, false);
-    else check_rows(a.v, a.K, a.dv, "values", threads, false);
+    const bool norms = a.value_norm.on;
+    const double v2 = bf16 ? check_rows(a.v_bf16, a.K, a.dv, "values", threads, norms)
+                           : check_rows(a.v, a.K, a.dv, "values", threads, norms);
+    if (norms) norm_range(v2, "values");
+  } else if (a.value_norm.on && !a.key_norm.on) {
+    norm_range(k2, "values");  // the same rows; k2 is still their largest squared norm
   }
   // Scores beta q . k that could overflow T are refused up front (|q . k| <= |q| max|k|, Cauchy-Schwarz),
   // as the engines do: at beta = 1e38 the softmax became NaN.
   {
-    const double limit = double(std::numeric_limits<T>::max()) / 4;
     for (std::size_t i = 0; i < a.n; ++i) {
       double q2 = 0;
       for (std::size_t j = 0; j < a.d; ++j) q2 += double(a.q[i * a.d + j]) * double(a.q[i * a.d + j]);

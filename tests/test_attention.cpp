@@ -585,6 +585,22 @@ TEST(Attention, LayerNormParametersAreChecked) {
   double db = 0;
   EXPECT_THROW_MSG(log_sum_exp_backward(a, lse.data(), lse.data(), dq.data(), dk.data(), &db), InvalidArgument,
                    "log_sum_exp_backward: layer norms");
+  // float32 rows whose squares would overflow the norm's variance (|y|^2 = 2e38 > max / 4) are refused, for
+  // the keys and for values under their own norm; without a norm the same rows pass this check.
+  std::vector<float> qf(4, 1e-20f), kf(8, 0.5f), vf(8, 0.5f), outf(4);
+  kf[2] = 1e19f, kf[3] = -1e19f;
+  AttentionArgs<float> f;
+  f.q = qf.data(), f.n = 2, f.d = 2, f.k = kf.data(), f.K = 4, f.v = vf.data(), f.dv = 2;
+  attention_forward(f, outf.data(), lse.data());
+  f.key_norm = {true, 1e-5, nullptr, nullptr};
+  EXPECT_THROW_MSG(attention_forward(f, outf.data(), lse.data()), InvalidArgument,
+                   "keys: a row's squared norm 1.99");
+  EXPECT_THROW_MSG(attention_forward(f, outf.data(), lse.data()), InvalidArgument,
+                   "exceeds the float32 range of its layer norm's variance");
+  f.key_norm = {}, f.k = vf.data(), f.v = kf.data(), f.value_norm = {true, 1e-5, nullptr, nullptr};
+  EXPECT_THROW_MSG(attention_forward(f, outf.data(), lse.data()), InvalidArgument, "values: a row's squared norm");
+  f.k = f.v = kf.data();  // one array under the values' norm alone
+  EXPECT_THROW_MSG(attention_forward(f, outf.data(), lse.data()), InvalidArgument, "values: a row's squared norm");
 }
 
 // Model C's drive and energy (eqs. 22, 21) at unit directions, and their gradients, against central
