@@ -1,7 +1,8 @@
-// Internal: run fn(worker, begin, end) over [0, n) split into contiguous chunks, one per thread.
+// Internal: run fn(worker, begin, end) over [0, n) split into contiguous chunks, one per worker.
 // Exceptions from workers are captured and the first is re-thrown on the caller (hnswlib style).
-// A thread the system refuses to start (ulimit -u, address space) is not fatal: the threads already
-// started are joined and assocmem::Error is thrown.
+// The workers run on the host's runner where one is set (assocmem/threads.hpp), else on std::threads
+// started here: a thread the system refuses to start (ulimit -u, address space) is not fatal: the
+// threads already started are joined and assocmem::Error is thrown.
 #pragma once
 
 #include <sched.h>
@@ -10,11 +11,13 @@
 #include <cstddef>
 #include <exception>
 #include <mutex>
+#include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 #include "assocmem/error.hpp"
+#include "assocmem/threads.hpp"
 #include "assocmem/types.hpp"
 
 namespace assocmem::detail {
@@ -51,6 +54,11 @@ void parallel_chunks(std::size_t n, int threads, Fn&& fn) {
       if (!error) error = std::current_exception();
     }
   };
+  if (const WorkerRunner runner = worker_runner()) {
+    runner(workers, &run, [](void* job, std::size_t w) { (*static_cast<decltype(run)*>(job))(w); });
+    if (error) std::rethrow_exception(error);
+    return;
+  }
   std::string start_error;
   for (std::size_t w = 1; w < workers; ++w) {
     try {

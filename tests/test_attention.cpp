@@ -3,6 +3,7 @@
 // forward (double), for queries, keys, values and beta, with a mask; masks equal deleting memories.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -11,8 +12,10 @@
 #include "assocmem/engine.hpp"
 #include "assocmem/models.hpp"
 #include "assocmem/store.hpp"
+#include "assocmem/threads.hpp"
 #include "error_bounds.hpp"
 #include "kernels/kernels.hpp"
+#include "parallel.hpp"
 #include "test_util.hpp"
 
 using namespace assocmem;
@@ -803,6 +806,65 @@ TEST(Attention, BadInputIsRefused) {
   f.beta = 1e37;  // |q| max|k| = 1: 1e37 < 8.5e37 passes, and the result is finite
   attention_forward(f, outf.data(), lsef.data());
   for (float x : outf) EXPECT_TRUE(std::isfinite(x));
+}
+
+}  // namespace
+
+// A host's worker runner (assocmem/threads.hpp): it runs every chunk of the parallel calls, in any order,
+// and the results are those of assocmem's own threads bit for bit (the work is split the same way); a
+// worker's exception reaches the caller through it.
+namespace {
+std::atomic<int> g_runner_calls{0};
+std::atomic<std::size_t> g_runner_most{0};
+void reverse_serial_runner(std::size_t workers, void* job, void (*work)(void*, std::size_t)) {
+  ++g_runner_calls;
+  if (workers > g_runner_most) g_runner_most = workers;
+  for (std::size_t w = workers; w-- > 0;) work(job, w);
+}
+
+TEST(Threads, AHostsRunnerRunsEveryWorkerWithTheSameResults) {
+  std::mt19937_64 rng(7);
+  const Matrix X = randn(3000, 16, rng, 0.3), Q = randn(5, 16, rng);
+  const auto qf = to_f32(Q), xf = to_f32(X);
+  MemoryStore keys(16, DType::Float32);
+  keys.append(X);
+  AttentionArgs<float> a;
+  a.q = qf.data(), a.n = 5, a.d = 16, a.k = xf.data(), a.K = 3000, a.v = xf.data(), a.dv = 16, a.beta = 4.0;
+  a.threads = 3;
+  auto run = [&] {
+    std::vector<float> out(5 * 16), dq(5 * 16), dk(3000 * 16);
+    std::vector<double> lse(5);
+    attention_forward(a, out.data(), lse.data());
+    std::vector<float> grad(out.size(), 1.0f);
+    double dbeta = 0;
+    attention_backward(a, out.data(), lse.data(), grad.data(), dq.data(), dk.data(), dk.data(), &dbeta);
+    EngineOptions eo;
+    eo.threads = 3;
+    const Retrieval r = ModelBEngine(keys, 4.0, eo).retrieve(qf.data(), 5);
+    out.insert(out.end(), dq.begin(), dq.end());
+    out.insert(out.end(), dk.begin(), dk.end());
+    out.insert(out.end(), r.states.begin(), r.states.end());
+    return out;
+  };
+  ASSERT_EQ(worker_runner(), nullptr);
+  const auto own = run();
+  set_worker_runner(&reverse_serial_runner);
+  const auto hosted = run();
+  set_worker_runner(nullptr);
+  EXPECT_GE(g_runner_calls.load(), 3);  // the forward, the backward and the engine's pass
+  EXPECT_EQ(g_runner_most.load(), 3u);
+  ASSERT_EQ(own.size(), hosted.size());
+  for (std::size_t i = 0; i < own.size(); ++i) ASSERT_EQ(own[i], hosted[i]) << "entry " << i;
+
+  set_worker_runner(&reverse_serial_runner);
+  std::vector<int> ran(4, 0);
+  EXPECT_THROW_MSG(detail::parallel_chunks(400, 4, [&](std::size_t w, std::size_t, std::size_t) {
+                     ran[w] = 1;
+                     if (w == 2) throw InvalidArgument("worker 2 failed");
+                   }),
+                   InvalidArgument, "worker 2 failed");
+  set_worker_runner(nullptr);
+  EXPECT_EQ(ran, std::vector<int>(4, 1));
 }
 
 }  // namespace

@@ -55,6 +55,7 @@ __all__ = [
     "AdiabaticLimit",
     "Retrieval", "MemoryStore", "lagrangians", "SolverError",
     "render_glyphs", "default_cjk_font", "write_file", "available_kernels", "plot",
+    "worker_pools", "worker_pool", "set_worker_pool",
 ]
 __version__ = _core.__version__  # the one version: project(VERSION) in CMakeLists.txt
 
@@ -556,6 +557,39 @@ SphericalMemory = ModelC
 
 SolverError.__doc__ = ("A computation that could not finish as asked (an integrator reaching max_steps, a state "
                        "that blew up); a RuntimeError.")
+
+
+def worker_pools() -> list:
+    """The worker pools this build can run parallel calls on: 'threads' (assocmem's own threads, started per
+    call) and, where it was built with OpenMP, 'openmp' (the OpenMP runtime's team of the calling thread, the
+    threads PyTorch runs its own ops on)."""
+    return list(_core._worker_pools())
+
+
+def worker_pool() -> str:
+    """The pool parallel calls run their workers on now ('threads' or 'openmp'; see set_worker_pool)."""
+    return _core._worker_pool()
+
+
+def set_worker_pool(pool: str) -> str:
+    """Runs every parallel call's workers (the `threads` of the models, the fused attention, the codes) on
+    `pool` from now on, process-wide, and returns the pool used before. 'threads' (the default) starts
+    assocmem's own threads per call; 'openmp' runs the same chunks in OpenMP's team, so that a host's idle
+    OpenMP threads (PyTorch's spin for milliseconds after each of its ops) do assocmem's work instead of
+    sharing the cores with it. `import assocmem.torch` chooses 'openmp' where PyTorch runs on OpenMP (unless a pool was
+    set before). The
+    results are the same bit for bit: the work is split the same way. A pool not in worker_pools() is a
+    ValueError naming it."""
+    if not isinstance(pool, str):
+        raise TypeError(f"pool must be a str (one of {worker_pools()}), not {type(pool).__name__}")
+    global _worker_pool_chosen
+    before = _core._worker_pool()
+    _core._set_worker_pool(pool)
+    _worker_pool_chosen = True
+    return before
+
+
+_worker_pool_chosen = False  # set_worker_pool was called: importing assocmem.torch keeps that choice
 
 
 def __getattr__(name):

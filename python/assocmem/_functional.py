@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as _np
 import torch as _torch
 
-from . import _DEFAULT_BETA, _core, _mask_values, _whole
+from . import _DEFAULT_BETA, _core, _mask_values, _whole, _worker_pool_chosen
 
 __all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy"]
 
@@ -25,6 +25,12 @@ _WEIGHTS_BACKWARD_BATCH = {_torch.float32: _core.attention_weights_backward_batc
                            _torch.float64: _core.attention_weights_backward_batch_f64}
 _SPH_FORWARD = {t: getattr(_core, "spherical_forward_" + s) for t, s in _STORAGE.items()}
 _SPH_BACKWARD = {t: getattr(_core, "spherical_backward_" + s) for t, s in _STORAGE.items()}
+
+# PyTorch on OpenMP (its parallel backend here): its idle threads spin for milliseconds after each of its
+# parallel regions, so assocmem's own worker threads would share the cores with them; in OpenMP's team the
+# same threads run assocmem's chunks (assocmem.set_worker_pool; a pool set before is kept).
+if not _worker_pool_chosen and "openmp" in _core._worker_pools() and "parallel backend: OpenMP" in _torch.__config__.parallel_info():
+    _core._set_worker_pool("openmp")
 
 
 def _np_view(t):

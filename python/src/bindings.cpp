@@ -34,7 +34,14 @@
 #include "assocmem/layered.hpp"
 #include "assocmem/retriever.hpp"
 #include "assocmem/store.hpp"
+#include "assocmem/threads.hpp"
 #include "assocmem/version.hpp"
+
+#ifdef ASSOCMEM_WITH_OPENMP_WORKERS
+namespace assocmem::python {
+void openmp_run_workers(std::size_t workers, void* job, void (*work)(void*, std::size_t));  // openmp_workers.cpp
+}
+#endif
 
 namespace py = pybind11;
 using namespace assocmem;
@@ -1556,6 +1563,31 @@ void bind_glyphs(py::module_& m) {
         "Names of the kernel tables this CPU and build run, best first (e.g. ['avx512', 'avx2', 'sse4', "
         "'generic']): any of them is a valid kernel= argument of the models; the environment variable "
         "ASSOCMEM_KERNEL forces the automatic choice.");
+  m.def("_worker_pools", [] {
+    std::vector<std::string> pools{"threads"};
+#ifdef ASSOCMEM_WITH_OPENMP_WORKERS
+    pools.emplace_back("openmp");
+#endif
+    return pools;
+  });
+  m.def("_worker_pool", [] { return worker_runner() == nullptr ? std::string("threads") : std::string("openmp"); });
+  m.def("_set_worker_pool", [](const std::string& pool) {
+    if (pool == "threads") {
+      set_worker_runner(nullptr);
+#ifdef ASSOCMEM_WITH_OPENMP_WORKERS
+    } else if (pool == "openmp") {
+      set_worker_runner(&python::openmp_run_workers);
+#endif
+    } else {
+      throw InvalidArgument(detail::concat("pool must be one of this build's worker pools (",
+#ifdef ASSOCMEM_WITH_OPENMP_WORKERS
+                                           "'threads', 'openmp'",
+#else
+                                           "'threads'; it was built without OpenMP",
+#endif
+                                           "), not '", pool, "'"));
+    }
+  });
 }
 
 }  // namespace

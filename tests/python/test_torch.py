@@ -292,6 +292,54 @@ def test_bad_input_is_a_clear_error():
         at.hopfield_retrieve(q.double(), k.double(), beta=1e307)
 
 
+def test_worker_pools_give_the_same_results_and_torch_chooses_openmp():
+    """The layers' calls and the engines run their workers in OpenMP's team (PyTorch's threads) or on
+    assocmem's own threads: the same chunks, so the same bits (forward, every gradient, a ModelB batch).
+    Importing assocmem.torch chooses 'openmp' where PyTorch runs on OpenMP, unless a pool was set before
+    (fresh processes); a pool this build lacks is a ValueError naming it."""
+    g = torch.Generator().manual_seed(11)
+    E, n, K, d = 3, 5, 3000, 16
+    q = torch.randn(E, n, d, generator=g).requires_grad_(True)
+    k = (torch.randn(E, K, d, generator=g) / d ** 0.5).requires_grad_(True)
+    betas = torch.tensor([0.5, 2.0, 4.0])
+    store = k.detach()[0].numpy()
+
+    def run():
+        q.grad = k.grad = None
+        out = functional._attention_batch(q, k, None, betas, threads=2)
+        (out * out).sum().backward()
+        r = am.ModelB(store, beta=3.0, threads=2).retrieve(q.detach()[0].numpy())
+        return [out.detach().clone(), q.grad.clone(), k.grad.clone(), torch.from_numpy(r.copy())]
+
+    pools = am.worker_pools()
+    assert pools[0] == "threads"
+    before = am.worker_pool()
+    try:
+        results = {}
+        for pool in pools:
+            am.set_worker_pool(pool)
+            assert am.worker_pool() == pool
+            results[pool] = run()
+        for pool in pools[1:]:
+            for a, b in zip(results["threads"], results[pool]):
+                assert torch.equal(a, b), pool
+        with pytest.raises(ValueError, match="pool must be one of.*not 'tbb'"):
+            am.set_worker_pool("tbb")
+        with pytest.raises(TypeError, match="pool must be a str"):
+            am.set_worker_pool(2)
+        assert am.worker_pool() == pools[-1]
+    finally:
+        am.set_worker_pool(before)
+
+    on_openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    expect = "openmp" if on_openmp and "openmp" in pools else "threads"
+    for first, want in (("", expect), ("am.set_worker_pool('threads'); ", "threads")):
+        r = subprocess.run([sys.executable, "-c", f"import assocmem as am; {first}import assocmem.torch; "
+                            "print(am.worker_pool())"], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == want, (first, r.stdout)
+
+
 def test_no_score_matrix_is_stored(tmp_path):
     """Forward and backward at K = 200,000 memories and 256 queries: the (queries x memories) scores would
     be 205 MB in float32 (torch's own autograd keeps two such matrices); the peak grows by less than the

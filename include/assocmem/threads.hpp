@@ -1,0 +1,27 @@
+// assocmem/threads.hpp - who runs assocmem's worker threads.
+//
+// A parallel call (the engines, the fused attention, the codes, training) splits its work into `workers`
+// chunks and, by default, starts workers - 1 std::threads for them and runs the first itself. A host
+// program with a thread pool of its own can run the chunks there instead: an OpenMP program (PyTorch is
+// one) whose idle threads spin for milliseconds after each of its parallel regions would otherwise keep
+// a core busy beside assocmem's threads. assocmem's Python module runs them in OpenMP's team once
+// assocmem.torch is imported (assocmem.set_worker_pool).
+#pragma once
+
+#include <cstddef>
+
+namespace assocmem {
+
+/// Runs work(job, w) once for every w in [0, workers), concurrently or one after another, and returns
+/// after the last has returned. `work` does not throw (assocmem catches its workers' exceptions and
+/// re-throws the first on the calling thread). The calling thread may run chunks itself.
+using WorkerRunner = void (*)(std::size_t workers, void* job, void (*work)(void* job, std::size_t worker));
+
+/// Every parallel call from now on runs its workers with `runner`; nullptr restores assocmem's own
+/// std::threads (the default). Process-wide; calls already running keep the runner they started with.
+void set_worker_runner(WorkerRunner runner) noexcept;
+
+/// The runner set by set_worker_runner (nullptr: assocmem's own threads).
+WorkerRunner worker_runner() noexcept;
+
+}  // namespace assocmem

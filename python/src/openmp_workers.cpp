@@ -1,0 +1,20 @@
+// assocmem's worker runner on the OpenMP runtime (assocmem/threads.hpp), for the Python module: with
+// PyTorch in the process, its OpenMP threads spin for milliseconds after each of its parallel regions
+// (OMP_WAIT_POLICY unset), and assocmem's own threads started beside them would share the cores with
+// them; in an `omp parallel` region the same pool threads (libgomp keeps one team per calling thread)
+// run assocmem's chunks instead. Compiled with OpenMP's flags (python/CMakeLists.txt).
+#include <omp.h>
+
+#include <cstddef>
+
+namespace assocmem::python {
+
+void openmp_run_workers(std::size_t workers, void* job, void (*work)(void*, std::size_t)) {
+  const long n = static_cast<long>(workers);
+  // One chunk per iteration: every chunk runs once whatever team size the runtime grants (fewer threads
+  // under OMP_THREAD_LIMIT, OMP_DYNAMIC or a nested region); work() does not throw.
+#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(n))
+  for (long w = 0; w < n; ++w) work(job, static_cast<std::size_t>(w));
+}
+
+}  // namespace assocmem::python
