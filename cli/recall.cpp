@@ -125,9 +125,13 @@ int recall(const RecallArgs& a, bool as_json) {
 #ifdef ASSOCMEM_WITH_MPI
   std::unique_ptr<DistributedStore> dist;
 #endif
-  if (a.certify && (model == ModelKind::A || sharded || !a.values.empty()))
-    throw BadInput("--certify: certified retrieval is for models B and C over one store without --values (not "
-                   "model A, a manifest of shards, or a value store yet)");
+  if (a.certify) require(model, Capability::Certify, "--certify");
+  if (!a.values.empty()) require(model, Capability::Values, "--values");
+  if (!a.mask.empty()) require(model, Capability::Mask, "--mask");
+  resolve(retrieve_options(a), model);  // the options against the model's defaults and capabilities, before any file is read
+  if (a.certify && (sharded || !a.values.empty()))
+    throw BadInput("--certify: certified retrieval runs over one store without --values (not a manifest of shards "
+                   "or a value store yet)");
   if (sharded && (!a.values.empty() || !a.mask.empty()))
     throw BadInput("a sharded store: --values and --mask are not supported yet");
   if (mpi && model == ModelKind::A && (!a.order || parse_update_order(*a.order) != UpdateOrder::Synchronous))
@@ -167,14 +171,12 @@ int recall(const RecallArgs& a, bool as_json) {
   const std::vector<float> Q = q.to_float32();
   const std::size_t B = q.rows, d = q.cols;
   if (B == 0) throw BadInput("'" + a.queries + "' holds no queries");
-  if (!a.values.empty() && model != ModelKind::B) throw BadInput("--values: only model B associates keys with values");
   std::optional<MemoryStore> values;
   if (!a.values.empty()) values.emplace(MemoryStore::open(a.values));
   // --mask: (K,) shared by all queries, or (B, K); non-zero leaves a memory out.
   std::vector<std::uint8_t> mask;
   std::size_t mask_rows = 0;
   if (!a.mask.empty()) {
-    if (model == ModelKind::A) throw BadInput("--mask: model A takes no memory mask");
     const NpyArray m = read_npy(a.mask);
     if (m.cols != K || (m.rows != 1 && m.rows != B) || (m.rows == 1 && !m.was_1d && B != 1))
       throw BadInput("--mask: '" + a.mask + "' has shape " +
@@ -196,7 +198,7 @@ int recall(const RecallArgs& a, bool as_json) {
   const bool details = !a.details.empty();
   RetrieveOptions o = retrieve_options(a);
   o.energy = details;
-  if (model == ModelKind::B && details) o.top_k = static_cast<std::size_t>(a.top_k);
+  if (details && supports(model, Capability::TopK)) o.top_k = static_cast<std::size_t>(a.top_k);
 
   // The library's retrieval context: model A's packed bits (under mpirun each rank packs its own shards, a
   // failure agreed on by every rank), models B and C's engine and codes.

@@ -263,6 +263,9 @@ Retrieval ModelB::retrieve(const Vector& v0, const RetrieveOptions& options) con
   ASSOCMEM_CHECK_ARG(!options.beta, "beta: the reference ModelB has a fixed beta (", beta_,
                      "); a per-call beta is a ModelBEngine option");
   ASSOCMEM_CHECK_ARG(options.mask.rows == 0, "mask: the reference ModelB takes no mask; use ModelBEngine");
+  ASSOCMEM_CHECK_ARG(!options.certify && !options.approximate, options.certify ? "certify" : "approximate",
+                     ": the reference ModelB computes every memory exactly; certified and approximate retrieval are "
+                     "ModelBEngine options");
   check_query(v0, n_features(), "v0");
   check_clamp(options, n_features());
   Retrieval out = run_single(v0, o.max_steps, o.tol, options.monitor,
@@ -309,6 +312,8 @@ Vector ModelC::velocity(const Vector& v) const {
 Retrieval ModelC::retrieve(const Vector& v0, const RetrieveOptions& options) const {
   const ResolvedOptions o = resolve(options, ModelKind::C);
   ASSOCMEM_CHECK_ARG(options.mask.rows == 0, "mask: the reference ModelC takes no mask; use ModelCEngine");
+  ASSOCMEM_CHECK_ARG(!options.certify, "certify: the reference ModelC computes every memory exactly; certified "
+                     "retrieval is a ModelCEngine option");
   check_query(v0, n_features(), "v0");
   check_clamp(options, n_features());
   ASSOCMEM_CHECK_ARG(v0.norm() > 0, "v0 must be non-zero: model C's output v/|v| is undefined at 0");

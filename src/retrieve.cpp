@@ -68,31 +68,62 @@ double call_beta(std::optional<double> beta, double model_beta) {
   return *beta;
 }
 
+// The one table of what each model takes (Capability), with the reason a model does not.
+bool supports(ModelKind model, Capability what) {
+  switch (what) {
+    case Capability::Step:
+    case Capability::Mask:
+    case Capability::Certify: return model != ModelKind::A;
+    case Capability::Order: return model == ModelKind::A;
+    case Capability::CallBeta:
+    case Capability::TopK:
+    case Capability::Values:
+    case Capability::Approximate: return model == ModelKind::B;
+  }
+  return false;
+}
+
+void require(ModelKind model, Capability what, const std::string& option) {
+  if (supports(model, what)) return;
+  const std::string m = "model " + to_string(model);
+  std::string why;
+  switch (what) {
+    case Capability::Step: why = "does not apply to model A (its updates are sweeps of sign flips)"; break;
+    case Capability::Order: why = "applies to model A only (" + m + " updates every feature at once)"; break;
+    case Capability::CallBeta:
+      why = model == ModelKind::A ? "model A's inverse temperature belongs to F = exp and is set at construction"
+                                  : "model C's gain belongs to its F and is set at construction";
+      break;
+    case Capability::TopK: why = m + " has no softmax weights to rank memories by"; break;
+    case Capability::Mask: why = m + " takes no memory mask"; break;
+    case Capability::Certify: why = "certified retrieval is for models B and C (this is " + m + ")"; break;
+    case Capability::Values: why = "only model B associates keys with values (this is " + m + ")"; break;
+    case Capability::Approximate: why = "approximate retrieval is for model B (this is " + m + ")"; break;
+  }
+  throw InvalidArgument(option + ": " + why);
+}
+
 ResolvedOptions resolve(const RetrieveOptions& o, ModelKind model) {
   const RetrieveDefaults d = retrieve_defaults(model);
-  const std::string m = "model " + to_string(model);
   ResolvedOptions r{o.max_steps.value_or(d.max_steps), o.tol.value_or(d.tol), o.step.value_or(d.step),
                     o.order.value_or(d.order)};
   ASSOCMEM_CHECK_ARG(r.max_steps > 0 && r.max_steps <= kMaxRetrieveSteps, "max_steps must be in [1, ", kMaxRetrieveSteps,
                      "] (each step is a pass over every memory), got ", r.max_steps);
   ASSOCMEM_CHECK_ARG(std::isfinite(r.tol) && r.tol >= 0, "tol must be finite and >= 0, got ", r.tol);
   ASSOCMEM_CHECK_ARG(o.mask.rows == 0 || o.mask.data != nullptr, "mask: rows = ", o.mask.rows, " but data is null");
-  if (model == ModelKind::A) {
-    ASSOCMEM_CHECK_ARG(!o.step, "step does not apply to model A (its updates are sweeps of sign flips)");
-    ASSOCMEM_CHECK_ARG(!o.beta, "beta: model A's inverse temperature belongs to F = exp and is set at construction");
-    ASSOCMEM_CHECK_ARG(o.top_k == 0, "top_k: model A has no softmax weights to rank memories by");
-    ASSOCMEM_CHECK_ARG(o.mask.rows == 0, "mask: model A takes no memory mask");
-    return r;
-  }
-  ASSOCMEM_CHECK_ARG(!o.order, "order applies to model A only (", m, " updates every feature at once)");
+  if (o.step) require(model, Capability::Step, "step");
+  if (o.order) require(model, Capability::Order, "order");
+  if (o.beta) require(model, Capability::CallBeta, "beta");
+  if (o.top_k) require(model, Capability::TopK, "top_k");
+  if (o.mask.rows) require(model, Capability::Mask, "mask");
+  if (o.certify) require(model, Capability::Certify, "certify");
+  if (o.approximate) require(model, Capability::Approximate, "approximate");
   if (model == ModelKind::B) {
     ASSOCMEM_CHECK_ARG(std::isfinite(r.step) && r.step > 0 && r.step <= 1, "step (dt/tau_f) must be in (0, 1], got ",
                        r.step);
     if (o.beta) call_beta(o.beta, 1.0);
-  } else {
+  } else if (model == ModelKind::C) {
     ASSOCMEM_CHECK_ARG(std::isfinite(r.step) && r.step > 0, "step (dt/tau_f) must be finite and > 0, got ", r.step);
-    ASSOCMEM_CHECK_ARG(!o.beta, "beta: model C's gain belongs to its F and is set at construction");
-    ASSOCMEM_CHECK_ARG(o.top_k == 0, "top_k: model C has no softmax weights to rank memories by");
   }
   return r;
 }

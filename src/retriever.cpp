@@ -69,7 +69,7 @@ struct Retriever::Impl {
   }
 
   void refuse_approximate_with_values() const {
-    ASSOCMEM_CHECK_ARG(kind == ModelKind::B, "approximate: model B only (this is model ", to_string(kind), ")");
+    require(kind, Capability::Approximate, "approximate");
     ASSOCMEM_CHECK_ARG(!values, "approximate: not supported yet with a value store");
   }
 };
@@ -125,8 +125,6 @@ Retriever Retriever::model_a(const MemoryStore& store, const InteractionSpec& F,
 Retrieval Retriever::retrieve(const std::int8_t* cues, std::size_t batch, const RetrieveOptions& o) const {
   ASSOCMEM_CHECK_ARG(impl_->a != nullptr, "retrieve: +-1 cues are model A's; this retriever runs model ",
                      to_string(impl_->kind));
-  ASSOCMEM_CHECK_ARG(!o.certify && !o.approximate, o.certify ? "certify" : "approximate",
-                     ": certified and approximate retrieval are for models B and C (this is model A)");
   return impl_->a->retrieve(cues, batch, o);
 }
 
@@ -179,8 +177,7 @@ Retrieval Retriever::retrieve(const float* queries, std::size_t batch, const Ret
 }
 
 void Retriever::prepare_codes() const {
-  ASSOCMEM_CHECK_ARG(impl_->kind != ModelKind::A, "prepare_codes: certified retrieval is for models B and C (this is "
-                     "model A)");
+  require(impl_->kind, Capability::Certify, "prepare_codes");
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->open_codes();
 }

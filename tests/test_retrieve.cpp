@@ -89,10 +89,10 @@ TEST(Retrieve, OneTableOfDefaultsAndPerModelRefusals) {
   const ResolvedOptions r = resolve(o, ModelKind::C);
   EXPECT_EQ(r.max_steps, retrieve_defaults(ModelKind::C).max_steps);
   o.step = 0.5;
-  EXPECT_THROW_MSG(resolve(o, ModelKind::A), InvalidArgument, "step does not apply to model A");
+  EXPECT_THROW_MSG(resolve(o, ModelKind::A), InvalidArgument, "step: does not apply to model A");
   o = {};
   o.order = UpdateOrder::Synchronous;
-  EXPECT_THROW_MSG(resolve(o, ModelKind::B), InvalidArgument, "order applies to model A only");
+  EXPECT_THROW_MSG(resolve(o, ModelKind::B), InvalidArgument, "order: applies to model A only");
   o = {};
   o.beta = 2.0;
   EXPECT_THROW_MSG(resolve(o, ModelKind::C), InvalidArgument, "beta");
@@ -122,6 +122,55 @@ TEST(Retrieve, OneTableOfDefaultsAndPerModelRefusals) {
   EXPECT_LE((one.state() - B.update(q)).norm(), 1e-14);
   EXPECT_TRUE(one.energy.empty());  // only when asked
   EXPECT_TRUE(one.top.empty());
+}
+
+// The one capability table (Capability): what each model takes, as Section 3 defines them - B and C
+// relax by an Euler step and take masks and certified retrieval, only B has softmax weights (top_k, a
+// per-call beta, values, approximate candidates), only A has an update order; every engine and plain
+// model refuses what its model lacks, naming the option, rather than ignoring it.
+TEST(Retrieve, OneTableOfWhatEachModelTakes) {
+  using C = Capability;
+  const std::vector<std::pair<C, std::string>> table = {
+      {C::Step, "BC"}, {C::Order, "A"}, {C::CallBeta, "B"}, {C::TopK, "B"},
+      {C::Mask, "BC"}, {C::Certify, "BC"}, {C::Values, "B"}, {C::Approximate, "B"}};
+  for (const auto& [what, models] : table)
+    for (const ModelKind m : {ModelKind::A, ModelKind::B, ModelKind::C}) {
+      const bool yes = models.find(to_string(m)) != std::string::npos;
+      EXPECT_EQ(supports(m, what), yes) << to_string(m) << " " << static_cast<int>(what);
+      if (yes) EXPECT_NO_THROW(require(m, what, "--opt"));
+      else EXPECT_THROW_MSG(require(m, what, "--opt"), InvalidArgument, "--opt: ");
+    }
+  EXPECT_THROW_MSG(require(ModelKind::C, C::Values, "--values"), InvalidArgument,
+                   "--values: only model B associates keys with values (this is model C)");
+
+  std::mt19937_64 rng(3);
+  const Matrix X = randn(64, 8, rng);
+  MemoryStore store(8, DType::Float32);
+  store.append(X);
+  const std::vector<float> q = to_f32(randn(1, 8, rng));
+  RetrieveOptions approx;
+  approx.approximate = 4;
+  RetrieveOptions cert;
+  cert.certify = 0.1;
+  // Model C's engine has no approximate pass: refused by the table (it was ignored before).
+  EXPECT_THROW_MSG(ModelCEngine(store, default_interaction(ModelKind::C)).retrieve(q.data(), 1, approx), InvalidArgument,
+                   "approximate: approximate retrieval is for model B (this is model C)");
+  // The plain models compute every memory exactly: certified or approximate retrieval is refused.
+  EXPECT_THROW_MSG(ModelB(X, 2.0).retrieve(randn(8, rng), cert), InvalidArgument, "certify: the reference ModelB");
+  EXPECT_THROW_MSG(ModelB(X, 2.0).retrieve(randn(8, rng), approx), InvalidArgument, "approximate: the reference ModelB");
+  EXPECT_THROW_MSG(ModelC(X, default_interaction(ModelKind::C)).retrieve(randn(8, rng), cert), InvalidArgument,
+                   "certify: the reference ModelC");
+  EXPECT_THROW_MSG(ModelC(X, default_interaction(ModelKind::C)).retrieve(randn(8, rng), approx), InvalidArgument,
+                   "approximate: approximate retrieval is for model B");
+  // Model A (its bit engine, the plain model): neither.
+  MemoryStore bits(8, DType::Bits);
+  Matrix S = X.array().sign().matrix();
+  bits.append(S);
+  const std::vector<std::int8_t> cue(8, 1);
+  EXPECT_THROW_MSG(ModelAEngine(bits, default_interaction(ModelKind::A)).retrieve(cue.data(), 1, cert),
+                   InvalidArgument, "certify: certified retrieval is for models B and C (this is model A)");
+  EXPECT_THROW_MSG(ModelA(S, default_interaction(ModelKind::A)).retrieve(Vector(S.row(0).transpose()), approx),
+                   InvalidArgument, "approximate: approximate retrieval is for model B (this is model A)");
 }
 
 // Keys and values (attention): max_steps - 1 updates on the keys, then the association with the

@@ -201,7 +201,7 @@ TEST(Retriever, ModelAPacksAFloatStoreOnce) {
   bad(7, 3) = 0.25;
   EXPECT_THROW_MSG(Retriever::model_a(store_of(bad), F), InvalidArgument, "memory 7 (id 7) element 3 is 0.25");
   o.certify = 0.01;
-  EXPECT_THROW_MSG(r.retrieve(spins.data(), 3, o), InvalidArgument, "certify: certified and approximate");
+  EXPECT_THROW_MSG(r.retrieve(spins.data(), 3, o), InvalidArgument, "certify: certified retrieval is for models B and C (this is model A)");
   EXPECT_THROW_MSG(r.prepare_codes(), InvalidArgument, "models B and C");
   EXPECT_THROW_MSG(r.engine_b(), InvalidArgument, "model A");
   const Retriever b = Retriever::model_b(floats, nullptr, 1.0, {});

@@ -118,8 +118,25 @@ struct RetrieveDefaults {
 };
 RetrieveDefaults retrieve_defaults(ModelKind model);
 
+/// What a model's retrieval can take beyond max_steps, tol, clamp and energy: the one table that resolve(),
+/// the Retriever and the faces (the command's options, the Python models) consult.
+enum class Capability {
+  Step,         ///< RetrieveOptions::step, the Euler step of eqs. (15), (22): B and C
+  Order,        ///< RetrieveOptions::order: A (B and C update every feature at once)
+  CallBeta,     ///< a per-call inverse temperature (RetrieveOptions::beta): B
+  TopK,         ///< softmax weights to rank memories by (RetrieveOptions::top_k): B
+  Mask,         ///< a memory mask (RetrieveOptions::mask): B and C
+  Certify,      ///< certified retrieval over codes (RetrieveOptions::certify): B and C
+  Values,       ///< a value store beside the keys: B
+  Approximate,  ///< approximate retrieval over an index's candidates (RetrieveOptions::approximate): B
+};
+bool supports(ModelKind model, Capability what);
+/// InvalidArgument "<option>: <why the model has no such thing>" unless `model` supports `what`; `option` is
+/// the name the caller's face gives it ("mask", "--mask").
+void require(ModelKind model, Capability what, const std::string& option);
+
 /// Options with every default filled in and checked for `model`; throws InvalidArgument naming the
-/// option that the model cannot take or whose value is out of range.
+/// option that the model cannot take (require) or whose value is out of range.
 struct ResolvedOptions {
   long max_steps;
   double tol;

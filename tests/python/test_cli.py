@@ -122,6 +122,26 @@ def test_simulate_runs_a_layered_network_and_its_adiabatic_limit(cli, data):
     one_line_error(run(cli, "simulate", data / "bad.json"), "joins the fast layers")
 
 
+@pytest.mark.parametrize("model, option, needle", [
+    ("C", "--values", "--values: only model B associates keys with values (this is model C)"),
+    ("A", "--values", "--values: only model B associates keys with values (this is model A)"),
+    ("A", "--certify", "--certify: certified retrieval is for models B and C (this is model A)"),
+    ("A", "--mask", "--mask: model A takes no memory mask"),
+    ("C", "--order", "order: applies to model A only (model C updates every feature at once)"),
+    ("A", "--step", "step: does not apply to model A"),
+])
+def test_recall_refuses_what_the_model_lacks(cli, data, model, option, needle):
+    """Each option a model lacks is refused by the library's one capability table (assocmem::require),
+    naming the option: exit 2, one line, no output written."""
+    assert run(cli, "store", data / "pats.npy", data / "m.amem").returncode == 0
+    np.save(data / "mask.npy", np.zeros(400, dtype=bool))
+    value = {"--values": data / "m.amem", "--certify": 0.1, "--mask": data / "mask.npy", "--order": "sync",
+             "--step": 0.5}[option]
+    one_line_error(run(cli, "recall", data / "m.amem", data / "q.npy", data / "out.npy", "--model", model,
+                       option, value), needle)
+    assert not (data / "out.npy").exists()
+
+
 def one_line_error(r, needle):
     assert r.returncode == 2, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
