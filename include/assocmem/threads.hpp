@@ -5,7 +5,8 @@
 // program with a thread pool of its own can run the chunks there instead: an OpenMP program (PyTorch is
 // one) whose idle threads spin for milliseconds after each of its parallel regions would otherwise keep
 // a core busy beside assocmem's threads. assocmem's Python module runs them in OpenMP's team once
-// assocmem.torch is imported (assocmem.set_worker_pool).
+// assocmem.torch is imported (assocmem.set_worker_pool), and back on assocmem's own threads in a process
+// forked from it (OpenMP's team does not survive fork).
 #pragma once
 
 #include <cstddef>

@@ -578,8 +578,9 @@ def set_worker_pool(pool: str) -> str:
     OpenMP threads (PyTorch's spin for milliseconds after each of its ops) do assocmem's work instead of
     sharing the cores with it. `import assocmem.torch` chooses 'openmp' where PyTorch runs on OpenMP (unless a pool was
     set before). The
-    results are the same bit for bit: the work is split the same way. A pool not in worker_pools() is a
-    ValueError naming it."""
+    results are the same bit for bit: the work is split the same way. OpenMP's team does not survive fork():
+    a child forked while 'openmp' is set runs on 'threads'. A pool not in worker_pools() is a ValueError
+    naming it."""
     if not isinstance(pool, str):
         raise TypeError(f"pool must be a str (one of {worker_pools()}), not {type(pool).__name__}")
     global _worker_pool_chosen

@@ -40,6 +40,7 @@
 #ifdef ASSOCMEM_WITH_OPENMP_WORKERS
 namespace assocmem::python {
 void openmp_run_workers(std::size_t workers, void* job, void (*work)(void*, std::size_t));  // openmp_workers.cpp
+void use_openmp_workers();  // sets it, and assocmem's own threads in a forked child
 }
 #endif
 
@@ -1576,7 +1577,7 @@ void bind_glyphs(py::module_& m) {
       set_worker_runner(nullptr);
 #ifdef ASSOCMEM_WITH_OPENMP_WORKERS
     } else if (pool == "openmp") {
-      set_worker_runner(&python::openmp_run_workers);
+      python::use_openmp_workers();
 #endif
     } else {
       throw InvalidArgument(detail::concat("pool must be one of this build's worker pools (",

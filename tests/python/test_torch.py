@@ -296,7 +296,8 @@ def test_worker_pools_give_the_same_results_and_torch_chooses_openmp():
     """The layers' calls and the engines run their workers in OpenMP's team (PyTorch's threads) or on
     assocmem's own threads: the same chunks, so the same bits (forward, every gradient, a ModelB batch).
     Importing assocmem.torch chooses 'openmp' where PyTorch runs on OpenMP, unless a pool was set before
-    (fresh processes); a pool this build lacks is a ValueError naming it."""
+    (fresh processes); a pool this build lacks is a ValueError naming it. A child forked after a call on
+    OpenMP's team finishes its own calls (on assocmem's threads)."""
     g = torch.Generator().manual_seed(11)
     E, n, K, d = 3, 5, 3000, 16
     q = torch.randn(E, n, d, generator=g).requires_grad_(True)
@@ -338,6 +339,26 @@ def test_worker_pools_give_the_same_results_and_torch_chooses_openmp():
                             "print(am.worker_pool())"], capture_output=True, text=True, timeout=120, env=dict(os.environ))
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == want, (first, r.stdout)
+
+    # OpenMP's team does not survive fork(): a child forked after a call on it runs on assocmem's own threads
+    # (with the team it would wait forever for threads that exist only in the parent), the same results.
+    script = textwrap.dedent("""
+        import os, torch
+        import assocmem as am
+        from assocmem import _functional
+        g = torch.Generator().manual_seed(0)
+        q, k, b = torch.randn(4, 16, 64, generator=g), torch.randn(4, 1000, 64, generator=g), torch.ones(4)
+        out = _functional._attention_batch(q, k, None, b, threads=2)
+        pid = os.fork()
+        if pid == 0:
+            same = torch.equal(out, _functional._attention_batch(q, k, None, b, threads=2))
+            print("child", am.worker_pool(), same, flush=True)
+            os._exit(0)
+        print("parent", am.worker_pool(), os.waitpid(pid, 0)[1], flush=True)
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    assert sorted(r.stdout.split("\n")[:2]) == sorted(["child threads True", f"parent {expect} 0"]), r.stdout
 
 
 def test_no_score_matrix_is_stored(tmp_path):
