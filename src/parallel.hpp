@@ -54,8 +54,8 @@ void parallel_chunks(std::size_t n, int threads, Fn&& fn) {
       if (!error) error = std::current_exception();
     }
   };
-  if (const WorkerRunner runner = worker_runner()) {
-    runner(workers, &run, [](void* job, std::size_t w) { (*static_cast<decltype(run)*>(job))(w); });
+  if (const WorkerRunner runner = worker_runner();
+      runner && runner(workers, &run, [](void* job, std::size_t w) { (*static_cast<decltype(run)*>(job))(w); })) {
     if (error) std::rethrow_exception(error);
     return;
   }

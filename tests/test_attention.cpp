@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <thread>
 #include <limits>
 #include <vector>
 
@@ -816,10 +817,21 @@ TEST(Attention, BadInputIsRefused) {
 namespace {
 std::atomic<int> g_runner_calls{0};
 std::atomic<std::size_t> g_runner_most{0};
-void reverse_serial_runner(std::size_t workers, void* job, void (*work)(void*, std::size_t)) {
+bool reverse_serial_runner(std::size_t workers, void* job, void (*work)(void*, std::size_t)) {
   ++g_runner_calls;
   if (workers > g_runner_most) g_runner_most = workers;
   for (std::size_t w = workers; w-- > 0;) work(job, w);
+  return true;
+}
+// Declines calls of more than 2 workers: assocmem's own threads run those.
+std::atomic<int> g_declined{0};
+bool declines_over_two(std::size_t workers, void* job, void (*work)(void*, std::size_t)) {
+  if (workers > 2) {
+    ++g_declined;
+    return false;
+  }
+  for (std::size_t w = 0; w < workers; ++w) work(job, w);
+  return true;
 }
 
 TEST(Threads, AHostsRunnerRunsEveryWorkerWithTheSameResults) {
@@ -865,6 +877,21 @@ TEST(Threads, AHostsRunnerRunsEveryWorkerWithTheSameResults) {
                    InvalidArgument, "worker 2 failed");
   set_worker_runner(nullptr);
   EXPECT_EQ(ran, std::vector<int>(4, 1));
+
+  // A runner that declines a call leaves it to assocmem's own threads: every chunk once, all of them on
+  // other threads than the caller's but the first.
+  set_worker_runner(&declines_over_two);
+  std::vector<std::thread::id> who(3);
+  detail::parallel_chunks(300, 3, [&](std::size_t w, std::size_t, std::size_t) { who[w] = std::this_thread::get_id(); });
+  const auto declined_once = g_declined.load();
+  const auto declined = run();
+  set_worker_runner(nullptr);
+  EXPECT_EQ(declined_once, 1);
+  EXPECT_EQ(who[0], std::this_thread::get_id());
+  EXPECT_NE(who[1], std::this_thread::get_id());
+  EXPECT_NE(who[2], who[1]);
+  EXPECT_GE(g_declined.load(), declined_once + 3);
+  for (std::size_t i = 0; i < own.size(); ++i) ASSERT_EQ(own[i], declined[i]) << "entry " << i;
 }
 
 }  // namespace

@@ -13,10 +13,12 @@
 
 namespace assocmem {
 
-/// Runs work(job, w) once for every w in [0, workers), concurrently or one after another, and returns
-/// after the last has returned. `work` does not throw (assocmem catches its workers' exceptions and
-/// re-throws the first on the calling thread). The calling thread may run chunks itself.
-using WorkerRunner = void (*)(std::size_t workers, void* job, void (*work)(void* job, std::size_t worker));
+/// Runs work(job, w) once for every w in [0, workers), concurrently or one after another, and returns true
+/// after the last has returned; or returns false at once, without running any, to decline the call (assocmem
+/// then starts its own threads for it, e.g. for more workers than the host's pool has). `work` does not
+/// throw (assocmem catches its workers' exceptions and re-throws the first on the calling thread). The
+/// calling thread may run chunks itself.
+using WorkerRunner = bool (*)(std::size_t workers, void* job, void (*work)(void* job, std::size_t worker));
 
 /// Every parallel call from now on runs its workers with `runner`; nullptr restores assocmem's own
 /// std::threads (the default). Process-wide; calls already running keep the runner they started with.

@@ -576,7 +576,8 @@ def set_worker_pool(pool: str) -> str:
     `pool` from now on, process-wide, and returns the pool used before. 'threads' (the default) starts
     assocmem's own threads per call; 'openmp' runs the same chunks in OpenMP's team, so that a host's idle
     OpenMP threads (PyTorch's spin for milliseconds after each of its ops) do assocmem's work instead of
-    sharing the cores with it. `import assocmem.torch` chooses 'openmp' where PyTorch runs on OpenMP (unless a pool was
+    sharing the cores with it (a call asking for more threads than OpenMP's thread count, which
+    torch.set_num_threads sets, runs on assocmem's own threads). `import assocmem.torch` chooses 'openmp' where PyTorch runs on OpenMP (unless a pool was
     set before). The
     results are the same bit for bit: the work is split the same way. OpenMP's team does not survive fork():
     a child forked while 'openmp' is set runs on 'threads'. A pool not in worker_pools() is a ValueError

@@ -17,12 +17,17 @@
 
 namespace assocmem::python {
 
-void openmp_run_workers(std::size_t workers, void* job, void (*work)(void*, std::size_t)) {
+bool openmp_run_workers(std::size_t workers, void* job, void (*work)(void*, std::size_t)) {
+  // More workers than OpenMP's thread count (PyTorch's torch.set_num_threads) would make libgomp start
+  // threads, and libgomp ends the process when it cannot (ulimit -u): those calls are declined, and
+  // assocmem starts its own threads for them, refusing clearly what the system refuses.
+  if (workers > static_cast<std::size_t>(omp_get_max_threads())) return false;
   const long n = static_cast<long>(workers);
   // One chunk per iteration: every chunk runs once whatever team size the runtime grants (fewer threads
   // under OMP_THREAD_LIMIT, OMP_DYNAMIC or a nested region); work() does not throw.
 #pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(n))
   for (long w = 0; w < n; ++w) work(job, static_cast<std::size_t>(w));
+  return true;
 }
 
 namespace {

@@ -314,7 +314,8 @@ def test_worker_pools_give_the_same_results_and_torch_chooses_openmp():
 
     pools = am.worker_pools()
     assert pools[0] == "threads"
-    before = am.worker_pool()
+    before, torch_threads = am.worker_pool(), torch.get_num_threads()
+    torch.set_num_threads(2)  # OpenMP's team as large as the calls' 2 workers (larger calls are declined)
     try:
         results = {}
         for pool in pools:
@@ -331,6 +332,7 @@ def test_worker_pools_give_the_same_results_and_torch_chooses_openmp():
         assert am.worker_pool() == pools[-1]
     finally:
         am.set_worker_pool(before)
+        torch.set_num_threads(torch_threads)
 
     on_openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
     expect = "openmp" if on_openmp and "openmp" in pools else "threads"
@@ -346,6 +348,7 @@ def test_worker_pools_give_the_same_results_and_torch_chooses_openmp():
         import os, torch
         import assocmem as am
         from assocmem import _functional
+        torch.set_num_threads(2)
         g = torch.Generator().manual_seed(0)
         q, k, b = torch.randn(4, 16, 64, generator=g), torch.randn(4, 1000, 64, generator=g), torch.ones(4)
         out = _functional._attention_batch(q, k, None, b, threads=2)
