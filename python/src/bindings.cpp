@@ -39,8 +39,7 @@
 
 #ifdef ASSOCMEM_WITH_OPENMP_WORKERS
 namespace assocmem::python {
-bool openmp_run_workers(std::size_t workers, void* job, void (*work)(void*, std::size_t));  // openmp_workers.cpp
-void use_openmp_workers();  // sets it, and assocmem's own threads in a forked child
+void use_openmp_workers();  // openmp_workers.cpp: OpenMP's team; assocmem's own threads in a forked child
 }
 #endif
 
