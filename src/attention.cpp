@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "assocmem/io.hpp"
@@ -52,6 +53,17 @@ double dot_in_double(const E* x, const E* y, std::size_t n) {
   return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
+// |x|^2 in double: float rows on the best kernel table's dot_f64 (the same sum in double lanes).
+template <class E>
+double norm2(const E* x, std::size_t n) {
+  if constexpr (std::is_same_v<E, float>) {
+    static const kernels::Ops* const ops = kernels::tables().front();
+    return ops->dot_f64(x, x, n);
+  } else {
+    return dot_in_double(x, x, n);
+  }
+}
+
 // The first index i in [i0, i1) with x[i] NaN or Inf, or i1 when there is none.
 template <class E>
 std::size_t first_non_finite(const E* x, std::size_t i0, std::size_t i1) {
@@ -67,7 +79,10 @@ std::size_t first_non_finite(const E* x, std::size_t i0, std::size_t i1) {
 }
 
 // Rows x[0, rows) of `cols` entries: throws naming the first NaN or Inf entry ("<what> contains NaN or Inf
-// (element i)"); returns the largest squared row norm when `norms` (else 0). Split over `threads`.
+// (element i)"); returns the largest squared row norm when `norms` (else 0). Split over `threads`. A row's
+// squared norm in double is finite when its entries are (float's or bfloat16's largest squared, times
+// any row length that fits in memory, is far below double's range; a double row's may overflow): the
+// norm is the test, and the first bad entry is looked for only in a row that fails it.
 template <class E>
 double check_rows(const E* x, std::size_t rows, std::size_t cols, const char* what, std::size_t threads, bool norms) {
   const std::size_t count = checked_mul(rows, cols, what);
@@ -77,18 +92,19 @@ double check_rows(const E* x, std::size_t rows, std::size_t cols, const char* wh
   };
   const std::size_t nw = std::max<std::size_t>(1, std::min(threads, rows / 256 + 1));
   std::vector<Part> part(nw);
-  const std::size_t block = std::max<std::size_t>(1, kCheckBlock / std::max<std::size_t>(cols, 1));  // rows
   detail::parallel_chunks(rows, static_cast<int>(nw), [&](std::size_t w, std::size_t r0, std::size_t r1) {
     Part& p = part[w];
     p.bad = count;
-    for (std::size_t b0 = r0; b0 < r1; b0 += block) {  // a block's norms while it is in the cache
-      const std::size_t b1 = std::min(r1, b0 + block), at = first_non_finite(x, b0 * cols, b1 * cols);
-      if (at != b1 * cols) {
-        p.bad = at;
-        return;
+    for (std::size_t r = r0; r < r1; ++r) {
+      const double n2 = norm2(x + r * cols, cols);
+      if (!(n2 <= std::numeric_limits<double>::max())) {  // (double rows' squares may overflow: look)
+        const std::size_t at = first_non_finite(x, r * cols, (r + 1) * cols);
+        if (at != (r + 1) * cols) {
+          p.bad = at;
+          return;
+        }
       }
-      if (norms)
-        for (std::size_t r = b0; r < b1; ++r) p.max2 = std::max(p.max2, dot_in_double(x + r * cols, x + r * cols, cols));
+      if (norms) p.max2 = std::max(p.max2, n2);
     }
   });
   std::size_t bad = count;
@@ -451,6 +467,10 @@ struct Products<float> {
     return ops->exp_shift_sum(s, n, beta, m, p);
   }
   void scale(float* x, std::size_t n, float a) const { ops->scale(x, n, a); }
+  /// p = exp(beta s - m), g = p o (g - D); returns sum g o s (kernels.hpp: softmax_backward).
+  double softmax_backward(const float* s, std::size_t n, float beta, float m, float D, float* p, float* g) const {
+    return ops->softmax_backward(s, n, beta, m, D, p, g);
+  }
   /// The layer norm of nt rows (RowNorm; stats: the rows' mean and rstd, pairs) and its backward pass.
   void normalise(const RowNorm<float>& nm, const float* y, std::size_t nt, std::size_t c, float* out, float* stats) const {
     ops->layer_norm(y, nt, c, static_cast<float>(nm.eps), nm.gamma, nm.bias, out, stats);
@@ -492,6 +512,11 @@ struct Products<double> {
   }
   void scale(double* x, std::size_t n, double a) const {
     for (std::size_t i = 0; i < n; ++i) x[i] *= a;
+  }
+  double softmax_backward(const double* s, std::size_t n, double beta, double m, double D, double* p, double* g) const {
+    exp_shift(s, n, beta, m, p);
+    for (std::size_t i = 0; i < n; ++i) g[i] = p[i] * (g[i] - D);
+    return dot_in_double(g, s, n);
   }
   void normalise(const RowNorm<double>& nm, const double* y, std::size_t nt, std::size_t c, double* out, double*) const {
     normalise_rows(nm, y, nt, c, out);
@@ -667,30 +692,52 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   const std::size_t np = kernels::round_up(n, kernels::kBlock);
   std::vector<std::vector<T>> dQ(nw, std::vector<T>(n * dp, T(0)));
   std::vector<double> db(nw, 0.0);
+  // stacked: the keys' and values' gradients of a tile summed in one product, (dK_t + dV_t)^T =
+  // [beta Q^T | dO^T] [dS; P] (inner dimension 2n; GP holds dS above P, QdOT the left factor, d x 2n).
+  const bool stacked = fold && !norms && !rows_first;
+  std::vector<T> QdOT;
+  if (stacked) {
+    QdOT.resize(d * 2 * n);
+    for (std::size_t j = 0; j < d; ++j)
+      for (std::size_t b = 0; b < n; ++b) {
+        QdOT[j * 2 * n + b] = beta * a.q[b * d + j];
+        QdOT[j * 2 * n + n + b] = dout[b * dvd + j];
+      }
+  }
   struct Buffers {
-    std::vector<T> S, P, G, packK, packV, dKT, dVT, SB, GK, GV, pg;  // GK, GV, pg: with norms only
+    std::vector<T> S, GP, packK, packV, dKT, dVT, SB, GK, GV, pg;  // GP: dS (n x kTile) above P; GK, GV, pg: norms
   };
   std::vector<Buffers> buf(nw);
   for (auto& B : buf)
-    B = {std::vector<T>(n * kTile), std::vector<T>(n * kTile), std::vector<T>(n * kTile), {}, {},
+    B = {std::vector<T>(n * kTile), std::vector<T>(2 * n * kTile), {}, {},
          // rows_first: dKT holds (beta dS)^T and P^T side by side (tile x np each, zero beyond n), dVT the rows
          rows_first ? std::vector<T>(2 * kTile * np, T(0)) : std::vector<T>(d * kTile),
-         rows_first ? std::vector<T>(kTile * (dp + (fold ? 0 : dvp))) : std::vector<T>(dvd * kTile), {}, {}, {}, {}};
+         rows_first ? std::vector<T>(kTile * (dp + (fold ? 0 : dvp))) : std::vector<T>(stacked ? 0 : dvd * kTile), {}, {},
+         {}, {}};
   for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt,
                                    const T* Yk, const T* Yv, const T* sk, const T* sv) {
     Buffers& B = buf[w];
+    T* const G = B.GP.data();
+    T* const P = G + n * kTile;
     // Recomputed from the log-sum-exp L (FlashAttention): S = Q K_t^T, P = exp(beta S - L) (the softmax
     // weights, eq. 12), dP = dO V_t^T, and dS = P o (dP - rowsum(dO o O)) = d loss / d(beta S).
     pr.pack(Kt, nt, d, B.packK);
     pr.scores(Qp.data(), n, dp, B.packK, Kt, nt, d, B.S.data(), kTile);
     if (Vt != Kt) pr.pack(Vt, nt, dvd, B.packV);
-    pr.scores(dOp.data(), n, dvp, Vt != Kt ? B.packV : B.packK, Vt, nt, dvd, B.G.data(), kTile);
+    pr.scores(dOp.data(), n, dvp, Vt != Kt ? B.packV : B.packK, Vt, nt, dvd, G, kTile);
     double dbw = 0;
     for (std::size_t b = 0; b < n; ++b) {
       const T* s = &B.S[b * kTile];  // the raw scores q . k (for dbeta)
-      T* p = &B.P[b * kTile];
-      T* g = &B.G[b * kTile];
+      T* p = P + b * kTile;
+      T* g = G + b * kTile;
       const T* bias = bias_of(a, b, t0);
+      const std::uint8_t* mask = mask_of(a, b, t0);
+      if (!bias && !mask && !drop.on) {  // the plain softmax: one pass (the branches below, fused)
+        dbw += pr.softmax_backward(s, nt, beta, L[b], Dlt[b], p, g);
+        std::fill(p + nt, p + kTile, T(0));
+        std::fill(g + nt, g + kTile, T(0));
+        continue;
+      }
       if (bias) {  // the weights from beta s + bias, as in the forward pass
         B.SB.resize(nt);
         for (std::size_t i = 0; i < nt; ++i) B.SB[i] = s[i] + bias[i] / beta;
@@ -698,9 +745,9 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
       } else {
         pr.exp_shift(s, nt, beta, L[b], p);
       }
-      if (const std::uint8_t* m = mask_of(a, b, t0))
+      if (mask)
         for (std::size_t i = 0; i < nt; ++i)
-          if (m[i]) p[i] = T(0);  // absent memories have weight 0
+          if (mask[i]) p[i] = T(0);  // absent memories have weight 0
       if (drop.on) {
         // out = (P o Z) V with Z the dropout factors: d loss / dP = Z o dP, and sum_mu P Z dP = rowsum(dO o O)
         // still; dV = (P o Z)^T dO.
@@ -722,14 +769,14 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
       std::fill(g + nt, g + kTile, T(0));
     }
     db[w] += dbw;
-    pr.accumulate(B.G.data(), n, kTile, Kt, nt, d, dQ[w].data(), dp);  // dQ += dS K_t (times beta below)
+    pr.accumulate(G, n, kTile, Kt, nt, d, dQ[w].data(), dp);  // dQ += dS K_t (times beta below)
     if (rows_first) {
       T* GT = B.dKT.data();
       T* PT = GT + kTile * np;
       for (std::size_t b = 0; b < n; ++b)
         for (std::size_t i = 0; i < nt; ++i) {
-          GT[i * np + b] = beta * B.G[b * kTile + i];
-          PT[i * np + b] = B.P[b * kTile + i];
+          GT[i * np + b] = beta * G[b * kTile + i];
+          PT[i * np + b] = P[b * kTile + i];
         }
       T* rk = B.dVT.data();
       T* rv = fold ? rk : rk + kTile * dp;
@@ -744,9 +791,17 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
     }
     // dK_t^T = Q^T dS (d x tile) and dV_t^T = dO^T P (dv x tile): the tile's gradients, transposed once.
     std::fill(B.dKT.begin(), B.dKT.end(), T(0));
+    if (stacked) {  // their sum in one product
+      pr.accumulate(QdOT.data(), d, 2 * n, G, 2 * n, kTile, B.dKT.data(), kTile);
+      for (std::size_t i = 0; i < nt; ++i) {
+        T* dki = dk + (t0 + i) * d;
+        for (std::size_t j = 0; j < d; ++j) dki[j] = B.dKT[j * kTile + i];
+      }
+      return;
+    }
     std::fill(B.dVT.begin(), B.dVT.end(), T(0));
-    pr.accumulate(QT.data(), d, n, B.G.data(), n, kTile, B.dKT.data(), kTile);
-    pr.accumulate(dOT.data(), dvd, n, B.P.data(), n, kTile, B.dVT.data(), kTile);
+    pr.accumulate(QT.data(), d, n, G, n, kTile, B.dKT.data(), kTile);
+    pr.accumulate(dOT.data(), dvd, n, P, n, kTile, B.dVT.data(), kTile);
     if (norms) {  // the tile's gradients as rows, for the norms' backward pass
       B.GK.resize(nt * d);
       B.GV.resize(nt * dvd);

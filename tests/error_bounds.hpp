@@ -199,6 +199,10 @@ inline StepBound model_c_step_bound(const Matrix& X, const Vector& v, double E_i
 /// and dV (and their bounds, plus u |dK + dV|).
 struct AttentionBound {
   Matrix out, out_err, dq, dq_err, dk, dk_err, dv, dv_err;
+  /// The bound of dk + dv where the values are the keys, summed either way: each product on its own
+  /// (inner dimension n), or both as one product [beta Q^T | dO^T] [dS; P] of inner dimension 2n (beta
+  /// rounded into the queries: one rounding more).
+  Matrix dkv_err;
   Vector lse, lse_err;
   double dbeta = 0, dbeta_err = 0;
 };
@@ -259,6 +263,8 @@ inline AttentionBound attention_bound(const Matrix& Q, const Matrix& X, const Ma
     }
   }
   r.dq_err += u * r.dq.cwiseAbs();
+  if (d == dv)  // dk_err and dv_err hold the inputs' errors here
+    r.dkv_err = r.dk_err + r.dv_err + gamma_n(2 * double(n) + 3) * (dk_mag + dv_mag) + u * (r.dk + r.dv).cwiseAbs();
   r.dk_err += gq * dk_mag + u * r.dk.cwiseAbs();
   r.dv_err += gq * dv_mag;
   return r;

@@ -196,6 +196,43 @@ TEST(Kernels, SoftmaxEpilogue) {
     }
 }
 
+// dot_f64 against the exact sum (each float product is exact in double; long double sums them with 11
+// bits more), within double's gamma_n of the sum of magnitudes (a sum in float lanes would be off by
+// about 2^-24 of it: it fails); and softmax_backward: its weights are
+// exp_shift_sum's bit for bit, g = p (g - D) rounded once per operation as written, and its return value
+// dot_f64's sum of g s. Lengths that are and are not multiples of any vector.
+TEST(Kernels, DoubleDotAndTheSoftmaxBackwardRow) {
+  std::mt19937_64 rng(5);
+  const double ud = 0x1p-53;
+  for (const k::Ops* o : tables())
+    for (std::size_t n : {1u, 3u, 8u, 17u, 64u, 256u, 1001u}) {
+      SCOPED_TRACE(std::string(o->name) + " n " + std::to_string(n));
+      std::vector<float> x = randf(n, rng), y = randf(n, rng);
+      long double exact = 0, mag = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        exact += (long double)x[i] * (long double)y[i];
+        mag += std::fabs((long double)x[i] * (long double)y[i]);
+      }
+      const double dot = o->dot_f64(x.data(), y.data(), n);
+      const double gam = double(n) * ud / (1 - double(n) * ud);
+      EXPECT_NEAR(dot, double(exact), gam * double(mag) + 1e-300);
+
+      std::vector<float> s = randf(n, rng), g = randf(n, rng);
+      const float beta = 3.0f, D = 0.25f;
+      float m = -INFINITY;
+      for (float v : s) m = std::max(m, beta * v);
+      const float L = m + 0.5f;  // a log-sum-exp above the maximum, as the backward pass has
+      std::vector<float> p_ref(n), p(n), g2 = g;
+      o->exp_shift_sum(s.data(), n, beta, L, p_ref.data());
+      const double ret = o->softmax_backward(s.data(), n, beta, L, D, p.data(), g2.data());
+      for (std::size_t i = 0; i < n; ++i) {
+        ASSERT_EQ(p[i], p_ref[i]) << i;
+        ASSERT_EQ(g2[i], p_ref[i] * (g[i] - D)) << i;
+      }
+      EXPECT_EQ(ret, o->dot_f64(g2.data(), s.data(), n));
+    }
+}
+
 // The layer norm of memory rows and its backward pass (the fused attention's RowNorm) on every table,
 // against the same formulas in double, for rows whose length is and is not a multiple of any vector, a
 // constant row (variance 0: x = 0, out = bias) and rows with a large mean (the cancellation in y - mean).

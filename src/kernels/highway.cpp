@@ -449,15 +449,19 @@ HWY_INLINE V<DF> ExpReduced(DF df, V<DF> x) {
 
 // p[i] = exp(beta s[i] - m): beta s rounded first, then the shift (so the maximum gives exactly 0);
 // results that would be subnormal (x < -87.3) are 0, as on every table.
+template <class DF>
+HWY_INLINE V<DF> ShiftedExp(DF df, V<DF> b, V<DF> mv, V<DF> sv) {
+  const auto lo = hn::Set(df, -87.3f), hi = hn::Set(df, 88.7f);
+  const auto x = hn::Sub(hn::Mul(b, sv), mv);
+  return hn::IfThenZeroElse(hn::Lt(x, lo), ExpReduced(df, hn::Min(hn::Max(x, lo), hi)));
+}
+
 float ExpShiftSum(const float* s, std::size_t n, float beta, float mx, float* p) {
   const hn::ScalableTag<float> df;
   const std::size_t N = hn::Lanes(df);
-  const auto b = hn::Set(df, beta), mv = hn::Set(df, mx), lo = hn::Set(df, -87.3f), hi = hn::Set(df, 88.7f);
+  const auto b = hn::Set(df, beta), mv = hn::Set(df, mx);
   auto sum = hn::Zero(df);
-  const auto weights = [&](V<decltype(df)> sv) {
-    const auto x = hn::Sub(hn::Mul(b, sv), mv);
-    return hn::IfThenZeroElse(hn::Lt(x, lo), ExpReduced(df, hn::Min(hn::Max(x, lo), hi)));
-  };
+  const auto weights = [&](V<decltype(df)> sv) { return ShiftedExp(df, b, mv, sv); };
   std::size_t i = 0;
   for (; i + N <= n; i += N) {
     const auto e = weights(hn::LoadU(df, s + i));
@@ -470,6 +474,44 @@ float ExpShiftSum(const float* s, std::size_t n, float beta, float mx, float* p)
     sum = hn::Add(sum, e);
   }
   return hn::GetLane(hn::SumOfLanes(df, sum));
+}
+
+// sum_i x[i] y[i] in double lanes: each float pair widened, multiplied exactly and added in double.
+double DotF64(const float* x, const float* y, std::size_t n) {
+  const hn::ScalableTag<double> dd;
+  const hn::Rebind<float, decltype(dd)> df;  // as many float lanes as double ones
+  const std::size_t N = hn::Lanes(dd);
+  auto s0 = hn::Zero(dd), s1 = hn::Zero(dd);
+  const auto wide = [&](const float* p) { return hn::PromoteTo(dd, hn::LoadU(df, p)); };
+  std::size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    s0 = hn::MulAdd(wide(x + i), wide(y + i), s0);
+    s1 = hn::MulAdd(wide(x + i + N), wide(y + i + N), s1);
+  }
+  for (; i < n; i += N) {
+    const std::size_t left = std::min(N, n - i);
+    s0 = hn::MulAdd(hn::PromoteTo(dd, LoadUpTo(df, x + i, left)), hn::PromoteTo(dd, LoadUpTo(df, y + i, left)), s0);
+  }
+  return hn::GetLane(hn::SumOfLanes(dd, hn::Add(s0, s1)));
+}
+
+// p = exp(beta s - m) (ExpShiftSum's weights), g = p (g - D), then sum g s in double.
+double SoftmaxBackward(const float* s, std::size_t n, float beta, float m, float D, float* p, float* g) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  const auto b = hn::Set(df, beta), mv = hn::Set(df, m), Dv = hn::Set(df, D);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto e = ShiftedExp(df, b, mv, hn::LoadU(df, s + i));
+    hn::StoreU(e, df, p + i);
+    hn::StoreU(hn::Mul(e, hn::Sub(hn::LoadU(df, g + i), Dv)), df, g + i);
+  }
+  if (i < n) {
+    const auto e = hn::IfThenElseZero(hn::FirstN(df, n - i), ShiftedExp(df, b, mv, LoadN(df, s + i, n - i)));
+    StoreN(df, e, p + i, n - i);
+    StoreN(df, hn::Mul(e, hn::Sub(LoadN(df, g + i, n - i), Dv)), g + i, n - i);
+  }
+  return DotF64(g, s, n);
 }
 
 void Scale(float* x, std::size_t n, float a) {
@@ -798,6 +840,8 @@ const Ops* Table(const char* name) {
     o.scaled_max = &ScaledMax;
     o.exp_shift_sum = &ExpShiftSum;
     o.scale = &Scale;
+    o.dot_f64 = &DotF64;
+    o.softmax_backward = &SoftmaxBackward;
     o.layer_norm = &LayerNorm;
     o.layer_norm_backward = &LayerNormBackward;
     o.masked_sums = &MaskedSums;

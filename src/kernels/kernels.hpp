@@ -66,6 +66,13 @@ struct Ops {
   float (*exp_shift_sum)(const float* s, std::size_t n, float beta, float m, float* p);
   /// x[i] *= a
   void (*scale)(float* x, std::size_t n, float a);
+  /// sum_i x[i] y[i] with every product and sum in double (a product of two floats is exact there).
+  double (*dot_f64)(const float* x, const float* y, std::size_t n);
+  /// The softmax's backward pass over one row of a tile (the fused attention's, eq. 12's weights
+  /// recomputed): p[i] = exp(beta s[i] - m) as exp_shift_sum writes it, then g[i] = p[i] (g[i] - D)
+  /// (d loss / d(beta s) from g = d loss / dp and D = sum_i p[i] g[i]); returns sum_i g[i] s[i] (the
+  /// row's part of d loss / d beta) as dot_f64 sums it.
+  double (*softmax_backward)(const float* s, std::size_t n, float beta, float m, float D, float* p, float* g);
 
   // Layer norms of memory rows (the fused attention's RowNorm, attention.hpp).
   /// nt rows of c entries y (row-major) -> out (row-major): (y - mean) rstd o gamma + bias (gamma, bias
