@@ -104,7 +104,7 @@ TEST(Kernels, SingleQueryDotsAndAxpy) {
 TEST(Kernels, BlockedProducts) {
   std::mt19937_64 rng(2);
   for (const k::Ops* o : tables())
-    for (std::size_t d : {3u, 24u, 40u})
+    for (std::size_t d : {3u, 24u, 40u, 70u})  // 70: squares of 4 dimensions and 2 more
       for (std::size_t nb : {1u, 5u, 8u, 13u}) {
         SCOPED_TRACE(std::string(o->name) + " d " + std::to_string(d) + " nb " + std::to_string(nb));
         const std::size_t nt = 70, ntpad = k::round_up(nt, k::kBlock), dpad = k::round_up(d, k::kBlock);

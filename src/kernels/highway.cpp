@@ -87,18 +87,42 @@ HWY_INLINE V<DF> LoadBf16UpTo(DF df, const std::uint16_t* HWY_RESTRICT p, std::s
 // ---------------------------------------------------------------------------------------------
 // f32 products (layouts: kernels.hpp).
 
+// xt[b][k][j] = rows[32 b + j][k]: squares of 4 memories x 4 dimensions transposed in 128-bit vectors
+// (two interleaves of floats, then of pairs), the rest of the dimensions one by one.
 void PackXt(const float* rows, std::size_t nt, std::size_t d, float* xt) {
   const std::size_t nblocks = (nt + kBlock - 1) / kBlock;
-  for (std::size_t b = 0; b < nblocks; ++b)
-    for (std::size_t j = 0; j < kBlock; ++j) {
-      const std::size_t t = b * kBlock + j;
-      float* out = xt + b * d * kBlock + j;
-      if (t < nt) {
-        for (std::size_t k = 0; k < d; ++k) out[k * kBlock] = rows[t * d + k];
-      } else {
-        for (std::size_t k = 0; k < d; ++k) out[k * kBlock] = 0.0f;
+#if HWY_TARGET == HWY_SCALAR
+  const std::size_t d4 = 0;
+#else
+  const hn::FixedTag<float, 4> d4t;
+  const hn::FixedTag<double, 2> d2t;
+  const std::size_t d4 = d / 4 * 4;
+#endif
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    float* out = xt + b * d * kBlock;
+    const std::size_t t0 = b * kBlock, m = std::min(kBlock, nt - t0);
+    for (std::size_t j0 = 0; j0 < kBlock; j0 += 4) {
+#if HWY_TARGET != HWY_SCALAR
+      const auto row = [&](std::size_t j, std::size_t k) {
+        return j0 + j < m ? hn::LoadU(d4t, rows + (t0 + j0 + j) * d + k) : hn::Zero(d4t);
+      };
+      for (std::size_t k = 0; k < d4; k += 4) {
+        const auto r0 = row(0, k), r1 = row(1, k), r2 = row(2, k), r3 = row(3, k);
+        const auto a = hn::BitCast(d2t, hn::InterleaveLower(d4t, r0, r1));     // r0[0] r1[0] r0[1] r1[1]
+        const auto c = hn::BitCast(d2t, hn::InterleaveLower(d4t, r2, r3));     // r2[0] r3[0] r2[1] r3[1]
+        const auto e = hn::BitCast(d2t, hn::InterleaveUpper(d4t, r0, r1));     // r0[2] r1[2] r0[3] r1[3]
+        const auto f = hn::BitCast(d2t, hn::InterleaveUpper(d4t, r2, r3));     // r2[2] r3[2] r2[3] r3[3]
+        float* o = out + k * kBlock + j0;
+        hn::StoreU(hn::BitCast(d4t, hn::InterleaveLower(d2t, a, c)), d4t, o);
+        hn::StoreU(hn::BitCast(d4t, hn::InterleaveUpper(d2t, a, c)), d4t, o + kBlock);
+        hn::StoreU(hn::BitCast(d4t, hn::InterleaveLower(d2t, e, f)), d4t, o + 2 * kBlock);
+        hn::StoreU(hn::BitCast(d4t, hn::InterleaveUpper(d2t, e, f)), d4t, o + 3 * kBlock);
       }
+#endif
+      for (std::size_t j = j0; j < j0 + 4; ++j)
+        for (std::size_t k = d4; k < d; ++k) out[k * kBlock + j] = j < m ? rows[(t0 + j) * d + k] : 0.0f;
     }
+  }
 }
 
 // The column width of one microkernel call: two vectors of at most 16 lanes (a divisor of kBlock).
