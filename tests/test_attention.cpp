@@ -289,7 +289,7 @@ TEST(Attention, FloatKernelsEqualTheDoublePath) {
   // float32 data (both paths see the same numbers, so the comparison measures the computation only).
   const auto f32 = [](const Matrix& m) { return Matrix(m.cast<float>().cast<double>()); };
   const Matrix Q = f32(randn(n, d, rng)), X = f32(randn(K, d, rng, 0.15)), V = f32(randn(K, dv, rng)),
-               W = f32(randn(n, d, rng));
+               W = f32(randn(n, std::max(d, dv), rng));  // the output gradient: dv or d columns
   std::vector<std::uint8_t> mask(n * K, 0);
   for (std::size_t i = 0; i < mask.size(); i += 7) mask[i] = masked;
   const PassShape shape{K, d, 256, 0.0};  // tiles of at most 256 memories (attention.cpp's kTile)
