@@ -53,6 +53,17 @@ double dot_in_double(const E* x, const E* y, std::size_t n) {
   return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
+// bfloat16 x[0, n) widened to T (exact): float on the best kernel table's from_bf16.
+template <class T>
+void widen_bf16(const std::uint16_t* x, std::size_t n, T* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    static const kernels::Ops* const ops = kernels::tables().front();
+    ops->from_bf16(x, n, out);
+  } else {
+    for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(bf16_to_float(x[i]));
+  }
+}
+
 // |x|^2 in double: float rows on the best kernel table's dot_f64 (the same sum in double lanes).
 template <class E>
 double norm2(const E* x, std::size_t n) {
@@ -223,7 +234,7 @@ ConstMap<T> rows_of(const T* f, const std::uint16_t* b, std::size_t t0, std::siz
   const auto NT = static_cast<Eigen::Index>(nt), C = static_cast<Eigen::Index>(cols);
   if (!b) return ConstMap<T>(f + t0 * cols, NT, C);
   buf.resize(NT, C);
-  for (std::size_t i = 0; i < nt * cols; ++i) buf.data()[i] = static_cast<T>(bf16_to_float(b[t0 * cols + i]));
+  widen_bf16(b + t0 * cols, nt * cols, buf.data());
   return ConstMap<T>(buf.data(), NT, C);
 }
 
@@ -537,7 +548,7 @@ const T* tile_rows(const T* f, const std::uint16_t* b, std::size_t t0, std::size
                    std::vector<T>& buf) {
   if (!b) return f + t0 * cols;
   buf.resize(nt * cols);
-  for (std::size_t i = 0; i < nt * cols; ++i) buf[i] = static_cast<T>(bf16_to_float(b[t0 * cols + i]));
+  widen_bf16(b + t0 * cols, nt * cols, buf.data());
   return buf.data();
 }
 

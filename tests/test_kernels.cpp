@@ -162,6 +162,18 @@ TEST(Kernels, Bf16RoundingIsToNearestEven) {
       }
       EXPECT_EQ(out[i], to_bf16_ref(x[i])) << o->name << " " << x[i];
     }
+    // And back: exact (the bits shifted up), every length's tail included.
+    for (std::size_t n : {x.size(), std::size_t{1}, std::size_t{7}, std::size_t{17}}) {
+      std::vector<float> back(n, 1.0f);
+      o->from_bf16(out.data(), n, back.data());
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint32_t got, want;
+        const float w = bf16_value(out[i]);
+        std::memcpy(&got, &back[i], 4);
+        std::memcpy(&want, &w, 4);
+        EXPECT_EQ(got, want) << o->name << " " << i;
+      }
+    }
   }
 }
 

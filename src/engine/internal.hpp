@@ -143,6 +143,10 @@ struct EngineCore {
     if (s.dtype() == DType::Float32) return {reinterpret_cast<const float*>(raw), nullptr};
     if (s.dtype() == DType::BFloat16 && raw_bf16) return {nullptr, reinterpret_cast<const std::uint16_t*>(raw)};
     buf.resize(nt * s.dim());  // bits, or bf16 on float32 kernels: decode the tile
+    if (s.dtype() == DType::BFloat16) {
+      ops->from_bf16(reinterpret_cast<const std::uint16_t*>(raw), nt * s.dim(), buf.data());
+      return {buf.data(), nullptr};
+    }
     for (std::size_t t = 0; t < nt; ++t) s.decode_row(t0 + t, &buf[t * s.dim()]);
     return {buf.data(), nullptr};
   }

@@ -267,6 +267,14 @@ void ToBf16(const float* x, std::size_t n, std::uint16_t* out) {
   }
 }
 
+void FromBf16(const std::uint16_t* x, std::size_t n, float* out) {
+  const hn::ScalableTag<float> df;
+  const std::size_t N = hn::Lanes(df);
+  std::size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(LoadBf16UpTo(df, x + i, N), df, out + i);
+  if (i < n) StoreN(df, LoadBf16UpTo(df, x + i, n - i), out + i, n - i);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Single query: memory-bound streams over row-major tiles (4 rows at a time, the rows 16 ahead
 // prefetched); bfloat16 rows are widened on load (half the bytes read).
@@ -857,6 +865,7 @@ const Ops* Table(const char* name) {
     o.gemm1_f32 = &Gemm1F32;
     o.gemm2_f32 = &Gemm2F32;
     o.to_bf16 = &ToBf16;
+    o.from_bf16 = &FromBf16;
     o.dots_f32 = &DotsF32;
     o.dots_bf16 = &DotsBf16;
     o.axpy_f32 = &AxpyF32;

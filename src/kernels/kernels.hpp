@@ -52,6 +52,8 @@ struct Ops {
                      std::size_t d, float* acc, std::size_t dpad);
   /// out[i] = bf16(x[i]) (round to nearest even), n elements.
   void (*to_bf16)(const float* x, std::size_t n, std::uint16_t* out);
+  /// out[i] = the float of bfloat16 x[i] (exact: its bits shifted up), n elements.
+  void (*from_bf16)(const std::uint16_t* x, std::size_t n, float* out);
 
   // Single-query (matrix-vector) kernels on row-major tiles: out[t] = q . row_t ; acc += sum_t p[t] row_t.
   void (*dots_f32)(const float* q, const float* rows, std::size_t nt, std::size_t d, float* out);
