@@ -333,13 +333,13 @@ TEST(Kernels, LayerNormAndItsBackward) {
       }
 }
 
-// exp_shift_sum over the whole range it is used on (beta s - m in [-87.3, 0], 2^n scaled in two
-// factors down to n = -126) and a little above it: within 4 ulp of exp in double everywhere, exactly 1
-// at the maximum, and 0 below -87.3 (no subnormal weights).
+// exp_shift_sum over the whole range it is used on (beta s - m in [-87.3, 0], 2^n down to n = -126) and
+// far above it: within 4 ulp of exp in double up to 88 (2^n up to n = 127), exactly 1 at the maximum, 0
+// below -87.3 (no subnormal weights), and above 88.376 (n would be 128) exp(88.376): finite, never inf.
 TEST(Kernels, ExpIsAccurateOverItsWholeRange) {
   constexpr std::size_t n = 40001;
   std::vector<float> s(n), p(n);
-  for (std::size_t i = 0; i < n; ++i) s[i] = -88.0f + 176.0f * float(i) / float(n - 1);
+  for (std::size_t i = 0; i < n; ++i) s[i] = -88.0f + 176.7f * float(i) / float(n - 1);  // [-88, 88.7]
   s[n / 2] = 0.0f;
   for (const k::Ops* o : tables()) {
     SCOPED_TRACE(o->name);
@@ -349,6 +349,9 @@ TEST(Kernels, ExpIsAccurateOverItsWholeRange) {
         ASSERT_EQ(p[i], 0.0f) << s[i];
       } else if (s[i] <= 88.0f) {
         const double e = std::exp(double(s[i]));
+        ASSERT_NEAR(p[i], e, 4 * 0x1p-24 * e) << s[i];
+      } else if (s[i] >= 88.376f) {
+        const double e = std::exp(double(88.376f));  // the clamp, as a float
         ASSERT_NEAR(p[i], e, 4 * 0x1p-24 * e) << s[i];
       }
     }

@@ -64,7 +64,8 @@ struct Ops {
   // Online-softmax epilogue pieces (eq. 12 evaluated tile by tile).
   /// max_i beta * s[i]
   float (*scaled_max)(const float* s, std::size_t n, float beta);
-  /// p[i] = exp(beta * s[i] - m); returns sum_i p[i]. Stable for beta * s[i] <= m.
+  /// p[i] = exp(beta * s[i] - m); returns sum_i p[i]. Stable for beta * s[i] <= m (the softmax's shift);
+  /// 0 where beta s[i] - m < -87.3; an argument above 88.376 (unused) gives exp(88.376).
   float (*exp_shift_sum)(const float* s, std::size_t n, float beta, float m, float* p);
   /// x[i] *= a
   void (*scale)(float* x, std::size_t n, float a);
