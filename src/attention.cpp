@@ -53,23 +53,28 @@ double dot_in_double(const E* x, const E* y, std::size_t n) {
   return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
-// bfloat16 x[0, n) widened to T (exact): float on the best kernel table's from_bf16.
+// The best kernel table of this CPU: the checks' and conversions' kernels, whose results do not depend
+// on the table (exact, or a bound's guard).
+const kernels::Ops& best_ops() {
+  static const kernels::Ops* const ops = kernels::tables().front();
+  return *ops;
+}
+
+// bfloat16 x[0, n) widened to T (exact): float on best_ops()'s from_bf16.
 template <class T>
 void widen_bf16(const std::uint16_t* x, std::size_t n, T* out) {
   if constexpr (std::is_same_v<T, float>) {
-    static const kernels::Ops* const ops = kernels::tables().front();
-    ops->from_bf16(x, n, out);
+    best_ops().from_bf16(x, n, out);
   } else {
     for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(bf16_to_float(x[i]));
   }
 }
 
-// |x|^2 in double: float rows on the best kernel table's dot_f64 (the same sum in double lanes).
+// |x|^2 in double: float rows on best_ops()'s dot_f64 (the same sum in double lanes).
 template <class E>
 double norm2(const E* x, std::size_t n) {
   if constexpr (std::is_same_v<E, float>) {
-    static const kernels::Ops* const ops = kernels::tables().front();
-    return ops->dot_f64(x, x, n);
+    return best_ops().dot_f64(x, x, n);
   } else {
     return dot_in_double(x, x, n);
   }
