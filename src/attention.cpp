@@ -16,6 +16,7 @@
 #include "kernels/kernels.hpp"
 #include "assocmem/online_softmax.hpp"
 #include "parallel.hpp"
+#include "fixed_point.hpp"
 
 namespace assocmem {
 namespace {
@@ -1029,6 +1030,129 @@ void spherical_backward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, 
   double ignored = 0;
   reduce_workers(dG, unused, dg, &ignored);
 }
+
+// ---- model C's step and model B's fixed point (assocmem.torch) ------------------------------------
+namespace {
+
+void check_spherical_step(double alpha, double step) {
+  ASSOCMEM_CHECK_ARG(std::isfinite(step) && step > 0, "step must be finite and > 0, got ", step);
+  ASSOCMEM_CHECK_ARG(std::isfinite(alpha) && alpha >= 0, "alpha must be finite and >= 0, got ", alpha);
+}
+
+// Model C's arguments at the unit directions g = v/|v| of eq. (18) of the states a.q (n x d)
+// (lagrangians::spherical_direction, the engine's and the Lagrangian's): g, the norms, and a with q = g; a
+// zero state (or one whose norm overflows) is refused, as are a step or alpha out of range.
+template <class T>
+struct AtDirections {
+  std::vector<T> g;
+  std::vector<double> norm;
+  AttentionArgs<T> args;
+
+  AtDirections(const AttentionArgs<T>& a, double alpha, double step) : args(a) {
+    check_spherical_step(alpha, step);
+    ASSOCMEM_CHECK_ARG(a.q != nullptr && a.n > 0 && a.d > 0, "model C: no states");
+    check_finite_array(a.q, checked_mul(a.n, a.d, "states"), "states");
+    g.resize(a.n * a.d);
+    norm.resize(a.n);
+    for (std::size_t b = 0; b < a.n; ++b) {
+      norm[b] = lagrangians::spherical_direction(a.q + b * a.d, a.d, &g[b * a.d]);
+      ASSOCMEM_CHECK_ARG(norm[b] > 0, "model C: state ", b, " is zero; its direction v/|v| (eq. 18) is undefined");
+      ASSOCMEM_CHECK_ARG(std::isfinite(norm[b]), "model C: the norm of state ", b, " overflows");
+    }
+    args.q = g.data();
+  }
+  AtDirections(const AtDirections&) = delete;
+  AtDirections& operator=(const AtDirections&) = delete;
+};
+}  // namespace
+
+template <class T>
+void spherical_step(const AttentionArgs<T>& a, const AdditiveLagrangian& F, double alpha, double step, T* next,
+                    double* energy) {
+  const AtDirections<T> at(a, alpha, step);
+  std::vector<T> drive(a.n * a.d);
+  spherical_forward(at.args, F, drive.data(), energy);  // eqs. (22), (21) at g
+  if (next)
+    for (std::size_t i = 0; i < a.n * a.d; ++i)
+      next[i] = static_cast<T>(detail::spherical_step(a.q[i], drive[i], alpha, step));  // eq. (22)
+}
+
+template <class T>
+void spherical_step_backward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, double alpha, double step,
+                             const T* dnext, const double* denergy, T* dv, T* dk) {
+  const AtDirections<T> at(a, alpha, step);
+  const std::size_t n = a.n, d = a.d;
+  std::vector<T> ddrive;
+  if (dnext) {
+    check_finite_array(dnext, n * d, "dnext");
+    ddrive.resize(n * d);
+    for (std::size_t i = 0; i < n * d; ++i) ddrive[i] = static_cast<T>(step * double(dnext[i]));
+  }
+  std::vector<T> dg(n * d);
+  spherical_backward(at.args, F, dnext ? ddrive.data() : nullptr, denergy, dg.data(), dk);
+  const double keep = 1.0 - step * alpha;  // d next / d v of the explicit v - step alpha v
+  for (std::size_t b = 0; b < n; ++b) {
+    const T* gb = &at.g[b * d];
+    const T* dgb = &dg[b * d];
+    double gd = 0;
+    for (std::size_t j = 0; j < d; ++j) gd += double(gb[j]) * double(dgb[j]);
+    for (std::size_t j = 0; j < d; ++j) {
+      const double through_g = (double(dgb[j]) - double(gb[j]) * gd) / at.norm[b];  // (I - g g^T) / |v|
+      dv[b * d + j] = static_cast<T>((dnext ? keep * double(dnext[b * d + j]) : 0.0) + through_g);
+    }
+  }
+}
+
+template <class T>
+Retrieval attention_fixed_point(const AttentionArgs<T>& a, long max_updates, double fixed_point_tol, T* states) {
+  ASSOCMEM_CHECK_ARG(max_updates >= 0, "max_updates must be >= 0, got ", max_updates);
+  ASSOCMEM_CHECK_ARG(std::isfinite(fixed_point_tol) && fixed_point_tol >= 0,
+                     "fixed_point_tol must be finite and >= 0, got ", fixed_point_tol);
+  ASSOCMEM_CHECK_ARG(same_memory(a) && values_are_keys(a) && !a.key_norm.on,
+                     "attention_fixed_point: eq. (16) on the keys: the values must be the keys, without layer norms");
+  ASSOCMEM_CHECK_ARG(a.dropout == 0 && a.bias_rows == 0, "attention_fixed_point: no dropout or bias");
+  ASSOCMEM_CHECK_ARG(a.q != nullptr && a.n > 0 && a.d > 0, "attention_fixed_point: no states");
+  ASSOCMEM_CHECK_ARG(a.mask.rows == 0 || a.mask.rows == 1 || a.mask.rows == a.n, "mask: ", a.mask.rows,
+                     " rows for ", a.n, " states (0, 1 or n)");
+  const std::size_t n = a.n, d = a.d;
+  std::vector<T> v(a.q, a.q + n * d);
+  Retrieval r;
+  r.batch = n;
+  r.dim = d;
+  const Monitor none;
+  detail::Poller poller(none);
+  std::vector<std::uint8_t> mask_rows;
+  std::vector<double> lse;
+  detail::iterate_to_fixed_point(
+      v, n, d, max_updates, fixed_point_tol, poller, r,
+      [&](const std::vector<T>& cur, const std::vector<std::size_t>& rows, std::vector<T>& next) {
+        AttentionArgs<T> x = a;
+        x.q = cur.data();
+        x.n = rows.size();
+        if (a.mask.rows > 1) {  // each row its own mask: the rows still iterating
+          mask_rows.resize(rows.size() * a.K);
+          for (std::size_t i = 0; i < rows.size(); ++i)
+            std::copy(a.mask.data + rows[i] * a.K, a.mask.data + (rows[i] + 1) * a.K, &mask_rows[i * a.K]);
+          x.mask = {mask_rows.data(), rows.size()};
+        }
+        lse.resize(rows.size());
+        attention_forward(x, next.data(), lse.data());  // eq. (16)
+      },
+      detail::max_abs_change<T>);
+  std::copy(v.begin(), v.end(), states);
+  return r;
+}
+
+template void spherical_step<float>(const AttentionArgs<float>&, const AdditiveLagrangian&, double, double, float*,
+                                    double*);
+template void spherical_step<double>(const AttentionArgs<double>&, const AdditiveLagrangian&, double, double, double*,
+                                     double*);
+template void spherical_step_backward<float>(const AttentionArgs<float>&, const AdditiveLagrangian&, double, double,
+                                             const float*, const double*, float*, float*);
+template void spherical_step_backward<double>(const AttentionArgs<double>&, const AdditiveLagrangian&, double, double,
+                                              const double*, const double*, double*, double*);
+template Retrieval attention_fixed_point<float>(const AttentionArgs<float>&, long, double, float*);
+template Retrieval attention_fixed_point<double>(const AttentionArgs<double>&, long, double, double*);
 
 template void spherical_forward<float>(const AttentionArgs<float>&, const AdditiveLagrangian&, float*, double*);
 template void spherical_forward<double>(const AttentionArgs<double>&, const AdditiveLagrangian&, double*, double*);

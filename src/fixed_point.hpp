@@ -100,6 +100,12 @@ void iterate_to_fixed_point(std::vector<T>& states, std::size_t batch, std::size
 /// |v| (a - v in float32 lost a where |v| >> |a|: at |v| = 1e8 the state was 0 instead of a).
 inline double relax(double v, double a, double step) { return step == 1.0 ? a : (1.0 - step) * v + step * a; }
 
+/// Eq. (22)'s Euler step of one component of model C: v + step (drive - alpha v), drive = (xi^T f)_i at
+/// v/|v| (tau_f = 1), evaluated in double. Used by ModelCEngine and by assocmem.torch's spherical_retrieve
+/// (spherical_step, attention.hpp); the plain ModelC takes the same step with eq. (22)'s right-hand side
+/// from the general network (Network::effective_rhs), the reference the tests compare both with.
+inline double spherical_step(double v, double drive, double alpha, double step) { return v + step * (drive - alpha * v); }
+
 /// max_i |b_i - a_i|: the change of models B and C.
 template <class T>
 double max_abs_change(const T* a, const T* b, std::size_t d) {

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <set>
 #include <thread>
 #include <limits>
 #include <vector>
@@ -657,6 +658,117 @@ TEST(Attention, SphericalBackwardIsItsDerivative) {
   spherical_forward(args(), *F, drive.data(), e.data());
   const ModelC plain(Eigen::Map<const Matrix>(k.data(), K, d), {Interaction::Exp, 2, 1.3});
   for (std::size_t b = 0; b < n; ++b) EXPECT_NEAR(e[b], plain.energy(G0.row(Eigen::Index(b)).transpose()), 1e-9);
+}
+
+// Model C's Euler step from raw states (assocmem.torch's spherical_retrieve): one step of the plain ModelC
+// (eq. 22 through the general network), and its backward pass against central differences, with a mask.
+TEST(Attention, SphericalStepIsThePlainModelsStepAndItsBackwardItsDerivative) {
+  std::mt19937_64 rng(15);
+  const std::size_t n = 3, K = 270, d = 4;
+  const double alpha = 0.5, step = 0.3;
+  auto v = flat(randn(n, d, rng, 3.0)), k = flat(randn(K, d, rng));
+  const auto wn = flat(randn(n, d, rng));
+  const std::vector<double> we = {0.4, -0.9, 1.7};
+  std::vector<std::uint8_t> mask(n * K, 0);
+  const AdditivePtr F = make_interaction({Interaction::RectifiedPower, 3, 1.0});
+  auto args = [&]() {
+    AttentionArgs<double> a;
+    a.q = v.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = k.data(), a.dv = d;
+    if (mask[5] || mask[K + 9]) a.mask = {mask.data(), n};
+    return a;
+  };
+  std::vector<double> next(n * d), e(n);
+  spherical_step(args(), *F, alpha, step, next.data(), e.data());
+  const ModelC plain(Eigen::Map<const Matrix>(k.data(), K, d), {Interaction::RectifiedPower, 3, 1.0}, alpha);
+  RetrieveOptions one;
+  one.max_steps = 1, one.step = step, one.tol = 0.0;
+  for (std::size_t b = 0; b < n; ++b) {
+    const Vector vb = Eigen::Map<const Vector>(&v[b * d], Eigen::Index(d));
+    const Retrieval r = plain.retrieve(vb, one);
+    const double scale = 1 + vb.norm();
+    for (std::size_t j = 0; j < d; ++j) EXPECT_NEAR(next[b * d + j], r.states[j], 1e-12 * scale) << b << "," << j;
+    EXPECT_NEAR(e[b], plain.energy(vb), 1e-12 * (1 + std::fabs(e[b])));
+  }
+  mask[5] = mask[K + 9] = 1;
+  auto loss = [&]() {
+    std::vector<double> nx(n * d), en(n);
+    spherical_step(args(), *F, alpha, step, nx.data(), en.data());
+    double s = 0;
+    for (std::size_t b = 0; b < n; ++b) s += we[b] * en[b];
+    for (std::size_t i = 0; i < nx.size(); ++i) s += wn[i] * nx[i];
+    return s;
+  };
+  std::vector<double> dv(n * d), dk(K * d);
+  spherical_step_backward(args(), *F, alpha, step, wn.data(), we.data(), dv.data(), dk.data());
+  for (std::size_t i = 0; i < v.size(); ++i) EXPECT_NEAR(dv[i], central(loss, v[i]), 1e-6 * (1 + std::fabs(dv[i]))) << i;
+  for (std::size_t i : {0u, 5u, 21u, 600u, 1079u})
+    EXPECT_NEAR(dk[i], central(loss, k[i]), 1e-6 * (1 + std::fabs(dk[i]))) << i;
+  // The energy term alone (no next): spherical_energy's gradient.
+  std::vector<double> dv_e(n * d), dk_e(K * d);
+  spherical_step_backward<double>(args(), *F, alpha, step, nullptr, we.data(), dv_e.data(), dk_e.data());
+  auto energy_loss = [&]() {
+    std::vector<double> en(n);
+    spherical_step<double>(args(), *F, alpha, step, nullptr, en.data());
+    return we[0] * en[0] + we[1] * en[1] + we[2] * en[2];
+  };
+  for (std::size_t i = 0; i < v.size(); ++i)
+    EXPECT_NEAR(dv_e[i], central(energy_loss, v[i]), 1e-6 * (1 + std::fabs(dv_e[i]))) << i;
+  // Refusals name the problem.
+  EXPECT_THROW_MSG(spherical_step(args(), *F, -1.0, step, next.data(), e.data()), InvalidArgument, "alpha must be");
+  EXPECT_THROW_MSG(spherical_step(args(), *F, alpha, 0.0, next.data(), e.data()), InvalidArgument, "step must be");
+  std::fill(v.begin() + d, v.begin() + 2 * d, 0.0);
+  EXPECT_THROW_MSG(spherical_step(args(), *F, alpha, step, next.data(), e.data()), InvalidArgument,
+                   "state 1 is zero");
+  EXPECT_THROW_MSG(spherical_step_backward(args(), *F, alpha, step, wn.data(), nullptr, dv.data(), dk.data()),
+                   InvalidArgument, "state 1 is zero");
+}
+
+// Eq. (16) iterated on the keys by attention_fixed_point (hopfield_retrieve(implicit=True)): each row stops
+// by the retrievals' rule, with its own mask row, as if iterated alone.
+TEST(Attention, FixedPointIteratesEachRowAloneWithItsMask) {
+  std::mt19937_64 rng(16);
+  const std::size_t n = 5, K = 40, d = 6;
+  const double tol = 1e-10;
+  const Matrix Km = randn(K, d, rng);
+  const auto k = flat(Km);
+  Matrix Q = Km.topRows(Eigen::Index(n)) + 0.6 * randn(n, d, rng);
+  Q.row(3) *= 0.05;  // near the memories' mean: a slower start
+  const auto q = flat(Q);
+  std::vector<std::uint8_t> mask(n * K, 0);
+  for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = (rng() % 3 == 0);
+  for (std::size_t b = 0; b < n; ++b) mask[b * K + b] = 0;  // each row keeps the memory it starts near
+  AttentionArgs<double> a;
+  a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = k.data(), a.dv = d, a.beta = 2.0;
+  a.mask = {mask.data(), n};
+  std::vector<double> states(n * d);
+  const Retrieval r = attention_fixed_point(a, 200, tol, states.data());
+  std::set<long> steps;
+  for (std::size_t b = 0; b < n; ++b) {
+    std::vector<double> cur(q.begin() + long(b * d), q.begin() + long((b + 1) * d)), next(d);
+    double lse = 0, change = 0;
+    long t = 0;
+    AttentionArgs<double> one = a;
+    one.n = 1, one.mask = {mask.data() + b * K, 1};
+    do {
+      one.q = cur.data();
+      attention_forward(one, next.data(), &lse);
+      change = 0;
+      for (std::size_t j = 0; j < d; ++j) change = std::max(change, std::fabs(next[j] - cur[j]));
+      cur = next;
+      ++t;
+    } while (change > tol && t < 200);
+    EXPECT_EQ(r.steps[b], t) << b;
+    EXPECT_TRUE(r.converged(b)) << b;
+    steps.insert(t);
+    for (std::size_t j = 0; j < d; ++j) EXPECT_NEAR(states[b * d + j], cur[j], 1e-12) << b << "," << j;
+  }
+  EXPECT_GE(steps.size(), 2u);  // rows stop at different updates: the later ones run with fewer rows
+  const Retrieval capped = attention_fixed_point(a, 2, tol, states.data());
+  for (std::size_t b = 0; b < n; ++b) EXPECT_EQ(capped.stop[b], StopReason::MaxSteps) << b;
+  EXPECT_THROW_MSG(attention_fixed_point(a, 5, -1.0, states.data()), InvalidArgument, "fixed_point_tol must be");
+  std::vector<double> other(K * d, 1.0);
+  a.v = other.data();
+  EXPECT_THROW_MSG(attention_fixed_point(a, 5, tol, states.data()), InvalidArgument, "the values must be the keys");
 }
 
 // bfloat16 memories are widened tile by tile: the same numbers as float memories holding the rounded values.

@@ -167,4 +167,29 @@ template <class T>
 void spherical_backward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, const T* ddrive, const double* denergy,
                         T* dg, T* dk);
 
+/// One Euler step of model C, eq. (22), from the raw states v (a.q: n x d, every row non-zero; a zero row
+/// is refused, its direction v/|v| of eq. (18) being undefined), over the memories a.k with interaction F:
+/// next (n x d) = v + step (F'(g K^T) K - alpha v) with g = v/|v|, and energy (n) = -sum_mu F(g . k_mu) at
+/// v, eq. (21). next may be null (the energy alone). step finite and > 0, alpha finite and >= 0. The step is
+/// the engine's (detail::spherical_step); assocmem.torch's spherical_retrieve and spherical_energy.
+template <class T>
+void spherical_step(const AttentionArgs<T>& a, const AdditiveLagrangian& F, double alpha, double step, T* next,
+                    double* energy);
+
+/// Gradients of sum(dnext o next) + sum(denergy o energy) of spherical_step with respect to v (n x d) and
+/// the memories (K x d); dnext or denergy may be null (no such term). Through g = v/|v|:
+/// dv = (1 - step alpha) dnext + (dg - g (g . dg)) / |v|, dg and dk from spherical_backward with
+/// ddrive = step dnext.
+template <class T>
+void spherical_step_backward(const AttentionArgs<T>& a, const AdditiveLagrangian& F, double alpha, double step,
+                             const T* dnext, const double* denergy, T* dv, T* dk);
+
+/// Iterates eq. (16) on the keys, v <- softmax(beta v K^T) K (a.v must be a.k, dv = d), from the states
+/// a.q (n x d) for at most max_updates updates, each row until its largest change max_i |v_new - v| is
+/// <= fixed_point_tol (the retrievals' stopping rule, detail::max_abs_change): the final states go to `states`
+/// (n x d), the returned Retrieval has steps, stop and last_change per row (no states). With a mask of n
+/// rows, row b keeps its own. Used by assocmem.torch's hopfield_retrieve(implicit=True).
+template <class T>
+Retrieval attention_fixed_point(const AttentionArgs<T>& a, long max_updates, double fixed_point_tol, T* states);
+
 }  // namespace assocmem

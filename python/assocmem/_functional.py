@@ -23,8 +23,9 @@ _BACKWARD_BATCH = {t: getattr(_core, "attention_backward_batch_" + s) for t, s i
 _WEIGHTS_BATCH = {_torch.float32: _core.attention_weights_batch_f32, _torch.float64: _core.attention_weights_batch_f64}
 _WEIGHTS_BACKWARD_BATCH = {_torch.float32: _core.attention_weights_backward_batch_f32,
                            _torch.float64: _core.attention_weights_backward_batch_f64}
-_SPH_FORWARD = {t: getattr(_core, "spherical_forward_" + s) for t, s in _STORAGE.items()}
-_SPH_BACKWARD = {t: getattr(_core, "spherical_backward_" + s) for t, s in _STORAGE.items()}
+_SPH_STEP = {t: getattr(_core, "spherical_step_" + s) for t, s in _STORAGE.items()}
+_SPH_STEP_BACKWARD = {t: getattr(_core, "spherical_step_backward_" + s) for t, s in _STORAGE.items()}
+_FIXED_POINT = {t: getattr(_core, "attention_fixed_point_" + s) for t, s in _STORAGE.items()}
 
 # PyTorch on OpenMP (its parallel backend here): its idle threads spin for milliseconds after each of its
 # parallel regions, so assocmem's own worker threads would share the cores with them; in OpenMP's team the
@@ -242,23 +243,29 @@ class _LogSumExp(_torch.autograd.Function):
         return _torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype), _torch.tensor(dbeta, dtype=beta.dtype), None, None
 
 
-class _Spherical(_torch.autograd.Function):
-    """(F'(g k^T) k, -sum F(g k^T)) for unit directions g (n, d) and memories k (K, d): eqs. (22), (21)."""
+class _SphericalStep(_torch.autograd.Function):
+    """Model C in C++ (attention.hpp spherical_step): from raw states v (n, d) over memories k (K, d), the
+    Euler step of eq. (22), v + step (F'(g k^T) k - alpha v) with g = v/|v|, and the energy at v, eq. (21),
+    -sum F(g k^T). Returns (next, energy); with want_next False, next is an empty placeholder."""
 
     @staticmethod
-    def forward(ctx, g, k, F, n, fbeta, mask, threads):
-        drive, energy = _SPH_FORWARD[k.dtype](_np_view(g), _np_view(k), F, n, fbeta, mask, threads)
-        ctx.save_for_backward(g, k)
-        ctx.args = (F, n, fbeta, mask, threads)
-        return _torch.from_numpy(drive), _torch.from_numpy(energy)
+    def forward(ctx, v, k, F, n, fbeta, alpha, step, mask, threads, want_next):
+        nxt, energy = _SPH_STEP[k.dtype](_np_view(v), _np_view(k), F, n, fbeta, alpha, step, mask, threads, want_next)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no term in the backward
+        ctx.save_for_backward(v, k)
+        ctx.args = (F, n, fbeta, alpha, step, mask, threads)
+        return (_torch.from_numpy(nxt) if want_next else v.new_empty(0)), _torch.from_numpy(energy)
 
     @staticmethod
-    def backward(ctx, ddrive, denergy):
+    def backward(ctx, dnext, denergy):
         _first_order_only()
-        g, k = ctx.saved_tensors
-        dg, dk = _SPH_BACKWARD[k.dtype](_np_view(g), _np_view(k), *ctx.args, _np_view(ddrive),
-                                        _np_view(denergy.to(_torch.float64)))
-        return _torch.from_numpy(dg), _torch.from_numpy(dk).to(k.dtype), None, None, None, None, None
+        v, k = ctx.saved_tensors
+        if dnext is not None and dnext.numel() == 0:
+            dnext = None
+        dv, dk = _SPH_STEP_BACKWARD[k.dtype](_np_view(v), _np_view(k), *ctx.args,
+                                              None if dnext is None else _np_view(dnext.to(v.dtype)),
+                                              None if denergy is None else _np_view(denergy.to(_torch.float64)))
+        return _torch.from_numpy(dv), _torch.from_numpy(dk).to(k.dtype), *([None] * 8)
 
 
 def _check(name, t, dtypes):
@@ -331,17 +338,12 @@ def _implicit_fixed_point(q, keys, b, m, threads, max_updates, tol):
     """v* of eq. (16) on the keys, attached to the graph through one update whose incoming gradient g is
     replaced by the solution y of y = g + J^T y (deep-equilibrium style)."""
     import warnings
-    with _torch.no_grad():
-        z = q.detach()
-        for _ in range(max_updates):
-            z_new = _attention_step(z, keys.detach(), None, b.detach(), m, threads)
-            change = (z_new - z).abs().max().item()
-            z = z_new
-            if change <= tol:
-                break
-        else:
-            warnings.warn(f"hopfield_retrieve(implicit=True): no fixed point within {max_updates} updates (last change "
-                          f"{change:.3g} > fixed_point_tol {tol:g}); the implicit gradient assumes one", RuntimeWarning)
+    # The updates and the retrievals' stopping rule (each row until max |v_new - v| <= tol) in C++.
+    z, converged, change = _FIXED_POINT[keys.dtype](_np_view(q), _np_view(keys), float(b), m, threads, max_updates, tol)
+    z = _torch.from_numpy(z)
+    if not converged:
+        warnings.warn(f"hopfield_retrieve(implicit=True): no fixed point within {max_updates} updates (last change "
+                      f"{change:.3g} > fixed_point_tol {tol:g}); the implicit gradient assumes one", RuntimeWarning)
     z0 = z.detach().requires_grad_(True)
     f0 = _attention_step(z0, keys.detach(), None, b.detach(), m, threads)  # for J^T y products at v*
     state = _attention_step(z.detach(), keys, None, b, m, threads)     # = v*, with the graph to keys, beta
@@ -384,15 +386,9 @@ def spherical_retrieve(queries, memories, *, F=None, n=None, beta=_DEFAULT_BETA,
     F, n = _interaction(F, n)
     step = _DEF_C["step"] if step is None else float(step)
     steps = _whole(_DEF_C["max_steps"] if steps is None else steps, "steps")
-    if not step > 0:
-        raise ValueError(f"step must be > 0, got {step}")
     batch_shape, v, _, m = _prepare(queries, memories, None, 1.0, mask)
     for _ in range(int(steps)):
-        norm = v.norm(dim=-1, keepdim=True)
-        if (norm == 0).any():
-            raise ValueError("spherical_retrieve: a state is zero; model C's output v/|v| is undefined at 0")
-        drive, _ = _Spherical.apply(v / norm, memories, F, n, float(beta), m, threads)  # eq. (18), (22)
-        v = v + step * (drive - alpha * v)
+        v, _ = _SphericalStep.apply(v, memories, F, n, float(beta), float(alpha), step, m, threads, True)  # eq. (22)
     return v.reshape(*batch_shape, v.shape[-1])
 
 
@@ -401,8 +397,5 @@ def spherical_energy(states, memories, *, F=None, n=None, beta=_DEFAULT_BETA, ma
     states and the memories. Returns (...)."""
     F, n = _interaction(F, n)
     batch_shape, v, _, m = _prepare(states, memories, None, 1.0, mask)
-    norm = v.norm(dim=-1, keepdim=True)
-    if (norm == 0).any():
-        raise ValueError("spherical_energy: a state is zero; model C's energy is undefined at 0")
-    _, energy = _Spherical.apply(v / norm, memories, F, n, float(beta), m, threads)
+    _, energy = _SphericalStep.apply(v, memories, F, n, float(beta), 1.0, 1.0, m, threads, False)  # eq. (21)
     return energy.to(v.dtype).reshape(batch_shape)

@@ -609,41 +609,67 @@ void bind_attention_dtype(py::module_& m, const char* suffix) {
 
 template <class T, class S = T>
 void bind_spherical_dtype(py::module_& m, const char* suffix) {
-  m.def((std::string("spherical_forward_") + suffix).c_str(),
-        [](const CArr<T>& g, const CArr<S>& k, const std::string& F, double n, double beta, std::optional<U8> mask,
-           int threads) {
-          AttentionArgs<T> a = attention_args<T, S>(g, k, k, 1.0, mask, threads);
+  m.def((std::string("spherical_step_") + suffix).c_str(),
+        [](const CArr<T>& v, const CArr<S>& k, const std::string& F, double n, double beta, double alpha, double step,
+           std::optional<U8> mask, int threads, bool want_next) {
+          AttentionArgs<T> a = attention_args<T, S>(v, k, k, 1.0, mask, threads);
           const AdditivePtr f = make_interaction(interaction(F, n, beta));
-          std::vector<T> drive(a.n * a.d);
+          std::vector<T> next(want_next ? a.n * a.d : 0);
           std::vector<double> energy(a.n);
           {
             py::gil_scoped_release nogil;
-            spherical_forward(a, *f, drive.data(), energy.data());
+            spherical_step(a, *f, alpha, step, want_next ? next.data() : nullptr, energy.data());
           }
-          return py::make_tuple(to_numpy(std::move(drive), {py::ssize_t(a.n), py::ssize_t(a.d)}),
-                                to_numpy(std::move(energy), {py::ssize_t(a.n)}));
+          py::object out = py::none();
+          if (want_next) out = to_numpy(std::move(next), {py::ssize_t(a.n), py::ssize_t(a.d)});
+          return py::make_tuple(out, to_numpy(std::move(energy), {py::ssize_t(a.n)}));
         },
-        py::arg("g"), py::arg("k"), py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("mask"), py::arg("threads"),
-        "Model C at unit directions g: (F'(g k^T) k, -sum F(g k^T)) (eqs. 22, 21), fused over tiles.");
-  m.def((std::string("spherical_backward_") + suffix).c_str(),
-        [](const CArr<T>& g, const CArr<S>& k, const std::string& F, double n, double beta, std::optional<U8> mask,
-           int threads, std::optional<CArr<T>> ddrive, std::optional<CArr<double>> denergy) {
-          AttentionArgs<T> a = attention_args<T, S>(g, k, k, 1.0, mask, threads);
-          if (ddrive && (ddrive->ndim() != 2 || std::size_t(ddrive->shape(0)) != a.n || std::size_t(ddrive->shape(1)) != a.d))
-            throw InvalidArgument("spherical_backward: ddrive must have the shape of g");
+        py::arg("v"), py::arg("k"), py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("alpha"), py::arg("step"),
+        py::arg("mask"), py::arg("threads"), py::arg("want_next"),
+        "Model C's Euler step of eq. (22) from states v, and the energy (eq. 21) at v: (next or None, energy).");
+  m.def((std::string("spherical_step_backward_") + suffix).c_str(),
+        [](const CArr<T>& v, const CArr<S>& k, const std::string& F, double n, double beta, double alpha, double step,
+           std::optional<U8> mask, int threads, std::optional<CArr<T>> dnext, std::optional<CArr<double>> denergy) {
+          AttentionArgs<T> a = attention_args<T, S>(v, k, k, 1.0, mask, threads);
+          if (dnext && (dnext->ndim() != 2 || std::size_t(dnext->shape(0)) != a.n || std::size_t(dnext->shape(1)) != a.d))
+            throw InvalidArgument("spherical_step_backward: dnext must have the shape of v");
           if (denergy && (denergy->ndim() != 1 || std::size_t(denergy->shape(0)) != a.n))
-            throw InvalidArgument("spherical_backward: denergy must have one entry per query");
+            throw InvalidArgument("spherical_step_backward: denergy must have one entry per state");
           const AdditivePtr f = make_interaction(interaction(F, n, beta));
-          auto dg = gradient_array<T>(a.n, a.d), dk = gradient_array<T>(a.K, a.d);
-          T *dgp = dg.mutable_data(), *dkp = dk.mutable_data();
+          auto dv = gradient_array<T>(a.n, a.d), dk = gradient_array<T>(a.K, a.d);
+          T *dvp = dv.mutable_data(), *dkp = dk.mutable_data();
           {
             py::gil_scoped_release nogil;
-            spherical_backward(a, *f, ddrive ? ddrive->data() : nullptr, denergy ? denergy->data() : nullptr, dgp, dkp);
+            spherical_step_backward(a, *f, alpha, step, dnext ? dnext->data() : nullptr,
+                                    denergy ? denergy->data() : nullptr, dvp, dkp);
           }
-          return py::make_tuple(dg, dk);
+          return py::make_tuple(dv, dk);
         },
-        py::arg("g"), py::arg("k"), py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("mask"), py::arg("threads"),
-        py::arg("ddrive"), py::arg("denergy"), "(dg, dk) of sum(ddrive o drive) + sum(denergy o energy).");
+        py::arg("v"), py::arg("k"), py::arg("F"), py::arg("n"), py::arg("beta"), py::arg("alpha"), py::arg("step"),
+        py::arg("mask"), py::arg("threads"), py::arg("dnext"), py::arg("denergy"),
+        "(dv, dk) of sum(dnext o next) + sum(denergy o energy) of spherical_step.");
+  m.def((std::string("attention_fixed_point_") + suffix).c_str(),
+        [](const CArr<T>& q, const CArr<S>& k, double beta, std::optional<U8> mask, int threads, long max_updates,
+           double tol) {
+          const AttentionArgs<T> a = attention_args<T, S>(q, k, k, beta, mask, threads);
+          std::vector<T> states(a.n * a.d);
+          Retrieval r;
+          {
+            py::gil_scoped_release nogil;
+            r = attention_fixed_point(a, max_updates, tol, states.data());
+          }
+          bool converged = true;
+          double change = 0;
+          for (std::size_t b = 0; b < a.n; ++b) {
+            converged = converged && r.converged(b);
+            change = std::max(change, r.last_change[b]);  // NaN (no update) leaves it
+          }
+          return py::make_tuple(to_numpy(std::move(states), {py::ssize_t(a.n), py::ssize_t(a.d)}), converged, change);
+        },
+        py::arg("q"), py::arg("k"), py::arg("beta"), py::arg("mask"), py::arg("threads"), py::arg("max_updates"),
+        py::arg("tol"),
+        "Eq. (16) on the keys from q until each row's max |change| <= tol or max_updates: (states, all converged, "
+        "the largest last change).");
 }
 
 // Batches of independent attentions (AttentionBatch): q (E, n, d), k (E, K, d), v (E, K, dv), betas (E,),

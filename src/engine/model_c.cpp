@@ -67,7 +67,7 @@ Retrieval ModelCEngine::retrieve(const float* queries, std::size_t batch, const 
           merged_c_pass(*core_, F_.get(), cur.data(), n, options.mask, &rows, poller, drive, energy);
         }
         for (std::size_t i = 0; i < n * d; ++i)
-          next[i] = static_cast<float>(cur[i] + o.step * (drive[i] - alpha_ * cur[i]));  // eq. (22)
+          next[i] = static_cast<float>(detail::spherical_step(cur[i], drive[i], alpha_, o.step));  // eq. (22)
         detail::apply_clamp(options.clamp, queries, rows, d, next.data());
       },
       alpha_ == 0.0 ? detail::direction_change<float> : detail::max_abs_change<float>);

@@ -454,6 +454,35 @@ def test_implicit_gradients_equal_unrolled_ones_at_a_fixed_point():
                              fixed_point_tol=1e-15)
 
 
+def test_implicit_fixed_point_with_a_mask_per_query_and_its_errors():
+    """The implicit path's updates run in C++ (attention_fixed_point), each query with its own mask row and
+    stopping on its own: the same output and gradients as the unrolled updates with the same mask."""
+    g = torch.Generator().manual_seed(9)
+    k0 = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    q = k0[:6] + 0.5 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    q[2] *= 0.05  # near the mean: converges later than the others
+    mask = torch.rand(6, 40, generator=g) < 0.3
+    mask[torch.arange(6), torch.arange(6)] = False
+    res = []
+    for implicit in (False, True):
+        k = k0.clone().requires_grad_(True)
+        out = at.hopfield_retrieve(q, k, beta=2.0, mask=mask, steps=120, implicit=implicit, fixed_point_tol=1e-13)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)).sum().backward()
+        res.append((out.detach(), k.grad))
+    for name, a, r in zip(("out", "dk"), *res):
+        assert torch.allclose(a, r, atol=1e-9), f"{name}: {(a - r).abs().max().item():.3g}"
+    with pytest.raises(ValueError, match="fixed_point_tol must be finite and >= 0"):
+        at.hopfield_retrieve(q, k0, steps=3, implicit=True, fixed_point_tol=-1.0)
+    with pytest.raises(ValueError, match="alpha must be finite and >= 0"):
+        at.spherical_retrieve(q, k0, alpha=-0.5, steps=2)
+    with pytest.raises(ValueError, match="step must be finite and > 0"):
+        at.spherical_retrieve(q, k0, step=0.0, steps=2)
+    z = q.clone()
+    z[4] = 0
+    with pytest.raises(ValueError, match="state 4 is zero"):
+        at.spherical_retrieve(z, k0, steps=2)
+
+
 def interaction(F, n, beta):
     """F and F' from torch ops (models A and C's interaction functions)."""
     if F == "power":
