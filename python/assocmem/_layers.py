@@ -244,9 +244,10 @@ class HopfieldCore(nn.Module):
         already) or the layer norms (modules or None) of the stored patterns and of the projections, applied
         here - inside the fused kernel where the output is taken in the input space (_fused_norms)."""
         fused = None
+        in_inputs = (what in ("output", ("output",)) and min(state.shape[:2]) > 0 and stored.shape[0] > 0
+                     and self._reassociates(state, stored, proj, steps))
         if norms is not None:
-            if (what in ("output", ("output",)) and min(state.shape[:2]) > 0 and stored.shape[0] > 0
-                    and self._reassociates(state, stored, proj, steps)):
+            if in_inputs:
                 fused = _fused_norms(norms, stored, proj)
             if fused is None:
                 stored, proj = (x if m is None else m(x) for m, x in zip(norms, (stored, proj)))
@@ -263,7 +264,7 @@ class HopfieldCore(nn.Module):
             names = what if isinstance(what, tuple) else (what,)
             res = tuple(cut[w](t.expand(max(N, 1), *t.shape[1:])) for w, t in zip(names, full))
             return res if isinstance(what, tuple) else res[0]
-        if what in ("output", ("output",)) and self._reassociates(state, stored, proj, steps):
+        if in_inputs:
             out = self._output_in_input_space(state, stored, proj, stored_pattern_padding_mask, association_mask,
                                               scaling, steps, eps, fused)
             return out if what == "output" else (out,)
@@ -329,19 +330,19 @@ class HopfieldCore(nn.Module):
         linear in the stored patterns), float32 / float64; and, unless forced, fewer multiply-adds."""
         if self._reassociation is False:
             return False
-        mq, mk, mv = self._linear_maps()
-        if (mk is None or self.value_as_connected or self.normalize_pattern or self.add_zero_attn
+        static_values = self.value_as_static  # no value projection (a static pattern: _linear_maps' None)
+        if (self.key_as_static or self.value_as_connected or self.normalize_pattern or self.add_zero_attn
                 or stored.dtype not in (_torch.float32, _torch.float64)):
             return False
         if self._reassociation:
             return True
         N, L, Nk, S, H = state.shape[0], state.shape[1], stored.shape[0], stored.shape[1], self.num_heads
         hd, dk = self.head_dim, stored.shape[2]
-        pd, dv = (proj.shape[2], proj.shape[2]) if mv is None else (self.pattern_dim, proj.shape[2])
+        pd, dv = (proj.shape[2], proj.shape[2]) if static_values else (self.pattern_dim, proj.shape[2])
         updates = sum(1 if s is None else s for s in steps)  # None: at least one update; more cannot be known
         # Per head and query: scores and weighted sum over S stored patterns, in the space they are taken in.
-        projected = Nk * S * H * (dk * hd + (0 if mv is None else dv * pd)) + N * L * S * (H * (hd + pd) + 2 * updates * hd)
-        inputs = N * L * S * (H * (dk + dv) + 2 * updates * dk) + N * L * H * (hd * dk + (0 if mv is None else pd * dv))
+        projected = Nk * S * H * (dk * hd + (0 if static_values else dv * pd)) + N * L * S * (H * (hd + pd) + 2 * updates * hd)
+        inputs = N * L * S * (H * (dk + dv) + 2 * updates * dk) + N * L * H * (hd * dk + (0 if static_values else pd * dv))
         return inputs < projected
 
     def _output_in_input_space(self, state, stored, proj, stored_pattern_padding_mask, association_mask, scaling,
