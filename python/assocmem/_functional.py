@@ -11,7 +11,8 @@ import torch as _torch
 
 from . import _DEFAULT_BETA, _core, _mask_values, _whole, _worker_pool_chosen
 
-__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy"]
+__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "empty_cache",
+           "memory_reserved"]
 
 # Keyed by the memories' storage dtype; bfloat16 memories are widened tile by tile, computed in float32.
 _STORAGE = {_torch.float32: "f32", _torch.float64: "f64", _torch.bfloat16: "bf16"}
@@ -399,3 +400,17 @@ def spherical_energy(states, memories, *, F=None, n=None, beta=_DEFAULT_BETA, ma
     batch_shape, v, _, m = _prepare(states, memories, None, 1.0, mask)
     _, energy = _SphericalStep.apply(v, memories, F, n, float(beta), 1.0, 1.0, m, threads, False)  # eq. (21)
     return energy.to(v.dtype).reshape(batch_shape)
+
+
+def empty_cache() -> int:
+    """Frees the large output buffers (32 MB and more: the memories' gradients) that assocmem keeps after
+    they are freed, for the next call of about the same size (at most 4 of them and 1 GiB; a fresh
+    allocation of that size is zero-filled by the kernel on first touch, every call). Returns the bytes
+    freed. As torch.cuda.empty_cache: nothing in use is touched."""
+    return int(_core._empty_cache())
+
+
+def memory_reserved() -> int:
+    """The bytes of freed large output buffers kept for reuse (see empty_cache)."""
+    return int(_core._cached_bytes())
+

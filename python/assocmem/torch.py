@@ -46,17 +46,20 @@ from __future__ import annotations
 
 # The face only: the functions from the functional layer, the modules from the layers built on it
 # (_functional <- _layers <- torch; no import circle).
-from ._functional import hopfield_energy, hopfield_retrieve, spherical_energy, spherical_retrieve
+from ._functional import (empty_cache, hopfield_energy, hopfield_retrieve, memory_reserved, spherical_energy,
+                          spherical_retrieve)
 from ._hierarchical import Conv2dSynapse, DenseSynapse, LayeredMemory, Neurons
 from ._layers import (Hopfield, HopfieldCore, HopfieldDecoderLayer, HopfieldEncoderLayer, HopfieldLayer,
                       HopfieldPooling)
 
-for _f in (hopfield_retrieve, hopfield_energy, spherical_retrieve, spherical_energy, Hopfield, HopfieldPooling,
+for _f in (hopfield_retrieve, hopfield_energy, spherical_retrieve, spherical_energy, empty_cache, memory_reserved,
+           Hopfield, HopfieldPooling,
            HopfieldLayer, HopfieldCore, HopfieldEncoderLayer, HopfieldDecoderLayer, LayeredMemory, Neurons, DenseSynapse,
            Conv2dSynapse):
     _f.__module__ = __name__  # help() and reprs name the public module
 del _f
 
-__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "Hopfield",
+__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "empty_cache",
+           "memory_reserved", "Hopfield",
            "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer",
            "LayeredMemory", "Neurons", "DenseSynapse", "Conv2dSynapse"]

@@ -7,7 +7,8 @@ import torch
 from . import LayeredNetwork
 from .lagrangians import Lagrangian
 
-__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "Hopfield",
+__all__ = ["hopfield_retrieve", "hopfield_energy", "spherical_retrieve", "spherical_energy", "empty_cache",
+           "memory_reserved", "Hopfield",
            "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer",
            "LayeredMemory", "Neurons", "DenseSynapse", "Conv2dSynapse"]
 
@@ -24,6 +25,9 @@ def spherical_retrieve(queries: torch.Tensor, memories: torch.Tensor, *, F: Opti
 def spherical_energy(states: torch.Tensor, memories: torch.Tensor, *, F: Optional[str] = None,
                      n: Optional[float] = None, beta: float = 1.0,
                      mask: Union[None, torch.Tensor, npt.ArrayLike] = None, threads: int = 0) -> torch.Tensor: ...
+
+def empty_cache() -> int: ...
+def memory_reserved() -> int: ...
 
 _Mask = Optional[torch.Tensor]
 

@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 
 #include <array>
+#include <cstdlib>
 #include <chrono>
 #include <limits>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <type_traits>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "assocmem/attention.hpp"
 #ifdef ASSOCMEM_WITH_ANN
@@ -58,11 +60,91 @@ py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape, heap->data(), owner);
 }
 
-// An uninitialised (rows x cols) array for a gradient that the library writes in full: the workers'
-// writes are its first touch (no zero-filling of, say, 256 MB under the GIL first).
+// Large output arrays (the memories' gradients of assocmem.torch: 164 MB per call for a batch of 64
+// elements of 10k x 64 memories) are taken from a few recently freed ones. A fresh allocation of that size
+// is a new mapping whose pages the kernel zero-fills on first touch, every call (glibc keeps freed blocks
+// for reuse only below 32 MB); at batch 64, K = 10k that was 13% of HopfieldPooling's forward + backward
+// and 6% of Hopfield's (README). At most kBlocks blocks and kBytes bytes are kept; a request takes the smallest kept block
+// of at least its size and at most 4/3 of it. Arrays below kLarge come from numpy as before.
+// assocmem.torch.empty_cache() frees the kept blocks (release()).
+class LargeBuffers {
+ public:
+  static constexpr std::size_t kLarge = std::size_t(32) << 20, kBytes = std::size_t(1) << 30, kBlocks = 4;
+  static constexpr std::size_t kHeader = 64;  // the block's size, before the 64-byte aligned data
+
+  static void* take(std::size_t bytes) {
+    if (bytes > (std::numeric_limits<std::size_t>::max() >> 2)) throw std::bad_alloc();
+    {
+      std::lock_guard<std::mutex> lock(mutex());
+      auto& kept = blocks();
+      std::size_t best = kept.size();
+      for (std::size_t i = 0; i < kept.size(); ++i)
+        if (size_of(kept[i]) >= bytes && size_of(kept[i]) <= bytes / 3 * 4 &&
+            (best == kept.size() || size_of(kept[i]) < size_of(kept[best])))
+          best = i;
+      if (best < kept.size()) {
+        char* base = kept[best];
+        held() -= size_of(base);
+        kept.erase(kept.begin() + static_cast<std::ptrdiff_t>(best));
+        return base + kHeader;
+      }
+    }
+    char* base = static_cast<char*>(std::aligned_alloc(kHeader, kHeader + (bytes + kHeader - 1) / kHeader * kHeader));
+    if (!base) throw std::bad_alloc();
+    *reinterpret_cast<std::size_t*>(base) = bytes;
+    return base + kHeader;
+  }
+
+  /// Frees every kept block; returns the bytes freed.
+  static std::size_t release() {
+    std::lock_guard<std::mutex> lock(mutex());
+    const std::size_t freed = held();
+    for (char* base : blocks()) std::free(base);
+    blocks().clear();
+    held() = 0;
+    return freed;
+  }
+  static std::size_t kept_bytes() {
+    std::lock_guard<std::mutex> lock(mutex());
+    return held();
+  }
+
+  static void give(void* data) {
+    char* base = static_cast<char*>(data) - kHeader;
+    std::lock_guard<std::mutex> lock(mutex());
+    auto& kept = blocks();
+    kept.push_back(base);
+    held() += size_of(base);
+    while (!kept.empty() && (kept.size() > kBlocks || held() > kBytes)) {  // the oldest go first
+      held() -= size_of(kept.front());
+      std::free(kept.front());
+      kept.erase(kept.begin());
+    }
+  }
+
+ private:
+  static std::size_t size_of(const char* base) { return *reinterpret_cast<const std::size_t*>(base); }
+  // Never destroyed: arrays may be freed by Python after static destructors ran at exit.
+  static std::mutex& mutex() { static auto* m = new std::mutex; return *m; }
+  static std::vector<char*>& blocks() { static auto* b = new std::vector<char*>; return *b; }
+  static std::size_t& held() { static std::size_t h = 0; return h; }
+};
+
+// An uninitialised array that the library writes in full: the workers' writes are its first touch (no
+// zero-filling of, say, 256 MB under the GIL first); large ones from LargeBuffers.
+template <class T>
+py::array_t<T> uninitialised(std::vector<py::ssize_t> shape) {
+  std::size_t bytes = sizeof(T);
+  for (auto n : shape)
+    if (n < 0 || __builtin_mul_overflow(bytes, static_cast<std::size_t>(n), &bytes)) throw std::bad_alloc();
+  if (bytes < LargeBuffers::kLarge) return py::array_t<T>(shape);
+  void* data = LargeBuffers::take(bytes);
+  py::capsule owner(data, [](void* p) { LargeBuffers::give(p); });
+  return py::array_t<T>(shape, static_cast<T*>(data), owner);
+}
 template <class T>
 py::array_t<T> gradient_array(std::size_t rows, std::size_t cols) {
-  return py::array_t<T>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+  return uninitialised<T>({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
 }
 
 py::array_t<double> vec_out(const Vector& v) {
@@ -752,7 +834,7 @@ BatchArgs<T, S> batch_args(const CArr<T>& q, const CArr<S>& k, const CArr<S>& v,
 
 template <class T>
 py::array_t<T> array3(std::size_t a, std::size_t b, std::size_t c) {
-  return py::array_t<T>({py::ssize_t(a), py::ssize_t(b), py::ssize_t(c)});
+  return uninitialised<T>({py::ssize_t(a), py::ssize_t(b), py::ssize_t(c)});
 }
 
 template <class T, class S = T>
@@ -1589,6 +1671,9 @@ void bind_glyphs(py::module_& m) {
         "Names of the kernel tables this CPU and build run, best first (e.g. ['avx512', 'avx2', 'sse4', "
         "'generic']): any of them is a valid kernel= argument of the models; the environment variable "
         "ASSOCMEM_KERNEL forces the automatic choice.");
+  m.def("_empty_cache", [] { return LargeBuffers::release(); },
+        "Frees the large output buffers kept for reuse (assocmem.torch.empty_cache); returns the bytes freed.");
+  m.def("_cached_bytes", [] { return LargeBuffers::kept_bytes(); }, "Bytes of large output buffers kept for reuse.");
   m.def("_worker_pools", [] {
     std::vector<std::string> pools{"threads"};
 #ifdef ASSOCMEM_WITH_OPENMP_WORKERS

@@ -483,6 +483,43 @@ def test_implicit_fixed_point_with_a_mask_per_query_and_its_errors():
         at.spherical_retrieve(z, k0, steps=2)
 
 
+def test_large_gradients_reuse_freed_buffers_and_empty_cache_releases_them():
+    """Gradients of 32 MB and more come from recently freed buffers (a fresh mapping is zero-filled by the
+    kernel on every call): a recycled buffer gets every entry written (masked memories' zeros included),
+    at most 4 buffers are kept, and empty_cache frees them."""
+    from assocmem._functional import _attention_batch
+    at.empty_cache()
+    g = torch.Generator().manual_seed(11)
+    k = torch.randn(2, 70000, 64, generator=g).requires_grad_(True)  # a 35.8 MB gradient
+    q1, q2 = torch.randn(2, 8, 64, generator=g), torch.randn(2, 8, 64, generator=g)
+    mask = torch.zeros(2, 70000, dtype=torch.bool)
+    mask[:, 5000:9000] = True
+
+    def grad(q, m):
+        k.grad = None
+        (_attention_batch(q, k, None, torch.ones(2), m) * torch.linspace(-1, 1, 64)).sum().backward()
+        return k.grad
+    first = grad(q1, None)
+    ptr, nbytes = first.data_ptr(), first.numel() * 4
+    del first
+    k.grad = None
+    assert at.memory_reserved() == nbytes
+    second = grad(q2, mask)
+    assert second.data_ptr() == ptr and at.memory_reserved() == 0  # the freed buffer, taken again
+    assert at.empty_cache() == 0
+    fresh = grad(q2, mask).clone()  # the clone is torch's own memory
+    assert torch.equal(second, fresh) and (second[:, 5000:9000] == 0).all()
+    del second
+    k.grad = None
+    many = []
+    for _ in range(5):
+        many.append(grad(q1, None))
+    k.grad = None
+    del many
+    assert at.memory_reserved() == 4 * nbytes  # the 5th was freed
+    assert at.empty_cache() == 4 * nbytes and at.memory_reserved() == 0
+
+
 def interaction(F, n, beta):
     """F and F' from torch ops (models A and C's interaction functions)."""
     if F == "power":
