@@ -26,8 +26,15 @@ the states, the memories and beta, with the log-sum-exp and its gradient fused t
     energy = spherical_energy(states, memories, F="rectified", n=3)
 
 are model C: Euler steps of eq. (22), v <- v + step (xi^T f(xi v/|v|) - alpha v), and its energy, eq.
-(21), E = -sum_mu F(xi_mu . v/|v|), differentiable in the states and the memories; the sums over the
-memories (F'(S) K, F(S) and their gradients, with F'') are fused the same way.
+(21), E = -sum_mu F(xi_mu . v/|v|), differentiable in the states and the memories; each step (the
+direction, the sums over the memories F'(S) K and F(S), the step) and its gradient, with F'', run in C++ the
+same way (the step is ModelCEngine's).
+
+    empty_cache(), memory_reserved()
+
+free, and count, the large output buffers (the memories' gradients, 32 MB and more) kept for reuse after
+they are freed (at most 4 and 1 GiB): a fresh allocation of that size is zero-filled by the kernel on
+every call.
 
     Hopfield, HopfieldPooling, HopfieldLayer, HopfieldCore, HopfieldEncoderLayer, HopfieldDecoderLayer
 
