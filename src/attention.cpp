@@ -607,9 +607,10 @@ void for_each_raw_tile(const AttentionArgs<T>& a, const Products<T>& pr, std::si
 }
 }  // namespace
 
+namespace {
+// attention_forward on arguments check() has passed (attention_fixed_point checks once, not per update).
 template <class T>
-void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
-  check(a);
+void forward_checked(const AttentionArgs<T>& a, T* out, double* lse) {
   const Products<T> pr(a);
   const std::size_t n = a.n, d = a.d, dv = a.dv, nw = worker_count(a);
   const std::size_t dp = kernels::round_up(d, kernels::kBlock), dvp = kernels::round_up(dv, kernels::kBlock);
@@ -646,6 +647,13 @@ void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
     pr.accumulate(W[w].data(), n, kTile, Vt, nt, dv, part.acc.data(), dvp);
   });
   for (std::size_t b = 0; b < n; ++b) lse[b] = combine(parts, b, out + b * dv);  // the workers' states merged
+}
+}  // namespace
+
+template <class T>
+void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
+  check(a);
+  forward_checked(a, out, lse);
 }
 
 template <class T>
@@ -1114,6 +1122,7 @@ Retrieval attention_fixed_point(const AttentionArgs<T>& a, long max_updates, dou
   ASSOCMEM_CHECK_ARG(a.q != nullptr && a.n > 0 && a.d > 0, "attention_fixed_point: no states");
   ASSOCMEM_CHECK_ARG(a.mask.rows == 0 || a.mask.rows == 1 || a.mask.rows == a.n, "mask: ", a.mask.rows,
                      " rows for ", a.n, " states (0, 1 or n)");
+  check(a);  // once: the keys do not change, and each update's states are checked finite by the driver
   const std::size_t n = a.n, d = a.d;
   std::vector<T> v(a.q, a.q + n * d);
   Retrieval r;
@@ -1136,7 +1145,7 @@ Retrieval attention_fixed_point(const AttentionArgs<T>& a, long max_updates, dou
           x.mask = {mask_rows.data(), rows.size()};
         }
         lse.resize(rows.size());
-        attention_forward(x, next.data(), lse.data());  // eq. (16)
+        forward_checked(x, next.data(), lse.data());  // eq. (16)
       },
       detail::max_abs_change<T>);
   std::copy(v.begin(), v.end(), states);
