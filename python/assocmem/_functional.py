@@ -67,12 +67,8 @@ class _AttentionBatch(_torch.autograd.Function):
                 vn_eps=None, vn_w=None, vn_b=None):
         if v is None:  # values = keys: the keys' norm too
             vn_eps, vn_w, vn_b = kn_eps, kn_w, kn_b
-        norms = _norm_args(kn_eps, kn_w, kn_b) + _norm_args(vn_eps, vn_w, vn_b)
-        kn = _np_view(k)
-        bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
-        out, lse = _FORWARD_BATCH[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), bn, mask, threads,
-                                           dropout, seed, None if bias is None else _np_view(bias), *norms)
-        out, lse = _torch.from_numpy(out), _torch.from_numpy(lse)
+        out, lse = _batch_forward(q, k, v, betas, mask, threads, dropout, seed, bias,
+                                  (kn_eps, kn_w, kn_b), (vn_eps, vn_w, vn_b))
         ctx.save_for_backward(q, k, k if v is None else v, betas, out, lse, bias, kn_w, kn_b, vn_w, vn_b)
         ctx.mask, ctx.threads, ctx.auto, ctx.dropout = mask, threads, v is None, (dropout, seed)
         ctx.eps = (kn_eps, vn_eps)
@@ -82,21 +78,45 @@ class _AttentionBatch(_torch.autograd.Function):
     def backward(ctx, dout):
         _first_order_only()
         q, k, v, betas, out, lse, bias, kn_w, kn_b, vn_w, vn_b = ctx.saved_tensors
-        norms = _norm_args(ctx.eps[0], kn_w, kn_b) + _norm_args(ctx.eps[1], vn_w, vn_b)
-        kn = _np_view(k)
-        bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
-        dq, dk, dv, dbeta, dbias, dkw, dkb, dvw, dvb = _BACKWARD_BATCH[k.dtype](
-            _np_view(q), kn, kn if ctx.auto else _np_view(v), bn, ctx.mask, ctx.threads, out.numpy(), lse.numpy(),
-            _np_view(dout), *ctx.dropout, None if bias is None else _np_view(bias), *norms)
+        dq, dk, dv, dbeta, dbias, dkw, dkb, dvw, dvb = _batch_backward(
+            q, k, None if ctx.auto else v, betas, ctx.mask, ctx.threads, out, lse, dout, ctx.dropout, bias,
+            (ctx.eps[0], kn_w, kn_b), (ctx.eps[1], vn_w, vn_b))
+        grads_v = (None, None) if ctx.auto else (dvw, dvb)
+        return (dq, dk, dv, dbeta, None, None, None, None, dbias, None, dkw, dkb, None, *grads_v)
 
-        def summed(g, like):  # a norm parameter's gradient: per element, summed over the batch
-            return None if g is None or like is None else _torch.from_numpy(g).sum(0).to(like.dtype)
-        grads_v = (None, None) if ctx.auto else (summed(dvw, vn_w), summed(dvb, vn_b))
-        return (_torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype),
-                None if dv is None else _torch.from_numpy(dv).to(v.dtype),
-                _torch.from_numpy(dbeta).to(betas.dtype), None, None, None, None,
-                None if dbias is None else _torch.from_numpy(dbias), None, summed(dkw, kn_w), summed(dkb, kn_b),
-                None, *grads_v)
+
+def _batch_forward(q, k, v, betas, mask, threads, dropout, seed, bias, key_norm, value_norm):
+    """The C++ batched fused forward (attention_forward_batch) on tensors: (out, lse). key_norm / value_norm:
+    (eps, weight, bias), eps None for no norm; v None: v = k with the keys' norm."""
+    if v is None:
+        value_norm = key_norm
+    kn = _np_view(k)
+    bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
+    out, lse = _FORWARD_BATCH[k.dtype](_np_view(q), kn, kn if v is None else _np_view(v), bn, mask, threads,
+                                       dropout, seed, None if bias is None else _np_view(bias),
+                                       *_norm_args(*key_norm), *_norm_args(*value_norm))
+    return _torch.from_numpy(out), _torch.from_numpy(lse)
+
+
+def _batch_backward(q, k, v, betas, mask, threads, out, lse, dout, dropout, bias, key_norm, value_norm):
+    """The C++ batched fused backward (attention_backward_batch) on tensors: the gradients (dq, dk, dv or None,
+    dbetas, dbias or None, then the keys' and the values' norm weight and bias, each None where that parameter
+    is None; summed over the batch) from the forward's out and lse; dropout = (rate, seed) of the forward."""
+    if v is None:
+        value_norm = key_norm
+    kn = _np_view(k)
+    bn = _np.ascontiguousarray(betas.detach().to(_torch.float64).numpy())
+    dq, dk, dv, dbeta, dbias, dkw, dkb, dvw, dvb = _BACKWARD_BATCH[k.dtype](
+        _np_view(q), kn, kn if v is None else _np_view(v), bn, mask, threads, out.numpy(), lse.numpy(),
+        _np_view(dout), *dropout, None if bias is None else _np_view(bias), *_norm_args(*key_norm),
+        *_norm_args(*value_norm))
+
+    def summed(g, like):  # a norm parameter's gradient: per element, summed over the batch
+        return None if g is None or like is None else _torch.from_numpy(g).sum(0).to(like.dtype)
+    return (_torch.from_numpy(dq), _torch.from_numpy(dk).to(k.dtype),
+            None if dv is None else _torch.from_numpy(dv).to(v.dtype), _torch.from_numpy(dbeta).to(betas.dtype),
+            None if dbias is None else _torch.from_numpy(dbias), summed(dkw, key_norm[1]), summed(dkb, key_norm[2]),
+            None if v is None else summed(dvw, value_norm[1]), None if v is None else summed(dvb, value_norm[2]))
 
 
 class _AttentionWeights(_torch.autograd.Function):
@@ -174,6 +194,202 @@ def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0, bias=Non
                                  betas.to(compute), m, threads, float(dropout), seed, bias, *norms)
 
 
+class _Projections:
+    """Where _ProjectedAttention finds its linear maps and layer norms among its parameter tensors: each map a
+    (tensor index, first row, end row) spec (rows None: the whole tensor) or None, each norm (eps, weight spec,
+    bias spec) or None. heads: the heads taken (a list; None: every head), H the number of heads, hd / pd their
+    query / value widths (hd None with wq None: the state itself, every head alike)."""
+    __slots__ = ("H", "hd", "pd", "heads", "sn", "wq", "bq", "wk", "wv", "bv", "wo", "bo", "kn", "vn")
+
+    def __init__(self, H, hd, pd, heads=None, sn=None, wq=None, bq=None, wk=None, wv=None, bv=None, wo=None, bo=None,
+                 kn=None, vn=None):
+        self.H, self.hd, self.pd, self.heads = H, hd, pd, heads
+        self.sn, self.wq, self.bq, self.wk, self.wv, self.bv, self.wo, self.bo = sn, wq, bq, wk, wv, bv, wo, bo
+        self.kn, self.vn = kn, vn
+
+
+def _part(ws, spec):
+    """The tensor (or rows of it) a _Projections spec names; None for None."""
+    if spec is None:
+        return None
+    i, r0, r1 = spec
+    return ws[i] if r0 is None else ws[i][r0:r1]
+
+
+def _norm(ws, n):
+    """A _Projections norm (eps, weight spec, bias spec) as _batch_forward takes it: (eps, weight, bias)."""
+    return (None, None, None) if n is None else (n[0], _part(ws, n[1]), _part(ws, n[2]))
+
+
+def _per_head(w, H, heads):
+    """(H * a, b) rows of a per-head map as (A, a, b) for the heads taken; (H * a,) biases as (A, a)."""
+    w = w.reshape(H, -1, *w.shape[1:])
+    return w if heads is None else w.index_select(0, _torch.tensor(heads))
+
+
+def _heads_mm(x, w):
+    """x_h w_h per head as one product per head over the batch's rows: x (N, A, L, a), w (A, a, b) -> (N, A, L,
+    b) (torch.matmul's broadcast would run N * A small products)."""
+    N, A, L = x.shape[0], x.shape[1], x.shape[2]
+    if A == 1:
+        return (x.reshape(N * L, -1) @ w[0]).view(N, 1, L, -1)
+    return _torch.bmm(x.transpose(0, 1).reshape(A, N * L, -1), w).view(A, N, L, -1).transpose(0, 1)
+
+
+def _head_sums(a, b):
+    """sum over the batch and the rows of a_h^T b_h per head: a (N, A, L, x), b (N, A, L, y) -> (A, x, y)."""
+    A = a.shape[1]
+    if A == 1:
+        return (a.reshape(-1, a.shape[3]).t() @ b.reshape(-1, b.shape[3])).unsqueeze(0)
+    return _torch.bmm(a.transpose(0, 1).reshape(A, -1, a.shape[3]).transpose(1, 2),
+                      b.transpose(0, 1).reshape(A, -1, b.shape[3]))
+
+
+class _ProjectedAttention(_torch.autograd.Function):
+    """A hopfield-layers association taken against the stored patterns Y and projections Z themselves (the
+    reassociation of _layers.HopfieldCore): for each head h taken, with keys K_h = n_k(Y) W_kh^T + b_kh and
+    values V_h = n_v(Z) W_vh^T + b_vh (n_k, n_v layer norms or none),
+        softmax(beta_h xi_h K_h^T) V_h = softmax((beta_h xi_h W_kh) n_k(Y)^T) n_v(Z) W_vh^T + b_vh,
+    since b_kh shifts all of a query's scores alike and a softmax row sums to one (eq. 16's update is the
+    same with V_h = K_h). The states xi_h are given (state (N, A, L, hd), project=False) or projected here
+    from the state pattern (state (N, L, din), project=True): xi = n_s(state) W_q^T + b_q split into heads.
+    With concat=True the heads' outputs are set side by side (N, L, A * pd) and mapped by the output
+    projection (W_o, b_o) where there is one; else (N, A, L, pd). The memories' layer norms run inside the
+    fused kernel (_batch_forward); everything else is a few products in torch, forward and backward, in ONE
+    autograd node: a layer's fixed cost per call is then one node's, not the dozens of PyTorch's small ops
+    (issue 22: time per batch element flat in the batch size). Inputs: p (_Projections), state, stored (E, S,
+    dk), proj (E, S, dv) or None (the stored patterns), betas (A,) tensor, mask (uint8 numpy per element) and
+    bias (per element, or None), threads, (dropout rate, seed), project, concat, then the parameter tensors
+    that p's specs index (their gradients summed over every use)."""
+
+    @staticmethod
+    def forward(ctx, p, state, stored, proj, betas, mask, bias, threads, dropout, project, concat, *ws):
+        x, ln = state, None
+        if project:
+            if p.sn is not None:
+                x, mean, rstd = _torch.native_layer_norm(state, [state.shape[-1]], _part(ws, p.sn[1]),
+                                                         _part(ws, p.sn[2]), p.sn[0])
+                ln = (mean, rstd)
+            N, L = x.shape[0], x.shape[1]
+            if p.wq is None:  # a static state pattern: the same for every head
+                q = x.unsqueeze(1).expand(N, p.H, L, x.shape[2])
+            else:
+                q = _torch.nn.functional.linear(x, _part(ws, p.wq), _part(ws, p.bq)).view(N, L, p.H, -1).transpose(1, 2)
+        else:
+            q = state
+        N, A, L = q.shape[0], q.shape[1], q.shape[2]
+        wk = _per_head(_part(ws, p.wk), p.H, p.heads)  # (A, hd, dk)
+        Q = _heads_mm(q, wk * betas.view(A, 1, 1))  # (N, A, L, dk): beta_h xi_h W_kh
+        E, dk = stored.shape[0], stored.shape[2]
+        queries = Q.reshape(E, -1, dk)  # per element its heads' queries (E = 1: the memories serve every element)
+        ones = _torch.ones(E, dtype=Q.dtype)
+        out, lse = _batch_forward(queries, stored, proj, ones, mask, threads, *dropout, bias, _norm(ws, p.kn), _norm(ws, p.vn))
+        O = out.view(N, A, L, -1)
+        res = O
+        if p.wv is not None:
+            res = _heads_mm(O, _per_head(_part(ws, p.wv), p.H, p.heads).transpose(1, 2))
+            if p.bv is not None:
+                res = res + _per_head(_part(ws, p.bv), p.H, p.heads).view(1, A, 1, -1)
+        cat = None
+        if concat:
+            cat = res = res.transpose(1, 2).reshape(N, L, -1)  # the heads side by side, as hopfield-layers'
+            if p.wo is not None:
+                res = _torch.nn.functional.linear(cat, _part(ws, p.wo), _part(ws, p.bo))
+        ctx.save_for_backward(state, stored, proj, betas, bias, *ws)
+        ctx.p, ctx.mask, ctx.threads, ctx.dropout, ctx.project, ctx.concat = p, mask, threads, dropout, project, concat
+        ctx.inner = (x, ln, q, Q, queries, out, lse, cat)
+        return res
+
+    @staticmethod
+    def backward(ctx, dres):
+        _first_order_only()
+        p = ctx.p
+        state, stored, proj, betas, bias, *ws = ctx.saved_tensors
+        x, ln, q, Q, queries, out, lse, cat = ctx.inner
+        need = ctx.needs_input_grad
+        grads = [None] * len(ws)
+
+        def add(spec, g):  # a map's gradient into its tensor's (a slice of it, or several uses summed)
+            if spec is None or g is None or not need[11 + spec[0]]:
+                return
+            i, r0, r1 = spec
+            if r0 is None:
+                grads[i] = g if grads[i] is None else grads[i] + g
+                return
+            if grads[i] is None:
+                grads[i] = _torch.zeros_like(ws[i])
+            grads[i][r0:r1] += g.reshape(r1 - r0, *ws[i].shape[1:])
+
+        def add_heads(spec, g):  # (A, ...) per-head gradients into the (H * ., ...) rows of the heads taken
+            if p.heads is not None:
+                g = g.new_zeros(p.H, *g.shape[1:]).index_add_(0, _torch.tensor(p.heads), g)
+            add(spec, g.reshape(-1, *g.shape[2:]))
+
+        N, A, L = q.shape[0], q.shape[1], q.shape[2]
+        d = dres.contiguous()
+        if ctx.concat:
+            if p.wo is not None:
+                add(p.wo, d.reshape(-1, d.shape[2]).t() @ cat.reshape(-1, cat.shape[2]))
+                add(p.bo, d.sum((0, 1)))
+                d = d @ _part(ws, p.wo)
+            d = d.view(N, L, A, -1).transpose(1, 2)  # (N, A, L, pd)
+        O = out.view(N, A, L, -1)
+        if p.wv is not None:
+            add_heads(p.wv, _head_sums(d, O))
+            if p.bv is not None:
+                add_heads(p.bv, d.sum((0, 2)))
+            d = _heads_mm(d, _per_head(_part(ws, p.wv), p.H, p.heads))  # (N, A, L, dv)
+        E = stored.shape[0]
+        dq_, dstored, dproj, _, dbias, dkw, dkb, dvw, dvb = _batch_backward(
+            queries, stored, proj, _torch.ones(E, dtype=Q.dtype), ctx.mask, ctx.threads, out, lse,
+            d.reshape(E, -1, out.shape[2]), ctx.dropout, bias, _norm(ws, p.kn), _norm(ws, p.vn))
+        for spec, g in ((p.kn, (dkw, dkb)), (p.vn, (dvw, dvb))):
+            if spec is not None:
+                add(spec[1], g[0])
+                add(spec[2], g[1])
+        dQ = dq_.view(N, A, L, -1)
+        dbetas = (dQ * Q).sum((0, 2, 3)) / betas if need[4] else None  # Q = beta_h (xi_h W_kh)
+        wk = _per_head(_part(ws, p.wk), p.H, p.heads)
+        add_heads(p.wk, _head_sums(q, dQ) * betas.view(A, 1, 1))
+        dq = _heads_mm(dQ, (wk * betas.view(A, 1, 1)).transpose(1, 2))  # (N, A, L, hd)
+        dstate = dq
+        if ctx.project:
+            if p.wq is None:
+                dx = dq.sum(1)
+            else:
+                dqf = dq.transpose(1, 2).reshape(N, L, -1)
+                add(p.wq, dqf.reshape(-1, dqf.shape[2]).t() @ x.reshape(-1, x.shape[2]))
+                add(p.bq, dqf.sum((0, 1)))
+                dx = dqf @ _part(ws, p.wq)
+            dstate = dx
+            if p.sn is not None:
+                w, b = _part(ws, p.sn[1]), _part(ws, p.sn[2])
+                dstate, dw, db = _torch.ops.aten.native_layer_norm_backward(
+                    dx, state, [state.shape[-1]], *ln, w, b, [need[1], w is not None, b is not None])
+                add(p.sn[1], dw)
+                add(p.sn[2], db)
+        return (None, dstate if need[1] else None, dstored if need[2] else None, dproj if need[3] else None, dbetas,
+                None, dbias if need[6] else None, None, None, None, None, *grads)
+
+
+def _projected_attention(p, state, stored, proj, betas, mask=None, bias=None, dropout=0.0, project=True,
+                         concat=True, ws=(), threads=0):
+    """_ProjectedAttention (see there) with its masks checked: mask a bool tensor and bias a float tensor, each
+    (E, S) or (E, n, S) for the E = stored.shape[0] elements of n queries each, or None. dropout in [0, 1)
+    on the association weights (training), seeded from torch's generator as _attention_batch's."""
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    _check("stored patterns", stored, (_torch.float32, _torch.float64))
+    E, S = stored.shape[0], stored.shape[1]
+    N, A, L = (state.shape[0], p.H, state.shape[1]) if project else tuple(state.shape[:3])
+    n = N * A * L // E  # queries per element of the call
+    m, bias = _batch_masks(E, n, S, mask, bias, stored.dtype)
+    seed = int(_torch.randint(0, 2**62, (1,)).item()) if dropout > 0 else 0
+    return _ProjectedAttention.apply(p, state, stored.contiguous(), None if proj is None else proj.contiguous(),
+                                     betas.to(stored.dtype), m, bias, threads, (float(dropout), seed), project, concat,
+                                     *ws)
+
+
 def _batch_inputs(q, k, v, betas, mask, bias):
     """The batched calls' checked inputs: (q in the compute dtype, mask as uint8 (E, 1|n, K) or None, bias
     (E, 1|n, K) contiguous or None, compute dtype)."""
@@ -191,6 +407,13 @@ def _batch_inputs(q, k, v, betas, mask, bias):
     E, n, K = q.shape[0], q.shape[1], k.shape[1]
     if betas.shape != (E,):
         raise ValueError(f"batched attention: betas must have shape ({E},), got {tuple(betas.shape)}")
+    m, bias = _batch_masks(E, n, K, mask, bias, compute)
+    return q, m, bias, compute
+
+
+def _batch_masks(E, n, K, mask, bias, compute):
+    """The batched calls' checked mask (uint8 (E, 1|n, K) numpy or None) and bias ((E, 1|n, K) contiguous in
+    the compute dtype, or None) for E elements of n queries against K memories."""
     m = None
     if mask is not None:
         mk = mask.detach().cpu()
@@ -211,7 +434,7 @@ def _batch_inputs(q, k, v, betas, mask, bias):
             raise ValueError(f"batched attention: bias must have shape ({E}, {K}) or ({E}, {n}, {K}), got "
                              f"{tuple(bias.shape)}")
         bias = bias.to(compute).contiguous()
-    return q, m, bias, compute
+    return m, bias
 
 
 def _association_batch(q, k, betas, mask=None, threads=0, bias=None):

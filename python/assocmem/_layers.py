@@ -19,7 +19,10 @@ projections (no Hopfield-space norm, zero association or connected values) and i
 against those patterns themselves with the queries beta_h xi W_kh, and the result mapped by W_vh
 (HopfieldCore._reassociates): the (stored patterns x heads) keys and values and their gradients are never
 formed. It is the same function (the keys' bias shifts each query's scores alike; the rows of the softmax
-sum to one), equal up to rounding. What differs (also in the README, "Porting from hopfield-layers"):
+sum to one), equal up to rounding. There, without update steps, the whole module - the three layer norms,
+the query, key, value and output projections and the fused association - is one autograd node
+(assocmem._functional._ProjectedAttention, its backward pass written out), so that a call's fixed cost is
+one node's rather than that of the ~70 nodes of PyTorch's small operations. What differs (also in the README, "Porting from hopfield-layers"):
 
 - update_steps_eps compares successive states (||xi_new - xi||, max over the batch, per head) instead of
   successive association matrices, which are never formed. update_steps_max=None iterates until that
@@ -46,7 +49,7 @@ import torch as _torch
 from torch import Tensor, nn
 
 from . import _whole
-from ._functional import _association_batch, _attention_batch
+from ._functional import _Projections, _association_batch, _attention_batch, _projected_attention
 
 __all__ = ["Hopfield", "HopfieldPooling", "HopfieldLayer", "HopfieldCore", "HopfieldEncoderLayer", "HopfieldDecoderLayer"]
 
@@ -171,10 +174,11 @@ class HopfieldCore(nn.Module):
                 nn.init.normal_(b, mean=0.0, std=0.02)
 
     # -- projections into the Hopfield space ---------------------------------------------------------------
-    def _linear_maps(self):
-        """(weight, bias) of the query, key and value projections, None for a static pattern, sliced by
-        hopfield-layers' layout: rows [W_q | W_k | W_v] of in_proj_weight (the projected ones) or separate
-        weights; the bias [b_q | b_k | b_v] over the projected query and key and the values."""
+    def _linear_specs(self):
+        """(weight, bias) of the query, key and value projections, None for a static pattern, each a (tensor,
+        first row, end row) (rows None: the whole tensor) of hopfield-layers' layout: rows [W_q | W_k | W_v] of
+        in_proj_weight (the projected ones) or separate weights; the bias [b_q | b_k | b_v] over the projected
+        query and key and the values."""
         hop = self.virtual_hopfield_dim
         b = self.in_proj_bias
         statics = (self.query_as_static, self.key_as_static, self.value_as_static)
@@ -184,7 +188,7 @@ class HopfieldCore(nn.Module):
                 if static:
                     maps.append(None)
                     continue
-                maps.append((self.in_proj_weight[start:start + size], None if b is None else b[start:start + size]))
+                maps.append(((self.in_proj_weight, start, start + size), None if b is None else (b, start, start + size)))
                 start += size
             return maps
         for static, w, size in zip(statics, (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight),
@@ -192,9 +196,16 @@ class HopfieldCore(nn.Module):
             if static:
                 maps.append(None)
                 continue
-            maps.append((w, None if b is None else (b[start:] if size is None else b[start:start + size])))
+            end = None if b is None else (b.shape[0] if size is None else start + size)
+            maps.append(((w, None, None), None if b is None else (b, start, end)))
             start += size or 0
         return maps
+
+    def _linear_maps(self):
+        """_linear_specs as tensors (the rows sliced)."""
+        def part(spec):
+            return None if spec is None else (spec[0] if spec[1] is None else spec[0][spec[1]:spec[2]])
+        return [None if m is None else (part(m[0]), part(m[1])) for m in self._linear_specs()]
 
     def _project(self, query, key, value):
         """(q, k, v) in the Hopfield space, batch first: q (N, L, H*hd), k (Nk, S, H*hd), v (Nk, S, H*pd);
@@ -241,12 +252,18 @@ class HopfieldCore(nn.Module):
         by the batch; scaling, steps, eps per head. what = "output" (N, L, out_dim), "association" (the softmax
         matrices, (N, H, L, S), no dropout) or "projection" (N, H, S, pd); or a tuple of these names: a tuple
         of the results, from one projection and one iteration. norms: None (the patterns are normalised
-        already) or the layer norms (modules or None) of the stored patterns and of the projections, applied
-        here - inside the fused kernel where the output is taken in the input space (_fused_norms)."""
-        fused = None
+        already) or the layer norms (modules or None) of the stored patterns and of the projections, and
+        optionally of the state patterns, applied here - inside the fused node where the output is taken in the
+        input space (_fused_norms, _output_in_input_space)."""
+        fused = state_norm = None
         in_inputs = (what in ("output", ("output",)) and min(state.shape[:2]) > 0 and stored.shape[0] > 0
                      and self._reassociates(state, stored, proj, steps))
         if norms is not None:
+            if len(norms) > 2 and norms[2] is not None:  # the state patterns' norm: in the fused node if it can be
+                state_norm = _fused_norm(norms[2], state) if in_inputs else None
+                if state_norm is None:
+                    state = norms[2](state)
+            norms = norms[:2]
             if in_inputs:
                 fused = _fused_norms(norms, stored, proj)
             if fused is None:
@@ -266,7 +283,7 @@ class HopfieldCore(nn.Module):
             return res if isinstance(what, tuple) else res[0]
         if in_inputs:
             out = self._output_in_input_space(state, stored, proj, stored_pattern_padding_mask, association_mask,
-                                              scaling, steps, eps, fused)
+                                              scaling, steps, eps, fused, state_norm)
             return out if what == "output" else (out,)
         q, k, v = self._heads(state, stored, proj)
         N, H, L, S = q.shape[0], q.shape[1], q.shape[2], stored.shape[1]
@@ -346,65 +363,89 @@ class HopfieldCore(nn.Module):
         return inputs < projected
 
     def _output_in_input_space(self, state, stored, proj, stored_pattern_padding_mask, association_mask, scaling,
-                               steps, eps, norms=None):
+                               steps, eps, norms=None, state_norm=None):
         """associate(..., what="output") computed against the stored patterns and projections themselves (norms:
-        None, or the (weight, bias, eps) or None of their layer norms, applied inside the fused kernel)."""
+        None, or the (weight, bias, eps) or None of their layer norms, applied inside the fused kernel;
+        state_norm: None or the state patterns' layer norm as (weight, bias, eps), still to be applied). Without
+        updates the whole association, from the state's norm to the output projection, is one autograd node
+        (_ProjectedAttention); each update of eq. (16) is one, and the final association."""
         kn, vn = (None, None) if norms is None else norms
         H = self.num_heads
-        mq, mk, mv = self._linear_maps()
-        q = state.repeat(1, 1, H) if mq is None else nn.functional.linear(state, *mq)
-        N, L, S = q.shape[0], q.shape[1], stored.shape[1]
-        q = q.reshape(N, L, H, -1).transpose(1, 2)  # (N, H, L, hd)
+        N, L, S = state.shape[0], state.shape[1], stored.shape[1]
         mask = self._masks(N, H, L, S, stored_pattern_padding_mask, association_mask)
-        wk = mk[0].reshape(H, self.head_dim, -1)
-        bk = None if mk[1] is None else mk[1].reshape(H, -1)
-        states = self._states(q, lambda x, heads: self._attend_inputs(x, heads, stored, None, wk, (wk, bk), mask,
-                                                                      scaling, norms=(kn, None)), steps, eps)
-        wv = None if mv is None else (mv[0].reshape(H, self.pattern_dim, -1),
-                                      None if mv[1] is None else mv[1].reshape(H, -1))
-        out = self._attend_inputs(_torch.stack(states, dim=1), list(range(H)), stored, proj, wk, wv, mask, scaling,
-                                  self.dropout if self.training else 0.0, (kn, vn))  # (N, H, L, pd)
-        out = out.transpose(1, 2).reshape(N, L, -1)
-        return out if self.out_proj is None else self.out_proj(out)
+        dropout = self.dropout if self.training else 0.0
+        every = list(range(H))
+        if all(s == 0 for s in steps):
+            p, ws = self._projections(None, (kn, vn), state_norm, final=True)
+            m, bias = (self._per_query(t, every, N, H, L, S, stored.shape[0]) for t in mask or (None, None))
+            return _projected_attention(p, state, stored, proj, _betas(scaling, 1, stored.dtype), m, bias, dropout,
+                                        project=True, concat=True, ws=ws)
+        if state_norm is not None:
+            state = nn.functional.layer_norm(state, (state.shape[-1],), *state_norm)
+        mq = self._linear_maps()[0]
+        q = state.repeat(1, 1, H) if mq is None else nn.functional.linear(state, *mq)
+        q = q.reshape(N, L, H, -1).transpose(1, 2)  # (N, H, L, hd)
+        states = self._states(q, lambda x, heads: self._attend_inputs(x, heads, stored, None, mask, scaling,
+                                                                      norms=(kn, None)), steps, eps)
+        return self._attend_inputs(_torch.stack(states, dim=1), every, stored, proj, mask, scaling, dropout, (kn, vn),
+                                   final=True)
+
+    def _projections(self, heads, norms, state_norm=None, final=False):
+        """(_Projections, its tensors) of the association against the stored patterns for the given heads (None:
+        every head): final=True the output (the value projection, the output projection, and the state's
+        norm and query projection), final=False an update of eq. (16) (the keys' map as the values')."""
+        ws, index = [], {}
+
+        def spec(s):  # (tensor, r0, r1) -> (index in ws, r0, r1), each tensor once
+            if s is None:
+                return None
+            if id(s[0]) not in index:
+                index[id(s[0])] = len(ws)
+                ws.append(s[0])
+            return (index[id(s[0])],) + tuple(s[1:])
+
+        def norm(n):  # (weight, bias, eps) -> (eps, weight spec, bias spec)
+            return None if n is None else (n[2], None if n[0] is None else spec((n[0], None, None)),
+                                           None if n[1] is None else spec((n[1], None, None)))
+        mq, mk, mv = self._linear_specs()
+        kn, vn = norms
+        if not final:
+            return _Projections(self.num_heads, self.head_dim, self.head_dim, heads, wk=spec(mk[0]), wv=spec(mk[0]),
+                                bv=spec(mk[1]), kn=norm(kn)), ws
+        op = self.out_proj
+        return _Projections(self.num_heads, self.head_dim, self.pattern_dim, heads, sn=norm(state_norm),
+                            wq=None if mq is None else spec(mq[0]), bq=None if mq is None else spec(mq[1]),
+                            wk=spec(mk[0]), wv=None if mv is None else spec(mv[0]), bv=None if mv is None else spec(mv[1]),
+                            wo=None if op is None else spec((op.weight, None, None)),
+                            bo=None if op is None or op.bias is None else spec((op.bias, None, None)),
+                            kn=norm(kn), vn=norm(vn)), ws
+
+    def _attend_inputs(self, states, heads, stored, proj, mask, scaling, dropout=0.0, norms=(None, None), final=False):
+        """softmax(beta_h xi K_h^T) V_h for the given heads, with K_h = stored W_kh^T + b_kh and V_h = proj
+        W_vh^T + b_vh (proj None: the stored patterns and V_h = K_h, an update of eq. 16), in one autograd node
+        (_ProjectedAttention) and one batched fused call against stored (Nk, S, dk) and proj (Nk, S, dv): each
+        batch element is one element of the call with the queries beta_h xi W_kh of all the given heads (Nk =
+        1 with N > 1: one element, every query). states (N, A, L, hd). norms: the layer norms ((weight, bias,
+        eps) or None) of the stored patterns and the projections, fused into the call. Returns (N, A, L, hd)
+        for an update, the output (N, L, out_dim) with final=True."""
+        N, A, L, S = states.shape[0], states.shape[1], states.shape[2], stored.shape[1]
+        every = heads == list(range(self.num_heads))
+        p, ws = self._projections(None if every else heads, norms, final=final)
+        m, bias = (self._per_query(t, heads, N, A, L, S, stored.shape[0]) for t in mask or (None, None))
+        return _projected_attention(p, states, stored, proj, _betas([scaling[h] for h in heads], 1, states.dtype), m,
+                                    bias, dropout, project=False, concat=final, ws=ws)
 
     @staticmethod
-    def _attend_inputs(states, heads, stored, proj, wk, wv, mask, scaling, dropout=0.0, norms=(None, None)):
-        """softmax(beta_h xi K_h^T) V_h for the given heads, with K_h = stored W_kh^T + b_kh and V_h = proj
-        W_vh^T + b_vh (proj None: the stored patterns; wv None: V_h = proj), in one batched fused call
-        against stored (Nk, S, dk) and proj (Nk, S, dv): each batch element is one element of the call with
-        the queries beta_h xi W_kh of all the given heads (Nk = 1 with N > 1: one element, every query).
-        states (N, A, L, hd), wk (H, hd, dk), wv ((H, pd, dv), (H, pd) or None) or None. norms: the layer norms
-        ((weight, bias, eps) or None) of the stored patterns and the projections, fused into the call (the
-        rows above are then the raw ones). Returns (N, A, L, pd)."""
-        N, A, L = states.shape[0], states.shape[1], states.shape[2]
-        every = heads == list(range(wk.shape[0]))
-        idx = None if every else _torch.tensor(heads)
-        betas = _betas([scaling[h] for h in heads], 1, states.dtype).to(states.dtype)
-        q = _torch.einsum("nald,ade->nale", states, wk if every else wk.index_select(0, idx)) * betas.view(1, A, 1, 1)
-        S = stored.shape[1]
-        m, bias = mask if mask is not None else (None, None)
-
-        def per_query(t):  # (N or 1, H or 1, L or 1, S) -> per element of the call: (E, queries, S) or (E, S)
-            if t is None:
-                return None
-            t = t if t.shape[1] == 1 or every else t[:, heads]
-            if stored.shape[0] == N and t.shape[0] == N and t.shape[1] == 1 and t.shape[2] == 1:
-                return t.reshape(N, S)  # one row per element serves every head and query
-            t = t.expand(N, A, L, S)
-            return t.reshape(N, A * L, S) if stored.shape[0] == N else t.reshape(1, N * A * L, S)
-        E = stored.shape[0]
-        queries = q.reshape(E, -1, q.shape[-1])  # (N, A*L, dk), or (1, N*A*L, dk) for shared memories
-        out = _attention_batch(queries, stored, proj, _torch.ones(E, dtype=states.dtype), per_query(m),
-                               dropout=dropout, bias=per_query(bias), key_norm=norms[0], value_norm=norms[1])
-        out = out.reshape(N, A, L, -1)
-        if wv is None:
-            return out
-        w, b = wv
-        w = w if every else w.index_select(0, idx)
-        out = _torch.einsum("nale,ape->nalp", out, w)
-        if b is not None:
-            out = out + (b if every else b.index_select(0, idx)).view(1, A, 1, -1)
-        return out
+    def _per_query(t, heads, N, A, L, S, E):
+        """A mask or bias (N or 1, H or 1, L or 1, S) as the call against E elements of stored patterns takes it,
+        for the A heads taken: (E, queries, S), or (E, S) where one row serves every head and query."""
+        if t is None:
+            return None
+        t = t if t.shape[1] == 1 or heads == list(range(t.shape[1])) else t[:, heads]
+        if E == N and t.shape[0] == N and t.shape[1] == 1 and t.shape[2] == 1:
+            return t.reshape(N, S)  # one row per element serves every head and query
+        t = t.expand(N, A, L, S)
+        return t.reshape(N, A * L, S) if E == N else t.reshape(1, N * A * L, S)
 
     def _masks(self, N, H, L, S, stored_pattern_padding_mask, association_mask):
         """(bool mask, additive bias), each None or broadcastable to (N, H, L, S) - of shape (N or 1, H or 1,
@@ -510,20 +551,20 @@ class HopfieldCore(nn.Module):
         return out.reshape(N, A, L, -1)
 
 
+def _fused_norm(m, x):
+    """A layer norm as the fused code takes it, (weight, bias, eps); None where m is not a plain LayerNorm over
+    x's last dimension with eps > 0 in x's dtype (it is then applied in torch)."""
+    if (type(m) is not nn.LayerNorm or tuple(m.normalized_shape) != (x.shape[-1],) or not m.eps > 0
+            or (m.weight is not None and m.weight.dtype != x.dtype)):
+        return None
+    return (m.weight, m.bias, float(m.eps))
+
+
 def _fused_norms(norms, stored, proj):
     """The layer norms of the stored patterns and the projections as the fused kernel takes them: a pair of
-    (weight, bias, eps) or None each; None where one of them is not a plain LayerNorm over the last
-    dimension with eps > 0 in the patterns' dtype (it is then applied in torch)."""
-    out = []
-    for m, x in zip(norms, (stored, proj)):
-        if m is None:
-            out.append(None)
-            continue
-        if (type(m) is not nn.LayerNorm or tuple(m.normalized_shape) != (x.shape[-1],) or not m.eps > 0
-                or (m.weight is not None and m.weight.dtype != x.dtype)):
-            return None
-        out.append((m.weight, m.bias, float(m.eps)))
-    return tuple(out)
+    (weight, bias, eps) or None each (no norm); None where one of them cannot be fused (_fused_norm)."""
+    out = tuple(None if m is None else _fused_norm(m, x) for m, x in zip(norms, (stored, proj)))
+    return None if any(o is None and m is not None for o, m in zip(out, norms)) else out
 
 
 def _scaling_per_head(scaling, H):
@@ -732,8 +773,8 @@ class Hopfield(nn.Module):
 
     # -- the association ---------------------------------------------------------------------------------
     def _inputs(self, data, shared_memories=False):
-        """(stored, state, projection), batch first, the state layer-normed (the stored patterns' and the
-        projections' norms are applied by the association: HopfieldCore.associate's norms); with
+        """(stored, state, projection), batch first, none of them layer-normed yet (the norms are applied by
+        the association: HopfieldCore.associate's norms); with
         shared_memories the stored patterns and projections have batch size 1 and serve every batch element."""
         if isinstance(data, Tensor):
             stored, state, proj = data, data, data
@@ -756,7 +797,7 @@ class Hopfield(nn.Module):
             raise ValueError(f"stored and state patterns must have the same batch size, got {stored.shape[0]} and "
                              f"{state.shape[0]}")
 
-        return stored, (state if self.norm_state_pattern is None else self.norm_state_pattern(state)), proj
+        return stored, state, proj
 
     def _associate(self, data, stored_pattern_padding_mask=None, association_mask=None, shared_memories=False,
                    what="output"):
@@ -765,7 +806,7 @@ class Hopfield(nn.Module):
         return self.association_core.associate(
             state, stored, proj, stored_pattern_padding_mask, association_mask, _scaling_per_head(self.__scaling, H),
             _steps_per_head(self.__update_steps_max, H), _eps_per_head(self.__update_steps_eps, H), what,
-            (self.norm_stored_pattern, self.norm_pattern_projection))
+            (self.norm_stored_pattern, self.norm_pattern_projection, self.norm_state_pattern))
 
     def forward(self, input: Union[Tensor, Tuple[Tensor, Tensor, Tensor]],
                 stored_pattern_padding_mask: Optional[Tensor] = None,

@@ -12,15 +12,15 @@ from assocmem.torch import Hopfield, HopfieldCore, HopfieldEncoderLayer, Hopfiel
 def spaces(monkeypatch):
     """Counts of associations taken in the input space and in the projected space, per module call."""
     calls = {"input": 0, "projected": 0}
-    inputs, projected = HopfieldCore._attend_inputs, HopfieldCore._attend
+    inputs, projected = HopfieldCore._output_in_input_space, HopfieldCore._attend
 
     def count(name, f):
         def wrapped(*a, **k):
             calls[name] += 1
             return f(*a, **k)
-        return staticmethod(wrapped)
-    monkeypatch.setattr(HopfieldCore, "_attend_inputs", count("input", inputs))
-    monkeypatch.setattr(HopfieldCore, "_attend", count("projected", projected))
+        return wrapped
+    monkeypatch.setattr(HopfieldCore, "_output_in_input_space", count("input", inputs))
+    monkeypatch.setattr(HopfieldCore, "_attend", staticmethod(count("projected", projected)))
 
     def run(module, *args, mode=None):
         monkeypatch.setattr(HopfieldCore, "_reassociation", mode)
@@ -84,3 +84,104 @@ def test_forcing_selects_the_space_and_both_agree(spaces):
         finally:
             HopfieldCore._reassociation = None
     torch.testing.assert_close(outs[0], outs[1], atol=1e-12, rtol=1e-10)  # the same algebra, rounding apart
+
+
+def gradcheck_module(module, args, training=False):
+    """torch.autograd.gradcheck in float64 of module(*args) in the input space, with respect to every input
+    that requires grad and every parameter (the module's parameter slots hold gradcheck's tensors: not
+    torch.nn.utils.stateless.functional_call, which changes the submodules' classes and with that the path
+    taken); in training the dropout draw is the same in every evaluation (torch.manual_seed before each), so
+    the function checked is a fixed one."""
+    module = module.double().train(training)
+    slots = [(owner, name) for owner in module.modules() for name, p in owner._parameters.items() if p is not None]
+    params = tuple(p.detach().clone().requires_grad_(True) for owner, name in slots for p in [owner._parameters[name]])
+    saved = [owner._parameters[name] for owner, name in slots]
+
+    def f(*flat):
+        torch.manual_seed(5)
+        for (owner, name), t in zip(slots, flat[len(args):]):
+            owner._parameters[name] = t
+        return module(*flat[:len(args)])
+    HopfieldCore._reassociation = True
+    try:
+        return torch.autograd.gradcheck(f, tuple(args) + params, eps=1e-6, atol=1e-7)
+    finally:
+        HopfieldCore._reassociation = None
+        for (owner, name), p in zip(slots, saved):
+            owner._parameters[name] = p
+
+
+def test_the_input_space_node_gradchecks_in_float64():
+    """The one node of the input space (_ProjectedAttention: the state's norm, the query, key, value and output
+    projections, the memories' norms and the fused association, forward and backward by hand) against
+    central differences in float64: every input and parameter, with a padding mask and an additive
+    association mask, dropout in training, per-head update steps (the heads still iterating taken by themselves),
+    memories shared by the batch, a static state."""
+    g = torch.Generator().manual_seed(3)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(True)
+    N, L, S = 2, 3, 7
+    stored, state, proj = r(N, S, 6), r(N, L, 5), r(N, S, 4)
+    pad = torch.zeros(N, S, dtype=torch.bool)
+    pad[1, 2:4] = True
+    m = Hopfield(input_size=5, stored_pattern_size=6, pattern_projection_size=4, hidden_size=4, num_heads=2,
+                 output_size=3, dropout=0.3, scaling=torch.tensor([0.7, 1.9]))
+    randomise_params(m)
+    bias = r(N * 2, L, S)  # additive, differentiable
+    assert gradcheck_module(Masked(m, pad), (stored, state, proj, bias), training=True)
+    steps = Hopfield(input_size=5, hidden_size=3, num_heads=3, update_steps_max=torch.tensor([1, 3, 2]), update_steps_eps=1e-30)
+    randomise_params(steps)
+    x = r(N, S, 5)
+    assert gradcheck_module(Tupled(steps), (x, state, x))
+    shared = HopfieldLayer(input_size=5, hidden_size=3, quantity=6, num_heads=2)
+    randomise_params(shared)
+    assert gradcheck_module(shared, (state,))
+    static = Hopfield(input_size=5, hidden_size=5, state_pattern_as_static=True, disable_out_projection=True,
+                      input_bias=False)
+    randomise_params(static)
+    assert gradcheck_module(Tupled(static), (x, state, x))
+    core = HopfieldCore(embed_dim=4, num_heads=2)  # a scaling per head that is itself differentiable
+    randomise_params(core)
+    q, kv = r(L, N, 4), r(S, N, 4)
+    assert gradcheck_module(CoreOutput(core), (q, kv, kv, r(2).detach().abs().add(0.5).requires_grad_(True)))
+
+
+class Tupled(torch.nn.Module):
+    """A Hopfield module called with (stored, state, projection) as three arguments."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, stored, state, proj):
+        return self.m((stored, state, proj))
+
+
+class CoreOutput(torch.nn.Module):
+    """HopfieldCore's output alone (need_weights=False), the scaling per head an argument."""
+
+    def __init__(self, core):
+        super().__init__()
+        self.core = core
+
+    def forward(self, query, key, value, scaling):
+        return self.core(query, key, value, need_weights=False, scaling=scaling)[0]
+
+
+class Masked(Tupled):
+    """... with a fixed padding mask and an additive association mask given as the fourth argument."""
+
+    def __init__(self, m, pad):
+        super().__init__(m)
+        self.pad = pad
+
+    def forward(self, stored, state, proj, bias):
+        return self.m((stored, state, proj), stored_pattern_padding_mask=self.pad, association_mask=bias)
+
+
+def randomise_params(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (1.0 if p.dim() == 1 else 0))
