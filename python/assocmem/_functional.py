@@ -65,8 +65,6 @@ class _AttentionBatch(_torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, betas, mask, threads, dropout=0.0, seed=0, bias=None, kn_eps=None, kn_w=None, kn_b=None,
                 vn_eps=None, vn_w=None, vn_b=None):
-        if v is None:  # values = keys: the keys' norm too
-            vn_eps, vn_w, vn_b = kn_eps, kn_w, kn_b
         out, lse = _batch_forward(q, k, v, betas, mask, threads, dropout, seed, bias,
                                   (kn_eps, kn_w, kn_b), (vn_eps, vn_w, vn_b))
         ctx.save_for_backward(q, k, k if v is None else v, betas, out, lse, bias, kn_w, kn_b, vn_w, vn_b)
@@ -197,13 +195,13 @@ def _attention_batch(q, k, v, betas, mask=None, threads=0, dropout=0.0, bias=Non
 class _Projections:
     """Where _ProjectedAttention finds its linear maps and layer norms among its parameter tensors: each map a
     (tensor index, first row, end row) spec (rows None: the whole tensor) or None, each norm (eps, weight spec,
-    bias spec) or None. heads: the heads taken (a list; None: every head), H the number of heads, hd / pd their
-    query / value widths (hd None with wq None: the state itself, every head alike)."""
-    __slots__ = ("H", "hd", "pd", "heads", "sn", "wq", "bq", "wk", "wv", "bv", "wo", "bo", "kn", "vn")
+    bias spec) or None. H: the number of heads; heads: the heads taken (a list; None: every head). wq None: the
+    state itself is every head's query (a static state pattern)."""
+    __slots__ = ("H", "heads", "sn", "wq", "bq", "wk", "wv", "bv", "wo", "bo", "kn", "vn")
 
-    def __init__(self, H, hd, pd, heads=None, sn=None, wq=None, bq=None, wk=None, wv=None, bv=None, wo=None, bo=None,
+    def __init__(self, H, heads=None, sn=None, wq=None, bq=None, wk=None, wv=None, bv=None, wo=None, bo=None,
                  kn=None, vn=None):
-        self.H, self.hd, self.pd, self.heads = H, hd, pd, heads
+        self.H, self.heads = H, heads
         self.sn, self.wq, self.bq, self.wk, self.wv, self.bv, self.wo, self.bo = sn, wq, bq, wk, wv, bv, wo, bo
         self.kn, self.vn = kn, vn
 
@@ -283,7 +281,8 @@ class _ProjectedAttention(_torch.autograd.Function):
         E, dk = stored.shape[0], stored.shape[2]
         queries = Q.reshape(E, -1, dk)  # per element its heads' queries (E = 1: the memories serve every element)
         ones = _torch.ones(E, dtype=Q.dtype)
-        out, lse = _batch_forward(queries, stored, proj, ones, mask, threads, *dropout, bias, _norm(ws, p.kn), _norm(ws, p.vn))
+        out, lse = _batch_forward(queries, stored, proj, ones, mask, threads, *dropout, bias, _norm(ws, p.kn),
+                                  _norm(ws, p.vn))
         O = out.view(N, A, L, -1)
         res = O
         if p.wv is not None:
@@ -297,7 +296,7 @@ class _ProjectedAttention(_torch.autograd.Function):
                 res = _torch.nn.functional.linear(cat, _part(ws, p.wo), _part(ws, p.bo))
         ctx.save_for_backward(state, stored, proj, betas, bias, *ws)
         ctx.p, ctx.mask, ctx.threads, ctx.dropout, ctx.project, ctx.concat = p, mask, threads, dropout, project, concat
-        ctx.inner = (x, ln, q, Q, queries, out, lse, cat)
+        ctx.inner = (x, ln, q, queries, out, lse, cat)
         return res
 
     @staticmethod
@@ -305,7 +304,7 @@ class _ProjectedAttention(_torch.autograd.Function):
         _first_order_only()
         p = ctx.p
         state, stored, proj, betas, bias, *ws = ctx.saved_tensors
-        x, ln, q, Q, queries, out, lse, cat = ctx.inner
+        x, ln, q, queries, out, lse, cat = ctx.inner
         need = ctx.needs_input_grad
         grads = [None] * len(ws)
 
@@ -341,15 +340,15 @@ class _ProjectedAttention(_torch.autograd.Function):
             d = _heads_mm(d, _per_head(_part(ws, p.wv), p.H, p.heads))  # (N, A, L, dv)
         E = stored.shape[0]
         dq_, dstored, dproj, _, dbias, dkw, dkb, dvw, dvb = _batch_backward(
-            queries, stored, proj, _torch.ones(E, dtype=Q.dtype), ctx.mask, ctx.threads, out, lse,
+            queries, stored, proj, _torch.ones(E, dtype=queries.dtype), ctx.mask, ctx.threads, out, lse,
             d.reshape(E, -1, out.shape[2]), ctx.dropout, bias, _norm(ws, p.kn), _norm(ws, p.vn))
         for spec, g in ((p.kn, (dkw, dkb)), (p.vn, (dvw, dvb))):
             if spec is not None:
                 add(spec[1], g[0])
                 add(spec[2], g[1])
         dQ = dq_.view(N, A, L, -1)
-        dbetas = (dQ * Q).sum((0, 2, 3)) / betas if need[4] else None  # Q = beta_h (xi_h W_kh)
         wk = _per_head(_part(ws, p.wk), p.H, p.heads)
+        dbetas = (dQ * _heads_mm(q, wk)).sum((0, 2, 3)) if need[4] else None  # Q = beta_h (xi_h W_kh)
         add_heads(p.wk, _head_sums(q, dQ) * betas.view(A, 1, 1))
         dq = _heads_mm(dQ, (wk * betas.view(A, 1, 1)).transpose(1, 2))  # (N, A, L, hd)
         dstate = dq

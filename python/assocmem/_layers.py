@@ -410,10 +410,9 @@ class HopfieldCore(nn.Module):
         mq, mk, mv = self._linear_specs()
         kn, vn = norms
         if not final:
-            return _Projections(self.num_heads, self.head_dim, self.head_dim, heads, wk=spec(mk[0]), wv=spec(mk[0]),
-                                bv=spec(mk[1]), kn=norm(kn)), ws
+            return _Projections(self.num_heads, heads, wk=spec(mk[0]), wv=spec(mk[0]), bv=spec(mk[1]), kn=norm(kn)), ws
         op = self.out_proj
-        return _Projections(self.num_heads, self.head_dim, self.pattern_dim, heads, sn=norm(state_norm),
+        return _Projections(self.num_heads, heads, sn=norm(state_norm),
                             wq=None if mq is None else spec(mq[0]), bq=None if mq is None else spec(mq[1]),
                             wk=spec(mk[0]), wv=None if mv is None else spec(mv[0]), bv=None if mv is None else spec(mv[1]),
                             wo=None if op is None else spec((op.weight, None, None)),
