@@ -22,7 +22,8 @@ formed. It is the same function (the keys' bias shifts each query's scores alike
 sum to one), equal up to rounding. There, without update steps, the whole module - the three layer norms,
 the query, key, value and output projections and the fused association - is one autograd node
 (assocmem._functional._ProjectedAttention, its backward pass written out), so that a call's fixed cost is
-one node's rather than that of the ~70 nodes of PyTorch's small operations. What differs (also in the README, "Porting from hopfield-layers"):
+one node's rather than that of the ~70 nodes of PyTorch's small operations. What differs (also in the
+README, "Porting from hopfield-layers"):
 
 - update_steps_eps compares successive states (||xi_new - xi||, max over the batch, per head) instead of
   successive association matrices, which are never formed. update_steps_max=None iterates until that
@@ -773,8 +774,8 @@ class Hopfield(nn.Module):
     # -- the association ---------------------------------------------------------------------------------
     def _inputs(self, data, shared_memories=False):
         """(stored, state, projection), batch first, none of them layer-normed yet (the norms are applied by
-        the association: HopfieldCore.associate's norms); with
-        shared_memories the stored patterns and projections have batch size 1 and serve every batch element."""
+        the association: HopfieldCore.associate's norms); with shared_memories the stored patterns and
+        projections have batch size 1 and serve every batch element."""
         if isinstance(data, Tensor):
             stored, state, proj = data, data, data
         elif isinstance(data, tuple) and len(data) == 3:
