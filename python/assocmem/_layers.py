@@ -322,6 +322,7 @@ class HopfieldCore(nn.Module):
             if not isinstance(t, Tensor) or t.dim() != 3:
                 raise ValueError(f"{name} must be a 3-d tensor (length, batch, features), got "
                                  f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        _check_dtypes(self, (("query", query), ("key", key), ("value", value)))
         H = self.num_heads
         args = (query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), key_padding_mask, attn_mask,
                 _scaling_per_head(1.0 if scaling is None else scaling, H), _steps_per_head(update_steps_max, H),
@@ -567,6 +568,18 @@ def _fused_norms(norms, stored, proj):
     return None if any(o is None and m is not None for o, m in zip(out, norms)) else out
 
 
+def _check_dtypes(module, named):
+    """The patterns are floating point and of the module's parameters' dtype (a float64 input to a float32
+    module otherwise fails deep inside torch with "expected scalar type", naming no argument)."""
+    param = next(module.parameters(), None)
+    for name, t in named:
+        if not t.is_floating_point():
+            raise TypeError(f"the {name} must be a floating-point tensor, got {t.dtype}")
+        if param is not None and t.dtype != param.dtype:
+            raise TypeError(f"the {name} is {t.dtype} but the module's parameters are {param.dtype}: convert the "
+                            f"module (.to({t.dtype})) or the input (.to({param.dtype}))")
+
+
 def _scaling_per_head(scaling, H):
     if isinstance(scaling, Tensor):
         if scaling.dim() != 1 or scaling.shape[0] != H:
@@ -788,6 +801,7 @@ class Hopfield(nn.Module):
                 raise ValueError(f"the {name} must be a 3-d tensor "
                                  f"({'(batch, length, size)' if self.batch_first else '(length, batch, size)'}), got "
                                  f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+        _check_dtypes(self, (("stored pattern", stored), ("state pattern", state), ("pattern projection", proj)))
         if not self.batch_first:
             stored, state, proj = (t.transpose(0, 1) for t in (stored, state, proj))
         if stored.shape[:2] != proj.shape[:2]:

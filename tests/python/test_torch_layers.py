@@ -608,6 +608,14 @@ def test_bad_inputs_are_refused():
     for call in (m, m.get_association_matrix):  # the batch element named as given (was "row 0" of element 1 x heads)
         with pytest.raises(ValueError, match="batch element 1 pads every stored pattern"):
             call((stored, state, proj), stored_pattern_padding_mask=pad)
+    # A dtype other than the parameters' is named (it failed inside torch with "expected scalar type").
+    for call, args in ((m, ((stored.double(), state.double(), proj.double()),)), (m, ((stored, state.double(), proj),)),
+                       (HopfieldCore(embed_dim=8), (state.transpose(0, 1), stored.transpose(0, 1).double(),
+                                                    proj.transpose(0, 1)))):
+        with pytest.raises(TypeError, match=r"is torch.float64 but the module's parameters are torch.float32"):
+            call(*args)
+    with pytest.raises(TypeError, match="the state pattern must be a floating-point tensor"):
+        m((stored, state.long(), proj))
     x = state.double().requires_grad_()
     out = Hopfield(input_size=8).double()(x)
     with pytest.raises(RuntimeError, match="differentiable once; second derivatives"):
