@@ -104,6 +104,8 @@ def gradcheck_module(module, args, training=False):
         return module(*flat[:len(args)])
     HopfieldCore._reassociation = True
     try:
+        # Central differences in float64 with step 1e-6 on outputs of magnitude ~10: truncation ~1e-12 and
+        # rounding ~u |f| / eps ~ 1e-9, two orders below atol 1e-7 on any CPU (the kernels' float64 paths).
         return torch.autograd.gradcheck(f, tuple(args) + params, eps=1e-6, atol=1e-7)
     finally:
         HopfieldCore._reassociation = None
