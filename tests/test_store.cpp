@@ -259,7 +259,10 @@ TEST(Store, BrokenFilesGiveClearErrors) {
 }
 
 // kill -9 at 20 random moments of large saves: the file is always the old store or a complete new
-// one, never a torn one, and the next writer removes the temporaries the killed ones left.
+// one, never a torn one, and the next writer removes the temporaries the killed ones left. The random
+// moment counts from the child's first save (it says so through a pipe once its 64 MiB store is built):
+// on a slow or loaded CPU (under qemu-x86_64 with a Zen 1's CPUID) building it took longer than the
+// longest wait, so every kill landed before any save and the test saw no temporary.
 TEST(Store, KillNineLoopLeavesOldOrNewAndNoTemporaries) {
   TempDir dir;
   std::mt19937_64 rng(5);
@@ -270,14 +273,24 @@ TEST(Store, KillNineLoopLeavesOldOrNewAndNoTemporaries) {
   const std::vector<char> before = read_all(path);
   int saw_temporary = 0;
   for (int attempt = 0; attempt < 20; ++attempt) {
+    int ready[2];
+    ASSERT_EQ(pipe(ready), 0);
     const pid_t pid = fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
+      close(ready[0]);
       MemoryStore big(1024, DType::Float32);
       std::vector<float> rows(1024 * 1024, 0.25f);                  // 4 MiB a call
       for (int i = 0; i < 16; ++i) big.append(rows.data(), 1024);  // 64 MiB
-      for (;;) big.save(path);                                      // until killed
+      const char go = 1;
+      if (write(ready[1], &go, 1) != 1) _exit(3);
+      for (;;) big.save(path);  // until killed
     }
+    close(ready[1]);
+    char go = 0;
+    const ssize_t got = read(ready[0], &go, 1);  // 0: the child ended before its first save
+    close(ready[0]);
+    ASSERT_EQ(got, 1) << "the child ended before saving";
     std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(20, 400)(rng)));
     std::error_code ec;  // files come and go while the child works: never throw here
     for (const auto& e : fs::directory_iterator(dir.file("."), ec))
