@@ -95,43 +95,54 @@ std::size_t first_non_finite(const E* x, std::size_t i0, std::size_t i1) {
   return i1;
 }
 
-// Rows x[0, rows) of `cols` entries: throws naming the first NaN or Inf entry ("<what> contains NaN or Inf
-// (element i)"); returns the largest squared row norm when `norms` (else 0). Split over `threads`. A row's
-// squared norm in double is finite when its entries are (float's or bfloat16's largest squared, times
-// any row length that fits in memory, is far below double's range; a double row's may overflow): the
-// norm is the test, and the first bad entry is looked for only in a row that fails it.
-template <class E>
-double check_rows(const E* x, std::size_t rows, std::size_t cols, const char* what, std::size_t threads, bool norms) {
-  const std::size_t count = checked_mul(rows, cols, what);
-  struct Part {
-    std::size_t bad = 0;
-    double max2 = 0;
-  };
-  const std::size_t nw = std::max<std::size_t>(1, std::min(threads, rows / 256 + 1));
-  std::vector<Part> part(nw);
-  detail::parallel_chunks(rows, static_cast<int>(nw), [&](std::size_t w, std::size_t r0, std::size_t r1) {
-    Part& p = part[w];
-    p.bad = count;
-    for (std::size_t r = r0; r < r1; ++r) {
-      const double n2 = norm2(x + r * cols, cols);
-      if (!(n2 <= std::numeric_limits<double>::max())) {  // (double rows' squares may overflow: look)
-        const std::size_t at = first_non_finite(x, r * cols, (r + 1) * cols);
-        if (at != (r + 1) * cols) {
-          p.bad = at;
-          return;
-        }
-      }
-      if (norms) p.max2 = std::max(p.max2, n2);
-    }
-  });
-  std::size_t bad = count;
+// What a scan of rows of keys or values found: the index of the first entry that is NaN or Inf (`none`:
+// none) and the largest squared row norm (when asked for).
+struct RowScan {
+  static constexpr std::size_t none = std::numeric_limits<std::size_t>::max();
+  std::size_t bad = none;
   double max2 = 0;
-  for (const Part& p : part) {
-    bad = std::min(bad, p.bad);
-    max2 = std::max(max2, p.max2);
+  void merge(const RowScan& o) {
+    bad = std::min(bad, o.bad);
+    max2 = std::max(max2, o.max2);
   }
-  ASSOCMEM_CHECK_ARG(bad == count, what, " contains NaN or Inf (element ", bad, ")");
-  return max2;
+};
+
+// Rows [r0, r1) of x (`cols` entries each) into s, stopping at the first row with a NaN or Inf entry (s.bad:
+// its index in x); the largest squared row norm when `norms`. A row's squared norm in double is finite when
+// its entries are (float's or bfloat16's largest squared, times any row length that fits in memory, is far
+// below double's range; a double row's may overflow): the norm is the test, and the first bad entry is
+// looked for only in a row that fails it. Scanning rows in order from where the last scan of s stopped, s.bad
+// is the first bad entry of all the rows scanned.
+template <class E>
+void scan_rows(const E* x, std::size_t r0, std::size_t r1, std::size_t cols, bool norms, RowScan& s) {
+  if (s.bad != RowScan::none) return;
+  for (std::size_t r = r0; r < r1; ++r) {
+    const double n2 = norm2(x + r * cols, cols);
+    if (!(n2 <= std::numeric_limits<double>::max())) {  // (double rows' squares may overflow: look)
+      const std::size_t at = first_non_finite(x, r * cols, (r + 1) * cols);
+      if (at != (r + 1) * cols) {
+        s.bad = at;
+        return;
+      }
+    }
+    if (norms) s.max2 = std::max(s.max2, n2);
+  }
+}
+
+// Rows x[0, rows) of `cols` entries scanned (scan_rows), split over `threads`: the first bad entry of the
+// whole array, whichever thread's rows hold it.
+template <class E>
+RowScan scan_all_rows(const E* x, std::size_t rows, std::size_t cols, const char* what, std::size_t threads,
+                      bool norms) {
+  checked_mul(rows, cols, what);
+  const std::size_t nw = std::max<std::size_t>(1, std::min(threads, rows / 256 + 1));
+  std::vector<RowScan> part(nw);
+  detail::parallel_chunks(rows, static_cast<int>(nw), [&](std::size_t w, std::size_t r0, std::size_t r1) {
+    scan_rows(x, r0, r1, cols, norms, part[w]);
+  });
+  RowScan all;
+  for (const RowScan& p : part) all.merge(p);
+  return all;
 }
 
 template <class T>
@@ -244,8 +255,10 @@ ConstMap<T> rows_of(const T* f, const std::uint16_t* b, std::size_t t0, std::siz
   return ConstMap<T>(buf.data(), NT, C);
 }
 
+// The checks of check() that read no memory rows: the sizes, beta, dropout, threads, the queries, the layer
+// norms' parameters, the bias and the mask.
 template <class T>
-void check(const AttentionArgs<T>& a) {
+void check_args(const AttentionArgs<T>& a) {
   const bool bf16 = a.k_bf16 != nullptr;
   ASSOCMEM_CHECK_ARG(a.q != nullptr && (bf16 ? a.v_bf16 != nullptr && !a.k && !a.v : a.k != nullptr && a.v != nullptr),
                      "attention: a null input (or float and bfloat16 memories mixed)");
@@ -256,43 +269,10 @@ void check(const AttentionArgs<T>& a) {
   ASSOCMEM_CHECK_ARG(a.threads >= 0 && a.threads <= kMaxThreads, "threads must be in [0, ", kMaxThreads, "], got ",
                      a.threads);
   check_finite_array(a.q, checked_mul(a.n, a.d, "queries"), "queries");
-  // The keys' finiteness and largest norm in one pass; the values' finiteness (the keys' when they are the
-  // same memory).
-  const std::size_t threads = static_cast<std::size_t>(detail::resolve_threads(a.threads));
-  double k2 = bf16 ? check_rows(a.k_bf16, a.K, a.d, "keys", threads, true)
-                   : check_rows(a.k, a.K, a.d, "keys", threads, true);
-  // A layer norm sums a row's squares (its variance, sum (y - mean)^2 <= |y|^2) in T: rows whose squared
-  // norm could overflow it are refused (the variance would be inf and the row silently its bias).
-  const double limit = double(std::numeric_limits<T>::max()) / 4;
-  const char* type = sizeof(T) == 4 ? "float32" : "float64";
-  const auto norm_range = [&](double r2, const char* what) {
-    ASSOCMEM_CHECK_ARG(r2 < limit, what, ": a row's squared norm ", r2, " exceeds the ", type,
-                       " range of its layer norm's variance; scale the inputs");
-  };
-  if (a.key_norm.on) {
-    norm_range(k2, "keys");
-    k2 = std::pow(check_norm(a.key_norm, a.d, "key_norm"), 2);  // the normalised rows' bound
-  }
+  checked_mul(a.K, a.d, "keys");
+  checked_mul(a.K, a.dv, "values");
+  if (a.key_norm.on) check_norm(a.key_norm, a.d, "key_norm");
   if (a.value_norm.on) check_norm(a.value_norm, a.dv, "value_norm");
-  if (!same_memory(a)) {
-    const bool norms = a.value_norm.on;
-    const double v2 = bf16 ? check_rows(a.v_bf16, a.K, a.dv, "values", threads, norms)
-                           : check_rows(a.v, a.K, a.dv, "values", threads, norms);
-    if (norms) norm_range(v2, "values");
-  } else if (a.value_norm.on && !a.key_norm.on) {
-    norm_range(k2, "values");  // the same rows; k2 is still their largest squared norm
-  }
-  // Scores beta q . k that could overflow T are refused up front (|q . k| <= |q| max|k|, Cauchy-Schwarz),
-  // as the engines do: at beta = 1e38 the softmax became NaN.
-  {
-    for (std::size_t i = 0; i < a.n; ++i) {
-      double q2 = 0;
-      for (std::size_t j = 0; j < a.d; ++j) q2 += double(a.q[i * a.d + j]) * double(a.q[i * a.d + j]);
-      const double bound = a.beta * std::sqrt(q2) * std::sqrt(k2);
-      ASSOCMEM_CHECK_ARG(bound < limit, "queries: row ", i, ": beta * |q| * max|k| = ", bound, " exceeds the ",
-                         sizeof(T) == 4 ? "float32" : "float64", " range of the scores; lower beta or scale the inputs");
-    }
-  }
   if (a.bias_rows) {
     ASSOCMEM_CHECK_ARG(a.bias != nullptr, "bias: data is null");
     ASSOCMEM_CHECK_ARG(a.bias_rows == 1 || a.bias_rows == a.n, "bias: ", a.bias_rows, " rows for ", a.n,
@@ -317,6 +297,80 @@ void check(const AttentionArgs<T>& a) {
     ASSOCMEM_CHECK_ARG(any, a.bias_rows ? "mask and bias: row " : "mask: row ", r,
                        " leaves out every memory; a query needs at least one");
   }
+}
+
+// The checks of check() on the memories' rows, from scans of them: the keys' (with their norms) and the
+// values' (when they are another memory than the keys; their norms when they have a layer norm).
+template <class T>
+void check_memory(const AttentionArgs<T>& a, const RowScan& keys, const RowScan& values) {
+  ASSOCMEM_CHECK_ARG(keys.bad == RowScan::none, "keys contains NaN or Inf (element ", keys.bad, ")");
+  // A layer norm sums a row's squares (its variance, sum (y - mean)^2 <= |y|^2) in T: rows whose squared
+  // norm could overflow it are refused (the variance would be inf and the row silently its bias).
+  const double limit = double(std::numeric_limits<T>::max()) / 4;
+  const char* type = sizeof(T) == 4 ? "float32" : "float64";
+  const auto norm_range = [&](double r2, const char* what) {
+    ASSOCMEM_CHECK_ARG(r2 < limit, what, ": a row's squared norm ", r2, " exceeds the ", type,
+                       " range of its layer norm's variance; scale the inputs");
+  };
+  double k2 = keys.max2;
+  if (a.key_norm.on) {
+    norm_range(k2, "keys");
+    k2 = std::pow(check_norm(a.key_norm, a.d, "key_norm"), 2);  // the normalised rows' bound
+  }
+  if (!same_memory(a)) {
+    ASSOCMEM_CHECK_ARG(values.bad == RowScan::none, "values contains NaN or Inf (element ", values.bad, ")");
+    if (a.value_norm.on) norm_range(values.max2, "values");
+  } else if (a.value_norm.on && !a.key_norm.on) {
+    norm_range(k2, "values");  // the same rows; k2 is still their largest squared norm
+  }
+  // Scores beta q . k that could overflow T are refused (|q . k| <= |q| max|k|, Cauchy-Schwarz), as the
+  // engines do: at beta = 1e38 the softmax became NaN.
+  for (std::size_t i = 0; i < a.n; ++i) {
+    double q2 = 0;
+    for (std::size_t j = 0; j < a.d; ++j) q2 += double(a.q[i * a.d + j]) * double(a.q[i * a.d + j]);
+    const double bound = a.beta * std::sqrt(q2) * std::sqrt(k2);
+    ASSOCMEM_CHECK_ARG(bound < limit, "queries: row ", i, ": beta * |q| * max|k| = ", bound, " exceeds the ", type,
+                       " range of the scores; lower beta or scale the inputs");
+  }
+}
+
+// The memories' rows scanned where a pass reads them anyway (MemoryScan::tile, called by for_each_raw_tile on
+// each tile before its products), instead of in a pass of their own before it: in memory-bound calls (a few
+// queries against many memories) that pass had read every key and value once more. The scans of the workers'
+// tiles (each worker's a run of consecutive tiles) merge into the first bad entry of the whole array, as
+// scan_all_rows finds it; check() (check_memory) then runs on them after the pass, whose results on rows
+// that fail it are discarded (NaN or Inf entries make NaN and Inf there, nothing worse).
+template <class T>
+struct MemoryScan {
+  std::vector<RowScan> keys, values;  // per worker
+  explicit MemoryScan(std::size_t workers) : keys(workers), values(workers) {}
+  void tile(const AttentionArgs<T>& a, std::size_t w, std::size_t t0, std::size_t nt) {
+    if (a.k_bf16) scan_rows(a.k_bf16, t0, t0 + nt, a.d, true, keys[w]);
+    else scan_rows(a.k, t0, t0 + nt, a.d, true, keys[w]);
+    if (same_memory(a)) return;
+    if (a.v_bf16) scan_rows(a.v_bf16, t0, t0 + nt, a.dv, a.value_norm.on, values[w]);
+    else scan_rows(a.v, t0, t0 + nt, a.dv, a.value_norm.on, values[w]);
+  }
+  void check(const AttentionArgs<T>& a) const {
+    RowScan k, v;
+    for (const RowScan& s : keys) k.merge(s);
+    for (const RowScan& s : values) v.merge(s);
+    check_memory(a, k, v);
+  }
+};
+
+// Every input checked before a computation: check_args, then the memories' rows in a pass of their own.
+template <class T>
+void check(const AttentionArgs<T>& a) {
+  check_args(a);
+  const std::size_t threads = static_cast<std::size_t>(detail::resolve_threads(a.threads));
+  const RowScan keys = a.k_bf16 ? scan_all_rows(a.k_bf16, a.K, a.d, "keys", threads, true)
+                                : scan_all_rows(a.k, a.K, a.d, "keys", threads, true);
+  RowScan values;
+  if (!same_memory(a))
+    values = a.v_bf16 ? scan_all_rows(a.v_bf16, a.K, a.dv, "values", threads, a.value_norm.on)
+                      : scan_all_rows(a.v, a.K, a.dv, "values", threads, a.value_norm.on);
+  check_memory(a, keys, values);
 }
 
 // Query b's bias for memories [t0, ...), or null without one.
@@ -578,15 +632,18 @@ std::vector<T> transposed(const T* x, std::size_t rows, std::size_t cols) {
 // Runs fn(worker, t0, nt, K_t, V_t, Y_k, Y_v, s_k, s_v) over the tiles of memories, one worker per chunk of
 // tiles: K_t and V_t are the tile's keys and values as T, row-major, after their layer norms (the same
 // pointer when the values are the keys); Y_k and Y_v the raw rows they were normalised from (K_t and V_t
-// without norms), s_k and s_v the norms' row statistics (Products::normalise).
+// without norms), s_k and s_v the norms' row statistics (Products::normalise). With a scan, each tile's raw
+// rows are scanned first (MemoryScan::tile).
 template <class T, class Fn>
-void for_each_raw_tile(const AttentionArgs<T>& a, const Products<T>& pr, std::size_t workers, Fn&& fn) {
+void for_each_raw_tile(const AttentionArgs<T>& a, const Products<T>& pr, std::size_t workers,
+                       std::type_identity_t<MemoryScan<T>>* scan, Fn&& fn) {
   const std::size_t tiles = (a.K + kTile - 1) / kTile;
   const bool same = values_are_keys(a), same_raw = same_memory(a);
   detail::parallel_chunks(tiles, static_cast<int>(workers), [&](std::size_t w, std::size_t tb, std::size_t te) {
     std::vector<T> kbuf, vbuf, knorm, vnorm, kstat(2 * kTile), vstat(2 * kTile);
     for (std::size_t t = tb; t < te; ++t) {
       const std::size_t t0 = t * kTile, nt = std::min(kTile, a.K - t0);
+      if (scan) scan->tile(a, w, t0, nt);
       const T* Yk = tile_rows(a.k, a.k_bf16, t0, nt, a.d, kbuf);
       const T* Yv = same_raw ? Yk : tile_rows(a.v, a.v_bf16, t0, nt, a.dv, vbuf);
       const T* Kt = Yk;
@@ -608,9 +665,11 @@ void for_each_raw_tile(const AttentionArgs<T>& a, const Products<T>& pr, std::si
 }  // namespace
 
 namespace {
-// attention_forward on arguments check() has passed (attention_fixed_point checks once, not per update).
+// attention_forward on arguments check_args() has passed; the memories' rows scanned in its pass and checked
+// after it (MemoryScan) when scan_memory, else already checked (attention_fixed_point checks once, not per
+// update).
 template <class T>
-void forward_checked(const AttentionArgs<T>& a, T* out, double* lse) {
+void forward_checked(const AttentionArgs<T>& a, T* out, double* lse, bool scan_memory) {
   const Products<T> pr(a);
   const std::size_t n = a.n, d = a.d, dv = a.dv, nw = worker_count(a);
   const std::size_t dp = kernels::round_up(d, kernels::kBlock), dvp = kernels::round_up(dv, kernels::kBlock);
@@ -621,8 +680,10 @@ void forward_checked(const AttentionArgs<T>& a, T* out, double* lse) {
   // beta q . k_mu, sum_mu exp(beta q . k_mu - m) and sum_mu exp(beta q . k_mu - m) v_mu.
   std::vector<OnlineSoftmax<T>> parts(nw, OnlineSoftmax<T>(n, dv, dvp));
   std::vector<std::vector<T>> S(nw, std::vector<T>(n * kTile)), W(nw, std::vector<T>(n * kTile)), packed(nw);
-  for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt, const T*,
-                                   const T*, const T*, const T*) {
+  MemoryScan<T> scan(nw);
+  for_each_raw_tile(a, pr, nw, scan_memory ? &scan : nullptr, [&](std::size_t w, std::size_t t0, std::size_t nt,
+                                                                   const T* Kt, const T* Vt, const T*, const T*,
+                                                                   const T*, const T*) {
     OnlineSoftmax<T>& part = parts[w];
     pr.pack(Kt, nt, d, packed[w]);
     pr.scores(Qp.data(), n, dp, packed[w], Kt, nt, d, S[w].data(), kTile);
@@ -646,20 +707,21 @@ void forward_checked(const AttentionArgs<T>& a, T* out, double* lse) {
     }
     pr.accumulate(W[w].data(), n, kTile, Vt, nt, dv, part.acc.data(), dvp);
   });
+  if (scan_memory) scan.check(a);
   for (std::size_t b = 0; b < n; ++b) lse[b] = combine(parts, b, out + b * dv);  // the workers' states merged
 }
 }  // namespace
 
 template <class T>
 void attention_forward(const AttentionArgs<T>& a, T* out, double* lse) {
-  check(a);
-  forward_checked(a, out, lse);
+  check_args(a);
+  forward_checked(a, out, lse, true);  // the memories checked in its pass
 }
 
 template <class T>
 void attention_backward(const AttentionArgs<T>& a, const T* out, const double* lse, const T* dout, T* dq, T* dk, T* dv,
                         double* dbeta, T* dbias, const RowNormGradients<T>* dnorm) {
-  check(a);
+  check_args(a);  // the memories checked in the pass below (MemoryScan)
   ASSOCMEM_CHECK_ARG(dv != dk || same_memory(a), "attention_backward: dk and dv may share a buffer only when the values "
                      "are the same memory as the keys");
   const Products<T> pr(a);
@@ -739,7 +801,8 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
          rows_first ? std::vector<T>(2 * kTile * np, T(0)) : std::vector<T>(d * kTile),
          rows_first ? std::vector<T>(kTile * (dp + (fold ? 0 : dvp))) : std::vector<T>(stacked ? 0 : dvd * kTile), {}, {},
          {}, {}};
-  for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt,
+  MemoryScan<T> scan(nw);
+  for_each_raw_tile(a, pr, nw, &scan, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T* Vt,
                                    const T* Yk, const T* Yv, const T* sk, const T* sv) {
     Buffers& B = buf[w];
     T* const G = B.GP.data();
@@ -840,6 +903,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
       write_row(t0, i, false, [&](std::size_t j) { return beta * B.dKT[j * kTile + i]; },
                 [&](std::size_t j) { return B.dVT[j * kTile + i]; });
   });
+  scan.check(a);
   if (dnorm) {  // the workers' parameter gradients summed; the values' zero when they are the keys
     const auto put = [&](T* out, std::size_t offset, std::size_t c, bool zero) {
       if (!out) return;
@@ -872,8 +936,8 @@ void attention_weights(const AttentionArgs<T>& a, T* P) {
   // exp(beta t - max) and their sum, scaled by 1 / sum; the forward pass takes the maximum tile by tile, so
   // its weights differ from these by rounding only).
   std::vector<std::vector<T>> S(nw, std::vector<T>(n * kTile)), packed(nw);
-  for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T*, const T*,
-                                   const T*, const T*, const T*) {
+  for_each_raw_tile(a, pr, nw, nullptr, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T*,
+                                            const T*, const T*, const T*, const T*) {
     pr.pack(Kt, nt, d, packed[w]);
     pr.scores(Qp.data(), n, dp, packed[w], Kt, nt, d, S[w].data(), kTile);
     for (std::size_t b = 0; b < n; ++b) {
@@ -915,8 +979,8 @@ void attention_weights_backward(const AttentionArgs<T>& a, const T* P, const T* 
   };
   std::vector<Buffers> buf(nw);
   for (auto& B : buf) B = {std::vector<T>(n * kTile), std::vector<T>(n * kTile, T(0)), {}, std::vector<T>(d * kTile)};
-  for_each_raw_tile(a, pr, nw, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T*, const T*,
-                                   const T*, const T*, const T*) {
+  for_each_raw_tile(a, pr, nw, nullptr, [&](std::size_t w, std::size_t t0, std::size_t nt, const T* Kt, const T*,
+                                            const T*, const T*, const T*, const T*) {
     Buffers& B = buf[w];
     pr.pack(Kt, nt, d, B.packK);
     pr.scores(Qp.data(), n, dp, B.packK, Kt, nt, d, B.S.data(), kTile);  // the raw scores q . k (for dbeta)
@@ -1145,7 +1209,7 @@ Retrieval attention_fixed_point(const AttentionArgs<T>& a, long max_updates, dou
           x.mask = {mask_rows.data(), rows.size()};
         }
         lse.resize(rows.size());
-        forward_checked(x, next.data(), lse.data());  // eq. (16)
+        forward_checked(x, next.data(), lse.data(), false);  // eq. (16)
       },
       detail::max_abs_change<T>);
   std::copy(v.begin(), v.end(), states);

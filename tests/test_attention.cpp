@@ -819,22 +819,43 @@ TEST(Attention, BFloat16MemoriesEqualTheirFloatValues) {
 
 // The inputs' checks run split over the threads, in blocks: the element they name is the first bad one of
 // the whole array, whichever thread's part holds it (keys and values, float and bfloat16), and the values
-// are checked on their own when they are not the keys.
+// are checked on their own when they are not the keys. The forward and backward passes check the memories
+// tile by tile inside their own pass (MemoryScan), each thread its run of tiles: the same element is named.
 TEST(Attention, NonFiniteInputsAreNamedByTheirFirstElement) {
   const std::size_t n = 2, K = 3000, d = 8, dv = 3;
-  std::vector<float> q(n * d, 0.1f), k(K * d, 0.2f), v(K * dv, 0.3f), out(n * dv);
+  std::vector<float> q(n * d, 0.1f), k(K * d, 0.2f), v(K * dv, 0.3f), out(n * dv), g(n * d, 0.5f);
+  std::vector<float> dq(n * d), dk(K * d), dvv(K * d);
   std::vector<double> lse(n);
+  double db = 0;
   AttentionArgs<float> a;
   a.q = q.data(), a.n = n, a.d = d, a.k = k.data(), a.K = K, a.v = v.data(), a.dv = dv, a.beta = 1.0, a.threads = 2;
   attention_forward(a, out.data(), lse.data());
+  const std::vector<float> out0 = out;
+  const std::vector<double> lse0 = lse;
+  // Both passes refuse the inputs naming `what` (the backward from the good inputs' forward results).
+  const auto refused = [&](const AttentionArgs<float>& x, float* o, const std::string& what) {
+    EXPECT_THROW_MSG(attention_forward(x, o, lse.data()), InvalidArgument, what);
+    EXPECT_THROW_MSG(attention_backward(x, out0.data(), lse0.data(), g.data(), dq.data(), dk.data(), dvv.data(), &db),
+                     InvalidArgument, what);
+  };
   k[20000] = std::numeric_limits<float>::infinity();  // in the second thread's rows
-  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "keys contains NaN or Inf (element 20000)");
+  refused(a, out.data(), "keys contains NaN or Inf (element 20000)");
   k[300] = std::nanf("");  // and an earlier one in the first thread's rows
-  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument, "keys contains NaN or Inf (element 300)");
+  refused(a, out.data(), "keys contains NaN or Inf (element 300)");
   k[300] = k[20000] = 0.2f;
   v[K * dv - 1] = -std::numeric_limits<float>::infinity();  // the very last value
-  EXPECT_THROW_MSG(attention_forward(a, out.data(), lse.data()), InvalidArgument,
-                   "values contains NaN or Inf (element " + std::to_string(K * dv - 1) + ")");
+  refused(a, out.data(), "values contains NaN or Inf (element " + std::to_string(K * dv - 1) + ")");
+  v[5] = std::nanf("");  // and bad keys before bad values
+  k[K * d - 1] = std::nanf("");
+  refused(a, out.data(), "keys contains NaN or Inf (element " + std::to_string(K * d - 1) + ")");
+  k[K * d - 1] = 0.2f, v[5] = v[K * dv - 1] = 0.3f;
+  // Finite keys whose scores could overflow float: refused after the pass as before it (no norms: the
+  // bound takes the largest key's norm, here the last tile's).
+  k[K * d - 1] = 3e37f;  // beta |q| |k| = 100 x 0.28 x 3e37 > 3.4e38 / 4
+  AttentionArgs<float> hot = a;
+  hot.beta = 100.0;
+  refused(hot, out.data(), "queries: row 0: beta * |q| * max|k|");
+  k[K * d - 1] = 0.2f;
   std::vector<std::uint16_t> kb(K * d, float_to_bf16(0.2f));
   AttentionArgs<float> b = a;
   b.k = b.v = nullptr, b.k_bf16 = b.v_bf16 = kb.data(), b.dv = d;

@@ -83,7 +83,10 @@ struct AttentionArgs {
 };
 
 /// out (n x dv) = softmax(beta q k^T) v; lse (n) = log sum_mu exp(beta q k_mu) over the memories left.
-/// InvalidArgument for bad shapes, non-finite inputs, beta, or a mask that leaves a query no memory.
+/// InvalidArgument for bad shapes, non-finite inputs, beta, or a mask that leaves a query no memory. The
+/// keys and values are checked (finite; their norms against float's range) in the pass that reads them, so
+/// after that error the outputs' contents are unspecified; the other arguments are checked before any is
+/// written. The same holds for attention_backward and the batched calls.
 template <class T>
 void attention_forward(const AttentionArgs<T>& a, T* out, double* lse);
 
