@@ -129,22 +129,6 @@ void scan_rows(const E* x, std::size_t r0, std::size_t r1, std::size_t cols, boo
   }
 }
 
-// Rows x[0, rows) of `cols` entries scanned (scan_rows), split over `threads`: the first bad entry of the
-// whole array, whichever thread's rows hold it.
-template <class E>
-RowScan scan_all_rows(const E* x, std::size_t rows, std::size_t cols, const char* what, std::size_t threads,
-                      bool norms) {
-  checked_mul(rows, cols, what);
-  const std::size_t nw = std::max<std::size_t>(1, std::min(threads, rows / 256 + 1));
-  std::vector<RowScan> part(nw);
-  detail::parallel_chunks(rows, static_cast<int>(nw), [&](std::size_t w, std::size_t r0, std::size_t r1) {
-    scan_rows(x, r0, r1, cols, norms, part[w]);
-  });
-  RowScan all;
-  for (const RowScan& p : part) all.merge(p);
-  return all;
-}
-
 template <class T>
 void check_finite_array(const T* x, std::size_t count, const char* what) {
   const std::size_t bad = first_non_finite(x, 0, count);
@@ -338,12 +322,14 @@ void check_memory(const AttentionArgs<T>& a, const RowScan& keys, const RowScan&
 // each tile before its products), instead of in a pass of their own before it: in memory-bound calls (a few
 // queries against many memories) that pass had read every key and value once more. The scans of the workers'
 // tiles (each worker's a run of consecutive tiles) merge into the first bad entry of the whole array, as
-// scan_all_rows finds it; check() (check_memory) then runs on them after the pass, whose results on rows
+// check() finds it; check() (check_memory) then runs on them after the pass, whose results on rows
 // that fail it are discarded (NaN or Inf entries make NaN and Inf there, nothing worse).
 template <class T>
 struct MemoryScan {
   std::vector<RowScan> keys, values;  // per worker
   explicit MemoryScan(std::size_t workers) : keys(workers), values(workers) {}
+  // Rows [t0, t0 + nt) of the keys (their norms too) and, when they are another memory, of the values (their
+  // norms when they have a layer norm), scanned into worker w's RowScans.
   void tile(const AttentionArgs<T>& a, std::size_t w, std::size_t t0, std::size_t nt) {
     if (a.k_bf16) scan_rows(a.k_bf16, t0, t0 + nt, a.d, true, keys[w]);
     else scan_rows(a.k, t0, t0 + nt, a.d, true, keys[w]);
@@ -359,18 +345,17 @@ struct MemoryScan {
   }
 };
 
-// Every input checked before a computation: check_args, then the memories' rows in a pass of their own.
+// Every input checked before a computation: check_args, then the memories' rows in a pass of their own,
+// split over the threads in runs of rows (as the pass's tiles are).
 template <class T>
 void check(const AttentionArgs<T>& a) {
   check_args(a);
   const std::size_t threads = static_cast<std::size_t>(detail::resolve_threads(a.threads));
-  const RowScan keys = a.k_bf16 ? scan_all_rows(a.k_bf16, a.K, a.d, "keys", threads, true)
-                                : scan_all_rows(a.k, a.K, a.d, "keys", threads, true);
-  RowScan values;
-  if (!same_memory(a))
-    values = a.v_bf16 ? scan_all_rows(a.v_bf16, a.K, a.dv, "values", threads, a.value_norm.on)
-                      : scan_all_rows(a.v, a.K, a.dv, "values", threads, a.value_norm.on);
-  check_memory(a, keys, values);
+  const std::size_t nw = std::max<std::size_t>(1, std::min(threads, a.K / 256 + 1));
+  MemoryScan<T> scan(nw);
+  detail::parallel_chunks(a.K, static_cast<int>(nw),
+                          [&](std::size_t w, std::size_t r0, std::size_t r1) { scan.tile(a, w, r0, r1 - r0); });
+  scan.check(a);
 }
 
 // Query b's bias for memories [t0, ...), or null without one.
