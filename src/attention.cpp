@@ -146,6 +146,13 @@ template <class T>
 bool values_are_keys(const AttentionArgs<T>& a) {
   return same_memory(a) && a.value_norm == a.key_norm;
 }
+// Whether the values are the keys' rows under another layer norm with the same eps (hopfield-layers' stored
+// patterns and pattern projections of one input): the rows' mean and rstd are then the keys' norm's, and
+// only gamma and bias differ (Products::apply_norm, norm_backward_pair).
+template <class T>
+bool same_row_stats(const AttentionArgs<T>& a) {
+  return same_memory(a) && !values_are_keys(a) && a.key_norm.on && a.value_norm.on && a.key_norm.eps == a.value_norm.eps;
+}
 
 // The layer norm in double, row by row (the double path's; float runs the dispatched kernels'
 // layer_norm and layer_norm_backward, kernels.hpp). The mean and 1 / sqrt(var + eps) of a row of c
@@ -503,18 +510,30 @@ struct Products;
 template <>
 struct Products<float> {
   const kernels::Ops* ops;
+  // One query (a.n == 1; hopfield-layers' pooling, one retrieval): its scores and weighted sums are
+  // matrix-vector products, taken from the rows as they are (dots_f32, axpy_f32) instead of packing every
+  // tile for the products' register blocks: a pack costs more than the product of one row.
+  bool one_query;
   explicit Products(const AttentionArgs<float>& a)
-      : ops(a.portable_kernels ? &kernels::generic_ops() : &kernels::choose(KernelChoice::Auto, false)) {}
+      : ops(a.portable_kernels ? &kernels::generic_ops() : &kernels::choose(KernelChoice::Auto, false)),
+        one_query(a.n == 1) {}
   void pack(const float* rows, std::size_t nt, std::size_t d, std::vector<float>& buf) const {
+    if (one_query) return;  // scores() reads the rows themselves
     buf.resize(kernels::round_up(nt, kernels::kBlock) * d);
     ops->pack_xt(rows, nt, d, buf.data());
   }
-  void scores(const float* q, std::size_t nb, std::size_t ldq, const std::vector<float>& packed, const float*,
+  /// S[b][0, nt) = q_b . rows for the nb queries (the scores() of the attention's n queries: nb is n).
+  void scores(const float* q, std::size_t nb, std::size_t ldq, const std::vector<float>& packed, const float* rows,
               std::size_t nt, std::size_t d, float* S, std::size_t ldS) const {
+    if (one_query) {
+      for (std::size_t b = 0; b < nb; ++b) ops->dots_f32(q + b * ldq, rows, nt, d, S + b * ldS);
+      return;
+    }
     ops->gemm1_f32(q, nb, ldq, packed.data(), nt, d, S, ldS);
   }
   void accumulate(const float* P, std::size_t nb, std::size_t ldP, const float* rows, std::size_t nt, std::size_t d,
                   float* acc, std::size_t ldacc) const {
+    if (nb == 1) return ops->axpy_f32(P, rows, nt, d, acc);  // one row of weights: acc += sum_t P[t] row_t
     ops->gemm2_f32(P, nb, ldP, rows, nt, d, acc, ldacc);
   }
   float max(const float* s, std::size_t n, float beta) const { return ops->scaled_max(s, n, beta); }
@@ -531,11 +550,25 @@ struct Products<float> {
   void normalise(const RowNorm<float>& nm, const float* y, std::size_t nt, std::size_t c, float* out, float* stats) const {
     ops->layer_norm(y, nt, c, static_cast<float>(nm.eps), nm.gamma, nm.bias, out, stats);
   }
+  /// Another norm of rows `normalise` has taken, from its stats (same_row_stats): only gamma and bias differ.
+  void apply_norm(const RowNorm<float>& nm, const float* y, std::size_t nt, std::size_t c, const float* stats,
+                  float* out) const {
+    ops->layer_norm_apply(y, nt, c, stats, nm.gamma, nm.bias, out);
+  }
   void norm_backward(const RowNorm<float>& nm, const float* y, std::size_t nt, std::size_t c, const float* stats,
                      const float* g, std::size_t ldg, float* dy, bool add, float* dgamma, float* dbias) const {
     if (!nm.on) return pass_rows(g, ldg, nt, c, dy, add);
-    ops->layer_norm_backward(y, nt, c, stats, g, ldg, nm.gamma, dy, add, nm.gamma ? dgamma : nullptr,
-                             nm.bias ? dbias : nullptr);
+    const kernels::NormGrad gr{g, ldg, nm.gamma, nm.gamma ? dgamma : nullptr, nm.bias ? dbias : nullptr};
+    ops->layer_norm_backward(y, nt, c, stats, &gr, 1, dy, add);
+  }
+  /// The backward passes of two norms of the same rows with the same stats (same_row_stats) into one dy
+  /// (written), their row sums taken once; each norm's parameters' gradients (d*: gamma, bias) as above.
+  void norm_backward_pair(const RowNorm<float>& n1, const RowNorm<float>& n2, const float* y, std::size_t nt, std::size_t c,
+                          const float* stats, const float* g1, std::size_t ld1, const float* g2, std::size_t ld2, float* dy,
+                          float* dg1, float* db1, float* dg2, float* db2) const {
+    const kernels::NormGrad gr[2] = {{g1, ld1, n1.gamma, n1.gamma ? dg1 : nullptr, n1.bias ? db1 : nullptr},
+                                     {g2, ld2, n2.gamma, n2.gamma ? dg2 : nullptr, n2.bias ? db2 : nullptr}};
+    ops->layer_norm_backward(y, nt, c, stats, gr, 2, dy, false);
   }
 };
 
@@ -577,12 +610,22 @@ struct Products<double> {
   void normalise(const RowNorm<double>& nm, const double* y, std::size_t nt, std::size_t c, double* out, double*) const {
     normalise_rows(nm, y, nt, c, out);
   }
+  void apply_norm(const RowNorm<double>& nm, const double* y, std::size_t nt, std::size_t c, const double*,
+                  double* out) const {
+    normalise_rows(nm, y, nt, c, out);  // the stats recomputed: the same numbers
+  }
   void norm_backward(const RowNorm<double>& nm, const double* y, std::size_t nt, std::size_t c, const double*,
                      const double* g, std::size_t ldg, double* dy, bool add, double* dgamma, double* dbias) const {
     if (!nm.on) return pass_rows(g, ldg, nt, c, dy, add);
     for (std::size_t r = 0; r < nt; ++r)
       norm_backward_row(nm, y + r * c, c, g + r * ldg, dy + r * c, add, nm.gamma ? dgamma : nullptr,
                         nm.bias ? dbias : nullptr);
+  }
+  void norm_backward_pair(const RowNorm<double>& n1, const RowNorm<double>& n2, const double* y, std::size_t nt,
+                          std::size_t c, const double* stats, const double* g1, std::size_t ld1, const double* g2,
+                          std::size_t ld2, double* dy, double* dg1, double* db1, double* dg2, double* db2) const {
+    norm_backward(n1, y, nt, c, stats, g1, ld1, dy, false, dg1, db1);
+    norm_backward(n2, y, nt, c, stats, g2, ld2, dy, true, dg2, db2);
   }
 };
 
@@ -617,13 +660,14 @@ std::vector<T> transposed(const T* x, std::size_t rows, std::size_t cols) {
 // Runs fn(worker, t0, nt, K_t, V_t, Y_k, Y_v, s_k, s_v) over the tiles of memories, one worker per chunk of
 // tiles: K_t and V_t are the tile's keys and values as T, row-major, after their layer norms (the same
 // pointer when the values are the keys); Y_k and Y_v the raw rows they were normalised from (K_t and V_t
-// without norms), s_k and s_v the norms' row statistics (Products::normalise). With a scan, each tile's raw
+// without norms), s_k and s_v the norms' row statistics (Products::normalise; one computation where the
+// values' norm shares them, same_row_stats). With a scan, each tile's raw
 // rows are scanned first (MemoryScan::tile).
 template <class T, class Fn>
 void for_each_raw_tile(const AttentionArgs<T>& a, const Products<T>& pr, std::size_t workers,
                        std::type_identity_t<MemoryScan<T>>* scan, Fn&& fn) {
   const std::size_t tiles = (a.K + kTile - 1) / kTile;
-  const bool same = values_are_keys(a), same_raw = same_memory(a);
+  const bool same = values_are_keys(a), same_raw = same_memory(a), same_stats = same_row_stats(a);
   detail::parallel_chunks(tiles, static_cast<int>(workers), [&](std::size_t w, std::size_t tb, std::size_t te) {
     std::vector<T> kbuf, vbuf, knorm, vnorm, kstat(2 * kTile), vstat(2 * kTile);
     for (std::size_t t = tb; t < te; ++t) {
@@ -640,10 +684,11 @@ void for_each_raw_tile(const AttentionArgs<T>& a, const Products<T>& pr, std::si
       const T* Vt = same ? Kt : Yv;
       if (!same && a.value_norm.on) {
         vnorm.resize(nt * a.dv);
-        pr.normalise(a.value_norm, Yv, nt, a.dv, vnorm.data(), vstat.data());
+        if (same_stats) pr.apply_norm(a.value_norm, Yv, nt, a.dv, kstat.data(), vnorm.data());
+        else pr.normalise(a.value_norm, Yv, nt, a.dv, vnorm.data(), vstat.data());
         Vt = vnorm.data();
       }
-      fn(w, t0, nt, Kt, Vt, Yk, Yv, kstat.data(), same ? kstat.data() : vstat.data());
+      fn(w, t0, nt, Kt, Vt, Yk, Yv, kstat.data(), same || same_stats ? kstat.data() : vstat.data());
     }
   });
 }
@@ -726,7 +771,7 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
   const std::vector<T> QT = transposed(a.q, n, d), dOT = transposed(dout, n, dvd);  // d x n, dv x n
   const bool shared = dv == dk;  // one buffer receives the sum of the keys' and the values' gradients
   const bool one_norm = values_are_keys(a), fold = shared && one_norm;  // fold: the sum formed in the products
-  const bool norms = a.key_norm.on || a.value_norm.on;
+  const bool norms = a.key_norm.on || a.value_norm.on, pair = same_row_stats(a);
   // The norms' parameter gradients, per worker (double): gamma and bias of the keys' norm, then the values'.
   const bool want_norm_grads = dnorm != nullptr && norms;
   std::vector<std::vector<double>> ngrad(want_norm_grads ? nw : 0, std::vector<double>(2 * (d + dvd), 0.0));
@@ -750,10 +795,15 @@ void attention_backward(const AttentionArgs<T>& a, const T* out, const double* l
       kg = pg.data();
       vg = one_norm ? kg : kg + 2 * d;  // one norm: its gradients once
     }
-    pr.norm_backward(a.key_norm, Yk, nt, d, sk, GK, ldk, dk + t0 * d, false, kg, kg ? kg + d : nullptr);
-    if (GV)
-      pr.norm_backward(a.value_norm, Yv, nt, dvd, sv, GV, ldv, shared ? dk + t0 * d : dv + t0 * dvd, shared, vg,
-                       vg ? vg + (one_norm ? d : dvd) : nullptr);
+    if (GV && shared && pair) {  // one backward pass of both norms of the same rows into their sum
+      pr.norm_backward_pair(a.key_norm, a.value_norm, Yk, nt, d, sk, GK, ldk, GV, ldv, dk + t0 * d, kg,
+                            kg ? kg + d : nullptr, vg, vg ? vg + d : nullptr);
+    } else {
+      pr.norm_backward(a.key_norm, Yk, nt, d, sk, GK, ldk, dk + t0 * d, false, kg, kg ? kg + d : nullptr);
+      if (GV)
+        pr.norm_backward(a.value_norm, Yv, nt, dvd, sv, GV, ldv, shared ? dk + t0 * d : dv + t0 * dvd, shared, vg,
+                         vg ? vg + (one_norm ? d : dvd) : nullptr);
+    }
     if (want_norm_grads)
       for (std::size_t j = 0; j < pg.size(); ++j) ngrad[w][j] += double(pg[j]);
   };

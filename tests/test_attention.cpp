@@ -284,7 +284,8 @@ TEST(Attention, DropoutKeepsOrZeroesEachWeight) {
 TEST(Attention, FloatKernelsEqualTheDoublePath) {
   std::mt19937_64 rng(11);
   const std::size_t K = 1000, dv = 33;
-  for (const auto& shape_nd : {std::pair<std::size_t, std::size_t>{37, 70}, {45, 20}})
+  // (n = 1: the one-query products, dots_f32 and axpy_f32 on the rows instead of packed tiles.)
+  for (const auto& shape_nd : {std::pair<std::size_t, std::size_t>{37, 70}, {45, 20}, {1, 70}})
   for (bool masked : {true, false}) {
   const std::size_t n = shape_nd.first, d = shape_nd.second;
   // float32 data (both paths see the same numbers, so the comparison measures the computation only).
@@ -485,25 +486,32 @@ TEST(Attention, LayerNormedMemoriesAreTheAttentionOfTheNormalisedRows) {
     }
   // float32: the fused norm makes the tiles the table's layer_norm makes of the raw rows (its accuracy:
   // Kernels.LayerNormAndItsBackward), so the forward is bitwise the unnormed pass over the rows that kernel
-  // normalised (one thread each: the same order).
+  // normalised (one thread each: the same order); with two norms of one memory too, whose values' tiles are
+  // made from the keys' norm's row statistics (layer_norm_apply), and with one query.
   const auto yf = to_f32(Eigen::Map<const Matrix>(y.data(), Eigen::Index(K), Eigen::Index(d)));
   std::vector<float> gkf(gk.begin(), gk.end()), bkf(bk.begin(), bk.end()), nkf(K * d);
+  std::vector<float> gvf(gv.begin(), gv.end()), bvf(bv.begin(), bv.end()), nvf(K * d);
   const std::vector<float> qf(5 * d, 0.7f);
-  for (bool portable : {false, true}) {
-    const kernels::Ops& ops = portable ? kernels::generic_ops() : kernels::choose(KernelChoice::Auto, false);
-    ops.layer_norm(yf.data(), K, d, float(eps), gkf.data(), bkf.data(), nkf.data(), nullptr);
-    AttentionArgs<float> f;
-    f.q = qf.data(), f.n = 5, f.d = d, f.k = yf.data(), f.K = K, f.v = yf.data(), f.dv = d, f.threads = 1;
-    f.portable_kernels = portable;
-    f.key_norm = f.value_norm = {true, eps, gkf.data(), bkf.data()};
-    AttentionArgs<float> g = f;
-    g.k = g.v = nkf.data(), g.key_norm = g.value_norm = {};
-    std::vector<float> o1(5 * d), o2(5 * d);
-    std::vector<double> l1(5), l2(5);
-    attention_forward(f, o1.data(), l1.data());
-    attention_forward(g, o2.data(), l2.data());
-    for (std::size_t i = 0; i < o1.size(); ++i) EXPECT_EQ(o1[i], o2[i]) << ops.name << ", out " << i;
-  }
+  for (bool portable : {false, true})
+    for (bool two_norms : {false, true})
+      for (std::size_t n : {5u, 1u}) {
+        const kernels::Ops& ops = portable ? kernels::generic_ops() : kernels::choose(KernelChoice::Auto, false);
+        SCOPED_TRACE(::testing::Message() << ops.name << (two_norms ? ", two norms" : ", one norm") << ", n " << n);
+        ops.layer_norm(yf.data(), K, d, float(eps), gkf.data(), bkf.data(), nkf.data(), nullptr);
+        ops.layer_norm(yf.data(), K, d, float(eps), gvf.data(), bvf.data(), nvf.data(), nullptr);
+        AttentionArgs<float> f;
+        f.q = qf.data(), f.n = n, f.d = d, f.k = yf.data(), f.K = K, f.v = yf.data(), f.dv = d, f.threads = 1;
+        f.portable_kernels = portable;
+        f.key_norm = f.value_norm = {true, eps, gkf.data(), bkf.data()};
+        if (two_norms) f.value_norm = {true, eps, gvf.data(), bvf.data()};
+        AttentionArgs<float> g = f;
+        g.k = nkf.data(), g.v = two_norms ? nvf.data() : nkf.data(), g.key_norm = g.value_norm = {};
+        std::vector<float> o1(n * d), o2(n * d);
+        std::vector<double> l1(n), l2(n);
+        attention_forward(f, o1.data(), l1.data());
+        attention_forward(g, o2.data(), l2.data());
+        for (std::size_t i = 0; i < o1.size(); ++i) EXPECT_EQ(o1[i], o2[i]) << "out " << i;
+      }
 }
 
 // The association matrix (attention_weights, hopfield-layers' need_weights): the softmax of beta q k^T + bias

@@ -300,36 +300,67 @@ TEST(Kernels, LayerNormAndItsBackward) {
           }
         }
         for (std::size_t j = 0; j < c; ++j) ASSERT_EQ(out[c + j], affine ? bias[j] : 0.0f) << "constant row";
-        // The backward pass (added to dy = 0.5), with the kernel's statistics.
-        o->layer_norm_backward(y.data(), nt, c, stats.data(), g.data(), c, gm, dy.data(), true, affine ? dg.data() : nullptr,
-                               affine ? db.data() : nullptr);
-        std::vector<double> dgs(c, 0.0), dgb(c, 0.0), dbs(c, 0.0), dbb(c, 0.0);
-        for (std::size_t r = 0; r < nt; ++r) {
-          const double m = stats[2 * r], rs = stats[2 * r + 1];
-          double s1 = 0, s2 = 0, H1 = 0, H2 = 0;
-          std::vector<double> x(c), h(c);
-          for (std::size_t j = 0; j < c; ++j) {
-            x[j] = (y[r * c + j] - m) * rs;
-            h[j] = double(g[r * c + j]) * (affine ? gamma[j] : 1.0f);
-            s1 += h[j], s2 += h[j] * x[j], H1 += std::fabs(h[j]), H2 += std::fabs(h[j] * x[j]);
-            dgs[j] += double(g[r * c + j]) * x[j], dgb[j] += std::fabs(double(g[r * c + j]) * x[j]);
-            dbs[j] += g[r * c + j], dbb[j] += std::fabs(double(g[r * c + j]));
+        // Another norm of the same rows from these stats (layer_norm_apply): the bits layer_norm gives with its
+        // gamma and bias.
+        std::vector<float> gamma2 = randf(c, rng), bias2 = randf(c, rng), out2(nt * c), again(nt * c);
+        const float* gm2 = affine ? gamma2.data() : nullptr;
+        const float* bs2 = affine ? bias2.data() : nullptr;
+        o->layer_norm(y.data(), nt, c, eps, gm2, bs2, out2.data(), nullptr);
+        o->layer_norm_apply(y.data(), nt, c, stats.data(), gm2, bs2, again.data());
+        for (std::size_t j = 0; j < nt * c; ++j) ASSERT_EQ(again[j], out2[j]) << "layer_norm_apply, entry " << j;
+        o->layer_norm_apply(y.data(), nt, c, stats.data(), gm, bs, again.data());
+        for (std::size_t j = 0; j < nt * c; ++j) ASSERT_EQ(again[j], out[j]) << "layer_norm_apply, entry " << j;
+        // The backward pass (added to dy = 0.5), with the kernel's statistics: of this norm alone, then of it
+        // and the second norm (gamma2) together, h = g o gamma + g2 o gamma2 (each rounding of h's
+        // sum within u sum_k |g_k gamma_k|).
+        const std::vector<float> g2 = randf(nt * c, rng), dy0 = dy;
+        for (std::size_t count : {1u, 2u}) {
+          SCOPED_TRACE(count == 1 ? "one norm" : "two norms");
+          std::vector<float> dg2(c, 0.0f), db2(c, 0.0f);
+          dy = dy0, dg.assign(c, 0.0f), db.assign(c, 0.0f);
+          const k::NormGrad gr[2] = {{g.data(), c, gm, affine ? dg.data() : nullptr, affine ? db.data() : nullptr},
+                                     {g2.data(), c, gm2, affine ? dg2.data() : nullptr, affine ? db2.data() : nullptr}};
+          o->layer_norm_backward(y.data(), nt, c, stats.data(), gr, count, dy.data(), true);
+          std::vector<double> dgs(c, 0.0), dgb(c, 0.0), dbs(c, 0.0), dbb(c, 0.0);
+          for (std::size_t r = 0; r < nt; ++r) {
+            const double m = stats[2 * r], rs = stats[2 * r + 1];
+            double s1 = 0, s2 = 0, H1 = 0, H2 = 0;
+            std::vector<double> x(c), h(c), hm(c);
+            for (std::size_t j = 0; j < c; ++j) {
+              x[j] = (y[r * c + j] - m) * rs;
+              const double h1 = double(g[r * c + j]) * (affine ? gamma[j] : 1.0f);
+              const double h2 = count == 2 ? double(g2[r * c + j]) * (affine ? gamma2[j] : 1.0f) : 0.0;
+              h[j] = h1 + h2, hm[j] = std::fabs(h1) + std::fabs(h2);
+              s1 += h[j], s2 += h[j] * x[j], H1 += hm[j], H2 += hm[j] * std::fabs(x[j]);
+              dgs[j] += double(g[r * c + j]) * x[j], dgb[j] += std::fabs(double(g[r * c + j]) * x[j]);
+              dbs[j] += g[r * c + j], dbb[j] += std::fabs(double(g[r * c + j]));
+            }
+            s1 /= double(c), s2 /= double(c), H1 /= double(c), H2 /= double(c);
+            const double e1 = gamma_n(double(c) + 1 + double(count)) * H1;
+            const double e2 = gamma_n(double(c) + 5 + double(count)) * H2;
+            for (std::size_t j = 0; j < c; ++j) {
+              const double want = 0.5 + rs * (h[j] - s1 - x[j] * s2);
+              const double ax = std::fabs(x[j]), ah = hm[j];
+              const double bound = rs * (double(count) * u * ah + e1 + ax * e2 + 2 * u * ax * std::fabs(s2) +
+                                         4 * u * (ah + std::fabs(s1) + ax * std::fabs(s2))) + u * (0.5 + std::fabs(want));
+              ASSERT_NEAR(dy[r * c + j], want, 2 * bound) << "row " << r << " entry " << j;
+            }
           }
-          s1 /= double(c), s2 /= double(c), H1 /= double(c), H2 /= double(c);
-          const double e1 = gamma_n(double(c) + 2) * H1, e2 = gamma_n(double(c) + 6) * H2;
-          for (std::size_t j = 0; j < c; ++j) {
-            const double want = 0.5 + rs * (h[j] - s1 - x[j] * s2);
-            const double ax = std::fabs(x[j]), ah = std::fabs(h[j]);
-            const double bound = rs * (u * ah + e1 + ax * e2 + 2 * u * ax * std::fabs(s2) +
-                                       4 * u * (ah + std::fabs(s1) + ax * std::fabs(s2))) + u * (0.5 + std::fabs(want));
-            ASSERT_NEAR(dy[r * c + j], want, 2 * bound) << "row " << r << " entry " << j;
+          if (affine)
+            for (std::size_t j = 0; j < c; ++j) {  // the first norm's parameters' (the second's: the same sums)
+              EXPECT_NEAR(dg[j], dgs[j], 2 * gamma_n(double(nt) + 3) * dgb[j]) << "dgamma " << j;
+              EXPECT_NEAR(db[j], dbs[j], gamma_n(double(nt)) * dbb[j]) << "dbias " << j;
+            }
+          if (count == 2 && affine) {  // the second's parameters' gradients: those of the second norm alone
+            std::vector<float> dy1(nt * c, 0.0f), dga(c, 0.0f), dba(c, 0.0f);
+            const k::NormGrad alone{g2.data(), c, gm2, dga.data(), dba.data()};
+            o->layer_norm_backward(y.data(), nt, c, stats.data(), &alone, 1, dy1.data(), false);
+            for (std::size_t j = 0; j < c; ++j) {
+              EXPECT_EQ(dg2[j], dga[j]) << "second dgamma " << j;
+              EXPECT_EQ(db2[j], dba[j]) << "second dbias " << j;
+            }
           }
         }
-        if (affine)
-          for (std::size_t j = 0; j < c; ++j) {
-            EXPECT_NEAR(dg[j], dgs[j], 2 * gamma_n(double(nt) + 3) * dgb[j]) << "dgamma " << j;
-            EXPECT_NEAR(db[j], dbs[j], gamma_n(double(nt)) * dbb[j]) << "dbias " << j;
-          }
       }
 }
 

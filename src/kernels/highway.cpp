@@ -568,6 +568,22 @@ HWY_INLINE float SumRow(DF df, std::size_t c, const F& f) {
   return hn::GetLane(hn::SumOfLanes(df, s));
 }
 
+// One row's normalised entries from its mean and rstd: out = (y - mean) rstd o gamma + bias (layer_norm and
+// layer_norm_apply alike, so that both give the same bits).
+template <class DF>
+HWY_INLINE void NormaliseRow(DF df, const float* y, std::size_t c, V<DF> mv, V<DF> rv, const float* gamma,
+                             const float* bias, float* out) {
+  const std::size_t N = hn::Lanes(df);
+  for (std::size_t i = 0; i < c; i += N) {
+    const std::size_t left = c - i;
+    auto x = hn::Mul(hn::Sub(LoadUpTo(df, y + i, left), mv), rv);
+    if (gamma) x = hn::Mul(x, LoadUpTo(df, gamma + i, left));
+    if (bias) x = hn::Add(x, LoadUpTo(df, bias + i, left));
+    if (left >= N) hn::StoreU(x, df, out + i);
+    else StoreN(df, x, out + i, left);
+  }
+}
+
 void LayerNorm(const float* y, std::size_t nt, std::size_t c, float eps, const float* gamma, const float* bias,
                float* out, float* stats) {
   const hn::ScalableTag<float> df;
@@ -585,45 +601,57 @@ void LayerNorm(const float* y, std::size_t nt, std::size_t c, float eps, const f
       stats[2 * r] = mean;
       stats[2 * r + 1] = rstd;
     }
-    const auto rv = hn::Set(df, rstd);
-    for (std::size_t i = 0; i < c; i += N) {
-      const std::size_t left = c - i;
-      auto x = hn::Mul(hn::Sub(LoadUpTo(df, y + i, left), mv), rv);
-      if (gamma) x = hn::Mul(x, LoadUpTo(df, gamma + i, left));
-      if (bias) x = hn::Add(x, LoadUpTo(df, bias + i, left));
-      if (left >= N) hn::StoreU(x, df, out + i);
-      else StoreN(df, x, out + i, left);
-    }
+    NormaliseRow(df, y, c, mv, hn::Set(df, rstd), gamma, bias, out);
   }
 }
 
-void LayerNormBackward(const float* y, std::size_t nt, std::size_t c, const float* stats, const float* g,
-                       std::size_t ldg, const float* gamma, float* dy, bool add, float* dgamma, float* dbias) {
+void LayerNormApply(const float* y, std::size_t nt, std::size_t c, const float* stats, const float* gamma,
+                    const float* bias, float* out) {
+  const hn::ScalableTag<float> df;
+  for (std::size_t r = 0; r < nt; ++r, y += c, out += c)
+    NormaliseRow(df, y, c, hn::Set(df, stats[2 * r]), hn::Set(df, stats[2 * r + 1]), gamma, bias, out);
+}
+
+// layer_norm_backward for kCount (1 or 2) norms of the rows: their gradients' h summed, the row sums once.
+template <std::size_t kCount>
+void NormBackwardRows(const float* y, std::size_t nt, std::size_t c, const float* stats, const NormGrad* gr, float* dy,
+                      bool add) {
   const hn::ScalableTag<float> df;
   const std::size_t N = hn::Lanes(df);
   const float inv_c = 1.0f / static_cast<float>(c);
-  for (std::size_t r = 0; r < nt; ++r, y += c, g += ldg, dy += c) {
+  for (std::size_t r = 0; r < nt; ++r, y += c, dy += c) {
     const auto mv = hn::Set(df, stats[2 * r]), rv = hn::Set(df, stats[2 * r + 1]);
     const auto x_at = [&](std::size_t i, std::size_t left) { return hn::Mul(hn::Sub(LoadUpTo(df, y + i, left), mv), rv); };
-    const auto h_at = [&](std::size_t i, std::size_t left) {
-      const auto gv = LoadUpTo(df, g + i, left);
-      return gamma ? hn::Mul(gv, LoadUpTo(df, gamma + i, left)) : gv;
+    const auto g_at = [&](std::size_t k, std::size_t i, std::size_t left) {
+      return LoadUpTo(df, gr[k].g + r * gr[k].ldg + i, left);
+    };
+    const auto h_at = [&](std::size_t i, std::size_t left) {  // sum_k g_k o gamma_k
+      auto h = g_at(0, i, left);
+      if (gr[0].gamma) h = hn::Mul(h, LoadUpTo(df, gr[0].gamma + i, left));
+      if constexpr (kCount == 2) {
+        const auto g1 = g_at(1, i, left);
+        h = gr[1].gamma ? hn::MulAdd(g1, LoadUpTo(df, gr[1].gamma + i, left), h) : hn::Add(h, g1);
+      }
+      return h;
     };
     auto s1 = hn::Zero(df), s2 = hn::Zero(df);
     for (std::size_t i = 0; i < c; i += N) {
       const std::size_t left = c - i;
-      const auto x = x_at(i, left), h = h_at(i, left), gv = LoadUpTo(df, g + i, left);  // zero beyond c
+      const auto x = x_at(i, left), h = h_at(i, left);  // zero beyond c
       s1 = hn::Add(s1, h);
       s2 = hn::Add(s2, hn::Mul(h, x));
-      if (dgamma) {
-        const auto v = hn::Add(LoadUpTo(df, dgamma + i, left), hn::Mul(gv, x));
-        if (left >= N) hn::StoreU(v, df, dgamma + i);
-        else StoreN(df, v, dgamma + i, left);
-      }
-      if (dbias) {
-        const auto v = hn::Add(LoadUpTo(df, dbias + i, left), gv);
-        if (left >= N) hn::StoreU(v, df, dbias + i);
-        else StoreN(df, v, dbias + i, left);
+      for (std::size_t k = 0; k < kCount; ++k) {
+        const auto gv = g_at(k, i, left);
+        if (gr[k].dgamma) {
+          const auto v = hn::Add(LoadUpTo(df, gr[k].dgamma + i, left), hn::Mul(gv, x));
+          if (left >= N) hn::StoreU(v, df, gr[k].dgamma + i);
+          else StoreN(df, v, gr[k].dgamma + i, left);
+        }
+        if (gr[k].dbias) {
+          const auto v = hn::Add(LoadUpTo(df, gr[k].dbias + i, left), gv);
+          if (left >= N) hn::StoreU(v, df, gr[k].dbias + i);
+          else StoreN(df, v, gr[k].dbias + i, left);
+        }
       }
     }
     const auto m1 = hn::Set(df, hn::GetLane(hn::SumOfLanes(df, s1)) * inv_c);
@@ -636,6 +664,12 @@ void LayerNormBackward(const float* y, std::size_t nt, std::size_t c, const floa
       else StoreN(df, v, dy + i, left);
     }
   }
+}
+
+void LayerNormBackward(const float* y, std::size_t nt, std::size_t c, const float* stats, const NormGrad* grads,
+                       std::size_t count, float* dy, bool add) {
+  if (count == 2) NormBackwardRows<2>(y, nt, c, stats, grads, dy, add);
+  else NormBackwardRows<1>(y, nt, c, stats, grads, dy, add);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -877,6 +911,7 @@ const Ops* Table(const char* name) {
     o.dot_f64 = &DotF64;
     o.softmax_backward = &SoftmaxBackward;
     o.layer_norm = &LayerNorm;
+    o.layer_norm_apply = &LayerNormApply;
     o.layer_norm_backward = &LayerNormBackward;
     o.masked_sums = &MaskedSums;
     o.add_signed = &AddSigned;

@@ -30,6 +30,16 @@ struct CoarseQuery {
   float qn, rq, R, beta;
 };
 
+/// One layer norm's part of layer_norm_backward: the gradient at its output (nt rows of stride ldg), its gamma
+/// (null: 1), and where its parameters' gradients go (null: not wanted).
+struct NormGrad {
+  const float* g = nullptr;
+  std::size_t ldg = 0;
+  const float* gamma = nullptr;
+  float* dgamma = nullptr;
+  float* dbias = nullptr;
+};
+
 struct Ops {
   const char* name;
   bool bf16_products;      // gemm1/gemm2 take bf16 operands (queries and weights rounded to bf16)
@@ -83,12 +93,19 @@ struct Ops {
   /// stats[2 r + 1] (when stats is not null) receive row r's mean and rstd.
   void (*layer_norm)(const float* y, std::size_t nt, std::size_t c, float eps, const float* gamma, const float* bias,
                      float* out, float* stats);
-  /// Its backward pass over nt rows, from the forward's stats and the gradient g (rows of stride ldg) at its
-  /// output: with x = (y - mean) rstd and h = g o gamma, dy = rstd (h - mean(h) - x mean(h o x)) (rows of
-  /// stride c; written, or added to when add); dgamma += sum over the rows of g o x and dbias += sum of g
-  /// (each when not null).
-  void (*layer_norm_backward)(const float* y, std::size_t nt, std::size_t c, const float* stats, const float* g,
-                              std::size_t ldg, const float* gamma, float* dy, bool add, float* dgamma, float* dbias);
+  /// The same rows normalised again from stats that layer_norm computed for them (another norm of the same
+  /// rows with the same eps: only gamma and bias differ): out = (y - mean) rstd o gamma + bias, the same
+  /// operations as layer_norm's, so its bits where the parameters are the same.
+  void (*layer_norm_apply)(const float* y, std::size_t nt, std::size_t c, const float* stats, const float* gamma,
+                           const float* bias, float* out);
+  /// Its backward pass over nt rows, from the forward's stats and the gradients at the outputs of `count` (1
+  /// or 2) norms of the same rows (NormGrad: g in rows of stride ldg, gamma, and dgamma, dbias where not
+  /// null): with x = (y - mean) rstd and h = sum_k g_k o gamma_k (the norms are linear in their outputs'
+  /// gradients: their backward passes share the row sums), dy = rstd (h - mean(h) - x mean(h o x)) (rows of
+  /// stride c; written, or added to when add); each norm's dgamma += sum over the rows of g_k o x and
+  /// dbias += sum of g_k.
+  void (*layer_norm_backward)(const float* y, std::size_t nt, std::size_t c, const float* stats,
+                              const NormGrad* grads, std::size_t count, float* dy, bool add);
 
   // Model A on +-1 patterns (bits: bit mu of a neuron's column is 1 where xi_mu,i = +1).
   /// sa = sum of a[mu] where (bit mu) != invert, sb = sum of b[mu] where (bit mu) == invert.
