@@ -294,7 +294,7 @@ TEST(Attention, FloatKernelsEqualTheDoublePath) {
                W = f32(randn(n, std::max(d, dv), rng));  // the output gradient: dv or d columns
   std::vector<std::uint8_t> mask(n * K, 0);
   for (std::size_t i = 0; i < mask.size(); i += 7) mask[i] = masked;
-  const PassShape shape{K, d, 256, 0.0};  // tiles of at most 256 memories (attention.cpp's kTile)
+  const PassShape shape{K, d, 128, 0.0};  // tiles of at most 128 memories (attention.cpp's kTile)
   for (bool auto_assoc : {false, true}) {
     const std::size_t e = auto_assoc ? d : dv;
     const Matrix We = W.leftCols(Eigen::Index(e));
