@@ -667,8 +667,8 @@ std::vector<T> transposed(const T* x, std::size_t rows, std::size_t cols) {
 // tiles: K_t and V_t are the tile's keys and values as T, row-major, after their layer norms (the same
 // pointer when the values are the keys); Y_k and Y_v the raw rows they were normalised from (K_t and V_t
 // without norms), s_k and s_v the norms' row statistics (Products::normalise; one computation where the
-// values' norm shares them, same_row_stats). With a scan, each tile's raw
-// rows are scanned first (MemoryScan::tile).
+// values' norm shares them, same_row_stats). With a scan, each tile's raw rows are scanned first
+// (MemoryScan::tile).
 template <class T, class Fn>
 void for_each_raw_tile(const AttentionArgs<T>& a, const Products<T>& pr, std::size_t workers,
                        std::type_identity_t<MemoryScan<T>>* scan, Fn&& fn) {

@@ -98,7 +98,7 @@ struct Ops {
   /// operations as layer_norm's, so its bits where the parameters are the same.
   void (*layer_norm_apply)(const float* y, std::size_t nt, std::size_t c, const float* stats, const float* gamma,
                            const float* bias, float* out);
-  /// Its backward pass over nt rows, from the forward's stats and the gradients at the outputs of `count` (1
+  /// layer_norm's backward pass over nt rows, from its stats and the gradients at the outputs of `count` (1
   /// or 2) norms of the same rows (NormGrad: g in rows of stride ldg, gamma, and dgamma, dbias where not
   /// null): with x = (y - mean) rstd and h = sum_k g_k o gamma_k (the norms are linear in their outputs'
   /// gradients: their backward passes share the row sums), dy = rstd (h - mean(h) - x mean(h o x)) (rows of
